@@ -1,0 +1,1 @@
+"""Shared fixtures. Tiny models and tokenizers are built locally (no network, no hub)."""
