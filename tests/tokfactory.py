@@ -1,0 +1,259 @@
+"""Tokenizers trained locally for tests: byte-level BPE (three pre-tokenizer schemes) and SentencePiece.
+
+No network, no hub: the training text is a fixed set of Python standard-library sources read from disk
+plus a fixed multilingual paragraph (accents, Cyrillic, Greek, Arabic, CJK, emoji) so merges exist for
+multi-byte characters. Training is single-threaded and deterministic and takes well under 2 s.
+
+- ``train_bpe(dir, scheme="llama3"|"gpt2"|"qwen2", vocab_size=1000)`` writes ``tokenizer.json``,
+  ``tokenizer_config.json`` (with a chat template) and ``special_tokens_map.json``. The scheme fixes the
+  pre-tokenizer split regex, normalizer, special tokens (appended after the trained vocabulary, i.e.
+  beyond the base vocabulary, as in the real models), bos/eos/pad and add_bos.
+- ``train_spm(dir, vocab_size=1000, added_tokens=PHI3_ADDED)`` writes a llama-style ``tokenizer.model``
+  (BPE, byte_fallback, split digits, dummy prefix, identity normalization; <unk>=0 <s>=1 </s>=2) and
+  ``tokenizer_config.json`` / ``special_tokens_map.json``; ``added_tokens`` (content, special) are given
+  ids after the SentencePiece vocabulary, like Phi-3's ``<|user|>``/``<|end|>``.
+
+``AutoTokenizer.from_pretrained(dir)`` loads either folder.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# Standard-library modules whose sources form the training text (present on every CPython install).
+_CORPUS_MODULES = ("textwrap", "string", "heapq", "fractions", "shlex", "glob", "fnmatch", "calendar")
+
+_MULTILINGUAL = """\
+Ça coûte 12,50 € — très cher! Größe, Straße, naïve café, résumé, jalapeño, smörgåsbord.
+Привет, мир! Как дела? Это тестовая строка на русском языке.
+Γειά σου Κόσμε! Καλημέρα σε όλους.
+مرحبا بالعالم، هذا نص تجريبي.
+你好，世界！这是一个用于测试的中文句子。我们喜欢学习语言模型。
+こんにちは世界。日本語のテキストです。東京は大きな都市です。
+안녕하세요 세계! 한국어 문장입니다.
+Emoji: 😀 😃 😄 🚀 🎉 👍🏽 ❤️ 🇫🇷 👨‍👩‍👧 — done.
+Numbers: 0 1 12 123 1234 12345 3.14159 2026-11-25 1,000,000 0x1F.
+Whitespace:\tTabs\t\tand  double  spaces,   triple,    quad.
+"""
+
+PHI3_ADDED: tuple[tuple[str, bool], ...] = (
+    ("<|endoftext|>", True),
+    ("<|assistant|>", True),
+    ("<|system|>", True),
+    ("<|end|>", True),
+    ("<|user|>", True),
+    ("<|placeholder1|>", False),
+)
+
+# --- pre-tokenizer split regexes as published in the real models' tokenizer.json ---------------------
+LLAMA3_REGEX = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+QWEN2_REGEX = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+_LLAMA3_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}<|start_header_id|>{{ message['role'] }}"
+    "<|end_header_id|>\n\n{{ message['content'] | trim }}<|eot_id|>{% endfor %}"
+    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)
+_CHATML_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}"
+    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+_GPT2_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'] }}: {{ message['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant:{% endif %}"
+)
+_PHI3_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}{{ '<|' + message['role'] + '|>\n' + message['content']"
+    " + '<|end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class BpeScheme:
+    """What distinguishes one family of byte-level BPE tokenizers."""
+
+    split_regex: str | None  # explicit Split regex; None = ByteLevel's built-in GPT-2 regex
+    specials: tuple[str, ...]  # special tokens appended after the trained vocabulary
+    bos: str | None
+    eos: str
+    pad: str | None
+    add_bos: bool
+    chat_template: str
+    nfc: bool = False  # NFC normalizer (Qwen2)
+    ignore_merges: bool = False  # whole-word lookup before merging (Llama 3)
+    user_tokens: tuple[str, ...] = field(default=())  # non-special added tokens
+
+
+SCHEMES: dict[str, BpeScheme] = {
+    "llama3": BpeScheme(
+        split_regex=LLAMA3_REGEX,
+        specials=("<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>",
+                  "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
+        bos="<|begin_of_text|>", eos="<|eot_id|>", pad=None, add_bos=True,
+        chat_template=_LLAMA3_TEMPLATE, ignore_merges=True,
+    ),
+    "gpt2": BpeScheme(
+        split_regex=None, specials=("<|endoftext|>",), bos="<|endoftext|>", eos="<|endoftext|>",
+        pad=None, add_bos=False, chat_template=_GPT2_TEMPLATE,
+    ),
+    "qwen2": BpeScheme(
+        split_regex=QWEN2_REGEX, specials=("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
+        bos=None, eos="<|im_end|>", pad="<|endoftext|>", add_bos=False,
+        chat_template=_CHATML_TEMPLATE, nfc=True, user_tokens=("<tool_call>", "</tool_call>"),
+    ),
+}
+
+
+@functools.lru_cache(maxsize=1)
+def corpus_lines() -> tuple[str, ...]:
+    """The fixed training text, one line per item (~135 kB)."""
+    lines: list[str] = []
+    for name in _CORPUS_MODULES:
+        spec = importlib.util.find_spec(name)
+        assert spec is not None and spec.origin, name
+        lines.extend(Path(spec.origin).read_text(encoding="utf-8").splitlines())
+    lines.extend(_MULTILINGUAL.splitlines() * 8)
+    return tuple(line for line in lines if line.strip())
+
+
+def _write_json(path: Path, obj: object) -> None:
+    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _added_token_entry(content: str, special: bool) -> dict:
+    return {"content": content, "lstrip": False, "normalized": not special, "rstrip": False,
+            "single_word": False, "special": special}
+
+
+def train_bpe(dir: Path, scheme: str = "llama3", vocab_size: int = 1000) -> Path:
+    """Train a byte-level BPE of the given scheme into ``dir``; returns ``dir``.
+
+    ``vocab_size`` counts the trained tokens (256 byte symbols + merges); special and user tokens are
+    appended after them.
+    """
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers
+    from tokenizers import pre_tokenizers, processors, trainers
+
+    sch = SCHEMES[scheme]
+    dir = Path(dir)
+    dir.mkdir(parents=True, exist_ok=True)
+
+    tok = Tokenizer(models.BPE())
+    if sch.nfc:
+        tok.normalizer = normalizers.NFC()
+    if sch.split_regex is None:
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    else:
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(sch.split_regex), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False),
+        ])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, min_frequency=2, show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=[],
+    )
+    tok.train_from_iterator(corpus_lines(), trainer=trainer)
+
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in sch.specials])
+    if sch.user_tokens:
+        tok.add_tokens([AddedToken(t, special=False, normalized=True) for t in sch.user_tokens])
+    if sch.bos is not None and sch.add_bos:
+        bos_id = tok.token_to_id(sch.bos)
+        tok.post_processor = processors.Sequence([
+            processors.ByteLevel(trim_offsets=False),
+            processors.TemplateProcessing(
+                single=f"{sch.bos}:0 $A:0", pair=f"{sch.bos}:0 $A:0 {sch.bos}:1 $B:1",
+                special_tokens=[(sch.bos, bos_id)],
+            ),
+        ])
+    else:
+        tok.post_processor = processors.ByteLevel(trim_offsets=False)
+
+    data = json.loads(tok.to_str())
+    data["model"]["ignore_merges"] = sch.ignore_merges
+    _write_json(dir / "tokenizer.json", data)
+
+    added = {str(tok.token_to_id(t)): _added_token_entry(t, True) for t in sch.specials}
+    added.update({str(tok.token_to_id(t)): _added_token_entry(t, False) for t in sch.user_tokens})
+    special_map = {"bos_token": sch.bos, "eos_token": sch.eos}
+    if sch.pad is not None:
+        special_map["pad_token"] = sch.pad
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "add_bos_token": sch.add_bos,
+        "add_eos_token": False,
+        "added_tokens_decoder": added,
+        "bos_token": sch.bos,
+        "eos_token": sch.eos,
+        "pad_token": sch.pad,
+        "clean_up_tokenization_spaces": False,
+        "model_max_length": 2048,
+        "chat_template": sch.chat_template,
+    }
+    _write_json(dir / "tokenizer_config.json", config)
+    _write_json(dir / "special_tokens_map.json", {k: v for k, v in special_map.items() if v is not None})
+    return dir
+
+
+def train_spm(dir: Path, vocab_size: int = 1000,
+              added_tokens: tuple[tuple[str, bool], ...] = PHI3_ADDED) -> Path:
+    """Train a llama-style SentencePiece BPE model into ``dir``; returns ``dir``.
+
+    ``added_tokens`` are (content, special) pairs given ids ``vocab_size, vocab_size + 1, ...`` in
+    ``tokenizer_config.json`` and ``added_tokens.json`` (SentencePiece itself knows nothing of them).
+    """
+    import io
+
+    import sentencepiece as spm
+
+    dir = Path(dir)
+    dir.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(corpus_lines()), model_writer=buf,
+        model_type="bpe", vocab_size=vocab_size, character_coverage=0.9995,
+        byte_fallback=True, split_digits=True, add_dummy_prefix=True,
+        remove_extra_whitespaces=False, allow_whitespace_only_pieces=True,
+        normalization_rule_name="identity", max_sentencepiece_length=16,
+        unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+        num_threads=1, shuffle_input_sentence=False, input_sentence_size=0,
+        minloglevel=2,
+    )
+    (dir / "tokenizer.model").write_bytes(buf.getvalue())
+
+    added_ids = {content: vocab_size + i for i, (content, _) in enumerate(added_tokens)}
+    added = {str(i): _added_token_entry(t, True) for i, t in enumerate(("<unk>", "<s>", "</s>"))}
+    for content, special in added_tokens:
+        added[str(added_ids[content])] = _added_token_entry(content, special)
+    config = {
+        "tokenizer_class": "LlamaTokenizer",
+        "add_bos_token": True,
+        "add_eos_token": False,
+        "added_tokens_decoder": added,
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "unk_token": "<unk>",
+        "pad_token": None,
+        "legacy": True,
+        "sp_model_kwargs": {},
+        "clean_up_tokenization_spaces": False,
+        "model_max_length": 2048,
+        "chat_template": _PHI3_TEMPLATE,
+    }
+    _write_json(dir / "tokenizer_config.json", config)
+    if added_ids:
+        _write_json(dir / "added_tokens.json", added_ids)
+    _write_json(dir / "special_tokens_map.json",
+                {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"})
+    return dir
