@@ -1,0 +1,123 @@
+"""``slimedge inspect FILE.gguf [--json] [--stats] [--full]``: what a GGUF file holds.
+
+Human output: header line, metadata (long arrays shortened), tensor table (name, shape in NumPy
+order, type, bytes, bits per weight; with ``--stats`` min/max/mean/std/rms of the dequantized
+values), per-type totals, parameters, size and bits per weight. ``--json`` prints the same as one
+JSON object (arrays longer than 64 items shortened unless ``--full``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import click
+
+from ..gguf_info import GGUFInfo, TensorStats, read_info, tensor_stats
+from .options import user_errors
+
+_JSON_ARRAY_MAX = 64
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return f"{n:.2f} GiB"
+
+
+def _display(value: Any, width: int = 100) -> str:
+    """One line for a metadata value; long arrays show their length and first items."""
+    if isinstance(value, list):
+        head = ", ".join(repr(v) for v in value[:6])
+        more = ", ..." if len(value) > 6 else ""
+        s = f"[{len(value)} items] [{head}{more}]"
+    elif isinstance(value, str):
+        s = repr(value)
+    else:
+        s = str(value)
+    return s if len(s) <= width else s[: width - 3] + "..."
+
+
+def _json_value(value: Any, full: bool) -> Any:
+    if isinstance(value, list) and not full and len(value) > _JSON_ARRAY_MAX:
+        return {"length": len(value), "first": value[:_JSON_ARRAY_MAX], "shortened": True}
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def _stats_dict(s: TensorStats | str | None) -> Any:
+    if s is None or isinstance(s, str):
+        return s
+    return {k: (v if not isinstance(v, float) or math.isfinite(v) else str(v)) for k, v in vars(s).items()}
+
+
+def to_json(info: GGUFInfo, stats: dict | None = None, full: bool = False) -> dict:
+    return {
+        "path": info.path, "file_size": info.file_size, "gguf_version": info.version,
+        "alignment": info.alignment, "data_offset": info.data_offset,
+        "arch": info.arch, "name": info.name, "file_type": info.file_type, "file_type_name": info.file_type_name,
+        "n_tensors": len(info.tensors), "n_params": info.n_params,
+        "total_tensor_bytes": info.total_tensor_bytes, "bpw": info.bpw,
+        "type_counts": info.type_counts, "type_bytes": info.type_bytes,
+        "metadata": {k: _json_value(v, full) for k, v in info.metadata.items()},
+        "metadata_types": info.metadata_types,
+        "tensors": [
+            {"name": t.name, "shape": list(t.shape), "type": t.type, "n_bytes": t.n_bytes,
+             "n_elements": t.n_elements, "offset": t.offset, "bpw": t.bpw,
+             **({"stats": _stats_dict(stats.get(t.name))} if stats is not None else {})}
+            for t in info.tensors],
+    }
+
+
+def _print_human(info: GGUFInfo, stats: dict | None) -> None:
+    echo = click.echo
+    echo(f"{info.path}: GGUF v{info.version}, {_human_bytes(info.file_size)} ({info.file_size} bytes)")
+    echo(f"arch: {info.arch}   name: {info.name}   file_type: {info.file_type_name}")
+    echo(f"\nmetadata ({len(info.metadata)} keys):")
+    kw = max((len(k) for k in info.metadata), default=0)
+    for k, v in info.metadata.items():
+        echo(f"  {k:<{kw}}  {info.metadata_types[k]:<14} {_display(v)}")
+    echo(f"\ntensors ({len(info.tensors)}):")
+    nw = max((len(t.name) for t in info.tensors), default=4)
+    header = f"  {'name':<{nw}}  {'shape':<18} {'type':<6} {'bytes':>12} {'bpw':>6}"
+    if stats is not None:
+        header += f"  {'min':>10} {'max':>10} {'mean':>10} {'std':>10} {'rms':>10}"
+    echo(header)
+    for t in info.tensors:
+        shape = "x".join(str(d) for d in t.shape)
+        line = f"  {t.name:<{nw}}  {shape:<18} {t.type:<6} {t.n_bytes:>12} {t.bpw:>6.2f}"
+        if stats is not None:
+            s = stats.get(t.name)
+            if isinstance(s, TensorStats):
+                line += "  " + " ".join(f"{v:>10.4g}" for v in (s.min, s.max, s.mean, s.std, s.rms))
+                if s.n_nonfinite:
+                    line += f"  ({s.n_nonfinite} NaN/Inf)"
+            else:
+                line += f"  {s}"
+        echo(line)
+    echo("\ntypes:")
+    tb = info.type_bytes
+    for typ, n in info.type_counts.items():
+        echo(f"  {typ:<6} {n:>5} tensors  {_human_bytes(tb[typ]):>12}")
+    echo(f"\ntotal: {len(info.tensors)} tensors, {info.n_params:,} parameters, "
+         f"{_human_bytes(info.total_tensor_bytes)} of tensor data, {info.bpw:.3f} bits per weight")
+
+
+@click.command("inspect")
+@click.argument("file", type=str)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (one JSON object).")
+@click.option("--stats", is_flag=True, help="Dequantize each tensor and show min/max/mean/std/rms.")
+@click.option("--full", is_flag=True, help="With --json: include long metadata arrays (vocabularies) in full.")
+@user_errors
+def cli(file: str, as_json: bool, stats: bool, full: bool) -> None:
+    """Show a GGUF file's metadata, tensors, sizes and bits per weight."""
+    info = read_info(file)
+    st = tensor_stats(file, info) if stats else None
+    if as_json:
+        click.echo(json.dumps(to_json(info, st, full), indent=1, ensure_ascii=False))
+    else:
+        _print_human(info, st)
