@@ -1,0 +1,243 @@
+"""Scale searches shared by the k-quants, vectorized over many (sub-)blocks at once, bit-exact with ggml.
+
+Ports of ggml-quants.c's ``make_qkx2_quants`` / ``make_qkx3_quants`` (affine scale+min grid search),
+``make_qx_quants`` (symmetric scale grid search), ``make_q3_quants`` (symmetric with coordinate-descent
+refinement) and ``make_qp_quants`` (positive scales, used to quantize the sub-block scales with an imatrix).
+
+Layout: every search takes ``x: float32[n, M]`` -- element index first, one column per (sub-)block -- so a
+sum over a block is ``np.add.reduce(a, axis=0)``, which NumPy evaluates as the sequential C loop
+``s += a[i]`` (pairwise summation only happens along the contiguous axis). All arithmetic is float32 in
+the C code's order (no FMA: ggml-base is built for baseline x86-64).
+
+Rounding: ggml's ``nearest_int`` adds 1.5*2^23 and reads the mantissa (round half to even). Where the
+argument is provably within +-2^22 the searches use the float form ``(t + M) - M`` (same value, no int
+conversion); :func:`nearest_int` reproduces the bit trick exactly for arbitrary inputs.
+
+Searches avoid rewriting ``L`` on each improvement: they remember the winning (iscale, offset) per block and
+recompute ``L`` once at the end (the same expression, hence the same values).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+_F = np.float32
+ROUND_MAGIC = _F(12582912.0)  # 1.5 * 2**23
+GROUP_MAX_EPS = _F(1e-15)
+
+
+# ---- scalar helpers (elementwise) ------------------------------------------------------------------
+
+def f16_bits(v) -> np.ndarray:
+    """float32 -> IEEE half bits (round to nearest even; ggml's GGML_FP32_TO_FP16 does the same)."""
+    return np.asarray(v, dtype=_F).astype(np.float16).view(np.uint16)
+
+
+def f16_value(bits) -> np.ndarray:
+    return np.asarray(bits, dtype=np.uint16).view(np.float16).astype(_F)
+
+
+def f16_round(v) -> np.ndarray:
+    """``GGML_FP16_TO_FP32(GGML_FP32_TO_FP16(v))``."""
+    return np.asarray(v, dtype=_F).astype(np.float16).astype(_F)
+
+
+def nearest_int(t: np.ndarray) -> np.ndarray:
+    """ggml's ``nearest_int`` bit for bit (also out of its +-2^22 range): float32 -> int32."""
+    v = (np.asarray(t, dtype=_F) + ROUND_MAGIC).view(np.int32)
+    return (v & 0x007FFFFF) - 0x00400000
+
+
+def round_f(t: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``(float)nearest_int(t)`` for ``|t| <= 2^22`` (float32, in place if ``out`` is given)."""
+    r = np.add(t, ROUND_MAGIC, out=out)
+    return np.subtract(r, ROUND_MAGIC, out=r)
+
+
+def round_half_away(t: np.ndarray) -> np.ndarray:
+    """C ``roundf`` (ties away from zero), exact for float32."""
+    r = np.trunc(t)
+    frac = t - r  # exact
+    return r + np.where(np.abs(frac) >= _F(0.5), np.sign(t), _F(0.0)).astype(_F)
+
+
+def first_absmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """The first value of largest magnitude along ``axis`` (``if (amax < fabsf(v)) {amax=...; max=v;}``),
+    +0.0 when all values are zero."""
+    ax = np.abs(x)
+    idx = np.expand_dims(np.argmax(ax, axis=axis), axis)
+    m = np.take_along_axis(x, idx, axis=axis).squeeze(axis)
+    return np.where(np.take_along_axis(ax, idx, axis=axis).squeeze(axis) > 0, m, _F(0.0)).astype(_F)
+
+
+def seqsum(a: np.ndarray) -> np.ndarray:
+    """Sequential float32 sum over axis 0 of ``a: [n, M]`` (``s = a[0]; s += a[1]; ...``)."""
+    if a.ndim == 2 and a.shape[1] == 1:  # a lone column would be summed pairwise: do it by hand
+        s = a[0].copy()
+        for i in range(1, a.shape[0]):
+            s += a[i]
+        return s
+    return np.add.reduce(np.ascontiguousarray(a), axis=0)
+
+
+# ---- affine searches: make_qkx2_quants / make_qkx3_quants ---------------------------------------------
+
+def make_qkx_quants(x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdelta: float, nstep: int,
+                    use_mad: bool, le_degenerate: bool = False):
+    """Affine grid search over columns of ``x: float32[n, M]`` with weights ``w: float32[n, M]``.
+
+    Returns ``(L: float32[n, M] in 0..nmax, scale: float32[M], the_min: float32[M])`` exactly as
+    ``make_qkx2_quants`` (``le_degenerate=False``: degenerate when ``max == min``) or
+    ``make_qkx3_quants`` with weights (``le_degenerate=True``: ``max <= min``).
+    """
+    x = np.ascontiguousarray(x, dtype=_F)
+    w = np.ascontiguousarray(w, dtype=_F)
+    fn = _F(nmax)
+    mn = np.minimum(x.min(axis=0), _F(0.0))
+    mx = x.max(axis=0)
+    degenerate = (mx <= mn) if le_degenerate else (mx == mn)
+    sum_w = seqsum(w)
+    sum_x = seqsum(w * x)
+    err_fn = np.abs if use_mad else np.square
+
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        iscale = fn / (mx - mn)
+        scale = _F(1.0) / iscale
+        L = np.clip(round_f(iscale * (x - mn)), 0, fn)
+        diff = scale * L + mn - x
+        best = seqsum(w * err_fn(diff))
+        best_iscale, best_off = iscale, mn
+        cur_min = mn
+        t = np.empty_like(x)
+        wl = np.empty_like(x)
+        tmp = np.empty_like(x)
+        for step in range(nstep + 1):
+            iscale = (_F(rmin) + _F(rdelta) * _F(step) + fn) / (mx - cur_min)
+            np.subtract(x, cur_min, out=t)
+            np.multiply(t, iscale, out=t)
+            round_f(t, out=t)
+            l = np.clip(t, 0, fn, out=t)
+            np.multiply(w, l, out=wl)
+            sum_l = seqsum(wl)
+            sum_l2 = seqsum(np.multiply(wl, l, out=tmp))
+            sum_xl = seqsum(np.multiply(wl, x, out=tmp))
+            D = sum_w * sum_l2 - sum_l * sum_l
+            this_scale = (sum_w * sum_xl - sum_x * sum_l) / D
+            this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D
+            pos = this_min > 0
+            if pos.any():
+                this_min = np.where(pos, _F(0.0), this_min)
+                this_scale = np.where(pos, sum_xl / sum_l2, this_scale).astype(_F)
+            np.multiply(l, this_scale, out=tmp)
+            tmp += this_min
+            tmp -= x
+            err_fn(tmp, out=tmp)
+            tmp *= w
+            cur = seqsum(tmp)
+            better = (D > 0) & (cur < best)
+            best = np.where(better, cur, best)
+            best_iscale = np.where(better, iscale, best_iscale)
+            best_off = np.where(better, cur_min, best_off)
+            scale = np.where(better, this_scale, scale)
+            cur_min = np.where(better, this_min, cur_min)
+        np.subtract(x, best_off, out=t)
+        t *= best_iscale
+        L = np.clip(round_f(t, out=t), 0, fn, out=t)
+    L[:, degenerate] = 0
+    scale = np.where(degenerate, _F(0.0), scale).astype(_F)
+    cur_min = np.where(degenerate, mn, cur_min).astype(_F)
+    return L, scale, -cur_min
+
+
+# ---- symmetric searches: make_qx_quants / make_q3_quants ----------------------------------------------
+
+def make_qx_quants(x: np.ndarray, nmax: int, qw: np.ndarray | None = None):
+    """``make_qx_quants(n, nmax, x, L, rmse_type=1, qw)`` over the columns of ``x: float32[n, M]``.
+
+    Returns ``(L: float32[n, M] in 0..2*nmax-1, scale: float32[M])``; ``qw=None`` weighs by ``x*x``.
+    """
+    x = np.ascontiguousarray(x, dtype=_F)
+    fn = _F(nmax)
+    mx = first_absmax(x, axis=0)
+    zero = np.abs(mx) < GROUP_MAX_EPS
+    w = x * x if qw is None else np.ascontiguousarray(qw, dtype=_F)
+    wx = w * x
+    t = np.empty_like(x)
+    tmp = np.empty_like(x)
+
+    def sums(iscale):
+        np.multiply(x, iscale, out=t)
+        l = np.clip(round_f(t, out=t), -fn, fn - 1, out=t)
+        slx = seqsum(np.multiply(wx, l, out=tmp))
+        np.multiply(w, l, out=tmp)
+        sl2 = seqsum(np.multiply(tmp, l, out=tmp))
+        return slx, sl2
+
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        iscale = -fn / mx
+        sumlx, suml2 = sums(iscale)
+        scale = np.where(suml2 != 0, sumlx / suml2, _F(0.0)).astype(_F)
+        best = scale * sumlx
+        best_iscale = iscale
+        for step in range(-9, 10):
+            if step == 0:
+                continue
+            iscale = -(fn + _F(0.1) * _F(step)) / mx
+            sumlx, suml2 = sums(iscale)
+            upd = (suml2 > 0) & (sumlx * sumlx > best * suml2)
+            best_iscale = np.where(upd, iscale, best_iscale)
+            scale = np.where(upd, sumlx / suml2, scale).astype(_F)
+            best = np.where(upd, scale * sumlx, best).astype(_F)
+        np.multiply(x, best_iscale, out=t)
+        L = np.clip(round_f(t, out=t), -fn, fn - 1, out=t)
+    L += fn
+    L[:, zero] = 0
+    return L, np.where(zero, _F(0.0), scale).astype(_F)
+
+
+def make_q3_quants(x: np.ndarray, nmax: int):
+    """``make_q3_quants(n, nmax, x, L, do_rmse=true)`` over the columns of ``x: float32[n, M]``.
+
+    Returns ``(L: float32[n, M] in 0..2*nmax-1, scale: float32[M])``. The coordinate-descent passes are
+    sequential over the n elements (as in C) but vectorized over the columns still changing.
+    """
+    x = np.ascontiguousarray(x, dtype=_F)
+    n = x.shape[0]
+    fn = _F(nmax)
+    mx = first_absmax(x, axis=0)
+    zero = np.abs(mx) < GROUP_MAX_EPS
+    w = x * x
+    wx = w * x
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        L = np.clip(round_f(x * (-fn / mx)), -fn, fn - 1)
+        sumlx = seqsum(wx * L)
+        suml2 = seqsum(w * L * L)
+        active = np.flatnonzero(~zero)
+        for _ in range(5):
+            if active.size == 0:
+                break
+            xa, wa, wxa, La = x[:, active], w[:, active], wx[:, active], L[:, active]
+            slx_a, sl2_a = sumlx[active], suml2[active]
+            changed = np.zeros(active.size, dtype=bool)
+            for i in range(n):
+                li = La[i]
+                slx = slx_a - wxa[i] * li
+                sl2 = sl2_a - wa[i] * li * li
+                new_l = np.clip(nearest_int(xa[i] * sl2 / slx), -nmax, nmax - 1).astype(_F)
+                nslx = slx + wxa[i] * new_l
+                nsl2 = sl2 + wa[i] * new_l * new_l
+                acc = ((slx > 0) & (new_l != li) & (nsl2 > 0)
+                       & (nslx * nslx * sl2_a > slx_a * slx_a * nsl2))
+                if acc.any():
+                    La[i] = np.where(acc, new_l, li)
+                    slx_a = np.where(acc, nslx, slx_a)
+                    sl2_a = np.where(acc, nsl2, sl2_a)
+                    changed |= acc
+            L[:, active] = La
+            sumlx[active] = slx_a
+            suml2[active] = sl2_a
+            active = active[changed]
+        scale = np.where(suml2 > 0, sumlx / suml2, _F(0.0)).astype(_F)
+    L += fn
+    L[:, zero] = 0
+    return L, np.where(zero, _F(0.0), scale).astype(_F)
