@@ -82,6 +82,21 @@ def seqsum(a: np.ndarray) -> np.ndarray:
 
 # ---- affine searches: make_qkx2_quants / make_qkx3_quants ---------------------------------------------
 
+def _grid_levels(x, off, iscale, fn, out):
+    """``MAX(0, MIN(nmax, nearest_int(iscale*(x - off))))`` as float32 into ``out``.
+
+    ``iscale`` overflows to inf for (sub)normal ranges below ``nmax/FLT_MAX``; ggml's bit trick then maps
+    inf and NaN to a level clamped to 0, which the float rounding would not: those columns get 0."""
+    np.subtract(x, off, out=out)
+    np.multiply(out, iscale, out=out)
+    round_f(out, out=out)
+    np.clip(out, 0, fn, out=out)
+    bad = ~np.isfinite(iscale)
+    if bad.any():
+        out[:, bad] = 0
+    return out
+
+
 def make_qkx_quants(x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdelta: float, nstep: int,
                     use_mad: bool, le_degenerate: bool = False):
     """Affine grid search over columns of ``x: float32[n, M]`` with weights ``w: float32[n, M]``.
@@ -103,20 +118,17 @@ def make_qkx_quants(x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdelta
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         iscale = fn / (mx - mn)
         scale = _F(1.0) / iscale
-        L = np.clip(round_f(iscale * (x - mn)), 0, fn)
+        t = np.empty_like(x)
+        L = _grid_levels(x, mn, iscale, fn, t).copy()
         diff = scale * L + mn - x
         best = seqsum(w * err_fn(diff))
         best_iscale, best_off = iscale, mn
         cur_min = mn
-        t = np.empty_like(x)
         wl = np.empty_like(x)
         tmp = np.empty_like(x)
         for step in range(nstep + 1):
             iscale = (_F(rmin) + _F(rdelta) * _F(step) + fn) / (mx - cur_min)
-            np.subtract(x, cur_min, out=t)
-            np.multiply(t, iscale, out=t)
-            round_f(t, out=t)
-            l = np.clip(t, 0, fn, out=t)
+            l = _grid_levels(x, cur_min, iscale, fn, t)
             np.multiply(w, l, out=wl)
             sum_l = seqsum(wl)
             sum_l2 = seqsum(np.multiply(wl, l, out=tmp))
@@ -140,9 +152,7 @@ def make_qkx_quants(x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdelta
             best_off = np.where(better, cur_min, best_off)
             scale = np.where(better, this_scale, scale)
             cur_min = np.where(better, this_min, cur_min)
-        np.subtract(x, best_off, out=t)
-        t *= best_iscale
-        L = np.clip(round_f(t, out=t), 0, fn, out=t)
+        L = _grid_levels(x, best_off, best_iscale, fn, t)
     L[:, degenerate] = 0
     scale = np.where(degenerate, _F(0.0), scale).astype(_F)
     cur_min = np.where(degenerate, mn, cur_min).astype(_F)
