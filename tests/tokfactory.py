@@ -4,7 +4,7 @@ No network, no hub: the training text is a fixed set of Python standard-library 
 plus a fixed multilingual paragraph (accents, Cyrillic, Greek, Arabic, CJK, emoji) so merges exist for
 multi-byte characters. Training is single-threaded and deterministic and takes well under 2 s.
 
-- ``train_bpe(dir, scheme="llama3"|"gpt2"|"qwen2", vocab_size=1000)`` writes ``tokenizer.json``,
+- ``train_bpe(dir, scheme="llama3"|"gpt2"|"qwen2"|..., vocab_size=1000)`` (all in ``SCHEMES``) writes ``tokenizer.json``,
   ``tokenizer_config.json`` (with a chat template) and ``special_tokens_map.json``. The scheme fixes the
   pre-tokenizer split regex, normalizer, special tokens (appended after the trained vocabulary, i.e.
   beyond the base vocabulary, as in the real models), bos/eos/pad and add_bos.
@@ -58,6 +58,20 @@ QWEN2_REGEX = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
     r"|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
+QWEN35_REGEX = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+GPT4O_REGEX = (
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+    r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+    r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+TEKKEN_REGEX = (
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"
+    r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*"
+    r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 
 _LLAMA3_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}<|start_header_id|>{{ message['role'] }}"
@@ -90,6 +104,7 @@ class BpeScheme:
     add_bos: bool
     chat_template: str
     nfc: bool = False  # NFC normalizer (Qwen2)
+    digits: bool = False  # Digits(individual_digits) step before the split (StarCoder, SmolLM)
     ignore_merges: bool = False  # whole-word lookup before merging (Llama 3)
     user_tokens: tuple[str, ...] = field(default=())  # non-special added tokens
 
@@ -110,6 +125,28 @@ SCHEMES: dict[str, BpeScheme] = {
         split_regex=QWEN2_REGEX, specials=("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
         bos=None, eos="<|im_end|>", pad="<|endoftext|>", add_bos=False,
         chat_template=_CHATML_TEMPLATE, nfc=True, user_tokens=("<tool_call>", "</tool_call>"),
+    ),
+    # Further schemes llama.cpp implements (one per pre-tokenizer name slimedge recognizes).
+    "dbrx": BpeScheme(  # Llama 3's regex without ignore_merges
+        split_regex=LLAMA3_REGEX, specials=("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
+        bos="<|endoftext|>", eos="<|endoftext|>", pad=None, add_bos=False, chat_template=_CHATML_TEMPLATE,
+    ),
+    "qwen35": BpeScheme(
+        split_regex=QWEN35_REGEX, specials=("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
+        bos=None, eos="<|im_end|>", pad="<|endoftext|>", add_bos=False, chat_template=_CHATML_TEMPLATE,
+        nfc=True,
+    ),
+    "starcoder": BpeScheme(
+        split_regex=None, digits=True, specials=("<|endoftext|>", "<fim_prefix>", "<fim_suffix>"),
+        bos="<|endoftext|>", eos="<|endoftext|>", pad=None, add_bos=False, chat_template=_GPT2_TEMPLATE,
+    ),
+    "gpt4o": BpeScheme(
+        split_regex=GPT4O_REGEX, specials=("<|begin_of_text|>", "<|eot|>", "<|header_start|>", "<|header_end|>"),
+        bos="<|begin_of_text|>", eos="<|eot|>", pad=None, add_bos=True, chat_template=_GPT2_TEMPLATE,
+    ),
+    "tekken": BpeScheme(
+        split_regex=TEKKEN_REGEX, specials=("<unk>", "<s>", "</s>", "[INST]", "[/INST]"),
+        bos="<s>", eos="</s>", pad=None, add_bos=True, chat_template=_GPT2_TEMPLATE, ignore_merges=True,
     ),
 }
 
@@ -151,13 +188,13 @@ def train_bpe(dir: Path, scheme: str = "llama3", vocab_size: int = 1000) -> Path
     tok = Tokenizer(models.BPE())
     if sch.nfc:
         tok.normalizer = normalizers.NFC()
+    steps = [pre_tokenizers.Digits(individual_digits=True)] if sch.digits else []
     if sch.split_regex is None:
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        steps.append(pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True))
     else:
-        tok.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Split(Regex(sch.split_regex), behavior="isolated", invert=False),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False),
-        ])
+        steps += [pre_tokenizers.Split(Regex(sch.split_regex), behavior="isolated", invert=False),
+                  pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False)]
+    tok.pre_tokenizer = steps[0] if len(steps) == 1 else pre_tokenizers.Sequence(steps)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, min_frequency=2, show_progress=False,
