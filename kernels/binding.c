@@ -1,0 +1,171 @@
+/* CPython binding of the kernels: the module slimedge._kernels.
+ *
+ * The only file that knows Python. Takes contiguous buffers (NumPy arrays, bytes, bytearray,
+ * memoryview), checks their sizes, and calls the C kernels with the GIL released, so Python
+ * threads quantize different row chunks of one tensor in parallel.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include "slimedge_kernels.h"
+
+static int check_type(int qtype) {
+    if (se_block_size(qtype) == 0) {
+        PyErr_Format(PyExc_ValueError, "slimedge._kernels: type id %d is not supported", qtype);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *py_quantize(PyObject *self, PyObject *args, PyObject *kwargs) {
+    static char *kwlist[] = {"qtype", "src", "dst", "n_rows", "n_per_row", "imatrix", NULL};
+    int qtype;
+    Py_buffer src, dst, imx = {0};
+    long long n_rows, n_per_row;
+    PyObject *imatrix = Py_None;
+    (void)self;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iy*w*LL|O", kwlist, &qtype, &src, &dst,
+                                     &n_rows, &n_per_row, &imatrix))
+        return NULL;
+    PyObject *result = NULL;
+    int have_imx = 0;
+    if (check_type(qtype) < 0) goto done;
+    const int bs = se_block_size(qtype), ts = se_type_size(qtype);
+    if (n_rows < 0 || n_per_row < 0 || n_per_row % bs) {
+        PyErr_Format(PyExc_ValueError, "row length %lld is not a multiple of the block size %d",
+                     n_per_row, bs);
+        goto done;
+    }
+    const long long n = n_rows * n_per_row;
+    if (src.len != (Py_ssize_t)(n * 4)) {
+        PyErr_Format(PyExc_ValueError, "src holds %zd bytes, expected %lld float32 values",
+                     src.len, n);
+        goto done;
+    }
+    if (dst.len != (Py_ssize_t)(n / bs * ts)) {
+        PyErr_Format(PyExc_ValueError, "dst holds %zd bytes, expected %lld", dst.len, n / bs * ts);
+        goto done;
+    }
+    if (imatrix != Py_None) {
+        if (PyObject_GetBuffer(imatrix, &imx, PyBUF_C_CONTIGUOUS) < 0) goto done;
+        have_imx = 1;
+        if (imx.len != (Py_ssize_t)(n_per_row * 4)) {
+            PyErr_Format(PyExc_ValueError, "imatrix holds %zd bytes, expected %lld float32 values",
+                         imx.len, n_per_row);
+            goto done;
+        }
+        if (!se_has_imatrix(qtype)) {
+            PyErr_SetString(PyExc_NotImplementedError, "importance weights not supported by the C kernels for this type");
+            goto done;
+        }
+    }
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = se_quantize(qtype, (const float *)src.buf, dst.buf, n_rows, n_per_row,
+                     have_imx ? (const float *)imx.buf : NULL);
+    Py_END_ALLOW_THREADS
+    if (rc != SE_OK) {
+        PyErr_Format(PyExc_RuntimeError, "slimedge._kernels.quantize failed with status %d", rc);
+        goto done;
+    }
+    result = Py_NewRef(Py_None);
+done:
+    PyBuffer_Release(&src);
+    PyBuffer_Release(&dst);
+    if (have_imx) PyBuffer_Release(&imx);
+    return result;
+}
+
+static PyObject *py_dequantize(PyObject *self, PyObject *args, PyObject *kwargs) {
+    static char *kwlist[] = {"qtype", "src", "dst", "n", NULL};
+    int qtype;
+    Py_buffer src, dst;
+    long long n;
+    (void)self;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iy*w*L", kwlist, &qtype, &src, &dst, &n))
+        return NULL;
+    PyObject *result = NULL;
+    if (check_type(qtype) < 0) goto done;
+    const int bs = se_block_size(qtype), ts = se_type_size(qtype);
+    if (n < 0 || n % bs) {
+        PyErr_Format(PyExc_ValueError, "%lld values is not a multiple of the block size %d", n, bs);
+        goto done;
+    }
+    if (src.len != (Py_ssize_t)(n / bs * ts) || dst.len != (Py_ssize_t)(n * 4)) {
+        PyErr_Format(PyExc_ValueError, "buffer sizes %zd/%zd do not match %lld values", src.len,
+                     dst.len, n);
+        goto done;
+    }
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = se_dequantize(qtype, src.buf, (float *)dst.buf, n);
+    Py_END_ALLOW_THREADS
+    if (rc != SE_OK) {
+        PyErr_Format(PyExc_RuntimeError, "slimedge._kernels.dequantize failed with status %d", rc);
+        goto done;
+    }
+    result = Py_NewRef(Py_None);
+done:
+    PyBuffer_Release(&src);
+    PyBuffer_Release(&dst);
+    return result;
+}
+
+static PyObject *py_block_size(PyObject *self, PyObject *arg) {
+    (void)self;
+    const long t = PyLong_AsLong(arg);
+    if (t == -1 && PyErr_Occurred()) return NULL;
+    return PyLong_FromLong(se_block_size((int)t));
+}
+
+static PyObject *py_type_size(PyObject *self, PyObject *arg) {
+    (void)self;
+    const long t = PyLong_AsLong(arg);
+    if (t == -1 && PyErr_Occurred()) return NULL;
+    return PyLong_FromLong(se_type_size((int)t));
+}
+
+static PyObject *py_has_imatrix(PyObject *self, PyObject *arg) {
+    (void)self;
+    const long t = PyLong_AsLong(arg);
+    if (t == -1 && PyErr_Occurred()) return NULL;
+    return PyBool_FromLong(se_has_imatrix((int)t));
+}
+
+static PyObject *py_supported_types(PyObject *self, PyObject *noargs) {
+    (void)self;
+    (void)noargs;
+    static const int ids[] = {0, 1, 2, 3, 6, 7, 8, 10, 11, 12, 13, 14, 30};
+    const Py_ssize_t n = (Py_ssize_t)(sizeof(ids) / sizeof(ids[0]));
+    PyObject *t = PyTuple_New(n);
+    if (!t) return NULL;
+    for (Py_ssize_t i = 0; i < n; ++i) PyTuple_SET_ITEM(t, i, PyLong_FromLong(ids[i]));
+    return t;
+}
+
+static PyObject *py_isa(PyObject *self, PyObject *noargs) {
+    (void)self;
+    (void)noargs;
+    return PyUnicode_FromString(se_isa());
+}
+
+static PyMethodDef methods[] = {
+    {"quantize", (PyCFunction)(void (*)(void))py_quantize, METH_VARARGS | METH_KEYWORDS,
+     "quantize(qtype, src, dst, n_rows, n_per_row, imatrix=None): float32 rows -> GGML blocks"},
+    {"dequantize", (PyCFunction)(void (*)(void))py_dequantize, METH_VARARGS | METH_KEYWORDS,
+     "dequantize(qtype, src, dst, n): GGML blocks -> n float32 values"},
+    {"block_size", py_block_size, METH_O, "weights per block of a type id (0: unsupported)"},
+    {"type_size", py_type_size, METH_O, "bytes per block of a type id (0: unsupported)"},
+    {"has_imatrix", py_has_imatrix, METH_O, "whether importance weights are supported"},
+    {"supported_types", py_supported_types, METH_NOARGS, "GGML type ids the kernels handle"},
+    {"isa", py_isa, METH_NOARGS, "instruction set the kernels run with: 'avx2' or 'baseline'"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "slimedge._kernels",
+    "slimedge C kernels: bit-exact GGML quantization (see kernels/ in the source tree).", -1,
+    methods, NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__kernels(void) { return PyModule_Create(&module); }
