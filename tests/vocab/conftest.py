@@ -1,0 +1,32 @@
+"""Fixtures for vocabulary tests: locally trained tokenizers and vocab-only GGUF files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import tokfactory
+from slimedge.vocab import load_vocab
+from vocab_helpers import load_llama, write_vocab_gguf
+
+
+@pytest.fixture(scope="session")
+def bpe_dirs(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("bpe")
+    return {s: tokfactory.train_bpe(root / s, s) for s in tokfactory.SCHEMES}
+
+
+@pytest.fixture(scope="session")
+def spm_dir(tmp_path_factory) -> Path:
+    return tokfactory.train_spm(tmp_path_factory.mktemp("spm") / "tok")
+
+
+@pytest.fixture
+def vocab_gguf(tmp_path):
+    """Build and load a vocab-only GGUF: ``vocab_gguf(model_dir, n_vocab) -> (Vocab, Llama)``."""
+    def make(model_dir: Path, n_vocab: int, hf_config: dict | None = None):
+        vocab = load_vocab(model_dir, hf_config or {}, n_vocab)
+        path = write_vocab_gguf(vocab, tmp_path / f"{model_dir.name}-{n_vocab}.gguf")
+        return vocab, load_llama(path)
+    return make

@@ -1,0 +1,167 @@
+"""llama.cpp loads our vocabularies and tokenizes exactly like the source tokenizer.
+
+BPE: `tokenizers` on tokenizer.json is the reference (``encode_special_tokens`` toggled to mirror
+llama.cpp's ``special`` flag). SentencePiece: the `sentencepiece` library on tokenizer.model, with the
+text split around added tokens first (SentencePiece knows nothing of them), as llama.cpp does.
+"""
+
+from __future__ import annotations
+
+import json
+
+import jinja2
+import pytest
+from gguf import GGUFReader, TokenType
+
+import tokfactory
+from slimedge.vocab import load_vocab
+from vocab_helpers import SAMPLES, specials_regex, write_vocab_gguf
+
+EXPECTED_PRE = {"llama3": "llama-bpe", "gpt2": "gpt-2", "qwen2": "qwen2", "dbrx": "dbrx",
+                "qwen35": "qwen35", "starcoder": "starcoder", "gpt4o": "gpt-4o", "tekken": "tekken"}
+PAD = 24  # extra embedding rows past the tokenizer, as Phi-3 has
+
+
+def _chat(template: str, bos: str | None, eos: str | None) -> str:
+    messages = [{"role": "system", "content": "You are terse."},
+                {"role": "user", "content": "Hi there!  How are\tyou? 你好 🚀"},
+                {"role": "assistant", "content": "Fine, 123456."}]
+    return jinja2.Template(template).render(messages=messages, add_generation_prompt=True,
+                                            bos_token=bos or "", eos_token=eos or "")
+
+
+def _special_samples(specials: list[str], user: list[str]) -> list[str]:
+    s, u = specials, user or ["x"]
+    return [
+        f"{s[0]}Hello{s[-1]}",
+        f"{s[-1]} {s[0]}  spaced {s[-1]}\n{s[0]}\n",
+        f"plain {u[0]}inside{u[-1]} and {s[0]}{s[-1]}{u[0]} tail",
+        f"{s[0]}{s[0]} double",
+        f"almost {s[0][:-1]} special",
+    ]
+
+
+@pytest.mark.parametrize("scheme", list(tokfactory.SCHEMES))
+def test_bpe_matches_tokenizers(scheme, bpe_dirs, vocab_gguf):
+    from tokenizers import Tokenizer
+
+    d = bpe_dirs[scheme]
+    sch = tokfactory.SCHEMES[scheme]
+    ref = Tokenizer.from_file(str(d / "tokenizer.json"))
+    n_tok = ref.get_vocab_size(with_added_tokens=True)
+    vocab, llm = vocab_gguf(d, n_tok + PAD)
+    assert vocab.pre == EXPECTED_PRE[scheme]
+    assert llm.n_vocab() == n_tok + PAD
+
+    chat = _chat(sch.chat_template, sch.bos, sch.eos)
+    texts = SAMPLES + _special_samples(list(sch.specials), list(sch.user_tokens)) + [chat]
+    for text in texts:
+        for special in (True, False):
+            ref.encode_special_tokens = not special
+            want = ref.encode(text, add_special_tokens=False).ids
+            got = llm.tokenize(text.encode(), add_bos=False, special=special)
+            assert got == want, (scheme, special, text)
+            assert llm.detokenize(got, special=True) == text.encode(), (scheme, special, text)
+        ref.encode_special_tokens = False
+        # add_special_tokens: bos (and eos) exactly where the source's post-processor puts them
+        want = ref.encode(text, add_special_tokens=True).ids
+        assert llm.tokenize(text.encode(), add_bos=True, special=True) == want, (scheme, text)
+
+
+@pytest.mark.parametrize("scheme", ["llama3", "qwen2", "gpt2"])
+def test_bpe_metadata(scheme, bpe_dirs, vocab_gguf):
+    d = bpe_dirs[scheme]
+    sch = tokfactory.SCHEMES[scheme]
+    from tokenizers import Tokenizer
+
+    ref = Tokenizer.from_file(str(d / "tokenizer.json"))
+    n_tok = ref.get_vocab_size(with_added_tokens=True)
+    vocab, llm = vocab_gguf(d, n_tok)
+    md = llm.metadata
+    assert md["tokenizer.ggml.model"] == "gpt2"
+    assert md["tokenizer.chat_template"] == sch.chat_template
+    assert vocab.special_ids["eos"] == ref.token_to_id(sch.eos) == llm.token_eos()
+    if sch.bos is not None:
+        assert vocab.special_ids["bos"] == ref.token_to_id(sch.bos) == llm.token_bos()
+    else:
+        assert "bos" not in vocab.special_ids
+    assert vocab.add_bos == sch.add_bos and vocab.add_eos is False
+    for t in sch.specials:
+        assert vocab.types[ref.token_to_id(t)] == TokenType.CONTROL
+    for t in sch.user_tokens:
+        assert vocab.types[ref.token_to_id(t)] == TokenType.USER_DEFINED
+    merges = json.loads((d / "tokenizer.json").read_text())["model"]["merges"]
+    assert vocab.merges == [" ".join(m) if isinstance(m, list) else m for m in merges]
+
+
+def _spm_reference(sp, text: str, table: dict[str, int]) -> list[int]:
+    if not table:
+        return sp.encode(text)
+    ids: list[int] = []
+    for i, part in enumerate(specials_regex(table).split(text)):
+        if i % 2:
+            ids.append(table[part])
+        elif part:
+            ids += sp.encode(part)
+    return ids
+
+
+def test_spm_matches_sentencepiece(spm_dir, vocab_gguf):
+    import sentencepiece
+
+    sp = sentencepiece.SentencePieceProcessor(model_file=str(spm_dir / "tokenizer.model"))
+    base = sp.vocab_size()
+    added = {c: base + i for i, (c, _) in enumerate(tokfactory.PHI3_ADDED)}
+    user = {c: added[c] for c, special in tokfactory.PHI3_ADDED if not special}
+    control = {c: added[c] for c, special in tokfactory.PHI3_ADDED if special}
+    control.update({"<unk>": 0, "<s>": 1, "</s>": 2})
+    n_vocab = base + len(added) + PAD
+    vocab, llm = vocab_gguf(spm_dir, n_vocab)
+    assert vocab.model == "llama" and vocab.pre == "default"
+    assert llm.n_vocab() == n_vocab
+
+    chat = _chat(tokfactory._PHI3_TEMPLATE, "<s>", "</s>")
+    specials = ["<|user|>", "<|end|>", "<s>", "</s>"]
+    texts = SAMPLES + _special_samples(specials, list(user)) + [chat]
+    for text in texts:
+        for special in (True, False):
+            table = {**user, **control} if special else user
+            want = _spm_reference(sp, text, table)
+            got = llm.tokenize(text.encode(), add_bos=False, special=special)
+            assert got == want, (special, text)
+        if not any(t in text for t in list(added) + ["<s>", "</s>", "<unk>"]):
+            ids = sp.encode(text)
+            assert llm.detokenize(ids) == sp.decode(ids).encode(), text
+        assert llm.tokenize(text.encode(), add_bos=True, special=False)[:1] == [1]
+
+
+def test_spm_metadata(spm_dir, vocab_gguf):
+    base = 1000
+    n_vocab = base + len(tokfactory.PHI3_ADDED) + PAD
+    vocab, llm = vocab_gguf(spm_dir, n_vocab)
+    md = llm.metadata
+    assert md["tokenizer.ggml.model"] == "llama"
+    assert md["tokenizer.chat_template"] == tokfactory._PHI3_TEMPLATE
+    assert (llm.token_bos(), llm.token_eos()) == (1, 2)
+    assert vocab.special_ids == {"bos": 1, "eos": 2, "unk": 0}
+    assert vocab.add_bos is True and vocab.add_eos is False and vocab.add_space_prefix is True
+    assert vocab.types[:3] == [TokenType.UNKNOWN, TokenType.CONTROL, TokenType.CONTROL]
+    assert vocab.types[3:259] == [TokenType.BYTE] * 256 and vocab.tokens[3 + 0x41] == "<0x41>"
+    assert vocab.tokens[base + 4] == "<|user|>" and vocab.types[base + 4] == TokenType.CONTROL
+    assert vocab.types[base + 5] == TokenType.USER_DEFINED
+
+
+def test_padded_vocab_in_file(spm_dir, bpe_dirs, tmp_path):
+    """Rows past the tokenizer are [PAD{id}] tokens of type UNUSED, in the file llama.cpp reads."""
+    for d, n_tok in ((spm_dir, 1006), (bpe_dirs["qwen2"], 1005)):
+        vocab = load_vocab(d, {}, n_tok + 58)
+        path = write_vocab_gguf(vocab, tmp_path / f"{d.name}.gguf")
+        reader = GGUFReader(path)
+        f_tokens = reader.fields["tokenizer.ggml.tokens"]
+        f_types = reader.fields["tokenizer.ggml.token_type"]
+        texts = [bytes(f_tokens.parts[i]).decode() for i in f_tokens.data]
+        types = [int(f_types.parts[i][0]) for i in f_types.data]
+        assert len(texts) == n_tok + 58
+        assert texts[n_tok:] == [f"[PAD{i}]" for i in range(n_tok, n_tok + 58)]
+        assert set(types[n_tok:]) == {TokenType.UNUSED}
+        assert TokenType.UNUSED not in types[:n_tok]
