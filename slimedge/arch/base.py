@@ -1,0 +1,286 @@
+"""What every architecture shares: hyper-parameters from ``config.json``, the HF→GGUF tensor table, metadata.
+
+An architecture is one small subclass of :class:`Arch` (see ``llama.py``): the Hugging Face
+``architectures`` names it handles, the GGUF architecture, a table of tensors
+``(hf name with {bid}, gguf.MODEL_TENSOR, required)`` and, where needed, a tensor transform
+(Llama's q/k row permutation) or extra generated tensors (rope factors). GGUF names and keys come
+from the ``gguf`` package's constants, so they are exactly what llama.cpp looks up.
+
+:meth:`Arch.tensors` matches the table against a source's tensors without reading any weights:
+missing required tensors are errors, unexpected ones are warned about and skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
+
+import numpy as np
+from gguf import MODEL_ARCH, MODEL_ARCH_NAMES, MODEL_TENSOR, TENSOR_NAMES, GGUFValueType, Keys
+
+from ..errors import SlimedgeError
+from ..quant.mixes import ModelInfo
+
+log = logging.getLogger(__name__)
+
+U32, F32, STR, BOOL = GGUFValueType.UINT32, GGUFValueType.FLOAT32, GGUFValueType.STRING, GGUFValueType.BOOL
+
+
+@dataclass
+class KV:
+    """One GGUF metadata entry."""
+
+    key: str
+    value: Any
+    vtype: GGUFValueType
+    sub_type: GGUFValueType | None = None
+
+
+@dataclass
+class OutTensor:
+    """One tensor of the output file: its GGUF name and shape are known before any weight is read."""
+
+    name: str  # GGUF name, e.g. "blk.0.attn_q.weight"
+    shape: tuple[int, ...]  # NumPy order (last = row length = GGUF ne[0])
+    load: Callable[[], np.ndarray]  # () -> float32[shape], reads the source now
+    origin: str  # where it comes from, for messages: "model.layers.0.self_attn.q_proj.weight in model.safetensors"
+
+
+@dataclass
+class HParams:
+    """The hyper-parameters every supported decoder has (names as in HF configs)."""
+
+    n_vocab: int  # vocab_size (rows of the embedding; may exceed the tokenizer's size, as Phi-3's does)
+    n_embd: int  # hidden_size
+    n_layer: int  # num_hidden_layers
+    n_ff: int  # intermediate_size
+    n_head: int  # num_attention_heads
+    n_head_kv: int  # num_key_value_heads (GQA); = n_head when absent
+    head_dim: int  # head_dim; = n_embd // n_head when absent
+    n_ctx: int  # max_position_embeddings
+    rms_eps: float  # rms_norm_eps
+    rope_theta: float  # rope_parameters.rope_theta (transformers 5) or rope_theta; 10000 when absent
+    rope: dict  # rope_parameters / rope_scaling (type, factor, long/short factors, ...)
+    tied: bool | None  # tie_word_embeddings (None: not stated in config.json)
+
+    @classmethod
+    def from_config(cls, config: dict, arch_name: str) -> "HParams":
+        def need(key: str, default: Any = None) -> Any:
+            val = config.get(key, default)
+            if val is None:
+                raise SlimedgeError(f"config.json: missing {key!r}, which {arch_name} needs; fix config.json")
+            return val
+
+        rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
+        if not isinstance(rope, dict):
+            raise SlimedgeError(f"config.json: rope_parameters must be an object, found {rope!r}")
+        if "full_attention" in rope and isinstance(rope["full_attention"], dict):
+            rope = rope["full_attention"]
+        rope = dict(rope)
+        if "rope_type" not in rope and "type" in rope:
+            rope["rope_type"] = rope["type"]
+        try:
+            n_embd, n_head = int(need("hidden_size")), int(need("num_attention_heads"))
+            hp = cls(
+                n_vocab=int(need("vocab_size")), n_embd=n_embd, n_layer=int(need("num_hidden_layers")),
+                n_ff=int(need("intermediate_size")), n_head=n_head,
+                n_head_kv=int(config.get("num_key_value_heads") or n_head),
+                head_dim=int(config.get("head_dim") or n_embd // n_head),
+                n_ctx=int(need("max_position_embeddings")), rms_eps=float(need("rms_norm_eps")),
+                rope_theta=float(rope.get("rope_theta", config.get("rope_theta", 10000.0))),
+                rope=rope, tied=config.get("tie_word_embeddings"),
+            )
+        except (TypeError, ValueError) as exc:
+            raise SlimedgeError(f"config.json: bad value for {arch_name} ({exc}); fix config.json") from None
+        if min(hp.n_vocab, hp.n_embd, hp.n_layer, hp.n_ff, hp.n_head, hp.n_head_kv) <= 0 or hp.n_head % hp.n_head_kv:
+            raise SlimedgeError(f"config.json: inconsistent sizes for {arch_name} (heads {hp.n_head}, "
+                                f"kv heads {hp.n_head_kv}, layers {hp.n_layer}); fix config.json")
+        return hp
+
+
+def gguf_name(tensor: MODEL_TENSOR, suffix: str, bid: int | None = None) -> str:
+    """GGUF tensor name from the gguf package's table: (ATTN_Q, "weight", 3) -> "blk.3.attn_q.weight"."""
+    base = TENSOR_NAMES[tensor].format(bid=bid) if bid is not None else TENSOR_NAMES[tensor]
+    return f"{base}.{suffix}"
+
+
+# HF tensors that carry no weights llama.cpp needs: dropped without a warning
+IGNORED = (re.compile(r"(^|\.)rotary_emb\.inv_freq$"), re.compile(r"(^|\.)masked_bias$"))
+
+_REGISTRY: dict[str, type["Arch"]] = {}
+
+
+class Arch:
+    """Base class of the architecture tables. Subclasses register their HF names on definition."""
+
+    hf_names: ClassVar[tuple[str, ...]] = ()  # config.json "architectures" values this class converts
+    gguf_arch: ClassVar[MODEL_ARCH]
+    # (HF name, "{bid}" for the layer index; GGUF tensor; required). Order = order in the output file.
+    TENSORS: ClassVar[list[tuple[str, MODEL_TENSOR, bool]]] = []
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for name in cls.hf_names:
+            _REGISTRY[name] = cls
+
+    def __init__(self, config: dict, hf_arch: str):
+        self.config = config
+        self.hf_arch = hf_arch
+        self.hp = HParams.from_config(config, hf_arch)
+
+    @property
+    def arch(self) -> str:
+        return MODEL_ARCH_NAMES[self.gguf_arch]
+
+    def key(self, template: str) -> str:
+        return template.format(arch=self.arch)
+
+    # ---- hooks for subclasses ------------------------------------------------------------------
+
+    def transform(self, gguf_name: str, x: np.ndarray) -> np.ndarray:
+        """Change a tensor's layout for llama.cpp (default: none). Must keep the shape."""
+        return x
+
+    def extra_tensors(self) -> list[tuple[str, np.ndarray]]:
+        """Generated tensors (GGUF name, float32 array), e.g. rope frequency factors."""
+        return []
+
+    def metadata(self) -> list[KV]:
+        """The ``{arch}.*`` keys llama.cpp reads for this architecture (the common decoder set)."""
+        hp, k = self.hp, self.key
+        kv = [
+            KV(k(Keys.LLM.CONTEXT_LENGTH), hp.n_ctx, U32),
+            KV(k(Keys.LLM.EMBEDDING_LENGTH), hp.n_embd, U32),
+            KV(k(Keys.LLM.BLOCK_COUNT), hp.n_layer, U32),
+            KV(k(Keys.LLM.FEED_FORWARD_LENGTH), hp.n_ff, U32),
+            KV(k(Keys.Attention.HEAD_COUNT), hp.n_head, U32),
+            KV(k(Keys.Attention.HEAD_COUNT_KV), hp.n_head_kv, U32),
+            KV(k(Keys.Attention.LAYERNORM_RMS_EPS), hp.rms_eps, F32),
+            KV(k(Keys.Rope.FREQ_BASE), hp.rope_theta, F32),
+            KV(k(Keys.LLM.VOCAB_SIZE), hp.n_vocab, U32),
+        ]
+        if hp.head_dim != hp.n_embd // hp.n_head:
+            kv += [KV(k(Keys.Attention.KEY_LENGTH), hp.head_dim, U32),
+                   KV(k(Keys.Attention.VALUE_LENGTH), hp.head_dim, U32)]
+        return kv + self.rope_scaling_metadata()
+
+    def rope_scaling_metadata(self) -> list[KV]:
+        """Linear and YaRN context extension keys (as llama.cpp's converter writes them)."""
+        from gguf import RopeScalingType
+
+        rope, k = self.hp.rope, self.key
+        kind, factor = str(rope.get("rope_type") or "").lower(), rope.get("factor")
+        if kind == "linear" and factor:
+            return [KV(k(Keys.Rope.SCALING_TYPE), RopeScalingType.LINEAR.value, STR),
+                    KV(k(Keys.Rope.SCALING_FACTOR), float(factor), F32)]
+        if kind == "yarn" and factor:
+            orig = rope.get("original_max_position_embeddings", self.config.get("original_max_position_embeddings"))
+            kv = [KV(k(Keys.Rope.SCALING_TYPE), RopeScalingType.YARN.value, STR),
+                  KV(k(Keys.Rope.SCALING_FACTOR), float(factor), F32)]
+            if orig:
+                kv.append(KV(k(Keys.Rope.SCALING_ORIG_CTX_LEN), int(orig), U32))
+            for src, key in (("extrapolation_factor", Keys.Rope.SCALING_YARN_EXT_FACTOR),
+                             ("attention_factor", Keys.Rope.SCALING_YARN_ATTN_FACTOR),
+                             ("beta_fast", Keys.Rope.SCALING_YARN_BETA_FAST),
+                             ("beta_slow", Keys.Rope.SCALING_YARN_BETA_SLOW)):
+                if rope.get(src) is not None:
+                    kv.append(KV(k(key), float(rope[src]), F32))
+            return kv
+        if kind not in ("", "default", "none", "llama3", "longrope", "su"):
+            log.warning("config.json: rope type %r is not converted; long-context behaviour may differ", kind)
+        return []
+
+    def model_info(self) -> ModelInfo:
+        return ModelInfo(arch=self.arch, n_layer=self.hp.n_layer, n_head=self.hp.n_head, n_head_kv=self.hp.n_head_kv)
+
+    def expected_shape(self, tensor: MODEL_TENSOR, is_bias: bool) -> tuple[int, ...] | None:
+        """Shape the config implies (NumPy order), to catch a config.json that does not match the weights."""
+        hp = self.hp
+        q, kv = hp.n_head * hp.head_dim, hp.n_head_kv * hp.head_dim
+        shapes = {
+            MODEL_TENSOR.TOKEN_EMBD: (hp.n_vocab, hp.n_embd), MODEL_TENSOR.OUTPUT: (hp.n_vocab, hp.n_embd),
+            MODEL_TENSOR.OUTPUT_NORM: (hp.n_embd,), MODEL_TENSOR.ATTN_NORM: (hp.n_embd,),
+            MODEL_TENSOR.FFN_NORM: (hp.n_embd,),
+            MODEL_TENSOR.ATTN_Q: (q, hp.n_embd), MODEL_TENSOR.ATTN_K: (kv, hp.n_embd),
+            MODEL_TENSOR.ATTN_V: (kv, hp.n_embd), MODEL_TENSOR.ATTN_OUT: (hp.n_embd, q),
+            MODEL_TENSOR.FFN_GATE: (hp.n_ff, hp.n_embd), MODEL_TENSOR.FFN_UP: (hp.n_ff, hp.n_embd),
+            MODEL_TENSOR.FFN_DOWN: (hp.n_embd, hp.n_ff),
+        }
+        shape = shapes.get(tensor)
+        if shape is not None and is_bias:
+            shape = shape[:1]
+        return shape
+
+    # ---- the generic matcher -------------------------------------------------------------------
+
+    def tensors(self, source) -> list[OutTensor]:
+        """Match the table against ``source.tensors`` (HF name -> TensorRef); reads no weights."""
+        hp, refs = self.hp, source.tensors
+        tied = hp.tied if hp.tied is not None else "lm_head.weight" not in refs
+        used: set[str] = set()
+        out: list[OutTensor] = []
+        for name, data in self.extra_tensors():
+            out.append(OutTensor(name, tuple(data.shape), (lambda d=data: d), "generated from config.json"))
+        for template, mt, required, bid in self._table_in_file_order():
+            hf = template.format(bid=bid)
+            if mt == MODEL_TENSOR.OUTPUT and tied:
+                used.add(hf)  # tied: llama.cpp reuses token_embd; a stored copy is redundant
+                continue
+            ref = refs.get(hf)
+            if ref is None:
+                if required:
+                    hint = " (or set tie_word_embeddings in config.json)" if mt == MODEL_TENSOR.OUTPUT else ""
+                    raise SlimedgeError(f"{source.model_dir}: missing tensor {hf}, which {self.hf_arch} needs"
+                                        f"{hint}; the checkpoint is incomplete")
+                continue
+            used.add(hf)
+            suffix = hf.rsplit(".", 1)[-1]
+            name = gguf_name(mt, suffix, bid)
+            want = self.expected_shape(mt, suffix == "bias")
+            if want is not None and tuple(ref.shape) != want:
+                raise SlimedgeError(f"{ref.file}: tensor {hf} has shape {list(ref.shape)} but config.json "
+                                    f"implies {list(want)}; the config does not match the weights")
+            out.append(OutTensor(name, tuple(ref.shape), self._loader(name, ref), ref.where))
+        extra = [n for n in refs if n not in used and not any(p.search(n) for p in IGNORED)]
+        if extra:
+            more = f" and {len(extra) - 3} more" if len(extra) > 3 else ""
+            log.warning("%s: skipping %d tensor(s) %s does not use: %s%s", source.model_dir, len(extra),
+                        self.hf_arch, ", ".join(extra[:3]), more)
+        return out
+
+    def _table_in_file_order(self):
+        """Table entries expanded per layer: globals before the blocks, blk.0.* ... blk.N.*, then the rest."""
+        first_layer = next((i for i, e in enumerate(self.TENSORS) if "{bid}" in e[0]), len(self.TENSORS))
+        rows = []
+        for i, (template, mt, required) in enumerate(self.TENSORS):
+            if "{bid}" in template:
+                rows += [((1, bid, i), (template, mt, required, bid)) for bid in range(self.hp.n_layer)]
+            else:
+                rows.append(((0 if i < first_layer else 2, 0, i), (template, mt, required, None)))
+        return [row for _, row in sorted(rows, key=lambda r: r[0])]
+
+    def _loader(self, name: str, ref) -> Callable[[], np.ndarray]:
+        return lambda: self.transform(name, ref.load())
+
+
+def get_arch(config: dict, where: str = "config.json") -> Arch:
+    """The architecture object for a config (``architectures[0]``), or a one-line error listing ours."""
+    from . import ARCH_MODULES  # noqa: F401  (importing registers the architectures)
+
+    supported = ", ".join(sorted(_REGISTRY))
+    names = config.get("architectures")
+    if not names or not isinstance(names, list):
+        raise SlimedgeError(f"{where}: no 'architectures' entry; slimedge converts {supported}")
+    name = names[0]
+    cls = _REGISTRY.get(name)
+    if cls is None:
+        raise SlimedgeError(f"{where}: architecture {name} is not supported; supported: {supported}")
+    return cls(config, name)
+
+
+def supported_architectures() -> list[str]:
+    from . import ARCH_MODULES  # noqa: F401
+
+    return sorted(_REGISTRY)

@@ -1,0 +1,69 @@
+"""``slimedge convert SRC -o OUT.gguf --type T``: Hugging Face folder (or float GGUF) to GGUF.
+
+Parses options into a :class:`~slimedge.quant.mixes.QuantSpec` and calls
+:func:`slimedge.convert.convert` (or :func:`~slimedge.convert.plan` for ``--dry-run``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..errors import SlimedgeError
+from .options import make_progress, overwrite_option, quiet_option, threads_option, user_errors
+
+
+def _parse_override(value: str) -> tuple[str, str]:
+    pattern, sep, typ = value.rpartition("=")
+    if not sep or not pattern or not typ:
+        raise SlimedgeError(f"--tensor-type {value!r}: expected REGEX=TYPE, e.g. 'attn_v=q8_0'")
+    return pattern, typ
+
+
+@click.command("convert", context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("src", type=click.Path(path_type=Path))
+@click.option("-o", "--output", "out", type=click.Path(path_type=Path), default=None,
+              help="Output .gguf file (required unless --dry-run).")
+@click.option("--type", "ftype", default="F16", show_default=True, metavar="TYPE",
+              help="A single type (F32, F16, BF16, Q8_0, Q4_K, ...) or a llama.cpp mix (Q4_K_M, Q5_K_S, ...).")
+@click.option("--tensor-type", "overrides", multiple=True, metavar="REGEX=TYPE",
+              help="Type for GGUF tensor names matching REGEX (repeatable; first match wins).")
+@click.option("--output-tensor-type", default=None, metavar="TYPE", help="Type of output.weight.")
+@click.option("--token-embedding-type", default=None, metavar="TYPE", help="Type of token_embd.weight.")
+@click.option("--pure", is_flag=True, help="Same type for every 2-D tensor (no mix rules).")
+@click.option("--dry-run", is_flag=True, help="List each tensor's type and size and the totals; write nothing.")
+@threads_option
+@overwrite_option
+@quiet_option
+@user_errors
+def cli(src: Path, out: Path | None, ftype: str, overrides: tuple[str, ...], output_tensor_type: str | None,
+        token_embedding_type: str | None, pure: bool, dry_run: bool, threads: int | None, overwrite: bool,
+        quiet: bool) -> None:
+    """Convert a Hugging Face model folder (config.json, *.safetensors, tokenizer) to GGUF.
+
+    SRC may also be an F32/F16/BF16 GGUF file to requantize.
+
+    \b
+    Examples:
+      slimedge convert ./TinyLlama-1.1B -o tinyllama-f16.gguf --type f16
+      slimedge convert ./TinyLlama-1.1B -o tinyllama-q4km.gguf --type Q4_K_M
+      slimedge convert tinyllama-f16.gguf -o tinyllama-q8.gguf --type q8_0 --tensor-type 'ffn_down=f16'
+      slimedge convert ./TinyLlama-1.1B --type Q4_K_M --dry-run
+    """
+    from ..convert import convert, plan
+    from ..quant.mixes import QuantSpec
+
+    spec = QuantSpec(ftype=ftype, overrides=[_parse_override(v) for v in overrides],
+                     output_tensor_type=output_tensor_type, token_embedding_type=token_embedding_type, pure=pure)
+    if dry_run:
+        click.echo(plan(src, spec).table())
+        return
+    if out is None:
+        raise SlimedgeError("missing -o/--output OUT.gguf (or pass --dry-run)")
+    result = convert(src, out, spec, threads=threads, overwrite=overwrite, progress=make_progress(quiet))
+    if not quiet:
+        p = result.plan
+        click.echo(f"wrote {result.out}: {len(p.tensors)} tensors, {result.file_bytes / 1e6:.1f} MB, "
+                   f"{p.bits_per_weight:.2f} bits per weight, {result.seconds:.1f} s "
+                   f"({result.mb_per_s:.0f} MB/s)", err=True)

@@ -1,0 +1,254 @@
+"""Convert a Hugging Face model folder (or an F32/F16/BF16 GGUF) to a GGUF file, one pass, streaming.
+
+Public API::
+
+    from slimedge.convert import convert, plan
+    from slimedge.quant.mixes import QuantSpec
+    p = plan("TinyLlama", QuantSpec("Q4_K_M"))       # types and sizes, no weights read
+    r = convert("TinyLlama", "tiny.gguf", QuantSpec("Q8_0"), threads=4)
+
+How: the source is opened lazily (``slimedge.source``), its architecture table (``slimedge.arch``)
+maps names/metadata and says which tensors exist; ``slimedge.quant.mixes.choose_types`` picks a type
+per tensor. The writer declares every tensor first (sizes follow from shape and type), then a
+background thread reads and checks tensor *i+1* (disk, bf16 widening, NaN/Inf) while tensor *i* is
+quantized and written, so I/O and compute overlap and memory stays near two tensors. The output
+appears (atomic rename) only when complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from gguf import GGML_QUANT_VERSION, GGMLQuantizationType, GGUFValueType, Keys
+
+from . import __version__
+from .arch.base import KV, OutTensor
+from .errors import SlimedgeError
+from .progress import NULL_PROGRESS, Progress
+from .quant.mixes import ModelInfo, QuantSpec, TensorSpec, choose_types, file_type
+from .writer import GGUFStreamWriter, check_output_path, tensor_nbytes
+
+log = logging.getLogger(__name__)
+STR, U32 = GGUFValueType.STRING, GGUFValueType.UINT32
+
+
+@dataclass
+class PlannedTensor:
+    name: str  # GGUF name
+    shape: tuple[int, ...]  # NumPy order
+    qtype: GGMLQuantizationType
+    nbytes: int  # bytes in the output file (without alignment padding)
+    origin: str  # source tensor, for messages
+
+    @property
+    def n_params(self) -> int:
+        return int(np.prod(self.shape))
+
+
+@dataclass
+class Plan:
+    """What a conversion will write: one type and size per tensor, without reading weights."""
+
+    source: Path
+    arch: str  # GGUF architecture
+    name: str  # general.name
+    spec: QuantSpec
+    file_type: int  # general.file_type
+    tensors: list[PlannedTensor] = field(default_factory=list)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors)
+
+    @property
+    def n_params(self) -> int:
+        return sum(t.n_params for t in self.tensors)
+
+    @property
+    def bits_per_weight(self) -> float:
+        return 8.0 * self.total_bytes / max(self.n_params, 1)
+
+    def table(self) -> str:
+        """Human-readable listing: one line per tensor, then totals."""
+        w = max((len(t.name) for t in self.tensors), default=4)
+        lines = [f"{'tensor':<{w}}  {'shape':>18}  {'type':<6} {'MB':>9}"]
+        for t in self.tensors:
+            shape = "x".join(str(d) for d in t.shape)
+            lines.append(f"{t.name:<{w}}  {shape:>18}  {t.qtype.name:<6} {t.nbytes / 1e6:9.2f}")
+        lines.append(f"{len(self.tensors)} tensors, {self.n_params / 1e6:.2f} M parameters, "
+                     f"{self.total_bytes / 1e6:.2f} MB of tensor data, {self.bits_per_weight:.2f} bits per weight "
+                     f"({self.arch}, --type {self.spec.ftype})")
+        return "\n".join(lines)
+
+
+@dataclass
+class ConvertResult:
+    out: Path
+    plan: Plan
+    seconds: float  # wall time of the whole conversion
+    file_bytes: int  # size of the written file
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.file_bytes / 1e6 / max(self.seconds, 1e-9)
+
+
+@dataclass
+class _Prepared:
+    """A source opened and mapped to GGUF names; nothing read yet."""
+
+    path: Path
+    arch: str
+    name: str
+    metadata: list[KV]
+    tensors: list[OutTensor]
+    model: ModelInfo
+    # () -> (gguf.GGUFWriter -> None) that adds the tokenizer.* keys; None when metadata already has them
+    load_vocab: Callable[[], Callable[[object], None]] | None
+
+
+def _is_gguf(path: Path) -> bool:
+    if path.is_file():
+        with open(path, "rb") as f:
+            return f.read(4) == b"GGUF"
+    return path.suffix.lower() == ".gguf"
+
+
+def _prepare(src: str | Path) -> _Prepared:
+    path = Path(src)
+    if _is_gguf(path):
+        return _prepare_gguf(path)
+    if path.is_file():
+        raise SlimedgeError(f"{path}: expected a Hugging Face model folder or a .gguf file")
+    return _prepare_hf(path)
+
+
+def _source_metadata(name: str, config: dict, hf_arch: str, dtypes: set[str]) -> list[KV]:
+    kv = [KV(Keys.General.TYPE, "model", STR), KV(Keys.General.NAME, name, STR),
+          KV("slimedge.version", __version__, STR),
+          KV("slimedge.source.architecture", hf_arch, STR),
+          KV("slimedge.source.dtype", ",".join(sorted(dtypes)), STR)]
+    hub_id = config.get("_name_or_path")
+    if isinstance(hub_id, str) and hub_id.count("/") == 1 and not hub_id.startswith((".", "/")):
+        kv.append(KV(Keys.General.SOURCE_REPO_URL, f"https://huggingface.co/{hub_id}", STR))
+    return kv
+
+
+def _prepare_hf(path: Path) -> _Prepared:
+    from .arch import get_arch
+    from .source.hf import HFSource
+
+    source = HFSource(path)
+    arch = get_arch(source.config, str(path / "config.json"))
+    tensors = arch.tensors(source)
+    name = source.name
+    dtypes = {t.dtype for t in source.tensors.values()}
+    metadata = _source_metadata(name, source.config, arch.hf_arch, dtypes) + arch.metadata()
+
+    def load_vocab():
+        vocab = _load_vocab(path, source.config, arch.hp.n_vocab)
+        return vocab.add_to
+
+    return _Prepared(path, arch.arch, name, metadata, tensors, arch.model_info(), load_vocab)
+
+
+def _prepare_gguf(path: Path) -> _Prepared:
+    from .source.gguf_src import GGUFSource
+
+    source = GGUFSource(path)
+    metadata = [KV(k, v, t, sub) for k, (v, t, sub) in source.metadata.items()]
+    tensors = [OutTensor(ref.name, ref.shape, ref.load, ref.where) for ref in source.tensors.values()]
+    a = "{arch}."
+    n_head = int(source.meta(a + "attention.head_count", 1))
+    model = ModelInfo(arch=source.arch, n_layer=int(source.meta(a + "block_count", 0)), n_head=n_head,
+                      n_head_kv=int(source.meta(a + "attention.head_count_kv", n_head)),
+                      n_expert=int(source.meta(a + "expert_count", 0)))
+    return _Prepared(path, source.arch, source.name, metadata, tensors, model, None)
+
+
+def _load_vocab(model_dir: Path, config: dict, n_vocab: int):
+    from .vocab import load_vocab
+
+    return load_vocab(model_dir, config, n_vocab)
+
+
+def _plan(prep: _Prepared, spec: QuantSpec) -> Plan:
+    specs = [TensorSpec(t.name, t.shape) for t in prep.tensors]
+    types = choose_types(specs, spec, prep.model)
+    planned = [PlannedTensor(t.name, t.shape, q, tensor_nbytes(t.shape, q), t.origin)
+               for t, q in zip(prep.tensors, types)]
+    return Plan(prep.path, prep.arch, prep.name, spec, file_type(spec), planned)
+
+
+def plan(src: str | Path, spec: QuantSpec = QuantSpec()) -> Plan:
+    """Types and sizes of every output tensor (reads headers and config only, never weights)."""
+    return _plan(_prepare(src), spec)
+
+
+def _load_checked(t: OutTensor) -> np.ndarray:
+    """Read one tensor (runs in the reader thread) and refuse NaN/Inf, naming the tensor."""
+    x = t.load()
+    if tuple(x.shape) != tuple(t.shape):
+        raise SlimedgeError(f"{t.origin}: has shape {list(x.shape)}, expected {list(t.shape)}")
+    if not np.isfinite(x).all():
+        bad = int(x.size - np.count_nonzero(np.isfinite(x)))
+        raise SlimedgeError(f"{t.origin}: {bad} NaN/Inf value(s) in the weights; the checkpoint is damaged "
+                            f"(re-download or re-export it)")
+    return x
+
+
+def _encode(x: np.ndarray, qtype: GGMLQuantizationType, name: str, threads: int | None) -> np.ndarray:
+    if qtype == GGMLQuantizationType.F32:
+        return np.ascontiguousarray(x, dtype=np.float32)
+    if qtype == GGMLQuantizationType.F16:
+        return x.astype(np.float16)  # IEEE round-to-nearest-even, as ggml does
+    from .quant import quantize
+
+    return quantize(x, qtype, threads=threads, what=name)
+
+
+def convert(src: str | Path, out: str | Path, spec: QuantSpec = QuantSpec(), *, threads: int | None = None,
+            overwrite: bool = False, progress: Progress = NULL_PROGRESS) -> ConvertResult:
+    """Convert ``src`` (HF folder or float GGUF) to ``out`` with the types ``spec`` chooses."""
+    t0 = time.monotonic()
+    out = check_output_path(Path(out), overwrite)
+    prep = _prepare(src)
+    p = _plan(prep, spec)
+    add_vocab = prep.load_vocab() if prep.load_vocab else None  # tokenizer errors before any output
+
+    with GGUFStreamWriter(out, prep.arch, overwrite=overwrite) as w:
+        for kv in prep.metadata:
+            w.add_kv(kv.key, kv.value, kv.vtype, kv.sub_type)
+        w.add_kv(Keys.General.FILE_TYPE, p.file_type, U32)
+        w.add_kv(Keys.General.QUANTIZATION_VERSION, GGML_QUANT_VERSION, U32)
+        if add_vocab is not None:
+            add_vocab(w.gguf)
+        for t in p.tensors:
+            w.add_tensor_info(t.name, t.shape, t.qtype)
+        w.begin_data()
+
+        progress.start(p.total_bytes, unit="B", desc=f"convert {prep.name}")
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="slimedge-read")
+        try:
+            pending = pool.submit(_load_checked, prep.tensors[0]) if prep.tensors else None
+            for i, (t, planned) in enumerate(zip(prep.tensors, p.tensors)):
+                x = pending.result()
+                pending = pool.submit(_load_checked, prep.tensors[i + 1]) if i + 1 < len(prep.tensors) else None
+                data = _encode(x, planned.qtype, t.name, threads)
+                del x
+                w.write_tensor(t.name, data)
+                del data
+                progress.update(planned.nbytes, label=t.name)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+            progress.close()
+    seconds = time.monotonic() - t0
+    size = out.stat().st_size
+    log.info("%s: %d tensors, %.1f MB in %.1f s", out, len(p.tensors), size / 1e6, seconds)
+    return ConvertResult(out, p, seconds, size)

@@ -1,0 +1,100 @@
+"""Tiny Hugging Face models for tests: random-init transformers models saved with ``save_pretrained``.
+
+``make_hf_model(dir, arch="llama", tokenizer=None, tied=False, dtype="float32", kquant=False, **overrides)``
+writes a complete model folder (config.json, safetensors, tokenizer files trained locally by
+``tokfactory``) and returns ``dir``. Shapes are small but realistic: GQA (4 query heads, 2 kv heads),
+2 layers, rows a multiple of 32 (Q8_0); ``kquant=True`` makes every row length a multiple of 256 so
+k-quants apply. ``pad_vocab`` pads the embedding past the tokenizer's size, as Phi-3 does.
+``shard_size="200KB"`` saves sharded safetensors with ``model.safetensors.index.json``.
+
+``cached_hf_model(**same)`` builds each distinct model once per test session (in a temporary folder
+removed at exit): treat its folder as read-only and copy it (``copy_model``) before damaging it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import tokfactory
+
+ARCHS = ("llama", "mistral", "qwen2", "phi3")
+# arch -> default tokenizer: "spm" (SentencePiece) or "bpe:<scheme>" (byte-level BPE, tokfactory scheme)
+DEFAULT_TOKENIZER = {"llama": "spm", "mistral": "spm", "qwen2": "bpe:qwen2", "phi3": "spm"}
+
+
+def _tokenizer(dir: Path, kind: str) -> tuple[int, dict]:
+    """Train the tokenizer into ``dir``; returns (number of token ids, special ids for config.json)."""
+    if kind == "spm":
+        tokfactory.train_spm(dir, vocab_size=1000)
+        added = json.loads((dir / "added_tokens.json").read_text()) if (dir / "added_tokens.json").exists() else {}
+        n = 1000 + len(added)
+        return n, {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": None}
+    scheme = kind.split(":", 1)[1] if ":" in kind else "llama3"
+    tokfactory.train_bpe(dir, scheme=scheme, vocab_size=1000)
+    tok = json.loads((dir / "tokenizer.json").read_text())
+    ids = dict(tok["model"]["vocab"])
+    ids.update({t["content"]: t["id"] for t in tok.get("added_tokens", [])})
+    cfg = json.loads((dir / "tokenizer_config.json").read_text())
+    special = {f"{k}_token_id": ids.get(cfg.get(f"{k}_token")) for k in ("bos", "eos", "pad")}
+    return max(ids.values()) + 1, special
+
+
+def make_hf_model(dir: str | Path, arch: str = "llama", tokenizer: str | None = None, tied: bool = False,
+                  dtype: str = "float32", kquant: bool = False, pad_vocab: int = 0, shard_size: str | None = None,
+                  seed: int = 0, **config_overrides) -> Path:
+    """Save a random-init ``arch`` model + tokenizer into ``dir`` (see module docstring); returns ``dir``."""
+    import torch
+    import transformers
+
+    dir = Path(dir)
+    dir.mkdir(parents=True, exist_ok=True)
+    n_tok, special = _tokenizer(dir, tokenizer or DEFAULT_TOKENIZER[arch])
+    hidden, ff = (256, 512) if kquant else (64, 160 if arch == "phi3" else 128)
+    cfg = dict(vocab_size=n_tok + pad_vocab, hidden_size=hidden, intermediate_size=ff, num_hidden_layers=2,
+               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+               tie_word_embeddings=tied, initializer_range=0.1, rms_norm_eps=1e-5, **special)
+    if arch == "phi3":
+        cfg["original_max_position_embeddings"] = 256
+    cfg.update(config_overrides)
+    config_cls, model_cls = {
+        "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
+        "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
+        "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
+        "phi3": (transformers.Phi3Config, transformers.Phi3ForCausalLM),
+    }[arch]
+    torch.manual_seed(seed)
+    model = model_cls(config_cls(**cfg)).eval()
+    with torch.no_grad():  # norms and biases are 1/0 at init: randomize so a mix-up shows in the logits
+        for name, p in model.named_parameters():
+            if p.ndim == 1:
+                p.add_(torch.randn_like(p) * 0.2)
+    model = model.to(getattr(torch, dtype))
+    kwargs = {"max_shard_size": shard_size} if shard_size else {}
+    model.save_pretrained(dir, **kwargs)
+    return dir
+
+
+_CACHE: dict[str, Path] = {}
+_CACHE_ROOT: Path | None = None
+
+
+def cached_hf_model(**kwargs) -> Path:
+    """:func:`make_hf_model` once per distinct ``kwargs`` per session; do not modify the folder."""
+    global _CACHE_ROOT
+    key = json.dumps(kwargs, sort_keys=True, default=str)
+    if key not in _CACHE:
+        if _CACHE_ROOT is None:
+            _CACHE_ROOT = Path(tempfile.mkdtemp(prefix="slimedge-models-"))
+            atexit.register(shutil.rmtree, _CACHE_ROOT, True)
+        _CACHE[key] = make_hf_model(_CACHE_ROOT / f"m{len(_CACHE)}", **kwargs)
+    return _CACHE[key]
+
+
+def copy_model(src: Path, dst: Path) -> Path:
+    """A private copy of a (cached) model folder, safe to damage."""
+    shutil.copytree(src, dst)
+    return Path(dst)
