@@ -5,7 +5,9 @@
 1. ``tokenizer.json`` holding a byte-level BPE → tokenizer model "gpt2" (tokens, merges, token types,
    pre-tokenizer name identified from the split regex, see :mod:`slimedge.vocab.pretok`);
 2. else ``tokenizer.model`` (SentencePiece) → tokenizer model "llama" (tokens, scores, types);
-3. else a one-line SlimedgeError.
+3. else a SentencePiece-style ``tokenizer.json`` (Metaspace ``▁``, byte fallback; what transformers 5
+   saves for Llama/Mistral/Phi-3) → tokenizer model "llama", scores from merge order (:mod:`.hfspm`);
+4. else a one-line SlimedgeError.
 
 Added tokens (from tokenizer.json, added_tokens.json, tokenizer_config.json) take their ids: special
 ones become CONTROL, others USER_DEFINED (llama.cpp always matches those in raw text, as Hugging Face
@@ -26,7 +28,8 @@ from gguf import GGUFWriter, TokenType
 from slimedge.errors import SlimedgeError
 from slimedge.vocab import special
 from slimedge.vocab.bpe import is_byte_level, read_bpe
-from slimedge.vocab.spm import read_spm
+from slimedge.vocab.hfspm import is_spm_style, read_hf_spm
+from slimedge.vocab.spm import SpmModel, read_spm
 
 __all__ = ["Vocab", "load_vocab"]
 
@@ -89,14 +92,19 @@ def load_vocab(model_dir: Path, hf_config: dict, n_vocab: int) -> Vocab:
         vocab = _load_bpe(model_dir, tj_path, tokenizer_json, tok_config, n_vocab)
         default_bos = False
     elif spm_path.is_file():
-        vocab = _load_spm(model_dir, spm_path, tokenizer_json, tok_config, n_vocab)
+        vocab = _load_spm(model_dir, spm_path, read_spm(spm_path), tokenizer_json, tok_config, n_vocab)
+        default_bos = True
+    elif tokenizer_json is not None and is_spm_style(tokenizer_json):
+        sp = read_hf_spm(tokenizer_json, tj_path)
+        vocab = _load_spm(model_dir, tj_path, sp, tokenizer_json, tok_config, n_vocab)
         default_bos = True
     elif tokenizer_json is not None:
         kind = (tokenizer_json.get("model") or {}).get("type")
         raise SlimedgeError(
-            f"{tj_path} is a {kind} tokenizer without byte-level pre-tokenization and there is no "
-            "tokenizer.model: slimedge converts byte-level BPE tokenizer.json or SentencePiece "
-            "tokenizer.model; copy the model's tokenizer.model next to config.json")
+            f"{tj_path} is a {kind} tokenizer that is neither byte-level nor SentencePiece-style BPE and "
+            "there is no tokenizer.model: slimedge converts byte-level or SentencePiece-style BPE "
+            "tokenizer.json or SentencePiece tokenizer.model; copy the model's tokenizer.model next to "
+            "config.json")
     else:
         raise SlimedgeError(f"no tokenizer.model or tokenizer.json in {model_dir}: "
                             "copy the tokenizer files next to config.json")
@@ -104,6 +112,8 @@ def load_vocab(model_dir: Path, hf_config: dict, n_vocab: int) -> Vocab:
     token_ids = {t: i for i, t in enumerate(vocab.tokens)}
     own = vocab.special_ids  # the tokenizer's own ids, replaced below by the resolved ones
     vocab.special_ids = special.special_ids(tok_config, hf_config, token_ids, own, vocab.n_vocab)
+    if vocab.model == "llama" and "unk" in vocab.special_ids:
+        vocab.types[vocab.special_ids["unk"]] = int(TokenType.UNKNOWN)
     vocab.add_bos, vocab.add_eos = special.add_bos_eos(
         tok_config, tokenizer_json, vocab.tokens, vocab.special_ids, default_bos)
     vocab.chat_template = special.chat_template(model_dir, tok_config)
@@ -112,9 +122,8 @@ def load_vocab(model_dir: Path, hf_config: dict, n_vocab: int) -> Vocab:
     return vocab
 
 
-def _load_spm(model_dir: Path, path: Path, tokenizer_json: dict | None, tok_config: dict,
+def _load_spm(model_dir: Path, path: Path, sp: SpmModel, tokenizer_json: dict | None, tok_config: dict,
               n_vocab: int) -> Vocab:
-    sp = read_spm(path)
     _check_fits(path, len(sp.tokens), n_vocab)
     tokens: list[str | None] = list(sp.tokens) + [None] * (n_vocab - len(sp.tokens))
     scores = list(sp.scores) + [_PAD_SCORE] * (n_vocab - len(sp.tokens))

@@ -22,6 +22,17 @@ def spm_dir(tmp_path_factory) -> Path:
     return tokfactory.train_spm(tmp_path_factory.mktemp("spm") / "tok")
 
 
+@pytest.fixture(scope="session")
+def spm_json_dir(spm_dir, tmp_path_factory) -> Path:
+    """The SentencePiece tokenizer as transformers 5 saves it: tokenizer.json only, no tokenizer.model."""
+    from transformers import AutoTokenizer
+
+    out = tmp_path_factory.mktemp("spmjson") / "tok"
+    AutoTokenizer.from_pretrained(spm_dir).save_pretrained(out)
+    assert not (out / "tokenizer.model").exists()
+    return out
+
+
 @pytest.fixture
 def vocab_gguf(tmp_path):
     """Build and load a vocab-only GGUF: ``vocab_gguf(model_dir, n_vocab) -> (Vocab, Llama)``."""

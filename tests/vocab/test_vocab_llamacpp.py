@@ -59,13 +59,13 @@ def test_bpe_matches_tokenizers(scheme, bpe_dirs, vocab_gguf):
         for special in (True, False):
             ref.encode_special_tokens = not special
             want = ref.encode(text, add_special_tokens=False).ids
-            got = llm.tokenize(text.encode(), add_bos=False, special=special)
+            got = llm.tokenize(text, add_special=False, special=special)
             assert got == want, (scheme, special, text)
-            assert llm.detokenize(got, special=True) == text.encode(), (scheme, special, text)
+            assert llm.pieces(got) == text.encode(), (scheme, special, text)
         ref.encode_special_tokens = False
-        # add_special_tokens: bos (and eos) exactly where the source's post-processor puts them
+        # add_special: bos (and eos) exactly where the source's post-processor puts them
         want = ref.encode(text, add_special_tokens=True).ids
-        assert llm.tokenize(text.encode(), add_bos=True, special=True) == want, (scheme, text)
+        assert llm.tokenize(text, add_special=True, special=True) == want, (scheme, text)
 
 
 @pytest.mark.parametrize("scheme", ["llama3", "qwen2", "gpt2"])
@@ -77,12 +77,11 @@ def test_bpe_metadata(scheme, bpe_dirs, vocab_gguf):
     ref = Tokenizer.from_file(str(d / "tokenizer.json"))
     n_tok = ref.get_vocab_size(with_added_tokens=True)
     vocab, llm = vocab_gguf(d, n_tok)
-    md = llm.metadata
-    assert md["tokenizer.ggml.model"] == "gpt2"
-    assert md["tokenizer.chat_template"] == sch.chat_template
-    assert vocab.special_ids["eos"] == ref.token_to_id(sch.eos) == llm.token_eos()
+    assert llm.meta("tokenizer.ggml.model") == "gpt2"
+    assert llm.meta("tokenizer.chat_template") == sch.chat_template
+    assert vocab.special_ids["eos"] == ref.token_to_id(sch.eos) == llm.eos()
     if sch.bos is not None:
-        assert vocab.special_ids["bos"] == ref.token_to_id(sch.bos) == llm.token_bos()
+        assert vocab.special_ids["bos"] == ref.token_to_id(sch.bos) == llm.bos()
     else:
         assert "bos" not in vocab.special_ids
     assert vocab.add_bos == sch.add_bos and vocab.add_eos is False
@@ -106,7 +105,9 @@ def _spm_reference(sp, text: str, table: dict[str, int]) -> list[int]:
     return ids
 
 
-def test_spm_matches_sentencepiece(spm_dir, vocab_gguf):
+@pytest.mark.parametrize("source", ["tokenizer.model", "tokenizer.json"])
+def test_spm_matches_sentencepiece(source, spm_dir, spm_json_dir, vocab_gguf):
+    """Both the SentencePiece file and transformers' tokenizer.json re-save of it (scores from merges)."""
     import sentencepiece
 
     sp = sentencepiece.SentencePieceProcessor(model_file=str(spm_dir / "tokenizer.model"))
@@ -116,8 +117,8 @@ def test_spm_matches_sentencepiece(spm_dir, vocab_gguf):
     control = {c: added[c] for c, special in tokfactory.PHI3_ADDED if special}
     control.update({"<unk>": 0, "<s>": 1, "</s>": 2})
     n_vocab = base + len(added) + PAD
-    vocab, llm = vocab_gguf(spm_dir, n_vocab)
-    assert vocab.model == "llama" and vocab.pre == "default"
+    vocab, llm = vocab_gguf(spm_dir if source == "tokenizer.model" else spm_json_dir, n_vocab)
+    assert vocab.model == "llama" and vocab.pre == "default" and vocab.source.name == source
     assert llm.n_vocab() == n_vocab
 
     chat = _chat(tokfactory._PHI3_TEMPLATE, "<s>", "</s>")
@@ -127,22 +128,21 @@ def test_spm_matches_sentencepiece(spm_dir, vocab_gguf):
         for special in (True, False):
             table = {**user, **control} if special else user
             want = _spm_reference(sp, text, table)
-            got = llm.tokenize(text.encode(), add_bos=False, special=special)
+            got = llm.tokenize(text, add_special=False, special=special)
             assert got == want, (special, text)
-        if not any(t in text for t in list(added) + ["<s>", "</s>", "<unk>"]):
-            ids = sp.encode(text)
-            assert llm.detokenize(ids) == sp.decode(ids).encode(), text
-        assert llm.tokenize(text.encode(), add_bos=True, special=False)[:1] == [1]
+        ids = sp.encode(text)
+        assert llm.detokenize(ids) == sp.decode(ids).encode(), text
+        assert llm.tokenize(text, add_special=True, special=False) == [1] + _spm_reference(sp, text, user)
 
 
-def test_spm_metadata(spm_dir, vocab_gguf):
+@pytest.mark.parametrize("source", ["tokenizer.model", "tokenizer.json"])
+def test_spm_metadata(source, spm_dir, spm_json_dir, vocab_gguf):
     base = 1000
     n_vocab = base + len(tokfactory.PHI3_ADDED) + PAD
-    vocab, llm = vocab_gguf(spm_dir, n_vocab)
-    md = llm.metadata
-    assert md["tokenizer.ggml.model"] == "llama"
-    assert md["tokenizer.chat_template"] == tokfactory._PHI3_TEMPLATE
-    assert (llm.token_bos(), llm.token_eos()) == (1, 2)
+    vocab, llm = vocab_gguf(spm_dir if source == "tokenizer.model" else spm_json_dir, n_vocab)
+    assert llm.meta("tokenizer.ggml.model") == "llama"
+    assert llm.meta("tokenizer.chat_template") == tokfactory._PHI3_TEMPLATE
+    assert (llm.bos(), llm.eos()) == (1, 2)
     assert vocab.special_ids == {"bos": 1, "eos": 2, "unk": 0}
     assert vocab.add_bos is True and vocab.add_eos is False and vocab.add_space_prefix is True
     assert vocab.types[:3] == [TokenType.UNKNOWN, TokenType.CONTROL, TokenType.CONTROL]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import re
 from pathlib import Path
 
@@ -58,10 +59,82 @@ def write_vocab_gguf(vocab: Vocab, path: Path, name: str = "vocab-test") -> Path
     return path
 
 
-def load_llama(path: Path):
-    import llama_cpp
+class LlamaVocab:
+    """A vocab-only model loaded by llama.cpp through llama-cpp-python's low-level API."""
 
-    return llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+    def __init__(self, path: Path):
+        import llama_cpp as lc
+
+        self._lc = lc
+        lc.llama_backend_init()
+        _quiet_llama_logs(lc)
+        params = lc.llama_model_default_params()
+        params.vocab_only = True
+        self.model = lc.llama_model_load_from_file(str(path).encode(), params)
+        if not self.model:
+            raise RuntimeError(f"llama.cpp could not load {path}")
+        self.vocab = lc.llama_model_get_vocab(self.model)
+
+    def close(self) -> None:
+        if self.model:
+            self._lc.llama_model_free(self.model)
+            self.model = None
+
+    def n_vocab(self) -> int:
+        return self._lc.llama_vocab_n_tokens(self.vocab)
+
+    def bos(self) -> int:
+        return self._lc.llama_vocab_bos(self.vocab)
+
+    def eos(self) -> int:
+        return self._lc.llama_vocab_eos(self.vocab)
+
+    def meta(self, key: str) -> str | None:
+        buf = ctypes.create_string_buffer(1 << 16)
+        n = self._lc.llama_model_meta_val_str(self.model, key.encode(), buf, len(buf))
+        return None if n < 0 else buf.value.decode()
+
+    def tokenize(self, text: str, add_special: bool = False, special: bool = True) -> list[int]:
+        data = text.encode()
+        cap = len(data) + 8
+        out = (self._lc.llama_token * cap)()
+        n = self._lc.llama_tokenize(self.vocab, data, len(data), out, cap, add_special, special)
+        assert n >= 0, n
+        return list(out[:n])
+
+    def piece(self, token: int, special: bool = True) -> bytes:
+        buf = ctypes.create_string_buffer(256)
+        n = self._lc.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
+        assert 0 <= n <= len(buf), n
+        return buf.raw[:n]
+
+    def pieces(self, ids: list[int], special: bool = True) -> bytes:
+        """Concatenated token pieces: what streaming generation prints."""
+        return b"".join(self.piece(t, special) for t in ids)
+
+    def detokenize(self, ids: list[int], special: bool = True) -> bytes:
+        """llama_detokenize (drops SentencePiece's leading space; may clean spaces for some BPE types)."""
+        arr = (self._lc.llama_token * max(1, len(ids)))(*ids)
+        cap = 16 * len(ids) + 16
+        buf = ctypes.create_string_buffer(cap)
+        n = self._lc.llama_detokenize(self.vocab, arr, len(ids), buf, cap, False, special)
+        assert 0 <= n <= cap, n
+        return buf.raw[:n]
+
+
+def _quiet_llama_logs(lc) -> None:
+    """Silence llama.cpp's loader chatter (it logs to stderr through a C callback)."""
+    global _LOG_CB
+    if _LOG_CB is None:
+        _LOG_CB = lc.llama_log_callback(lambda level, text, user_data: None)
+        lc.llama_log_set(_LOG_CB, ctypes.c_void_p(0))
+
+
+_LOG_CB = None
+
+
+def load_llama(path: Path) -> LlamaVocab:
+    return LlamaVocab(path)
 
 
 def specials_regex(tokens) -> re.Pattern:
