@@ -206,9 +206,7 @@ def _load_checked(t: OutTensor) -> np.ndarray:
 def _encode(x: np.ndarray, qtype: GGMLQuantizationType, name: str, threads: int | None) -> np.ndarray:
     if qtype == GGMLQuantizationType.F32:
         return np.ascontiguousarray(x, dtype=np.float32)
-    if qtype == GGMLQuantizationType.F16:
-        return x.astype(np.float16)  # IEEE round-to-nearest-even, as ggml does
-    from .quant import quantize
+    from .quant import quantize  # the active backend (C kernels when built), threads passed through
 
     return quantize(x, qtype, threads=threads, what=name)
 

@@ -1,0 +1,141 @@
+"""Benchmark: convert a TinyLlama-1.1B-shaped random bf16 model to F16; wall time, MB/s, peak RSS.
+
+Run by hand (not collected by pytest)::
+
+    python tests/benchmarks/bench_convert_f16.py [--workdir DIR] [--layers 22] [--keep]
+
+The model (config.json + one bf16 model.safetensors of 2.2 GB + a locally trained SentencePiece
+tokenizer, vocabulary padded to 32000) is written tensor by tensor, so making it needs little RAM.
+The conversion runs in a child process so its peak RSS is its own. Anchor, measured in the same run:
+copying the same safetensors file (read + write of the same bytes, page cache dropped where
+permitted), so "convert / copy" says how close conversion gets to plain disk I/O.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ for tokfactory
+
+TINYLLAMA = dict(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
+                 num_attention_heads=32, num_key_value_heads=4, max_position_embeddings=2048,
+                 rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False,
+                 architectures=["LlamaForCausalLM"], model_type="llama", bos_token_id=1, eos_token_id=2,
+                 torch_dtype="bfloat16")
+
+
+def tensor_shapes(cfg: dict) -> list[tuple[str, tuple[int, ...]]]:
+    h, f, v = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
+    kv = h // cfg["num_attention_heads"] * cfg["num_key_value_heads"]
+    out = [("model.embed_tokens.weight", (v, h))]
+    for i in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        out += [(p + "input_layernorm.weight", (h,)), (p + "self_attn.q_proj.weight", (h, h)),
+                (p + "self_attn.k_proj.weight", (kv, h)), (p + "self_attn.v_proj.weight", (kv, h)),
+                (p + "self_attn.o_proj.weight", (h, h)), (p + "post_attention_layernorm.weight", (h,)),
+                (p + "mlp.gate_proj.weight", (f, h)), (p + "mlp.up_proj.weight", (f, h)),
+                (p + "mlp.down_proj.weight", (h, f))]
+    return out + [("model.norm.weight", (h,)), ("lm_head.weight", (v, h))]
+
+
+def write_bf16_safetensors(path: Path, shapes, seed: int = 0) -> int:
+    """Random N(0, 0.02) bf16 weights, written one tensor at a time (RAM ~ one tensor)."""
+    header, offset = {}, 0
+    for name, shape in shapes:
+        n = int(np.prod(shape)) * 2
+        header[name] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    header["__metadata__"] = {"format": "pt"}
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    rng = np.random.default_rng(seed)
+    pool = (rng.standard_normal(1 << 24, dtype=np.float32) * 0.02).view(np.uint32) >> 16  # 16 M bf16 values
+    pool = pool.astype(np.uint16)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)) + raw)
+        for name, shape in shapes:
+            n = int(np.prod(shape))
+            if len(shape) == 1:
+                f.write(np.full(n, 0x3F80, np.uint16).tobytes())  # norms: 1.0
+                continue
+            start = int(rng.integers(0, pool.size))
+            f.write(np.resize(np.roll(pool, -start), n).tobytes())  # a different rotation per tensor
+    return path.stat().st_size
+
+
+def make_model(d: Path, layers: int) -> Path:
+    import tokfactory
+
+    d.mkdir(parents=True, exist_ok=True)
+    cfg = dict(TINYLLAMA, num_hidden_layers=layers)
+    tokfactory.train_spm(d, vocab_size=1000)  # vocab padded to 32000 by the converter, as Phi-3's is
+    (d / "config.json").write_text(json.dumps(cfg, indent=1))
+    write_bf16_safetensors(d / "model.safetensors", tensor_shapes(cfg))
+    return d
+
+
+def drop_caches() -> None:
+    try:
+        os.sync()
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    except OSError:
+        pass
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--layers", type=int, default=22)
+    ap.add_argument("--keep", action="store_true")
+    args = ap.parse_args()
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="slimedge-bench-"))
+    try:
+        t = time.perf_counter()
+        model = make_model(work / "tinyllama-random", args.layers)
+        src_bytes = (model / "model.safetensors").stat().st_size
+        print(f"made model: {src_bytes / 1e9:.2f} GB bf16 in {time.perf_counter() - t:.1f} s")
+
+        drop_caches()
+        t = time.perf_counter()
+        shutil.copyfile(model / "model.safetensors", work / "copy.safetensors")
+        os.sync()
+        t_copy = time.perf_counter() - t
+        (work / "copy.safetensors").unlink()
+
+        drop_caches()
+        out = work / "tinyllama-f16.gguf"
+        code = ("import sys; from slimedge.convert import convert; from slimedge.quant.mixes import QuantSpec;"
+                "convert(sys.argv[1], sys.argv[2], QuantSpec('F16'), overwrite=True)")
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-c", code, str(model), str(out)], check=True)
+        os.sync()
+        t_conv = time.perf_counter() - t
+        rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # Linux: KiB
+        out_bytes = out.stat().st_size
+        largest = max(np.prod(s) for _, s in tensor_shapes(dict(TINYLLAMA, num_hidden_layers=args.layers))) * 4
+
+        print(f"{'step':<28}{'seconds':>9}{'MB/s (out)':>12}")
+        print(f"{'anchor: copy safetensors':<28}{t_copy:9.2f}{src_bytes / 1e6 / t_copy:12.0f}")
+        print(f"{'slimedge convert --type F16':<28}{t_conv:9.2f}{out_bytes / 1e6 / t_conv:12.0f}")
+        print(f"ratio convert/copy time: {t_conv / t_copy:.2f}x")
+        print(f"peak RSS of the conversion: {rss / 1e6:.0f} MB (model {src_bytes / 1e6:.0f} MB bf16; "
+              f"largest tensor as float32 {largest / 1e6:.0f} MB; RSS / largest = {rss / largest:.1f}x)")
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
