@@ -64,10 +64,18 @@ def round_half_away(t: np.ndarray) -> np.ndarray:
 def first_absmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     """The first value of largest magnitude along ``axis`` (``if (amax < fabsf(v)) {amax=...; max=v;}``),
     +0.0 when all values are zero."""
-    ax = np.abs(x)
-    idx = np.expand_dims(np.argmax(ax, axis=axis), axis)
-    m = np.take_along_axis(x, idx, axis=axis).squeeze(axis)
-    return np.where(np.take_along_axis(ax, idx, axis=axis).squeeze(axis) > 0, m, _F(0.0)).astype(_F)
+    x = np.moveaxis(np.asarray(x, dtype=_F), axis, 0)
+    amax = np.fmax.reduce(np.abs(x), axis=0)  # NaNs never win a C comparison
+    amax[np.isnan(amax)] = 0
+    has_pos = (x == amax).any(axis=0)
+    has_neg = (x == -amax).any(axis=0) & (amax > 0)
+    m = np.where(has_neg, -amax, amax).astype(_F)
+    both = np.flatnonzero((has_pos & has_neg).ravel())
+    if both.size:  # +a and -a both present: the first one decides (rare)
+        xs = x.reshape(x.shape[0], -1)[:, both]
+        first = np.argmax(np.abs(xs) == amax.ravel()[both], axis=0)
+        m.ravel()[both] = xs[first, np.arange(both.size)]
+    return m
 
 
 def seqsum(a: np.ndarray) -> np.ndarray:
@@ -205,14 +213,36 @@ def make_qx_quants(x: np.ndarray, nmax: int, qw: np.ndarray | None = None):
     return L, np.where(zero, _F(0.0), scale).astype(_F)
 
 
+def seqsum_rows(a: np.ndarray) -> np.ndarray:
+    """Sequential float32 sum over axis 1 of ``a: [M, n]`` (``s = a[:, 0]; s += a[:, 1]; ...``)."""
+    s = a[:, 0].copy()
+    for j in range(1, a.shape[1]):
+        s += a[:, j]
+    return s
+
+
+def _clamped_nearest(t: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """``(float)MAX(lo, MIN(hi, nearest_int(t)))`` with ggml's bit trick (exact for any float32 t)."""
+    v = (t + ROUND_MAGIC).view(np.int32)
+    v &= 0x007FFFFF
+    np.clip(v, np.int32(lo + 0x400000), np.int32(hi + 0x400000), out=v)
+    v -= np.int32(0x400000)
+    return v.astype(_F)
+
+
 def make_q3_quants(x: np.ndarray, nmax: int):
     """``make_q3_quants(n, nmax, x, L, do_rmse=true)`` over the columns of ``x: float32[n, M]``.
 
-    Returns ``(L: float32[n, M] in 0..2*nmax-1, scale: float32[M])``. The coordinate-descent passes are
-    sequential over the n elements (as in C) but vectorized over the columns still changing.
+    Returns ``(L: float32[n, M] in 0..2*nmax-1, scale: float32[M])``.
+
+    The C refinement visits the n elements in order and accepts a changed level when it lowers the
+    weighted error, updating the running sums. Here each round evaluates, for every column still in
+    play, all remaining elements against the column's current sums and applies only the *first*
+    accepted change per column (the elements before it were visited without effect, exactly as in C);
+    the next round resumes after it. Columns without any change in a pass have converged.
     """
     x = np.ascontiguousarray(x, dtype=_F)
-    n = x.shape[0]
+    n, M = x.shape
     fn = _F(nmax)
     mx = first_absmax(x, axis=0)
     zero = np.abs(mx) < GROUP_MAX_EPS
@@ -222,30 +252,43 @@ def make_q3_quants(x: np.ndarray, nmax: int):
         L = np.clip(round_f(x * (-fn / mx)), -fn, fn - 1)
         sumlx = seqsum(wx * L)
         suml2 = seqsum(w * L * L)
+        idx = np.arange(n)[:, None]
         active = np.flatnonzero(~zero)
         for _ in range(5):
             if active.size == 0:
                 break
-            xa, wa, wxa, La = x[:, active], w[:, active], wx[:, active], L[:, active]
-            slx_a, sl2_a = sumlx[active], suml2[active]
             changed = np.zeros(active.size, dtype=bool)
-            for i in range(n):
-                li = La[i]
-                slx = slx_a - wxa[i] * li
-                sl2 = sl2_a - wa[i] * li * li
-                new_l = np.clip(nearest_int(xa[i] * sl2 / slx), -nmax, nmax - 1).astype(_F)
-                nslx = slx + wxa[i] * new_l
-                nsl2 = sl2 + wa[i] * new_l * new_l
-                acc = ((slx > 0) & (new_l != li) & (nsl2 > 0)
-                       & (nslx * nslx * sl2_a > slx_a * slx_a * nsl2))
-                if acc.any():
-                    La[i] = np.where(acc, new_l, li)
-                    slx_a = np.where(acc, nslx, slx_a)
-                    sl2_a = np.where(acc, nsl2, sl2_a)
-                    changed |= acc
-            L[:, active] = La
-            sumlx[active] = slx_a
-            suml2[active] = sl2_a
+            cols = np.arange(active.size)          # positions (into active) still scanning this pass
+            start = np.zeros(active.size, dtype=np.intp)
+            full = active.size == M
+            while cols.size:
+                sel = active[cols]
+                xa, wa, wxa, La = (a if full else np.take(a, sel, axis=1) for a in (x, w, wx, L))
+                s1, s2 = sumlx[sel], suml2[sel]
+                slx = s1 - wxa * La
+                sl2 = s2 - wa * La * La
+                new_l = _clamped_nearest(xa * sl2 / slx, -nmax, nmax - 1)
+                cand = (slx > 0) & (new_l != La)
+                if not full:
+                    cand &= idx >= start[cols]
+                nslx = slx + wxa * new_l
+                nsl2 = sl2 + wa * new_l * new_l
+                acc = cand & (nsl2 > 0) & (nslx * nslx * s2 > s1 * s1 * nsl2)
+                k = np.flatnonzero(np.logical_or.reduce(acc, axis=0))
+                if k.size == 0:
+                    break
+                acc_k = acc[:, k]
+                i = np.full(k.size, n - 1, dtype=np.intp)
+                for r in range(n - 2, -1, -1):     # first accepted element of each hit column
+                    i[acc_k[r]] = r
+                c = sel[k]
+                L[i, c] = new_l[i, k]
+                sumlx[c] = nslx[i, k]
+                suml2[c] = nsl2[i, k]
+                changed[cols[k]] = True
+                start[cols[k]] = i + 1
+                cols = cols[k[i + 1 < n]]
+                full = False
             active = active[changed]
         scale = np.where(suml2 > 0, sumlx / suml2, _F(0.0)).astype(_F)
     L += fn

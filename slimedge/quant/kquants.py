@@ -218,9 +218,9 @@ class Q3_K(QuantFormat, qtype=T.Q3_K):
     def dequantize_blocks(cls, q):
         d = _f16_at(q, 108)
         dl = (d[:, None] * _unpack_q3_scales(q[:, 96:108]).astype(_F))[:, :, None]
-        low = _unpack_2bit(q[:, 32:96]).astype(np.int32).reshape(-1, 8, 32)
+        low = _unpack_2bit(q[:, 32:96]).reshape(-1, 8, 32)
         hm = (q[:, None, 0:32] >> np.arange(8, dtype=np.uint8)[None, :, None]) & 1
-        v = (low - np.where(hm != 0, 0, 4)).astype(_F).reshape(-1, 16, 16)
+        v = ((low | (hm << 2)).view(np.int8) - np.int8(4)).astype(_F).reshape(-1, 16, 16)
         return (dl * v).reshape(-1, QK_K)
 
 
