@@ -20,16 +20,43 @@ from __future__ import annotations
 
 import logging
 import os
+import struct
 import tempfile
 from math import prod
 from pathlib import Path
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType, GGUFWriter
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFEndian, GGUFValueType, GGUFWriter
 
 from .errors import SlimedgeError
 
 log = logging.getLogger(__name__)
+
+
+_NUMPY_OF = {GGUFValueType.UINT8: "<u1", GGUFValueType.INT8: "<i1", GGUFValueType.UINT16: "<u2",
+             GGUFValueType.INT16: "<i2", GGUFValueType.UINT32: "<u4", GGUFValueType.INT32: "<i4",
+             GGUFValueType.FLOAT32: "<f4", GGUFValueType.UINT64: "<u8", GGUFValueType.INT64: "<i8",
+             GGUFValueType.FLOAT64: "<f8", GGUFValueType.BOOL: "?"}
+
+
+class _FastArrays(GGUFWriter):
+    """``GGUFWriter`` that packs long metadata arrays (token lists, scores, merges) in bulk.
+
+    The base class packs every item with its own ``struct.pack`` call (~1.5 s for a 32k vocabulary,
+    several seconds for 150k); this produces the same little-endian bytes in one pass.
+    """
+
+    def _pack_val(self, val, vtype, add_vtype, sub_type=None):
+        if vtype != GGUFValueType.ARRAY or isinstance(val, bytes) or len(val) < 256 or self.endianess != GGUFEndian.LITTLE:
+            return super()._pack_val(val, vtype, add_vtype, sub_type)
+        ltype = sub_type if sub_type is not None else GGUFValueType.get_type(val[0])
+        head = (struct.pack("<I", vtype) if add_vtype else b"") + struct.pack("<IQ", ltype, len(val))
+        if ltype in _NUMPY_OF:
+            return head + np.asarray(val, dtype=_NUMPY_OF[ltype]).tobytes()
+        if ltype == GGUFValueType.STRING:
+            enc = [v.encode("utf-8") if isinstance(v, str) else bytes(v) for v in val]
+            return head + b"".join(struct.pack("<Q", len(e)) + e for e in enc)
+        return super()._pack_val(val, vtype, add_vtype, sub_type)
 
 
 def tensor_nbytes(shape: tuple[int, ...], qtype: GGMLQuantizationType) -> int:
@@ -65,7 +92,7 @@ class GGUFStreamWriter:
         self.overwrite = overwrite
         self.arch = arch
         self.tmp: Path | None = None
-        self.gguf: GGUFWriter | None = None
+        self.gguf: GGUFWriter | None = None  # the gguf package's writer (add_* helpers)
         self._order: list[tuple[str, int]] = []  # (name, nbytes) in table order
         self._next = 0
 
@@ -80,7 +107,7 @@ class GGUFStreamWriter:
             raise SlimedgeError(f"{self.out}: cannot create a file in {self.out.parent}: "
                                 f"{exc.strerror or exc}") from None
         self.tmp = Path(tmp)
-        self.gguf = GGUFWriter(self.tmp, self.arch)
+        self.gguf = _FastArrays(self.tmp, self.arch)
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
