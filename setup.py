@@ -27,7 +27,7 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 GNU_FLAGS = ["-std=c11", "-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math",
-             "-fno-strict-aliasing", "-Wall"]
+             "-fno-strict-aliasing", "-fopenmp-simd", "-Wall"]
 MSVC_FLAGS = ["/O2", "/fp:precise"]
 
 

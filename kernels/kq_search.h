@@ -16,7 +16,7 @@
 
 #include "se_internal.h"
 
-#define SE_MAXL 16          /* most lanes (sub-blocks) per call */
+#define SE_MAXL 32          /* most lanes (sub-blocks) per call */
 #define SE_GROUP_MAX_EPS 1e-15f
 
 SE_INLINE int se_clampi(int v, int lo, int hi) { return v < lo ? lo : (v > hi ? hi : v); }
@@ -32,20 +32,20 @@ SE_INLINE void se_qkx2_lanes(const int NL, const int n, const int nmax, const fl
     float mn[SE_MAXL], mx[SE_MAXL], sw[SE_MAXL], sx[SE_MAXL], best[SE_MAXL], scale[SE_MAXL];
     float isc[SE_MAXL], mu[SE_MAXL], lf[32 * SE_MAXL];
     int flat[SE_MAXL];
-    for (int s = 0; s < NL; ++s) {
+    SE_LANES for (int s = 0; s < NL; ++s) {
         mn[s] = mx[s] = xt[s];
         sw[s] = wt[s];
         sx[s] = sw[s] * xt[s];
     }
     for (int i = 1; i < n; ++i)
-        for (int s = 0; s < NL; ++s) {
+        SE_LANES for (int s = 0; s < NL; ++s) {
             const float v = xt[i * NL + s], w = wt[i * NL + s];
             mn[s] = v < mn[s] ? v : mn[s];
             mx[s] = v > mx[s] ? v : mx[s];
             sw[s] += w;
             sx[s] += w * v;
         }
-    for (int s = 0; s < NL; ++s) {
+    SE_LANES for (int s = 0; s < NL; ++s) {
         mn[s] = mn[s] > 0 ? 0 : mn[s];
         flat[s] = mx[s] == mn[s];
         isc[s] = nmax / (mx[s] - mn[s]);
@@ -54,7 +54,7 @@ SE_INLINE void se_qkx2_lanes(const int NL, const int n, const int nmax, const fl
         best[s] = 0;
     }
     for (int i = 0; i < n; ++i)
-        for (int s = 0; s < NL; ++s) {
+        SE_LANES for (int s = 0; s < NL; ++s) {
             const float v = xt[i * NL + s], w = wt[i * NL + s];
             const int l = se_clampi(se_nearest_int(isc[s] * (v - mn[s])), 0, nmax);
             float diff = scale[s] * (float)l + mn[s] - v;
@@ -66,12 +66,12 @@ SE_INLINE void se_qkx2_lanes(const int NL, const int n, const int nmax, const fl
         float ic[SE_MAXL], sl[SE_MAXL], sl2[SE_MAXL], sxl[SE_MAXL], err[SE_MAXL];
         float ts[SE_MAXL], tm[SE_MAXL];
         int dpos[SE_MAXL];
-        for (int s = 0; s < NL; ++s) {
+        SE_LANES for (int s = 0; s < NL; ++s) {
             ic[s] = num / (mx[s] - mn[s]);
             sl[s] = sl2[s] = sxl[s] = err[s] = 0;
         }
         for (int i = 0; i < n; ++i)
-            for (int s = 0; s < NL; ++s) {
+            SE_LANES for (int s = 0; s < NL; ++s) {
                 const float v = xt[i * NL + s], w = wt[i * NL + s];
                 const float l = (float)se_clampi(se_nearest_int(ic[s] * (v - mn[s])), 0, nmax);
                 lf[i * NL + s] = l;
@@ -79,7 +79,7 @@ SE_INLINE void se_qkx2_lanes(const int NL, const int n, const int nmax, const fl
                 sl2[s] += w * l * l;
                 sxl[s] += w * l * v;
             }
-        for (int s = 0; s < NL; ++s) {
+        SE_LANES for (int s = 0; s < NL; ++s) {
             const float D = sw[s] * sl2[s] - sl[s] * sl[s];
             float a = (sw[s] * sxl[s] - sx[s] * sl[s]) / D;
             float b = (sl2[s] * sx[s] - sl[s] * sxl[s]) / D;
@@ -89,12 +89,12 @@ SE_INLINE void se_qkx2_lanes(const int NL, const int n, const int nmax, const fl
             dpos[s] = D > 0;
         }
         for (int i = 0; i < n; ++i)
-            for (int s = 0; s < NL; ++s) {
+            SE_LANES for (int s = 0; s < NL; ++s) {
                 float diff = ts[s] * lf[i * NL + s] + tm[s] - xt[i * NL + s];
                 diff = use_mad ? fabsf(diff) : diff * diff;
                 err[s] += wt[i * NL + s] * diff;
             }
-        for (int s = 0; s < NL; ++s) {
+        SE_LANES for (int s = 0; s < NL; ++s) {
             const int acc = !flat[s] && dpos[s] && err[s] < best[s];
             best[s] = acc ? err[s] : best[s];
             scale[s] = acc ? ts[s] : scale[s];
@@ -103,7 +103,7 @@ SE_INLINE void se_qkx2_lanes(const int NL, const int n, const int nmax, const fl
             mn[s] = acc ? tm[s] : mn[s];
         }
     }
-    for (int s = 0; s < NL; ++s) {
+    SE_LANES for (int s = 0; s < NL; ++s) {
         scale_o[s] = flat[s] ? 0.f : scale[s];
         themin_o[s] = -mn[s];
         isc_o[s] = isc[s];
@@ -119,23 +119,23 @@ SE_INLINE void se_qx_lanes(const int NL, const int n, const int nmax, const floa
                            float *restrict scale_o, float *restrict isc_o, int *restrict zero_o) {
     float amax[SE_MAXL], max[SE_MAXL], isc[SE_MAXL], slx[SE_MAXL], sl2[SE_MAXL];
     float scale[SE_MAXL], best[SE_MAXL];
-    for (int s = 0; s < NL; ++s) amax[s] = max[s] = slx[s] = sl2[s] = 0;
+    SE_LANES for (int s = 0; s < NL; ++s) amax[s] = max[s] = slx[s] = sl2[s] = 0;
     for (int i = 0; i < n; ++i)
-        for (int s = 0; s < NL; ++s) {
+        SE_LANES for (int s = 0; s < NL; ++s) {
             const float v = xt[i * NL + s], ax = fabsf(v);
             const int up = ax > amax[s];
             amax[s] = up ? ax : amax[s];
             max[s] = up ? v : max[s];
         }
-    for (int s = 0; s < NL; ++s) isc[s] = -nmax / max[s];
+    SE_LANES for (int s = 0; s < NL; ++s) isc[s] = -nmax / max[s];
     for (int i = 0; i < n; ++i)
-        for (int s = 0; s < NL; ++s) {
+        SE_LANES for (int s = 0; s < NL; ++s) {
             const float v = xt[i * NL + s], w = v * v;
             const float l = (float)se_clampi(se_nearest_int(isc[s] * v), -nmax, nmax - 1);
             slx[s] += w * v * l;
             sl2[s] += w * l * l;
         }
-    for (int s = 0; s < NL; ++s) {
+    SE_LANES for (int s = 0; s < NL; ++s) {
         scale[s] = sl2[s] != 0 ? slx[s] / sl2[s] : 0.0f;
         best[s] = scale[s] * slx[s];
     }
@@ -143,18 +143,18 @@ SE_INLINE void se_qx_lanes(const int NL, const int n, const int nmax, const floa
         if (is == 0) continue;
         const float num = -(nmax + 0.1f * is);
         float ic[SE_MAXL], a[SE_MAXL], b[SE_MAXL];
-        for (int s = 0; s < NL; ++s) {
+        SE_LANES for (int s = 0; s < NL; ++s) {
             ic[s] = num / max[s];
             a[s] = b[s] = 0;
         }
         for (int i = 0; i < n; ++i)
-            for (int s = 0; s < NL; ++s) {
+            SE_LANES for (int s = 0; s < NL; ++s) {
                 const float v = xt[i * NL + s], w = v * v;
                 const float l = (float)se_clampi(se_nearest_int(ic[s] * v), -nmax, nmax - 1);
                 a[s] += w * v * l;
                 b[s] += w * l * l;
             }
-        for (int s = 0; s < NL; ++s) {
+        SE_LANES for (int s = 0; s < NL; ++s) {
             const int acc = b[s] > 0 && a[s] * a[s] > best[s] * b[s];
             const float sc = a[s] / b[s];
             scale[s] = acc ? sc : scale[s];
@@ -162,7 +162,7 @@ SE_INLINE void se_qx_lanes(const int NL, const int n, const int nmax, const floa
             isc[s] = acc ? ic[s] : isc[s];
         }
     }
-    for (int s = 0; s < NL; ++s) {
+    SE_LANES for (int s = 0; s < NL; ++s) {
         const int zero = amax[s] < SE_GROUP_MAX_EPS;
         zero_o[s] = zero;
         scale_o[s] = zero ? 0.f : scale[s];
@@ -170,27 +170,27 @@ SE_INLINE void se_qx_lanes(const int NL, const int n, const int nmax, const floa
     }
 }
 
-/* make_q3_quants(n, nmax, x, L, do_rmse=true) on NL sub-blocks; Lt receives the quants
- * (L + nmax, or 0 for all-zero sub-blocks) in the transposed layout. Returns scales. */
+/* make_q3_quants(n, nmax, x, L, do_rmse=true) on NL sub-blocks. Out: scales, zero flags, and
+ * Lt (transposed) such that the reference's quants are L = zero[s] ? 0 : Lt + nmax. */
 SE_INLINE void se_q3_lanes(const int NL, const int n, const int nmax, const float *restrict xt,
-                           int *restrict Lt, float *restrict scale_o) {
+                           int *restrict Lt, float *restrict scale_o, int *restrict zero_o) {
     float amax[SE_MAXL], max[SE_MAXL], isc[SE_MAXL], slx[SE_MAXL], sl2[SE_MAXL];
     int active[SE_MAXL], zero[SE_MAXL];
-    for (int s = 0; s < NL; ++s) amax[s] = max[s] = slx[s] = sl2[s] = 0;
+    SE_LANES for (int s = 0; s < NL; ++s) amax[s] = max[s] = slx[s] = sl2[s] = 0;
     for (int i = 0; i < n; ++i)
-        for (int s = 0; s < NL; ++s) {
+        SE_LANES for (int s = 0; s < NL; ++s) {
             const float v = xt[i * NL + s], ax = fabsf(v);
             const int up = ax > amax[s];
             amax[s] = up ? ax : amax[s];
             max[s] = up ? v : max[s];
         }
-    for (int s = 0; s < NL; ++s) {
+    SE_LANES for (int s = 0; s < NL; ++s) {
         isc[s] = -nmax / max[s];
         zero[s] = amax[s] < SE_GROUP_MAX_EPS;
         active[s] = !zero[s];
     }
     for (int i = 0; i < n; ++i)
-        for (int s = 0; s < NL; ++s) {
+        SE_LANES for (int s = 0; s < NL; ++s) {
             const float v = xt[i * NL + s], w = v * v;
             const int l = se_clampi(se_nearest_int(isc[s] * v), -nmax, nmax - 1);
             Lt[i * NL + s] = l;
@@ -199,9 +199,9 @@ SE_INLINE void se_q3_lanes(const int NL, const int n, const int nmax, const floa
         }
     for (int itry = 0; itry < 5; ++itry) {
         int changed[SE_MAXL], any = 0;
-        for (int s = 0; s < NL; ++s) changed[s] = 0;
+        SE_LANES for (int s = 0; s < NL; ++s) changed[s] = 0;
         for (int i = 0; i < n; ++i)
-            for (int s = 0; s < NL; ++s) {
+            SE_LANES for (int s = 0; s < NL; ++s) {
                 const float v = xt[i * NL + s], w = v * v;
                 const int L = Lt[i * NL + s];
                 const float fL = (float)L;
@@ -218,15 +218,16 @@ SE_INLINE void se_q3_lanes(const int NL, const int n, const int nmax, const floa
                 sl2[s] = take ? b : sl2[s];
                 changed[s] += take;
             }
-        for (int s = 0; s < NL; ++s) {
+        SE_LANES for (int s = 0; s < NL; ++s) {
             active[s] = active[s] && changed[s] > 0;
             any |= active[s];
         }
         if (!any) break;
     }
-    for (int i = 0; i < n; ++i)
-        for (int s = 0; s < NL; ++s) Lt[i * NL + s] = zero[s] ? 0 : Lt[i * NL + s] + nmax;
-    for (int s = 0; s < NL; ++s) scale_o[s] = zero[s] ? 0.f : (sl2[s] > 0.0f ? slx[s] / sl2[s] : 0.0f);
+    SE_LANES for (int s = 0; s < NL; ++s) {
+        scale_o[s] = zero[s] ? 0.f : (sl2[s] > 0.0f ? slx[s] / sl2[s] : 0.0f);
+        zero_o[s] = zero[s];
+    }
 }
 
 #endif /* SE_KQ_SEARCH_H */

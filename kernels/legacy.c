@@ -11,18 +11,26 @@
 
 #include "se_internal.h"
 
-/* the element with the largest magnitude, first one on ties; +0 when all are zero */
+/* the element with the largest magnitude, first one on ties; +0 when all are zero. The
+ * magnitude is reduced in 8 lanes; only its sign needs the scan order, and only when both
+ * +amax and -amax occur in the block. */
 SE_INLINE float se_signed_absmax(const float *x) {
     float m[8];
     for (int l = 0; l < 8; ++l) m[l] = fabsf(x[l]);
     for (int c = 1; c < 4; ++c)
-        for (int l = 0; l < 8; ++l) {
+        SE_LANES for (int l = 0; l < 8; ++l) {
             const float a = fabsf(x[8 * c + l]);
             m[l] = a > m[l] ? a : m[l];
         }
     float amax = 0.0f;
     for (int l = 0; l < 8; ++l) amax = m[l] > amax ? m[l] : amax;
     if (!(amax > 0.0f)) return 0.0f;
+    int pos = 0, neg = 0;
+    for (int j = 0; j < 32; ++j) {
+        pos |= x[j] == amax;
+        neg |= x[j] == -amax;
+    }
+    if (pos != neg) return pos ? amax : -amax;
     for (int j = 0; j < 32; ++j)
         if (fabsf(x[j]) == amax) return x[j];
     return 0.0f;
@@ -33,7 +41,7 @@ SE_INLINE void se_minmax(const float *x, float *pmin, float *pmax) {
     float mn[8], mx[8];
     for (int l = 0; l < 8; ++l) { mn[l] = FLT_MAX; mx[l] = -FLT_MAX; }
     for (int c = 0; c < 4; ++c)
-        for (int l = 0; l < 8; ++l) {
+        SE_LANES for (int l = 0; l < 8; ++l) {
             const float v = x[8 * c + l];
             mn[l] = v < mn[l] ? v : mn[l];
             mx[l] = v > mx[l] ? v : mx[l];
@@ -67,7 +75,7 @@ void se_quantize_q8_0(const float *x, void *vy, int64_t k) {
         float m[8];
         for (int l = 0; l < 8; ++l) m[l] = fabsf(x[l]);
         for (int c = 1; c < 4; ++c)
-            for (int l = 0; l < 8; ++l) {
+            SE_LANES for (int l = 0; l < 8; ++l) {
                 const float a = fabsf(x[8 * c + l]);
                 m[l] = a > m[l] ? a : m[l];
             }
@@ -91,12 +99,12 @@ void se_quantize_q4_0(const float *x, void *vy, int64_t k) {
         const float d = max / -8;
         const float id = d ? 1.0f / d : 0.0f;
         y[i].d = se_fp32_to_fp16(d);
-        uint8_t q[32];
-        for (int j = 0; j < 32; ++j) {
-            const int v = (int8_t)(int)(x[j] * id + 8.5f);
-            q[j] = (uint8_t)(v < 15 ? v : 15);
+        uint8_t qs[16];
+        for (int j = 0; j < 16; ++j) {
+            const int v0 = (int8_t)(int)(x[j] * id + 8.5f), v1 = (int8_t)(int)(x[j + 16] * id + 8.5f);
+            qs[j] = (uint8_t)((v0 < 15 ? v0 : 15) | ((v1 < 15 ? v1 : 15) << 4));
         }
-        for (int j = 0; j < 16; ++j) y[i].qs[j] = (uint8_t)(q[j] | (q[j + 16] << 4));
+        memcpy(y[i].qs, qs, 16);
     }
 }
 
@@ -111,12 +119,13 @@ void se_quantize_q4_1(const float *x, void *vy, int64_t k) {
         const float id = d ? 1.0f / d : 0.0f;
         y[i].d = se_fp32_to_fp16(d);
         y[i].m = se_fp32_to_fp16(min);
-        uint8_t q[32];
-        for (int j = 0; j < 32; ++j) {
-            const int v = (int8_t)(int)((x[j] - min) * id + 0.5f);
-            q[j] = (uint8_t)(v < 15 ? v : 15);
+        uint8_t qs[16];
+        for (int j = 0; j < 16; ++j) {
+            const int v0 = (int8_t)(int)((x[j] - min) * id + 0.5f);
+            const int v1 = (int8_t)(int)((x[j + 16] - min) * id + 0.5f);
+            qs[j] = (uint8_t)((v0 < 15 ? v0 : 15) | ((v1 < 15 ? v1 : 15) << 4));
         }
-        for (int j = 0; j < 16; ++j) y[i].qs[j] = (uint8_t)(q[j] | (q[j + 16] << 4));
+        memcpy(y[i].qs, qs, 16);
     }
 }
 

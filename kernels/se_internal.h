@@ -26,6 +26,12 @@
 #define SE_MULTIVERSION
 #endif
 
+/* Vectorize along lanes (independent blocks or sub-blocks), never along a block's own
+ * accumulation order: lane loops are marked `omp simd` (built with -fopenmp-simd, which only
+ * enables this pragma, no OpenMP runtime). Without it, GCC unrolls short lane loops and
+ * vectorizes the other way with slow in-order reductions. */
+#define SE_LANES _Pragma("omp simd")
+
 #if defined(__GNUC__)
 #define SE_INLINE static inline __attribute__((always_inline))
 #else
