@@ -1,0 +1,358 @@
+"""``distill(cfg, progress) -> DistillResult``: the whole distillation run, as a library call.
+
+Steps: read the teacher's config and tokenizer → tokenize and pack the data → derive and initialize
+the student → (optionally) let the teacher write responses or a top-k cache → evaluate → train →
+evaluate → write the output folder. The output is a Hugging Face folder (``model.safetensors``,
+``config.json``, tokenizer files, ``generation_config.json``) plus ``distill_report.json``; it is
+written into a temporary folder next to the target and renamed when complete, so a failed run
+leaves nothing half-written.
+
+Example::
+
+    from slimedge.distill import DistillConfig, distill
+    res = distill(DistillConfig(teacher="teacher/", data="corpus.txt", output="student/",
+                                layers=4, steps=500, seq_len=256))
+    print(res.report["kl_start"], "->", res.report["kl"])
+
+Under ``torchrun``/``accelerate launch`` (``WORLD_SIZE`` > 1) the student trains with DDP (NCCL on
+GPUs, gloo on CPU); process 0 evaluates and writes the output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+from ..errors import SlimedgeError
+from ..progress import NULL_PROGRESS, Progress
+from .config import DistillConfig
+
+log = logging.getLogger(__name__)
+
+REPORT_NAME = "distill_report.json"
+
+
+@dataclass
+class DistillResult:
+    output: str                                  # the written HF folder (process 0; "" on others)
+    report: dict = field(default_factory=dict)   # the content of distill_report.json
+    student_description: str = ""               # how the student was built and initialized
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text[:300] + ("…" if len(text) > 300 else "")
+
+
+def load_teacher_meta(path: str):
+    """(config, tokenizer) of the teacher folder, or a :class:`SlimedgeError` naming what is wrong."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    if not os.path.isdir(path):
+        raise SlimedgeError(f"teacher not found: {path}; pass a Hugging Face model folder")
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise SlimedgeError(f"teacher {path} has no config.json; pass a Hugging Face model folder")
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except Exception as exc:
+        raise SlimedgeError(f"cannot read teacher config {path}/config.json: {_one_line(exc)}") from None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except Exception as exc:
+        raise SlimedgeError(f"cannot read the tokenizer of teacher {path}: {_one_line(exc)}; "
+                            "the teacher folder must hold its tokenizer files") from None
+    if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None):
+        raise SlimedgeError(f"teacher {path}: models with logit soft-capping/scaling "
+                            f"({config.model_type}) are not supported by slimedge distill")
+    if len(tokenizer) > config.vocab_size:
+        raise SlimedgeError(f"teacher {path}: its tokenizer has {len(tokenizer)} tokens but the model's "
+                            f"vocab_size is {config.vocab_size}; tokenizer and model do not match")
+    return config, tokenizer
+
+
+def load_teacher_model(path: str, dtype, device):
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    except Exception as exc:
+        raise SlimedgeError(f"cannot load teacher weights from {path}: {_one_line(exc)}") from None
+    head = model.get_output_embeddings()
+    if head is None or getattr(head, "bias", None) is not None:
+        raise SlimedgeError(f"teacher {path}: an output head without bias is required")
+    model.to(device).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def _params(model) -> int:
+    seen, n = set(), 0
+    for p in model.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            n += p.numel()
+    return n
+
+
+def total_steps(cfg: DistillConfig, n_train: int, seq: int) -> int:
+    if cfg.steps:
+        return cfg.steps
+    if cfg.epochs:
+        return max(1, math.ceil(cfg.epochs * n_train / cfg.batch_size))
+    if cfg.tokens:
+        return max(1, math.ceil(cfg.tokens / (cfg.batch_size * seq)))
+    return max(1, math.ceil(n_train / cfg.batch_size))
+
+
+class _Dist:
+    """Process-group setup from torchrun/accelerate environment variables (WORLD_SIZE > 1)."""
+
+    def __init__(self, use_cuda: bool):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank, self.local_rank, self.owned = 0, int(os.environ.get("LOCAL_RANK", "0")), False
+        if self.world > 1:
+            import torch.distributed as dist
+
+            if not dist.is_initialized():
+                dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+                self.owned = True
+            self.rank = dist.get_rank()
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def broadcast(self, obj):
+        if self.world == 1:
+            return obj
+        import torch.distributed as dist
+
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def close(self) -> None:
+        if self.owned:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _check_output(cfg: DistillConfig) -> None:
+    out = cfg.output
+    if os.path.exists(out) and not cfg.overwrite:
+        raise SlimedgeError(f"output {out} already exists; pass --overwrite or choose another -o")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise SlimedgeError(f"output {out} is a file; -o must name a folder")
+
+
+def _save_dtype(cfg: DistillConfig, teacher_cfg):
+    import torch
+
+    names = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if cfg.save_dtype != "auto":
+        if cfg.save_dtype not in names:
+            raise SlimedgeError(f"unknown --save-dtype {cfg.save_dtype!r}; choose auto, float32, bfloat16, float16")
+        return names[cfg.save_dtype]
+    t = getattr(teacher_cfg, "dtype", None) or getattr(teacher_cfg, "torch_dtype", None)
+    t = str(t).replace("torch.", "") if t is not None else "float32"
+    return names.get(t, torch.float32)
+
+
+def _write_output(cfg, student, tokenizer, report: dict, teacher_cfg) -> None:
+    """Write everything into a temp folder next to the output, then rename it into place."""
+    from transformers import GenerationConfig
+
+    out = os.path.abspath(cfg.output)
+    parent = os.path.dirname(out)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.tmp-", dir=parent)
+    old = None
+    try:
+        student.to("cpu").to(_save_dtype(cfg, teacher_cfg))
+        student.config.architectures = list(getattr(teacher_cfg, "architectures", None) or
+                                            [type(student).__name__])
+        student.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        try:
+            gen = GenerationConfig.from_pretrained(cfg.teacher)
+        except Exception:  # the teacher has none: derive one from the model config
+            gen = GenerationConfig.from_model_config(student.config)
+        gen.save_pretrained(tmp)
+        with open(os.path.join(tmp, REPORT_NAME), "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=2)
+        if os.path.exists(out):  # --overwrite: swap, then drop the old folder
+            old = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.old-", dir=parent)
+            os.rmdir(old)
+            os.rename(out, old)
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old and not os.path.exists(out):
+            os.rename(old, out)
+        raise
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def distill(cfg: DistillConfig, progress: Progress = NULL_PROGRESS) -> DistillResult:
+    """Run one distillation described by ``cfg``; see the module docstring.
+
+    Raises :class:`SlimedgeError` for bad input (unreadable teacher, vocabulary mismatch, too little
+    data, ``seq_len`` over the context, NaN/Inf loss) without writing the output.
+    """
+    import numpy as np
+    import torch
+
+    from . import cache as cache_mod
+    from . import data as data_mod
+    from .evaluate import evaluate
+    from .losses import LossSpec
+    from .response import generate
+    from .student import build_student
+    from .trainer import Trainer, TrainData, make_module
+
+    cfg.validate()
+    t_start = time.monotonic()
+    _check_output(cfg)
+    teacher_cfg, tokenizer = load_teacher_meta(cfg.teacher)
+    ctx_len = getattr(teacher_cfg, "max_position_embeddings", None)
+    if ctx_len and cfg.seq_len > ctx_len:
+        raise SlimedgeError(f"--seq-len {cfg.seq_len} exceeds the teacher's context of {ctx_len} tokens "
+                            f"({cfg.teacher}/config.json max_position_embeddings); lower --seq-len")
+    use_cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
+    dist = _Dist(use_cuda)
+    try:
+        device = torch.device(f"cuda:{dist.local_rank}" if use_cuda and cfg.device in ("auto", "cuda")
+                              else cfg.device if cfg.device != "auto" else "cpu")
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda"
+                                           and torch.cuda.is_bf16_supported())
+        autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else None
+        teacher_dtype = torch.bfloat16 if bf16 and device.type == "cuda" else torch.float32
+
+        blocks = data_mod.prepare(cfg.data, tokenizer, cfg.seq_len, cfg.eval_fraction)
+        eval_blocks = blocks.eval[: cfg.max_eval_blocks]
+        student, choice = build_student(teacher_cfg, cfg, teacher_dir=cfg.teacher)
+        if student.config.vocab_size != teacher_cfg.vocab_size:
+            raise SlimedgeError(f"student vocab_size {student.config.vocab_size} differs from the teacher's "
+                                f"{teacher_cfg.vocab_size}; the student must use the teacher's vocabulary")
+        s_ctx = getattr(student.config, "max_position_embeddings", None)
+        if s_ctx and cfg.seq_len > s_ctx:
+            raise SlimedgeError(f"--seq-len {cfg.seq_len} exceeds the student's context of {s_ctx} tokens; "
+                                "lower --seq-len or raise max_position_embeddings in --student-config")
+        student.to(device)
+
+        # ---- teacher: live, or once to fill the cache --------------------------------------
+        cache = None
+        meta = None
+        if cfg.teacher_cache:
+            meta = cache_mod.expected_meta(cfg.teacher, blocks.fingerprint(), cfg.cache_k, cfg.temperature,
+                                           cfg.seq_len, teacher_cfg.vocab_size)
+            if dist.rank == 0:
+                cache = cache_mod.open_cache(cfg.teacher_cache, meta)
+            dist.barrier()
+        teacher = None
+        teacher_params = None
+        if cfg.teacher_cache and cache is None and dist.rank == 0:
+            teacher = load_teacher_model(cfg.teacher, teacher_dtype, device)
+            teacher_params = _params(teacher)
+            meta["teacher_params"] = teacher_params
+            cache = cache_mod.build_cache(cfg.teacher_cache, teacher, blocks, meta, batch=cfg.batch_size,
+                                          chunk=cfg.chunk_size, device=device, progress=progress)
+            del teacher
+            teacher = None
+        if cfg.teacher_cache:
+            dist.barrier()
+            cache = cache_mod.TeacherCache(cfg.teacher_cache)
+            teacher_params = cache.meta.get("teacher_params")
+        else:
+            teacher = load_teacher_model(cfg.teacher, teacher_dtype, device)
+            teacher_params = _params(teacher)
+
+        # ---- training data: the blocks, or teacher responses to prompts from them --------------
+        if cfg.response:
+            resp = generate(teacher, tokenizer, blocks.train, cfg, device=device, progress=progress) \
+                if dist.rank == 0 else None
+            resp = dist.broadcast(resp)
+            train = TrainData(ids=resp.ids, loss_mask=resp.loss_mask, attention=resp.attention)
+        else:
+            L = blocks.train.shape[1]
+            train = TrainData(ids=np.ascontiguousarray(blocks.train),
+                              loss_mask=np.ones((len(blocks.train), L - 1), np.float32))
+
+        ev = dict(teacher=teacher, cache=cache, batch=cfg.batch_size, chunk=cfg.chunk_size, device=device,
+                  autocast=autocast)
+        start = evaluate(student, eval_blocks, **ev) if dist.rank == 0 else {}
+
+        spec = LossSpec(cfg.loss, cfg.alpha, cfg.temperature, cfg.beta, cfg.skew)
+        pairs = list(enumerate(choice.layer_map)) if cfg.feature_weight > 0 else None
+        torch.manual_seed(cfg.seed + 1)  # projections
+        module = make_module(student, spec, cfg.chunk_size, pairs, teacher_cfg.hidden_size, cfg.feature_loss)
+        module.to(device)
+        steps = total_steps(cfg, len(train.ids), train.ids.shape[1])
+        key = {"data": blocks.fingerprint(), "seq_len": cfg.seq_len, "batch_size": cfg.batch_size,
+               "student": student.config.to_json_string(use_diff=False), "response": cfg.response,
+               "seed": cfg.seed, "world": dist.world}
+        trainer = Trainer(cfg, module, train, steps, teacher=teacher, cache=cache, device=device,
+                          autocast=autocast, rank=dist.rank, world=dist.world, progress=progress,
+                          settings_key=key)
+        result = trainer.run()
+
+        if dist.rank != 0:
+            dist.barrier()
+            return DistillResult(output="", report={}, student_description=choice.text)
+        end = evaluate(student, eval_blocks, **ev)
+        losses = result.losses
+        stride = max(1, len(losses) // 200)
+        report = {
+            "teacher": os.path.abspath(cfg.teacher),
+            "teacher_params": teacher_params,
+            "student_params": _params(student),
+            "teacher_perplexity": end["teacher_perplexity"],
+            "student_perplexity_start": start["student_perplexity"],
+            "student_perplexity": end["student_perplexity"],
+            "kl_start": start["kl"],
+            "kl": end["kl"],
+            "top1_agreement_start": start["top1_agreement"],
+            "top1_agreement": end["top1_agreement"],
+            "eval_positions": end["positions"],
+            "eval_from": "teacher cache top-k" if cache is not None else "live teacher",
+            "tokens_seen": result.tokens_seen,
+            "steps": result.steps,
+            "resumed_from_step": result.resumed_from,
+            "final_loss": losses[-1] if losses else None,
+            "loss_curve": [[i + 1 + result.resumed_from, v] for i, v in enumerate(losses)][::stride],
+            "wall_time_s": time.monotonic() - t_start,
+            "train_time_s": result.wall_s,
+            "train_tokens_per_s": (result.tokens_seen - result.resumed_from * cfg.batch_size *
+                                   train.ids.shape[1]) / max(result.wall_s, 1e-9),
+            "peak_memory_bytes": result.peak_memory_bytes,
+            "device": str(device),
+            "precision": "bf16 autocast" if bf16 else "fp32",
+            "world_size": dist.world,
+            "data": {"documents": blocks.n_documents, "tokens": blocks.n_tokens,
+                     "train_blocks": int(len(blocks.train)), "eval_blocks": int(len(eval_blocks)),
+                     "train_sequences": int(len(train.ids)), "sequence_length": int(train.ids.shape[1])},
+            "student": choice.to_dict(),
+            "settings": cfg.to_dict(),
+        }
+        del teacher
+        _write_output(cfg, student, tokenizer, report, teacher_cfg)
+        if not cfg.checkpoint_dir:
+            shutil.rmtree(cfg.checkpoint_path(), ignore_errors=True)
+        dist.barrier()
+        return DistillResult(output=cfg.output, report=report, student_description=choice.text)
+    finally:
+        dist.close()

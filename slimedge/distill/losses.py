@@ -1,0 +1,192 @@
+"""Distillation losses: divergences between teacher and student, chunked over the sequence.
+
+* :func:`divergence` — per-position divergence between two log-probability tensors ``[N, M]``
+  (M = vocabulary, or k+1 buckets from the teacher cache): forward KL(t‖s), reverse KL(s‖t),
+  generalized JSD(β) = β·KL(t‖m) + (1-β)·KL(s‖m) with m = β·t + (1-β)·s, skew forward
+  KL(t‖λt+(1-λ)s) and skew reverse KL(s‖λs+(1-λ)t).
+* :func:`topk_buckets` — folds a full student distribution onto the teacher's top-k ids plus one
+  "tail" bucket, so a cached top-k teacher is compared exactly (exact when k covers the vocabulary).
+* :func:`chunked_head_loss` — runs the output head and the loss ``chunk`` positions at a time and
+  computes the gradient of each chunk on the spot (the way fused linear-cross-entropy kernels do), so
+  neither model's full fp32 ``[batch, seq, vocab]`` logits ever exist; backward only scales the
+  stored gradients of the hidden states and the head weight.
+* :func:`feature_loss` — hidden-state MSE or cosine distance between mapped layers.
+
+All functions return *sums* over counted positions; the caller divides by the token count.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+
+def _kl(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
+    """KL(p‖q) per row of ``[N, M]`` log-probabilities; 0·log0 terms are 0 and stay NaN-free in backward."""
+    p = logp.exp()
+    live = p > 0
+    zero = torch.zeros((), dtype=logp.dtype, device=logp.device)
+    lp = torch.where(live, logp, zero)
+    lq = torch.where(live, logq, zero)
+    return (p * (lp - lq)).sum(-1)
+
+
+def _mix(loga: torch.Tensor, logb: torch.Tensor, wa: float) -> torch.Tensor:
+    """log(wa·a + (1-wa)·b) from log a and log b, stably."""
+    return torch.logaddexp(loga + math.log(wa), logb + math.log1p(-wa))
+
+
+def divergence(t_logp: torch.Tensor, s_logp: torch.Tensor, kind: str = "fkl",
+               beta: float = 0.5, skew: float = 0.1) -> torch.Tensor:
+    """Per-row divergence ``[N]`` between teacher and student log-probabilities ``[N, M]``."""
+    if kind == "fkl":
+        return _kl(t_logp, s_logp)
+    if kind == "rkl":
+        return _kl(s_logp, t_logp)
+    if kind == "jsd":
+        m = _mix(t_logp, s_logp, beta)
+        return beta * _kl(t_logp, m) + (1.0 - beta) * _kl(s_logp, m)
+    if kind == "skl":
+        return _kl(t_logp, _mix(t_logp, s_logp, skew))
+    if kind == "srkl":
+        return _kl(s_logp, _mix(s_logp, t_logp, skew))
+    raise ValueError(f"unknown divergence {kind!r}")
+
+
+def topk_buckets(s_logp: torch.Tensor, ids: torch.Tensor, t_top: torch.Tensor,
+                 t_tail: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher and student log-probs over the teacher's top-k ids (+ a tail bucket).
+
+    s_logp [N, V] full student log-probs; ids [N, k] long; t_top [N, k]; t_tail [N] or None when
+    k covers the vocabulary. Returns (t [N, k(+1)], s [N, k(+1)]).
+    """
+    s_top = s_logp.gather(-1, ids)
+    if t_tail is None:
+        return t_top, s_top
+    s_rest = s_logp.scatter(-1, ids, float("-inf")).logsumexp(-1)
+    return torch.cat([t_top, t_tail[:, None]], -1), torch.cat([s_top, s_rest[:, None]], -1)
+
+
+class LossSpec:
+    """Weights and kind of the logit losses: total = kd_w·T²·div + ce_w·CE per counted position."""
+
+    def __init__(self, kind: str = "fkl", alpha: float = 0.0, temperature: float = 1.0,
+                 beta: float = 0.5, skew: float = 0.1):
+        self.kind, self.temperature, self.beta, self.skew = kind, float(temperature), beta, skew
+        self.ce_w = float(alpha)
+        self.kd_w = 1.0 - float(alpha)
+
+    def position_losses(self, s_logits: torch.Tensor, labels: torch.Tensor,
+                        teacher: Callable[[], tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]] | None
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(kd [N], ce [N]) for student logits [N, V] (fp32) and labels [N].
+
+        ``teacher()`` returns (t_logp [N, M], ids [N, k] or None, tail [N] or None) at this spec's
+        temperature; it is only called when the KD weight is non-zero.
+        """
+        T = self.temperature
+        s_logp1 = F.log_softmax(s_logits, -1)
+        ce = -s_logp1.gather(-1, labels[:, None])[:, 0] if self.ce_w else s_logits.new_zeros(labels.shape)
+        if not self.kd_w or teacher is None:
+            return s_logits.new_zeros(labels.shape), ce
+        s_logp = s_logp1 if T == 1.0 else F.log_softmax(s_logits / T, -1)
+        t_logp, ids, tail = teacher()
+        if ids is not None:
+            t_logp, s_logp = topk_buckets(s_logp, ids, t_logp, tail)
+        return divergence(t_logp, s_logp, self.kind, self.beta, self.skew) * (T * T), ce
+
+
+class _ChunkedHead(torch.autograd.Function):
+    """Loss of a linear head applied chunk by chunk; gradients are computed in forward, per chunk."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, chunk_fn, chunk):  # type: ignore[override]
+        # hidden [B, S, H], weight [V, H]; chunk_fn(h [B, c, H], w [V, H], s0, s1) -> (loss, kd, ce) sums
+        g_hidden = torch.zeros_like(hidden) if hidden.requires_grad else None
+        g_weight = torch.zeros_like(weight) if weight.requires_grad else None
+        sums = torch.zeros(3, dtype=torch.float32, device=hidden.device)
+        for s0 in range(0, hidden.shape[1], chunk):
+            s1 = min(s0 + chunk, hidden.shape[1])
+            with torch.enable_grad():
+                h = hidden[:, s0:s1].detach().requires_grad_(hidden.requires_grad)
+                w = weight.detach().requires_grad_(weight.requires_grad)
+                loss, kd, ce = chunk_fn(h, w, s0, s1)
+                wrt = [x for x in (h, w) if x.requires_grad]
+                grads = iter(torch.autograd.grad(loss, wrt) if wrt and loss.requires_grad else ())
+            if g_hidden is not None:
+                g_hidden[:, s0:s1] = next(grads, 0.0)
+            if g_weight is not None:
+                g_weight += next(grads, 0.0)
+            sums += torch.stack([loss.detach().float(), kd.detach().float(), ce.detach().float()])
+        ctx.save_for_backward(*(g for g in (g_hidden, g_weight) if g is not None))
+        ctx.has = (g_hidden is not None, g_weight is not None)
+        ctx.mark_non_differentiable(sums)
+        return sums[0].clone(), sums
+
+    @staticmethod
+    def backward(ctx, g_loss, _g_sums):  # type: ignore[override]
+        saved = list(ctx.saved_tensors)
+        gh = gw = None
+        if ctx.has[0]:
+            g = saved.pop(0)
+            gh = g * g_loss.to(g.dtype)
+        if ctx.has[1]:
+            g = saved.pop(0)
+            gw = g * g_loss.to(g.dtype)
+        return gh, gw, None, None
+
+
+def chunked_head_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
+                      mask: torch.Tensor, spec: LossSpec, chunk: int,
+                      teacher_chunk: Callable[[int, int], tuple[torch.Tensor, torch.Tensor | None,
+                                                                torch.Tensor | None]] | None = None,
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed loss over counted positions, computed ``chunk`` positions at a time.
+
+    hidden [B, S, H] student final hidden states at the predicting positions; weight [V, H] the
+    student head; labels [B, S] next tokens; mask [B, S] 1 where the position counts;
+    ``teacher_chunk(s0, s1)`` gives the teacher's (log-probs [B·c, M], ids [B·c, k] | None,
+    tail [B·c] | None) for positions s0:s1 at ``spec.temperature``.
+    Returns (loss sum — differentiable, sums [loss, kd, ce] — detached).
+    """
+    def chunk_fn(h, w, s0, s1):
+        logits = (h @ w.t()).float().reshape(-1, w.shape[0])           # [B·c, V]
+        lab = labels[:, s0:s1].reshape(-1)
+        m = mask[:, s0:s1].reshape(-1).to(logits.dtype)
+        teacher = (lambda: teacher_chunk(s0, s1)) if teacher_chunk is not None else None
+        kd, ce = spec.position_losses(logits, lab, teacher)
+        kd = (kd * m).sum()
+        ce = (ce * m).sum()
+        return spec.kd_w * kd + spec.ce_w * ce, kd, ce
+
+    if not torch.is_grad_enabled():  # evaluation: no gradients to prepare
+        hidden, weight = hidden.detach(), weight.detach()
+    return _ChunkedHead.apply(hidden, weight, chunk_fn, int(chunk))
+
+
+def feature_loss(s_states: list[torch.Tensor], t_states: list[torch.Tensor],
+                 projections: list[Callable[[torch.Tensor], torch.Tensor]] | None,
+                 mask: torch.Tensor, kind: str = "mse") -> torch.Tensor:
+    """Sum over counted positions of the layer-averaged feature distance.
+
+    s_states[i] [B, S, Hs] pairs with t_states[i] [B, S, Ht]; projections[i] maps Hs → Ht (None when
+    widths match); mask [B, S]. MSE is averaged over the hidden dimension; cosine is 1 - cos.
+    """
+    total = s_states[0].new_zeros((), dtype=torch.float32)
+    m = mask.float()
+    for i, (s, t) in enumerate(zip(s_states, t_states)):
+        s = s.float()
+        if projections is not None and projections[i] is not None:
+            s = projections[i](s).float()
+        t = t.float()
+        if kind == "mse":
+            d = (s - t).pow(2).mean(-1)
+        elif kind == "cosine":
+            d = 1.0 - F.cosine_similarity(s, t, dim=-1, eps=1e-8)
+        else:
+            raise ValueError(f"unknown feature loss {kind!r}")
+        total = total + (d * m).sum()
+    return total / len(s_states)
