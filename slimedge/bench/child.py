@@ -1,0 +1,166 @@
+"""One measurement through llama.cpp, run in a fresh process: ``python -m slimedge.bench.child JOB.json``.
+
+The job file says what to do; the result is written as JSON to ``job["result"]`` (stdout/stderr
+belong to llama.cpp's logging). Two kinds of job:
+
+* ``speed`` — load the model (timed), warm up, then the prompt-processing test (``n_prompt``
+  random tokens in ``n_batch`` batches, like llama-bench's ``pp``) and the generation test
+  (``n_gen`` single-token decodes, like ``tg``); reports seconds, peak RSS (``ru_maxrss``) and
+  the machine/llama.cpp build.
+* ``load`` — load the model and decode a few tokens (``slimedge verify``).
+* ``logits`` — perplexity-style pass: the text's tokens cut into ``n_ctx`` chunks, the first
+  token of each replaced by BOS (when the model adds one), logits for every position; the
+  log-softmax rows of the scored second half (positions ``n_ctx//2 .. n_ctx-2``, each predicting
+  the next token) go to an ``.npy`` file (float32, ``[n_chunks, n_ctx - 1 - n_ctx//2, n_vocab]``)
+  and the tokens to another. :mod:`slimedge.bench.quality` turns these into PPL/KL numbers.
+
+Only numpy and llama_cpp are imported here, so the measured process stays small.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+
+
+def peak_rss_bytes() -> int:
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(r if sys.platform == "darwin" else r * 1024)  # Linux reports KiB, macOS bytes
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, val = line.partition(":")
+            if key.strip() in ("model name", "Model", "Hardware", "cpu model"):
+                return val.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info() -> dict:
+    import llama_cpp
+
+    sysinfo = llama_cpp.llama_print_system_info().decode(errors="replace").strip()
+    gpu = bool(llama_cpp.llama_supports_gpu_offload())
+    return {
+        "cpu_info": cpu_model(),
+        "n_cores": os.cpu_count() or 1,
+        "platform": f"{platform.system()} {platform.machine()}",
+        "build_commit": f"llama-cpp-python {llama_cpp.__version__}",
+        "backends": "GPU" if gpu else "CPU",
+        "system_info": sysinfo,
+    }
+
+
+def _open(job: dict, **extra):
+    import llama_cpp
+
+    kw = dict(model_path=job["model"], n_ctx=job["n_ctx"], n_batch=job["n_batch"], n_ubatch=job["n_ubatch"],
+              n_threads=job["n_threads"], n_threads_batch=job["n_threads"], n_gpu_layers=job["n_gpu_layers"],
+              use_mmap=job.get("use_mmap", True), flash_attn=job.get("flash_attn", False), seed=1234,
+              verbose=bool(job.get("verbose", False)))
+    for k in ("type_k", "type_v"):
+        if job.get(k) is not None:
+            kw[k] = job[k]
+    kw.update(extra)
+    return llama_cpp.Llama(**kw)
+
+
+def run_speed(job: dict) -> dict:
+    import numpy as np
+
+    t0 = time.perf_counter()
+    llm = _open(job)
+    load_s = time.perf_counter() - t0
+    n_vocab = llm.n_vocab()
+    rng = np.random.default_rng(job.get("seed", 0))
+    # random ids from the ordinary vocabulary (llama-bench feeds random tokens too)
+    prompt = rng.integers(0, n_vocab, size=job["n_prompt"]).tolist()
+    gen = rng.integers(0, n_vocab, size=job["n_gen"]).tolist()
+
+    llm.eval(prompt[: min(16, len(prompt))])  # warm-up: page in weights, build graphs
+    llm.eval(gen[:1])
+    llm.reset()
+
+    t0 = time.perf_counter()
+    llm.eval(prompt)
+    pp_s = time.perf_counter() - t0
+    llm.reset()
+
+    t0 = time.perf_counter()
+    for tok in gen:
+        llm.eval([tok])
+    tg_s = time.perf_counter() - t0
+    return {"load_s": load_s, "pp_s": pp_s, "tg_s": tg_s, "n_prompt": len(prompt), "n_gen": len(gen),
+            "n_vocab": n_vocab, "peak_rss_bytes": peak_rss_bytes(), "machine": machine_info()}
+
+
+def run_logits(job: dict) -> dict:
+    import numpy as np
+
+    n_ctx = job["n_ctx"]
+    llm = _open(job, logits_all=True)
+    text = Path(job["text"]).read_text(encoding="utf-8", errors="replace")
+    tokens = llm.tokenize(text.encode("utf-8"), add_bos=True, special=False)
+    n_chunks = len(tokens) // n_ctx
+    if job.get("max_chunks"):
+        n_chunks = min(n_chunks, int(job["max_chunks"]))
+    result = {"n_tokens": len(tokens), "n_chunks": n_chunks, "n_vocab": llm.n_vocab(),
+              "add_bos": bool(llm._model.add_bos_token()) if hasattr(llm._model, "add_bos_token") else True}
+    if n_chunks == 0:
+        return result
+    add_bos = result["add_bos"]
+    bos = llm.token_bos()
+    first = n_ctx // 2
+    n_scored = n_ctx - 1 - first
+    out = np.lib.format.open_memmap(job["logprobs"], mode="w+", dtype=np.float32,
+                                    shape=(n_chunks, n_scored, llm.n_vocab()))
+    toks = np.asarray(tokens[: n_chunks * n_ctx], dtype=np.int32).reshape(n_chunks, n_ctx)
+    for c in range(n_chunks):
+        chunk = toks[c].tolist()
+        if add_bos:
+            chunk[0] = bos
+        llm.reset()
+        llm.eval(chunk)
+        logits = np.asarray(llm.scores[first: n_ctx - 1], dtype=np.float64)
+        m = logits.max(axis=1, keepdims=True)
+        lse = m + np.log(np.exp(logits - m).sum(axis=1, keepdims=True))
+        out[c] = (logits - lse).astype(np.float32)
+    out.flush()
+    np.save(job["tokens"], toks)
+    result["peak_rss_bytes"] = peak_rss_bytes()
+    return result
+
+
+def run_load(job: dict) -> dict:
+    """Load the model and decode a few tokens: proves llama.cpp accepts the file."""
+    llm = _open(job)
+    toks = llm.tokenize(b"Hello, world", add_bos=True)
+    llm.eval(toks)
+    return {"n_vocab": llm.n_vocab(), "n_tokens": len(toks), "n_ctx_train": llm.n_ctx_train(),
+            "peak_rss_bytes": peak_rss_bytes()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    job = json.loads(Path(argv[0]).read_text())
+    try:
+        res = {"speed": run_speed, "logits": run_logits, "load": run_load}[job["kind"]](job)
+        res["ok"] = True
+    except Exception as exc:  # reported to the parent, which raises a SlimedgeError
+        res = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+    tmp = job["result"] + ".tmp"
+    Path(tmp).write_text(json.dumps(res))
+    os.replace(tmp, job["result"])
+    return 0 if res["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,250 @@
+"""``slimedge build``: a model (HF folder or GGUF) + a target profile → a runnable bundle folder.
+
+Steps: load the target; pick the type (``--type``, ``auto`` = the first of the profile's
+``quantization.auto`` candidates whose memory estimate fits the budget, or the profile's default);
+estimate memory from the conversion plan and refuse, with the numbers, what does not fit — before
+any conversion; convert (``slimedge.convert``) into a temp folder next to the output; write the
+launcher ``run``, ``Modelfile``, ``README.md`` and ``manifest.json`` (sha256 of every file);
+rename the folder into place. ``archive=True`` also writes ``<out>.tar.gz``.
+
+An already-quantized GGUF is packed as it is (no ``--type``); a float GGUF or HF folder is converted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import stat
+import tempfile
+import time
+from pathlib import Path
+
+from .. import __version__
+from ..errors import SlimedgeError
+from ..memory import MemoryEstimate, ModelShape, TensorInfo, check_fits, estimate, fits, shape_from_gguf
+from ..progress import NULL_PROGRESS, Progress
+from ..targets import Target, load_target
+from .manifest import FORMAT, FORMAT_VERSION, MANIFEST, file_entry, list_files, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+FLOAT_TYPES = {"F32", "F16", "BF16"}
+MODEL_FILE = "model.gguf"
+
+
+def _is_gguf(p: Path) -> bool:
+    if not p.is_file():
+        return False
+    with open(p, "rb") as f:
+        return f.read(4) == b"GGUF"
+
+
+def quant_spec(target: Target, qtype: str):
+    from ..quant.mixes import QuantSpec
+
+    q = target.quantization
+    return QuantSpec(ftype=qtype.upper(), overrides=[(o.pattern, o.type.upper()) for o in q.overrides],
+                     output_tensor_type=q.output_tensor_type.upper() or None,
+                     token_embedding_type=q.token_embedding_type.upper() or None)
+
+
+def _hf_shape(src: Path, plan) -> ModelShape:
+    """Hyperparameters for the estimate from an HF config.json; tensor sizes from the conversion plan."""
+    try:
+        cfg = json.loads((src / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise SlimedgeError(f"{src / 'config.json'}: unreadable ({exc})") from None
+    cfg = cfg.get("text_config", cfg)
+    n_embd, n_head = int(cfg["hidden_size"]), int(cfg["num_attention_heads"])
+    head_dim = int(cfg.get("head_dim") or n_embd // n_head)
+    return ModelShape(arch=plan.arch, n_layer=int(cfg["num_hidden_layers"]), n_embd=n_embd, n_head=n_head,
+                      n_head_kv=int(cfg.get("num_key_value_heads") or n_head),
+                      n_ff=int(cfg.get("intermediate_size", 4 * n_embd)), n_vocab=int(cfg["vocab_size"]),
+                      key_length=head_dim, value_length=head_dim,
+                      tensors=[TensorInfo(t.name, t.nbytes, t.n_params) for t in plan.tensors])
+
+
+def planned_shape(src: Path, spec) -> ModelShape:
+    """The shape the converted file will have (reads headers only)."""
+    from ..convert import plan
+
+    p = plan(src, spec)
+    if _is_gguf(src):
+        base = shape_from_gguf(src)
+        base.tensors = [TensorInfo(t.name, t.nbytes, t.n_params) for t in p.tensors]
+        return base
+    return _hf_shape(src, p)
+
+
+def source_files(src: Path) -> list[dict]:
+    if src.is_file():
+        return [dict(file_entry(src.parent, src), path=src.name)]
+    return [file_entry(src, p) for p in sorted(src.iterdir())
+            if p.is_file() and (p.suffix in (".json", ".safetensors", ".model", ".jinja", ".txt"))]
+
+
+def choose_type(src: Path, target: Target, requested: str | None) -> tuple[str, str, ModelShape, MemoryEstimate]:
+    """(type, chosen_by, planned shape, estimate), refusing with the numbers what does not fit."""
+    if requested and requested.lower() == "auto":
+        cands = target.quantization.auto or (target.quantization.type,)
+        tried = []
+        for c in cands:
+            shape = planned_shape(src, quant_spec(target, c))
+            est = estimate(shape, target.runtime)
+            if fits(est, target):
+                return c.upper(), "auto", shape, est
+            tried.append(f"{c} needs {est.total_ram / (1 << 30):.2f} GiB RAM"
+                         + (f" / {est.total_vram / (1 << 30):.2f} GiB VRAM" if est.total_vram else ""))
+        raise SlimedgeError(
+            f"{src}: no --type auto candidate fits target {target.name!r} (RAM budget "
+            f"{target.hardware.memory_budget_gb:g} GiB, VRAM {target.hardware.vram_gb:g} GiB): {'; '.join(tried)}; "
+            "use a smaller model, a smaller runtime.n_ctx or a target with more memory")
+    qtype = (requested or target.quantization.type).upper()
+    shape = planned_shape(src, quant_spec(target, qtype))
+    est = estimate(shape, target.runtime)
+    check_fits(est, target, what=f"{src.name} as {qtype}")
+    return qtype, ("--type" if requested else "target profile"), shape, est
+
+
+def _tensor_types(info) -> dict:
+    out: dict[str, dict] = {}
+    for t in info.tensors:
+        d = out.setdefault(t.type, {"count": 0, "bytes": 0, "n_params": 0})
+        d["count"] += 1
+        d["bytes"] += t.n_bytes
+        d["n_params"] += t.n_elements
+    for d in out.values():
+        d["bpw"] = round(8.0 * d["bytes"] / d["n_params"], 4) if d["n_params"] else 0.0
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]["bytes"]))
+
+
+def write_bundle_files(tmp: Path, manifest: dict) -> None:
+    """Launcher, Modelfile, README and manifest (with checksums) into ``tmp`` (model already there)."""
+    from .card import render_card
+    from .modelfile import chat_family, render_modelfile
+
+    run = tmp / "run"
+    run.write_text(Path(__file__).with_name("launcher.py").read_text(encoding="utf-8"), encoding="utf-8")
+    run.chmod(run.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    manifest["chat_format"] = chat_family(manifest.get("chat_template"))
+    (tmp / "Modelfile").write_text(render_modelfile(manifest["model"], manifest["runtime"],
+                                                    manifest.get("chat_template"), manifest["name"]), encoding="utf-8")
+    refresh(tmp, manifest)
+
+
+def refresh(bundle: Path, manifest: dict) -> None:
+    """Re-render README.md from ``manifest`` and rewrite the manifest with fresh checksums."""
+    from .card import render_card
+
+    (bundle / "README.md").write_text(render_card(manifest), encoding="utf-8")
+    manifest["files"] = list_files(bundle)
+    write_json_atomic(bundle / MANIFEST, manifest)
+
+
+def record_bench(bundle: str | Path, record: dict) -> None:
+    """Append a ``slimedge bench`` record to a bundle's manifest and README (checksums refreshed)."""
+    from .manifest import read_manifest
+
+    bundle = Path(bundle)
+    m = read_manifest(bundle)
+    m.setdefault("bench", []).append(record)
+    refresh(bundle, m)
+
+
+def build_bundle(src: str | Path, target: str | Path | Target, out_dir: str | Path, *, type: str | None = None,
+                 archive: bool = False, overwrite: bool = False, threads: int | None = None,
+                 progress: Progress = NULL_PROGRESS) -> Path:
+    """Build a bundle of ``src`` for ``target`` in ``out_dir``; returns ``out_dir`` (see module docstring).
+
+    ``type``: a mix/type name, ``"auto"``, or None for the profile's default. Nothing is left at
+    ``out_dir`` unless the whole bundle was written.
+    """
+    from ..gguf_info import read_info
+
+    src, out = Path(src), Path(out_dir)
+    tgt = target if isinstance(target, Target) else load_target(target)
+    if not src.exists():
+        raise SlimedgeError(f"{src}: not found; give a Hugging Face model folder or a .gguf file")
+    if out.exists() and not overwrite:
+        raise SlimedgeError(f"{out}: exists; pass --overwrite to replace it")
+    if out.exists() and not (out / MANIFEST).is_file():
+        raise SlimedgeError(f"{out}: exists and is not a bundle; refusing to replace it, choose another -o")
+    if src.is_file() and not _is_gguf(src):
+        raise SlimedgeError(f"{src}: not a GGUF file; give a Hugging Face model folder or a .gguf file")
+    if src.is_dir() and not (src / "config.json").is_file():
+        raise SlimedgeError(f"{src}: no config.json; give a Hugging Face model folder or a .gguf file")
+
+    packed_as_is = False
+    if _is_gguf(src):
+        info = read_info(src)
+        kinds = {t.type for t in info.tensors if len(t.shape) >= 2}
+        if kinds - FLOAT_TYPES:
+            if type:
+                raise SlimedgeError(f"{src}: already quantized ({info.file_type_name}); give the float (F16/F32) "
+                                    "GGUF or the HF folder to choose --type, or leave --type out to pack it as is")
+            packed_as_is = True
+
+    if packed_as_is:
+        shape = shape_from_gguf(src)
+        est = estimate(shape, tgt.runtime)
+        qtype = (info.file_type_name or "?").replace("MOSTLY_", "")
+        check_fits(est, tgt, what=f"{src.name} ({qtype})")
+        chosen_by = "source file (already quantized)"
+    else:
+        qtype, chosen_by, shape, est = choose_type(src, tgt, type)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        model = tmp / MODEL_FILE
+        if packed_as_is:
+            shutil.copyfile(src, model)
+        else:
+            from ..convert import convert
+
+            convert(src, model, quant_spec(tgt, qtype), threads=threads, overwrite=True, progress=progress)
+        info = read_info(model)
+        shape = shape_from_gguf(model)
+        est = estimate(shape, tgt.runtime)  # from the file actually written
+        meta = info.metadata
+        manifest = {
+            "format": FORMAT, "format_version": FORMAT_VERSION, "slimedge_version": __version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "name": str(meta.get("general.name") or src.stem), "model": MODEL_FILE,
+            "source": {"path": str(src.resolve()), "kind": "gguf" if src.is_file() else "hf",
+                       "files": source_files(src)},
+            "target": tgt.to_dict(),
+            "quantization": {"type": qtype, "chosen_by": chosen_by, "file_type": info.file_type_name,
+                             "tensor_types": _tensor_types(info), "n_params": info.n_params,
+                             "model_size": info.total_tensor_bytes, "file_size": info.file_size,
+                             "bpw": info.bpw},
+            "runtime": tgt.to_dict()["runtime"],
+            "architecture": shape.arch,
+            "hyperparameters": {k: getattr(shape, k) for k in ("n_layer", "n_embd", "n_head", "n_head_kv", "n_ff",
+                                                               "n_vocab", "key_length", "value_length",
+                                                               "n_ctx_train")},
+            "chat_template": meta.get("tokenizer.chat_template"),
+            "memory_estimate": est.to_dict(),
+            "files": [],
+            "bench": [],
+        }
+        write_bundle_files(tmp, manifest)
+        tmp.chmod(0o755)
+        if out.exists():  # overwrite: swap only now that the new bundle is complete
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if archive:
+        from .archive import write_archive
+
+        write_archive(out, overwrite=overwrite)
+    log.info("bundle %s: %s, %s", out, qtype, est.describe())
+    return out

@@ -1,0 +1,73 @@
+"""``manifest.json``: what a bundle holds and how it was made.
+
+Keys: ``format``/``format_version``, ``slimedge_version``, ``created``, ``name``, ``model`` (the GGUF's
+file name), ``source`` (path, kind, files with size and sha256), ``target`` (the whole profile),
+``quantization`` (type, how it was chosen, per-type tensor counts/bytes/bpw, totals),
+``runtime`` (the profile's runtime settings), ``chat_template`` / ``chat_format``,
+``memory_estimate`` (bytes by component, see :mod:`slimedge.memory`), ``files`` (every other
+file in the bundle with size and sha256; the manifest itself is not listed) and ``bench``
+(records added by ``slimedge bench BUNDLE``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from ..errors import SlimedgeError
+
+FORMAT = "slimedge-bundle"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(chunk)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()
+
+
+def file_entry(root: Path, path: Path) -> dict:
+    return {"path": path.relative_to(root).as_posix(), "size": path.stat().st_size, "sha256": sha256_file(path)}
+
+
+def list_files(root: Path) -> list[dict]:
+    """Entries for every file under ``root`` except the manifest, sorted by path."""
+    return [file_entry(root, p) for p in sorted(root.rglob("*")) if p.is_file() and p.name != MANIFEST
+            and not p.name.startswith(".")]
+
+
+def write_json_atomic(path: Path, obj: dict) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, sort_keys=False)
+        f.write("\n")
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def read_manifest(bundle: Path) -> dict:
+    p = bundle / MANIFEST
+    if not p.is_file():
+        raise SlimedgeError(f"{bundle}: no {MANIFEST}; not a slimedge bundle (build one with `slimedge build`)")
+    try:
+        m = json.loads(p.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise SlimedgeError(f"{p}: not valid JSON ({exc}); the bundle is damaged, rebuild it") from None
+    if not isinstance(m, dict) or m.get("format") != FORMAT:
+        raise SlimedgeError(f"{p}: not a slimedge bundle manifest (format is not {FORMAT!r})")
+    if int(m.get("format_version", 0)) > FORMAT_VERSION:
+        raise SlimedgeError(f"{p}: bundle format {m.get('format_version')} is newer than this slimedge "
+                            f"understands ({FORMAT_VERSION}); upgrade slimedge")
+    for key in ("model", "files"):
+        if key not in m:
+            raise SlimedgeError(f"{p}: manifest lacks {key!r}; the bundle is damaged, rebuild it")
+    return m

@@ -1,0 +1,99 @@
+"""``slimedge verify``: a bundle's files match its manifest, and llama.cpp loads its model.
+
+Checks, in order: the manifest parses and is a slimedge bundle; every listed file exists with the
+listed size and sha256 (a missing or changed file is named); no unlisted files are present (named
+as a warning-level problem); the GGUF's header reads; and — unless ``load=False`` — a fresh
+llama.cpp process loads the model and decodes a few tokens. A ``.tar.gz`` is unpacked safely
+into a temp folder first (see :mod:`slimedge.bundle.archive`).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import SlimedgeError
+from .manifest import MANIFEST, read_manifest, sha256_file
+
+
+@dataclass
+class VerifyReport:
+    bundle: Path
+    files_checked: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # one line each, naming the file
+    extra_files: list[str] = field(default_factory=list)  # present but not in the manifest
+    loaded: bool = False  # llama.cpp loaded the model and decoded tokens
+    n_vocab: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def check_files(bundle: Path, manifest: dict, report: VerifyReport) -> None:
+    listed = set()
+    for entry in manifest["files"]:
+        rel = entry["path"]
+        listed.add(rel)
+        p = bundle / rel
+        if not p.is_file():
+            report.problems.append(f"{p}: missing (listed in {MANIFEST}); restore it or rebuild the bundle")
+            continue
+        size = p.stat().st_size
+        if size != entry["size"]:
+            report.problems.append(f"{p}: size {size} bytes, manifest says {entry['size']}; the file changed "
+                                   "since the build (damaged or edited): restore it or rebuild the bundle")
+            continue
+        if sha256_file(p) != entry["sha256"]:
+            report.problems.append(f"{p}: sha256 does not match the manifest; the file changed since the build "
+                                   "(damaged or edited): restore it or rebuild the bundle")
+            continue
+        report.files_checked.append(rel)
+    if manifest["model"] not in listed:
+        report.problems.append(f"{bundle / MANIFEST}: the model {manifest['model']!r} is not among its files")
+    for p in sorted(bundle.rglob("*")):
+        rel = p.relative_to(bundle).as_posix()
+        if p.is_file() and rel != MANIFEST and rel not in listed and not p.name.startswith("."):
+            report.extra_files.append(rel)
+
+
+def check_loads(model: Path, report: VerifyReport) -> None:
+    from ..bench.runner import run_child
+    from ..gguf_info import read_info
+
+    read_info(model)  # header problems get a precise message before llama.cpp runs
+    r = run_child({"kind": "load", "model": str(model), "n_ctx": 256, "n_batch": 64, "n_ubatch": 64,
+                   "n_threads": 2, "n_gpu_layers": 0}, timeout=600)
+    report.loaded, report.n_vocab = True, r["n_vocab"]
+
+
+def verify_bundle(path: str | Path, *, load: bool = True, raise_on_problem: bool = True) -> VerifyReport:
+    """Verify a bundle folder or ``.tar.gz``. Raises :class:`SlimedgeError` listing the problems."""
+    path = Path(path)
+    if path.is_file() and path.name.endswith((".tar.gz", ".tgz", ".tar")):
+        from .archive import unpack_archive
+
+        tmp = Path(tempfile.mkdtemp(prefix="slimedge-verify-"))
+        try:
+            inner = unpack_archive(path, tmp / "bundle")
+            rep = verify_bundle(inner, load=load, raise_on_problem=raise_on_problem)
+            rep.bundle = path
+            return rep
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    if not path.is_dir():
+        raise SlimedgeError(f"{path}: not a bundle folder or .tar.gz archive")
+    manifest = read_manifest(path)
+    report = VerifyReport(path)
+    check_files(path, manifest, report)
+    if report.ok and load:
+        try:
+            check_loads(path / manifest["model"], report)
+        except SlimedgeError as exc:
+            report.problems.append(str(exc))
+    if report.problems and raise_on_problem:
+        more = f" (and {len(report.problems) - 1} more problem(s))" if len(report.problems) > 1 else ""
+        raise SlimedgeError(f"verify failed: {report.problems[0]}{more}")
+    return report

@@ -1,0 +1,229 @@
+"""Memory estimate for running a GGUF with llama.cpp on a target, split into RAM and VRAM.
+
+What llama.cpp allocates, and how this module counts it:
+
+* **weights** — every tensor's bytes in the file. Block ``blk.N`` goes to the GPU when
+  ``N >= n_layer - n_gpu_layers``; ``output.weight`` too when all layers are offloaded
+  (``n_gpu_layers = -1`` or ``> n_layer``); ``token_embd`` always stays in RAM (llama.cpp keeps
+  the input layer on the CPU). Memory-mapped pages count in RAM once touched, so they are counted.
+* **KV cache** — GQA-aware: ``n_layer × n_ctx × n_head_kv × (key_length + value_length) ×
+  bytes per element`` of the cache types, context padded to 256 like llama.cpp; each layer's
+  cache lives where its layer lives.
+* **compute buffers** — the ggml graph's scratch for one ``n_ubatch``: the largest of the
+  logits (``n_vocab``), the attention scores (``n_head × n_ctx``, absent with flash attention)
+  and the FFN activations (``n_ff``) per token, plus the residual stream; see :func:`compute_bytes`.
+* **host buffers** — the logits llama-cpp-python keeps per batch (``n_batch × n_vocab`` floats)
+  and a fixed runtime overhead (interpreter, ggml, llama.cpp itself).
+
+:func:`estimate` returns a :class:`MemoryEstimate`; :func:`check_fits` raises a
+:class:`SlimedgeError` with the numbers when it exceeds the target's budget.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .errors import SlimedgeError
+
+MiB = 1 << 20
+GiB = 1 << 30
+
+RUNTIME_OVERHEAD = 96 * MiB  # Python + numpy + libllama/libggml code and heap, measured ~70-90 MiB
+CACHE_BYTES = {  # bytes per element of the KV cache types (block bytes / block size)
+    "f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q5_1": 24 / 32, "q5_0": 22 / 32,
+    "q4_1": 20 / 32, "q4_0": 18 / 32, "iq4_nl": 18 / 32,
+}
+_BLK = re.compile(r"^blk\.(\d+)\.")
+
+
+@dataclass
+class TensorInfo:
+    name: str  # GGUF name
+    n_bytes: int  # bytes in the file
+    n_elements: int = 0
+
+
+@dataclass
+class ModelShape:
+    """The hyperparameters and tensors the estimate needs (read from a GGUF's metadata)."""
+
+    arch: str
+    n_layer: int
+    n_embd: int
+    n_head: int
+    n_head_kv: int
+    n_ff: int
+    n_vocab: int
+    key_length: int  # per head
+    value_length: int  # per head
+    n_ctx_train: int = 0
+    tensors: list[TensorInfo] = field(default_factory=list)
+
+    @property
+    def weight_bytes(self) -> int:
+        return sum(t.n_bytes for t in self.tensors)
+
+    @property
+    def n_params(self) -> int:
+        return sum(t.n_elements for t in self.tensors)
+
+
+def shape_from_gguf(path: str | Path) -> ModelShape:
+    """Read the shape of a GGUF file (metadata and tensor sizes only; no weights are read)."""
+    from .gguf_info import read_info
+
+    info = read_info(path)
+    meta, arch = info.metadata, info.arch
+    if not arch:
+        raise SlimedgeError(f"{path}: GGUF has no general.architecture; rewrite it with `slimedge convert`")
+
+    def get(key: str, default=None):
+        v = meta.get(f"{arch}.{key}", default)
+        if isinstance(v, list):  # per-layer arrays (e.g. head_count_kv): the largest bounds memory
+            v = max(v) if v else default
+        if v is None:
+            raise SlimedgeError(f"{path}: GGUF lacks {arch}.{key}; rewrite it with `slimedge convert`")
+        return int(v)
+
+    n_embd, n_head = get("embedding_length"), get("attention.head_count")
+    head_dim = n_embd // n_head
+    n_vocab = meta.get(f"{arch}.vocab_size") or len(meta.get("tokenizer.ggml.tokens") or [])
+    if not n_vocab:
+        emb = next((t for t in info.tensors if t.name == "token_embd.weight"), None)
+        n_vocab = emb.shape[0] if emb is not None else 0
+    return ModelShape(
+        arch=str(arch), n_layer=get("block_count"), n_embd=n_embd, n_head=n_head,
+        n_head_kv=get("attention.head_count_kv", n_head), n_ff=get("feed_forward_length", 4 * n_embd),
+        n_vocab=int(n_vocab), key_length=get("attention.key_length", head_dim),
+        value_length=get("attention.value_length", head_dim), n_ctx_train=get("context_length", 0),
+        tensors=[TensorInfo(t.name, t.n_bytes, t.n_elements) for t in info.tensors])
+
+
+@dataclass
+class MemoryEstimate:
+    """Bytes by component and device. ``total_ram``/``total_vram`` are what the budget is checked against."""
+
+    weights_ram: int
+    weights_vram: int
+    kv_ram: int
+    kv_vram: int
+    compute_ram: int
+    compute_vram: int
+    host_ram: int  # logits buffer + runtime overhead
+    n_ctx: int
+    n_gpu_layers: int
+
+    @property
+    def total_ram(self) -> int:
+        return self.weights_ram + self.kv_ram + self.compute_ram + self.host_ram
+
+    @property
+    def total_vram(self) -> int:
+        return self.weights_vram + self.kv_vram + self.compute_vram
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["total_ram"], d["total_vram"] = self.total_ram, self.total_vram
+        return d
+
+    def describe(self) -> str:
+        def g(b: int) -> str:
+            return f"{b / GiB:.2f} GiB"
+
+        s = (f"RAM {g(self.total_ram)} (weights {g(self.weights_ram)} + KV cache {g(self.kv_ram)} + "
+             f"compute {g(self.compute_ram)} + runtime {g(self.host_ram)})")
+        if self.total_vram:
+            s += (f", VRAM {g(self.total_vram)} (weights {g(self.weights_vram)} + KV cache {g(self.kv_vram)}"
+                  f" + compute {g(self.compute_vram)})")
+        return s
+
+
+def pad_ctx(n_ctx: int) -> int:
+    """llama.cpp pads the context (and so the KV cache) to a multiple of 256."""
+    return (n_ctx + 255) // 256 * 256
+
+
+def kv_bytes_per_layer(shape: ModelShape, n_ctx: int, cache_type_k: str = "f16", cache_type_v: str = "f16") -> int:
+    per_token = shape.n_head_kv * (shape.key_length * CACHE_BYTES[cache_type_k]
+                                   + shape.value_length * CACHE_BYTES[cache_type_v])
+    return int(pad_ctx(n_ctx) * per_token)
+
+
+def compute_bytes(shape: ModelShape, n_ctx: int, n_ubatch: int, flash_attn: bool) -> int:
+    """Scratch for one physical batch of ``n_ubatch`` tokens (float32 activations).
+
+    The graph allocator reuses memory, so the peak is the largest stage plus what stays alive
+    across it (the residual stream and its normed copy): logits ``n_vocab``; attention scores and
+    their softmax ``2 × n_head × n_ctx`` (without flash attention); FFN gate/up/act ``3 × n_ff``.
+    """
+    n_kv = pad_ctx(n_ctx)
+    stages = [shape.n_vocab, 3 * shape.n_ff]
+    stages.append(shape.n_head * 256 if flash_attn else 2 * shape.n_head * n_kv)
+    per_token = max(stages) + 4 * shape.n_embd + shape.n_head * shape.key_length * 3
+    return int(4 * min(n_ubatch, n_kv) * per_token)
+
+
+def _layer_on_gpu(i: int, n_layer: int, n_gpu_layers: int) -> bool:
+    ngl = n_layer + 1 if n_gpu_layers < 0 else n_gpu_layers
+    return i >= n_layer - min(ngl, n_layer)
+
+
+def estimate(shape: ModelShape, runtime, *, n_ctx: int | None = None) -> MemoryEstimate:
+    """Estimate for ``runtime`` (a :class:`slimedge.targets.Runtime`, or any object with its fields)."""
+    n_ctx = n_ctx or runtime.n_ctx
+    ngl = runtime.n_gpu_layers
+    all_gpu = ngl < 0 or ngl > shape.n_layer
+    w_ram = w_vram = 0
+    for t in shape.tensors:
+        m = _BLK.match(t.name)
+        if m:
+            gpu = _layer_on_gpu(int(m.group(1)), shape.n_layer, ngl)
+        else:
+            gpu = all_gpu and t.name.startswith("output")
+        if gpu:
+            w_vram += t.n_bytes
+        else:
+            w_ram += t.n_bytes
+    n_gpu = sum(_layer_on_gpu(i, shape.n_layer, ngl) for i in range(shape.n_layer))
+    kv_layer = kv_bytes_per_layer(shape, n_ctx, runtime.cache_type_k, runtime.cache_type_v)
+    comp = compute_bytes(shape, n_ctx, runtime.n_ubatch, runtime.flash_attn)
+    if n_gpu:
+        # the GPU runs the graph; the CPU keeps a host-side buffer for inputs/outputs
+        comp_vram, comp_ram = comp, int(4 * runtime.n_ubatch * (shape.n_embd + shape.n_vocab))
+    else:
+        comp_vram, comp_ram = 0, comp
+    logits = 4 * min(runtime.n_batch, n_ctx) * shape.n_vocab
+    return MemoryEstimate(
+        weights_ram=w_ram, weights_vram=w_vram,
+        kv_ram=kv_layer * (shape.n_layer - n_gpu), kv_vram=kv_layer * n_gpu,
+        compute_ram=comp_ram, compute_vram=comp_vram,
+        host_ram=logits + RUNTIME_OVERHEAD, n_ctx=n_ctx, n_gpu_layers=ngl)
+
+
+def check_fits(est: MemoryEstimate, target, what: str = "model") -> None:
+    """Raise with the numbers when ``est`` exceeds the target's RAM or VRAM budget."""
+    hw = target.hardware
+
+    def g(b: float) -> str:
+        return f"{b / GiB:.2f} GiB"
+
+    if est.total_ram > hw.memory_budget_bytes:
+        raise SlimedgeError(
+            f"{what} does not fit target {target.name!r}: needs {est.describe()} but the RAM budget "
+            f"(hardware.memory_budget_gb) is {g(hw.memory_budget_bytes)}; try --type auto, a smaller "
+            "--type, a smaller runtime.n_ctx, or a target with more memory")
+    if est.total_vram > hw.vram_budget_bytes:
+        raise SlimedgeError(
+            f"{what} does not fit target {target.name!r}: needs {est.describe()} but the VRAM budget "
+            f"(hardware.vram_gb) is {g(hw.vram_budget_bytes)}; try --type auto, a smaller --type, fewer "
+            "runtime.n_gpu_layers, or a smaller runtime.n_ctx")
+
+
+def fits(est: MemoryEstimate, target) -> bool:
+    try:
+        check_fits(est, target)
+    except SlimedgeError:
+        return False
+    return True
