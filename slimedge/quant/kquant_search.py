@@ -88,6 +88,23 @@ def seqsum(a: np.ndarray) -> np.ndarray:
     return np.add.reduce(np.ascontiguousarray(a), axis=0)
 
 
+def chunked(blocks: int):
+    """Decorator for a ``quantize_blocks(cls, x, w=None)`` implementation: run it on at most ``blocks``
+    blocks at a time (bounded temporaries that stay in cache; a loop over chunks, not over blocks)."""
+    def deco(impl):
+        def quantize_blocks(cls, x, w=None):
+            x = np.asarray(x, dtype=_F)
+            if x.shape[0] <= blocks:
+                return impl(cls, x, w)
+            out = np.empty((x.shape[0], cls.type_size), dtype=np.uint8)
+            for i in range(0, x.shape[0], blocks):
+                out[i:i + blocks] = impl(cls, x[i:i + blocks], None if w is None else w[i:i + blocks])
+            return out
+        quantize_blocks.__doc__ = impl.__doc__
+        return classmethod(quantize_blocks)
+    return deco
+
+
 # ---- affine searches: make_qkx2_quants / make_qkx3_quants ---------------------------------------------
 
 def _grid_levels(x, off, iscale, fn, out):
@@ -250,8 +267,10 @@ def make_q3_quants(x: np.ndarray, nmax: int):
     wx = w * x
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         L = np.clip(round_f(x * (-fn / mx)), -fn, fn - 1)
-        sumlx = seqsum(wx * L)
-        suml2 = seqsum(w * L * L)
+        wxL = wx * L
+        wLL = w * L * L
+        sumlx = seqsum(wxL)
+        suml2 = seqsum(wLL)
         idx = np.arange(n)[:, None]
         active = np.flatnonzero(~zero)
         for _ in range(5):
@@ -263,28 +282,38 @@ def make_q3_quants(x: np.ndarray, nmax: int):
             full = active.size == M
             while cols.size:
                 sel = active[cols]
-                xa, wa, wxa, La = (a if full else np.take(a, sel, axis=1) for a in (x, w, wx, L))
+                if full:  # wxL, wLL are only valid before the first change
+                    xa, wa, wxa, La, wxLa, wLLa = x, w, wx, L, wxL, wLL
+                else:
+                    xa, La = np.take(x, sel, axis=1), np.take(L, sel, axis=1)
+                    wa = xa * xa
+                    wxa = wa * xa
+                    wxLa = wxa * La
+                    wLLa = wa * La * La
                 s1, s2 = sumlx[sel], suml2[sel]
-                slx = s1 - wxa * La
-                sl2 = s2 - wa * La * La
+                slx = s1 - wxLa
+                sl2 = s2 - wLLa
                 new_l = _clamped_nearest(xa * sl2 / slx, -nmax, nmax - 1)
                 cand = (slx > 0) & (new_l != La)
                 if not full:
                     cand &= idx >= start[cols]
-                nslx = slx + wxa * new_l
-                nsl2 = sl2 + wa * new_l * new_l
-                acc = cand & (nsl2 > 0) & (nslx * nslx * s2 > s1 * s1 * nsl2)
-                k = np.flatnonzero(np.logical_or.reduce(acc, axis=0))
-                if k.size == 0:
+                # the acceptance test only for the (few) candidates, element coordinates (i, j)
+                ci, cj = np.nonzero(cand)
+                nl = new_l[ci, cj]
+                nslx = slx[ci, cj] + wxa[ci, cj] * nl
+                nsl2 = sl2[ci, cj] + wa[ci, cj] * nl * nl
+                s1c, s2c = s1[cj], s2[cj]
+                acc = (nsl2 > 0) & (nslx * nslx * s2c > s1c * s1c * nsl2)
+                if not acc.any():
                     break
-                acc_k = acc[:, k]
-                i = np.full(k.size, n - 1, dtype=np.intp)
-                for r in range(n - 2, -1, -1):     # first accepted element of each hit column
-                    i[acc_k[r]] = r
+                ai, aj = ci[acc], cj[acc]
+                k, first = np.unique(aj, return_index=True)   # first accepted element per column
+                i = ai[first]
                 c = sel[k]
-                L[i, c] = new_l[i, k]
-                sumlx[c] = nslx[i, k]
-                suml2[c] = nsl2[i, k]
+                nl, hit = nl[acc][first], np.flatnonzero(acc)[first]
+                L[i, c] = nl
+                sumlx[c] = nslx[hit]
+                suml2[c] = nsl2[hit]
                 changed[cols[k]] = True
                 start[cols[k]] = i + 1
                 cols = cols[k[i + 1 < n]]

@@ -24,10 +24,11 @@ import numpy as np
 from gguf import GGMLQuantizationType as T
 
 from .formats import QuantFormat
-from .kquant_search import (f16_bits, f16_value, first_absmax, make_q3_quants, make_qkx_quants,
-                            make_qx_quants, nearest_int, seqsum)
+from .kquant_search import (ROUND_MAGIC, chunked, f16_bits, f16_value, first_absmax, make_q3_quants,
+                            make_qkx_quants, make_qx_quants, nearest_int, seqsum)
 
 _F = np.float32
+CHUNK_BLOCKS = 1024  # blocks quantized per NumPy pass (256K weights): best speed on x86-64
 QK_K = 256
 
 
@@ -37,8 +38,8 @@ def _cols(x: np.ndarray, sub: int) -> np.ndarray:
 
 
 def _rows(L: np.ndarray, nb: int) -> np.ndarray:
-    """Inverse of :func:`_cols`: [sub, nb*256/sub] -> [nb, 256]."""
-    return np.ascontiguousarray(L.T).reshape(nb, QK_K)
+    """Inverse of :func:`_cols` for search levels: float32[sub, nb*256/sub] -> uint8[nb, 256]."""
+    return np.ascontiguousarray(L.astype(np.uint8).T).reshape(nb, QK_K)
 
 
 def _u16_bytes(v: np.ndarray) -> np.ndarray:
@@ -50,18 +51,28 @@ def _f16_at(q: np.ndarray, at: int) -> np.ndarray:
 
 
 def _requant(x: np.ndarray, L: np.ndarray, d: np.ndarray, dm: np.ndarray | None, lo: int, hi: int) -> np.ndarray:
-    """Final pass with fp16-rounded sub-block scales ``d: [nb, nsub]`` (and mins ``dm``):
-    ``L = clamp(nearest_int((x + dm)/d))`` where ``d != 0``; sub-blocks with ``d == 0`` keep ``L``.
-    ``x, L: [nb, nsub, sub]``; returns int32 ``L``."""
-    num = x if dm is None else x + dm[..., None]
+    """Final pass with the fp16-rounded sub-block scales ``d: [nb, nsub]`` (and mins ``dm``):
+    ``clamp(nearest_int((x + dm)/d), lo, hi) - lo`` where ``d != 0``; sub-blocks with ``d == 0`` keep the
+    search levels ``L`` (already offset by ``-lo``). ``x: float32[nb, nsub, sub]``, ``L: uint8[nb, 256]``;
+    returns uint8[nb, 256] offset levels."""
+    nb = x.shape[0]
     with np.errstate(divide="ignore", invalid="ignore"):
-        l = np.clip(nearest_int(num / d[..., None]), lo, hi)
-    return np.where((d != 0)[..., None], l, L.astype(np.int32))
+        t = (x if dm is None else x + dm[..., None]) / d[..., None]
+    t += ROUND_MAGIC                            # ggml's nearest_int, bit for bit
+    v = t.view(np.int32)
+    v &= 0x007FFFFF
+    np.clip(v, np.int32(0x400000 + lo), np.int32(0x400000 + hi), out=v)
+    v -= np.int32(0x400000 + lo)
+    q = v.astype(np.uint8).reshape(nb, -1, x.shape[-1])
+    skip = d == 0
+    if skip.any():
+        q[skip] = L.reshape(q.shape)[skip]
+    return q.reshape(nb, QK_K)
 
 
 def _pack_2bit(L: np.ndarray) -> np.ndarray:
     """int[nb, 256] values 0..3 -> uint8[nb, 64]: byte (half h, l) = L[h*128 + 32k + l] << 2k."""
-    L = L.reshape(-1, 2, 4, 32).astype(np.uint8)
+    L = L.reshape(-1, 2, 4, 32)
     return (L[:, :, 0] | (L[:, :, 1] << 2) | (L[:, :, 2] << 4) | (L[:, :, 3] << 6)).reshape(-1, 64)
 
 
@@ -72,7 +83,7 @@ def _unpack_2bit(qs: np.ndarray) -> np.ndarray:
 
 def _pack_4bit_pairs(L: np.ndarray) -> np.ndarray:
     """int[nb, 256] values 0..15 -> uint8[nb, 128]: byte (chunk c, l) = L[64c + l] | L[64c + 32 + l] << 4."""
-    L = L.reshape(-1, 4, 2, 32).astype(np.uint8)
+    L = L.reshape(-1, 4, 2, 32)
     return (L[:, :, 0] | (L[:, :, 1] << 4)).reshape(-1, 128)
 
 
@@ -118,8 +129,8 @@ def _affine_k(x: np.ndarray, nmax: int, rmin: float, nstep: int):
     d_bits, dmin_bits = f16_bits(max_scale / _F(63)), f16_bits(max_min / _F(63))
     d = f16_value(d_bits)[:, None] * ls.astype(_F)
     dm = f16_value(dmin_bits)[:, None] * lm.astype(_F)
-    L = _requant(x.reshape(nb, 8, 32), _rows(L, nb).reshape(nb, 8, 32), d, dm, 0, nmax)
-    return d_bits, dmin_bits, _pack_scale_min_k4(ls, lm), L.reshape(nb, QK_K)
+    L = _requant(x.reshape(nb, 8, 32), _rows(L, nb), d, dm, 0, nmax)
+    return d_bits, dmin_bits, _pack_scale_min_k4(ls, lm), L
 
 
 def _refuse_w(cls, w):
@@ -132,7 +143,7 @@ def _refuse_w(cls, w):
 
 
 class Q2_K(QuantFormat, qtype=T.Q2_K):
-    @classmethod
+    @chunked(CHUNK_BLOCKS)
     def quantize_blocks(cls, x, w=None):
         if _refuse_w(cls, w):
             from .kquant_imatrix import quantize_q2_k_imatrix
@@ -153,7 +164,7 @@ class Q2_K(QuantFormat, qtype=T.Q2_K):
         dmin_bits = f16_bits(np.where(max_min > 0, max_min / _F(15), _F(0)))
         d = f16_value(d_bits)[:, None] * (sc & 0x0F).astype(_F)
         dm = f16_value(dmin_bits)[:, None] * (sc >> 4).astype(_F)
-        L = _requant(x.reshape(nb, 16, 16), _rows(L, nb).reshape(nb, 16, 16), d, dm, 0, 3)
+        L = _requant(x.reshape(nb, 16, 16), _rows(L, nb), d, dm, 0, 3)
         return np.concatenate([sc.astype(np.uint8), _pack_2bit(L), _u16_bytes(d_bits), _u16_bytes(dmin_bits)],
                               axis=1)
 
@@ -184,18 +195,16 @@ def _unpack_q3_scales(s: np.ndarray) -> np.ndarray:
 
 
 def _finish_q3(x: np.ndarray, L: np.ndarray, d_bits: np.ndarray, scales12: np.ndarray) -> np.ndarray:
+    """Search levels ``L: uint8[nb, 256]`` (0..7), fp16 ``d`` and packed scales -> Q3_K bytes."""
     nb = x.shape[0]
     d = f16_value(d_bits)[:, None] * _unpack_q3_scales(scales12).astype(_F)
-    L = _requant(x.reshape(nb, 16, 16), L.reshape(nb, 16, 16), d, None, -4, 3)
-    L = np.where((d != 0)[..., None], L + 4, L).reshape(nb, 8, 32)
-    hbit = (L > 3).astype(np.uint8)
-    hmask = np.bitwise_or.reduce(hbit << np.arange(8, dtype=np.uint8)[None, :, None], axis=1)
-    L = np.where(L > 3, L - 4, L)
-    return np.concatenate([hmask, _pack_2bit(L.reshape(nb, QK_K)), scales12, _u16_bytes(d_bits)], axis=1)
+    L = _requant(x.reshape(nb, 16, 16), L, d, None, -4, 3)
+    hmask = np.packbits((L > 3).reshape(nb, 8, 32), axis=1, bitorder="little").reshape(nb, 32)
+    return np.concatenate([hmask, _pack_2bit(L & 3), scales12, _u16_bytes(d_bits)], axis=1)
 
 
 class Q3_K(QuantFormat, qtype=T.Q3_K):
-    @classmethod
+    @chunked(CHUNK_BLOCKS)
     def quantize_blocks(cls, x, w=None):
         if _refuse_w(cls, w):
             from .kquant_imatrix import quantize_q3_k_imatrix
@@ -225,7 +234,7 @@ class Q3_K(QuantFormat, qtype=T.Q3_K):
 
 
 class Q4_K(QuantFormat, qtype=T.Q4_K):
-    @classmethod
+    @chunked(CHUNK_BLOCKS)
     def quantize_blocks(cls, x, w=None):
         if _refuse_w(cls, w):
             from .kquant_imatrix import quantize_q45_k_imatrix
@@ -246,12 +255,12 @@ class Q4_K(QuantFormat, qtype=T.Q4_K):
 def _pack_q5(d, dmin, scales12, L):
     nb = L.shape[0]
     L8 = L.reshape(nb, 8, 32)
-    qh = np.bitwise_or.reduce((L8 > 15).astype(np.uint8) << np.arange(8, dtype=np.uint8)[None, :, None], axis=1)
+    qh = np.packbits(L8 > 15, axis=1, bitorder="little").reshape(nb, 32)
     return np.concatenate([_u16_bytes(d), _u16_bytes(dmin), scales12, qh, _pack_4bit_pairs(L & 0x0F)], axis=1)
 
 
 class Q5_K(QuantFormat, qtype=T.Q5_K):
-    @classmethod
+    @chunked(CHUNK_BLOCKS)
     def quantize_blocks(cls, x, w=None):
         if _refuse_w(cls, w):
             from .kquant_imatrix import quantize_q45_k_imatrix
@@ -279,8 +288,7 @@ def _finish_q6(x: np.ndarray, L: np.ndarray, scales: np.ndarray) -> np.ndarray:
         d_bits = f16_bits(_F(1) / iscale)
         sc = np.minimum(127, nearest_int(iscale[:, None] * scales)).astype(np.int8)
     d = f16_value(d_bits)[:, None] * sc.astype(_F)
-    L = _requant(x.reshape(nb, 16, 16), L.reshape(nb, 16, 16), d, None, -32, 31)
-    L = np.where((d != 0)[..., None], L + 32, L).reshape(nb, 2, 4, 32).astype(np.uint8)
+    L = _requant(x.reshape(nb, 16, 16), L, d, None, -32, 31).reshape(nb, 2, 4, 32)
     lo = L & 0x0F
     ql = np.stack([lo[:, :, 0] | (lo[:, :, 2] << 4), lo[:, :, 1] | (lo[:, :, 3] << 4)], axis=2).reshape(nb, 128)
     hi = L >> 4
@@ -291,7 +299,7 @@ def _finish_q6(x: np.ndarray, L: np.ndarray, scales: np.ndarray) -> np.ndarray:
 
 
 class Q6_K(QuantFormat, qtype=T.Q6_K):
-    @classmethod
+    @chunked(CHUNK_BLOCKS)
     def quantize_blocks(cls, x, w=None):
         if _refuse_w(cls, w):
             from .kquant_imatrix import quantize_q6_k_imatrix

@@ -23,9 +23,10 @@ import numpy as np
 from gguf import GGMLQuantizationType as T
 
 from .formats import QuantFormat
-from .kquant_search import f16_bits, f16_value, first_absmax, round_half_away
+from .kquant_search import chunked, f16_bits, f16_value, first_absmax, round_half_away
 
 _F = np.float32
+CHUNK_BLOCKS = 8192  # blocks quantized per NumPy pass (256K weights): best speed on x86-64
 
 
 def _no_imatrix(cls, w):
@@ -101,7 +102,7 @@ def _f16_field(q: np.ndarray, at: int) -> np.ndarray:
 
 
 class Q4_0(QuantFormat, qtype=T.Q4_0):
-    @classmethod
+    @chunked(CHUNK_BLOCKS)
     def quantize_blocks(cls, x, w=None):
         _no_imatrix(cls, w)
         d, q = _symmetric(np.asarray(x, _F), -8.0, 8.5, 15)
@@ -115,7 +116,7 @@ class Q4_0(QuantFormat, qtype=T.Q4_0):
 
 
 class Q4_1(QuantFormat, qtype=T.Q4_1):
-    @classmethod
+    @chunked(CHUNK_BLOCKS)
     def quantize_blocks(cls, x, w=None):
         _no_imatrix(cls, w)
         d, m, q = _affine(np.asarray(x, _F), 15, clamp=True)
@@ -129,7 +130,7 @@ class Q4_1(QuantFormat, qtype=T.Q4_1):
 
 
 class Q5_0(QuantFormat, qtype=T.Q5_0):
-    @classmethod
+    @chunked(CHUNK_BLOCKS)
     def quantize_blocks(cls, x, w=None):
         _no_imatrix(cls, w)
         d, q = _symmetric(np.asarray(x, _F), -16.0, 16.5, 31)
@@ -143,7 +144,7 @@ class Q5_0(QuantFormat, qtype=T.Q5_0):
 
 
 class Q5_1(QuantFormat, qtype=T.Q5_1):
-    @classmethod
+    @chunked(CHUNK_BLOCKS)
     def quantize_blocks(cls, x, w=None):
         _no_imatrix(cls, w)
         d, m, q = _affine(np.asarray(x, _F), 31, clamp=False)
@@ -157,7 +158,7 @@ class Q5_1(QuantFormat, qtype=T.Q5_1):
 
 
 class Q8_0(QuantFormat, qtype=T.Q8_0):
-    @classmethod
+    @chunked(CHUNK_BLOCKS)
     def quantize_blocks(cls, x, w=None):
         # ggml ignores importance weights for Q8_0 (round-to-nearest is already optimal): so do we
         x = np.asarray(x, _F)
