@@ -1,1 +1,30 @@
 """Shared fixtures. Tiny models and tokenizers are built locally (no network, no hub)."""
+
+import os
+
+import pytest
+
+# Quantization backends the suite runs against: both by default; SLIMEDGE_PUREPYTHON=1 runs the
+# whole suite on the NumPy path only (tests/quant/test_kernels.py still checks the kernels themselves).
+_PURE = os.environ.get("SLIMEDGE_PUREPYTHON", "").strip().lower() not in ("", "0", "false", "no")
+BACKENDS = ["numpy"] if _PURE else ["c", "numpy"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request, monkeypatch):
+    """Run a test once per quantization backend ("c", "numpy"); yields the name.
+
+    Switches ``slimedge.quant.backend`` for the test's duration (monkeypatched, so restored after).
+    The "c" case fails, not skips, when the extension is missing: CI builds it.
+    """
+    from slimedge.quant import backend as qb
+
+    if request.param == "c":
+        from slimedge import _kernels
+
+        monkeypatch.setattr(qb, "_K", _kernels)
+        monkeypatch.setattr(qb, "_WHY_NOT", "")
+    else:
+        monkeypatch.setattr(qb, "_K", None)
+        monkeypatch.setattr(qb, "_WHY_NOT", "selected by the test")
+    return request.param

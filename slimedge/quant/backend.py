@@ -1,24 +1,164 @@
 """Backend switch: C kernels (``slimedge._kernels``) when built, NumPy reference otherwise.
 
-``SLIMEDGE_PUREPYTHON=1`` forces NumPy. :func:`backend_name` tells which one is active.
-(Placeholder until the C kernels land: NumPy only.)
+Both produce identical bytes (each is checked against ggml). The C path splits a tensor into
+chunks of whole blocks and quantizes them on a thread pool (the kernels release the GIL);
+``threads`` defaults to all usable cores.
+
+* ``SLIMEDGE_PUREPYTHON=1`` forces NumPy (read at import; :func:`set_backend` switches later).
+* A missing or broken extension falls back to NumPy with a one-line logged notice.
+* :func:`backend_name` is ``"c"`` or ``"numpy"``; :func:`backend_info` adds the reason / the ISA.
+* Types or options the kernels do not cover (importance weights today) use NumPy transparently.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
-from .formats import dequantize_rows, quantize_rows
+from ..errors import SlimedgeError
+from .formats import check_row_length, dequantize_rows, get_format, quantize_rows
+
+log = logging.getLogger(__name__)
+
+MIN_CHUNK_VALUES = 1 << 16  # smallest share of a tensor one task gets: keeps task overhead < ~5%
+TASKS_PER_THREAD = 4        # more tasks than threads evens out uneven chunks
+
+
+def _load_kernels():
+    """-> (module or None, reason shown when None)."""
+    if os.environ.get("SLIMEDGE_PUREPYTHON", "").strip().lower() not in ("", "0", "false", "no"):
+        return None, "SLIMEDGE_PUREPYTHON is set"
+    try:
+        from .. import _kernels
+    except ImportError as exc:
+        log.warning("slimedge C kernels unavailable (%s); using the NumPy quantizer (slower, same bytes)", exc)
+        return None, f"C kernels not built ({exc})"
+    return _kernels, ""
+
+
+_K, _WHY_NOT = _load_kernels()
 
 
 def backend_name() -> str:
-    return "numpy"
+    """``"c"`` when the C kernels are active, else ``"numpy"``."""
+    return "c" if _K is not None else "numpy"
+
+
+def backend_info() -> str:
+    """One line for ``--version``: ``"c (avx2)"`` or ``"numpy (SLIMEDGE_PUREPYTHON is set)"``."""
+    if _K is not None:
+        return f"c ({_K.isa()})"
+    return f"numpy ({_WHY_NOT})"
+
+
+def set_backend(name: str) -> None:
+    """Switch the active backend (``"c"`` or ``"numpy"``), e.g. for tests and benchmarks."""
+    global _K, _WHY_NOT
+    if name == "numpy":
+        _K, _WHY_NOT = None, "selected"
+    elif name == "c":
+        try:
+            from .. import _kernels
+        except ImportError as exc:
+            raise SlimedgeError(f"the C kernels are not built ({exc}); reinstall slimedge with a C compiler "
+                                "(pip install -e .) or use the numpy backend") from None
+        _K, _WHY_NOT = _kernels, ""
+    else:
+        raise SlimedgeError(f"unknown quantization backend {name!r}; choose 'c' or 'numpy'")
+
+
+def default_threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def _pool(n: int) -> ThreadPoolExecutor:
+    with _POOLS_LOCK:
+        if n not in _POOLS:
+            _POOLS[n] = ThreadPoolExecutor(max_workers=n, thread_name_prefix="slimedge-quant")
+        return _POOLS[n]
+
+
+def _chunks(n_blocks: int, block_size: int, threads: int | None) -> list[tuple[int, int]]:
+    """Split ``n_blocks`` blocks into ``[start, stop)`` block ranges for the thread pool."""
+    t = default_threads() if threads is None else max(1, int(threads))
+    if t == 1 or n_blocks * block_size < 2 * MIN_CHUNK_VALUES:
+        return [(0, n_blocks)]
+    min_blocks = -(-MIN_CHUNK_VALUES // block_size)
+    per = max(min_blocks, -(-n_blocks // (t * TASKS_PER_THREAD)))
+    return [(s, min(s + per, n_blocks)) for s in range(0, n_blocks, per)]
+
+
+def _run(tasks, threads: int | None) -> None:
+    if len(tasks) == 1:
+        tasks[0]()
+        return
+    t = default_threads() if threads is None else max(1, int(threads))
+    for f in [_pool(t).submit(task) for task in tasks]:
+        f.result()
 
 
 def quantize(x: np.ndarray, qtype, imatrix: np.ndarray | None = None, threads: int | None = None,
              what: str = "tensor") -> np.ndarray:
-    return quantize_rows(x, qtype, imatrix, what=what)
+    """``float32[..., n_per_row]`` -> ``uint8[..., row_bytes]`` with the active backend.
+
+    ``imatrix``: optional ``float32[n_per_row]`` column importance; ``threads``: None = all cores.
+    """
+    fmt = get_format(qtype)
+    k = _K
+    if k is None or k.block_size(int(fmt.qtype)) == 0 or (imatrix is not None and not k.has_imatrix(int(fmt.qtype))):
+        return quantize_rows(x, qtype, imatrix, what=what)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n_per_row = x.shape[-1]
+    check_row_length(fmt, n_per_row, what)
+    if imatrix is not None:  # (no kernel takes importance weights yet; kept for when one does)
+        imatrix = np.ascontiguousarray(imatrix, dtype=np.float32)
+        if imatrix.shape != (n_per_row,):
+            raise SlimedgeError(f"{what}: importance vector has shape {imatrix.shape}, expected ({n_per_row},)")
+    out = np.empty((*x.shape[:-1], fmt.row_bytes(n_per_row)), dtype=np.uint8)
+    if x.size == 0:
+        return out
+    bs, ts, t = fmt.block_size, fmt.type_size, int(fmt.qtype)
+    src, dst = x.reshape(-1), out.reshape(-1)
+    if imatrix is not None:  # row-dependent: one call over whole rows
+        _run([lambda: k.quantize(t, src, dst, x.size // n_per_row, n_per_row, imatrix)], 1)
+        return out
+    tasks = [(lambda a=a, b=b: k.quantize(t, src[a * bs:b * bs], dst[a * ts:b * ts], 1, (b - a) * bs))
+             for a, b in _chunks(x.size // bs, bs, threads)]
+    _run(tasks, threads)
+    return out
 
 
 def dequantize(q: np.ndarray, qtype, n_per_row: int | None = None, threads: int | None = None) -> np.ndarray:
-    return dequantize_rows(q, qtype, n_per_row)
+    """``uint8[..., row_bytes]`` -> ``float32[..., n_per_row]`` with the active backend."""
+    fmt = get_format(qtype)
+    k = _K
+    if k is None or k.block_size(int(fmt.qtype)) == 0:
+        return dequantize_rows(q, qtype, n_per_row)
+    q = np.ascontiguousarray(q).view(np.uint8)
+    row_bytes = q.shape[-1] if q.ndim else q.size
+    if row_bytes % fmt.type_size:
+        raise SlimedgeError(f"{fmt.qtype.name}: {row_bytes} bytes per row is not a multiple of the block size "
+                            f"{fmt.type_size} bytes")
+    n = row_bytes // fmt.type_size * fmt.block_size
+    if n_per_row is not None and n != n_per_row:
+        raise SlimedgeError(f"{fmt.qtype.name}: expected {n_per_row} values per row, data holds {n}")
+    out = np.empty((*q.shape[:-1], n), dtype=np.float32)
+    if out.size == 0:
+        return out
+    bs, ts, t = fmt.block_size, fmt.type_size, int(fmt.qtype)
+    src, dst = q.reshape(-1), out.reshape(-1)
+    tasks = [(lambda a=a, b=b: k.dequantize(t, src[a * ts:b * ts], dst[a * bs:b * bs], (b - a) * bs))
+             for a, b in _chunks(out.size // bs, bs, threads)]
+    _run(tasks, threads)
+    return out
