@@ -211,6 +211,19 @@ def distill(cfg: DistillConfig, progress: Progress = NULL_PROGRESS) -> DistillRe
     Raises :class:`SlimedgeError` for bad input (unreadable teacher, vocabulary mismatch, too little
     data, ``seq_len`` over the context, NaN/Inf loss) without writing the output.
     """
+    cfg.validate()
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # library code does not draw: progress goes to ``progress``
+    try:
+        return _distill(cfg, progress)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _distill(cfg: DistillConfig, progress: Progress) -> DistillResult:
     import numpy as np
     import torch
 
@@ -222,7 +235,6 @@ def distill(cfg: DistillConfig, progress: Progress = NULL_PROGRESS) -> DistillRe
     from .student import build_student
     from .trainer import Trainer, TrainData, make_module
 
-    cfg.validate()
     t_start = time.monotonic()
     _check_output(cfg)
     teacher_cfg, tokenizer = load_teacher_meta(cfg.teacher)

@@ -93,7 +93,7 @@ def tokenize(texts: list[str], tokenizer) -> tuple[np.ndarray, int]:
     eos = tokenizer.eos_token_id
     parts = []
     for i in range(0, len(texts), 256):
-        enc = tokenizer(texts[i:i + 256], add_special_tokens=True)["input_ids"]
+        enc = tokenizer(texts[i:i + 256], add_special_tokens=True, verbose=False)["input_ids"]
         for ids in enc:
             if eos is not None and (not ids or ids[-1] != eos):
                 ids = list(ids) + [eos]

@@ -27,7 +27,7 @@ def corpus_text(n_chars: int = 60_000) -> str:
     return "\n".join(text) + "\n"
 
 
-def train_teacher(src: Path, dst: Path, text: str, steps: int = 120, seed: int = 0) -> Path:
+def train_teacher(src: Path, dst: Path, text: str, steps: int = 60, seed: int = 0) -> Path:
     """Copy the model folder ``src`` to ``dst`` after ``steps`` of plain next-token training on ``text``."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -50,6 +50,17 @@ def train_teacher(src: Path, dst: Path, text: str, steps: int = 120, seed: int =
     shutil.copytree(src, dst)
     model.save_pretrained(dst)
     return dst
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small models run fastest on one thread when the cores are shared; restore afterwards."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="session")
