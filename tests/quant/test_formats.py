@@ -122,6 +122,29 @@ def test_single_block_and_shapes(qtype):
     np.testing.assert_array_equal(fmt.quantize_blocks(one), ggml_quantize(one, qtype))
 
 
+@pytest.mark.parametrize("qtype", KQUANTS)
+@pytest.mark.parametrize("n", [256, 1024])
+def test_imatrix_bytes_identical_to_ggml(qtype, n):
+    """ggml's importance-weighted paths (quantize_row_q*_K_impl) with an imatrix row."""
+    bs, ts = GGML_QUANT_SIZES[GGMLQuantizationType[qtype]]
+    rng = np.random.default_rng(n + 1)
+    imatrices = {
+        "exponential": rng.exponential(1.0, n),
+        "heavy": rng.exponential(1.0, n) ** 3,
+        "some_zero": np.where(rng.random(n) < 0.3, 0.0, rng.random(n)),
+        "uniform": np.ones(n),
+    }
+    failures = []
+    with np.errstate(all="ignore"):
+        for (name, x), (iname, imx) in zip(_cases(n, seed=n + 2).items(), list(imatrices.items()) * 4):
+            x, imx = x.astype(np.float32), imx.astype(np.float32)
+            ours = quantize_rows(x, qtype, imatrix=imx)
+            ref = ggml_quantize(x, qtype, imatrix=imx)
+            if not np.array_equal(ours, ref):
+                failures.append(f"{name} / imatrix {iname}: {_report(ours, ref, ts, x, bs)}")
+    assert not failures, f"{qtype} n={n}:\n" + "\n".join(failures)
+
+
 @pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q5_0", "Q5_1"])
 def test_legacy_imatrix_refused(qtype):
     x = np.ones((1, 32), np.float32)
