@@ -221,3 +221,54 @@ def test_corrupt_header_fields(good, tmp_path):
     garbage = tmp_path / "garbage.gguf"
     garbage.write_bytes(b"GGUF" + RNG.integers(0, 256, 4096, dtype=np.uint8).tobytes())
     _check_clean_error(garbage)
+
+
+# ---- a file written by llama.cpp's quantizer ------------------------------------------------------
+
+def test_llama_cpp_quantized_file(tmp_path):
+    """Table, sizes and --stats on a Q4_K_M file from llama.cpp (k-quants, Q5_0/Q8_0 fallbacks, F32);
+    the statistics equal those of gguf-py's independent dequantizers."""
+    import ctypes
+
+    import llama_cpp
+
+    src, dst = tmp_path / "f32.gguf", tmp_path / "q4_k_m.gguf"
+    w = gguf.GGUFWriter(str(src), "llama")
+    for method, value in (("add_context_length", 128), ("add_embedding_length", 256), ("add_block_count", 2),
+                          ("add_feed_forward_length", 320), ("add_head_count", 4), ("add_head_count_kv", 2),
+                          ("add_layer_norm_rms_eps", 1e-5), ("add_file_type", 0)):
+        getattr(w, method)(value)
+    shapes = {"token_embd.weight": (40, 256), "output_norm.weight": (256,)}
+    for i in range(2):
+        shapes.update({f"blk.{i}.attn_norm.weight": (256,), f"blk.{i}.attn_q.weight": (256, 256),
+                       f"blk.{i}.attn_k.weight": (128, 256), f"blk.{i}.attn_v.weight": (128, 256),
+                       f"blk.{i}.attn_output.weight": (256, 256), f"blk.{i}.ffn_norm.weight": (256,),
+                       f"blk.{i}.ffn_gate.weight": (320, 256), f"blk.{i}.ffn_up.weight": (320, 256),
+                       f"blk.{i}.ffn_down.weight": (256, 320)})
+    for name, shape in shapes.items():
+        w.add_tensor(name, RNG.standard_normal(shape, dtype=np.float32) * 0.1 - 0.01)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    p = llama_cpp.llama_model_quantize_default_params()
+    p.ftype, p.nthread = 15, 2  # LLAMA_FTYPE_MOSTLY_Q4_K_M
+    assert llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(p)) == 0
+
+    info = read_info(dst)
+    reader = gguf.GGUFReader(dst)
+    assert info.file_type_name == "MOSTLY_Q4_K_M"
+    assert {"Q4_K", "Q6_K", "Q5_0", "Q8_0", "F32"} <= set(info.type_counts)
+    by_name = {t.name: t for t in reader.tensors}
+    for t in info.tensors:
+        rt = by_name[t.name]
+        assert t.shape == shapes[t.name] and t.type == rt.tensor_type.name and t.n_bytes == rt.n_bytes
+    assert info.bpw == pytest.approx(8 * sum(rt.n_bytes for rt in reader.tensors) / info.n_params)
+    stats = tensor_stats(dst, info)
+    for t in info.tensors:
+        x = gguf.quants.dequantize(by_name[t.name].data, t.qtype).astype(np.float64)
+        s = stats[t.name]
+        assert isinstance(s, TensorStats), (t.name, s)
+        np.testing.assert_allclose([s.min, s.max, s.mean, s.std, s.rms],
+                                   [x.min(), x.max(), x.mean(), x.std(), np.sqrt(np.mean(x ** 2))],
+                                   rtol=1e-6, atol=1e-9, err_msg=f"{t.name} {t.type}")
