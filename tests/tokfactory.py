@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -172,11 +173,13 @@ def _added_token_entry(content: str, special: bool) -> dict:
             "single_word": False, "special": special}
 
 
-def train_bpe(dir: Path, scheme: str = "llama3", vocab_size: int = 1000) -> Path:
+def train_bpe(dir: Path, scheme: str = "llama3", vocab_size: int = 1000,
+              corpus: Iterable[str] | None = None) -> Path:
     """Train a byte-level BPE of the given scheme into ``dir``; returns ``dir``.
 
     ``vocab_size`` counts the trained tokens (256 byte symbols + merges); special and user tokens are
-    appended after them.
+    appended after them. ``corpus`` replaces the standard training text (each line is used twice so
+    that every pre-token can merge into one token when ``vocab_size`` is large enough).
     """
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers
     from tokenizers import pre_tokenizers, processors, trainers
@@ -200,7 +203,8 @@ def train_bpe(dir: Path, scheme: str = "llama3", vocab_size: int = 1000) -> Path
         vocab_size=vocab_size, min_frequency=2, show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=[],
     )
-    tok.train_from_iterator(corpus_lines(), trainer=trainer)
+    lines = corpus_lines() if corpus is None else [*corpus, *corpus]
+    tok.train_from_iterator(lines, trainer=trainer)
 
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in sch.specials])
     if sch.user_tokens:

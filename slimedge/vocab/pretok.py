@@ -12,6 +12,9 @@ llama.cpp spells ``(?:'[sS]|'[tT]|...)`` become Hugging Face's ``(?i:'s|'t|...)`
 after ``\\s+(?!\\S)`` is dropped (under "Isolated" splitting an unmatched whitespace run becomes its
 own piece anyway, so both spellings split identically).
 
+Known llama.cpp limitation: its "gpt-4o" and "tekken" splits rewrite the letter classes without
+``\\p{M}``, so words with combining marks split differently there (``marks_ok=False``, logged).
+
 Several llama.cpp names share one regex list and differ in ``ignore_merges`` (whole-word lookup before
 merging); the name whose flag equals the tokenizer's ``model.ignore_merges`` wins.
 """
@@ -53,6 +56,7 @@ class PreTokenizer:
     name: str  # value of tokenizer.ggml.pre that llama.cpp maps to this split
     regexes: tuple[str, ...]
     ignore_merges: bool  # what llama.cpp sets for this name
+    marks_ok: bool = True  # False: llama.cpp's version of the regex drops \p{M} from its letter classes
 
 
 # One row per llama.cpp name we emit; rows sharing regexes are told apart by ignore_merges.
@@ -63,8 +67,8 @@ KNOWN: tuple[PreTokenizer, ...] = (
     PreTokenizer("qwen35", (QWEN35,), False),
     PreTokenizer("gpt-2", (GPT2,), False),
     PreTokenizer("starcoder", (DIGITS_EACH, GPT2), False),
-    PreTokenizer("gpt-4o", (GPT4O,), False),
-    PreTokenizer("tekken", (TEKKEN,), True),
+    PreTokenizer("gpt-4o", (GPT4O,), False, marks_ok=False),
+    PreTokenizer("tekken", (TEKKEN,), True, marks_ok=False),
 )
 
 
@@ -133,9 +137,12 @@ def identify(pre: dict | None, ignore_merges: bool, where: Path) -> str:
         raise SlimedgeError(
             f"{where}: pre-tokenizer split regex {shown} matches none that llama.cpp implements "
             f"(slimedge recognizes: {names}); retrain the tokenizer with one of those schemes")
-    for row in rows:
-        if row.ignore_merges == ignore_merges:
-            return row.name
+    row = next((r for r in rows if r.ignore_merges == ignore_merges), None)
+    if row is not None:
+        if not row.marks_ok:
+            log.warning("%s: llama.cpp's %r split treats combining marks (\\p{M}) as non-letters, so text "
+                        "with them (Khmer, Devanagari, Thai, ...) may tokenize differently", where, row.name)
+        return row.name
     log.warning("%s: split regex is llama.cpp's %r but ignore_merges=%s differs from it; words that are "
                 "whole vocabulary entries may tokenize differently", where, rows[0].name, ignore_merges)
     return rows[0].name

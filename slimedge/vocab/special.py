@@ -78,9 +78,16 @@ def added_tokens(model_dir: Path, tokenizer_json: dict | None, tok_config: dict)
             log.warning("%s: added token %d %r replaces %r", where, tid, tok.content, old.content)
         out[tid] = tok
 
+    stripped: list[str] = []
     for entry in (tokenizer_json or {}).get("added_tokens", []) or []:
         put(entry.get("id"), AddedToken(entry["content"], bool(entry.get("special", False)),
                                         bool(entry.get("normalized", False))), "tokenizer.json")
+        if entry.get("lstrip") or entry.get("rstrip"):
+            stripped.append(entry["content"])
+    if stripped:
+        log.warning("tokenizer.json: added tokens %s strip neighbouring spaces; GGUF cannot say so and "
+                    "llama.cpp strips only for models named Phi-3 (general.name), so spaces next to them "
+                    "may tokenize differently", ", ".join(stripped[:5]))
     path = model_dir / "added_tokens.json"
     if path.is_file():
         data = read_json(path)

@@ -8,13 +8,20 @@ import pytest
 
 import tokfactory
 from slimedge.vocab import load_vocab
-from vocab_helpers import load_llama, write_vocab_gguf
+from vocab_helpers import SAMPLES, load_llama, write_vocab_gguf
 
 
 @pytest.fixture(scope="session")
 def bpe_dirs(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("bpe")
     return {s: tokfactory.train_bpe(root / s, s) for s in tokfactory.SCHEMES}
+
+
+@pytest.fixture(scope="session")
+def saturated_dirs(tmp_path_factory) -> dict[str, Path]:
+    """BPEs trained on the sample strings until every pre-token is one token: ids then show the split."""
+    root = tmp_path_factory.mktemp("saturated")
+    return {s: tokfactory.train_bpe(root / s, s, vocab_size=20000, corpus=SAMPLES) for s in tokfactory.SCHEMES}
 
 
 @pytest.fixture(scope="session")
