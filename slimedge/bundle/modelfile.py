@@ -76,7 +76,7 @@ def render_modelfile(model_file: str, runtime: dict, chat_template: str | None, 
     if fam is None:
         lines += ["", "# The model's chat template is " + ("not one slimedge recognises (ChatML, Llama-3, Phi-3, "
                   "Zephyr, Llama-2/Mistral, Gemma)" if chat_template else "missing") + ": no TEMPLATE is written,",
-                  "# so Ollama sends prompts as they are. Add a TEMPLATE \"\"\"...\"\"\" block by hand for chat."]
+                  "# so Ollama sends prompts as they are. Add a TEMPLATE block by hand for chat."]
     else:
         tmpl, stops = TEMPLATES[fam]
         lines += [f"PARAMETER stop \"{s}\"" for s in stops]

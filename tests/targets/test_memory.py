@@ -1,0 +1,74 @@
+"""Memory estimate: GQA-aware KV cache, RAM/VRAM split by n_gpu_layers, budget refusal with numbers."""
+
+from __future__ import annotations
+
+import pytest
+
+from slimedge.errors import SlimedgeError
+from slimedge.memory import (MiB, ModelShape, TensorInfo, check_fits, compute_bytes, estimate,
+                             kv_bytes_per_layer, pad_ctx)
+from slimedge.targets import Runtime, load_target
+
+
+def tinyllama(bytes_per_layer=30 * MiB) -> ModelShape:
+    """TinyLlama-1.1B's hyperparameters (22 layers, 32 heads, 4 KV heads, head size 64)."""
+    tensors = [TensorInfo("token_embd.weight", 32 * MiB), TensorInfo("output.weight", 50 * MiB),
+               TensorInfo("output_norm.weight", 8192)]
+    for i in range(22):
+        tensors += [TensorInfo(f"blk.{i}.attn_q.weight", bytes_per_layer // 2),
+                    TensorInfo(f"blk.{i}.ffn_up.weight", bytes_per_layer // 2)]
+    return ModelShape(arch="llama", n_layer=22, n_embd=2048, n_head=32, n_head_kv=4, n_ff=5632, n_vocab=32000,
+                      key_length=64, value_length=64, tensors=tensors)
+
+
+def test_kv_cache_is_gqa_aware():
+    s = tinyllama()
+    # llama.cpp reports "KV self size = 44.00 MiB" for TinyLlama at n_ctx 2048 with an f16 cache
+    assert 22 * kv_bytes_per_layer(s, 2048) == 44 * MiB
+    # q8_0 cache: 34 bytes per 32 values
+    assert 22 * kv_bytes_per_layer(s, 2048, "q8_0", "q8_0") == 44 * MiB * 34 // 64
+    # without GQA (32 KV heads) it would be 8x larger
+    s.n_head_kv = 32
+    assert 22 * kv_bytes_per_layer(s, 2048) == 352 * MiB
+    assert pad_ctx(1000) == 1024 and pad_ctx(2048) == 2048
+
+
+def test_split_by_gpu_layers():
+    s = tinyllama()
+    cpu = estimate(s, Runtime(n_ctx=2048, n_gpu_layers=0))
+    assert cpu.weights_ram == s.weight_bytes and cpu.weights_vram == 0 and cpu.kv_vram == 0
+    assert cpu.kv_ram == 44 * MiB and cpu.total_vram == 0
+    part = estimate(s, Runtime(n_ctx=2048, n_gpu_layers=10))
+    assert part.weights_vram == 10 * 30 * MiB  # the last 10 blocks
+    assert part.weights_ram == s.weight_bytes - 10 * 30 * MiB  # embeddings, output and 12 blocks stay
+    assert part.kv_vram == 10 * (2 * MiB) and part.kv_ram == 12 * (2 * MiB)
+    full = estimate(s, Runtime(n_ctx=2048, n_gpu_layers=-1))
+    assert full.weights_ram == 32 * MiB  # only token_embd stays on the CPU
+    assert full.weights_vram == s.weight_bytes - 32 * MiB and full.kv_ram == 0 and full.kv_vram == 44 * MiB
+    assert full.compute_vram > full.compute_ram > 0
+    # n_gpu_layers = n_layer offloads the blocks but not the output layer (llama.cpp: n_layer + 1 for that)
+    assert estimate(s, Runtime(n_ctx=2048, n_gpu_layers=22)).weights_ram == 82 * MiB + 8192
+
+
+def test_compute_grows_with_context_and_drops_with_flash_attention():
+    s = tinyllama()
+    assert compute_bytes(s, 4096, 512, False) > compute_bytes(s, 2048, 512, False)
+    assert compute_bytes(s, 8192, 512, True) < compute_bytes(s, 8192, 512, False)
+    assert compute_bytes(s, 2048, 64, False) < compute_bytes(s, 2048, 512, False)
+
+
+def test_budget_refusal_names_the_numbers():
+    s = tinyllama(bytes_per_layer=200 * MiB)  # ~4.4 GiB of weights
+    small = load_target("arm64-small")
+    est = estimate(s, small.runtime)
+    with pytest.raises(SlimedgeError) as e:
+        check_fits(est, small, what="tiny.gguf as Q8_0")
+    msg = str(e.value)
+    assert "tiny.gguf as Q8_0 does not fit target 'arm64-small'" in msg
+    assert f"RAM {est.total_ram / 2**30:.2f} GiB" in msg and "budget (hardware.memory_budget_gb) is 2.50 GiB" in msg
+    gpu = load_target("laptop-gpu")
+    est = estimate(s, gpu.runtime)
+    assert est.total_vram > 4 * 2**30
+    s2 = tinyllama(bytes_per_layer=300 * MiB)
+    with pytest.raises(SlimedgeError, match=r"VRAM budget \(hardware.vram_gb\) is 6.00 GiB"):
+        check_fits(estimate(s2, gpu.runtime), gpu)
