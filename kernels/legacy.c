@@ -26,7 +26,7 @@ SE_INLINE float se_signed_absmax(const float *x) {
     for (int l = 0; l < 8; ++l) amax = m[l] > amax ? m[l] : amax;
     if (!(amax > 0.0f)) return 0.0f;
     int pos = 0, neg = 0;
-    for (int j = 0; j < 32; ++j) {
+    SE_LANES for (int j = 0; j < 32; ++j) {
         pos |= x[j] == amax;
         neg |= x[j] == -amax;
     }
@@ -85,7 +85,7 @@ void se_quantize_q8_0(const float *x, void *vy, int64_t k) {
         const float id = d ? 1.0f / d : 0.0f;
         y[i].d = se_fp32_to_fp16(d);
         int8_t q[32];
-        for (int j = 0; j < 32; ++j) q[j] = (int8_t)se_round_away(x[j] * id);
+        SE_LANES for (int j = 0; j < 32; ++j) q[j] = (int8_t)se_round_away(x[j] * id);
         memcpy(y[i].qs, q, 32);
     }
 }
@@ -100,7 +100,7 @@ void se_quantize_q4_0(const float *x, void *vy, int64_t k) {
         const float id = d ? 1.0f / d : 0.0f;
         y[i].d = se_fp32_to_fp16(d);
         uint8_t qs[16];
-        for (int j = 0; j < 16; ++j) {
+        SE_LANES for (int j = 0; j < 16; ++j) {
             const int v0 = (int8_t)(int)(x[j] * id + 8.5f), v1 = (int8_t)(int)(x[j + 16] * id + 8.5f);
             qs[j] = (uint8_t)((v0 < 15 ? v0 : 15) | ((v1 < 15 ? v1 : 15) << 4));
         }
@@ -120,7 +120,7 @@ void se_quantize_q4_1(const float *x, void *vy, int64_t k) {
         y[i].d = se_fp32_to_fp16(d);
         y[i].m = se_fp32_to_fp16(min);
         uint8_t qs[16];
-        for (int j = 0; j < 16; ++j) {
+        SE_LANES for (int j = 0; j < 16; ++j) {
             const int v0 = (int8_t)(int)((x[j] - min) * id + 0.5f);
             const int v1 = (int8_t)(int)((x[j + 16] - min) * id + 0.5f);
             qs[j] = (uint8_t)((v0 < 15 ? v0 : 15) | ((v1 < 15 ? v1 : 15) << 4));
@@ -149,7 +149,7 @@ void se_quantize_q5_0(const float *x, void *vy, int64_t k) {
         const float id = d ? 1.0f / d : 0.0f;
         y[i].d = se_fp32_to_fp16(d);
         uint8_t q[32];
-        for (int j = 0; j < 32; ++j) {
+        SE_LANES for (int j = 0; j < 32; ++j) {
             const int v = (int8_t)(int)(x[j] * id + 16.5f);
             q[j] = (uint8_t)(v < 31 ? v : 31);
         }
@@ -169,7 +169,7 @@ void se_quantize_q5_1(const float *x, void *vy, int64_t k) {
         y[i].d = se_fp32_to_fp16(d);
         y[i].m = se_fp32_to_fp16(min);
         uint8_t q[32];
-        for (int j = 0; j < 32; ++j) q[j] = (uint8_t)(int)((x[j] - min) * id + 0.5f);
+        SE_LANES for (int j = 0; j < 32; ++j) q[j] = (uint8_t)(int)((x[j] - min) * id + 0.5f);
         se_pack5(q, y[i].qs, y[i].qh);
     }
 }
