@@ -81,6 +81,19 @@ def first_absmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     return m
 
 
+def first_absmax_cols(x: np.ndarray) -> np.ndarray:
+    """:func:`first_absmax` over axis 0 of finite ``x: [n, M]``, from the column max and min (two
+    reductions); only columns holding both +a and -a as extremes need the first-occurrence scan."""
+    xmax, xmin = x.max(axis=0), x.min(axis=0)
+    m = np.where(xmax >= -xmin, xmax, xmin).astype(_F)
+    tie = np.flatnonzero(xmax == -xmin)
+    if tie.size:
+        xs = x[:, tie]
+        first = np.argmax(np.abs(xs) == xmax[tie], axis=0)
+        m[tie] = np.where(xmax[tie] > 0, xs[first, np.arange(tie.size)], _F(0.0))
+    return m
+
+
 def seqsum(a: np.ndarray) -> np.ndarray:
     """Sequential float32 sum over axis 0 of ``a: [n, M]`` (``s = a[0]; s += a[1]; ...``)."""
     if a.ndim == 2 and a.shape[1] == 1:  # a lone column would be summed pairwise: do it by hand
@@ -196,7 +209,7 @@ def make_qx_quants(x: np.ndarray, nmax: int, qw: np.ndarray | None = None):
     """
     x = np.ascontiguousarray(x, dtype=_F)
     fn = _F(nmax)
-    mx = first_absmax(x, axis=0)
+    mx = first_absmax_cols(x)
     zero = np.abs(mx) < GROUP_MAX_EPS
     w = x * x if qw is None else np.ascontiguousarray(qw, dtype=_F)
     wx = w * x
@@ -264,7 +277,7 @@ def make_q3_quants(x: np.ndarray, nmax: int):
     x = np.ascontiguousarray(x, dtype=_F)
     n, M = x.shape
     fn = _F(nmax)
-    mx = first_absmax(x, axis=0)
+    mx = first_absmax_cols(x)
     zero = np.abs(mx) < GROUP_MAX_EPS
     w = x * x
     wx = w * x
@@ -301,7 +314,9 @@ def make_q3_quants(x: np.ndarray, nmax: int):
                 if not full:
                     cand &= idx >= start[cols]
                 # the acceptance test only for the (few) candidates, element coordinates (i, j)
-                ci, cj = np.nonzero(cand)
+                f = np.flatnonzero(cand)
+                ci = f // cand.shape[1]
+                cj = f - ci * cand.shape[1]
                 nl = new_l[ci, cj]
                 nslx = slx[ci, cj] + wxa[ci, cj] * nl
                 nsl2 = sl2[ci, cj] + wa[ci, cj] * nl * nl
