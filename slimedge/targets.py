@@ -97,9 +97,11 @@ class Target:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (TOML/JSON-able) with the profile's own fields; ``path`` left out."""
+        import json
+
         d = dataclasses.asdict(self)
         d.pop("path")
-        return d
+        return json.loads(json.dumps(d))  # tuples become lists, as in JSON
 
 
 # --------------------------------------------------------------------------- validation

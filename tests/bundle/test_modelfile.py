@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
+import tokfactory
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import tokfactory  # noqa: E402
-
-from slimedge.bundle.modelfile import TEMPLATES, chat_family, render_modelfile  # noqa: E402
+from slimedge.bundle.modelfile import TEMPLATES, chat_family, render_modelfile
 
 RT = {"n_ctx": 2048, "n_batch": 256, "n_threads": 4, "n_gpu_layers": -1}
 
