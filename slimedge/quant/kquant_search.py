@@ -268,11 +268,12 @@ def make_q3_quants(x: np.ndarray, nmax: int):
 
     Returns ``(L: float32[n, M] in 0..2*nmax-1, scale: float32[M])``.
 
-    The C refinement visits the n elements in order and accepts a changed level when it lowers the
-    weighted error, updating the running sums. Here each round evaluates, for every column still in
-    play, all remaining elements against the column's current sums and applies only the *first*
-    accepted change per column (the elements before it were visited without effect, exactly as in C);
-    the next round resumes after it. Columns without any change in a pass have converged.
+    The C refinement visits the n elements in order (up to 5 passes) and accepts a changed level when
+    it lowers the weighted error, updating the running sums. Here each round evaluates, for every
+    column still in play, the rest of its current pass against the column's current sums and applies
+    only the *first* accepted change per column (the elements before it were visited without effect,
+    exactly as in C); the column's next round resumes after it, or starts its next pass. A column
+    whose pass changed nothing has converged.
     """
     x = np.ascontiguousarray(x, dtype=_F)
     n, M = x.shape
@@ -288,55 +289,61 @@ def make_q3_quants(x: np.ndarray, nmax: int):
         sumlx = seqsum(wxL)
         suml2 = seqsum(wLL)
         idx = np.arange(n)[:, None]
-        active = np.flatnonzero(~zero)
-        for _ in range(5):
-            if active.size == 0:
-                break
-            changed = np.zeros(active.size, dtype=bool)
-            cols = np.arange(active.size)          # positions (into active) still scanning this pass
-            start = np.zeros(active.size, dtype=np.intp)
-            full = active.size == M
-            while cols.size:
-                sel = active[cols]
-                if full:  # wxL, wLL are only valid before the first change
-                    xa, wa, wxa, La, wxLa, wLLa = x, w, wx, L, wxL, wLL
-                else:
-                    xa, La = np.take(x, sel, axis=1), np.take(L, sel, axis=1)
-                    wa = xa * xa
-                    wxa = wa * xa
-                    wxLa = wxa * La
-                    wLLa = wa * La * La
-                s1, s2 = sumlx[sel], suml2[sel]
-                slx = s1 - wxLa
-                sl2 = s2 - wLLa
-                new_l = _clamped_nearest(xa * sl2 / slx, -nmax, nmax - 1)
-                cand = (slx > 0) & (new_l != La)
-                if not full:
-                    cand &= idx >= start[cols]
-                # the acceptance test only for the (few) candidates, element coordinates (i, j)
-                f = np.flatnonzero(cand)
-                ci = f // cand.shape[1]
-                cj = f - ci * cand.shape[1]
-                nl = new_l[ci, cj]
-                nslx = slx[ci, cj] + wxa[ci, cj] * nl
-                nsl2 = sl2[ci, cj] + wa[ci, cj] * nl * nl
-                s1c, s2c = s1[cj], s2[cj]
-                acc = (nsl2 > 0) & (nslx * nslx * s2c > s1c * s1c * nsl2)
-                if not acc.any():
-                    break
-                ai, aj = ci[acc], cj[acc]
-                k, first = np.unique(aj, return_index=True)   # first accepted element per column
-                i = ai[first]
-                c = sel[k]
-                nl, hit = nl[acc][first], np.flatnonzero(acc)[first]
-                L[i, c] = nl
+        # With max > 0 every w*x*L = x^3*l is <= 0 (l has the sign of -x), so every partial sum
+        # slx = sumlx - w*x*L is <= 0 (also in float) and C never changes anything: only columns
+        # whose first largest-magnitude value is negative can be refined.
+        refinable = (mx < 0) & ~zero
+        play = np.arange(M) if refinable.any() else np.arange(0)   # columns still refining
+        start = np.zeros(play.size, dtype=np.intp)    # next element of the current pass
+        chg = np.zeros(play.size, dtype=bool)         # changed during the current pass
+        npass = np.zeros(play.size, dtype=np.intp)    # passes done (C stops after 5)
+        fresh = True                                  # first round: full arrays, wxL/wLL valid
+        while play.size:
+            if fresh:
+                xa, wa, wxa, La, wxLa, wLLa = x, w, wx, L, wxL, wLL
+            else:
+                xa, La = np.take(x, play, axis=1), np.take(L, play, axis=1)
+                wa = xa * xa
+                wxa = wa * xa
+                wxLa = wxa * La
+                wLLa = wa * La * La
+            s1, s2 = sumlx[play], suml2[play]
+            slx = s1 - wxLa
+            sl2 = s2 - wLLa
+            new_l = _clamped_nearest(xa * sl2 / slx, -nmax, nmax - 1)
+            cand = (slx > 0) & (new_l != La)
+            if fresh:  # first round: all columns, in place
+                cand &= refinable
+            elif start.any():
+                cand &= idx >= start
+            # the acceptance test only for the (few) candidates, element coordinates (i, j)
+            f = np.flatnonzero(cand)
+            ci = f // cand.shape[1]
+            cj = f - ci * cand.shape[1]
+            nl = new_l[ci, cj]
+            nslx = slx[ci, cj] + wxa[ci, cj] * nl
+            nsl2 = sl2[ci, cj] + wa[ci, cj] * nl * nl
+            s1c, s2c = s1[cj], s2[cj]
+            acc = np.flatnonzero((nsl2 > 0) & (nslx * nslx * s2c > s1c * s1c * nsl2))
+            ended = np.ones(play.size, dtype=bool)
+            if acc.size:
+                k, first = np.unique(cj[acc], return_index=True)   # first accepted element per column
+                hit = acc[first]
+                i, c = ci[hit], play[k]
+                L[i, c] = nl[hit]
                 sumlx[c] = nslx[hit]
                 suml2[c] = nsl2[hit]
-                changed[cols[k]] = True
-                start[cols[k]] = i + 1
-                cols = cols[k[i + 1 < n]]
-                full = False
-            active = active[changed]
+                chg[k] = True
+                start[k] = i + 1
+                ended[k] = i + 1 >= n
+            # a pass ends when no accepted change remains in it; another starts if it changed something
+            again = ended & chg & (npass < 4)
+            keep = ~ended | again
+            start[again] = 0
+            chg[again] = False
+            npass[again] += 1
+            play, start, chg, npass = play[keep], start[keep], chg[keep], npass[keep]
+            fresh = False
         scale = np.where(suml2 > 0, sumlx / suml2, _F(0.0)).astype(_F)
     L += fn
     L[:, zero] = 0
