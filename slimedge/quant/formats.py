@@ -98,6 +98,9 @@ def quantize_rows(x: np.ndarray, qtype, imatrix: np.ndarray | None = None, what:
         imatrix = np.asarray(imatrix, dtype=np.float32)
         if imatrix.shape != (n_per_row,):
             raise SlimedgeError(f"{what}: importance vector has shape {imatrix.shape}, expected ({n_per_row},)")
+        if hasattr(fmt, "quantize_weighted_rows"):  # needs whole-row statistics (legacy formats)
+            q = fmt.quantize_weighted_rows(x.reshape(-1, n_per_row), imatrix)
+            return q.reshape(*x.shape[:-1], fmt.row_bytes(n_per_row))
         w = np.broadcast_to(imatrix.reshape(1, -1, fmt.block_size),
                             (blocks.size // n_per_row, n_per_row // fmt.block_size, fmt.block_size)
                             ).reshape(-1, fmt.block_size)

@@ -149,7 +149,12 @@ def make_qkx_quants(x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdelta
     x = np.ascontiguousarray(x, dtype=_F)
     w = np.ascontiguousarray(w, dtype=_F)
     fn = _F(nmax)
-    mn = np.minimum(x.min(axis=0), _F(0.0))
+    mn = x.min(axis=0)
+    zmin = np.flatnonzero(mn == 0)
+    if zmin.size:  # C keeps the first of equal minima: the sign of a zero minimum is that of the first zero
+        xz = x[:, zmin]
+        mn[zmin] = xz[np.argmax(xz == 0, axis=0), np.arange(zmin.size)]
+    mn = np.where(mn > 0, _F(0.0), mn)                       # "if (min > 0) min = 0"
     mx = x.max(axis=0)
     degenerate = (mx <= mn) if le_degenerate else (mx == mn)
     sum_w = seqsum(w)

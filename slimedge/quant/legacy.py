@@ -12,9 +12,11 @@ float32 when both operands are float32 scalars/arrays), including C's float->int
 Block layouts (little-endian): Q4_0 ``d:f16 qs[16]``; Q4_1 ``d:f16 m:f16 qs[16]``; Q5_0 ``d:f16 qh:u32 qs[16]``;
 Q5_1 ``d:f16 m:f16 qh:u32 qs[16]``; Q8_0 ``d:f16 qs:i8[32]``. Nibble j holds weight j (low) and j+16 (high).
 
-The importance-weighted (imatrix) variants of ggml (``quantize_row_q4_0_impl`` ...) need the whole row's
-variance, which a block-level call does not see: ``w`` is refused with NotImplementedError (Q8_0 ignores
-it, as ggml does).
+Importance weights (an imatrix row): ggml's ``quantize_row_q4_0_impl`` ... weigh each value by
+``imatrix * sqrt(sigma2 + x*x)`` with ``sigma2`` the mean square of the *whole row*, then search the scale
+(``make_qx_quants`` for Q4_0/Q5_0, ``make_qkx3_quants`` for Q4_1/Q5_1). A block-level call does not see the
+row, so these formats expose ``quantize_weighted_rows(rows, imatrix)`` (used by ``quantize_rows``) and
+refuse ``quantize_blocks(x, w)`` with NotImplementedError. Q8_0 ignores importance weights, as ggml does.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ import numpy as np
 from gguf import GGMLQuantizationType as T
 
 from .formats import QuantFormat
-from .kquant_search import chunked, f16_bits, f16_value, first_absmax, round_half_away
+from .kquant_search import (chunked, f16_bits, f16_value, first_absmax, make_qkx_quants, make_qx_quants,
+                            round_half_away, seqsum)
 
 _F = np.float32
 CHUNK_BLOCKS = 8192  # blocks quantized per NumPy pass (256K weights): best speed on x86-64
@@ -31,8 +34,41 @@ CHUNK_BLOCKS = 8192  # blocks quantized per NumPy pass (256K weights): best spee
 
 def _no_imatrix(cls, w):
     if w is not None:
-        raise NotImplementedError(f"{cls.qtype.name}: importance-weighted (imatrix) quantization is not "
-                                  "implemented for legacy formats; quantize without an imatrix")
+        raise NotImplementedError(f"{cls.qtype.name}: importance-weighted (imatrix) quantization needs whole "
+                                  "rows; use quantize_rows(x, qtype, imatrix=...) (quantize_weighted_rows)")
+
+
+def _weighted_rows(rows: np.ndarray, imatrix: np.ndarray, quantize_cols) -> np.ndarray:
+    """Shared driver of the imatrix paths. ``rows: float32[r, n]``, ``imatrix: float32[n]``;
+    ``quantize_cols(x: [32, M], weight: [32, M]) -> uint8[M, type_size]`` for the blocks (one per column)."""
+    rows = np.ascontiguousarray(rows, dtype=_F)
+    r, n = rows.shape
+    step = max(1, (CHUNK_BLOCKS * 32) // n)
+    out = []
+    for a in range(0, r, step):
+        x = rows[a:a + step]
+        xt = np.ascontiguousarray(x.T)
+        sigma2 = seqsum(xt * xt) / _F(n)                      # sequential over the row, as in C
+        xb = np.ascontiguousarray(x.reshape(-1, 32).T)        # [32, blocks]
+        qw = np.broadcast_to(imatrix.reshape(-1, 32), (x.shape[0], n // 32, 32)).reshape(-1, 32).T
+        sig = np.repeat(sigma2, n // 32)
+        weight = qw * np.sqrt(sig + xb * xb)
+        out.append(quantize_cols(xb, weight).reshape(x.shape[0], -1))
+    return np.concatenate(out, axis=0)
+
+
+def _weighted_symmetric(nmax: int, pack):
+    def quantize_cols(xb, weight):
+        L, d = make_qx_quants(xb, nmax, qw=weight)             # L: 0..2*nmax-1
+        return pack(f16_bits(d), np.ascontiguousarray(L.T).astype(np.uint8))
+    return quantize_cols
+
+
+def _weighted_affine(nmax: int, pack):
+    def quantize_cols(xb, weight):
+        L, d, the_min = make_qkx_quants(xb, weight, nmax, -0.9, 0.05, 36, use_mad=False, le_degenerate=True)
+        return pack(f16_bits(d), f16_bits(-the_min), np.ascontiguousarray(L.T).astype(np.uint8))
+    return quantize_cols
 
 
 def _trunc_int(v: np.ndarray) -> np.ndarray:
@@ -106,7 +142,15 @@ class Q4_0(QuantFormat, qtype=T.Q4_0):
     def quantize_blocks(cls, x, w=None):
         _no_imatrix(cls, w)
         d, q = _symmetric(np.asarray(x, _F), -8.0, 8.5, 15)
+        return cls._pack(d, q)
+
+    @staticmethod
+    def _pack(d, q):
         return np.concatenate([_u16_bytes(d), _pack_nibbles(q)], axis=1)
+
+    @classmethod
+    def quantize_weighted_rows(cls, rows, imatrix):
+        return _weighted_rows(rows, imatrix, _weighted_symmetric(8, cls._pack))
 
     @classmethod
     def dequantize_blocks(cls, q):
@@ -120,7 +164,15 @@ class Q4_1(QuantFormat, qtype=T.Q4_1):
     def quantize_blocks(cls, x, w=None):
         _no_imatrix(cls, w)
         d, m, q = _affine(np.asarray(x, _F), 15, clamp=True)
+        return cls._pack(d, m, q)
+
+    @staticmethod
+    def _pack(d, m, q):
         return np.concatenate([_u16_bytes(d), _u16_bytes(m), _pack_nibbles(q)], axis=1)
+
+    @classmethod
+    def quantize_weighted_rows(cls, rows, imatrix):
+        return _weighted_rows(rows, imatrix, _weighted_affine(15, cls._pack))
 
     @classmethod
     def dequantize_blocks(cls, q):
@@ -134,7 +186,15 @@ class Q5_0(QuantFormat, qtype=T.Q5_0):
     def quantize_blocks(cls, x, w=None):
         _no_imatrix(cls, w)
         d, q = _symmetric(np.asarray(x, _F), -16.0, 16.5, 31)
+        return cls._pack(d, q)
+
+    @staticmethod
+    def _pack(d, q):
         return np.concatenate([_u16_bytes(d), _pack_high_bits(q), _pack_nibbles(q)], axis=1)
+
+    @classmethod
+    def quantize_weighted_rows(cls, rows, imatrix):
+        return _weighted_rows(rows, imatrix, _weighted_symmetric(16, cls._pack))
 
     @classmethod
     def dequantize_blocks(cls, q):
@@ -148,7 +208,15 @@ class Q5_1(QuantFormat, qtype=T.Q5_1):
     def quantize_blocks(cls, x, w=None):
         _no_imatrix(cls, w)
         d, m, q = _affine(np.asarray(x, _F), 31, clamp=False)
+        return cls._pack(d, m, q)
+
+    @staticmethod
+    def _pack(d, m, q):
         return np.concatenate([_u16_bytes(d), _u16_bytes(m), _pack_high_bits(q), _pack_nibbles(q)], axis=1)
+
+    @classmethod
+    def quantize_weighted_rows(cls, rows, imatrix):
+        return _weighted_rows(rows, imatrix, _weighted_affine(31, cls._pack))
 
     @classmethod
     def dequantize_blocks(cls, q):

@@ -122,10 +122,15 @@ def test_single_block_and_shapes(qtype):
     np.testing.assert_array_equal(fmt.quantize_blocks(one), ggml_quantize(one, qtype))
 
 
-@pytest.mark.parametrize("qtype", KQUANTS)
-@pytest.mark.parametrize("n", [256, 1024])
+def _imatrix_params():
+    for q in ALL:
+        for n in ([256, 1024] if q in KQUANTS else [96, 512]):
+            yield pytest.param(q, n, id=f"{q}-{n}")
+
+
+@pytest.mark.parametrize("qtype,n", list(_imatrix_params()))
 def test_imatrix_bytes_identical_to_ggml(qtype, n):
-    """ggml's importance-weighted paths (quantize_row_q*_K_impl) with an imatrix row."""
+    """ggml's importance-weighted paths (quantize_row_*_impl) with an imatrix row."""
     bs, ts = GGML_QUANT_SIZES[GGMLQuantizationType[qtype]]
     rng = np.random.default_rng(n + 1)
     imatrices = {
@@ -146,9 +151,10 @@ def test_imatrix_bytes_identical_to_ggml(qtype, n):
 
 
 @pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q5_0", "Q5_1"])
-def test_legacy_imatrix_refused(qtype):
+def test_legacy_block_level_importance_refused(qtype):
+    """Legacy imatrix paths need the whole row's variance: the block API says so instead of guessing."""
     x = np.ones((1, 32), np.float32)
-    with pytest.raises(NotImplementedError, match="imatrix"):
+    with pytest.raises(NotImplementedError, match="quantize_rows"):
         get_format(qtype).quantize_blocks(x, np.ones_like(x))
 
 
