@@ -52,6 +52,7 @@ MODELS = [
     Cfg("phi3_fused", arch="phi3", n_layer=4, n_head_kv=8, n_ff=512, n_vocab=260),
     Cfg("llama80_70b", n_layer=80, n_head=8, n_head_kv=1, n_ff=512, n_vocab=64, max_rows=2),
     Cfg("llama_moe8", n_layer=4, n_expert=8, n_ff=256, n_vocab=64, max_rows=4),
+    Cfg("falcon16", arch="falcon", n_layer=16, n_head_kv=1, n_ff=1024, n_vocab=64, max_rows=4),  # own rules
 ]
 
 
@@ -62,9 +63,10 @@ def tensor_shapes(c: Cfg) -> list[tuple[str, tuple[int, ...]]]:
     for i in range(c.n_layer):
         b = f"blk.{i}."
         out.append((b + "attn_norm.weight", (c.n_embd,)))
-        if c.arch == "phi3":
+        if c.arch in ("phi3", "falcon"):  # fused qkv; phi3 also fuses gate+up
+            up = 2 * c.n_ff if c.arch == "phi3" else c.n_ff
             out += [(b + "attn_qkv.weight", (q + 2 * kv, c.n_embd)), (b + "attn_output.weight", (c.n_embd, q)),
-                    (b + "ffn_norm.weight", (c.n_embd,)), (b + "ffn_up.weight", (2 * c.n_ff, c.n_embd)),
+                    (b + "ffn_norm.weight", (c.n_embd,)), (b + "ffn_up.weight", (up, c.n_embd)),
                     (b + "ffn_down.weight", (c.n_embd, c.n_ff))]
             continue
         out += [(b + "attn_q.weight", (q, c.n_embd)), (b + "attn_k.weight", (kv, c.n_embd)),
@@ -97,7 +99,10 @@ def write_f32_gguf(path, c: Cfg) -> None:
     w.add_feed_forward_length(c.n_ff)
     w.add_head_count(c.n_head)
     w.add_head_count_kv(c.n_head_kv)
-    w.add_layer_norm_rms_eps(1e-5)
+    if c.arch == "falcon":
+        w.add_layer_norm_eps(1e-5)
+    else:
+        w.add_layer_norm_rms_eps(1e-5)
     w.add_rope_dimension_count(c.head_dim)
     w.add_vocab_size(c.n_vocab)
     w.add_file_type(0)
@@ -216,6 +221,9 @@ def test_mix_rules_exercised(models):
     assert ours["blk.5.attn_v.weight"] == "Q5_K"  # the 70B rule
     ours, _ = _ours(models["llama_moe8"], QuantSpec("Q4_K_M"))
     assert ours["blk.0.attn_k.weight"] == "Q8_0" and ours["blk.0.ffn_gate_inp.weight"] == "F32"
+    ours, _ = _ours(models["falcon16"], QuantSpec("Q4_K_M"))
+    assert ours["output.weight"] == "Q8_0"  # falcon: output always Q8_0
+    assert [ours[f"blk.{i}.ffn_down.weight"] for i in (0, 1, 3, 4)] == ["Q6_K", "Q5_K", "Q4_K", "Q5_K"]
 
 
 # ---- options ------------------------------------------------------------------------------------------
