@@ -59,11 +59,17 @@ SE_INLINE void se_minmax(const float *x, float *pmin, float *pmax) {
     *pmax = b;
 }
 
-/* C's roundf (half away from zero) for |v| < 2^31, written so it vectorizes */
+/* float -> int as ggml's x86 build converts: truncation, and INT32_MIN ("integer indefinite") for
+ * NaN and values out of int range (reached when a block's scale d is subnormal and 1/d = inf).
+ * Written out so that it is defined C and the same in every vectorized clone. */
+SE_INLINE int se_f2i(float v) { return fabsf(v) < 2147483648.f ? (int)v : INT32_MIN; }
+
+/* roundf (half away from zero) then conversion, as ggml's `int8 = roundf(v)`, vectorizable */
 SE_INLINE int se_round_away(float v) {
-    int r = (int)v;
-    const float frac = v - (float)r; /* exact */
-    r += (frac >= 0.5f) - (frac <= -0.5f);
+    const int inr = fabsf(v) < 2147483648.f;
+    int r = inr ? (int)v : INT32_MIN;
+    const float frac = v - (float)r; /* exact when in range */
+    r += inr ? (frac >= 0.5f) - (frac <= -0.5f) : 0;
     return r;
 }
 
@@ -101,7 +107,7 @@ void se_quantize_q4_0(const float *x, void *vy, int64_t k) {
         y[i].d = se_fp32_to_fp16(d);
         uint8_t qs[16];
         SE_LANES for (int j = 0; j < 16; ++j) {
-            const int v0 = (int8_t)(int)(x[j] * id + 8.5f), v1 = (int8_t)(int)(x[j + 16] * id + 8.5f);
+            const int v0 = (int8_t)se_f2i(x[j] * id + 8.5f), v1 = (int8_t)se_f2i(x[j + 16] * id + 8.5f);
             qs[j] = (uint8_t)((v0 < 15 ? v0 : 15) | ((v1 < 15 ? v1 : 15) << 4));
         }
         memcpy(y[i].qs, qs, 16);
@@ -121,8 +127,8 @@ void se_quantize_q4_1(const float *x, void *vy, int64_t k) {
         y[i].m = se_fp32_to_fp16(min);
         uint8_t qs[16];
         SE_LANES for (int j = 0; j < 16; ++j) {
-            const int v0 = (int8_t)(int)((x[j] - min) * id + 0.5f);
-            const int v1 = (int8_t)(int)((x[j + 16] - min) * id + 0.5f);
+            const int v0 = (int8_t)se_f2i((x[j] - min) * id + 0.5f);
+            const int v1 = (int8_t)se_f2i((x[j + 16] - min) * id + 0.5f);
             qs[j] = (uint8_t)((v0 < 15 ? v0 : 15) | ((v1 < 15 ? v1 : 15) << 4));
         }
         memcpy(y[i].qs, qs, 16);
@@ -150,7 +156,7 @@ void se_quantize_q5_0(const float *x, void *vy, int64_t k) {
         y[i].d = se_fp32_to_fp16(d);
         uint8_t q[32];
         SE_LANES for (int j = 0; j < 32; ++j) {
-            const int v = (int8_t)(int)(x[j] * id + 16.5f);
+            const int v = (int8_t)se_f2i(x[j] * id + 16.5f);
             q[j] = (uint8_t)(v < 31 ? v : 31);
         }
         se_pack5(q, y[i].qs, y[i].qh);
@@ -169,7 +175,7 @@ void se_quantize_q5_1(const float *x, void *vy, int64_t k) {
         y[i].d = se_fp32_to_fp16(d);
         y[i].m = se_fp32_to_fp16(min);
         uint8_t q[32];
-        SE_LANES for (int j = 0; j < 32; ++j) q[j] = (uint8_t)(int)((x[j] - min) * id + 0.5f);
+        SE_LANES for (int j = 0; j < 32; ++j) q[j] = (uint8_t)se_f2i((x[j] - min) * id + 0.5f);
         se_pack5(q, y[i].qs, y[i].qh);
     }
 }

@@ -10,9 +10,13 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import platform
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -218,3 +222,28 @@ def test_missing_extension_falls_back_with_a_notice(monkeypatch, caplog):
     assert np.array_equal(qb.quantize(x, "Q6_K"), ggml_quantize(x, "Q6_K"))
     with pytest.raises(SlimedgeError, match="not built"):
         qb.set_backend("c")
+
+
+def test_baseline_isa_build_gives_the_same_bytes(tmp_path):
+    """The extension runs an AVX2 clone here; a build without multi-versioning for the baseline ISA
+    (SSE2 on x86-64: what older CPUs run) must give the same bytes."""
+    cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    assert cc, "a C compiler is needed (the extension is built with one)"
+    kernels = Path(__file__).resolve().parents[2] / "kernels"
+    sources = [str(p) for p in sorted(kernels.glob("*.c")) if p.name != "binding.c"]
+    arch = ["-march=x86-64"] if platform.machine() in ("x86_64", "AMD64") else []
+    lib_path = tmp_path / "libse_baseline.so"
+    subprocess.run([cc, "-shared", "-fPIC", "-std=c11", "-O3", "-ffp-contract=off", "-fno-math-errno",
+                    "-fno-trapping-math", "-fno-strict-aliasing", "-fopenmp-simd", "-DSE_NO_MULTIVERSION", *arch,
+                    *sources, "-o", str(lib_path)], check=True, capture_output=True)
+    lib = ctypes.CDLL(str(lib_path))
+    lib.se_quantize.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
+                                ctypes.c_void_p]
+    for qtype in ALL:
+        for n in _lengths(qtype):
+            x = _rows(n, seed=n)
+            ref = _c_quantize(x, qtype)
+            out = np.zeros_like(ref)
+            assert lib.se_quantize(int(GGMLQuantizationType[qtype]), x.ctypes.data, out.ctypes.data,
+                                   x.shape[0], n, None) == 0
+            assert np.array_equal(out, ref), _mismatch(out, ref, qtype, f"baseline build (n={n})")
