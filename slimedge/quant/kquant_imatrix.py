@@ -2,25 +2,88 @@
 
 ``w: float32[nb, 256]`` holds each weight's importance (an imatrix row, repeated for every row of the
 tensor). As in ggml, the weights of the sub-block searches are ``w * sqrt(sigma2 + x*x)`` with ``sigma2``
-the super-block's mean square (times 2 for Q3_K..Q5_K); the sub-block scales and mins are then quantized
-by weighted searches (``make_qp_quants`` / ``make_qx_quants``) instead of plain rounding.
+the super-block's mean square (times 2 for Q3_K..Q5_K; Q6_K uses ``w`` as is); the sub-block scales and
+mins are then quantized by weighted searches (``make_qp_quants`` / ``make_qx_quants``) instead of plain
+rounding.
 Vectorized over all super-blocks like the unweighted paths; bit-exact with ``ggml_quantize_chunk``.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from gguf import GGMLQuantizationType as T
 
-from .kquant_search import (f16_bits, f16_value, make_qkx_quants, make_qp_quants, make_qx_quants,
+from .kquant_search import (GROUP_MAX_EPS, f16_bits, f16_value, make_qkx_quants, make_qx_quants, nearest_int,
                             seqsum)
 
 _F = np.float32
 QK_K = 256
 
 
-def supported(qtype) -> bool:
-    return qtype in (T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K)
+def make_qp_quants(x: np.ndarray, nmax: int, qw: np.ndarray):
+    """``make_qp_quants(n, nmax, x, L, quant_weights)`` over the columns of ``x: float32[n, M]``
+    (the n sub-block scales or mins of each super-block). Returns ``(L: uint8[n, M], scale: float32[M])``.
+
+    Levels are stored in ``uint8`` as in C (a negative level wraps), while the running sums use the
+    signed level, exactly like the C code. The refinement is sequential over the n elements and
+    vectorized over the columns that still change.
+    """
+    x = np.ascontiguousarray(x, dtype=_F)
+    w = np.ascontiguousarray(qw, dtype=_F)
+    n, M = x.shape
+    fn = _F(nmax)
+    mx = np.maximum(x.max(axis=0), _F(0.0))
+    zero = mx < GROUP_MAX_EPS
+    wx = w * x
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        iscale = fn / mx
+        scale = _F(1.0) / iscale
+        l0 = (nearest_int(iscale * x) & 0xFF).astype(_F)      # stored in uint8 L[i]
+        diff = x - scale * l0
+        best = seqsum(w * diff * diff)
+        best_iscale = iscale
+        for step in range(-4, 5):
+            if step == 0:
+                continue
+            iscale_is = (_F(0.1) * _F(step) + fn) / mx
+            scale_is = _F(1.0) / iscale_is
+            l = np.minimum(nearest_int(iscale_is * x), nmax).astype(_F)
+            diff = x - scale_is * l
+            mse = seqsum(w * diff * diff)
+            upd = mse < best
+            best = np.where(upd, mse, best)
+            best_iscale = np.where(upd, iscale_is, best_iscale)
+        l = np.minimum(nearest_int(best_iscale * x), nmax)
+        L = (l & 0xFF).astype(_F)
+        l = l.astype(_F)
+        sumlx = seqsum(wx * l)
+        suml2 = seqsum(w * l * l)
+        active = np.flatnonzero(~zero)
+        for _ in range(5):
+            if active.size == 0:
+                break
+            xa, wa, wxa, La = x[:, active], w[:, active], wx[:, active], L[:, active]
+            s1, s2 = sumlx[active], suml2[active]
+            changed = np.zeros(active.size, dtype=bool)
+            for i in range(n):
+                li = La[i]
+                slx = s1 - wxa[i] * li
+                sl2 = s2 - wa[i] * li * li
+                new_l = np.minimum(nearest_int(xa[i] * sl2 / slx), nmax).astype(_F)
+                nslx = slx + wxa[i] * new_l
+                nsl2 = sl2 + wa[i] * new_l * new_l
+                acc = (slx > 0) & (sl2 > 0) & (new_l != li) & (nslx * nslx * s2 > s1 * s1 * nsl2)
+                if acc.any():
+                    La[i] = np.where(acc, (new_l.astype(np.int32) & 0xFF).astype(_F), li)
+                    s1 = np.where(acc, nslx, s1)
+                    s2 = np.where(acc, nsl2, s2)
+                    changed |= acc
+            L[:, active] = La
+            sumlx[active] = s1
+            suml2[active] = s2
+            active = active[changed]
+        scale = np.where(suml2 > 0, sumlx / suml2, _F(0.0)).astype(_F)
+    L[:, zero] = 0
+    return L.astype(np.uint8), np.where(zero, _F(0.0), scale).astype(_F)
 
 
 def _sum_x2(x: np.ndarray) -> np.ndarray:

@@ -1,8 +1,8 @@
 """Scale searches shared by the k-quants, vectorized over many (sub-)blocks at once, bit-exact with ggml.
 
 Ports of ggml-quants.c's ``make_qkx2_quants`` / ``make_qkx3_quants`` (affine scale+min grid search),
-``make_qx_quants`` (symmetric scale grid search), ``make_q3_quants`` (symmetric with coordinate-descent
-refinement) and ``make_qp_quants`` (positive scales, used to quantize the sub-block scales with an imatrix).
+``make_qx_quants`` (symmetric scale grid search) and ``make_q3_quants`` (symmetric with coordinate-descent
+refinement); ``make_qp_quants`` (imatrix paths only) lives in :mod:`slimedge.quant.kquant_imatrix`.
 
 Layout: every search takes ``x: float32[n, M]`` -- element index first, one column per (sub-)block -- so a
 sum over a block is ``np.add.reduce(a, axis=0)``, which NumPy evaluates as the sequential C loop
@@ -35,11 +35,6 @@ def f16_bits(v) -> np.ndarray:
 
 def f16_value(bits) -> np.ndarray:
     return np.asarray(bits, dtype=np.uint16).view(np.float16).astype(_F)
-
-
-def f16_round(v) -> np.ndarray:
-    """``GGML_FP16_TO_FP32(GGML_FP32_TO_FP16(v))``."""
-    return np.asarray(v, dtype=_F).astype(np.float16).astype(_F)
 
 
 def nearest_int(t: np.ndarray) -> np.ndarray:
@@ -251,14 +246,6 @@ def make_qx_quants(x: np.ndarray, nmax: int, qw: np.ndarray | None = None):
     return L, np.where(zero, _F(0.0), scale).astype(_F)
 
 
-def seqsum_rows(a: np.ndarray) -> np.ndarray:
-    """Sequential float32 sum over axis 1 of ``a: [M, n]`` (``s = a[:, 0]; s += a[:, 1]; ...``)."""
-    s = a[:, 0].copy()
-    for j in range(1, a.shape[1]):
-        s += a[:, j]
-    return s
-
-
 def _clamped_nearest(t: np.ndarray, lo: int, hi: int) -> np.ndarray:
     """``(float)MAX(lo, MIN(hi, nearest_int(t)))`` with ggml's bit trick (exact for any float32 t)."""
     v = (t + ROUND_MAGIC).view(np.int32)
@@ -354,71 +341,3 @@ def make_q3_quants(x: np.ndarray, nmax: int):
     L[:, zero] = 0
     return L, np.where(zero, _F(0.0), scale).astype(_F)
 
-
-# ---- positive scales with weights: make_qp_quants (imatrix paths) ----------------------------------
-
-def make_qp_quants(x: np.ndarray, nmax: int, qw: np.ndarray):
-    """``make_qp_quants(n, nmax, x, L, quant_weights)`` over the columns of ``x: float32[n, M]``
-    (the n sub-block scales or mins of each super-block). Returns ``(L: uint8[n, M], scale: float32[M])``.
-
-    Levels are stored in ``uint8`` as in C (a negative level wraps), while the running sums use the
-    signed level, exactly like the C code. The refinement is sequential over the n elements and
-    vectorized over the columns that still change.
-    """
-    x = np.ascontiguousarray(x, dtype=_F)
-    w = np.ascontiguousarray(qw, dtype=_F)
-    n, M = x.shape
-    fn = _F(nmax)
-    mx = np.maximum(x.max(axis=0), _F(0.0))
-    zero = mx < GROUP_MAX_EPS
-    wx = w * x
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        iscale = fn / mx
-        scale = _F(1.0) / iscale
-        l0 = (nearest_int(iscale * x) & 0xFF).astype(_F)      # stored in uint8 L[i]
-        diff = x - scale * l0
-        best = seqsum(w * diff * diff)
-        best_iscale = iscale
-        for step in range(-4, 5):
-            if step == 0:
-                continue
-            iscale_is = (_F(0.1) * _F(step) + fn) / mx
-            scale_is = _F(1.0) / iscale_is
-            l = np.minimum(nearest_int(iscale_is * x), nmax).astype(_F)
-            diff = x - scale_is * l
-            mse = seqsum(w * diff * diff)
-            upd = mse < best
-            best = np.where(upd, mse, best)
-            best_iscale = np.where(upd, iscale_is, best_iscale)
-        l = np.minimum(nearest_int(best_iscale * x), nmax)
-        L = (l & 0xFF).astype(_F)
-        l = l.astype(_F)
-        sumlx = seqsum(wx * l)
-        suml2 = seqsum(w * l * l)
-        active = np.flatnonzero(~zero)
-        for _ in range(5):
-            if active.size == 0:
-                break
-            xa, wa, wxa, La = x[:, active], w[:, active], wx[:, active], L[:, active]
-            s1, s2 = sumlx[active], suml2[active]
-            changed = np.zeros(active.size, dtype=bool)
-            for i in range(n):
-                li = La[i]
-                slx = s1 - wxa[i] * li
-                sl2 = s2 - wa[i] * li * li
-                new_l = np.minimum(nearest_int(xa[i] * sl2 / slx), nmax).astype(_F)
-                nslx = slx + wxa[i] * new_l
-                nsl2 = sl2 + wa[i] * new_l * new_l
-                acc = (slx > 0) & (sl2 > 0) & (new_l != li) & (nslx * nslx * s2 > s1 * s1 * nsl2)
-                if acc.any():
-                    La[i] = np.where(acc, (new_l.astype(np.int32) & 0xFF).astype(_F), li)
-                    s1 = np.where(acc, nslx, s1)
-                    s2 = np.where(acc, nsl2, s2)
-                    changed |= acc
-            L[:, active] = La
-            sumlx[active] = s1
-            suml2[active] = s2
-            active = active[changed]
-        scale = np.where(suml2 > 0, sumlx / suml2, _F(0.0)).astype(_F)
-    L[:, zero] = 0
-    return L.astype(np.uint8), np.where(zero, _F(0.0), scale).astype(_F)

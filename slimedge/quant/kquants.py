@@ -133,19 +133,10 @@ def _affine_k(x: np.ndarray, nmax: int, rmin: float, nstep: int):
     return d_bits, dmin_bits, _pack_scale_min_k4(ls, lm), L
 
 
-def _refuse_w(cls, w):
-    if w is not None:
-        from .kquant_imatrix import supported
-        if not supported(cls.qtype):
-            raise NotImplementedError(f"{cls.qtype.name}: importance-weighted quantization not implemented")
-        return True
-    return False
-
-
 class Q2_K(QuantFormat, qtype=T.Q2_K):
     @chunked(CHUNK_BLOCKS)
     def quantize_blocks(cls, x, w=None):
-        if _refuse_w(cls, w):
+        if w is not None:  # importance weights: ggml's quantize_row_*_impl
             from .kquant_imatrix import quantize_q2_k_imatrix
             return quantize_q2_k_imatrix(x, w)
         x = np.asarray(x, _F)
@@ -206,7 +197,7 @@ def _finish_q3(x: np.ndarray, L: np.ndarray, d_bits: np.ndarray, scales12: np.nd
 class Q3_K(QuantFormat, qtype=T.Q3_K):
     @chunked(CHUNK_BLOCKS)
     def quantize_blocks(cls, x, w=None):
-        if _refuse_w(cls, w):
+        if w is not None:  # importance weights: ggml's quantize_row_*_impl
             from .kquant_imatrix import quantize_q3_k_imatrix
             return quantize_q3_k_imatrix(x, w)
         x = np.asarray(x, _F)
@@ -236,7 +227,7 @@ class Q3_K(QuantFormat, qtype=T.Q3_K):
 class Q4_K(QuantFormat, qtype=T.Q4_K):
     @chunked(CHUNK_BLOCKS)
     def quantize_blocks(cls, x, w=None):
-        if _refuse_w(cls, w):
+        if w is not None:  # importance weights: ggml's quantize_row_*_impl
             from .kquant_imatrix import quantize_q45_k_imatrix
             return quantize_q45_k_imatrix(x, w, 15)
         d, dmin, scales12, L = _affine_k(np.asarray(x, _F), 15, -1.0, 20)
@@ -262,7 +253,7 @@ def _pack_q5(d, dmin, scales12, L):
 class Q5_K(QuantFormat, qtype=T.Q5_K):
     @chunked(CHUNK_BLOCKS)
     def quantize_blocks(cls, x, w=None):
-        if _refuse_w(cls, w):
+        if w is not None:  # importance weights: ggml's quantize_row_*_impl
             from .kquant_imatrix import quantize_q45_k_imatrix
             return quantize_q45_k_imatrix(x, w, 31)
         return _pack_q5(*_affine_k(np.asarray(x, _F), 31, -0.5, 15))
@@ -301,7 +292,7 @@ def _finish_q6(x: np.ndarray, L: np.ndarray, scales: np.ndarray) -> np.ndarray:
 class Q6_K(QuantFormat, qtype=T.Q6_K):
     @chunked(CHUNK_BLOCKS)
     def quantize_blocks(cls, x, w=None):
-        if _refuse_w(cls, w):
+        if w is not None:  # importance weights: ggml's quantize_row_*_impl
             from .kquant_imatrix import quantize_q6_k_imatrix
             return quantize_q6_k_imatrix(x, w)
         x = np.asarray(x, _F)
