@@ -13,10 +13,12 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from ggml_ref import ggml_dequantize, ggml_quantize
 from slimedge.quant import dequantize_rows, get_format, quantize_rows
+from slimedge.quant.kquant_search import seqsum
 
 LEGACY = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"]
 KQUANTS = ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
 ALL = LEGACY + KQUANTS
+FLOATS = ["F16", "BF16"]
 
 
 def _cases(n: int, seed: int) -> dict[str, np.ndarray]:
@@ -54,6 +56,8 @@ def _cases(n: int, seed: int) -> dict[str, np.ndarray]:
 
 
 def _lengths(qtype: str) -> list[int]:
+    if qtype in FLOATS:
+        return [32, 512]
     return [256, 512, 4096] if qtype in KQUANTS else [32, 96, 512, 4096]
 
 
@@ -69,7 +73,7 @@ def _report(ours: np.ndarray, ref: np.ndarray, type_size: int, x: np.ndarray, bl
 
 
 def _params():
-    for q in ALL:
+    for q in ALL + FLOATS:
         for n in _lengths(q):
             yield pytest.param(q, n, id=f"{q}-{n}")
 
@@ -162,3 +166,15 @@ def test_q8_0_ignores_importance_like_ggml():
     x = np.random.default_rng(0).standard_normal((4, 64)).astype(np.float32)
     imx = np.linspace(0.1, 3, 64).astype(np.float32)
     np.testing.assert_array_equal(quantize_rows(x, "Q8_0", imatrix=imx), ggml_quantize(x, "Q8_0", imatrix=imx))
+
+
+def test_seqsum_is_the_sequential_c_loop():
+    """Bit-exactness rests on NumPy summing axis 0 of a C-contiguous [n, M] array in order (s += a[i]),
+    not pairwise; check it on data where the order changes the float32 result."""
+    rng = np.random.default_rng(11)
+    for n, m in [(16, 1), (16, 2), (32, 7), (32, 4096), (256, 33)]:
+        a = (rng.standard_normal((n, m)) * 10.0 ** rng.integers(-6, 6, (n, m))).astype(np.float32)
+        expect = a[0].copy()
+        for i in range(1, n):
+            expect += a[i]
+        np.testing.assert_array_equal(seqsum(a), expect)
