@@ -4,6 +4,7 @@ Both quantize the same float32 rows in the same run; the table gives Mweights/s 
 slimedge/ggml (goal: >= 0.5 on the k-quants). Bytes are checked identical on the way.
 
     python tests/benchmarks/bench_quant_numpy.py [--rows 256] [--cols 4096] [--repeat 3] [--types Q4_K,Q6_K]
+                                                 [--imatrix]   # importance-weighted paths instead
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ def main() -> None:
     ap.add_argument("--cols", type=int, default=4096)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--types", default=",".join(TYPES))
+    ap.add_argument("--imatrix", action="store_true", help="quantize with a random importance vector")
     args = ap.parse_args()
     try:  # pin this process to one core as well, if the platform allows
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
@@ -53,16 +55,18 @@ def main() -> None:
     rng = np.random.default_rng(0)
     x = rng.standard_normal((args.rows, args.cols)).astype(np.float32)
     x[:, ::97] *= 8.0  # some outliers, like real weights
+    imx = rng.exponential(1.0, args.cols).astype(np.float32) if args.imatrix else None
     mw = x.size / 1e6
-    print(f"{args.rows}x{args.cols} float32 rows ({mw:.2f} Mweights), single thread, best CPU time of {args.repeat}")
+    print(f"{args.rows}x{args.cols} float32 rows ({mw:.2f} Mweights){' with imatrix' if args.imatrix else ''}, "
+          f"single thread, best CPU time of {args.repeat}")
     print(f"{'type':6} {'slimedge Mw/s':>14} {'ggml Mw/s':>10} {'ratio':>7} | {'deq slimedge':>12} {'deq ggml':>9} "
           f"{'ratio':>6} | bytes")
     for t in args.types.split(","):
-        ours = quantize_rows(x, t)
-        ref = ggml_quantize(x, t)
+        ours = quantize_rows(x, t, imx)
+        ref = ggml_quantize(x, t, imx)
         same = "identical" if np.array_equal(ours, ref) else "DIFFERENT"
-        tq_s = best_time(lambda: quantize_rows(x, t), args.repeat)
-        tq_g = best_time(lambda: ggml_quantize(x, t), args.repeat)
+        tq_s = best_time(lambda: quantize_rows(x, t, imx), args.repeat)
+        tq_g = best_time(lambda: ggml_quantize(x, t, imx), args.repeat)
         td_s = best_time(lambda: dequantize_rows(ref, t, args.cols), args.repeat)
         td_g = best_time(lambda: ggml_dequantize(ref, t, args.cols), args.repeat)
         print(f"{t:6} {mw / tq_s:14.1f} {mw / tq_g:10.1f} {tq_g / tq_s:7.2f} | {mw / td_s:12.0f} {mw / td_g:9.0f} "
