@@ -114,6 +114,8 @@ class _Prepared:
 
 
 def _is_gguf(path: Path) -> bool:
+    if path.is_dir():
+        return False
     if path.is_file():
         with open(path, "rb") as f:
             return f.read(4) == b"GGUF"

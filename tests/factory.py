@@ -78,6 +78,12 @@ def make_hf_model(dir: str | Path, arch: str = "llama", tokenizer: str | None = 
     return dir
 
 
+# A long-context Phi-3 (rope type "longrope" with per-frequency long/short factors; head_dim 16 -> 8 each)
+PHI3_LONGROPE = dict(arch="phi3", max_position_embeddings=1024, rope_parameters={
+    "rope_type": "longrope", "rope_theta": 10000.0, "partial_rotary_factor": 1.0,
+    "long_factor": [1.0 + i / 4 for i in range(8)], "short_factor": [1.0 + i / 16 for i in range(8)],
+    "original_max_position_embeddings": 256})
+
 _CACHE: dict[str, Path] = {}
 _CACHE_ROOT: Path | None = None
 

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from factory import cached_hf_model
+from factory import PHI3_LONGROPE, cached_hf_model
 from gguf import GGMLQuantizationType as T
 from gguf import GGUFReader
 
@@ -150,11 +150,8 @@ def test_metadata_keys(tmp_path):
 
 
 def test_phi3_fused_tensors_and_rope_factors(tmp_path):
-    half = 8  # head_dim 16 -> 8 rope frequencies
-    rope = {"rope_type": "longrope", "rope_theta": 10000.0, "partial_rotary_factor": 1.0,
-            "long_factor": [1.0 + i / 4 for i in range(half)], "short_factor": [1.0 + i / 16 for i in range(half)],
-            "original_max_position_embeddings": 256}
-    model = cached_hf_model(arch="phi3", max_position_embeddings=1024, rope_parameters=rope)
+    rope = PHI3_LONGROPE["rope_parameters"]
+    model = cached_hf_model(**PHI3_LONGROPE)
     r = GGUFReader(convert(model, tmp_path / "m.gguf", QuantSpec("F32")).out)
     ts = {t.name: t for t in r.tensors}
     assert ts["blk.0.attn_qkv.weight"].data.shape == (16 * (4 + 2 * 2), 64)

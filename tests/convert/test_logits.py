@@ -2,16 +2,20 @@
 
 Each case: a random-init model saved by transformers (tests/factory.py) → ``slimedge convert`` →
 llama-cpp-python evaluates the same token ids → logits compared at every position.
-Tolerances are relative to the spread (std) of the reference logits:
-F32 ≤ 1e-3 (float32 arithmetic in a different order), F16 ≤ 2e-2, BF16 ≤ 6e-2, Q8_0 ≤ 6e-2.
+Error = largest |llama.cpp - transformers| over all positions and vocabulary entries, divided by the
+std of the reference logits (~0.8 here). Measured: F32 ~3e-6, F16 ~5e-3, BF16 ~4e-2, Q8_0 ~0.15
+(llama.cpp also rounds the activations to Q8_0/F16 in its matmuls). Limits: F32 2e-5 (float32 in a
+different order, with an F32 KV cache), F16 2e-2, BF16 1e-1, Q8_0 3e-1.
 """
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from click.testing import CliRunner
 from convert_util import hf_logits, llama_logits, rel_err, sample_tokens
-from factory import cached_hf_model
+from factory import PHI3_LONGROPE, cached_hf_model
 
 from slimedge.cli.convert import cli
 
@@ -22,8 +26,10 @@ CASES = {
     "mistral": dict(arch="mistral"),
     "qwen2-tied": dict(arch="qwen2", tied=True),
     "phi3-padded": dict(arch="phi3", pad_vocab=18),  # embedding rows past the tokenizer's size
+    "phi3-longrope": PHI3_LONGROPE,  # rope_factors_short/long tensors + attention factor
+    "llama-bf16-sharded": dict(arch="llama", dtype="bfloat16", shard_size="100KB"),
 }
-TOL = {"f32": 1e-3, "f16": 2e-2, "bf16": 6e-2, "q8_0": 6e-2}
+TOL = {"f32": 2e-5, "f16": 2e-2, "bf16": 1e-1, "q8_0": 3e-1}
 
 
 def _convert(src, out, typ):
@@ -36,8 +42,6 @@ def _convert(src, out, typ):
 def test_f32_logits_match_transformers(case, tmp_path):
     model = cached_hf_model(**CASES[case])
     out = _convert(model, tmp_path / "m.gguf", "f32")
-    import json
-
     n_vocab = json.loads((model / "config.json").read_text())["vocab_size"]
     tokens = sample_tokens(n_vocab - 18 if "padded" in case else n_vocab)
     want, got = hf_logits(model, tokens), llama_logits(out, tokens)
@@ -46,7 +50,7 @@ def test_f32_logits_match_transformers(case, tmp_path):
 
 
 @pytest.mark.parametrize("typ", ["f16", "bf16", "q8_0"])
-@pytest.mark.parametrize("case", ["llama", "phi3-padded"])
+@pytest.mark.parametrize("case", ["llama", "qwen2-tied", "phi3-padded"])
 def test_lossy_types_stay_close(case, typ, tmp_path):
     model = cached_hf_model(**CASES[case])
     out = _convert(model, tmp_path / "m.gguf", typ)
