@@ -21,12 +21,13 @@
 
 SE_INLINE int se_clampi(int v, int lo, int hi) { return v < lo ? lo : (v > hi ? hi : v); }
 
-/* make_qkx2_quants on NL sub-blocks of n values with weights wt (same layout as xt).
+/* make_qkx2_quants (le_flat = 0) or make_qkx3_quants with weights (le_flat = 1: its flat test is
+ * max <= min) on NL sub-blocks of n values with weights wt (same layout as xt).
  * Out per lane: scale, the_min (= -min), and isc/mu such that the chosen quants are
  * L = clamp(nearest_int(isc*(x - mu)), 0, nmax), or 0 where flat[s]. */
 SE_INLINE void se_qkx2_lanes(const int NL, const int n, const int nmax, const float *restrict xt,
                              const float *restrict wt, const float rmin, const float rdelta,
-                             const int nstep, const int use_mad, float *restrict scale_o,
+                             const int nstep, const int use_mad, const int le_flat, float *restrict scale_o,
                              float *restrict themin_o, float *restrict isc_o,
                              float *restrict mu_o, int *restrict flat_o) {
     float mn[SE_MAXL], mx[SE_MAXL], sw[SE_MAXL], sx[SE_MAXL], best[SE_MAXL], scale[SE_MAXL];
@@ -47,7 +48,7 @@ SE_INLINE void se_qkx2_lanes(const int NL, const int n, const int nmax, const fl
         }
     SE_LANES for (int s = 0; s < NL; ++s) {
         mn[s] = mn[s] > 0 ? 0 : mn[s];
-        flat[s] = mx[s] == mn[s];
+        flat[s] = le_flat ? mx[s] <= mn[s] : mx[s] == mn[s];
         isc[s] = nmax / (mx[s] - mn[s]);
         scale[s] = 1 / isc[s];
         mu[s] = mn[s];
@@ -112,11 +113,13 @@ SE_INLINE void se_qkx2_lanes(const int NL, const int n, const int nmax, const fl
     }
 }
 
-/* make_qx_quants(n, nmax, x, L, rmse_type=1, qw=NULL) on NL sub-blocks. Out per lane: the
- * scale, and isc such that L = nmax + clamp(nearest_int(isc*x), -nmax, nmax-1), or L = 0
- * where zero[s] (all values below GROUP_MAX_EPS). */
+/* make_qx_quants(n, nmax, x, L, rmse_type=1, qw) on NL sub-blocks; wt: the weights qw in the
+ * layout of xt, or NULL for ggml's qw=NULL (weights x*x). Out per lane: the scale, and isc such
+ * that L = nmax + clamp(nearest_int(isc*x), -nmax, nmax-1), or L = 0 where zero[s] (all values
+ * below GROUP_MAX_EPS). */
 SE_INLINE void se_qx_lanes(const int NL, const int n, const int nmax, const float *restrict xt,
-                           float *restrict scale_o, float *restrict isc_o, int *restrict zero_o) {
+                           const float *restrict wt, float *restrict scale_o, float *restrict isc_o,
+                           int *restrict zero_o) {
     float amax[SE_MAXL], max[SE_MAXL], isc[SE_MAXL], slx[SE_MAXL], sl2[SE_MAXL];
     float scale[SE_MAXL], best[SE_MAXL];
     SE_LANES for (int s = 0; s < NL; ++s) amax[s] = max[s] = slx[s] = sl2[s] = 0;
@@ -130,7 +133,7 @@ SE_INLINE void se_qx_lanes(const int NL, const int n, const int nmax, const floa
     SE_LANES for (int s = 0; s < NL; ++s) isc[s] = -nmax / max[s];
     for (int i = 0; i < n; ++i)
         SE_LANES for (int s = 0; s < NL; ++s) {
-            const float v = xt[i * NL + s], w = v * v;
+            const float v = xt[i * NL + s], w = wt ? wt[i * NL + s] : v * v;
             const float l = (float)se_clampi(se_nearest_int(isc[s] * v), -nmax, nmax - 1);
             slx[s] += w * v * l;
             sl2[s] += w * l * l;
@@ -149,7 +152,7 @@ SE_INLINE void se_qx_lanes(const int NL, const int n, const int nmax, const floa
         }
         for (int i = 0; i < n; ++i)
             SE_LANES for (int s = 0; s < NL; ++s) {
-                const float v = xt[i * NL + s], w = v * v;
+                const float v = xt[i * NL + s], w = wt ? wt[i * NL + s] : v * v;
                 const float l = (float)se_clampi(se_nearest_int(ic[s] * v), -nmax, nmax - 1);
                 a[s] += w * v * l;
                 b[s] += w * l * l;
