@@ -195,3 +195,10 @@ def test_quantized_gguf_source_refused(base_model, tmp_path):
 
 def test_unknown_type(base_model, tmp_path):
     assert_clean_failure(run(base_model, tmp_path / "o.gguf", "--type", "q9_9"), tmp_path / "o.gguf", "q9_9")
+
+
+def test_missing_shard(tmp_path):
+    model = copy_model(cached_hf_model(arch="llama", dtype="bfloat16", shard_size="100KB"), tmp_path / "m")
+    shard = sorted(model.glob("*.safetensors"))[1]
+    shard.unlink()
+    assert_clean_failure(run(model, tmp_path / "o.gguf"), tmp_path / "o.gguf", shard.name, "missing")

@@ -161,3 +161,12 @@ def test_phi3_fused_tensors_and_rope_factors(tmp_path):
     f = {k: v.contents() for k, v in r.fields.items()}
     assert f["phi3.rope.scaling.original_context_length"] == 256
     assert f["phi3.rope.scaling.attn_factor"] == pytest.approx((1 + np.log(4) / np.log(256)) ** 0.5)
+
+
+def test_cli_progress_names_tensors_and_rate(tmp_path):
+    model = cached_hf_model(arch="llama")
+    res = CliRunner().invoke(cli, [str(model), "-o", str(tmp_path / "m.gguf"), "--type", "f16", "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    assert "MB/s" in res.stderr and "output.weight" in res.stderr and "wrote" in res.stderr
+    quiet = CliRunner().invoke(cli, [str(model), "-o", str(tmp_path / "q.gguf"), "--quiet"])
+    assert quiet.exit_code == 0 and quiet.output == ""

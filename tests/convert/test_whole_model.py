@@ -28,17 +28,27 @@ CASES = [  # (model, mix); the qwen2 model has tied embeddings and attention bia
 MODELS = {"llama": dict(arch="llama", kquant=True), "qwen2_tied": dict(arch="qwen2", kquant=True, tied=True)}
 
 
-def _convert(src, out, typ):
-    r = CliRunner().invoke(main, ["convert", str(src), "-o", str(out), "--type", typ, "-q", "-t", "2"])
+def _convert(src, out, typ, *options):
+    r = CliRunner().invoke(main, ["convert", str(src), "-o", str(out), "--type", typ, "-q", "-t", "2", *options])
     assert r.exit_code == 0, r.output
     return out
 
 
-def _llama_quantize(src, dst, ftype: int):
+def _llama_quantize(src, dst, ftype: int, overrides=(), **params):
+    """llama.cpp's quantizer; ``overrides``: (lower-case regex, GGML type) as llama-quantize passes them."""
     import llama_cpp
 
     p = llama_cpp.llama_model_quantize_default_params()
     p.ftype, p.nthread = ftype, 2
+    for k, v in params.items():
+        setattr(p, k, v)
+    keep = [pattern.encode() for pattern, _ in overrides]
+    if overrides:
+        arr = (llama_cpp.llama_model_tensor_override * (len(overrides) + 1))()
+        for i, (_, typ) in enumerate(overrides):
+            arr[i].pattern, arr[i].type = keep[i], int(typ)
+        arr[len(overrides)].pattern = None
+        p.tt_overrides = arr
     assert llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(p)) == 0
     return dst
 
@@ -52,6 +62,24 @@ def f32(tmp_path_factory):
         hf = cached_hf_model(**kw)
         out[key] = hf, _convert(hf, root / f"{key}-f32.gguf", "F32")
     return out
+
+
+def _same_tensors(ours, theirs) -> dict[str, str]:
+    """Assert equal tensor types and bytes (reporting identical blocks where not); returns name -> type."""
+    a, b = read_info(ours), read_info(theirs)
+    assert a.metadata["general.file_type"] == b.metadata["general.file_type"]
+    ta, tb = {t.name: t for t in a.tensors}, {t.name: t for t in b.tensors}
+    assert {n: t.type for n, t in ta.items()} == {n: t.type for n, t in tb.items()}
+    with open(ours, "rb") as fa, open(theirs, "rb") as fb:
+        ra, rb = fa.read(), fb.read()
+    bad = []
+    for name, t in ta.items():
+        u = tb[name]
+        da, db = ra[t.offset:t.offset + t.n_bytes], rb[u.offset:u.offset + u.n_bytes]
+        if da != db:
+            bad.append(f"{name} {t.type}: {_block_report(da, db, t.qtype)}")
+    assert not bad, "tensor bytes differ from llama.cpp's:\n" + "\n".join(bad)
+    return {n: t.type for n, t in ta.items()}
 
 
 def _block_report(a: bytes, b: bytes, qtype) -> str:
@@ -69,21 +97,10 @@ def test_convert_equals_llama_quantize(f32, tmp_path, model, mix):
     ours = _convert(hf, tmp_path / "slimedge.gguf", mix)
     theirs = _llama_quantize(f32_gguf, tmp_path / "llama.gguf", MIXES[mix][0])
 
-    a, b = read_info(ours), read_info(theirs)
-    assert a.metadata["general.file_type"] == b.metadata["general.file_type"] == MIXES[mix][0]
-    ta, tb = {t.name: t for t in a.tensors}, {t.name: t for t in b.tensors}
-    assert sorted(ta) == sorted(tb)
-    assert {n: t.type for n, t in ta.items()} == {n: t.type for n, t in tb.items()}
-    assert len({t.type for t in a.tensors}) >= (2 if mix == "Q6_K" else 3)  # a real mix: several types
-    with open(ours, "rb") as fa, open(theirs, "rb") as fb:
-        ra, rb = fa.read(), fb.read()
-    bad = []
-    for name, t in ta.items():
-        u = tb[name]
-        da, db = ra[t.offset:t.offset + t.n_bytes], rb[u.offset:u.offset + u.n_bytes]
-        if da != db:
-            bad.append(f"{name} {t.type}: {_block_report(da, db, t.qtype)}")
-    assert not bad, "tensor bytes differ from llama.cpp's:\n" + "\n".join(bad)
+    types = _same_tensors(ours, theirs)
+    a = read_info(ours)
+    assert a.metadata["general.file_type"] == MIXES[mix][0]
+    assert len(set(types.values())) >= (2 if mix == "Q6_K" else 3)  # a real mix: several types
 
     # it runs: same logits as llama.cpp's own file (same bytes, same metadata), and it generates
     tokens = sample_tokens(int(a.metadata.get(f"{a.arch}.vocab_size", 0)) or
@@ -113,3 +130,23 @@ def test_numpy_backend_gives_the_same_file(f32, tmp_path, monkeypatch):
     monkeypatch.setattr(qb, "_WHY_NOT", "selected by the test")
     numpy_path = _convert(hf, tmp_path / "numpy.gguf", "Q4_K_M")
     assert default.read_bytes() == numpy_path.read_bytes()
+
+
+def test_cli_overrides_equal_llama_quantize(f32, tmp_path):
+    """--tensor-type (repeatable, first match, pattern case-insensitive as llama-quantize lower-cases it),
+    --output-tensor-type and --token-embedding-type, then --pure, through `slimedge convert`."""
+    from gguf import GGMLQuantizationType as T
+
+    hf, f32_gguf = f32["llama"]
+    ours = _convert(hf, tmp_path / "o.gguf", "Q3_K_M", "--tensor-type", r"BLK\.0\.ATTN_V=q8_0",
+                    "--tensor-type", "attn_v=q5_0", "--tensor-type", "ffn_up=Q6_K",
+                    "--output-tensor-type", "q4_k", "--token-embedding-type", "q5_k")
+    theirs = _llama_quantize(f32_gguf, tmp_path / "t.gguf", MIXES["Q3_K_M"][0],
+                             overrides=[(r"blk\.0\.attn_v", T.Q8_0), ("attn_v", T.Q5_0), ("ffn_up", T.Q6_K)],
+                             output_tensor_type=int(T.Q4_K), token_embedding_type=int(T.Q5_K))
+    types = _same_tensors(ours, theirs)
+    assert types["blk.0.attn_v.weight"] == "Q8_0" and types["blk.1.attn_v.weight"] == "Q5_0"
+    assert types["output.weight"] == "Q4_K" and types["token_embd.weight"] == "Q5_K"
+    ours = _convert(hf, tmp_path / "p.gguf", "Q4_K_M", "--pure")
+    theirs = _llama_quantize(f32_gguf, tmp_path / "q.gguf", MIXES["Q4_K_M"][0], pure=True)
+    assert set(_same_tensors(ours, theirs).values()) == {"Q4_K", "F32"}
