@@ -158,17 +158,28 @@ def teacher_tensors(teacher_dir: str):
     if not files:
         return None
     where: dict[str, str] = {}
+
+    def bad(f: str, exc: Exception) -> SlimedgeError:
+        return SlimedgeError(f"cannot read teacher weights {os.path.join(teacher_dir, f)}: "
+                             f"{' '.join(str(exc).split())[:200]}; re-save or re-download the teacher")
+
     for f in files:
-        with safe_open(os.path.join(teacher_dir, f), framework="pt") as h:
-            for k in h.keys():
-                where[k] = f
+        try:
+            with safe_open(os.path.join(teacher_dir, f), framework="pt") as h:
+                for k in h.keys():
+                    where[k] = f
+        except Exception as exc:
+            raise bad(f, exc) from None
 
     def get(name: str):
         f = where.get(name)
         if f is None:
             return None
-        with safe_open(os.path.join(teacher_dir, f), framework="pt") as h:
-            return h.get_tensor(name)
+        try:
+            with safe_open(os.path.join(teacher_dir, f), framework="pt") as h:
+                return h.get_tensor(name)
+        except Exception as exc:
+            raise bad(f, exc) from None
 
     return get
 
