@@ -15,10 +15,9 @@ from .options import make_progress, overwrite_option, quiet_option, threads_opti
 
 
 def _parse_override(value: str) -> tuple[str, str]:
-    pattern, sep, typ = value.rpartition("=")
-    if not sep or not pattern or not typ:
-        raise SlimedgeError(f"--tensor-type {value!r}: expected REGEX=TYPE, e.g. 'attn_v=q8_0'")
-    return pattern, typ
+    from ..quant.mixes import parse_override  # llama-quantize's --tensor-type: first '=', pattern lower-cased
+
+    return parse_override(value)
 
 
 @click.command("convert", context_settings={"help_option_names": ["-h", "--help"]})
@@ -26,12 +25,13 @@ def _parse_override(value: str) -> tuple[str, str]:
 @click.option("-o", "--output", "out", type=click.Path(path_type=Path), default=None,
               help="Output .gguf file (required unless --dry-run).")
 @click.option("--type", "ftype", default="F16", show_default=True, metavar="TYPE",
-              help="A single type (F32, F16, BF16, Q8_0, Q4_K, ...) or a llama.cpp mix (Q4_K_M, Q5_K_S, ...).")
+              help="A llama.cpp mix (Q2_K, Q3_K_S/M/L, Q4_K_S/M, Q5_K_S/M, Q6_K, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1; "
+                   "Q4_K means Q4_K_M as in llama-quantize) or a float type (F32, F16, BF16).")
 @click.option("--tensor-type", "overrides", multiple=True, metavar="REGEX=TYPE",
               help="Type for GGUF tensor names matching REGEX (repeatable; first match wins).")
 @click.option("--output-tensor-type", default=None, metavar="TYPE", help="Type of output.weight.")
 @click.option("--token-embedding-type", default=None, metavar="TYPE", help="Type of token_embd.weight.")
-@click.option("--pure", is_flag=True, help="Same type for every 2-D tensor (no mix rules).")
+@click.option("--pure", is_flag=True, help="The mix's base type for every quantized tensor (no mix rules).")
 @click.option("--dry-run", is_flag=True, help="List each tensor's type and size and the totals; write nothing.")
 @threads_option
 @overwrite_option
