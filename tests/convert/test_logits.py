@@ -28,6 +28,15 @@ CASES = {
     "phi3-padded": dict(arch="phi3", pad_vocab=18),  # embedding rows past the tokenizer's size
     "phi3-longrope": PHI3_LONGROPE,  # rope_factors_short/long tensors + attention factor
     "llama-bf16-sharded": dict(arch="llama", dtype="bfloat16", shard_size="100KB"),
+    # attention/MLP biases (q/k biases permuted like their rows) and head_dim != hidden/heads
+    "llama-bias-headdim": dict(arch="llama", attention_bias=True, mlp_bias=True, head_dim=32),
+    # Llama 3 rope scaling -> rope_freqs tensor
+    "llama3-rope": dict(arch="llama", tokenizer="bpe:llama3", rope_parameters={
+        "rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0, "original_max_position_embeddings": 64}),
+    # YaRN scaling keys, untied qwen2
+    "qwen2-yarn": dict(arch="qwen2", rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
+                                                      "original_max_position_embeddings": 64}),
 }
 TOL = {"f32": 2e-5, "f16": 2e-2, "bf16": 1e-1, "q8_0": 3e-1}
 
