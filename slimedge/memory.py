@@ -165,14 +165,22 @@ def compute_bytes(shape: ModelShape, n_ctx: int, n_ubatch: int, flash_attn: bool
     return int(4 * min(n_ubatch, n_kv) * per_token)
 
 
+def effective_ctx(shape: ModelShape, n_ctx: int) -> int:
+    return min(n_ctx, shape.n_ctx_train) if shape.n_ctx_train else n_ctx
+
+
 def _layer_on_gpu(i: int, n_layer: int, n_gpu_layers: int) -> bool:
     ngl = n_layer + 1 if n_gpu_layers < 0 else n_gpu_layers
     return i >= n_layer - min(ngl, n_layer)
 
 
 def estimate(shape: ModelShape, runtime, *, n_ctx: int | None = None) -> MemoryEstimate:
-    """Estimate for ``runtime`` (a :class:`slimedge.targets.Runtime`, or any object with its fields)."""
-    n_ctx = n_ctx or runtime.n_ctx
+    """Estimate for ``runtime`` (a :class:`slimedge.targets.Runtime`, or any object with its fields).
+
+    The context is ``n_ctx`` if given, else the runtime's capped at the model's training context
+    (bundles run with that cap: a longer cache would never be used well).
+    """
+    n_ctx = n_ctx or effective_ctx(shape, runtime.n_ctx)
     ngl = runtime.n_gpu_layers
     all_gpu = ngl < 0 or ngl > shape.n_layer
     w_ram = w_vram = 0

@@ -144,7 +144,7 @@ def run_load(job: dict) -> dict:
     llm = _open(job)
     toks = llm.tokenize(b"Hello, world", add_bos=True)
     llm.eval(toks)
-    return {"n_vocab": llm.n_vocab(), "n_tokens": len(toks), "n_ctx_train": llm.n_ctx_train(),
+    return {"n_vocab": llm.n_vocab(), "n_tokens": len(toks), "n_ctx_train": llm._model.n_ctx_train(),
             "peak_rss_bytes": peak_rss_bytes()}
 
 

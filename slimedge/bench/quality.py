@@ -66,7 +66,7 @@ def compare(model: Logprobs, ref: Logprobs, chunk_rows: int = 64) -> dict:
         raise SlimedgeError(f"vocabulary sizes differ: model {model.logprobs.shape[-1]}, --ref "
                             f"{ref.logprobs.shape[-1]}; --ref must be the unquantized version of this model")
     n_chunks, n_scored, n_vocab = model.logprobs.shape
-    kl_sum, same, count = 0.0, 0, 0
+    same, count = 0, 0
     kls = []
     for c in range(n_chunks):
         for s in range(0, n_scored, chunk_rows):

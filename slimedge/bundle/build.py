@@ -63,6 +63,7 @@ def _hf_shape(src: Path, plan) -> ModelShape:
                       n_head_kv=int(cfg.get("num_key_value_heads") or n_head),
                       n_ff=int(cfg.get("intermediate_size", 4 * n_embd)), n_vocab=int(cfg["vocab_size"]),
                       key_length=head_dim, value_length=head_dim,
+                      n_ctx_train=int(cfg.get("max_position_embeddings") or 0),
                       tensors=[TensorInfo(t.name, t.nbytes, t.n_params) for t in plan.tensors])
 
 
@@ -208,6 +209,7 @@ def build_bundle(src: str | Path, target: str | Path | Target, out_dir: str | Pa
         info = read_info(model)
         shape = shape_from_gguf(model)
         est = estimate(shape, tgt.runtime)  # from the file actually written
+        runtime = dict(tgt.to_dict()["runtime"], n_ctx=est.n_ctx)  # capped at the training context
         meta = info.metadata
         manifest = {
             "format": FORMAT, "format_version": FORMAT_VERSION, "slimedge_version": __version__,
@@ -220,7 +222,7 @@ def build_bundle(src: str | Path, target: str | Path | Target, out_dir: str | Pa
                              "tensor_types": _tensor_types(info), "n_params": info.n_params,
                              "model_size": info.total_tensor_bytes, "file_size": info.file_size,
                              "bpw": info.bpw},
-            "runtime": tgt.to_dict()["runtime"],
+            "runtime": runtime,  # the profile's, context capped at the model's training context
             "architecture": shape.arch,
             "hyperparameters": {k: getattr(shape, k) for k in ("n_layer", "n_embd", "n_head", "n_head_kv", "n_ff",
                                                                "n_vocab", "key_length", "value_length",

@@ -55,9 +55,10 @@ def open_model(args, rt: dict, n_ctx: int, logits_all: bool = False):
 def one_shot(llm, args) -> None:
     n = 0
     for chunk in llm(args.prompt, max_tokens=args.max_tokens, temperature=args.temp, stream=True):
-        sys.stdout.write(chunk["choices"][0]["text"])
+        choice = chunk["choices"][0]
+        sys.stdout.write(choice["text"])
         sys.stdout.flush()
-        n += 1
+        n += choice.get("finish_reason") is None  # the closing chunk carries no token
     sys.stdout.write("\n")
     print(f"[{n} tokens]", file=sys.stderr)
 

@@ -94,6 +94,6 @@ def verify_bundle(path: str | Path, *, load: bool = True, raise_on_problem: bool
         except SlimedgeError as exc:
             report.problems.append(str(exc))
     if report.problems and raise_on_problem:
-        more = f" (and {len(report.problems) - 1} more problem(s))" if len(report.problems) > 1 else ""
-        raise SlimedgeError(f"verify failed: {report.problems[0]}{more}")
+        more = f" (+{len(report.problems) - 3} more)" if len(report.problems) > 3 else ""
+        raise SlimedgeError("verify failed: " + " | ".join(report.problems[:3]) + more)
     return report

@@ -10,7 +10,7 @@ from factory import cached_hf_model
 from slimedge.bundle import build_bundle
 from slimedge.targets import shipped_names
 
-MODEL_KW = dict(arch="llama", kquant=True)  # rows a multiple of 256: the k-quant mixes apply
+MODEL_KW = dict(arch="llama", kquant=True, max_position_embeddings=4096)  # rows a multiple of 256: the k-quant mixes apply
 
 
 @pytest.fixture(scope="session")

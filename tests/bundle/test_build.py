@@ -29,7 +29,7 @@ def test_bundle_per_target(bundles, hf_model, name):
     assert sorted(p.name for p in b.iterdir()) == ["Modelfile", "README.md", "manifest.json", "model.gguf", "run"]
     m = json.loads((b / "manifest.json").read_text())
     assert m["format"] == "slimedge-bundle" and m["format_version"] == 1 and m["slimedge_version"]
-    assert m["target"] == t.to_dict() and m["runtime"] == t.to_dict()["runtime"]
+    assert m["target"] == t.to_dict() and m["runtime"] == t.to_dict()["runtime"]  # trained context 4096 >= n_ctx
     assert m["quantization"]["type"] == t.quantization.type and m["quantization"]["chosen_by"] == "target profile"
     # the tensor types in the file are what the manifest says, and the mix's 2-D types
     info = read_info(b / "model.gguf")
@@ -55,6 +55,18 @@ def test_bundle_per_target(bundles, hf_model, name):
     assert f"PARAMETER num_ctx {t.runtime.n_ctx}" in mf and 'TEMPLATE """' in mf and m["chat_format"] == "phi3"
     card = (b / "README.md").read_text()
     assert f"-c {t.runtime.n_ctx}" in card and "ollama create" in card and "python run" in card
+
+
+def test_context_capped_at_training_context(hf_model, tmp_path):
+    from factory import copy_model
+
+    short = copy_model(hf_model, tmp_path / "short")
+    cfg = json.loads((short / "config.json").read_text())
+    (short / "config.json").write_text(json.dumps(dict(cfg, max_position_embeddings=256)))
+    b = build_bundle(short, "cpu", tmp_path / "b")
+    m = json.loads((b / "manifest.json").read_text())
+    assert m["runtime"]["n_ctx"] == 256 and m["target"]["runtime"]["n_ctx"] == 4096
+    assert m["memory_estimate"]["n_ctx"] == 256 and "-c 256" in (b / "README.md").read_text()
 
 
 def test_archive_written(bundles):
