@@ -170,3 +170,20 @@ def test_cli_progress_names_tensors_and_rate(tmp_path):
     assert "MB/s" in res.stderr and "output.weight" in res.stderr and "wrote" in res.stderr
     quiet = CliRunner().invoke(cli, [str(model), "-o", str(tmp_path / "q.gguf"), "--quiet"])
     assert quiet.exit_code == 0 and quiet.output == ""
+
+
+def test_cli_type_overrides_reach_the_file(tmp_path):
+    model = cached_hf_model(arch="llama")
+    out = tmp_path / "m.gguf"
+    res = CliRunner().invoke(cli, [str(model), "-o", str(out), "--quiet", "--type", "q8_0", "--pure",
+                                   "--tensor-type", r"blk\.1\.ffn_down=f32", "--tensor-type", "attn_v=bf16",
+                                   "--output-tensor-type", "f16", "--token-embedding-type", "q8_0"])
+    assert res.exit_code == 0, res.output
+    types = {name: t.tensor_type for name, t in tensors_of(out).items()}
+    assert types["blk.1.ffn_down.weight"] == T.F32
+    assert types["blk.0.ffn_down.weight"] == T.Q8_0
+    assert types["blk.0.attn_v.weight"] == types["blk.1.attn_v.weight"] == T.BF16
+    assert types["output.weight"] == T.F16 and types["token_embd.weight"] == T.Q8_0
+    assert types["blk.0.attn_norm.weight"] == T.F32
+    bad = CliRunner().invoke(cli, [str(model), "-o", str(tmp_path / "x.gguf"), "--tensor-type", "nonsense"])
+    assert bad.exit_code != 0 and "REGEX=TYPE" in bad.output and not (tmp_path / "x.gguf").exists()
