@@ -1,9 +1,9 @@
 """What is in a GGUF file: metadata, tensor table, sizes, bits per weight, optional value statistics.
 
-``read_info(path) -> GGUFInfo`` reads the header with ``gguf.GGUFReader`` (tensor data is only
-memory-mapped, never read) and checks the file the way llama.cpp's loader does: magic and version,
-every header item inside the file, row lengths that fit the type's block, tensor offsets aligned and
-contiguous, and every tensor's data inside the file. Anything wrong (empty, truncated, corrupt, not
+``read_info(path) -> GGUFInfo`` parses the header from a memory map (tensor data is never read;
+values and type ids are ``gguf``'s constants) and checks the file the way llama.cpp's loader does:
+magic and version, every header item inside the file, row lengths that fit the type's block, tensor
+offsets aligned and contiguous, and every tensor's data inside the file. Anything wrong (empty, truncated, corrupt, not
 GGUF, a directory) becomes one :class:`SlimedgeError` line naming the file.
 
 ``tensor_stats(path)`` dequantizes each tensor (``slimedge.quant.dequantize``, row slabs so memory
@@ -18,17 +18,18 @@ Example::
 
 from __future__ import annotations
 
+import mmap
 import os
+import struct
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, GGUFValueType, LlamaFileType
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType, LlamaFileType
 
 from .errors import SlimedgeError
 
-_PSEUDO_FIELDS = ("GGUF.version", "GGUF.tensor_count", "GGUF.kv_count")
 
 
 @dataclass
@@ -59,6 +60,7 @@ class GGUFInfo:
     metadata: dict[str, Any]  # key -> plain Python value (str, int, float, bool, full lists)
     metadata_types: dict[str, str]  # key -> GGUF value type, e.g. "STRING", "ARRAY[INT32]"
     tensors: list[TensorInfo] = field(default_factory=list)  # in file order
+    byte_order: str = "<"  # "<" little-endian (every llama.cpp file), ">" big-endian
 
     @property
     def arch(self) -> str | None:
@@ -115,130 +117,193 @@ class GGUFInfo:
         raise SlimedgeError(f"{self.path}: no tensor named {name!r}")
 
 
-class _Short(Exception):
-    """The file ended inside a header item or a tensor's data."""
+class _Corrupt(Exception):
+    """The header is malformed; ``truncated``: it runs past the end of the file."""
 
-    def __init__(self, offset: int):
-        self.offset = offset
-
-
-class _StrictReader(GGUFReader):
-    """GGUFReader that raises instead of silently reading short arrays past the end of the file."""
-
-    def _get(self, offset, dtype, count=1, override_order=None):
-        arr = super()._get(offset, dtype, count, override_order)
-        if arr.shape[0] != int(count):
-            raise _Short(int(offset))
-        return arr
+    def __init__(self, what: str, truncated: bool = False):
+        super().__init__(what)
+        self.truncated = truncated
 
 
-def _open(path: str | os.PathLike) -> tuple[GGUFReader, int]:
-    p = os.fspath(path)
-    if os.path.isdir(p):
-        raise SlimedgeError(f"{p}: is a directory, not a GGUF file")
-    try:
-        size = os.path.getsize(p)
-    except FileNotFoundError:
-        raise SlimedgeError(f"{p}: no such file") from None
-    except OSError as exc:
-        raise SlimedgeError(f"{p}: cannot read ({exc.strerror or exc})") from None
-    if size == 0:
-        raise SlimedgeError(f"{p}: empty file, not a GGUF model")
-    try:
-        with open(p, "rb") as f:
-            magic = f.read(4)
-    except OSError as exc:
-        raise SlimedgeError(f"{p}: cannot read ({exc.strerror or exc})") from None
-    if magic != b"GGUF":
-        hint = " (convert Hugging Face weights with `slimedge convert`)" if p.endswith(".safetensors") else ""
-        raise SlimedgeError(f"{p}: not a GGUF file (starts with {magic!r}, expected b'GGUF'){hint}")
-    try:
-        return _StrictReader(p), size
-    except _Short as exc:
-        raise SlimedgeError(f"{p}: truncated: the header ends early (at byte {exc.offset} of {size}); "
-                            f"the file is incomplete or corrupt, re-create or re-download it") from None
-    except MemoryError:
-        raise SlimedgeError(f"{p}: corrupt GGUF header (absurd sizes); re-create or re-download it") from None
-    except (ValueError, KeyError, IndexError, OverflowError, UnicodeDecodeError, TypeError) as exc:
-        raise SlimedgeError(f"{p}: corrupt or unsupported GGUF file ({_short(exc)}); "
-                            f"re-create or re-download it") from None
-    except OSError as exc:
-        raise SlimedgeError(f"{p}: cannot read ({exc.strerror or exc})") from None
+_SCALARS = {GGUFValueType.UINT8: "u1", GGUFValueType.INT8: "i1", GGUFValueType.UINT16: "u2",
+            GGUFValueType.INT16: "i2", GGUFValueType.UINT32: "u4", GGUFValueType.INT32: "i4",
+            GGUFValueType.FLOAT32: "f4", GGUFValueType.UINT64: "u8", GGUFValueType.INT64: "i8",
+            GGUFValueType.FLOAT64: "f8", GGUFValueType.BOOL: "?"}
+_STRUCT = {"u1": "B", "i1": "b", "u2": "H", "i2": "h", "u4": "I", "i4": "i", "f4": "f", "u8": "Q", "i8": "q",
+           "f8": "d", "?": "?"}
+_MIN_ITEM = {GGUFValueType.STRING: 8, GGUFValueType.ARRAY: 12}  # smallest encoding of one array item
+
+
+class _Header:
+    """A bounds-checked cursor over the memory-mapped header (GGUF v2/v3, either byte order).
+
+    Own parser rather than gguf.GGUFReader: that one builds several NumPy arrays per vocabulary
+    entry (tens of seconds for a 150k-token vocabulary) and reads short arrays past the end of a
+    truncated file without complaint. Tests check both agree on well-formed files.
+    """
+
+    def __init__(self, buf, size: int):
+        self.buf, self.size, self.pos, self.end = buf, size, 0, "<"
+
+    def take(self, n: int, what: str) -> int:
+        if n < 0 or self.pos + n > self.size:
+            raise _Corrupt(f"{what} at byte {self.pos} runs past the end of the file ({self.size} bytes)", True)
+        at, self.pos = self.pos, self.pos + n
+        return at
+
+    def scalar(self, code: str, what: str):
+        fmt = self.end + _STRUCT[code]
+        return struct.unpack_from(fmt, self.buf, self.take(struct.calcsize(fmt), what))[0]
+
+    def strings(self, n: int, what: str) -> list[str]:
+        """``n`` strings in a row (vocabularies): one tight loop."""
+        buf, size, pos, out = self.buf, self.size, self.pos, []
+        unpack = struct.Struct(self.end + "Q").unpack_from
+        for i in range(n):
+            if pos + 8 > size:
+                self.pos = pos
+                raise _Corrupt(f"{what}[{i}] at byte {pos} runs past the end of the file ({size} bytes)", True)
+            (m,) = unpack(buf, pos)
+            if pos + 8 + m > size:
+                self.pos = pos
+                raise _Corrupt(f"{what}[{i}] at byte {pos} runs past the end of the file ({size} bytes)", True)
+            out.append(buf[pos + 8:pos + 8 + m].decode("utf-8", errors="replace"))
+            pos += 8 + m
+        self.pos = pos
+        return out
+
+    def string(self, what: str) -> str:
+        n = self.scalar("u8", what + " length")
+        at = self.take(n, what)
+        return bytes(self.buf[at:at + n]).decode("utf-8", errors="replace")
+
+    def count(self, what: str, min_item: int) -> int:
+        n = self.scalar("u8", what)
+        if n * min_item > self.size - self.pos:
+            raise _Corrupt(f"{what} {n} at byte {self.pos - 8} cannot fit in the file",
+                           truncated=n < 2 ** 40)
+        return n
+
+    def vtype(self, what: str) -> GGUFValueType:
+        raw = self.scalar("u4", what)
+        try:
+            return GGUFValueType(raw)
+        except ValueError:
+            raise _Corrupt(f"{what} has unknown value type {raw} at byte {self.pos - 4}") from None
+
+    def value(self, vt: GGUFValueType, what: str) -> tuple[Any, str]:
+        if vt == GGUFValueType.STRING:
+            return self.string(what), "STRING"
+        if vt != GGUFValueType.ARRAY:
+            return self.scalar(_SCALARS[vt], what), vt.name
+        sub = self.vtype(what + " item type")
+        n = self.count(what + " length", _MIN_ITEM.get(sub, np.dtype(_SCALARS.get(sub, "u1")).itemsize))
+        if sub in _SCALARS:
+            dt = np.dtype(self.end + _SCALARS[sub])
+            return np.frombuffer(self.buf, dt, n, self.take(n * dt.itemsize, what)).tolist(), f"ARRAY[{sub.name}]"
+        if sub == GGUFValueType.STRING:
+            return self.strings(n, what), "ARRAY[STRING]"
+        items, sub_name = [], sub.name
+        for i in range(n):
+            v, sub_name = self.value(sub, f"{what}[{i}]")
+            items.append(v)
+        return items, f"ARRAY[{sub_name}]"
+
+
+def _parse(p: str, buf, size: int) -> GGUFInfo:
+    h = _Header(buf, size)
+    h.take(4, "magic")
+    version = h.scalar("u4", "version")
+    if version & 0xFFFF == 0:  # written on a machine of the other byte order
+        h.end, h.pos = ">", 4
+        version = h.scalar("u4", "version")
+    if version not in (2, 3):
+        raise _Corrupt(f"GGUF version {version} (slimedge and llama.cpp read versions 2 and 3)")
+    n_tensors = h.count("tensor count", 24)
+    n_kv = h.count("metadata count", 13)
+    metadata: dict[str, Any] = {}
+    types: dict[str, str] = {}
+    for _ in range(n_kv):
+        key = h.string("metadata key")
+        if key in metadata:
+            raise _Corrupt(f"duplicate metadata key {key!r}")
+        metadata[key], types[key] = h.value(h.vtype(f"metadata {key!r}"), f"metadata {key!r}")
+    alignment = metadata.get("general.alignment", 32)
+    if "general.alignment" in metadata and (types["general.alignment"] != "UINT32" or alignment <= 0
+                                            or alignment & (alignment - 1)):
+        raise _Corrupt(f"general.alignment {alignment!r} is not a power of two (UINT32)")
+    raw = []
+    for _ in range(n_tensors):
+        name = h.string("tensor name")
+        n_dims = h.scalar("u4", f"tensor {name!r} dimension count")
+        if not 1 <= n_dims <= 4:
+            raise _Corrupt(f"tensor {name!r} has {n_dims} dimensions (1 to 4 allowed)")
+        ne = [h.scalar("i8", f"tensor {name!r} shape") for _ in range(n_dims)]
+        type_id = h.scalar("u4", f"tensor {name!r} type")
+        offset = h.scalar("u8", f"tensor {name!r} offset")
+        raw.append((name, ne, type_id, offset))
+    data_offset = -(-h.pos // alignment) * alignment
+    tensors: list[TensorInfo] = []
+    seen: set[str] = set()
+    expected = 0  # llama.cpp requires the tensors to follow each other, each padded to the alignment
+    for name, ne, type_id, offset in raw:
+        if name in seen:
+            raise _Corrupt(f"duplicate tensor {name!r}")
+        seen.add(name)
+        try:
+            qt = GGMLQuantizationType(type_id)
+            block, type_size = GGML_QUANT_SIZES[qt]
+        except (ValueError, KeyError):
+            raise _Corrupt(f"tensor {name!r} has unknown type id {type_id}") from None
+        if any(x < 0 for x in ne) or ne[0] % block:
+            raise _Corrupt(f"tensor {name!r} has shape {ne} (GGUF order); its row length does not fit "
+                           f"{qt.name} blocks of {block}")
+        n_elem = int(np.prod(ne, dtype=object))
+        n_bytes = n_elem // block * type_size
+        if offset != expected:
+            raise _Corrupt(f"tensor {name!r} has data offset {offset}, expected {expected}")
+        expected += -(-n_bytes // alignment) * alignment
+        if data_offset + offset + n_bytes > size:
+            raise _Corrupt(f"tensor {name!r} needs bytes up to {data_offset + offset + n_bytes} but the file has "
+                           f"{size}", truncated=True)
+        tensors.append(TensorInfo(name, tuple(reversed(ne)), qt.name, n_bytes, n_elem, data_offset + offset))
+    return GGUFInfo(p, size, version, alignment, data_offset, metadata, types, tensors, h.end)
 
 
 def _short(exc: Exception) -> str:
     s = " ".join(str(exc).split())
-    return (s[:120] + "...") if len(s) > 120 else s or type(exc).__name__
-
-
-def _decode(b) -> str:
-    return bytes(b).decode("utf-8", errors="replace")
-
-
-def _field_value(f) -> tuple[Any, str]:
-    """A reader field as a plain Python value and its GGUF type description."""
-    main = f.types[0]
-    if main == GGUFValueType.STRING:
-        return _decode(f.parts[-1]), "STRING"
-    if main != GGUFValueType.ARRAY:
-        return f.parts[-1].tolist()[0], main.name
-    sub = f.types[-1] if len(f.types) > 1 else None
-    if sub is None:  # empty array: element type is the first part
-        try:
-            sub = GGUFValueType(int(f.parts[0][0]))
-        except ValueError:
-            sub = None
-        return [], f"ARRAY[{sub.name if sub else '?'}]"
-    if len(f.types) > 2:  # nested arrays: gguf-py flattens them
-        return f.contents(), "ARRAY[" * (len(f.types) - 1) + sub.name + "]" * (len(f.types) - 1)
-    if sub == GGUFValueType.STRING:
-        return [_decode(f.parts[i]) for i in f.data], "ARRAY[STRING]"
-    if not f.data:
-        return [], f"ARRAY[{sub.name}]"
-    vals = np.concatenate([f.parts[i] for i in f.data])
-    return vals.tolist(), f"ARRAY[{sub.name}]"
+    return (s[:160] + "...") if len(s) > 160 else s or type(exc).__name__
 
 
 def read_info(path: str | os.PathLike) -> GGUFInfo:
     """Header, metadata and tensor table of a GGUF file, checked as llama.cpp's loader would."""
     p = os.fspath(path)
-    reader, size = _open(p)
+    if os.path.isdir(p):
+        raise SlimedgeError(f"{p}: is a directory, not a GGUF file")
     try:
-        metadata: dict[str, Any] = {}
-        types: dict[str, str] = {}
-        for key, f in reader.fields.items():
-            if key in _PSEUDO_FIELDS:
-                continue
-            metadata[key], types[key] = _field_value(f)
-        version = int(reader.fields["GGUF.version"].parts[0][0])
-        alignment = int(reader.alignment)
-        tensors: list[TensorInfo] = []
-        expected = 0  # llama.cpp requires the tensors to follow each other, each padded to the alignment
-        for t in reader.tensors:
-            qt = GGMLQuantizationType(t.tensor_type)
-            block, type_size = GGML_QUANT_SIZES[qt]
-            ne = [int(x) for x in t.shape]
-            if any(x < 0 for x in ne) or (ne and ne[0] % block):
-                raise SlimedgeError(f"{p}: corrupt tensor {t.name!r}: row length {ne[0] if ne else '?'} does not "
-                                    f"fit {qt.name} blocks of {block}; re-create the file")
-            n_elem = int(np.prod(ne, dtype=object)) if ne else 1
-            n_bytes = n_elem // block * type_size
-            rel = t.data_offset - reader.data_offset
-            if rel != expected:
-                raise SlimedgeError(f"{p}: corrupt tensor table: tensor {t.name!r} has data offset {rel}, "
-                                    f"expected {expected}; re-create the file")
-            expected += -(-n_bytes // alignment) * alignment
-            if t.data_offset + n_bytes > size:
-                raise SlimedgeError(f"{p}: truncated: tensor {t.name!r} needs bytes up to {t.data_offset + n_bytes} "
-                                    f"but the file has {size}; the file is incomplete, re-create or re-download it")
-            tensors.append(TensorInfo(t.name, tuple(reversed(ne)), qt.name, n_bytes, n_elem, int(t.data_offset)))
-        return GGUFInfo(p, size, version, alignment, int(reader.data_offset), metadata, types, tensors)
-    except SlimedgeError:
-        raise
-    except (ValueError, KeyError, IndexError, OverflowError, TypeError) as exc:
-        raise SlimedgeError(f"{p}: corrupt GGUF file ({_short(exc)}); re-create or re-download it") from None
-    finally:
-        del reader
+        with open(p, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size == 0:
+                raise SlimedgeError(f"{p}: empty file, not a GGUF model")
+            magic = f.read(4)
+            if magic != b"GGUF":
+                hint = " (convert Hugging Face weights with `slimedge convert`)" if p.endswith(".safetensors") else ""
+                raise SlimedgeError(f"{p}: not a GGUF file (starts with {magic!r}, expected b'GGUF'){hint}")
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+                try:
+                    return _parse(p, buf, size)
+                except _Corrupt as exc:
+                    if exc.truncated:
+                        raise SlimedgeError(f"{p}: truncated GGUF file: {exc}; the file is incomplete, "
+                                            f"re-create or re-download it") from None
+                    raise SlimedgeError(f"{p}: corrupt or unsupported GGUF file: {_short(exc)}; "
+                                        f"re-create or re-download it") from None
+    except FileNotFoundError:
+        raise SlimedgeError(f"{p}: no such file") from None
+    except IsADirectoryError:
+        raise SlimedgeError(f"{p}: is a directory, not a GGUF file") from None
+    except OSError as exc:
+        raise SlimedgeError(f"{p}: cannot read ({exc.strerror or exc})") from None
 
 
 # ---- statistics --------------------------------------------------------------------------------
@@ -270,6 +335,8 @@ def tensor_stats(path: str | os.PathLike, info: GGUFInfo | None = None, names: l
     """Value statistics per tensor (dequantized); a string says why a tensor has none."""
     info = info or read_info(path)
     chosen = [t for t in info.tensors if names is None or t.name in names]
+    if info.byte_order != "<":
+        return {t.name: "no statistics: big-endian file" for t in chosen}
     data = np.memmap(info.path, mode="r", dtype=np.uint8)
     out: dict[str, TensorStats | str] = {}
     for t in chosen:

@@ -43,8 +43,8 @@ def _values():
     return out
 
 
-def write_gguf(path, values):
-    w = gguf.GGUFWriter(str(path), "llama")
+def write_gguf(path, values, endianess=gguf.GGUFEndian.LITTLE):
+    w = gguf.GGUFWriter(str(path), "llama", endianess=endianess)
     for key, (value, method) in METADATA.items():
         getattr(w, method)(key, value)
     for name, (shape, qtype) in TENSORS.items():
@@ -93,6 +93,21 @@ def test_table_totals_and_metadata(good):
     assert info.metadata_types["tokenizer.ggml.token_type"] == "ARRAY[INT32]"
     assert info.metadata_types["general.name"] == "STRING"
     assert info.metadata["general.architecture"] == "llama"
+    # the header parser agrees with gguf-py's reader on every key
+    for key, f in reader.fields.items():
+        if not key.startswith("GGUF."):
+            assert info.metadata[key] == f.contents(), key
+
+
+def test_big_endian_file(tmp_path):
+    values = _values()
+    le = read_info(write_gguf(tmp_path / "le.gguf", values))
+    be = read_info(write_gguf(tmp_path / "be.gguf", values, gguf.GGUFEndian.BIG))
+    assert be.byte_order == ">" and le.byte_order == "<"
+    assert be.metadata == le.metadata and be.metadata_types == le.metadata_types
+    assert [(t.name, t.shape, t.type, t.n_bytes) for t in be.tensors] == \
+        [(t.name, t.shape, t.type, t.n_bytes) for t in le.tensors]
+    assert set(tensor_stats(be.path, be).values()) == {"no statistics: big-endian file"}
 
 
 def test_stats_match_numpy(good):
