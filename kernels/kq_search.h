@@ -120,9 +120,9 @@ SE_INLINE void se_qkx2_lanes(const int NL, const int n, const int nmax, const fl
 SE_INLINE void se_qx_lanes(const int NL, const int n, const int nmax, const float *restrict xt,
                            const float *restrict wt, float *restrict scale_o, float *restrict isc_o,
                            int *restrict zero_o) {
-    float amax[SE_MAXL], max[SE_MAXL], isc[SE_MAXL], slx[SE_MAXL], sl2[SE_MAXL];
+    float amax[SE_MAXL], max[SE_MAXL], isc[SE_MAXL], slx[SE_MAXL] = {0}, sl2[SE_MAXL] = {0};
     float scale[SE_MAXL], best[SE_MAXL];
-    SE_LANES for (int s = 0; s < NL; ++s) amax[s] = max[s] = slx[s] = sl2[s] = 0;
+    SE_LANES for (int s = 0; s < NL; ++s) amax[s] = max[s] = 0;
     for (int i = 0; i < n; ++i)
         SE_LANES for (int s = 0; s < NL; ++s) {
             const float v = xt[i * NL + s], ax = fabsf(v);

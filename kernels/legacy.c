@@ -135,16 +135,6 @@ void se_quantize_q4_1(const float *x, void *vy, int64_t k) {
     }
 }
 
-SE_INLINE void se_pack5(const uint8_t *q, uint8_t *qs, uint8_t *qh4) {
-    uint32_t qh = 0;
-    for (int j = 0; j < 16; ++j) {
-        qs[j] = (uint8_t)((q[j] & 0x0F) | ((q[j + 16] & 0x0F) << 4));
-        qh |= (uint32_t)((q[j] & 0x10u) >> 4) << j;
-        qh |= (uint32_t)((q[j + 16] & 0x10u) >> 4) << (j + 16);
-    }
-    memcpy(qh4, &qh, 4);  /* little-endian, as ggml stores it on x86/arm */
-}
-
 SE_MULTIVERSION
 void se_quantize_q5_0(const float *x, void *vy, int64_t k) {
     se_block_q5_0 *y = (se_block_q5_0 *)vy;

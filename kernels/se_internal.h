@@ -109,4 +109,15 @@ SE_INLINE int se_nearest_int(float f) {
 SE_INLINE int se_min_i(int a, int b) { return a < b ? a : b; }
 SE_INLINE int se_max_i(int a, int b) { return a > b ? a : b; }
 
+/* Q5_0/Q5_1: low nibbles of q[0..15] | q[16..31] << 4, and the fifth bits into a 32-bit mask */
+SE_INLINE void se_pack5(const uint8_t *q, uint8_t *qs, uint8_t *qh4) {
+    uint32_t qh = 0;
+    for (int j = 0; j < 16; ++j) {
+        qs[j] = (uint8_t)((q[j] & 0x0F) | ((q[j + 16] & 0x0F) << 4));
+        qh |= (uint32_t)((q[j] & 0x10u) >> 4) << j;
+        qh |= (uint32_t)((q[j + 16] & 0x10u) >> 4) << (j + 16);
+    }
+    memcpy(qh4, &qh, 4);  /* little-endian, as ggml stores it on x86/arm */
+}
+
 #endif /* SE_INTERNAL_H */

@@ -59,6 +59,12 @@ void se_quantize_q4_1(const float *x, void *y, int64_t k);
 void se_quantize_q5_0(const float *x, void *y, int64_t k);
 void se_quantize_q5_1(const float *x, void *y, int64_t k);
 void se_quantize_q8_0(const float *x, void *y, int64_t k);
+/* importance-weighted legacy formats, one row; Q8_0 ignores the weights as ggml does */
+void se_quantize_q4_0_imatrix(const float *x, void *y, int64_t n_per_row, const float *qw);
+void se_quantize_q4_1_imatrix(const float *x, void *y, int64_t n_per_row, const float *qw);
+void se_quantize_q5_0_imatrix(const float *x, void *y, int64_t n_per_row, const float *qw);
+void se_quantize_q5_1_imatrix(const float *x, void *y, int64_t n_per_row, const float *qw);
+void se_quantize_q8_0_imatrix(const float *x, void *y, int64_t n_per_row, const float *qw);
 void se_dequantize_q4_0(const void *x, float *y, int64_t k);
 void se_dequantize_q4_1(const void *x, float *y, int64_t k);
 void se_dequantize_q5_0(const void *x, float *y, int64_t k);
@@ -70,6 +76,12 @@ void se_quantize_q3_k(const float *x, void *y, int64_t k);
 void se_quantize_q4_k(const float *x, void *y, int64_t k);
 void se_quantize_q5_k(const float *x, void *y, int64_t k);
 void se_quantize_q6_k(const float *x, void *y, int64_t k);
+/* importance-weighted k-quants, one row of n_per_row values; qw: the row's n_per_row weights */
+void se_quantize_q2_k_imatrix(const float *x, void *y, int64_t n_per_row, const float *qw);
+void se_quantize_q3_k_imatrix(const float *x, void *y, int64_t n_per_row, const float *qw);
+void se_quantize_q4_k_imatrix(const float *x, void *y, int64_t n_per_row, const float *qw);
+void se_quantize_q5_k_imatrix(const float *x, void *y, int64_t n_per_row, const float *qw);
+void se_quantize_q6_k_imatrix(const float *x, void *y, int64_t n_per_row, const float *qw);
 void se_dequantize_q2_k(const void *x, float *y, int64_t k);
 void se_dequantize_q3_k(const void *x, float *y, int64_t k);
 void se_dequantize_q4_k(const void *x, float *y, int64_t k);

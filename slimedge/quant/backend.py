@@ -7,7 +7,8 @@ chunks of whole blocks and quantizes them on a thread pool (the kernels release 
 * ``SLIMEDGE_PUREPYTHON=1`` forces NumPy (read at import; :func:`set_backend` switches later).
 * A missing or broken extension falls back to NumPy with a one-line logged notice.
 * :func:`backend_name` is ``"c"`` or ``"numpy"``; :func:`backend_info` adds the reason / the ISA.
-* Types or options the kernels do not cover (importance weights today) use NumPy transparently.
+* Types or options the kernels do not cover (importance weights for the legacy formats) use
+  NumPy transparently (which refuses what it does not support either).
 """
 
 from __future__ import annotations
@@ -121,7 +122,7 @@ def quantize(x: np.ndarray, qtype, imatrix: np.ndarray | None = None, threads: i
     x = np.ascontiguousarray(x, dtype=np.float32)
     n_per_row = x.shape[-1]
     check_row_length(fmt, n_per_row, what)
-    if imatrix is not None:  # (no kernel takes importance weights yet; kept for when one does)
+    if imatrix is not None:
         imatrix = np.ascontiguousarray(imatrix, dtype=np.float32)
         if imatrix.shape != (n_per_row,):
             raise SlimedgeError(f"{what}: importance vector has shape {imatrix.shape}, expected ({n_per_row},)")
@@ -130,8 +131,12 @@ def quantize(x: np.ndarray, qtype, imatrix: np.ndarray | None = None, threads: i
         return out
     bs, ts, t = fmt.block_size, fmt.type_size, int(fmt.qtype)
     src, dst = x.reshape(-1), out.reshape(-1)
-    if imatrix is not None:  # row-dependent: one call over whole rows
-        _run([lambda: k.quantize(t, src, dst, x.size // n_per_row, n_per_row, imatrix)], 1)
+    if imatrix is not None:  # weights are per column: chunks of whole rows
+        rb = fmt.row_bytes(n_per_row)
+        tasks = [(lambda a=a, b=b: k.quantize(t, src[a * n_per_row:b * n_per_row], dst[a * rb:b * rb], b - a,
+                                              n_per_row, imatrix))
+                 for a, b in _chunks(x.size // n_per_row, n_per_row, threads)]
+        _run(tasks, threads)
         return out
     tasks = [(lambda a=a, b=b: k.quantize(t, src[a * bs:b * bs], dst[a * ts:b * ts], 1, (b - a) * bs))
              for a, b in _chunks(x.size // bs, bs, threads)]

@@ -94,6 +94,40 @@ def test_bytes_identical_to_ggml_and_numpy(qtype):
         assert np.array_equal(ours, numpy_ref), _mismatch(ours, numpy_ref, qtype, f"numpy (n={n})")
 
 
+@pytest.mark.parametrize("qtype", KQUANTS)
+def test_imatrix_bytes_identical_to_ggml_and_numpy(qtype, monkeypatch):
+    monkeypatch.setattr(qb, "_K", _kernels)
+    monkeypatch.setattr(qb, "MIN_CHUNK_VALUES", 512)  # several row chunks on the thread pool
+    assert _kernels.has_imatrix(int(GGMLQuantizationType[qtype]))
+    for n in (256, 768):
+        x = _rows(n, seed=n + 1)
+        rng = np.random.default_rng(n)
+        for imx in (rng.random(n) * 10 + 0.01, (rng.random(n) ** 4), np.ones(n)):
+            imx = imx.astype(np.float32)
+            ours = qb.quantize(x, qtype, imatrix=imx, threads=3)
+            ref = ggml_quantize(x, qtype, imatrix=imx)
+            assert np.array_equal(ours, ref), _mismatch(ours, ref, qtype, f"ggml with imatrix (n={n})")
+            numpy_ref = quantize_rows(x, qtype, imatrix=imx)
+            assert np.array_equal(ours, numpy_ref), _mismatch(ours, numpy_ref, qtype, f"numpy with imatrix (n={n})")
+
+
+@pytest.mark.parametrize("qtype", LEGACY)
+def test_imatrix_legacy_bytes_identical_to_ggml_and_numpy(qtype, monkeypatch):
+    monkeypatch.setattr(qb, "_K", _kernels)
+    assert _kernels.has_imatrix(int(GGMLQuantizationType[qtype]))
+    for n in (32, 96, 1024):  # 1, 3 and 32 blocks: lane groups of 8 and single-block tails
+        x = _rows(n, seed=n + 2)
+        rng = np.random.default_rng(n)
+        for imx in (rng.random(n) * 10 + 0.01, (rng.random(n) ** 4), np.ones(n)):
+            imx = imx.astype(np.float32)
+            ours = qb.quantize(x, qtype, imatrix=imx, threads=2)
+            ref = ggml_quantize(x, qtype, imatrix=imx)
+            assert np.array_equal(ours, ref), _mismatch(ours, ref, qtype, f"ggml with imatrix (n={n})")
+            with np.errstate(all="ignore"):
+                numpy_ref = quantize_rows(x, qtype, imatrix=imx)
+            assert np.array_equal(ours, numpy_ref), _mismatch(ours, numpy_ref, qtype, f"numpy with imatrix (n={n})")
+
+
 @pytest.mark.parametrize("qtype", ALL)
 def test_dequantize_identical_to_ggml_and_numpy(qtype):
     n = _lengths(qtype)[-1]
@@ -240,10 +274,15 @@ def test_baseline_isa_build_gives_the_same_bytes(tmp_path):
     lib.se_quantize.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
                                 ctypes.c_void_p]
     for qtype in ALL:
+        t = GGMLQuantizationType[qtype]
         for n in _lengths(qtype):
             x = _rows(n, seed=n)
-            ref = _c_quantize(x, qtype)
-            out = np.zeros_like(ref)
-            assert lib.se_quantize(int(GGMLQuantizationType[qtype]), x.ctypes.data, out.ctypes.data,
-                                   x.shape[0], n, None) == 0
-            assert np.array_equal(out, ref), _mismatch(out, ref, qtype, f"baseline build (n={n})")
+            imx = np.random.default_rng(n).random(n).astype(np.float32) + 0.1
+            for w in (None, imx) if _kernels.has_imatrix(int(t)) else (None,):
+                bs, ts = GGML_QUANT_SIZES[t]
+                ref = np.empty((x.shape[0], n // bs * ts), np.uint8)
+                _kernels.quantize(int(t), x, ref, x.shape[0], n, w)
+                out = np.zeros_like(ref)
+                assert lib.se_quantize(int(t), x.ctypes.data, out.ctypes.data, x.shape[0], n,
+                                       None if w is None else w.ctypes.data) == 0
+                assert np.array_equal(out, ref), _mismatch(out, ref, qtype, f"baseline build (n={n}, imatrix {w is not None})")
