@@ -169,6 +169,22 @@ def _save_dtype(cfg: DistillConfig, teacher_cfg):
     return names.get(t, torch.float32)
 
 
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "added_tokens.json", "vocab.json", "merges.txt", "vocab.txt", "spiece.model",
+                   "sentencepiece.bpe.model", "chat_template.jinja", "chat_template.json")
+
+
+def _copy_tokenizer_files(teacher_dir: str, dst: str) -> bool:
+    """Copy the teacher's tokenizer files byte for byte (the student shares its vocabulary)."""
+    found = False
+    for name in TOKENIZER_FILES:
+        src = os.path.join(teacher_dir, name)
+        if os.path.isfile(src):
+            shutil.copyfile(src, os.path.join(dst, name))
+            found = found or name.startswith("tokenizer")
+    return found
+
+
 def _write_output(cfg, student, tokenizer, report: dict, teacher_cfg) -> None:
     """Write everything into a temp folder next to the output, then rename it into place."""
     from transformers import GenerationConfig
@@ -183,7 +199,8 @@ def _write_output(cfg, student, tokenizer, report: dict, teacher_cfg) -> None:
         student.config.architectures = list(getattr(teacher_cfg, "architectures", None) or
                                             [type(student).__name__])
         student.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
+        if not _copy_tokenizer_files(cfg.teacher, tmp):
+            tokenizer.save_pretrained(tmp)
         try:
             gen = GenerationConfig.from_pretrained(cfg.teacher)
         except Exception:  # the teacher has none: derive one from the model config

@@ -48,7 +48,13 @@ def test_distill_brings_student_closer_to_teacher(distilled, teacher_dir):
     assert "init from teacher" in printed and "KL" in printed
     assert not leftovers(out.parent)
     assert {p.name for p in out.iterdir()} >= {"config.json", "distill_report.json", "generation_config.json",
-                                               "model.safetensors", "tokenizer.json", "tokenizer_config.json"}
+                                               "model.safetensors", "tokenizer_config.json"}
+    from slimedge.distill.api import TOKENIZER_FILES
+
+    tok_files = [n for n in TOKENIZER_FILES if (teacher_dir / n).exists()]
+    assert "tokenizer.model" in tok_files
+    for n in tok_files:  # the teacher's tokenizer, byte for byte
+        assert (out / n).read_bytes() == (teacher_dir / n).read_bytes(), n
 
 
 def test_output_loads_in_transformers_and_report_matches(distilled, teacher_dir, corpus_file):
@@ -172,3 +178,27 @@ def test_bad_input_clean_error(case, teacher_dir, corpus_file, tmp_path):
     else:
         assert not out.exists()
     assert not leftovers(tmp_path)
+
+
+def test_output_converts_with_slimedge_convert_and_runs_in_llama_cpp(distilled, tmp_path):
+    """The distilled folder goes through `slimedge convert`; llama.cpp's logits match transformers'."""
+    import llama_cpp
+    from transformers import AutoModelForCausalLM
+
+    from slimedge.cli.convert import cli as convert_cli
+
+    out, _ = distilled
+    gguf = tmp_path / "student.gguf"
+    res = CliRunner().invoke(convert_cli, [str(out), "-o", str(gguf), "--type", "F32", "--quiet"])
+    assert res.exit_code == 0, res.output
+    tokens = [1] + list(range(40, 70))
+    with torch.no_grad():
+        want = AutoModelForCausalLM.from_pretrained(out).eval()(torch.tensor([tokens])).logits[0].numpy()
+    llm = llama_cpp.Llama(model_path=str(gguf), logits_all=True, n_ctx=64, n_batch=64, n_threads=1,
+                          type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32, verbose=False)
+    try:
+        llm.eval(tokens)
+        got = np.array(llm.scores[: len(tokens)], dtype=np.float32)
+    finally:
+        llm.close()
+    assert np.abs(got - want).max() / want.std() < 1e-3
