@@ -6,6 +6,7 @@ Times are the best CPU time of --repeat runs (robust on a shared machine; every 
 this one thread, pinned to one core where the platform allows).
 
     python tests/benchmarks/bench_kernels.py [--rows 64] [--cols 4096] [--repeat 5] [--types Q4_K,Q6_K]
+    python tests/benchmarks/bench_kernels.py --imatrix     # importance-weighted paths (no goals)
 """
 
 from __future__ import annotations
@@ -42,10 +43,10 @@ def best_cpu(fn, repeat: int) -> float:
     return max(best, 1e-9)
 
 
-def c_quantize(x: np.ndarray, t: GGMLQuantizationType) -> np.ndarray:
+def c_quantize(x: np.ndarray, t: GGMLQuantizationType, imatrix: np.ndarray | None = None) -> np.ndarray:
     bs, ts = GGML_QUANT_SIZES[t]
     out = np.empty((x.shape[0], x.shape[1] // bs * ts), np.uint8)
-    _kernels.quantize(int(t), x, out, x.shape[0], x.shape[1])
+    _kernels.quantize(int(t), x, out, x.shape[0], x.shape[1], imatrix)
     return out
 
 
@@ -62,6 +63,7 @@ def main() -> None:
     ap.add_argument("--numpy-rows", type=int, default=16, help="rows for the (slow) NumPy path")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--types", default=",".join(TYPES))
+    ap.add_argument("--imatrix", action="store_true", help="quantize with importance weights")
     args = ap.parse_args()
     try:
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
@@ -72,8 +74,12 @@ def main() -> None:
     x = rng.standard_normal((args.rows, args.cols)).astype(np.float32)
     x[:, ::97] *= 8.0  # some outliers, like real weights
     xn = x[: args.numpy_rows]
+    imx = (rng.random(args.cols).astype(np.float32) * 4 + 0.01) if args.imatrix else None
+    if args.imatrix:
+        args.types = ",".join(t for t in args.types.split(",") if t not in ("F16", "BF16"))
     print(f"{args.rows}x{args.cols} float32 rows ({x.size / 1e6:.2f} Mweights; NumPy on {xn.shape[0]} rows), "
-          f"single thread, best CPU time of {args.repeat}; C kernels: {_kernels.isa()}")
+          f"single thread, best CPU time of {args.repeat}; C kernels: {_kernels.isa()}"
+          f"{'; WITH IMPORTANCE WEIGHTS' if args.imatrix else ''}")
     head = (f"{'type':6} {'C Mw/s':>9} {'ggml Mw/s':>10} {'NumPy Mw/s':>11} {'C/ggml':>7} {'goal':>5} "
             f"{'NumPy/ggml':>10} | {'deq C':>8} {'deq ggml':>9} {'ratio':>6} | bytes")
     print(head)
@@ -81,15 +87,15 @@ def main() -> None:
     misses = []
     for name in args.types.split(","):
         t = GGMLQuantizationType[name]
-        ours, ref = c_quantize(x, t), ggml_quantize(x, name)
-        same = np.array_equal(ours, ref) and np.array_equal(quantize_rows(xn, name), ref[: xn.shape[0]])
-        tc = best_cpu(lambda: c_quantize(x, t), args.repeat)
-        tg = best_cpu(lambda: ggml_quantize(x, name), args.repeat)
-        tn = best_cpu(lambda: quantize_rows(xn, name), max(1, args.repeat // 2))
+        ours, ref = c_quantize(x, t, imx), ggml_quantize(x, name, imatrix=imx)
+        same = np.array_equal(ours, ref) and np.array_equal(quantize_rows(xn, name, imx), ref[: xn.shape[0]])
+        tc = best_cpu(lambda: c_quantize(x, t, imx), args.repeat)
+        tg = best_cpu(lambda: ggml_quantize(x, name, imatrix=imx), args.repeat)
+        tn = best_cpu(lambda: quantize_rows(xn, name, imx), max(1, args.repeat // 2))
         c, g, npy = x.size / tc / 1e6, x.size / tg / 1e6, xn.size / tn / 1e6
         dc = best_cpu(lambda: c_dequantize(ref, t, x.shape[1]), args.repeat)
         dg = best_cpu(lambda: ggml_dequantize(ref, name, x.shape[1]), args.repeat)
-        goal = GOAL.get(name)
+        goal = None if args.imatrix else GOAL.get(name)
         if goal and c / g < goal:
             misses.append(name)
         print(f"{name:6} {c:9.1f} {g:10.1f} {npy:11.1f} {c / g:7.2f} {'' if goal is None else f'{goal:.1f}':>5} "
