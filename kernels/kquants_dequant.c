@@ -39,7 +39,7 @@ void se_dequantize_q3_k(const void *vx, float *y, int64_t k) {
             for (int shift = 0; shift < 8; shift += 2, m <<= 1)
                 for (int half = 0; half < 2; ++half) {
                     const float dl = d_all * scales[is++];
-                    for (int l = 0; l < 16; ++l) {
+                    SE_LANES for (int l = 0; l < 16; ++l) {
                         const int v = ((q[l + 16 * half] >> shift) & 3) - ((hm[l + 16 * half] & m) ? 0 : 4);
                         *y++ = dl * (float)v;
                     }
@@ -107,16 +107,18 @@ void se_dequantize_q6_k(const void *vx, float *y, int64_t k) {
         const uint8_t *ql = x[i].ql, *qh = x[i].qh;
         const int8_t *sc = x[i].scales;
         for (int n = 0; n < 256; n += 128, y += 128, ql += 64, qh += 32, sc += 8)
-            for (int l = 0; l < 32; ++l) {
-                const int is = l / 16;
-                const int q1 = (int8_t)((ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4)) - 32;
-                const int q2 = (int8_t)((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32;
-                const int q3 = (int8_t)((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
-                const int q4 = (int8_t)((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
-                y[l] = d * sc[is] * (float)q1;
-                y[l + 32] = d * sc[is + 2] * (float)q2;
-                y[l + 64] = d * sc[is + 4] * (float)q3;
-                y[l + 96] = d * sc[is + 6] * (float)q4;
+            for (int h = 0; h < 2; ++h) { /* l in [16h, 16h+16): scale index is = h; (d*sc)*q as ggml */
+                const float d1 = d * sc[h], d2 = d * sc[h + 2], d3 = d * sc[h + 4], d4 = d * sc[h + 6];
+                SE_LANES for (int l = 16 * h; l < 16 * h + 16; ++l) {
+                    const int q1 = ((ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4)) - 32;
+                    const int q2 = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32;
+                    const int q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
+                    const int q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
+                    y[l] = d1 * (float)q1;
+                    y[l + 32] = d2 * (float)q2;
+                    y[l + 64] = d3 * (float)q3;
+                    y[l + 96] = d4 * (float)q4;
+                }
             }
     }
 }
