@@ -5,7 +5,7 @@ belong to llama.cpp's logging). Two kinds of job:
 
 * ``speed`` — load the model (timed), warm up, then the prompt-processing test (``n_prompt``
   random tokens in ``n_batch`` batches, like llama-bench's ``pp``) and the generation test
-  (``n_gen`` single-token decodes, like ``tg``); reports seconds, peak RSS (``ru_maxrss``) and
+  (``n_gen`` single-token decodes, like ``tg``); reports seconds, peak RSS (VmHWM) and
   the machine/llama.cpp build.
 * ``load`` — load the model and decode a few tokens (``slimedge verify``).
 * ``logits`` — perplexity-style pass: the text's tokens cut into ``n_ctx`` chunks, the first
@@ -29,8 +29,20 @@ from pathlib import Path
 
 
 def peak_rss_bytes() -> int:
+    """Peak resident set size of this process.
+
+    Linux: ``VmHWM`` from /proc/self/status — the high-water mark of this process image. (``ru_maxrss``
+    is not used there: the kernel carries the parent's high-water mark across fork+exec, so a child
+    of a big process would report the parent's size.) Elsewhere ``ru_maxrss`` (macOS: bytes).
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(r if sys.platform == "darwin" else r * 1024)  # Linux reports KiB, macOS bytes
+    return int(r if sys.platform == "darwin" else r * 1024)
 
 
 def cpu_model() -> str:

@@ -115,6 +115,10 @@ def bench(args, rt: dict, bs: dict) -> dict:
         return statistics.stdev(x) if len(x) > 1 else 0.0
 
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+    try:  # Linux: this process image's own high-water mark (ru_maxrss may include the parent's)
+        rss = next(int(ln.split()[1]) * 1024 for ln in open("/proc/self/status") if ln.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        pass
     return {"n_prompt": n_prompt, "n_gen": n_gen, "repeats": repeats, "n_threads": args.threads or os.cpu_count(),
             "n_gpu_layers": args.ngl, "load_s": statistics.fmean(loads), "load_s_stddev": sd(loads),
             "pp_avg_ts": statistics.fmean(pp), "pp_stddev_ts": sd(pp), "avg_ts": statistics.fmean(tg),
