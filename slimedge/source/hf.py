@@ -143,6 +143,9 @@ def _weight_files(model_dir: Path) -> list[Path]:
                 raise SlimedgeError(f"{f}: missing shard listed in {index.name}; download all shards")
         return files
     files = sorted(model_dir.glob("*.safetensors"))
+    hf_files = [f for f in files if not f.name.startswith("consolidated")]
+    if hf_files:  # Mistral repos also ship consolidated.safetensors (same weights, Mistral's own names)
+        return hf_files
     if files:
         return files
     pickles = sorted({p for pat in PICKLE_PATTERNS for p in model_dir.glob(pat)})
