@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import struct
 import subprocess
@@ -116,13 +115,16 @@ def main() -> None:
 
         drop_caches()
         out = work / "tinyllama-f16.gguf"
+        # the child reports its own VmHWM (ru_maxrss would carry the parent's mark across exec)
         code = ("import sys; from slimedge.convert import convert; from slimedge.quant.mixes import QuantSpec;"
-                "convert(sys.argv[1], sys.argv[2], QuantSpec('F16'), overwrite=True)")
+                "convert(sys.argv[1], sys.argv[2], QuantSpec('F16'), overwrite=True);"
+                "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0])")
         t = time.perf_counter()
-        subprocess.run([sys.executable, "-c", code, str(model), str(out)], check=True)
+        proc = subprocess.run([sys.executable, "-c", code, str(model), str(out)], check=True,
+                              capture_output=True, text=True)
         os.sync()
         t_conv = time.perf_counter() - t
-        rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # Linux: KiB
+        rss = int(proc.stdout.split()[-1]) * 1024  # VmHWM is in kB
         out_bytes = out.stat().st_size
         largest = max(np.prod(s) for _, s in tensor_shapes(dict(TINYLLAMA, num_hidden_layers=args.layers))) * 4
 
