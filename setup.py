@@ -28,7 +28,7 @@ from setuptools.command.build_ext import build_ext
 
 GNU_FLAGS = ["-std=c11", "-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math",
              "-fno-strict-aliasing", "-fopenmp-simd", "-Wall"]
-MSVC_FLAGS = ["/O2", "/fp:precise"]
+MSVC_FLAGS = ["/O2", "/fp:precise", "/std:c11"]
 
 
 class OptionalBuildExt(build_ext):

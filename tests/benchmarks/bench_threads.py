@@ -1,7 +1,9 @@
 """Benchmark: thread scaling of the C kernels through slimedge.quant.quantize (the path users run).
 
 One tensor (default 2048x4096, Llama-sized rows) is quantized with 1, 2, 4, ... up to all usable
-cores; wall time (best of --repeat) gives Mweights/s and the speedup over 1 thread. ggml's
+cores; wall time (best of --repeat) gives Mweights/s and the speedup over 1 thread, and "busy" is
+process CPU time / wall time of the all-cores runs (how many cores were really kept busy: close to
+the thread count when the GIL is released and the machine is otherwise idle). ggml's
 single-thread reference quantizer on the same tensor, measured in the same run, is the anchor.
 Bytes are checked identical to the 1-thread result for every thread count.
 
@@ -33,6 +35,14 @@ def best_wall(fn, repeat: int) -> float:
     return best
 
 
+def busy(fn, repeat: int) -> float:
+    """CPU seconds of this process per wall second over ``repeat`` runs."""
+    c0, t0 = time.process_time(), time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    return (time.process_time() - c0) / (time.perf_counter() - t0)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=2048)
@@ -48,7 +58,7 @@ def main() -> None:
     print(f"{args.rows}x{args.cols} float32 ({mw:.1f} Mweights), {cores} usable cores "
           f"(os.cpu_count()={os.cpu_count()}), best wall time of {args.repeat}; backend {qb.backend_info()}")
     head = f"{'type':6} {'ggml 1t':>9} " + " ".join(f"{f'{t} thr':>9}" for t in counts) + \
-        f" | {'speedup':>8} {'vs ggml':>8}"
+        f" | {'speedup':>8} {'vs ggml':>8} {'busy':>5}"
     print(head)
     print("-" * len(head))
     for name in args.types.split(","):
@@ -58,8 +68,9 @@ def main() -> None:
         for t in counts:
             assert np.array_equal(qb.quantize(x, name, threads=t), one), f"{name}: {t} threads changed the bytes"
             rates.append(mw / best_wall(lambda: qb.quantize(x, name, threads=t), args.repeat))
+        b = busy(lambda: qb.quantize(x, name, threads=counts[-1]), args.repeat)
         print(f"{name:6} {mw / tg:9.1f} " + " ".join(f"{r:9.1f}" for r in rates) +
-              f" | {rates[-1] / rates[0]:7.2f}x {rates[-1] / (mw / tg):7.1f}x")
+              f" | {rates[-1] / rates[0]:7.2f}x {rates[-1] / (mw / tg):7.1f}x {b:5.2f}")
     print("(Mweights/s; speedup = all cores vs 1 thread; vs ggml = all cores vs ggml's 1-thread reference)")
 
 
