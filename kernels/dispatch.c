@@ -13,9 +13,9 @@ typedef struct {
 } se_entry;
 
 static const se_entry SE_TABLE[] = {
-    {SE_F32, 1, 4, se_quantize_f32, se_dequantize_f32},
-    {SE_F16, 1, 2, se_quantize_f16, se_dequantize_f16},
-    {SE_BF16, 1, 2, se_quantize_bf16, se_dequantize_bf16},
+    {SE_F32, 1, 4, se_quantize_f32, se_dequantize_f32, NULL},
+    {SE_F16, 1, 2, se_quantize_f16, se_dequantize_f16, NULL},
+    {SE_BF16, 1, 2, se_quantize_bf16, se_dequantize_bf16, NULL},
     {SE_Q4_0, 32, 18, se_quantize_q4_0, se_dequantize_q4_0, se_quantize_q4_0_imatrix},
     {SE_Q4_1, 32, 20, se_quantize_q4_1, se_dequantize_q4_1, se_quantize_q4_1_imatrix},
     {SE_Q5_0, 32, 22, se_quantize_q5_0, se_dequantize_q5_0, se_quantize_q5_0_imatrix},
