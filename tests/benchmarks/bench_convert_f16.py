@@ -6,9 +6,10 @@ Run by hand (not collected by pytest)::
 
 The model (config.json + one bf16 model.safetensors of 2.2 GB + a locally trained SentencePiece
 tokenizer, vocabulary padded to 32000) is written tensor by tensor, so making it needs little RAM.
-The conversion runs in a child process so its peak RSS is its own. Anchor, measured in the same run:
-copying the same safetensors file (read + write of the same bytes, page cache dropped where
-permitted), so "convert / copy" says how close conversion gets to plain disk I/O.
+Each conversion runs in a child process (timed including interpreter start-up) that reports its own
+peak RSS (VmHWM); once with the C kernels, once with the NumPy backend (``SLIMEDGE_PUREPYTHON=1``).
+Anchor, measured in the same run: copying the same safetensors file (read + write of the same
+bytes, page cache dropped where permitted), so "x copy" says how close conversion gets to plain I/O.
 """
 
 from __future__ import annotations
@@ -85,6 +86,20 @@ def make_model(d: Path, layers: int) -> Path:
     return d
 
 
+def run_convert(model: Path, out: Path, env: dict) -> tuple[float, int, int]:
+    """Convert in a child process: (seconds incl. start-up, its peak RSS in bytes, output bytes)."""
+    # the child reports its own VmHWM (ru_maxrss would carry the parent's mark across exec)
+    code = ("import sys; from slimedge.convert import convert; from slimedge.quant.mixes import QuantSpec;"
+            "convert(sys.argv[1], sys.argv[2], QuantSpec('F16'), overwrite=True);"
+            "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0])")
+    t = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", code, str(model), str(out)], check=True, capture_output=True,
+                          text=True, env={**os.environ, **env})
+    os.sync()
+    seconds = time.perf_counter() - t
+    return seconds, int(proc.stdout.split()[-1]) * 1024, out.stat().st_size
+
+
 def drop_caches() -> None:
     try:
         os.sync()
@@ -113,25 +128,19 @@ def main() -> None:
         t_copy = time.perf_counter() - t
         (work / "copy.safetensors").unlink()
 
-        drop_caches()
-        out = work / "tinyllama-f16.gguf"
-        # the child reports its own VmHWM (ru_maxrss would carry the parent's mark across exec)
-        code = ("import sys; from slimedge.convert import convert; from slimedge.quant.mixes import QuantSpec;"
-                "convert(sys.argv[1], sys.argv[2], QuantSpec('F16'), overwrite=True);"
-                "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0])")
-        t = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-c", code, str(model), str(out)], check=True,
-                              capture_output=True, text=True)
-        os.sync()
-        t_conv = time.perf_counter() - t
-        rss = int(proc.stdout.split()[-1]) * 1024  # VmHWM is in kB
-        out_bytes = out.stat().st_size
+        rows = []
+        for label, env in (("slimedge convert (C kernels)", {}),
+                           ("slimedge convert (NumPy)", {"SLIMEDGE_PUREPYTHON": "1"})):
+            drop_caches()
+            t_conv, rss, out_bytes = run_convert(model, work / "tinyllama-f16.gguf", env)
+            rows.append((label, t_conv, rss, out_bytes))
         largest = max(np.prod(s) for _, s in tensor_shapes(dict(TINYLLAMA, num_hidden_layers=args.layers))) * 4
 
-        print(f"{'step':<28}{'seconds':>9}{'MB/s (out)':>12}")
-        print(f"{'anchor: copy safetensors':<28}{t_copy:9.2f}{src_bytes / 1e6 / t_copy:12.0f}")
-        print(f"{'slimedge convert --type F16':<28}{t_conv:9.2f}{out_bytes / 1e6 / t_conv:12.0f}")
-        print(f"ratio convert/copy time: {t_conv / t_copy:.2f}x")
+        print(f"{'step':<30}{'seconds':>9}{'MB/s':>8}{'x copy':>8}{'peak RSS MB':>13}")
+        print(f"{'anchor: copy safetensors':<30}{t_copy:9.2f}{src_bytes / 1e6 / t_copy:8.0f}{1:8.2f}{'':>13}")
+        for label, t_conv, rss, out_bytes in rows:
+            print(f"{label:<30}{t_conv:9.2f}{out_bytes / 1e6 / t_conv:8.0f}{t_conv / t_copy:8.2f}{rss / 1e6:13.0f}")
+        rss = rows[0][2]
         print(f"peak RSS of the conversion: {rss / 1e6:.0f} MB (model {src_bytes / 1e6:.0f} MB bf16; "
               f"largest tensor as float32 {largest / 1e6:.0f} MB; RSS / largest = {rss / largest:.1f}x)")
     finally:
