@@ -92,46 +92,66 @@ void se_quantize_q5_k(const float *x, void *vy, int64_t k) {
     }
 }
 
+/* Q2_K finish of one super-block: 4-bit scales and mins against the largest, re-rounding; lanes
+ * s0.. of the search hold its 16 sub-blocks */
+SE_INLINE void se_q2_finish(const float *restrict x, const float *scales, const float *mins,
+                            const float *isc, const float *mu, const int *flat, se_block_q2_k *b) {
+    const float q4scale = 15.f;
+    uint8_t L[256];
+    float max_scale = 0, max_min = 0;
+    for (int j = 0; j < 16; ++j) {
+        if (scales[j] > max_scale) max_scale = scales[j];
+        if (mins[j] > max_min) max_min = mins[j];
+    }
+    if (max_scale > 0) {
+        const float iscale = q4scale / max_scale;
+        for (int j = 0; j < 16; ++j) b->scales[j] = (uint8_t)se_nearest_int(iscale * scales[j]);
+        b->d = se_fp32_to_fp16(max_scale / q4scale);
+    } else {
+        for (int j = 0; j < 16; ++j) b->scales[j] = 0;
+        b->d = se_fp32_to_fp16(0.f);
+    }
+    if (max_min > 0) {
+        const float iscale = q4scale / max_min;
+        for (int j = 0; j < 16; ++j) b->scales[j] |= (uint8_t)(se_nearest_int(iscale * mins[j]) << 4);
+        b->dmin = se_fp32_to_fp16(max_min / q4scale);
+    } else {
+        b->dmin = se_fp32_to_fp16(0.f);
+    }
+    const unsigned keep = se_q2_requant(x, b, L);
+    for (int j = 0; j < 16; ++j) {
+        if (!(keep >> j & 1)) continue;
+        for (int i = 0; i < 16; ++i)
+            L[16 * j + i] = flat[j] ? 0 : (uint8_t)se_clampi(se_nearest_int(isc[j] * (x[16 * j + i] - mu[j])), 0, 3);
+    }
+    se_pack2(L, b->qs);
+}
+
+SE_INLINE void se_q2_group(const int ng, const float *restrict x, se_block_q2_k *y) {
+    const int NL = 16 * ng;
+    float xt[512], wt[512], scales[32], mins[32], isc[32], mu[32];
+    int flat[32];
+    se_transpose(NL, 16, x, xt);
+    for (int i = 0; i < 16 * NL; ++i) wt[i] = fabsf(xt[i]);
+    se_qkx2_lanes(NL, 16, 3, xt, wt, -0.5f, 0.1f, 15, 1, 0, scales, mins, isc, mu, flat);
+    for (int g = 0; g < ng; ++g)
+        se_q2_finish(x + 256 * g, scales + 16 * g, mins + 16 * g, isc + 16 * g, mu + 16 * g, flat + 16 * g, &y[g]);
+}
+
 SE_MULTIVERSION
 void se_quantize_q2_k(const float *x, void *vy, int64_t k) {
     se_block_q2_k *y = (se_block_q2_k *)vy;
     const int64_t nb = k / SE_QK_K;
-    const float q4scale = 15.f;
-    for (int64_t ib = 0; ib < nb; ++ib, x += SE_QK_K) {
-        float xt[256], wt[256], scales[16], mins[16], isc[16], mu[16];
-        int flat[16];
-        uint8_t L[256];
-        se_transpose(16, 16, x, xt);
-        for (int i = 0; i < 256; ++i) wt[i] = fabsf(xt[i]);
-        se_qkx2_lanes(16, 16, 3, xt, wt, -0.5f, 0.1f, 15, 1, 0, scales, mins, isc, mu, flat);
-        float max_scale = 0, max_min = 0;
-        for (int j = 0; j < 16; ++j) {
-            if (scales[j] > max_scale) max_scale = scales[j];
-            if (mins[j] > max_min) max_min = mins[j];
-        }
-        se_block_q2_k *b = &y[ib];
-        if (max_scale > 0) {
-            const float iscale = q4scale / max_scale;
-            for (int j = 0; j < 16; ++j) b->scales[j] = (uint8_t)se_nearest_int(iscale * scales[j]);
-            b->d = se_fp32_to_fp16(max_scale / q4scale);
+    for (int64_t ib = 0; ib < nb;) {
+        if (nb - ib >= 2) { /* two super-blocks: 32 lanes */
+            se_q2_group(2, x, y + ib);
+            ib += 2;
+            x += 512;
         } else {
-            for (int j = 0; j < 16; ++j) b->scales[j] = 0;
-            b->d = se_fp32_to_fp16(0.f);
+            se_q2_group(1, x, y + ib);
+            ib += 1;
+            x += 256;
         }
-        if (max_min > 0) {
-            const float iscale = q4scale / max_min;
-            for (int j = 0; j < 16; ++j) b->scales[j] |= (uint8_t)(se_nearest_int(iscale * mins[j]) << 4);
-            b->dmin = se_fp32_to_fp16(max_min / q4scale);
-        } else {
-            b->dmin = se_fp32_to_fp16(0.f);
-        }
-        const unsigned keep = se_q2_requant(x, b, L);
-        for (int j = 0; j < 16; ++j) {
-            if (!(keep >> j & 1)) continue;
-            for (int i = 0; i < 16; ++i)
-                L[16 * j + i] = flat[j] ? 0 : (uint8_t)se_clampi(se_nearest_int(isc[j] * (x[16 * j + i] - mu[j])), 0, 3);
-        }
-        se_pack2(L, b->qs);
     }
 }
 
