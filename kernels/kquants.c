@@ -14,8 +14,8 @@
  * sub-block scales/mins to 6 bits against the largest, fp16 d/dmin, re-rounding into L. */
 SE_INLINE void se_qkx_group(const int ng, const float *restrict x, const int nmax, const float rmin,
                             const float rdelta, const int nstep, uint8_t *restrict L,
-                            uint8_t *sc12[2], uint16_t *d[2], uint16_t *dmin[2]) {
-    enum { MAXL = 16 };
+                            uint8_t *sc12[4], uint16_t *d[4], uint16_t *dmin[4]) {
+    enum { MAXL = 32 };
     const int NL = 8 * ng;
     float xt[32 * MAXL], wt[32 * MAXL], scales[MAXL], mins[MAXL], isc[MAXL], mu[MAXL];
     float sx2[MAXL], avx[MAXL];
@@ -60,13 +60,18 @@ SE_MULTIVERSION
 void se_quantize_q4_k(const float *x, void *vy, int64_t k) {
     se_block_q4_k *y = (se_block_q4_k *)vy;
     const int64_t nb = k / SE_QK_K;
-    uint8_t L[512];
+    uint8_t L[1024];
     for (int64_t i = 0; i < nb;) {
-        const int ng = nb - i >= 2 ? 2 : 1;
-        uint8_t *sc12[2] = {y[i].scales, ng == 2 ? y[i + 1].scales : NULL};
-        uint16_t *d[2] = {&y[i].d, ng == 2 ? &y[i + 1].d : NULL};
-        uint16_t *dmin[2] = {&y[i].dmin, ng == 2 ? &y[i + 1].dmin : NULL};
-        if (ng == 2) se_qkx_group(2, x, 15, -1.f, 0.1f, 20, L, sc12, d, dmin);
+        const int ng = nb - i >= 4 ? 4 : nb - i >= 2 ? 2 : 1;
+        uint8_t *sc12[4];
+        uint16_t *d[4], *dmin[4];
+        for (int g = 0; g < ng; ++g) {
+            sc12[g] = y[i + g].scales;
+            d[g] = &y[i + g].d;
+            dmin[g] = &y[i + g].dmin;
+        }
+        if (ng == 4) se_qkx_group(4, x, 15, -1.f, 0.1f, 20, L, sc12, d, dmin);
+        else if (ng == 2) se_qkx_group(2, x, 15, -1.f, 0.1f, 20, L, sc12, d, dmin);
         else se_qkx_group(1, x, 15, -1.f, 0.1f, 20, L, sc12, d, dmin);
         for (int g = 0; g < ng; ++g) se_pack_q4_k(L + 256 * g, y[i + g].qs);
         i += ng;
@@ -78,13 +83,18 @@ SE_MULTIVERSION
 void se_quantize_q5_k(const float *x, void *vy, int64_t k) {
     se_block_q5_k *y = (se_block_q5_k *)vy;
     const int64_t nb = k / SE_QK_K;
-    uint8_t L[512];
+    uint8_t L[1024];
     for (int64_t i = 0; i < nb;) {
-        const int ng = nb - i >= 2 ? 2 : 1;
-        uint8_t *sc12[2] = {y[i].scales, ng == 2 ? y[i + 1].scales : NULL};
-        uint16_t *d[2] = {&y[i].d, ng == 2 ? &y[i + 1].d : NULL};
-        uint16_t *dmin[2] = {&y[i].dmin, ng == 2 ? &y[i + 1].dmin : NULL};
-        if (ng == 2) se_qkx_group(2, x, 31, -0.5f, 0.1f, 15, L, sc12, d, dmin);
+        const int ng = nb - i >= 4 ? 4 : nb - i >= 2 ? 2 : 1;
+        uint8_t *sc12[4];
+        uint16_t *d[4], *dmin[4];
+        for (int g = 0; g < ng; ++g) {
+            sc12[g] = y[i + g].scales;
+            d[g] = &y[i + g].d;
+            dmin[g] = &y[i + g].dmin;
+        }
+        if (ng == 4) se_qkx_group(4, x, 31, -0.5f, 0.1f, 15, L, sc12, d, dmin);
+        else if (ng == 2) se_qkx_group(2, x, 31, -0.5f, 0.1f, 15, L, sc12, d, dmin);
         else se_qkx_group(1, x, 31, -0.5f, 0.1f, 15, L, sc12, d, dmin);
         for (int g = 0; g < ng; ++g) se_pack_q5_k(L + 256 * g, y[i + g].qh, y[i + g].qs);
         i += ng;

@@ -92,6 +92,8 @@ def test_bytes_identical_to_ggml_and_numpy(qtype):
         assert np.array_equal(ours, ref), _mismatch(ours, ref, qtype, f"ggml (n={n})")
         numpy_ref = quantize_rows(x, qtype)
         assert np.array_equal(ours, numpy_ref), _mismatch(ours, numpy_ref, qtype, f"numpy (n={n})")
+        for r in (1, 3, 5, 7):  # block counts that leave 1-3 blocks after groups of 2 and 4 super-blocks
+            assert np.array_equal(_c_quantize(x[-r:], qtype), ref[-r:]), f"{qtype}: {r} rows of {n} differ"
 
 
 @pytest.mark.parametrize("qtype", KQUANTS)
