@@ -36,9 +36,9 @@ CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 
 
 def _backend_line() -> str:
     try:
-        from ..quant.backend import backend_name
+        from ..quant.backend import backend_info
 
-        return f"quant backend: {backend_name()}"
+        return f"quant backend: {backend_info()}"
     except Exception as exc:  # the version line must never fail
         return f"quant backend: unavailable ({exc})"
 
