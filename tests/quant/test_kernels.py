@@ -288,3 +288,12 @@ def test_baseline_isa_build_gives_the_same_bytes(tmp_path):
                 assert lib.se_quantize(int(t), x.ctypes.data, out.ctypes.data, x.shape[0], n,
                                        None if w is None else w.ctypes.data) == 0
                 assert np.array_equal(out, ref), _mismatch(out, ref, qtype, f"baseline build (n={n}, imatrix {w is not None})")
+
+
+def test_version_shows_the_active_backend(backend):
+    from click.testing import CliRunner
+
+    from slimedge.cli import main
+
+    out = CliRunner().invoke(main, ["--version"]).output
+    assert ("quant backend: c (" if backend == "c" else "quant backend: numpy (selected") in out
