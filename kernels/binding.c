@@ -9,6 +9,24 @@
 
 #include "slimedge_kernels.h"
 
+/* get a C-contiguous buffer whose items are float32 ('f') or raw bytes ('B'/'b'/'c'); float32
+ * data passed as another dtype (e.g. float64) is refused instead of being reinterpreted */
+static int get_buffer(PyObject *obj, Py_buffer *view, int writable, int want_float, const char *what) {
+    const int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
+    if (PyObject_GetBuffer(obj, view, flags) < 0) return -1;
+    const char *f = view->format ? view->format : "B";
+    if (*f == '<' || *f == '=' || *f == '@') ++f;
+    const int is_bytes = (f[0] == 'B' || f[0] == 'b' || f[0] == 'c') && f[1] == 0;
+    const int is_float = f[0] == 'f' && f[1] == 0;
+    if (!(is_bytes || (want_float && is_float))) {
+        PyErr_Format(PyExc_TypeError, "slimedge._kernels: %s must hold %s, got buffer format '%s'", what,
+                     want_float ? "float32" : "bytes (uint8)", view->format ? view->format : "B");
+        PyBuffer_Release(view);
+        return -1;
+    }
+    return 0;
+}
+
 static int check_type(int qtype) {
     if (se_block_size(qtype) == 0) {
         PyErr_Format(PyExc_ValueError, "slimedge._kernels: type id %d is not supported", qtype);
@@ -22,11 +40,16 @@ static PyObject *py_quantize(PyObject *self, PyObject *args, PyObject *kwargs) {
     int qtype;
     Py_buffer src, dst, imx = {0};
     long long n_rows, n_per_row;
-    PyObject *imatrix = Py_None;
+    PyObject *src_obj, *dst_obj, *imatrix = Py_None;
     (void)self;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iy*w*LL|O", kwlist, &qtype, &src, &dst,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iOOLL|O", kwlist, &qtype, &src_obj, &dst_obj,
                                      &n_rows, &n_per_row, &imatrix))
         return NULL;
+    if (get_buffer(src_obj, &src, 0, 1, "src") < 0) return NULL;
+    if (get_buffer(dst_obj, &dst, 1, 0, "dst") < 0) {
+        PyBuffer_Release(&src);
+        return NULL;
+    }
     PyObject *result = NULL;
     int have_imx = 0;
     if (check_type(qtype) < 0) goto done;
@@ -47,7 +70,7 @@ static PyObject *py_quantize(PyObject *self, PyObject *args, PyObject *kwargs) {
         goto done;
     }
     if (imatrix != Py_None) {
-        if (PyObject_GetBuffer(imatrix, &imx, PyBUF_C_CONTIGUOUS) < 0) goto done;
+        if (get_buffer(imatrix, &imx, 0, 1, "imatrix") < 0) goto done;
         have_imx = 1;
         if (imx.len != (Py_ssize_t)(n_per_row * 4)) {
             PyErr_Format(PyExc_ValueError, "imatrix holds %zd bytes, expected %lld float32 values",
@@ -81,9 +104,15 @@ static PyObject *py_dequantize(PyObject *self, PyObject *args, PyObject *kwargs)
     int qtype;
     Py_buffer src, dst;
     long long n;
+    PyObject *src_obj, *dst_obj;
     (void)self;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iy*w*L", kwlist, &qtype, &src, &dst, &n))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iOOL", kwlist, &qtype, &src_obj, &dst_obj, &n))
         return NULL;
+    if (get_buffer(src_obj, &src, 0, 0, "src") < 0) return NULL;
+    if (get_buffer(dst_obj, &dst, 1, 1, "dst") < 0) {
+        PyBuffer_Release(&src);
+        return NULL;
+    }
     PyObject *result = NULL;
     if (check_type(qtype) < 0) goto done;
     const int bs = se_block_size(qtype), ts = se_type_size(qtype);

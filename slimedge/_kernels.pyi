@@ -1,7 +1,9 @@
 """Type stub of the C extension ``slimedge._kernels`` (built from kernels/; optional).
 
 Type ids are GGML's (``gguf.GGMLQuantizationType``). Buffers are any C-contiguous objects with
-the buffer protocol (NumPy arrays, bytes, bytearray, memoryview). Both calls release the GIL.
+the buffer protocol (NumPy arrays, bytes, bytearray, memoryview): float data must be float32 (or
+raw bytes), quantized data bytes; another dtype raises TypeError, a read-only dst BufferError.
+Both calls release the GIL.
 """
 
 from collections.abc import Buffer

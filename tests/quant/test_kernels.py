@@ -218,8 +218,12 @@ def test_binding_checks_buffers():
         _kernels.quantize(999, x, np.empty(144, np.uint8), 1, 256)
     with pytest.raises(ValueError, match="block size"):
         _kernels.quantize(int(GGMLQuantizationType.Q4_K), x, np.empty(144, np.uint8), 2, 128)
-    with pytest.raises(TypeError):
+    with pytest.raises(BufferError):
         _kernels.quantize(int(GGMLQuantizationType.Q4_K), x, b"\0" * 144, 1, 256)  # read-only dst
+    with pytest.raises(TypeError, match="float32"):  # float64 data is refused, not reinterpreted
+        _kernels.quantize(int(GGMLQuantizationType.Q8_0), np.zeros(32, np.float64)[:16], np.empty(34, np.uint8), 1, 32)
+    with pytest.raises(TypeError, match="float32"):
+        _kernels.dequantize(int(GGMLQuantizationType.Q8_0), np.zeros(34, np.uint8), np.empty(16, np.float64), 32)
     assert set(_kernels.supported_types()) == {int(GGMLQuantizationType[t]) for t in ALL}
     assert _kernels.isa() in ("avx2", "baseline")
 
