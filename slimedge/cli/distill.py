@@ -61,7 +61,7 @@ def _opt(*decls, field: str, **kw):
       help="KD temperature (loss scaled by T^2).")
 @_opt("--beta", field="beta", type=float, default=0.5, show_default=True, help="JSD mixture weight.")
 @_opt("--skew", field="skew", type=float, default=0.1, show_default=True, help="Skew-KL mixture weight.")
-@_opt("--chunk-size", field="chunk_size", type=int, default=128, show_default=True,
+@_opt("--chunk-size", field="chunk_size", type=int, default=64, show_default=True,
       help="Positions per logit-loss chunk (memory).")
 @_opt("--feature-weight", field="feature_weight", type=float, default=0.0, show_default=True,
       help="Weight of hidden-state distillation.")

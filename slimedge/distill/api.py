@@ -328,7 +328,9 @@ def _distill(cfg: DistillConfig, progress: Progress) -> DistillResult:
         spec = LossSpec(cfg.loss, cfg.alpha, cfg.temperature, cfg.beta, cfg.skew)
         pairs = list(enumerate(choice.layer_map)) if cfg.feature_weight > 0 else None
         torch.manual_seed(cfg.seed + 1)  # projections
-        module = make_module(student, spec, cfg.chunk_size, pairs, teacher_cfg.hidden_size, cfg.feature_loss)
+        closed_form = cache is None or cache.k >= teacher_cfg.vocab_size  # top-k with a tail: autograd
+        module = make_module(student, spec, cfg.chunk_size, pairs, teacher_cfg.hidden_size, cfg.feature_loss,
+                             closed_form)
         module.to(device)
         steps = total_steps(cfg, len(train.ids), train.ids.shape[1])
         key = {"data": blocks.fingerprint(), "seq_len": cfg.seq_len, "batch_size": cfg.batch_size,

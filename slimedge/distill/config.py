@@ -56,7 +56,7 @@ class DistillConfig:
     temperature: float = 1.0           # softening of both distributions; KD is scaled by T^2
     beta: float = 0.5                  # generalized JSD: mixture weight of the teacher, 0 < beta < 1
     skew: float = 0.1                  # skew KLs: weight of the target side in the mixture, 0 < skew < 1
-    chunk_size: int = 128              # positions per chunk of the logit loss (memory bound)
+    chunk_size: int = 64               # positions per chunk of the logit loss (memory bound)
     feature_weight: float = 0.0        # weight of hidden-state distillation (0 = off)
     feature_loss: str = "mse"          # mse | cosine, between student layers and mapped teacher layers
     # --- offline teacher ------------------------------------------------------------------

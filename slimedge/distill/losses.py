@@ -99,27 +99,74 @@ class LossSpec:
         return divergence(t_logp, s_logp, self.kind, self.beta, self.skew) * (T * T), ce
 
 
+def fkl_ce_with_grad(z: torch.Tensor, labels: torch.Tensor, m: torch.Tensor, spec: LossSpec,
+                     t_logp: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Forward KL (+ CE) with its gradient in closed form, in place, no autograd graph.
+
+    z [N, V] fp32 student logits (overwritten); labels [N]; m [N] mask; t_logp [N, V] teacher
+    log-probs at T (None: CE only). d(T²·KL(p‖softmax(z/T)))/dz = T·(q_T - p) and
+    d(CE)/dz = softmax(z) - onehot. Returns (kd sum, ce sum, G = d(loss sum)/dz [N, V]).
+    """
+    T, kw, cw = spec.temperature, spec.kd_w, spec.ce_w
+    use_kd = kw > 0 and t_logp is not None
+    rows = torch.arange(z.shape[0], device=z.device)
+    kd = ce = z.new_zeros(())
+    lse1 = torch.logsumexp(z, -1)                                        # [N]
+    if cw:
+        ce = ((lse1 - z[rows, labels]) * m).sum()
+    if use_kd:
+        p = t_logp.exp()
+        zt = z if T == 1.0 else z / T
+        lse_t = lse1 if T == 1.0 else torch.logsumexp(zt, -1)
+        # KL rows = sum p·log p - sum p·z/T + lse_T·sum p  (row dot products, no [N, V] temporaries)
+        kl = (torch.einsum("nv,nv->n", p, t_logp) - torch.einsum("nv,nv->n", p, zt)
+              + lse_t * p.sum(-1))
+        kd = (kl * m).sum() * (T * T)
+        if T == 1.0:
+            G = z.sub_(lse1[:, None]).exp_().mul_(kw + cw).sub_(p, alpha=kw)  # (kw+cw)·q - kw·p
+        else:
+            G = zt.sub_(lse_t[:, None]).exp_().sub_(p).mul_(T * kw)          # T·kw·(q_T - p)
+            if cw:
+                G.add_(z.sub_(lse1[:, None]).exp_(), alpha=cw)
+        del p
+    else:
+        G = z.sub_(lse1[:, None]).exp_().mul_(cw)
+    if cw:
+        G[rows, labels] -= cw
+    G.mul_(m[:, None])
+    return kd, ce, G
+
+
 class _ChunkedHead(torch.autograd.Function):
     """Loss of a linear head applied chunk by chunk; gradients are computed in forward, per chunk."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, chunk_fn, chunk):  # type: ignore[override]
+    def forward(ctx, hidden, weight, chunk_fn, chunk, fast_fn=None):  # type: ignore[override]
         # hidden [B, S, H], weight [V, H]; chunk_fn(h [B, c, H], w [V, H], s0, s1) -> (loss, kd, ce) sums
         g_hidden = torch.zeros_like(hidden) if hidden.requires_grad else None
         g_weight = torch.zeros_like(weight) if weight.requires_grad else None
         sums = torch.zeros(3, dtype=torch.float32, device=hidden.device)
         for s0 in range(0, hidden.shape[1], chunk):
             s1 = min(s0 + chunk, hidden.shape[1])
-            with torch.enable_grad():
-                h = hidden[:, s0:s1].detach().requires_grad_(hidden.requires_grad)
-                w = weight.detach().requires_grad_(weight.requires_grad)
-                loss, kd, ce = chunk_fn(h, w, s0, s1)
-                wrt = [x for x in (h, w) if x.requires_grad]
-                grads = iter(torch.autograd.grad(loss, wrt) if wrt and loss.requires_grad else ())
-            if g_hidden is not None:
-                g_hidden[:, s0:s1] = next(grads, 0.0)
-            if g_weight is not None:
-                g_weight += next(grads, 0.0)
+            if fast_fn is not None:  # closed-form gradient of the logits: no graph, few [N, V] buffers
+                h = hidden[:, s0:s1]
+                loss, kd, ce, G = fast_fn(h, weight, s0, s1)                 # G [B·c, V]
+                if g_hidden is not None:
+                    g_hidden[:, s0:s1] = (G @ weight.to(G.dtype)).reshape(h.shape).to(g_hidden.dtype)
+                if g_weight is not None:
+                    g_weight.addmm_(G.t(), h.reshape(-1, h.shape[-1]).to(G.dtype))
+                del G
+            else:
+                with torch.enable_grad():
+                    h = hidden[:, s0:s1].detach().requires_grad_(hidden.requires_grad)
+                    w = weight.detach().requires_grad_(weight.requires_grad)
+                    loss, kd, ce = chunk_fn(h, w, s0, s1)
+                    wrt = [x for x in (h, w) if x.requires_grad]
+                    grads = iter(torch.autograd.grad(loss, wrt) if wrt and loss.requires_grad else ())
+                if g_hidden is not None:
+                    g_hidden[:, s0:s1] = next(grads, 0.0)
+                if g_weight is not None:
+                    g_weight += next(grads, 0.0)
             sums += torch.stack([loss.detach().float(), kd.detach().float(), ce.detach().float()])
         ctx.save_for_backward(*(g for g in (g_hidden, g_weight) if g is not None))
         ctx.has = (g_hidden is not None, g_weight is not None)
@@ -136,20 +183,22 @@ class _ChunkedHead(torch.autograd.Function):
         if ctx.has[1]:
             g = saved.pop(0)
             gw = g * g_loss.to(g.dtype)
-        return gh, gw, None, None
+        return gh, gw, None, None, None
 
 
 def chunked_head_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
                       mask: torch.Tensor, spec: LossSpec, chunk: int,
                       teacher_chunk: Callable[[int, int], tuple[torch.Tensor, torch.Tensor | None,
                                                                 torch.Tensor | None]] | None = None,
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+                      closed_form: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed loss over counted positions, computed ``chunk`` positions at a time.
 
     hidden [B, S, H] student final hidden states at the predicting positions; weight [V, H] the
     student head; labels [B, S] next tokens; mask [B, S] 1 where the position counts;
     ``teacher_chunk(s0, s1)`` gives the teacher's (log-probs [B·c, M], ids [B·c, k] | None,
-    tail [B·c] | None) for positions s0:s1 at ``spec.temperature``.
+    tail [B·c] | None) for positions s0:s1 at ``spec.temperature``. Forward KL and CE (the common
+    case) with a full teacher distribution use :func:`fkl_ce_with_grad` unless ``closed_form`` is off;
+    other losses and the top-k cache differentiate the chunk with autograd.
     Returns (loss sum — differentiable, sums [loss, kd, ce] — detached).
     """
     def chunk_fn(h, w, s0, s1):
@@ -162,9 +211,25 @@ def chunked_head_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.
         ce = (ce * m).sum()
         return spec.kd_w * kd + spec.ce_w * ce, kd, ce
 
+    def fast_fn(h, w, s0, s1):
+        logits = (h @ w.t()).float().reshape(-1, w.shape[0])           # [B·c, V], overwritten by G
+        lab = labels[:, s0:s1].reshape(-1)
+        m = mask[:, s0:s1].reshape(-1).to(logits.dtype)
+        t = teacher_chunk(s0, s1) if (teacher_chunk is not None and spec.kd_w) else None
+        t_logp = None
+        if t is not None:
+            t_logp, ids, tail = t
+            if tail is not None:
+                raise ValueError("the closed form needs the whole teacher distribution (k >= vocab)")
+            if ids is not None:  # a full-vocabulary top-k cache: put the values back in vocabulary order
+                t_logp = torch.empty_like(logits).scatter_(-1, ids, t_logp)
+        kd, ce, G = fkl_ce_with_grad(logits, lab, m, spec, t_logp)
+        return spec.kd_w * kd + spec.ce_w * ce, kd, ce, G
+
     if not torch.is_grad_enabled():  # evaluation: no gradients to prepare
         hidden, weight = hidden.detach(), weight.detach()
-    return _ChunkedHead.apply(hidden, weight, chunk_fn, int(chunk))
+    use_fast = closed_form and (spec.kind == "fkl" or not spec.kd_w or teacher_chunk is None)
+    return _ChunkedHead.apply(hidden, weight, chunk_fn, int(chunk), fast_fn if use_fast else None)
 
 
 def feature_loss(s_states: list[torch.Tensor], t_states: list[torch.Tensor],

@@ -56,7 +56,7 @@ def _import_torch():
 
 
 def make_module(student, spec: LossSpec, chunk: int, feature_pairs: list[tuple[int, int]] | None,
-                teacher_hidden: int | None, feature_kind: str = "mse"):
+                teacher_hidden: int | None, feature_kind: str = "mse", closed_form: bool = True):
     """The student plus learned feature projections, as one module whose forward returns the loss."""
     torch, nn = _import_torch()
 
@@ -79,7 +79,8 @@ def make_module(student, spec: LossSpec, chunk: int, feature_pairs: list[tuple[i
                                       output_hidden_states=want)
             h = out.last_hidden_state[:, :-1]
             W = self.student.get_output_embeddings().weight
-            loss, sums = chunked_head_loss(h, W, input_ids[:, 1:], loss_mask, spec, chunk, teacher_chunk)
+            loss, sums = chunked_head_loss(h, W, input_ids[:, 1:], loss_mask, spec, chunk, teacher_chunk,
+                                           closed_form=closed_form)
             feat = loss.new_zeros(())
             if want:
                 s_list = [out.hidden_states[i + 1][:, :-1] for i, _ in self.pairs]

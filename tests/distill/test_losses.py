@@ -100,10 +100,11 @@ def _reference_head_loss(hidden, W, labels, mask, t_logits, spec):
     return ((spec.kd_w * kd + spec.ce_w * ce) * mask).sum()
 
 
-@pytest.mark.parametrize("kind,alpha,T", [("fkl", 0.0, 1.0), ("rkl", 0.3, 2.0), ("jsd", 0.5, 1.0),
-                                          ("skl", 0.1, 1.5), ("srkl", 1.0, 1.0)])
+@pytest.mark.parametrize("kind,alpha,T", [("fkl", 0.0, 1.0), ("fkl", 0.4, 1.0), ("fkl", 0.3, 2.0), ("rkl", 0.3, 2.0),
+                                          ("jsd", 0.5, 1.0), ("skl", 0.1, 1.5), ("srkl", 1.0, 1.0)])
 @pytest.mark.parametrize("chunk", [1, 3, 64])
-def test_chunked_head_loss_equals_unchunked(kind, alpha, T, chunk):
+@pytest.mark.parametrize("closed_form", [True, False])
+def test_chunked_head_loss_equals_unchunked(kind, alpha, T, chunk, closed_form):
     g = torch.Generator().manual_seed(11)
     B, S, H, V = 2, 7, 8, 13
     hidden = torch.randn(B, S, H, generator=g, requires_grad=True)
@@ -118,7 +119,7 @@ def test_chunked_head_loss_equals_unchunked(kind, alpha, T, chunk):
     def teacher_chunk(s0, s1):
         return (t_logits[:, s0:s1] / T).log_softmax(-1).reshape(-1, V), None, None
 
-    loss, sums = chunked_head_loss(hidden, W, labels, mask, spec, chunk, teacher_chunk)
+    loss, sums = chunked_head_loss(hidden, W, labels, mask, spec, chunk, teacher_chunk, closed_form=closed_form)
     gh, gw = torch.autograd.grad(loss * 0.7, [hidden, W])
     ref = _reference_head_loss(hidden, W, labels, mask, t_logits, spec)
     rh, rw = torch.autograd.grad(ref * 0.7, [hidden, W])
@@ -128,6 +129,29 @@ def test_chunked_head_loss_equals_unchunked(kind, alpha, T, chunk):
     torch.testing.assert_close(sums[0], loss.detach())
     # masked positions contribute nothing: changing their labels/teacher changes neither value nor gradient
     assert gh[0, :3].abs().max() == 0 and gh[1, 5:].abs().max() == 0
+
+
+def test_closed_form_from_full_vocab_topk_matches_live():
+    g = torch.Generator().manual_seed(12)
+    B, S, H, V = 2, 5, 8, 9
+    hidden = torch.randn(B, S, H, generator=g, requires_grad=True)
+    W = torch.randn(V, H, generator=g, requires_grad=True)
+    t_logp = (torch.randn(B, S, V, generator=g) * 2).log_softmax(-1)
+    labels = torch.randint(0, V, (B, S), generator=g)
+    spec = LossSpec("fkl", alpha=0.25)
+    full = lambda s0, s1: (t_logp[:, s0:s1].reshape(-1, V), None, None)  # noqa: E731
+
+    def topk(s0, s1):
+        top, ids = t_logp[:, s0:s1].reshape(-1, V).topk(V, -1)
+        return top, ids, None
+
+    outs = []
+    for fn, cf in ((full, True), (topk, True), (topk, False)):
+        loss, _ = chunked_head_loss(hidden, W, labels, torch.ones(B, S), spec, 2, fn, closed_form=cf)
+        outs.append((loss, *torch.autograd.grad(loss, [hidden, W])))
+    for other in outs[1:]:
+        for a, b in zip(outs[0], other):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_chunked_head_loss_under_no_grad_needs_no_gradients():

@@ -1,0 +1,267 @@
+"""Benchmark of `slimedge distill` (not a test; run by hand).
+
+Part 1 — quality. A small llama teacher is trained here for a minute on tokfactory's fixed corpus;
+the same student shape (half the layers), same steps, same data order is then distilled four ways:
+KD (forward KL) vs cross-entropy only (--alpha 1), each from teacher-init and from random init.
+Reported: held-out perplexity, KL(teacher‖student) and top-1 agreement, before → after.
+
+Part 2 — speed and memory against TRL's GKDTrainer (lmbda=0, beta=0: off-policy forward KL, the
+same objective) on the same teacher, student, batch and sequence length, each in a fresh process
+on one thread. The teacher here has a 32k vocabulary (the tokenizer's 1000 tokens, embedding
+padded) because output-layer memory is what chunking saves. Reported: training tokens/s over
+steps 2..N and the peak resident memory of the process above its size after imports; ratios
+are slimedge / TRL, measured in the same run.
+
+    python tests/benchmarks/bench_distill.py            # both parts (~15 min on 2 busy cores)
+    python tests/benchmarks/bench_distill.py --part speed --steps 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent / "distill"), str(HERE.parent)]
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _hwm_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class _TrainWindow:
+    """Peak resident memory while training only: reset the high-water mark when training starts."""
+
+    def begin(self) -> None:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        self.rss0 = _rss_mb()
+
+    def peak(self) -> float:
+        return _hwm_mb() - self.rss0
+
+
+def make_teacher(work: Path, name: str, train_steps: int, **kw) -> Path:
+    from conftest import train_teacher
+    from factory import make_hf_model
+
+    dst = work / name
+    if (dst / "config.json").exists():
+        return dst
+    src = make_hf_model(work / f"{name}-init", arch="llama", seed=1, **kw)
+    if train_steps == 0:
+        return src
+    import conftest
+
+    conftest.SEQ = 128
+    return train_teacher(src, dst, (work / "corpus.txt").read_text(), steps=train_steps)
+
+
+# ---------------------------------------------------------------------------------------------
+def part_quality(work: Path, steps: int) -> list[dict]:
+    import torch
+
+    from slimedge.distill import DistillConfig, distill
+
+    torch.set_num_threads(1)
+    teacher = make_teacher(work, "teacher-q", 300, num_hidden_layers=4, hidden_size=128, intermediate_size=256,
+                           max_position_embeddings=512)
+    rows = []
+    for name, alpha, init in (("KD, teacher-init", 0.0, "auto"), ("CE only, teacher-init", 1.0, "auto"),
+                              ("KD, random init", 0.0, "random"), ("CE only, random init", 1.0, "random")):
+        cfg = DistillConfig(teacher=str(teacher), data=str(work / "corpus.txt"), output=str(work / "q-out"),
+                            overwrite=True, layers=2, seq_len=128, batch_size=8, steps=steps, lr=2e-3,
+                            alpha=alpha, init=init, seed=0, max_eval_blocks=32)
+        t0 = time.monotonic()
+        r = distill(cfg).report
+        rows.append({"run": name, "ppl": (r["student_perplexity_start"], r["student_perplexity"]),
+                     "kl": (r["kl_start"], r["kl"]), "agree": (r["top1_agreement_start"], r["top1_agreement"]),
+                     "teacher_ppl": r["teacher_perplexity"], "s": time.monotonic() - t0})
+        print(f"  {name}: done in {rows[-1]['s']:.0f} s", file=sys.stderr)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+def child_slimedge(a) -> dict:
+    import torch
+
+    from slimedge.distill import DistillConfig, distill
+    from slimedge.progress import Progress
+
+    torch.set_num_threads(1)
+    base_rss = _rss_mb()
+    stamps: list[float] = []
+
+    win = _TrainWindow()
+
+    class Stamps(Progress):
+        def start(self, total, unit="", desc=""):
+            if desc == "distill":
+                win.begin()
+
+        def update(self, n, label="", **info):
+            if label.startswith("loss"):
+                stamps.append(time.monotonic())
+
+    cfg = DistillConfig(teacher=a.teacher, data=a.data, output=a.out, overwrite=True, layers=a.layers,
+                        seq_len=a.seq, batch_size=a.batch, steps=a.steps, lr=1e-4, warmup=0, max_eval_blocks=1,
+                        alpha=0.0, loss="fkl", temperature=1.0, seed=0, chunk_size=a.chunk)
+    r = distill(cfg, Stamps()).report
+    tok_s = (len(stamps) - 1) * a.batch * a.seq / (stamps[-1] - stamps[0])
+    return {"tok_s": tok_s, "peak_mb": _peak_mb() - base_rss, "train_peak_mb": win.peak(),
+            "final_loss": r["final_loss"]}
+
+
+def child_trl(a) -> dict:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl.experimental.gkd import GKDConfig, GKDTrainer
+
+    from slimedge.distill.data import prepare
+
+    torch.set_num_threads(1)
+    base_rss = _rss_mb()
+    tok = AutoTokenizer.from_pretrained(a.teacher)
+    blocks = prepare(a.data, tok, a.seq).train
+    ds = Dataset.from_dict({"input_ids": blocks.tolist()})
+
+    def collate(examples):
+        x = torch.tensor([e["input_ids"] for e in examples])
+        return {"input_ids": x, "attention_mask": torch.ones_like(x), "labels": x.clone()}
+
+    stamps: list[float] = []
+
+    win = _TrainWindow()
+
+    class Stamps(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kw):
+            win.begin()
+
+        def on_step_end(self, args, state, control, **kw):
+            stamps.append(time.monotonic())
+
+    args = GKDConfig(output_dir=a.out, per_device_train_batch_size=a.batch, max_steps=a.steps, learning_rate=1e-4,
+                     lr_scheduler_type="cosine", warmup_steps=0, lmbda=0.0, beta=0.0, temperature=1.0, seq_kd=False,
+                     use_cpu=True, bf16=False, fp16=False, report_to="none", save_strategy="no", logging_steps=1,
+                     max_length=a.seq, dataloader_num_workers=0, seed=0, disable_dropout=True,
+                     gradient_checkpointing=False)
+    student = AutoModelForCausalLM.from_pretrained(a.student, dtype=torch.float32)
+    teacher = AutoModelForCausalLM.from_pretrained(a.teacher, dtype=torch.float32)
+    trainer = GKDTrainer(model=student, teacher_model=teacher, args=args, train_dataset=ds, data_collator=collate,
+                         processing_class=tok, callbacks=[Stamps()])
+    out = trainer.train()
+    tok_s = (len(stamps) - 1) * a.batch * a.seq / (stamps[-1] - stamps[0])
+    return {"tok_s": tok_s, "peak_mb": _peak_mb() - base_rss, "train_peak_mb": win.peak(),
+            "final_loss": out.training_loss}
+
+
+def part_speed(work: Path, steps: int, batch: int, seq: int, chunk: int) -> dict:
+    import torch  # noqa: F401
+    from transformers import AutoConfig
+
+    from slimedge.distill import DistillConfig
+    from slimedge.distill.student import build_student
+
+    teacher = make_teacher(work, "teacher-v32k", 0, num_hidden_layers=4, hidden_size=256, intermediate_size=512,
+                           pad_vocab=31000, max_position_embeddings=1024)
+    student_dir = work / "student-v32k"
+    if not (student_dir / "config.json").exists():  # the student TRL starts from = slimedge's own init
+        from transformers import AutoTokenizer
+
+        s, _ = build_student(AutoConfig.from_pretrained(teacher), DistillConfig(teacher=str(teacher), layers=2),
+                             teacher_dir=str(teacher))
+        s.save_pretrained(student_dir)
+        AutoTokenizer.from_pretrained(teacher).save_pretrained(student_dir)
+    res = {}
+    for who in ("slimedge", "trl"):
+        cmd = [sys.executable, __file__, "--child", who, "--teacher", str(teacher), "--student", str(student_dir),
+               "--data", str(work / "corpus.txt"), "--out", str(work / f"out-{who}"), "--steps", str(steps),
+               "--batch", str(batch), "--seq", str(seq), "--layers", "2", "--chunk", str(chunk)]
+        env = dict(os.environ, OMP_NUM_THREADS="1", TRANSFORMERS_VERBOSITY="error")
+        p = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if p.returncode != 0:
+            res[who] = {"error": (p.stderr.strip().splitlines() or ["?"])[-1]}
+            print(p.stderr[-3000:], file=sys.stderr)
+        else:
+            res[who] = json.loads(p.stdout.strip().splitlines()[-1])
+        print(f"  {who}: {res[who]}", file=sys.stderr)
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--part", choices=["all", "quality", "speed"], default="all")
+    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--work", default=None, help="folder for teachers/outputs (reused between runs)")
+    ap.add_argument("--child", choices=["slimedge", "trl"], help=argparse.SUPPRESS)
+    for k in ("teacher", "student", "data", "out"):
+        ap.add_argument(f"--{k}", help=argparse.SUPPRESS)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--seq", type=int, default=256)
+    ap.add_argument("--chunk", type=int, default=64, help="slimedge --chunk-size")
+    ap.add_argument("--layers", type=int, default=2, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.child:
+        a.steps = a.steps or 6
+        print(json.dumps(child_slimedge(a) if a.child == "slimedge" else child_trl(a)))
+        return
+    work = Path(a.work or tempfile.mkdtemp(prefix="bench-distill-"))
+    work.mkdir(parents=True, exist_ok=True)
+    if not (work / "corpus.txt").exists():
+        import tokfactory
+
+        (work / "corpus.txt").write_text("\n".join(tokfactory.corpus_lines()) + "\n")
+    print(f"work folder: {work}", file=sys.stderr)
+    if a.part in ("all", "quality"):
+        rows = part_quality(work, a.steps or 150)
+        print(f"\nQuality: teacher 4 layers x 128 (held-out ppl {rows[0]['teacher_ppl']:.2f}), student 2 layers, "
+              f"{a.steps or 150} steps x 8 x 128 tokens, same data order")
+        print("| run | held-out ppl | KL(teacher‖student) | top-1 agreement |")
+        print("|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['run']} | {r['ppl'][0]:.2f} → {r['ppl'][1]:.2f} | {r['kl'][0]:.3f} → {r['kl'][1]:.3f} | "
+                  f"{r['agree'][0]:.3f} → {r['agree'][1]:.3f} |")
+    if a.part in ("all", "speed"):
+        steps = a.steps or 6
+        res = part_speed(work, steps, a.batch, a.seq, a.chunk)
+        s, t = res["slimedge"], res["trl"]
+        print(f"\nSpeed/memory: teacher 4x256 (vocab 32000), student 2 layers, batch {a.batch} x {a.seq} tokens, "
+              f"{steps} steps, forward KL, 1 thread each")
+        print("| trainer | tokens/s | peak memory of a training step | peak memory of the process |")
+        print("|---|---|---|---|")
+        for name, r in (("slimedge distill", s), ("TRL GKDTrainer (lmbda=0, beta=0)", t)):
+            if "error" in r:
+                print(f"| {name} | failed: {r['error']} | | |")
+            else:
+                print(f"| {name} | {r['tok_s']:.0f} | {r['train_peak_mb']:.0f} MB | {r['peak_mb']:.0f} MB |")
+        if "error" not in s and "error" not in t:
+            print(f"| ratio slimedge/TRL | {s['tok_s'] / t['tok_s']:.2f}x | "
+                  f"{s['train_peak_mb'] / t['train_peak_mb']:.2f}x | {s['peak_mb'] / t['peak_mb']:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
