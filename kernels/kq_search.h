@@ -221,10 +221,8 @@ SE_INLINE void se_q3_lanes(const int NL, const int n, const int nmax, const floa
                 sl2[s] = take ? b : sl2[s];
                 changed[s] += take;
             }
-        SE_LANES for (int s = 0; s < NL; ++s) {
-            active[s] = active[s] && changed[s] > 0;
-            any |= active[s];
-        }
+        SE_LANES for (int s = 0; s < NL; ++s) active[s] = active[s] && changed[s] > 0;
+        for (int s = 0; s < NL; ++s) any |= active[s]; /* a reduction: not an `omp simd` loop */
         if (!any) break;
     }
     SE_LANES for (int s = 0; s < NL; ++s) {

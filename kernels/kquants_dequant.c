@@ -41,8 +41,9 @@ void se_dequantize_q3_k(const void *vx, float *y, int64_t k) {
                     const float dl = d_all * scales[is++];
                     SE_LANES for (int l = 0; l < 16; ++l) {
                         const int v = ((q[l + 16 * half] >> shift) & 3) - ((hm[l + 16 * half] & m) ? 0 : 4);
-                        *y++ = dl * (float)v;
+                        y[l] = dl * (float)v;
                     }
+                    y += 16;
                 }
     }
 }

@@ -26,7 +26,7 @@ SE_INLINE float se_signed_absmax(const float *x) {
     for (int l = 0; l < 8; ++l) amax = m[l] > amax ? m[l] : amax;
     if (!(amax > 0.0f)) return 0.0f;
     int pos = 0, neg = 0;
-    SE_LANES for (int j = 0; j < 32; ++j) {
+    _Pragma("omp simd reduction(|:pos, neg)") for (int j = 0; j < 32; ++j) {
         pos |= x[j] == amax;
         neg |= x[j] == -amax;
     }

@@ -29,7 +29,8 @@
 /* Vectorize along lanes (independent blocks or sub-blocks), never along a block's own
  * accumulation order: lane loops are marked `omp simd` (built with -fopenmp-simd, which only
  * enables this pragma, no OpenMP runtime). Without it, GCC unrolls short lane loops and
- * vectorizes the other way with slow in-order reductions. */
+ * vectorizes the other way with slow in-order reductions. Only loops whose iterations are
+ * independent carry the pragma (no reductions, no pointer bumps inside). */
 #define SE_LANES _Pragma("omp simd")
 
 #if defined(__GNUC__)
