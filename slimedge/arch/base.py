@@ -44,7 +44,9 @@ class OutTensor:
 
     name: str  # GGUF name, e.g. "blk.0.attn_q.weight"
     shape: tuple[int, ...]  # NumPy order (last = row length = GGUF ne[0])
-    load: Callable[[], np.ndarray]  # () -> float32[shape], reads the source now
+    # (out=None) -> float32[shape], reads the source now (into the float32 buffer ``out`` when given;
+    # see slimedge.source.hf.TensorRef.load)
+    load: Callable[..., np.ndarray]
     origin: str  # where it comes from, for messages: "model.layers.0.self_attn.q_proj.weight in model.safetensors"
 
 
@@ -222,7 +224,8 @@ class Arch:
         used: set[str] = set()
         out: list[OutTensor] = []
         for name, data in self.extra_tensors():
-            out.append(OutTensor(name, tuple(data.shape), (lambda d=data: d), "generated from config.json"))
+            out.append(OutTensor(name, tuple(data.shape), (lambda out=None, d=data: d),
+                                 "generated from config.json"))
         for template, mt, required, bid in self._table_in_file_order():
             hf = template.format(bid=bid)
             if mt == MODEL_TENSOR.OUTPUT and tied:
@@ -262,7 +265,7 @@ class Arch:
         return [row for _, row in sorted(rows, key=lambda r: r[0])]
 
     def _loader(self, name: str, ref) -> Callable[[], np.ndarray]:
-        return lambda: self.transform(name, ref.load())
+        return lambda out=None: self.transform(name, ref.load(out))
 
 
 def get_arch(config: dict, where: str = "config.json") -> Arch:

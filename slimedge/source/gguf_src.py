@@ -9,6 +9,7 @@ error, and the original float model gives a better result.
 from __future__ import annotations
 
 import logging
+from math import prod
 from pathlib import Path
 
 import numpy as np
@@ -54,15 +55,16 @@ class GGUFTensorRef:
     def where(self) -> str:
         return f"{self.name} in {self.file.name}"
 
-    def load(self) -> np.ndarray:
-        d = np.asarray(self._data)
+    def load(self, out: np.ndarray | None = None) -> np.ndarray:
+        """float32[shape] (``out``: optional float32 buffer to fill, as in ``TensorRef.load``)."""
+        n = prod(self.shape)
+        out = np.empty(n, np.float32) if out is None else out.reshape(-1)[:n]
+        d = np.asarray(self._data).reshape(-1)
         if self.qtype == T.BF16:
-            u = np.ascontiguousarray(d).view(np.uint16).astype(np.uint32)
-            u <<= 16
-            x = u.view(np.float32)
+            np.left_shift(d.view(np.uint16), np.uint32(16), out=out.view(np.uint32), dtype=np.uint32)
         else:
-            x = d.astype(np.float32)
-        return x.reshape(self.shape)
+            np.copyto(out, d, casting="same_kind")
+        return out.reshape(self.shape)
 
 
 class GGUFSource:

@@ -47,25 +47,65 @@ class TensorRef:
     def where(self) -> str:
         return f"{self.name} in {self.file.name}"
 
-    def load(self) -> np.ndarray:
-        """float32[shape]: read from disk now (bf16/f16 widened exactly)."""
-        dt = _DTYPES[self.dtype]
-        count = self.nbytes // dt.itemsize
-        try:
-            raw = np.fromfile(self.file, dtype=dt, count=count, offset=self.offset)
-        except OSError as exc:
-            raise SlimedgeError(f"{self.file}: cannot read tensor {self.name}: {exc.strerror or exc}") from None
-        if raw.size != count:
-            raise SlimedgeError(f"{self.file}: truncated while reading tensor {self.name}; re-download the file")
-        if self.dtype == "BF16":
-            u = raw.astype(np.uint32)
-            u <<= 16  # bf16 is the top half of a float32
-            x = u.view(np.float32)
-        elif self.dtype == "F32":
-            x = raw
+    def load(self, out: np.ndarray | None = None) -> np.ndarray:
+        """float32[shape], read from disk now (bf16/f16 widened exactly).
+
+        ``out``: optional float32 buffer of at least ``prod(shape)`` elements to fill and return a view
+        of (reusing buffers avoids page-faulting fresh memory for every tensor). 2-byte types are read
+        into the buffer's upper half and widened in place, front to back, so no second buffer is needed.
+        """
+        n = prod(self.shape)
+        out = np.empty(n, np.float32) if out is None else out.reshape(-1)[:n]
+        size = _DTYPES[self.dtype].itemsize
+        if size == 4:
+            _read_exactly(self.file, self.offset, out.view(np.uint8), self.name)
+        elif size == 2:
+            raw = out.view(np.uint8)[2 * n:]
+            _read_exactly(self.file, self.offset, raw, self.name)
+            _widen_in_place(out, raw.view(np.uint16 if self.dtype == "BF16" else np.float16))
+        else:  # F64: narrow through a temporary
+            tmp = np.empty(n, np.float64)
+            _read_exactly(self.file, self.offset, tmp.view(np.uint8), self.name)
+            np.copyto(out, tmp, casting="same_kind")
+        return out.reshape(self.shape)
+
+
+_CHUNK = 1 << 20
+
+
+def _widen_in_place(out: np.ndarray, raw: np.ndarray) -> None:
+    """out[k] = float32(raw[k]) where ``raw`` (2-byte values) occupies the upper half of ``out``'s bytes.
+
+    Chunk [a, b) writes bytes [4a, 4b) and reads bytes [2n + 2a, 2n + 2b): it never reaches raw values
+    of later chunks (4b <= 2n + 2b since b <= n); NumPy copies the one chunk that overlaps its own input.
+    bf16 is the top half of a float32; f16 converts exactly.
+    """
+    bf16 = raw.dtype == np.uint16
+    u32 = out.view(np.uint32)
+    for a in range(0, out.size, _CHUNK):
+        b = min(a + _CHUNK, out.size)
+        if bf16:
+            np.left_shift(raw[a:b], np.uint32(16), out=u32[a:b], dtype=np.uint32)
         else:
-            x = raw.astype(np.float32)
-        return x.reshape(self.shape)
+            np.copyto(out[a:b], raw[a:b], casting="same_kind")
+
+
+def _read_exactly(path: Path, offset: int, buf: np.ndarray, name: str) -> None:
+    """Fill ``buf`` (uint8) with the bytes of ``path`` at ``offset``."""
+    view = memoryview(buf).cast("B")
+    got = 0
+    try:
+        with open(path, "rb", buffering=0) as f:
+            f.seek(offset)
+            while got < len(view):
+                k = f.readinto(view[got:])
+                if not k:
+                    break
+                got += k
+    except OSError as exc:
+        raise SlimedgeError(f"{path}: cannot read tensor {name}: {exc.strerror or exc}") from None
+    if got != len(view):
+        raise SlimedgeError(f"{path}: truncated while reading tensor {name}; re-download the file")
 
 
 def read_safetensors_header(path: Path) -> dict[str, TensorRef]:

@@ -27,6 +27,21 @@ def test_reads_each_dtype_exactly(tmp_path, dtype):
         np.testing.assert_array_equal(got, t.float().numpy())
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_in_place_widening_into_a_reused_buffer(tmp_path, dtype):
+    """2-byte values read into the upper half of the output and widened in place, over several chunks."""
+    g = torch.Generator().manual_seed(1)
+    big = torch.randn(3, 1_000_003, generator=g).to(dtype)  # > 2 chunks of 2**20, odd length
+    small = torch.randn(5, 7, generator=g).to(dtype)
+    save_file({"big": big, "small": small}, tmp_path / "m.safetensors")
+    refs = read_safetensors_header(tmp_path / "m.safetensors")
+    buf = np.full(4_000_000, np.nan, np.float32)
+    for name, t in (("big", big), ("small", small), ("big", big)):
+        got = refs[name].load(out=buf)
+        assert np.shares_memory(got, buf)
+        np.testing.assert_array_equal(got, t.float().numpy())
+
+
 def test_index_and_consolidated(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
     save_file({"x": torch.zeros(2)}, tmp_path / "model.safetensors")
