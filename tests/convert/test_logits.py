@@ -27,6 +27,8 @@ CASES = {
     "qwen2-tied": dict(arch="qwen2", tied=True),
     "phi3-padded": dict(arch="phi3", pad_vocab=18),  # embedding rows past the tokenizer's size
     "phi3-longrope": PHI3_LONGROPE,  # rope_factors_short/long tensors + attention factor
+    # Phi-4-mini style: tied embeddings, partial rotary, GPT-2 BPE tokenizer
+    "phi3-tied-partial-rope": dict(arch="phi3", tied=True, tokenizer="bpe:gpt2", partial_rotary_factor=0.5),
     "llama-bf16-sharded": dict(arch="llama", dtype="bfloat16", shard_size="100KB"),
     # attention/MLP biases (q/k biases permuted like their rows) and head_dim != hidden/heads
     "llama-bias-headdim": dict(arch="llama", attention_bias=True, mlp_bias=True, head_dim=32),
