@@ -1,19 +1,22 @@
 """Memory estimate for running a GGUF with llama.cpp on a target, split into RAM and VRAM.
 
-What llama.cpp allocates, and how this module counts it:
+What llama.cpp allocates, and how this module counts it (checked against llama.cpp's own buffer
+logs and the process's peak RSS: tests/benchmarks/bench_memory_estimate.py):
 
 * **weights** — every tensor's bytes in the file. Block ``blk.N`` goes to the GPU when
   ``N >= n_layer - n_gpu_layers``; ``output.weight`` too when all layers are offloaded
   (``n_gpu_layers = -1`` or ``> n_layer``); ``token_embd`` always stays in RAM (llama.cpp keeps
-  the input layer on the CPU). Memory-mapped pages count in RAM once touched, so they are counted.
+  the input layer on the CPU). Memory-mapped pages count in RSS once read, so they are counted.
+* **repacked copies** — on CPUs with the matching SIMD, llama.cpp copies some weight types into an
+  interleaved layout at load time (x86 AVX2: Q4_0, Q4_K, IQ4_NL; ARM NEON dotprod: also Q5_K, Q6_K,
+  Q8_0). With mmap the file pages it read stay resident too, so those tensors count twice.
 * **KV cache** — GQA-aware: ``n_layer × n_ctx × n_head_kv × (key_length + value_length) ×
   bytes per element`` of the cache types, context padded to 256 like llama.cpp; each layer's
   cache lives where its layer lives.
-* **compute buffers** — the ggml graph's scratch for one ``n_ubatch``: the largest of the
-  logits (``n_vocab``), the attention scores (``n_head × n_ctx``, absent with flash attention)
-  and the FFN activations (``n_ff``) per token, plus the residual stream; see :func:`compute_bytes`.
-* **host buffers** — the logits llama-cpp-python keeps per batch (``n_batch × n_vocab`` floats)
-  and a fixed runtime overhead (interpreter, ggml, llama.cpp itself).
+* **compute buffer** — the ggml graph's scratch for one ``n_ubatch`` at full context, the largest
+  stage of :func:`compute_bytes` (attention scores ``n_head × n_ctx`` per token dominate without
+  flash attention; else the logits or the FFN).
+* **runtime** — interpreter, numpy, llama.cpp's code and small allocations (:data:`RUNTIME_OVERHEAD`).
 
 :func:`estimate` returns a :class:`MemoryEstimate`; :func:`check_fits` raises a
 :class:`SlimedgeError` with the numbers when it exceeds the target's budget.
@@ -30,7 +33,12 @@ from .errors import SlimedgeError
 MiB = 1 << 20
 GiB = 1 << 30
 
-RUNTIME_OVERHEAD = 96 * MiB  # Python + numpy + libllama/libggml code and heap, measured ~70-90 MiB
+RUNTIME_OVERHEAD = 64 * MiB  # Python + numpy + llama.cpp code/heap: ~41 MiB after import, ~11 MiB more once loaded
+# weight types llama.cpp repacks at load time (ggml-cpu/repack.cpp), by CPU family
+REPACK_TYPES = {
+    "x86_64": {"Q4_0", "Q4_K", "IQ4_NL", "MXFP4"},  # AVX2 (AVX-512 adds Q2_K)
+    "arm64": {"Q4_0", "Q4_K", "Q5_K", "Q6_K", "Q8_0", "IQ4_NL", "MXFP4"},  # NEON with dotprod (or i8mm)
+}
 CACHE_BYTES = {  # bytes per element of the KV cache types (block bytes / block size)
     "f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q5_1": 24 / 32, "q5_0": 22 / 32,
     "q4_1": 20 / 32, "q4_0": 18 / 32, "iq4_nl": 18 / 32,
@@ -43,6 +51,7 @@ class TensorInfo:
     name: str  # GGUF name
     n_bytes: int  # bytes in the file
     n_elements: int = 0
+    type: str = ""  # GGML type name ("Q4_K"); "" when unknown
 
 
 @dataclass
@@ -98,7 +107,7 @@ def shape_from_gguf(path: str | Path) -> ModelShape:
         n_head_kv=get("attention.head_count_kv", n_head), n_ff=get("feed_forward_length", 4 * n_embd),
         n_vocab=int(n_vocab), key_length=get("attention.key_length", head_dim),
         value_length=get("attention.value_length", head_dim), n_ctx_train=get("context_length", 0),
-        tensors=[TensorInfo(t.name, t.n_bytes, t.n_elements) for t in info.tensors])
+        tensors=[TensorInfo(t.name, t.n_bytes, t.n_elements, t.type) for t in info.tensors])
 
 
 @dataclass
@@ -107,17 +116,18 @@ class MemoryEstimate:
 
     weights_ram: int
     weights_vram: int
+    repack_ram: int  # second copy of the weights llama.cpp repacks at load time (mmap pages stay resident)
     kv_ram: int
     kv_vram: int
     compute_ram: int
     compute_vram: int
-    host_ram: int  # logits buffer + runtime overhead
+    host_ram: int  # runtime overhead
     n_ctx: int
     n_gpu_layers: int
 
     @property
     def total_ram(self) -> int:
-        return self.weights_ram + self.kv_ram + self.compute_ram + self.host_ram
+        return self.weights_ram + self.repack_ram + self.kv_ram + self.compute_ram + self.host_ram
 
     @property
     def total_vram(self) -> int:
@@ -132,7 +142,8 @@ class MemoryEstimate:
         def g(b: int) -> str:
             return f"{b / GiB:.2f} GiB"
 
-        s = (f"RAM {g(self.total_ram)} (weights {g(self.weights_ram)} + KV cache {g(self.kv_ram)} + "
+        rp = f" + repacked {g(self.repack_ram)}" if self.repack_ram else ""
+        s = (f"RAM {g(self.total_ram)} (weights {g(self.weights_ram)}{rp} + KV cache {g(self.kv_ram)} + "
              f"compute {g(self.compute_ram)} + runtime {g(self.host_ram)})")
         if self.total_vram:
             s += (f", VRAM {g(self.total_vram)} (weights {g(self.weights_vram)} + KV cache {g(self.kv_vram)}"
@@ -152,17 +163,35 @@ def kv_bytes_per_layer(shape: ModelShape, n_ctx: int, cache_type_k: str = "f16",
 
 
 def compute_bytes(shape: ModelShape, n_ctx: int, n_ubatch: int, flash_attn: bool) -> int:
-    """Scratch for one physical batch of ``n_ubatch`` tokens (float32 activations).
+    """Compute buffer for one physical batch of ``n_ubatch`` tokens at a full ``n_ctx`` cache.
 
-    The graph allocator reuses memory, so the peak is the largest stage plus what stays alive
-    across it (the residual stream and its normed copy): logits ``n_vocab``; attention scores and
-    their softmax ``2 × n_head × n_ctx`` (without flash attention); FFN gate/up/act ``3 × n_ff``.
+    float32 values per token of the largest graph stage (the allocator reuses memory between
+    stages; the attention mask, ``n_kv`` per token, is an input alive throughout):
+    attention ``n_kv × n_head`` scores (not materialised with flash attention) plus the Q/K/V/output
+    rows; FFN ``3 × n_ff``; output ``n_vocab`` logits — this part matches llama.cpp's reserved
+    "compute buffer size" within ~3%. Plus the CPU backend's work buffer (``2 × n_head × n_kv`` bytes
+    per token without flash attention: the probabilities in F16 for the KQ·V product).
     """
     n_kv = pad_ctx(n_ctx)
-    stages = [shape.n_vocab, 3 * shape.n_ff]
-    stages.append(shape.n_head * 256 if flash_attn else 2 * shape.n_head * n_kv)
-    per_token = max(stages) + 4 * shape.n_embd + shape.n_head * shape.key_length * 3
-    return int(4 * min(n_ubatch, n_kv) * per_token)
+    n_tok = min(n_ubatch, n_kv)
+    attn = 6 * shape.n_embd + (shape.n_head * 64 if flash_attn else shape.n_head * n_kv)
+    per_token = n_kv + max(attn, 3 * shape.n_ff + 2 * shape.n_embd, shape.n_vocab + shape.n_embd)
+    graph = 4 * n_tok * per_token
+    # the CPU backend's work buffer: for KQ·V it converts the attention probabilities to F16
+    work = 0 if flash_attn else 2 * n_tok * shape.n_head * n_kv
+    return int(graph + work)
+
+
+def repack_set(hardware) -> set[str]:
+    """Types llama.cpp repacks on ``hardware`` (a :class:`slimedge.targets.Hardware`), empty if none."""
+    if hardware is None:
+        return set()
+    feats = {f.lower() for f in hardware.cpu_features}
+    if hardware.arch == "arm64":
+        return REPACK_TYPES["arm64"] if feats & {"dotprod", "i8mm"} else set()
+    if "avx2" in feats or "avx512f" in feats or "avx512" in feats:
+        return REPACK_TYPES["x86_64"] | ({"Q2_K"} if feats & {"avx512", "avx512f"} else set())
+    return set()
 
 
 def effective_ctx(shape: ModelShape, n_ctx: int) -> int:
@@ -174,16 +203,18 @@ def _layer_on_gpu(i: int, n_layer: int, n_gpu_layers: int) -> bool:
     return i >= n_layer - min(ngl, n_layer)
 
 
-def estimate(shape: ModelShape, runtime, *, n_ctx: int | None = None) -> MemoryEstimate:
+def estimate(shape: ModelShape, runtime, *, n_ctx: int | None = None, hardware=None) -> MemoryEstimate:
     """Estimate for ``runtime`` (a :class:`slimedge.targets.Runtime`, or any object with its fields).
 
     The context is ``n_ctx`` if given, else the runtime's capped at the model's training context
-    (bundles run with that cap: a longer cache would never be used well).
+    (bundles run with that cap: a longer cache would never be used well). ``hardware`` (the
+    target's) decides which weights llama.cpp repacks at load time; None: none.
     """
     n_ctx = n_ctx or effective_ctx(shape, runtime.n_ctx)
     ngl = runtime.n_gpu_layers
     all_gpu = ngl < 0 or ngl > shape.n_layer
-    w_ram = w_vram = 0
+    repack = repack_set(hardware)
+    w_ram = w_vram = rp_ram = 0
     for t in shape.tensors:
         m = _BLK.match(t.name)
         if m:
@@ -192,8 +223,12 @@ def estimate(shape: ModelShape, runtime, *, n_ctx: int | None = None) -> MemoryE
             gpu = all_gpu and t.name.startswith("output")
         if gpu:
             w_vram += t.n_bytes
-        else:
-            w_ram += t.n_bytes
+            continue
+        w_ram += t.n_bytes
+        if t.type in repack and t.name != "token_embd.weight" and (m or t.name == "output.weight"):
+            rp_ram += t.n_bytes
+    if not runtime.use_mmap:
+        rp_ram = 0  # read straight into the repacked buffer: no second copy
     n_gpu = sum(_layer_on_gpu(i, shape.n_layer, ngl) for i in range(shape.n_layer))
     kv_layer = kv_bytes_per_layer(shape, n_ctx, runtime.cache_type_k, runtime.cache_type_v)
     comp = compute_bytes(shape, n_ctx, runtime.n_ubatch, runtime.flash_attn)
@@ -202,12 +237,11 @@ def estimate(shape: ModelShape, runtime, *, n_ctx: int | None = None) -> MemoryE
         comp_vram, comp_ram = comp, int(4 * runtime.n_ubatch * (shape.n_embd + shape.n_vocab))
     else:
         comp_vram, comp_ram = 0, comp
-    logits = 4 * min(runtime.n_batch, n_ctx) * shape.n_vocab
     return MemoryEstimate(
-        weights_ram=w_ram, weights_vram=w_vram,
+        weights_ram=w_ram, weights_vram=w_vram, repack_ram=rp_ram,
         kv_ram=kv_layer * (shape.n_layer - n_gpu), kv_vram=kv_layer * n_gpu,
         compute_ram=comp_ram, compute_vram=comp_vram,
-        host_ram=logits + RUNTIME_OVERHEAD, n_ctx=n_ctx, n_gpu_layers=ngl)
+        host_ram=RUNTIME_OVERHEAD, n_ctx=n_ctx, n_gpu_layers=ngl)
 
 
 def check_fits(est: MemoryEstimate, target, what: str = "model") -> None:

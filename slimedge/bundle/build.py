@@ -64,7 +64,7 @@ def _hf_shape(src: Path, plan) -> ModelShape:
                       n_ff=int(cfg.get("intermediate_size", 4 * n_embd)), n_vocab=int(cfg["vocab_size"]),
                       key_length=head_dim, value_length=head_dim,
                       n_ctx_train=int(cfg.get("max_position_embeddings") or 0),
-                      tensors=[TensorInfo(t.name, t.nbytes, t.n_params) for t in plan.tensors])
+                      tensors=[TensorInfo(t.name, t.nbytes, t.n_params, t.qtype.name) for t in plan.tensors])
 
 
 def planned_shape(src: Path, spec) -> ModelShape:
@@ -74,7 +74,7 @@ def planned_shape(src: Path, spec) -> ModelShape:
     p = plan(src, spec)
     if _is_gguf(src):
         base = shape_from_gguf(src)
-        base.tensors = [TensorInfo(t.name, t.nbytes, t.n_params) for t in p.tensors]
+        base.tensors = [TensorInfo(t.name, t.nbytes, t.n_params, t.qtype.name) for t in p.tensors]
         return base
     return _hf_shape(src, p)
 
@@ -93,7 +93,7 @@ def choose_type(src: Path, target: Target, requested: str | None) -> tuple[str, 
         tried = []
         for c in cands:
             shape = planned_shape(src, quant_spec(target, c))
-            est = estimate(shape, target.runtime)
+            est = estimate(shape, target.runtime, hardware=target.hardware)
             if fits(est, target):
                 return c.upper(), "auto", shape, est
             tried.append(f"{c} needs {est.total_ram / (1 << 30):.2f} GiB RAM"
@@ -104,7 +104,7 @@ def choose_type(src: Path, target: Target, requested: str | None) -> tuple[str, 
             "use a smaller model, a smaller runtime.n_ctx or a target with more memory")
     qtype = (requested or target.quantization.type).upper()
     shape = planned_shape(src, quant_spec(target, qtype))
-    est = estimate(shape, target.runtime)
+    est = estimate(shape, target.runtime, hardware=target.hardware)
     check_fits(est, target, what=f"{src.name} as {qtype}")
     return qtype, ("--type" if requested else "target profile"), shape, est
 
@@ -189,7 +189,7 @@ def build_bundle(src: str | Path, target: str | Path | Target, out_dir: str | Pa
 
     if packed_as_is:
         shape = shape_from_gguf(src)
-        est = estimate(shape, tgt.runtime)
+        est = estimate(shape, tgt.runtime, hardware=tgt.hardware)
         qtype = (info.file_type_name or "?").replace("MOSTLY_", "")
         check_fits(est, tgt, what=f"{src.name} ({qtype})")
         chosen_by = "source file (already quantized)"
@@ -208,7 +208,7 @@ def build_bundle(src: str | Path, target: str | Path | Target, out_dir: str | Pa
             convert(src, model, quant_spec(tgt, qtype), threads=threads, overwrite=True, progress=progress)
         info = read_info(model)
         shape = shape_from_gguf(model)
-        est = estimate(shape, tgt.runtime)  # from the file actually written
+        est = estimate(shape, tgt.runtime, hardware=tgt.hardware)  # from the file actually written
         runtime = dict(tgt.to_dict()["runtime"], n_ctx=est.n_ctx)  # capped at the training context
         meta = info.metadata
         manifest = {

@@ -72,3 +72,31 @@ def test_budget_refusal_names_the_numbers():
     s2 = tinyllama(bytes_per_layer=300 * MiB)
     with pytest.raises(SlimedgeError, match=r"VRAM budget \(hardware.vram_gb\) is 6.00 GiB"):
         check_fits(estimate(s2, gpu.runtime), gpu)
+
+
+def test_repacked_weights_count_twice_where_llama_cpp_repacks():
+    s = tinyllama()
+    for t in s.tensors:
+        t.type = "Q4_K" if t.name.startswith("blk.") else "Q6_K"
+    s.tensors[0].type = "Q4_K"  # token_embd is never repacked (it is read with get_rows)
+    cpu, arm, small = load_target("cpu"), load_target("arm64"), load_target("arm64-small")
+    blocks = 22 * 30 * MiB
+    assert estimate(s, cpu.runtime, hardware=cpu.hardware).repack_ram == blocks  # AVX2: Q4_K, not Q6_K
+    assert estimate(s, arm.runtime, hardware=arm.hardware).repack_ram == blocks + 50 * MiB  # NEON: Q6_K output too
+    assert estimate(s, cpu.runtime).repack_ram == 0  # no hardware given: no repacking assumed
+    no_mmap = Runtime(n_ctx=2048, use_mmap=False)
+    assert estimate(s, no_mmap, hardware=cpu.hardware).repack_ram == 0  # read straight into the repacked buffer
+    gpu = load_target("laptop-gpu")
+    assert estimate(s, gpu.runtime, hardware=gpu.hardware).repack_ram == 0  # offloaded layers are not repacked
+    assert small.hardware.cpu_features == ("neon", "dotprod")
+    assert estimate(s, small.runtime, hardware=small.hardware).repack_ram == blocks + 50 * MiB
+
+
+def test_compute_matches_llama_cpp_reserved_size():
+    """llama.cpp reports 'CPU compute buffer size = 153.01 MiB' for TinyLlama at n_ctx 2048, n_ubatch 512
+    and 11.50 MiB for tests' tiny llama (256 wide, 4 heads, FFN 512, vocab 1006) at n_ctx 2048, n_ubatch 256."""
+    work = 2 * 512 * 32 * 2048  # + the F16 copy of the attention probabilities (CPU work buffer)
+    assert (compute_bytes(tinyllama(), 2048, 512, False) - work) / MiB == pytest.approx(153.01, rel=0.03)
+    tiny = ModelShape(arch="llama", n_layer=2, n_embd=256, n_head=4, n_head_kv=2, n_ff=512, n_vocab=1006,
+                      key_length=64, value_length=64)
+    assert (compute_bytes(tiny, 2048, 256, False) - 2 * 256 * 4 * 2048) / MiB == pytest.approx(11.50, rel=0.03)
