@@ -15,75 +15,15 @@ bytes, page cache dropped where permitted), so "x copy" says how close conversio
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
-import struct
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ for tokfactory
-
-TINYLLAMA = dict(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
-                 num_attention_heads=32, num_key_value_heads=4, max_position_embeddings=2048,
-                 rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False,
-                 architectures=["LlamaForCausalLM"], model_type="llama", bos_token_id=1, eos_token_id=2,
-                 torch_dtype="bfloat16")
-
-
-def tensor_shapes(cfg: dict) -> list[tuple[str, tuple[int, ...]]]:
-    h, f, v = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
-    kv = h // cfg["num_attention_heads"] * cfg["num_key_value_heads"]
-    out = [("model.embed_tokens.weight", (v, h))]
-    for i in range(cfg["num_hidden_layers"]):
-        p = f"model.layers.{i}."
-        out += [(p + "input_layernorm.weight", (h,)), (p + "self_attn.q_proj.weight", (h, h)),
-                (p + "self_attn.k_proj.weight", (kv, h)), (p + "self_attn.v_proj.weight", (kv, h)),
-                (p + "self_attn.o_proj.weight", (h, h)), (p + "post_attention_layernorm.weight", (h,)),
-                (p + "mlp.gate_proj.weight", (f, h)), (p + "mlp.up_proj.weight", (f, h)),
-                (p + "mlp.down_proj.weight", (h, f))]
-    return out + [("model.norm.weight", (h,)), ("lm_head.weight", (v, h))]
-
-
-def write_bf16_safetensors(path: Path, shapes, seed: int = 0) -> int:
-    """Random N(0, 0.02) bf16 weights, written one tensor at a time (RAM ~ one tensor)."""
-    header, offset = {}, 0
-    for name, shape in shapes:
-        n = int(np.prod(shape)) * 2
-        header[name] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [offset, offset + n]}
-        offset += n
-    header["__metadata__"] = {"format": "pt"}
-    raw = json.dumps(header).encode()
-    raw += b" " * (-len(raw) % 8)
-    rng = np.random.default_rng(seed)
-    pool = (rng.standard_normal(1 << 24, dtype=np.float32) * 0.02).view(np.uint32) >> 16  # 16 M bf16 values
-    pool = pool.astype(np.uint16)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(raw)) + raw)
-        for name, shape in shapes:
-            n = int(np.prod(shape))
-            if len(shape) == 1:
-                f.write(np.full(n, 0x3F80, np.uint16).tobytes())  # norms: 1.0
-                continue
-            start = int(rng.integers(0, pool.size))
-            f.write(np.resize(np.roll(pool, -start), n).tobytes())  # a different rotation per tensor
-    return path.stat().st_size
-
-
-def make_model(d: Path, layers: int) -> Path:
-    import tokfactory
-
-    d.mkdir(parents=True, exist_ok=True)
-    cfg = dict(TINYLLAMA, num_hidden_layers=layers)
-    tokfactory.train_spm(d, vocab_size=1000)  # vocab padded to 32000 by the converter, as Phi-3's is
-    (d / "config.json").write_text(json.dumps(cfg, indent=1))
-    write_bf16_safetensors(d / "model.safetensors", tensor_shapes(cfg))
-    return d
+from _models import largest_tensor_values, make_model, tinyllama_config  # tests/benchmarks/_models.py
 
 
 def run_convert(model: Path, out: Path, env: dict) -> tuple[float, int, int]:
@@ -135,7 +75,7 @@ def main() -> None:
             drop_caches()
             t_conv, rss, out_bytes = run_convert(model, work / "tinyllama-f16.gguf", env)
             rows.append((label, t_conv, rss, out_bytes))
-        largest = max(np.prod(s) for _, s in tensor_shapes(dict(TINYLLAMA, num_hidden_layers=args.layers))) * 4
+        largest = largest_tensor_values(tinyllama_config(args.layers)) * 4
 
         print(f"{'step':<30}{'seconds':>9}{'MB/s':>8}{'x copy':>8}{'peak RSS MB':>13}")
         print(f"{'anchor: copy safetensors':<30}{t_copy:9.2f}{src_bytes / 1e6 / t_copy:8.0f}{1:8.2f}{'':>13}")
