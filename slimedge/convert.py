@@ -9,10 +9,14 @@ Public API::
 
 How: the source is opened lazily (``slimedge.source``), its architecture table (``slimedge.arch``)
 maps names/metadata and says which tensors exist; ``slimedge.quant.mixes.choose_types`` picks a type
-per tensor. The writer declares every tensor first (sizes follow from shape and type), then a
-background thread reads and checks tensor *i+1* (disk, bf16 widening, NaN/Inf) while tensor *i* is
-quantized and written, so I/O and compute overlap and memory stays near two tensors. The output
-appears (atomic rename) only when complete.
+per tensor. The writer declares every tensor first (sizes follow from shape and type), then the
+tensors stream through in slices of whole rows (about ``SLICE_VALUES`` float32 values each, aligned to
+the rows a layout transform needs together, e.g. one attention head for Llama's q/k permutation; a
+tensor whose transform needs all of it goes whole). A background thread reads and checks slice *k+1*
+(disk, bf16 widening, transform, NaN/Inf) into one of two reused float32 buffers while slice *k* is
+quantized and appended to its tensor, so I/O and compute overlap and memory stays near two slices,
+whatever the model's size. Quantized blocks never straddle rows, so the bytes are those of quantizing
+each tensor whole. The output appears (atomic rename) only when complete.
 """
 
 from __future__ import annotations
@@ -165,7 +169,8 @@ def _prepare_gguf(path: Path) -> _Prepared:
 
     source = GGUFSource(path)
     metadata = [KV(k, v, t, sub) for k, (v, t, sub) in source.metadata.items()]
-    tensors = [OutTensor(ref.name, ref.shape, ref.load, ref.where) for ref in source.tensors.values()]
+    tensors = [OutTensor(ref.name, ref.shape, ref.load, ref.where, ref.load_rows, 1)
+               for ref in source.tensors.values()]
     a = "{arch}."
     n_head = int(source.meta(a + "attention.head_count", 1))
     model = ModelInfo(arch=source.arch, n_layer=int(source.meta(a + "block_count", 0)), n_head=n_head,
@@ -193,26 +198,61 @@ def plan(src: str | Path, spec: QuantSpec = QuantSpec()) -> Plan:
     return _plan(_prepare(src), spec)
 
 
-def _slots(tensors: list[OutTensor]) -> list[np.ndarray]:
-    """Two reusable float32 buffers of the largest tensor's size: tensor *i* encoded, *i+1* being read.
+SLICE_VALUES = 1 << 22  # float32 values per slice (16 MiB): large enough for the quantizer's threads
 
-    Reusing them instead of allocating every tensor afresh avoids page-faulting ~2x the model's size
-    in fresh memory (as costly as the reading itself); untouched pages of np.empty cost nothing.
+
+@dataclass(frozen=True)
+class _Job:
+    """One read: rows [start, stop) of tensor ``index`` (as [rows, row length]), or all of it (``whole``)."""
+
+    index: int
+    start: int = 0
+    stop: int = 0
+    whole: bool = True
+
+    def values(self, t: OutTensor) -> int:
+        return int(np.prod(t.shape)) if self.whole else (self.stop - self.start) * t.shape[-1]
+
+
+def _jobs(tensors: list[OutTensor], budget: int) -> list[_Job]:
+    """The reads of a conversion, in file order: slices of whole rows (``row_group``-aligned) of about
+    ``budget`` values, or whole tensors where slicing is not possible."""
+    jobs: list[_Job] = []
+    for i, t in enumerate(tensors):
+        g = t.row_group
+        rows = int(np.prod(t.shape[:-1])) if len(t.shape) >= 2 else 0
+        if t.load_rows is None or g <= 0 or rows == 0 or rows % g:
+            jobs.append(_Job(i))
+            continue
+        per = max(g, budget // max(t.shape[-1], 1) // g * g)  # a multiple of g, at least one group
+        jobs += [_Job(i, a, min(a + per, rows), False) for a in range(0, rows, per)]
+    return jobs
+
+
+def _slots(tensors: list[OutTensor], jobs: list[_Job]) -> list[np.ndarray]:
+    """Two reusable float32 buffers of the largest read's size: slice *k* encoded, *k+1* being read.
+
+    Reusing them instead of allocating every slice afresh avoids page-faulting fresh memory over and
+    over (as costly as the reading itself); untouched pages of np.empty cost nothing.
     """
-    n = max((int(np.prod(t.shape)) for t in tensors), default=0)
+    n = max((j.values(tensors[j.index]) for j in jobs), default=0)
     return [np.empty(n, np.float32), np.empty(n, np.float32)]
 
 
-def _load_checked(t: OutTensor, out: np.ndarray | None = None) -> np.ndarray:
-    """Read one tensor (runs in the reader thread) and refuse NaN/Inf, naming the tensor."""
-    x = t.load(out=out)
-    if tuple(x.shape) != tuple(t.shape):
-        raise SlimedgeError(f"{t.origin}: has shape {list(x.shape)}, expected {list(t.shape)}")
+def _load_checked(t: OutTensor, out: np.ndarray | None = None, job: _Job = _Job(0)) -> np.ndarray:
+    """Read one tensor or slice (runs in the reader thread) and refuse NaN/Inf, naming the tensor."""
+    if job.whole:
+        x, want = t.load(out=out), tuple(t.shape)
+    else:
+        x, want = t.load_rows(job.start, job.stop, out), (job.stop - job.start, t.shape[-1])
+    if tuple(x.shape) != want:
+        raise SlimedgeError(f"{t.origin}: has shape {list(x.shape)}, expected {list(want)}")
     # a float64 sum is finite iff every value is (float32 magnitudes cannot overflow it); no temporary
     if not np.isfinite(np.add.reduce(x, axis=None, dtype=np.float64)):
         bad = int(x.size - np.count_nonzero(np.isfinite(x)))
-        raise SlimedgeError(f"{t.origin}: {bad} NaN/Inf value(s) in the weights; the checkpoint is damaged "
-                            f"(re-download or re-export it)")
+        where = "" if job.whole else f" (rows {job.start}-{job.stop - 1})"
+        raise SlimedgeError(f"{t.origin}: {bad} NaN/Inf value(s) in the weights{where}; the checkpoint is "
+                            f"damaged (re-download or re-export it)")
     return x
 
 
@@ -246,21 +286,24 @@ def convert(src: str | Path, out: str | Path, spec: QuantSpec = QuantSpec(), *, 
 
         progress.start(p.total_bytes, unit="B", desc=f"convert {prep.name}")
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="slimedge-read")
-        slots = _slots(prep.tensors)
+        jobs = _jobs(prep.tensors, SLICE_VALUES)
+        slots = _slots(prep.tensors, jobs)
 
-        def read(i: int):  # tensor i goes to slot i % 2: never the slot being encoded
-            return pool.submit(_load_checked, prep.tensors[i], slots[i % 2])
+        def read(k: int):  # read k goes to slot k % 2: never the slot being encoded
+            j = jobs[k]
+            return pool.submit(_load_checked, prep.tensors[j.index], slots[k % 2], j)
 
         try:
-            pending = read(0) if prep.tensors else None
-            for i, (t, planned) in enumerate(zip(prep.tensors, p.tensors)):
+            pending = read(0) if jobs else None
+            for k, j in enumerate(jobs):
+                t, planned = prep.tensors[j.index], p.tensors[j.index]
                 x = pending.result()
-                pending = read(i + 1) if i + 1 < len(prep.tensors) else None
-                data = _encode(x, planned.qtype, t.name, threads)  # done with x before slot i % 2 is reused
+                pending = read(k + 1) if k + 1 < len(jobs) else None
+                data = _encode(x, planned.qtype, t.name, threads)  # done with x before slot k % 2 is reused
                 del x
-                w.write_tensor(t.name, data)
+                w.write_tensor_part(t.name, data)
+                progress.update(data.nbytes, label=t.name)
                 del data
-                progress.update(planned.nbytes, label=t.name)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
             progress.close()

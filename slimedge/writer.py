@@ -2,7 +2,8 @@
 
 How: a GGUF file is header, metadata, tensor table, then aligned tensor data. Every tensor's byte
 size follows from its shape and type, so the table is written before any weight is computed; tensor
-data then follows one tensor at a time (memory ~ one tensor). Everything goes to a hidden temporary
+data then follows one tensor at a time, whole (``write_tensor``) or in consecutive parts
+(``write_tensor_part``, e.g. slices of rows), so memory stays near one slice. Everything goes to a hidden temporary
 file in the target folder that is renamed over the target only when the last byte is written and
 flushed; on any error or Ctrl-C the temporary file is removed and an existing target stays untouched.
 
@@ -13,6 +14,7 @@ Usage::
         w.add_tensor_info("blk.0.attn_q.weight", (4096, 4096), GGMLQuantizationType.Q8_0)
         w.begin_data()
         w.write_tensor("blk.0.attn_q.weight", q_bytes)  # in table order
+        # or part by part: w.write_tensor_part(name, rows_0_to_k_bytes); w.write_tensor_part(name, rest)
     # renamed into place here (commit), unless the block raised
 """
 
@@ -27,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFEndian, GGUFValueType, GGUFWriter
+from gguf.gguf_writer import WriterState
 
 from .errors import SlimedgeError
 
@@ -94,7 +97,8 @@ class GGUFStreamWriter:
         self.tmp: Path | None = None
         self.gguf: GGUFWriter | None = None  # the gguf package's writer (add_* helpers)
         self._order: list[tuple[str, int]] = []  # (name, nbytes) in table order
-        self._next = 0
+        self._next = 0  # index of the tensor being written
+        self._done = 0  # bytes of tensor ``_next`` written so far
 
     # ---- context management: commit on success, clean up on anything else -----------------------
 
@@ -183,13 +187,38 @@ class GGUFStreamWriter:
 
     def write_tensor(self, name: str, data: np.ndarray) -> None:
         """Write the next tensor's bytes (any dtype; byte size must match its declared type)."""
-        assert self.gguf is not None
-        want_name, want_bytes = self._order[self._next]
-        if name != want_name or data.nbytes != want_bytes:
+        want_name, want_bytes = self._order[self._next] if self._next < len(self._order) else ("(none)", 0)
+        if self._done or data.nbytes != want_bytes:
             raise SlimedgeError(f"{self.out}: internal error: got {name} ({data.nbytes} bytes), expected "
-                                f"{want_name} ({want_bytes} bytes)")
+                                f"{want_name} ({want_bytes - self._done} bytes)")
+        self.write_tensor_part(name, data)
+
+    def write_tensor_part(self, name: str, data: np.ndarray) -> None:
+        """Append the next bytes of tensor ``name`` (the next in table order, or the one in progress).
+
+        Parts are written back to back; when they add up to the declared size the tensor is complete
+        (padded to the alignment) and the next one may start. The bytes on disk are those of
+        :meth:`write_tensor` with the parts joined.
+        """
+        assert self.gguf is not None
+        g = self.gguf
+        want_name, want_bytes = self._order[self._next] if self._next < len(self._order) else ("(none)", 0)
+        if name != want_name or self._done + data.nbytes > want_bytes:
+            raise SlimedgeError(f"{self.out}: internal error: got {name} ({data.nbytes} bytes), expected "
+                                f"{want_name} ({want_bytes - self._done} more bytes)")
+        if g.state not in (WriterState.TI_DATA, WriterState.WEIGHTS) or not g.fout:
+            raise SlimedgeError(f"{self.out}: internal error: tensor data before begin_data()")
+        fout = g.fout[0]
         try:
-            self.gguf.write_tensor_data(np.ascontiguousarray(data))
+            if self._done == 0:  # the gguf writer's bookkeeping for one tensor, as write_tensor_data does it
+                g.tensors[0].pop(name)
+                g.write_padding(fout, fout.tell())
+                g.state = WriterState.WEIGHTS
+            np.ascontiguousarray(data).tofile(fout)
+            self._done += data.nbytes
+            if self._done == want_bytes:
+                g.write_padding(fout, want_bytes)
+                self._next += 1
+                self._done = 0
         except OSError as exc:
             raise SlimedgeError(f"{self.out}: cannot write tensor {name}: {exc.strerror or exc}") from None
-        self._next += 1

@@ -48,6 +48,12 @@ class OutTensor:
     # see slimedge.source.hf.TensorRef.load)
     load: Callable[..., np.ndarray]
     origin: str  # where it comes from, for messages: "model.layers.0.self_attn.q_proj.weight in model.safetensors"
+    # (start, stop, out=None) -> float32[stop - start, shape[-1]]: rows [start, stop) of the tensor seen as
+    # [prod(shape[:-1]), shape[-1]], transformed, read now; None: the tensor is only loaded whole
+    load_rows: Callable[..., np.ndarray] | None = None
+    # slices given to load_rows start and stop at multiples of this many rows (a transform's unit,
+    # e.g. one attention head); 0: load whole only
+    row_group: int = 0
 
 
 @dataclass
@@ -142,8 +148,17 @@ class Arch:
     # ---- hooks for subclasses ------------------------------------------------------------------
 
     def transform(self, gguf_name: str, x: np.ndarray) -> np.ndarray:
-        """Change a tensor's layout for llama.cpp (default: none). Must keep the shape."""
+        """Change a tensor's layout for llama.cpp (default: none). Must keep the shape.
+
+        Called on the whole tensor, or on slices of whole rows when :meth:`row_group` allows it.
+        """
         return x
+
+    def row_group(self, gguf_name: str, shape: tuple[int, ...]) -> int:
+        """Rows :meth:`transform` needs together: the converter streams a tensor in slices of a multiple of
+        this many rows (1: any rows; 0: the whole tensor at once). A subclass that overrides
+        ``transform`` is read whole unless it overrides this too (safe default)."""
+        return 1 if type(self).transform is Arch.transform else 0
 
     def extra_tensors(self) -> list[tuple[str, np.ndarray]]:
         """Generated tensors (GGUF name, float32 array), e.g. rope frequency factors."""
@@ -245,7 +260,13 @@ class Arch:
             if want is not None and tuple(ref.shape) != want:
                 raise SlimedgeError(f"{ref.file}: tensor {hf} has shape {list(ref.shape)} but config.json "
                                     f"implies {list(want)}; the config does not match the weights")
-            out.append(OutTensor(name, tuple(ref.shape), self._loader(name, ref), ref.where))
+            shape = tuple(ref.shape)
+            group = self.row_group(name, shape) if len(shape) >= 2 else 0
+            rows = ref.n_rows
+            if group <= 0 or rows % group:
+                group = 0
+            out.append(OutTensor(name, shape, self._loader(name, ref), ref.where,
+                                 self._row_loader(name, ref) if group else None, group))
         extra = [n for n in refs if n not in used and not any(p.search(n) for p in IGNORED)]
         if extra:
             more = f" and {len(extra) - 3} more" if len(extra) > 3 else ""
@@ -266,6 +287,9 @@ class Arch:
 
     def _loader(self, name: str, ref) -> Callable[[], np.ndarray]:
         return lambda out=None: self.transform(name, ref.load(out))
+
+    def _row_loader(self, name: str, ref) -> Callable[..., np.ndarray]:
+        return lambda start, stop, out=None: self.transform(name, ref.load_rows(start, stop, out))
 
 
 def get_arch(config: dict, where: str = "config.json") -> Arch:

@@ -69,11 +69,15 @@ class Llama(Arch):
         return super().metadata() + [KV(self.key(Keys.Rope.DIMENSION_COUNT), self.hp.head_dim, U32)]
 
     def transform(self, gguf_name_: str, x: np.ndarray) -> np.ndarray:
-        if ".attn_q." in gguf_name_:
-            return permute_rope_rows(x, self.hp.n_head)
-        if ".attn_k." in gguf_name_:
-            return permute_rope_rows(x, self.hp.n_head_kv)
+        # q/k rows are n_head (n_head_kv) heads of head_dim rows; a slice of whole heads permutes alike
+        if ".attn_q." in gguf_name_ or ".attn_k." in gguf_name_:
+            return permute_rope_rows(x, x.shape[0] // self.hp.head_dim)
         return x
+
+    def row_group(self, gguf_name_: str, shape: tuple[int, ...]) -> int:
+        if ".attn_q." in gguf_name_ or ".attn_k." in gguf_name_:
+            return self.hp.head_dim  # the permutation stays inside one head
+        return 1
 
     def extra_tensors(self) -> list[tuple[str, np.ndarray]]:
         if str(self.hp.rope.get("rope_type", "")).lower() == "llama3":

@@ -57,14 +57,29 @@ class GGUFTensorRef:
 
     def load(self, out: np.ndarray | None = None) -> np.ndarray:
         """float32[shape] (``out``: optional float32 buffer to fill, as in ``TensorRef.load``)."""
-        n = prod(self.shape)
+        return self._read(0, prod(self.shape), out).reshape(self.shape)
+
+    @property
+    def n_rows(self) -> int:
+        """Rows of the tensor seen as float32[n_rows, shape[-1]] (1 for a vector)."""
+        return prod(self.shape[:-1])
+
+    def load_rows(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
+        """float32[stop - start, shape[-1]]: rows ``[start, stop)`` (leading dims flattened), as in
+        ``TensorRef.load_rows``; only those rows' pages of the memory map are touched."""
+        if not 0 <= start <= stop <= self.n_rows:
+            raise ValueError(f"{self.name}: rows [{start}, {stop}) outside [0, {self.n_rows})")
+        cols = self.shape[-1] if self.shape else 1
+        return self._read(start * cols, (stop - start) * cols, out).reshape(stop - start, cols)
+
+    def _read(self, first: int, n: int, out: np.ndarray | None) -> np.ndarray:
         out = np.empty(n, np.float32) if out is None else out.reshape(-1)[:n]
-        d = np.asarray(self._data).reshape(-1)
+        d = np.asarray(self._data).reshape(-1)[first:first + n]
         if self.qtype == T.BF16:
             np.left_shift(d.view(np.uint16), np.uint32(16), out=out.view(np.uint32), dtype=np.uint32)
         else:
             np.copyto(out, d, casting="same_kind")
-        return out.reshape(self.shape)
+        return out
 
 
 class GGUFSource:

@@ -3,7 +3,8 @@
 How: each ``*.safetensors`` file starts with an 8-byte little-endian header length and a JSON header
 ``{name: {"dtype", "shape", "data_offsets": [begin, end]}}`` (offsets relative to the end of the header).
 We parse that header ourselves (no torch; bf16 works) and read one tensor's bytes only when asked
-(``np.fromfile`` at an offset: no whole-file mmap, so resident memory stays near one tensor).
+(a read at an offset: no whole-file mmap), whole or a range of rows (``load_rows``), so resident
+memory stays near one slice of a tensor.
 Sharded checkpoints list their files in ``model.safetensors.index.json``.
 
 Pickle checkpoints (``pytorch_model.bin``, ``*.pt``) are refused: unpickling runs arbitrary code.
@@ -54,20 +55,37 @@ class TensorRef:
         of (reusing buffers avoids page-faulting fresh memory for every tensor). 2-byte types are read
         into the buffer's upper half and widened in place, front to back, so no second buffer is needed.
         """
-        n = prod(self.shape)
+        return self._read(0, prod(self.shape), out).reshape(self.shape)
+
+    @property
+    def n_rows(self) -> int:
+        """Rows of the tensor seen as float32[n_rows, shape[-1]] (1 for a vector)."""
+        return prod(self.shape[:-1])
+
+    def load_rows(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
+        """float32[stop - start, shape[-1]]: rows ``[start, stop)`` of the tensor seen as
+        float32[n_rows, shape[-1]] (leading dims flattened), read from disk now; ``out`` as in :meth:`load`."""
+        if not 0 <= start <= stop <= self.n_rows:
+            raise ValueError(f"{self.name}: rows [{start}, {stop}) outside [0, {self.n_rows})")
+        cols = self.shape[-1] if self.shape else 1
+        return self._read(start * cols, (stop - start) * cols, out).reshape(stop - start, cols)
+
+    def _read(self, first: int, n: int, out: np.ndarray | None) -> np.ndarray:
+        """float32[n]: values ``[first, first + n)`` of the flattened tensor."""
         out = np.empty(n, np.float32) if out is None else out.reshape(-1)[:n]
         size = _DTYPES[self.dtype].itemsize
+        offset = self.offset + first * size
         if size == 4:
-            _read_exactly(self.file, self.offset, out.view(np.uint8), self.name)
+            _read_exactly(self.file, offset, out.view(np.uint8), self.name)
         elif size == 2:
             raw = out.view(np.uint8)[2 * n:]
-            _read_exactly(self.file, self.offset, raw, self.name)
+            _read_exactly(self.file, offset, raw, self.name)
             _widen_in_place(out, raw.view(np.uint16 if self.dtype == "BF16" else np.float16))
         else:  # F64: narrow through a temporary
             tmp = np.empty(n, np.float64)
-            _read_exactly(self.file, self.offset, tmp.view(np.uint8), self.name)
+            _read_exactly(self.file, offset, tmp.view(np.uint8), self.name)
             np.copyto(out, tmp, casting="same_kind")
-        return out.reshape(self.shape)
+        return out
 
 
 _CHUNK = 1 << 20

@@ -187,3 +187,39 @@ def test_cli_type_overrides_reach_the_file(tmp_path):
     assert types["blk.0.attn_norm.weight"] == T.F32
     bad = CliRunner().invoke(cli, [str(model), "-o", str(tmp_path / "x.gguf"), "--tensor-type", "nonsense"])
     assert bad.exit_code != 0 and "REGEX=TYPE" in bad.output and not (tmp_path / "x.gguf").exists()
+
+
+@pytest.mark.parametrize("source,typ", [
+    (dict(arch="llama", dtype="bfloat16", shard_size="100KB"), "Q8_0"),  # bf16 slices at offsets, q/k by head
+    (dict(arch="llama"), "Q4_K_M"),
+    (PHI3_LONGROPE, "F16"),  # fused qkv / gate_up, generated rope factors (whole)
+    ("gguf", "Q8_0"),  # an F32 GGUF as source
+])
+def test_row_slices_give_the_same_file_as_whole_tensors(tmp_path, monkeypatch, source, typ):
+    """Streaming every tensor in slices of a few rows (whole heads for q/k) writes the exact same file."""
+    import slimedge.convert as conv
+
+    if source == "gguf":
+        src = convert(cached_hf_model(arch="llama"), tmp_path / "f32.gguf", QuantSpec("F32")).out
+    else:
+        src = cached_hf_model(**source)
+    whole = convert(src, tmp_path / "whole.gguf", QuantSpec(typ), threads=2).out
+    seen = []
+    real = conv._load_checked
+
+    def spy(t, out=None, job=conv._Job(0)):
+        seen.append((t.name, t.shape, job))
+        return real(t, out, job)
+
+    monkeypatch.setattr(conv, "SLICE_VALUES", 200)  # ~3 rows of 64 values (a multiple of a head for q/k)
+    monkeypatch.setattr(conv, "_load_checked", spy)
+    sliced = convert(src, tmp_path / "sliced.gguf", QuantSpec(typ), threads=2).out
+    assert sliced.read_bytes() == whole.read_bytes()
+    n_tensors = len(tensors_of(whole))
+    assert len(seen) > 5 * n_tensors
+    for name, shape, job in seen:
+        if len(shape) == 2 and "rope_factors" not in name:
+            assert not job.whole and job.stop - job.start < shape[0], name
+    if source != "gguf" and source["arch"] == "llama":
+        heads = {job.stop - job.start for name, _, job in seen if ".attn_q." in name}
+        assert heads == {16}  # head_dim rows: one head per slice

@@ -77,3 +77,38 @@ def test_missing_tensor_is_not_committed(tmp_path):
             w.add_tensor_info("a.weight", (4, 32), T.F32)
             w.begin_data()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_tensor_written_in_parts_equals_whole(tmp_path):
+    """write_tensor_part: row slices appended back to back give the bytes of write_tensor (padding included)."""
+    def write(out, parts: bool):
+        with GGUFStreamWriter(out, "llama") as w:
+            _kv(w.add_kv)
+            for name, x, q in TENSORS:
+                w.add_tensor_info(name, x.shape, q)
+            w.begin_data()
+            for name, x, q in TENSORS:
+                if parts and x.ndim == 2:
+                    for a in range(0, x.shape[0], 7):  # uneven last part
+                        w.write_tensor_part(name, _encoded(x[a:a + 7], q))
+                else:
+                    w.write_tensor(name, _encoded(x, q))
+        return out.read_bytes()
+
+    assert write(tmp_path / "parts.gguf", True) == write(tmp_path / "whole.gguf", False)
+
+
+def test_parts_beyond_the_declared_size_or_missing_are_refused(tmp_path):
+    x = np.zeros((4, 32), np.float32)
+    with pytest.raises(SlimedgeError, match="internal error"):
+        with GGUFStreamWriter(tmp_path / "a.gguf", "llama") as w:
+            w.add_tensor_info("a.weight", x.shape, T.F32)
+            w.begin_data()
+            w.write_tensor_part("a.weight", x[:3])
+            w.write_tensor_part("a.weight", x[:3])  # 6 rows of 4
+    with pytest.raises(SlimedgeError, match="never written"):
+        with GGUFStreamWriter(tmp_path / "b.gguf", "llama") as w:
+            w.add_tensor_info("a.weight", x.shape, T.F32)
+            w.begin_data()
+            w.write_tensor_part("a.weight", x[:3])  # one row short
+    assert list(tmp_path.iterdir()) == []
