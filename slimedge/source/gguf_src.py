@@ -1,9 +1,11 @@
 """An F32/F16/BF16 GGUF file as conversion source (to requantize it, e.g. F16 → Q4_K_M).
 
-How: ``gguf.GGUFReader`` memory-maps the file; its metadata is carried over (minus the keys the new
-file sets itself: architecture, file type, quantization version, alignment) and tensors keep their
-GGUF names. A file that is already quantized is refused: requantizing quantized weights compounds the
-error, and the original float model gives a better result.
+How: ``gguf.GGUFReader`` parses the file; its metadata is carried over (minus the keys the new file
+sets itself: architecture, file type, quantization version, alignment) and tensors keep their GGUF
+names. Tensor data is read with plain reads at each tensor's offset (whole or a range of rows), not
+through the reader's memory map, so resident memory stays near one slice. A file that is already
+quantized is refused: requantizing quantized weights compounds the error, and the original float
+model gives a better result.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ class GGUFTensorRef:
         self.name = t.name
         self.qtype = T(t.tensor_type)
         self.shape = tuple(int(d) for d in reversed(t.shape.tolist()))  # GGUF ne order -> NumPy order
-        self._data = t.data
+        self.offset = int(t.data_offset)  # absolute byte offset of the data in ``file``
         self.file = file
 
     @property
@@ -73,13 +75,10 @@ class GGUFTensorRef:
         return self._read(start * cols, (stop - start) * cols, out).reshape(stop - start, cols)
 
     def _read(self, first: int, n: int, out: np.ndarray | None) -> np.ndarray:
-        out = np.empty(n, np.float32) if out is None else out.reshape(-1)[:n]
-        d = np.asarray(self._data).reshape(-1)[first:first + n]
-        if self.qtype == T.BF16:
-            np.left_shift(d.view(np.uint16), np.uint32(16), out=out.view(np.uint32), dtype=np.uint32)
-        else:
-            np.copyto(out, d, casting="same_kind")
-        return out
+        # plain reads, not the reader's memory map: mapped pages would stay resident (RSS ~ the whole file)
+        from .hf import read_float32
+
+        return read_float32(self.file, self.offset, self.qtype.name, first, n, out, self.name)
 
 
 class GGUFSource:

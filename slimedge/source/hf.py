@@ -71,21 +71,30 @@ class TensorRef:
         return self._read(start * cols, (stop - start) * cols, out).reshape(stop - start, cols)
 
     def _read(self, first: int, n: int, out: np.ndarray | None) -> np.ndarray:
-        """float32[n]: values ``[first, first + n)`` of the flattened tensor."""
-        out = np.empty(n, np.float32) if out is None else out.reshape(-1)[:n]
-        size = _DTYPES[self.dtype].itemsize
-        offset = self.offset + first * size
-        if size == 4:
-            _read_exactly(self.file, offset, out.view(np.uint8), self.name)
-        elif size == 2:
-            raw = out.view(np.uint8)[2 * n:]
-            _read_exactly(self.file, offset, raw, self.name)
-            _widen_in_place(out, raw.view(np.uint16 if self.dtype == "BF16" else np.float16))
-        else:  # F64: narrow through a temporary
-            tmp = np.empty(n, np.float64)
-            _read_exactly(self.file, offset, tmp.view(np.uint8), self.name)
-            np.copyto(out, tmp, casting="same_kind")
-        return out
+        return read_float32(self.file, self.offset, self.dtype, first, n, out, self.name)
+
+
+def read_float32(path: Path, offset: int, dtype: str, first: int, n: int, out: np.ndarray | None,
+                 name: str) -> np.ndarray:
+    """float32[n]: values ``[first, first + n)`` of a ``dtype`` ("F32", "F16", "BF16", "F64") array stored
+    at byte ``offset`` of ``path``, read with plain reads (into ``out``'s first n values when given).
+
+    2-byte types are read into the buffer's upper half and widened in place, front to back.
+    """
+    out = np.empty(n, np.float32) if out is None else out.reshape(-1)[:n]
+    size = _DTYPES[dtype].itemsize
+    offset += first * size
+    if size == 4:
+        _read_exactly(path, offset, out.view(np.uint8), name)
+    elif size == 2:
+        raw = out.view(np.uint8)[2 * n:]
+        _read_exactly(path, offset, raw, name)
+        _widen_in_place(out, raw.view(np.uint16 if dtype == "BF16" else np.float16))
+    else:  # F64: narrow through a temporary
+        tmp = np.empty(n, np.float64)
+        _read_exactly(path, offset, tmp.view(np.uint8), name)
+        np.copyto(out, tmp, casting="same_kind")
+    return out
 
 
 _CHUNK = 1 << 20

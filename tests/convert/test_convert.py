@@ -223,3 +223,22 @@ def test_row_slices_give_the_same_file_as_whole_tensors(tmp_path, monkeypatch, s
     if source != "gguf" and source["arch"] == "llama":
         heads = {job.stop - job.start for name, _, job in seen if ".attn_q." in name}
         assert heads == {16}  # head_dim rows: one head per slice
+
+
+@pytest.mark.parametrize("typ", ["F16", "BF16"])
+def test_half_precision_gguf_source_widens_exactly(tmp_path, monkeypatch, typ):
+    """An F16/BF16 GGUF read back (whole and in row slices) to F32 holds exactly the stored values."""
+    import slimedge.convert as conv
+
+    half = convert(cached_hf_model(arch="llama"), tmp_path / "half.gguf", QuantSpec(typ)).out
+    monkeypatch.setattr(conv, "SLICE_VALUES", 200)
+    wide = tensors_of(convert(half, tmp_path / "f32.gguf", QuantSpec("F32")).out)
+    for name, t in tensors_of(half).items():
+        d = np.asarray(t.data)
+        if t.tensor_type == T.BF16:
+            want = (d.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+        else:
+            want = d.astype(np.float32)
+        got = np.asarray(wide[name].data)
+        assert wide[name].tensor_type == T.F32, name
+        np.testing.assert_array_equal(got.reshape(-1), want.reshape(-1), err_msg=name)
