@@ -77,17 +77,19 @@ def make_teacher(work: Path, name: str, train_steps: int, **kw) -> Path:
     import conftest
 
     conftest.SEQ = 128
-    return train_teacher(src, dst, (work / "corpus.txt").read_text(), steps=train_steps)
+    text = (work / "corpus.txt").read_text()
+    # the teacher never sees the held-out part (the last 10% of the blocks = the end of the text)
+    return train_teacher(src, dst, text[: int(len(text) * 0.85)], steps=train_steps)
 
 
 # ---------------------------------------------------------------------------------------------
-def part_quality(work: Path, steps: int) -> list[dict]:
+def part_quality(work: Path, steps: int, teacher_steps: int) -> list[dict]:
     import torch
 
     from slimedge.distill import DistillConfig, distill
 
     torch.set_num_threads(1)
-    teacher = make_teacher(work, "teacher-q", 300, num_hidden_layers=4, hidden_size=128, intermediate_size=256,
+    teacher = make_teacher(work, f"teacher-q{teacher_steps}", teacher_steps, num_hidden_layers=4, hidden_size=128, intermediate_size=256,
                            max_position_embeddings=512)
     rows = []
     for name, alpha, init in (("KD, teacher-init", 0.0, "auto"), ("CE only, teacher-init", 1.0, "auto"),
@@ -220,6 +222,8 @@ def main() -> None:
     ap.add_argument("--child", choices=["slimedge", "trl"], help=argparse.SUPPRESS)
     for k in ("teacher", "student", "data", "out"):
         ap.add_argument(f"--{k}", help=argparse.SUPPRESS)
+    ap.add_argument("--teacher-steps", type=int, default=70, help="training steps of the quality teacher "
+                    "(x16x128 tokens; more overfits the small corpus)")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--chunk", type=int, default=64, help="slimedge --chunk-size")
@@ -234,11 +238,16 @@ def main() -> None:
     if not (work / "corpus.txt").exists():
         import tokfactory
 
-        (work / "corpus.txt").write_text("\n".join(tokfactory.corpus_lines()) + "\n")
+        import random
+
+        lines = list(tokfactory.corpus_lines())  # shuffled: the held-out tail is like the rest
+        random.Random(0).shuffle(lines)
+        (work / "corpus.txt").write_text("\n".join(lines) + "\n")
     print(f"work folder: {work}", file=sys.stderr)
     if a.part in ("all", "quality"):
-        rows = part_quality(work, a.steps or 150)
-        print(f"\nQuality: teacher 4 layers x 128 (held-out ppl {rows[0]['teacher_ppl']:.2f}), student 2 layers, "
+        rows = part_quality(work, a.steps or 150, a.teacher_steps)
+        print(f"\nQuality: teacher 4 layers x 128, {a.teacher_steps} steps (held-out ppl {rows[0]['teacher_ppl']:.2f}), "
+              f"student 2 layers, "
               f"{a.steps or 150} steps x 8 x 128 tokens, same data order")
         print("| run | held-out ppl | KL(teacher‖student) | top-1 agreement |")
         print("|---|---|---|---|")
