@@ -20,7 +20,6 @@ GPUs, gloo on CPU); process 0 evaluates and writes the output.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math

@@ -44,7 +44,8 @@ def test_run_length_options():
 
 
 @pytest.mark.parametrize("bad,msg", [(dict(alpha=1.5), "--alpha"), (dict(beta=0.0), "--beta"),
-                                     (dict(loss="kl"), "unknown --loss"), (dict(batch_size=6, grad_accum=4), "multiple"),
+                                     (dict(loss="kl"), "unknown --loss"),
+                                     (dict(batch_size=6, grad_accum=4), "multiple"),
                                      (dict(student_config="s.json", layers=2), "exclude each other"),
                                      (dict(teacher_cache="c", feature_weight=1.0), "hidden states"),
                                      (dict(response=True, prompt_len=200, gen_len=100), "exceeds --seq-len"),
