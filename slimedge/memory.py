@@ -112,7 +112,13 @@ def shape_from_gguf(path: str | Path) -> ModelShape:
 
 @dataclass
 class MemoryEstimate:
-    """Bytes by component and device. ``total_ram``/``total_vram`` are what the budget is checked against."""
+    """Bytes by component and device.
+
+    ``total_ram`` is the expected peak resident set (what ``ps``/``VmHWM`` shows). ``required_ram``
+    leaves out the memory-mapped pages of repacked tensors — read once at load, then re-readable
+    page cache the kernel drops under pressure — and is what the RAM budget is checked against,
+    with ``total_vram`` against the VRAM budget.
+    """
 
     weights_ram: int
     weights_vram: int
@@ -130,21 +136,26 @@ class MemoryEstimate:
         return self.weights_ram + self.repack_ram + self.kv_ram + self.compute_ram + self.host_ram
 
     @property
+    def required_ram(self) -> int:
+        return self.total_ram - self.repack_ram
+
+    @property
     def total_vram(self) -> int:
         return self.weights_vram + self.kv_vram + self.compute_vram
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d["total_ram"], d["total_vram"] = self.total_ram, self.total_vram
+        d["total_ram"], d["required_ram"], d["total_vram"] = self.total_ram, self.required_ram, self.total_vram
         return d
 
     def describe(self) -> str:
         def g(b: int) -> str:
             return f"{b / GiB:.2f} GiB"
 
-        rp = f" + repacked {g(self.repack_ram)}" if self.repack_ram else ""
-        s = (f"RAM {g(self.total_ram)} (weights {g(self.weights_ram)}{rp} + KV cache {g(self.kv_ram)} + "
+        s = (f"RAM {g(self.required_ram)} (weights {g(self.weights_ram)} + KV cache {g(self.kv_ram)} + "
              f"compute {g(self.compute_ram)} + runtime {g(self.host_ram)})")
+        if self.repack_ram:
+            s += f" plus {g(self.repack_ram)} of reclaimable mmap pages after load-time repacking"
         if self.total_vram:
             s += (f", VRAM {g(self.total_vram)} (weights {g(self.weights_vram)} + KV cache {g(self.kv_vram)}"
                   f" + compute {g(self.compute_vram)})")
@@ -251,7 +262,7 @@ def check_fits(est: MemoryEstimate, target, what: str = "model") -> None:
     def g(b: float) -> str:
         return f"{b / GiB:.2f} GiB"
 
-    if est.total_ram > hw.memory_budget_bytes:
+    if est.required_ram > hw.memory_budget_bytes:
         raise SlimedgeError(
             f"{what} does not fit target {target.name!r}: needs {est.describe()} but the RAM budget "
             f"(hardware.memory_budget_gb) is {g(hw.memory_budget_bytes)}; try --type auto, a smaller "

@@ -96,7 +96,7 @@ def choose_type(src: Path, target: Target, requested: str | None) -> tuple[str, 
             est = estimate(shape, target.runtime, hardware=target.hardware)
             if fits(est, target):
                 return c.upper(), "auto", shape, est
-            tried.append(f"{c} needs {est.total_ram / (1 << 30):.2f} GiB RAM"
+            tried.append(f"{c} needs {est.required_ram / (1 << 30):.2f} GiB RAM"
                          + (f" / {est.total_vram / (1 << 30):.2f} GiB VRAM" if est.total_vram else ""))
         raise SlimedgeError(
             f"{src}: no --type auto candidate fits target {target.name!r} (RAM budget "

@@ -52,9 +52,9 @@ def render_card(m: dict) -> str:
         f"| quantization | {q['type']} (chosen by {q['chosen_by']}); tensors: {types} |",
         f"| runtime | context {rt['n_ctx']}, batch {rt['n_batch']}/{rt['n_ubatch']}, GPU layers {ngl}, "
         f"KV cache {rt['cache_type_k']}/{rt['cache_type_v']}, flash attention {'on' if rt['flash_attn'] else 'off'} |",
-        f"| memory estimate | RAM {_mb(est['total_ram'])} (weights {_mb(est['weights_ram'])}, repacked copies "
-        f"{_mb(est.get('repack_ram', 0))}, KV cache "
-        f"{_mb(est['kv_ram'])}, compute {_mb(est['compute_ram'])}, runtime {_mb(est['host_ram'])})"
+        f"| memory estimate | RAM {_mb(est['required_ram'])} (weights {_mb(est['weights_ram'])}, KV cache "
+        f"{_mb(est['kv_ram'])}, compute {_mb(est['compute_ram'])}, runtime {_mb(est['host_ram'])}); peak RSS "
+        f"{_mb(est['total_ram'])} with the pages of load-time repacked weights"
         + (f"; VRAM {_mb(est['total_vram'])}" if est["total_vram"] else "") + " |",
         f"| chat format | {m.get('chat_format') or 'unknown (no template translated for Ollama)'} |",
         "",

@@ -45,7 +45,7 @@ def cli(src: Path, target: str, out: Path, qtype: str | None, archive: bool, thr
     m = json.loads((path / "manifest.json").read_text())
     q, est = m["quantization"], m["memory_estimate"]
     click.echo(f"bundle {path}: {q['type']} ({q['chosen_by']}), {q['model_size'] / 2**20:.1f} MiB, "
-               f"{q['bpw']:.2f} bpw; estimated RAM {est['total_ram'] / 2**20:.0f} MiB"
+               f"{q['bpw']:.2f} bpw; estimated RAM {est['required_ram'] / 2**20:.0f} MiB"
                + (f", VRAM {est['total_vram'] / 2**20:.0f} MiB" if est["total_vram"] else "")
                + f" for target {m['target']['name']}")
     if archive:

@@ -9,6 +9,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
+from slimedge.bench.report import to_csv, to_markdown
 from slimedge.bench.runner import FIELDS, run_child
 from slimedge.bundle import build_bundle, verify_bundle
 from slimedge.cli import main
@@ -36,14 +37,12 @@ def test_cli_json_carries_every_field(ggufs, text_file, tmp_path):
     assert [t["name"] for t in rec["tests"]] == ["pp64", "tg8"]
     assert rec["n_cores"] >= 1 and rec["cpu_info"] and "llama-cpp-python" in rec["build_commit"]
     assert rec["backends"] in ("CPU", "GPU")
-    # CSV and Markdown forms
-    r = CliRunner().invoke(main, ["bench", str(ggufs["Q4_K_M"]), "-r", "1", "-p", "32", "-n", "4", "-t", "2",
-                                  "--csv", "--quiet"])
-    assert r.exit_code == 0, r.output
-    rows = list(csv.DictReader(io.StringIO(r.output)))
-    assert list(rows[0]) == FIELDS and float(rows[0]["avg_ts"]) > 0
-    r = CliRunner().invoke(main, ["bench", str(ggufs["Q4_K_M"]), "-r", "1", "-p", "32", "-n", "4", "-t", "2", "--quiet"])
-    assert r.exit_code == 0 and "| tiny-q4_k_m.gguf |" in r.output and "tg t/s" in r.output
+    # CSV and Markdown forms of the same record
+    rows = list(csv.DictReader(io.StringIO(to_csv([rec]))))
+    assert list(rows[0]) == FIELDS and float(rows[0]["avg_ts"]) == pytest.approx(rec["avg_ts"], rel=1e-6)
+    assert rows[0]["samples_ts"].count(";") == 1
+    md = to_markdown([rec])
+    assert "| tiny-q4_k_m.gguf |" in md and "tg t/s" in md and "KLD" in md and rec["cpu_info"] in md
 
 
 @pytest.mark.parametrize("name", shipped_names())

@@ -44,7 +44,10 @@ def test_bundle_per_target(bundles, hf_model, name):
     src = {f["path"]: f for f in m["source"]["files"]}
     assert src["model.safetensors"]["sha256"] == sha256_file(hf_model / "model.safetensors")
     est = m["memory_estimate"]
-    assert est["total_ram"] == est["weights_ram"] + est["kv_ram"] + est["compute_ram"] + est["host_ram"]
+    assert est["total_ram"] == (est["weights_ram"] + est["repack_ram"] + est["kv_ram"] + est["compute_ram"]
+                                + est["host_ram"])
+    # Q4_K (x86 and ARM) and Q4_0 are repacked at load time, on the CPU only
+    assert (est["repack_ram"] > 0) == (t.runtime.n_gpu_layers == 0)
     if t.runtime.n_gpu_layers == -1:
         assert est["weights_vram"] > 0 and est["kv_vram"] > 0 and est["kv_ram"] == 0
     else:
@@ -110,14 +113,14 @@ def test_model_that_does_not_fit_is_refused_with_numbers(hf_model, tmp_path):
 
 def test_type_auto_picks_best_that_fits(hf_model, tmp_path):
     t = load_target("cpu")
-    ests = {c: estimate(planned_shape(hf_model, quant_spec(t, c)), t.runtime).total_ram
+    ests = {c: estimate(planned_shape(hf_model, quant_spec(t, c)), t.runtime, hardware=t.hardware).required_ram
             for c in ("F16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M")}
     assert ests["F16"] > ests["Q8_0"] > ests["Q6_K"] > ests["Q5_K_M"] > ests["Q4_K_M"]
     budget = (ests["Q5_K_M"] + ests["Q4_K_M"]) / 2 / 2**30  # Q4_K_M fits, Q5_K_M does not
     b = build_bundle(hf_model, _profile(tmp_path, budget), tmp_path / "auto", type="auto")
     m = json.loads((b / "manifest.json").read_text())
     assert m["quantization"]["type"] == "Q4_K_M" and m["quantization"]["chosen_by"] == "auto"
-    assert m["memory_estimate"]["total_ram"] <= budget * 2**30
+    assert m["memory_estimate"]["required_ram"] <= budget * 2**30
     with pytest.raises(SlimedgeError, match=r"no --type auto candidate fits target 'tiny'.*Q2_K needs"):
         build_bundle(hf_model, _profile(tmp_path, 0.01, "tiny"), tmp_path / "none", type="auto")
 

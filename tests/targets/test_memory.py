@@ -65,7 +65,7 @@ def test_budget_refusal_names_the_numbers():
         check_fits(est, small, what="tiny.gguf as Q8_0")
     msg = str(e.value)
     assert "tiny.gguf as Q8_0 does not fit target 'arm64-small'" in msg
-    assert f"RAM {est.total_ram / 2**30:.2f} GiB" in msg and "budget (hardware.memory_budget_gb) is 2.50 GiB" in msg
+    assert f"RAM {est.required_ram / 2**30:.2f} GiB" in msg and "budget (hardware.memory_budget_gb) is 2.50 GiB" in msg
     gpu = load_target("laptop-gpu")
     est = estimate(s, gpu.runtime)
     assert est.total_vram > 4 * 2**30
@@ -100,3 +100,18 @@ def test_compute_matches_llama_cpp_reserved_size():
     tiny = ModelShape(arch="llama", n_layer=2, n_embd=256, n_head=4, n_head_kv=2, n_ff=512, n_vocab=1006,
                       key_length=64, value_length=64)
     assert (compute_bytes(tiny, 2048, 256, False) - 2 * 256 * 4 * 2048) / MiB == pytest.approx(11.50, rel=0.03)
+
+
+def test_budget_checks_required_ram_not_reclaimable_repack_pages():
+    import dataclasses
+
+    s = tinyllama(bytes_per_layer=60 * MiB)
+    for t in s.tensors:
+        t.type = "Q4_K"
+    cpu = load_target("cpu")
+    est = estimate(s, cpu.runtime, hardware=cpu.hardware)
+    assert est.required_ram == est.total_ram - est.repack_ram and est.repack_ram == (22 * 60 + 50) * MiB  # blocks + output
+    between = (est.required_ram + est.total_ram) / 2 / 2**30
+    tgt = dataclasses.replace(cpu, hardware=dataclasses.replace(cpu.hardware, memory_budget_gb=between))
+    check_fits(est, tgt)  # fits: the repacked tensors' file pages are re-readable page cache
+    assert "reclaimable mmap pages" in est.describe()
