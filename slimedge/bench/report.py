@@ -45,7 +45,8 @@ def to_markdown(records: list[dict]) -> str:
         cols += ["KLD", "top-1", "ΔPPL"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(["---"] + ["---:"] * (len(cols) - 1)) + "|"]
     for r in records:
-        name = str(r.get("model_filename", "?")).rsplit("/", 1)[-1]
+        parts = str(r.get("model_filename", "?")).replace("\\", "/").rsplit("/", 2)
+        name = "/".join(parts[-2:]) if parts[-1] == "model.gguf" and len(parts) > 1 else parts[-1]  # bundle/model.gguf
         pp = "—" if r.get("pp_avg_ts") is None else f"{r['pp_avg_ts']:.1f} ± {r['pp_stddev_ts']:.1f}"
         tg = "—" if r.get("avg_ts") is None else f"{r['avg_ts']:.1f} ± {r['stddev_ts']:.1f}"
         row = [name, _f(r.get("model_size") and r["model_size"] / MiB, ".1f"), _f(r.get("bpw"), ".2f"),
