@@ -184,6 +184,18 @@ def _copy_tokenizer_files(teacher_dir: str, dst: str) -> bool:
     return found
 
 
+def _umask_permissions(folder: str) -> None:
+    """Give a folder made by mkdtemp (0700, files 0600) the permissions a plain mkdir/open would."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(folder, 0o777 & ~umask)
+    for root, dirs, files in os.walk(folder):
+        for d in dirs:
+            os.chmod(os.path.join(root, d), 0o777 & ~umask)
+        for f in files:
+            os.chmod(os.path.join(root, f), 0o666 & ~umask)
+
+
 def _write_output(cfg, student, tokenizer, report: dict, teacher_cfg) -> None:
     """Write everything into a temp folder next to the output, then rename it into place."""
     from transformers import GenerationConfig
@@ -207,6 +219,7 @@ def _write_output(cfg, student, tokenizer, report: dict, teacher_cfg) -> None:
         gen.save_pretrained(tmp)
         with open(os.path.join(tmp, REPORT_NAME), "w", encoding="utf-8") as f:
             json.dump(report, f, indent=2)
+        _umask_permissions(tmp)
         if os.path.exists(out):  # --overwrite: swap, then drop the old folder
             old = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.old-", dir=parent)
             os.rmdir(old)

@@ -55,6 +55,10 @@ def test_distill_brings_student_closer_to_teacher(distilled, teacher_dir):
     assert "tokenizer.model" in tok_files
     for n in tok_files:  # the teacher's tokenizer, byte for byte
         assert (out / n).read_bytes() == (teacher_dir / n).read_bytes(), n
+    umask = os.umask(0)
+    os.umask(umask)  # the folder gets plain mkdir/open permissions, not mkdtemp's 0700/0600
+    assert out.stat().st_mode & 0o777 == 0o777 & ~umask
+    assert (out / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_output_loads_in_transformers_and_report_matches(distilled, teacher_dir, corpus_file):
