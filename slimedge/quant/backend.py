@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from ..errors import SlimedgeError
-from .formats import check_row_length, dequantize_rows, get_format, quantize_rows
+from .formats import check_row_length, dequantize_rows, get_format, quantize_rows, quantized_rows
 
 log = logging.getLogger(__name__)
 
@@ -150,14 +150,7 @@ def dequantize(q: np.ndarray, qtype, n_per_row: int | None = None, threads: int 
     k = _K
     if k is None or k.block_size(int(fmt.qtype)) == 0:
         return dequantize_rows(q, qtype, n_per_row)
-    q = np.ascontiguousarray(q).view(np.uint8)
-    row_bytes = q.shape[-1] if q.ndim else q.size
-    if row_bytes % fmt.type_size:
-        raise SlimedgeError(f"{fmt.qtype.name}: {row_bytes} bytes per row is not a multiple of the block size "
-                            f"{fmt.type_size} bytes")
-    n = row_bytes // fmt.type_size * fmt.block_size
-    if n_per_row is not None and n != n_per_row:
-        raise SlimedgeError(f"{fmt.qtype.name}: expected {n_per_row} values per row, data holds {n}")
+    q, n = quantized_rows(q, fmt, n_per_row)
     out = np.empty((*q.shape[:-1], n), dtype=np.float32)
     if out.size == 0:
         return out

@@ -108,9 +108,8 @@ def quantize_rows(x: np.ndarray, qtype, imatrix: np.ndarray | None = None, what:
     return q.reshape(*x.shape[:-1], fmt.row_bytes(n_per_row))
 
 
-def dequantize_rows(q: np.ndarray, qtype, n_per_row: int | None = None) -> np.ndarray:
-    """NumPy reference: ``uint8[..., row_bytes]`` -> ``float32[..., n_per_row]``."""
-    fmt = get_format(qtype)
+def quantized_rows(q: np.ndarray, fmt: type[QuantFormat], n_per_row: int | None = None) -> tuple[np.ndarray, int]:
+    """Check quantized rows ``q[..., row_bytes]`` of ``fmt`` -> (contiguous ``uint8`` view, values per row)."""
     q = np.ascontiguousarray(q).view(np.uint8)
     row_bytes = q.shape[-1] if q.ndim else q.size
     if row_bytes % fmt.type_size:
@@ -119,6 +118,13 @@ def dequantize_rows(q: np.ndarray, qtype, n_per_row: int | None = None) -> np.nd
     n = row_bytes // fmt.type_size * fmt.block_size
     if n_per_row is not None and n != n_per_row:
         raise SlimedgeError(f"{fmt.qtype.name}: expected {n_per_row} values per row, data holds {n}")
+    return q, n
+
+
+def dequantize_rows(q: np.ndarray, qtype, n_per_row: int | None = None) -> np.ndarray:
+    """NumPy reference: ``uint8[..., row_bytes]`` -> ``float32[..., n_per_row]``."""
+    fmt = get_format(qtype)
+    q, n = quantized_rows(q, fmt, n_per_row)
     x = fmt.dequantize_blocks(q.reshape(-1, fmt.type_size))
     return x.reshape(*q.shape[:-1], n)
 
