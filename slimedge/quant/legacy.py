@@ -21,6 +21,8 @@ refuse ``quantize_blocks(x, w)`` with NotImplementedError. Q8_0 ignores importan
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 from gguf import GGMLQuantizationType as T
 
@@ -104,14 +106,14 @@ def _unpack_high_bits(qh: np.ndarray) -> np.ndarray:
     return (((v >> np.arange(32, dtype=np.uint32)) & 1) << 4).astype(np.uint8)
 
 
-def _symmetric(x: np.ndarray, nmax_neg: float, offset: float, qmax: int) -> tuple[np.ndarray, np.ndarray]:
-    """Q4_0/Q5_0 core: returns (fp16 bits of d [n], q uint8[n, 32])."""
+def _symmetric(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
+    """Q4_0/Q5_0 core (``nmax`` 8 / 16): returns (fp16 bits of d [n], q uint8[n, 32])."""
     max_ = first_absmax(x)
-    d = max_ / _F(nmax_neg)
+    d = max_ / _F(-nmax)
     with np.errstate(divide="ignore"):
         id_ = np.where(d != 0, _F(1.0) / d, _F(0.0)).astype(_F)
-    v = _trunc_int(x * id_[:, None] + _F(offset)).astype(np.int8)  # (int8_t) cast: wraps like GCC
-    q = np.minimum(np.int32(qmax), v.astype(np.int32)).astype(np.uint8)
+    v = _trunc_int(x * id_[:, None] + _F(nmax + 0.5)).astype(np.int8)  # (int8_t) cast: wraps like GCC
+    q = np.minimum(np.int32(2 * nmax - 1), v.astype(np.int32)).astype(np.uint8)
     return f16_bits(d), q
 
 
@@ -137,20 +139,44 @@ def _f16_field(q: np.ndarray, at: int) -> np.ndarray:
     return f16_value(np.ascontiguousarray(q[:, at:at + 2]).view("<u2").reshape(-1))
 
 
-class Q4_0(QuantFormat, qtype=T.Q4_0):
+class _SymmetricBlocks:
+    """Q4_0/Q5_0 quantizer (mixin before QuantFormat): ``_nmax`` levels either side of zero (8 / 16)."""
+    _nmax: ClassVar[int]
+
     @chunked(CHUNK_BLOCKS)
     def quantize_blocks(cls, x, w=None):
         _no_imatrix(cls, w)
-        d, q = _symmetric(np.asarray(x, _F), -8.0, 8.5, 15)
+        d, q = _symmetric(np.asarray(x, _F), cls._nmax)
         return cls._pack(d, q)
+
+    @classmethod
+    def quantize_weighted_rows(cls, rows, imatrix):
+        return _weighted_rows(rows, imatrix, _weighted_symmetric(cls._nmax, cls._pack))
+
+
+class _AffineBlocks:
+    """Q4_1/Q5_1 quantizer (mixin before QuantFormat): ``_steps`` levels above the minimum (15 / 31);
+    ``_clamp``: the C code's ``MIN(15, (int8_t)v)`` (Q4_1) rather than ``(uint8_t)v`` (Q5_1)."""
+    _steps: ClassVar[int]
+    _clamp: ClassVar[bool]
+
+    @chunked(CHUNK_BLOCKS)
+    def quantize_blocks(cls, x, w=None):
+        _no_imatrix(cls, w)
+        d, m, q = _affine(np.asarray(x, _F), cls._steps, clamp=cls._clamp)
+        return cls._pack(d, m, q)
+
+    @classmethod
+    def quantize_weighted_rows(cls, rows, imatrix):
+        return _weighted_rows(rows, imatrix, _weighted_affine(cls._steps, cls._pack))
+
+
+class Q4_0(_SymmetricBlocks, QuantFormat, qtype=T.Q4_0):
+    _nmax = 8
 
     @staticmethod
     def _pack(d, q):
         return np.concatenate([_u16_bytes(d), _pack_nibbles(q)], axis=1)
-
-    @classmethod
-    def quantize_weighted_rows(cls, rows, imatrix):
-        return _weighted_rows(rows, imatrix, _weighted_symmetric(8, cls._pack))
 
     @classmethod
     def dequantize_blocks(cls, q):
@@ -159,20 +185,12 @@ class Q4_0(QuantFormat, qtype=T.Q4_0):
         return v.astype(_F) * d[:, None]
 
 
-class Q4_1(QuantFormat, qtype=T.Q4_1):
-    @chunked(CHUNK_BLOCKS)
-    def quantize_blocks(cls, x, w=None):
-        _no_imatrix(cls, w)
-        d, m, q = _affine(np.asarray(x, _F), 15, clamp=True)
-        return cls._pack(d, m, q)
+class Q4_1(_AffineBlocks, QuantFormat, qtype=T.Q4_1):
+    _steps, _clamp = 15, True
 
     @staticmethod
     def _pack(d, m, q):
         return np.concatenate([_u16_bytes(d), _u16_bytes(m), _pack_nibbles(q)], axis=1)
-
-    @classmethod
-    def quantize_weighted_rows(cls, rows, imatrix):
-        return _weighted_rows(rows, imatrix, _weighted_affine(15, cls._pack))
 
     @classmethod
     def dequantize_blocks(cls, q):
@@ -181,20 +199,12 @@ class Q4_1(QuantFormat, qtype=T.Q4_1):
         return v.astype(_F) * d[:, None] + m[:, None]
 
 
-class Q5_0(QuantFormat, qtype=T.Q5_0):
-    @chunked(CHUNK_BLOCKS)
-    def quantize_blocks(cls, x, w=None):
-        _no_imatrix(cls, w)
-        d, q = _symmetric(np.asarray(x, _F), -16.0, 16.5, 31)
-        return cls._pack(d, q)
+class Q5_0(_SymmetricBlocks, QuantFormat, qtype=T.Q5_0):
+    _nmax = 16
 
     @staticmethod
     def _pack(d, q):
         return np.concatenate([_u16_bytes(d), _pack_high_bits(q), _pack_nibbles(q)], axis=1)
-
-    @classmethod
-    def quantize_weighted_rows(cls, rows, imatrix):
-        return _weighted_rows(rows, imatrix, _weighted_symmetric(16, cls._pack))
 
     @classmethod
     def dequantize_blocks(cls, q):
@@ -203,20 +213,12 @@ class Q5_0(QuantFormat, qtype=T.Q5_0):
         return v.astype(_F) * d[:, None]
 
 
-class Q5_1(QuantFormat, qtype=T.Q5_1):
-    @chunked(CHUNK_BLOCKS)
-    def quantize_blocks(cls, x, w=None):
-        _no_imatrix(cls, w)
-        d, m, q = _affine(np.asarray(x, _F), 31, clamp=False)
-        return cls._pack(d, m, q)
+class Q5_1(_AffineBlocks, QuantFormat, qtype=T.Q5_1):
+    _steps, _clamp = 31, False
 
     @staticmethod
     def _pack(d, m, q):
         return np.concatenate([_u16_bytes(d), _u16_bytes(m), _pack_high_bits(q), _pack_nibbles(q)], axis=1)
-
-    @classmethod
-    def quantize_weighted_rows(cls, rows, imatrix):
-        return _weighted_rows(rows, imatrix, _weighted_affine(31, cls._pack))
 
     @classmethod
     def dequantize_blocks(cls, q):
