@@ -23,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 from gguf import GGMLQuantizationType as T
 
+from . import kquant_imatrix
 from .formats import QuantFormat
 from .kquant_search import (ROUND_MAGIC, chunked, f16_bits, f16_value, first_absmax, make_q3_quants,
                             make_qkx_quants, make_qx_quants, nearest_int, seqsum)
@@ -137,8 +138,7 @@ class Q2_K(QuantFormat, qtype=T.Q2_K):
     @chunked(CHUNK_BLOCKS)
     def quantize_blocks(cls, x, w=None):
         if w is not None:  # importance weights: ggml's quantize_row_*_impl
-            from .kquant_imatrix import quantize_q2_k_imatrix
-            return quantize_q2_k_imatrix(x, w)
+            return kquant_imatrix.quantize_q2_k_imatrix(x, w)
         x = np.asarray(x, _F)
         nb = x.shape[0]
         xc = _cols(x, 16)                                    # [16, nb*16]
@@ -198,8 +198,7 @@ class Q3_K(QuantFormat, qtype=T.Q3_K):
     @chunked(CHUNK_BLOCKS)
     def quantize_blocks(cls, x, w=None):
         if w is not None:  # importance weights: ggml's quantize_row_*_impl
-            from .kquant_imatrix import quantize_q3_k_imatrix
-            return quantize_q3_k_imatrix(x, w)
+            return kquant_imatrix.quantize_q3_k_imatrix(x, w)
         x = np.asarray(x, _F)
         nb = x.shape[0]
         L, scales = make_q3_quants(_cols(x, 16), 4)
@@ -224,21 +223,24 @@ class Q3_K(QuantFormat, qtype=T.Q3_K):
         return (dl * v).reshape(-1, QK_K)
 
 
+def _sub_scales_k4(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Q4_K/Q5_K bytes -> sub-block scales and mins ``float32[nb, 8, 1]`` (``d * sc``, ``dmin * m``)."""
+    d, dmin = _f16_at(q, 0), _f16_at(q, 2)
+    sc, mn = _unpack_scale_min_k4(q[:, 4:16])
+    return (d[:, None] * sc.astype(_F))[:, :, None], (dmin[:, None] * mn.astype(_F))[:, :, None]
+
+
 class Q4_K(QuantFormat, qtype=T.Q4_K):
     @chunked(CHUNK_BLOCKS)
     def quantize_blocks(cls, x, w=None):
         if w is not None:  # importance weights: ggml's quantize_row_*_impl
-            from .kquant_imatrix import quantize_q45_k_imatrix
-            return quantize_q45_k_imatrix(x, w, 15)
+            return kquant_imatrix.quantize_q45_k_imatrix(x, w, 15)
         d, dmin, scales12, L = _affine_k(np.asarray(x, _F), 15, -1.0, 20)
         return np.concatenate([_u16_bytes(d), _u16_bytes(dmin), scales12, _pack_4bit_pairs(L)], axis=1)
 
     @classmethod
     def dequantize_blocks(cls, q):
-        d, dmin = _f16_at(q, 0), _f16_at(q, 2)
-        sc, mn = _unpack_scale_min_k4(q[:, 4:16])
-        d1 = (d[:, None] * sc.astype(_F))[:, :, None]
-        m1 = (dmin[:, None] * mn.astype(_F))[:, :, None]
+        d1, m1 = _sub_scales_k4(q)
         v = _unpack_4bit_pairs(q[:, 16:144]).astype(_F).reshape(-1, 8, 32)
         return (d1 * v - m1).reshape(-1, QK_K)
 
@@ -254,16 +256,12 @@ class Q5_K(QuantFormat, qtype=T.Q5_K):
     @chunked(CHUNK_BLOCKS)
     def quantize_blocks(cls, x, w=None):
         if w is not None:  # importance weights: ggml's quantize_row_*_impl
-            from .kquant_imatrix import quantize_q45_k_imatrix
-            return quantize_q45_k_imatrix(x, w, 31)
+            return kquant_imatrix.quantize_q45_k_imatrix(x, w, 31)
         return _pack_q5(*_affine_k(np.asarray(x, _F), 31, -0.5, 15))
 
     @classmethod
     def dequantize_blocks(cls, q):
-        d, dmin = _f16_at(q, 0), _f16_at(q, 2)
-        sc, mn = _unpack_scale_min_k4(q[:, 4:16])
-        d1 = (d[:, None] * sc.astype(_F))[:, :, None]
-        m1 = (dmin[:, None] * mn.astype(_F))[:, :, None]
+        d1, m1 = _sub_scales_k4(q)
         hb = (q[:, None, 16:48] >> np.arange(8, dtype=np.uint8)[None, :, None]) & 1      # [nb, 8, 32]
         v = (_unpack_4bit_pairs(q[:, 48:176]).reshape(-1, 8, 32) | (hb << 4)).astype(_F)
         return (d1 * v - m1).reshape(-1, QK_K)
@@ -293,8 +291,7 @@ class Q6_K(QuantFormat, qtype=T.Q6_K):
     @chunked(CHUNK_BLOCKS)
     def quantize_blocks(cls, x, w=None):
         if w is not None:  # importance weights: ggml's quantize_row_*_impl
-            from .kquant_imatrix import quantize_q6_k_imatrix
-            return quantize_q6_k_imatrix(x, w)
+            return kquant_imatrix.quantize_q6_k_imatrix(x, w)
         x = np.asarray(x, _F)
         nb = x.shape[0]
         L, scales = make_qx_quants(_cols(x, 16), 32)
