@@ -23,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from _common import drop_caches  # tests/benchmarks/_common.py
 from _models import largest_tensor_values, make_model, tinyllama_config  # tests/benchmarks/_models.py
 
 
@@ -38,14 +39,6 @@ def run_convert(model: Path, out: Path, env: dict) -> tuple[float, int, int]:
     os.sync()
     seconds = time.perf_counter() - t
     return seconds, int(proc.stdout.split()[-1]) * 1024, out.stat().st_size
-
-
-def drop_caches() -> None:
-    try:
-        os.sync()
-        Path("/proc/sys/vm/drop_caches").write_text("3\n")
-    except OSError:
-        pass
 
 
 def main() -> None:

@@ -35,6 +35,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _common import drop_caches  # tests/benchmarks/_common.py (standard library only)
+
 HERE = Path(__file__).resolve().parent
 
 MAKE_MODEL = ("import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); import _models;"
@@ -73,14 +75,6 @@ def run_child(argv: list[str], log: Path) -> tuple[float, int, float]:
 def slimedge_convert(model: Path, out: Path, ftype: str, threads: int) -> list[str]:
     return [sys.executable, "-m", "slimedge", "convert", str(model), "-o", str(out), "--type", ftype,
             "--threads", str(threads), "--quiet"]
-
-
-def drop_caches() -> None:
-    try:
-        os.sync()
-        Path("/proc/sys/vm/drop_caches").write_text("3\n")
-    except OSError:
-        pass
 
 
 def first_difference(a: Path, b: Path) -> str | None:

@@ -25,22 +25,15 @@ import numpy as np  # noqa: E402
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ for ggml_ref
+from _common import best_time, pin_to_one_core, weight_rows  # noqa: E402  (tests/benchmarks/_common.py)
 from ggml_ref import ggml_dequantize, ggml_quantize  # noqa: E402
 
 from slimedge import _kernels  # noqa: E402
 from slimedge.quant.formats import quantize_rows  # noqa: E402  (NumPy path)
 
+CPU = time.thread_time  # this thread's CPU time: every path runs on this one thread
 TYPES = ["F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
 GOAL = {"Q4_K": 4.0, "Q5_K": 4.0, "Q2_K": 4.0, "Q3_K": 1.5, "Q6_K": 1.5, "Q8_0": 1.0, "Q4_0": 1.0}
-
-
-def best_cpu(fn, repeat: int) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.thread_time()
-        fn()
-        best = min(best, time.thread_time() - t0)
-    return max(best, 1e-9)
 
 
 def c_quantize(x: np.ndarray, t: GGMLQuantizationType, imatrix: np.ndarray | None = None) -> np.ndarray:
@@ -65,14 +58,10 @@ def main() -> None:
     ap.add_argument("--types", default=",".join(TYPES))
     ap.add_argument("--imatrix", action="store_true", help="quantize with importance weights")
     args = ap.parse_args()
-    try:
-        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
-    except (AttributeError, OSError):
-        pass
+    pin_to_one_core()
 
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((args.rows, args.cols)).astype(np.float32)
-    x[:, ::97] *= 8.0  # some outliers, like real weights
+    x = weight_rows(rng, args.rows, args.cols)
     xn = x[: args.numpy_rows]
     imx = (rng.random(args.cols).astype(np.float32) * 4 + 0.01) if args.imatrix else None
     if args.imatrix:
@@ -89,12 +78,12 @@ def main() -> None:
         t = GGMLQuantizationType[name]
         ours, ref = c_quantize(x, t, imx), ggml_quantize(x, name, imatrix=imx)
         same = np.array_equal(ours, ref) and np.array_equal(quantize_rows(xn, name, imx), ref[: xn.shape[0]])
-        tc = best_cpu(lambda: c_quantize(x, t, imx), args.repeat)
-        tg = best_cpu(lambda: ggml_quantize(x, name, imatrix=imx), args.repeat)
-        tn = best_cpu(lambda: quantize_rows(xn, name, imx), max(1, args.repeat // 2))
+        tc = best_time(lambda: c_quantize(x, t, imx), args.repeat, CPU)
+        tg = best_time(lambda: ggml_quantize(x, name, imatrix=imx), args.repeat, CPU)
+        tn = best_time(lambda: quantize_rows(xn, name, imx), max(1, args.repeat // 2), CPU)
         c, g, npy = x.size / tc / 1e6, x.size / tg / 1e6, xn.size / tn / 1e6
-        dc = best_cpu(lambda: c_dequantize(ref, t, x.shape[1]), args.repeat)
-        dg = best_cpu(lambda: ggml_dequantize(ref, name, x.shape[1]), args.repeat)
+        dc = best_time(lambda: c_dequantize(ref, t, x.shape[1]), args.repeat, CPU)
+        dg = best_time(lambda: ggml_dequantize(ref, name, x.shape[1]), args.repeat, CPU)
         goal = None if args.imatrix else GOAL.get(name)
         if goal and c / g < goal:
             misses.append(name)

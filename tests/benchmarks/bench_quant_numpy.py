@@ -22,21 +22,13 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ for ggml_ref
+from _common import best_time, pin_to_one_core, weight_rows  # noqa: E402  (tests/benchmarks/_common.py)
 from ggml_ref import ggml_dequantize, ggml_quantize  # noqa: E402
 
 from slimedge.quant.formats import dequantize_rows, quantize_rows  # noqa: E402  (NumPy path, no C kernels)
 
+CPU = time.process_time  # this process's CPU time: everything here runs on one thread
 TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
-
-
-def best_time(fn, repeat: int) -> float:
-    """Best CPU time of this process (robust on a shared machine; everything here runs on one thread)."""
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.process_time()
-        fn()
-        best = min(best, time.process_time() - t0)
-    return best
 
 
 def main() -> None:
@@ -47,14 +39,10 @@ def main() -> None:
     ap.add_argument("--types", default=",".join(TYPES))
     ap.add_argument("--imatrix", action="store_true", help="quantize with a random importance vector")
     args = ap.parse_args()
-    try:  # pin this process to one core as well, if the platform allows
-        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
-    except (AttributeError, OSError):
-        pass
+    pin_to_one_core()
 
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((args.rows, args.cols)).astype(np.float32)
-    x[:, ::97] *= 8.0  # some outliers, like real weights
+    x = weight_rows(rng, args.rows, args.cols)
     imx = rng.exponential(1.0, args.cols).astype(np.float32) if args.imatrix else None
     mw = x.size / 1e6
     print(f"{args.rows}x{args.cols} float32 rows ({mw:.2f} Mweights){' with imatrix' if args.imatrix else ''}, "
@@ -65,10 +53,10 @@ def main() -> None:
         ours = quantize_rows(x, t, imx)
         ref = ggml_quantize(x, t, imx)
         same = "identical" if np.array_equal(ours, ref) else "DIFFERENT"
-        tq_s = best_time(lambda: quantize_rows(x, t, imx), args.repeat)
-        tq_g = best_time(lambda: ggml_quantize(x, t, imx), args.repeat)
-        td_s = best_time(lambda: dequantize_rows(ref, t, args.cols), args.repeat)
-        td_g = best_time(lambda: ggml_dequantize(ref, t, args.cols), args.repeat)
+        tq_s = best_time(lambda: quantize_rows(x, t, imx), args.repeat, CPU)
+        tq_g = best_time(lambda: ggml_quantize(x, t, imx), args.repeat, CPU)
+        td_s = best_time(lambda: dequantize_rows(ref, t, args.cols), args.repeat, CPU)
+        td_g = best_time(lambda: ggml_dequantize(ref, t, args.cols), args.repeat, CPU)
         print(f"{t:6} {mw / tq_s:14.1f} {mw / tq_g:10.1f} {tq_g / tq_s:7.2f} | {mw / td_s:12.0f} {mw / td_g:9.0f} "
               f"{td_g / td_s:6.2f} | {same}", flush=True)
 

@@ -21,18 +21,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ for ggml_ref
+from _common import best_time  # noqa: E402  (tests/benchmarks/_common.py)
 from ggml_ref import ggml_quantize  # noqa: E402
 
 from slimedge.quant import backend as qb  # noqa: E402
-
-
-def best_wall(fn, repeat: int) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def busy(fn, repeat: int) -> float:
@@ -62,12 +54,12 @@ def main() -> None:
     print(head)
     print("-" * len(head))
     for name in args.types.split(","):
-        tg = best_wall(lambda: ggml_quantize(x, name), 1)
+        tg = best_time(lambda: ggml_quantize(x, name), 1)
         one = qb.quantize(x, name, threads=1)
         rates = []
         for t in counts:
             assert np.array_equal(qb.quantize(x, name, threads=t), one), f"{name}: {t} threads changed the bytes"
-            rates.append(mw / best_wall(lambda: qb.quantize(x, name, threads=t), args.repeat))
+            rates.append(mw / best_time(lambda: qb.quantize(x, name, threads=t), args.repeat))
         b = busy(lambda: qb.quantize(x, name, threads=counts[-1]), args.repeat)
         print(f"{name:6} {mw / tg:9.1f} " + " ".join(f"{r:9.1f}" for r in rates) +
               f" | {rates[-1] / rates[0]:7.2f}x {rates[-1] / (mw / tg):7.1f}x {b:5.2f}")
