@@ -55,20 +55,11 @@ class Phi3(Arch):
         return super().expected_shape(tensor, is_bias)
 
     def metadata(self) -> list[KV]:
-        hp, k = self.hp, self.key
-        kv = [
-            KV(k(Keys.LLM.CONTEXT_LENGTH), hp.n_ctx, U32),
+        k = self.key  # the common decoder keys (no rope scaling keys: see rope_scaling_metadata) + phi3's own
+        kv = super().metadata() + [
             KV(k(Keys.Rope.SCALING_ORIG_CTX_LEN), self.orig_ctx, U32),
-            KV(k(Keys.LLM.EMBEDDING_LENGTH), hp.n_embd, U32),
-            KV(k(Keys.LLM.FEED_FORWARD_LENGTH), hp.n_ff, U32),
-            KV(k(Keys.LLM.BLOCK_COUNT), hp.n_layer, U32),
-            KV(k(Keys.Attention.HEAD_COUNT), hp.n_head, U32),
-            KV(k(Keys.Attention.HEAD_COUNT_KV), hp.n_head_kv, U32),
-            KV(k(Keys.Attention.LAYERNORM_RMS_EPS), hp.rms_eps, F32),
             KV(k(Keys.Rope.DIMENSION_COUNT), self.rope_dims, U32),
-            KV(k(Keys.Rope.FREQ_BASE), hp.rope_theta, F32),
             KV(k(Keys.Attention.SLIDING_WINDOW), int(self.config.get("sliding_window") or 0), U32),
-            KV(k(Keys.LLM.VOCAB_SIZE), hp.n_vocab, U32),
         ]
         if self._long_factors() is not None:
             kv.append(KV(k(Keys.Rope.SCALING_ATTN_FACTOR), self._attn_factor(), F32))
