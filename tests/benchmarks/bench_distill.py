@@ -35,10 +35,11 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent / "distill"), str(HERE.parent)]
 
 
-def _rss_mb() -> float:
+def _status_mb(field: str) -> float:
+    """A memory line of /proc/self/status ("VmRSS": resident now, "VmHWM": its high-water mark) in MB."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return 0.0
 
@@ -47,24 +48,16 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _hwm_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
 class _TrainWindow:
     """Peak resident memory while training only: reset the high-water mark when training starts."""
 
     def begin(self) -> None:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
-        self.rss0 = _rss_mb()
+        self.rss0 = _status_mb("VmRSS")
 
     def peak(self) -> float:
-        return _hwm_mb() - self.rss0
+        return _status_mb("VmHWM") - self.rss0
 
 
 def make_teacher(work: Path, name: str, train_steps: int, **kw) -> Path:
@@ -122,7 +115,7 @@ def child_slimedge(a) -> dict:
     from slimedge.progress import Progress
 
     torch.set_num_threads(1)
-    base_rss = _rss_mb()
+    base_rss = _status_mb("VmRSS")
     stamps: list[float] = []
 
     win = _TrainWindow()
@@ -154,7 +147,7 @@ def child_trl(a) -> dict:
     from slimedge.distill.data import prepare
 
     torch.set_num_threads(1)
-    base_rss = _rss_mb()
+    base_rss = _status_mb("VmRSS")
     tok = AutoTokenizer.from_pretrained(a.teacher)
     blocks = prepare(a.data, tok, a.seq).train
     ds = Dataset.from_dict({"input_ids": blocks.tolist()})
