@@ -19,11 +19,29 @@ recompute ``L`` once at the end (the same expression, hence the same values).
 
 from __future__ import annotations
 
+import math
+import threading
+
 import numpy as np
 
 _F = np.float32
 ROUND_MAGIC = _F(12582912.0)  # 1.5 * 2**23
 GROUP_MAX_EPS = _F(1e-15)
+
+
+_SCRATCH = threading.local()
+
+
+def scratch(key: str, shape, dtype=_F) -> np.ndarray:
+    """An uninitialized per-thread buffer of ``shape`` reused from call to call (large temporaries would
+    otherwise fault in fresh pages every call, which costs more than the arithmetic). It stays valid until
+    the next ``scratch(key, ...)`` on this thread: only for temporaries that never leave one call."""
+    bufs = _SCRATCH.__dict__.setdefault("bufs", {})
+    nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+    b = bufs.get(key)
+    if b is None or b.size < nbytes:
+        b = bufs[key] = np.empty(nbytes, dtype=np.uint8)
+    return b[:nbytes].view(dtype).reshape(shape)
 
 
 # ---- scalar helpers (elementwise) ------------------------------------------------------------------
@@ -246,98 +264,146 @@ def make_qx_quants(x: np.ndarray, nmax: int, qw: np.ndarray | None = None):
     return L, np.where(zero, _F(0.0), scale).astype(_F)
 
 
-def _clamped_nearest(t: np.ndarray, lo: int, hi: int) -> np.ndarray:
-    """``(float)MAX(lo, MIN(hi, nearest_int(t)))`` with ggml's bit trick (exact for any float32 t)."""
-    v = (t + ROUND_MAGIC).view(np.int32)
-    v &= 0x007FFFFF
-    np.clip(v, np.int32(lo + 0x400000), np.int32(hi + 0x400000), out=v)
-    v -= np.int32(0x400000)
-    return v.astype(_F)
-
-
-def make_q3_quants(x: np.ndarray, nmax: int):
+def make_q3_quants(x: np.ndarray, nmax: int, xt: np.ndarray | None = None, out: np.ndarray | None = None):
     """``make_q3_quants(n, nmax, x, L, do_rmse=true)`` over the columns of ``x: float32[n, M]``.
 
-    Returns ``(L: float32[n, M] in 0..2*nmax-1, scale: float32[M])``.
+    Returns ``(L: float32[n, M] in 0..2*nmax-1, scale: float32[M])``; the refinement is :func:`_refine_q3`.
+    ``xt``, if given, is the same values as ``float32[M, n]`` (rows gather faster than columns); ``L`` is
+    written to ``out`` if given.
+    """
+    x = np.ascontiguousarray(x, dtype=_F)
+    fn = _F(nmax)
+    mx = first_absmax_cols(x)
+    zero = np.abs(mx) < GROUP_MAX_EPS
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        L = np.multiply(x, -fn / mx, out=out)
+        np.clip(np.rint(L, out=L), -fn, fn - 1, out=L)  # |x/max| <= 1: rint is nearest_int here
+        w = np.multiply(x, x, out=scratch("q3_w", x.shape))
+        t = np.multiply(w, x, out=scratch("q3_t", x.shape))
+        sumlx = seqsum(np.multiply(t, L, out=t))            # w*x*l
+        w *= L
+        suml2 = seqsum(np.multiply(w, L, out=w))            # w*l*l
+        # With max > 0 every w*x*L = x^3*l is <= 0 (l has the sign of -x), so every partial sum
+        # slx = sumlx - w*x*L is <= 0 (also in float) and C never changes anything: only columns
+        # whose first largest-magnitude value is negative can be refined.
+        cols = np.flatnonzero((mx < 0) & ~zero)
+        if cols.size:
+            _refine_q3(x, xt, L, sumlx, suml2, cols, mx[cols], nmax)
+        scale = np.where(suml2 > 0, sumlx / suml2, _F(0.0)).astype(_F)
+    L += fn
+    if zero.any():
+        L[:, zero] = 0
+    return L, np.where(zero, _F(0.0), scale).astype(_F)
+
+
+def _leads(keys: np.ndarray) -> np.ndarray:
+    """Mask of the first of each run of equal values in the sorted ``keys``."""
+    lead = np.empty(keys.size, dtype=bool)
+    if keys.size:
+        lead[0] = True
+        np.not_equal(keys[1:], keys[:-1], out=lead[1:])
+    return lead
+
+
+def _refine_q3(x: np.ndarray, xt: np.ndarray | None, L: np.ndarray, sumlx: np.ndarray, suml2: np.ndarray,
+               cols: np.ndarray, mx: np.ndarray, nmax: int) -> None:
+    """make_q3_quants' coordinate descent for the columns ``cols`` of ``x, L: float32[n, M]``, updating
+    ``L`` (levels -nmax..nmax-1) and the running sums ``sumlx, suml2: float32[M]`` in place (``mx``: the
+    columns' first largest-magnitude values).
 
     The C refinement visits the n elements in order (up to 5 passes) and accepts a changed level when
     it lowers the weighted error, updating the running sums. Here each round evaluates, for every
     column still in play, the rest of its current pass against the column's current sums and applies
     only the *first* accepted change per column (the elements before it were visited without effect,
-    exactly as in C); the column's next round resumes after it, or starts its next pass. A column
-    whose pass changed nothing has converged.
+    exactly as in C); the column's next round resumes after it. A pass that ends with no accepted change
+    left starts the next one at once where it changed something (same sums: its first accepted element
+    is the column's first accepted element overall); otherwise, or after the fifth pass, the column is
+    done and leaves the working set. That holds one row per column (``[P, n]``: the first accepted
+    element of a column is then its first hit in row-major order) in reused scratch buffers.
     """
-    x = np.ascontiguousarray(x, dtype=_F)
-    n, M = x.shape
-    fn = _F(nmax)
-    mx = first_absmax_cols(x)
-    zero = np.abs(mx) < GROUP_MAX_EPS
-    w = x * x
-    wx = w * x
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        L = np.clip(round_f(x * (-fn / mx)), -fn, fn - 1)
-        wxL = wx * L
-        wLL = w * L * L
-        sumlx = seqsum(wxL)
-        suml2 = seqsum(wLL)
-        idx = np.arange(n)[:, None]
-        # With max > 0 every w*x*L = x^3*l is <= 0 (l has the sign of -x), so every partial sum
-        # slx = sumlx - w*x*L is <= 0 (also in float) and C never changes anything: only columns
-        # whose first largest-magnitude value is negative can be refined.
-        refinable = (mx < 0) & ~zero
-        play = np.arange(M) if refinable.any() else np.arange(0)   # columns still refining
-        start = np.zeros(play.size, dtype=np.intp)    # next element of the current pass
-        chg = np.zeros(play.size, dtype=bool)         # changed during the current pass
-        npass = np.zeros(play.size, dtype=np.intp)    # passes done (C stops after 5)
-        fresh = True                                  # first round: full arrays, wxL/wLL valid
-        while play.size:
-            if fresh:
-                xa, wa, wxa, La, wxLa, wLLa = x, w, wx, L, wxL, wLL
-            else:
-                xa, La = np.take(x, play, axis=1), np.take(L, play, axis=1)
-                wa = xa * xa
-                wxa = wa * xa
-                wxLa = wxa * La
-                wLLa = wa * La * La
-            s1, s2 = sumlx[play], suml2[play]
-            slx = s1 - wxLa
-            sl2 = s2 - wLLa
-            new_l = _clamped_nearest(xa * sl2 / slx, -nmax, nmax - 1)
-            cand = (slx > 0) & (new_l != La)
-            if fresh:  # first round: all columns, in place
-                cand &= refinable
-            elif start.any():
-                cand &= idx >= start
-            # the acceptance test only for the (few) candidates, element coordinates (i, j)
-            f = np.flatnonzero(cand)
-            ci = f // cand.shape[1]
-            cj = f - ci * cand.shape[1]
-            nl = new_l[ci, cj]
-            nslx = slx[ci, cj] + wxa[ci, cj] * nl
-            nsl2 = sl2[ci, cj] + wa[ci, cj] * nl * nl
-            s1c, s2c = s1[cj], s2[cj]
-            acc = np.flatnonzero((nsl2 > 0) & (nslx * nslx * s2c > s1c * s1c * nsl2))
-            ended = np.ones(play.size, dtype=bool)
-            if acc.size:
-                k, first = np.unique(cj[acc], return_index=True)   # first accepted element per column
-                hit = acc[first]
-                i, c = ci[hit], play[k]
-                L[i, c] = nl[hit]
-                sumlx[c] = nslx[hit]
-                suml2[c] = nsl2[hit]
-                chg[k] = True
-                start[k] = i + 1
-                ended[k] = i + 1 >= n
-            # a pass ends when no accepted change remains in it; another starts if it changed something
-            again = ended & chg & (npass < 4)
-            keep = ~ended | again
-            start[again] = 0
-            chg[again] = False
-            npass[again] += 1
-            play, start, chg, npass = play[keep], start[keep], chg[keep], npass[keep]
-            fresh = False
-        scale = np.where(suml2 > 0, sumlx / suml2, _F(0.0)).astype(_F)
-    L += fn
-    L[:, zero] = 0
-    return L, np.where(zero, _F(0.0), scale).astype(_F)
-
+    n = x.shape[0]
+    lo, hi = np.int32(0x400000 - nmax), np.int32(0x400000 + nmax - 1)
+    P = cols.size
+    # working set [P, n], one row per column, in two scratch sets (compaction copies from one to the other)
+    sets = [{nm: scratch(f"q3r{j}_{nm}", (P, n), dt) for nm, dt in (("x", _F), ("L", _F), ("Li", np.int32))}
+            for j in (0, 1)]
+    xa, La, Li = sets[0]["x"], sets[0]["L"], sets[0]["Li"]
+    if xt is None:
+        xa[...] = np.take(x, cols, axis=1).T
+    else:
+        np.take(xt, cols, axis=0, out=xa)
+    np.multiply(xa, (-_F(nmax) / mx)[:, None], out=La)  # the initial levels again (same expression)
+    np.clip(np.rint(La, out=La), -_F(nmax), _F(nmax - 1), out=La)
+    np.add(La, _F(0x400000), out=Li, casting="unsafe")  # 0x400000 + level, as nearest_int's bits
+    s1, s2 = sumlx[cols], suml2[cols]                # the columns' running sums
+    tmp = [scratch(f"q3r_t{j}", (P, n)) for j in range(5)]
+    swap = 1
+    start = np.zeros(cols.size, dtype=np.intp)       # next element of the current pass
+    chg = np.zeros(cols.size, dtype=bool)            # changed during the current pass
+    npass = np.zeros(cols.size, dtype=np.intp)       # passes done (C stops after 5)
+    while cols.size:
+        P = cols.size
+        wa, wxa, slx, sl2, t = (b[:P] for b in tmp)
+        np.multiply(xa, xa, out=wa)
+        np.multiply(wa, xa, out=wxa)
+        np.multiply(wxa, La, out=slx)
+        np.subtract(s1[:, None], slx, out=slx)       # sumlx - w*x*L
+        np.multiply(wa, La, out=sl2)
+        sl2 *= La
+        np.subtract(s2[:, None], sl2, out=sl2)       # suml2 - w*L*L
+        np.multiply(xa, sl2, out=t)
+        t /= slx
+        t += ROUND_MAGIC                             # nearest_int's bit trick, clamped
+        v = t.view(np.int32)
+        v &= 0x007FFFFF
+        np.clip(v, lo, hi, out=v)                    # 0x400000 + new level
+        f = np.flatnonzero(v != Li)                  # level would change ...
+        k, i = np.divmod(f, n)
+        sel = slx.ravel()[f] > 0                     # ... and C gets that far (slx > 0)
+        f, k, i = f[sel], k[sel], i[sel]
+        vf = v.ravel()[f]
+        nl = (vf - np.int32(0x400000)).astype(_F)
+        nslx = slx.ravel()[f] + wxa.ravel()[f] * nl
+        nsl2 = sl2.ravel()[f] + wa.ravel()[f] * nl * nl
+        s1c, s2c = s1[k], s2[k]
+        acc = np.flatnonzero((nsl2 > 0) & (nslx * nslx * s2c > s1c * s1c * nsl2))
+        cont = np.zeros(P, dtype=bool)               # columns with more to do
+        if acc.size:
+            ka = k[acc]
+            rest = i[acc] >= start[ka]               # accepted in the rest of the current pass
+            ar, kr = acc[rest], ka[rest]
+            lr = _leads(kr)
+            has = np.zeros(P, dtype=bool)
+            has[kr[lr]] = True
+            # a column with none there ends its pass; if the pass changed something the next one starts
+            # from the same sums and levels, so its first accepted element is the column's first
+            # accepted element overall (found here already); if there is none, the column has converged
+            la = _leads(ka)
+            kf = ka[la]
+            wrap = ~has[kf] & chg[kf] & (npass[kf] < 4)
+            npass[kf[wrap]] += 1
+            hit = np.concatenate([ar[lr], acc[la][wrap]])
+            kh, ih = k[hit], i[hit]
+            nh, ch = nl[hit], cols[kh]
+            La[kh, ih] = nh
+            Li[kh, ih] = vf[hit]
+            L[ih, ch] = nh
+            sumlx[ch], suml2[ch] = s1[kh], s2[kh] = nslx[hit], nsl2[hit]
+            chg[kh] = True
+            ih += 1
+            start[kh] = ih
+            cont[kh] = ih < n
+            last = kh[ih >= n]                       # changed the last element: next pass if any left
+            last = last[npass[last] < 4]
+            start[last] = 0
+            chg[last] = False
+            npass[last] += 1
+            cont[last] = True
+        keep = np.flatnonzero(cont)
+        if keep.size < P:
+            nxt = {nm: b[:keep.size] for nm, b in sets[swap].items()}
+            for nm, a in (("x", xa), ("L", La), ("Li", Li)):
+                np.take(a, keep, axis=0, out=nxt[nm], mode="clip")  # (valid indices: no buffering)
+            xa, La, Li = nxt["x"], nxt["L"], nxt["Li"]
+            cols, s1, s2, swap = cols[keep], s1[keep], s2[keep], 1 - swap
+            start, chg, npass = start[keep], chg[keep], npass[keep]

@@ -26,7 +26,7 @@ from gguf import GGMLQuantizationType as T
 from . import kquant_imatrix
 from .formats import QuantFormat
 from .kquant_search import (ROUND_MAGIC, chunked, f16_bits, f16_value, first_absmax, make_q3_quants,
-                            make_qkx_quants, make_qx_quants, nearest_int, seqsum)
+                            make_qkx_quants, make_qx_quants, nearest_int, scratch, seqsum)
 
 _F = np.float32
 CHUNK_BLOCKS = 1024  # blocks quantized per NumPy pass (256K weights): best speed on x86-64
@@ -185,13 +185,38 @@ def _unpack_q3_scales(s: np.ndarray) -> np.ndarray:
     return (low | (high.reshape(-1, 16) << 4)).astype(np.int32) - 32
 
 
-def _finish_q3(x: np.ndarray, L: np.ndarray, d_bits: np.ndarray, scales12: np.ndarray) -> np.ndarray:
-    """Search levels ``L: uint8[nb, 256]`` (0..7), fp16 ``d`` and packed scales -> Q3_K bytes."""
+def _finish_q3(x: np.ndarray, L: np.ndarray, d_bits: np.ndarray, scales12: np.ndarray,
+               cols: bool = False) -> np.ndarray:
+    """Search levels (0..7; ``uint8[nb, 256]``, or with ``cols`` the search's ``[16, nb*16]`` layout), fp16
+    ``d`` and packed scales -> Q3_K bytes. Levels are recomputed with the fp16 scales wherever the
+    sub-block scale is non-zero, so the search levels are only read for the other sub-blocks."""
     nb = x.shape[0]
-    d = f16_value(d_bits)[:, None] * _unpack_q3_scales(scales12).astype(_F)
-    L = _requant(x.reshape(nb, 16, 16), L, d, None, -4, 3)
-    hmask = np.packbits((L > 3).reshape(nb, 8, 32), axis=1, bitorder="little").reshape(nb, 32)
-    return np.concatenate([hmask, _pack_2bit(L & 3), scales12, _u16_bytes(d_bits)], axis=1)
+    d = f16_value(d_bits)[:, None] * _unpack_q3_scales(scales12).astype(_F)          # [nb, 16]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = np.divide(x.reshape(nb, 16, 16), d[..., None], out=scratch("q3f_t", (nb, 16, 16)))
+    t += ROUND_MAGIC                            # ggml's nearest_int, bit for bit, clamped to -4..3
+    v = t.view(np.int32)
+    v &= 0x007FFFFF
+    np.clip(v, np.int32(0x400000 - 4), np.int32(0x400000 + 3), out=v)
+    q = scratch("q3f_q", (nb, QK_K), np.uint8)
+    np.copyto(q, v.reshape(nb, QK_K), casting="unsafe")  # the low byte of 0x400000 + l (l = -4..3) ...
+    q -= np.uint8(0xFC)                         # ... minus 0xFC (mod 256) is l + 4
+    skip = np.flatnonzero(d.ravel() == 0)       # sub-blocks that keep the search levels
+    if skip.size:
+        qs = q.reshape(-1, 16)
+        qs[skip] = (L.T[skip] if cols else L.reshape(-1, 16)[skip]).astype(np.uint8)
+    out = np.empty((nb, 110), dtype=np.uint8)
+    # the 3rd bit: hmask[m] bit k = L[32k + m] > 3, 8 bytes (0/1 each) per uint64 word: no carries
+    h = np.right_shift(q, 2, out=scratch("q3f_h", (nb, QK_K), np.uint8)).view(np.uint64).reshape(nb, 8, 4)
+    hm = h[:, 0].copy()
+    for k in range(1, 8):
+        hm |= h[:, k] << np.uint64(k)
+    out[:, 0:32] = hm.view(np.uint8).reshape(nb, 32)
+    q &= 3
+    out[:, 32:96] = _pack_2bit(q)
+    out[:, 96:108] = scales12
+    out[:, 108:110] = _u16_bytes(d_bits)
+    return out
 
 
 class Q3_K(QuantFormat, qtype=T.Q3_K):
@@ -201,7 +226,9 @@ class Q3_K(QuantFormat, qtype=T.Q3_K):
             return kquant_imatrix.quantize_q3_k_imatrix(x, w)
         x = np.asarray(x, _F)
         nb = x.shape[0]
-        L, scales = make_q3_quants(_cols(x, 16), 4)
+        xc = scratch("q3_x", (16, nb * 16))                 # [16, nb*16]: one column per sub-block
+        np.copyto(xc, x.reshape(-1, 16).T)
+        L, scales = make_q3_quants(xc, 4, x.reshape(-1, 16), out=scratch("q3_L", xc.shape))
         scales = scales.reshape(nb, 16)
         max_scale = first_absmax(scales, axis=1)
         nz = max_scale != 0
@@ -211,7 +238,7 @@ class Q3_K(QuantFormat, qtype=T.Q3_K):
         scales12 = np.where(nz[:, None], _pack_q3_scales(l), np.uint8(0))
         with np.errstate(divide="ignore"):
             d_bits = f16_bits(np.where(nz, _F(1) / iscale, _F(0)))
-        return _finish_q3(x, _rows(L, nb), d_bits, scales12)
+        return _finish_q3(x, L, d_bits, scales12, cols=True)
 
     @classmethod
     def dequantize_blocks(cls, q):
