@@ -331,7 +331,7 @@ def _refine_q3(x: np.ndarray, xt: np.ndarray | None, L: np.ndarray, sumlx: np.nd
     if xt is None:
         xa[...] = np.take(x, cols, axis=1).T
     else:
-        np.take(xt, cols, axis=0, out=xa)
+        np.take(xt, cols, axis=0, out=xa, mode="clip")
     np.multiply(xa, (-_F(nmax) / mx)[:, None], out=La)  # the initial levels again (same expression)
     np.clip(np.rint(La, out=La), -_F(nmax), _F(nmax - 1), out=La)
     np.add(La, _F(0x400000), out=Li, casting="unsafe")  # 0x400000 + level, as nearest_int's bits
