@@ -6,6 +6,8 @@ Examples::
     slimedge distill --teacher ./teacher --data docs/ -o ./student --layers 6 --hidden 512 \\
         --loss jsd --beta 0.5 --alpha 0.1 --teacher-cache ./tcache
     torchrun --nproc-per-node 2 -m slimedge distill --teacher ./teacher --data corpus.txt -o ./student
+    torchrun --nproc-per-node 8 -m slimedge distill --teacher ./big --data corpus.txt -o ./student \
+        --layers 8 --hidden 1024 --fsdp-teacher
 """
 
 from __future__ import annotations
@@ -87,6 +89,9 @@ def _opt(*decls, field: str, **kw):
       help="Checkpoint folder (default: OUT_DIR.checkpoints, removed on success).")
 @_opt("--resume", field="resume", is_flag=True, help="Continue from the checkpoint.")
 @_opt("--device", field="device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@_opt("--fsdp-teacher", field="fsdp_teacher", is_flag=True,
+      help="Under torchrun: shard the teacher's weights across the processes (FSDP), for a teacher too "
+           "large for one device.")
 @_opt("--save-dtype", field="save_dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
       default="auto", show_default=True, help="dtype of the saved weights (auto: the teacher's).")
 @overwrite_option

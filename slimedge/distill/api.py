@@ -15,7 +15,10 @@ Example::
     print(res.report["kl_start"], "->", res.report["kl"])
 
 Under ``torchrun``/``accelerate launch`` (``WORLD_SIZE`` > 1) the student trains with DDP (NCCL on
-GPUs, gloo on CPU); process 0 evaluates and writes the output.
+GPUs, gloo on CPU); process 0 evaluates and writes the output. With ``fsdp_teacher`` the teacher's
+weights are sharded across the processes (FSDP2, one unit per decoder layer; see ``fsdp.py``): every
+process then runs each teacher forward on its own batch — evaluation and cache building included, in
+step with process 0 — and holds about 1/world of the teacher between layers.
 """
 
 from __future__ import annotations
@@ -90,6 +93,15 @@ def load_teacher_model(path: str, dtype, device):
     for p in model.parameters():
         p.requires_grad_(False)
     return model
+
+
+def _load_teacher(cfg: DistillConfig, dtype, device, shard: bool):
+    """(teacher, parameter count): whole on ``device``, or loaded on the CPU and sharded with FSDP."""
+    from .fsdp import shard_teacher
+
+    teacher = load_teacher_model(cfg.teacher, dtype, "cpu" if shard and device.type != "cpu" else device)
+    n = _params(teacher)
+    return (shard_teacher(teacher, device) if shard else teacher), n
 
 
 def _params(model) -> int:
@@ -296,6 +308,9 @@ def _distill(cfg: DistillConfig, progress: Progress) -> DistillResult:
         student.to(device)
 
         # ---- teacher: live, or once to fill the cache --------------------------------------
+        shard = cfg.fsdp_teacher and dist.world > 1
+        if cfg.fsdp_teacher and not shard:
+            log.info("--fsdp-teacher: one process, so the teacher stays whole (run under torchrun to shard it)")
         cache = None
         meta = None
         if cfg.teacher_cache:
@@ -306,12 +321,15 @@ def _distill(cfg: DistillConfig, progress: Progress) -> DistillResult:
             dist.barrier()
         teacher = None
         teacher_params = None
-        if cfg.teacher_cache and cache is None and dist.rank == 0:
-            teacher = load_teacher_model(cfg.teacher, teacher_dtype, device)
-            teacher_params = _params(teacher)
+        build = cfg.teacher_cache and dist.broadcast(cache is None if dist.rank == 0 else None)
+        if build and (dist.rank == 0 or shard):  # a sharded teacher: every process runs its forwards
+            teacher, teacher_params = _load_teacher(cfg, teacher_dtype, device, shard)
             meta["teacher_params"] = teacher_params
-            cache = cache_mod.build_cache(cfg.teacher_cache, teacher, blocks, meta, batch=cfg.batch_size,
-                                          chunk=cfg.chunk_size, device=device, progress=progress)
+            if dist.rank == 0:
+                cache = cache_mod.build_cache(cfg.teacher_cache, teacher, blocks, meta, batch=cfg.batch_size,
+                                              chunk=cfg.chunk_size, device=device, progress=progress)
+            else:
+                cache_mod.follow_cache_build(teacher, blocks, batch=cfg.batch_size, device=device)
             del teacher
             teacher = None
         if cfg.teacher_cache:
@@ -319,8 +337,7 @@ def _distill(cfg: DistillConfig, progress: Progress) -> DistillResult:
             cache = cache_mod.TeacherCache(cfg.teacher_cache)
             teacher_params = cache.meta.get("teacher_params")
         else:
-            teacher = load_teacher_model(cfg.teacher, teacher_dtype, device)
-            teacher_params = _params(teacher)
+            teacher, teacher_params = _load_teacher(cfg, teacher_dtype, device, shard)
 
         # ---- training data: the blocks, or teacher responses to prompts from them --------------
         if cfg.response:
@@ -335,7 +352,8 @@ def _distill(cfg: DistillConfig, progress: Progress) -> DistillResult:
 
         ev = dict(teacher=teacher, cache=cache, batch=cfg.batch_size, chunk=cfg.chunk_size, device=device,
                   autocast=autocast)
-        start = evaluate(student, eval_blocks, **ev) if dist.rank == 0 else {}
+        live_shard = shard and teacher is not None  # every process joins the teacher's forwards
+        start = evaluate(student, eval_blocks, **ev) if dist.rank == 0 or live_shard else {}
 
         spec = LossSpec(cfg.loss, cfg.alpha, cfg.temperature, cfg.beta, cfg.skew)
         pairs = list(enumerate(choice.layer_map)) if cfg.feature_weight > 0 else None
@@ -354,6 +372,8 @@ def _distill(cfg: DistillConfig, progress: Progress) -> DistillResult:
         result = trainer.run()
 
         if dist.rank != 0:
+            if live_shard:  # the sharded teacher's forwards need every process
+                evaluate(student, eval_blocks, **ev)
             dist.barrier()
             return DistillResult(output="", report={}, student_description=choice.text)
         end = evaluate(student, eval_blocks, **ev)
@@ -385,6 +405,7 @@ def _distill(cfg: DistillConfig, progress: Progress) -> DistillResult:
             "device": str(device),
             "precision": "bf16 autocast" if bf16 else "fp32",
             "world_size": dist.world,
+            "teacher_sharded": live_shard,
             "data": {"documents": blocks.n_documents, "tokens": blocks.n_tokens,
                      "train_blocks": int(len(blocks.train)), "eval_blocks": int(len(eval_blocks)),
                      "train_sequences": int(len(train.ids)), "sequence_length": int(train.ids.shape[1])},

@@ -27,6 +27,7 @@ import numpy as np
 
 from ..errors import SlimedgeError
 from ..progress import NULL_PROGRESS, Progress
+from .fsdp import teacher_forward
 
 VERSION = 1
 
@@ -91,15 +92,17 @@ class TeacherCache:
 
 def _fill(teacher, blocks: np.ndarray, out: dict, k: int, temperature: float, batch: int, chunk: int,
           device, progress: Progress) -> None:
+    """Teacher top-k over ``blocks`` into ``out``; ``out=None``: the forwards only (FSDP ranks > 0)."""
     import torch
     import torch.nn.functional as F
 
-    head = teacher.get_output_embeddings().weight
-    base = getattr(teacher, teacher.base_model_prefix)
     for b0 in range(0, len(blocks), batch):
         x = torch.from_numpy(np.ascontiguousarray(blocks[b0:b0 + batch])).to(device)
         with torch.no_grad():
-            h = base(input_ids=x).last_hidden_state[:, :-1]                 # [B, S-1, H]
+            h, _, head = teacher_forward(teacher, x)                      # h [B, S, H], head [V, H]
+            h = h[:, :-1]                                                 # [B, S-1, H]
+            if out is None:
+                continue
             for s0 in range(0, h.shape[1], chunk):
                 s1 = min(s0 + chunk, h.shape[1])
                 logits = (h[:, s0:s1] @ head.t()).float()                 # [B, c, V]
@@ -147,6 +150,13 @@ def build_cache(path: str, teacher, blocks, meta: dict, *, batch: int = 8, chunk
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return TeacherCache(path)
+
+
+def follow_cache_build(teacher, blocks, *, batch: int = 8, device="cpu") -> None:
+    """The teacher forwards of :func:`build_cache`, writing nothing: processes > 0 of an FSDP-sharded
+    teacher run them in step with process 0, which writes the cache."""
+    for arr in (blocks.train, blocks.eval):
+        _fill(teacher, arr, None, 0, 1.0, batch, 1, device, NULL_PROGRESS)
 
 
 def open_cache(path: str, meta: dict) -> TeacherCache | None:

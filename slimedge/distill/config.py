@@ -77,6 +77,7 @@ class DistillConfig:
     checkpoint_dir: str | None = None  # default: "<output>.checkpoints" next to the output
     resume: bool = False               # continue from the checkpoint in checkpoint_dir
     device: str = "auto"               # auto | cpu | cuda | cuda:N
+    fsdp_teacher: bool = False         # under torchrun: shard the teacher's weights across processes (FSDP)
     save_dtype: str = "auto"           # auto (teacher's dtype) | float32 | bfloat16 | float16
 
     def validate(self) -> "DistillConfig":
@@ -118,6 +119,9 @@ class DistillConfig:
              "--feature-weight needs the live teacher's hidden states; drop --teacher-cache")
         need(not (self.teacher_cache and self.response),
              "--response needs the live teacher to generate; drop --teacher-cache")
+        need(not (self.fsdp_teacher and self.response),
+             "--response generates on process 0 alone, which a sharded teacher cannot do; "
+             "drop --fsdp-teacher (or --response)")
         if self.response:
             need(self.prompt_len >= 1 and self.gen_len >= 1, "--prompt-len and --gen-len must be >= 1")
             need(self.prompt_len + self.gen_len <= self.seq_len,

@@ -13,6 +13,7 @@ import math
 
 import numpy as np
 
+from .fsdp import teacher_forward
 from .losses import divergence, topk_buckets
 
 
@@ -34,14 +35,15 @@ def evaluate(student, blocks: np.ndarray, *, teacher=None, cache=None, batch: in
     s_ce = t_ce = kl = agree = 0.0
     n = 0
     W_s = student.get_output_embeddings().weight
-    W_t = teacher.get_output_embeddings().weight if teacher is not None else None
     with torch.no_grad():
         for b0 in range(0, len(blocks), batch):
             rows = np.arange(b0, min(b0 + batch, len(blocks)))
             x = torch.from_numpy(np.ascontiguousarray(blocks[rows])).to(device)
             with ctx():
                 hs = _base(student)(input_ids=x).last_hidden_state[:, :-1]
-                ht = _base(teacher)(input_ids=x).last_hidden_state[:, :-1] if teacher is not None else None
+                if teacher is not None:  # whole or FSDP-sharded (then every process runs this loop)
+                    ht, _, W_t = teacher_forward(teacher, x)
+                    ht = ht[:, :-1]
             labels = x[:, 1:]
             if cache is not None:
                 t_lab = cache.label_logp("eval", rows).to(device)

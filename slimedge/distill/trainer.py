@@ -1,4 +1,4 @@
-"""The training loop: AdamW, warmup + cosine, accumulation, clipping, checkpoints, DDP.
+"""The training loop: AdamW, warmup + cosine, accumulation, clipping, checkpoints, DDP (+ FSDP teacher).
 
 One optimizer step takes ``batch_size`` sequences (global: split evenly across processes, then into
 ``grad_accum`` micro-batches). The loss of a step is the sum over its counted positions divided by
@@ -22,6 +22,7 @@ import numpy as np
 
 from ..errors import SlimedgeError
 from ..progress import NULL_PROGRESS, Progress
+from .fsdp import teacher_forward
 from .losses import LossSpec, chunked_head_loss, feature_loss
 
 log = logging.getLogger(__name__)
@@ -198,17 +199,16 @@ class Trainer:
         if self.teacher is None or not (want_logits or self.cfg.feature_weight > 0):
             return None, None
         want_states = self.cfg.feature_weight > 0
-        with torch.no_grad(), self.autocast():
-            out = _base(self.teacher)(input_ids=x, attention_mask=attn, output_hidden_states=want_states)
-        th = out.last_hidden_state[:, :-1]
-        Wt = self.teacher.get_output_embeddings().weight
+        with self.autocast():  # FSDP-sharded or whole: fsdp.teacher_forward gathers what it needs
+            th, states, Wt = teacher_forward(self.teacher, x, attn, want_states)
+        th = th[:, :-1]
 
         def chunk(s0, s1):
             with torch.no_grad():
                 logits = (th[:, s0:s1] @ Wt.t()).float()
                 return F.log_softmax(logits / T, -1).reshape(-1, logits.shape[-1]), None, None
 
-        return (chunk if want_logits else None), (out.hidden_states if want_states else None)
+        return (chunk if want_logits else None), states
 
     def _step(self) -> float:
         torch, _ = _import_torch()
