@@ -48,6 +48,9 @@ def _loaded(code: str) -> list[str]:
 
 def test_import_slimedge_is_light():
     assert _loaded("import slimedge, slimedge.cli") == []
+    # the distill command and its config parse options without torch; torch loads when training starts
+    loaded = _loaded("import slimedge.cli.distill, slimedge.distill, slimedge.distill.config")
+    assert "torch" not in loaded and "transformers" not in loaded
 
 
 def test_converter_path_needs_no_torch():
