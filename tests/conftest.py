@@ -1,6 +1,7 @@
 """Shared fixtures. Tiny models and tokenizers are built locally (no network, no hub)."""
 
 import os
+import textwrap
 
 import pytest
 
@@ -28,3 +29,24 @@ def backend(request, monkeypatch):
         monkeypatch.setattr(qb, "_K", None)
         monkeypatch.setattr(qb, "_WHY_NOT", "selected by the test")
     return request.param
+
+
+# The tiny Llama that tests/bench and tests/bundle share (rows a multiple of 256, so the k-quant mixes
+# apply); built once per session and cached on disk by tests/factory.py.
+TINY_LLAMA = dict(arch="llama", kquant=True, max_position_embeddings=4096)
+
+
+@pytest.fixture(scope="session")
+def hf_model():
+    """A tiny local Hugging Face Llama folder (random init, locally trained tokenizer)."""
+    from factory import cached_hf_model
+
+    return cached_hf_model(**TINY_LLAMA)
+
+
+@pytest.fixture(scope="session")
+def text_file(tmp_path_factory):
+    """Python standard-library source: thousands of tokens with the tiny tokenizer."""
+    p = tmp_path_factory.mktemp("text") / "text.txt"
+    p.write_text(open(textwrap.__file__, encoding="utf-8").read(), encoding="utf-8")
+    return p

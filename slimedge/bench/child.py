@@ -72,17 +72,32 @@ def machine_info() -> dict:
 
 
 def _open(job: dict, **extra):
-    import llama_cpp
+    """A ``llama_cpp.Llama`` for the job; ``job["flash_attn"]`` is ``auto``, ``on`` or ``off``.
 
+    llama-cpp-python's ``Llama`` takes flash attention as a bool (enabled/disabled) while llama.cpp's
+    own tools default to ``auto`` (on wherever the backend supports it): for ``auto`` the context is
+    created with llama.cpp's AUTO value in place of ENABLED. This runs in a child process of its own.
+    """
+    import llama_cpp
+    from llama_cpp import llama_cpp as lib
+
+    fa = job.get("flash_attn")
+    mode = "auto" if fa is None else ("on" if fa else "off") if isinstance(fa, bool) else fa
     kw = dict(model_path=job["model"], n_ctx=job["n_ctx"], n_batch=job["n_batch"], n_ubatch=job["n_ubatch"],
               n_threads=job["n_threads"], n_threads_batch=job["n_threads"], n_gpu_layers=job["n_gpu_layers"],
-              use_mmap=job.get("use_mmap", True), flash_attn=job.get("flash_attn", False), seed=1234,
+              use_mmap=job.get("use_mmap", True), flash_attn=mode != "off", seed=1234,
               verbose=bool(job.get("verbose", False)))
     for k in ("type_k", "type_v"):
         if job.get(k) is not None:
             kw[k] = job[k]
     kw.update(extra)
-    return llama_cpp.Llama(**kw)
+    enabled = lib.LLAMA_FLASH_ATTN_TYPE_ENABLED
+    if mode == "auto":
+        lib.LLAMA_FLASH_ATTN_TYPE_ENABLED = lib.LLAMA_FLASH_ATTN_TYPE_AUTO
+    try:
+        return llama_cpp.Llama(**kw)
+    finally:
+        lib.LLAMA_FLASH_ATTN_TYPE_ENABLED = enabled
 
 
 def run_speed(job: dict) -> dict:

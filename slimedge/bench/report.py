@@ -63,6 +63,9 @@ def to_markdown(records: list[dict]) -> str:
     if m.get("cpu_info"):
         lines += ["", f"Machine: {m['cpu_info']}, {m.get('n_cores')} cores, {m.get('platform')}; "
                       f"{m.get('build_commit')} ({m.get('backends')} backend)."]
+    settings = sorted({str(r["flash_attn"]) for r in records if r.get("flash_attn") is not None})
+    if settings:
+        lines += ["", f"Flash attention: {', '.join(settings)}."]
     return "\n".join(lines) + "\n"
 
 

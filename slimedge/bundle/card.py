@@ -29,12 +29,16 @@ def bench_table(records: list[dict]) -> str:
     return head + "\n" + "\n".join(rows)
 
 
+def _fa_name(fa: bool | None) -> str:
+    return "auto" if fa is None else ("on" if fa else "off")
+
+
 def render_card(m: dict) -> str:
     q, rt, t, est = m["quantization"], m["runtime"], m["target"], m["memory_estimate"]
     name, model = m["name"], m["model"]
     ngl = rt["n_gpu_layers"]
     thr = f" -t {rt['n_threads']}" if rt.get("n_threads") else ""
-    fa = " -fa on" if rt.get("flash_attn") else ""
+    fa = {True: " -fa on", False: " -fa off"}.get(rt.get("flash_attn"), "")  # llama.cpp's default is auto
     kv = (f" -ctk {rt['cache_type_k']} -ctv {rt['cache_type_v']}"
           if (rt["cache_type_k"], rt["cache_type_v"]) != ("f16", "f16") else "")
     llama_args = f"-m {model} -c {rt['n_ctx']} -b {rt['n_batch']} -ub {rt['n_ubatch']} -ngl {ngl}{thr}{fa}{kv}"
@@ -51,7 +55,7 @@ def render_card(m: dict) -> str:
         f"| parameters | {q['n_params']:,} |",
         f"| quantization | {q['type']} (chosen by {q['chosen_by']}); tensors: {types} |",
         f"| runtime | context {rt['n_ctx']}, batch {rt['n_batch']}/{rt['n_ubatch']}, GPU layers {ngl}, "
-        f"KV cache {rt['cache_type_k']}/{rt['cache_type_v']}, flash attention {'on' if rt['flash_attn'] else 'off'} |",
+        f"KV cache {rt['cache_type_k']}/{rt['cache_type_v']}, flash attention {_fa_name(rt.get('flash_attn'))} |",
         f"| memory estimate | RAM {_mb(est['required_ram'])} (weights {_mb(est['weights_ram'])}, KV cache "
         f"{_mb(est['kv_ram'])}, compute {_mb(est['compute_ram'])}, runtime {_mb(est['host_ram'])}); peak RSS "
         f"{_mb(est['total_ram'])} with the pages of load-time repacked weights"

@@ -40,16 +40,29 @@ def open_model(args, rt: dict, n_ctx: int, logits_all: bool = False):
         sys.exit("run: llama-cpp-python is not installed; `pip install llama-cpp-python`")
     kw = dict(model_path=str(HERE / args.model), n_ctx=n_ctx, n_batch=rt.get("n_batch", 512),
               n_ubatch=rt.get("n_ubatch", 512), n_gpu_layers=args.ngl, use_mmap=rt.get("use_mmap", True),
-              use_mlock=rt.get("use_mlock", False), flash_attn=rt.get("flash_attn", False),
+              use_mlock=rt.get("use_mlock", False), flash_attn=rt.get("flash_attn") is not False,
               verbose=args.verbose, logits_all=logits_all, seed=args.seed)
     if args.threads:
         kw["n_threads"] = kw["n_threads_batch"] = args.threads
     for key, name in (("type_k", "cache_type_k"), ("type_v", "cache_type_v")):
         if rt.get(name, "f16") != "f16":
             kw[key] = CACHE_TYPES[rt[name]]
+    import llama_cpp.llama_cpp as lib
+
+    enabled = lib.LLAMA_FLASH_ATTN_TYPE_ENABLED
+    if rt.get("flash_attn") is None:  # no profile setting: llama.cpp's own default, auto
+        lib.LLAMA_FLASH_ATTN_TYPE_ENABLED = lib.LLAMA_FLASH_ATTN_TYPE_AUTO
     t0 = time.perf_counter()
-    llm = Llama(**kw)
+    try:
+        llm = Llama(**kw)
+    finally:
+        lib.LLAMA_FLASH_ATTN_TYPE_ENABLED = enabled
     return llm, time.perf_counter() - t0
+
+
+def flash_attn_name(rt: dict) -> str:
+    fa = rt.get("flash_attn")
+    return "auto" if fa is None else ("on" if fa else "off")
 
 
 def one_shot(llm, args) -> None:
@@ -120,7 +133,7 @@ def bench(args, rt: dict, bs: dict) -> dict:
     except (OSError, StopIteration):
         pass
     return {"n_prompt": n_prompt, "n_gen": n_gen, "repeats": repeats, "n_threads": args.threads or os.cpu_count(),
-            "n_gpu_layers": args.ngl, "load_s": statistics.fmean(loads), "load_s_stddev": sd(loads),
+            "n_gpu_layers": args.ngl, "flash_attn": flash_attn_name(rt), "load_s": statistics.fmean(loads), "load_s_stddev": sd(loads),
             "pp_avg_ts": statistics.fmean(pp), "pp_stddev_ts": sd(pp), "avg_ts": statistics.fmean(tg),
             "stddev_ts": sd(tg), "peak_rss_bytes": rss, "note": "peak RSS over all repeats in one process"}
 

@@ -23,6 +23,8 @@ from .options import make_progress, quiet_option, threads_option, user_errors
 @click.option("-n", "--n-gen", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option("-b", "--batch", "n_batch", type=click.IntRange(min=1), default=512, show_default=True)
 @click.option("-ngl", "--n-gpu-layers", "ngl", type=int, default=None, help="Layers on the GPU (default: 0 or the bundle's).")
+@click.option("-fa", "--flash-attn", type=click.Choice(["auto", "on", "off"]), default=None,
+              help="Flash attention (default: the bundle's profile, else auto as in llama.cpp's tools).")
 @click.option("--no-speed", is_flag=True, help="Skip the speed tests (quality only).")
 @click.option("--json", "fmt", flag_value="json", help="Print JSON.")
 @click.option("--csv", "fmt", flag_value="csv", help="Print CSV.")
@@ -33,7 +35,7 @@ from .options import make_progress, quiet_option, threads_option, user_errors
 @quiet_option
 @user_errors
 def cli(model: Path, ref: Path | None, text: Path | None, n_ctx: int, chunks: int | None, repeats: int | None,
-        n_prompt: int, n_gen: int, n_batch: int, ngl: int | None, no_speed: bool, fmt: str | None,
+        n_prompt: int, n_gen: int, n_batch: int, ngl: int | None, flash_attn: str | None, no_speed: bool, fmt: str | None,
         output: Path | None, no_record: bool, threads: int | None, quiet: bool) -> None:
     """Measure MODEL (a GGUF or a bundle folder) through llama.cpp, each run in a fresh process.
 
@@ -54,7 +56,7 @@ def cli(model: Path, ref: Path | None, text: Path | None, n_ctx: int, chunks: in
     rec = run_bench(model, ref=ref, text=text, n_ctx=n_ctx, n_threads=threads,
                     repeats=repeats or bs.get("repeats", 3), n_prompt=n_prompt, n_gen=n_gen, n_batch=n_batch,
                     n_gpu_layers=rt.get("n_gpu_layers", 0) if ngl is None else ngl,
-                    flash_attn=rt.get("flash_attn", False), cache_type_k=rt.get("cache_type_k", "f16"),
+                    flash_attn=rt.get("flash_attn") if flash_attn is None else flash_attn, cache_type_k=rt.get("cache_type_k", "f16"),
                     cache_type_v=rt.get("cache_type_v", "f16"), max_chunks=chunks, speed=not no_speed,
                     progress=make_progress(quiet))
     report = render([rec], fmt or "md")

@@ -16,12 +16,8 @@ import click
 
 from .options import make_progress, overwrite_option, quiet_option, user_errors
 
-_fields: list[str] = []
-
-
 def _opt(*decls, field: str, **kw):
     """A click option whose value goes to DistillConfig.<field>."""
-    _fields.append(field)
     return click.option(*decls, field, **kw)
 
 

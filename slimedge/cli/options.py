@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import sys
 import time
 from typing import Any, Callable
@@ -43,50 +42,86 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def default_threads(threads: int | None) -> int:
-    return threads or os.cpu_count() or 1
-
-
 class BarProgress(Progress):
-    """A one-line progress bar on stderr: description, percent, rate, current label, ETA."""
+    """A one-line progress bar on stderr: description, percent, rate, current label, ETA.
 
-    def __init__(self, stream=None):
+    On a terminal the line is redrawn in place (``\\r``) at most every 0.1 s. Anywhere else (a CI log,
+    ``> log.txt``, ``nohup``) it writes plain lines instead: one when a stage starts, at most one
+    every :attr:`PLAIN_INTERVAL` seconds while it runs, and one when it ends.
+    """
+
+    TTY_INTERVAL = 0.1  # seconds between redraws on a terminal
+    PLAIN_INTERVAL = 10.0  # seconds between progress lines when stderr is not a terminal
+
+    def __init__(self, stream=None, tty: bool | None = None):
         self.stream = stream or sys.stderr
+        if tty is None:
+            isatty = getattr(self.stream, "isatty", None)
+            tty = bool(isatty and isatty())
+        self.tty = tty
         self.total = 0.0
         self.done = 0.0
         self.t0 = 0.0
         self.unit = ""
         self.desc = ""
         self._last = 0.0
+        self._open = False  # a stage is running (start seen, close not yet)
+        self._drawn = False  # a \r line is on screen and needs its newline
 
     def start(self, total: float, unit: str = "", desc: str = "") -> None:
+        if self._open:
+            self.close()
         self.total, self.done, self.unit, self.desc = float(total), 0.0, unit, desc
         self.t0 = self._last = time.monotonic()
+        self._open = True
+        if not self.tty:
+            size = f" ({self._fmt(self.total)})" if self.total else ""
+            self._write_line(f"{desc}: started{size}")
 
     def _fmt(self, x: float) -> str:
         if self.unit == "B":
             return f"{x / 1e6:.1f} MB"
         return f"{x:.0f} {self.unit}".strip()
 
-    def update(self, n: float, label: str = "", **info: object) -> None:
-        self.done += n
-        now = time.monotonic()
-        if now - self._last < 0.1 and self.done < self.total:
-            return
-        self._last = now
+    def _status(self, now: float, label: str, info: dict) -> str:
         dt = max(now - self.t0, 1e-9)
         rate = self.done / dt
         pct = 100.0 * self.done / self.total if self.total else 100.0
         eta = (self.total - self.done) / rate if rate > 0 and self.total else 0.0
         extra = " ".join(f"{k}={v}" for k, v in info.items())
         rate_s = f"{rate / 1e6:.1f} MB/s" if self.unit == "B" else f"{rate:.2f} {self.unit}/s"
-        line = f"\r{self.desc} {pct:5.1f}% {self._fmt(self.done)} {rate_s} ETA {eta:4.0f}s {label} {extra}"
-        self.stream.write(line[:160].ljust(100))
+        return f"{self.desc} {pct:5.1f}% {self._fmt(self.done)} {rate_s} ETA {eta:4.0f}s {label} {extra}".rstrip()
+
+    def _write_line(self, text: str) -> None:
+        self.stream.write(text + "\n")
         self.stream.flush()
 
+    def update(self, n: float, label: str = "", **info: object) -> None:
+        self.done += n
+        now = time.monotonic()
+        if self.tty:
+            if now - self._last < self.TTY_INTERVAL and self.done < self.total:
+                return
+            self._last = now
+            self.stream.write("\r" + self._status(now, label, info)[:160].ljust(100))
+            self.stream.flush()
+            self._drawn = True
+        elif now - self._last >= self.PLAIN_INTERVAL:
+            self._last = now
+            self._write_line(self._status(now, label, info)[:200])
+
     def close(self) -> None:
-        self.stream.write("\n")
-        self.stream.flush()
+        if not self._open:
+            return
+        self._open = False
+        if self.tty:
+            if self._drawn:
+                self.stream.write("\n")
+                self.stream.flush()
+            self._drawn = False
+        else:
+            done = f" {self._fmt(self.done)}" if self.done else ""
+            self._write_line(f"{self.desc}: done{done} in {time.monotonic() - self.t0:.1f}s")
 
 
 def make_progress(quiet: bool) -> Progress:

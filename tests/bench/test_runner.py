@@ -13,6 +13,7 @@ from slimedge.bench.report import to_csv, to_markdown
 from slimedge.bench.runner import FIELDS, run_child
 from slimedge.bundle import build_bundle, verify_bundle
 from slimedge.cli import main
+from slimedge.errors import SlimedgeError
 from slimedge.gguf_info import read_info
 from slimedge.memory import estimate, shape_from_gguf
 from slimedge.targets import load_target, shipped_names
@@ -80,3 +81,27 @@ def test_bench_records_into_bundle(bundles_for_bench, tmp_path):
     assert len(m["bench"]) == 1 and m["bench"][0]["avg_ts"] > 0
     assert "Not measured yet" not in (b / "README.md").read_text() and "tg t/s" in (b / "README.md").read_text()
     verify_bundle(b, load=False)  # checksums refreshed after the README changed
+
+
+def test_flash_attention_follows_llama_cpp_defaults(ggufs, bundles_for_bench):
+    """A plain GGUF benches with llama.cpp's default (auto), a bundle with its profile's setting."""
+    from slimedge.bench import child
+    from slimedge.bench.runner import resolve_model, run_bench
+
+    job = {"model": str(ggufs["F32"]), "n_ctx": 64, "n_batch": 64, "n_ubatch": 64, "n_threads": 1, "n_gpu_layers": 0}
+    for mode, want in (("auto", -1), ("on", 1), ("off", 0), (None, -1), (True, 1), (False, 0)):
+        llm = child._open({**job, "flash_attn": mode})
+        assert llm.context_params.flash_attn_type == want, mode
+        del llm
+    from llama_cpp import llama_cpp as lib
+    assert lib.LLAMA_FLASH_ATTN_TYPE_ENABLED == 1  # restored after the auto case
+    rec = run_bench(ggufs["F32"], repeats=1, n_prompt=8, n_gen=2, n_threads=1)
+    assert rec["flash_attn"] == "auto" and "Flash attention: auto." in to_markdown([rec])
+    _, manifest = resolve_model(bundles_for_bench["cpu"])
+    assert manifest["runtime"]["flash_attn"] is False
+    r = CliRunner().invoke(main, ["bench", str(bundles_for_bench["cpu"]), "-r", "1", "-p", "8", "-n", "2", "-t", "1",
+                                  "--json", "--no-record", "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)[0]["flash_attn"] == "off"
+    with pytest.raises(SlimedgeError, match="flash attention 'maybe'"):
+        run_bench(ggufs["F32"], flash_attn="maybe")

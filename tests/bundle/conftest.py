@@ -1,21 +1,13 @@
-"""Bundles built once per session from one tiny local model, for every shipped target."""
+"""Bundles built once per session from the shared tiny model (tests/conftest.py ``hf_model``), for every shipped target."""
 
 from __future__ import annotations
 
 import shutil
 
 import pytest
-from factory import cached_hf_model
 
 from slimedge.bundle import build_bundle
 from slimedge.targets import shipped_names
-
-MODEL_KW = dict(arch="llama", kquant=True, max_position_embeddings=4096)  # rows a multiple of 256: the k-quant mixes apply
-
-
-@pytest.fixture(scope="session")
-def hf_model():
-    return cached_hf_model(**MODEL_KW)
 
 
 @pytest.fixture(scope="session")
