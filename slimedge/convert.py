@@ -113,7 +113,7 @@ class _Prepared:
     metadata: list[KV]
     tensors: list[OutTensor]
     model: ModelInfo
-    # () -> (gguf.GGUFWriter -> None) that adds the tokenizer.* keys; None when metadata already has them
+    # () -> (writer -> None) that adds the tokenizer.* keys; None when metadata already has them
     load_vocab: Callable[[], Callable[[object], None]] | None
 
 
@@ -279,7 +279,7 @@ def convert(src: str | Path, out: str | Path, spec: QuantSpec = QuantSpec(), *, 
         w.add_kv(Keys.General.FILE_TYPE, p.file_type, U32)
         w.add_kv(Keys.General.QUANTIZATION_VERSION, GGML_QUANT_VERSION, U32)
         if add_vocab is not None:
-            add_vocab(w.gguf)
+            add_vocab(w)
         for t in p.tensors:
             w.add_tensor_info(t.name, t.shape, t.qtype)
         w.begin_data()
