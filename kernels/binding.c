@@ -164,7 +164,9 @@ static PyObject *py_has_imatrix(PyObject *self, PyObject *arg) {
 static PyObject *py_supported_types(PyObject *self, PyObject *noargs) {
     (void)self;
     (void)noargs;
-    static const int ids[] = {0, 1, 2, 3, 6, 7, 8, 10, 11, 12, 13, 14, 30};
+#define SE_ID(NAME, name, id, qk, imx) id,
+    static const int ids[] = {SE_TYPES(SE_ID)}; /* the kernels' type table (slimedge_kernels.h) */
+#undef SE_ID
     const Py_ssize_t n = (Py_ssize_t)(sizeof(ids) / sizeof(ids[0]));
     PyObject *t = PyTuple_New(n);
     if (!t) return NULL;

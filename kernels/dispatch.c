@@ -1,4 +1,5 @@
-/* Type table and dispatch: se_quantize / se_dequantize route a GGML type id to its kernel. */
+/* Type table and dispatch: se_quantize / se_dequantize route a GGML type id to its kernel.
+ * The table is generated from SE_TYPES (slimedge_kernels.h), the one list of the kernels' types. */
 #include "se_internal.h"
 
 typedef void (*se_qfn)(const float *, void *, int64_t);
@@ -12,21 +13,13 @@ typedef struct {
     se_wfn quantize_imatrix; /* one row with importance weights; NULL: not supported */
 } se_entry;
 
-static const se_entry SE_TABLE[] = {
-    {SE_F32, 1, 4, se_quantize_f32, se_dequantize_f32, NULL},
-    {SE_F16, 1, 2, se_quantize_f16, se_dequantize_f16, NULL},
-    {SE_BF16, 1, 2, se_quantize_bf16, se_dequantize_bf16, NULL},
-    {SE_Q4_0, 32, 18, se_quantize_q4_0, se_dequantize_q4_0, se_quantize_q4_0_imatrix},
-    {SE_Q4_1, 32, 20, se_quantize_q4_1, se_dequantize_q4_1, se_quantize_q4_1_imatrix},
-    {SE_Q5_0, 32, 22, se_quantize_q5_0, se_dequantize_q5_0, se_quantize_q5_0_imatrix},
-    {SE_Q5_1, 32, 24, se_quantize_q5_1, se_dequantize_q5_1, se_quantize_q5_1_imatrix},
-    {SE_Q8_0, 32, 34, se_quantize_q8_0, se_dequantize_q8_0, se_quantize_q8_0_imatrix},
-    {SE_Q2_K, 256, 84, se_quantize_q2_k, se_dequantize_q2_k, se_quantize_q2_k_imatrix},
-    {SE_Q3_K, 256, 110, se_quantize_q3_k, se_dequantize_q3_k, se_quantize_q3_k_imatrix},
-    {SE_Q4_K, 256, 144, se_quantize_q4_k, se_dequantize_q4_k, se_quantize_q4_k_imatrix},
-    {SE_Q5_K, 256, 176, se_quantize_q5_k, se_dequantize_q5_k, se_quantize_q5_k_imatrix},
-    {SE_Q6_K, 256, 210, se_quantize_q6_k, se_dequantize_q6_k, se_quantize_q6_k_imatrix},
-};
+/* one entry per line of SE_TYPES: block size from the QK constants, bytes from sizeof(block) */
+#define SE_IMATRIX_FN_0(name) NULL
+#define SE_IMATRIX_FN_1(name) se_quantize_##name##_imatrix
+#define SE_ENTRY(NAME, name, id, qk, imx) \
+    {SE_##NAME, qk, (int)sizeof(se_block_##name), se_quantize_##name, se_dequantize_##name, SE_IMATRIX_FN_##imx(name)},
+static const se_entry SE_TABLE[] = {SE_TYPES(SE_ENTRY)};
+#undef SE_ENTRY
 
 static const se_entry *se_find(int qtype) {
     for (size_t i = 0; i < sizeof(SE_TABLE) / sizeof(SE_TABLE[0]); ++i)

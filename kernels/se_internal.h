@@ -39,6 +39,11 @@
 #define SE_INLINE static inline
 #endif
 
+/* Block layouts, one per type of SE_TYPES (named se_block_<name>; the float types' "block" is
+ * one value). sizeof gives the bytes per block; the asserts pin them to ggml's. */
+typedef float se_block_f32;
+typedef uint16_t se_block_f16;  /* IEEE half bits */
+typedef uint16_t se_block_bf16; /* bfloat16 bits */
 typedef struct { uint16_t d; uint8_t qs[16]; } se_block_q4_0;               /* 18 bytes */
 typedef struct { uint16_t d, m; uint8_t qs[16]; } se_block_q4_1;            /* 20 bytes */
 typedef struct { uint16_t d; uint8_t qh[4]; uint8_t qs[16]; } se_block_q5_0; /* 22 bytes */

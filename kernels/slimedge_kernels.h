@@ -6,8 +6,9 @@
  * IEEE-754 machine: the code keeps each block's float operations in the reference order and
  * is compiled without FMA contraction or fast-math (see setup.py).
  *
- * Type ids are GGML's (enum ggml_type): F32=0 F16=1 Q4_0=2 Q4_1=3 Q5_0=6 Q5_1=7 Q8_0=8
- * Q2_K=10 Q3_K=11 Q4_K=12 Q5_K=13 Q6_K=14 BF16=30.
+ * Type ids are GGML's (enum ggml_type). The types the kernels handle are the one table SE_TYPES
+ * below; the type enum, the kernel prototypes, the dispatch table (dispatch.c) and the binding's
+ * supported_types() (binding.c) are all generated from it.
  */
 #ifndef SLIMEDGE_KERNELS_H
 #define SLIMEDGE_KERNELS_H
@@ -19,10 +20,29 @@
 extern "C" {
 #endif
 
-enum se_type {
-    SE_F32 = 0, SE_F16 = 1, SE_Q4_0 = 2, SE_Q4_1 = 3, SE_Q5_0 = 6, SE_Q5_1 = 7, SE_Q8_0 = 8,
-    SE_Q2_K = 10, SE_Q3_K = 11, SE_Q4_K = 12, SE_Q5_K = 13, SE_Q6_K = 14, SE_BF16 = 30,
-};
+/* The type table: X(NAME, name, ggml type id, weights per block, imatrix kernel 0/1), one line per type.
+ * A type `name` has the kernels se_quantize_<name> and se_dequantize_<name> (and, with imatrix 1,
+ * se_quantize_<name>_imatrix) and the block layout se_block_<name> (se_internal.h), whose sizeof is
+ * the bytes per block. The block sizes are ggml's QK constants (SE_QK, SE_QK_K in se_internal.h);
+ * they are only expanded where se_internal.h is included. */
+#define SE_TYPES(X)                   \
+    X(F32, f32, 0, 1, 0)              \
+    X(F16, f16, 1, 1, 0)              \
+    X(BF16, bf16, 30, 1, 0)           \
+    X(Q4_0, q4_0, 2, SE_QK, 1)        \
+    X(Q4_1, q4_1, 3, SE_QK, 1)        \
+    X(Q5_0, q5_0, 6, SE_QK, 1)        \
+    X(Q5_1, q5_1, 7, SE_QK, 1)        \
+    X(Q8_0, q8_0, 8, SE_QK, 1)        \
+    X(Q2_K, q2_k, 10, SE_QK_K, 1)     \
+    X(Q3_K, q3_k, 11, SE_QK_K, 1)     \
+    X(Q4_K, q4_k, 12, SE_QK_K, 1)     \
+    X(Q5_K, q5_k, 13, SE_QK_K, 1)     \
+    X(Q6_K, q6_k, 14, SE_QK_K, 1)
+
+#define SE_ENUM_ENTRY(NAME, name, id, qk, imx) SE_##NAME = id,
+enum se_type { SE_TYPES(SE_ENUM_ENTRY) };
+#undef SE_ENUM_ENTRY
 
 /* status codes */
 #define SE_OK 0
@@ -46,47 +66,18 @@ int se_dequantize(int qtype, const void *src, float *dst, int64_t n);
 /* the instruction set the multi-versioned kernels run with on this CPU ("avx2" or "baseline") */
 const char *se_isa(void);
 
-/* ---- per-family entry points (k = number of values, a multiple of the block size) ---- */
-void se_quantize_f32(const float *x, void *y, int64_t k);
-void se_quantize_f16(const float *x, void *y, int64_t k);
-void se_quantize_bf16(const float *x, void *y, int64_t k);
-void se_dequantize_f32(const void *x, float *y, int64_t k);
-void se_dequantize_f16(const void *x, float *y, int64_t k);
-void se_dequantize_bf16(const void *x, float *y, int64_t k);
-
-void se_quantize_q4_0(const float *x, void *y, int64_t k);
-void se_quantize_q4_1(const float *x, void *y, int64_t k);
-void se_quantize_q5_0(const float *x, void *y, int64_t k);
-void se_quantize_q5_1(const float *x, void *y, int64_t k);
-void se_quantize_q8_0(const float *x, void *y, int64_t k);
-/* importance-weighted legacy formats, one row; Q8_0 ignores the weights as ggml does */
-void se_quantize_q4_0_imatrix(const float *x, void *y, int64_t n_per_row, const float *qw);
-void se_quantize_q4_1_imatrix(const float *x, void *y, int64_t n_per_row, const float *qw);
-void se_quantize_q5_0_imatrix(const float *x, void *y, int64_t n_per_row, const float *qw);
-void se_quantize_q5_1_imatrix(const float *x, void *y, int64_t n_per_row, const float *qw);
-void se_quantize_q8_0_imatrix(const float *x, void *y, int64_t n_per_row, const float *qw);
-void se_dequantize_q4_0(const void *x, float *y, int64_t k);
-void se_dequantize_q4_1(const void *x, float *y, int64_t k);
-void se_dequantize_q5_0(const void *x, float *y, int64_t k);
-void se_dequantize_q5_1(const void *x, float *y, int64_t k);
-void se_dequantize_q8_0(const void *x, float *y, int64_t k);
-
-void se_quantize_q2_k(const float *x, void *y, int64_t k);
-void se_quantize_q3_k(const float *x, void *y, int64_t k);
-void se_quantize_q4_k(const float *x, void *y, int64_t k);
-void se_quantize_q5_k(const float *x, void *y, int64_t k);
-void se_quantize_q6_k(const float *x, void *y, int64_t k);
-/* importance-weighted k-quants, one row of n_per_row values; qw: the row's n_per_row weights */
-void se_quantize_q2_k_imatrix(const float *x, void *y, int64_t n_per_row, const float *qw);
-void se_quantize_q3_k_imatrix(const float *x, void *y, int64_t n_per_row, const float *qw);
-void se_quantize_q4_k_imatrix(const float *x, void *y, int64_t n_per_row, const float *qw);
-void se_quantize_q5_k_imatrix(const float *x, void *y, int64_t n_per_row, const float *qw);
-void se_quantize_q6_k_imatrix(const float *x, void *y, int64_t n_per_row, const float *qw);
-void se_dequantize_q2_k(const void *x, float *y, int64_t k);
-void se_dequantize_q3_k(const void *x, float *y, int64_t k);
-void se_dequantize_q4_k(const void *x, float *y, int64_t k);
-void se_dequantize_q5_k(const void *x, float *y, int64_t k);
-void se_dequantize_q6_k(const void *x, float *y, int64_t k);
+/* ---- per-type entry points, declared from SE_TYPES (k = number of values, a multiple of the block
+ * size; the imatrix variants quantize one row of n_per_row values with the row's n_per_row
+ * importance weights qw; Q8_0's ignores the weights, as ggml does) ---- */
+#define SE_IMATRIX_PROTO_0(name)
+#define SE_IMATRIX_PROTO_1(name) \
+    void se_quantize_##name##_imatrix(const float *x, void *y, int64_t n_per_row, const float *qw);
+#define SE_PROTOS(NAME, name, id, qk, imx)                      \
+    void se_quantize_##name(const float *x, void *y, int64_t k);   \
+    void se_dequantize_##name(const void *x, float *y, int64_t k); \
+    SE_IMATRIX_PROTO_##imx(name)
+SE_TYPES(SE_PROTOS)
+#undef SE_PROTOS
 
 #ifdef __cplusplus
 }

@@ -65,6 +65,7 @@ class Plan:
     spec: QuantSpec
     file_type: int  # general.file_type
     tensors: list[PlannedTensor] = field(default_factory=list)
+    model: ModelInfo | None = None  # the source's hyper-parameters (one reading: config.json or GGUF metadata)
 
     @property
     def total_bytes(self) -> int:
@@ -117,18 +118,11 @@ class _Prepared:
     load_vocab: Callable[[], Callable[[object], None]] | None
 
 
-def _is_gguf(path: Path) -> bool:
-    if path.is_dir():
-        return False
-    if path.is_file():
-        with open(path, "rb") as f:
-            return f.read(4) == b"GGUF"
-    return path.suffix.lower() == ".gguf"
-
-
 def _prepare(src: str | Path) -> _Prepared:
+    from .source import is_gguf
+
     path = Path(src)
-    if _is_gguf(path):
+    if is_gguf(path):
         return _prepare_gguf(path)
     if path.is_file():
         raise SlimedgeError(f"{path}: expected a Hugging Face model folder or a .gguf file")
@@ -171,12 +165,7 @@ def _prepare_gguf(path: Path) -> _Prepared:
     metadata = [KV(k, v, t, sub) for k, (v, t, sub) in source.metadata.items()]
     tensors = [OutTensor(ref.name, ref.shape, ref.load, ref.where, ref.load_rows, 1)
                for ref in source.tensors.values()]
-    a = "{arch}."
-    n_head = int(source.meta(a + "attention.head_count", 1))
-    model = ModelInfo(arch=source.arch, n_layer=int(source.meta(a + "block_count", 0)), n_head=n_head,
-                      n_head_kv=int(source.meta(a + "attention.head_count_kv", n_head)),
-                      n_expert=int(source.meta(a + "expert_count", 0)))
-    return _Prepared(path, source.arch, source.name, metadata, tensors, model, None)
+    return _Prepared(path, source.arch, source.name, metadata, tensors, source.model_info(), None)
 
 
 def _load_vocab(model_dir: Path, config: dict, n_vocab: int):
@@ -190,7 +179,7 @@ def _plan(prep: _Prepared, spec: QuantSpec) -> Plan:
     types = choose_types(specs, spec, prep.model)
     planned = [PlannedTensor(t.name, t.shape, q, tensor_nbytes(t.shape, q), t.origin)
                for t, q in zip(prep.tensors, types)]
-    return Plan(prep.path, prep.arch, prep.name, spec, file_type(spec), planned)
+    return Plan(prep.path, prep.arch, prep.name, spec, file_type(spec), planned, prep.model)
 
 
 def plan(src: str | Path, spec: QuantSpec = QuantSpec()) -> Plan:

@@ -33,7 +33,9 @@ from .errors import SlimedgeError
 
 
 @dataclass
-class TensorInfo:
+class GGUFTensorInfo:
+    """One entry of a GGUF file's tensor table (``slimedge.memory.TensorSize`` is what estimates need)."""
+
     name: str
     shape: tuple[int, ...]  # NumPy order: the last dimension is the row length (GGUF ne[0])
     type: str  # GGML type name, e.g. "Q4_K"
@@ -59,7 +61,7 @@ class GGUFInfo:
     data_offset: int  # where the tensor data section starts
     metadata: dict[str, Any]  # key -> plain Python value (str, int, float, bool, full lists)
     metadata_types: dict[str, str]  # key -> GGUF value type, e.g. "STRING", "ARRAY[INT32]"
-    tensors: list[TensorInfo] = field(default_factory=list)  # in file order
+    tensors: list[GGUFTensorInfo] = field(default_factory=list)  # in file order
     byte_order: str = "<"  # "<" little-endian (every llama.cpp file), ">" big-endian
 
     @property
@@ -110,7 +112,7 @@ class GGUFInfo:
             out[t.type] = out.get(t.type, 0) + t.n_bytes
         return out
 
-    def tensor(self, name: str) -> TensorInfo:
+    def tensor(self, name: str) -> GGUFTensorInfo:
         for t in self.tensors:
             if t.name == name:
                 return t
@@ -243,7 +245,7 @@ def _parse(p: str, buf, size: int) -> GGUFInfo:
         offset = h.scalar("u8", f"tensor {name!r} offset")
         raw.append((name, ne, type_id, offset))
     data_offset = -(-h.pos // alignment) * alignment
-    tensors: list[TensorInfo] = []
+    tensors: list[GGUFTensorInfo] = []
     seen: set[str] = set()
     expected = 0  # llama.cpp requires the tensors to follow each other, each padded to the alignment
     for name, ne, type_id, offset in raw:
@@ -266,7 +268,7 @@ def _parse(p: str, buf, size: int) -> GGUFInfo:
         if data_offset + offset + n_bytes > size:
             raise _Corrupt(f"tensor {name!r} needs bytes up to {data_offset + offset + n_bytes} but the file has "
                            f"{size}", truncated=True)
-        tensors.append(TensorInfo(name, tuple(reversed(ne)), qt.name, n_bytes, n_elem, data_offset + offset))
+        tensors.append(GGUFTensorInfo(name, tuple(reversed(ne)), qt.name, n_bytes, n_elem, data_offset + offset))
     return GGUFInfo(p, size, version, alignment, data_offset, metadata, types, tensors, h.end)
 
 
@@ -321,7 +323,7 @@ class TensorStats:
 _INT_TYPES = {"I8": np.int8, "I16": np.int16, "I32": np.int32, "I64": np.int64, "F64": np.float64}
 
 
-def _rows_as_float(raw: np.ndarray, t: TensorInfo) -> np.ndarray:
+def _rows_as_float(raw: np.ndarray, t: GGUFTensorInfo) -> np.ndarray:
     """uint8[n_rows, row_bytes] -> float[n_rows, ne0] for one slab of a tensor."""
     if t.type in _INT_TYPES:
         return raw.view(_INT_TYPES[t.type]).astype(np.float64)

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import SlimedgeError
+from .quant.types import CACHE_BYTES  # bytes per element of each KV-cache type
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -38,10 +39,6 @@ RUNTIME_OVERHEAD = 64 * MiB  # Python + numpy + llama.cpp code/heap: ~41 MiB aft
 REPACK_TYPES = {
     "x86_64": {"Q4_0", "Q4_K", "IQ4_NL", "MXFP4"},  # AVX2 (AVX-512 adds Q2_K)
     "arm64": {"Q4_0", "Q4_K", "Q5_K", "Q6_K", "Q8_0", "IQ4_NL", "MXFP4"},  # NEON with dotprod (or i8mm)
-}
-CACHE_BYTES = {  # bytes per element of the KV cache types (block bytes / block size)
-    "f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q5_1": 24 / 32, "q5_0": 22 / 32,
-    "q4_1": 20 / 32, "q4_0": 18 / 32, "iq4_nl": 18 / 32,
 }
 _BLK = re.compile(r"^blk\.(\d+)\.")
 

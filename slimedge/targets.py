@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SlimedgeError
+from .quant import types as qtypes
 
 GiB = 1 << 30
 
-CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0", "iq4_nl")
+CACHE_TYPES = tuple(qtypes.CACHE_TYPES)  # llama.cpp's KV-cache types (slimedge.quant.types)
 ARCHES = ("x86_64", "arm64")
 ACCELERATORS = ("none", "gpu")
 BACKENDS = ("cuda", "metal", "vulkan", "rocm", "sycl")
@@ -106,12 +107,7 @@ class Target:
 
 # --------------------------------------------------------------------------- validation
 def _known_types() -> set[str]:
-    import gguf
-
-    names = {n[len("MOSTLY_"):] for n in gguf.LlamaFileType.__members__ if n.startswith("MOSTLY_")}
-    names |= {t.name for t in gguf.GGMLQuantizationType}
-    names.add("F32")
-    return {n.upper() for n in names}
+    return {n.upper() for n in qtypes.FILE_TYPE_NAMES | qtypes.GGML_TYPE_NAMES}
 
 
 class _Checker:

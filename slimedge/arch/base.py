@@ -45,7 +45,7 @@ class OutTensor:
     name: str  # GGUF name, e.g. "blk.0.attn_q.weight"
     shape: tuple[int, ...]  # NumPy order (last = row length = GGUF ne[0])
     # (out=None) -> float32[shape], reads the source now (into the float32 buffer ``out`` when given;
-    # see slimedge.source.hf.TensorRef.load)
+    # see slimedge.source.base.TensorRef.load)
     load: Callable[..., np.ndarray]
     origin: str  # where it comes from, for messages: "model.layers.0.self_attn.q_proj.weight in model.safetensors"
     # (start, stop, out=None) -> float32[stop - start, shape[-1]]: rows [start, stop) of the tensor seen as
@@ -210,7 +210,11 @@ class Arch:
         return []
 
     def model_info(self) -> ModelInfo:
-        return ModelInfo(arch=self.arch, n_layer=self.hp.n_layer, n_head=self.hp.n_head, n_head_kv=self.hp.n_head_kv)
+        """The hyper-parameters as the converter, the mix rules and the memory estimate use them."""
+        hp = self.hp
+        return ModelInfo(arch=self.arch, n_layer=hp.n_layer, n_head=hp.n_head, n_head_kv=hp.n_head_kv,
+                         n_embd=hp.n_embd, n_ff=hp.n_ff, n_vocab=hp.n_vocab, key_length=hp.head_dim,
+                         value_length=hp.head_dim, n_ctx_train=hp.n_ctx)
 
     def expected_shape(self, tensor: MODEL_TENSOR, is_bias: bool) -> tuple[int, ...] | None:
         """Shape the config implies (NumPy order), to catch a config.json that does not match the weights."""

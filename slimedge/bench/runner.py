@@ -23,11 +23,11 @@ from pathlib import Path
 
 from ..errors import SlimedgeError
 from ..progress import NULL_PROGRESS, Progress
+from ..quant.types import CACHE_TYPES
 
 log = logging.getLogger(__name__)
 
-CACHE_TYPE_IDS = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8,
-                  "iq4_nl": 20, "bf16": 30}  # ggml_type values for llama.cpp's type_k / type_v
+CACHE_TYPE_IDS = CACHE_TYPES  # ggml_type values for llama.cpp's type_k / type_v (slimedge.quant.types)
 
 FIELDS = [  # every record carries these keys (None when not measured)
     "model_filename", "model_type", "model_size", "file_size", "model_n_params", "bpw",

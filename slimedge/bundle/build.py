@@ -25,12 +25,13 @@ from .. import __version__
 from ..errors import SlimedgeError
 from ..memory import MemoryEstimate, ModelShape, TensorInfo, check_fits, estimate, fits, shape_from_gguf
 from ..progress import NULL_PROGRESS, Progress
+from ..quant.types import FLOAT_TYPE_NAMES
 from ..targets import Target, load_target
 from .manifest import FORMAT, FORMAT_VERSION, MANIFEST, file_entry, list_files, write_json_atomic
 
 log = logging.getLogger(__name__)
 
-FLOAT_TYPES = {"F32", "F16", "BF16"}
+FLOAT_TYPES = FLOAT_TYPE_NAMES  # "F32", "F16", "BF16" (slimedge.quant.types)
 MODEL_FILE = "model.gguf"
 
 

@@ -8,11 +8,35 @@ Public entry points::
 
 ``quantize``/``dequantize`` use the active backend (C kernels when built, else NumPy);
 ``SLIMEDGE_PUREPYTHON=1`` forces NumPy.
+
+Modules: :mod:`.types` (every per-type fact, from the gguf package: block and byte sizes, type and
+file-type ids, float and KV-cache types), :mod:`.formats` (the registry and the float formats),
+:mod:`.legacy` and :mod:`.kquants` (+ :mod:`.kquant_search`, :mod:`.kquant_pack`, :mod:`.kquant_imatrix`)
+the NumPy reference of each family, :mod:`.backend` (C or NumPy), :mod:`.mixes` (llama-quantize's choice
+of a type per tensor).
+
+Adding a new GGML tensor type (one gguf and ggml already define) touches exactly three places:
+
+1. **Its registry class** here: ``class IQ4_NL(QuantFormat, qtype=T.IQ4_NL)`` with vectorized
+   ``quantize_blocks`` / ``dequantize_blocks``, in its family's module (a new module goes into the
+   import list below, which registers it). Block and byte sizes come from :mod:`.types`.
+2. **Its kernel** in ``kernels/``: ``se_quantize_<t>``, ``se_dequantize_<t>`` (and optionally
+   ``se_quantize_<t>_imatrix``) with its ``se_block_<t>`` layout struct, plus **one line** in the
+   ``SE_TYPES`` table of ``kernels/slimedge_kernels.h``: the dispatch table, the type enum, the
+   prototypes and the binding's ``supported_types()`` are all generated from that line.
+3. **Its test**: the byte-exactness tests against ggml (NumPy and C), the round-trip error test and the
+   registry/kernel/gguf agreement test in ``tests/quant/`` take their type lists from the registry, so
+   the new type is checked there without editing them; add a test for its own edge cases (and its
+   error limit in test_roundtrip.py if it is coarser than llama.cpp's default).
+
+Nothing else needs editing: the writer, the GGUF reader, the memory estimate, bundles, bench, target
+validation and the mixes' size math read sizes and names from :mod:`.types` / gguf, and a type can
+then be chosen per tensor (``--tensor-type``, ``--output-tensor-type``). Only a new *mix* (a llama file
+type such as ``Q4_K_M``) is a line in :mod:`.mixes` (``_MIX_BASE``), plus its rules there.
 """
 
 from __future__ import annotations
 
-from . import formats as _formats
 from .formats import REGISTRY, QuantFormat, dequantize_rows, get_format, qtype_of, quantize_rows
 
 # importing the format modules registers them

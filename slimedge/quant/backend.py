@@ -7,8 +7,10 @@ chunks of whole blocks and quantizes them on a thread pool (the kernels release 
 * ``SLIMEDGE_PUREPYTHON=1`` forces NumPy (read at import; :func:`set_backend` switches later).
 * A missing or broken extension falls back to NumPy with a one-line logged notice.
 * :func:`backend_name` is ``"c"`` or ``"numpy"``; :func:`backend_info` adds the reason / the ISA.
-* Types or options the kernels do not cover (importance weights for the legacy formats) use
-  NumPy transparently (which refuses what it does not support either).
+* The kernels cover every registered type, with importance weights (imatrix) for all quantized
+  ones, legacy formats included. A registered type without a kernel, or importance weights for
+  F32/F16/BF16 (which ignore them), go to NumPy transparently (which refuses what it does not
+  support either).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ implements two vectorized block functions (no Python loop over blocks or rows):
   -> uint8[n_blocks, type_size]``  (``w``: optional importance weights, e.g. an imatrix row)
 * ``dequantize_blocks(q: uint8[n_blocks, type_size]) -> float32[n_blocks, block_size]``
 
-Block and byte sizes come from one table, ``gguf.GGML_QUANT_SIZES``. Row-level helpers
+Block and byte sizes come from :mod:`slimedge.quant.types` (``gguf.GGML_QUANT_SIZES``). Row-level helpers
 (:func:`quantize_rows`, :func:`dequantize_rows`) split rows into blocks and check shapes.
 This module is the readable reference; ``slimedge.quant.backend`` may route to C kernels.
 """
@@ -17,9 +17,10 @@ from __future__ import annotations
 from typing import ClassVar
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+from gguf import GGMLQuantizationType
 
 from ..errors import SlimedgeError
+from . import types
 
 REGISTRY: dict[GGMLQuantizationType, type["QuantFormat"]] = {}
 
@@ -34,7 +35,7 @@ class QuantFormat:
     def __init_subclass__(cls, qtype: GGMLQuantizationType, **kwargs):
         super().__init_subclass__(**kwargs)
         cls.qtype = qtype
-        cls.block_size, cls.type_size = GGML_QUANT_SIZES[qtype]
+        cls.block_size, cls.type_size = types.block_size(qtype), types.type_size(qtype)
         REGISTRY[qtype] = cls
 
     @classmethod
@@ -56,12 +57,10 @@ class QuantFormat:
 
 def qtype_of(name: str | int | GGMLQuantizationType) -> GGMLQuantizationType:
     """Parse ``'q4_k'``, ``'Q4_K'``, ``12`` or an enum into a GGML type (single types only, not mixes)."""
-    if isinstance(name, GGMLQuantizationType):
-        return name
-    if isinstance(name, (int, np.integer)):
-        return GGMLQuantizationType(int(name))
+    if isinstance(name, (int, np.integer)):  # GGMLQuantizationType included (an IntEnum)
+        return types.ggml_type(name)
     try:
-        return GGMLQuantizationType[str(name).upper()]
+        return types.ggml_type(str(name))
     except KeyError:
         known = ", ".join(t.name for t in REGISTRY)
         raise SlimedgeError(f"unknown tensor type {name!r}; known types: {known}") from None

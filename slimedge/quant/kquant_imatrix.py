@@ -6,17 +6,20 @@ the super-block's mean square (times 2 for Q3_K..Q5_K; Q6_K uses ``w`` as is); t
 mins are then quantized by weighted searches (``make_qp_quants`` / ``make_qx_quants``) instead of plain
 rounding.
 Vectorized over all super-blocks like the unweighted paths; bit-exact with ``ggml_quantize_chunk``.
+The block packing is :mod:`slimedge.quant.kquant_pack`'s, shared with :mod:`slimedge.quant.kquants`.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from .kquant_pack import (finish_q3, finish_q6, pack_q2, pack_q3_scales, pack_q4, pack_q5, pack_scale_min_k4,
+                          requant, to_cols, to_rows, unpack_scale_min_k4)
 from .kquant_search import (GROUP_MAX_EPS, f16_bits, f16_value, make_qkx_quants, make_qx_quants, nearest_int,
                             seqsum)
+from .types import QK_K
 
 _F = np.float32
-QK_K = 256
 
 
 def make_qp_quants(x: np.ndarray, nmax: int, qw: np.ndarray):
@@ -94,14 +97,12 @@ def _sum_x2(x: np.ndarray) -> np.ndarray:
 
 def _sub_weights(x: np.ndarray, w: np.ndarray, sigma2: np.ndarray, sub: int):
     """``qw * sqrtf(sigma2 + x*x)`` in sub-block column layout, plus the columns ``xs``: ([sub, M], [sub, M])."""
-    from .kquants import _cols
-    xs, qs = _cols(x, sub), _cols(w, sub)
+    xs, qs = to_cols(x, sub), to_cols(w, sub)
     sig = np.repeat(sigma2, QK_K // sub)
     return xs, qs * np.sqrt(sig + xs * xs)
 
 
 def quantize_q2_k_imatrix(x: np.ndarray, w: np.ndarray) -> np.ndarray:
-    from .kquants import _pack_2bit, _requant, _rows, _u16_bytes
     x, w = np.asarray(x, _F), np.asarray(w, _F)
     nb = x.shape[0]
     xs, weight = _sub_weights(x, w, _sum_x2(x) / _F(QK_K), 16)
@@ -113,26 +114,23 @@ def quantize_q2_k_imatrix(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     sc = np.ascontiguousarray((Ls | (Lm << 4)).T)                    # uint8[nb, 16]
     d = f16_value(d_bits)[:, None] * (sc & 0x0F).astype(_F)
     m = f16_value(dmin_bits)[:, None] * (sc >> 4).astype(_F)
-    L = _requant(x.reshape(nb, 16, 16), _rows(L, nb), d, m, 0, 3)
-    return np.concatenate([sc, _pack_2bit(L), _u16_bytes(d_bits), _u16_bytes(dmin_bits)], axis=1)
+    L = requant(x.reshape(nb, 16, 16), to_rows(L, nb), d, m, 0, 3)
+    return pack_q2(sc, L, d_bits, dmin_bits)
 
 
 def quantize_q3_k_imatrix(x: np.ndarray, w: np.ndarray) -> np.ndarray:
-    from .kquants import _finish_q3, _pack_q3_scales, _rows
     x, w = np.asarray(x, _F), np.asarray(w, _F)
     nb = x.shape[0]
     xs, weight = _sub_weights(x, w, _F(2) * _sum_x2(x) / _F(QK_K), 16)
     sw = seqsum(weight).reshape(nb, 16)
     L, scales = make_qx_quants(xs, 4, qw=weight)
     Ls, d_block = make_qx_quants(np.ascontiguousarray(scales.reshape(nb, 16).T), 32, qw=sw.T)
-    scales12 = _pack_q3_scales(Ls.T.astype(np.uint8))
-    return _finish_q3(x, _rows(L, nb), f16_bits(d_block), scales12)
+    scales12 = pack_q3_scales(Ls.T.astype(np.uint8))
+    return finish_q3(x, to_rows(L, nb), f16_bits(d_block), scales12)
 
 
 def quantize_q45_k_imatrix(x: np.ndarray, w: np.ndarray, nmax: int) -> np.ndarray:
     """Q4_K (nmax 15) and Q5_K (nmax 31) with importance weights."""
-    from .kquants import (_pack_4bit_pairs, _pack_q5, _pack_scale_min_k4, _requant, _rows, _u16_bytes,
-                          _unpack_scale_min_k4)
     x, w = np.asarray(x, _F), np.asarray(w, _F)
     nb = x.shape[0]
     xs, weight = _sub_weights(x, w, _F(2) * _sum_x2(x) / _F(QK_K), 32)
@@ -143,20 +141,19 @@ def quantize_q45_k_imatrix(x: np.ndarray, w: np.ndarray, nmax: int) -> np.ndarra
     ls, lm = np.ascontiguousarray(Ls.T), np.ascontiguousarray(Lm.T)
     if nmax == 31:  # Q5_K clamps, Q4_K does not
         ls, lm = np.minimum(ls, 63), np.minimum(lm, 63)
-    scales12 = _pack_scale_min_k4(ls, lm)
+    scales12 = pack_scale_min_k4(ls, lm)
     d_bits, dmin_bits = f16_bits(d_block), f16_bits(m_block)
-    sc, mn = _unpack_scale_min_k4(scales12)
+    sc, mn = unpack_scale_min_k4(scales12)
     d = f16_value(d_bits)[:, None] * sc.astype(_F)
     dm = f16_value(dmin_bits)[:, None] * mn.astype(_F)
-    L = _requant(x.reshape(nb, 8, 32), _rows(L, nb), d, dm, 0, nmax)
+    L = requant(x.reshape(nb, 8, 32), to_rows(L, nb), d, dm, 0, nmax)
     if nmax == 31:
-        return _pack_q5(d_bits, dmin_bits, scales12, L)
-    return np.concatenate([_u16_bytes(d_bits), _u16_bytes(dmin_bits), scales12, _pack_4bit_pairs(L)], axis=1)
+        return pack_q5(d_bits, dmin_bits, scales12, L)
+    return pack_q4(d_bits, dmin_bits, scales12, L)
 
 
 def quantize_q6_k_imatrix(x: np.ndarray, w: np.ndarray) -> np.ndarray:
-    from .kquants import _cols, _finish_q6, _rows
     x, w = np.asarray(x, _F), np.asarray(w, _F)
     nb = x.shape[0]
-    L, scales = make_qx_quants(_cols(x, 16), 32, qw=_cols(w, 16))
-    return _finish_q6(x, _rows(L, nb), scales.reshape(nb, 16))
+    L, scales = make_qx_quants(to_cols(x, 16), 32, qw=to_cols(w, 16))
+    return finish_q6(x, to_rows(L, nb), scales.reshape(nb, 16))

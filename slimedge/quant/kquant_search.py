@@ -55,6 +55,16 @@ def f16_value(bits) -> np.ndarray:
     return np.asarray(bits, dtype=np.uint16).view(np.float16).astype(_F)
 
 
+def u16_bytes(v) -> np.ndarray:
+    """uint16 values (e.g. fp16 bits) -> ``uint8[n, 2]``, little-endian: a block's 2-byte field."""
+    return np.ascontiguousarray(np.asarray(v).astype("<u2")).view(np.uint8).reshape(-1, 2)
+
+
+def f16_at(q: np.ndarray, at: int) -> np.ndarray:
+    """The fp16 field at byte ``at`` of every block of ``q: uint8[nb, type_size]`` -> float32[nb]."""
+    return f16_value(np.ascontiguousarray(q[:, at:at + 2]).view("<u2").reshape(-1))
+
+
 def nearest_int(t: np.ndarray) -> np.ndarray:
     """ggml's ``nearest_int`` bit for bit (also out of its +-2^22 range): float32 -> int32."""
     v = (np.asarray(t, dtype=_F) + ROUND_MAGIC).view(np.int32)

@@ -27,8 +27,9 @@ import numpy as np
 from gguf import GGMLQuantizationType as T
 
 from .formats import QuantFormat
-from .kquant_search import (chunked, f16_bits, f16_value, first_absmax, make_qkx_quants, make_qx_quants,
-                            round_half_away, seqsum)
+from .kquant_search import (chunked, f16_at, f16_bits, first_absmax, make_qkx_quants, make_qx_quants,
+                            round_half_away, seqsum, u16_bytes)
+from .types import QK
 
 _F = np.float32
 CHUNK_BLOCKS = 8192  # blocks quantized per NumPy pass (256K weights): best speed on x86-64
@@ -42,18 +43,18 @@ def _no_imatrix(cls, w):
 
 def _weighted_rows(rows: np.ndarray, imatrix: np.ndarray, quantize_cols) -> np.ndarray:
     """Shared driver of the imatrix paths. ``rows: float32[r, n]``, ``imatrix: float32[n]``;
-    ``quantize_cols(x: [32, M], weight: [32, M]) -> uint8[M, type_size]`` for the blocks (one per column)."""
+    ``quantize_cols(x: [QK, M], weight: [QK, M]) -> uint8[M, type_size]`` for the blocks (one per column)."""
     rows = np.ascontiguousarray(rows, dtype=_F)
     r, n = rows.shape
-    step = max(1, (CHUNK_BLOCKS * 32) // n)
+    step = max(1, (CHUNK_BLOCKS * QK) // n)
     out = []
     for a in range(0, r, step):
         x = rows[a:a + step]
         xt = np.ascontiguousarray(x.T)
         sigma2 = seqsum(xt * xt) / _F(n)                      # sequential over the row, as in C
-        xb = np.ascontiguousarray(x.reshape(-1, 32).T)        # [32, blocks]
-        qw = np.broadcast_to(imatrix.reshape(-1, 32), (x.shape[0], n // 32, 32)).reshape(-1, 32).T
-        sig = np.repeat(sigma2, n // 32)
+        xb = np.ascontiguousarray(x.reshape(-1, QK).T)        # [QK, blocks]
+        qw = np.broadcast_to(imatrix.reshape(-1, QK), (x.shape[0], n // QK, QK)).reshape(-1, QK).T
+        sig = np.repeat(sigma2, n // QK)
         weight = qw * np.sqrt(sig + xb * xb)
         out.append(quantize_cols(xb, weight).reshape(x.shape[0], -1))
     return np.concatenate(out, axis=0)
@@ -131,14 +132,6 @@ def _affine(x: np.ndarray, steps: int, clamp: bool) -> tuple[np.ndarray, np.ndar
     return f16_bits(d), f16_bits(min_), q
 
 
-def _u16_bytes(v: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(v.astype("<u2")).view(np.uint8).reshape(-1, 2)
-
-
-def _f16_field(q: np.ndarray, at: int) -> np.ndarray:
-    return f16_value(np.ascontiguousarray(q[:, at:at + 2]).view("<u2").reshape(-1))
-
-
 class _SymmetricBlocks:
     """Q4_0/Q5_0 quantizer (mixin before QuantFormat): ``_nmax`` levels either side of zero (8 / 16)."""
     _nmax: ClassVar[int]
@@ -176,11 +169,11 @@ class Q4_0(_SymmetricBlocks, QuantFormat, qtype=T.Q4_0):
 
     @staticmethod
     def _pack(d, q):
-        return np.concatenate([_u16_bytes(d), _pack_nibbles(q)], axis=1)
+        return np.concatenate([u16_bytes(d), _pack_nibbles(q)], axis=1)
 
     @classmethod
     def dequantize_blocks(cls, q):
-        d = _f16_field(q, 0)
+        d = f16_at(q, 0)
         v = _unpack_nibbles(q[:, 2:18]).astype(np.int32) - 8
         return v.astype(_F) * d[:, None]
 
@@ -190,11 +183,11 @@ class Q4_1(_AffineBlocks, QuantFormat, qtype=T.Q4_1):
 
     @staticmethod
     def _pack(d, m, q):
-        return np.concatenate([_u16_bytes(d), _u16_bytes(m), _pack_nibbles(q)], axis=1)
+        return np.concatenate([u16_bytes(d), u16_bytes(m), _pack_nibbles(q)], axis=1)
 
     @classmethod
     def dequantize_blocks(cls, q):
-        d, m = _f16_field(q, 0), _f16_field(q, 2)
+        d, m = f16_at(q, 0), f16_at(q, 2)
         v = _unpack_nibbles(q[:, 4:20])
         return v.astype(_F) * d[:, None] + m[:, None]
 
@@ -204,11 +197,11 @@ class Q5_0(_SymmetricBlocks, QuantFormat, qtype=T.Q5_0):
 
     @staticmethod
     def _pack(d, q):
-        return np.concatenate([_u16_bytes(d), _pack_high_bits(q), _pack_nibbles(q)], axis=1)
+        return np.concatenate([u16_bytes(d), _pack_high_bits(q), _pack_nibbles(q)], axis=1)
 
     @classmethod
     def dequantize_blocks(cls, q):
-        d = _f16_field(q, 0)
+        d = f16_at(q, 0)
         v = (_unpack_nibbles(q[:, 6:22]) | _unpack_high_bits(q[:, 2:6])).astype(np.int32) - 16
         return v.astype(_F) * d[:, None]
 
@@ -218,11 +211,11 @@ class Q5_1(_AffineBlocks, QuantFormat, qtype=T.Q5_1):
 
     @staticmethod
     def _pack(d, m, q):
-        return np.concatenate([_u16_bytes(d), _u16_bytes(m), _pack_high_bits(q), _pack_nibbles(q)], axis=1)
+        return np.concatenate([u16_bytes(d), u16_bytes(m), _pack_high_bits(q), _pack_nibbles(q)], axis=1)
 
     @classmethod
     def dequantize_blocks(cls, q):
-        d, m = _f16_field(q, 0), _f16_field(q, 2)
+        d, m = f16_at(q, 0), f16_at(q, 2)
         v = _unpack_nibbles(q[:, 8:24]) | _unpack_high_bits(q[:, 4:8])
         return v.astype(_F) * d[:, None] + m[:, None]
 
@@ -237,9 +230,9 @@ class Q8_0(QuantFormat, qtype=T.Q8_0):
         with np.errstate(divide="ignore"):
             id_ = np.where(d != 0, _F(1.0) / d, _F(0.0)).astype(_F)
         qs = _trunc_int(round_half_away(x * id_[:, None])).astype(np.int8)
-        return np.concatenate([_u16_bytes(f16_bits(d)), qs.view(np.uint8)], axis=1)
+        return np.concatenate([u16_bytes(f16_bits(d)), qs.view(np.uint8)], axis=1)
 
     @classmethod
     def dequantize_blocks(cls, q):
-        d = _f16_field(q, 0)
+        d = f16_at(q, 0)
         return q[:, 2:34].view(np.int8).astype(_F) * d[:, None]

@@ -31,11 +31,11 @@ import logging
 import re
 from dataclasses import dataclass, field
 
-from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as T
 
 from ..errors import SlimedgeError
 from .formats import qtype_of
+from .types import FLOAT_TYPES, block_size, file_type_id
 
 log = logging.getLogger(__name__)
 
@@ -86,20 +86,23 @@ class QuantSpec:
     has_imatrix: bool = False  # an importance matrix is used (changes a few rules; Q2_K_S requires it)
 
 
-# mix name -> (general.file_type = llama_ftype, base tensor type); names and aliases as llama-quantize
-MIXES: dict[str, tuple[int, T]] = {
-    "F32": (0, T.F32), "F16": (1, T.F16), "BF16": (32, T.BF16),
-    "Q4_0": (2, T.Q4_0), "Q4_1": (3, T.Q4_1), "Q8_0": (7, T.Q8_0), "Q5_0": (8, T.Q5_0), "Q5_1": (9, T.Q5_1),
-    "Q2_K": (10, T.Q2_K), "Q2_K_S": (21, T.Q2_K),
-    "Q3_K_S": (11, T.Q3_K), "Q3_K_M": (12, T.Q3_K), "Q3_K_L": (13, T.Q3_K), "Q3_K": (12, T.Q3_K),
-    "Q4_K_S": (14, T.Q4_K), "Q4_K_M": (15, T.Q4_K), "Q4_K": (15, T.Q4_K),
-    "Q5_K_S": (16, T.Q5_K), "Q5_K_M": (17, T.Q5_K), "Q5_K": (17, T.Q5_K),
-    "Q6_K": (18, T.Q6_K),
+# mix name -> base tensor type; names and aliases as llama-quantize's
+_MIX_BASE: dict[str, T] = {
+    "F32": T.F32, "F16": T.F16, "BF16": T.BF16,
+    "Q4_0": T.Q4_0, "Q4_1": T.Q4_1, "Q8_0": T.Q8_0, "Q5_0": T.Q5_0, "Q5_1": T.Q5_1,
+    "Q2_K": T.Q2_K, "Q2_K_S": T.Q2_K,
+    "Q3_K_S": T.Q3_K, "Q3_K_M": T.Q3_K, "Q3_K_L": T.Q3_K, "Q3_K": T.Q3_K,
+    "Q4_K_S": T.Q4_K, "Q4_K_M": T.Q4_K, "Q4_K": T.Q4_K,
+    "Q5_K_S": T.Q5_K, "Q5_K_M": T.Q5_K, "Q5_K": T.Q5_K,
+    "Q6_K": T.Q6_K,
 }
+_ALIASES = {"Q3_K": "Q3_K_M", "Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M"}  # llama-quantize's short names
+# mix name -> (general.file_type = llama_ftype, from gguf's LlamaFileType; base tensor type)
+MIXES: dict[str, tuple[int, T]] = {mix: (file_type_id(_ALIASES.get(mix, mix)), base) for mix, base in _MIX_BASE.items()}
 # llama_ftype ids used by the rules below
-_Q2_K, _Q3_K_S, _Q3_K_M, _Q3_K_L, _Q4_K_S, _Q4_K_M, _Q5_K_S, _Q5_K_M, _Q2_K_S = 10, 11, 12, 13, 14, 15, 16, 17, 21
-_Q4_0, _Q5_0 = 2, 8
-_FLOATS = (T.F32, T.F16, T.BF16)
+(_Q2_K, _Q3_K_S, _Q3_K_M, _Q3_K_L, _Q4_K_S, _Q4_K_M, _Q5_K_S, _Q5_K_M, _Q2_K_S, _Q4_0, _Q5_0) = map(
+    file_type_id, ("Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q2_K_S", "Q4_0", "Q5_0"))
+_FLOATS = FLOAT_TYPES
 
 
 def resolve_ftype(ftype: str) -> tuple[int, T]:
@@ -220,10 +223,6 @@ def is_70b(model: ModelInfo) -> bool:
 
 # ---- the rules ----------------------------------------------------------------------------------
 
-def _blck(q: T) -> int:
-    return GGML_QUANT_SIZES[q][0]
-
-
 def _use_more_bits(i: int, n: int) -> bool:
     d = i - n // 8  # C remainder keeps the sign of the dividend
     rem = -((-d) % 3) if d < 0 else d % 3
@@ -237,16 +236,16 @@ _FALLBACK = {T.Q2_K: T.Q4_0, T.Q3_K: T.Q4_0, T.TQ1_0: T.Q4_0, T.TQ2_0: T.Q4_0, T
 
 def fallback(name: str, n_per_row: int, q: T) -> T:
     """A type whose block fits the row length: q itself, its legacy fallback, or F16."""
-    if n_per_row % _blck(q) == 0:
+    if n_per_row % block_size(q) == 0:
         return q
     if q in _FALLBACK:
         r = _FALLBACK[q]
-    elif _blck(q) <= 32:
+    elif block_size(q) <= 32:
         r = q
     else:
         raise SlimedgeError(f"{name}: row length {n_per_row} does not fit type {q.name} and it has no "
                             f"fallback; choose another type for it (--tensor-type)")
-    if n_per_row % _blck(r):
+    if n_per_row % block_size(r):
         r = T.F16
     log.info("%s: row length %d does not fit %s, using %s", name, n_per_row, q.name, r.name)
     return r
@@ -284,7 +283,7 @@ class _MixState:
         if cat == "output" or (self.tied and cat == "token_embd"):
             if self.spec.output_tensor_type is not None:
                 return qtype_of(self.spec.output_tensor_type)
-            if falcon or t.shape[-1] % _blck(q):
+            if falcon or t.shape[-1] % block_size(q):
                 return T.Q8_0
             return T.Q6_K if q != T.Q8_0 else q
         if cat == "token_embd":

@@ -19,10 +19,10 @@ from gguf import GGMLQuantizationType as T
 from gguf import GGUFValueType, Keys
 
 from ..errors import SlimedgeError
+from ..quant.types import FLOAT_TYPES
 
 log = logging.getLogger(__name__)
 
-FLOAT_TYPES = (T.F32, T.F16, T.BF16)
 # keys the output file writes itself
 _SKIP_KEYS = {Keys.General.ARCHITECTURE, Keys.General.FILE_TYPE, Keys.General.QUANTIZATION_VERSION,
               Keys.General.ALIGNMENT}

@@ -2,10 +2,10 @@
 
 How: each ``*.safetensors`` file starts with an 8-byte little-endian header length and a JSON header
 ``{name: {"dtype", "shape", "data_offsets": [begin, end]}}`` (offsets relative to the end of the header).
-We parse that header ourselves (no torch; bf16 works) and read one tensor's bytes only when asked
-(a read at an offset: no whole-file mmap), whole or a range of rows (``load_rows``), so resident
-memory stays near one slice of a tensor.
-Sharded checkpoints list their files in ``model.safetensors.index.json``.
+We parse that header ourselves (no torch) and accept F32, F16, BF16 and F64 tensors; each becomes a
+:class:`SafetensorsRef` (a :class:`~slimedge.source.base.TensorRef`: plain reads at the tensor's offset
+only when asked, whole or a range of rows, widened or narrowed to float32), so resident memory stays
+near one slice of a tensor. Sharded checkpoints list their files in ``model.safetensors.index.json``.
 
 Pickle checkpoints (``pytorch_model.bin``, ``*.pt``) are refused: unpickling runs arbitrary code.
 Every problem is a one-line :class:`SlimedgeError` naming the file (and tensor) at fault.
@@ -20,123 +20,24 @@ from dataclasses import dataclass
 from math import prod
 from pathlib import Path
 
-import numpy as np
-
 from ..errors import SlimedgeError
+from .base import STORAGE_DTYPES, TensorRef
 
 log = logging.getLogger(__name__)
 
-# safetensors dtype -> (NumPy storage dtype, how to widen to float32)
-_DTYPES: dict[str, np.dtype] = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2"),
-                                "F64": np.dtype("<f8")}
 _MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the JSON header size
 PICKLE_PATTERNS = ("pytorch_model*.bin", "*.pt", "*.pth", "*.bin", "*.ckpt")
 
 
 @dataclass(frozen=True)
-class TensorRef:
-    """Where one tensor's bytes live; :meth:`load` reads them as float32."""
+class SafetensorsRef(TensorRef):
+    """One tensor of a safetensors file (``dtype`` is the header's: "F32", "F16", "BF16" or "F64")."""
 
-    name: str  # HF name, e.g. "model.layers.0.self_attn.q_proj.weight"
-    dtype: str  # safetensors dtype: "F32", "F16", "BF16"
-    shape: tuple[int, ...]  # NumPy order
-    file: Path
-    offset: int  # absolute byte offset of the data in ``file``
-    nbytes: int
-
-    @property
-    def where(self) -> str:
-        return f"{self.name} in {self.file.name}"
-
-    def load(self, out: np.ndarray | None = None) -> np.ndarray:
-        """float32[shape], read from disk now (bf16/f16 widened exactly).
-
-        ``out``: optional float32 buffer of at least ``prod(shape)`` elements to fill and return a view
-        of (reusing buffers avoids page-faulting fresh memory for every tensor). 2-byte types are read
-        into the buffer's upper half and widened in place, front to back, so no second buffer is needed.
-        """
-        return self._read(0, prod(self.shape), out).reshape(self.shape)
-
-    @property
-    def n_rows(self) -> int:
-        """Rows of the tensor seen as float32[n_rows, shape[-1]] (1 for a vector)."""
-        return prod(self.shape[:-1])
-
-    def load_rows(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
-        """float32[stop - start, shape[-1]]: rows ``[start, stop)`` of the tensor seen as
-        float32[n_rows, shape[-1]] (leading dims flattened), read from disk now; ``out`` as in :meth:`load`."""
-        if not 0 <= start <= stop <= self.n_rows:
-            raise ValueError(f"{self.name}: rows [{start}, {stop}) outside [0, {self.n_rows})")
-        cols = self.shape[-1] if self.shape else 1
-        return self._read(start * cols, (stop - start) * cols, out).reshape(stop - start, cols)
-
-    def _read(self, first: int, n: int, out: np.ndarray | None) -> np.ndarray:
-        return read_float32(self.file, self.offset, self.dtype, first, n, out, self.name)
+    nbytes: int  # bytes of data in the file
 
 
-def read_float32(path: Path, offset: int, dtype: str, first: int, n: int, out: np.ndarray | None,
-                 name: str) -> np.ndarray:
-    """float32[n]: values ``[first, first + n)`` of a ``dtype`` ("F32", "F16", "BF16", "F64") array stored
-    at byte ``offset`` of ``path``, read with plain reads (into ``out``'s first n values when given).
-
-    2-byte types are read into the buffer's upper half and widened in place, front to back.
-    """
-    out = np.empty(n, np.float32) if out is None else out.reshape(-1)[:n]
-    size = _DTYPES[dtype].itemsize
-    offset += first * size
-    if size == 4:
-        _read_exactly(path, offset, out.view(np.uint8), name)
-    elif size == 2:
-        raw = out.view(np.uint8)[2 * n:]
-        _read_exactly(path, offset, raw, name)
-        _widen_in_place(out, raw.view(np.uint16 if dtype == "BF16" else np.float16))
-    else:  # F64: narrow through a temporary
-        tmp = np.empty(n, np.float64)
-        _read_exactly(path, offset, tmp.view(np.uint8), name)
-        np.copyto(out, tmp, casting="same_kind")
-    return out
-
-
-_CHUNK = 1 << 20
-
-
-def _widen_in_place(out: np.ndarray, raw: np.ndarray) -> None:
-    """out[k] = float32(raw[k]) where ``raw`` (2-byte values) occupies the upper half of ``out``'s bytes.
-
-    Chunk [a, b) writes bytes [4a, 4b) and reads bytes [2n + 2a, 2n + 2b): it never reaches raw values
-    of later chunks (4b <= 2n + 2b since b <= n); NumPy copies the one chunk that overlaps its own input.
-    bf16 is the top half of a float32; f16 converts exactly.
-    """
-    bf16 = raw.dtype == np.uint16
-    u32 = out.view(np.uint32)
-    for a in range(0, out.size, _CHUNK):
-        b = min(a + _CHUNK, out.size)
-        if bf16:
-            np.left_shift(raw[a:b], np.uint32(16), out=u32[a:b], dtype=np.uint32)
-        else:
-            np.copyto(out[a:b], raw[a:b], casting="same_kind")
-
-
-def _read_exactly(path: Path, offset: int, buf: np.ndarray, name: str) -> None:
-    """Fill ``buf`` (uint8) with the bytes of ``path`` at ``offset``."""
-    view = memoryview(buf).cast("B")
-    got = 0
-    try:
-        with open(path, "rb", buffering=0) as f:
-            f.seek(offset)
-            while got < len(view):
-                k = f.readinto(view[got:])
-                if not k:
-                    break
-                got += k
-    except OSError as exc:
-        raise SlimedgeError(f"{path}: cannot read tensor {name}: {exc.strerror or exc}") from None
-    if got != len(view):
-        raise SlimedgeError(f"{path}: truncated while reading tensor {name}; re-download the file")
-
-
-def read_safetensors_header(path: Path) -> dict[str, TensorRef]:
-    """Parse and validate one safetensors file's header: name -> :class:`TensorRef` (file order)."""
+def read_safetensors_header(path: Path) -> dict[str, SafetensorsRef]:
+    """Parse and validate one safetensors file's header: name -> :class:`SafetensorsRef` (file order)."""
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
@@ -157,7 +58,7 @@ def read_safetensors_header(path: Path) -> dict[str, TensorRef]:
     except (ValueError, UnicodeDecodeError) as exc:
         raise SlimedgeError(f"{path}: corrupt safetensors header ({exc}); re-download it") from None
     base = 8 + n
-    out: dict[str, TensorRef] = {}
+    out: dict[str, SafetensorsRef] = {}
     for name, info in header.items():
         if name == "__metadata__":
             continue
@@ -165,17 +66,17 @@ def read_safetensors_header(path: Path) -> dict[str, TensorRef]:
             dtype, shape, (begin, end) = info["dtype"], tuple(int(d) for d in info["shape"]), info["data_offsets"]
         except (KeyError, TypeError, ValueError):
             raise SlimedgeError(f"{path}: corrupt safetensors entry for tensor {name}; re-download it") from None
-        if dtype not in _DTYPES:
-            raise SlimedgeError(f"{path}: tensor {name} has dtype {dtype}; slimedge reads F32, F16 and BF16 "
-                                f"checkpoints (dequantize the model first)")
-        nbytes = prod(shape) * _DTYPES[dtype].itemsize
+        if dtype not in STORAGE_DTYPES:
+            raise SlimedgeError(f"{path}: tensor {name} has dtype {dtype}; slimedge reads F32, F16, BF16 and "
+                                f"F64 checkpoints (dequantize the model first)")
+        nbytes = prod(shape) * STORAGE_DTYPES[dtype].itemsize
         if end - begin != nbytes or begin < 0:
             raise SlimedgeError(f"{path}: corrupt safetensors entry for tensor {name} "
                                 f"({end - begin} bytes for shape {list(shape)} {dtype}); re-download it")
         if base + end > size:
             raise SlimedgeError(f"{path}: truncated: tensor {name} ends at byte {base + end} but the file has "
                                 f"{size} bytes; re-download it")
-        out[name] = TensorRef(name, dtype, shape, path, base + begin, nbytes)
+        out[name] = SafetensorsRef(name, dtype, shape, path, base + begin, nbytes)
     return out
 
 
@@ -224,7 +125,7 @@ def _weight_files(model_dir: Path) -> list[Path]:
 
 
 class HFSource:
-    """A Hugging Face model folder: ``config`` (dict) and ``tensors`` (HF name -> :class:`TensorRef`)."""
+    """A Hugging Face model folder: ``config`` (dict) and ``tensors`` (HF name -> :class:`SafetensorsRef`)."""
 
     def __init__(self, model_dir: str | Path):
         self.model_dir = Path(model_dir)
@@ -234,7 +135,7 @@ class HFSource:
             raise SlimedgeError(f"{self.model_dir}: expected a Hugging Face model folder or a .gguf file")
         self.config = load_config(self.model_dir)
         self.files = _weight_files(self.model_dir)
-        self.tensors: dict[str, TensorRef] = {}
+        self.tensors: dict[str, SafetensorsRef] = {}
         for f in self.files:
             for name, ref in read_safetensors_header(f).items():
                 if name in self.tensors:

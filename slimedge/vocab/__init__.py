@@ -13,6 +13,9 @@ Added tokens (from tokenizer.json, added_tokens.json, tokenizer_config.json) tak
 ones become CONTROL, others USER_DEFINED (llama.cpp always matches those in raw text, as Hugging Face
 does). ``n_vocab`` is the model's embedding row count; ids the tokenizer leaves empty up to it become
 ``[PAD{id}]`` tokens of type UNUSED, as llama.cpp's converter writes them (Phi-3 pads 32011 → 32064).
+A tokenizer that covers less than :data:`MIN_COVERAGE` of the rows is refused: real models pad a few
+dozen or hundred ids (Phi-3 0.2%, Qwen2 0.2%), while a truncated or mismatched tokenizer leaves most
+rows without a token, and such a file would load in llama.cpp but could not tokenize anything.
 
 ``Vocab.add_to(writer)`` adds every ``tokenizer.*`` key to a ``gguf.GGUFWriter``.
 """
@@ -36,6 +39,7 @@ __all__ = ["Vocab", "load_vocab"]
 log = logging.getLogger(__name__)
 
 _PAD_SCORE = -1000.0  # score of added and padding tokens in SentencePiece vocabularies
+MIN_COVERAGE = 0.9  # least share of the embedding rows the tokenizer must give a token
 
 
 @dataclass
@@ -136,6 +140,7 @@ def _load_spm(model_dir: Path, path: Path, sp: SpmModel, tokenizer_json: dict | 
         tokens[tid] = content
         scores[tid] = _PAD_SCORE
         types[tid] = int(TokenType.CONTROL if tok.special else TokenType.USER_DEFINED)
+    _check_coverage(path, tokens)
     return Vocab(model="llama", pre="default", tokens=_fill_pads(tokens, path), types=types,
                  scores=scores, special_ids={k: v for k, v in sp.ids.items() if v is not None},
                  add_space_prefix=sp.add_space_prefix, source=path)
@@ -155,6 +160,7 @@ def _load_bpe(model_dir: Path, path: Path, tokenizer_json: dict, tok_config: dic
     for tid, tok in _added_in_range(model_dir, tokenizer_json, tok_config, n_vocab):
         tokens[tid] = tok.content
         types[tid] = int(TokenType.CONTROL if tok.special else TokenType.USER_DEFINED)
+    _check_coverage(path, tokens)
     return Vocab(model="gpt2", pre=bpe.pre, tokens=_fill_pads(tokens, path), types=types,
                  merges=bpe.merges, source=path)
 
@@ -163,6 +169,16 @@ def _check_fits(path: Path, n_tok: int, n_vocab: int) -> None:
     if n_tok > n_vocab:
         raise SlimedgeError(f"{path} has {n_tok} tokens but the model's embedding has only {n_vocab} rows: "
                             "the tokenizer does not belong to this model")
+
+
+def _check_coverage(path: Path, tokens: list[str | None]) -> None:
+    """Refuse a tokenizer that gives a token to fewer than MIN_COVERAGE of the embedding rows."""
+    n_rows, covered = len(tokens), sum(t is not None for t in tokens)
+    if covered < MIN_COVERAGE * n_rows:
+        raise SlimedgeError(
+            f"{path} gives tokens to only {covered} of the model's {n_rows} embedding rows (slimedge needs at "
+            f"least {MIN_COVERAGE:.0%}; the rest would be padding): the tokenizer is truncated or does not "
+            "belong to this model; restore it from the model's source")
 
 
 def _added_in_range(model_dir: Path, tokenizer_json: dict | None, tok_config: dict, n_vocab: int):

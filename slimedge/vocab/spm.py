@@ -1,7 +1,9 @@
 """SentencePiece ``tokenizer.model`` → llama-style token list (llama.cpp tokenizer model "llama").
 
 The model file is a protobuf ``ModelProto``; we read it with sentencepiece's bundled schema (needs
-``protobuf``). Each piece gives its text (``▁`` for space, ``<0xAB>`` for byte pieces), its score (the
+``protobuf``), and check it by loading it with ``sentencepiece`` itself: a damaged or truncated file
+can still parse as a few pieces (the first 300 bytes of a real model give 18), but sentencepiece
+refuses it, and so do we, naming the file. Each piece gives its text (``▁`` for space, ``<0xAB>`` for byte pieces), its score (the
 merge priority llama.cpp uses) and its type, whose numbering (NORMAL 1, UNKNOWN 2, CONTROL 3,
 USER_DEFINED 4, UNUSED 5, BYTE 6) is the same as GGUF's ``TokenType``.
 
@@ -38,14 +40,19 @@ def read_spm(path: Path) -> SpmModel:
     from google.protobuf.message import DecodeError
 
     try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise SlimedgeError(f"{path}: cannot read: {e.strerror or e}") from None
+    try:
         proto = pb.ModelProto()
-        proto.ParseFromString(path.read_bytes())
+        proto.ParseFromString(data)
     except (DecodeError, RuntimeWarning, ValueError) as e:
         raise SlimedgeError(f"{path} is not a SentencePiece model ({e}); "
                             "restore tokenizer.model from the model's source") from None
     if not proto.pieces:
         raise SlimedgeError(f"{path} is not a SentencePiece model (no pieces); "
                             "restore tokenizer.model from the model's source")
+    _check_loads(path, data)
 
     tokens = [p.piece for p in proto.pieces]
     scores = [float(p.score) for p in proto.pieces]
@@ -74,3 +81,15 @@ def read_spm(path: Path) -> SpmModel:
            "pad": own(tspec.pad_id)}
     add_prefix = nspec.add_dummy_prefix if nspec.HasField("add_dummy_prefix") else True
     return SpmModel(tokens, scores, types, ids, bool(add_prefix))
+
+
+def _check_loads(path: Path, data: bytes) -> None:
+    """Refuse a model that ``sentencepiece`` cannot load (damaged, truncated), naming the file."""
+    import sentencepiece
+
+    try:
+        sentencepiece.SentencePieceProcessor(model_proto=data)
+    except (RuntimeError, OSError, ValueError, TypeError) as e:
+        reason = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+        raise SlimedgeError(f"{path} is a damaged or truncated SentencePiece model (sentencepiece cannot load "
+                            f"it: {reason}); restore tokenizer.model from the model's source") from None

@@ -129,6 +129,34 @@ def test_missing_tokenizer(model, tmp_path):
     assert_clean_failure(run(model, tmp_path / "o.gguf"), tmp_path / "o.gguf", "tokenizer")
 
 
+def test_truncated_tokenizer_model(model, tmp_path):
+    """Its first 300 bytes parse as 18 pieces (once converted to 18 tokens and 988 padding ones)."""
+    path = model / "tokenizer.model"
+    path.write_bytes(path.read_bytes()[:300])
+    assert_clean_failure(run(model, tmp_path / "o.gguf"), tmp_path / "o.gguf", str(path),
+                         "damaged or truncated SentencePiece model")
+
+
+def test_tokenizer_of_a_much_smaller_vocabulary(model, tmp_path):
+    cfg = json.loads((model / "config.json").read_text())
+    rows = cfg["vocab_size"] * 2
+    rewrite_weights(model, lambda t: t.update({k: np.resize(t[k], (rows, t[k].shape[1]))
+                                               for k in ("model.embed_tokens.weight", "lm_head.weight")}))
+    (model / "config.json").write_text(json.dumps({**cfg, "vocab_size": rows}))
+    assert_clean_failure(run(model, tmp_path / "o.gguf"), tmp_path / "o.gguf", "tokenizer.model",
+                         f"only {cfg['vocab_size']} of the model's {rows} embedding rows", "90%")
+
+
+def test_gguf_without_block_count(base_model, tmp_path):
+    from gguf_edit import edit_gguf
+
+    f32 = tmp_path / "f32.gguf"
+    assert run(base_model, f32, "--type", "f32").exit_code == 0
+    bad = edit_gguf(f32, tmp_path / "bad.gguf", drop={"llama.block_count"})
+    assert_clean_failure(run(bad, tmp_path / "o.gguf", "--type", "q8_0"), tmp_path / "o.gguf",
+                         "bad.gguf", "llama.block_count")
+
+
 def test_unknown_architecture_lists_supported(model, tmp_path):
     cfg = json.loads((model / "config.json").read_text())
     cfg["architectures"] = ["GPTBigCodeForCausalLM"]

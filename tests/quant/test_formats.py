@@ -12,13 +12,15 @@ import pytest
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from ggml_ref import ggml_dequantize, ggml_quantize
-from slimedge.quant import dequantize_rows, get_format, quantize_rows
+from slimedge.quant import REGISTRY, dequantize_rows, get_format, quantize_rows
 from slimedge.quant.kquant_search import seqsum
+from slimedge.quant.types import FLOAT_TYPES, QK_K, block_size
 
-LEGACY = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"]
-KQUANTS = ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
+# every registered format (a new one is checked here without editing this file), by family
+LEGACY = [t.name for t in REGISTRY if t not in FLOAT_TYPES and block_size(t) != QK_K]  # 32-weight blocks
+KQUANTS = [t.name for t in REGISTRY if t not in FLOAT_TYPES and block_size(t) == QK_K]
 ALL = LEGACY + KQUANTS
-FLOATS = ["F16", "BF16"]
+FLOATS = [t.name for t in REGISTRY if t in FLOAT_TYPES and t != GGMLQuantizationType.F32]  # ggml: no F32 to_float
 
 
 def _cases(n: int, seed: int) -> dict[str, np.ndarray]:
@@ -58,7 +60,8 @@ def _cases(n: int, seed: int) -> dict[str, np.ndarray]:
 def _lengths(qtype: str) -> list[int]:
     if qtype in FLOATS:
         return [32, 512]
-    return [256, 512, 4096] if qtype in KQUANTS else [32, 96, 512, 4096]
+    bs = block_size(qtype)
+    return [bs, 2 * bs, 16 * bs] if qtype in KQUANTS else [bs, 3 * bs, 16 * bs, 128 * bs]  # 256.. / 32, 96, ..
 
 
 def _report(ours: np.ndarray, ref: np.ndarray, type_size: int, x: np.ndarray, block_size: int) -> str:
@@ -128,7 +131,8 @@ def test_single_block_and_shapes(qtype):
 
 def _imatrix_params():
     for q in ALL:
-        for n in ([256, 1024] if q in KQUANTS else [96, 512]):
+        bs = block_size(q)
+        for n in ([bs, 4 * bs] if q in KQUANTS else [3 * bs, 16 * bs]):  # 256, 1024 / 96, 512
             yield pytest.param(q, n, id=f"{q}-{n}")
 
 

@@ -25,12 +25,14 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from ggml_ref import ggml_dequantize, ggml_quantize
 from slimedge import _kernels
 from slimedge.errors import SlimedgeError
+from slimedge.quant import REGISTRY, dequantize_rows, quantize_rows
 from slimedge.quant import backend as qb
-from slimedge.quant import dequantize_rows, quantize_rows
+from slimedge.quant.types import FLOAT_TYPES, QK_K, block_size
 
-FLOATS = ["F32", "F16", "BF16"]
-LEGACY = ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1"]
-KQUANTS = ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
+# every registered format (a new one is checked here without editing this file), by family
+FLOATS = [t.name for t in REGISTRY if t in FLOAT_TYPES]
+KQUANTS = [t.name for t in REGISTRY if t not in FLOAT_TYPES and block_size(t) == QK_K]
+LEGACY = [t.name for t in REGISTRY if t not in FLOAT_TYPES and block_size(t) != QK_K]  # 32-weight blocks
 ALL = FLOATS + LEGACY + KQUANTS
 
 
@@ -55,9 +57,11 @@ def _rows(n: int, seed: int, r: int = 3) -> np.ndarray:
 
 
 def _lengths(qtype: str) -> list[int]:
-    if qtype in KQUANTS:
-        return [256, 768, 2048]
-    return [32, 96, 1024] if qtype in LEGACY else [1, 7, 1024]
+    """1, 3 and 8 super-blocks (k-quants: 256, 768, 2048); 1, 3 and 32 blocks (legacy: 32, 96, 1024)."""
+    if qtype in FLOATS:
+        return [1, 7, 1024]
+    bs = block_size(qtype)
+    return [bs, 3 * bs, (8 if qtype in KQUANTS else 32) * bs]
 
 
 def _c_quantize(x: np.ndarray, qtype: str) -> np.ndarray:
@@ -101,7 +105,7 @@ def test_imatrix_bytes_identical_to_ggml_and_numpy(qtype, monkeypatch):
     monkeypatch.setattr(qb, "_K", _kernels)
     monkeypatch.setattr(qb, "MIN_CHUNK_VALUES", 512)  # several row chunks on the thread pool
     assert _kernels.has_imatrix(int(GGMLQuantizationType[qtype]))
-    for n in (256, 768):
+    for n in _lengths(qtype)[:2]:  # 256, 768
         x = _rows(n, seed=n + 1)
         rng = np.random.default_rng(n)
         for imx in (rng.random(n) * 10 + 0.01, (rng.random(n) ** 4), np.ones(n)):
@@ -117,7 +121,7 @@ def test_imatrix_bytes_identical_to_ggml_and_numpy(qtype, monkeypatch):
 def test_imatrix_legacy_bytes_identical_to_ggml_and_numpy(qtype, monkeypatch):
     monkeypatch.setattr(qb, "_K", _kernels)
     assert _kernels.has_imatrix(int(GGMLQuantizationType[qtype]))
-    for n in (32, 96, 1024):  # 1, 3 and 32 blocks: lane groups of 8 and single-block tails
+    for n in _lengths(qtype):  # 1, 3 and 32 blocks: lane groups of 8 and single-block tails
         x = _rows(n, seed=n + 2)
         rng = np.random.default_rng(n)
         for imx in (rng.random(n) * 10 + 0.01, (rng.random(n) ** 4), np.ones(n)):

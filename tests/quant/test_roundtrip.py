@@ -11,11 +11,12 @@ import math
 import numpy as np
 import pytest
 
-from slimedge.quant import dequantize_rows, quantize_rows
+from slimedge.quant import REGISTRY, dequantize_rows, quantize_rows
+from slimedge.quant.types import FLOAT_TYPES
 
 MAX_TOTAL_ERROR = {"Q2_K": 0.0075, "Q3_K": 0.0040}  # MAX_QUANTIZATION_TOTAL_ERROR_2BITS / _3BITS
 DEFAULT_MAX_ERROR = 0.002                          # MAX_QUANTIZATION_TOTAL_ERROR
-FORMATS = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
+FORMATS = [t.name for t in REGISTRY if t not in FLOAT_TYPES]  # every registered quantized format
 
 
 def llama_test_signal(n: int = 4096, offset: float = 0.0, amplitude: float = 2.0) -> np.ndarray:

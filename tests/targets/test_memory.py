@@ -5,18 +5,18 @@ from __future__ import annotations
 import pytest
 
 from slimedge.errors import SlimedgeError
-from slimedge.memory import (MiB, ModelShape, TensorInfo, check_fits, compute_bytes, estimate,
+from slimedge.memory import (MiB, ModelShape, TensorSize, check_fits, compute_bytes, estimate,
                              kv_bytes_per_layer, pad_ctx)
 from slimedge.targets import Runtime, load_target
 
 
 def tinyllama(bytes_per_layer=30 * MiB) -> ModelShape:
     """TinyLlama-1.1B's hyperparameters (22 layers, 32 heads, 4 KV heads, head size 64)."""
-    tensors = [TensorInfo("token_embd.weight", 32 * MiB), TensorInfo("output.weight", 50 * MiB),
-               TensorInfo("output_norm.weight", 8192)]
+    tensors = [TensorSize("token_embd.weight", 32 * MiB), TensorSize("output.weight", 50 * MiB),
+               TensorSize("output_norm.weight", 8192)]
     for i in range(22):
-        tensors += [TensorInfo(f"blk.{i}.attn_q.weight", bytes_per_layer // 2),
-                    TensorInfo(f"blk.{i}.ffn_up.weight", bytes_per_layer // 2)]
+        tensors += [TensorSize(f"blk.{i}.attn_q.weight", bytes_per_layer // 2),
+                    TensorSize(f"blk.{i}.ffn_up.weight", bytes_per_layer // 2)]
     return ModelShape(arch="llama", n_layer=22, n_embd=2048, n_head=32, n_head_kv=4, n_ff=5632, n_vocab=32000,
                       key_length=64, value_length=64, tensors=tensors)
 

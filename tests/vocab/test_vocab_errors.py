@@ -106,3 +106,41 @@ def test_add_prefix_space_refused(tmp_path, bpe_dirs):
     (d / "tokenizer.json").write_text(json.dumps(data))
     with pytest.raises(SlimedgeError, match="add_prefix_space=true"):
         load_vocab(d, {}, 1001)
+
+
+def test_truncated_tokenizer_model_refused_by_sentencepiece(tmp_path, spm_dir):
+    """The first 300 bytes of a real model still parse as 18 pieces; sentencepiece refuses them, so do we."""
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    d = _copy(spm_dir, tmp_path / "m")
+    head = (spm_dir / "tokenizer.model").read_bytes()[:300]
+    (d / "tokenizer.model").write_bytes(head)
+    proto = pb.ModelProto()
+    proto.ParseFromString(head)
+    assert 0 < len(proto.pieces) < 100  # what got through before: a few real tokens, the rest padding
+    with pytest.raises(SlimedgeError) as e:
+        load_vocab(d, {}, 1006)
+    msg = str(e.value)
+    assert f"{d / 'tokenizer.model'} is a damaged or truncated SentencePiece model" in msg
+    assert "sentencepiece cannot load it" in msg and "\n" not in msg
+
+
+def test_tokenizer_covering_too_few_rows_refused(tmp_path, spm_dir, bpe_dirs):
+    with pytest.raises(SlimedgeError) as e:  # 1006 ids (1000 pieces + 6 added) over 4096 rows
+        load_vocab(spm_dir, {}, 4096)
+    msg = str(e.value)
+    assert "tokenizer.model gives tokens to only 1006 of the model's 4096 embedding rows" in msg
+    assert "at least 90%" in msg and "\n" not in msg
+    with pytest.raises(SlimedgeError, match=r"tokenizer.json gives tokens to only 1001 of the model's 2000 "
+                                            r"embedding rows"):
+        load_vocab(bpe_dirs["gpt2"], {}, 2000)
+
+
+def test_padding_like_phi3_stays_allowed(spm_dir, bpe_dirs):
+    v = load_vocab(spm_dir, {}, 1006 + 58)  # Phi-3 pads 32011 ids to 32064 rows
+    assert v.n_vocab == 1064 and v.tokens[-1] == "[PAD1063]"
+    v = load_vocab(spm_dir, {}, 1117)  # just above 90% covered
+    assert v.n_vocab == 1117
+    with pytest.raises(SlimedgeError, match="only 1006 of the model's 1118"):  # just below
+        load_vocab(spm_dir, {}, 1118)
+    assert load_vocab(bpe_dirs["gpt2"], {}, 1024).n_vocab == 1024
