@@ -44,7 +44,9 @@ _BLK = re.compile(r"^blk\.(\d+)\.")
 
 
 @dataclass
-class TensorInfo:
+class TensorSize:
+    """What the estimate needs of one tensor (``slimedge.gguf_info.GGUFTensorInfo`` is the file's full entry)."""
+
     name: str  # GGUF name
     n_bytes: int  # bytes in the file
     n_elements: int = 0
@@ -65,7 +67,7 @@ class ModelShape:
     key_length: int  # per head
     value_length: int  # per head
     n_ctx_train: int = 0
-    tensors: list[TensorInfo] = field(default_factory=list)
+    tensors: list[TensorSize] = field(default_factory=list)
 
     @property
     def weight_bytes(self) -> int:
@@ -104,7 +106,7 @@ def shape_from_gguf(path: str | Path) -> ModelShape:
         n_head_kv=get("attention.head_count_kv", n_head), n_ff=get("feed_forward_length", 4 * n_embd),
         n_vocab=int(n_vocab), key_length=get("attention.key_length", head_dim),
         value_length=get("attention.value_length", head_dim), n_ctx_train=get("context_length", 0),
-        tensors=[TensorInfo(t.name, t.n_bytes, t.n_elements, t.type) for t in info.tensors])
+        tensors=[TensorSize(t.name, t.n_bytes, t.n_elements, t.type) for t in info.tensors])
 
 
 @dataclass

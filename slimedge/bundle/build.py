@@ -12,7 +12,6 @@ An already-quantized GGUF is packed as it is (no ``--type``); a float GGUF or HF
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -23,9 +22,10 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import SlimedgeError
-from ..memory import MemoryEstimate, ModelShape, TensorInfo, check_fits, estimate, fits, shape_from_gguf
+from ..memory import MemoryEstimate, ModelShape, TensorSize, check_fits, estimate, fits, shape_from_gguf
 from ..progress import NULL_PROGRESS, Progress
 from ..quant.types import FLOAT_TYPE_NAMES
+from ..source import is_gguf
 from ..targets import Target, load_target
 from .manifest import FORMAT, FORMAT_VERSION, MANIFEST, file_entry, list_files, write_json_atomic
 
@@ -33,13 +33,6 @@ log = logging.getLogger(__name__)
 
 FLOAT_TYPES = FLOAT_TYPE_NAMES  # "F32", "F16", "BF16" (slimedge.quant.types)
 MODEL_FILE = "model.gguf"
-
-
-def _is_gguf(p: Path) -> bool:
-    if not p.is_file():
-        return False
-    with open(p, "rb") as f:
-        return f.read(4) == b"GGUF"
 
 
 def quant_spec(target: Target, qtype: str):
@@ -51,21 +44,14 @@ def quant_spec(target: Target, qtype: str):
                      token_embedding_type=q.token_embedding_type.upper() or None)
 
 
-def _hf_shape(src: Path, plan) -> ModelShape:
-    """Hyperparameters for the estimate from an HF config.json; tensor sizes from the conversion plan."""
-    try:
-        cfg = json.loads((src / "config.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise SlimedgeError(f"{src / 'config.json'}: unreadable ({exc})") from None
-    cfg = cfg.get("text_config", cfg)
-    n_embd, n_head = int(cfg["hidden_size"]), int(cfg["num_attention_heads"])
-    head_dim = int(cfg.get("head_dim") or n_embd // n_head)
-    return ModelShape(arch=plan.arch, n_layer=int(cfg["num_hidden_layers"]), n_embd=n_embd, n_head=n_head,
-                      n_head_kv=int(cfg.get("num_key_value_heads") or n_head),
-                      n_ff=int(cfg.get("intermediate_size", 4 * n_embd)), n_vocab=int(cfg["vocab_size"]),
-                      key_length=head_dim, value_length=head_dim,
-                      n_ctx_train=int(cfg.get("max_position_embeddings") or 0),
-                      tensors=[TensorInfo(t.name, t.nbytes, t.n_params, t.qtype.name) for t in plan.tensors])
+def _hf_shape(plan) -> ModelShape:
+    """Hyperparameters for the estimate from the plan's model info (the converter's one reading of
+    config.json); tensor sizes from the plan. Per-layer values: the largest bounds memory."""
+    m = plan.model
+    return ModelShape(arch=plan.arch, n_layer=m.n_layer, n_embd=m.n_embd, n_head=m.max_head,
+                      n_head_kv=m.max_head_kv, n_ff=m.max_ff, n_vocab=m.n_vocab, key_length=m.key_length,
+                      value_length=m.value_length, n_ctx_train=m.n_ctx_train,
+                      tensors=[TensorSize(t.name, t.nbytes, t.n_params, t.qtype.name) for t in plan.tensors])
 
 
 def planned_shape(src: Path, spec) -> ModelShape:
@@ -73,11 +59,11 @@ def planned_shape(src: Path, spec) -> ModelShape:
     from ..convert import plan
 
     p = plan(src, spec)
-    if _is_gguf(src):
+    if is_gguf(src):
         base = shape_from_gguf(src)
-        base.tensors = [TensorInfo(t.name, t.nbytes, t.n_params, t.qtype.name) for t in p.tensors]
+        base.tensors = [TensorSize(t.name, t.nbytes, t.n_params, t.qtype.name) for t in p.tensors]
         return base
-    return _hf_shape(src, p)
+    return _hf_shape(p)
 
 
 def source_files(src: Path) -> list[dict]:
@@ -173,13 +159,13 @@ def build_bundle(src: str | Path, target: str | Path | Target, out_dir: str | Pa
         raise SlimedgeError(f"{out}: exists; pass --overwrite to replace it")
     if out.exists() and not (out / MANIFEST).is_file():
         raise SlimedgeError(f"{out}: exists and is not a bundle; refusing to replace it, choose another -o")
-    if src.is_file() and not _is_gguf(src):
+    if src.is_file() and not is_gguf(src):
         raise SlimedgeError(f"{src}: not a GGUF file; give a Hugging Face model folder or a .gguf file")
     if src.is_dir() and not (src / "config.json").is_file():
         raise SlimedgeError(f"{src}: no config.json; give a Hugging Face model folder or a .gguf file")
 
     packed_as_is = False
-    if _is_gguf(src):
+    if is_gguf(src):
         info = read_info(src)
         kinds = {t.type for t in info.tensors if len(t.shape) >= 2}
         if kinds - FLOAT_TYPES:

@@ -49,30 +49,102 @@ class TensorSpec:
 
 @dataclass
 class ModelInfo:
+    """A model's hyper-parameters, read once: from config.json (``slimedge.arch``: ``Arch.model_info``)
+    or from GGUF metadata (:meth:`from_metadata`); the converter, the mix rules and the bundle's memory
+    estimate all use this one reading.
+
+    llama.cpp allows head counts and the feed-forward length as one value per layer: ``n_head``,
+    ``n_head_kv`` and ``n_ff`` are then layer 0's (what llama.cpp's quantizer uses: ``n_gqa()`` is
+    layer 0's), the per-layer lists are kept, and the ``max_*`` properties give the largest (for sizing).
+    """
+
     arch: str  # GGUF architecture name: "llama", "qwen2", "phi3", ...
     n_layer: int  # {arch}.block_count
-    n_head: int = 1  # {arch}.attention.head_count
-    n_head_kv: int = 1  # {arch}.attention.head_count_kv (n_gqa = n_head // n_head_kv)
+    n_head: int = 1  # {arch}.attention.head_count (layer 0's)
+    n_head_kv: int = 1  # {arch}.attention.head_count_kv (n_gqa = n_head // n_head_kv; layer 0's)
     n_expert: int = 0  # {arch}.expert_count (0: dense)
+    n_embd: int = 0  # {arch}.embedding_length (0: not stated)
+    n_ff: int = 0  # {arch}.feed_forward_length (layer 0's; 0: not stated)
+    n_vocab: int = 0  # embedding rows: {arch}.vocab_size, else the token list's length (0: not stated)
+    key_length: int = 0  # per head: {arch}.attention.key_length, else n_embd // n_head (0: unknown)
+    value_length: int = 0  # per head: {arch}.attention.value_length, else n_embd // n_head
+    n_ctx_train: int = 0  # {arch}.context_length (0: not stated)
+    # one value per layer where the source gives a list; () when the value is the same for every layer
+    n_head_layers: tuple[int, ...] = ()
+    n_head_kv_layers: tuple[int, ...] = ()
+    n_ff_layers: tuple[int, ...] = ()
+
+    @property
+    def max_head(self) -> int:
+        return max(self.n_head_layers, default=self.n_head)
+
+    @property
+    def max_head_kv(self) -> int:
+        return max(self.n_head_kv_layers, default=self.n_head_kv)
+
+    @property
+    def max_ff(self) -> int:
+        return max(self.n_ff_layers, default=self.n_ff)
 
     @classmethod
-    def from_metadata(cls, metadata: dict) -> "ModelInfo":
-        """From GGUF metadata (e.g. ``slimedge.gguf_info.read_info(path).metadata``), as llama.cpp reads it:
-        per-layer head counts use layer 0, head_count_kv defaults to head_count."""
+    def from_metadata(cls, metadata: dict, where: str = "GGUF metadata") -> "ModelInfo":
+        """From GGUF metadata (key -> plain value, e.g. ``slimedge.gguf_info.read_info(path).metadata``),
+        as llama.cpp reads it: block_count is required, head_count defaults to 1 and head_count_kv to
+        head_count, a per-layer list must have one entry per layer. ``where`` (the file) starts every
+        error, which is a one-line :class:`SlimedgeError` naming the key."""
         arch = metadata.get("general.architecture")
-        if not arch or f"{arch}.block_count" not in metadata:
-            raise SlimedgeError("GGUF metadata lacks general.architecture or its block_count; "
-                                "the file is not a language model slimedge can quantize")
+        if isinstance(arch, bytes):
+            arch = arch.decode("utf-8", "replace")
+        if not arch or not isinstance(arch, str):
+            raise SlimedgeError(f"{where}: no general.architecture key; the file is not a language model "
+                                "slimedge can quantize")
+        fix = "re-convert the file from the original model"
 
-        def first(v, default):
-            if isinstance(v, list):
-                return int(v[0]) if v else default
-            return default if v is None else int(v)
+        def count(key: str, value) -> int:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise SlimedgeError(f"{where}: {arch}.{key} is {value!r}, expected a count; {fix}")
+            return int(value)
 
-        n_head = first(metadata.get(f"{arch}.attention.head_count"), 1)
-        return cls(arch=arch, n_layer=int(metadata[f"{arch}.block_count"]), n_head=n_head,
-                   n_head_kv=first(metadata.get(f"{arch}.attention.head_count_kv"), n_head),
-                   n_expert=first(metadata.get(f"{arch}.expert_count"), 0))
+        block_count = metadata.get(f"{arch}.block_count")
+        if block_count is None:
+            raise SlimedgeError(f"{where}: lacks {arch}.block_count (the number of layers), which the "
+                                f"quantization mix needs; {fix}")
+        n_layer = count("block_count", block_count)
+
+        def per_layer(key: str, default: int) -> tuple[int, tuple[int, ...]]:
+            """(layer 0's value, per-layer values or ()) of a key that may be a list."""
+            v = metadata.get(f"{arch}.{key}")
+            if v is None:
+                return default, ()
+            if not isinstance(v, (list, tuple)):
+                return count(key, v), ()
+            if len(v) != n_layer:
+                raise SlimedgeError(f"{where}: {arch}.{key} has {len(v)} per-layer values for {n_layer} "
+                                    f"layers ({arch}.block_count); {fix}")
+            vals = tuple(count(key, x) for x in v)
+            return (vals[0] if vals else default), vals
+
+        def scalar(key: str, default: int) -> int:
+            v = metadata.get(f"{arch}.{key}")
+            if isinstance(v, (list, tuple)):  # not per layer in llama.cpp: the first (and only) value
+                v = v[0] if v else None
+            return default if v is None else count(key, v)
+
+        n_head, head_layers = per_layer("attention.head_count", 1)
+        n_head_kv, kv_layers = per_layer("attention.head_count_kv", n_head)
+        if not kv_layers and head_layers:  # head_count_kv defaults to head_count, layer by layer
+            kv_layers = head_layers
+        n_ff, ff_layers = per_layer("feed_forward_length", 0)
+        n_embd = scalar("embedding_length", 0)
+        head_dim = n_embd // n_head if n_head else 0
+        tokens = metadata.get("tokenizer.ggml.tokens")
+        n_vocab = scalar("vocab_size", len(tokens) if isinstance(tokens, list) else 0)
+        return cls(arch=arch, n_layer=n_layer, n_head=n_head, n_head_kv=n_head_kv,
+                   n_expert=scalar("expert_count", 0), n_embd=n_embd, n_ff=n_ff, n_vocab=n_vocab,
+                   key_length=scalar("attention.key_length", head_dim),
+                   value_length=scalar("attention.value_length", head_dim),
+                   n_ctx_train=scalar("context_length", 0),
+                   n_head_layers=head_layers, n_head_kv_layers=kv_layers, n_ff_layers=ff_layers)
 
 
 @dataclass
