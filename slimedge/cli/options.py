@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 import time
 from typing import Any, Callable
@@ -120,9 +121,22 @@ class BarProgress(Progress):
                 self.stream.flush()
             self._drawn = False
         else:
+            dt = time.monotonic() - self.t0
             done = f" {self._fmt(self.done)}" if self.done else ""
-            self._write_line(f"{self.desc}: done{done} in {time.monotonic() - self.t0:.1f}s")
+            rate = ""
+            if self.done and dt > 0:
+                r = self.done / dt
+                rate = f" ({r / 1e6:.1f} MB/s)" if self.unit == "B" else f" ({r:.2f} {self.unit}/s)"
+            self._write_line(f"{self.desc}: done{done} in {dt:.1f}s{rate}")
 
 
 def make_progress(quiet: bool) -> Progress:
-    return NULL_PROGRESS if quiet else BarProgress()
+    """The CLI's progress sink: nothing with ``--quiet``, else a bar on stderr.
+
+    ``SLIMEDGE_PROGRESS=bar`` or ``=plain`` overrides the terminal check (e.g. ``bar`` under a pseudo-terminal
+    that does not report itself, ``plain`` on a terminal whose scrollback should keep every line).
+    """
+    if quiet:
+        return NULL_PROGRESS
+    mode = os.environ.get("SLIMEDGE_PROGRESS", "").strip().lower()
+    return BarProgress(tty={"bar": True, "plain": False}.get(mode))

@@ -11,15 +11,20 @@ from slimedge.bench import run_bench
 from slimedge.bench.quality import Logprobs, compare, perplexity
 from slimedge.errors import SlimedgeError
 
+pytestmark = pytest.mark.slow  # runs llama.cpp over texts in child processes
+
 N_CTX, CHUNKS = 128, 3
 
 
 def raw_logits(path, text_file, n_ctx=N_CTX, chunks=CHUNKS):
-    """llama.cpp's own logits for each chunk (BOS first), straight from llama_cpp, plus the chunk tokens."""
-    import llama_cpp
+    """llama.cpp's own logits for each chunk (BOS first), straight from llama_cpp, plus the chunk tokens.
 
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, n_threads=2,
-                          logits_all=True, verbose=False)
+    Opened with the attention setting bench uses by default (llama.cpp's flash attention ``auto``).
+    """
+    from slimedge.bench.child import _open
+
+    llm = _open({"model": str(path), "n_ctx": n_ctx, "n_batch": n_ctx, "n_ubatch": n_ctx, "n_threads": 2,
+                 "n_gpu_layers": 0, "flash_attn": "auto"}, logits_all=True)
     try:
         toks = llm.tokenize(text_file.read_text().encode(), add_bos=True)
         out = []

@@ -18,6 +18,8 @@ from slimedge.gguf_info import read_info
 from slimedge.memory import estimate, shape_from_gguf
 from slimedge.targets import load_target, shipped_names
 
+pytestmark = pytest.mark.slow  # runs llama.cpp speed tests in child processes
+
 
 def test_cli_json_carries_every_field(ggufs, text_file, tmp_path):
     out = tmp_path / "r.json"

@@ -71,3 +71,14 @@ def test_cli_log_is_plain_lines(tmp_path):
     progress = [ln for ln in r.stderr.splitlines() if ln.startswith("convert ")]
     assert progress[0].startswith("convert ") and progress[0].endswith(" MB)") and ": started (" in progress[0]
     assert ": done " in progress[-1]
+
+
+def test_progress_mode_can_be_forced(monkeypatch):
+    from slimedge.cli.options import make_progress
+    from slimedge.progress import NULL_PROGRESS
+
+    assert make_progress(quiet=True) is NULL_PROGRESS
+    monkeypatch.setenv("SLIMEDGE_PROGRESS", "bar")
+    assert make_progress(quiet=False).tty is True
+    monkeypatch.setenv("SLIMEDGE_PROGRESS", "plain")
+    assert make_progress(quiet=False).tty is False

@@ -165,7 +165,8 @@ def test_phi3_fused_tensors_and_rope_factors(tmp_path):
 
 def test_cli_progress_names_tensors_and_rate(tmp_path):
     model = cached_hf_model(arch="llama")
-    res = CliRunner().invoke(cli, [str(model), "-o", str(tmp_path / "m.gguf"), "--type", "f16", "--threads", "1"])
+    res = CliRunner().invoke(cli, [str(model), "-o", str(tmp_path / "m.gguf"), "--type", "f16", "--threads", "1"],
+                             env={"SLIMEDGE_PROGRESS": "bar"})  # the terminal bar (CliRunner's stderr is no TTY)
     assert res.exit_code == 0, res.output
     assert "MB/s" in res.stderr and "output.weight" in res.stderr and "wrote" in res.stderr
     quiet = CliRunner().invoke(cli, [str(model), "-o", str(tmp_path / "q.gguf"), "--quiet"])

@@ -10,6 +10,8 @@ from click.testing import CliRunner
 from slimedge.cli import main
 from slimedge.demo.pipeline import DemoConfig, run_demo, shipped_teacher
 
+pytestmark = pytest.mark.slow  # runs the whole demo: converts, distills, benchmarks
+
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):

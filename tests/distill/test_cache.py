@@ -14,6 +14,8 @@ from slimedge.distill import DistillConfig, distill
 from slimedge.distill.cache import TeacherCache
 from slimedge.errors import SlimedgeError
 
+pytestmark = pytest.mark.slow  # runs the teacher over data and trains
+
 
 @pytest.fixture(scope="module")
 def small_data(tmp_path_factory):

@@ -13,6 +13,8 @@ from click.testing import CliRunner
 
 from slimedge.cli.distill import cli
 
+pytestmark = pytest.mark.slow  # trains students
+
 BASE = ["--seq-len", "64", "--batch-size", "8", "--chunk-size", "32", "--quiet"]
 
 

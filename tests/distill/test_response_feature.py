@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from slimedge.cli.distill import cli
@@ -25,6 +26,7 @@ def _run(*args):
     return CliRunner().invoke(cli, [str(a) for a in args])
 
 
+@pytest.mark.slow  # trains a student
 def test_response_distillation_end_to_end(teacher_dir, corpus_file, tmp_path):
     out = tmp_path / "resp"
     res = _run("--teacher", teacher_dir, "--data", corpus_file, "-o", out, "--layers", 1, "--steps", 3,
@@ -37,6 +39,7 @@ def test_response_distillation_end_to_end(teacher_dir, corpus_file, tmp_path):
     assert r["tokens_seen"] == 3 * 4 * 24 and np.isfinite(r["final_loss"])
 
 
+@pytest.mark.slow  # trains a student
 def test_feature_distillation_with_projection(teacher_dir, corpus_file, tmp_path):
     out = tmp_path / "feat"
     res = _run("--teacher", teacher_dir, "--data", corpus_file, "-o", out, "--layers", 2, "--hidden", 32,
