@@ -20,10 +20,10 @@ Adding a new GGML tensor type (one gguf and ggml already define) touches exactly
 1. **Its registry class** here: ``class IQ4_NL(QuantFormat, qtype=T.IQ4_NL)`` with vectorized
    ``quantize_blocks`` / ``dequantize_blocks``, in its family's module (a new module goes into the
    import list below, which registers it). Block and byte sizes come from :mod:`.types`.
-2. **Its kernel** in ``kernels/``: ``se_quantize_<t>``, ``se_dequantize_<t>`` (and optionally
-   ``se_quantize_<t>_imatrix``) with its ``se_block_<t>`` layout struct, plus **one line** in the
-   ``SE_TYPES`` table of ``kernels/slimedge_kernels.h``: the dispatch table, the type enum, the
-   prototypes and the binding's ``supported_types()`` are all generated from that line.
+2. **Its kernel** in ``kernels/``: ``se_quantize_<t>``, ``se_dequantize_<t>`` and, for a quantized
+   type, ``se_quantize_<t>_imatrix`` (importance weights), with its ``se_block_<t>`` layout struct,
+   plus **one line** in the ``SE_TYPES`` table of ``kernels/slimedge_kernels.h``: the dispatch table,
+   the type enum, the prototypes and the binding's ``supported_types()`` are all generated from it.
 3. **Its test**: the byte-exactness tests against ggml (NumPy and C), the round-trip error test and the
    registry/kernel/gguf agreement test in ``tests/quant/`` take their type lists from the registry, so
    the new type is checked there without editing them; add a test for its own edge cases (and its
@@ -32,7 +32,9 @@ Adding a new GGML tensor type (one gguf and ggml already define) touches exactly
 Nothing else needs editing: the writer, the GGUF reader, the memory estimate, bundles, bench, target
 validation and the mixes' size math read sizes and names from :mod:`.types` / gguf, and a type can
 then be chosen per tensor (``--tensor-type``, ``--output-tensor-type``). Only a new *mix* (a llama file
-type such as ``Q4_K_M``) is a line in :mod:`.mixes` (``_MIX_BASE``), plus its rules there.
+type such as ``Q4_K_M``) is a line in :mod:`.mixes` (``_MIX_BASE``), plus its rules there; and
+``slimedge.memory.REPACK_TYPES`` names the types llama.cpp's CPU backend repacks at load time (a fact
+of llama.cpp's, not of the type: it changes when llama.cpp adds a repack, not when slimedge adds a type).
 """
 
 from __future__ import annotations
