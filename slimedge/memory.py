@@ -78,35 +78,29 @@ class ModelShape:
         return sum(t.n_elements for t in self.tensors)
 
 
+def shape_from_model_info(m, tensors: list[TensorSize]) -> ModelShape:
+    """The estimate's view of a :class:`slimedge.quant.mixes.ModelInfo` (per-layer values: the largest
+    bounds memory) and the tensors' stored sizes."""
+    return ModelShape(arch=m.arch, n_layer=m.n_layer, n_embd=m.n_embd, n_head=m.max_head, n_head_kv=m.max_head_kv,
+                      n_ff=m.max_ff or 4 * m.n_embd, n_vocab=m.n_vocab, key_length=m.key_length,
+                      value_length=m.value_length, n_ctx_train=m.n_ctx_train, tensors=list(tensors))
+
+
 def shape_from_gguf(path: str | Path) -> ModelShape:
-    """Read the shape of a GGUF file (metadata and tensor sizes only; no weights are read)."""
+    """Read the shape of a GGUF file (metadata and tensor sizes only; no weights are read), through the
+    one reader of GGUF hyper-parameters, :meth:`slimedge.quant.mixes.ModelInfo.from_metadata`."""
     from .gguf_info import read_info
+    from .quant.mixes import ModelInfo
 
     info = read_info(path)
-    meta, arch = info.metadata, info.arch
-    if not arch:
-        raise SlimedgeError(f"{path}: GGUF has no general.architecture; rewrite it with `slimedge convert`")
-
-    def get(key: str, default=None):
-        v = meta.get(f"{arch}.{key}", default)
-        if isinstance(v, list):  # per-layer arrays (e.g. head_count_kv): the largest bounds memory
-            v = max(v) if v else default
-        if v is None:
-            raise SlimedgeError(f"{path}: GGUF lacks {arch}.{key}; rewrite it with `slimedge convert`")
-        return int(v)
-
-    n_embd, n_head = get("embedding_length"), get("attention.head_count")
-    head_dim = n_embd // n_head
-    n_vocab = meta.get(f"{arch}.vocab_size") or len(meta.get("tokenizer.ggml.tokens") or [])
-    if not n_vocab:
+    m = ModelInfo.from_metadata(info.metadata, where=str(path))
+    for key, v in (("embedding_length", m.n_embd), ("attention.head_count", m.n_head)):
+        if not v or f"{m.arch}.{key}" not in info.metadata:
+            raise SlimedgeError(f"{path}: GGUF lacks {m.arch}.{key}; rewrite it with `slimedge convert`")
+    if not m.n_vocab:  # no vocab_size and no token list: the embedding's rows
         emb = next((t for t in info.tensors if t.name == "token_embd.weight"), None)
-        n_vocab = emb.shape[0] if emb is not None else 0
-    return ModelShape(
-        arch=str(arch), n_layer=get("block_count"), n_embd=n_embd, n_head=n_head,
-        n_head_kv=get("attention.head_count_kv", n_head), n_ff=get("feed_forward_length", 4 * n_embd),
-        n_vocab=int(n_vocab), key_length=get("attention.key_length", head_dim),
-        value_length=get("attention.value_length", head_dim), n_ctx_train=get("context_length", 0),
-        tensors=[TensorSize(t.name, t.n_bytes, t.n_elements, t.type) for t in info.tensors])
+        m.n_vocab = emb.shape[0] if emb is not None else 0
+    return shape_from_model_info(m, [TensorSize(t.name, t.n_bytes, t.n_elements, t.type) for t in info.tensors])
 
 
 @dataclass

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ..errors import SlimedgeError
 from ..progress import NULL_PROGRESS, Progress
-from ..quant.types import CACHE_TYPES
+from ..quant.types import CACHE_TYPES, file_type_name
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,21 @@ FIELDS = [  # every record carries these keys (None when not measured)
     "ref_model", "ref_perplexity", "kld_mean", "top1_agreement", "delta_ppl",
     "cpu_info", "n_cores", "platform", "build_commit", "backends", "test_time",
 ]
+
+
+FLASH_ATTN_MODES = ("auto", "on", "off")  # llama.cpp's -fa values; its own tools default to auto
+
+
+def flash_attn_mode(value: str | bool | None) -> str:
+    """``None`` (llama.cpp's default: ``auto``), a profile's bool, or ``auto|on|off`` -> ``auto|on|off``."""
+    if value is None:
+        return "auto"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    mode = str(value).strip().lower()
+    if mode not in FLASH_ATTN_MODES:
+        raise SlimedgeError(f"flash attention {value!r}: choose one of {', '.join(FLASH_ATTN_MODES)}")
+    return mode
 
 
 def physical_cores() -> int:
@@ -76,7 +91,7 @@ def gguf_sizes(path: Path) -> tuple[int, int, str]:
     ft_s = "?"
     if ft is not None:
         try:
-            ft_s = gguf.LlamaFileType(int(ft.contents())).name.replace("MOSTLY_", "").replace("ALL_", "")
+            ft_s = file_type_name(int(ft.contents()))
         except ValueError:
             ft_s = str(ft.contents())
     n_s = f"{n / 1e9:.1f}B" if n >= 1e9 else f"{n / 1e6:.0f}M"
@@ -151,7 +166,7 @@ def _bf16_or_f16(folder: Path) -> bool:
 def run_bench(model_path: str | Path, *, ref: str | Path | None = None, text: str | Path | None = None,
               n_ctx: int = 512, n_threads: int | None = None, repeats: int = 3, n_prompt: int = 512,
               n_gen: int = 128, n_batch: int = 512, n_ubatch: int | None = None, n_gpu_layers: int = 0,
-              flash_attn: bool = False, cache_type_k: str = "f16", cache_type_v: str = "f16",
+              flash_attn: str | bool | None = None, cache_type_k: str = "f16", cache_type_v: str = "f16",
               max_chunks: int | None = None, speed: bool = True, progress: Progress = NULL_PROGRESS) -> dict:
     """Benchmark ``model_path`` (GGUF or bundle folder) through llama.cpp; returns one record (see ``FIELDS``).
 
@@ -159,8 +174,11 @@ def run_bench(model_path: str | Path, *, ref: str | Path | None = None, text: st
     ``max(n_ctx, n_prompt + n_gen)``. ``repeats`` children measure speed. ``text`` (a UTF-8 file
     with at least ``n_ctx`` tokens) adds perplexity, ``ref`` adds KL/top-1/ΔPPL against the
     reference; ``max_chunks`` caps the chunks scored. ``speed=False`` skips the speed tests.
-    For a bundle, the settings not given default to the bundle's runtime profile.
+    ``flash_attn``: ``auto`` (llama.cpp's default, so perplexity matches ``llama-perplexity``), ``on``,
+    ``off`` or a bool; the record says which ran. For a bundle, the settings not given default to the
+    bundle's runtime profile.
     """
+    flash_attn = flash_attn_mode(flash_attn)
     path, manifest = resolve_model(model_path)
     if not path.is_file():
         raise SlimedgeError(f"{path}: bundle model missing; run `slimedge verify {model_path}`")

@@ -16,6 +16,7 @@ from slimedge.cli import main
 from slimedge.errors import SlimedgeError
 from slimedge.gguf_info import read_info
 from slimedge.memory import estimate, shape_from_gguf
+from slimedge.quant.types import CACHE_TYPES
 from slimedge.targets import load_target, shipped_names
 
 pytestmark = pytest.mark.slow  # runs llama.cpp speed tests in child processes
@@ -55,10 +56,9 @@ def test_memory_estimate_never_below_measured_peak_rss(bundles_for_bench, name):
     m = json.loads((b / "manifest.json").read_text())
     rt, est = m["runtime"], m["memory_estimate"]
     assert rt["n_ctx"] == min(load_target(name).runtime.n_ctx, m["hyperparameters"]["n_ctx_train"])
-    types = {"f16": 1, "q8_0": 8}
     r = run_child({"kind": "speed", "model": str(b / "model.gguf"), "n_ctx": rt["n_ctx"], "n_batch": rt["n_batch"],
                    "n_ubatch": rt["n_ubatch"], "n_threads": 2, "n_gpu_layers": 0, "flash_attn": rt["flash_attn"],
-                   "type_k": types[rt["cache_type_k"]], "type_v": types[rt["cache_type_v"]],
+                   "type_k": CACHE_TYPES[rt["cache_type_k"]], "type_v": CACHE_TYPES[rt["cache_type_v"]],
                    "n_prompt": rt["n_ctx"] - 8, "n_gen": 8})  # the whole context: full KV cache and scratch
     # on this CPU-only machine everything lives in RAM, GPU parts included
     assert est["total_ram"] + est["total_vram"] >= r["peak_rss_bytes"], (est, r["peak_rss_bytes"])
