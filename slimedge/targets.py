@@ -173,9 +173,18 @@ class _Checker:
 
 def parse_target(data: dict, where: str, name: str | None = None) -> Target:
     """Validate a profile given as a dict (parsed TOML). ``where`` names it in errors."""
-    import re
-
     c = _Checker(where)
+    tname, desc = _parse_header(c, data, name)
+    hw = _parse_hardware(c, data)
+    q = _parse_quantization(c, data)
+    rt = _parse_runtime(c, data, hw)
+    b = _parse_bench(c, data)
+    return Target(name=tname, description=desc, hardware=Hardware(**hw), quantization=Quantization(**q),
+                  runtime=Runtime(**rt), bench=BenchSettings(**b), path=where)
+
+
+def _parse_header(c: _Checker, data: dict, name: str | None) -> tuple[str, str]:
+    """Top-level keys known; ``name`` (default: the file's stem) and ``description``."""
     top = {"name", "description", "hardware", "quantization", "runtime", "bench"}
     for key in data:
         if key not in top:
@@ -186,7 +195,11 @@ def parse_target(data: dict, where: str, name: str | None = None) -> Target:
     desc = data.get("description", "")
     if not isinstance(desc, str):
         c.fail("description", f"must be a string, got {desc!r}")
+    return tname, desc
 
+
+def _parse_hardware(c: _Checker, data: dict) -> dict:
+    """``[hardware]`` (required): arch, accelerator, backends, memory sizes and budgets."""
     hw = c.fields(c.table(data, "hardware"), Hardware, "hardware.")
     c.choice("hardware.arch", hw["arch"], ARCHES)
     c.choice("hardware.accelerator", hw.get("accelerator", "none"), ACCELERATORS)
@@ -199,17 +212,23 @@ def parse_target(data: dict, where: str, name: str | None = None) -> Target:
         c.fail("hardware.memory_budget_gb", "must not exceed hardware.memory_gb")
     if hw.get("accelerator", "none") == "gpu" and not hw.get("vram_gb"):
         c.fail("hardware.vram_gb", "must be > 0 when hardware.accelerator = 'gpu'")
+    return hw
 
-    types = _known_types()
+
+def _parse_quantization(c: _Checker, data: dict) -> dict:
+    """``[quantization]``: type, auto candidates, output/embedding types, ``overrides`` list."""
+    import re
+
+    types = sorted(_known_types())
     qd = dict(c.table(data, "quantization", required=False))
     raw_over = qd.pop("overrides", [])
     q = c.fields(qd, Quantization, "quantization.")
-    c.choice("quantization.type", q.get("type", Quantization.type).upper(), sorted(types), lower=False)
+    c.choice("quantization.type", q.get("type", Quantization.type).upper(), types, lower=False)
     for t in q.get("auto", ()):
-        c.choice("quantization.auto", t.upper(), sorted(types), lower=False)
+        c.choice("quantization.auto", t.upper(), types, lower=False)
     for k in ("output_tensor_type", "token_embedding_type"):
         if q.get(k):
-            c.choice(f"quantization.{k}", q[k].upper(), sorted(types), lower=False)
+            c.choice(f"quantization.{k}", q[k].upper(), types, lower=False)
     if not isinstance(raw_over, list):
         c.fail("quantization.overrides", "must be a list of {pattern = ..., type = ...} tables")
     overrides = []
@@ -222,10 +241,14 @@ def parse_target(data: dict, where: str, name: str | None = None) -> Target:
             re.compile(of["pattern"])
         except re.error as exc:
             c.fail(key + ".pattern", f"is not a valid regular expression ({exc})")
-        c.choice(key + ".type", of["type"].upper(), sorted(types), lower=False)
+        c.choice(key + ".type", of["type"].upper(), types, lower=False)
         overrides.append(Override(**of))
     q["overrides"] = tuple(overrides)
+    return q
 
+
+def _parse_runtime(c: _Checker, data: dict, hw: dict) -> dict:
+    """``[runtime]``: context and batch sizes, threads, GPU layers (only with a GPU), KV cache types."""
     rt = c.fields(c.table(data, "runtime", required=False), Runtime, "runtime.")
     for k in ("n_ctx", "n_batch", "n_ubatch"):
         if k in rt:
@@ -238,20 +261,22 @@ def parse_target(data: dict, where: str, name: str | None = None) -> Target:
         if k in rt:
             c.choice(f"runtime.{k}", rt[k], CACHE_TYPES)
             rt[k] = rt[k].lower()
-    if rt.get("cache_type_v", "f16") not in ("f32", "f16", "bf16") and not rt.get("flash_attn", False):
+    if rt.get("cache_type_v", "f16").upper() not in qtypes.FLOAT_TYPE_NAMES and not rt.get("flash_attn", False):
         c.fail("runtime.cache_type_v", "is quantized, which llama.cpp allows only with runtime.flash_attn = true")
     if rt.get("n_gpu_layers", 0) != 0 and hw.get("accelerator", "none") != "gpu":
         c.fail("runtime.n_gpu_layers", "must be 0 when hardware.accelerator = 'none'")
+    return rt
 
+
+def _parse_bench(c: _Checker, data: dict) -> dict:
+    """``[bench]``: prompt/generation lengths, repeats, perplexity context."""
     b = c.fields(c.table(data, "bench", required=False), BenchSettings, "bench.")
     for k in ("n_prompt", "n_gen", "repeats"):
         if k in b:
             c.at_least(f"bench.{k}", b[k], 1)
     if "ppl_ctx" in b:
         c.at_least("bench.ppl_ctx", b["ppl_ctx"], 8)
-
-    return Target(name=tname, description=desc, hardware=Hardware(**hw), quantization=Quantization(**q),
-                  runtime=Runtime(**rt), bench=BenchSettings(**b), path=where)
+    return b
 
 
 # --------------------------------------------------------------------------- loading
