@@ -4,7 +4,9 @@ How: ``Publication(target)`` (``folder=True`` for a folder) creates ``.NAME.tmp-
 next to ``target``, with the permissions a plain ``open()``/``mkdir()`` gives under the umask (not
 ``mkstemp``'s 0600 or ``mkdtemp``'s 0700). The caller writes into :attr:`Publication.path`;
 :meth:`~Publication.commit` fsyncs it (every file and folder inside a folder), renames it over the
-target and fsyncs the parent folder; :meth:`~Publication.abort` deletes it. A file replaces an
+target and fsyncs the parent folder; :meth:`~Publication.abort` deletes it. Everything inside a published
+folder gets plain permissions too (files 0666, executables and folders 0777, less the umask), whatever
+library wrote it. A file replaces an
 existing one in one ``os.replace``. A folder replaces an existing one by a swap: the old one is renamed
 to ``.NAME.old-HOST-PID-RAND``, the new one renamed into place, then the old one deleted; when the
 second rename fails the old one is put back, so the target is never lost. As a context manager a
@@ -34,6 +36,7 @@ import re
 import secrets
 import shutil
 import socket
+import stat
 from pathlib import Path
 from typing import Iterator
 
@@ -123,14 +126,25 @@ def _fsync_path(path: Path, folder: bool) -> None:
         os.close(fd)
 
 
-def _fsync_tree(path: Path) -> None:
+def _settle_tree(path: Path) -> None:
+    """fsync a file, or a folder's every file and folder; in a folder, also give every file and subfolder
+    the permissions a plain ``open()``/``mkdir()`` would (libraries that write through ``mkstemp``
+    leave 0600 files): the umask is read off the folder itself, made by ``mkdir(0o777)``."""
     if not path.is_dir():
         _fsync_path(path, folder=False)
         return
-    for root, _dirs, files in os.walk(path):
-        for f in files:
-            p = Path(root, f)
-            if not p.is_symlink():
+    allowed = path.stat().st_mode & 0o777
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            p = Path(root, name)
+            st = p.lstat()
+            if stat.S_ISLNK(st.st_mode):
+                continue
+            executable = stat.S_ISDIR(st.st_mode) or st.st_mode & 0o111
+            want = (0o777 if executable else 0o666) & allowed
+            if st.st_mode & 0o777 != want:
+                os.chmod(p, want)
+            if stat.S_ISREG(st.st_mode):
                 _fsync_path(p, folder=False)
         _fsync_path(Path(root), folder=True)
 
@@ -188,7 +202,7 @@ class Publication:
         if self.path is None:
             raise RuntimeError(f"{self.target}: publication already committed or aborted")
         try:
-            _fsync_tree(self.path)
+            _settle_tree(self.path)
             exists = os.path.lexists(self.target)
             if exists and not self.overwrite:
                 raise SlimedgeError(f"{self.target}: appeared while it was being written; "

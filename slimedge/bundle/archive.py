@@ -1,10 +1,12 @@
 """Bundle archives: write a ``.tar.gz`` of a bundle folder; unpack one safely.
 
 Writing: every file under the folder, named ``<folder name>/<relative path>``, regular files only,
-owner/group zeroed, written to a temp file and renamed when complete.
+owner/group zeroed, written to a hidden temporary sibling and renamed when complete (:mod:`slimedge.publish`).
 Unpacking refuses, before extracting anything, every entry that could escape the destination:
 absolute names (``/etc/x``, ``C:\\x``), ``..`` components, symbolic or hard links, devices and
-FIFOs. Extraction goes into a temp folder next to the destination, renamed when complete.
+FIFOs. Extraction goes into a temporary folder next to the destination, renamed when complete; files and
+folders get the permissions plain ``open()``/``mkdir()`` give under the umask, plus x where the archive
+marks a file executable.
 """
 
 from __future__ import annotations
@@ -12,10 +14,10 @@ from __future__ import annotations
 import os
 import shutil
 import tarfile
-import tempfile
 from pathlib import Path, PurePosixPath
 
 from ..errors import SlimedgeError
+from ..publish import publish_dir, publish_file
 
 
 def write_archive(bundle_dir: str | Path, out: str | Path | None = None, overwrite: bool = False) -> Path:
@@ -30,19 +32,13 @@ def write_archive(bundle_dir: str | Path, out: str | Path | None = None, overwri
         ti.uname = ti.gname = ""
         return ti
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
+    with publish_file(out, overwrite=overwrite) as tmp:
         with tarfile.open(tmp, "w:gz") as tar:
             for p in sorted(src.rglob("*")):
                 if p.is_symlink() or not (p.is_file() or p.is_dir()):
                     raise SlimedgeError(f"{p}: bundles hold regular files only; remove it and rebuild")
                 if p.is_file():
                     tar.add(p, arcname=f"{src.name}/{p.relative_to(src).as_posix()}", recursive=False, filter=clean)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return out
 
 
@@ -77,8 +73,7 @@ def unpack_archive(archive: str | Path, dest: str | Path) -> Path:
         for m in members:
             check_member(archive, m)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-        try:
+        with publish_dir(dest, overwrite=False) as tmp:
             for m in members:  # every member was checked above; extract plain files by hand
                 target = tmp.joinpath(*PurePosixPath(m.name).parts)
                 if m.isdir():
@@ -87,11 +82,9 @@ def unpack_archive(archive: str | Path, dest: str | Path) -> Path:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 with tar.extractfile(m) as fsrc, open(target, "wb") as fdst:
                     shutil.copyfileobj(fsrc, fdst, 1 << 20)
-                os.chmod(target, 0o755 if m.mode & 0o111 else 0o644)
-            os.replace(tmp, dest)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+                if m.mode & 0o111:  # executable: x wherever open() under the umask gave r
+                    mode = target.stat().st_mode & 0o777
+                    os.chmod(target, mode | (mode & 0o444) >> 2)
     tops = {PurePosixPath(m.name).parts[0] for m in members if PurePosixPath(m.name).parts}
     if len(tops) == 1 and (dest / next(iter(tops))).is_dir():
         return dest / next(iter(tops))

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from ..errors import SlimedgeError
+from ..publish import write_atomic
 
 FORMAT = "slimedge-bundle"
 FORMAT_VERSION = 1
@@ -46,12 +45,8 @@ def list_files(root: Path) -> list[dict]:
 
 
 def write_json_atomic(path: Path, obj: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, sort_keys=False)
-        f.write("\n")
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    """``obj`` as indented JSON, published atomically (readers see the old file or the new one)."""
+    write_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
 def read_manifest(bundle: Path) -> dict:

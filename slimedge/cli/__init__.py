@@ -4,6 +4,12 @@ Each command lives in its own module in this package (``slimedge/cli/<name>.py``
 click command named ``cli``. Commands hold no logic a library user would need; they parse options,
 call the library, and print.
 
+Errors and signals (:meth:`LazyGroup.main`): a :class:`~slimedge.errors.SlimedgeError` is one
+``Error: ...`` line, exit 1; any other exception is a bug: its traceback, then one line asking to
+report it, exit 1. SIGTERM (what ``timeout``, systemd, Docker and CI send) is handled like Ctrl-C —
+it raises :class:`Terminated`, a ``KeyboardInterrupt``, in the main thread, so every cleanup path
+runs (temporary files removed, existing outputs untouched) — and the exit status is 143 (128 + 15).
+
 Examples::
 
     slimedge convert ./TinyLlama -o tinyllama-q4_k_m.gguf --type Q4_K_M
@@ -14,10 +20,15 @@ Examples::
 from __future__ import annotations
 
 import importlib
+import signal
+import sys
+import threading
+import traceback
 
 import click
 
 from .. import __version__
+from ..errors import SlimedgeError
 
 # command name -> (module, one-line help shown in `slimedge -h` without importing the module)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -43,8 +54,65 @@ def _backend_line() -> str:
         return f"quant backend: unavailable ({exc})"
 
 
+SIGTERM_EXIT = 128 + signal.SIGTERM  # 143, as a shell reports a process ended by SIGTERM
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived: unwinds like Ctrl-C so the same cleanup runs."""
+
+
+class _Signals:
+    """Installs the SIGTERM handler for one run of the command line (main thread only)."""
+
+    def __init__(self) -> None:
+        self.terminated = False
+        self.previous = None
+        self.installed = False
+
+    def _handler(self, signum, frame) -> None:
+        self.terminated = True
+        signal.signal(signal.SIGTERM, lambda *_: None)  # a second SIGTERM must not interrupt the cleanup
+        raise Terminated()
+
+    def __enter__(self) -> "_Signals":
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, self._handler)
+            self.installed = True
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.installed:
+            signal.signal(signal.SIGTERM, self.previous if self.previous is not None else signal.SIG_DFL)
+
+
+def bug_line() -> str:
+    return f"slimedge {__version__}: this is a bug; please report it with the traceback above"
+
+
 class LazyGroup(click.Group):
-    """A group that imports a command's module only when that command runs or shows help."""
+    """A group that imports a command's module only when that command runs or shows help.
+
+    Its :meth:`main` adds the error and signal handling described in the module docstring.
+    """
+
+    def main(self, *args, **kwargs):
+        if not kwargs.get("standalone_mode", True):  # embedded: the caller handles everything
+            return super().main(*args, **kwargs)
+        with _Signals() as sig:
+            try:
+                return super().main(*args, **kwargs)
+            except SystemExit:
+                if sig.terminated:
+                    raise SystemExit(SIGTERM_EXIT) from None
+                raise
+            except SlimedgeError as exc:  # a user error that no command turned into a one-line error
+                click.echo(f"Error: {exc}", err=True)
+                raise SystemExit(1) from None
+            except Exception:
+                traceback.print_exc()
+                click.echo(bug_line(), err=True)
+                sys.stderr.flush()
+                raise SystemExit(1) from None
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return list(COMMANDS)

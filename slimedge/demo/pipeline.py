@@ -22,8 +22,6 @@ import json
 import logging
 import os
 import platform
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -31,6 +29,7 @@ from pathlib import Path
 from .. import __version__
 from ..errors import SlimedgeError
 from ..progress import NULL_PROGRESS, Progress
+from ..publish import publish_dir, write_atomic
 from . import corpus
 from .table import Row, format_markdown, format_text, to_json
 
@@ -137,23 +136,16 @@ def _write_corpus(folder: Path, cfg: DemoConfig) -> tuple[Path, Path]:
     if train_dir.is_dir() and held.is_file():
         return train_dir, held
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".corpus.", dir=folder))
-    try:
-        (tmp / "train").mkdir()
+    with publish_dir(train_dir) as tmp:  # each appears whole (slimedge.publish)
         budget = cfg.distill_chars
         for i, doc in enumerate(corpus.load_documents(corpus.TRAIN_MODULES)):
             text = doc.text if budget is None else doc.text[:budget]
-            (tmp / "train" / f"{i:04d}_{doc.name.replace('/', '_')}.txt").write_text(text, encoding="utf-8")
+            (tmp / f"{i:04d}_{doc.name.replace('/', '_')}.txt").write_text(text, encoding="utf-8")
             if budget is not None:
                 budget -= len(text)
                 if budget <= 0:
                     break
-        (tmp / "heldout.txt").write_text(corpus.heldout_text()[: cfg.bench_chars], encoding="utf-8")
-        shutil.rmtree(train_dir, ignore_errors=True)
-        (tmp / "train").rename(train_dir)
-        (tmp / "heldout.txt").replace(held)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    write_atomic(held, corpus.heldout_text()[: cfg.bench_chars])
     return train_dir, held
 
 
@@ -210,11 +202,7 @@ def _write_outputs(out: Path, rows: list[Row], meta: dict) -> tuple[Path, Path]:
     files = {"demo_table.md": format_markdown(rows), "demo_table.json": to_json(rows, meta),
              "demo_table.txt": format_text(rows)}
     for name, content in files.items():
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=out)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(content)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out / name)
+        write_atomic(out / name, content)
     return out / "demo_table.md", out / "demo_table.json"
 
 

@@ -19,15 +19,14 @@ import logging
 import math
 import os
 import platform
-import shutil
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..errors import SlimedgeError
 from ..progress import NULL_PROGRESS, Progress
+from ..publish import publish_dir
 from . import corpus
 
 log = logging.getLogger(__name__)
@@ -232,20 +231,10 @@ def train_teacher(out: str | os.PathLike, cfg: TeacherConfig | None = None, *, o
         "torch": torch.__version__,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with publish_dir(out) as tmp:  # swapped over an existing teacher only when complete
         model.to(torch.float16).save_pretrained(tmp, safe_serialization=True)
         save_tokenizer(tok, tmp)
         (tmp / "teacher_report.json").write_text(json.dumps(report, indent=2) + "\n")
-        tmp.chmod(0o755)
-        for f in tmp.iterdir():
-            f.chmod(0o644)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return report
 
 

@@ -11,8 +11,9 @@ The teacher runs once over the training and held-out blocks. For every predictin
 * ``meta.json`` — what the cache was built from (teacher, data fingerprint, k, temperature).
 
 Training then compares the student with k+1 buckets (top-k ids + tail), exactly equal to the full
-divergence when k covers the vocabulary. The folder appears atomically (built in a temp folder,
-renamed when complete); a folder built for other data or settings is refused, not overwritten.
+divergence when k covers the vocabulary. The folder appears atomically (built in a temporary sibling
+folder, renamed when complete: :mod:`slimedge.publish`); a folder built for other data or settings is
+refused, not overwritten.
 """
 
 from __future__ import annotations
@@ -20,13 +21,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 
 import numpy as np
 
 from ..errors import SlimedgeError
 from ..progress import NULL_PROGRESS, Progress
+from ..publish import publish_dir
 from .fsdp import teacher_forward
 
 VERSION = 1
@@ -121,10 +121,12 @@ def _fill(teacher, blocks: np.ndarray, out: dict, k: int, temperature: float, ba
 def build_cache(path: str, teacher, blocks, meta: dict, *, batch: int = 8, chunk: int = 128,
                 device="cpu", progress: Progress = NULL_PROGRESS) -> TeacherCache:
     """Run ``teacher`` over ``blocks`` (train and eval) and write the cache folder atomically."""
-    parent = os.path.dirname(os.path.abspath(path)) or "."
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".teacher-cache-", dir=parent)
-    try:
+    if os.path.lexists(path) and not (os.path.isdir(path) and not os.listdir(path)):
+        raise SlimedgeError(f"--teacher-cache {path} exists and is not an empty folder; point it to a new folder")
+    os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
+    # a hidden temporary sibling, swapped into place when complete (over an empty folder the user made for us)
+    with publish_dir(os.path.abspath(path)) as tmp_path:
+        tmp = str(tmp_path)
         k, V = meta["k"], meta["vocab"]
         id_dtype = np.uint16 if V <= 65535 else np.int32
         progress.start(len(blocks.train) + len(blocks.eval), "blocks", "teacher cache")
@@ -143,12 +145,6 @@ def build_cache(path: str, teacher, blocks, meta: dict, *, batch: int = 8, chunk
         with open(os.path.join(tmp, "meta.json"), "w", encoding="utf-8") as f:
             json.dump(meta, f, indent=1)
         progress.close()
-        if os.path.exists(path):  # an empty folder the user made for us
-            os.rmdir(path)
-        os.rename(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return TeacherCache(path)
 
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from ..errors import SlimedgeError
 from ..progress import NULL_PROGRESS, Progress
+from ..publish import publish_file
 from .fsdp import teacher_forward
 from .losses import LossSpec, chunked_head_loss, feature_loss
 
@@ -164,9 +165,8 @@ class Trainer:
         state = {"step": self.step, "tokens": self.tokens, "module": self.module.state_dict(),
                  "optim": self.optim.state_dict(), "sched": self.sched.state_dict(),
                  "settings": self.settings_key}
-        tmp = self._ckpt_file() + ".tmp"
-        torch.save(state, tmp)
-        os.replace(tmp, self._ckpt_file())
+        with publish_file(self._ckpt_file()) as tmp:  # a crash mid-save keeps the previous checkpoint
+            torch.save(state, tmp)
 
     def load_checkpoint(self) -> None:
         torch, _ = _import_torch()

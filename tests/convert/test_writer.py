@@ -137,7 +137,6 @@ EVERY_VALUE = [  # (key, value, type, sub type): every scalar type, arrays of ev
     ("a.str_short", ["a", "bé", ""], V.ARRAY, None), ("a.str_long", LONG, V.ARRAY, V.STRING),
     ("a.bytes", b"\x00\x01\xff", V.ARRAY, None), ("a.nested", [[1, 2], [3]], V.ARRAY, None),
     ("a.nested_str", [["x"], ["y", "z"]], V.ARRAY, None),
-    ("general.name", "second", V.STRING, None),  # replaced in place, as gguf does
 ]
 
 
@@ -192,8 +191,20 @@ def test_every_value_type_helpers_tensors_and_alignment_match_gguf_writer(tmp_pa
     info = read_info(tmp_path / "ours.gguf")
     assert info.alignment == 64 and info.data_offset % 64 == 0 and [t.name for t in info.tensors] == [
         t[0] for t in tensors]
-    assert info.metadata["general.name"] == "second" and "tokenizer.ggml.pre" not in info.metadata
+    assert info.metadata["general.name"] == "first" and "tokenizer.ggml.pre" not in info.metadata
     assert GGUF_FILE_VERSION == gguf.GGUF_VERSION  # the layout written is the one gguf calls current
+
+
+def test_a_repeated_key_replaces_the_value_in_place_with_a_warning(tmp_path, caplog):
+    with GGUFStreamWriter(tmp_path / "k.gguf", "llama") as w:
+        w.add_kv("general.name", "first", V.STRING)
+        w.add_kv("llama.block_count", 1, V.UINT32)
+        w.add_kv("general.name", "second", V.STRING)
+        w.begin_data()
+    md = read_info(tmp_path / "k.gguf").metadata
+    assert list(md) == ["general.architecture", "general.name", "llama.block_count"]
+    assert md["general.name"] == "second"
+    assert any("duplicated key 'general.name'" in r.getMessage() for r in caplog.records)
 
 
 def test_bad_metadata_values_are_refused_before_any_byte(tmp_path):
