@@ -13,10 +13,8 @@ An already-quantized GGUF is packed as it is (no ``--type``); a float GGUF or HF
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import stat
-import tempfile
 import time
 from pathlib import Path
 
@@ -24,6 +22,7 @@ from .. import __version__
 from ..errors import SlimedgeError
 from ..memory import MemoryEstimate, ModelShape, TensorSize, check_fits, estimate, fits, shape_from_gguf
 from ..progress import NULL_PROGRESS, Progress
+from ..publish import Publication
 from ..quant.types import FLOAT_TYPE_NAMES
 from ..source import is_gguf
 from ..targets import Target, load_target
@@ -184,7 +183,8 @@ def build_bundle(src: str | Path, target: str | Path | Target, out_dir: str | Pa
         qtype, chosen_by, shape, est = choose_type(src, tgt, type)
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    pub = Publication(out, folder=True, overwrite=overwrite)  # a hidden temporary sibling folder
+    tmp = pub.path
     try:
         model = tmp / MODEL_FILE
         if packed_as_is:
@@ -220,16 +220,9 @@ def build_bundle(src: str | Path, target: str | Path | Target, out_dir: str | Pa
             "bench": [],
         }
         write_bundle_files(tmp, manifest)
-        tmp.chmod(0o755)
-        if out.exists():  # overwrite: swap only now that the new bundle is complete
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        pub.commit()  # overwrite: swapped only now that the new bundle is complete; the old one back on failure
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        pub.abort()
         raise
     if archive:
         from .archive import write_archive
