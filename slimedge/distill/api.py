@@ -4,8 +4,8 @@ Steps: read the teacher's config and tokenizer → tokenize and pack the data �
 the student → (optionally) let the teacher write responses or a top-k cache → evaluate → train →
 evaluate → write the output folder. The output is a Hugging Face folder (``model.safetensors``,
 ``config.json``, tokenizer files, ``generation_config.json``) plus ``distill_report.json``; it is
-written into a temporary folder next to the target and renamed when complete, so a failed run
-leaves nothing half-written.
+written into a temporary folder next to the target and renamed when complete (:mod:`slimedge.publish`),
+so a failed run leaves nothing half-written.
 
 Example::
 
@@ -28,7 +28,6 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 
@@ -196,28 +195,17 @@ def _copy_tokenizer_files(teacher_dir: str, dst: str) -> bool:
     return found
 
 
-def _umask_permissions(folder: str) -> None:
-    """Give a folder made by mkdtemp (0700, files 0600) the permissions a plain mkdir/open would."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(folder, 0o777 & ~umask)
-    for root, dirs, files in os.walk(folder):
-        for d in dirs:
-            os.chmod(os.path.join(root, d), 0o777 & ~umask)
-        for f in files:
-            os.chmod(os.path.join(root, f), 0o666 & ~umask)
-
-
 def _write_output(cfg, student, tokenizer, report: dict, teacher_cfg) -> None:
-    """Write everything into a temp folder next to the output, then rename it into place."""
+    """Write everything into a temporary folder next to the output, then swap it into place
+    (:mod:`slimedge.publish`: plain umask permissions; with --overwrite the old folder is put back on failure)."""
     from transformers import GenerationConfig
 
+    from ..publish import publish_dir
+
     out = os.path.abspath(cfg.output)
-    parent = os.path.dirname(out)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.tmp-", dir=parent)
-    old = None
-    try:
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with publish_dir(out, overwrite=cfg.overwrite) as tmp_path:
+        tmp = str(tmp_path)
         student.to("cpu").to(_save_dtype(cfg, teacher_cfg))
         student.config.architectures = list(getattr(teacher_cfg, "architectures", None) or
                                             [type(student).__name__])
@@ -231,19 +219,6 @@ def _write_output(cfg, student, tokenizer, report: dict, teacher_cfg) -> None:
         gen.save_pretrained(tmp)
         with open(os.path.join(tmp, REPORT_NAME), "w", encoding="utf-8") as f:
             json.dump(report, f, indent=2)
-        _umask_permissions(tmp)
-        if os.path.exists(out):  # --overwrite: swap, then drop the old folder
-            old = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.old-", dir=parent)
-            os.rmdir(old)
-            os.rename(out, old)
-        os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old and not os.path.exists(out):
-            os.rename(old, out)
-        raise
-    if old:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def distill(cfg: DistillConfig, progress: Progress = NULL_PROGRESS) -> DistillResult:
