@@ -20,18 +20,26 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import SlimedgeError
-from ..memory import MemoryEstimate, ModelShape, TensorSize, check_fits, estimate, fits, shape_from_gguf
+from ..memory import (MemoryEstimate, ModelShape, TensorSize, check_fits, estimate, fits, shape_from_gguf,
+                      shape_from_model_info)
 from ..progress import NULL_PROGRESS, Progress
 from ..publish import Publication
-from ..quant.types import FLOAT_TYPE_NAMES
+from ..quant.types import FLOAT_TYPE_NAMES, file_type_name
 from ..source import is_gguf
 from ..targets import Target, load_target
 from .manifest import FORMAT, FORMAT_VERSION, MANIFEST, file_entry, list_files, write_json_atomic
 
 log = logging.getLogger(__name__)
 
-FLOAT_TYPES = FLOAT_TYPE_NAMES  # "F32", "F16", "BF16" (slimedge.quant.types)
 MODEL_FILE = "model.gguf"
+
+
+def _file_type(ftype: int | None) -> str:
+    """``general.file_type`` -> ``'Q4_K_M'`` (``'?'`` when absent or unknown to gguf)."""
+    try:
+        return "?" if ftype is None else file_type_name(ftype)
+    except ValueError:
+        return "?"
 
 
 def quant_spec(target: Target, qtype: str):
@@ -46,11 +54,8 @@ def quant_spec(target: Target, qtype: str):
 def _hf_shape(plan) -> ModelShape:
     """Hyperparameters for the estimate from the plan's model info (the converter's one reading of
     config.json); tensor sizes from the plan. Per-layer values: the largest bounds memory."""
-    m = plan.model
-    return ModelShape(arch=plan.arch, n_layer=m.n_layer, n_embd=m.n_embd, n_head=m.max_head,
-                      n_head_kv=m.max_head_kv, n_ff=m.max_ff, n_vocab=m.n_vocab, key_length=m.key_length,
-                      value_length=m.value_length, n_ctx_train=m.n_ctx_train,
-                      tensors=[TensorSize(t.name, t.nbytes, t.n_params, t.qtype.name) for t in plan.tensors])
+    return shape_from_model_info(plan.model, [TensorSize(t.name, t.nbytes, t.n_params, t.qtype.name)
+                                              for t in plan.tensors])
 
 
 def planned_shape(src: Path, spec) -> ModelShape:
@@ -109,7 +114,6 @@ def _tensor_types(info) -> dict:
 
 def write_bundle_files(tmp: Path, manifest: dict) -> None:
     """Launcher, Modelfile, README and manifest (with checksums) into ``tmp`` (model already there)."""
-    from .card import render_card
     from .modelfile import chat_family, render_modelfile
 
     run = tmp / "run"
@@ -167,7 +171,7 @@ def build_bundle(src: str | Path, target: str | Path | Target, out_dir: str | Pa
     if is_gguf(src):
         info = read_info(src)
         kinds = {t.type for t in info.tensors if len(t.shape) >= 2}
-        if kinds - FLOAT_TYPES:
+        if kinds - FLOAT_TYPE_NAMES:
             if type:
                 raise SlimedgeError(f"{src}: already quantized ({info.file_type_name}); give the float (F16/F32) "
                                     "GGUF or the HF folder to choose --type, or leave --type out to pack it as is")
@@ -176,7 +180,7 @@ def build_bundle(src: str | Path, target: str | Path | Target, out_dir: str | Pa
     if packed_as_is:
         shape = shape_from_gguf(src)
         est = estimate(shape, tgt.runtime, hardware=tgt.hardware)
-        qtype = (info.file_type_name or "?").replace("MOSTLY_", "")
+        qtype = _file_type(info.file_type)
         check_fits(est, tgt, what=f"{src.name} ({qtype})")
         chosen_by = "source file (already quantized)"
     else:

@@ -97,7 +97,7 @@ def test_every_reader_uses_the_one_table():
     assert memory.CACHE_BYTES is types.CACHE_BYTES
     assert runner.CACHE_TYPE_IDS is types.CACHE_TYPES
     assert targets.CACHE_TYPES == tuple(types.CACHE_TYPES)
-    assert build.FLOAT_TYPES is types.FLOAT_TYPE_NAMES
+    assert build.FLOAT_TYPE_NAMES is types.FLOAT_TYPE_NAMES
     assert gguf_src.FLOAT_TYPES is types.FLOAT_TYPES
     # the profile check's known type names: every llama file type's and every GGML type's
     old = {n[len("MOSTLY_"):] for n in LlamaFileType.__members__ if n.startswith("MOSTLY_")}
