@@ -11,7 +11,8 @@ multi-byte characters. Training is single-threaded and deterministic and takes w
 - ``train_spm(dir, vocab_size=1000, added_tokens=PHI3_ADDED)`` writes a llama-style ``tokenizer.model``
   (BPE, byte_fallback, split digits, dummy prefix, identity normalization; <unk>=0 <s>=1 </s>=2) and
   ``tokenizer_config.json`` / ``special_tokens_map.json``; ``added_tokens`` (content, special) are given
-  ids after the SentencePiece vocabulary, like Phi-3's ``<|user|>``/``<|end|>``.
+  ids after the SentencePiece vocabulary, like Phi-3's ``<|user|>``/``<|end|>``. ``corpus`` (lines) replaces
+  the standard training text, e.g. for a real-size vocabulary (the benchmarks' 32000-token TinyLlama shape).
 
 ``AutoTokenizer.from_pretrained(dir)`` loads either folder.
 """
@@ -248,11 +249,14 @@ def train_bpe(dir: Path, scheme: str = "llama3", vocab_size: int = 1000,
 
 
 def train_spm(dir: Path, vocab_size: int = 1000,
-              added_tokens: tuple[tuple[str, bool], ...] = PHI3_ADDED) -> Path:
+              added_tokens: tuple[tuple[str, bool], ...] = PHI3_ADDED,
+              corpus: Iterable[str] | None = None) -> Path:
     """Train a llama-style SentencePiece BPE model into ``dir``; returns ``dir``.
 
     ``added_tokens`` are (content, special) pairs given ids ``vocab_size, vocab_size + 1, ...`` in
     ``tokenizer_config.json`` and ``added_tokens.json`` (SentencePiece itself knows nothing of them).
+    ``corpus`` (one sentence per item, used once each) replaces the standard training text; it must be
+    large enough for ``vocab_size`` pieces (SentencePiece refuses a vocabulary the text cannot fill).
     """
     import io
 
@@ -262,7 +266,7 @@ def train_spm(dir: Path, vocab_size: int = 1000,
     dir.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(corpus_lines()), model_writer=buf,
+        sentence_iterator=iter(corpus_lines() if corpus is None else corpus), model_writer=buf,
         model_type="bpe", vocab_size=vocab_size, character_coverage=0.9995,
         byte_fallback=True, split_digits=True, add_dummy_prefix=True,
         remove_extra_whitespaces=False, allow_whitespace_only_pieces=True,

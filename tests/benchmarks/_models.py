@@ -1,18 +1,27 @@
 """Shared by the benchmark scripts: write a TinyLlama-1.1B-shaped random bf16 model folder on disk.
 
 ``make_model(dir, layers, hidden=None)`` writes config.json, one bf16 ``model.safetensors`` (2.2 GB
-at full size) and a locally trained SentencePiece tokenizer (1000 pieces, padded to the 32000-token
-vocabulary by the converter). Tensors are written one at a time, so RAM stays near one tensor; every
-weight is exact in F16 as well, so a bf16 -> F16 step is lossless.
+at full size) and a SentencePiece tokenizer filling the 32000-token vocabulary (``tinyllama_tokenizer``).
+Tensors are written one at a time, so RAM stays near one tensor; every weight is exact in F16 as well,
+so a bf16 -> F16 step is lossless.
+``tinyllama_tokenizer(dir)`` copies in a llama-style SentencePiece BPE of 31994 pieces + Phi-3's 6
+added tokens = 32000 ids, one per embedding row (slimedge refuses a tokenizer covering < 90% of the
+rows). It is trained (single-threaded, a few seconds) on the demo's Python standard-library text
+(``slimedge.demo.corpus.train_text``) and cached in ``~/.cache/slimedge-bench/tokenizers/``, keyed by
+the training settings, the exact text and the sentencepiece version.
 ``hidden`` (a multiple of 256) shrinks the width for quick runs; the MLP width follows TinyLlama's
 ratio (5632 / 2048), rounded up to a multiple of 256 so k-quant rows stay whole super-blocks.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import shutil
 import struct
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -84,13 +93,47 @@ def write_bf16_safetensors(path: Path, shapes, seed: int = 0) -> int:
     return path.stat().st_size
 
 
-def make_model(d: Path, layers: int = 22, hidden: int | None = None) -> Path:
-    """Write the model folder ``d`` (config.json, model.safetensors, SentencePiece tokenizer); returns ``d``."""
+TOKENIZER_CACHE = Path.home() / ".cache" / "slimedge-bench" / "tokenizers"
+
+
+def tinyllama_tokenizer(d: Path, cache: Path = TOKENIZER_CACHE) -> bool:
+    """Put the 32000-id SentencePiece tokenizer's files into ``d``; True if any file there changed."""
+    import sentencepiece
     import tokfactory
 
+    from slimedge.demo.corpus import train_text
+
+    added = tokfactory.PHI3_ADDED
+    pieces = TINYLLAMA["vocab_size"] - len(added)
+    text = train_text()
+    settings = {"pieces": pieces, "added": added, "sentencepiece": sentencepiece.__version__}
+    key = hashlib.sha256(json.dumps(settings).encode() + b"\0" + text.encode()).hexdigest()[:16]
+    src = cache / f"spm-{pieces}-{key}"
+    if not (src / "tokenizer.model").is_file():
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix="spm-", dir=cache))
+        tmp.chmod(0o755)
+        tokfactory.train_spm(tmp, vocab_size=pieces, added_tokens=added,
+                             corpus=[line for line in text.splitlines() if line.strip()])
+        try:
+            os.rename(tmp, src)  # atomic: a concurrent run that got there first wins
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+    d.mkdir(parents=True, exist_ok=True)
+    changed = False
+    for f in sorted(src.iterdir()):
+        dst = d / f.name
+        if not dst.is_file() or dst.read_bytes() != f.read_bytes():
+            shutil.copyfile(f, dst)
+            changed = True
+    return changed
+
+
+def make_model(d: Path, layers: int = 22, hidden: int | None = None) -> Path:
+    """Write the model folder ``d`` (config.json, model.safetensors, SentencePiece tokenizer); returns ``d``."""
     d.mkdir(parents=True, exist_ok=True)
     cfg = tinyllama_config(layers, hidden)
-    tokfactory.train_spm(d, vocab_size=1000)  # vocab padded to 32000 by the converter, as Phi-3's is
+    tinyllama_tokenizer(d)  # one token per embedding row, as TinyLlama's own
     (d / "config.json").write_text(json.dumps(cfg, indent=1))
     write_bf16_safetensors(d / "model.safetensors", tensor_shapes(cfg))
     return d

@@ -5,7 +5,7 @@ Run by hand (not collected by pytest)::
     python tests/benchmarks/bench_convert_f16.py [--workdir DIR] [--layers 22] [--keep]
 
 The model (config.json + one bf16 model.safetensors of 2.2 GB + a locally trained SentencePiece
-tokenizer, vocabulary padded to 32000) is written tensor by tensor, so making it needs little RAM.
+tokenizer with a token for each of the 32000 ids) is written tensor by tensor, so making it needs little RAM.
 Each conversion runs in a child process (timed including interpreter start-up) that reports its own
 peak RSS (VmHWM); once with the C kernels, once with the NumPy backend (``SLIMEDGE_PUREPYTHON=1``).
 Anchor, measured in the same run: copying the same safetensors file (read + write of the same

@@ -3,12 +3,13 @@
     python tests/benchmarks/bench_memory_estimate.py [--types Q4_K_M,Q8_0] [--ctx 2048,4096] [--keep DIR]
 
 Builds a random-weight model with TinyLlama-1.1B's shapes (22 layers, hidden 2048, FFN 5632,
-32 heads, 4 KV heads, vocabulary 32000) as a Hugging Face folder, converts it with
-``slimedge convert``, then for each type and context runs the bench child (fresh process: load,
-a prompt filling the context but 32 tokens, then 32 generated tokens) with the cpu profile's
-batch settings (2 threads) and this machine's repacking (x86 AVX2) and compares the
-estimate with the child's peak RSS. Prints estimate / measured per case (target: >= 1.00 and
-<= 1.10). The model is kept in --keep (default ~/.cache/slimedge-bench/tinyllama-shape) for reruns.
+32 heads, 4 KV heads, vocabulary 32000; SentencePiece tokenizer with one token per row, from
+``_models.tinyllama_tokenizer``) as a Hugging Face folder, converts it with ``slimedge convert``,
+then for each type and context runs the bench child (fresh process: load, a prompt filling the
+context but 32 tokens, then 32 generated tokens) with the cpu profile's batch settings (2 threads)
+and this machine's repacking (x86 AVX2) and compares the estimate with the child's peak RSS.
+Prints estimate / measured per case (target: >= 1.00 and <= 1.10). The model is kept in --keep
+(default ~/.cache/slimedge-bench/tinyllama-shape) for reruns.
 """
 
 from __future__ import annotations
@@ -25,14 +26,17 @@ TINYLLAMA = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
 
 
 def make_model(dir: Path) -> Path:
+    from _models import tinyllama_tokenizer  # tests/benchmarks/_models.py
     from factory import make_hf_model
 
-    if (dir / "config.json").is_file():
-        return dir
-    t0 = time.time()
-    # spm tokenizer: 1000 pieces + 6 added tokens; pad the embedding to TinyLlama's 32000 rows
-    make_hf_model(dir, arch="llama", dtype="float16", pad_vocab=32000 - 1006, **TINYLLAMA)
-    print(f"built HF model in {time.time() - t0:.0f}s", flush=True)
+    if not (dir / "config.json").is_file():
+        t0 = time.time()
+        # 32000 embedding rows; factory's small tokenizer is then replaced by one with a token per row
+        make_hf_model(dir, arch="llama", dtype="float16", vocab_size=32000, **TINYLLAMA)
+        print(f"built HF model in {time.time() - t0:.0f}s", flush=True)
+    if tinyllama_tokenizer(dir):  # also updates a folder kept from before (1000 pieces, padded)
+        for stale in dir.parent.glob("tinyllama-shape-*.gguf"):  # converted with the old tokenizer
+            stale.unlink()
     return dir
 
 
