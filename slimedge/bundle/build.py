@@ -152,10 +152,37 @@ def build_bundle(src: str | Path, target: str | Path | Target, out_dir: str | Pa
     ``type``: a mix/type name, ``"auto"``, or None for the profile's default. Nothing is left at
     ``out_dir`` unless the whole bundle was written.
     """
-    from ..gguf_info import read_info
-
     src, out = Path(src), Path(out_dir)
     tgt = target if isinstance(target, Target) else load_target(target)
+    _check_paths(src, out, overwrite)
+    qtype, chosen_by, packed_as_is = _choose(src, tgt, type)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pub = Publication(out, folder=True, overwrite=overwrite)  # a hidden temporary sibling folder
+    try:
+        model = pub.path / MODEL_FILE
+        if packed_as_is:
+            shutil.copyfile(src, model)
+        else:
+            from ..convert import convert
+
+            convert(src, model, quant_spec(tgt, qtype), threads=threads, overwrite=True, progress=progress)
+        manifest = _manifest(src, tgt, model, qtype, chosen_by)
+        write_bundle_files(pub.path, manifest)
+        pub.commit()  # overwrite: swapped only now that the new bundle is complete; the old one back on failure
+    except BaseException:
+        pub.abort()
+        raise
+    if archive:
+        from .archive import write_archive
+
+        write_archive(out, overwrite=overwrite)
+    log.info("bundle %s: %s, RAM %d bytes", out, qtype, manifest["memory_estimate"]["required_ram"])
+    return out
+
+
+def _check_paths(src: Path, out: Path, overwrite: bool) -> None:
+    """Refuse, before any work, a missing or unusable source and an output that may not be replaced."""
     if not src.exists():
         raise SlimedgeError(f"{src}: not found; give a Hugging Face model folder or a .gguf file")
     if out.exists() and not overwrite:
@@ -167,70 +194,54 @@ def build_bundle(src: str | Path, target: str | Path | Target, out_dir: str | Pa
     if src.is_dir() and not (src / "config.json").is_file():
         raise SlimedgeError(f"{src}: no config.json; give a Hugging Face model folder or a .gguf file")
 
-    packed_as_is = False
+
+def _choose(src: Path, tgt: Target, type: str | None) -> tuple[str, str, bool]:
+    """(type, chosen_by, packed as is). An already-quantized GGUF is copied unchanged (``type`` refused);
+    anything else gets ``type``, the profile's type, or with ``auto`` the best that fits. A model whose
+    estimate exceeds the target's budget is refused with the numbers."""
+    from ..gguf_info import read_info
+
     if is_gguf(src):
         info = read_info(src)
-        kinds = {t.type for t in info.tensors if len(t.shape) >= 2}
-        if kinds - FLOAT_TYPE_NAMES:
+        if {t.type for t in info.tensors if len(t.shape) >= 2} - FLOAT_TYPE_NAMES:
             if type:
                 raise SlimedgeError(f"{src}: already quantized ({info.file_type_name}); give the float (F16/F32) "
                                     "GGUF or the HF folder to choose --type, or leave --type out to pack it as is")
-            packed_as_is = True
+            qtype = _file_type(info.file_type)
+            check_fits(estimate(shape_from_gguf(src), tgt.runtime, hardware=tgt.hardware), tgt,
+                       what=f"{src.name} ({qtype})")
+            return qtype, "source file (already quantized)", True
+    qtype, chosen_by, _, _ = choose_type(src, tgt, type)
+    return qtype, chosen_by, False
 
-    if packed_as_is:
-        shape = shape_from_gguf(src)
-        est = estimate(shape, tgt.runtime, hardware=tgt.hardware)
-        qtype = _file_type(info.file_type)
-        check_fits(est, tgt, what=f"{src.name} ({qtype})")
-        chosen_by = "source file (already quantized)"
-    else:
-        qtype, chosen_by, shape, est = choose_type(src, tgt, type)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    pub = Publication(out, folder=True, overwrite=overwrite)  # a hidden temporary sibling folder
-    tmp = pub.path
-    try:
-        model = tmp / MODEL_FILE
-        if packed_as_is:
-            shutil.copyfile(src, model)
-        else:
-            from ..convert import convert
+def _manifest(src: Path, tgt: Target, model: Path, qtype: str, chosen_by: str) -> dict:
+    """The bundle's manifest, from the model file actually written (checksums are added when it is saved)."""
+    from ..gguf_info import read_info
 
-            convert(src, model, quant_spec(tgt, qtype), threads=threads, overwrite=True, progress=progress)
-        info = read_info(model)
-        shape = shape_from_gguf(model)
-        est = estimate(shape, tgt.runtime, hardware=tgt.hardware)  # from the file actually written
-        runtime = dict(tgt.to_dict()["runtime"], n_ctx=est.n_ctx)  # capped at the training context
-        meta = info.metadata
-        manifest = {
-            "format": FORMAT, "format_version": FORMAT_VERSION, "slimedge_version": __version__,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "name": str(meta.get("general.name") or src.stem), "model": MODEL_FILE,
-            "source": {"path": str(src.resolve()), "kind": "gguf" if src.is_file() else "hf",
-                       "files": source_files(src)},
-            "target": tgt.to_dict(),
-            "quantization": {"type": qtype, "chosen_by": chosen_by, "file_type": info.file_type_name,
-                             "tensor_types": _tensor_types(info), "n_params": info.n_params,
-                             "model_size": info.total_tensor_bytes, "file_size": info.file_size,
-                             "bpw": info.bpw},
-            "runtime": runtime,  # the profile's, context capped at the model's training context
-            "architecture": shape.arch,
-            "hyperparameters": {k: getattr(shape, k) for k in ("n_layer", "n_embd", "n_head", "n_head_kv", "n_ff",
-                                                               "n_vocab", "key_length", "value_length",
-                                                               "n_ctx_train")},
-            "chat_template": meta.get("tokenizer.chat_template"),
-            "memory_estimate": est.to_dict(),
-            "files": [],
-            "bench": [],
-        }
-        write_bundle_files(tmp, manifest)
-        pub.commit()  # overwrite: swapped only now that the new bundle is complete; the old one back on failure
-    except BaseException:
-        pub.abort()
-        raise
-    if archive:
-        from .archive import write_archive
-
-        write_archive(out, overwrite=overwrite)
-    log.info("bundle %s: %s, %s", out, qtype, est.describe())
-    return out
+    info = read_info(model)
+    shape = shape_from_gguf(model)
+    est = estimate(shape, tgt.runtime, hardware=tgt.hardware)
+    runtime = dict(tgt.to_dict()["runtime"], n_ctx=est.n_ctx)  # capped at the training context
+    meta = info.metadata
+    return {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "slimedge_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "name": str(meta.get("general.name") or src.stem), "model": MODEL_FILE,
+        "source": {"path": str(src.resolve()), "kind": "gguf" if src.is_file() else "hf",
+                   "files": source_files(src)},
+        "target": tgt.to_dict(),
+        "quantization": {"type": qtype, "chosen_by": chosen_by, "file_type": info.file_type_name,
+                         "tensor_types": _tensor_types(info), "n_params": info.n_params,
+                         "model_size": info.total_tensor_bytes, "file_size": info.file_size,
+                         "bpw": info.bpw},
+        "runtime": runtime,  # the profile's, context capped at the model's training context
+        "architecture": shape.arch,
+        "hyperparameters": {k: getattr(shape, k) for k in ("n_layer", "n_embd", "n_head", "n_head_kv", "n_ff",
+                                                           "n_vocab", "key_length", "value_length",
+                                                           "n_ctx_train")},
+        "chat_template": meta.get("tokenizer.chat_template"),
+        "memory_estimate": est.to_dict(),
+        "files": [],
+        "bench": [],
+    }
