@@ -240,16 +240,11 @@ def distill(cfg: DistillConfig, progress: Progress = NULL_PROGRESS) -> DistillRe
 
 
 def _distill(cfg: DistillConfig, progress: Progress) -> DistillResult:
-    import numpy as np
+    """The run, step by step (see the module docstring); every process runs it, rank 0 writes."""
     import torch
 
-    from . import cache as cache_mod
     from . import data as data_mod
     from .evaluate import evaluate
-    from .losses import LossSpec
-    from .response import generate
-    from .student import build_student
-    from .trainer import Trainer, TrainData, make_module
 
     t_start = time.monotonic()
     _check_output(cfg)
@@ -261,90 +256,18 @@ def _distill(cfg: DistillConfig, progress: Progress) -> DistillResult:
     use_cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
     dist = _Dist(use_cuda)
     try:
-        device = torch.device(f"cuda:{dist.local_rank}" if use_cuda and cfg.device in ("auto", "cuda")
-                              else cfg.device if cfg.device != "auto" else "cpu")
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda"
-                                           and torch.cuda.is_bf16_supported())
-        autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else None
-        teacher_dtype = torch.bfloat16 if bf16 and device.type == "cuda" else torch.float32
-
+        dev = _device(cfg, dist, use_cuda)
         blocks = data_mod.prepare(cfg.data, tokenizer, cfg.seq_len, cfg.eval_fraction)
         eval_blocks = blocks.eval[: cfg.max_eval_blocks]
-        student, choice = build_student(teacher_cfg, cfg, teacher_dir=cfg.teacher)
-        if student.config.vocab_size != teacher_cfg.vocab_size:
-            raise SlimedgeError(f"student vocab_size {student.config.vocab_size} differs from the teacher's "
-                                f"{teacher_cfg.vocab_size}; the student must use the teacher's vocabulary")
-        s_ctx = getattr(student.config, "max_position_embeddings", None)
-        if s_ctx and cfg.seq_len > s_ctx:
-            raise SlimedgeError(f"--seq-len {cfg.seq_len} exceeds the student's context of {s_ctx} tokens; "
-                                "lower --seq-len or raise max_position_embeddings in --student-config")
-        student.to(device)
+        student, choice = _student(cfg, teacher_cfg, dev.device)
+        teacher, cache, teacher_params, shard = _teacher_or_cache(cfg, teacher_cfg, blocks, dist, dev, progress)
+        train = _train_data(cfg, teacher, tokenizer, blocks, dist, dev.device, progress)
 
-        # ---- teacher: live, or once to fill the cache --------------------------------------
-        shard = cfg.fsdp_teacher and dist.world > 1
-        if cfg.fsdp_teacher and not shard:
-            log.info("--fsdp-teacher: one process, so the teacher stays whole (run under torchrun to shard it)")
-        cache = None
-        meta = None
-        if cfg.teacher_cache:
-            meta = cache_mod.expected_meta(cfg.teacher, blocks.fingerprint(), cfg.cache_k, cfg.temperature,
-                                           cfg.seq_len, teacher_cfg.vocab_size)
-            if dist.rank == 0:
-                cache = cache_mod.open_cache(cfg.teacher_cache, meta)
-            dist.barrier()
-        teacher = None
-        teacher_params = None
-        build = cfg.teacher_cache and dist.broadcast(cache is None if dist.rank == 0 else None)
-        if build and (dist.rank == 0 or shard):  # a sharded teacher: every process runs its forwards
-            teacher, teacher_params = _load_teacher(cfg, teacher_dtype, device, shard)
-            meta["teacher_params"] = teacher_params
-            if dist.rank == 0:
-                cache = cache_mod.build_cache(cfg.teacher_cache, teacher, blocks, meta, batch=cfg.batch_size,
-                                              chunk=cfg.chunk_size, device=device, progress=progress)
-            else:
-                cache_mod.follow_cache_build(teacher, blocks, batch=cfg.batch_size, device=device)
-            del teacher
-            teacher = None
-        if cfg.teacher_cache:
-            dist.barrier()
-            cache = cache_mod.TeacherCache(cfg.teacher_cache)
-            teacher_params = cache.meta.get("teacher_params")
-        else:
-            teacher, teacher_params = _load_teacher(cfg, teacher_dtype, device, shard)
-
-        # ---- training data: the blocks, or teacher responses to prompts from them --------------
-        if cfg.response:
-            resp = generate(teacher, tokenizer, blocks.train, cfg, device=device, progress=progress) \
-                if dist.rank == 0 else None
-            resp = dist.broadcast(resp)
-            train = TrainData(ids=resp.ids, loss_mask=resp.loss_mask, attention=resp.attention)
-        else:
-            L = blocks.train.shape[1]
-            train = TrainData(ids=np.ascontiguousarray(blocks.train),
-                              loss_mask=np.ones((len(blocks.train), L - 1), np.float32))
-
-        ev = dict(teacher=teacher, cache=cache, batch=cfg.batch_size, chunk=cfg.chunk_size, device=device,
-                  autocast=autocast)
+        ev = dict(teacher=teacher, cache=cache, batch=cfg.batch_size, chunk=cfg.chunk_size, device=dev.device,
+                  autocast=dev.autocast)
         live_shard = shard and teacher is not None  # every process joins the teacher's forwards
         start = evaluate(student, eval_blocks, **ev) if dist.rank == 0 or live_shard else {}
-
-        spec = LossSpec(cfg.loss, cfg.alpha, cfg.temperature, cfg.beta, cfg.skew)
-        pairs = list(enumerate(choice.layer_map)) if cfg.feature_weight > 0 else None
-        torch.manual_seed(cfg.seed + 1)  # projections
-        closed_form = cache is None or cache.k >= teacher_cfg.vocab_size  # top-k with a tail: autograd
-        module = make_module(student, spec, cfg.chunk_size, pairs, teacher_cfg.hidden_size, cfg.feature_loss,
-                             closed_form)
-        module.to(device)
-        steps = total_steps(cfg, len(train.ids), train.ids.shape[1])
-        key = {"data": blocks.fingerprint(), "seq_len": cfg.seq_len, "batch_size": cfg.batch_size,
-               "student": student.config.to_json_string(use_diff=False), "response": cfg.response,
-               "seed": cfg.seed, "world": dist.world}
-        trainer = Trainer(cfg, module, train, steps, teacher=teacher, cache=cache, device=device,
-                          autocast=autocast, rank=dist.rank, world=dist.world, progress=progress,
-                          settings_key=key)
-        result = trainer.run()
+        result = _train(cfg, student, choice, teacher_cfg, teacher, cache, train, blocks, dist, dev, progress)
 
         if dist.rank != 0:
             if live_shard:  # the sharded teacher's forwards need every process
@@ -352,41 +275,9 @@ def _distill(cfg: DistillConfig, progress: Progress) -> DistillResult:
             dist.barrier()
             return DistillResult(output="", report={}, student_description=choice.text)
         end = evaluate(student, eval_blocks, **ev)
-        losses = result.losses
-        stride = max(1, len(losses) // 200)
-        report = {
-            "teacher": os.path.abspath(cfg.teacher),
-            "teacher_params": teacher_params,
-            "student_params": _params(student),
-            "teacher_perplexity": end["teacher_perplexity"],
-            "student_perplexity_start": start["student_perplexity"],
-            "student_perplexity": end["student_perplexity"],
-            "kl_start": start["kl"],
-            "kl": end["kl"],
-            "top1_agreement_start": start["top1_agreement"],
-            "top1_agreement": end["top1_agreement"],
-            "eval_positions": end["positions"],
-            "eval_from": "teacher cache top-k" if cache is not None else "live teacher",
-            "tokens_seen": result.tokens_seen,
-            "steps": result.steps,
-            "resumed_from_step": result.resumed_from,
-            "final_loss": losses[-1] if losses else None,
-            "loss_curve": [[i + 1 + result.resumed_from, v] for i, v in enumerate(losses)][::stride],
-            "wall_time_s": time.monotonic() - t_start,
-            "train_time_s": result.wall_s,
-            "train_tokens_per_s": (result.tokens_seen - result.resumed_from * cfg.batch_size *
-                                   train.ids.shape[1]) / max(result.wall_s, 1e-9),
-            "peak_memory_bytes": result.peak_memory_bytes,
-            "device": str(device),
-            "precision": "bf16 autocast" if bf16 else "fp32",
-            "world_size": dist.world,
-            "teacher_sharded": live_shard,
-            "data": {"documents": blocks.n_documents, "tokens": blocks.n_tokens,
-                     "train_blocks": int(len(blocks.train)), "eval_blocks": int(len(eval_blocks)),
-                     "train_sequences": int(len(train.ids)), "sequence_length": int(train.ids.shape[1])},
-            "student": choice.to_dict(),
-            "settings": cfg.to_dict(),
-        }
+        report = _report(cfg, start, end, result, student=student, choice=choice, teacher_params=teacher_params,
+                         cache=cache, train=train, blocks=blocks, eval_blocks=eval_blocks, dev=dev, world=dist.world,
+                         live_shard=live_shard, t_start=t_start)
         del teacher
         _write_output(cfg, student, tokenizer, report, teacher_cfg)
         if not cfg.checkpoint_dir:
@@ -395,3 +286,156 @@ def _distill(cfg: DistillConfig, progress: Progress) -> DistillResult:
         return DistillResult(output=cfg.output, report=report, student_description=choice.text)
     finally:
         dist.close()
+
+
+@dataclass
+class _Device:
+    device: object  # torch.device
+    bf16: bool  # bf16 autocast for the student
+    autocast: object  # None or a () -> autocast context factory
+    teacher_dtype: object  # torch dtype the teacher is loaded in
+
+
+def _device(cfg: DistillConfig, dist: "_Dist", use_cuda: bool) -> _Device:
+    """This process's device and precision: bf16 autocast where asked for or (auto) where CUDA supports it."""
+    import torch
+
+    device = torch.device(f"cuda:{dist.local_rank}" if use_cuda and cfg.device in ("auto", "cuda")
+                          else cfg.device if cfg.device != "auto" else "cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda"
+                                       and torch.cuda.is_bf16_supported())
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else None
+    teacher_dtype = torch.bfloat16 if bf16 and device.type == "cuda" else torch.float32
+    return _Device(device, bf16, autocast, teacher_dtype)
+
+
+def _student(cfg: DistillConfig, teacher_cfg, device):
+    """(student on ``device``, how it was built); its vocabulary must be the teacher's, its context fit."""
+    from .student import build_student
+
+    student, choice = build_student(teacher_cfg, cfg, teacher_dir=cfg.teacher)
+    if student.config.vocab_size != teacher_cfg.vocab_size:
+        raise SlimedgeError(f"student vocab_size {student.config.vocab_size} differs from the teacher's "
+                            f"{teacher_cfg.vocab_size}; the student must use the teacher's vocabulary")
+    s_ctx = getattr(student.config, "max_position_embeddings", None)
+    if s_ctx and cfg.seq_len > s_ctx:
+        raise SlimedgeError(f"--seq-len {cfg.seq_len} exceeds the student's context of {s_ctx} tokens; "
+                            "lower --seq-len or raise max_position_embeddings in --student-config")
+    student.to(device)
+    return student, choice
+
+
+def _teacher_or_cache(cfg: DistillConfig, teacher_cfg, blocks, dist: "_Dist", dev: _Device, progress: Progress):
+    """(live teacher or None, teacher cache or None, teacher parameter count, sharded?).
+
+    With ``teacher_cache``: reuse a matching cache, or load the teacher once to build it (every process
+    runs the forwards when the teacher is sharded), then train from the cache alone.
+    """
+    from . import cache as cache_mod
+
+    shard = cfg.fsdp_teacher and dist.world > 1
+    if cfg.fsdp_teacher and not shard:
+        log.info("--fsdp-teacher: one process, so the teacher stays whole (run under torchrun to shard it)")
+    if not cfg.teacher_cache:
+        teacher, teacher_params = _load_teacher(cfg, dev.teacher_dtype, dev.device, shard)
+        return teacher, None, teacher_params, shard
+    cache = None
+    meta = cache_mod.expected_meta(cfg.teacher, blocks.fingerprint(), cfg.cache_k, cfg.temperature,
+                                   cfg.seq_len, teacher_cfg.vocab_size)
+    if dist.rank == 0:
+        cache = cache_mod.open_cache(cfg.teacher_cache, meta)
+    dist.barrier()
+    if dist.broadcast(cache is None if dist.rank == 0 else None) and (dist.rank == 0 or shard):
+        teacher, meta["teacher_params"] = _load_teacher(cfg, dev.teacher_dtype, dev.device, shard)
+        if dist.rank == 0:
+            cache_mod.build_cache(cfg.teacher_cache, teacher, blocks, meta, batch=cfg.batch_size,
+                                  chunk=cfg.chunk_size, device=dev.device, progress=progress)
+        else:
+            cache_mod.follow_cache_build(teacher, blocks, batch=cfg.batch_size, device=dev.device)
+        del teacher
+    dist.barrier()
+    cache = cache_mod.TeacherCache(cfg.teacher_cache)
+    return None, cache, cache.meta.get("teacher_params"), shard
+
+
+def _train_data(cfg: DistillConfig, teacher, tokenizer, blocks, dist: "_Dist", device, progress: Progress):
+    """The training sequences: the packed blocks, or (``response``) teacher continuations of prompts."""
+    import numpy as np
+
+    from .response import generate
+    from .trainer import TrainData
+
+    if cfg.response:
+        resp = generate(teacher, tokenizer, blocks.train, cfg, device=device, progress=progress) \
+            if dist.rank == 0 else None
+        resp = dist.broadcast(resp)
+        return TrainData(ids=resp.ids, loss_mask=resp.loss_mask, attention=resp.attention)
+    L = blocks.train.shape[1]
+    return TrainData(ids=np.ascontiguousarray(blocks.train), loss_mask=np.ones((len(blocks.train), L - 1), np.float32))
+
+
+def _train(cfg: DistillConfig, student, choice, teacher_cfg, teacher, cache, train, blocks, dist: "_Dist",
+           dev: _Device, progress: Progress):
+    """Wrap the student with its losses (and feature projections) and run the trainer; its result."""
+    import torch
+
+    from .losses import LossSpec
+    from .trainer import Trainer, make_module
+
+    spec = LossSpec(cfg.loss, cfg.alpha, cfg.temperature, cfg.beta, cfg.skew)
+    pairs = list(enumerate(choice.layer_map)) if cfg.feature_weight > 0 else None
+    torch.manual_seed(cfg.seed + 1)  # projections
+    closed_form = cache is None or cache.k >= teacher_cfg.vocab_size  # top-k with a tail: autograd
+    module = make_module(student, spec, cfg.chunk_size, pairs, teacher_cfg.hidden_size, cfg.feature_loss,
+                         closed_form)
+    module.to(dev.device)
+    steps = total_steps(cfg, len(train.ids), train.ids.shape[1])
+    key = {"data": blocks.fingerprint(), "seq_len": cfg.seq_len, "batch_size": cfg.batch_size,
+           "student": student.config.to_json_string(use_diff=False), "response": cfg.response,
+           "seed": cfg.seed, "world": dist.world}
+    trainer = Trainer(cfg, module, train, steps, teacher=teacher, cache=cache, device=dev.device,
+                      autocast=dev.autocast, rank=dist.rank, world=dist.world, progress=progress,
+                      settings_key=key)
+    return trainer.run()
+
+
+def _report(cfg: DistillConfig, start: dict, end: dict, result, *, student, choice, teacher_params, cache, train,
+            blocks, eval_blocks, dev: _Device, world: int, live_shard: bool, t_start: float) -> dict:
+    """The content of ``distill_report.json``: quality before and after, cost, data and exact settings."""
+    losses = result.losses
+    stride = max(1, len(losses) // 200)
+    return {
+        "teacher": os.path.abspath(cfg.teacher),
+        "teacher_params": teacher_params,
+        "student_params": _params(student),
+        "teacher_perplexity": end["teacher_perplexity"],
+        "student_perplexity_start": start["student_perplexity"],
+        "student_perplexity": end["student_perplexity"],
+        "kl_start": start["kl"],
+        "kl": end["kl"],
+        "top1_agreement_start": start["top1_agreement"],
+        "top1_agreement": end["top1_agreement"],
+        "eval_positions": end["positions"],
+        "eval_from": "teacher cache top-k" if cache is not None else "live teacher",
+        "tokens_seen": result.tokens_seen,
+        "steps": result.steps,
+        "resumed_from_step": result.resumed_from,
+        "final_loss": losses[-1] if losses else None,
+        "loss_curve": [[i + 1 + result.resumed_from, v] for i, v in enumerate(losses)][::stride],
+        "wall_time_s": time.monotonic() - t_start,
+        "train_time_s": result.wall_s,
+        "train_tokens_per_s": (result.tokens_seen - result.resumed_from * cfg.batch_size *
+                               train.ids.shape[1]) / max(result.wall_s, 1e-9),
+        "peak_memory_bytes": result.peak_memory_bytes,
+        "device": str(dev.device),
+        "precision": "bf16 autocast" if dev.bf16 else "fp32",
+        "world_size": world,
+        "teacher_sharded": live_shard,
+        "data": {"documents": blocks.n_documents, "tokens": blocks.n_tokens,
+                 "train_blocks": int(len(blocks.train)), "eval_blocks": int(len(eval_blocks)),
+                 "train_sequences": int(len(train.ids)), "sequence_length": int(train.ids.shape[1])},
+        "student": choice.to_dict(),
+        "settings": cfg.to_dict(),
+    }
