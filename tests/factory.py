@@ -21,9 +21,20 @@ from pathlib import Path
 
 import tokfactory
 
-ARCHS = ("llama", "mistral", "qwen2", "phi3")
+# arch -> (transformers config class, model class) names; one line per family
+MODEL_CLASSES = {
+    "llama": ("LlamaConfig", "LlamaForCausalLM"),
+    "mistral": ("MistralConfig", "MistralForCausalLM"),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
+    "phi3": ("Phi3Config", "Phi3ForCausalLM"),
+}
+ARCHS = tuple(MODEL_CLASSES)
 # arch -> default tokenizer: "spm" (SentencePiece) or "bpe:<scheme>" (byte-level BPE, tokfactory scheme)
 DEFAULT_TOKENIZER = {"llama": "spm", "mistral": "spm", "qwen2": "bpe:qwen2", "phi3": "spm"}
+# arch -> config keys a family needs beyond the common small shape (overridable per model)
+ARCH_DEFAULTS: dict[str, dict] = {
+    "phi3": {"original_max_position_embeddings": 256},
+}
 
 
 def _tokenizer(dir: Path, kind: str) -> tuple[int, dict]:
@@ -57,15 +68,9 @@ def make_hf_model(dir: str | Path, arch: str = "llama", tokenizer: str | None = 
     cfg = dict(vocab_size=n_tok + pad_vocab, hidden_size=hidden, intermediate_size=ff, num_hidden_layers=2,
                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                tie_word_embeddings=tied, initializer_range=0.1, rms_norm_eps=1e-5, **special)
-    if arch == "phi3":
-        cfg["original_max_position_embeddings"] = 256
+    cfg.update(ARCH_DEFAULTS.get(arch, {}))
     cfg.update(config_overrides)
-    config_cls, model_cls = {
-        "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
-        "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
-        "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
-        "phi3": (transformers.Phi3Config, transformers.Phi3ForCausalLM),
-    }[arch]
+    config_cls, model_cls = (getattr(transformers, name) for name in MODEL_CLASSES[arch])
     torch.manual_seed(seed)
     model = model_cls(config_cls(**cfg)).eval()
     with torch.no_grad():  # norms and biases are 1/0 at init: randomize so a mix-up shows in the logits

@@ -1,10 +1,15 @@
-"""Shared helpers for the converter tests: reference logits (transformers) and llama.cpp logits."""
+"""Shared helpers for the converter tests: reference logits (transformers) and llama.cpp logits,
+llama.cpp's own quantizer (``llama_quantize``) and a tensor-by-tensor byte comparison (``same_tensors``)."""
 
 from __future__ import annotations
 
+import ctypes
 from pathlib import Path
 
 import numpy as np
+from gguf import GGML_QUANT_SIZES
+
+from slimedge.gguf_info import read_info
 
 # token ids fed to both runtimes: bos, then a fixed spread over the vocabulary (and a repeat, so
 # attention over equal keys is exercised)
@@ -43,3 +48,49 @@ def rel_err(got: np.ndarray, want: np.ndarray) -> float:
     """Largest absolute difference relative to the spread (std) of the reference logits."""
     assert got.shape == want.shape, (got.shape, want.shape)
     return float(np.abs(got - want).max() / want.std())
+
+
+def llama_quantize(src, dst, ftype: int, overrides=(), **params):
+    """llama.cpp's quantizer; ``overrides``: (lower-case regex, GGML type) as llama-quantize passes them."""
+    import llama_cpp
+
+    p = llama_cpp.llama_model_quantize_default_params()
+    p.ftype, p.nthread = ftype, 2
+    for k, v in params.items():
+        setattr(p, k, v)
+    keep = [pattern.encode() for pattern, _ in overrides]
+    if overrides:
+        arr = (llama_cpp.llama_model_tensor_override * (len(overrides) + 1))()
+        for i, (_, typ) in enumerate(overrides):
+            arr[i].pattern, arr[i].type = keep[i], int(typ)
+        arr[len(overrides)].pattern = None
+        p.tt_overrides = arr
+    assert llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(p)) == 0
+    return dst
+
+
+def same_tensors(ours, theirs) -> dict[str, str]:
+    """Assert equal tensor types and bytes (reporting identical blocks where not); returns name -> type."""
+    a, b = read_info(ours), read_info(theirs)
+    assert a.metadata["general.file_type"] == b.metadata["general.file_type"]
+    ta, tb = {t.name: t for t in a.tensors}, {t.name: t for t in b.tensors}
+    assert {n: t.type for n, t in ta.items()} == {n: t.type for n, t in tb.items()}
+    with open(ours, "rb") as fa, open(theirs, "rb") as fb:
+        ra, rb = fa.read(), fb.read()
+    bad = []
+    for name, t in ta.items():
+        u = tb[name]
+        da, db = ra[t.offset:t.offset + t.n_bytes], rb[u.offset:u.offset + u.n_bytes]
+        if da != db:
+            bad.append(f"{name} {t.type}: {_block_report(da, db, t.qtype)}")
+    assert not bad, "tensor bytes differ from llama.cpp's:\n" + "\n".join(bad)
+    return {n: t.type for n, t in ta.items()}
+
+
+def _block_report(a: bytes, b: bytes, qtype) -> str:
+    size = GGML_QUANT_SIZES[qtype][1]
+    x = np.frombuffer(a, np.uint8).reshape(-1, size)
+    y = np.frombuffer(b, np.uint8).reshape(-1, size)
+    same = (x == y).all(axis=1)
+    worst = int(np.argmin(same))
+    return f"{same.mean():.2%} of {len(same)} blocks identical; first differing block {worst}"

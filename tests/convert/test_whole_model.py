@@ -8,14 +8,11 @@ slimedge's file must load in llama.cpp, give exactly the logits of llama.cpp's f
 
 from __future__ import annotations
 
-import ctypes
-
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from convert_util import llama_logits, sample_tokens
+from convert_util import llama_logits, llama_quantize, same_tensors, sample_tokens
 from factory import cached_hf_model
-from gguf import GGML_QUANT_SIZES
 
 from slimedge.cli import main
 from slimedge.gguf_info import read_info
@@ -34,25 +31,6 @@ def _convert(src, out, typ, *options):
     return out
 
 
-def _llama_quantize(src, dst, ftype: int, overrides=(), **params):
-    """llama.cpp's quantizer; ``overrides``: (lower-case regex, GGML type) as llama-quantize passes them."""
-    import llama_cpp
-
-    p = llama_cpp.llama_model_quantize_default_params()
-    p.ftype, p.nthread = ftype, 2
-    for k, v in params.items():
-        setattr(p, k, v)
-    keep = [pattern.encode() for pattern, _ in overrides]
-    if overrides:
-        arr = (llama_cpp.llama_model_tensor_override * (len(overrides) + 1))()
-        for i, (_, typ) in enumerate(overrides):
-            arr[i].pattern, arr[i].type = keep[i], int(typ)
-        arr[len(overrides)].pattern = None
-        p.tt_overrides = arr
-    assert llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(p)) == 0
-    return dst
-
-
 @pytest.fixture(scope="module")
 def f32(tmp_path_factory):
     """model key -> (HF folder, slimedge's F32 GGUF of it)."""
@@ -64,40 +42,13 @@ def f32(tmp_path_factory):
     return out
 
 
-def _same_tensors(ours, theirs) -> dict[str, str]:
-    """Assert equal tensor types and bytes (reporting identical blocks where not); returns name -> type."""
-    a, b = read_info(ours), read_info(theirs)
-    assert a.metadata["general.file_type"] == b.metadata["general.file_type"]
-    ta, tb = {t.name: t for t in a.tensors}, {t.name: t for t in b.tensors}
-    assert {n: t.type for n, t in ta.items()} == {n: t.type for n, t in tb.items()}
-    with open(ours, "rb") as fa, open(theirs, "rb") as fb:
-        ra, rb = fa.read(), fb.read()
-    bad = []
-    for name, t in ta.items():
-        u = tb[name]
-        da, db = ra[t.offset:t.offset + t.n_bytes], rb[u.offset:u.offset + u.n_bytes]
-        if da != db:
-            bad.append(f"{name} {t.type}: {_block_report(da, db, t.qtype)}")
-    assert not bad, "tensor bytes differ from llama.cpp's:\n" + "\n".join(bad)
-    return {n: t.type for n, t in ta.items()}
-
-
-def _block_report(a: bytes, b: bytes, qtype) -> str:
-    size = GGML_QUANT_SIZES[qtype][1]
-    x = np.frombuffer(a, np.uint8).reshape(-1, size)
-    y = np.frombuffer(b, np.uint8).reshape(-1, size)
-    same = (x == y).all(axis=1)
-    worst = int(np.argmin(same))
-    return f"{same.mean():.2%} of {len(same)} blocks identical; first differing block {worst}"
-
-
 @pytest.mark.parametrize("model,mix", CASES)
-def test_convert_equals_llama_quantize(f32, tmp_path, model, mix):
+def test_convert_equalsllama_quantize(f32, tmp_path, model, mix):
     hf, f32_gguf = f32[model]
     ours = _convert(hf, tmp_path / "slimedge.gguf", mix)
-    theirs = _llama_quantize(f32_gguf, tmp_path / "llama.gguf", MIXES[mix][0])
+    theirs = llama_quantize(f32_gguf, tmp_path / "llama.gguf", MIXES[mix][0])
 
-    types = _same_tensors(ours, theirs)
+    types = same_tensors(ours, theirs)
     a = read_info(ours)
     assert a.metadata["general.file_type"] == MIXES[mix][0]
     assert len(set(types.values())) >= (2 if mix == "Q6_K" else 3)  # a real mix: several types
@@ -132,7 +83,7 @@ def test_numpy_backend_gives_the_same_file(f32, tmp_path, monkeypatch):
     assert default.read_bytes() == numpy_path.read_bytes()
 
 
-def test_cli_overrides_equal_llama_quantize(f32, tmp_path):
+def test_cli_overrides_equalllama_quantize(f32, tmp_path):
     """--tensor-type (repeatable, first match, pattern case-insensitive as llama-quantize lower-cases it),
     --output-tensor-type and --token-embedding-type, then --pure, through `slimedge convert`."""
     from gguf import GGMLQuantizationType as T
@@ -141,12 +92,12 @@ def test_cli_overrides_equal_llama_quantize(f32, tmp_path):
     ours = _convert(hf, tmp_path / "o.gguf", "Q3_K_M", "--tensor-type", r"BLK\.0\.ATTN_V=q8_0",
                     "--tensor-type", "attn_v=q5_0", "--tensor-type", "ffn_up=Q6_K",
                     "--output-tensor-type", "q4_k", "--token-embedding-type", "q5_k")
-    theirs = _llama_quantize(f32_gguf, tmp_path / "t.gguf", MIXES["Q3_K_M"][0],
+    theirs = llama_quantize(f32_gguf, tmp_path / "t.gguf", MIXES["Q3_K_M"][0],
                              overrides=[(r"blk\.0\.attn_v", T.Q8_0), ("attn_v", T.Q5_0), ("ffn_up", T.Q6_K)],
                              output_tensor_type=int(T.Q4_K), token_embedding_type=int(T.Q5_K))
-    types = _same_tensors(ours, theirs)
+    types = same_tensors(ours, theirs)
     assert types["blk.0.attn_v.weight"] == "Q8_0" and types["blk.1.attn_v.weight"] == "Q5_0"
     assert types["output.weight"] == "Q4_K" and types["token_embd.weight"] == "Q5_K"
     ours = _convert(hf, tmp_path / "p.gguf", "Q4_K_M", "--pure")
-    theirs = _llama_quantize(f32_gguf, tmp_path / "q.gguf", MIXES["Q4_K_M"][0], pure=True)
-    assert set(_same_tensors(ours, theirs).values()) == {"Q4_K", "F32"}
+    theirs = llama_quantize(f32_gguf, tmp_path / "q.gguf", MIXES["Q4_K_M"][0], pure=True)
+    assert set(same_tensors(ours, theirs).values()) == {"Q4_K", "F32"}
