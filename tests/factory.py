@@ -27,13 +27,23 @@ MODEL_CLASSES = {
     "mistral": ("MistralConfig", "MistralForCausalLM"),
     "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
     "phi3": ("Phi3Config", "Phi3ForCausalLM"),
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM"),
+    "smollm3": ("SmolLM3Config", "SmolLM3ForCausalLM"),
+    "granite": ("GraniteConfig", "GraniteForCausalLM"),
+    "olmo2": ("Olmo2Config", "Olmo2ForCausalLM"),
 }
 ARCHS = tuple(MODEL_CLASSES)
 # arch -> default tokenizer: "spm" (SentencePiece) or "bpe:<scheme>" (byte-level BPE, tokfactory scheme)
 DEFAULT_TOKENIZER = {"llama": "spm", "mistral": "spm", "qwen2": "bpe:qwen2", "phi3": "spm"}
+DEFAULT_TOKENIZER.update({"qwen3": "bpe:qwen2", "smollm3": "bpe:llama3", "granite": "bpe:starcoder",
+                          "olmo2": "bpe:dbrx"})
 # arch -> config keys a family needs beyond the common small shape (overridable per model)
 ARCH_DEFAULTS: dict[str, dict] = {
     "phi3": {"original_max_position_embeddings": 256},
+    "qwen3": {"head_dim": 32},  # != hidden / heads, as in the real ones (k-quant tests pass head_dim=128)
+    "smollm3": {"num_hidden_layers": 4},  # layer 3 is a no-rope layer
+    "granite": {"embedding_multiplier": 2.0, "residual_multiplier": 0.5, "attention_multiplier": 0.1,
+                "logits_scaling": 2.0},
 }
 
 
