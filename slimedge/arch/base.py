@@ -178,13 +178,15 @@ class Arch:
             KV(k(Keys.Rope.FREQ_BASE), hp.rope_theta, F32),
             KV(k(Keys.LLM.VOCAB_SIZE), hp.n_vocab, U32),
         ]
-        if hp.head_dim != hp.n_embd // hp.n_head:
+        # as llama.cpp's converter: whenever config.json states head_dim (and where it is not hidden/heads)
+        if hp.head_dim != hp.n_embd // hp.n_head or self.config.get("head_dim") is not None:
             kv += [KV(k(Keys.Attention.KEY_LENGTH), hp.head_dim, U32),
                    KV(k(Keys.Attention.VALUE_LENGTH), hp.head_dim, U32)]
         return kv + self.rope_scaling_metadata()
 
     def rope_scaling_metadata(self) -> list[KV]:
-        """Linear and YaRN context extension keys (as llama.cpp's converter writes them)."""
+        """Linear, YaRN and LongRoPE context extension keys (as llama.cpp's converter writes them; Llama 3's
+        scaling is a rope_freqs tensor, see llama.py)."""
         from gguf import RopeScalingType
 
         rope, k = self.hp.rope, self.key
@@ -202,10 +204,13 @@ class Arch:
                              ("attention_factor", Keys.Rope.SCALING_YARN_ATTN_FACTOR),
                              ("beta_fast", Keys.Rope.SCALING_YARN_BETA_FAST),
                              ("beta_slow", Keys.Rope.SCALING_YARN_BETA_SLOW)):
-                if rope.get(src) is not None:
-                    kv.append(KV(k(key), float(rope[src]), F32))
+                value = rope.get(src, rope.get("attn_factor") if src == "attention_factor" else None)
+                if value is not None:
+                    kv.append(KV(k(key), float(value), F32))
             return kv
-        if kind not in ("", "default", "none", "llama3", "longrope", "su"):
+        if kind in ("longrope", "su"):  # the factors themselves are tensors (see phi3.py)
+            return [KV(k(Keys.Rope.SCALING_TYPE), RopeScalingType.LONGROPE.value, STR)]
+        if kind not in ("", "default", "none", "llama3"):
             log.warning("config.json: rope type %r is not converted; long-context behaviour may differ", kind)
         return []
 

@@ -187,6 +187,10 @@ def run_bench(model_path: str | Path, *, ref: str | Path | None = None, text: st
         raise SlimedgeError(f"{text}: --text file not found")
     if ref is not None and text is None:
         raise SlimedgeError("--ref needs --text: KL divergence is measured on the tokens of a text")
+    if ref is not None:
+        from ..source.hub import resolve_source
+
+        ref = resolve_source(ref)  # a Hub model id: its snapshot in the local Hugging Face cache
     if ref is not None and not Path(ref).exists():
         raise SlimedgeError(f"{ref}: --ref not found; give a GGUF file or a Hugging Face model folder")
     rt = manifest.get("runtime", {})

@@ -152,7 +152,9 @@ def build_bundle(src: str | Path, target: str | Path | Target, out_dir: str | Pa
     ``type``: a mix/type name, ``"auto"``, or None for the profile's default. Nothing is left at
     ``out_dir`` unless the whole bundle was written.
     """
-    src, out = Path(src), Path(out_dir)
+    from ..source.hub import resolve_source
+
+    src, out = resolve_source(src), Path(out_dir)
     tgt = target if isinstance(target, Target) else load_target(target)
     _check_paths(src, out, overwrite)
     qtype, chosen_by, packed_as_is = _choose(src, tgt, type)

@@ -228,6 +228,7 @@ def distill(cfg: DistillConfig, progress: Progress = NULL_PROGRESS) -> DistillRe
     data, ``seq_len`` over the context, NaN/Inf loss) without writing the output.
     """
     cfg.validate()
+    cfg = _resolve_teacher(cfg)
     from transformers.utils import logging as hf_logging
 
     bars = hf_logging.is_progress_bar_enabled()
@@ -237,6 +238,16 @@ def distill(cfg: DistillConfig, progress: Progress = NULL_PROGRESS) -> DistillRe
     finally:
         if bars:
             hf_logging.enable_progress_bar()
+
+
+def _resolve_teacher(cfg: DistillConfig) -> DistillConfig:
+    """A teacher given as a Hub model id (``org/name``) becomes its snapshot in the local Hugging Face cache."""
+    import dataclasses
+
+    from ..source.hub import resolve_source
+
+    path = str(resolve_source(cfg.teacher))
+    return cfg if path == cfg.teacher else dataclasses.replace(cfg, teacher=path)
 
 
 def _distill(cfg: DistillConfig, progress: Progress) -> DistillResult:

@@ -144,8 +144,17 @@ class HFSource:
         log.info("%s: %d tensors in %d file(s)", self.model_dir, len(self.tensors), len(self.files))
 
     @property
+    def hub_repo(self) -> str | None:
+        """``org/name`` when the folder is a snapshot in the Hugging Face cache."""
+        from .hub import hub_repo_of
+
+        return hub_repo_of(self.model_dir)
+
+    @property
     def name(self) -> str:
-        return self.model_dir.resolve().name
+        """The model's name: the Hub repo's (a cache snapshot is named after its commit), else the folder's."""
+        repo = self.hub_repo
+        return repo.split("/")[1] if repo else self.model_dir.resolve().name
 
     def nbytes(self) -> int:
         return sum(t.nbytes for t in self.tensors.values())
