@@ -35,8 +35,7 @@ class Granite(Llama):
         if head_dim and head_dim * config.get("num_attention_heads", 0) != config.get("hidden_size"):
             log.warning("config.json: %s head_dim %s is ignored (llama.cpp's granite takes hidden_size / heads)",
                         hf_arch, head_dim)
-        super().__init__({k: v for k, v in config.items() if k != "head_dim"}, hf_arch)
-        self.config = config
+        super().__init__({k: v for k, v in config.items() if k != "head_dim"}, hf_arch)  # so no key_length
 
     def metadata(self) -> list[KV]:
         return super().metadata() + [KV(self.key(key), float(self.config.get(src, 1.0)), F32)
