@@ -1,0 +1,206 @@
+"""Mixture-of-experts layout: per-expert HF weights stacked into llama.cpp's 3-D expert tensors, streamed.
+
+llama.cpp wants one tensor per layer and projection for all experts: ``blk.N.ffn_gate_exps`` /
+``ffn_up_exps`` of NumPy shape ``[n_expert, n_ff_exp, n_embd]`` and ``ffn_down_exps`` of
+``[n_expert, n_embd, n_ff_exp]`` (expert 0 first), plus the router ``ffn_gate_inp`` ``[n_expert, n_embd]``.
+Hub checkpoints (and transformers 5's ``save_pretrained``) store one 2-D tensor per expert
+(``...experts.{e}.w1.weight``); transformers' in-memory layout fuses them (``mlp.experts.gate_up_proj``
+``[n_expert, 2·n_ff_exp, n_embd]``, gate rows first in each expert, and ``mlp.experts.down_proj``).
+
+How: nothing is copied or concatenated up front. A :class:`StackedRef` presents a list of row ranges
+of source tensors (one per expert, or one half of each expert of a fused tensor) as one tensor of the
+stacked shape; its ``load_rows(start, stop)`` reads only the source rows that fall in that range, each
+straight into its place in the caller's buffer. The converter's row-slice streaming therefore reads an
+expert tensor slice by slice (a slice never holds more than ``SLICE_VALUES`` values, less than one
+expert of a real model), so peak memory stays near one slice, never the whole layer.
+
+:class:`MoEArch` is the mixin a family uses: it lists, per stacked tensor, the per-expert HF name
+(``{bid}`` layer, ``{xid}`` expert) and the fused alternative, builds the stacked references before the
+generic matcher (:meth:`slimedge.arch.base.Arch.tensors`) runs, and adds the expert metadata.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import prod
+from pathlib import Path
+from types import SimpleNamespace
+from typing import ClassVar
+
+import numpy as np
+from gguf import MODEL_TENSOR, Keys
+
+from ..errors import SlimedgeError
+from ..quant.mixes import ModelInfo
+from .base import KV, U32, Arch
+
+
+@dataclass(frozen=True)
+class Part:
+    """Rows ``[start, stop)`` of ``ref`` seen as ``[ref.n_rows, row length]``."""
+
+    ref: object
+    start: int
+    stop: int
+
+
+class StackedRef:
+    """Several row ranges of source tensors read as one tensor of ``shape`` (rows concatenated in order).
+
+    Has what :meth:`slimedge.arch.base.Arch.tensors` and the converter use of a
+    :class:`slimedge.source.base.TensorRef`: name, shape, dtype, file, where, n_rows, load, load_rows.
+    """
+
+    def __init__(self, name: str, shape: tuple[int, ...], parts: list[Part]):
+        self.name, self.shape, self.parts = name, tuple(shape), list(parts)
+        first = self.parts[0].ref
+        self.file: Path = first.file
+        self.dtype = getattr(first, "dtype", "F32")
+        if sum(p.stop - p.start for p in self.parts) != self.n_rows:
+            raise ValueError(f"{name}: parts hold {sum(p.stop - p.start for p in self.parts)} rows, "
+                             f"shape {list(self.shape)} needs {self.n_rows}")
+
+    @property
+    def n_rows(self) -> int:
+        return prod(self.shape[:-1])
+
+    @property
+    def where(self) -> str:
+        files = sorted({p.ref.file.name for p in self.parts})
+        more = f" and {len(files) - 1} more file(s)" if len(files) > 1 else ""
+        return f"{self.name} (stacked from {len(self.parts)} tensors: {self.parts[0].ref.name}, ...) in {files[0]}{more}"
+
+    def load(self, out: np.ndarray | None = None) -> np.ndarray:
+        return self.load_rows(0, self.n_rows, out).reshape(self.shape)
+
+    def load_rows(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
+        """float32[stop - start, row length]: stacked rows ``[start, stop)``; each source range that
+        overlaps them is read straight into its place in ``out`` (or a new buffer)."""
+        if not 0 <= start <= stop <= self.n_rows:
+            raise ValueError(f"{self.name}: rows [{start}, {stop}) outside [0, {self.n_rows})")
+        cols = self.shape[-1]
+        n = stop - start
+        buf = np.empty(n * cols, np.float32) if out is None else out.reshape(-1)[:n * cols]
+        pos = 0  # first stacked row of the current part
+        for p in self.parts:
+            length = p.stop - p.start
+            lo, hi = max(start, pos), min(stop, pos + length)
+            if lo < hi:
+                seg = buf[(lo - start) * cols:(hi - start) * cols]
+                got = p.ref.load_rows(p.start + lo - pos, p.start + hi - pos, seg)
+                if not np.may_share_memory(got, seg):  # a reference that ignores ``out``
+                    seg[...] = np.asarray(got, np.float32).reshape(-1)
+            pos += length
+            if pos >= stop:
+                break
+        return buf.reshape(n, cols)
+
+
+@dataclass(frozen=True)
+class Experts:
+    """Where one stacked expert tensor comes from.
+
+    ``name``: the (virtual) HF name the family's ``TENSORS`` table lists, with ``{bid}``;
+    ``per_expert``: the HF name of one expert's 2-D weight, with ``{bid}`` and ``{xid}``;
+    ``fused``: HF names of the transformers-style 3-D tensor ``[n_expert, k·rows, cols]`` (tried in
+    order), of which this tensor is chunk ``chunk`` of ``chunks`` along each expert's rows.
+    """
+
+    name: str
+    per_expert: str
+    fused: tuple[str, ...] = ()
+    chunk: int = 0
+    chunks: int = 1
+
+
+class MoEArch(Arch):
+    """Mixin of MoE families: stacked expert tensors (:class:`Experts` in ``EXPERTS``), router aliases,
+    expert metadata. ``n_expert`` / ``n_expert_used`` / ``n_ff_exp`` come from the config keys below."""
+
+    EXPERTS: ClassVar[list[Experts]] = []
+    # (alternative HF name, name the table uses), both with {bid}: e.g. transformers' in-memory router name
+    ALIASES: ClassVar[list[tuple[str, str]]] = []
+    N_EXPERT_KEYS: ClassVar[tuple[str, ...]] = ("num_local_experts", "num_experts")
+    N_FF_EXP_KEY: ClassVar[str] = "intermediate_size"
+
+    def __init__(self, config: dict, hf_arch: str):
+        super().__init__(config, hf_arch)
+        n_expert = next((config[k] for k in self.N_EXPERT_KEYS if config.get(k) is not None), None)
+        used = config.get("num_experts_per_tok")
+        try:
+            self.n_expert, self.n_expert_used = int(n_expert), int(used)
+            self.n_ff_exp = int(config[self.N_FF_EXP_KEY])
+        except (TypeError, ValueError, KeyError):
+            raise SlimedgeError(f"config.json: {hf_arch} needs {self.N_EXPERT_KEYS[0]}, num_experts_per_tok and "
+                                f"{self.N_FF_EXP_KEY} (found {n_expert!r}, {used!r}, "
+                                f"{config.get(self.N_FF_EXP_KEY)!r}); fix config.json") from None
+        if not 0 < self.n_expert_used <= self.n_expert or self.n_ff_exp <= 0:
+            raise SlimedgeError(f"config.json: {hf_arch} with {self.n_expert} experts, {self.n_expert_used} "
+                                f"used per token and expert size {self.n_ff_exp} is inconsistent; fix config.json")
+
+    def expected_shape(self, tensor: MODEL_TENSOR, is_bias: bool):
+        e, ff, d = self.n_expert, self.n_ff_exp, self.hp.n_embd
+        shapes = {MODEL_TENSOR.FFN_GATE_EXP: (e, ff, d), MODEL_TENSOR.FFN_UP_EXP: (e, ff, d),
+                  MODEL_TENSOR.FFN_DOWN_EXP: (e, d, ff), MODEL_TENSOR.FFN_GATE_INP: (e, d)}
+        if tensor in shapes:
+            return None if is_bias else shapes[tensor]
+        return super().expected_shape(tensor, is_bias)
+
+    def metadata(self) -> list[KV]:
+        return super().metadata() + [KV(self.key(Keys.LLM.EXPERT_COUNT), self.n_expert, U32),
+                                     KV(self.key(Keys.LLM.EXPERT_USED_COUNT), self.n_expert_used, U32)]
+
+    def model_info(self) -> ModelInfo:
+        info = super().model_info()
+        info.n_expert = self.n_expert
+        return info
+
+    def tensors(self, source):
+        refs = dict(source.tensors)
+        consumed: set[str] = set()
+        for bid in range(self.hp.n_layer):
+            for alt, name in self.ALIASES:
+                a, n = alt.format(bid=bid), name.format(bid=bid)
+                if a in refs and n not in refs:
+                    refs[n] = refs[a]
+                    consumed.add(a)
+            for spec in self.EXPERTS:
+                stacked, used = self._stack(spec, bid, refs, source)
+                refs[spec.name.format(bid=bid)] = stacked
+                consumed.update(used)
+        for name in consumed:
+            refs.pop(name, None)
+        return super().tensors(SimpleNamespace(model_dir=source.model_dir, tensors=refs))
+
+    def _stack(self, spec: Experts, bid: int, refs: dict, source) -> tuple[StackedRef, list[str]]:
+        """The stacked reference of one layer's ``spec`` and the source names it uses (every layer of
+        these families has experts: a missing one is an error naming it)."""
+        name = spec.name.format(bid=bid)
+        for fused_t in spec.fused:
+            fused = fused_t.format(bid=bid)
+            ref = refs.get(fused)
+            if ref is None:
+                continue
+            shape = tuple(ref.shape)
+            if len(shape) != 3 or shape[0] != self.n_expert or shape[1] % spec.chunks:
+                raise SlimedgeError(f"{ref.file}: tensor {fused} has shape {list(shape)}, expected "
+                                    f"[{self.n_expert}, {spec.chunks} x rows, cols] ({self.n_expert} experts in "
+                                    f"config.json); the config does not match the weights")
+            rows = shape[1] // spec.chunks
+            parts = [Part(ref, e * shape[1] + spec.chunk * rows, e * shape[1] + (spec.chunk + 1) * rows)
+                     for e in range(self.n_expert)]
+            return StackedRef(name, (self.n_expert, rows, shape[2]), parts), [fused]
+        names = [spec.per_expert.format(bid=bid, xid=e) for e in range(self.n_expert)]
+        found = [n for n in names if n in refs]
+        missing = [n for n in names if n not in refs]
+        if missing:
+            raise SlimedgeError(f"{source.model_dir}: missing tensor {missing[0]} (expert weights of layer {bid}: "
+                                f"{len(found)} of {self.n_expert} found), which {self.hf_arch} needs; the "
+                                f"checkpoint is incomplete")
+        shape = tuple(refs[names[0]].shape)
+        for n in names:
+            if tuple(refs[n].shape) != shape or len(shape) != 2:
+                raise SlimedgeError(f"{refs[n].file}: tensor {n} has shape {list(refs[n].shape)}, expected a matrix "
+                                    f"of {list(shape)} like expert 0; the checkpoint is damaged")
+        parts = [Part(refs[n], 0, shape[0]) for n in names]
+        return StackedRef(name, (self.n_expert, *shape), parts), names
