@@ -66,6 +66,10 @@ class Plan:
     file_type: int  # general.file_type
     tensors: list[PlannedTensor] = field(default_factory=list)
     model: ModelInfo | None = None  # the source's hyper-parameters (one reading: config.json or GGUF metadata)
+    # --imatrix: GGUF name -> float32[n_expert or 1, row length] (llama-quantize's sums / counts), and the
+    # matrix itself (slimedge.quant.imatrix_file.Imatrix); empty / None without one
+    importance: dict[str, np.ndarray] = field(default_factory=dict)
+    imatrix: object | None = None
 
     @property
     def total_bytes(self) -> int:
@@ -89,6 +93,9 @@ class Plan:
         lines.append(f"{len(self.tensors)} tensors, {self.n_params / 1e6:.2f} M parameters, "
                      f"{self.total_bytes / 1e6:.2f} MB of tensor data, {self.bits_per_weight:.2f} bits per weight "
                      f"({self.arch}, --type {self.spec.ftype})")
+        if self.imatrix is not None:
+            lines.append(f"importance matrix {self.imatrix.path or '(in memory)'}: {len(self.imatrix.entries)} "
+                         f"entries, {self.imatrix.chunk_count} chunks; used for {len(self.importance)} tensors")
         return "\n".join(lines)
 
 
@@ -120,8 +127,9 @@ class _Prepared:
 
 def _prepare(src: str | Path) -> _Prepared:
     from .source import is_gguf
+    from .source.hub import resolve_source
 
-    path = Path(src)
+    path = resolve_source(src)  # a Hub model id: its snapshot in the local Hugging Face cache
     if is_gguf(path):
         return _prepare_gguf(path)
     if path.is_file():
@@ -129,12 +137,13 @@ def _prepare(src: str | Path) -> _Prepared:
     return _prepare_hf(path)
 
 
-def _source_metadata(name: str, config: dict, hf_arch: str, dtypes: set[str]) -> list[KV]:
+def _source_metadata(name: str, config: dict, hf_arch: str, dtypes: set[str], hub_repo: str | None = None
+                     ) -> list[KV]:
     kv = [KV(Keys.General.TYPE, "model", STR), KV(Keys.General.NAME, name, STR),
           KV("slimedge.version", __version__, STR),
           KV("slimedge.source.architecture", hf_arch, STR),
           KV("slimedge.source.dtype", ",".join(sorted(dtypes)), STR)]
-    hub_id = config.get("_name_or_path")
+    hub_id = hub_repo or config.get("_name_or_path")
     if isinstance(hub_id, str) and hub_id.count("/") == 1 and not hub_id.startswith((".", "/")):
         kv.append(KV(Keys.General.SOURCE_REPO_URL, f"https://huggingface.co/{hub_id}", STR))
     return kv
@@ -149,7 +158,10 @@ def _prepare_hf(path: Path) -> _Prepared:
     tensors = arch.tensors(source)
     name = source.name
     dtypes = {t.dtype for t in source.tensors.values()}
-    metadata = _source_metadata(name, source.config, arch.hf_arch, dtypes) + arch.metadata()
+    from .source.card import general_metadata
+
+    metadata = (_source_metadata(name, source.config, arch.hf_arch, dtypes, source.hub_repo)
+                + general_metadata(path, [(t.name, t.shape) for t in tensors], source.hub_repo) + arch.metadata())
 
     def load_vocab():
         vocab = _load_vocab(path, source.config, arch.hp.n_vocab)
@@ -174,17 +186,36 @@ def _load_vocab(model_dir: Path, config: dict, n_vocab: int):
     return load_vocab(model_dir, config, n_vocab)
 
 
-def _plan(prep: _Prepared, spec: QuantSpec) -> Plan:
+def _plan(prep: _Prepared, spec: QuantSpec, imatrix=None) -> Plan:
+    if imatrix is not None:  # an importance matrix changes a few mix rules (QuantSpec.has_imatrix)
+        from dataclasses import replace
+
+        from .quant.imatrix_file import Imatrix, read_imatrix
+
+        imatrix = imatrix if isinstance(imatrix, Imatrix) else read_imatrix(imatrix)
+        spec = replace(spec, has_imatrix=True)
     specs = [TensorSpec(t.name, t.shape) for t in prep.tensors]
     types = choose_types(specs, spec, prep.model)
     planned = [PlannedTensor(t.name, t.shape, q, tensor_nbytes(t.shape, q), t.origin)
                for t, q in zip(prep.tensors, types)]
-    return Plan(prep.path, prep.arch, prep.name, spec, file_type(spec), planned, prep.model)
+    p = Plan(prep.path, prep.arch, prep.name, spec, file_type(spec), planned, prep.model)
+    if imatrix is not None:
+        from .quant.imatrix_file import importance_for
+        from .quant.mixes import requires_imatrix
+        from .quant.types import FLOAT_TYPES
+
+        quantized = [(t.name, t.shape, t.qtype) for t in planned if t.qtype not in FLOAT_TYPES]
+        p.importance = importance_for(imatrix, quantized, lambda n, q: requires_imatrix(n, q, spec))
+        p.imatrix = imatrix
+    return p
 
 
-def plan(src: str | Path, spec: QuantSpec = QuantSpec()) -> Plan:
-    """Types and sizes of every output tensor (reads headers and config only, never weights)."""
-    return _plan(_prepare(src), spec)
+def plan(src: str | Path, spec: QuantSpec = QuantSpec(), imatrix=None) -> Plan:
+    """Types and sizes of every output tensor (reads headers and config only, never weights).
+
+    ``imatrix``: an importance matrix (path or ``slimedge.quant.imatrix_file.Imatrix``), checked against
+    the model here (one-line errors for another model's)."""
+    return _plan(_prepare(src), spec, imatrix)
 
 
 SLICE_VALUES = 1 << 22  # float32 values per slice (16 MiB): large enough for the quantizer's threads
@@ -245,21 +276,48 @@ def _load_checked(t: OutTensor, out: np.ndarray | None = None, job: _Job = _Job(
     return x
 
 
-def _encode(x: np.ndarray, qtype: GGMLQuantizationType, name: str, threads: int | None) -> np.ndarray:
+def _encode(x: np.ndarray, qtype: GGMLQuantizationType, name: str, threads: int | None,
+            importance: np.ndarray | None = None, first_row: int = 0, rows_per_mat: int = 0) -> np.ndarray:
+    """Quantize rows ``x`` (rows ``first_row``... of the tensor); ``importance``: float32[n_mat, row length],
+    matrix ``m`` (an expert of a 3-D tensor) covering rows ``[m * rows_per_mat, (m + 1) * rows_per_mat)``."""
     if qtype == GGMLQuantizationType.F32:
         return np.ascontiguousarray(x, dtype=np.float32)
     from .quant import quantize  # the active backend (C kernels when built), threads passed through
 
-    return quantize(x, qtype, threads=threads, what=name)
+    if importance is None:
+        return quantize(x, qtype, threads=threads, what=name)
+    if importance.shape[0] == 1:
+        return quantize(x, qtype, imatrix=importance[0], threads=threads, what=name)
+    x = x.reshape(-1, x.shape[-1])  # an expert's rows use that expert's slice (never straddling two)
+    parts, r = [], 0
+    while r < x.shape[0]:
+        m = (first_row + r) // rows_per_mat
+        stop = min(x.shape[0], (m + 1) * rows_per_mat - first_row)
+        parts.append(np.asarray(quantize(x[r:stop], qtype, imatrix=importance[m], threads=threads, what=name)))
+        r = stop
+    return np.concatenate([p.reshape(-1) for p in parts])
+
+
+def _value_type(value) -> GGUFValueType:
+    if isinstance(value, bool):
+        return GGUFValueType.BOOL
+    if isinstance(value, int):
+        return GGUFValueType.UINT64 if value >= 0 else GGUFValueType.INT64
+    if isinstance(value, float):
+        return GGUFValueType.FLOAT32
+    return STR
 
 
 def convert(src: str | Path, out: str | Path, spec: QuantSpec = QuantSpec(), *, threads: int | None = None,
-            overwrite: bool = False, progress: Progress = NULL_PROGRESS) -> ConvertResult:
-    """Convert ``src`` (HF folder or float GGUF) to ``out`` with the types ``spec`` chooses."""
+            overwrite: bool = False, progress: Progress = NULL_PROGRESS, imatrix=None) -> ConvertResult:
+    """Convert ``src`` (HF folder or float GGUF) to ``out`` with the types ``spec`` chooses.
+
+    ``imatrix`` (path or ``Imatrix``): importance weights for the quantizers, as ``llama-quantize --imatrix``
+    uses them (same bytes), and its ``quantize.imatrix.*`` keys in the output."""
     t0 = time.monotonic()
     out = check_output_path(Path(out), overwrite)
     prep = _prepare(src)
-    p = _plan(prep, spec)
+    p = _plan(prep, spec, imatrix)
     add_vocab = prep.load_vocab() if prep.load_vocab else None  # tokenizer errors before any output
 
     with GGUFStreamWriter(out, prep.arch, overwrite=overwrite) as w:
@@ -267,6 +325,13 @@ def convert(src: str | Path, out: str | Path, spec: QuantSpec = QuantSpec(), *, 
             w.add_kv(kv.key, kv.value, kv.vtype, kv.sub_type)
         w.add_kv(Keys.General.FILE_TYPE, p.file_type, U32)
         w.add_kv(Keys.General.QUANTIZATION_VERSION, GGML_QUANT_VERSION, U32)
+        for key, value in spec.metadata.items():  # e.g. an auto mix's slimedge.mix.* (llama.cpp ignores them)
+            w.add_kv(key, value, _value_type(value))
+        if p.imatrix is not None:
+            from .quant.imatrix_file import quantize_keys
+
+            for key, value, vtype in quantize_keys(p.imatrix):  # as llama-quantize records it
+                w.add_kv(key, value, vtype)
         if add_vocab is not None:
             add_vocab(w)
         for t in p.tensors:
@@ -288,7 +353,9 @@ def convert(src: str | Path, out: str | Path, spec: QuantSpec = QuantSpec(), *, 
                 t, planned = prep.tensors[j.index], p.tensors[j.index]
                 x = pending.result()
                 pending = read(k + 1) if k + 1 < len(jobs) else None
-                data = _encode(x, planned.qtype, t.name, threads)  # done with x before slot k % 2 is reused
+                imp = p.importance.get(t.name)
+                data = _encode(x, planned.qtype, t.name, threads, imp, j.start,  # done with x before slot
+                               t.shape[-2] if len(t.shape) == 3 else 0)  # k % 2 is reused
                 del x
                 w.write_tensor_part(t.name, data)
                 progress.update(data.nbytes, label=t.name)

@@ -33,12 +33,14 @@ from ..errors import SlimedgeError
 # command name -> (module, one-line help shown in `slimedge -h` without importing the module)
 COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("convert", "Convert a Hugging Face model (or F32/F16/BF16 GGUF) to GGUF, quantized."),
+    "imatrix": ("imatrix", "Compute an importance matrix (llama-imatrix's) on calibration text, for --imatrix."),
     "inspect": ("inspect", "Show a GGUF file's metadata, tensors, sizes and bits per weight."),
     "distill": ("distill", "Distill a small student model from a teacher (logit, feature, response)."),
     "targets": ("targets", "List the target profiles (shipped ones and how to use your own)."),
     "build": ("build", "Build a runnable bundle for a target device from a model."),
     "verify": ("verify", "Check a bundle's checksums and that its model loads."),
     "bench": ("bench", "Measure a GGUF or bundle through llama.cpp: speed, memory, quality."),
+    "serve": ("serve", "Serve a GGUF or bundle over an OpenAI-compatible HTTP API (llama-cpp-python's server)."),
     "demo": ("demo", "Run the whole pipeline on a built-in model and print the comparison table."),
 }
 

@@ -32,14 +32,16 @@ def _parse_override(value: str) -> tuple[str, str]:
 @click.option("--output-tensor-type", default=None, metavar="TYPE", help="Type of output.weight.")
 @click.option("--token-embedding-type", default=None, metavar="TYPE", help="Type of token_embd.weight.")
 @click.option("--pure", is_flag=True, help="The mix's base type for every quantized tensor (no mix rules).")
+@click.option("--imatrix", "imatrix", type=click.Path(path_type=Path), default=None, metavar="FILE",
+              help="Importance matrix (slimedge imatrix / llama-imatrix, GGUF or .dat) for the quantizers.")
 @click.option("--dry-run", is_flag=True, help="List each tensor's type and size and the totals; write nothing.")
 @threads_option
 @overwrite_option
 @quiet_option
 @user_errors
 def cli(src: Path, out: Path | None, ftype: str, overrides: tuple[str, ...], output_tensor_type: str | None,
-        token_embedding_type: str | None, pure: bool, dry_run: bool, threads: int | None, overwrite: bool,
-        quiet: bool) -> None:
+        token_embedding_type: str | None, pure: bool, imatrix: Path | None, dry_run: bool, threads: int | None,
+        overwrite: bool, quiet: bool) -> None:
     """Convert a Hugging Face model folder (config.json, *.safetensors, tokenizer) to GGUF.
 
     SRC may also be an F32/F16/BF16 GGUF file to requantize.
@@ -50,6 +52,7 @@ def cli(src: Path, out: Path | None, ftype: str, overrides: tuple[str, ...], out
       slimedge convert ./TinyLlama-1.1B -o tinyllama-q4km.gguf --type Q4_K_M
       slimedge convert tinyllama-f16.gguf -o tinyllama-q8.gguf --type q8_0 --tensor-type 'ffn_down=f16'
       slimedge convert ./TinyLlama-1.1B --type Q4_K_M --dry-run
+      slimedge convert ./TinyLlama-1.1B -o tinyllama-q4km.gguf --type Q4_K_M --imatrix imatrix.gguf
     """
     from ..convert import convert, plan
     from ..quant.mixes import QuantSpec
@@ -57,11 +60,12 @@ def cli(src: Path, out: Path | None, ftype: str, overrides: tuple[str, ...], out
     spec = QuantSpec(ftype=ftype, overrides=[_parse_override(v) for v in overrides],
                      output_tensor_type=output_tensor_type, token_embedding_type=token_embedding_type, pure=pure)
     if dry_run:
-        click.echo(plan(src, spec).table())
+        click.echo(plan(src, spec, imatrix=imatrix).table())
         return
     if out is None:
         raise SlimedgeError("missing -o/--output OUT.gguf (or pass --dry-run)")
-    result = convert(src, out, spec, threads=threads, overwrite=overwrite, progress=make_progress(quiet))
+    result = convert(src, out, spec, threads=threads, overwrite=overwrite, progress=make_progress(quiet),
+                     imatrix=imatrix)
     if not quiet:
         p = result.plan
         click.echo(f"wrote {result.out}: {len(p.tensors)} tensors, {result.file_bytes / 1e6:.1f} MB, "

@@ -73,6 +73,10 @@ class ModelInfo:
     n_head_layers: tuple[int, ...] = ()
     n_head_kv_layers: tuple[int, ...] = ()
     n_ff_layers: tuple[int, ...] = ()
+    # sliding-window attention: {arch}.attention.sliding_window, and which layers use it (True = sliding;
+    # () = none): the pattern key, else llama.cpp's default for the arch (SWA_DEFAULT_PATTERN)
+    n_swa: int = 0
+    swa_layers: tuple[bool, ...] = ()
 
     @property
     def max_head(self) -> int:
@@ -139,12 +143,34 @@ class ModelInfo:
         head_dim = n_embd // n_head if n_head else 0
         tokens = metadata.get("tokenizer.ggml.tokens")
         n_vocab = scalar("vocab_size", len(tokens) if isinstance(tokens, list) else 0)
+        n_swa, swa_layers = 0, ()
+        if arch in SWA_DEFAULT_PATTERN:
+            n_swa = scalar("attention.sliding_window", SWA_DEFAULT_PATTERN[arch][1])
+            pattern = metadata.get(f"{arch}.attention.sliding_window_pattern", SWA_DEFAULT_PATTERN[arch][0])
+            swa_layers = swa_pattern(pattern, n_layer) if n_swa else ()
         return cls(arch=arch, n_layer=n_layer, n_head=n_head, n_head_kv=n_head_kv,
                    n_expert=scalar("expert_count", 0), n_embd=n_embd, n_ff=n_ff, n_vocab=n_vocab,
                    key_length=scalar("attention.key_length", head_dim),
                    value_length=scalar("attention.value_length", head_dim),
                    n_ctx_train=scalar("context_length", 0),
-                   n_head_layers=head_layers, n_head_kv_layers=kv_layers, n_ff_layers=ff_layers)
+                   n_head_layers=head_layers, n_head_kv_layers=kv_layers, n_ff_layers=ff_layers,
+                   n_swa=n_swa, swa_layers=swa_layers)
+
+
+# llama.cpp's sliding-window defaults when a GGUF has no pattern / window key: arch -> (n_pattern: every
+# n-th layer is global, the others slide; window when the key is absent, 0: no sliding window)
+SWA_DEFAULT_PATTERN = {"gemma2": (2, 4096), "gemma3": (6, 0)}
+
+
+def swa_pattern(pattern, n_layer: int) -> tuple[bool, ...]:
+    """Which layers slide, as llama.cpp's ``set_swa_pattern`` reads the pattern key: a per-layer list, or
+    n (layer il slides unless il % n == n - 1; 0: all slide). () when no layer slides."""
+    if isinstance(pattern, (list, tuple)):
+        layers = tuple(bool(x) for x in pattern[:n_layer]) + (False,) * max(0, n_layer - len(pattern))
+    else:
+        n = int(pattern)
+        layers = tuple(n == 0 or il % n < n - 1 for il in range(n_layer))
+    return layers if any(layers) else ()
 
 
 @dataclass
@@ -156,6 +182,8 @@ class QuantSpec:
     pure: bool = False  # base type for every quantized tensor: no mix rules (fallbacks still apply)
     quantize_output: bool = True  # False: output.weight keeps its source type (--leave-output-tensor)
     has_imatrix: bool = False  # an importance matrix is used (changes a few rules; Q2_K_S requires it)
+    # extra GGUF metadata keys (key -> str/int/float) the converter writes, e.g. an auto mix's slimedge.mix.*
+    metadata: dict = field(default_factory=dict)
 
 
 # mix name -> base tensor type; names and aliases as llama-quantize's
@@ -463,3 +491,11 @@ def choose_types(tensors: list[TensorSpec], spec: QuantSpec, model: ModelInfo) -
             q = fallback(t.name, t.shape[-1], q)
         result[i] = q
     return result  # type: ignore[return-value]
+
+
+def requires_imatrix(name: str, qtype: T, spec: QuantSpec) -> bool:
+    """Whether llama.cpp refuses to quantize this tensor without importance data (``tensor_requires_imatrix``
+    for the types slimedge writes): the Q2_K tensors of a Q2_K_S file, except token_embd and output."""
+    if category(name) in ("token_embd", "output"):
+        return False
+    return qtype == T.Q2_K and resolve_ftype(spec.ftype)[0] == _Q2_K_S

@@ -1,0 +1,209 @@
+"""Compute an importance matrix (llama.cpp's ``llama-imatrix`` statistic) with the Hugging Face model in torch.
+
+What is collected (as ``tools/imatrix/imatrix.cpp`` does): for the input of every weight matrix of the
+decoder blocks (``blk.*`` GGUF tensors: attention q/k/v (or Phi-3's fused qkv), output, and the MLP's
+gate/up (fused gate_up) and down), the per-column sum of squared activations over all positions of the
+calibration text, and the number of positions summed. ``output.weight`` only with ``process_output``
+(llama-imatrix's ``--process-output``); ``token_embd`` is a lookup, not a product, so never.
+
+How the text is cut (llama-imatrix's way): tokenize it once (BOS first when the model's tokenizer adds
+one, i.e. the converted GGUF's ``add_bos_token``), cut the tokens into ``len // ctx`` chunks of ``ctx``
+tokens (``chunks`` caps the number), replace each chunk's first token by BOS (when add_bos), and run each
+chunk as its own sequence from position 0. Every position counts, so each chunk adds ``ctx`` to every
+tensor's count. Chunks are batched (``batch`` chunks per forward, default 2048 // ctx as llama-imatrix's
+n_batch 2048 does) through the model's decoder only (no vocabulary head unless ``process_output``).
+
+How the inputs are seen: a forward pre-hook on each ``nn.Linear`` that becomes a GGUF matrix, found
+through the converter's own name table (``slimedge.convert._prepare``: GGUF name -> HF weight), so the
+names are exactly the GGUF tensors' (Llama's q/k row permutation reorders rows, never input columns).
+Sums are accumulated in float64 from float32 activations and stored as float32.
+
+Usage::
+
+    from slimedge.calib import compute_imatrix
+    imx = compute_imatrix("model_dir", open("calib.txt").read(), ctx=512, chunks=100)
+    from slimedge.quant.imatrix_file import write_imatrix
+    write_imatrix("imatrix.gguf", imx)
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import SlimedgeError
+from ..progress import NULL_PROGRESS, Progress
+from ..quant.imatrix_file import Imatrix, ImatrixEntry
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CTX = 512  # llama-imatrix's default context
+LLAMA_BATCH = 2048  # llama-imatrix's default n_batch: chunks per forward = n_batch // ctx
+
+
+@dataclass
+class Target:
+    gguf: str  # GGUF tensor name
+    module: str  # HF module whose input is measured
+    n_cols: int
+
+
+def targets(src: str | Path, process_output: bool = False) -> list[Target]:
+    """The measured matrices of a Hugging Face model: GGUF name, HF ``nn.Linear`` module, input columns."""
+    from ..convert import _prepare
+
+    prep = _prepare(src)
+    if prep.load_vocab is None:
+        raise SlimedgeError(f"{src}: an importance matrix is computed with the Hugging Face model; give the HF "
+                            f"model folder, not a GGUF file")
+    out = []
+    for t in prep.tensors:
+        measured = (t.name.startswith("blk.") or (process_output and t.name == "output.weight"))
+        if not measured or not t.name.endswith(".weight") or len(t.shape) < 2:
+            continue
+        hf = t.origin.rsplit(" in ", 1)[0]
+        if len(t.shape) != 2 or not hf.endswith(".weight"):
+            log.warning("%s: %s (%s) is not one linear layer; not measured", src, t.name, hf)
+            continue
+        out.append(Target(t.name, hf[: -len(".weight")], int(t.shape[-1])))
+    return out
+
+
+def _add_bos(src: Path) -> tuple[bool, int | None]:
+    """Whether the converted GGUF's tokenizer adds BOS, and its id (the converter's own reading)."""
+    import json
+
+    from ..vocab import load_vocab
+
+    config = json.loads((src / "config.json").read_text())
+    vocab = load_vocab(src, config, int(config.get("vocab_size") or 0))
+    bos = vocab.special_ids.get("bos")
+    return bool(vocab.add_bos and bos is not None), bos
+
+
+def tokenize(src: str | Path, text: str) -> tuple[list[int], int | None]:
+    """(token ids as llama.cpp's tokenizer gives them with add_special, BOS id or None when not added)."""
+    from transformers import AutoTokenizer
+
+    src = Path(src)
+    add_bos, bos = _add_bos(src)
+    tok = AutoTokenizer.from_pretrained(src)
+    ids = list(tok(text, add_special_tokens=False, verbose=False)["input_ids"])
+    return ([bos] + ids, bos) if add_bos else (ids, None)
+
+
+def chunk_tokens(ids: list[int], bos: int | None, ctx: int, chunks: int | None = None) -> list[list[int]]:
+    """llama-imatrix's chunks: ``len // ctx`` pieces of ``ctx`` tokens, each starting with BOS when given."""
+    if ctx < 16:  # llama-imatrix ignores products of fewer than 16 rows
+        raise SlimedgeError(f"--ctx {ctx}: must be at least 16")
+    n = len(ids) // ctx
+    if chunks is not None:
+        n = min(n, int(chunks))
+    if n < 1:
+        raise SlimedgeError(f"the calibration text has {len(ids)} tokens, fewer than one chunk of --ctx {ctx}; "
+                            f"give more text or a smaller --ctx")
+    out = []
+    for i in range(n):
+        c = ids[i * ctx:(i + 1) * ctx]
+        if bos is not None:
+            c = [bos] + c[1:]
+        out.append(c)
+    return out
+
+
+def compute_imatrix(src: str | Path, text: str, *, ctx: int = DEFAULT_CTX, chunks: int | None = None,
+                    device: str = "cpu", threads: int | None = None, batch: int | None = None,
+                    dataset: str = "", process_output: bool = False,
+                    progress: Progress = NULL_PROGRESS) -> Imatrix:
+    """Run the HF model in ``src`` over ``text`` and return its importance matrix (see module docstring)."""
+    ids, bos = tokenize(src, text)
+    return compute_imatrix_tokens(src, chunk_tokens(ids, bos, ctx, chunks), device=device, threads=threads,
+                                  batch=batch, dataset=dataset, process_output=process_output, progress=progress)
+
+
+def _device(device: str):
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SlimedgeError(f"--device {device}: no CUDA device is available to torch; use --device cpu")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise SlimedgeError(f"--device {device}: expected cpu or cuda")
+    return torch.device(device)
+
+
+def compute_imatrix_tokens(src: str | Path, chunks: list[list[int]], *, device: str = "cpu",
+                           threads: int | None = None, batch: int | None = None, dataset: str = "",
+                           process_output: bool = False, progress: Progress = NULL_PROGRESS) -> Imatrix:
+    """The importance matrix of already cut chunks (equal lengths): what :func:`compute_imatrix` runs."""
+    import numpy as np
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    src = Path(src)
+    wanted = targets(src, process_output)
+    if not wanted:
+        raise SlimedgeError(f"{src}: no linear layers to measure")
+    ctx = len(chunks[0])
+    if any(len(c) != ctx for c in chunks):
+        raise ValueError("chunks must all have the same length")
+    dev = _device(device)
+    if threads:
+        torch.set_num_threads(int(threads))
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # library code does not draw: progress goes to ``progress``
+    try:
+        model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).to(dev).eval()
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+    modules = dict(model.named_modules())
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+    handles = []
+
+    def hook(name: str, n_cols: int):
+        def pre(_module, args):
+            x = args[0].detach().reshape(-1, n_cols).float()
+            sums[name] += (x * x).sum(dim=0).double()
+            counts[name] += int(x.shape[0])
+        return pre
+
+    for t in wanted:
+        m = modules.get(t.module)
+        if not isinstance(m, torch.nn.Linear) or m.in_features != t.n_cols:
+            raise SlimedgeError(f"{src}: {t.module} (for {t.gguf}) is not a linear layer with {t.n_cols} inputs "
+                                f"in the transformers model")
+        sums[t.gguf] = torch.zeros(t.n_cols, dtype=torch.float64, device=dev)
+        counts[t.gguf] = 0
+        handles.append(m.register_forward_pre_hook(hook(t.gguf, t.n_cols)))
+
+    runner = model if process_output else getattr(model, model.base_model_prefix, model)
+    per = max(1, int(batch) if batch else LLAMA_BATCH // ctx)
+    t0 = time.monotonic()
+    progress.start(len(chunks) * ctx, unit="tok", desc=f"imatrix {src.name}")
+    try:
+        with torch.inference_mode():
+            for i in range(0, len(chunks), per):
+                ids = torch.tensor(chunks[i:i + per], dtype=torch.long, device=dev)
+                runner(input_ids=ids, use_cache=False)
+                progress.update(ids.numel(), label=f"chunk {min(i + per, len(chunks))}/{len(chunks)}")
+    finally:
+        progress.close()
+        for h in handles:
+            h.remove()
+    seconds = time.monotonic() - t0
+    entries = {}
+    for name, s in sums.items():
+        v = s.cpu().numpy().astype("float32")
+        if not np.isfinite(v).all():
+            raise SlimedgeError(f"{src}: non-finite activations at the input of {name}; the model overflows on "
+                                f"this text (float32)")
+        entries[name] = ImatrixEntry(v, np.asarray([counts[name]], np.int64))
+    n_tok = len(chunks) * ctx
+    log.info("imatrix of %s: %d tensors, %d chunks of %d tokens, %.1f s (%.0f tokens/s)", src, len(entries),
+             len(chunks), ctx, seconds, n_tok / max(seconds, 1e-9))
+    return Imatrix(entries, [dataset] if dataset else [], len(chunks), ctx, False, None)
