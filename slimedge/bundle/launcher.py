@@ -3,20 +3,34 @@
 
     ./run "Write a haiku about the sea"          one-shot completion of a prompt
     ./run --chat                                 interactive chat (the model's chat template)
-    ./run --bench                                measure load time, prompt and generation speed here
+    ./run --bench [--json]                       measure load time, prompt and generation speed here
+                                                 (--json: also save bench/<hostname>-<date>.json here)
+    ./run --serve [--port 8080] [--host H]       OpenAI-compatible server (llama-cpp-python's own)
     ./run --help                                 all options (threads, context, GPU layers, ...)
 
-Needs only Python 3.9+ and llama-cpp-python (`pip install llama-cpp-python`); the runtime settings
-come from manifest.json next to this file. (This file is copied into every bundle by
-`slimedge build`; it must not import slimedge.)
+Needs only Python 3.9+ and llama-cpp-python (`pip install llama-cpp-python`; `--serve` also needs its
+server extra's packages: uvicorn, fastapi, sse-starlette, starlette-context, pydantic-settings); the
+runtime settings come from manifest.json next to this file. (This file is copied into every bundle by
+`slimedge build`; it must not import slimedge. `slimedge serve` imports :func:`serve` from here, so
+bundles and the command line run the same server code.)
+
+The server binds 127.0.0.1 unless --host says otherwise; any other host needs an API key (--api-key or
+the SLIMEDGE_API_KEY environment variable), which every request must then send as a Bearer token. The
+socket is bound before the model loads (a taken port is one line, at once). SIGTERM shuts it down
+gracefully (requests in flight finish) and the exit status is 143.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ipaddress
 import json
 import os
+import platform
 import resource
+import signal
+import socket
 import statistics
 import sys
 import time
@@ -24,6 +38,13 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 CACHE_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8, "iq4_nl": 20, "bf16": 30}
+BENCH_DIR = "bench"  # device measurements saved by --bench --json (slimedge report reads them; verify skips them)
+API_KEY_ENV = "SLIMEDGE_API_KEY"
+DEFAULT_PORT = 8080
+
+
+class ServeError(Exception):
+    """A user error of --serve (one line, naming what to change)."""
 
 
 def load_manifest() -> dict:
@@ -47,17 +68,25 @@ def open_model(args, rt: dict, n_ctx: int, logits_all: bool = False):
     for key, name in (("type_k", "cache_type_k"), ("type_v", "cache_type_v")):
         if rt.get(name, "f16") != "f16":
             kw[key] = CACHE_TYPES[rt[name]]
+    t0 = time.perf_counter()
+    with flash_attn_setting(rt):
+        llm = Llama(**kw)
+    return llm, time.perf_counter() - t0
+
+
+@contextlib.contextmanager
+def flash_attn_setting(rt: dict):
+    """llama-cpp-python takes flash attention as a bool (enabled/disabled); a profile without a setting
+    means llama.cpp's own default, auto: while a model loads in this block, "enabled" reads as auto."""
     import llama_cpp.llama_cpp as lib
 
     enabled = lib.LLAMA_FLASH_ATTN_TYPE_ENABLED
-    if rt.get("flash_attn") is None:  # no profile setting: llama.cpp's own default, auto
+    if rt.get("flash_attn") is None:
         lib.LLAMA_FLASH_ATTN_TYPE_ENABLED = lib.LLAMA_FLASH_ATTN_TYPE_AUTO
-    t0 = time.perf_counter()
     try:
-        llm = Llama(**kw)
+        yield
     finally:
         lib.LLAMA_FLASH_ATTN_TYPE_ENABLED = enabled
-    return llm, time.perf_counter() - t0
 
 
 def flash_attn_name(rt: dict) -> str:
@@ -100,12 +129,96 @@ def chat(llm, args, has_template: bool) -> None:
         messages.append({"role": "assistant", "content": reply})
 
 
+def is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_host(host: str, api_key: str | None) -> None:
+    """Anything but a loopback address serves the network: refused without an API key."""
+    if not is_loopback(host) and not api_key:
+        raise ServeError(f"--host {host} is not a loopback address, so anyone who can reach it could use the "
+                         f"model: give --api-key KEY (or set {API_KEY_ENV}), or leave --host out for 127.0.0.1")
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before the model loads: a taken port is reported at once."""
+    addr = "127.0.0.1" if host.lower() == "localhost" else host.strip("[]")
+    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does (TIME_WAIT is not "taken")
+    try:
+        sock.bind((addr, port))
+    except OSError as exc:
+        sock.close()
+        raise ServeError(f"cannot listen on {host}:{port} ({exc.strerror or exc}): the port is taken or the "
+                         "address is not this machine's; choose another --port or --host") from None
+    return sock
+
+
+def server_model_settings(model: Path, rt: dict, *, alias: str, n_ctx: int, n_gpu_layers: int,
+                          threads: int | None, has_template: bool, verbose: bool) -> dict:
+    """llama_cpp.server ModelSettings fields for the profile's runtime settings."""
+    kw = dict(model=str(model), model_alias=alias, n_ctx=n_ctx, n_batch=rt.get("n_batch", 512),
+              n_ubatch=rt.get("n_ubatch", 512), n_gpu_layers=n_gpu_layers, use_mmap=rt.get("use_mmap", True),
+              use_mlock=rt.get("use_mlock", False), flash_attn=rt.get("flash_attn") is not False,
+              logits_all=False, verbose=verbose,
+              # the GGUF's own chat template (llama-cpp-python registers it under this name)
+              chat_format="chat_template.default" if has_template else None)
+    if threads:
+        kw["n_threads"] = kw["n_threads_batch"] = threads
+    for key, name in (("type_k", "cache_type_k"), ("type_v", "cache_type_v")):
+        if rt.get(name, "f16") != "f16":
+            kw[key] = CACHE_TYPES[rt[name]]
+    return kw
+
+
+def serve(model: Path, rt: dict, *, alias: str, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
+          api_key: str | None = None, n_ctx: int | None = None, n_gpu_layers: int | None = None,
+          threads: int | None = None, has_template: bool = True, verbose: bool = False) -> None:
+    """Serve ``model`` with llama-cpp-python's OpenAI-compatible server until SIGTERM/Ctrl-C.
+
+    Checks the host/key rule and binds the port first, then loads the model with the runtime settings
+    ``rt`` and runs uvicorn on the bound socket. Raises :class:`ServeError` for a user error.
+    """
+    check_host(host, api_key)
+    try:
+        import uvicorn
+        from llama_cpp.server.app import create_app
+        from llama_cpp.server.settings import ModelSettings, ServerSettings
+    except ImportError as exc:
+        raise ServeError(f"the server needs llama-cpp-python's server packages ({exc.name} is missing): "
+                         "pip install uvicorn fastapi sse-starlette 'starlette-context<0.4' pydantic-settings") from None
+    sock = bind_socket(host, port)
+    try:
+        ms = ModelSettings(**server_model_settings(
+            model, rt, alias=alias, n_ctx=n_ctx or rt.get("n_ctx", 2048), threads=threads, has_template=has_template,
+            n_gpu_layers=rt.get("n_gpu_layers", 0) if n_gpu_layers is None else n_gpu_layers, verbose=verbose))
+        # interrupt_requests=False: a new request waits for the one streaming instead of cutting it off
+        ss = ServerSettings(host=host, port=port, api_key=api_key or None, interrupt_requests=False)
+        with flash_attn_setting(rt):
+            app = create_app(server_settings=ss, model_settings=[ms])
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # uvicorn re-raises it after its graceful stop
+            signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+        shown = f"[{host}]" if ":" in host else host
+        print(f"serving {alias} at http://{shown}:{sock.getsockname()[1]}/v1 (OpenAI API; "
+              f"{'API key required' if api_key else 'no API key'}); Ctrl-C or SIGTERM stops it",
+              file=sys.stderr, flush=True)
+        uvicorn.Server(uvicorn.Config(app, log_level="info" if verbose else "warning")).run(sockets=[sock])
+    finally:
+        sock.close()
+
+
 def bench(args, rt: dict, bs: dict) -> dict:
     """Load, prompt processing (n_prompt random tokens) and generation (n_gen tokens), repeated."""
     import random
 
     n_prompt, n_gen, repeats = bs.get("n_prompt", 512), bs.get("n_gen", 128), args.repeats or bs.get("repeats", 3)
-    loads, pp, tg = [], [], []
+    loads, pp, tg, gpu_mem = [], [], [], 0
     for r in range(repeats):
         llm, load_s = open_model(args, rt, max(n_prompt + n_gen, 256))
         rng = random.Random(r)
@@ -122,6 +235,7 @@ def bench(args, rt: dict, bs: dict) -> dict:
             llm.eval([tok])
         tg.append(n_gen / (time.perf_counter() - t0))
         loads.append(load_s)
+        gpu_mem = max(gpu_mem, gpu_memory_used())  # while the model is still loaded
         del llm
 
     def sd(x):
@@ -135,7 +249,70 @@ def bench(args, rt: dict, bs: dict) -> dict:
     return {"n_prompt": n_prompt, "n_gen": n_gen, "repeats": repeats, "n_threads": args.threads or os.cpu_count(),
             "n_gpu_layers": args.ngl, "flash_attn": flash_attn_name(rt), "load_s": statistics.fmean(loads), "load_s_stddev": sd(loads),
             "pp_avg_ts": statistics.fmean(pp), "pp_stddev_ts": sd(pp), "avg_ts": statistics.fmean(tg),
-            "stddev_ts": sd(tg), "peak_rss_bytes": rss, "note": "peak RSS over all repeats in one process"}
+            "stddev_ts": sd(tg), "peak_rss_bytes": rss, "gpu_mem_bytes": gpu_mem or None,
+            "note": "peak RSS over all repeats in one process"}
+
+
+def _cmd(*argv: str) -> str:
+    import subprocess
+
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def gpu_memory_used() -> int:
+    """GPU memory this process holds now (NVIDIA: nvidia-smi's per-process figure), 0 when unknown."""
+    out = _cmd("nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits")
+    for line in out.splitlines():
+        pid, _, mib = line.partition(",")
+        if pid.strip() == str(os.getpid()) and mib.strip().isdigit():
+            return int(mib) << 20
+    return 0
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, val = line.partition(":")
+            if key.strip() in ("model name", "Model", "Hardware", "cpu model"):
+                return val.strip()
+    except OSError:
+        pass
+    return _cmd("sysctl", "-n", "machdep.cpu.brand_string") or platform.processor() or platform.machine()
+
+
+def machine_info() -> dict:
+    """This device and llama.cpp build, with the field names of `slimedge bench` records."""
+    import llama_cpp
+
+    gpu = bool(llama_cpp.llama_supports_gpu_offload())
+    gpu_info = _cmd("nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader").replace("\n", "; ")
+    if not gpu_info and gpu and sys.platform == "darwin":
+        gpu_info = f"{cpu_model()} (Metal)"
+    return {"hostname": socket.gethostname(), "cpu_info": cpu_model(), "n_cores": os.cpu_count() or 1,
+            "gpu_info": gpu_info or None, "platform": f"{platform.system()} {platform.machine()}",
+            "build_commit": f"llama-cpp-python {llama_cpp.__version__}", "backends": "GPU" if gpu else "CPU",
+            "system_info": llama_cpp.llama_print_system_info().decode(errors="replace").strip()}
+
+
+def save_bench(record: dict, man: dict) -> Path:
+    """``record`` + this machine as ``bench/<hostname>-<date>.json`` in the bundle (``-2``, ... when taken)."""
+    rec = dict(record, **machine_info(), test_time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+               model_filename=man.get("model", "model.gguf"), model_type=man.get("quantization", {}).get("type"),
+               n_ctx=max(record["n_prompt"] + record["n_gen"], 256), source="run --bench --json")
+    folder = HERE / BENCH_DIR
+    folder.mkdir(exist_ok=True)
+    host = "".join(c if c.isalnum() or c in "-_." else "_" for c in rec["hostname"]) or "host"
+    stem, n = f"{host}-{time.strftime('%Y-%m-%d')}", 1
+    while (folder / f"{stem}{'' if n == 1 else f'-{n}'}.json").exists():
+        n += 1
+    out = folder / f"{stem}{'' if n == 1 else f'-{n}'}.json"
+    tmp = folder / f".{out.name}.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(rec, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, out)
+    return out
 
 
 def main(argv=None) -> int:
@@ -146,6 +323,14 @@ def main(argv=None) -> int:
     p.add_argument("prompt", nargs="?", help="prompt for a one-shot completion (omit with --chat/--bench)")
     p.add_argument("--chat", action="store_true", help="interactive chat using the model's chat template")
     p.add_argument("--bench", action="store_true", help="measure speed on this device and print JSON")
+    p.add_argument("--json", action="store_true", help=f"with --bench: also save the result in {BENCH_DIR}/ "
+                   "here (<hostname>-<date>.json) for `slimedge report`")
+    p.add_argument("--serve", action="store_true", help="OpenAI-compatible HTTP server (llama-cpp-python's)")
+    p.add_argument("--host", default="127.0.0.1", help="--serve address (default 127.0.0.1; any other "
+                   f"needs --api-key)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"--serve port (default {DEFAULT_PORT})")
+    p.add_argument("--api-key", default=os.environ.get(API_KEY_ENV) or None,
+                   help=f"--serve: require this Bearer token (default: ${API_KEY_ENV})")
     p.add_argument("--max-tokens", type=int, default=256, help="tokens to generate (default 256)")
     p.add_argument("--temp", type=float, default=0.7, help="sampling temperature (default 0.7)")
     p.add_argument("--system", default="", help="system prompt for --chat")
@@ -158,10 +343,23 @@ def main(argv=None) -> int:
     p.add_argument("-v", "--verbose", action="store_true", help="show llama.cpp's log")
     args = p.parse_args(argv)
     if args.bench:
-        print(json.dumps(bench(args, rt, bs), indent=2))
+        rec = bench(args, rt, bs)
+        if args.json:
+            out = save_bench(rec, man)
+            rec = json.loads(out.read_text(encoding="utf-8"))
+            print(f"run: saved {out}", file=sys.stderr)
+        print(json.dumps(rec, indent=2))
+        return 0
+    if args.serve:
+        try:
+            serve(HERE / args.model, rt, alias=man.get("name") or Path(args.model).stem, host=args.host,
+                  port=args.port, api_key=args.api_key, n_ctx=args.ctx, n_gpu_layers=args.ngl, threads=args.threads,
+                  has_template=bool(man.get("chat_template")), verbose=args.verbose)
+        except ServeError as exc:
+            sys.exit(f"run: {exc}")
         return 0
     if not args.chat and args.prompt is None:
-        p.error("give a prompt, --chat or --bench")
+        p.error("give a prompt, --chat, --bench or --serve")
     llm, _ = open_model(args, rt, args.ctx)
     if args.chat:
         chat(llm, args, bool(man.get("chat_template")))

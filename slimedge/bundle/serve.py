@@ -1,0 +1,84 @@
+"""``slimedge serve MODEL.gguf|BUNDLE``: llama-cpp-python's OpenAI-compatible server with a target's settings.
+
+How: a bundle gives its model file, its runtime settings (the profile it was built for, context already
+capped at the model's training context), its name and whether the GGUF carries a chat template; a bare
+GGUF gets the runtime settings of ``--target`` (default ``cpu``) with the context capped the same way
+(:func:`slimedge.memory.estimate`), and its own name and template from its metadata. The server itself
+is :func:`slimedge.bundle.launcher.serve` — the same code a bundle's ``./run --serve`` runs (the launcher
+is standalone, so bundles need no slimedge) — and its user errors become :class:`SlimedgeError`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import SlimedgeError
+from . import launcher
+
+log = logging.getLogger(__name__)
+
+LOOPBACK = "127.0.0.1"
+API_KEY_ENV = launcher.API_KEY_ENV
+DEFAULT_PORT = launcher.DEFAULT_PORT
+
+
+@dataclass
+class ServedModel:
+    model: Path  # the GGUF
+    runtime: dict  # runtime settings (slimedge.targets.Runtime fields)
+    name: str  # the id /v1/models lists
+    has_template: bool  # the GGUF carries tokenizer.chat_template
+
+
+def resolve(path: str | Path, target: str | Path | None = None) -> ServedModel:
+    """What to serve from a bundle folder or a GGUF file (``target``: only for a GGUF; a bundle has its own)."""
+    path = Path(path)
+    if path.is_dir():
+        from .manifest import read_manifest
+
+        if target is not None:
+            raise SlimedgeError(f"{path}: a bundle runs with the settings of the target it was built for; "
+                                "leave --target out (or serve its model.gguf with --target)")
+        m = read_manifest(path)
+        model = path / m["model"]
+        if not model.is_file():
+            raise SlimedgeError(f"{model}: the bundle's model is missing; run `slimedge verify {path}`")
+        return ServedModel(model, dict(m.get("runtime", {})), str(m.get("name") or path.name),
+                           bool(m.get("chat_template")))
+    if not path.is_file():
+        raise SlimedgeError(f"{path}: not found; give a .gguf file or a bundle folder")
+    from ..gguf_info import read_info
+    from ..memory import estimate, shape_from_gguf
+    from ..source import is_gguf
+    from ..targets import load_target
+
+    if not is_gguf(path):
+        raise SlimedgeError(f"{path}: not a GGUF file; give a .gguf file or a bundle folder")
+    tgt = load_target(target or "cpu")
+    est = estimate(shape_from_gguf(path), tgt.runtime, hardware=tgt.hardware)
+    runtime = dict(tgt.to_dict()["runtime"], n_ctx=est.n_ctx)
+    meta = read_info(path).metadata
+    return ServedModel(path, runtime, str(meta.get("general.name") or path.stem),
+                       bool(meta.get("tokenizer.chat_template")))
+
+
+def serve(path: str | Path, *, host: str = LOOPBACK, port: int = DEFAULT_PORT, api_key: str | None = None,
+          target: str | Path | None = None, n_ctx: int | None = None, n_gpu_layers: int | None = None,
+          threads: int | None = None, verbose: bool = False) -> None:
+    """Serve ``path`` (GGUF or bundle) until SIGTERM/Ctrl-C; see the module docstring."""
+    try:
+        launcher.check_host(host, api_key)  # refused before anything is read
+    except launcher.ServeError as exc:
+        raise SlimedgeError(str(exc)) from None
+    sm = resolve(path, target)
+    rt = sm.runtime
+    log.info("serving %s (%s) on %s:%d, context %s, GPU layers %s", sm.name, sm.model, host, port,
+             n_ctx or rt.get("n_ctx"), rt.get("n_gpu_layers") if n_gpu_layers is None else n_gpu_layers)
+    try:
+        launcher.serve(sm.model, rt, alias=sm.name, host=host, port=port, api_key=api_key, n_ctx=n_ctx,
+                       n_gpu_layers=n_gpu_layers, threads=threads or rt.get("n_threads") or None,
+                       has_template=sm.has_template, verbose=verbose)
+    except launcher.ServeError as exc:
+        raise SlimedgeError(str(exc)) from None

@@ -1,0 +1,45 @@
+"""``slimedge serve MODEL.gguf|BUNDLE [--port P] [--host H] [--api-key K]``: an OpenAI-compatible server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .options import user_errors
+
+
+@click.command("serve", context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; anything but a loopback address needs --api-key.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True, help="Port to listen on.")
+@click.option("--api-key", envvar="SLIMEDGE_API_KEY", default=None,
+              help="Require this Bearer token on every request (default: $SLIMEDGE_API_KEY).")
+@click.option("--target", default=None, metavar="NAME|PATH",
+              help="For a GGUF: the target profile whose runtime settings to use (default: cpu). "
+                   "A bundle uses its own.")
+@click.option("-c", "--ctx", "n_ctx", type=click.IntRange(min=16), default=None, help="Context (default: the profile's).")
+@click.option("-ngl", "--n-gpu-layers", "ngl", type=int, default=None, help="Layers on the GPU (default: the profile's).")
+@click.option("-t", "--threads", type=click.IntRange(min=1), default=None, help="CPU threads (default: the profile's).")
+@click.option("-v", "--verbose", is_flag=True, help="Show llama.cpp's and uvicorn's logs.")
+@user_errors
+def cli(model: Path, host: str, port: int, api_key: str | None, target: str | None, n_ctx: int | None,
+        ngl: int | None, threads: int | None, verbose: bool) -> None:
+    """Serve MODEL (a GGUF or a bundle folder) with llama-cpp-python's OpenAI-compatible server.
+
+    Endpoints: /v1/models, /v1/completions, /v1/chat/completions (the GGUF's chat template),
+    /v1/embeddings, streaming with "stream": true. Runtime settings (context, batch, threads, GPU
+    layers, KV cache types, flash attention) are the bundle's target profile's. A bundle's own
+    `./run --serve` runs the same server without slimedge installed. Stop it with Ctrl-C or SIGTERM.
+
+    \b
+    Examples:
+      slimedge serve tinyllama-cpu                     # http://127.0.0.1:8080/v1
+      slimedge serve model.gguf --target laptop-gpu --port 9000
+      SLIMEDGE_API_KEY=secret slimedge serve tinyllama-cpu --host 0.0.0.0
+    """
+    from ..bundle.serve import serve
+
+    serve(model, host=host, port=port, api_key=api_key, target=target, n_ctx=n_ctx, n_gpu_layers=ngl,
+          threads=threads, verbose=verbose)
