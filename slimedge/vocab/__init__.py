@@ -17,6 +17,9 @@ A tokenizer that covers less than :data:`MIN_COVERAGE` of the rows is refused: r
 dozen or hundred ids (Phi-3 0.2%, Qwen2 0.2%), while a truncated or mismatched tokenizer leaves most
 rows without a token, and such a file would load in llama.cpp but could not tokenize anything.
 
+Every ``eos_token_id`` of ``generation_config.json`` (Llama 3 lists three) ends generation in llama.cpp:
+the extra ones are written as the eot/eom ids (see :func:`slimedge.vocab.special.end_of_generation`).
+
 ``Vocab.add_to(writer)`` adds every ``tokenizer.*`` key to a ``gguf.GGUFWriter``.
 """
 
@@ -26,7 +29,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gguf import GGUFWriter, TokenType
+from gguf import GGUFWriter, Keys, TokenType
 
 from slimedge.errors import SlimedgeError
 from slimedge.vocab import special
@@ -52,7 +55,7 @@ class Vocab:
     types: list[int]  # gguf.TokenType per token
     scores: list[float] | None = None  # SentencePiece merge scores (None for BPE)
     merges: list[str] | None = None  # BPE merges "left right" (None for SentencePiece)
-    special_ids: dict[str, int] = field(default_factory=dict)  # bos/eos/unk/pad → id
+    special_ids: dict[str, int] = field(default_factory=dict)  # bos/eos/unk/pad/eot/eom → id
     add_bos: bool = False
     add_eos: bool = False
     add_space_prefix: bool | None = None  # SentencePiece dummy prefix (None for BPE)
@@ -74,7 +77,10 @@ class Vocab:
         if self.merges is not None:
             writer.add_token_merges(self.merges)
         for kind, tid in self.special_ids.items():
-            getattr(writer, f"add_{kind}_token_id")(tid)
+            if kind in ("eot", "eom"):
+                writer.add_uint32(Keys.Tokenizer.EOT_ID if kind == "eot" else Keys.Tokenizer.EOM_ID, tid)
+            else:
+                getattr(writer, f"add_{kind}_token_id")(tid)
         writer.add_add_bos_token(self.add_bos)
         writer.add_add_eos_token(self.add_eos)
         if self.add_space_prefix is not None:
@@ -116,6 +122,10 @@ def load_vocab(model_dir: Path, hf_config: dict, n_vocab: int) -> Vocab:
     token_ids = {t: i for i, t in enumerate(vocab.tokens)}
     own = vocab.special_ids  # the tokenizer's own ids, replaced below by the resolved ones
     vocab.special_ids = special.special_ids(tok_config, hf_config, token_ids, own, vocab.n_vocab)
+    eos = special.eos_ids(model_dir, hf_config)
+    if "eos" not in vocab.special_ids and eos and 0 <= eos[0] < vocab.n_vocab:
+        vocab.special_ids["eos"] = eos[0]
+    vocab.special_ids.update(special.end_of_generation(eos, vocab.tokens, vocab.special_ids))
     if vocab.model == "llama" and "unk" in vocab.special_ids:
         vocab.types[vocab.special_ids["unk"]] = int(TokenType.UNKNOWN)
     vocab.add_bos, vocab.add_eos = special.add_bos_eos(

@@ -6,6 +6,8 @@ Sources, later ones overriding earlier ones where they overlap:
 - bos/eos/unk/pad: ``tokenizer_config.json`` ``*_token`` (string or {"content": ...}) resolved to ids
   over the final token list, then the tokenizer's own ids (SentencePiece), then ``config.json``
   ``*_token_id`` (first entry of a list);
+- eot/eom: the other ``eos_token_id`` entries of ``generation_config.json``/``config.json``, so llama.cpp
+  stops at each (:func:`end_of_generation`);
 - add_bos/add_eos: ``tokenizer_config.json`` ``add_*_token``, else the tokenizer.json post-processor
   (TemplateProcessing starting with bos / ending with eos), else the tokenizer family's default;
 - chat template: ``tokenizer_config.json`` ``chat_template``, else ``chat_template.jinja``, else
@@ -133,6 +135,65 @@ def special_ids(tok_config: dict, hf_config: dict, token_ids: dict[str, int],
                 log.warning("%s token id %d is outside the vocabulary (%d tokens): left out", kind, tid, n_vocab)
                 continue
             out[kind] = tid
+    return out
+
+
+# token texts llama.cpp's vocabulary loader (src/llama-vocab.cpp) puts in its end-of-generation set by
+# themselves; every other end-of-generation token has to be named as eos, eot or eom in the GGUF
+EOG_TEXTS = frozenset({
+    "<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<|flush|>", "<|calls|>", "<end_of_turn>",
+    "<|endoftext|>", "</s>", "<|eom_id|>", "<EOT>", "_<EOT>", "[EOT]", "[EOS]", "<|end_of_text|>",
+    "<end_of_utterance>", "<eos>", "<turn|>", "<|tool_response>", "<\uff5cend\u2581of\u2581sentence\uff5c>", "[e~[",
+})
+# of these, the texts it would pick as the end-of-turn token
+EOT_TEXTS = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|end_of_text|>", "<EOT>",
+             "_<EOT>", "[EOT]", "<\uff5cend\u2581of\u2581sentence\uff5c>", "<end_of_utterance>")
+
+
+def eos_ids(model_dir: Path, hf_config: dict) -> list[int]:
+    """Every end-of-generation id the model states: ``eos_token_id`` of ``generation_config.json`` (what
+    ``generate`` stops at), then of ``config.json``; each an int or a list (Llama 3: end-of-text,
+    end-of-message, end-of-turn). In order, without repeats."""
+    out: list[int] = []
+    path = model_dir / "generation_config.json"
+    gen = read_json(path) if path.is_file() else {}
+    for where, cfg in ((path.name, gen), ("config.json", hf_config)):
+        value = cfg.get("eos_token_id") if isinstance(cfg, dict) else None
+        for tid in value if isinstance(value, list) else [value]:
+            if tid is None:
+                continue
+            if not isinstance(tid, int) or isinstance(tid, bool):
+                log.warning("%s: eos_token_id entry %r is not a token id: ignored", where, tid)
+            elif tid not in out:
+                out.append(tid)
+    return out
+
+
+def end_of_generation(eos: list[int], tokens: list[str], ids: dict[str, int]) -> dict[str, int]:
+    """eot/eom ids that make llama.cpp stop at every id of ``eos`` (``ids``: the resolved bos/eos/...).
+
+    llama.cpp ends generation at its known texts (:data:`EOG_TEXTS`) and at the eos, eot and eom ids, so
+    the end-of-turn token (``<|eot_id|>``, ``<|im_end|>``...) becomes eot, ``<|eom_id|>`` eom, and any other
+    id the model stops at takes a free one of the two; ids left over are warned about.
+    """
+    out: dict[str, int] = {}
+    for t in eos:
+        if not 0 <= t < len(tokens):
+            log.warning("eos_token_id %d is outside the vocabulary (%d tokens): left out", t, len(tokens))
+    rest = [t for t in eos if 0 <= t < len(tokens) and t != ids.get("eos")]
+    unknown = [t for t in rest if tokens[t] not in EOG_TEXTS]
+    for kind, texts in (("eom", ("<|eom_id|>",)), ("eot", EOT_TEXTS)):
+        if 2 - len(out) > len(unknown):  # a known text takes its slot only where no other id needs it
+            tid = next((t for text in texts for t in rest if tokens[t] == text), None)
+            if tid is not None:
+                out[kind] = tid
+    for kind in ("eot", "eom"):
+        if unknown and kind not in out:
+            out[kind] = unknown.pop(0)
+    if unknown:
+        log.warning("generation_config.json: llama.cpp will not stop at token(s) %s: GGUF names at most eos, eot "
+                    "and eom, and these texts are not ones llama.cpp knows", ", ".join(
+                        f"{t} {tokens[t]!r}" for t in unknown))
     return out
 
 

@@ -50,7 +50,8 @@ def test_special_ids_fall_back_to_config_json(tmp_path, bpe_dirs):
     shutil.copytree(bpe_dirs["qwen2"], d)
     _edit_json(d / "tokenizer_config.json", lambda c: c.update(eos_token=None, pad_token=None))
     v = load_vocab(d, {"bos_token_id": 1000, "eos_token_id": [1002, 1000], "pad_token_id": None}, 1005)
-    assert v.special_ids == {"bos": 1000, "eos": 1002}
+    # the second eos id (<|endoftext|>) becomes the end-of-turn id, so llama.cpp stops at both
+    assert v.special_ids == {"bos": 1000, "eos": 1002, "eot": 1000}
     assert v.add_bos is False  # qwen2 adds nothing, whatever bos is
 
 
