@@ -126,11 +126,13 @@ def write_bundle_files(tmp: Path, manifest: dict) -> None:
 
 
 def refresh(bundle: Path, manifest: dict) -> None:
-    """Re-render README.md from ``manifest`` and rewrite the manifest with fresh checksums."""
+    """Re-render README.md from ``manifest`` and rewrite the manifest with fresh checksums (not of
+    ``bench/``: devices add their measurements there after the build)."""
     from .card import render_card
+    from .launcher import BENCH_DIR
 
     (bundle / "README.md").write_text(render_card(manifest), encoding="utf-8")
-    manifest["files"] = list_files(bundle)
+    manifest["files"] = [f for f in list_files(bundle) if not f["path"].startswith(BENCH_DIR + "/")]
     write_json_atomic(bundle / MANIFEST, manifest)
 
 

@@ -1,5 +1,6 @@
 """The bundle's ``README.md``: what the model is, how to run it (launcher, llama.cpp, Ollama), and the
-numbers — memory estimate always, measured speed/quality once ``slimedge bench BUNDLE`` recorded some.
+numbers — memory estimate always, measured speed/quality once ``slimedge bench BUNDLE`` recorded some, and
+each device's measurements (``bench/``, via ``slimedge report``) beside the estimate.
 """
 
 from __future__ import annotations
@@ -95,7 +96,14 @@ def render_card(m: dict) -> str:
         lines += [bench_table(m["bench"]), "",
                   "pp: prompt processing of a 512-token prompt, tg: generation of 128 tokens, tokens/s mean ± stddev "
                   "over fresh processes; PPL/KLD/top-1 as in `slimedge bench --text --ref`."]
-    else:
-        lines += ["Not measured yet: run `python run --bench` on the device, or `slimedge bench <this folder>` "
-                  "(add `--text FILE --ref UNQUANTIZED` for quality); the numbers are then recorded here."]
+    elif not m.get("devices"):
+        lines += ["Not measured yet: run `python run --bench --json` on the device (then `slimedge report <this "
+                  "folder>`), or `slimedge bench <this folder>` (add `--text FILE --ref UNQUANTIZED` for quality); "
+                  "the numbers are then recorded here."]
+    if m.get("devices"):
+        from .report import table
+
+        lines += ["", "### On the devices", "",
+                  "Measured with `python run --bench --json` on each device (files in `bench/`), beside this "
+                  "bundle's memory estimate (`slimedge report` renders this table):", "", table(m["devices"])]
     return "\n".join(lines) + "\n"

@@ -218,9 +218,10 @@ def bench(args, rt: dict, bs: dict) -> dict:
     import random
 
     n_prompt, n_gen, repeats = bs.get("n_prompt", 512), bs.get("n_gen", 128), args.repeats or bs.get("repeats", 3)
+    n_ctx = max(args.ctx, n_prompt + n_gen)
     loads, pp, tg, gpu_mem = [], [], [], 0
     for r in range(repeats):
-        llm, load_s = open_model(args, rt, max(n_prompt + n_gen, 256))
+        llm, load_s = open_model(args, rt, n_ctx)  # the profile's context: memory comparable to the estimate
         rng = random.Random(r)
         prompt = [rng.randrange(llm.n_vocab()) for _ in range(n_prompt)]
         gen = [rng.randrange(llm.n_vocab()) for _ in range(n_gen)]
@@ -246,7 +247,7 @@ def bench(args, rt: dict, bs: dict) -> dict:
         rss = next(int(ln.split()[1]) * 1024 for ln in open("/proc/self/status") if ln.startswith("VmHWM:"))
     except (OSError, StopIteration):
         pass
-    return {"n_prompt": n_prompt, "n_gen": n_gen, "repeats": repeats, "n_threads": args.threads or os.cpu_count(),
+    return {"n_prompt": n_prompt, "n_gen": n_gen, "n_ctx": n_ctx, "repeats": repeats, "n_threads": args.threads or os.cpu_count(),
             "n_gpu_layers": args.ngl, "flash_attn": flash_attn_name(rt), "load_s": statistics.fmean(loads), "load_s_stddev": sd(loads),
             "pp_avg_ts": statistics.fmean(pp), "pp_stddev_ts": sd(pp), "avg_ts": statistics.fmean(tg),
             "stddev_ts": sd(tg), "peak_rss_bytes": rss, "gpu_mem_bytes": gpu_mem or None,
@@ -301,7 +302,7 @@ def save_bench(record: dict, man: dict) -> Path:
     """``record`` + this machine as ``bench/<hostname>-<date>.json`` in the bundle (``-2``, ... when taken)."""
     rec = dict(record, **machine_info(), test_time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                model_filename=man.get("model", "model.gguf"), model_type=man.get("quantization", {}).get("type"),
-               n_ctx=max(record["n_prompt"] + record["n_gen"], 256), source="run --bench --json")
+               source="run --bench --json")
     folder = HERE / BENCH_DIR
     folder.mkdir(exist_ok=True)
     host = "".join(c if c.isalnum() or c in "-_." else "_" for c in rec["hostname"]) or "host"
@@ -359,7 +360,7 @@ def main(argv=None) -> int:
             sys.exit(f"run: {exc}")
         return 0
     if not args.chat and args.prompt is None:
-        p.error("give a prompt, --chat, --bench or --serve")
+        p.error("give a prompt, --chat or --bench (or --serve)")
     llm, _ = open_model(args, rt, args.ctx)
     if args.chat:
         chat(llm, args, bool(man.get("chat_template")))

@@ -2,7 +2,8 @@
 
 Checks, in order: the manifest parses and is a slimedge bundle; every listed file exists with the
 listed size and sha256 (a missing or changed file is named); no unlisted files are present (named
-as a warning-level problem); the GGUF's header reads; and — unless ``load=False`` — a fresh
+as a warning-level problem; the ``bench/`` folder, where devices add measurements, is skipped); the
+GGUF's header reads; and — unless ``load=False`` — a fresh
 llama.cpp process loads the model and decodes a few tokens. A ``.tar.gz`` is unpacked safely
 into a temp folder first (see :mod:`slimedge.bundle.archive`).
 """
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import SlimedgeError
+from .launcher import BENCH_DIR
 from .manifest import MANIFEST, read_manifest, sha256_file
 
 
@@ -55,6 +57,8 @@ def check_files(bundle: Path, manifest: dict, report: VerifyReport) -> None:
         report.problems.append(f"{bundle / MANIFEST}: the model {manifest['model']!r} is not among its files")
     for p in sorted(bundle.rglob("*")):
         rel = p.relative_to(bundle).as_posix()
+        if rel.startswith(BENCH_DIR + "/"):  # measurements devices add after the build (./run --bench --json)
+            continue
         if p.is_file() and rel != MANIFEST and rel not in listed and not p.name.startswith("."):
             report.extra_files.append(rel)
 
