@@ -14,6 +14,11 @@ multi-byte characters. Training is single-threaded and deterministic and takes w
   ids after the SentencePiece vocabulary, like Phi-3's ``<|user|>``/``<|end|>``. ``corpus`` (lines) replaces
   the standard training text, e.g. for a real-size vocabulary (the benchmarks' 32000-token TinyLlama shape).
 
+- ``train_gemma_spm(dir, vocab_size=1000)`` writes a Gemma-style ``tokenizer.model``: no dummy prefix, byte
+  fallback, split digits, <pad>=0 <eos>=1 <bos>=2 <unk>=3, then ``GEMMA_SYMBOLS`` (``<start_of_turn>``,
+  ``<end_of_turn>``, ...) as user-defined pieces inside the model, marked special in ``tokenizer_config.json``
+  (``GemmaTokenizer``, add_bos, Gemma's turn template).
+
 ``AutoTokenizer.from_pretrained(dir)`` loads either folder.
 """
 
@@ -88,6 +93,11 @@ _GPT2_TEMPLATE = (
     "{% for message in messages %}{{ message['role'] }}: {{ message['content'] }}\n{% endfor %}"
     "{% if add_generation_prompt %}assistant:{% endif %}"
 )
+_DEEPSEEK_R1_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}{{ '<｜User｜>' + "
+    "message['content'] }}{% elif message['role'] == 'assistant' %}{{ '<｜Assistant｜>' + message['content'] + "
+    "eos_token }}{% endif %}{% endfor %}{% if add_generation_prompt %}{{ '<｜Assistant｜><think>\n' }}{% endif %}"
+)
 _PHI3_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}{{ '<|' + message['role'] + '|>\n' + message['content']"
     " + '<|end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
@@ -127,6 +137,23 @@ SCHEMES: dict[str, BpeScheme] = {
         split_regex=QWEN2_REGEX, specials=("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
         bos=None, eos="<|im_end|>", pad="<|endoftext|>", add_bos=False,
         chat_template=_CHATML_TEMPLATE, nfc=True, user_tokens=("<tool_call>", "</tool_call>"),
+    ),
+    # Llama 3.1/3.2: Llama 3's split with the end-of-message token (generation_config lists 3 eos ids)
+    "llama32": BpeScheme(
+        split_regex=LLAMA3_REGEX,
+        specials=("<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>",
+                  "<|start_header_id|>", "<|end_header_id|>", "<|eom_id|>", "<|eot_id|>", "<|python_tag|>"),
+        bos="<|begin_of_text|>", eos="<|eot_id|>", pad=None, add_bos=True,
+        chat_template=_LLAMA3_TEMPLATE, ignore_merges=True,
+    ),
+    # DeepSeek-R1-Distill-Qwen: Qwen2's split and vocabulary kind, DeepSeek's bos/eos (bos added), <think> tags
+    "deepseek-r1-qwen": BpeScheme(
+        split_regex=QWEN2_REGEX,
+        specials=("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<｜begin▁of▁sentence｜>",
+                  "<｜end▁of▁sentence｜>", "<｜User｜>", "<｜Assistant｜>"),
+        bos="<｜begin▁of▁sentence｜>", eos="<｜end▁of▁sentence｜>",
+        pad="<｜end▁of▁sentence｜>", add_bos=True, chat_template=_DEEPSEEK_R1_TEMPLATE,
+        user_tokens=("<think>", "</think>"),
     ),
     # Further schemes llama.cpp implements (one per pre-tokenizer name slimedge recognizes).
     "dbrx": BpeScheme(  # Llama 3's regex without ignore_merges
@@ -301,4 +328,54 @@ def train_spm(dir: Path, vocab_size: int = 1000,
         _write_json(dir / "added_tokens.json", added_ids)
     _write_json(dir / "special_tokens_map.json",
                 {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"})
+    return dir
+
+
+GEMMA_SYMBOLS = ("<mask>", "[multimodal]", "<start_of_turn>", "<end_of_turn>")
+GEMMA_SPECIALS = ("<pad>", "<eos>", "<bos>", "<unk>") + GEMMA_SYMBOLS  # ids 0, 1, 2, ... in this order
+_GEMMA_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'assistant' %}{% set role = 'model' %}"
+    "{% else %}{% set role = message['role'] %}{% endif %}<start_of_turn>{{ role }}\n{{ message['content'] | trim }}"
+    "<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+
+
+def train_gemma_spm(dir: Path, vocab_size: int = 1000) -> Path:
+    """Train a Gemma-style SentencePiece BPE model into ``dir`` (see the module docstring); returns ``dir``."""
+    import io
+
+    import sentencepiece as spm
+
+    dir = Path(dir)
+    dir.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(corpus_lines()), model_writer=buf,
+        model_type="bpe", vocab_size=vocab_size, character_coverage=0.9995,
+        byte_fallback=True, split_digits=True, add_dummy_prefix=False,
+        remove_extra_whitespaces=False, allow_whitespace_only_pieces=True,
+        normalization_rule_name="identity", max_sentencepiece_length=16,
+        pad_id=0, eos_id=1, bos_id=2, unk_id=3, pad_piece="<pad>", eos_piece="<eos>", bos_piece="<bos>",
+        unk_piece="<unk>", user_defined_symbols=list(GEMMA_SYMBOLS),
+        num_threads=1, shuffle_input_sentence=False, input_sentence_size=0, minloglevel=2,
+    )
+    (dir / "tokenizer.model").write_bytes(buf.getvalue())
+    config = {
+        "tokenizer_class": "GemmaTokenizer",
+        "add_bos_token": True,
+        "add_eos_token": False,
+        "added_tokens_decoder": {str(i): _added_token_entry(t, True) for i, t in enumerate(GEMMA_SPECIALS)},
+        "bos_token": "<bos>",
+        "eos_token": "<eos>",
+        "pad_token": "<pad>",
+        "unk_token": "<unk>",
+        "sp_model_kwargs": {},
+        "spaces_between_special_tokens": False,
+        "clean_up_tokenization_spaces": False,
+        "model_max_length": 2048,
+        "chat_template": _GEMMA_TEMPLATE,
+    }
+    _write_json(dir / "tokenizer_config.json", config)
+    _write_json(dir / "special_tokens_map.json",
+                {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>", "unk_token": "<unk>"})
     return dir

@@ -1,7 +1,9 @@
 """Ollama ``Modelfile`` for a bundle: FROM, PARAMETERs from the runtime profile, TEMPLATE when known.
 
 Ollama templates are Go templates, models ship Jinja ones; instead of interpreting Jinja, the
-common chat formats are recognised by their markers (ChatML ``<|im_start|>``, Llama-3
+common chat formats are recognised by their markers (ChatML ``<|im_start|>``, with ``<think>``
+reasoning as Qwen3/SmolLM3 write it, Granite ``<|start_of_role|>``, OLMo 2 ``<|user|>``, DeepSeek-R1
+``<｜User｜>``, Llama-3
 ``<|start_header_id|>``, Phi-3 ``<|user|>…<|end|>``, Zephyr ``<|user|>…</s>``, Llama-2/Mistral
 ``[INST]``, Gemma ``<start_of_turn>``) and written as the equivalent Go template with their stop
 strings. Anything else gets no TEMPLATE and a comment saying so (Ollama then uses the model's
@@ -10,6 +12,8 @@ raw prompt; add a TEMPLATE by hand).
 
 from __future__ import annotations
 
+import re
+
 # family -> (Go template, stop strings)
 TEMPLATES: dict[str, tuple[str, list[str]]] = {
     "chatml": (
@@ -17,6 +21,42 @@ TEMPLATES: dict[str, tuple[str, list[str]]] = {
         "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}"
         "<|im_start|>assistant\n",
         ["<|im_start|>", "<|im_end|>"]),
+    # ChatML with reasoning (Qwen3, SmolLM3): as Ollama's qwen3 template, the latest assistant turn's thinking
+    # goes inside <think>…</think>, and with thinking turned off the prompt closes an empty <think> block
+    "chatml-think": (
+        "{{- if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}"
+        "{{- range $i, $_ := .Messages }}{{- $last := eq (len (slice $.Messages $i)) 1 -}}"
+        "{{- if eq .Role \"user\" }}<|im_start|>user\n{{ .Content }}<|im_end|>\n"
+        "{{ else if eq .Role \"assistant\" }}<|im_start|>assistant\n"
+        "{{ if and $.IsThinkSet (and $last .Thinking) -}}<think>\n{{ .Thinking }}\n</think>\n{{ end }}"
+        "{{ .Content }}{{ if not $last }}<|im_end|>\n{{ end }}{{- end }}"
+        "{{- if and (ne .Role \"assistant\") $last }}<|im_start|>assistant\n"
+        "{{ if and $.IsThinkSet (not $.Think) -}}<think>\n\n</think>\n\n{{ end -}}{{ end }}{{- end }}",
+        ["<|im_start|>", "<|im_end|>"]),
+    # Granite 3.x roles
+    "granite": (
+        "{{- if .System }}<|start_of_role|>system<|end_of_role|>{{ .System }}<|end_of_text|>\n{{ end }}"
+        "{{- range .Messages }}<|start_of_role|>{{ .Role }}<|end_of_role|>{{ .Content }}<|end_of_text|>\n{{ end }}"
+        "<|start_of_role|>assistant<|end_of_role|>",
+        ["<|start_of_role|>", "<|end_of_role|>", "<|end_of_text|>"]),
+    # OLMo 2: "<|user|>\n…\n", assistant turns end with its eos <|endoftext|>
+    "olmo2": (
+        "{{- if .System }}<|system|>\n{{ .System }}\n{{ end }}"
+        "{{- range $i, $_ := .Messages }}{{- $last := eq (len (slice $.Messages $i)) 1 -}}"
+        "{{- if eq .Role \"user\" }}<|user|>\n{{ .Content }}\n"
+        "{{ else if eq .Role \"assistant\" }}<|assistant|>\n{{ .Content }}{{ if not $last }}<|endoftext|>\n{{ end }}"
+        "{{- end }}{{- if and (ne .Role \"assistant\") $last }}<|assistant|>\n{{ end }}{{- end }}",
+        ["<|user|>", "<|system|>", "<|endoftext|>"]),
+    # DeepSeek-R1 and its Qwen/Llama distills
+    "deepseek-r1": (
+        "{{- if .System }}{{ .System }}{{ end }}"
+        "{{- range $i, $_ := .Messages }}{{- $last := eq (len (slice $.Messages $i)) 1 -}}"
+        "{{- if eq .Role \"user\" }}<\uff5cUser\uff5c>{{ .Content }}"
+        "{{- else if eq .Role \"assistant\" }}<\uff5cAssistant\uff5c>{{ .Content }}"
+        "{{- if not $last }}<\uff5cend\u2581of\u2581sentence\uff5c>{{- end }}{{- end }}"
+        "{{- if and $last (ne .Role \"assistant\") }}<\uff5cAssistant\uff5c>{{- end }}{{- end }}",
+        ["<\uff5cbegin\u2581of\u2581sentence\uff5c>", "<\uff5cend\u2581of\u2581sentence\uff5c>",
+         "<\uff5cUser\uff5c>", "<\uff5cAssistant\uff5c>"]),
     "llama3": (
         "{{- if .System }}<|start_header_id|>system<|end_header_id|>\n\n{{ .System }}<|eot_id|>{{ end }}"
         "{{- range .Messages }}<|start_header_id|>{{ .Role }}<|end_header_id|>\n\n{{ .Content }}<|eot_id|>{{ end }}"
@@ -42,12 +82,22 @@ TEMPLATES: dict[str, tuple[str, list[str]]] = {
 }
 
 
+# OLMo 2's user turn: "<|user|>" newline, the content, a newline (Zephyr's ends with eos instead)
+_OLMO2_USER = re.compile(r"'<\|user\|>(?:\n|\\n)'\s*\+\s*message\['content'\]\s*\+\s*'(?:\n|\\n)'")
+
+
 def chat_family(template: str | None) -> str | None:
     """The known chat format a Jinja template implements, or None."""
     if not template:
         return None
     if "<|im_start|>" in template:
-        return "chatml"
+        return "chatml-think" if "<think>" in template else "chatml"
+    if "<|start_of_role|>" in template:
+        return "granite"
+    if "<\uff5cUser\uff5c>" in template:
+        return "deepseek-r1"
+    if _OLMO2_USER.search(template):
+        return "olmo2"
     if "<|start_header_id|>" in template:
         return "llama3"
     if "<start_of_turn>" in template:
@@ -74,8 +124,8 @@ def render_modelfile(model_file: str, runtime: dict, chat_template: str | None, 
     ngl = runtime.get("n_gpu_layers", 0)
     lines.append(f"PARAMETER num_gpu {999 if ngl < 0 else ngl}")
     if fam is None:
-        lines += ["", "# The model's chat template is " + ("not one slimedge recognises (ChatML, Llama-3, Phi-3, "
-                  "Zephyr, Llama-2/Mistral, Gemma)" if chat_template else "missing") + ": no TEMPLATE is written,",
+        lines += ["", "# The model's chat template is " + ("not one slimedge recognises (ChatML, ChatML with "
+                  "thinking, Llama-3, Phi-3, Zephyr, Llama-2/Mistral, Gemma, Granite, OLMo 2, DeepSeek-R1)" if chat_template else "missing") + ": no TEMPLATE is written,",
                   "# so Ollama sends prompts as they are. Add a TEMPLATE block by hand for chat."]
     else:
         tmpl, stops = TEMPLATES[fam]
