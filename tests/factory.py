@@ -31,12 +31,20 @@ MODEL_CLASSES = {
     "smollm3": ("SmolLM3Config", "SmolLM3ForCausalLM"),
     "granite": ("GraniteConfig", "GraniteForCausalLM"),
     "olmo2": ("Olmo2Config", "Olmo2ForCausalLM"),
+    "mixtral": ("MixtralConfig", "MixtralForCausalLM"),
+    "qwen3moe": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM"),
+    "lfm2": ("Lfm2Config", "Lfm2ForCausalLM"),
+    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM"),
+    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM"),
+    "gemma3_mm": ("Gemma3Config", "Gemma3ForConditionalGeneration"),  # text config wrapped: CONFIG_WRAPPERS
 }
 ARCHS = tuple(MODEL_CLASSES)
 # arch -> default tokenizer: "spm" (SentencePiece) or "bpe:<scheme>" (byte-level BPE, tokfactory scheme)
 DEFAULT_TOKENIZER = {"llama": "spm", "mistral": "spm", "qwen2": "bpe:qwen2", "phi3": "spm"}
 DEFAULT_TOKENIZER.update({"qwen3": "bpe:qwen2", "smollm3": "bpe:llama3", "granite": "bpe:starcoder",
                           "olmo2": "bpe:dbrx"})
+DEFAULT_TOKENIZER.update({"gemma2": "spm:gemma", "gemma3": "spm:gemma", "gemma3_mm": "spm:gemma"})
+DEFAULT_TOKENIZER.update({"mixtral": "spm", "qwen3moe": "bpe:qwen2", "lfm2": "bpe:llama3"})
 # arch -> config keys a family needs beyond the common small shape (overridable per model)
 ARCH_DEFAULTS: dict[str, dict] = {
     "phi3": {"original_max_position_embeddings": 256},
@@ -44,11 +52,41 @@ ARCH_DEFAULTS: dict[str, dict] = {
     "smollm3": {"num_hidden_layers": 4},  # layer 3 is a no-rope layer
     "granite": {"embedding_multiplier": 2.0, "residual_multiplier": 0.5, "attention_multiplier": 0.1,
                 "logits_scaling": 2.0},
+    # Gemma: a window of 8 < the harness's 25 tokens; small soft-caps so tanh bends; head_dim != hidden/heads
+    # and query_pre_attn_scalar != head_dim (the scale is folded into q); eos and <end_of_turn> end generation
+    "gemma2": {"tie_word_embeddings": True, "head_dim": 32, "sliding_window": 8, "query_pre_attn_scalar": 24,
+               "attn_logit_softcapping": 3.0, "final_logit_softcapping": 5.0, "eos_token_id": [1, 7]},
+    "gemma3": {"num_hidden_layers": 6, "head_dim": 32, "sliding_window": 8, "query_pre_attn_scalar": 24,
+               "eos_token_id": [1, 7], "rope_parameters": {
+                   "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                   "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1000000.0}}},
 }
+# MoE: 4 experts, top-2 routing (k-quant tests pass moe_intermediate_size=256); LFM2: conv, attention, conv
+ARCH_DEFAULTS["mixtral"] = {"num_local_experts": 4, "num_experts_per_tok": 2}
+ARCH_DEFAULTS["qwen3moe"] = {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 64,
+                             "norm_topk_prob": True, "head_dim": 32}
+ARCH_DEFAULTS["lfm2"] = {"num_hidden_layers": 3, "layer_types": ["conv", "full_attention", "conv"]}
+ARCH_DEFAULTS["gemma3_mm"] = {**ARCH_DEFAULTS["gemma3"], "num_hidden_layers": 2}
+
+
+def _gemma3_multimodal(cfg: dict) -> dict:
+    """Gemma3Config: the text config inside, a 1-layer 32x32-pixel SigLIP tower, 4 image tokens."""
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                  image_size=32, patch_size=8)
+    return dict(text_config={k: v for k, v in cfg.items() if k != "tie_word_embeddings"}, vision_config=vision,
+                mm_tokens_per_image=4, tie_word_embeddings=cfg.get("tie_word_embeddings", False),
+                eos_token_id=cfg.get("eos_token_id"), initializer_range=cfg.get("initializer_range", 0.02))
+
+
+# arch -> function from the flat config keys to the config class's arguments (multimodal wrappers)
+CONFIG_WRAPPERS = {"gemma3_mm": _gemma3_multimodal}
 
 
 def _tokenizer(dir: Path, kind: str) -> tuple[int, dict]:
     """Train the tokenizer into ``dir``; returns (number of token ids, special ids for config.json)."""
+    if kind == "spm:gemma":
+        tokfactory.train_gemma_spm(dir, vocab_size=1000)
+        return 1000, {"bos_token_id": 2, "eos_token_id": 1, "pad_token_id": 0}
     if kind == "spm":
         tokfactory.train_spm(dir, vocab_size=1000)
         added = json.loads((dir / "added_tokens.json").read_text()) if (dir / "added_tokens.json").exists() else {}
@@ -82,6 +120,8 @@ def make_hf_model(dir: str | Path, arch: str = "llama", tokenizer: str | None = 
     cfg.update(config_overrides)
     config_cls, model_cls = (getattr(transformers, name) for name in MODEL_CLASSES[arch])
     torch.manual_seed(seed)
+    if arch in CONFIG_WRAPPERS:
+        cfg = CONFIG_WRAPPERS[arch](cfg)
     model = model_cls(config_cls(**cfg)).eval()
     with torch.no_grad():  # norms and biases are 1/0 at init: randomize so a mix-up shows in the logits
         for name, p in model.named_parameters():

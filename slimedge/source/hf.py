@@ -93,7 +93,10 @@ def load_config(model_dir: Path) -> dict:
     if not isinstance(config, dict):
         raise SlimedgeError(f"{path}: expected a JSON object, found {type(config).__name__}")
     if isinstance(config.get("text_config"), dict):  # multimodal wrappers keep the LM config inside
-        config = {**config, **config["text_config"]}
+        # ... but the wrapper owns lm_head: its tie_word_embeddings decides (transformers writes the text
+        # config's default, true, even for an untied Gemma3ForConditionalGeneration)
+        top = {k: config[k] for k in ("tie_word_embeddings",) if k in config}
+        config = {**config, **config["text_config"], **top}
     return config
 
 
