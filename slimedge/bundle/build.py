@@ -148,11 +148,12 @@ def record_bench(bundle: str | Path, record: dict) -> None:
 
 def build_bundle(src: str | Path, target: str | Path | Target, out_dir: str | Path, *, type: str | None = None,
                  archive: bool = False, overwrite: bool = False, threads: int | None = None,
-                 progress: Progress = NULL_PROGRESS) -> Path:
+                 progress: Progress = NULL_PROGRESS, imatrix: str | Path | None = None) -> Path:
     """Build a bundle of ``src`` for ``target`` in ``out_dir``; returns ``out_dir`` (see module docstring).
 
     ``type``: a mix/type name, ``"auto"``, or None for the profile's default. Nothing is left at
-    ``out_dir`` unless the whole bundle was written.
+    ``out_dir`` unless the whole bundle was written. ``imatrix``: an importance matrix file for the
+    quantizers (``convert --imatrix``).
     """
     from ..source.hub import resolve_source
 
@@ -160,6 +161,9 @@ def build_bundle(src: str | Path, target: str | Path | Target, out_dir: str | Pa
     tgt = target if isinstance(target, Target) else load_target(target)
     _check_paths(src, out, overwrite)
     qtype, chosen_by, packed_as_is = _choose(src, tgt, type)
+    if imatrix is not None and packed_as_is:
+        raise SlimedgeError(f"{src}: already quantized, packed as it is; --imatrix applies only when converting "
+                            f"(give the HF folder or a float GGUF)")
 
     out.parent.mkdir(parents=True, exist_ok=True)
     pub = Publication(out, folder=True, overwrite=overwrite)  # a hidden temporary sibling folder
@@ -170,7 +174,8 @@ def build_bundle(src: str | Path, target: str | Path | Target, out_dir: str | Pa
         else:
             from ..convert import convert
 
-            convert(src, model, quant_spec(tgt, qtype), threads=threads, overwrite=True, progress=progress)
+            convert(src, model, quant_spec(tgt, qtype), threads=threads, overwrite=True, progress=progress,
+                    imatrix=imatrix)
         manifest = _manifest(src, tgt, model, qtype, chosen_by)
         write_bundle_files(pub.path, manifest)
         pub.commit()  # overwrite: swapped only now that the new bundle is complete; the old one back on failure

@@ -17,13 +17,15 @@ from .options import make_progress, overwrite_option, quiet_option, threads_opti
 @click.option("--type", "qtype", default=None, metavar="TYPE",
               help="Quantization (Q4_K_M, Q8_0, ...) or 'auto': the best of the profile's candidates that fits. "
                    "Default: the profile's.")
+@click.option("--imatrix", "imatrix", type=click.Path(path_type=Path), default=None, metavar="FILE",
+              help="Importance matrix (slimedge imatrix / llama-imatrix) for the quantizers.")
 @click.option("--archive", is_flag=True, help="Also write BUNDLE_DIR.tar.gz.")
 @threads_option
 @overwrite_option
 @quiet_option
 @user_errors
-def cli(src: Path, target: str, out: Path, qtype: str | None, archive: bool, threads: int | None,
-        overwrite: bool, quiet: bool) -> None:
+def cli(src: Path, target: str, out: Path, qtype: str | None, imatrix: Path | None, archive: bool,
+        threads: int | None, overwrite: bool, quiet: bool) -> None:
     """Build a bundle of SRC (Hugging Face folder or GGUF) for a target device.
 
     The bundle holds model.gguf, manifest.json (checksums, profile, memory estimate), a `run`
@@ -41,7 +43,7 @@ def cli(src: Path, target: str, out: Path, qtype: str | None, archive: bool, thr
     from ..bundle import build_bundle
 
     path = build_bundle(src, target, out, type=qtype, archive=archive, overwrite=overwrite, threads=threads,
-                        progress=make_progress(quiet))
+                        progress=make_progress(quiet), imatrix=imatrix)
     m = json.loads((path / "manifest.json").read_text())
     q, est = m["quantization"], m["memory_estimate"]
     click.echo(f"bundle {path}: {q['type']} ({q['chosen_by']}), {q['model_size'] / 2**20:.1f} MiB, "

@@ -230,3 +230,15 @@ def test_whole_model_equals_llama_model_quantize(llama, tmp_path, mix):
     for k in ("quantize.imatrix.file", "quantize.imatrix.dataset", "quantize.imatrix.entries_count",
               "quantize.imatrix.chunks_count"):
         assert (a.metadata[k], a.metadata_types[k]) == (b.metadata[k], b.metadata_types[k]), k
+
+
+def test_build_imatrix(llama, tmp_path):
+    """`slimedge build --imatrix`: the bundle's model is convert --imatrix's (ggml's bytes, keys recorded)."""
+    model, f32, imx = llama
+    r = _run("build", model, "--target", "cpu", "-o", tmp_path / "bundle", "--type", "Q4_K_M", "--imatrix", imx, "-q")
+    assert r.exit_code == 0, r.output
+    gguf_path = tmp_path / "bundle" / "model.gguf"
+    _check_against_ggml(f32, gguf_path, imx)
+    assert read_info(gguf_path).metadata["quantize.imatrix.entries_count"] == 14
+    r = _run("build", gguf_path, "--target", "cpu", "-o", tmp_path / "b2", "--imatrix", imx, "-q")
+    assert r.exit_code == 1 and "--imatrix applies only when converting" in r.output
