@@ -35,13 +35,22 @@ def _parse_override(value: str) -> tuple[str, str]:
 @click.option("--imatrix", "imatrix", type=click.Path(path_type=Path), default=None, metavar="FILE",
               help="Importance matrix (slimedge imatrix / llama-imatrix, GGUF or .dat) for the quantizers.")
 @click.option("--dry-run", is_flag=True, help="List each tensor's type and size and the totals; write nothing.")
+@click.option("--target-bpw", type=float, default=None, metavar="B",
+              help="With --type auto: size budget in bits per weight (all tensors), e.g. 4.5.")
+@click.option("--target-size", default=None, metavar="SIZE",
+              help="With --type auto: budget of tensor data, e.g. 3.5MB, 700MiB, or a mix name (Q4_K_M: its size).")
+@click.option("--calib", "calib", type=click.Path(path_type=Path), default=None, metavar="FILE|DIR",
+              help="With --type auto: calibration text the per-tensor sensitivities are measured on.")
+@click.option("--sensitivity", "sens_cache", type=click.Path(path_type=Path), default=None, metavar="FILE.json",
+              help="With --type auto: reuse (or write) the measured sensitivities here.")
 @threads_option
 @overwrite_option
 @quiet_option
 @user_errors
 def cli(src: Path, out: Path | None, ftype: str, overrides: tuple[str, ...], output_tensor_type: str | None,
-        token_embedding_type: str | None, pure: bool, imatrix: Path | None, dry_run: bool, threads: int | None,
-        overwrite: bool, quiet: bool) -> None:
+        token_embedding_type: str | None, pure: bool, imatrix: Path | None, dry_run: bool,
+        target_bpw: float | None, target_size: str | None, calib: Path | None, sens_cache: Path | None,
+        threads: int | None, overwrite: bool, quiet: bool) -> None:
     """Convert a Hugging Face model folder (config.json, *.safetensors, tokenizer) to GGUF.
 
     SRC may also be an F32/F16/BF16 GGUF file to requantize.
@@ -52,6 +61,7 @@ def cli(src: Path, out: Path | None, ftype: str, overrides: tuple[str, ...], out
       slimedge convert ./TinyLlama-1.1B -o tinyllama-q4km.gguf --type Q4_K_M
       slimedge convert tinyllama-f16.gguf -o tinyllama-q8.gguf --type q8_0 --tensor-type 'ffn_down=f16'
       slimedge convert ./TinyLlama-1.1B --type Q4_K_M --dry-run
+      slimedge convert ./TinyLlama-1.1B --type auto --target-size Q4_K_M --calib wiki.txt -o tl-auto.gguf
       slimedge convert ./TinyLlama-1.1B -o tinyllama-q4km.gguf --type Q4_K_M --imatrix imatrix.gguf
     """
     from ..convert import convert, plan
@@ -59,6 +69,18 @@ def cli(src: Path, out: Path | None, ftype: str, overrides: tuple[str, ...], out
 
     spec = QuantSpec(ftype=ftype, overrides=[_parse_override(v) for v in overrides],
                      output_tensor_type=output_tensor_type, token_embedding_type=token_embedding_type, pure=pure)
+    if ftype.strip().lower() == "auto":  # quality-driven mix: measured sensitivities, knapsack under the budget
+        from ..calib.sensitivity import auto_allocation, read_text
+
+        if calib is None:
+            raise SlimedgeError("--type auto needs --calib FILE|DIR: the text sensitivities are measured on")
+        alloc = auto_allocation(src, read_text(calib), target_bpw=target_bpw, target_size=target_size,
+                                imatrix=imatrix, cache=sens_cache, threads=threads, progress=make_progress(quiet))
+        spec = alloc.spec(output_tensor_type=output_tensor_type, token_embedding_type=token_embedding_type)
+        if dry_run or not quiet:
+            click.echo(alloc.table(), err=not dry_run)
+    elif target_bpw is not None or target_size is not None:
+        raise SlimedgeError("--target-bpw / --target-size need --type auto")
     if dry_run:
         click.echo(plan(src, spec, imatrix=imatrix).table())
         return

@@ -1,0 +1,226 @@
+"""Per-tensor sensitivity of a model to quantization, measured in torch; and the quality-driven auto mix.
+
+:func:`measure` runs the Hugging Face model (transformers, float32) over calibration text once to keep the
+unquantized next-token log-probabilities, then, for every quantizable tensor and every candidate type,
+replaces that one weight by its fake-quantized copy — ``slimedge.quant.quantize`` then ``dequantize``
+(the NumPy/C quantizers that write the GGUF, with the importance matrix when one is given), so the weights
+are exactly those the file will hold — runs the model again and records the mean
+KL(unquantized || quantized) per token. The weight is restored before the next measurement.
+
+Why the Hugging Face layout is enough: GGUF's layout transforms of the supported architectures only
+reorder or concatenate *rows* (Llama's q/k rope permutation, Phi-3's fused tensors are fused in HF
+already), and quantization blocks run along rows, so quantizing the HF weight gives the same rows as
+quantizing the GGUF tensor. Each GGUF tensor is matched to its HF weight through the converter's own
+table (:func:`slimedge.convert._prepare`), and the shapes must agree.
+
+:func:`auto_allocation` puts it together for ``convert --type auto``: the plan, the budget
+(``--target-bpw`` / ``--target-size``), the sensitivities (cached in a JSON file keyed by the model's
+files, the text, the importance matrix and the settings) and :func:`slimedge.quant.allocate.allocate`.
+Cost: one forward pass over the calibration tokens per (tensor, candidate); the default 8 × 256 tokens
+keep it to about a minute for the demo teacher on 2 cores.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Mapping
+
+from ..errors import SlimedgeError
+from ..progress import NULL_PROGRESS, Progress
+from ..quant.allocate import DEFAULT_CANDIDATES, Allocation, Sensitivity, allocate, budget_bytes, candidate_types, quantizable
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CTX = 256  # tokens per calibration sequence
+DEFAULT_CHUNKS = 8  # calibration sequences
+BATCH = 4  # sequences per forward pass
+
+
+def read_text(path: str | Path) -> str:
+    """A UTF-8 text file, or every ``.txt``/``.md`` file of a folder (sorted, joined by blank lines)."""
+    p = Path(path)
+    if p.is_dir():
+        files = sorted(f for f in p.rglob("*") if f.suffix in (".txt", ".md") and f.is_file())
+        if not files:
+            raise SlimedgeError(f"{p}: no .txt or .md files for calibration text")
+        return "\n\n".join(f.read_text(encoding="utf-8", errors="replace") for f in files)
+    if not p.is_file():
+        raise SlimedgeError(f"{p}: calibration text not found; give a text file or a folder of .txt files")
+    return p.read_text(encoding="utf-8", errors="replace")
+
+
+def _hf_names(src: Path) -> tuple[object, dict[str, str]]:
+    """(the converter's prepared source, GGUF name -> HF weight name) for the quantizable tensors."""
+    from ..convert import _prepare
+
+    prep = _prepare(src)
+    if prep.load_vocab is None:  # a GGUF source: no torch model to run
+        raise SlimedgeError(f"{src}: --type auto measures sensitivities with the Hugging Face model; give the "
+                            "HF model folder, not a GGUF file")
+    return prep, {t.name: t.origin.rsplit(" in ", 1)[0] for t in prep.tensors}
+
+
+def _chunks(tok, text: str, ctx: int, n_chunks: int):
+    import torch
+
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    bos = tok.bos_token_id
+    step = ctx - 1 if bos is not None else ctx
+    n = min(n_chunks, len(ids) // step)
+    if n < 1:
+        raise SlimedgeError(f"calibration text has {len(ids)} tokens, fewer than one sequence of {ctx}; "
+                            "give a longer text")
+    rows = [([bos] if bos is not None else []) + ids[i * step:(i + 1) * step] for i in range(n)]
+    return torch.tensor(rows, dtype=torch.long)
+
+
+def measure(src: str | Path, types: Mapping[str, list[str]] | None = None, text: str = "", *,
+            imatrix: Mapping[str, object] | None = None, ctx: int = DEFAULT_CTX, chunks: int = DEFAULT_CHUNKS,
+            threads: int | None = None, progress: Progress = NULL_PROGRESS) -> Sensitivity:
+    """KL increase of each (tensor, type) alone (see the module docstring).
+
+    ``types``: GGUF tensor name -> candidate types (default: every quantizable tensor with
+    :data:`~slimedge.quant.allocate.DEFAULT_CANDIDATES` after fallbacks). ``imatrix``: GGUF tensor name ->
+    per-column importance (float32[row length], llama.cpp's mean squared activation), used to quantize."""
+    import numpy as np
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ..convert import plan as make_plan
+    from ..quant import dequantize, quantize
+
+    src = Path(src)
+    t0 = time.monotonic()
+    _, hf = _hf_names(src)
+    if types is None:
+        p = make_plan(src)
+        types = {t.name: candidate_types(t.name, t.shape) for t in quantizable(p)}
+    if threads:
+        torch.set_num_threads(threads)
+    tok = AutoTokenizer.from_pretrained(str(src))
+    model = AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.float32)
+    model.eval()
+    params = dict(model.named_parameters(remove_duplicate=False))
+    batch = _chunks(tok, text, ctx, chunks)
+
+    def logprobs():
+        with torch.inference_mode():
+            return torch.cat([torch.log_softmax(model(input_ids=batch[i:i + BATCH]).logits.float(), -1)
+                              for i in range(0, len(batch), BATCH)])
+
+    ref = logprobs()
+    p_ref = ref.exp()
+    neg_ent = (p_ref * ref).sum(-1)  # sum p log p per position
+
+    def kl() -> float:
+        with torch.inference_mode():
+            out = []
+            for i in range(0, len(batch), BATCH):
+                lq = torch.log_softmax(model(input_ids=batch[i:i + BATCH]).logits.float(), -1)
+                out.append(neg_ent[i:i + BATCH] - (p_ref[i:i + BATCH] * lq).sum(-1))
+            return float(torch.cat(out).mean())
+
+    total = sum(len(v) for v in types.values())
+    progress.start(total, unit="runs", desc="sensitivity")
+    costs: dict[str, dict[str, float]] = {}
+    try:
+        for name, cands in types.items():
+            hf_name = hf.get(name)
+            w = params.get(hf_name) if hf_name else None
+            if w is None:
+                raise RuntimeError(f"{name}: no torch parameter {hf_name!r} in the transformers model")
+            orig = w.detach().clone()
+            x = orig.numpy().astype(np.float32, copy=False).reshape(-1, orig.shape[-1])
+            imp = None
+            if imatrix is not None and name in imatrix:
+                imp = np.ascontiguousarray(np.asarray(imatrix[name], dtype=np.float32).reshape(-1))
+            costs[name] = {}
+            for q in cands:
+                wq = dequantize(quantize(x, q, imatrix=imp, threads=threads, what=name), q, x.shape[-1])
+                with torch.no_grad():
+                    w.copy_(torch.from_numpy(wq.reshape(orig.shape)))
+                costs[name][q] = max(0.0, kl())
+                progress.update(1, label=f"{name} {q}")
+            with torch.no_grad():
+                w.copy_(orig)
+    finally:
+        progress.close()
+    sec = time.monotonic() - t0
+    log.info("sensitivity of %d tensors x candidates measured on %d tokens in %.1f s", len(costs),
+             batch.numel(), sec)
+    return Sensitivity(costs=costs, model=str(src), n_tokens=int(batch.numel()), imatrix=imatrix is not None,
+                       seconds=round(sec, 2))
+
+
+def _key(src: Path, text: str, imatrix, types, ctx: int, chunks: int) -> str:
+    h = hashlib.sha256()
+    for f in sorted(src.glob("*.safetensors")) + [src / "config.json"]:
+        st = f.stat()
+        h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns};".encode())
+    h.update(hashlib.sha256(text.encode()).digest())
+    if imatrix is not None:
+        for k in sorted(imatrix):
+            h.update(k.encode())
+            h.update(memoryview(__import__("numpy").ascontiguousarray(imatrix[k], dtype="float32")).cast("B"))
+    h.update(json.dumps([sorted(types), ctx, chunks]).encode())
+    return h.hexdigest()[:16]
+
+
+def importance(src: Path, imatrix) -> dict | None:
+    """GGUF name -> per-column importance from an imatrix (path, ``Imatrix`` or such a dict already), as
+    the converter matches it to the model (dense models: one row per tensor)."""
+    if imatrix is None or isinstance(imatrix, dict):
+        return imatrix
+    from ..convert import plan as make_plan
+    from ..quant.mixes import QuantSpec
+
+    return {k: v[0] if getattr(v, "ndim", 1) == 2 else v
+            for k, v in make_plan(src, QuantSpec("Q8_0"), imatrix=imatrix).importance.items()}
+
+
+def sensitivity(src: str | Path, text: str, *, imatrix=None, types=DEFAULT_CANDIDATES, ctx: int = DEFAULT_CTX,
+                chunks: int = DEFAULT_CHUNKS, cache: str | Path | None = None, threads: int | None = None,
+                progress: Progress = NULL_PROGRESS) -> Sensitivity:
+    """:func:`measure` with ``types`` for every quantizable tensor, reusing ``cache`` (a JSON file) when
+    it was measured with the same model files, text, importance matrix and settings."""
+    from ..convert import plan as make_plan
+
+    src = Path(src)
+    imatrix = importance(src, imatrix)
+    key = _key(src, text, imatrix, types, ctx, chunks)
+    if cache is not None and Path(cache).is_file():
+        s = Sensitivity.load(cache)
+        if s.key == key:
+            log.info("reusing sensitivities from %s", cache)
+            return s
+        log.info("%s was measured with other inputs; measuring again", cache)
+    p = make_plan(src)
+    per = {t.name: candidate_types(t.name, t.shape, types) for t in quantizable(p)}
+    s = measure(src, per, text, imatrix=imatrix, ctx=ctx, chunks=chunks, threads=threads, progress=progress)
+    s.key = key
+    if cache is not None:
+        s.save(cache)
+    return s
+
+
+def auto_allocation(src: str | Path, text: str, *, target_bpw: float | None = None,
+                    target_size: str | int | None = None, imatrix=None, types=DEFAULT_CANDIDATES,
+                    ctx: int = DEFAULT_CTX, chunks: int = DEFAULT_CHUNKS, cache: str | Path | None = None,
+                    threads: int | None = None, progress: Progress = NULL_PROGRESS) -> Allocation:
+    """The quality-driven mix of ``src`` within the budget (``allocation.spec()`` is its QuantSpec)."""
+    from ..convert import plan as make_plan
+    from ..quant.mixes import QuantSpec
+
+    if not text.strip():
+        raise SlimedgeError("--type auto needs calibration text (--calib FILE) to measure sensitivities")
+    base = make_plan(src)
+    budget, how = budget_bytes(lambda mix: make_plan(src, QuantSpec(mix), imatrix=imatrix),
+                               target_bpw=target_bpw, target_size=target_size)
+    s = sensitivity(src, text, imatrix=imatrix, types=types, ctx=ctx, chunks=chunks, cache=cache,
+                    threads=threads, progress=progress)
+    return allocate(base, s.costs, budget, target=how, types=types,
+                    extra={"calib_tokens": s.n_tokens, "imatrix": bool(imatrix is not None)})
