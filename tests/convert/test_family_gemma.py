@@ -1,0 +1,139 @@
+"""Gemma 2 and Gemma 3 (text, and the language model of a Gemma3ForConditionalGeneration) end to end.
+
+The models slide a window of 8 over the harness's 25 tokens, soft-cap attention and logits (Gemma 2),
+use a head_dim unlike hidden/heads and a query_pre_attn_scalar unlike head_dim, and Gemma 3 ropes its
+global layer (layer 5 of 6) with base 1e6 and linear scaling x8, its local layers with base 1e4.
+
+F32 tolerance: llama.cpp's CPU GELU reads a table indexed by the input rounded to float16 and returns a
+float16 (ggml-cpu vec.h, GGML_GELU_FP16), which alone costs ~1e-3 of the logits' spread on these models.
+``test_*_f32_matches_with_ggml_gelu`` puts that rounding into the transformers reference: the error left is
+what a float32 input that lands on the other side of a float16 rounding boundary now and then adds.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+
+import numpy as np
+import pytest
+from factory import cached_hf_model, copy_model
+from family_checks import check_generation_stops, check_logits, check_mixes, check_tokenization, convert, eog_ids
+
+from slimedge.gguf_info import read_info
+
+pytestmark = pytest.mark.slow  # converts to every type and mix and runs llama.cpp on each
+
+GELU_TOL = {"f32": 1e-2}  # ggml's float16 GELU table (see the module docstring); measured 1.1e-3 .. 3e-3
+# with the float16 GELU put into the reference; measured 1.6e-5 (2 layers) .. 1.6e-3 (6 layers)
+TIGHT = 3e-3
+
+
+def _ggml_gelu_logits(hf_dir, tokens):
+    """transformers' logits with the MLP activation as ggml's CPU computes it: f16(gelu_tanh(f16(x)))."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    class GgmlGelu(torch.nn.Module):
+        def forward(self, x):
+            y = torch.nn.functional.gelu(x.half().float(), approximate="tanh").half().float()
+            return torch.where(x <= -10, torch.zeros_like(x), torch.where(x >= 10, x, y))
+
+    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    n = 0
+    for mod in model.modules():
+        if hasattr(mod, "act_fn") and hasattr(mod, "gate_proj"):
+            mod.act_fn, n = GgmlGelu(), n + 1
+    assert n, "no Gemma MLP found"
+    with torch.no_grad():
+        return model(torch.tensor([tokens])).logits[0].float().numpy()
+
+
+def _tight_f32(hf_dir, f32) -> float:
+    from convert_util import llama_logits, rel_err, sample_tokens
+
+    tokens = sample_tokens(int(read_info(f32).metadata[f"{read_info(f32).metadata['general.architecture']}.vocab_size"]),
+                           bos=2)
+    return rel_err(llama_logits(f32, tokens), _ggml_gelu_logits(hf_dir, tokens))
+
+
+def _meta(path):
+    return read_info(path).metadata
+
+
+@pytest.mark.parametrize("arch", ["gemma2", "gemma3"])
+def test_gemma_family_end_to_end(tmp_path, arch):
+    hf = cached_hf_model(arch=arch, kquant=True, head_dim=256)  # real Gemma's head_dim; rows fit 256-blocks
+    errs = check_logits(hf, tmp_path, tol=GELU_TOL)
+    assert errs["f32"] < errs["q8_0"]
+    f32 = tmp_path / "model-f32.gguf"
+    assert _tight_f32(hf, f32) < TIGHT
+    m = _meta(f32)
+    assert m[f"{arch}.attention.sliding_window"] == 8 and m[f"{arch}.attention.key_length"] == 256
+    if arch == "gemma2":
+        assert m["gemma2.attn_logit_softcapping"] == 3.0 and m["gemma2.final_logit_softcapping"] == 5.0
+        assert "output.weight" not in {t.name for t in read_info(f32).tensors}
+    else:
+        assert m["gemma3.rope.freq_base_swa"] == 10000.0 and m["gemma3.rope.freq_base"] == 1e6
+        assert m["gemma3.rope.scaling.type"] == "linear" and m["gemma3.rope.scaling.factor"] == 8.0
+    assert m["tokenizer.ggml.add_space_prefix"] is False
+    check_tokenization(hf, f32, samples=_samples())
+    _check_turn_markers(hf, f32)
+    types = check_mixes(hf, tmp_path, f32=f32)
+    assert len(set(types["Q4_K_M"].values())) >= 3
+    eog = eog_ids(hf)
+    assert eog == {1, 7}  # <eos> and <end_of_turn> (generation_config.json)
+    check_generation_stops(convert(hf, tmp_path / "q4.gguf", "Q4_K_M"), eog)
+
+
+def _samples():
+    from family_checks import SAMPLES
+
+    return SAMPLES + ["  two  spaces", "no dummy prefix: 'Hello' and ' Hello' differ"]
+
+
+TURN = "<start_of_turn>user\nHi there<end_of_turn>\n<start_of_turn>model\n"
+
+
+def _check_turn_markers(hf_dir, gguf) -> None:
+    """The turn markers are one token each, in llama.cpp (parsing specials) as in transformers."""
+    import llama_cpp
+    from transformers import AutoTokenizer
+
+    want = AutoTokenizer.from_pretrained(hf_dir).encode(TURN, add_special_tokens=False)
+    llm = llama_cpp.Llama(model_path=str(gguf), vocab_only=True, verbose=False)
+    try:
+        got = llm.tokenize(TURN.encode(), add_bos=False, special=True)
+    finally:
+        llm.close()
+    assert got == want and got[0] == 6 and 7 in got, (got, want)
+
+
+def test_gemma3_multimodal_checkpoint_converts_the_language_model(tmp_path, caplog):
+    hf = cached_hf_model(arch="gemma3_mm")
+    with caplog.at_level(logging.WARNING, logger="slimedge"):
+        errs = check_logits(hf, tmp_path, types=("f32",), tol=GELU_TOL)
+    vision = [r for r in caplog.records if "vision tower" in r.getMessage()]
+    assert len(vision) == 1 and "skipping" in vision[0].getMessage()
+    f32 = tmp_path / "model-f32.gguf"
+    names = {t.name for t in read_info(f32).tensors}
+    assert "output.weight" in names and not [n for n in names if n.startswith(("v.", "mm."))]
+    assert _tight_f32(hf, f32) < TIGHT, errs
+
+
+def test_gemma_tokenizer_json_only(tmp_path):
+    """What transformers 5 saves for Gemma: tokenizer.json (Replace normalizer, no dummy prefix), no .model."""
+    from transformers import AutoTokenizer
+
+    hf = copy_model(cached_hf_model(arch="gemma2"), tmp_path / "m")
+    AutoTokenizer.from_pretrained(hf).save_pretrained(tmp_path / "tok")
+    (hf / "tokenizer.model").unlink()
+    for f in (tmp_path / "tok").iterdir():
+        shutil.copy(f, hf / f.name)
+    f32 = convert(hf, tmp_path / "f32.gguf", "F32")
+    assert _meta(f32)["tokenizer.ggml.add_space_prefix"] is False
+    check_tokenization(hf, f32, samples=_samples())
+    _check_turn_markers(hf, f32)
+    tokens = _meta(f32)["tokenizer.ggml.tokens"]
+    assert np.asarray(tokens[:8]).tolist() == ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "[multimodal]",
+                                               "<start_of_turn>", "<end_of_turn>"]
