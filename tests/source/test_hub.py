@@ -145,3 +145,12 @@ def test_bench_ref_takes_a_hub_id(hub, tmp_path):
     convert(cached_hf_model(arch="llama"), tmp_path / "m.gguf")
     with pytest.raises(SlimedgeError, match="hf download Nobody/Ref-1B"):
         run_bench(tmp_path / "m.gguf", ref="Nobody/Ref-1B", text=tmp_path / "t.txt")
+
+
+def test_build_takes_a_hub_id(hub, tmp_path):
+    fake_cache(hub, "TinyOrg/Tiny-Llama", cached_hf_model(arch="llama"))
+    r = CliRunner().invoke(main, ["build", "TinyOrg/Tiny-Llama", "--target", "cpu", "-o", str(tmp_path / "b"),
+                                  "--type", "Q8_0", "-q"])
+    assert r.exit_code == 0, r.output
+    ggufs = list((tmp_path / "b").rglob("*.gguf"))
+    assert len(ggufs) == 1 and read_info(ggufs[0]).metadata["general.name"] == "Tiny-Llama"
