@@ -95,6 +95,11 @@ def student_config(teacher_cfg, *, student_config_path: str | None = None, layer
         d["head_dim"] = t_head_dim if not (hidden or heads) else new_hidden // new_heads
     if isinstance(d.get("layer_types"), list) and len(d["layer_types"]) == n_t:
         d["layer_types"] = [d["layer_types"][j] for j in layer_map(n_s, n_t)]
+    if isinstance(d.get("no_rope_layers"), list) and len(d["no_rope_layers"]) == n_t:
+        # SmolLM3: llama.cpp fixes which layers skip rope (every no_rope_layer_interval-th), so the student
+        # gets that pattern for its own depth rather than its mapped teacher layers' flags
+        step = int(d.get("no_rope_layer_interval") or 4)
+        d["no_rope_layers"] = [int((i + 1) % step != 0) for i in range(n_s)]
     for key in ("_name_or_path", "transformers_version", "architectures"):
         d.pop(key, None)
     cfg = type(teacher_cfg)(**d)
