@@ -12,7 +12,8 @@ from .options import make_progress, quiet_option, threads_option, user_errors
 @click.command("bench", context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--ref", type=click.Path(path_type=Path), default=None,
-              help="Unquantized reference (GGUF or HF folder): adds KL divergence, top-1 agreement, ΔPPL.")
+              help="Unquantized reference (GGUF, HF folder or a Hub id in the local HF cache): adds KL "
+                   "divergence, top-1 agreement, ΔPPL.")
 @click.option("--text", type=click.Path(path_type=Path), default=None,
               help="UTF-8 text for perplexity (at least one context of tokens).")
 @click.option("-c", "--ctx", "n_ctx", type=click.IntRange(min=16), default=512, show_default=True,

@@ -53,7 +53,8 @@ def cli(src: Path, out: Path | None, ftype: str, overrides: tuple[str, ...], out
         threads: int | None, overwrite: bool, quiet: bool) -> None:
     """Convert a Hugging Face model folder (config.json, *.safetensors, tokenizer) to GGUF.
 
-    SRC may also be an F32/F16/BF16 GGUF file to requantize.
+    SRC may also be an F32/F16/BF16 GGUF file to requantize, or a Hub model id (org/name) already in the
+    local Hugging Face cache (resolved offline; slimedge never downloads).
 
     \b
     Examples:
@@ -61,6 +62,7 @@ def cli(src: Path, out: Path | None, ftype: str, overrides: tuple[str, ...], out
       slimedge convert ./TinyLlama-1.1B -o tinyllama-q4km.gguf --type Q4_K_M
       slimedge convert tinyllama-f16.gguf -o tinyllama-q8.gguf --type q8_0 --tensor-type 'ffn_down=f16'
       slimedge convert ./TinyLlama-1.1B --type Q4_K_M --dry-run
+      slimedge convert Qwen/Qwen3-1.7B -o qwen3-q4km.gguf --type Q4_K_M   # from the HF cache
       slimedge convert ./TinyLlama-1.1B --type auto --target-size Q4_K_M --calib wiki.txt -o tl-auto.gguf
       slimedge convert ./TinyLlama-1.1B -o tinyllama-q4km.gguf --type Q4_K_M --imatrix imatrix.gguf
     """

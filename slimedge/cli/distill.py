@@ -22,7 +22,7 @@ def _opt(*decls, field: str, **kw):
 
 
 @click.command("distill", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@_opt("--teacher", field="teacher", required=True, type=click.Path(), help="Teacher: a Hugging Face model folder.")
+@_opt("--teacher", field="teacher", required=True, type=click.Path(), help="Teacher: a Hugging Face model folder (or a Hub id in the local HF cache).")
 @_opt("--data", field="data", required=True, type=click.Path(),
       help="Text file, folder of text files, or JSONL with a 'text' field.")
 @_opt("-o", "--output", field="output", required=True, type=click.Path(), help="Output folder (HF format).")
