@@ -81,7 +81,12 @@ def general_metadata(model_dir: Path, shapes: list[tuple[str, tuple[int, ...]]],
         if not (isinstance(name_or_path, str) and name_or_path.count("/") == 1):
             hf_params = {**hf_params, "_name_or_path": hub_repo}
         name_path = Path(hub_repo)
-    meta = Metadata.apply_metadata_heuristic(Metadata(), card, hf_params, name_path, total)
+    try:
+        meta = Metadata.apply_metadata_heuristic(Metadata(), card, hf_params, name_path, total)
+    except Exception as exc:  # free-form card fields gguf's heuristics do not expect: drop the card only
+        log.warning("%s: model card fields not understood (%s); general.license and tags left out",
+                    model_dir / "README.md", " ".join(str(exc).split())[:200])
+        meta = Metadata.apply_metadata_heuristic(Metadata(), {}, hf_params, name_path, total)
     if meta.size_label is None and total > 0:
         meta.size_label = size_label(total, shared, expert, n_expert)
 
