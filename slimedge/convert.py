@@ -93,6 +93,9 @@ class Plan:
         lines.append(f"{len(self.tensors)} tensors, {self.n_params / 1e6:.2f} M parameters, "
                      f"{self.total_bytes / 1e6:.2f} MB of tensor data, {self.bits_per_weight:.2f} bits per weight "
                      f"({self.arch}, --type {self.spec.ftype})")
+        if self.model is not None and self.model.n_expert:  # *_exps tensors: [experts, rows, row length]
+            lines.append(f"{self.model.n_expert} experts per MoE layer; expert tensors are listed as "
+                         f"experts x rows x row length")
         if self.imatrix is not None:
             lines.append(f"importance matrix {self.imatrix.path or '(in memory)'}: {len(self.imatrix.entries)} "
                          f"entries, {self.imatrix.chunk_count} chunks; used for {len(self.importance)} tensors")
