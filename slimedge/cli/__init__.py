@@ -42,6 +42,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("bench", "Measure a GGUF or bundle through llama.cpp: speed, memory, quality."),
     "serve": ("serve", "Serve a GGUF or bundle over an OpenAI-compatible HTTP API (llama-cpp-python's server)."),
     "report": ("report", "Show a bundle's memory estimate beside each device's measured memory and speed."),
+    "sweep": ("sweep", "Convert to many types, measure each through llama.cpp, draw KL and speed vs size."),
     "demo": ("demo", "Run the whole pipeline on a built-in model and print the comparison table."),
 }
 

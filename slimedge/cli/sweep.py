@@ -1,0 +1,45 @@
+"""``slimedge sweep SRC --types ... --text FILE -o DIR``: many types, measured, tabulated and drawn."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .options import make_progress, quiet_option, threads_option, user_errors
+
+
+@click.command("sweep", context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("src", type=click.Path(path_type=Path))
+@click.option("--types", default="Q8_0,Q6_K,Q5_K_M,Q4_K_M,Q3_K_M,Q2_K,auto:4.5,auto:3.5", show_default=True,
+              help="Comma-separated llama.cpp mixes and auto mixes (auto:BITS or auto:MIX for that mix's size).")
+@click.option("--text", type=click.Path(path_type=Path), required=True, help="Held-out text: perplexity and KL.")
+@click.option("--calib", type=click.Path(path_type=Path), default=None,
+              help="Calibration text for the auto mixes' sensitivities (default: --text, with a warning).")
+@click.option("--imatrix", type=click.Path(path_type=Path), default=None, help="Importance matrix for every type.")
+@click.option("--target", default=None, help="Target profile whose runtime settings the measurements use.")
+@click.option("-o", "--output", "out", type=click.Path(path_type=Path), required=True, help="Output folder.")
+@click.option("-c", "--ctx", "n_ctx", type=click.IntRange(min=16), default=512, show_default=True)
+@click.option("-r", "--repeats", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("-p", "--n-prompt", type=click.IntRange(min=1), default=512, show_default=True)
+@click.option("-n", "--n-gen", type=click.IntRange(min=1), default=128, show_default=True)
+@threads_option
+@quiet_option
+@user_errors
+def cli(src: Path, types: str, text: Path, calib: Path | None, imatrix: Path | None, target: str | None, out: Path,
+        n_ctx: int, repeats: int, n_prompt: int, n_gen: int, threads: int | None, quiet: bool) -> None:
+    """Convert SRC to each type (reusing files already in -o), measure each through llama.cpp against the
+    unquantized model, print the table and write sweep.json/.csv/.md and sweep.png/.svg.
+
+    \b
+    Example:
+      slimedge sweep ./model --text heldout.txt --calib train.txt --imatrix imatrix.gguf -o sweep/
+    """
+    from ..bench.sweep import parse_types, run_sweep, table
+
+    entries = parse_types(types)  # refuse a typo before converting anything
+    records = run_sweep(src, entries, text, out, calib=calib, imatrix=imatrix, target=target, n_ctx=n_ctx,
+                        repeats=repeats, n_prompt=n_prompt, n_gen=n_gen, threads=threads,
+                        progress=make_progress(quiet))
+    click.echo(table(records), nl=False)
+    click.echo(f"wrote {out}/sweep.json, sweep.csv, sweep.md, sweep.png, sweep.svg", err=True)
