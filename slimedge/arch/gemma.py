@@ -52,13 +52,15 @@ GEMMA2_TENSORS = [
     (L + "self_attn.v_proj.weight", T.ATTN_V, True),
     (L + "self_attn.o_proj.weight", T.ATTN_OUT, True),
     (L + "post_attention_layernorm.weight", T.ATTN_POST_NORM, True),
-    (L + "pre_feedforward_layernorm.weight", T.FFN_NORM, True),
+    (L + "pre_feedforward_layernorm.weight", T.FFN_PRE_NORM, True),  # GGUF name "ffn_norm", as FFN_NORM
     (L + "mlp.gate_proj.weight", T.FFN_GATE, True),
     (L + "mlp.up_proj.weight", T.FFN_UP, True),
     (L + "mlp.down_proj.weight", T.FFN_DOWN, True),
     (L + "post_feedforward_layernorm.weight", T.FFN_POST_NORM, True),
     ("model.norm.weight", T.OUTPUT_NORM, True),
 ]
+# Gemma 2 is always tied (see Gemma2): a stored lm_head.weight is dropped without a warning
+GEMMA2_TABLE = GEMMA2_TENSORS + [("lm_head.weight", T.OUTPUT, False)]
 
 _QK_NORMS = [(L + "self_attn.q_norm.weight", T.ATTN_Q_NORM, True),
              (L + "self_attn.k_norm.weight", T.ATTN_K_NORM, True)]
@@ -160,7 +162,7 @@ class _Gemma(Arch):
 
     def expected_shape(self, tensor, is_bias):
         hp = self.hp
-        if tensor in (T.ATTN_POST_NORM, T.FFN_POST_NORM):
+        if tensor in (T.ATTN_POST_NORM, T.FFN_PRE_NORM, T.FFN_POST_NORM):
             return (hp.n_embd,)
         if tensor in (T.ATTN_Q_NORM, T.ATTN_K_NORM):
             return (hp.head_dim,)
@@ -186,7 +188,7 @@ class _Gemma(Arch):
 class Gemma2(_Gemma):
     hf_names = ("Gemma2ForCausalLM",)
     gguf_arch = MODEL_ARCH.GEMMA2
-    TENSORS = GEMMA2_TENSORS
+    TENSORS = GEMMA2_TABLE
     LARGE_LAYERS = 46
     DEFAULT_PATTERN = 2
 
