@@ -5,7 +5,10 @@ Steps (each artifact cached under the cache folder, keyed by everything it depen
 1. teacher: the shipped ``slimedge/data/demo-teacher`` (or, with ``retrain_teacher``, the recipe of
    :mod:`slimedge.demo.teacher` trained into ``CACHE/teacher``);
 2. corpus: the standard-library training documents (one text file each) and the held-out text;
-3. convert the teacher to GGUF F16 (the reference) and Q4_K_M (:func:`slimedge.convert.convert`);
+3. convert the teacher to GGUF F16 (the reference) and Q4_K_M (:func:`slimedge.convert.convert`); compute
+   an importance matrix on the training text (:func:`slimedge.calib.compute_imatrix`) and convert Q4_K_M
+   with it, and the quality-driven auto mix at Q4_K_M's size with it
+   (:func:`slimedge.calib.sensitivity.auto_allocation`);
 4. distill a student with fewer layers from the teacher on the training documents
    (:func:`slimedge.distill.api.distill`), then convert it to F16 and Q4_K_M;
 5. benchmark the four GGUFs through llama.cpp (:func:`slimedge.bench.run_bench`): generation speed,
@@ -38,6 +41,8 @@ log = logging.getLogger(__name__)
 ROWS = (  # (model, technique, which GGUF)
     ("teacher", "baseline (F16)", "teacher-f16"),
     ("teacher", "quantized {quant}", "teacher-quant"),
+    ("teacher", "{quant} + imatrix", "teacher-quant-imatrix"),
+    ("teacher", "auto mix ({quant} size) + imatrix", "teacher-auto"),
     ("student", "distilled (F16)", "student-f16"),
     ("student", "distilled + {quant}", "student-quant"),
 )
@@ -66,12 +71,17 @@ class DemoConfig:
     n_gen: int = 128  # generated tokens of the speed test
     repeats: int = 3  # speed repeats (mean ± stddev)
     bench_threads: int = 1  # llama.cpp threads: a few-MB model's per-token work is too small to split
+    # --- importance matrix and auto mix (calibration on the training text) --------------------------
+    calib_chars: int = 400_000  # training-text characters the imatrix and the sensitivities see
+    imatrix_chunks: int = 32  # imatrix sequences of n_ctx tokens
+    sensitivity_chunks: int = 2  # sensitivity sequences of n_ctx tokens (one forward per tensor x type)
 
     @classmethod
     def fast(cls, **kw) -> "DemoConfig":
         """Seconds instead of minutes: a few distill steps and a short bench (tests, smoke runs)."""
         base = dict(distill_steps=6, distill_batch=4, distill_seq_len=64, distill_chars=150_000,
-                    bench_chars=12_000, n_prompt=32, n_gen=16, repeats=1)
+                    bench_chars=12_000, n_prompt=32, n_gen=16, repeats=1, calib_chars=60_000,
+                    imatrix_chunks=8, sensitivity_chunks=1)
         base.update(kw)
         return cls(**base)
 
@@ -160,6 +170,34 @@ def _convert(src: Path, out: Path, ftype: str, threads: int | None, progress: Pr
     return out
 
 
+def _calibrated(teacher: Path, work: Path, q: str, paths: dict, cfg: DemoConfig, progress: Progress) -> None:
+    """The teacher's imatrix (training text), its Q4_K_M with it and the auto mix at Q4_K_M's size; cached."""
+    from ..calib import compute_imatrix
+    from ..calib.sensitivity import auto_allocation
+    from ..convert import convert
+    from ..quant.imatrix_file import write_imatrix
+    from ..quant.mixes import QuantSpec
+
+    ckey = _key(corpus.corpus_digest(), cfg.calib_chars, cfg.imatrix_chunks, cfg.sensitivity_chunks, cfg.n_ctx, q)
+    imx = work / f"imatrix-{ckey}.gguf"
+    calib = corpus.train_text()[: cfg.calib_chars]
+    if not imx.is_file():
+        log.info("computing the teacher's importance matrix on %d characters of training text", len(calib))
+        write_imatrix(imx, compute_imatrix(teacher, calib, ctx=cfg.n_ctx, chunks=cfg.imatrix_chunks,
+                                           threads=cfg.threads, dataset="stdlib-train"), overwrite=True)
+    out = work / f"teacher-{q}-imatrix-{ckey}.gguf"
+    if not out.is_file():
+        convert(teacher, out, QuantSpec(cfg.quant), imatrix=imx, threads=cfg.threads, overwrite=True, progress=progress)
+    paths["teacher-quant-imatrix"] = out
+    auto = work / f"teacher-auto-{q}-size-{ckey}.gguf"
+    if not auto.is_file():
+        alloc = auto_allocation(teacher, calib, target_size=cfg.quant, imatrix=imx, ctx=cfg.n_ctx,
+                                chunks=cfg.sensitivity_chunks, cache=work / f"sensitivity-{ckey}.json",
+                                threads=cfg.threads, progress=progress)
+        convert(teacher, auto, alloc.spec(), imatrix=imx, threads=cfg.threads, overwrite=True, progress=progress)
+    paths["teacher-auto"] = auto
+
+
 def _distill(teacher: Path, data: Path, out: Path, cfg: DemoConfig, progress: Progress) -> dict:
     report = out / "distill_report.json"
     if report.is_file() and (out / "model.safetensors").is_file():
@@ -234,6 +272,9 @@ def run_demo(cfg: DemoConfig | None = None, progress: Progress = NULL_PROGRESS) 
     paths = {"teacher-f16": _convert(teacher, work / "teacher-f16.gguf", "F16", cfg.threads, progress),
              "teacher-quant": _convert(teacher, work / f"teacher-{q}.gguf", cfg.quant, cfg.threads, progress)}
     lap("convert_teacher", t)
+    t = time.monotonic()
+    _calibrated(teacher, work, q, paths, cfg, progress)
+    lap("imatrix_auto_mix", t)
 
     t = time.monotonic()
     skey = _key(data_key, cfg.student_layers, cfg.distill_steps, cfg.distill_batch, cfg.distill_seq_len,

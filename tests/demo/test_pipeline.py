@@ -30,13 +30,14 @@ def test_shipped_teacher_files():
     assert report["heldout_perplexity"] < 400
 
 
-def test_four_rows_with_sane_numbers(demo):
+def test_six_rows_with_sane_numbers(demo):
     cfg, res = demo
     rows = res.rows
     assert [(r.model, r.technique) for r in rows] == [
-        ("teacher", "baseline (F16)"), ("teacher", "quantized Q4_K_M"),
+        ("teacher", "baseline (F16)"), ("teacher", "quantized Q4_K_M"), ("teacher", "Q4_K_M + imatrix"),
+        ("teacher", "auto mix (Q4_K_M size) + imatrix"),
         ("student", "distilled (F16)"), ("student", "distilled + Q4_K_M")]
-    base, quant, student, squant = rows
+    base, quant, quant_imx, auto, student, squant = rows
     # the teacher against itself: no divergence, full agreement
     assert base.kld_mean == pytest.approx(0.0, abs=1e-4) and base.top1_agreement == pytest.approx(1.0)
     for r in rows:
@@ -49,6 +50,10 @@ def test_four_rows_with_sane_numbers(demo):
     assert 2.5 < base.size_bytes / quant.size_bytes < 4.0
     assert student.size_bytes < base.size_bytes and squant.size_bytes < quant.size_bytes
     assert all(Path(r.path).is_file() for r in rows)
+    # the imatrix changes the values, not the layout; the auto mix fits Q4_K_M's tensor bytes and beats it
+    assert quant_imx.extra["model_size"] == quant.extra["model_size"]
+    assert auto.extra["model_size"] <= quant.extra["model_size"]
+    assert auto.kld_mean < quant.kld_mean
 
 
 def test_outputs_written(demo):
@@ -58,7 +63,7 @@ def test_outputs_written(demo):
     assert doc["rows"][0]["speedup"] == 1.0 and doc["rows"][1]["smaller"] > 2.5
     assert doc["distill"]["steps"] == cfg.distill_steps and doc["wall_s"] > 0
     md = Path(res.markdown_path).read_text().splitlines()
-    assert len(md) == 6 and md[2].startswith("| teacher | baseline (F16) |")
+    assert len(md) == 8 and md[2].startswith("| teacher | baseline (F16) |")
     assert (Path(cfg.out) / "demo_table.txt").read_text() == res.text
 
 
