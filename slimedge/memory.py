@@ -12,7 +12,11 @@ logs and the process's peak RSS: tests/benchmarks/bench_memory_estimate.py):
   Q8_0). With mmap the file pages it read stay resident too, so those tensors count twice.
 * **KV cache** — GQA-aware: ``n_layer × n_ctx × n_head_kv × (key_length + value_length) ×
   bytes per element`` of the cache types, context padded to 256 like llama.cpp; each layer's
-  cache lives where its layer lives.
+  cache lives where its layer lives. Per-layer kv heads count layer by layer: a layer with none
+  (LFM2's convolution layers) has no KV cache but a recurrent state instead, ``(l_cache - 1) ×
+  n_embd`` float32 for the one sequence (:func:`recurrent_layer_bytes`), counted with the KV cache.
+  Sliding-window layers (Gemma) hold only window + ubatch cells (:func:`layer_cells`) unless the runtime
+  keeps a full-size SWA cache (``swa_full``: llama-cpp-python's default).
 * **compute buffer** — the ggml graph's scratch for one ``n_ubatch`` at full context, the largest
   stage of :func:`compute_bytes` (attention scores ``n_head × n_ctx`` per token dominate without
   flash attention; else the logits or the FFN).
@@ -68,6 +72,10 @@ class ModelShape:
     value_length: int  # per head
     n_ctx_train: int = 0
     tensors: list[TensorSize] = field(default_factory=list)
+    n_head_kv_layers: tuple[int, ...] = ()  # per layer where the model says so (0: no KV cache); () = n_head_kv
+    recurrent_bytes: int = 0  # state of one recurrent layer (a layer with 0 kv heads), one sequence
+    n_swa: int = 0  # sliding window (tokens) of the layers marked True in swa_layers; () = none slides
+    swa_layers: tuple[bool, ...] = ()
 
     @property
     def weight_bytes(self) -> int:
@@ -83,7 +91,15 @@ def shape_from_model_info(m, tensors: list[TensorSize]) -> ModelShape:
     bounds memory) and the tensors' stored sizes."""
     return ModelShape(arch=m.arch, n_layer=m.n_layer, n_embd=m.n_embd, n_head=m.max_head, n_head_kv=m.max_head_kv,
                       n_ff=m.max_ff or 4 * m.n_embd, n_vocab=m.n_vocab, key_length=m.key_length,
-                      value_length=m.value_length, n_ctx_train=m.n_ctx_train, tensors=list(tensors))
+                      value_length=m.value_length, n_ctx_train=m.n_ctx_train, tensors=list(tensors),
+                      n_head_kv_layers=tuple(m.n_head_kv_layers), recurrent_bytes=recurrent_layer_bytes(m),
+                      n_swa=m.n_swa, swa_layers=tuple(m.swa_layers))
+
+
+def recurrent_layer_bytes(m) -> int:
+    """llama.cpp's recurrent state of one layer for one sequence (``n_embd_r`` float32 values; LFM2's short
+    convolution keeps its last ``l_cache - 1`` inputs), from a ModelInfo; 0 for models without one."""
+    return 4 * (m.shortconv_l_cache - 1) * m.n_embd if m.shortconv_l_cache > 1 else 0
 
 
 def shape_from_gguf(path: str | Path) -> ModelShape:
@@ -160,8 +176,26 @@ def pad_ctx(n_ctx: int) -> int:
     return (n_ctx + 255) // 256 * 256
 
 
-def kv_bytes_per_layer(shape: ModelShape, n_ctx: int, cache_type_k: str = "f16", cache_type_v: str = "f16") -> int:
-    per_token = shape.n_head_kv * (shape.key_length * CACHE_BYTES[cache_type_k]
+def layer_cells(shape: ModelShape, layer: int, n_ctx: int, n_ubatch: int, swa_full: bool = True) -> int:
+    """KV cells of one layer. A sliding-window layer's cache (llama-kv-cache-iswa.cpp) holds the window plus
+    one ubatch, padded to 256, at most the full cache; the full cache with ``swa_full`` (llama-cpp-python's
+    default; llama-cli / llama-server default to --swa-full off)."""
+    full = pad_ctx(n_ctx)
+    if swa_full or not shape.n_swa or layer >= len(shape.swa_layers) or not shape.swa_layers[layer]:
+        return full
+    return min(full, pad_ctx(shape.n_swa + n_ubatch))
+
+
+def kv_bytes_per_layer(shape: ModelShape, n_ctx: int, cache_type_k: str = "f16", cache_type_v: str = "f16",
+                       layer: int | None = None) -> int:
+    """KV cache of one layer (``layer``'s own kv heads when the model lists them per layer; a layer with
+    none holds the recurrent state instead)."""
+    n_head_kv = shape.n_head_kv
+    if layer is not None and shape.n_head_kv_layers:
+        n_head_kv = shape.n_head_kv_layers[layer]
+        if n_head_kv == 0:
+            return shape.recurrent_bytes
+    per_token = n_head_kv * (shape.key_length * CACHE_BYTES[cache_type_k]
                                    + shape.value_length * CACHE_BYTES[cache_type_v])
     return int(pad_ctx(n_ctx) * per_token)
 
@@ -234,7 +268,10 @@ def estimate(shape: ModelShape, runtime, *, n_ctx: int | None = None, hardware=N
     if not runtime.use_mmap:
         rp_ram = 0  # read straight into the repacked buffer: no second copy
     n_gpu = sum(_layer_on_gpu(i, shape.n_layer, ngl) for i in range(shape.n_layer))
-    kv_layer = kv_bytes_per_layer(shape, n_ctx, runtime.cache_type_k, runtime.cache_type_v)
+    swa_full = bool(getattr(runtime, "swa_full", True))
+    kv = [kv_bytes_per_layer(shape, layer_cells(shape, i, n_ctx, runtime.n_ubatch, swa_full), runtime.cache_type_k,
+                             runtime.cache_type_v, i) for i in range(shape.n_layer)]
+    kv_gpu = sum(b for i, b in enumerate(kv) if _layer_on_gpu(i, shape.n_layer, ngl))
     comp = compute_bytes(shape, n_ctx, runtime.n_ubatch, runtime.flash_attn)
     if n_gpu:
         # the GPU runs the graph; the CPU keeps a host-side buffer for inputs/outputs
@@ -243,7 +280,7 @@ def estimate(shape: ModelShape, runtime, *, n_ctx: int | None = None, hardware=N
         comp_vram, comp_ram = 0, comp
     return MemoryEstimate(
         weights_ram=w_ram, weights_vram=w_vram, repack_ram=rp_ram,
-        kv_ram=kv_layer * (shape.n_layer - n_gpu), kv_vram=kv_layer * n_gpu,
+        kv_ram=sum(kv) - kv_gpu, kv_vram=kv_gpu,
         compute_ram=comp_ram, compute_vram=comp_vram,
         host_ram=RUNTIME_OVERHEAD, n_ctx=n_ctx, n_gpu_layers=ngl)
 

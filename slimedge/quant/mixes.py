@@ -77,6 +77,7 @@ class ModelInfo:
     # () = none): the pattern key, else llama.cpp's default for the arch (SWA_DEFAULT_PATTERN)
     n_swa: int = 0
     swa_layers: tuple[bool, ...] = ()
+    shortconv_l_cache: int = 0  # {arch}.shortconv.l_cache: taps of LFM2's convolution layers (0: none)
 
     @property
     def max_head(self) -> int:
@@ -154,7 +155,7 @@ class ModelInfo:
                    value_length=scalar("attention.value_length", head_dim),
                    n_ctx_train=scalar("context_length", 0),
                    n_head_layers=head_layers, n_head_kv_layers=kv_layers, n_ff_layers=ff_layers,
-                   n_swa=n_swa, swa_layers=swa_layers)
+                   n_swa=n_swa, swa_layers=swa_layers, shortconv_l_cache=scalar("shortconv.l_cache", 0))
 
 
 # llama.cpp's sliding-window defaults when a GGUF has no pattern / window key: arch -> (n_pattern: every

@@ -137,3 +137,27 @@ def test_gemma_tokenizer_json_only(tmp_path):
     tokens = _meta(f32)["tokenizer.ggml.tokens"]
     assert np.asarray(tokens[:8]).tolist() == ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "[multimodal]",
                                                "<start_of_turn>", "<end_of_turn>"]
+
+
+def test_sliding_window_kv_cache_matches_llama_cpp(tmp_path):
+    """The estimate's per-layer KV cells (slimedge.memory.layer_cells) are the cells llama.cpp logs for its
+    non-SWA and SWA caches, with and without swa_full."""
+    import re
+    import subprocess
+    import sys
+
+    from slimedge.memory import layer_cells, shape_from_gguf
+
+    f32 = convert(cached_hf_model(arch="gemma3"), tmp_path / "g3.gguf", "F32")
+    shape = shape_from_gguf(f32)
+    assert shape.n_swa == 8 and shape.swa_layers == (True,) * 5 + (False,)
+    for swa_full in (False, True):
+        code = (f"import llama_cpp; llama_cpp.Llama(model_path={str(f32)!r}, n_ctx=2048, n_batch=256, n_ubatch=256, "
+                f"n_threads=1, swa_full={swa_full}, verbose=True)")
+        log = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stderr
+        got = sorted((int(c), int(n)) for c, n in re.findall(r"llama_kv_cache: size = .*?\(\s*(\d+) cells,\s*(\d+) layers",
+                                                             log))
+        cells = [layer_cells(shape, i, 2048, 256, swa_full) for i in range(shape.n_layer)]
+        want = sorted((c, cells.count(c)) for c in set(cells)) if not swa_full else [(2048, 1), (2048, 5)]
+        assert got == want, (swa_full, got, log[-2000:])
+    assert layer_cells(shape, 0, 2048, 256, False) == 512  # pad256(8 + 256)

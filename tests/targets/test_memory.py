@@ -115,3 +115,28 @@ def test_budget_checks_required_ram_not_reclaimable_repack_pages():
     tgt = dataclasses.replace(cpu, hardware=dataclasses.replace(cpu.hardware, memory_budget_gb=between))
     check_fits(est, tgt)  # fits: the repacked tensors' file pages are re-readable page cache
     assert "reclaimable mmap pages" in est.describe()
+
+
+def test_sliding_window_layers_hold_window_plus_ubatch_unless_swa_full():
+    """Gemma 3 4B's shape (34 layers, every 6th global, window 1024, 4 kv heads x 256): llama.cpp's iswa cache
+    gives sliding layers pad256(n_swa + n_ubatch) cells (at most n_ctx) when swa_full is off."""
+    from dataclasses import replace
+
+    swa = tuple(i % 6 < 5 for i in range(34))
+    g = ModelShape(arch="gemma3", n_layer=34, n_embd=2560, n_head=8, n_head_kv=4, n_ff=10240, n_vocab=262208,
+                   key_length=256, value_length=256, n_swa=1024, swa_layers=swa)
+    per_cell = 4 * (256 + 256) * 2  # f16 K and V
+    n_global, n_slide = swa.count(False), swa.count(True)
+    assert (n_global, n_slide) == (5, 29)
+    off = estimate(g, replace(Runtime(), n_ctx=8192, n_ubatch=512), n_ctx=8192)
+    assert off.kv_ram == 34 * 8192 * per_cell  # llama-cpp-python's default: full-size SWA cache
+
+    class SwaOff:  # a runtime that turns swa_full off (llama-cli / llama-server default)
+        n_ctx, n_ubatch, n_gpu_layers, cache_type_k, cache_type_v = 8192, 512, 0, "f16", "f16"
+        flash_attn, use_mmap, swa_full = False, True, False
+
+    small = estimate(g, SwaOff(), n_ctx=8192)
+    assert small.kv_ram == (n_global * 8192 + n_slide * 1536) * per_cell  # pad256(1024 + 512) = 1536
+    assert small.kv_ram < off.kv_ram
+    assert estimate(replace(g, swa_layers=()), SwaOff(), n_ctx=8192).kv_ram == off.kv_ram  # no window: full
+    assert estimate(g, SwaOff(), n_ctx=1024).kv_ram == 34 * 1024 * per_cell  # window + ubatch > n_ctx
