@@ -158,4 +158,5 @@ class Lfm2(Arch):
     def model_info(self) -> ModelInfo:
         info = super().model_info()
         info.n_head_kv, info.n_head_kv_layers = self.head_count_kv[0], tuple(self.head_count_kv)
+        info.shortconv_l_cache = self.l_cache
         return info
