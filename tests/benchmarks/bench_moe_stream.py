@@ -1,0 +1,101 @@
+"""Streaming proof for MoE: convert a Mixtral-shaped random bf16 model to Q4_K_M in a child process and
+compare its peak RSS with the largest single expert slice as float32 (goal: under 2x that, never a layer).
+
+    python tests/benchmarks/bench_moe_stream.py                 # Mixtral-8x7B width, 1 layer: ~3.3 GB bf16
+    python tests/benchmarks/bench_moe_stream.py --scale 0.25    # a quick run of a few hundred MB
+
+The model (config.json, one bf16 model.safetensors with one tensor per expert as Hub checkpoints have,
+a 32000-piece SentencePiece tokenizer) is written one tensor at a time (tests/benchmarks/_models.py),
+so building it stays low-memory too. ``--scale`` multiplies hidden size and expert width (rounded to
+multiples of 256). At small scales the interpreter and numpy (~100 MB) dominate the peak, so the 2x goal
+is only meaningful near full width, where one expert slice is 235 MB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _models import tinyllama_tokenizer, write_bf16_safetensors  # noqa: E402
+
+MIXTRAL = dict(vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_attention_heads=32,
+               num_key_value_heads=8, num_local_experts=8, num_experts_per_tok=2, max_position_embeddings=4096,
+               rms_norm_eps=1e-5, rope_theta=1e6, tie_word_embeddings=False, architectures=["MixtralForCausalLM"],
+               model_type="mixtral", bos_token_id=1, eos_token_id=2, torch_dtype="bfloat16")
+
+
+def mixtral_config(scale: float, layers: int, experts: int) -> dict:
+    def r256(x: float) -> int:
+        return max(256, int(round(x / 256)) * 256)
+
+    return dict(MIXTRAL, hidden_size=r256(4096 * scale), intermediate_size=r256(14336 * scale),
+                num_hidden_layers=layers, num_local_experts=experts)
+
+
+def tensor_shapes(cfg: dict) -> list[tuple[str, tuple[int, ...]]]:
+    h, f, v, e = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"], cfg["num_local_experts"]
+    kv = h // cfg["num_attention_heads"] * cfg["num_key_value_heads"]
+    out = [("model.embed_tokens.weight", (v, h))]
+    for i in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        out += [(p + "input_layernorm.weight", (h,)), (p + "self_attn.q_proj.weight", (h, h)),
+                (p + "self_attn.k_proj.weight", (kv, h)), (p + "self_attn.v_proj.weight", (kv, h)),
+                (p + "self_attn.o_proj.weight", (h, h)), (p + "post_attention_layernorm.weight", (h,)),
+                (p + "block_sparse_moe.gate.weight", (e, h))]
+        for x in range(e):
+            q = f"{p}block_sparse_moe.experts.{x}."
+            out += [(q + "w1.weight", (f, h)), (q + "w2.weight", (h, f)), (q + "w3.weight", (f, h))]
+    return out + [("model.norm.weight", (h,)), ("lm_head.weight", (v, h))]
+
+
+def run_child(cmd: list[str]) -> tuple[float, int, int]:
+    """(wall seconds, peak RSS bytes, exit status) of ``cmd`` in its own process (peak RSS from wait4)."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return time.perf_counter() - t0, usage.ru_maxrss * 1024, proc.returncode
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--scale", type=float, default=1.0, help="width relative to Mixtral 8x7B (default 1.0)")
+    ap.add_argument("--layers", type=int, default=1)
+    ap.add_argument("--experts", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--dir", type=Path, default=None, help="work folder (default: a temporary one, removed)")
+    args = ap.parse_args()
+
+    cfg = mixtral_config(args.scale, args.layers, args.experts)
+    with tempfile.TemporaryDirectory(prefix="bench-moe-", dir=args.dir) as tmp:
+        model = Path(tmp) / "mixtral"
+        model.mkdir()
+        tinyllama_tokenizer(model)
+        (model / "config.json").write_text(json.dumps(cfg, indent=1))
+        size = write_bf16_safetensors(model / "model.safetensors", tensor_shapes(cfg))
+        out = Path(tmp) / "mixtral-q4_k_m.gguf"
+        wall, rss, rc = run_child([sys.executable, "-m", "slimedge", "convert", str(model), "-o", str(out),
+                                   "--type", "Q4_K_M", "-q", "-t", str(args.threads)])
+        if rc:
+            raise SystemExit(f"convert failed with exit status {rc}")
+        h, f, e = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_local_experts"]
+        expert_f32 = h * f * 4  # one expert's w1 (or w2, w3) as float32
+        layer_f32 = 3 * e * expert_f32
+        mb = 1e6
+        print(f"Mixtral-shaped: hidden {h}, expert width {f}, {e} experts, {cfg['num_hidden_layers']} layer(s); "
+              f"{size / mb:.0f} MB bf16 -> {out.stat().st_size / mb:.0f} MB Q4_K_M in {wall:.1f} s")
+        print(f"peak RSS of the convert process: {rss / mb:.0f} MB")
+        print(f"largest expert slice as float32: {expert_f32 / mb:.0f} MB  -> peak / slice = {rss / expert_f32:.2f}x "
+              f"(goal < 2x)")
+        print(f"one layer's experts as float32: {layer_f32 / mb:.0f} MB  -> peak / layer = {rss / layer_f32:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
