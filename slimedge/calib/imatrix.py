@@ -84,13 +84,20 @@ def _add_bos(src: Path) -> tuple[bool, int | None]:
 
 
 def tokenize(src: str | Path, text: str) -> tuple[list[int], int | None]:
-    """(token ids as llama.cpp's tokenizer gives them with add_special, BOS id or None when not added)."""
-    from transformers import AutoTokenizer
+    """(token ids as llama.cpp's tokenizer gives them with add_special, BOS id or None when not added).
 
+    ``tokenizer.json`` is run by the ``tokenizers`` library (what the converted vocabulary reproduces);
+    a SentencePiece-only folder goes through transformers' AutoTokenizer."""
     src = Path(src)
     add_bos, bos = _add_bos(src)
-    tok = AutoTokenizer.from_pretrained(src)
-    ids = list(tok(text, add_special_tokens=False, verbose=False)["input_ids"])
+    if (src / "tokenizer.json").is_file():  # the file the converter's vocabulary comes from; loads in ms
+        from tokenizers import Tokenizer
+
+        ids = Tokenizer.from_file(str(src / "tokenizer.json")).encode(text, add_special_tokens=False).ids
+    else:
+        from transformers import AutoTokenizer
+
+        ids = list(AutoTokenizer.from_pretrained(src)(text, add_special_tokens=False, verbose=False)["input_ids"])
     return ([bos] + ids, bos) if add_bos else (ids, None)
 
 
@@ -165,11 +172,16 @@ def compute_imatrix_tokens(src: str | Path, chunks: list[list[int]], *, device: 
     counts: dict[str, int] = {}
     handles = []
 
+    last: dict = {}  # q/k/v (gate/up) share one input tensor: its squares are summed once
+
     def hook(name: str, n_cols: int):
         def pre(_module, args):
-            x = args[0].detach().reshape(-1, n_cols).float()
-            sums[name] += (x * x).sum(dim=0).double()
-            counts[name] += int(x.shape[0])
+            x = args[0]  # the same tensor object (held here, so its memory cannot be reused meanwhile)
+            if last.get("x") is not x:
+                x2 = x.detach().reshape(-1, n_cols).float()
+                last.update(x=x, sq=(x2 * x2).sum(dim=0).double(), rows=int(x2.shape[0]))
+            sums[name] += last["sq"]
+            counts[name] += last["rows"]
         return pre
 
     for t in wanted:
@@ -190,8 +202,10 @@ def compute_imatrix_tokens(src: str | Path, chunks: list[list[int]], *, device: 
             for i in range(0, len(chunks), per):
                 ids = torch.tensor(chunks[i:i + per], dtype=torch.long, device=dev)
                 runner(input_ids=ids, use_cache=False)
+                last.clear()
                 progress.update(ids.numel(), label=f"chunk {min(i + per, len(chunks))}/{len(chunks)}")
     finally:
+        last.clear()
         progress.close()
         for h in handles:
             h.remove()
