@@ -1,9 +1,13 @@
 """The bundle's ``README.md``: what the model is, how to run it (launcher, llama.cpp, Ollama), and the
 numbers — memory estimate always, measured speed/quality once ``slimedge bench BUNDLE`` recorded some, and
-each device's measurements (``bench/``, via ``slimedge report``) beside the estimate.
+each device's measurements (``bench/``, via ``slimedge report``) beside the estimate. A release folder's
+card (:func:`render_release_card`): Hugging Face front matter, the files with size, bits per weight and
+measured quality, and how to run them with llama.cpp, Ollama and LM Studio.
 """
 
 from __future__ import annotations
+
+import json
 
 MiB = 1 << 20
 
@@ -106,4 +110,107 @@ def render_card(m: dict) -> str:
         lines += ["", "### On the devices", "",
                   "Measured with `python run --bench --json` on each device (files in `bench/`), beside this "
                   "bundle's memory estimate (`slimedge report` renders this table):", "", table(m["devices"])]
+    return "\n".join(lines) + "\n"
+
+
+def human_size(n: int) -> str:
+    """Bytes as the Hub shows them (decimal units)."""
+    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.2f} MB"
+
+
+def _yaml_str(s: str) -> str:
+    return json.dumps(str(s), ensure_ascii=False)  # a JSON string is a valid YAML double-quoted scalar
+
+
+def release_front_matter(m: dict) -> str:
+    """Hugging Face model-card metadata: base_model, base_model_relation, license, tags, quantized_by."""
+    lic = m.get("license") or "other"
+    lines = ["---", f"base_model: {_yaml_str(m['base_model'])}", "base_model_relation: quantized",
+             f"license: {_yaml_str(lic)}"]
+    if lic == "other":
+        lines.append(f"license_name: {_yaml_str(m.get('license_name') or 'see-base-model')}")
+    if m.get("license_link"):
+        lines.append(f"license_link: {_yaml_str(m['license_link'])}")
+    tags = ["gguf", "llama.cpp", "quantized", "slimedge"] + ([m["architecture"]] if m.get("architecture") else [])
+    lines += ["tags:"] + [f"- {_yaml_str(t)}" for t in tags]
+    lines += [f"quantized_by: {_yaml_str(m['quantized_by'])}", "pipeline_tag: text-generation", "library_name: gguf",
+              "---"]
+    return "\n".join(lines)
+
+
+def release_table(m: dict) -> str:
+    measured = m.get("quality") is not None
+    head = "| File | Type | Size | Bits/weight |" + (" PPL | KLD | top-1 |" if measured else "") + \
+        f" RAM estimate ({m['target']['name']}) |"
+    sep = "|---|---|---:|---:|" + ("---:|---:|---:|" if measured else "") + "---:|"
+    rows = [head, sep]
+    for e in m["models"]:
+        q = ""
+        if measured:
+            top1 = "—" if e.get("top1_agreement") is None else f"{100 * e['top1_agreement']:.1f}%"
+            q = f" {_num(e.get('perplexity'), '.4f')} | {_num(e.get('kld_mean'), '.5f')} | {top1} |"
+        fit = "" if e.get("fits_target", True) else " (over budget)"
+        rows.append(f"| [{e['file']}](./{e['file']}) | {e['type']} | {human_size(e['size'])} | {e['bpw']:.2f} |{q} "
+                    f"{_mb(e['memory_estimate']['total_ram'])}{fit} |")
+    return "\n".join(rows)
+
+
+def render_release_card(m: dict) -> str:
+    """README.md of a release folder (:mod:`slimedge.bundle.release`): front matter, files, how to run each."""
+    name, by, rt = m["name"], m["quantized_by"], m["runtime"]
+    repo = f"{by}/{name}-GGUF"
+    first = m["modelfile_model"]
+    example = next(e for e in m["models"] if e["file"] == first)
+    fa = {True: " -fa on", False: " -fa off"}.get(rt.get("flash_attn"), "")
+    args = f"-c {rt['n_ctx']} -ngl {rt['n_gpu_layers']}{fa}"
+    q = m.get("quality")
+    lines = [
+        release_front_matter(m), "",
+        f"# {name} — GGUF",
+        "",
+        f"GGUF quantizations of [{m['base_model']}](https://huggingface.co/{m['base_model']}) for llama.cpp, "
+        f"made by slimedge {m['slimedge_version']} on {m['created']} (llama.cpp's mixes, tensor types chosen as "
+        f"`llama-quantize` chooses them). License: {m.get('license') or 'as the base model (not stated in the source)'}.",
+        "",
+        "## Files",
+        "",
+        release_table(m),
+        "",
+        f"Bits/weight: tensor bytes × 8 / parameters. RAM estimate: weights + KV cache + compute buffers for the "
+        f"`{m['target']['name']}` profile (context {rt['n_ctx']}, {m['target']['description']}).",
+    ]
+    if q:
+        lines += ["", f"PPL: perplexity on `{q['text']}` (context {q['n_ctx']}, llama.cpp's method, flash attention "
+                      f"{q['flash_attn']}); KLD: mean KL divergence and top-1 agreement against the unquantized "
+                      f"{q['reference']} model on the same tokens (its perplexity: {_num(q['ref_perplexity'], '.4f')}); "
+                      "measured through llama.cpp (llama-cpp-python)."]
+    lines += [
+        "",
+        "## Run it",
+        "",
+        "Pick a file from the table; the examples use "
+        f"`{first}` — put another file's name (or its type, `{example['type']}`) in its place.",
+        "",
+        "**llama.cpp** (`llama-cli`, `llama-server`), from this folder or straight from the Hub:",
+        "",
+        "```sh",
+        f"llama-cli -m {first} {args} -cnv",
+        f"llama-server -m {first} {args} --port 8080",
+        f"llama-server -hf {repo}:{example['type']} {args}",
+        "```",
+        "",
+        "**Ollama**: from the Hub, or from this folder with the `Modelfile` (its `FROM` line names the file; "
+        "edit it for another type):",
+        "",
+        "```sh",
+        f"ollama run hf.co/{repo}:{example['type']}",
+        f"ollama create {name.lower()} -f Modelfile && ollama run {name.lower()}",
+        "```",
+        "",
+        "**LM Studio** finds models only in its models folder (`~/.lmstudio/models` by default), laid out as "
+        "`publisher/model/file.gguf`; search the Hub for it in LM Studio, or lay the files out with "
+        f"`slimedge build ... --lmstudio ~/.lmstudio/models`, which writes `{by}/{name}-GGUF/<file>.gguf`.",
+        "",
+        "Check the files: `slimedge verify .` (sha256 of every file in `manifest.json`, then a test load of each GGUF).",
+    ]
     return "\n".join(lines) + "\n"

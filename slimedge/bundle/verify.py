@@ -1,10 +1,10 @@
-"""``slimedge verify``: a bundle's files match its manifest, and llama.cpp loads its model.
+"""``slimedge verify``: a bundle's (or release folder's) files match its manifest, and llama.cpp loads its models.
 
 Checks, in order: the manifest parses and is a slimedge bundle; every listed file exists with the
 listed size and sha256 (a missing or changed file is named); no unlisted files are present (named
 as a warning-level problem; the ``bench/`` folder, where devices add measurements, is skipped); the
 GGUF's header reads; and — unless ``load=False`` — a fresh
-llama.cpp process loads the model and decodes a few tokens. A ``.tar.gz`` is unpacked safely
+llama.cpp process loads the model (each GGUF of a release folder) and decodes a few tokens. A ``.tar.gz`` is unpacked safely
 into a temp folder first (see :mod:`slimedge.bundle.archive`).
 """
 
@@ -53,14 +53,35 @@ def check_files(bundle: Path, manifest: dict, report: VerifyReport) -> None:
                                    "(damaged or edited): restore it or rebuild the bundle")
             continue
         report.files_checked.append(rel)
-    if manifest["model"] not in listed:
-        report.problems.append(f"{bundle / MANIFEST}: the model {manifest['model']!r} is not among its files")
+    for model in models_of(manifest):
+        if model not in listed:
+            report.problems.append(f"{bundle / MANIFEST}: the model {model!r} is not among its files")
     for p in sorted(bundle.rglob("*")):
         rel = p.relative_to(bundle).as_posix()
         if rel.startswith(BENCH_DIR + "/"):  # measurements devices add after the build (./run --bench --json)
             continue
         if p.is_file() and rel != MANIFEST and rel not in listed and not p.name.startswith("."):
             report.extra_files.append(rel)
+
+
+def models_of(manifest: dict) -> list[str]:
+    """The GGUF files of a bundle (one) or a release folder (one per type)."""
+    if "models" in manifest:
+        return [e["file"] for e in manifest["models"]]
+    return [manifest["model"]]
+
+
+def read_any_manifest(folder: Path) -> dict:
+    """A bundle's or a release folder's manifest (each checked by its own reader)."""
+    import json
+
+    from .release import RELEASE_FORMAT, read_release
+
+    try:
+        fmt = json.loads((folder / MANIFEST).read_text(encoding="utf-8")).get("format")
+    except (OSError, ValueError, AttributeError):
+        fmt = None  # read_manifest names the problem
+    return read_release(folder) if fmt == RELEASE_FORMAT else read_manifest(folder)
 
 
 def check_loads(model: Path, report: VerifyReport) -> None:
@@ -89,14 +110,15 @@ def verify_bundle(path: str | Path, *, load: bool = True, raise_on_problem: bool
             shutil.rmtree(tmp, ignore_errors=True)
     if not path.is_dir():
         raise SlimedgeError(f"{path}: not a bundle folder or .tar.gz archive")
-    manifest = read_manifest(path)
+    manifest = read_any_manifest(path)
     report = VerifyReport(path)
     check_files(path, manifest, report)
-    if report.ok and load:
+    for model in models_of(manifest) if report.ok and load else []:
         try:
-            check_loads(path / manifest["model"], report)
+            check_loads(path / model, report)
         except SlimedgeError as exc:
-            report.problems.append(str(exc))
+            msg = str(exc)
+            report.problems.append(msg if model in msg else f"{path / model}: {msg}")
     if report.problems and raise_on_problem:
         more = f" (+{len(report.problems) - 3} more)" if len(report.problems) > 3 else ""
         raise SlimedgeError("verify failed: " + " | ".join(report.problems[:3]) + more)

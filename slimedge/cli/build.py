@@ -19,13 +19,28 @@ from .options import make_progress, overwrite_option, quiet_option, threads_opti
                    "Default: the profile's.")
 @click.option("--imatrix", "imatrix", type=click.Path(path_type=Path), default=None, metavar="FILE",
               help="Importance matrix (slimedge imatrix / llama-imatrix) for the quantizers.")
+@click.option("--calib", type=click.Path(path_type=Path), default=None, metavar="FILE|DIR",
+              help="With --type auto: the quality-driven auto mix filling the target's memory budget, its "
+                   "sensitivities measured on this text (without --calib: the best profile candidate that fits).")
 @click.option("--archive", is_flag=True, help="Also write BUNDLE_DIR.tar.gz.")
+@click.option("--types", default=None, metavar="T1,T2,...",
+              help="Several types (e.g. Q8_0,Q6_K,Q4_K_M,Q3_K_M): write a release folder for the Hugging Face Hub "
+                   "instead of a bundle (one Model-Name-TYPE.gguf each, manifest, model card).")
+@click.option("--text", type=click.Path(path_type=Path), default=None,
+              help="With --types: measure perplexity and KL divergence vs the unquantized model on this text.")
+@click.option("--lmstudio", type=click.Path(path_type=Path), default=None, metavar="DIR",
+              help="With --types: also lay the files out for LM Studio as DIR/PUBLISHER/NAME-GGUF/FILE.gguf.")
+@click.option("--base-model", default=None, metavar="REPO_ID", help="With --types: the card's base_model "
+              "(default: the Hub id of a cached Hub model, else the folder's name).")
+@click.option("--quantized-by", default=None, metavar="NAME",
+              help="With --types: the card's quantized_by and the LM Studio publisher (default: slimedge).")
 @threads_option
 @overwrite_option
 @quiet_option
 @user_errors
-def cli(src: Path, target: str, out: Path, qtype: str | None, imatrix: Path | None, archive: bool,
-        threads: int | None, overwrite: bool, quiet: bool) -> None:
+def cli(src: Path, target: str, out: Path, qtype: str | None, imatrix: Path | None, calib: Path | None, archive: bool,
+        types: str | None, text: Path | None, lmstudio: Path | None, base_model: str | None,
+        quantized_by: str | None, threads: int | None, overwrite: bool, quiet: bool) -> None:
     """Build a bundle of SRC (Hugging Face folder or GGUF) for a target device.
 
     The bundle holds model.gguf, manifest.json (checksums, profile, memory estimate), a `run`
@@ -37,13 +52,21 @@ def cli(src: Path, target: str, out: Path, qtype: str | None, imatrix: Path | No
       slimedge build ./TinyLlama-1.1B --target cpu -o tinyllama-cpu
       slimedge build ./TinyLlama-1.1B --target arm64-small --type auto -o tinyllama-pi --archive
       slimedge build model-f16.gguf --target ./my-board.toml -o bundle
+      slimedge build ./TinyLlama-1.1B --target cpu --types Q8_0,Q6_K,Q4_K_M,Q3_K_M -o release --text wiki.txt
     """
     import json
 
+    if types is not None:
+        return _release(src, target, out, types, qtype, archive, text, lmstudio, base_model, quantized_by, threads,
+                        overwrite, quiet, imatrix)
+    for flag, value in (("--text", text), ("--lmstudio", lmstudio), ("--base-model", base_model),
+                        ("--quantized-by", quantized_by)):
+        if value is not None:
+            raise click.UsageError(f"{flag} applies to a release folder: give --types too")
     from ..bundle import build_bundle
 
     path = build_bundle(src, target, out, type=qtype, archive=archive, overwrite=overwrite, threads=threads,
-                        progress=make_progress(quiet), imatrix=imatrix)
+                        progress=make_progress(quiet), imatrix=imatrix, calib=calib)
     m = json.loads((path / "manifest.json").read_text())
     q, est = m["quantization"], m["memory_estimate"]
     click.echo(f"bundle {path}: {q['type']} ({q['chosen_by']}), {q['model_size'] / 2**20:.1f} MiB, "
@@ -53,3 +76,24 @@ def cli(src: Path, target: str, out: Path, qtype: str | None, imatrix: Path | No
     if archive:
         click.echo(f"archive {path.parent / (path.name + '.tar.gz')}")
     click.echo(f"run it: python {path / 'run'} \"Hello\"   check it: slimedge verify {path}")
+
+
+def _release(src, target, out, types, qtype, archive, text, lmstudio, base_model, quantized_by, threads, overwrite,
+             quiet, imatrix) -> None:
+    """--types: a release folder (slimedge.bundle.release) instead of a bundle."""
+    import json
+
+    from ..bundle.release import build_release, lmstudio_folder
+
+    if qtype is not None or archive:
+        raise click.UsageError("--types writes a release folder: leave --type and --archive out")
+    path = build_release(src, target, out, types, text=text, lmstudio=lmstudio, base_model=base_model,
+                         quantized_by=quantized_by, overwrite=overwrite, threads=threads, progress=make_progress(quiet),
+                         imatrix=imatrix)
+    m = json.loads((path / "manifest.json").read_text())
+    for e in m["models"]:
+        quality = "" if e.get("perplexity") is None else f", PPL {e['perplexity']:.4f}, KLD {e['kld_mean']:.5f}"
+        click.echo(f"{path / e['file']}: {e['size'] / 2**20:.1f} MiB, {e['bpw']:.2f} bpw{quality}")
+    if lmstudio is not None:
+        click.echo(f"LM Studio layout: {lmstudio_folder(lmstudio, m['quantized_by'], m['name'])}")
+    click.echo(f"release {path}: model card {path / 'README.md'}   check it: slimedge verify {path}")
