@@ -148,19 +148,25 @@ def record_bench(bundle: str | Path, record: dict) -> None:
 
 def build_bundle(src: str | Path, target: str | Path | Target, out_dir: str | Path, *, type: str | None = None,
                  archive: bool = False, overwrite: bool = False, threads: int | None = None,
-                 progress: Progress = NULL_PROGRESS, imatrix: str | Path | None = None) -> Path:
+                 progress: Progress = NULL_PROGRESS, imatrix: str | Path | None = None,
+                 calib: str | Path | None = None) -> Path:
     """Build a bundle of ``src`` for ``target`` in ``out_dir``; returns ``out_dir`` (see module docstring).
 
     ``type``: a mix/type name, ``"auto"``, or None for the profile's default. Nothing is left at
     ``out_dir`` unless the whole bundle was written. ``imatrix``: an importance matrix file for the
-    quantizers (``convert --imatrix``).
+    quantizers (``convert --imatrix``). ``calib`` (text file or folder) with ``type="auto"``: instead of the
+    best fitting profile candidate, the quality-driven auto mix (:func:`fill_budget`) that fills the budget.
     """
     from ..source.hub import resolve_source
 
     src, out = resolve_source(src), Path(out_dir)
     tgt = target if isinstance(target, Target) else load_target(target)
     _check_paths(src, out, overwrite)
-    qtype, chosen_by, packed_as_is = _choose(src, tgt, type)
+    spec = None
+    if calib is not None and (type or "").lower() == "auto" and not is_gguf(src):
+        spec, qtype, chosen_by, packed_as_is = *fill_budget(src, tgt, calib, imatrix, threads, progress), False
+    else:
+        qtype, chosen_by, packed_as_is = _choose(src, tgt, type)
     if imatrix is not None and packed_as_is:
         raise SlimedgeError(f"{src}: already quantized, packed as it is; --imatrix applies only when converting "
                             f"(give the HF folder or a float GGUF)")
@@ -174,7 +180,7 @@ def build_bundle(src: str | Path, target: str | Path | Target, out_dir: str | Pa
         else:
             from ..convert import convert
 
-            convert(src, model, quant_spec(tgt, qtype), threads=threads, overwrite=True, progress=progress,
+            convert(src, model, spec or quant_spec(tgt, qtype), threads=threads, overwrite=True, progress=progress,
                     imatrix=imatrix)
         manifest = _manifest(src, tgt, model, qtype, chosen_by)
         write_bundle_files(pub.path, manifest)
@@ -188,6 +194,56 @@ def build_bundle(src: str | Path, target: str | Path | Target, out_dir: str | Pa
         write_archive(out, overwrite=overwrite)
     log.info("bundle %s: %s, RAM %d bytes", out, qtype, manifest["memory_estimate"]["required_ram"])
     return out
+
+
+def fill_budget(src: Path, tgt: Target, calib: str | Path, imatrix, threads: int | None,
+                progress: Progress) -> tuple[object, str, str]:
+    """(QuantSpec, type label, chosen_by) of the auto mix (:mod:`slimedge.calib.sensitivity`) with the
+    largest tensor budget whose memory estimate still fits the target (bisection on the budget; the
+    sensitivities are measured once). Candidate types are the profile's auto candidates' base types."""
+    from ..calib.sensitivity import importance, read_text, sensitivity
+    from ..convert import plan
+    from ..quant.allocate import DEFAULT_CANDIDATES, allocate, quantizable
+    from ..quant.mixes import resolve_ftype
+    from ..writer import tensor_nbytes
+
+    allowed = {resolve_ftype(c)[1].name for c in (tgt.quantization.auto or (tgt.quantization.type,))}
+    types = tuple(t for t in DEFAULT_CANDIDATES if t in allowed) or DEFAULT_CANDIDATES
+    base = plan(src)
+    imp = importance(src, imatrix)
+    sens = sensitivity(src, read_text(calib), imatrix=imp, types=types, threads=threads, progress=progress)
+    fixed = base.total_bytes - sum(t.nbytes for t in quantizable(base))
+
+    def fitting(budget: int):
+        alloc = allocate(base, sens.costs, budget, target=f"fills {tgt.name}", types=types)
+        spec = alloc.spec()
+        shape = planned_shape(src, spec)
+        return alloc, spec, fits(estimate(shape, tgt.runtime, hardware=tgt.hardware), tgt)
+
+    lo = fixed + sum(min(tensor_nbytes(t.shape, q) for q in _types_of(t, types)) for t in quantizable(base))
+    hi = base.total_bytes * 2  # F16 plan x 2 >= anything the candidates make
+    alloc, spec, ok = fitting(lo)
+    if not ok:
+        check_fits(estimate(planned_shape(src, spec), tgt.runtime, hardware=tgt.hardware), tgt,
+                   what=f"{src.name} as the smallest auto mix")
+    for _ in range(24):
+        if hi - lo <= max(1, base.total_bytes // 10_000):
+            break
+        mid = (lo + hi) // 2
+        a, sp, ok = fitting(mid)
+        if ok:
+            lo, alloc, spec = mid, a, sp
+        else:
+            hi = mid
+    return spec, f"auto mix {alloc.bits_per_weight:.2f} bpw", "auto (quality-driven, fills the budget)"
+
+
+def _types_of(t, types):
+    from gguf import GGMLQuantizationType as T
+
+    from ..quant.allocate import candidate_types
+
+    return [T[q] for q in candidate_types(t.name, t.shape, types)]
 
 
 def _check_paths(src: Path, out: Path, overwrite: bool) -> None:
