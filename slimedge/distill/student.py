@@ -94,7 +94,14 @@ def student_config(teacher_cfg, *, student_config_path: str | None = None, layer
     if "head_dim" in d:
         d["head_dim"] = t_head_dim if not (hidden or heads) else new_hidden // new_heads
     if isinstance(d.get("layer_types"), list) and len(d["layer_types"]) == n_t:
+        # each student layer keeps its teacher layer's kind (Gemma's sliding/global, LFM2's conv/attention):
+        # the copied weights were trained for it, and the converters read the list for the student's depth
         d["layer_types"] = [d["layer_types"][j] for j in layer_map(n_s, n_t)]
+        if "full_attention" in teacher_cfg.layer_types and "full_attention" not in d["layer_types"] and any(
+                t == "sliding_attention" for t in d["layer_types"]):
+            log.warning("student: none of the teacher layers %s it takes is a global-attention layer, so every "
+                        "student layer attends to a window of %s tokens only; choose another --layers",
+                        layer_map(n_s, n_t), d.get("sliding_window"))
     if isinstance(d.get("no_rope_layers"), list) and len(d["no_rope_layers"]) == n_t:
         # SmolLM3: llama.cpp fixes which layers skip rope (every no_rope_layer_interval-th), so the student
         # gets that pattern for its own depth rather than its mapped teacher layers' flags

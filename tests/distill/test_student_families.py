@@ -1,6 +1,12 @@
 """Students of each dense family: built from a teacher of that family (mapped layers, the family's extra
 norms copied, its config extras kept), distilled for a couple of steps and converted — llama.cpp's logits
-of the student equal transformers'."""
+of the student equal transformers'.
+
+Gemma 2 / 3 students take three of the teacher's layers (0, 2 and the last): their sliding/global layer types
+follow the mapped teacher layers (a pattern unlike llama.cpp's default for three layers, so the converter
+writes it out), and the F32 tolerance is tests/convert/test_family_gemma.py's: llama.cpp's CPU GELU goes
+through a float16 table, so the plain comparison gets GELU_TOL and the one with that rounding put into the
+transformers reference gets TIGHT."""
 
 from __future__ import annotations
 
@@ -17,10 +23,16 @@ from family_checks import check_logits
 from slimedge.cli.distill import cli
 from slimedge.distill.config import DistillConfig
 from slimedge.distill.student import build_student
+from slimedge.gguf_info import read_info
 
 pytestmark = pytest.mark.slow  # distills and runs llama.cpp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "convert"))  # family_checks' convert_util
+
+from test_family_gemma import GELU_TOL, TIGHT, _tight_f32  # noqa: E402  (tests/convert, on the path above)
+
+_SANDWICH = ("input_layernorm.weight", "post_attention_layernorm.weight", "pre_feedforward_layernorm.weight",
+             "post_feedforward_layernorm.weight")
 
 # family -> (teacher overrides, student layers, the family's extra tensors of one layer, config keys kept)
 FAMILIES = {
@@ -30,7 +42,14 @@ FAMILIES = {
                                                   "attention_multiplier", "logits_scaling")),
     "olmo2": ({"num_hidden_layers": 4}, 2, ("self_attn.q_norm.weight", "self_attn.k_norm.weight",
                                             "post_attention_layernorm.weight", "post_feedforward_layernorm.weight"), ()),
+    # final logit soft-capping is refused by distill (its head loss is linear): that Gemma 2 caps attention only
+    "gemma2": ({"num_hidden_layers": 4, "final_logit_softcapping": None}, 3, _SANDWICH,
+               ("head_dim", "sliding_window", "query_pre_attn_scalar", "attn_logit_softcapping")),
+    "gemma3": ({}, 3, _SANDWICH + ("self_attn.q_norm.weight", "self_attn.k_norm.weight"),
+               ("head_dim", "sliding_window", "query_pre_attn_scalar", "rope_parameters")),
 }
+# family -> largest F32 error (relative to the logits' std) of llama.cpp vs transformers
+F32_TOL = {"gemma2": GELU_TOL["f32"], "gemma3": GELU_TOL["f32"]}
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
@@ -51,6 +70,10 @@ def test_student_of_family_builds_distills_and_converts(family, tmp_path, corpus
         assert getattr(choice.config, key) == getattr(tcfg, key), key
     if family == "smollm3":  # llama.cpp's fixed pattern for the student's own depth: layer 3 skips rope
         assert choice.config.no_rope_layers == [1, 1, 1, 0]
+    if family.startswith("gemma"):  # each layer slides or not as its teacher layer did; the last is global
+        assert choice.layer_map == [0, 2, tcfg.num_hidden_layers - 1]
+        assert choice.config.layer_types == [tcfg.layer_types[j] for j in choice.layer_map]
+        assert choice.config.layer_types == ["sliding_attention", "sliding_attention", "full_attention"]
 
     out = tmp_path / "student"
     res = CliRunner().invoke(cli, [str(a) for a in ("--teacher", teacher, "--data", corpus_file, "-o", out,
@@ -58,4 +81,28 @@ def test_student_of_family_builds_distills_and_converts(family, tmp_path, corpus
                                                      "--batch-size", 4, "--chunk-size", 32, "--quiet")])
     assert res.exit_code == 0, res.output
     assert json.loads((out / "config.json").read_text())["num_hidden_layers"] == n_s
-    assert check_logits(out, tmp_path, types=("f32",))["f32"] < 2e-5
+    tol = F32_TOL.get(family, 2e-5)
+    assert check_logits(out, tmp_path, types=("f32",), tol={"f32": tol})["f32"] < tol
+    if family.startswith("gemma"):
+        f32 = tmp_path / "model-f32.gguf"
+        m = read_info(f32).metadata
+        assert list(m[f"{family}.attention.sliding_window_pattern"]) == [True, True, False]
+        assert m[f"{family}.block_count"] == n_s and m[f"{family}.attention.sliding_window"] == 8
+        assert _tight_f32(out, f32) < TIGHT
+
+
+def test_gemma3_student_without_a_global_layer_is_warned_about(caplog):
+    """Gemma 3 1B's 26 layers are global at 5, 11, 17, 23: a 3-layer student maps 0, 12, 25 — all sliding."""
+    import logging
+
+    from transformers import Gemma3TextConfig
+
+    tcfg = Gemma3TextConfig(num_hidden_layers=26, sliding_window=512, vocab_size=1000, hidden_size=64,
+                            intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, head_dim=16)
+    with caplog.at_level(logging.WARNING, logger="slimedge"):
+        cfg4 = build_student(tcfg, DistillConfig(teacher="t", layers=4, init="random"))[1].config
+        assert not caplog.records
+        cfg3 = build_student(tcfg, DistillConfig(teacher="t", layers=3, init="random"))[1].config
+    assert cfg3.layer_types == ["sliding_attention"] * 3
+    assert cfg4.layer_types == ["sliding_attention", "sliding_attention", "full_attention", "sliding_attention"]
+    assert len(caplog.records) == 1 and "window of 512" in caplog.records[0].getMessage()
