@@ -101,8 +101,17 @@ def measure(src: str | Path, types: Mapping[str, list[str]] | None = None, text:
         types = {t.name: candidate_types(t.name, t.shape) for t in quantizable(p)}
     if threads:
         torch.set_num_threads(threads)
+    from transformers.utils import logging as hf_logging
+
     tok = AutoTokenizer.from_pretrained(str(src))
-    model = AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.float32)
+    tok.model_max_length = 1 << 60  # the text is cut into ctx-token sequences below, never run whole
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # library code does not draw: progress goes to ``progress``
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.float32)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     model.eval()
     params = dict(model.named_parameters(remove_duplicate=False))
     batch = _chunks(tok, text, ctx, chunks)
