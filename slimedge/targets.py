@@ -76,6 +76,9 @@ class Runtime:
     flash_attn: bool = False
     use_mmap: bool = True
     use_mlock: bool = False
+    # sliding-window layers (Gemma 2/3) keep a full-size KV cache (llama-cpp-python's default); false: only
+    # window + ubatch cells, as llama-cli / llama-server do (less memory, no prompt-cache reuse past the window)
+    swa_full: bool = True
 
 
 @dataclass(frozen=True)

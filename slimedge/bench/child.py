@@ -86,7 +86,7 @@ def _open(job: dict, **extra):
     kw = dict(model_path=job["model"], n_ctx=job["n_ctx"], n_batch=job["n_batch"], n_ubatch=job["n_ubatch"],
               n_threads=job["n_threads"], n_threads_batch=job["n_threads"], n_gpu_layers=job["n_gpu_layers"],
               use_mmap=job.get("use_mmap", True), flash_attn=mode != "off", seed=1234,
-              verbose=bool(job.get("verbose", False)))
+              swa_full=job.get("swa_full", True), verbose=bool(job.get("verbose", False)))
     for k in ("type_k", "type_v"):
         if job.get(k) is not None:
             kw[k] = job[k]

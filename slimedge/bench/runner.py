@@ -197,7 +197,8 @@ def run_bench(model_path: str | Path, *, ref: str | Path | None = None, text: st
     n_threads = n_threads or rt.get("n_threads") or physical_cores()
     n_ubatch = n_ubatch or min(n_batch, rt.get("n_ubatch", n_batch))
     common = dict(n_threads=n_threads, n_batch=n_batch, n_ubatch=n_ubatch, n_gpu_layers=n_gpu_layers,
-                  flash_attn=flash_attn, type_k=CACHE_TYPE_IDS[cache_type_k], type_v=CACHE_TYPE_IDS[cache_type_v])
+                  flash_attn=flash_attn, type_k=CACHE_TYPE_IDS[cache_type_k], type_v=CACHE_TYPE_IDS[cache_type_v],
+                  swa_full=rt.get("swa_full", True))  # a bundle's sliding-window cache as its profile says
     rec: dict = {k: None for k in FIELDS}
     rec.update(model_filename=str(path), model_type=mtype, model_size=size, file_size=path.stat().st_size,
                model_n_params=n_params, bpw=8.0 * size / n_params if n_params else None,

@@ -62,7 +62,7 @@ def open_model(args, rt: dict, n_ctx: int, logits_all: bool = False):
     kw = dict(model_path=str(HERE / args.model), n_ctx=n_ctx, n_batch=rt.get("n_batch", 512),
               n_ubatch=rt.get("n_ubatch", 512), n_gpu_layers=args.ngl, use_mmap=rt.get("use_mmap", True),
               use_mlock=rt.get("use_mlock", False), flash_attn=rt.get("flash_attn") is not False,
-              verbose=args.verbose, logits_all=logits_all, seed=args.seed)
+              swa_full=rt.get("swa_full", True), verbose=args.verbose, logits_all=logits_all, seed=args.seed)
     if args.threads:
         kw["n_threads"] = kw["n_threads_batch"] = args.threads
     for key, name in (("type_k", "cache_type_k"), ("type_v", "cache_type_v")):

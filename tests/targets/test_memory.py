@@ -131,12 +131,58 @@ def test_sliding_window_layers_hold_window_plus_ubatch_unless_swa_full():
     off = estimate(g, replace(Runtime(), n_ctx=8192, n_ubatch=512), n_ctx=8192)
     assert off.kv_ram == 34 * 8192 * per_cell  # llama-cpp-python's default: full-size SWA cache
 
-    class SwaOff:  # a runtime that turns swa_full off (llama-cli / llama-server default)
-        n_ctx, n_ubatch, n_gpu_layers, cache_type_k, cache_type_v = 8192, 512, 0, "f16", "f16"
-        flash_attn, use_mmap, swa_full = False, True, False
+    # a profile that turns swa_full off (llama-cli / llama-server's default)
+    swa_off = _profile_runtime(n_ctx=8192, n_ubatch=512, swa_full=False)
+    assert swa_off.swa_full is False and Runtime().swa_full is True
 
-    small = estimate(g, SwaOff(), n_ctx=8192)
+    small = estimate(g, swa_off, n_ctx=8192)
     assert small.kv_ram == (n_global * 8192 + n_slide * 1536) * per_cell  # pad256(1024 + 512) = 1536
     assert small.kv_ram < off.kv_ram
-    assert estimate(replace(g, swa_layers=()), SwaOff(), n_ctx=8192).kv_ram == off.kv_ram  # no window: full
-    assert estimate(g, SwaOff(), n_ctx=1024).kv_ram == 34 * 1024 * per_cell  # window + ubatch > n_ctx
+    assert estimate(replace(g, swa_layers=()), swa_off, n_ctx=8192).kv_ram == off.kv_ram  # no window: full
+    assert estimate(g, swa_off, n_ctx=1024).kv_ram == 34 * 1024 * per_cell  # window + ubatch > n_ctx
+
+
+def _profile_runtime(**runtime) -> Runtime:
+    """The runtime of the built-in cpu profile with ``runtime`` keys set, parsed like a TOML profile."""
+    from slimedge.targets import parse_target
+
+    data = load_target("cpu").to_dict()
+    data["runtime"].update(runtime)
+    return parse_target(data, "test.toml").runtime
+
+
+def test_swa_full_must_be_a_bool():
+    with pytest.raises(SlimedgeError, match=r"test.toml: runtime.swa_full must be true or false"):
+        _profile_runtime(swa_full="no")
+
+
+@pytest.mark.slow  # converts a Gemma 3 and loads it in llama.cpp twice
+def test_swa_full_false_profile_gives_llama_cpps_smaller_kv_cache(tmp_path):
+    """A profile with swa_full = false: the estimate's KV cache is smaller, and it is the size llama.cpp
+    allocates when the bench child opens the model with that profile's settings (its logged cache sizes)."""
+    import re
+    import subprocess
+    import sys
+
+    from factory import cached_hf_model
+    from slimedge.convert import convert
+    from slimedge.memory import shape_from_gguf
+    from slimedge.quant.mixes import QuantSpec
+
+    f32 = tmp_path / "g3.gguf"
+    convert(cached_hf_model(arch="gemma3"), f32, QuantSpec("F32"))
+    shape = shape_from_gguf(f32)
+    assert shape.n_swa == 8 and sum(shape.swa_layers) == 5
+    kv = {}
+    for swa_full in (True, False):
+        rt = _profile_runtime(n_ctx=2048, n_batch=256, n_ubatch=256, cache_type_k="f16", cache_type_v="f16",
+                              swa_full=swa_full)
+        job = dict(model=str(f32), n_ctx=rt.n_ctx, n_batch=rt.n_batch, n_ubatch=rt.n_ubatch, n_threads=1,
+                   n_gpu_layers=0, flash_attn="off", swa_full=rt.swa_full, verbose=True)
+        code = f"from slimedge.bench.child import _open; _open({job!r}).close()"
+        log = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stderr
+        sizes = [float(x) for x in re.findall(r"llama_kv_cache: size =\s*([\d.]+) MiB", log)]
+        assert sizes, log[-2000:]
+        kv[swa_full] = estimate(shape, rt, n_ctx=rt.n_ctx).kv_ram
+        assert sum(sizes) == pytest.approx(kv[swa_full] / MiB, abs=0.01 * len(sizes)), (swa_full, sizes, log[-2000:])
+    assert kv[False] < kv[True]
