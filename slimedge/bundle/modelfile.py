@@ -75,9 +75,14 @@ TEMPLATES: dict[str, tuple[str, list[str]]] = {
         "{{ if and (eq $i 0) $.System }}<<SYS>>\n{{ $.System }}\n<</SYS>>\n\n{{ end }}{{ $m.Content }} [/INST]"
         "{{- else if eq $m.Role \"assistant\" }} {{ $m.Content }}</s>{{- end }}{{- end }}",
         ["[INST]", "[/INST]", "</s>"]),
+    # Gemma has no system role: as its Jinja template, the system prompt opens the first user turn
+    # ("<start_of_turn>user\n{system}\n\n{user}<end_of_turn>\n"); assistant turns are "model" turns
     "gemma": (
-        "{{- range .Messages }}<start_of_turn>{{ if eq .Role \"assistant\" }}model{{ else }}{{ .Role }}{{ end }}\n"
-        "{{ .Content }}<end_of_turn>\n{{ end }}<start_of_turn>model\n",
+        "{{- $sys := .System }}{{- range $i, $_ := .Messages }}{{- $last := eq (len (slice $.Messages $i)) 1 }}"
+        "{{- if eq .Role \"user\" }}<start_of_turn>user\n{{ if $sys }}{{ $sys }}\n\n{{ $sys = \"\" }}{{ end }}"
+        "{{ .Content }}<end_of_turn>\n"
+        "{{ else if eq .Role \"assistant\" }}<start_of_turn>model\n{{ .Content }}{{ if not $last }}<end_of_turn>\n{{ end }}"
+        "{{- end }}{{- if and $last (ne .Role \"assistant\") }}<start_of_turn>model\n{{ end }}{{- end }}",
         ["<start_of_turn>", "<end_of_turn>"]),
 }
 
