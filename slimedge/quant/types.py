@@ -24,6 +24,35 @@ from __future__ import annotations
 from gguf import GGML_QUANT_SIZES, LlamaFileType
 from gguf import GGMLQuantizationType as T
 
+# ---- types the pinned llama.cpp knows and the gguf package (0.19) does not yet --------------------------
+# The one place such facts are written out; everything below (and every reader of this module, the
+# writer and gguf's own GGUFReader included) then sees them as ordinary gguf members.
+#   Q2_0: ggml type 42 (ggml/include/ggml.h GGML_TYPE_Q2_0), 64 weights in 18 bytes (ggml.c type_traits:
+#         blck_size QK2_0 = 64, type_size sizeof(block_q2_0) = fp16 d + 64/4 bytes, ggml-common.h);
+#         llama file type 41 (include/llama.h LLAMA_FTYPE_MOSTLY_Q2_0).
+# (Q1_0 — type 41, 128 weights in 18 bytes, file type 40 — gguf 0.19 already has, with ggml's numbers.)
+_NEW_GGML_TYPES = {"Q2_0": (42, 64, 18)}        # name: (ggml type id, weights per block, bytes per block)
+_NEW_FILE_TYPES = {"MOSTLY_Q2_0": 41}           # llama_ftype member: id
+
+
+def _add_member(enum_cls, name: str, value: int) -> None:
+    """Add ``name = value`` to one of gguf's IntEnums unless gguf already has it (a newer gguf wins)."""
+    if name in enum_cls.__members__ or value in enum_cls._value2member_map_:
+        return
+    member = int.__new__(enum_cls, value)
+    member._name_, member._value_ = name, value
+    enum_cls._member_map_[name] = member
+    enum_cls._value2member_map_[value] = member
+    enum_cls._member_names_.append(name)
+    type.__setattr__(enum_cls, name, member)
+
+
+for _name, (_id, _bs, _ts) in _NEW_GGML_TYPES.items():
+    _add_member(T, _name, _id)
+    GGML_QUANT_SIZES.setdefault(T[_name], (_bs, _ts))
+for _name, _id in _NEW_FILE_TYPES.items():
+    _add_member(LlamaFileType, _name, _id)
+
 FLOAT_TYPES: frozenset[T] = frozenset({T.F32, T.F16, T.BF16})
 FLOAT_TYPE_NAMES: frozenset[str] = frozenset(t.name for t in FLOAT_TYPES)
 

@@ -1,0 +1,81 @@
+"""MXFP4: OCP microscaling FP4 (E2M1 values, one E8M0 power-of-two scale per 32 weights), NumPy reference.
+
+Byte-exact port of ggml's ``quantize_row_mxfp4_ref`` / ``dequantize_row_mxfp4`` (ggml-quants.c), vectorized
+over all blocks. Block (17 bytes): ``e:u8`` (E8M0 exponent), ``qs[16]`` (nibble j: weight j low, j+16 high).
+
+* ``e = amax > 0 ? (uint8_t)(floorf(log2f(amax)) - 2 + 127) : 0``; the float->uint8 conversion of a
+  negative value (amax below 2^-125) is taken modulo 256, as x86-64 code does it (cvttss2si, low byte).
+  ``floorf(log2f(a))`` is computed as the floor of the correctly rounded float32 log2 (``(float)log2((double)a)``),
+  so no platform's ``log2f`` is involved; it equals glibc's ``log2f`` result on every float32 (tests check
+  the values next to each power of two, the only ones where rounding can move the floor).
+* ``d = 2^(e - 128)`` (``GGML_E8M0_TO_FP32_HALF``; the table ``kvalues_mxfp4`` holds the E2M1 values doubled:
+  0, 1, 2, 3, 4, 6, 8, 12 and their negatives).
+* Each weight takes the first index ``i`` minimizing ``fabsf(kvalues[i]*d - x)``. The products are exact and
+  ``|-k*d - x| = |k*d - |x||`` exactly, so the search runs over the 8 magnitudes on ``|x|`` and a negative
+  ``x`` takes the negative entry (index + 8) unless zero wins -- the same first minimum as ggml's 16-way scan.
+
+Importance weights are ignored, as ggml's ``quantize_mxfp4`` does.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from gguf import GGMLQuantizationType as T
+
+from .formats import QuantFormat
+from .kquant_search import chunked
+
+_F = np.float32
+CHUNK_BLOCKS = 4096
+KVALUES = np.array([0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12], np.int8)  # ggml kvalues_mxfp4
+_MAGS = KVALUES[:8].astype(_F)
+
+
+def e8m0_half(e: np.ndarray) -> np.ndarray:
+    """``GGML_E8M0_TO_FP32_HALF``: uint8 exponent -> 2^(e - 128) as float32 (subnormal for e < 2)."""
+    e = np.asarray(e).astype(np.uint32)
+    bits = np.where(e < 2, np.uint32(0x00200000) << e, (e - 1) << 23).astype(np.uint32)
+    return bits.view(_F)
+
+
+def floor_log2(a: np.ndarray) -> np.ndarray:
+    """``floorf(log2f(a))`` for positive finite float32 ``a`` (see the module docstring) -> float32."""
+    return np.floor(np.log2(a.astype(np.float64)).astype(_F))
+
+
+def shared_exponent(amax: np.ndarray) -> np.ndarray:
+    """The block exponent byte ``e`` from the block's max |x|."""
+    with np.errstate(divide="ignore"):
+        fl = floor_log2(np.where(amax > 0, amax, _F(1)))
+    e = (fl - _F(2) + _F(127)).astype(np.int32) & 0xFF
+    return np.where(amax > 0, e, 0).astype(np.uint8)
+
+
+def best_index(x: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """ggml's ``best_index_mxfp4(x, d)`` for every value of ``x: [nb, k]`` with ``d: [nb, 1]`` -> uint8."""
+    a = np.abs(x)
+    best = a.copy()                                       # index 0: |0*d - a|
+    idx = np.zeros(x.shape, np.uint8)
+    for i in range(1, 8):
+        err = np.abs(_MAGS[i] * d - a)
+        better = err < best
+        np.copyto(best, err, where=better)
+        np.copyto(idx, np.uint8(i), where=better)
+    return idx + np.where((x < 0) & (idx > 0), np.uint8(8), np.uint8(0))
+
+
+class MXFP4(QuantFormat, qtype=T.MXFP4):
+    @chunked(CHUNK_BLOCKS)
+    def quantize_blocks(cls, x, w=None):  # importance weights ignored, as ggml does
+        x = np.asarray(x, _F)
+        e = shared_exponent(np.max(np.abs(x), axis=1))
+        with np.errstate(over="ignore", invalid="ignore"):
+            q = best_index(x, e8m0_half(e)[:, None])
+        return np.concatenate([e[:, None], q[:, :16] | (q[:, 16:] << 4)], axis=1)
+
+    @classmethod
+    def dequantize_blocks(cls, q):
+        d = e8m0_half(q[:, 0])[:, None]
+        qs = q[:, 1:17]
+        v = KVALUES[np.concatenate([qs & 0x0F, qs >> 4], axis=1)].astype(_F)
+        return v * d
