@@ -15,6 +15,8 @@ from slimedge.quant import REGISTRY, dequantize_rows, quantize_rows
 from slimedge.quant.types import FLOAT_TYPES
 
 MAX_TOTAL_ERROR = {"Q2_K": 0.0075, "Q3_K": 0.0040}  # MAX_QUANTIZATION_TOTAL_ERROR_2BITS / _3BITS
+# ..._BINARY (Q1_0) and ..._TERNARY (TQ1_0, TQ2_0, Q2_0)
+MAX_TOTAL_ERROR.update({"Q1_0": 0.025, "TQ1_0": 0.01, "TQ2_0": 0.01, "Q2_0": 0.01})
 DEFAULT_MAX_ERROR = 0.002                          # MAX_QUANTIZATION_TOTAL_ERROR
 FORMATS = [t.name for t in REGISTRY if t not in FLOAT_TYPES]  # every registered quantized format
 
