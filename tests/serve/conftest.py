@@ -1,55 +1,23 @@
 """A bundle of the shared tiny model (its tokenizer carries a Phi-3-style chat template) and servers on it.
 
-``start_server(argv)`` starts a server process on a free loopback port and waits until /v1/models
-answers; every process it started is ended (by its pid) when the test ends.
+``start_server(argv)`` starts a server process on a free loopback port and waits until it accepts
+connections (uvicorn listens only once the model is loaded); every process it started is sent SIGTERM
+(by its pid) when the module's tests end.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
 import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
-from pathlib import Path
 
 import pytest
 
+from serve_helpers import Server, free_port
+
 from slimedge.bundle import build_bundle
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def request(port: int, path: str, body: dict | None = None, key: str | None = None, timeout: float = 120):
-    """(status, parsed JSON or raw text) of a GET (no body) or POST to the server."""
-    headers = {"Content-Type": "application/json"}
-    if key:
-        headers["Authorization"] = f"Bearer {key}"
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, headers=headers)
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            raw = r.read().decode()
-            status, ctype = r.status, r.headers.get("content-type", "")
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-    return status, (json.loads(raw) if ctype.startswith("application/json") else raw)
-
-
-class Server:
-    def __init__(self, proc: subprocess.Popen, port: int, log: Path):
-        self.proc, self.port, self.log = proc, port, log
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
 
 
 @pytest.fixture(scope="session")
@@ -91,11 +59,3 @@ def start_server(tmp_path_factory):
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
-
-
-def run_argv(bundle: Path) -> list[str]:
-    return [sys.executable, str(bundle / "run"), "--serve", "--threads", "2"]
-
-
-def slimedge_argv(*args: str) -> list[str]:
-    return [sys.executable, "-m", "slimedge", "serve", *args]

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import jinja2
 import pytest
-from conftest import free_port, request, run_argv, slimedge_argv
+from serve_helpers import free_port, request, run_argv, slimedge_argv
 
 pytestmark = pytest.mark.slow
 
