@@ -129,6 +129,21 @@ def chat(llm, args, has_template: bool) -> None:
         messages.append({"role": "assistant", "content": reply})
 
 
+@contextlib.contextmanager
+def swa_full_setting(rt: dict):
+    """The server's ModelSettings has no swa_full: while its model loads in this block, ``llama_cpp.Llama``
+    gets the profile's value (the server creates exactly one model, here)."""
+    import llama_cpp
+
+    llama = llama_cpp.Llama
+    if rt.get("swa_full", True) is not True:
+        llama_cpp.Llama = lambda *a, **kw: llama(*a, **dict(kw, swa_full=rt["swa_full"]))
+    try:
+        yield
+    finally:
+        llama_cpp.Llama = llama
+
+
 def is_loopback(host: str) -> bool:
     if host.lower() == "localhost":
         return True
@@ -200,7 +215,7 @@ def serve(model: Path, rt: dict, *, alias: str, host: str = "127.0.0.1", port: i
             n_gpu_layers=rt.get("n_gpu_layers", 0) if n_gpu_layers is None else n_gpu_layers, verbose=verbose))
         # interrupt_requests=False: a new request waits for the one streaming instead of cutting it off
         ss = ServerSettings(host=host, port=port, api_key=api_key or None, interrupt_requests=False)
-        with flash_attn_setting(rt):
+        with flash_attn_setting(rt), swa_full_setting(rt):
             app = create_app(server_settings=ss, model_settings=[ms])
         if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # uvicorn re-raises it after its graceful stop
             signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
