@@ -18,7 +18,7 @@ import re
 TEMPLATES: dict[str, tuple[str, list[str]]] = {
     "chatml": (
         "{{- if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}"
-        "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}"
+        "{{- range .Messages }}{{- if ne .Role \"system\" }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}{{ end }}"
         "<|im_start|>assistant\n",
         ["<|im_start|>", "<|im_end|>"]),
     # ChatML with reasoning (Qwen3, SmolLM3): as Ollama's qwen3 template, the latest assistant turn's thinking
@@ -36,7 +36,7 @@ TEMPLATES: dict[str, tuple[str, list[str]]] = {
     # Granite 3.x roles
     "granite": (
         "{{- if .System }}<|start_of_role|>system<|end_of_role|>{{ .System }}<|end_of_text|>\n{{ end }}"
-        "{{- range .Messages }}<|start_of_role|>{{ .Role }}<|end_of_role|>{{ .Content }}<|end_of_text|>\n{{ end }}"
+        "{{- range .Messages }}{{- if ne .Role \"system\" }}<|start_of_role|>{{ .Role }}<|end_of_role|>{{ .Content }}<|end_of_text|>\n{{ end }}{{ end }}"
         "<|start_of_role|>assistant<|end_of_role|>",
         ["<|start_of_role|>", "<|end_of_role|>", "<|end_of_text|>"]),
     # OLMo 2: "<|user|>\n…\n", assistant turns end with its eos <|endoftext|>
@@ -59,20 +59,20 @@ TEMPLATES: dict[str, tuple[str, list[str]]] = {
          "<\uff5cUser\uff5c>", "<\uff5cAssistant\uff5c>"]),
     "llama3": (
         "{{- if .System }}<|start_header_id|>system<|end_header_id|>\n\n{{ .System }}<|eot_id|>{{ end }}"
-        "{{- range .Messages }}<|start_header_id|>{{ .Role }}<|end_header_id|>\n\n{{ .Content }}<|eot_id|>{{ end }}"
+        "{{- range .Messages }}{{- if ne .Role \"system\" }}<|start_header_id|>{{ .Role }}<|end_header_id|>\n\n{{ .Content }}<|eot_id|>{{ end }}{{ end }}"
         "<|start_header_id|>assistant<|end_header_id|>\n\n",
         ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]),
     "phi3": (
         "{{- if .System }}<|system|>\n{{ .System }}<|end|>\n{{ end }}"
-        "{{- range .Messages }}<|{{ .Role }}|>\n{{ .Content }}<|end|>\n{{ end }}<|assistant|>\n",
+        "{{- range .Messages }}{{- if ne .Role \"system\" }}<|{{ .Role }}|>\n{{ .Content }}<|end|>\n{{ end }}{{ end }}<|assistant|>\n",
         ["<|end|>", "<|user|>", "<|assistant|>"]),
     "zephyr": (
         "{{- if .System }}<|system|>\n{{ .System }}</s>\n{{ end }}"
-        "{{- range .Messages }}<|{{ .Role }}|>\n{{ .Content }}</s>\n{{ end }}<|assistant|>\n",
+        "{{- range .Messages }}{{- if ne .Role \"system\" }}<|{{ .Role }}|>\n{{ .Content }}</s>\n{{ end }}{{ end }}<|assistant|>\n",
         ["</s>", "<|user|>"]),
     "llama2": (
-        "{{- range $i, $m := .Messages }}{{- if eq $m.Role \"user\" }}[INST] "
-        "{{ if and (eq $i 0) $.System }}<<SYS>>\n{{ $.System }}\n<</SYS>>\n\n{{ end }}{{ $m.Content }} [/INST]"
+        "{{- $sys := .System }}{{- range $i, $m := .Messages }}{{- if eq $m.Role \"user\" }}[INST] "
+        "{{ if $sys }}<<SYS>>\n{{ $sys }}\n<</SYS>>\n\n{{ $sys = \"\" }}{{ end }}{{ $m.Content }} [/INST]"
         "{{- else if eq $m.Role \"assistant\" }} {{ $m.Content }}</s>{{- end }}{{- end }}",
         ["[INST]", "[/INST]", "</s>"]),
     # Gemma has no system role: as its Jinja template, the system prompt opens the first user turn

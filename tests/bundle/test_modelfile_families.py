@@ -8,6 +8,8 @@ import re
 import pytest
 import tokfactory
 
+from go_template import go_render, ollama_values
+
 from slimedge.bundle.modelfile import TEMPLATES, chat_family, render_modelfile
 
 RT = {"n_ctx": 4096, "n_batch": 512, "n_threads": 0, "n_gpu_layers": 0}
@@ -88,122 +90,6 @@ GEMMA3 = ("{{ bos_token }}{%- if messages[0]['role'] == 'system' -%}{%- set firs
           "(first_user_prefix if loop.first else \"\") }}{{ message['content'] | trim }}{{ '<end_of_turn>\\n' }}"
           "{%- endfor -%}{%- if add_generation_prompt -%}{{'<start_of_turn>model\\n'}}{%- endif -%}")
 
-_ACTION = re.compile(r"\{\{(-?)\s*(.*?)\s*(-?)\}\}", re.S)
-_TOKEN = re.compile(r'\(|\)|"[^"]*"|[^\s()]+')
-
-
-def _go_render(tmpl: str, values: dict) -> str:
-    """Render the subset of Go's text/template the Modelfile templates use (if/else if/else/range/end,
-    $var := / =, eq ne and not len slice, .Field, $.Field, trim markers), as Ollama's Go would."""
-    parts, pos = [], 0
-    for m in _ACTION.finditer(tmpl):
-        parts += [("text", tmpl[pos:m.start()]), ("act", m.group(2), m.group(1), m.group(3))]
-        pos = m.end()
-    parts.append(("text", tmpl[pos:]))
-    for i, p in enumerate(parts):  # trim markers eat the whitespace next to them
-        if p[0] == "act" and p[2] and i and parts[i - 1][0] == "text":
-            parts[i - 1] = ("text", parts[i - 1][1].rstrip())
-        if p[0] == "act" and p[3] and i + 1 < len(parts) and parts[i + 1][0] == "text":
-            parts[i + 1] = ("text", parts[i + 1][1].lstrip())
-    out, scopes = [], [{"$": values}]
-
-    def expr(toks, dot):
-        def one():
-            t = toks.pop(0)
-            if t == "(":
-                v = call()
-                assert toks.pop(0) == ")"
-                return v
-            if t.startswith('"'):
-                return t[1:-1]
-            if t.isdigit():
-                return int(t)
-            if t.startswith("$."):
-                return scopes[0]["$"][t[2:]]
-            if t.startswith("$"):
-                return next(s[t] for s in reversed(scopes) if t in s)
-            if t.startswith("."):
-                return dot[t[1:]]
-            return t
-
-        def call():
-            f = toks[0]
-            fns = {"eq": lambda a, b: a == b, "ne": lambda a, b: a != b, "and": lambda a, b: a and b,
-                   "not": lambda a: not a, "len": len, "slice": lambda x, i: x[i:]}
-            if f in fns:
-                toks.pop(0)
-                args = []
-                while toks and toks[0] != ")":
-                    args.append(one())
-                return fns[f](*args)
-            return one()
-
-        return call()
-
-    def run(i, dot, emit):  # runs parts from i until an end/else at this level; returns (index, word)
-        while i < len(parts):
-            p = parts[i]
-            if p[0] == "text":
-                if emit:
-                    out.append(p[1])
-                i += 1
-                continue
-            toks = _TOKEN.findall(p[1])
-            word = toks[0]
-            if word in ("end", "else"):
-                return i, p[1]
-            if word == "if":
-                taken = False
-                cond = emit and bool(expr(toks[1:], dot))
-                while True:
-                    i, stop = run(i + 1, dot, emit and cond and not taken)
-                    taken = taken or cond
-                    if stop == "end":
-                        break
-                    rest = _TOKEN.findall(stop)[1:]
-                    cond = emit and not taken and (not rest or bool(expr(rest[1:], dot)))
-                i += 1
-            elif word == "range":
-                named = toks[1].startswith("$")  # range $i, $_ := LIST  or  range LIST
-                k, v = (toks[1].rstrip(","), toks[2]) if named else ("$i", "$_")
-                items = expr(toks[4:] if named else toks[1:], dot) if emit else []
-                end = None
-                for n, item in enumerate(items):
-                    scopes.append({k: n, v: item})
-                    end, _ = run(i + 1, item, True)
-                    scopes.pop()
-                if end is None:
-                    end, _ = run(i + 1, dot, False)
-                i = end + 1
-            elif len(toks) > 1 and toks[1] in (":=", "="):
-                if emit:
-                    value = expr(toks[2:], dot)
-                    scope = scopes[-1] if toks[1] == ":=" else next(s for s in reversed(scopes) if word in s)
-                    scope[word] = value
-                i += 1
-            else:
-                if emit:
-                    out.append(str(expr(toks, dot)))
-                i += 1
-        return i, None
-
-    run(0, values, True)
-    return "".join(out)
-
-
-def _ollama_values(messages):
-    """What Ollama passes a .Messages template: every system message joined in .System, and the messages
-    (system ones included) with consecutive same-role turns merged (ollama/template: collate)."""
-    system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
-    merged = []
-    for m in messages:
-        if merged and merged[-1]["Role"] == m["role"]:
-            merged[-1]["Content"] += "\n\n" + m["content"]
-        else:
-            merged.append({"Role": m["role"], "Content": m["content"]})
-    return {"System": system, "Messages": merged}
-
-
 CONVERSATIONS = [
     [{"role": "user", "content": "Hi"}],
     [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
@@ -220,7 +106,7 @@ def test_gemma_prompt_folds_the_system_prompt_into_the_first_user_turn(messages)
 
     assert chat_family(GEMMA3) == "gemma"
     want = jinja2.Template(GEMMA3).render(messages=messages, add_generation_prompt=True, bos_token="")
-    got = _go_render(TEMPLATES["gemma"][0], _ollama_values(messages))
+    got = go_render(TEMPLATES["gemma"][0], ollama_values(messages))
     assert got == want
     if messages[0]["role"] == "system":
         assert got.startswith(f"<start_of_turn>user\n{messages[0]['content']}\n\nHi<end_of_turn>\n")
@@ -235,5 +121,15 @@ def test_gemma_stops_at_end_of_turn():
 
 def test_go_render_knows_the_chatml_template():
     """The renderer itself, on a template whose output is easy to write down."""
-    got = _go_render(TEMPLATES["chatml"][0], {"System": "S", "Messages": [{"Role": "user", "Content": "Hi"}]})
+    got = go_render(TEMPLATES["chatml"][0], {"System": "S", "Messages": [{"Role": "user", "Content": "Hi"}]})
     assert got == "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+
+
+@pytest.mark.parametrize("family", sorted(TEMPLATES))
+def test_system_prompt_rendered_once(family):
+    """Ollama passes system messages both in .System and in .Messages: a template shows them once."""
+    messages = [{"role": "system", "content": "Be brief and kind."}, {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Why?"}]
+    got = go_render(TEMPLATES[family][0], ollama_values(messages))
+    assert got.count("Be brief and kind.") == 1, got
+    assert got.count("Hi") == 1 and got.count("Hello!") == 1 and got.count("Why?") == 1, got
