@@ -4,7 +4,11 @@ What is collected (as ``tools/imatrix/imatrix.cpp`` does): for the input of ever
 decoder blocks (``blk.*`` GGUF tensors: attention q/k/v (or Phi-3's fused qkv), output, and the MLP's
 gate/up (fused gate_up) and down), the per-column sum of squared activations over all positions of the
 calibration text, and the number of positions summed. ``output.weight`` only with ``process_output``
-(llama-imatrix's ``--process-output``); ``token_embd`` is a lookup, not a product, so never.
+(llama-imatrix's ``--process-output``); ``token_embd`` is a lookup, not a product, so never. MoE layers
+(transformers' fused experts: Mixtral, Qwen3-MoE): the router ``ffn_gate_inp`` like a dense layer, and
+per expert — llama.cpp counts each expert's rows separately — ``ffn_gate_exps``/``ffn_up_exps`` the
+hidden states of the tokens routed to it, ``ffn_down_exps`` act(gate x) * up x recomputed with that
+expert's weights; an expert no token reached keeps count 0.
 
 How the text is cut (llama-imatrix's way): tokenize it once (BOS first when the model's tokenizer adds
 one, i.e. the converted GGUF's ``add_bos_token``), cut the tokens into ``len // ctx`` chunks of ``ctx``
@@ -46,8 +50,17 @@ LLAMA_BATCH = 2048  # llama-imatrix's default n_batch: chunks per forward = n_ba
 @dataclass
 class Target:
     gguf: str  # GGUF tensor name
-    module: str  # HF module whose input is measured
+    module: str  # HF weight's module (checkpoint naming); for expert tensors the stacked name
     n_cols: int
+    n_mat: int = 1  # experts of a 3-D tensor
+    part: str = ""  # expert tensors: "gate", "up" or "down"
+
+    @property
+    def layer(self) -> int:
+        return int(self.gguf.split(".")[1])
+
+
+_EXPERT_PARTS = {"ffn_gate_exps": "gate", "ffn_up_exps": "up", "ffn_down_exps": "down"}
 
 
 def targets(src: str | Path, process_output: bool = False) -> list[Target]:
@@ -64,10 +77,13 @@ def targets(src: str | Path, process_output: bool = False) -> list[Target]:
         if not measured or not t.name.endswith(".weight") or len(t.shape) < 2:
             continue
         hf = t.origin.rsplit(" in ", 1)[0]
-        if len(t.shape) != 2 or not hf.endswith(".weight"):
+        part = _EXPERT_PARTS.get(t.name.split(".")[2]) if len(t.shape) == 3 else None
+        if part:
+            out.append(Target(t.name, hf, int(t.shape[-1]), int(t.shape[0]), part))
+        elif len(t.shape) == 2 and hf.endswith(".weight"):
+            out.append(Target(t.name, hf[: -len(".weight")], int(t.shape[-1])))
+        else:
             log.warning("%s: %s (%s) is not one linear layer; not measured", src, t.name, hf)
-            continue
-        out.append(Target(t.name, hf[: -len(".weight")], int(t.shape[-1])))
     return out
 
 
@@ -167,32 +183,7 @@ def compute_imatrix_tokens(src: str | Path, chunks: list[list[int]], *, device: 
     finally:
         if bars:
             hf_logging.enable_progress_bar()
-    modules = dict(model.named_modules())
-    sums: dict[str, torch.Tensor] = {}
-    counts: dict[str, int] = {}
-    handles = []
-
-    last: dict = {}  # q/k/v (gate/up) share one input tensor: its squares are summed once
-
-    def hook(name: str, n_cols: int):
-        def pre(_module, args):
-            x = args[0]  # the same tensor object (held here, so its memory cannot be reused meanwhile)
-            if last.get("x") is not x:
-                x2 = x.detach().reshape(-1, n_cols).float()
-                last.update(x=x, sq=(x2 * x2).sum(dim=0).double(), rows=int(x2.shape[0]))
-            sums[name] += last["sq"]
-            counts[name] += last["rows"]
-        return pre
-
-    for t in wanted:
-        m = modules.get(t.module)
-        if not isinstance(m, torch.nn.Linear) or m.in_features != t.n_cols:
-            raise SlimedgeError(f"{src}: {t.module} (for {t.gguf}) is not a linear layer with {t.n_cols} inputs "
-                                f"in the transformers model")
-        sums[t.gguf] = torch.zeros(t.n_cols, dtype=torch.float64, device=dev)
-        counts[t.gguf] = 0
-        handles.append(m.register_forward_pre_hook(hook(t.gguf, t.n_cols)))
-
+    sums, counts, handles, last = _install_hooks(model, wanted, dev, src)
     runner = model if process_output else getattr(model, model.base_model_prefix, model)
     per = max(1, int(batch) if batch else LLAMA_BATCH // ctx)
     t0 = time.monotonic()
@@ -216,8 +207,100 @@ def compute_imatrix_tokens(src: str | Path, chunks: list[list[int]], *, device: 
         if not np.isfinite(v).all():
             raise SlimedgeError(f"{src}: non-finite activations at the input of {name}; the model overflows on "
                                 f"this text (float32)")
-        entries[name] = ImatrixEntry(v, np.asarray([counts[name]], np.int64))
+        entries[name] = ImatrixEntry(v.reshape(-1), np.asarray(counts[name], np.int64).reshape(-1))
     n_tok = len(chunks) * ctx
     log.info("imatrix of %s: %d tensors, %d chunks of %d tokens, %.1f s (%.0f tokens/s)", src, len(entries),
              len(chunks), ctx, seconds, n_tok / max(seconds, 1e-9))
     return Imatrix(entries, [dataset] if dataset else [], len(chunks), ctx, False, None)
+
+
+def _module_for(modules: dict, t: Target, src):
+    """The torch module whose input feeds ``t``: by its checkpoint name, else (a renamed router such as
+    Mixtral's ``block_sparse_moe.gate`` -> ``mlp.gate``) the module of layer ``t.layer`` with the same last
+    name part and a 2-D ``weight`` of the same input width."""
+    import torch
+
+    m = modules.get(t.module)
+    if m is None:
+        tail, key = t.module.rsplit(".", 1)[-1], f"layers.{t.layer}."
+        found = [mod for n, mod in modules.items() if key in n and n.rsplit(".", 1)[-1] == tail
+                 and isinstance(getattr(mod, "weight", None), torch.Tensor) and mod.weight.ndim == 2
+                 and mod.weight.shape[-1] == t.n_cols]
+        m = found[0] if len(found) == 1 else None
+    w = getattr(m, "weight", None)
+    if m is None or not isinstance(w, torch.Tensor) or w.ndim != 2 or w.shape[-1] != t.n_cols:
+        raise SlimedgeError(f"{src}: no layer with {t.n_cols} inputs for {t.gguf} ({t.module}) in the "
+                            f"transformers model")
+    return m
+
+
+def _experts_for(modules: dict, t: Target, src):
+    """Layer ``t.layer``'s fused experts module (3-D ``gate_up_proj`` and ``down_proj``, as transformers'
+    Mixtral / Qwen3-MoE hold them; forward(hidden_states, top_k_index, top_k_weights))."""
+    import torch
+
+    key = f"layers.{t.layer}."
+    found = [(n, m) for n, m in modules.items() if key in n
+             and isinstance(getattr(m, "gate_up_proj", None), torch.Tensor) and m.gate_up_proj.ndim == 3
+             and isinstance(getattr(m, "down_proj", None), torch.Tensor) and m.down_proj.ndim == 3]
+    if len(found) != 1 or found[0][1].gate_up_proj.shape[0] != t.n_mat:
+        raise SlimedgeError(f"{src}: cannot find the {t.n_mat} experts of {t.gguf} in the transformers model "
+                            f"(expected one module with 3-D gate_up_proj and down_proj in layer {t.layer})")
+    return found[0]
+
+
+def _install_hooks(model, wanted: list[Target], dev, src):
+    """Forward pre-hooks that add each target's squared inputs into ``sums`` (float64[n_mat, n_cols]) and its
+    rows into ``counts`` (per expert): dense layers from their input; expert tensors from the experts
+    module's (hidden states, routing): gate/up see the hidden states of the tokens routed to each expert,
+    down sees act(gate x) * up x, recomputed here with that expert's weights."""
+    import torch
+
+    modules = dict(model.named_modules())
+    sums = {t.gguf: torch.zeros(t.n_mat, t.n_cols, dtype=torch.float64, device=dev) for t in wanted}
+    counts = {t.gguf: [0] * t.n_mat for t in wanted}
+    last: dict = {}  # q/k/v (gate/up) share one input tensor: its squares are summed once
+    handles = []
+
+    def dense(name: str, n_cols: int):
+        def pre(_module, args):
+            x = args[0]  # the same tensor object (held here, so its memory cannot be reused meanwhile)
+            if last.get("x") is not x:
+                x2 = x.detach().reshape(-1, n_cols).float()
+                last.update(x=x, sq=(x2 * x2).sum(dim=0).double(), rows=int(x2.shape[0]))
+            sums[name][0] += last["sq"]
+            counts[name][0] += last["rows"]
+        return pre
+
+    def experts(parts: dict[str, Target]):
+        def pre(mod, args):
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
+            idx = args[1].reshape(x.shape[0], -1)
+            for e in range(mod.gate_up_proj.shape[0]):
+                sel = idx == e
+                n = int(sel.sum())
+                if n == 0:
+                    continue
+                xe = x[sel.any(dim=-1)]
+                sq = (xe * xe).sum(dim=0).double()
+                for p in ("gate", "up"):
+                    if p in parts:
+                        sums[parts[p].gguf][e] += sq
+                        counts[parts[p].gguf][e] += n
+                if "down" in parts:
+                    g, u = torch.nn.functional.linear(xe, mod.gate_up_proj[e].float()).chunk(2, dim=-1)
+                    h = mod.act_fn(g) * u
+                    sums[parts["down"].gguf][e] += (h * h).sum(dim=0).double()
+                    counts[parts["down"].gguf][e] += n
+        return pre
+
+    by_experts: dict[str, tuple[object, dict[str, Target]]] = {}
+    for t in wanted:
+        if t.part:
+            name, m = _experts_for(modules, t, src)
+            by_experts.setdefault(name, (m, {}))[1][t.part] = t
+        else:
+            handles.append(_module_for(modules, t, src).register_forward_pre_hook(dense(t.gguf, t.n_cols)))
+    for m, parts in by_experts.values():
+        handles.append(m.register_forward_pre_hook(experts(parts)))
+    return sums, counts, handles, last

@@ -151,3 +151,41 @@ def test_user_errors(tmp_path):
     r = CliRunner().invoke(main, ["imatrix", str(model), "--data", str(tmp_path / "missing"), "-o",
                                   str(tmp_path / "i.gguf"), "-q"])
     assert r.exit_code == 1 and "not found" in r.output
+
+
+def test_moe_experts_counted_separately():
+    """Mixtral: router and per-expert statistics equal a recomputation from the MoE block's input (captured at
+    post_attention_layernorm's output), the router weights (softmax, top-k) and each expert's w1/w3."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = cached_hf_model(arch="mixtral")
+    cfg = json.loads((model / "config.json").read_text())
+    n_exp, top_k = cfg["num_local_experts"], cfg["num_experts_per_tok"]
+    ctx, n = 32, 3
+    imx = compute_imatrix(model, TEXT, ctx=ctx, chunks=n)
+    W = _weights(model)
+    hf = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32).eval()
+    seen: dict[int, np.ndarray] = {}
+    for i, layer in enumerate(hf.model.layers):
+        layer.post_attention_layernorm.register_forward_hook(
+            lambda m, a, out, i=i: seen.setdefault(i, []).append(out.detach().reshape(-1, out.shape[-1]).double().numpy()))
+    with torch.no_grad():
+        hf.model(input_ids=torch.tensor(_llama_chunks(model, ctx, n)), use_cache=False)
+    for i in range(cfg["num_hidden_layers"]):
+        x = np.concatenate(seen[i])
+        p = f"model.layers.{i}.block_sparse_moe."
+        np.testing.assert_allclose(imx.entries[f"blk.{i}.ffn_gate_inp.weight"].sums, (x * x).sum(0), rtol=2e-5)
+        logits = x @ W[p + "gate.weight"].T
+        chosen = np.argsort(-logits, axis=-1)[:, :top_k]
+        gate_e, down_e = imx.entries[f"blk.{i}.ffn_gate_exps.weight"], imx.entries[f"blk.{i}.ffn_down_exps.weight"]
+        assert gate_e.n_mat == n_exp and gate_e.counts.sum() == n * ctx * top_k
+        for e in range(n_exp):
+            xe = x[(chosen == e).any(-1)]
+            assert gate_e.counts[e] == down_e.counts[e] == len(xe)
+            g = xe @ W[p + f"experts.{e}.w1.weight"].T
+            h = g / (1 + np.exp(-g)) * (xe @ W[p + f"experts.{e}.w3.weight"].T)
+            np.testing.assert_allclose(gate_e.sums.reshape(n_exp, -1)[e], (xe * xe).sum(0), rtol=2e-5)
+            np.testing.assert_allclose(imx.entries[f"blk.{i}.ffn_up_exps.weight"].sums.reshape(n_exp, -1)[e],
+                                       (xe * xe).sum(0), rtol=2e-5)
+            np.testing.assert_allclose(down_e.sums.reshape(n_exp, -1)[e], (h * h).sum(0), rtol=2e-5)
