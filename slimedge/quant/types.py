@@ -11,6 +11,7 @@ What lives here (and nowhere else in slimedge, except the standalone bundle laun
 * llama file types (``general.file_type``) — :func:`file_type_id` (``"Q4_K_M"`` -> 15) and
   :func:`file_type_name` (15 -> ``"Q4_K_M"``), :data:`FILE_TYPE_NAMES`, from ``gguf.LlamaFileType``;
 * :data:`FLOAT_TYPES` (and :data:`FLOAT_TYPE_NAMES`): the unquantized tensor types F32, F16, BF16;
+* :data:`REQUIRES_IMATRIX`: the types ggml only quantizes with importance weights (a ggml fact);
 * the KV-cache types llama.cpp accepts for ``--cache-type-k/-v`` (``common/arg.cpp``'s
   ``kv_cache_types``): :data:`CACHE_TYPES` (name -> ggml type id) and :data:`CACHE_BYTES`
   (name -> bytes per element).
@@ -57,6 +58,8 @@ FLOAT_TYPES: frozenset[T] = frozenset({T.F32, T.F16, T.BF16})
 FLOAT_TYPE_NAMES: frozenset[str] = frozenset(t.name for t in FLOAT_TYPES)
 
 GGML_TYPE_NAMES: frozenset[str] = frozenset(t.name for t in T)  # "F32", "Q4_K", ... (every GGML type)
+# ggml_quantize_requires_imatrix: types ggml cannot quantize without importance weights (it asserts)
+REQUIRES_IMATRIX: frozenset[T] = frozenset({T.IQ2_XXS, T.IQ2_XS, T.IQ1_S})
 QK: int = GGML_QUANT_SIZES[T.Q8_0][0]    # legacy block: Q4_0 .. Q8_0 (32 weights)
 QK_K: int = GGML_QUANT_SIZES[T.Q4_K][0]  # k-quant super-block: Q2_K .. Q6_K (256 weights)
 
