@@ -45,6 +45,7 @@ from .formats import REGISTRY, QuantFormat, dequantize_rows, get_format, qtype_o
 from . import legacy as _legacy  # noqa: F401,E402
 from . import kquants as _kquants  # noqa: F401,E402
 from . import iquants as _iquants  # noqa: F401,E402
+from . import iquants_iq1 as _iquants_iq1  # noqa: F401,E402
 from . import iq4 as _iq4  # noqa: F401,E402
 from . import ternary as _ternary  # noqa: F401,E402
 from . import fp4 as _fp4  # noqa: F401,E402

@@ -93,6 +93,7 @@ class _GridQuant(QuantFormat, qtype=T.IQ2_XXS):
     EPS = 1e-15
     SEARCH = "iq2_xxs"
     FUDGE = 1.0
+    ZERO_DEAD = True  # a block whose scales are all 0 is all zeros (ggml clears it); else d = 0 only
 
     @classmethod
     def _levels(cls, x, w):
@@ -134,7 +135,8 @@ class _GridQuant(QuantFormat, qtype=T.IQ2_XXS):
         needs_weights(cls, w)
         dbits, gi, signs, ls, live = cls._levels(np.asarray(x, _F), w)
         out = cls._pack(dbits, gi, signs, ls, live)
-        out[~live] = 0
+        if cls.ZERO_DEAD:
+            out[~live] = 0
         return out
 
     @classmethod
@@ -225,6 +227,7 @@ class IQ2_S(_GridQuant, qtype=T.IQ2_S):
     EPS = 1e-8
     SEARCH = "iq2"
     FUDGE = 0.9875
+    ZERO_DEAD = False
 
     @classmethod
     def _pack(cls, dbits, gi, signs, ls, live):
@@ -282,6 +285,7 @@ class IQ3_S(_GridQuant, qtype=T.IQ3_S):
     EPS = 0.0  # ggml tests max == 0
     SEARCH = "iq3_s"
     FUDGE = 1.033
+    ZERO_DEAD = False
 
     @classmethod
     def _pack(cls, dbits, gi, signs, ls, live):
