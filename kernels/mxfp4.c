@@ -6,7 +6,7 @@
  * log2f), the uint8 conversion taken modulo 256 as x86-64 does. Each weight takes the first index
  * minimizing fabsf(kvalues[i]*d - x): the search runs over the 8 magnitudes on |x| (the products are
  * exact and |-k*d - x| == |k*d - |x||), and a negative x takes the negative entry (index + 8) unless
- * zero wins -- ggml's 16-way scan, vectorized over the block's values. ggml ignores importance
+ * zero wins -- ggml's scan over half the entries, vectorized over the block's values. ggml ignores importance
  * weights for MXFP4; so does se_quantize_mxfp4_imatrix. */
 #include "se_blocks2.h"
 
@@ -29,17 +29,18 @@ void se_quantize_mxfp4(const float *x, void *vy, int64_t k) {
     for (int64_t i = 0; i < nb; ++i, x += SE_QK) {
         const uint8_t e = se_mxfp4_exponent(se_amax_n(x, SE_QK));
         const float d = se_e8m0_half(e);
-        const float m1 = 1 * d, m2 = 2 * d, m3 = 3 * d, m4 = 4 * d, m6 = 6 * d, m8 = 8 * d, m12 = 12 * d;
-        uint8_t q[SE_QK];
-        SE_LANES for (int j = 0; j < SE_QK; ++j) {
-            const float a = fabsf(x[j]);
-            float best = a, err;
-            int idx = 0;
-#define SE_TRY(m, i) err = fabsf(m - a); if (err < best) { best = err; idx = i; }
-            SE_TRY(m1, 1) SE_TRY(m2, 2) SE_TRY(m3, 3) SE_TRY(m4, 4) SE_TRY(m6, 5) SE_TRY(m8, 6) SE_TRY(m12, 7)
-#undef SE_TRY
-            q[j] = (uint8_t)(idx + ((x[j] < 0.0f) & (idx > 0)) * 8);
+        float a[SE_QK], best[SE_QK], idx[SE_QK];
+        SE_LANES for (int j = 0; j < SE_QK; ++j) { a[j] = fabsf(x[j]); best[j] = a[j]; idx[j] = 0.0f; }
+        for (int c = 1; c < 8; ++c) { /* candidate magnitudes in ggml's order; first minimum kept */
+            const float m = (float)se_kvalues_mxfp4[c] * d;
+            SE_LANES for (int j = 0; j < SE_QK; ++j) {
+                const float err = fabsf(m - a[j]);
+                idx[j] = err < best[j] ? (float)c : idx[j];
+                best[j] = err < best[j] ? err : best[j];
+            }
         }
+        uint8_t q[SE_QK];
+        SE_LANES for (int j = 0; j < SE_QK; ++j) q[j] = (uint8_t)(int)(x[j] < 0.0f && idx[j] > 0.0f ? idx[j] + 8.0f : idx[j]);
         y[i].e = e;
         for (int j = 0; j < 16; ++j) y[i].qs[j] = (uint8_t)(q[j] | (q[j + 16] << 4));
     }

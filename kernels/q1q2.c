@@ -8,9 +8,11 @@
 #include "se_blocks2.h"
 
 SE_INLINE void se_q1_0_bits(const float *x, uint8_t *qs) {
+    uint8_t s[SE_QK1_0];
+    SE_LANES for (int j = 0; j < SE_QK1_0; ++j) s[j] = x[j] >= 0.0f;
     for (int b = 0; b < 16; ++b) {
         unsigned v = 0;
-        for (int k = 0; k < 8; ++k) v |= (unsigned)(x[8 * b + k] >= 0.0f) << k;
+        for (int k = 0; k < 8; ++k) v |= (unsigned)s[8 * b + k] << k;
         qs[b] = (uint8_t)v;
     }
 }
@@ -23,8 +25,8 @@ void se_quantize_q1_0(const float *x, void *vy, int64_t k) {
     for (; i + 8 <= nb; i += 8) { /* 8 blocks, one running sum each: the same order per block */
         float s[8] = {0};
         const float *xb = x + i * SE_QK1_0;
-        for (int j = 0; j < SE_QK1_0; ++j)
-            SE_LANES for (int l = 0; l < 8; ++l) s[l] += fabsf(xb[l * SE_QK1_0 + j]);
+        for (int j = 0; j < SE_QK1_0; ++j) /* independent chains (no SIMD: strided loads) */
+            for (int l = 0; l < 8; ++l) s[l] += fabsf(xb[l * SE_QK1_0 + j]);
         for (int l = 0; l < 8; ++l) {
             y[i + l].d = se_fp32_to_fp16(s[l] / SE_QK1_0);
             se_q1_0_bits(xb + l * SE_QK1_0, y[i + l].qs);
@@ -63,9 +65,11 @@ void se_quantize_q2_0(const float *x, void *vy, int64_t k) {
         const float id = d > 0.0f ? 1.0f / d : 0.0f;
         y[i].d = se_fp32_to_fp16(d);
         uint8_t q[SE_QK2_0];
+        /* (int)roundf(v) + 1 clamped to 0..3; v = x/max|x| is within 1 + 2^-23 when finite, and
+         * inf/NaN (subnormal d) convert to INT32_MIN on x86, which clamps to 0 */
         SE_LANES for (int j = 0; j < SE_QK2_0; ++j) {
-            const int v = se_round_away2(x[j] * id) + 1; /* INT32_MIN + 1 for inf/NaN: clamps to 0 */
-            q[j] = (uint8_t)(v < 0 ? 0 : v > 3 ? 3 : v);
+            const float v = x[j] * id;
+            q[j] = (uint8_t)(fabsf(v) < 1.5f ? 1 + (v >= 0.5f) - (v <= -0.5f) : 0);
         }
         for (int b = 0; b < 16; ++b)
             y[i].qs[b] = (uint8_t)(q[4 * b] | (q[4 * b + 1] << 2) | (q[4 * b + 2] << 4) | (q[4 * b + 3] << 6));

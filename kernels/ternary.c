@@ -7,8 +7,10 @@
  * weights are ignored, as ggml does. */
 #include "se_blocks2.h"
 
+/* lroundf(v) + 1 with ggml's x86 result for inf/NaN (1). v = x * (1/max|x|) is within
+ * [-1 - 2^-23, 1 + 2^-23] when finite, so rounding is two comparisons (float only: vectorizes). */
 SE_INLINE uint8_t se_trit(float v) {
-    return fabsf(v) < 2147483648.f ? (uint8_t)(se_round_away2(v) + 1) : 1;
+    return (uint8_t)(fabsf(v) < 1.5f ? 1 + (v >= 0.5f) - (v <= -0.5f) : 1);
 }
 
 SE_INLINE float se_tq_scale(const float *x, uint8_t *t) {

@@ -51,16 +51,26 @@ def shared_exponent(amax: np.ndarray) -> np.ndarray:
     return np.where(amax > 0, e, 0).astype(np.uint8)
 
 
-def best_index(x: np.ndarray, d: np.ndarray) -> np.ndarray:
-    """ggml's ``best_index_mxfp4(x, d)`` for every value of ``x: [nb, k]`` with ``d: [nb, 1]`` -> uint8."""
+# index of the largest magnitude <= n, for n = floor(|x|/d) in 0..15 (the magnitudes are integers)
+_BELOW = np.array([0, 1, 2, 3, 4, 4, 5, 5, 6, 6, 6, 6, 7, 7, 7, 7], np.int8)
+
+
+def best_index(x: np.ndarray, e: np.ndarray) -> np.ndarray:
+    """ggml's ``best_index_mxfp4(x, d)`` for every value of ``x: [nb, k]``, ``d = 2^(e - 128)`` per block.
+
+    ``|x| < 16 d``, and neighbouring magnitudes are at least ``d`` apart (far more than a rounding error), so
+    the first minimum of the scan is one of the two magnitudes around ``|x|/d`` (exact: ``d`` is a power of
+    two): the lower one ``c_k``, or the upper ``c_{k+1}`` when ``fabsf(c_{k+1} - a) < fabsf(c_k - a)``
+    (ggml keeps the earlier index on a tie). The gaps 1,1,1,1,2,2,4 never shrink, so farther magnitudes
+    never tie with the winner."""
     a = np.abs(x)
-    best = a.copy()                                       # index 0: |0*d - a|
-    idx = np.zeros(x.shape, np.uint8)
-    for i in range(1, 8):
-        err = np.abs(_MAGS[i] * d - a)
-        better = err < best
-        np.copyto(best, err, where=better)
-        np.copyto(idx, np.uint8(i), where=better)
+    d = e8m0_half(e)[:, None]
+    s = np.ldexp(a, (128 - e.astype(np.int32))[:, None])             # |x| / d, exact
+    k = _BELOW[np.minimum(s, _F(15)).astype(np.int8)]
+    lo = _MAGS[k] * d
+    hi = _MAGS[np.minimum(k + 1, 7)] * d
+    up = (k < 7) & (np.abs(hi - a) < np.abs(lo - a))
+    idx = (k + up).astype(np.uint8)
     return idx + np.where((x < 0) & (idx > 0), np.uint8(8), np.uint8(0))
 
 
@@ -70,7 +80,7 @@ class MXFP4(QuantFormat, qtype=T.MXFP4):
         x = np.asarray(x, _F)
         e = shared_exponent(np.max(np.abs(x), axis=1))
         with np.errstate(over="ignore", invalid="ignore"):
-            q = best_index(x, e8m0_half(e)[:, None])
+            q = best_index(x, e)
         return np.concatenate([e[:, None], q[:, :16] | (q[:, 16:] << 4)], axis=1)
 
     @classmethod

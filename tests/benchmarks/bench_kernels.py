@@ -7,6 +7,7 @@ this one thread, pinned to one core where the platform allows).
 
     python tests/benchmarks/bench_kernels.py [--rows 64] [--cols 4096] [--repeat 5] [--types Q4_K,Q6_K]
     python tests/benchmarks/bench_kernels.py --imatrix     # importance-weighted paths (no goals)
+    python tests/benchmarks/bench_kernels.py --types new   # issue 12's IQ4_NL .. Q2_0 (goals: C >= 2x, NumPy >= 0.3x)
 """
 
 from __future__ import annotations
@@ -32,8 +33,12 @@ from slimedge import _kernels  # noqa: E402
 from slimedge.quant.formats import quantize_rows  # noqa: E402  (NumPy path)
 
 CPU = time.thread_time  # this thread's CPU time: every path runs on this one thread
-TYPES = ["F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
-GOAL = {"Q4_K": 4.0, "Q5_K": 4.0, "Q2_K": 4.0, "Q3_K": 1.5, "Q6_K": 1.5, "Q8_0": 1.0, "Q4_0": 1.0}
+# the non-grid types of issue 12 (``--types new`` runs only these)
+NEW_TYPES = ["IQ4_NL", "IQ4_XS", "TQ1_0", "TQ2_0", "MXFP4", "Q1_0", "Q2_0"]
+TYPES = ["F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"] + NEW_TYPES
+GOAL = {"Q4_K": 4.0, "Q5_K": 4.0, "Q2_K": 4.0, "Q3_K": 1.5, "Q6_K": 1.5, "Q8_0": 1.0, "Q4_0": 1.0,
+        **{t: 2.0 for t in NEW_TYPES}}
+NUMPY_GOAL = {t: 0.3 for t in NEW_TYPES}  # NumPy / ggml
 
 
 def c_quantize(x: np.ndarray, t: GGMLQuantizationType, imatrix: np.ndarray | None = None) -> np.ndarray:
@@ -58,6 +63,8 @@ def main() -> None:
     ap.add_argument("--types", default=",".join(TYPES))
     ap.add_argument("--imatrix", action="store_true", help="quantize with importance weights")
     args = ap.parse_args()
+    if args.types == "new":
+        args.types = ",".join(NEW_TYPES)
     pin_to_one_core()
 
     rng = np.random.default_rng(0)
@@ -87,6 +94,11 @@ def main() -> None:
         goal = None if args.imatrix else GOAL.get(name)
         if goal and c / g < goal:
             misses.append(name)
+        npy_goal = None if args.imatrix else NUMPY_GOAL.get(name)
+        if npy_goal and npy / g < npy_goal:
+            misses.append(f"{name} (NumPy)")
+        if not same:
+            misses.append(f"{name} (bytes)")
         print(f"{name:6} {c:9.1f} {g:10.1f} {npy:11.1f} {c / g:7.2f} {'' if goal is None else f'{goal:.1f}':>5} "
               f"{npy / g:10.2f} | {x.size / dc / 1e6:8.0f} {x.size / dg / 1e6:9.0f} {dg / dc:6.2f} | "
               f"{'identical' if same else 'DIFFERENT'}")
