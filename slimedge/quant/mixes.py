@@ -196,6 +196,8 @@ _MIX_BASE: dict[str, T] = {
     "Q4_K_S": T.Q4_K, "Q4_K_M": T.Q4_K, "Q4_K": T.Q4_K,
     "Q5_K_S": T.Q5_K, "Q5_K_M": T.Q5_K, "Q5_K": T.Q5_K,
     "Q6_K": T.Q6_K,
+    "IQ4_NL": T.IQ4_NL, "IQ4_XS": T.IQ4_XS, "TQ1_0": T.TQ1_0, "TQ2_0": T.TQ2_0, "MXFP4_MOE": T.MXFP4,
+    "Q1_0": T.Q1_0, "Q2_0": T.Q2_0,
 }
 _ALIASES = {"Q3_K": "Q3_K_M", "Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M"}  # llama-quantize's short names
 # mix name -> (general.file_type = llama_ftype, from gguf's LlamaFileType; base tensor type)
@@ -203,6 +205,8 @@ MIXES: dict[str, tuple[int, T]] = {mix: (file_type_id(_ALIASES.get(mix, mix)), b
 # llama_ftype ids used by the rules below
 (_Q2_K, _Q3_K_S, _Q3_K_M, _Q3_K_L, _Q4_K_S, _Q4_K_M, _Q5_K_S, _Q5_K_M, _Q2_K_S, _Q4_0, _Q5_0) = map(
     file_type_id, ("Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q2_K_S", "Q4_0", "Q5_0"))
+(_IQ4_NL, _IQ4_XS, _TQ1_0, _TQ2_0, _MXFP4_MOE, _Q2_0) = map(
+    file_type_id, ("IQ4_NL", "IQ4_XS", "TQ1_0", "TQ2_0", "MXFP4_MOE", "Q2_0"))
 _FLOATS = FLOAT_TYPES
 
 
@@ -330,7 +334,7 @@ def _use_more_bits(i: int, n: int) -> bool:
     return i < n // 8 or i >= 7 * n // 8 or rem == 2
 
 
-_FALLBACK = {T.Q2_K: T.Q4_0, T.Q3_K: T.Q4_0, T.TQ1_0: T.Q4_0, T.TQ2_0: T.Q4_0, T.Q4_K: T.Q5_0,
+_FALLBACK = {T.Q2_K: T.Q4_0, T.Q2_0: T.Q4_0, T.Q3_K: T.Q4_0, T.TQ1_0: T.Q4_0, T.TQ2_0: T.Q4_0, T.Q4_K: T.Q5_0,
              T.Q5_K: T.Q5_1, T.Q6_K: T.Q8_0, T.IQ1_S: T.IQ4_NL, T.IQ1_M: T.IQ4_NL, T.IQ2_XXS: T.IQ4_NL,
              T.IQ2_XS: T.IQ4_NL, T.IQ2_S: T.IQ4_NL, T.IQ3_XXS: T.IQ4_NL, T.IQ3_S: T.IQ4_NL, T.IQ4_XS: T.IQ4_NL}
 
@@ -384,11 +388,16 @@ class _MixState:
         if cat == "output" or (self.tied and cat == "token_embd"):
             if self.spec.output_tensor_type is not None:
                 return qtype_of(self.spec.output_tensor_type)
-            if falcon or t.shape[-1] % block_size(q):
+            if f == _MXFP4_MOE or falcon or t.shape[-1] % block_size(q):
                 return T.Q8_0
             return T.Q6_K if q != T.Q8_0 else q
+        if f == _MXFP4_MOE:  # stacked experts (3-D; bailingmoe3: only its ffn ones) MXFP4, the rest Q8_0
+            experts = len(t.shape) >= 3 and t.shape[-3] > 1
+            if experts and (m.arch != "bailingmoe3" or cat in ("ffn_up", "ffn_gate", "ffn_down")):
+                return T.MXFP4
+            return T.Q8_0
         if cat == "token_embd":
-            return q
+            return T.Q4_K if f in (_TQ1_0, _TQ2_0, _Q2_0) else q
         if cat in _ATTN_V_LIKE:
             i, n = self.i_attention_wv, self.n_attention_wv
             if f == _Q2_K:
@@ -398,6 +407,8 @@ class _MixState:
             elif f == _Q3_K_M:
                 q = T.Q5_K if i < 2 else T.Q4_K
             elif f == _Q3_K_L:
+                q = T.Q5_K
+            elif f in (_IQ4_NL, _IQ4_XS) and self.n_gqa >= 4:
                 q = T.Q5_K
             elif f in (_Q4_K_M, _Q5_K_M) and _use_more_bits(i, n):
                 q = T.Q6_K
@@ -428,6 +439,8 @@ class _MixState:
                     q = T.Q6_K if i < n // 16 else T.Q5_K if _use_more_bits(i, n) else T.Q4_K
                 elif _use_more_bits(i, n):
                     q = T.Q6_K
+            elif f in (_IQ4_NL, _IQ4_XS) and not self.spec.has_imatrix and i < n // 8:
+                q = T.Q5_K
             elif f == _Q5_K_M and _use_more_bits(i, n):
                 q = T.Q6_K
             elif f == _Q4_K_S and not falcon and i < n // 8:
@@ -438,7 +451,7 @@ class _MixState:
         elif cat == "attn_output":
             if not falcon:
                 if m.n_expert == 8:
-                    if f in (_Q2_K, _Q3_K_S, _Q3_K_M, _Q4_K_S, _Q4_K_M):
+                    if f in (_Q2_K, _Q3_K_S, _Q3_K_M, _Q4_K_S, _Q4_K_M, _IQ4_NL, _IQ4_XS):
                         q = T.Q5_K
                 else:
                     q = {_Q2_K: T.Q3_K, _Q3_K_M: T.Q4_K, _Q3_K_L: T.Q5_K}.get(f, q)
