@@ -86,7 +86,8 @@ def llama(tmp_path_factory):
     return model, f32, imx
 
 
-@pytest.mark.parametrize("mix", ["Q4_K_M", "Q2_K_S", "Q3_K_S", "Q5_K_S", "Q6_K", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"])
+@pytest.mark.parametrize("mix", ["Q4_K_M", "Q2_K_S", "Q3_K_S", "Q5_K_S", "Q6_K", "Q4_0", "Q4_1", "Q5_0", "Q5_1",
+                                 "Q8_0"])
 def test_convert_imatrix_equals_ggml(llama, tmp_path, mix):
     model, f32, imx = llama
     out = tmp_path / f"{mix}.gguf"

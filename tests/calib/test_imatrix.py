@@ -168,8 +168,8 @@ def test_moe_experts_counted_separately():
     hf = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32).eval()
     seen: dict[int, np.ndarray] = {}
     for i, layer in enumerate(hf.model.layers):
-        layer.post_attention_layernorm.register_forward_hook(
-            lambda m, a, out, i=i: seen.setdefault(i, []).append(out.detach().reshape(-1, out.shape[-1]).double().numpy()))
+        layer.post_attention_layernorm.register_forward_hook(lambda m, a, out, i=i: seen.setdefault(i, []).append(
+            out.detach().reshape(-1, out.shape[-1]).double().numpy()))
     with torch.no_grad():
         hf.model(input_ids=torch.tensor(_llama_chunks(model, ctx, n)), use_cache=False)
     for i in range(cfg["num_hidden_layers"]):

@@ -110,7 +110,8 @@ def test_legacy_write_matches_llama_layout(tmp_path):
         e = imx.entries[name]
         ncall = -(-int(e.counts.max()) // 512)
         count = np.repeat(e.counts.astype(np.float32), e.n_cols)
-        vals = np.where(count == 0, np.float32(1), e.sums) / np.where(count == 0, np.float32(1), count) * np.float32(ncall)
+        one = np.float32(1)
+        vals = np.where(count == 0, one, e.sums) / np.where(count == 0, one, count) * np.float32(ncall)
         expected.append((name, ncall, vals.astype(np.float32)))
     assert p.read_bytes() == _legacy_bytes(expected, chunk_count=3, dataset="calib.txt")
     back = read_imatrix(p)
