@@ -87,6 +87,10 @@ static PyObject *py_quantize(PyObject *self, PyObject *args, PyObject *kwargs) {
     rc = se_quantize(qtype, (const float *)src.buf, dst.buf, n_rows, n_per_row,
                      have_imx ? (const float *)imx.buf : NULL);
     Py_END_ALLOW_THREADS
+    if (rc == SE_ERR_NEEDS_IMATRIX) {
+        PyErr_SetString(PyExc_ValueError, "this type needs importance weights (an imatrix), as in ggml");
+        goto done;
+    }
     if (rc != SE_OK) {
         PyErr_Format(PyExc_RuntimeError, "slimedge._kernels.quantize failed with status %d", rc);
         goto done;

@@ -1,6 +1,8 @@
 /* Type table and dispatch: se_quantize / se_dequantize route a GGML type id to its kernel.
  * The table is generated from SE_TYPES (slimedge_kernels.h), the one list of the kernels' types. */
 #include "se_internal.h"
+#include "iq_internal.h" /* layouts of the grid i-quants IQ1_S .. IQ3_S */
+#include "se_blocks2.h" /* layouts of IQ4_NL, IQ4_XS, TQ1_0, TQ2_0, MXFP4, Q1_0, Q2_0 */
 
 typedef void (*se_qfn)(const float *, void *, int64_t);
 typedef void (*se_dfn)(const void *, float *, int64_t);
@@ -47,6 +49,7 @@ int se_quantize(int qtype, const float *src, void *dst, int64_t nrows, int64_t n
     const se_entry *e = se_find(qtype);
     if (!e) return SE_ERR_TYPE;
     if (n_per_row % e->block_size) return SE_ERR_ROW;
+    if (!imatrix && (qtype == SE_IQ2_XXS || qtype == SE_IQ2_XS || qtype == SE_IQ1_S)) return SE_ERR_NEEDS_IMATRIX;
     if (imatrix) {
         if (!e->quantize_imatrix) return SE_ERR_IMATRIX;
         const int64_t row_bytes = n_per_row / e->block_size * e->type_size;

@@ -419,6 +419,9 @@ static void se_iq3_s_block(const se_iq_grid *G, const float *xbl, const float *q
     memset(y, 0, sizeof(*y));
     float max_scale = 0;
     const float sigma2 = 2 * se_sumsq_256(xbl) / 256;
+    /* ggml advances its qs / signs pointers only past sub-blocks it quantized: after an all-zero
+     * sub-block the next one's indices and signs land in the earlier slots (qh and scales stay by ib) */
+    int slot = 0;
     for (int ib = 0; ib < 8; ++ib) {
         const float *xb = xbl + 32 * ib;
         se_iq3_weights(xb, qwbl ? qwbl + 32 * ib : NULL, sigma2, weight, waux);
@@ -439,10 +442,11 @@ static void se_iq3_s_block(const se_iq_grid *G, const float *xbl, const float *q
         for (int k = 0; k < 8; ++k) {
             int gi = G->map[se_iq_key(L + 4 * k, 4, 3)];
             if (gi < 0) gi = 0;
-            y->qs[8 * ib + k] = (uint8_t)(gi & 255);
+            y->qs[8 * slot + k] = (uint8_t)(gi & 255);
             y->qh[ib] |= (uint8_t)((gi >> 8) << k);
         }
-        memcpy(y->signs + 4 * ib, block_signs, 4);
+        memcpy(y->signs + 4 * slot, block_signs, 4);
+        ++slot;
         scales[ib] = scale;
         max_scale = se_maxf(max_scale, scale);
     }

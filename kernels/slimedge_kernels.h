@@ -38,7 +38,21 @@ extern "C" {
     X(Q3_K, q3_k, 11, SE_QK_K, 1)     \
     X(Q4_K, q4_k, 12, SE_QK_K, 1)     \
     X(Q5_K, q5_k, 13, SE_QK_K, 1)     \
-    X(Q6_K, q6_k, 14, SE_QK_K, 1)
+    X(Q6_K, q6_k, 14, SE_QK_K, 1)     \
+    X(IQ2_XXS, iq2_xxs, 16, SE_QK_K, 1) \
+    X(IQ2_XS, iq2_xs, 17, SE_QK_K, 1) \
+    X(IQ3_XXS, iq3_xxs, 18, SE_QK_K, 1) \
+    X(IQ1_S, iq1_s, 19, SE_QK_K, 1)   \
+    X(IQ3_S, iq3_s, 21, SE_QK_K, 1)   \
+    X(IQ2_S, iq2_s, 22, SE_QK_K, 1)   \
+    X(IQ1_M, iq1_m, 29, SE_QK_K, 1)   \
+    X(IQ4_NL, iq4_nl, 20, SE_QK, 1)   \
+    X(IQ4_XS, iq4_xs, 23, SE_QK_K, 1) \
+    X(TQ1_0, tq1_0, 34, SE_QK_K, 1)   \
+    X(TQ2_0, tq2_0, 35, SE_QK_K, 1)   \
+    X(MXFP4, mxfp4, 39, SE_QK, 1)     \
+    X(Q1_0, q1_0, 41, SE_QK1_0, 1)    \
+    X(Q2_0, q2_0, 42, SE_QK2_0, 1)
 
 #define SE_ENUM_ENTRY(NAME, name, id, qk, imx) SE_##NAME = id,
 enum se_type { SE_TYPES(SE_ENUM_ENTRY) };
@@ -49,6 +63,7 @@ enum se_type { SE_TYPES(SE_ENUM_ENTRY) };
 #define SE_ERR_TYPE (-1)       /* type not supported by the kernels */
 #define SE_ERR_ROW (-2)        /* row length not a multiple of the block size */
 #define SE_ERR_IMATRIX (-3)    /* importance weights not supported for this type */
+#define SE_ERR_NEEDS_IMATRIX (-4) /* the type has no quantizer without importance weights (ggml: IQ2_XXS, IQ2_XS, IQ1_S) */
 
 /* weights per block and bytes per block of a type; 0 when unsupported */
 int se_block_size(int qtype);

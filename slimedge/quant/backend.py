@@ -24,6 +24,7 @@ import numpy as np
 
 from ..errors import SlimedgeError
 from .formats import check_row_length, dequantize_rows, get_format, quantize_rows, quantized_rows
+from .types import REQUIRES_IMATRIX
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,9 @@ def quantize(x: np.ndarray, qtype, imatrix: np.ndarray | None = None, threads: i
     ``imatrix``: optional ``float32[n_per_row]`` column importance; ``threads``: None = all cores.
     """
     fmt = get_format(qtype)
+    if imatrix is None and fmt.qtype in REQUIRES_IMATRIX:
+        raise SlimedgeError(f"{what}: {fmt.qtype.name} needs an importance matrix (llama.cpp refuses it without "
+                            "one); pass --imatrix or choose another type")
     k = _K
     if k is None or k.block_size(int(fmt.qtype)) == 0 or (imatrix is not None and not k.has_imatrix(int(fmt.qtype))):
         return quantize_rows(x, qtype, imatrix, what=what)

@@ -33,7 +33,7 @@ _F = np.float32
 
 def needs_weights(cls, w) -> None:
     if w is None and cls.qtype in REQUIRES_IMATRIX:
-        raise SlimedgeError(f"{cls.qtype.name} needs an importance matrix (llama.cpp refuses it without one); "
+        raise SlimedgeError(f"tensor: {cls.qtype.name} needs an importance matrix (llama.cpp refuses it without one); "
                             "pass --imatrix or choose another type")
 
 
@@ -124,17 +124,18 @@ class _GridQuant(QuantFormat, qtype=T.IQ2_XXS):
         # per block, sub-block-major: [nb, subs, groups] / [nb, subs, signs]
         gi = gi.T.reshape(nb, QK_K // cls.SUB, -1)
         signs = signs.T.reshape(nb, QK_K // cls.SUB, -1)
-        return dbits, gi, signs, ls.reshape(nb, -1), ms > 0
+        return dbits, gi, signs, ls.reshape(nb, -1), ms > 0, act.reshape(nb, -1)
 
     @classmethod
-    def _pack(cls, dbits, gi, signs, ls, live):
+    def _pack(cls, dbits, gi, signs, ls, live, done):
+        """Block bytes; ``done[nb, subs]``: the sub-blocks that were quantized (not all-zero)."""
         raise NotImplementedError
 
     @classmethod
     def _quantize(cls, x, w=None):
         needs_weights(cls, w)
-        dbits, gi, signs, ls, live = cls._levels(np.asarray(x, _F), w)
-        out = cls._pack(dbits, gi, signs, ls, live)
+        dbits, gi, signs, ls, live, done = cls._levels(np.asarray(x, _F), w)
+        out = cls._pack(dbits, gi, signs, ls, live, done)
         if cls.ZERO_DEAD:
             out[~live] = 0
         return out
@@ -172,7 +173,7 @@ def _apply(vals: np.ndarray, db: np.ndarray, neg: np.ndarray) -> np.ndarray:
 
 class IQ2_XXS(_GridQuant, qtype=T.IQ2_XXS):
     @classmethod
-    def _pack(cls, dbits, gi, signs, ls, live):
+    def _pack(cls, dbits, gi, signs, ls, live, done):
         nb = gi.shape[0]
         w0 = (gi << (8 * np.arange(4))).sum(axis=2)
         w1 = (signs << (7 * np.arange(4))).sum(axis=2) | (ls << 28)
@@ -198,7 +199,7 @@ class IQ2_XS(_GridQuant, qtype=T.IQ2_XS):
     SEARCH = "iq2"
 
     @classmethod
-    def _pack(cls, dbits, gi, signs, ls, live):
+    def _pack(cls, dbits, gi, signs, ls, live, done):
         nb = gi.shape[0]
         qs = (gi | (signs << 9)).reshape(nb, 32).astype("<u2")
         sc = (ls[:, 0::2] | (ls[:, 1::2] << 4)).astype(np.uint8)
@@ -230,7 +231,7 @@ class IQ2_S(_GridQuant, qtype=T.IQ2_S):
     ZERO_DEAD = False
 
     @classmethod
-    def _pack(cls, dbits, gi, signs, ls, live):
+    def _pack(cls, dbits, gi, signs, ls, live, done):
         nb = gi.shape[0]
         g = gi.reshape(nb, 32)
         qh = ((g >> 8).reshape(nb, 8, 4) << (2 * np.arange(4))).sum(axis=2)
@@ -260,7 +261,7 @@ class IQ3_XXS(_GridQuant, qtype=T.IQ3_XXS):
     FUDGE = 1.0125
 
     @classmethod
-    def _pack(cls, dbits, gi, signs, ls, live):
+    def _pack(cls, dbits, gi, signs, ls, live, done):
         nb = gi.shape[0]
         sas = (signs << (7 * np.arange(4))).sum(axis=2) | (ls << 28)
         return np.concatenate([u16_bytes(dbits), gi.reshape(nb, 64).astype(np.uint8), _u32_bytes(sas)], axis=1)
@@ -288,11 +289,19 @@ class IQ3_S(_GridQuant, qtype=T.IQ3_S):
     ZERO_DEAD = False
 
     @classmethod
-    def _pack(cls, dbits, gi, signs, ls, live):
+    def _pack(cls, dbits, gi, signs, ls, live, done):
         nb = gi.shape[0]
         qh = ((gi >> 8) << np.arange(8)).sum(axis=2)
         sc = ls[:, 0::2] | (ls[:, 1::2] << 4)
-        parts = [gi.reshape(nb, 64) & 255, qh, signs.reshape(nb, 32), sc]
+        # ggml advances its qs/signs pointers only past quantized sub-blocks: after an all-zero one the
+        # next sub-block's indices and signs land in the earlier slot (qh and scales stay by sub-block)
+        slot = np.cumsum(done, axis=1) - 1
+        b, ib = np.nonzero(done)
+        lo = np.zeros((nb, 8, 8), np.int64)
+        sg = np.zeros((nb, 8, 4), np.int64)
+        lo[b, slot[b, ib]] = gi[b, ib] & 255
+        sg[b, slot[b, ib]] = signs[b, ib]
+        parts = [lo.reshape(nb, 64), qh, sg.reshape(nb, 32), sc]
         return np.concatenate([u16_bytes(dbits)] + [p.astype(np.uint8) for p in parts], axis=1)
 
     quantize_blocks = chunked(512)(_GridQuant._quantize.__func__)

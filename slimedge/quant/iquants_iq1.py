@@ -208,7 +208,9 @@ class IQ1_M(QuantFormat, qtype=T.IQ1_M):
         masks = np.array([0x00, 0x80, 0x08, 0x88])
         qh = (gi[0] >> 8) | ((gi[1] >> 8) << 4)
         qh = np.where(np.repeat(live, 16), qh | masks[kind], qh)
-        # refit d over the whole block with the stored levels and scales
+        # refit d over the whole block with the stored levels, shifts and scales
+        xxg = np.stack([np.where((kind < 2)[:, None], X_P[None, :], X_M[None, :]),
+                        np.where((kind % 2 == 0)[:, None], X_P[None, :], X_M[None, :])])
         lv = G.levels[gi]  # [2, M, 8]
         q = np.take_along_axis(xxg, lv.astype(np.intp), axis=2) * (2 * l + 1).astype(_F)[None, :, None]
         q = np.ascontiguousarray(q.astype(_F).transpose(1, 0, 2).reshape(nb, 256).T)
