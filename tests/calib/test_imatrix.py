@@ -189,3 +189,18 @@ def test_moe_experts_counted_separately():
             np.testing.assert_allclose(imx.entries[f"blk.{i}.ffn_up_exps.weight"].sums.reshape(n_exp, -1)[e],
                                        (xe * xe).sum(0), rtol=2e-5)
             np.testing.assert_allclose(down_e.sums.reshape(n_exp, -1)[e], (h * h).sum(0), rtol=2e-5)
+
+
+def test_device_cuda_same_statistic_or_clear_error():
+    """--device cuda: the same matrix as on the CPU where a GPU is present, else one clear line."""
+    import torch
+
+    model = cached_hf_model(arch="llama", kquant=True)
+    if not torch.cuda.is_available():
+        with pytest.raises(SlimedgeError, match="no CUDA device"):
+            compute_imatrix(model, TEXT, ctx=32, chunks=2, device="cuda")
+        return
+    torch.backends.cuda.matmul.allow_tf32 = False
+    gpu, cpu = (compute_imatrix(model, TEXT, ctx=32, chunks=2, device=d) for d in ("cuda", "cpu"))
+    for n, e in cpu.entries.items():
+        np.testing.assert_allclose(gpu.entries[n].sums, e.sums, rtol=1e-4)
