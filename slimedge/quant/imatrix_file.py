@@ -342,8 +342,9 @@ def importance_for(imx: Imatrix, tensors, requires=lambda name, qtype: False) ->
             raise SlimedgeError(f"{where}: {name} has {got.n_cols} columns x {got.n_mat} in the imatrix but "
                                 f"{n_cols} x {n_mat} in the model; the imatrix is for another model")
         out[name] = imp.reshape(n_mat, n_cols)
-    if tensors and not out:
-        raise SlimedgeError(f"{where}: covers none of the model's tensors (e.g. {tensors[0][0]}); the imatrix "
+    measurable = [n for n, _, _ in tensors if not _is_token_embd(n) and n != "output.weight"]
+    if measurable and not any(n in out for n in measurable):
+        raise SlimedgeError(f"{where}: covers none of the model's tensors (e.g. {measurable[0]}); the imatrix "
                             f"is for another model")
     if uncovered:
         more = f" and {len(uncovered) - 5} more" if len(uncovered) > 5 else ""

@@ -183,6 +183,7 @@ def test_importance_for_matches_and_checks(caplog):
         importance_for(imx, [("blk.0.ffn_up_exps.weight", (8, 16, 32), T.Q4_K)])
     with pytest.raises(SlimedgeError, match="covers none"):
         importance_for(imx, [("blk.7.attn_v.weight", (32, 64), T.Q4_K)])
+    assert importance_for(imx, [("output.weight", (10, 64), T.Q8_0)]) == {}  # only the head quantized: fine
     with pytest.raises(SlimedgeError, match="blk.0.attn_k.weight"):  # required (Q2_K_S) and missing
         importance_for(imx, tensors, requires=lambda n, q: n == "blk.0.attn_k.weight")
     # token_embd of another size is ignored, as llama.cpp does
