@@ -94,6 +94,10 @@ class Imatrix:
             out = np.where(counts > 0, sums / np.where(counts > 0, counts, np.float32(1)), np.float32(1))
         return out.astype(np.float32).reshape(-1)
 
+    def importances(self) -> dict[str, np.ndarray]:
+        """Every entry's :meth:`importance` (name -> float32[n_mat * n_cols])."""
+        return {name: self.importance(name) for name in self.entries}  # type: ignore[misc]
+
     def raw(self, chunk_size: int | None = None) -> "Imatrix":
         """This matrix as raw sums and counts (a legacy one scaled back by ``chunk_size`` as llama-imatrix
         does when it loads one); a GGUF-style matrix is returned as it is."""
