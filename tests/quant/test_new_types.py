@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -106,6 +108,7 @@ def test_mxfp4_floor_log2_equals_libm_log2f_next_to_powers_of_two():
 
 # ---- mixes against llama_model_quantize ----------------------------------------------------------------
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "convert"))  # convert_util, for family_checks
 DENSE_MIXES = ("IQ4_NL", "IQ4_XS", "TQ1_0", "TQ2_0", "Q1_0", "Q2_0")
 
 
@@ -117,7 +120,8 @@ def test_new_mixes_equal_llama_quantize_and_generate(tmp_path):
     hf = cached_hf_model(arch="llama", kquant=True)
     types = check_mixes(hf, tmp_path, mixes=DENSE_MIXES)
     assert types["TQ1_0"]["token_embd.weight"] == "Q4_K" and types["Q1_0"]["token_embd.weight"] == "Q1_0"
-    assert types["IQ4_XS"]["output.weight"] == "Q6_K" and types["IQ4_NL"]["blk.0.ffn_down.weight"] == "Q5_K"
+    assert types["IQ4_XS"]["output.weight"] == "Q6_K"
+    assert types["IQ4_NL"]["blk.0.ffn_down.weight"] == "IQ4_NL"  # < 8 layers: no first-eighth Q5_K promotion
     for mix in ("IQ4_NL", "Q2_0"):
         check_generation_stops(convert(hf, tmp_path / f"{mix}.gguf", mix), eog_ids(hf))
 
