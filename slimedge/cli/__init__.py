@@ -36,6 +36,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "imatrix": ("imatrix", "Compute an importance matrix (llama-imatrix's) on calibration text, for --imatrix."),
     "inspect": ("inspect", "Show a GGUF file's metadata, tensors, sizes and bits per weight."),
     "distill": ("distill", "Distill a small student model from a teacher (logit, feature, response)."),
+    "tune": ("tune", "Tune a quantized GGUF's block scales against its teacher (same types, same size)."),
     "targets": ("targets", "List the target profiles (shipped ones and how to use your own)."),
     "build": ("build", "Build a runnable bundle for a target device from a model."),
     "verify": ("verify", "Check a bundle's checksums and that its model loads."),

@@ -1,0 +1,64 @@
+"""``slimedge tune QUANT.gguf --teacher HF_DIR --data FILE|DIR -o TUNED.gguf``: learn a quantized GGUF's block scales.
+
+Parses options and calls :func:`slimedge.distill.tune.tune` (torch is imported only when the command runs);
+prints the held-out KL divergence before and after.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .options import make_progress, overwrite_option, quiet_option, threads_option, user_errors
+
+
+@click.command("tune", context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("gguf_file", metavar="QUANT.gguf", type=click.Path(path_type=Path))
+@click.option("--teacher", required=True, metavar="HF_DIR", help="The teacher's Hugging Face model folder.")
+@click.option("--data", required=True, metavar="FILE|DIR",
+              help="Calibration data: text, JSONL, Parquet/Arrow, a datasets folder or a folder of them.")
+@click.option("--data-field", default="text", show_default=True, help="Text field of JSONL/Parquet/Arrow rows.")
+@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="Tuned GGUF file.")
+@click.option("--steps", type=click.IntRange(min=0), default=200, show_default=True, help="Optimizer steps.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-3, show_default=True,
+              help="Learning rate of the (log) block scales d and dmin.")
+@click.option("--sub-lr", type=click.FloatRange(min=0), default=None,
+              help="Learning rate of the integer sub-block scales/mins, in integer units (default 20 x --lr).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True, help="Blocks per step.")
+@click.option("--seq-len", type=click.IntRange(min=2), default=256, show_default=True, help="Tokens per block.")
+@click.option("--max-blocks", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Use at most this many training blocks (0: all).")
+@click.option("--device", default="cpu", show_default=True, metavar="cpu|cuda", help="Torch device.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@threads_option
+@overwrite_option
+@quiet_option
+@user_errors
+def cli(gguf_file: Path, teacher: str, data: str, data_field: str, out: Path, steps: int, lr: float,
+        sub_lr: float | None, batch_size: int, seq_len: int, max_blocks: int, device: str, seed: int,
+        threads: int | None, overwrite: bool, quiet: bool) -> None:
+    """Tune the block scales of a quantized GGUF so it matches its teacher.
+
+    Keeps every tensor's type, integer codes and block layout and learns the block parameters (Q4_K/Q5_K:
+    d, dmin, 6-bit sub-scales and mins; Q6_K: d and 8-bit sub-scales; Q2_K/Q3_K likewise; Q8_0/Q4_0/Q5_0:
+    the block scale; Q4_1/Q5_1: scale and min) by gradient descent on the KL divergence from the teacher on
+    the calibration data. The output has the same size, tensor types and metadata and runs in stock
+    llama.cpp. QUANT.gguf is a GGUF of the teacher (or of a fewer-layer student distilled from it).
+
+    \b
+    Examples:
+      slimedge convert ./teacher -o q4km.gguf --type Q4_K_M --imatrix imatrix.gguf
+      slimedge tune q4km.gguf --teacher ./teacher --data train.txt -o q4km-tuned.gguf --steps 200
+    """
+    from ..distill.tune import TuneConfig, tune
+
+    r = tune(TuneConfig(gguf=str(gguf_file), teacher=teacher, data=data, output=str(out), steps=steps, lr=lr,
+                        sub_lr=sub_lr, batch_size=batch_size, seq_len=seq_len, max_blocks=max_blocks,
+                        device=device, threads=threads, seed=seed, overwrite=overwrite, data_field=data_field),
+             make_progress(quiet))
+    if not quiet:
+        types = ", ".join(f"{n} {t}" for t, n in sorted(r.tuned.items()))
+        click.echo(f"wrote {out}: tuned {types} tensors ({r.frozen} kept); held-out KL vs teacher "
+                   f"{r.kl_before:.5f} -> {r.kl_after:.5f} ({r.kl_after / max(r.kl_before, 1e-12):.2f}x), "
+                   f"{r.seconds:.0f} s", err=True)
