@@ -24,7 +24,12 @@ def _opt(*decls, field: str, **kw):
 @click.command("distill", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @_opt("--teacher", field="teacher", required=True, type=click.Path(), help="Teacher: a Hugging Face model folder (or a Hub id in the local HF cache).")
 @_opt("--data", field="data", required=True, type=click.Path(),
-      help="Text file, folder of text files, or JSONL with a 'text' field.")
+      help="Text, JSONL, Parquet or Arrow file, a folder of them, or a datasets (save_to_disk) folder.")
+@_opt("--data-field", field="data_field", default="text", show_default=True,
+      help="Field (JSONL) or column (Parquet, Arrow, datasets) holding the text.")
+@_opt("--token-cache", field="token_cache", type=click.Path(), default=None,
+      help="Folder of tokenized corpora, reused while tokenizer and data are unchanged "
+           "(default: ~/.cache/slimedge/tokens).")
 @_opt("-o", "--output", field="output", required=True, type=click.Path(), help="Output folder (HF format).")
 @_opt("--student-config", field="student_config", type=click.Path(), default=None,
       help="config.json of the student (else derived from the teacher).")
@@ -69,7 +74,11 @@ def _opt(*decls, field: str, **kw):
       help="Folder of the teacher's top-k log-probs (built if absent): no teacher in memory while training.")
 @_opt("--cache-k", field="cache_k", type=int, default=64, show_default=True, help="Top-k kept per position.")
 @_opt("--response", field="response", is_flag=True, help="Train on teacher continuations of prompts.")
-@_opt("--prompt-len", field="prompt_len", type=int, default=32, show_default=True, help="Prompt tokens.")
+@_opt("--on-policy", field="on_policy", type=float, default=0.0, show_default=True, metavar="LAMBDA",
+      help="GKD's lambda: share of steps on the student's own continuations of prompts, scored by the teacher "
+           "(only the generated tokens count; --gen-len, --gen-temperature, --top-p, --top-k).")
+@_opt("--prompt-len", field="prompt_len", type=int, default=32, show_default=True,
+      help="Prompt tokens (--response, --on-policy).")
 @_opt("--gen-len", field="gen_len", type=int, default=64, show_default=True, help="Generated tokens.")
 @_opt("--response-samples", field="response_samples", type=int, default=None,
       help="Prompts to continue (default: one per training block).")

@@ -254,7 +254,6 @@ def _distill(cfg: DistillConfig, progress: Progress) -> DistillResult:
     """The run, step by step (see the module docstring); every process runs it, rank 0 writes."""
     import torch
 
-    from . import data as data_mod
     from .evaluate import evaluate
 
     t_start = time.monotonic()
@@ -268,7 +267,7 @@ def _distill(cfg: DistillConfig, progress: Progress) -> DistillResult:
     dist = _Dist(use_cuda)
     try:
         dev = _device(cfg, dist, use_cuda)
-        blocks = data_mod.prepare(cfg.data, tokenizer, cfg.seq_len, cfg.eval_fraction)
+        blocks = _blocks(cfg, tokenizer, dist, progress)
         eval_blocks = blocks.eval[: cfg.max_eval_blocks]
         student, choice = _student(cfg, teacher_cfg, dev.device)
         teacher, cache, teacher_params, shard = _teacher_or_cache(cfg, teacher_cfg, blocks, dist, dev, progress)
@@ -371,20 +370,36 @@ def _teacher_or_cache(cfg: DistillConfig, teacher_cfg, blocks, dist: "_Dist", de
     return None, cache, cache.meta.get("teacher_params"), shard
 
 
+def _blocks(cfg: DistillConfig, tokenizer, dist: "_Dist", progress: Progress):
+    """The data's blocks from its token file: local process 0 tokenizes (or reuses), the others then open it."""
+    from . import data as data_mod
+
+    kw = dict(field=cfg.data_field, cache_dir=cfg.token_cache)
+    first = dist.local_rank == 0
+    if first:
+        blocks = data_mod.prepare(cfg.data, tokenizer, cfg.seq_len, cfg.eval_fraction, progress=progress, **kw)
+    dist.barrier()
+    if not first:
+        blocks = data_mod.prepare(cfg.data, tokenizer, cfg.seq_len, cfg.eval_fraction, build=False, **kw)
+    return blocks
+
+
 def _train_data(cfg: DistillConfig, teacher, tokenizer, blocks, dist: "_Dist", device, progress: Progress):
     """The training sequences: the packed blocks, or (``response``) teacher continuations of prompts."""
-    import numpy as np
-
     from .response import generate
     from .trainer import TrainData
 
+    eos = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos if eos is not None else 0)
+    on = dict(prompt_len=cfg.prompt_len, eos_id=eos, pad_id=pad) if cfg.on_policy else {}
     if cfg.response:
         resp = generate(teacher, tokenizer, blocks.train, cfg, device=device, progress=progress) \
             if dist.rank == 0 else None
         resp = dist.broadcast(resp)
-        return TrainData(ids=resp.ids, loss_mask=resp.loss_mask, attention=resp.attention)
-    L = blocks.train.shape[1]
-    return TrainData(ids=np.ascontiguousarray(blocks.train), loss_mask=np.ones((len(blocks.train), L - 1), np.float32))
+        return TrainData(ids=resp.ids, loss_mask=resp.loss_mask, attention=resp.attention, **on)
+    if cfg.on_policy:  # prompt + the data's continuation; on-policy steps replace the continuation
+        return TrainData(ids=blocks.train.columns(cfg.prompt_len + cfg.gen_len), loss_mask=None, **on)
+    return TrainData(ids=blocks.train, loss_mask=None)  # memory-mapped blocks, every position counts
 
 
 def _train(cfg: DistillConfig, student, choice, teacher_cfg, teacher, cache, train, blocks, dist: "_Dist",
@@ -406,6 +421,8 @@ def _train(cfg: DistillConfig, student, choice, teacher_cfg, teacher, cache, tra
     key = {"data": blocks.fingerprint(), "seq_len": cfg.seq_len, "batch_size": cfg.batch_size,
            "student": student.config.to_json_string(use_diff=False), "response": cfg.response,
            "seed": cfg.seed, "world": dist.world}
+    if cfg.on_policy:
+        key["on_policy"] = cfg.on_policy
     trainer = Trainer(cfg, module, train, steps, teacher=teacher, cache=cache, device=dev.device,
                       autocast=dev.autocast, rank=dist.rank, world=dist.world, progress=progress,
                       settings_key=key)
@@ -444,7 +461,8 @@ def _report(cfg: DistillConfig, start: dict, end: dict, result, *, student, choi
         "precision": "bf16 autocast" if dev.bf16 else "fp32",
         "world_size": world,
         "teacher_sharded": live_shard,
-        "data": {"documents": blocks.n_documents, "tokens": blocks.n_tokens,
+        "data": {"documents": blocks.n_documents, "tokens": blocks.n_tokens, "held_out_by": blocks.held_out_by,
+                 "token_file": blocks.token_file,
                  "train_blocks": int(len(blocks.train)), "eval_blocks": int(len(eval_blocks)),
                  "train_sequences": int(len(train.ids)), "sequence_length": int(train.ids.shape[1])},
         "student": choice.to_dict(),

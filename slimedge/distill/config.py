@@ -22,7 +22,9 @@ PRECISIONS = ("auto", "bf16", "fp32")
 class DistillConfig:
     # --- what ---------------------------------------------------------------------------
     teacher: str = ""                  # HF folder of the teacher (config, safetensors, tokenizer)
-    data: str = ""                     # text file, folder of text files, or JSONL with a "text" field
+    data: str = ""                     # text/JSONL/Parquet/Arrow file, a folder of them, or a datasets folder
+    data_field: str = "text"           # the text field (JSONL) or column (Parquet, Arrow, datasets)
+    token_cache: str | None = None     # folder of token files (default ~/.cache/slimedge/tokens)
     output: str = ""                   # HF folder to write (must not exist unless overwrite)
     overwrite: bool = False            # replace an existing output folder
     # --- student shape (None = same as the teacher) ----------------------------------------
@@ -71,6 +73,8 @@ class DistillConfig:
     gen_temperature: float = 1.0       # sampling temperature of the teacher
     top_p: float = 1.0                 # nucleus sampling
     top_k: int = 0                     # top-k sampling (0 = off)
+    # --- on-policy distillation (GKD) -------------------------------------------------------------
+    on_policy: float = 0.0             # GKD's lambda: share of steps training on the student's own samples
     # --- bookkeeping ----------------------------------------------------------------------
     seed: int = 0                      # seeds torch, data order and sampling
     checkpoint_every: int = 0          # save a resumable checkpoint every N steps (0 = only on stop)
@@ -122,7 +126,13 @@ class DistillConfig:
         need(not (self.fsdp_teacher and self.response),
              "--response generates on process 0 alone, which a sharded teacher cannot do; "
              "drop --fsdp-teacher (or --response)")
-        if self.response:
+        need(0.0 <= self.on_policy <= 1.0, f"--on-policy must be in [0, 1] (GKD's lambda), got {self.on_policy}")
+        need(not (self.on_policy and self.teacher_cache),
+             "--on-policy scores the student's samples with the live teacher; drop --teacher-cache")
+        need(not (self.on_policy and self.alpha > 0),
+             "--on-policy trains on the teacher's token-by-token scores only (as GKD); drop --alpha")
+        need(bool(self.data_field), "--data-field must name a field")
+        if self.response or self.on_policy:
             need(self.prompt_len >= 1 and self.gen_len >= 1, "--prompt-len and --gen-len must be >= 1")
             need(self.prompt_len + self.gen_len <= self.seq_len,
                  f"--prompt-len {self.prompt_len} + --gen-len {self.gen_len} exceeds --seq-len {self.seq_len}")

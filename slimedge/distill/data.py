@@ -1,10 +1,23 @@
-"""Training data: read text, tokenize with the teacher's tokenizer, pack into blocks, hold some out.
+"""Distillation data: read documents, tokenize them into a token file, cut blocks, hold some out.
 
-Accepted inputs: one text file, a folder of text files (``*.txt``, ``*.md``, ``*.text``, ``*.jsonl``,
-read recursively in sorted order), or a JSONL file whose lines are objects with a ``"text"`` field.
-Each document is tokenized on its own (with the tokenizer's usual special tokens), followed by the
-EOS token; all documents are concatenated and cut into ``seq_len`` blocks (the remainder is dropped).
-The last ``eval_fraction`` of the blocks (at least one) are held out for evaluation.
+Accepted inputs (``--data``; ``--data-field`` names the text column/field, default ``"text"``):
+
+* a text file (``.txt``/``.md``/``.text`` or any other name): one document;
+* a JSONL file (``.jsonl``): one document per line, an object with a string field;
+* a Parquet (``.parquet``) or Arrow (``.arrow``, IPC stream or file) file: one document per row;
+* a Hugging Face ``datasets`` folder written by ``save_to_disk`` (``state.json`` + ``dataset_info.json``
+  + Arrow files; a ``DatasetDict`` folder gives its ``train`` split, else its first);
+* a folder of such files, read recursively in sorted order (hidden names skipped).
+
+Parquet, Arrow and ``datasets`` folders are read with ``pyarrow`` (part of the ``distill`` extra),
+a record batch at a time. Documents are read one by one (a text file over ``PIECE_CHARS`` characters
+in line-aligned pieces, tokenized without special tokens after the first piece), tokenized in bounded
+chunks into an on-disk token file (:mod:`slimedge.distill.tokens`, reused while tokenizer and data are
+unchanged), each followed by EOS. The token stream is cut into ``seq_len`` blocks; about the last
+``eval_fraction`` of it is held out *by whole documents*: the split point is the document start nearest
+to where the last ``ceil(eval_fraction·blocks)`` blocks would begin (a corpus of one document is split
+at that block boundary instead). Training and held-out blocks are memory-mapped views
+(:class:`BlockView`), so memory does not grow with the corpus.
 """
 
 from __future__ import annotations
@@ -12,33 +25,96 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Iterator
 
 import numpy as np
 
 from ..errors import SlimedgeError
+from ..progress import NULL_PROGRESS, Progress
 
 TEXT_SUFFIXES = (".txt", ".md", ".text", ".jsonl")
+TABLE_SUFFIXES = (".parquet", ".arrow")
+DATA_SUFFIXES = TEXT_SUFFIXES + TABLE_SUFFIXES
+PIECE_CHARS = 1 << 20  # a plain text file larger than this is read (and tokenized) in pieces cut after a newline
+ROWS_PER_BATCH = 1024  # Parquet rows per record batch read
+
+
+class BlockView:
+    """``[n, seq_len]`` blocks of a 1-D token array (memory map), read as int64 on indexing."""
+
+    def __init__(self, tokens: np.ndarray, start: int, n: int, seq_len: int, file: str | None = None,
+                 width: int | None = None):
+        self.tokens, self.start, self.n, self.seq_len, self.file = tokens, int(start), int(n), int(seq_len), file
+        self.width = int(width or seq_len)
+        self._2d = tokens[self.start: self.start + self.n * self.seq_len].reshape(self.n, self.seq_len)
+        if self.width < self.seq_len:
+            self._2d = self._2d[:, : self.width]
+
+    shape = property(lambda self: (self.n, self.width))
+    dtype = np.dtype(np.int64)
+    ndim = 2
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, idx) -> np.ndarray:
+        return np.asarray(self._2d[idx], dtype=np.int64)  # rows read now, as int64
+
+    def columns(self, width: int) -> "BlockView":
+        """The first ``width`` tokens of every block, still a view."""
+        return BlockView(self.tokens, self.start, self.n, self.seq_len, self.file, min(width, self.width))
+
+    def __array__(self, dtype=None, copy=None):
+        return np.asarray(self._2d, dtype=dtype or np.int64)
+
+    def chunks(self, rows: int = 4096) -> Iterator[np.ndarray]:
+        """The blocks as int64 ``[≤rows, seq_len]`` arrays, read with plain file reads when file-backed
+        (so hashing a large corpus does not make the memory map resident)."""
+        item = self.tokens.dtype.itemsize
+        if self.width != self.seq_len:
+            raise ValueError("chunks() reads whole blocks")
+        for r0 in range(0, self.n, rows):
+            k = min(rows, self.n - r0)
+            if self.file is None:
+                yield np.asarray(self._2d[r0:r0 + k], np.int64)
+                continue
+            off = (self.start + r0 * self.seq_len) * item
+            a = np.fromfile(self.file, dtype=self.tokens.dtype, count=k * self.seq_len, offset=off)
+            yield a.astype(np.int64).reshape(k, self.seq_len)
 
 
 @dataclass
 class Blocks:
-    train: np.ndarray          # [n_train, seq_len] int64 token ids
-    eval: np.ndarray           # [n_eval, seq_len] int64 token ids
-    n_tokens: int              # tokens produced by the tokenizer (before dropping the remainder)
+    train: BlockView | np.ndarray   # [n_train, seq_len] (int64 on indexing)
+    eval: BlockView | np.ndarray    # [n_eval, seq_len]
+    n_tokens: int                   # tokens produced by the tokenizer (before dropping remainders)
     n_documents: int
+    held_out_by: str = "blocks"     # "documents" (whole documents held out) or "blocks" (one document)
+    token_file: str | None = None   # the token folder the blocks are read from
+    _fp: str | None = field(default=None, repr=False)
 
     def fingerprint(self) -> str:
-        """sha256 of the blocks: identifies the data a teacher cache was built from."""
-        h = hashlib.sha256()
-        for a in (self.train, self.eval):
-            h.update(str(a.shape).encode())
-            h.update(np.ascontiguousarray(a, dtype=np.int64).tobytes())
-        return h.hexdigest()
+        """sha256 of the blocks (shape + int64 ids): identifies the data a teacher cache was built from."""
+        if self._fp is None:
+            h = hashlib.sha256()
+            for a in (self.train, self.eval):
+                h.update(str(tuple(int(x) for x in a.shape)).encode())
+                for c in (a.chunks() if isinstance(a, BlockView) else [a]):
+                    h.update(np.ascontiguousarray(c, dtype=np.int64).tobytes())
+            self._fp = h.hexdigest()
+        return self._fp
 
 
-def _read_jsonl(path: str) -> list[str]:
-    texts = []
+# ---- reading ----------------------------------------------------------------------------------
+def _field_of(obj, where: str, name: str) -> str:
+    if not isinstance(obj, dict) or not isinstance(obj.get(name), str):
+        raise SlimedgeError(f'{where} has no string "{name}" field; each line must be an object '
+                            f'like {{"{name}": "..."}} (or pass --data-field)')
+    return obj[name]
+
+
+def _iter_jsonl(path: str, name: str) -> Iterator[str]:
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
@@ -47,49 +123,163 @@ def _read_jsonl(path: str) -> list[str]:
                 obj = json.loads(line)
             except json.JSONDecodeError:
                 raise SlimedgeError(f"{path}:{n} is not valid JSON; each line must be an object "
-                                    'like {"text": "..."}') from None
-            if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-                raise SlimedgeError(f'{path}:{n} has no string "text" field; each line must be an object '
-                                    'like {"text": "..."}')
-            texts.append(obj["text"])
-    return texts
+                                    f'like {{"{name}": "..."}}') from None
+            yield _field_of(obj, f"{path}:{n}", name)
 
 
-def _read_file(path: str) -> list[str]:
+def _pyarrow(path: str):
     try:
-        if path.endswith(".jsonl"):
-            return _read_jsonl(path)
-        with open(path, encoding="utf-8") as f:
-            return [f.read()]
-    except UnicodeDecodeError:
-        raise SlimedgeError(f"{path} is not UTF-8 text; pass text, a folder of .txt files or JSONL") from None
-    except OSError as exc:
-        raise SlimedgeError(f"cannot read data file {path}: {exc.strerror or exc}") from None
+        import pyarrow  # noqa: F401
+        import pyarrow.ipc  # noqa: F401
+        import pyarrow.parquet  # noqa: F401
+    except ImportError:
+        raise SlimedgeError(f"reading {path} needs pyarrow: pip install pyarrow "
+                            "(or 'slimedge[distill]')") from None
+    import pyarrow as pa
+
+    return pa
 
 
-def load_texts(path: str) -> list[str]:
-    """Documents of a text file, JSONL file, or folder (recursively, sorted)."""
-    if not os.path.exists(path):
-        raise SlimedgeError(f"data not found: {path}; pass a text file, a folder of text files or JSONL")
-    if os.path.isdir(path):
-        files = []
-        for root, dirs, names in os.walk(path):
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            files += [os.path.join(root, n) for n in sorted(names)
-                      if not n.startswith(".") and n.lower().endswith(TEXT_SUFFIXES)]
-        if not files:
-            raise SlimedgeError(f"no text files ({', '.join(TEXT_SUFFIXES)}) in data folder {path}")
-        texts = [t for f in sorted(files) for t in _read_file(f)]
+def _column_batches(path: str, name: str) -> Iterator[list]:
+    """Values of column ``name`` of a Parquet or Arrow file, a record batch at a time."""
+    pa = _pyarrow(path)
+    if path.lower().endswith(".parquet"):
+        pf = pa.parquet.ParquetFile(path)
+        names = pf.schema_arrow.names
+        if name not in names:
+            raise SlimedgeError(f"{path} has no column {name!r} (columns: {', '.join(names)}); pass --data-field")
+        batches = pf.iter_batches(batch_size=ROWS_PER_BATCH, columns=[name])
     else:
-        texts = _read_file(path)
-    texts = [t for t in texts if t.strip()]
+        src = pa.memory_map(path)
+        try:
+            reader = pa.ipc.open_stream(src)
+            batches = iter(reader)
+        except pa.ArrowInvalid:
+            reader = pa.ipc.open_file(src)
+            batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
+        names = reader.schema.names
+        if name not in names:
+            raise SlimedgeError(f"{path} has no column {name!r} (columns: {', '.join(names)}); pass --data-field")
+    for b in batches:
+        col = b.column(b.schema.get_field_index(name))
+        if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+            raise SlimedgeError(f"{path}: column {name!r} holds {col.type}, not text; pass --data-field")
+        yield col.to_pylist()
+
+
+def _read_error(path: str, exc: BaseException) -> SlimedgeError:
+    if isinstance(exc, UnicodeDecodeError):
+        return SlimedgeError(f"{path} is not UTF-8 text; pass text, a folder of .txt files or JSONL")
+    return SlimedgeError(f"cannot read data file {path}: {getattr(exc, 'strerror', None) or exc}")
+
+
+def _pieces_of_file(path: str, name: str) -> Iterator[tuple[str, bool, bool]]:
+    """(text, starts a document, ends a document) of one file."""
+    low = path.lower()
+    try:
+        if low.endswith(".jsonl"):
+            for t in _iter_jsonl(path, name):
+                if t.strip():
+                    yield t, True, True
+        elif low.endswith(TABLE_SUFFIXES):
+            for values in _column_batches(path, name):
+                for t in values:
+                    if t and t.strip():
+                        yield t, True, True
+        else:
+            with open(path, encoding="utf-8") as f:
+                buf = f.read(PIECE_CHARS)
+                if len(buf) < PIECE_CHARS:
+                    if buf.strip():
+                        yield buf, True, True
+                    return
+                first = True
+                while buf:
+                    buf += f.readline(PIECE_CHARS)  # end the piece at a line end
+                    nxt = f.read(PIECE_CHARS)
+                    yield buf, first, not nxt
+                    buf, first = nxt, False
+    except (UnicodeDecodeError, OSError) as exc:
+        raise _read_error(path, exc) from None
+
+
+def _hf_dataset_files(folder: str) -> list[str] | None:
+    """The Arrow files of a ``save_to_disk`` folder (a Dataset, or a DatasetDict's train/first split)."""
+    if os.path.isfile(os.path.join(folder, "dataset_dict.json")):
+        with open(os.path.join(folder, "dataset_dict.json"), encoding="utf-8") as f:
+            splits = json.load(f).get("splits") or []
+        if not splits:
+            raise SlimedgeError(f"{folder}/dataset_dict.json lists no splits")
+        return _hf_dataset_files(os.path.join(folder, "train" if "train" in splits else splits[0]))
+    state = os.path.join(folder, "state.json")
+    if not (os.path.isfile(state) and os.path.isfile(os.path.join(folder, "dataset_info.json"))):
+        return None
+    with open(state, encoding="utf-8") as f:
+        files = [d["filename"] for d in json.load(f).get("_data_files", [])]
+    if not files:
+        raise SlimedgeError(f"{state} lists no data files; re-save the dataset with save_to_disk")
+    return [os.path.join(folder, n) for n in files]
+
+
+def source_files(path: str) -> list[str]:
+    """The files ``path`` stands for, in reading order; :class:`SlimedgeError` when there are none."""
+    if not os.path.exists(path):
+        raise SlimedgeError(f"data not found: {path}; pass a text file, a folder of text files, JSONL, "
+                            "Parquet/Arrow or a datasets folder")
+    if not os.path.isdir(path):
+        return [path]
+    hf = _hf_dataset_files(path)
+    if hf is not None:
+        return hf
+    files = []
+    for root, dirs, names in os.walk(path):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        files += [os.path.join(root, n) for n in sorted(names)
+                  if not n.startswith(".") and n.lower().endswith(DATA_SUFFIXES)]
+    if not files:
+        raise SlimedgeError(f"no data files ({', '.join(DATA_SUFFIXES)}) in data folder {path}")
+    return sorted(files)
+
+
+def iter_pieces(path: str, name: str = "text") -> Iterator[tuple[str, bool, bool]]:
+    """Every document of ``path`` as (text, starts_doc, ends_doc) pieces, in reading order."""
+    for f in source_files(path):
+        yield from _pieces_of_file(f, name)
+
+
+def fingerprint(path: str, name: str = "text") -> tuple[str, int]:
+    """(sha256 over the source files' relative names and contents plus ``name``, their total bytes)."""
+    files = source_files(path)
+    base = path if os.path.isdir(path) else os.path.dirname(path)
+    h = hashlib.sha256(f"field={name};".encode())
+    total = 0
+    for f in files:
+        try:
+            with open(f, "rb") as fh:
+                digest = hashlib.file_digest(fh, "sha256").hexdigest()
+        except OSError as exc:
+            raise _read_error(f, exc) from None
+        size = os.path.getsize(f)
+        total += size
+        h.update(f"{os.path.relpath(f, base)}:{size}:{digest};".encode())
+    return h.hexdigest(), total
+
+
+def load_texts(path: str, name: str = "text") -> list[str]:
+    """All documents of ``path`` in memory (small data, tests); training goes through :func:`prepare`."""
+    texts: list[str] = []
+    for t, starts, _ in iter_pieces(path, name):
+        if starts:
+            texts.append(t)
+        else:
+            texts[-1] += t
     if not texts:
         raise SlimedgeError(f"data {path} contains no text; give it some documents")
     return texts
 
 
 def tokenize(texts: list[str], tokenizer) -> tuple[np.ndarray, int]:
-    """All documents' token ids, each followed by EOS: (ids [n] int64, number of documents)."""
+    """All documents' token ids, each followed by EOS: (ids [n] int64, number of documents) — in memory."""
     eos = tokenizer.eos_token_id
     parts = []
     for i in range(0, len(texts), 256):
@@ -113,14 +303,34 @@ def split(blocks: np.ndarray, eval_fraction: float) -> tuple[np.ndarray, np.ndar
     return blocks[:-n_eval], blocks[-n_eval:]
 
 
-def prepare(path: str, tokenizer, seq_len: int, eval_fraction: float = 0.1) -> Blocks:
-    """Read, tokenize, pack and split ``path``; :class:`SlimedgeError` when there is too little."""
-    texts = load_texts(path)
-    ids, n_docs = tokenize(texts, tokenizer)
-    blocks = pack(ids, seq_len)
-    if len(blocks) < 2:
+def split_point(n_tokens: int, doc_starts: np.ndarray, seq_len: int, eval_fraction: float) -> tuple[int, str]:
+    """(first held-out token, "documents" | "blocks"): the document start nearest to where the last
+    ``ceil(eval_fraction·blocks)`` blocks begin, keeping ≥ 1 block on each side; else that block boundary."""
+    n_blocks = n_tokens // seq_len
+    n_eval = max(1, int(np.ceil(n_blocks * eval_fraction)))
+    cut0 = (n_blocks - n_eval) * seq_len
+    starts = np.asarray(doc_starts, np.int64)
+    ok = starts[(starts >= seq_len) & (n_tokens - starts >= seq_len)]
+    if len(ok) == 0:
+        return cut0, "blocks"
+    best = ok[np.argmin(np.abs(ok - cut0) * 2 + (ok > cut0))]  # nearest; on a tie the earlier
+    return int(best), "documents"
+
+
+def prepare(path: str, tokenizer, seq_len: int, eval_fraction: float = 0.1, *, field: str = "text",
+            cache_dir: str | None = None, build: bool = True, progress: Progress = NULL_PROGRESS) -> Blocks:
+    """Tokenize ``path`` into its token file (or reuse it), cut and split; :class:`SlimedgeError` when too short."""
+    from .tokens import token_file
+
+    tf = token_file(path, tokenizer, field=field, cache_dir=cache_dir, build=build, progress=progress)
+    n = tf.n_tokens
+    if n // seq_len < 2:
         raise SlimedgeError(
-            f"data {path} is too short: {len(ids)} tokens make {len(blocks)} block(s) of --seq-len {seq_len}; "
+            f"data {path} is too short: {n} tokens make {n // seq_len} block(s) of --seq-len {seq_len}; "
             f"need at least {2 * seq_len} tokens (one training and one held-out block): add text or lower --seq-len")
-    train, held = split(blocks, eval_fraction)
-    return Blocks(train=train, eval=held, n_tokens=int(len(ids)), n_documents=n_docs)
+    cut, how = split_point(n, tf.docs[:-1], seq_len, eval_fraction)
+    bin_file = os.path.join(tf.path, "tokens.bin")
+    train = BlockView(tf.tokens, 0, cut // seq_len, seq_len, bin_file)
+    held = BlockView(tf.tokens, cut, (n - cut) // seq_len, seq_len, bin_file)
+    return Blocks(train=train, eval=held, n_tokens=n, n_documents=tf.n_documents, held_out_by=how,
+                  token_file=tf.path)

@@ -11,6 +11,7 @@ the last good state is saved as a checkpoint and a :class:`SlimedgeError` says w
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -31,9 +32,21 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TrainData:
-    ids: np.ndarray                    # [n, L] int64
-    loss_mask: np.ndarray              # [n, L-1] float32: 1 where predicting the next token counts
+    ids: np.ndarray                    # [n, L] int64 on indexing (an array or a memory-mapped data.BlockView)
+    loss_mask: np.ndarray | None       # [n, L-1] float32: 1 where predicting the next token counts
+    #                                    (None: every position that predicts a token after the prompt)
     attention: np.ndarray | None = None  # [n, L] int64 or None (all ones)
+    prompt_len: int = 0                # tokens of prompt per row: never counted; on-policy steps continue them
+    eos_id: int | None = None          # on-policy samples count up to their first EOS ...
+    pad_id: int = 0                    # ... and are padded with this after it
+
+    def mask(self, rows) -> np.ndarray:
+        """loss mask [len(rows), L-1] float32 of ``rows``."""
+        if self.loss_mask is not None:
+            return self.loss_mask[rows]
+        m = np.ones((len(rows), self.ids.shape[1] - 1), np.float32)
+        m[:, : max(self.prompt_len - 1, 0)] = 0
+        return m
 
 
 @dataclass
@@ -109,13 +122,18 @@ def lr_lambda(total: int, warmup: float, min_ratio: float) -> Callable[[int], fl
     return f
 
 
+@functools.lru_cache(maxsize=2)
+def _permutation(seed: int, epoch: int, n: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
 def batch_rows(step: int, batch: int, n: int, seed: int) -> np.ndarray:
     """Rows of global step ``step``: a seeded permutation per epoch, read as one stream."""
     start = step * batch
     rows = []
     while len(rows) < batch:
         epoch, off = divmod(start + len(rows), n)
-        perm = np.random.default_rng([seed, epoch]).permutation(n)
+        perm = _permutation(seed, epoch, n)
         rows.extend(perm[off: off + batch - len(rows)].tolist())
     return np.asarray(rows, dtype=np.int64)
 
@@ -210,23 +228,48 @@ class Trainer:
 
         return (chunk if want_logits else None), states
 
+    def _micro_batches(self, rows: np.ndarray) -> tuple[list, float]:
+        """This process's micro-batches [(rows, ids, attention, loss mask)] of a step and the step's
+        global count of counted positions; on an on-policy step the student first samples continuations."""
+        torch, _ = _import_torch()
+        from .on_policy import on_policy_batch, on_policy_step
+
+        cfg, d = self.cfg, self.data
+        per = cfg.batch_size // self.world
+        micro = per // cfg.grad_accum
+        on = on_policy_step(cfg.seed, self.step, getattr(cfg, "on_policy", 0.0))
+        out = []
+        for m in range(cfg.grad_accum):
+            lo = self.rank * per + m * micro
+            r = rows[lo:lo + micro]
+            x = torch.from_numpy(np.ascontiguousarray(d.ids[r], dtype=np.int64)).to(self.device)
+            attn = torch.from_numpy(d.attention[r]).to(self.device) if d.attention is not None else None
+            if on:
+                x, attn, mask = on_policy_batch(self.module.student, x, d.prompt_len, cfg, step=self.step,
+                                                positions=range(lo, lo + micro), eos_id=d.eos_id, pad_id=d.pad_id,
+                                                autocast=self.autocast)
+            else:
+                mask = torch.from_numpy(d.mask(r)).to(self.device)
+            out.append((r, x, attn, mask))
+        if not on:  # known for the whole batch without communication
+            return out, float(d.mask(rows).sum())
+        count = torch.tensor(float(sum(float(b[3].sum()) for b in out)), dtype=torch.float64)
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(count)
+        return out, float(count)
+
     def _step(self) -> float:
         torch, _ = _import_torch()
         cfg, d = self.cfg, self.data
         rows = batch_rows(self.step, cfg.batch_size, len(d.ids), cfg.seed)
-        norm_total = float(d.loss_mask[rows].sum())
+        batches, norm_total = self._micro_batches(rows)
         if norm_total == 0:
             norm_total = 1.0
-        per = cfg.batch_size // self.world
-        mine = rows[self.rank * per:(self.rank + 1) * per]
-        micro = per // cfg.grad_accum
         net = self.ddp or self.module
         step_loss = torch.zeros((), dtype=torch.float64)
-        for m in range(cfg.grad_accum):
-            r = mine[m * micro:(m + 1) * micro]
-            x = torch.from_numpy(d.ids[r]).to(self.device)
-            attn = torch.from_numpy(d.attention[r]).to(self.device) if d.attention is not None else None
-            mask = torch.from_numpy(d.loss_mask[r]).to(self.device)
+        for m, (r, x, attn, mask) in enumerate(batches):
             teacher_chunk, t_states = self._teacher_chunk(r, x, attn)
             sync = self.ddp is None or m == cfg.grad_accum - 1
             ctx = contextlib.nullcontext() if sync else self.ddp.no_sync()

@@ -66,7 +66,7 @@ def test_bad_data(tmp_path, tok):
     with pytest.raises(SlimedgeError, match="contains no text"):
         load_texts(str(tmp_path / "empty.txt"))
     (tmp_path / "emptydir").mkdir()
-    with pytest.raises(SlimedgeError, match="no text files"):
+    with pytest.raises(SlimedgeError, match="no data files"):
         load_texts(str(tmp_path / "emptydir"))
     (tmp_path / "bad.jsonl").write_text('{"text": "ok"}\n{"txt": "no"}\n')
     with pytest.raises(SlimedgeError, match=r"bad.jsonl:2 has no string \"text\""):

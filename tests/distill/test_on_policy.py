@@ -1,0 +1,159 @@
+"""On-policy distillation (GKD's lambda): sampling, masks, seeds, and that it lowers the KL on the student's own text."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from slimedge.distill.config import DistillConfig
+from slimedge.errors import SlimedgeError
+
+PROMPT, GEN = 16, 32
+
+
+@pytest.fixture(autouse=True)
+def _cache_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+
+
+def _kl_on_own_samples(student_dir, teacher_dir, prompts, reverse: bool = False) -> float:
+    """Mean KL(teacher‖student) (``reverse``: KL(student‖teacher)) per generated token over the student's
+    samples (transformers' generate)."""
+    import torch
+    import torch.nn.functional as F
+    from transformers import AutoModelForCausalLM
+
+    s = AutoModelForCausalLM.from_pretrained(student_dir, dtype=torch.float32).eval()
+    t = AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=torch.float32).eval()
+    torch.manual_seed(123)
+    x = torch.from_numpy(prompts)
+    with torch.no_grad():
+        y = s.generate(input_ids=x, attention_mask=torch.ones_like(x), do_sample=True, max_new_tokens=GEN,
+                       min_new_tokens=GEN, top_k=0, top_p=1.0, temperature=1.0, pad_token_id=0,
+                       eos_token_id=None)
+        ls = F.log_softmax(s(input_ids=y).logits[:, PROMPT - 1:-1].float(), -1)
+        lt = F.log_softmax(t(input_ids=y).logits[:, PROMPT - 1:-1].float(), -1)
+    if reverse:
+        ls, lt = lt, ls
+    return float((lt.exp() * (lt - ls)).sum(-1).mean())
+
+
+@pytest.fixture(scope="module")
+def sharp_teacher(tmp_path_factory, corpus_file):
+    """conftest's teacher trained 300 steps instead of 60: sharp enough that the student's own
+    continuations lead it into states the data does not show."""
+    from conftest import train_teacher
+    from factory import cached_hf_model
+
+    src = cached_hf_model(arch="llama", num_hidden_layers=4, seed=1)
+    return train_teacher(src, tmp_path_factory.mktemp("sharp") / "t", corpus_file.read_text(), steps=300)
+
+
+@pytest.mark.slow  # trains a teacher and two students (~2 minutes on one busy core)
+def test_on_policy_lowers_kl_on_own_generations(tmp_path, sharp_teacher, corpus_file):
+    """Same student, data order, steps and loss (forward KL); lambda 1 vs plain off-policy distillation.
+    Off-policy ends with the lower KL on the data, on-policy with the lower KL on the student's samples."""
+    from slimedge.distill.api import distill
+    from slimedge.distill.data import prepare
+
+    teacher_dir = sharp_teacher
+    common = dict(teacher=str(teacher_dir), data=str(corpus_file), layers=2, seq_len=64, batch_size=8,
+                  steps=200, lr=2e-3, prompt_len=PROMPT, gen_len=GEN, seed=0, max_eval_blocks=8)
+    on = distill(DistillConfig(output=str(tmp_path / "on"), on_policy=1.0, **common)).report
+    off = distill(DistillConfig(output=str(tmp_path / "off"), on_policy=0.0, **common)).report
+    assert on["settings"]["on_policy"] == 1.0 and on["steps"] == off["steps"] == 30
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(teacher_dir)
+    prompts = prepare(str(corpus_file), tok, 64).eval[:24, :PROMPT]
+    kl_on = _kl_on_own_samples(tmp_path / "on", teacher_dir, prompts)
+    kl_off = _kl_on_own_samples(tmp_path / "off", teacher_dir, prompts)
+    assert kl_on < 0.95 * kl_off, (kl_on, kl_off)  # measured: 0.834 vs 0.941
+
+
+def test_sampling_with_kv_cache_matches_full_forward():
+    """The cached loop gives the same tokens as picking from a full forward over the prefix each time."""
+    import torch
+    from factory import cached_hf_model
+    from transformers import AutoModelForCausalLM
+
+    from slimedge.distill.on_policy import _pick, _uniforms, sample
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(cached_hf_model(arch="llama", num_hidden_layers=2, seed=3),
+                                                 dtype=torch.float32)
+    prompts = torch.randint(3, 200, (3, 5))
+    u = _uniforms(7, 2, [0, 1, 2], 6)
+    for kw in (dict(do_sample=True, temperature=1.3), dict(do_sample=True, top_p=0.8, top_k=20),
+               dict(do_sample=False)):
+        y = sample(model, prompts, 6, u, **kw)
+        assert y.shape == (3, 11) and torch.equal(y[:, :5], prompts)
+        ref = prompts
+        with torch.no_grad():
+            for t in range(6):
+                logits = model(input_ids=ref).logits[:, -1].float()
+                ref = torch.cat([ref, _pick(logits, u[:, t], temperature=kw.get("temperature", 1.0),
+                                            top_p=kw.get("top_p", 1.0), top_k=kw.get("top_k", 0),
+                                            do_sample=kw["do_sample"])[:, None]], 1)
+        assert torch.equal(y, ref), kw
+    assert not model.training  # from_pretrained gives eval mode, and sampling kept it
+    model.train()
+    sample(model, prompts, 2, u)
+    assert model.training
+
+
+def test_pick_follows_the_distribution():
+    import torch
+
+    from slimedge.distill.on_policy import _pick
+
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.2, 0.0]])).repeat(20000, 1)
+    u = torch.rand(20000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    freq = np.bincount(_pick(logits, u, do_sample=True, temperature=1.0, top_p=1.0, top_k=0).numpy(), minlength=4)
+    assert np.allclose(freq / 20000, [0.5, 0.3, 0.2, 0.0], atol=0.015)
+    top = _pick(logits, u, do_sample=True, temperature=1.0, top_p=0.6, top_k=0).numpy()  # keeps 0.5 and 0.3
+    assert set(np.unique(top)) == {0, 1} and abs((top == 0).mean() - 0.5 / 0.8) < 0.015
+    assert set(_pick(logits, u, do_sample=True, temperature=1.0, top_p=1.0, top_k=1).numpy()) == {0}
+
+
+def test_uniforms_do_not_depend_on_the_split():
+    from slimedge.distill.on_policy import _uniforms, on_policy_step
+
+    a = _uniforms(0, 5, range(8), 4)
+    b = _uniforms(0, 5, range(4, 8), 4)
+    assert np.array_equal(a[4:].numpy(), b.numpy()) and not np.array_equal(a[0].numpy(), a[1].numpy())
+    steps = [on_policy_step(0, s, 0.5) for s in range(400)]
+    assert 0.4 < np.mean(steps) < 0.6 and steps == [on_policy_step(0, s, 0.5) for s in range(400)]
+    assert not any(on_policy_step(0, s, 0.0) for s in range(50)) and all(on_policy_step(0, s, 1.0) for s in range(50))
+
+
+def test_on_policy_batch_masks_prompt_and_after_eos():
+    import torch
+
+    from slimedge.distill import on_policy
+
+    class Cfg:
+        seed, do_sample, gen_temperature, top_p, top_k = 0, True, 1.0, 1.0, 0
+
+    fixed = torch.tensor([[1, 2, 3, 9, 2, 7, 7], [1, 4, 5, 8, 8, 8, 8]])
+    orig = on_policy.sample
+    on_policy.sample = lambda *a, **k: fixed
+    try:
+        ids, attn, mask = on_policy.on_policy_batch(None, fixed.clone(), 3, Cfg, step=0, positions=[0, 1],
+                                                    eos_id=2, pad_id=0)
+    finally:
+        on_policy.sample = orig
+    assert ids.tolist() == [[1, 2, 3, 9, 2, 0, 0], [1, 4, 5, 8, 8, 8, 8]]
+    assert attn.tolist() == [[1, 1, 1, 1, 1, 0, 0], [1] * 7]
+    # position t predicts token t+1: prompt (3 tokens) never counts; the EOS counts, what follows does not
+    assert mask.tolist() == [[0, 0, 1, 1, 0, 0], [0, 0, 1, 1, 1, 1]]
+
+
+def test_config_checks():
+    base = dict(teacher="t", data="d", output="o")
+    DistillConfig(on_policy=0.5, loss="jsd", **base).validate()
+    for kw, msg in ((dict(on_policy=1.5), "--on-policy must be in"), (dict(on_policy=0.5, alpha=0.1), "drop --alpha"),
+                    (dict(on_policy=0.5, teacher_cache="c"), "drop --teacher-cache"),
+                    (dict(on_policy=0.5, prompt_len=200, gen_len=100), "exceeds --seq-len")):
+        with pytest.raises(SlimedgeError, match=msg):
+            DistillConfig(**base, **kw).validate()
