@@ -72,7 +72,7 @@ def test_mixes_take_their_ids_from_gguf():
     for mix, (ftype, base) in mixes.MIXES.items():
         name = aliases.get(mix, mix)
         assert ftype == int(LlamaFileType["ALL_F32" if name == "F32" else f"MOSTLY_{name}"]), mix
-        assert base.name == re.sub(r"_[SML]$", "", name), mix
+        assert base.name == ("MXFP4" if name == "MXFP4_MOE" else re.sub(r"_[SML]$", "", name)), mix
     assert mixes.resolve_ftype("q4_k_m") == (15, T.Q4_K)
     assert mixes.file_type(mixes.QuantSpec("Q2_K_S")) == 21
     assert mixes._FLOATS is types.FLOAT_TYPES
@@ -129,7 +129,8 @@ def _c_type_table() -> list[tuple[str, str, int, str, int]]:
 def test_registry_c_table_binding_and_gguf_agree():
     """One C table (SE_TYPES) drives the dispatch and the binding; it, the registry and gguf agree."""
     table = _c_type_table()
-    qk = {"1": 1, "SE_QK": types.QK, "SE_QK_K": types.QK_K}
+    qk = {"1": 1, "SE_QK": types.QK, "SE_QK_K": types.QK_K,
+          "SE_QK1_0": types.block_size("Q1_0"), "SE_QK2_0": types.block_size("Q2_0")}  # kernels/se_blocks2.h
     assert [r[2] for r in table] == list(_kernels.supported_types())
     assert {T(r[2]) for r in table} == set(REGISTRY)
     for name, lower, tid, bs_token, imx in table:
