@@ -8,6 +8,8 @@ this one thread, pinned to one core where the platform allows).
     python tests/benchmarks/bench_kernels.py [--rows 64] [--cols 4096] [--repeat 5] [--types Q4_K,Q6_K]
     python tests/benchmarks/bench_kernels.py --imatrix     # importance-weighted paths (no goals)
     python tests/benchmarks/bench_kernels.py --types new   # issue 12's IQ4_NL .. Q2_0 (goals: C >= 2x, NumPy >= 0.3x)
+    python tests/benchmarks/bench_kernels.py --types grid  # issue 12's IQ1/IQ2/IQ3 grid types, with importance
+                                                           # weights (3 of them need them; goal C >= 1.5x)
 """
 
 from __future__ import annotations
@@ -39,6 +41,9 @@ TYPES = ["F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", 
 GOAL = {"Q4_K": 4.0, "Q5_K": 4.0, "Q2_K": 4.0, "Q3_K": 1.5, "Q6_K": 1.5, "Q8_0": 1.0, "Q4_0": 1.0,
         **{t: 2.0 for t in NEW_TYPES}}
 NUMPY_GOAL = {t: 0.3 for t in NEW_TYPES}  # NumPy / ggml
+# the grid i-quants (``--types grid``, always with importance weights): NumPy measured, no goal
+GRID_TYPES = ["IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ1_S", "IQ1_M"]
+GOAL.update({t: 1.5 for t in GRID_TYPES})
 
 
 def c_quantize(x: np.ndarray, t: GGMLQuantizationType, imatrix: np.ndarray | None = None) -> np.ndarray:
@@ -65,6 +70,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.types == "new":
         args.types = ",".join(NEW_TYPES)
+    if args.types == "grid":
+        args.types, args.imatrix = ",".join(GRID_TYPES), True
     pin_to_one_core()
 
     rng = np.random.default_rng(0)
@@ -91,7 +98,7 @@ def main() -> None:
         c, g, npy = x.size / tc / 1e6, x.size / tg / 1e6, xn.size / tn / 1e6
         dc = best_time(lambda: c_dequantize(ref, t, x.shape[1]), args.repeat, CPU)
         dg = best_time(lambda: ggml_dequantize(ref, name, x.shape[1]), args.repeat, CPU)
-        goal = None if args.imatrix else GOAL.get(name)
+        goal = GOAL.get(name) if not args.imatrix or name in GRID_TYPES else None
         if goal and c / g < goal:
             misses.append(name)
         npy_goal = None if args.imatrix else NUMPY_GOAL.get(name)
