@@ -198,6 +198,8 @@ _MIX_BASE: dict[str, T] = {
     "Q6_K": T.Q6_K,
     "IQ4_NL": T.IQ4_NL, "IQ4_XS": T.IQ4_XS, "TQ1_0": T.TQ1_0, "TQ2_0": T.TQ2_0, "MXFP4_MOE": T.MXFP4,
     "Q1_0": T.Q1_0, "Q2_0": T.Q2_0,
+    "IQ1_S": T.IQ1_S, "IQ1_M": T.IQ1_M, "IQ2_XXS": T.IQ2_XXS, "IQ2_XS": T.IQ2_XS, "IQ2_S": T.IQ2_XS,
+    "IQ2_M": T.IQ2_S, "IQ3_XXS": T.IQ3_XXS, "IQ3_XS": T.IQ3_S, "IQ3_S": T.IQ3_S, "IQ3_M": T.IQ3_S,
 }
 _ALIASES = {"Q3_K": "Q3_K_M", "Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M"}  # llama-quantize's short names
 # mix name -> (general.file_type = llama_ftype, from gguf's LlamaFileType; base tensor type)
@@ -207,6 +209,11 @@ MIXES: dict[str, tuple[int, T]] = {mix: (file_type_id(_ALIASES.get(mix, mix)), b
     file_type_id, ("Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q2_K_S", "Q4_0", "Q5_0"))
 (_IQ4_NL, _IQ4_XS, _TQ1_0, _TQ2_0, _MXFP4_MOE, _Q2_0) = map(
     file_type_id, ("IQ4_NL", "IQ4_XS", "TQ1_0", "TQ2_0", "MXFP4_MOE", "Q2_0"))
+(_IQ1_S, _IQ1_M, _IQ2_XXS, _IQ2_XS, _IQ2_S, _IQ2_M, _IQ3_XXS, _IQ3_XS, _IQ3_S, _IQ3_M) = map(
+    file_type_id, ("IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ3_XXS", "IQ3_XS", "IQ3_S", "IQ3_M"))
+_IQ12 = (_IQ2_XXS, _IQ2_XS, _IQ1_S, _IQ2_S, _IQ2_M, _IQ1_M)  # the 1-2 bit grid mixes, with their own rules
+# the tensor types ggml should never quantize without importance data (llama.cpp's tensor_requires_imatrix)
+_NEEDS_IMATRIX = frozenset({T.IQ3_XXS, T.IQ2_XXS, T.IQ2_XS, T.IQ2_S, T.IQ1_M, T.IQ1_S})
 _FLOATS = FLOAT_TYPES
 
 
@@ -390,19 +397,27 @@ class _MixState:
                 return qtype_of(self.spec.output_tensor_type)
             if f == _MXFP4_MOE or falcon or t.shape[-1] % block_size(q):
                 return T.Q8_0
-            return T.Q6_K if q != T.Q8_0 else q
+            return T.Q5_K if f in _IQ12 or f == _IQ3_XXS else T.Q6_K if q != T.Q8_0 else q
         if f == _MXFP4_MOE:  # stacked experts (3-D; bailingmoe3: only its ffn ones) MXFP4, the rest Q8_0
             experts = len(t.shape) >= 3 and t.shape[-3] > 1
             if experts and (m.arch != "bailingmoe3" or cat in ("ffn_up", "ffn_gate", "ffn_down")):
                 return T.MXFP4
             return T.Q8_0
         if cat == "token_embd":
-            return T.Q4_K if f in (_TQ1_0, _TQ2_0, _Q2_0) else q
+            if f in (_IQ2_XXS, _IQ2_XS, _IQ1_S, _IQ1_M):
+                return T.Q2_K
+            return T.IQ3_S if f in (_IQ2_S, _IQ2_M, _IQ3_XXS) else T.Q4_K if f in (_TQ1_0, _TQ2_0, _Q2_0) else q
+        if f in _IQ12:
+            return self._iq12_type(q, cat)
         if cat in _ATTN_V_LIKE:
             i, n = self.i_attention_wv, self.n_attention_wv
             if f == _Q2_K:
                 q = T.Q4_K if self.n_gqa >= 4 else T.Q3_K
             elif f == _Q2_K_S and self.n_gqa >= 4:
+                q = T.Q4_K
+            elif f == _IQ3_XXS:
+                q = T.Q4_K if self.n_gqa >= 4 else T.IQ3_XXS if self.spec.has_imatrix else T.IQ3_S
+            elif f in (_IQ3_XS, _IQ3_S) and self.n_gqa >= 4 or f == _IQ3_M:
                 q = T.Q4_K
             elif f == _Q3_K_M:
                 q = T.Q5_K if i < 2 else T.Q4_K
@@ -419,9 +434,11 @@ class _MixState:
             if m.n_expert == 8:
                 q = T.Q8_0
             self.i_attention_wv += 1
-        elif cat == "attn_k":
-            if m.n_expert == 8:
+        elif cat in ("attn_k", "attn_q"):
+            if cat == "attn_k" and m.n_expert == 8:
                 q = T.Q8_0
+            elif f in (_IQ3_XS, _IQ3_XXS):
+                q = T.IQ3_XXS if f == _IQ3_XS else T.IQ2_S
         elif cat == "ffn_down":
             i, n = self.layer(self.i_ffn_down, name)
             if f == _Q2_K:
@@ -429,9 +446,13 @@ class _MixState:
             elif f == _Q2_K_S:
                 if i < n // 8:
                     q = T.Q4_K
+            elif f == _IQ3_XXS and not self.spec.has_imatrix:
+                q = T.Q4_K if i < n // 8 else T.Q3_K
             elif f == _Q3_K_M:
                 q = (T.Q5_K if i < n // 16 else
                      T.Q4_K if not falcon or _use_more_bits(i, n) else T.Q3_K)
+            elif f == _IQ3_M and (i < n // 8 or (m.n_expert == 8 and _use_more_bits(i, n))):
+                q = T.Q4_K
             elif f == _Q3_K_L:
                 q = T.Q4_K if falcon else T.Q5_K
             elif f == _Q4_K_M:
@@ -451,27 +472,45 @@ class _MixState:
         elif cat == "attn_output":
             if not falcon:
                 if m.n_expert == 8:
-                    if f in (_Q2_K, _Q3_K_S, _Q3_K_M, _Q4_K_S, _Q4_K_M, _IQ4_NL, _IQ4_XS):
+                    if f in (_Q2_K, _Q3_K_S, _Q3_K_M, _Q4_K_S, _Q4_K_M, _IQ4_NL, _IQ4_XS, _IQ3_XS, _IQ3_XXS,
+                             _IQ3_S, _IQ3_M):
                         q = T.Q5_K
                 else:
-                    q = {_Q2_K: T.Q3_K, _Q3_K_M: T.Q4_K, _Q3_K_L: T.Q5_K}.get(f, q)
+                    q = {_Q2_K: T.Q3_K, _IQ3_XXS: T.IQ3_S, _Q3_K_M: T.Q4_K, _Q3_K_L: T.Q5_K, _IQ3_M: T.Q4_K}.get(f, q)
             elif f == _Q3_K_L:
                 q = T.Q4_K
-        elif cat == "ffn_gate":
-            self.layer(self.i_ffn_gate, name)
-            self.i_ffn_gate += 1
-        elif cat == "ffn_up":
-            self.layer(self.i_ffn_up, name)
-            self.i_ffn_up += 1
+        elif cat in ("ffn_gate", "ffn_up"):
+            i, n = self.layer(self.i_ffn_gate if cat == "ffn_gate" else self.i_ffn_up, name)
+            if f == _IQ3_XS and n // 8 <= i < 7 * n // 8:
+                q = T.IQ3_XXS
+            if cat == "ffn_gate":
+                self.i_ffn_gate += 1
+            else:
+                self.i_ffn_up += 1
+        return q
+
+    def _iq12_type(self, q: T, cat: str) -> T:
+        """The rules of the IQ1_*/IQ2_* mixes (llama.cpp checks them before all the others)."""
+        f, m = self.ftype, self.model
+        better = T.IQ3_S if f in (_IQ2_S, _IQ2_M) else T.Q2_K
+        if cat in _ATTN_V_LIKE:
+            self.i_attention_wv += 1
+            return T.Q4_K if self.n_gqa >= 4 or m.n_expert >= 4 else better
+        if cat == "attn_k" and m.n_expert == 8:
+            return T.Q4_K
+        if cat == "ffn_down":  # by count, not by the layer in the name (also for MoE)
+            self.i_ffn_down += 1
+            return better if self.i_ffn_down - 1 < self.n_layer // 8 else q
+        if cat == "attn_output":
+            if m.n_expert == 8:
+                return T.Q5_K
+            return T.IQ2_XXS if f in (_IQ1_S, _IQ1_M) else T.IQ3_S if f in (_IQ2_S, _IQ2_M) else q
         return q
 
 
 def choose_types(tensors: list[TensorSpec], spec: QuantSpec, model: ModelInfo) -> list[T]:
     """Type of each tensor, in the order given (the same choice llama-quantize makes)."""
     ftype, base = resolve_ftype(spec.ftype)
-    if ftype == _Q2_K_S and not spec.has_imatrix:
-        raise SlimedgeError("--type Q2_K_S needs an importance matrix (llama.cpp refuses it without one); "
-                            "use Q2_K or Q3_K_S")
     out_type = qtype_of(spec.output_tensor_type) if spec.output_tensor_type is not None else None
     emb_type = qtype_of(spec.token_embedding_type) if spec.token_embedding_type is not None else None
     overrides = [(_compile(p, f"{p}={q}"), qtype_of(q)) for p, q in spec.overrides]
@@ -503,13 +542,18 @@ def choose_types(tensors: list[TensorSpec], spec: QuantSpec, model: ModelInfo) -
             elif not spec.pure:
                 q = state.mix_type(q, t, cat)
             q = fallback(t.name, t.shape[-1], q)
+        if not spec.has_imatrix and requires_imatrix(t.name, q, spec):
+            raise SlimedgeError(f"{t.name}: type {q.name} (--type {spec.ftype.upper()}) needs an importance matrix, "
+                                "as llama-quantize refuses it without one; pass --imatrix FILE (slimedge imatrix) "
+                                "or choose another type")
         result[i] = q
     return result  # type: ignore[return-value]
 
 
 def requires_imatrix(name: str, qtype: T, spec: QuantSpec) -> bool:
-    """Whether llama.cpp refuses to quantize this tensor without importance data (``tensor_requires_imatrix``
-    for the types slimedge writes): the Q2_K tensors of a Q2_K_S file, except token_embd and output."""
+    """Whether llama.cpp refuses to quantize this tensor without importance data (llama.cpp's
+    ``tensor_requires_imatrix``): the IQ1_*/IQ2_*/IQ3_XXS tensors and the Q2_K tensors of a Q2_K_S file,
+    except token_embd and output."""
     if category(name) in ("token_embd", "output"):
         return False
-    return qtype == T.Q2_K and resolve_ftype(spec.ftype)[0] == _Q2_K_S
+    return qtype in _NEEDS_IMATRIX or (qtype == T.Q2_K and resolve_ftype(spec.ftype)[0] == _Q2_K_S)
