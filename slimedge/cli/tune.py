@@ -20,15 +20,17 @@ from .options import make_progress, overwrite_option, quiet_option, threads_opti
               help="Calibration data: text, JSONL, Parquet/Arrow, a datasets folder or a folder of them.")
 @click.option("--data-field", default="text", show_default=True, help="Text field of JSONL/Parquet/Arrow rows.")
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="Tuned GGUF file.")
-@click.option("--steps", type=click.IntRange(min=0), default=200, show_default=True, help="Optimizer steps.")
+@click.option("--steps", type=click.IntRange(min=0), default=100, show_default=True, help="Optimizer steps.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-3, show_default=True,
               help="Learning rate of the (log) block scales d and dmin.")
 @click.option("--sub-lr", type=click.FloatRange(min=0), default=None,
               help="Learning rate of the integer sub-block scales/mins, in integer units (default 20 x --lr).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True, help="Blocks per step.")
 @click.option("--seq-len", type=click.IntRange(min=2), default=256, show_default=True, help="Tokens per block.")
-@click.option("--max-blocks", type=click.IntRange(min=0), default=0, show_default=True,
+@click.option("--max-blocks", type=click.IntRange(min=0), default=64, show_default=True,
               help="Use at most this many training blocks (0: all).")
+@click.option("--warm-steps", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Layer-wise warm start: steps per matrix on its output error before the KL steps (0: none).")
 @click.option("--device", default="cpu", show_default=True, metavar="cpu|cuda", help="Torch device.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @threads_option
@@ -36,7 +38,7 @@ from .options import make_progress, overwrite_option, quiet_option, threads_opti
 @quiet_option
 @user_errors
 def cli(gguf_file: Path, teacher: str, data: str, data_field: str, out: Path, steps: int, lr: float,
-        sub_lr: float | None, batch_size: int, seq_len: int, max_blocks: int, device: str, seed: int,
+        sub_lr: float | None, batch_size: int, seq_len: int, max_blocks: int, warm_steps: int, device: str, seed: int,
         threads: int | None, overwrite: bool, quiet: bool) -> None:
     """Tune the block scales of a quantized GGUF so it matches its teacher.
 
@@ -54,7 +56,7 @@ def cli(gguf_file: Path, teacher: str, data: str, data_field: str, out: Path, st
     from ..distill.tune import TuneConfig, tune
 
     r = tune(TuneConfig(gguf=str(gguf_file), teacher=teacher, data=data, output=str(out), steps=steps, lr=lr,
-                        sub_lr=sub_lr, batch_size=batch_size, seq_len=seq_len, max_blocks=max_blocks,
+                        sub_lr=sub_lr, batch_size=batch_size, seq_len=seq_len, max_blocks=max_blocks, warm_steps=warm_steps,
                         device=device, threads=threads, seed=seed, overwrite=overwrite, data_field=data_field),
              make_progress(quiet))
     if not quiet:

@@ -51,12 +51,12 @@ class TuneConfig:
     teacher: str                    # the teacher's Hugging Face folder
     data: str                       # calibration text (anything slimedge.distill.data.prepare reads)
     output: str
-    steps: int = 200
+    steps: int = 100
     lr: float = 2e-3                # Adam lr of log d / log dmin
     sub_lr: float | None = None     # Adam lr of the sub-scales/mins, in integer units (default 20 x lr)
     batch_size: int = 4
     seq_len: int = 256
-    max_blocks: int = 0             # calibration blocks used for training (0: all)
+    max_blocks: int = 64            # calibration blocks used for training (0: all)
     eval_blocks: int = 4            # held-out blocks for the before/after KL
     device: str = "cpu"
     threads: int | None = None
@@ -64,6 +64,8 @@ class TuneConfig:
     overwrite: bool = False
     data_field: str = "text"
     cache_mb: int = 512             # cache the teacher's log-probs when they fit in this many MiB
+    warm_steps: int = 0             # layer-wise warm start: Adam steps per matrix on its output error (0: none)
+    warm_blocks: int = 16           # calibration blocks whose teacher activations weigh the warm start
     float_mb: int = 256             # above this many MiB of float weights, rebuild each in backward (checkpoint)
 
 
@@ -376,6 +378,87 @@ def _write(cfg: TuneConfig, info, qws, mm) -> None:
     del reader
 
 
+# ---- layer-wise warm start ----------------------------------------------------------------------------
+
+def _input_grams(teacher, names: set[str], blocks, batch: int, device) -> dict[str, object]:
+    """HF module name -> mean ``x^T x`` of its inputs over the blocks (teacher activations, fp32)."""
+    import torch
+
+    grams: dict[str, object] = {}
+    count = [0]
+    hooks = []
+
+    def hook(name):
+        def f(_m, args):
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
+            g = x.T @ x
+            grams[name] = g if name not in grams else grams[name] + g
+        return f
+
+    for name, m in teacher.named_modules():
+        if name in names and isinstance(m, torch.nn.Linear):
+            hooks.append(m.register_forward_pre_hook(hook(name)))
+    try:
+        with torch.no_grad():
+            for i in range(0, len(blocks), batch):
+                x = torch.as_tensor(np.asarray(blocks[i:i + batch]), device=device)
+                teacher(input_ids=x)
+                count[0] += x.numel()
+    finally:
+        for h in hooks:
+            h.remove()
+    return {k: v / max(count[0], 1) for k, v in grams.items()}
+
+
+def _warm_start(qws: dict, entries, teacher, grams: dict, steps: int, lr: float, sub_lr: float,
+                progress: Progress) -> dict[str, float]:
+    """Each matrix alone: minimise its output error ``tr(E G E^T)`` (``E = W_q - W_teacher``, ``G`` the input
+    Gram matrix) over its block fields; a matrix whose error does not fall keeps its fields. Returns the
+    relative error left per tensor."""
+    import torch
+
+    tparams = dict(teacher.named_parameters())
+    hf_of = {e.name: e.hf for e in entries}
+    left: dict[str, float] = {}
+    progress.start(len(qws), unit="tensors", desc="warm start")
+    try:
+        for name, qw in qws.items():
+            hf = hf_of[name]
+            g = grams.get(hf.rsplit(".", 1)[0])
+            if g is None or hf not in tparams:
+                progress.update(1, label=name)
+                continue
+            w_t = tparams[hf].detach().float()
+            start = {k: v.detach().clone() for k, v in qw.state_dict().items()}
+
+            def err():
+                e = qw() - w_t
+                return ((e @ g) * e).sum()
+
+            with torch.no_grad():
+                e0 = float(err())
+            groups = [{"params": qw.scale_parameters(), "lr": lr}]
+            if qw.sub_parameters():
+                groups.append({"params": qw.sub_parameters(), "lr": sub_lr})
+            opt = torch.optim.Adam(groups)
+            for _ in range(steps):
+                loss = err() / max(e0, 1e-30)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                qw.clamp_()
+            with torch.no_grad():
+                e1 = float(err())
+            if not e1 < e0:
+                qw.load_state_dict(start)
+                e1 = e0
+            left[name] = e1 / max(e0, 1e-30)
+            progress.update(1, label=name)
+    finally:
+        progress.close()
+    return left
+
+
 # ---- training -----------------------------------------------------------------------------------------
 
 def _logprobs(model, x):
@@ -454,9 +537,16 @@ def tune(cfg: TuneConfig, progress: Progress = NULL_PROGRESS) -> TuneResult:
             return _logprobs(teacher, x)
 
     kl_before = _mean_kl(model, teacher_held, held, cfg.batch_size, device)
+    sub_lr = cfg.sub_lr if cfg.sub_lr is not None else 20 * cfg.lr
+    if cfg.warm_steps and n_layers == teacher_cfg.num_hidden_layers:  # a student has no float reference
+        names = {e.hf.rsplit(".", 1)[0] for e in entries if e.name in qws}
+        grams = _input_grams(teacher, names, train[:min(n_train, cfg.warm_blocks)], cfg.batch_size, device)
+        left = _warm_start(qws, entries, teacher, grams, cfg.warm_steps, 10 * cfg.lr, 10 * sub_lr, progress)
+        log.info("warm start: output error of %d matrices down to %.3f of the start on average", len(left),
+                 float(np.mean(list(left.values()))) if left else 1.0)
+        del grams
     scale_p = [p for q in qws.values() for p in q.scale_parameters()]
     sub_p = [p for q in qws.values() for p in q.sub_parameters()]
-    sub_lr = cfg.sub_lr if cfg.sub_lr is not None else 20 * cfg.lr
     groups = [{"params": scale_p, "lr": cfg.lr}] + ([{"params": sub_p, "lr": sub_lr}] if sub_p else [])
     opt = torch.optim.Adam(groups)
     sched = torch.optim.lr_scheduler.LambdaLR(
