@@ -7,7 +7,8 @@
 * :func:`topk_buckets` — folds a full student distribution onto the teacher's top-k ids plus one
   "tail" bucket, so a cached top-k teacher is compared exactly (exact when k covers the vocabulary).
 * :func:`chunked_head_loss` — runs the output head and the loss ``chunk`` positions at a time and
-  computes the gradient of each chunk on the spot (the way fused linear-cross-entropy kernels do), so
+  computes the gradient of each chunk on the spot (the way fused linear-cross-entropy kernels do; in
+  closed form for forward KL, reverse KL and JSD), so
   neither model's full fp32 ``[batch, seq, vocab]`` logits ever exist; backward only scales the
   stored gradients of the hidden states and the head weight.
 * :func:`feature_loss` — hidden-state MSE or cosine distance between mapped layers.
@@ -137,6 +138,57 @@ def fkl_ce_with_grad(z: torch.Tensor, labels: torch.Tensor, m: torch.Tensor, spe
     return kd, ce, G
 
 
+def rkl_jsd_ce_with_grad(z: torch.Tensor, labels: torch.Tensor, m: torch.Tensor, spec: LossSpec,
+                         t_logp: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Reverse KL or generalized JSD(β) (+ CE) with its gradient in closed form, like :func:`fkl_ce_with_grad`.
+
+    With s = softmax(z/T), a = log s and the row-wise d: reverse KL d = a - log t; JSD d = a - log m with
+    m = β·t + (1-β)·s. Then d(T²·KL(s‖t))/dz = T·s⊙(d - <s, d>) and d(T²·JSD)/dz = T·(1-β)·s⊙(d - <s, d>)
+    (the terms from m's own dependence on s cancel). Returns (kd sum, ce sum, G [N, V]).
+    """
+    if spec.kind not in ("rkl", "jsd"):
+        raise ValueError(f"no closed form for {spec.kind!r}")
+    T, kw, cw = spec.temperature, spec.kd_w, spec.ce_w
+    use_kd = kw > 0 and t_logp is not None
+    rows = torch.arange(z.shape[0], device=z.device)
+    kd = ce = z.new_zeros(())
+    lse1 = torch.logsumexp(z, -1)
+    if cw:
+        ce = ((lse1 - z[rows, labels]) * m).sum()
+    G = None
+    if use_kd:
+        a = (z / T) if T != 1.0 else z.clone()
+        a.sub_(torch.logsumexp(a, -1, keepdim=True))                        # log s_T
+        s = a.exp()
+        if spec.kind == "rkl":
+            d = a - t_logp
+            rows_kd = (s * d).sum(-1)
+            scale = T * kw
+        else:
+            beta = spec.beta
+            d = torch.logaddexp(t_logp + math.log(beta), a + math.log1p(-beta))  # log m
+            tp = t_logp.exp()
+            rows_kd = beta * torch.where(tp > 0, tp * (t_logp - d), 0.0).sum(-1)
+            del tp
+            d.neg_().add_(a)                                                   # a - log m
+            sd = (s * d).sum(-1)
+            rows_kd = rows_kd + (1.0 - beta) * sd
+            scale = T * kw * (1.0 - beta)
+        del a
+        inner = (s * d).sum(-1, keepdim=True)
+        G = d.sub_(inner).mul_(s).mul_(scale)
+        del s
+        kd = (rows_kd * m).sum() * (T * T)
+    if cw:
+        q = z.sub_(lse1[:, None]).exp_().mul_(cw)
+        q[rows, labels] -= cw
+        G = q if G is None else G.add_(q)
+    elif G is None:
+        G = z.zero_()
+    G.mul_(m[:, None])
+    return kd, ce, G
+
+
 class _ChunkedHead(torch.autograd.Function):
     """Loss of a linear head applied chunk by chunk; gradients are computed in forward, per chunk."""
 
@@ -196,9 +248,9 @@ def chunked_head_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.
     hidden [B, S, H] student final hidden states at the predicting positions; weight [V, H] the
     student head; labels [B, S] next tokens; mask [B, S] 1 where the position counts;
     ``teacher_chunk(s0, s1)`` gives the teacher's (log-probs [B·c, M], ids [B·c, k] | None,
-    tail [B·c] | None) for positions s0:s1 at ``spec.temperature``. Forward KL and CE (the common
-    case) with a full teacher distribution use :func:`fkl_ce_with_grad` unless ``closed_form`` is off;
-    other losses and the top-k cache differentiate the chunk with autograd.
+    tail [B·c] | None) for positions s0:s1 at ``spec.temperature``. Forward KL, reverse KL, JSD and CE
+    with a full teacher distribution use :func:`fkl_ce_with_grad` / :func:`rkl_jsd_ce_with_grad` unless
+    ``closed_form`` is off; the skew KLs and the top-k cache differentiate the chunk with autograd.
     Returns (loss sum — differentiable, sums [loss, kd, ce] — detached).
     """
     def chunk_fn(h, w, s0, s1):
@@ -223,12 +275,14 @@ def chunked_head_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.
                 raise ValueError("the closed form needs the whole teacher distribution (k >= vocab)")
             if ids is not None:  # a full-vocabulary top-k cache: put the values back in vocabulary order
                 t_logp = torch.empty_like(logits).scatter_(-1, ids, t_logp)
-        kd, ce, G = fkl_ce_with_grad(logits, lab, m, spec, t_logp)
+        fn = rkl_jsd_ce_with_grad if (spec.kind in ("rkl", "jsd") and t_logp is not None and spec.kd_w) \
+            else fkl_ce_with_grad
+        kd, ce, G = fn(logits, lab, m, spec, t_logp)
         return spec.kd_w * kd + spec.ce_w * ce, kd, ce, G
 
     if not torch.is_grad_enabled():  # evaluation: no gradients to prepare
         hidden, weight = hidden.detach(), weight.detach()
-    use_fast = closed_form and (spec.kind == "fkl" or not spec.kd_w or teacher_chunk is None)
+    use_fast = closed_form and (spec.kind in ("fkl", "rkl", "jsd") or not spec.kd_w or teacher_chunk is None)
     return _ChunkedHead.apply(hidden, weight, chunk_fn, int(chunk), fast_fn if use_fast else None)
 
 

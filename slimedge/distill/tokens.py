@@ -24,6 +24,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 
@@ -112,15 +113,19 @@ class _Encoder:
         return ids
 
 
-def _write_chunk(out, docs: list[int], pieces: list[tuple[str, bool, bool]], enc: _Encoder,
-                 eos: int | None, dtype, n: int) -> int:
-    """Encode one chunk of (text, starts_doc, ends_doc) pieces, append to ``out``; the new token count."""
+def _encode(pieces: list[tuple[str, bool, bool]], enc: _Encoder) -> list[list[int]]:
+    """Ids of one chunk of (text, starts_doc, ends_doc) pieces: with special tokens for a document's start."""
     first = [i for i, p in enumerate(pieces) if p[1]]
     rest = [i for i, p in enumerate(pieces) if not p[1]]
-    ids: list[list[int] | None] = [None] * len(pieces)
+    ids: list[list[int]] = [[] for _ in pieces]
     for idx, special in ((first, True), (rest, False)):
         for i, x in zip(idx, enc([pieces[i][0] for i in idx], special)):
             ids[i] = x
+    return ids
+
+
+def _append(out, docs: list[int], pieces, ids: list[list[int]], eos: int | None, dtype, n: int) -> int:
+    """Append one encoded chunk to ``out`` (EOS after each document); the new token count."""
     for (_, starts, ends), x in zip(pieces, ids):
         if starts:
             docs.append(n)
@@ -132,8 +137,27 @@ def _write_chunk(out, docs: list[int], pieces: list[tuple[str, bool, bool]], enc
     return n
 
 
+def _chunks(pieces) -> Iterator[list[tuple[str, bool, bool]]]:
+    chunk: list[tuple[str, bool, bool]] = []
+    size = 0
+    for piece in pieces:
+        chunk.append(piece)
+        size += len(piece[0])
+        if size >= CHUNK_CHARS or len(chunk) >= CHUNK_DOCS:
+            yield chunk
+            chunk, size = [], 0
+    if chunk:
+        yield chunk
+
+
 def build_token_file(path: str, pieces, tokenizer, meta: dict, progress: Progress = NULL_PROGRESS) -> TokenFile:
-    """Tokenize ``pieces`` (an iterator of (text, starts_doc, ends_doc)) into the folder ``path``."""
+    """Tokenize ``pieces`` (an iterator of (text, starts_doc, ends_doc)) into the folder ``path``.
+
+    The next chunk is read and encoded in a worker thread (the Rust tokenizer releases the GIL) while
+    this one converts and writes the previous chunk's ids.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
     vocab = max(len(tokenizer), int(getattr(tokenizer, "vocab_size", 0) or 0))
     dtype = np.uint16 if vocab <= 1 << 16 else np.uint32
     eos = tokenizer.eos_token_id
@@ -141,25 +165,23 @@ def build_token_file(path: str, pieces, tokenizer, meta: dict, progress: Progres
     t0 = time.monotonic()
     chars = 0
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with publish_dir(os.path.abspath(path)) as tmp:
+    with publish_dir(os.path.abspath(path)) as tmp, ThreadPoolExecutor(1) as pool:
         docs: list[int] = []
         n = 0
         progress.start(meta.get("bytes") or 0, "B", "tokenize")
         with open(os.path.join(tmp, "tokens.bin"), "wb") as out:
-            chunk: list[tuple[str, bool, bool]] = []
-            size = 0
-            for piece in pieces:
-                chunk.append(piece)
-                size += len(piece[0])
-                if size >= CHUNK_CHARS or len(chunk) >= CHUNK_DOCS:
-                    n = _write_chunk(out, docs, chunk, enc, eos, dtype, n)
-                    progress.update(size)
-                    chars += size
-                    chunk, size = [], 0
-            if chunk:
-                n = _write_chunk(out, docs, chunk, enc, eos, dtype, n)
-                progress.update(size)
+            chunks = _chunks(pieces)
+            nxt = next(chunks, None)
+            job = pool.submit(_encode, nxt, enc) if nxt is not None else None
+            while job is not None:
+                cur = nxt
+                nxt = next(chunks, None)  # read the next chunk while the worker encodes this one
+                ids = job.result()
+                job = pool.submit(_encode, nxt, enc) if nxt is not None else None  # encode it while writing
+                n = _append(out, docs, cur, ids, eos, dtype, n)
+                size = sum(len(p[0]) for p in cur)
                 chars += size
+                progress.update(size)
         progress.close()
         if not docs:
             raise SlimedgeError(f"data {meta['source']} contains no text; give it some documents")

@@ -31,6 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent / "distill"), str(HERE.parent)]
 
@@ -129,13 +131,29 @@ def child_slimedge(a) -> dict:
             if label.startswith("loss"):
                 stamps.append(time.monotonic())
 
+    on = dict(on_policy=a.lmbda, loss="jsd", beta=0.5, prompt_len=a.prompt, gen_len=a.seq - a.prompt,
+              gen_temperature=1.0, top_p=1.0, top_k=0) if a.lmbda else dict(loss="fkl")
     cfg = DistillConfig(teacher=a.teacher, data=a.data, output=a.out, overwrite=True, layers=a.layers,
                         seq_len=a.seq, batch_size=a.batch, steps=a.steps, lr=1e-4, warmup=0, max_eval_blocks=1,
-                        alpha=0.0, loss="fkl", temperature=1.0, seed=0, chunk_size=a.chunk)
+                        alpha=0.0, temperature=1.0, seed=0, chunk_size=a.chunk, **on)
     r = distill(cfg, Stamps()).report
     tok_s = (len(stamps) - 1) * a.batch * a.seq / (stamps[-1] - stamps[0])
-    return {"tok_s": tok_s, "peak_mb": _peak_mb() - base_rss, "train_peak_mb": win.peak(),
-            "final_loss": r["final_loss"]}
+    out = {"tok_s": tok_s, "peak_mb": _peak_mb() - base_rss, "train_peak_mb": win.peak(),
+           "final_loss": r["final_loss"]}
+    if a.lmbda:
+        from slimedge.distill.on_policy import on_policy_step
+
+        out["step_s"] = _step_times(stamps, [on_policy_step(0, k, a.lmbda) for k in range(a.steps)])
+    return out
+
+
+def _step_times(stamps: list[float], on: list[bool]) -> dict:
+    """Mean seconds of on-policy and of off-policy steps (steps 2..N: the first one warms up)."""
+    d = {True: [], False: []}
+    for k in range(1, len(stamps)):
+        d[on[k]].append(stamps[k] - stamps[k - 1])
+    return {"on": sum(d[True]) / max(len(d[True]), 1), "off": sum(d[False]) / max(len(d[False]), 1),
+            "n_on": len(d[True]), "n_off": len(d[False])}
 
 
 def child_trl(a) -> dict:
@@ -150,13 +168,28 @@ def child_trl(a) -> dict:
     base_rss = _status_mb("VmRSS")
     tok = AutoTokenizer.from_pretrained(a.teacher)
     blocks = prepare(a.data, tok, a.seq).train
-    ds = Dataset.from_dict({"input_ids": blocks.tolist()})
+    ds = Dataset.from_dict({"input_ids": np.asarray(blocks).tolist()})
 
     def collate(examples):
         x = torch.tensor([e["input_ids"] for e in examples])
-        return {"input_ids": x, "attention_mask": torch.ones_like(x), "labels": x.clone()}
+        if not a.lmbda:
+            return {"input_ids": x, "attention_mask": torch.ones_like(x), "labels": x.clone()}
+        labels = x.clone()
+        labels[:, : a.prompt] = -100  # the prompt never counts (TRL's collator convention)
+        prompts = x[:, : a.prompt]
+        return {"input_ids": x, "attention_mask": torch.ones_like(x), "labels": labels, "prompts": prompts,
+                "prompt_attention_mask": torch.ones_like(prompts)}
 
     stamps: list[float] = []
+    on_flags: list[bool] = []
+    sampled = [False]
+    real_gen = GKDTrainer.generate_on_policy_outputs
+
+    def counting_gen(*args, **kw):
+        sampled[0] = True
+        return real_gen(*args, **kw)
+
+    GKDTrainer.generate_on_policy_outputs = staticmethod(counting_gen)
 
     win = _TrainWindow()
 
@@ -166,9 +199,12 @@ def child_trl(a) -> dict:
 
         def on_step_end(self, args, state, control, **kw):
             stamps.append(time.monotonic())
+            on_flags.append(sampled[0])
+            sampled[0] = False
 
     args = GKDConfig(output_dir=a.out, per_device_train_batch_size=a.batch, max_steps=a.steps, learning_rate=1e-4,
-                     lr_scheduler_type="cosine", warmup_steps=0, lmbda=0.0, beta=0.0, temperature=1.0, seq_kd=False,
+                     lr_scheduler_type="cosine", warmup_steps=0, lmbda=a.lmbda, beta=0.5 if a.lmbda else 0.0,
+                     temperature=1.0, seq_kd=False, max_new_tokens=a.seq - a.prompt,
                      use_cpu=True, bf16=False, fp16=False, report_to="none", save_strategy="no", logging_steps=1,
                      max_length=a.seq, dataloader_num_workers=0, seed=0, disable_dropout=True,
                      gradient_checkpointing=False)
@@ -178,11 +214,14 @@ def child_trl(a) -> dict:
                          processing_class=tok, callbacks=[Stamps()])
     out = trainer.train()
     tok_s = (len(stamps) - 1) * a.batch * a.seq / (stamps[-1] - stamps[0])
-    return {"tok_s": tok_s, "peak_mb": _peak_mb() - base_rss, "train_peak_mb": win.peak(),
-            "final_loss": out.training_loss}
+    res = {"tok_s": tok_s, "peak_mb": _peak_mb() - base_rss, "train_peak_mb": win.peak(),
+           "final_loss": out.training_loss}
+    if a.lmbda:
+        res["step_s"] = _step_times(stamps, on_flags)
+    return res
 
 
-def part_speed(work: Path, steps: int, batch: int, seq: int, chunk: int) -> dict:
+def part_speed(work: Path, steps: int, batch: int, seq: int, chunk: int, lmbda: float = 0.0, prompt: int = 0) -> dict:
     import torch  # noqa: F401
     from transformers import AutoConfig
 
@@ -203,8 +242,9 @@ def part_speed(work: Path, steps: int, batch: int, seq: int, chunk: int) -> dict
     for who in ("slimedge", "trl"):
         cmd = [sys.executable, __file__, "--child", who, "--teacher", str(teacher), "--student", str(student_dir),
                "--data", str(work / "corpus.txt"), "--out", str(work / f"out-{who}"), "--steps", str(steps),
-               "--batch", str(batch), "--seq", str(seq), "--layers", "2", "--chunk", str(chunk)]
-        env = dict(os.environ, OMP_NUM_THREADS="1", TRANSFORMERS_VERBOSITY="error")
+               "--batch", str(batch), "--seq", str(seq), "--layers", "2", "--chunk", str(chunk),
+               "--lmbda", str(lmbda), "--prompt", str(prompt)]
+        env = dict(os.environ, OMP_NUM_THREADS="1", TRANSFORMERS_VERBOSITY="error", TRL_EXPERIMENTAL_SILENCE="1")
         p = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if p.returncode != 0:
             res[who] = {"error": (p.stderr.strip().splitlines() or ["?"])[-1]}
@@ -217,7 +257,9 @@ def part_speed(work: Path, steps: int, batch: int, seq: int, chunk: int) -> dict
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--part", choices=["all", "quality", "speed"], default="all")
+    ap.add_argument("--part", choices=["all", "quality", "speed", "onpolicy"], default="all")
+    ap.add_argument("--lmbda", type=float, default=0.0, help=argparse.SUPPRESS)
+    ap.add_argument("--prompt", type=int, default=64, help="on-policy part: prompt tokens (of --seq)")
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--work", default=None, help="folder for teachers/outputs (reused between runs)")
     ap.add_argument("--child", choices=["slimedge", "trl"], help=argparse.SUPPRESS)
@@ -270,6 +312,26 @@ def main() -> None:
                 print(f"| {name} | {r['tok_s']:.0f} | {r['train_peak_mb']:.0f} MB | {r['peak_mb']:.0f} MB |")
         if "error" not in s and "error" not in t:
             print(f"| ratio slimedge/TRL | {s['tok_s'] / t['tok_s']:.2f}x | "
+                  f"{s['train_peak_mb'] / t['train_peak_mb']:.2f}x | {s['peak_mb'] / t['peak_mb']:.2f}x |")
+    if a.part in ("all", "onpolicy"):
+        steps = a.steps or 16
+        res = part_speed(work, steps, a.batch, a.seq, a.chunk, lmbda=0.5, prompt=a.prompt)
+        s, t = res["slimedge"], res["trl"]
+        print(f"\nOn-policy (lambda 0.5, JSD beta 0.5): teacher 4x256 (vocab 32000), student 2 layers, batch "
+              f"{a.batch} x ({a.prompt} prompt + {a.seq - a.prompt} sampled) tokens, {steps} steps, 1 thread each")
+        print("| trainer | tokens/s (run) | s per on-policy step | s per off-policy step | tokens/s at lambda 0.5 "
+              "| peak memory of a training step | peak memory of the process |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        for name, r in (("slimedge distill --on-policy 0.5", s), ("TRL GKDTrainer (lmbda=0.5, beta=0.5)", t)):
+            if "error" in r:
+                print(f"| {name} | failed: {r['error']} | | | | | |")
+                continue
+            st = r["step_s"]
+            r["tok_s_half"] = a.batch * a.seq / (0.5 * st["on"] + 0.5 * st["off"])
+            print(f"| {name} | {r['tok_s']:.0f} | {st['on']:.2f} ({st['n_on']}) | {st['off']:.2f} ({st['n_off']}) | "
+                  f"{r['tok_s_half']:.0f} | {r['train_peak_mb']:.0f} MB | {r['peak_mb']:.0f} MB |")
+        if "error" not in s and "error" not in t:
+            print(f"| ratio slimedge/TRL | {s['tok_s'] / t['tok_s']:.2f}x | | | {s['tok_s_half'] / t['tok_s_half']:.2f}x | "
                   f"{s['train_peak_mb'] / t['train_peak_mb']:.2f}x | {s['peak_mb'] / t['peak_mb']:.2f}x |")
 
 
