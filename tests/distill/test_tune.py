@@ -119,14 +119,39 @@ def test_tune_lowers_kl_keeps_the_file_and_runs_in_llama_cpp(demo):
         with torch.no_grad():
             return m.eval()(torch.tensor([tokens])).logits[0].numpy()
 
-    tokens = sample_tokens(read_info(q).tensor("token_embd.weight").shape[0])
+    tokens = sample_tokens(read_info(q).tensor("token_embd.weight").shape[0], bos=0)
+    # the tuned weights as F32 (same metadata): llama.cpp then multiplies exactly those values in float
+    f32 = _dequantized_copy(out, d / "tuned-f32.gguf")
+    assert rel_err(llama_logits(f32, tokens), torch_logits(out, tokens)) < 2e-5
+    # the tuned file itself: llama.cpp multiplies k-quant blocks with Q8_K-quantized activations, an error the
+    # untuned file shows alike, far below what tuning changed
     err_tuned = rel_err(llama_logits(out, tokens), torch_logits(out, tokens))
     err_plain = rel_err(llama_logits(q, tokens), torch_logits(q, tokens))
     moved = rel_err(torch_logits(out, tokens), torch_logits(q, tokens))
-    # llama.cpp multiplies k-quant blocks with Q8_K-quantized activations: the same small error either way,
-    # far below what tuning changed
-    assert err_tuned < 0.05 and err_tuned < 2 * err_plain + 1e-3 and moved > 3 * err_tuned, (err_tuned, err_plain,
-                                                                                            moved)
+    assert err_tuned < 0.5 and err_tuned < 1.5 * err_plain + 0.02 and moved > 3 * err_tuned, (err_tuned, err_plain,
+                                                                                             moved)
+
+
+def _dequantized_copy(src: Path, dst: Path) -> Path:
+    """``src`` with every tensor dequantized to F32 (slimedge.quant.dequantize), metadata unchanged."""
+    import gguf
+
+    from slimedge.source.gguf_src import _field_value
+    from slimedge.writer import GGUFStreamWriter
+
+    info, reader = read_info(src), gguf.GGUFReader(src)
+    mm = np.memmap(src, dtype=np.uint8, mode="r")
+    with GGUFStreamWriter(dst, arch="", overwrite=True) as w:
+        for key, f in reader.fields.items():
+            if not key.startswith("GGUF."):
+                w.add_kv(key, *_field_value(f))
+        for t in info.tensors:
+            w.add_tensor_info(t.name, t.shape, gguf.GGMLQuantizationType.F32)
+        w.begin_data()
+        for t in info.tensors:
+            raw = np.asarray(mm[t.offset:t.offset + t.n_bytes]).reshape(-1, t.n_bytes // int(np.prod(t.shape[:-1])))
+            w.write_tensor(t.name, dequantize(raw, t.type, t.shape[-1]).reshape(-1))
+    return dst
 
 
 def test_zero_steps_write_the_same_bytes(model, tmp_path):
