@@ -13,70 +13,18 @@
  */
 #include "iq_internal.h"
 
-/* ---- IQ2_XXS: 8 sub-blocks of 32, levels 0..2, 256-point grid, scale via make_qp_quants ---------- */
-
-/* ggml's make_qp_quants for n values and levels 0..nmax (uint8 levels, as ggml's) */
-static float se_iq_make_qp_quants(int n, int nmax, const float *x, uint8_t *L, const float *qw) {
-    float max = 0;
-    for (int i = 0; i < n; ++i) max = se_maxf(max, x[i]);
-    if (max < SE_IQ_EPS) {
-        memset(L, 0, (size_t)n);
-        return 0.f;
-    }
-    float iscale = nmax / max;
-    for (int i = 0; i < n; ++i) L[i] = (uint8_t)se_nearest_int(iscale * x[i]);
-    const float scale = 1 / iscale;
-    float best_mse = 0;
-    for (int i = 0; i < n; ++i) {
-        const float diff = x[i] - scale * L[i];
-        best_mse += qw[i] * diff * diff;
-    }
-    for (int is = -4; is <= 4; ++is) {
-        if (is == 0) continue;
-        const float iscale_is = (0.1f * is + nmax) / max;
-        const float scale_is = 1 / iscale_is;
-        float mse = 0;
-        for (int i = 0; i < n; ++i) {
-            const int l = se_min_i(nmax, se_nearest_int(iscale_is * x[i]));
-            const float diff = x[i] - scale_is * l;
-            mse += qw[i] * diff * diff;
-        }
-        if (mse < best_mse) {
-            best_mse = mse;
-            iscale = iscale_is;
-        }
-    }
-    float sumlx = 0, suml2 = 0;
-    for (int i = 0; i < n; ++i) {
-        const int l = se_min_i(nmax, se_nearest_int(iscale * x[i]));
-        L[i] = (uint8_t)l;
-        sumlx += qw[i] * x[i] * l;
-        suml2 += qw[i] * l * l;
-    }
-    for (int itry = 0; itry < 5; ++itry) {
-        int n_changed = 0;
-        for (int i = 0; i < n; ++i) {
-            const float w = qw[i];
-            float slx = sumlx - w * x[i] * L[i];
-            float sl2 = suml2 - w * L[i] * L[i];
-            if (slx > 0 && sl2 > 0) {
-                const int new_l = se_min_i(nmax, se_nearest_int(x[i] * sl2 / slx));
-                if (new_l != L[i]) {
-                    slx += w * x[i] * new_l;
-                    sl2 += w * new_l * new_l;
-                    if (slx * slx * suml2 > sumlx * sumlx * sl2) {
-                        L[i] = (uint8_t)new_l;
-                        sumlx = slx;
-                        suml2 = sl2;
-                        ++n_changed;
-                    }
-                }
-            }
-        }
-        if (!n_changed) break;
-    }
-    return suml2 > 0.0f ? sumlx / suml2 : 0.0f;
+/* ggml's 4-bit sub-block scale level: 0.5 * (s / d - 1) rounded, clamped to 0..15 (id = 1 / d) */
+SE_INLINE int se_iq_scale4(float id, float s) {
+    return se_max_i(0, se_min_i(15, se_nearest_int(0.5f * (id * s - 1))));
 }
+
+/* n such levels, two per byte, the even sub-block in the low nibble (IQ2_XS, IQ2_S, IQ3_S) */
+SE_INLINE void se_iq_pack_scales4(const float *scales, int n, float id, uint8_t *out) {
+    for (int ib = 0; ib < n; ib += 2)
+        out[ib / 2] = (uint8_t)(se_iq_scale4(id, scales[ib]) | (se_iq_scale4(id, scales[ib + 1]) << 4));
+}
+
+/* ---- IQ2_XXS: 8 sub-blocks of 32, levels 0..2, 256-point grid, scale via make_qp_quants ---------- */
 
 /* weighted fit of levels L (q = 2*L+1) to xval: sum w*x*q and sum w*q*q, in order */
 SE_INLINE void se_iq_fit(int n, const float *weight, const float *xval, const int8_t *L, float *sumqx,
@@ -113,7 +61,7 @@ static void se_iq2_xxs_block(const se_iq_grid *G, const float *xbl, const float 
             scales[ib] = 0;
             continue;
         }
-        float scale = se_iq_make_qp_quants(32, kMaxQ + 1, xval, (uint8_t *)L, weight);
+        float scale = se_make_qp_quants(32, kMaxQ + 1, xval, (uint8_t *)L, weight);
         const float eff_max = scale * kMaxQ;
         if (eff_max <= 0) {
             scales[ib] = 0;
@@ -164,10 +112,7 @@ static void se_iq2_xxs_block(const se_iq_grid *G, const float *xbl, const float 
     const float d = max_scale / 31;
     y->d = se_fp32_to_fp16(d);
     const float id = 1 / d;
-    for (int ib = 0; ib < 8; ++ib) {
-        const int l = se_max_i(0, se_min_i(15, se_nearest_int(0.5f * (id * scales[ib] - 1))));
-        q2[2 * ib + 1] |= (uint32_t)l << 28;
-    }
+    for (int ib = 0; ib < 8; ++ib) q2[2 * ib + 1] |= (uint32_t)se_iq_scale4(id, scales[ib]) << 28;
     memcpy(y->qs, q2, sizeof(q2));
 }
 
@@ -252,11 +197,7 @@ static void se_iq2_xs_block(const se_iq_grid *G, const float *xbl, const float *
     const float d = max_scale / 31;
     y->d = se_fp32_to_fp16(d);
     const float id = 1 / d;
-    for (int ib = 0; ib < 16; ++ib) {
-        const int l = se_max_i(0, se_min_i(15, se_nearest_int(0.5f * (id * scales[ib] - 1))));
-        if (ib % 2 == 0) y->scales[ib / 2] = (uint8_t)l;
-        else y->scales[ib / 2] |= (uint8_t)(l << 4);
-    }
+    se_iq_pack_scales4(scales, 16, id, y->scales);
     memcpy(y->qs, q2, sizeof(q2));
 }
 
@@ -304,11 +245,7 @@ static void se_iq2_s_block(const se_iq_grid *G, const float *xbl, const float *q
     const float d = max_scale / 31;
     y->d = se_fp32_to_fp16(d * 0.9875f);
     const float id = 1 / d;
-    for (int ib = 0; ib < 16; ++ib) {
-        const int l = se_max_i(0, se_min_i(15, se_nearest_int(0.5f * (id * scales[ib] - 1))));
-        if (ib % 2 == 0) y->scales[ib / 2] = (uint8_t)l;
-        else y->scales[ib / 2] |= (uint8_t)(l << 4);
-    }
+    se_iq_pack_scales4(scales, 16, id, y->scales);
 }
 
 /* ---- IQ3_XXS / IQ3_S: 8 sub-blocks of 32, eight groups of 4, levels 0..7 ------------------------ */
@@ -405,10 +342,7 @@ static void se_iq3_xxs_block(const se_iq_grid *G, const float *xbl, const float 
     const float d = max_scale / 31;
     y->d = se_fp32_to_fp16(d * 1.0125f);
     const float id = 1 / d;
-    for (int ib = 0; ib < 8; ++ib) {
-        const int l = se_max_i(0, se_min_i(15, se_nearest_int(0.5f * (id * scales[ib] - 1))));
-        sas[ib] |= (uint32_t)l << 28;
-    }
+    for (int ib = 0; ib < 8; ++ib) sas[ib] |= (uint32_t)se_iq_scale4(id, scales[ib]) << 28;
     memcpy(y->qs, q3, 64);
     memcpy(y->qs + 64, sas, 32);
 }
@@ -454,11 +388,7 @@ static void se_iq3_s_block(const se_iq_grid *G, const float *xbl, const float *q
     const float d = max_scale / 31;
     y->d = se_fp32_to_fp16(d * 1.033f);
     const float id = 1 / d;
-    for (int ib = 0; ib < 8; ib += 2) {
-        const int l1 = se_max_i(0, se_min_i(15, se_nearest_int(0.5f * (id * scales[ib + 0] - 1))));
-        const int l2 = se_max_i(0, se_min_i(15, se_nearest_int(0.5f * (id * scales[ib + 1] - 1))));
-        y->scales[ib / 2] = (uint8_t)(l1 | (l2 << 4));
-    }
+    se_iq_pack_scales4(scales, 8, id, y->scales);
 }
 
 /* ---- entry points ------------------------------------------------------------------------------ */

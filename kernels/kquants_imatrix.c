@@ -10,9 +10,10 @@
 
 #include "kq_pack.h"
 
-/* ggml's make_qp_quants: levels in uint8 (a negative level wraps, as in C), running sums on the
- * signed level where ggml uses it, 8 trial scales, then up to 5 rounds of coordinate descent. */
-static float se_make_qp_quants(int n, int nmax, const float *x, uint8_t *L, const float *qw) {
+/* ggml's make_qp_quants (declared in se_internal.h; IQ2_XXS uses it too): levels in uint8 (a negative
+ * level wraps, as in C), running sums on the signed level where ggml uses it, 8 trial scales, then up
+ * to 5 rounds of coordinate descent. */
+float se_make_qp_quants(int n, int nmax, const float *x, uint8_t *L, const float *qw) {
     float max = 0;
     for (int i = 0; i < n; ++i) max = max > x[i] ? max : x[i];
     if (max < SE_GROUP_MAX_EPS) {

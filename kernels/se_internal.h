@@ -126,4 +126,8 @@ SE_INLINE void se_pack5(const uint8_t *q, uint8_t *qs, uint8_t *qh4) {
     memcpy(qh4, &qh, 4);  /* little-endian, as ggml stores it on x86/arm */
 }
 
+/* ggml's make_qp_quants (weighted levels 0..nmax of n values, returns the scale); defined once in
+ * kquants_imatrix.c, used by the importance-weighted k-quants and by IQ2_XXS */
+float se_make_qp_quants(int n, int nmax, const float *x, uint8_t *L, const float *qw);
+
 #endif /* SE_INTERNAL_H */
