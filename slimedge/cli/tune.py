@@ -33,13 +33,15 @@ from .options import make_progress, overwrite_option, quiet_option, threads_opti
               help="Layer-wise warm start: steps per matrix on its output error before the KL steps (0: none).")
 @click.option("--device", default="cpu", show_default=True, metavar="cpu|cuda", help="Torch device.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from its checkpoint (saved every 25 steps "
+              "next to the output, removed when the output is written).")
 @threads_option
 @overwrite_option
 @quiet_option
 @user_errors
 def cli(gguf_file: Path, teacher: str, data: str, data_field: str, out: Path, steps: int, lr: float,
-        sub_lr: float | None, batch_size: int, seq_len: int, max_blocks: int, warm_steps: int, device: str, seed: int,
-        threads: int | None, overwrite: bool, quiet: bool) -> None:
+        sub_lr: float | None, batch_size: int, seq_len: int, max_blocks: int, warm_steps: int, device: str,
+        seed: int, resume: bool, threads: int | None, overwrite: bool, quiet: bool) -> None:
     """Tune the block scales of a quantized GGUF so it matches its teacher.
 
     Keeps every tensor's type, integer codes and block layout and learns the block parameters (Q4_K/Q5_K:
@@ -56,8 +58,10 @@ def cli(gguf_file: Path, teacher: str, data: str, data_field: str, out: Path, st
     from ..distill.tune import TuneConfig, tune
 
     r = tune(TuneConfig(gguf=str(gguf_file), teacher=teacher, data=data, output=str(out), steps=steps, lr=lr,
-                        sub_lr=sub_lr, batch_size=batch_size, seq_len=seq_len, max_blocks=max_blocks, warm_steps=warm_steps,
-                        device=device, threads=threads, seed=seed, overwrite=overwrite, data_field=data_field),
+                        sub_lr=sub_lr, batch_size=batch_size, seq_len=seq_len, max_blocks=max_blocks,
+                        warm_steps=warm_steps,
+                        device=device, threads=threads, seed=seed, overwrite=overwrite, data_field=data_field,
+                        resume=resume),
              make_progress(quiet))
     if not quiet:
         types = ", ".join(f"{n} {t}" for t, n in sorted(r.tuned.items()))

@@ -180,3 +180,52 @@ def test_bad_inputs(model, tmp_path):
     with pytest.raises(SlimedgeError, match=r"blk\.0\.attn_v\.weight is IQ4_NL, which slimedge tune cannot learn"):
         _tune(hf, d, iq, tmp_path / "x.gguf", steps=0)
     assert not (tmp_path / "x.gguf").exists()
+
+
+def test_cli_tunes_and_reports_bad_input_in_one_line(model, tmp_path):
+    from click.testing import CliRunner
+
+    from slimedge.cli.tune import cli
+
+    hf, d, q = model
+    out = tmp_path / "t.gguf"
+    r = CliRunner().invoke(cli, [str(q), "--teacher", str(hf), "--data", str(d / "train.txt"), "-o", str(out),
+                                 "--steps", "2", "--seq-len", "64", "--max-blocks", "4", "-t", "1", "-q"])
+    assert r.exit_code == 0, r.output
+    assert out.stat().st_size == q.stat().st_size
+    r = CliRunner().invoke(cli, [str(q), "--teacher", str(hf), "--data", str(d / "train.txt"), "-o", str(out),
+                                 "--steps", "1"])
+    assert r.exit_code != 0 and "exists" in r.output and len(r.output.strip().splitlines()) == 1, r.output
+    r = CliRunner().invoke(cli, [str(tmp_path / "missing.gguf"), "--teacher", str(hf), "--data",
+                                 str(d / "train.txt"), "-o", str(tmp_path / "u.gguf")])
+    assert r.exit_code != 0 and "missing.gguf" in r.output and len(r.output.strip().splitlines()) == 1, r.output
+
+
+def test_interrupted_run_resumes_to_the_same_file(model, tmp_path):
+    from slimedge.distill.tune import TuneConfig, checkpoint_path
+    from slimedge.progress import Progress
+
+    hf, d, q = model
+    kw = dict(steps=6, checkpoint_every=3, max_blocks=8, eval_blocks=1)
+    _tune(hf, d, q, tmp_path / "whole.gguf", **kw)
+
+    class Stop(Progress):
+        def update(self, n, label="", **info):
+            self.done = getattr(self, "done", 0) + n
+            if self.done >= 5:
+                raise KeyboardInterrupt
+
+    from slimedge.distill.tune import tune
+
+    cfg = TuneConfig(gguf=str(q), teacher=str(hf), data=str(d / "train.txt"), output=str(tmp_path / "r.gguf"),
+                     seq_len=64, batch_size=4, threads=1, **kw)
+    with pytest.raises(KeyboardInterrupt):
+        tune(cfg, Stop())
+    assert Path(checkpoint_path(cfg)).is_file() and not (tmp_path / "r.gguf").exists()
+    cfg.resume = True
+    tune(cfg)
+    assert (tmp_path / "r.gguf").read_bytes() == (tmp_path / "whole.gguf").read_bytes()
+    assert not Path(checkpoint_path(cfg)).exists()
+    cfg.steps, cfg.overwrite = 7, True
+    with pytest.raises(SlimedgeError, match="no checkpoint"):
+        tune(cfg)
