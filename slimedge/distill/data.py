@@ -59,7 +59,27 @@ class BlockView:
         return self.n
 
     def __getitem__(self, idx) -> np.ndarray:
-        return np.asarray(self._2d[idx], dtype=np.int64)  # rows read now, as int64
+        """Rows read now, as int64. File-backed rows are read with ``pread`` rather than through the map,
+        so a long run does not make the whole token file resident in this process."""
+        if self.file is None:
+            return np.asarray(self._2d[idx], dtype=np.int64)
+        rows, cols = (idx if isinstance(idx, tuple) else (idx, slice(None)))
+        if isinstance(rows, (int, np.integer)):
+            return self[[int(rows)], cols][0]
+        rows = np.arange(self.n)[rows] if isinstance(rows, slice) else np.asarray(rows, dtype=np.int64).reshape(-1)
+        if rows.size and (rows.min() < -self.n or rows.max() >= self.n):
+            raise IndexError(f"block index out of range for {self.n} blocks")
+        rows = rows % max(self.n, 1)
+        item = self.tokens.dtype.itemsize
+        out = np.empty((len(rows), self.width), self.tokens.dtype)
+        fd = os.open(self.file, os.O_RDONLY)
+        try:
+            for i, r in enumerate(rows):
+                buf = os.pread(fd, self.width * item, (self.start + int(r) * self.seq_len) * item)
+                out[i] = np.frombuffer(buf, self.tokens.dtype)
+        finally:
+            os.close(fd)
+        return out[:, cols].astype(np.int64)
 
     def columns(self, width: int) -> "BlockView":
         """The first ``width`` tokens of every block, still a view."""

@@ -4,7 +4,9 @@ One optimizer step takes ``batch_size`` sequences (global: split evenly across p
 ``grad_accum`` micro-batches). The loss of a step is the sum over its counted positions divided by
 their number, so one process and N processes compute the same update (DDP averages gradients; each
 process scales its share by N). Data order is a seeded permutation per epoch, so a run and a
-resumed run see the same batches. A NaN/Inf loss or gradient stops the run before the update:
+resumed run see the same batches. With ``on_policy`` (GKD's lambda) a seeded coin per step decides
+whether the student first samples the continuations of the batch's prompts (:mod:`.on_policy`); the
+count of positions is then summed across processes before the update. A NaN/Inf loss or gradient stops the run before the update:
 the last good state is saved as a checkpoint and a :class:`SlimedgeError` says where.
 """
 

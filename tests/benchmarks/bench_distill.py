@@ -15,7 +15,16 @@ steps 2..N; peak resident memory of a training step (high-water mark reset when 
 above the memory held then) and of the whole process (above its size after imports); ratios are
 slimedge / TRL, measured in the same run.
 
-    python tests/benchmarks/bench_distill.py            # both parts (~15 min on 2 busy cores)
+Part 3 — on-policy (``--part onpolicy``): the speed part's teacher and student, lambda 0.5 and JSD
+beta 0.5 on both sides (slimedge ``--on-policy 0.5 --loss jsd``; TRL ``lmbda=0.5, beta=0.5``), prompts
+of ``--prompt`` tokens and ``--seq - --prompt`` sampled tokens at temperature 1. Reported as in part 2,
+plus the mean seconds of on-policy and of off-policy steps (which steps sample differs between the two
+RNGs) and the tokens/s they give at exactly half on-policy. TRL is needed only here and in part 2
+(``pip install trl accelerate datasets --no-deps`` plus small dependencies, e.g. into a ``--target``
+folder on PYTHONPATH).
+
+    python tests/benchmarks/bench_distill.py            # all parts (~20 min on 2 busy cores)
+    python tests/benchmarks/bench_distill.py --part onpolicy --seq 128 --prompt 64 --steps 16
     python tests/benchmarks/bench_distill.py --part speed --steps 8
 """
 

@@ -187,3 +187,39 @@ def test_bad_token_cache(tmp_path, tok):
     (tmp_path / "afile").write_text("x")
     with pytest.raises(SlimedgeError, match="cannot write the token file under .*afile"):
         tokens_mod.token_file(str(src), tok, cache_dir=str(tmp_path / "afile"))
+
+
+def test_block_view_reads_like_an_array(tmp_path, tok):
+    src = _jsonl(tmp_path / "d.jsonl", _docs(200, seed=9))
+    b = prepare(str(src), tok, 16, 0.1)
+    arr = np.asarray(b.train)
+    assert arr.dtype == np.int64 and arr.shape == b.train.shape
+    rows = np.array([3, 0, 3, len(arr) - 1])
+    for idx in (rows, rows.tolist(), slice(2, 9), 5, -1, (rows, slice(None, 7)), (slice(1, 4), slice(None, 3))):
+        got, want = b.train[idx], arr[idx]
+        assert got.dtype == np.int64 and np.array_equal(got, want), idx
+    narrow = b.train.columns(10)
+    assert narrow.shape == (len(arr), 10) and np.array_equal(narrow[rows], arr[rows, :10])
+    with pytest.raises(IndexError):
+        b.train[[len(arr)]]
+
+
+@pytest.mark.slow  # distills a student for two steps
+def test_distill_from_parquet_with_data_field(tmp_path, teacher_dir):
+    import pyarrow.parquet as pq
+    from click.testing import CliRunner
+
+    from slimedge.cli.distill import cli
+
+    docs = _docs(300, seed=11)
+    pq.write_table(_arrow_table(docs, "body"), tmp_path / "train.parquet", row_group_size=64)
+    args = ["--teacher", str(teacher_dir), "--data", str(tmp_path / "train.parquet"), "--data-field", "body",
+            "--layers", "1", "--steps", "2", "--seq-len", "32", "--batch-size", "4", "--quiet",
+            "--token-cache", str(tmp_path / "tok"), "-o", str(tmp_path / "out")]
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 0, r.output
+    rep = json.loads((tmp_path / "out" / "distill_report.json").read_text())
+    assert rep["data"]["documents"] == 300 and rep["data"]["held_out_by"] == "documents"
+    assert rep["data"]["token_file"].startswith(str(tmp_path / "tok")) and rep["settings"]["data_field"] == "body"
+    r = CliRunner().invoke(cli, args[:5] + ["nope"] + args[6:] + ["--overwrite"])
+    assert r.exit_code != 0 and "has no column 'nope' (columns: body, id)" in r.output

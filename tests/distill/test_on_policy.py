@@ -214,6 +214,6 @@ def test_closed_form_rkl_jsd_equal_autograd(kind, T, alpha):
         h, w = h0.clone().requires_grad_(), w0.clone().requires_grad_()
         loss, _ = chunked_head_loss(h, w, labels, mask, spec, 3, teacher, closed_form=closed)
         loss.backward()
-        out.append((float(loss), h.grad, w.grad))
+        out.append((float(loss.detach()), h.grad, w.grad))
     assert out[0][0] == pytest.approx(out[1][0], rel=1e-6)
     assert torch.allclose(out[0][1], out[1][1], atol=1e-5) and torch.allclose(out[0][2], out[1][2], atol=1e-5)
