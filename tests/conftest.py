@@ -50,3 +50,19 @@ def text_file(tmp_path_factory):
     p = tmp_path_factory.mktemp("text") / "text.txt"
     p.write_text(open(textwrap.__file__, encoding="utf-8").read(), encoding="utf-8")
     return p
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache_home(tmp_path_factory):
+    """Tests never write into the user's ~/.cache (distill's token files, the demo cache): XDG_CACHE_HOME and
+    SLIMEDGE_CACHE point into this session's temporary folder unless a test sets its own."""
+    root = tmp_path_factory.mktemp("cache-home")
+    old = {k: os.environ.get(k) for k in ("XDG_CACHE_HOME", "SLIMEDGE_CACHE")}
+    os.environ["XDG_CACHE_HOME"] = str(root)
+    os.environ["SLIMEDGE_CACHE"] = str(root / "slimedge-demo")
+    yield root
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
