@@ -69,9 +69,12 @@ def load_teacher_meta(path: str):
     except Exception as exc:
         raise SlimedgeError(f"cannot read the tokenizer of teacher {path}: {_one_line(exc)}; "
                             "the teacher folder must hold its tokenizer files") from None
-    if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None):
-        raise SlimedgeError(f"teacher {path}: models with logit soft-capping/scaling "
-                            f"({config.model_type}) are not supported by slimedge distill")
+    from .losses import HeadTransform
+
+    head = HeadTransform.from_config(config)  # Granite's scaling, Gemma's soft-cap: applied wherever logits form
+    if not (math.isfinite(head.scale) and head.scale > 0 and (head.cap is None or head.cap > 0)):
+        raise SlimedgeError(f"teacher {path}/config.json: its output-logit scaling/soft-capping ({head}) must be "
+                            "positive and finite; fix logits_scaling / logit_scale / final_logit_softcapping")
     if len(tokenizer) > config.vocab_size:
         raise SlimedgeError(f"teacher {path}: its tokenizer has {len(tokenizer)} tokens but the model's "
                             f"vocab_size is {config.vocab_size}; tokenizer and model do not match")

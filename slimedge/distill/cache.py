@@ -28,6 +28,7 @@ from ..errors import SlimedgeError
 from ..progress import NULL_PROGRESS, Progress
 from ..publish import publish_dir
 from .fsdp import teacher_forward
+from .losses import HeadTransform, head_logits
 
 VERSION = 1
 
@@ -96,6 +97,7 @@ def _fill(teacher, blocks: np.ndarray, out: dict, k: int, temperature: float, ba
     import torch
     import torch.nn.functional as F
 
+    t_head = HeadTransform.from_config(teacher.config)  # top-k of the logits the teacher's forward gives
     for b0 in range(0, len(blocks), batch):
         x = torch.from_numpy(np.ascontiguousarray(blocks[b0:b0 + batch])).to(device)
         with torch.no_grad():
@@ -105,7 +107,7 @@ def _fill(teacher, blocks: np.ndarray, out: dict, k: int, temperature: float, ba
                 continue
             for s0 in range(0, h.shape[1], chunk):
                 s1 = min(s0 + chunk, h.shape[1])
-                logits = (h[:, s0:s1] @ head.t()).float()                 # [B, c, V]
+                logits = head_logits(h[:, s0:s1], head, t_head)           # [B, c, V]
                 logp = F.log_softmax(logits / temperature, -1)
                 top, ids = logp.topk(k, -1, sorted=True)
                 sl = np.s_[b0:b0 + x.shape[0], s0:s1]

@@ -14,7 +14,7 @@ import math
 import numpy as np
 
 from .fsdp import teacher_forward
-from .losses import divergence, topk_buckets
+from .losses import HeadTransform, divergence, head_logits, topk_buckets
 
 
 def _base(model):
@@ -35,6 +35,8 @@ def evaluate(student, blocks: np.ndarray, *, teacher=None, cache=None, batch: in
     s_ce = t_ce = kl = agree = 0.0
     n = 0
     W_s = student.get_output_embeddings().weight
+    s_head = HeadTransform.from_config(student.config)  # each model's own logit scaling / soft-cap
+    t_head = HeadTransform.from_config(teacher.config) if teacher is not None else None
     with torch.no_grad():
         for b0 in range(0, len(blocks), batch):
             rows = np.arange(b0, min(b0 + batch, len(blocks)))
@@ -51,10 +53,10 @@ def evaluate(student, blocks: np.ndarray, *, teacher=None, cache=None, batch: in
             for s0 in range(0, hs.shape[1], chunk):
                 s1 = min(s0 + chunk, hs.shape[1])
                 lab = labels[:, s0:s1].reshape(-1)
-                s_logp = F.log_softmax((hs[:, s0:s1] @ W_s.t()).float(), -1).reshape(len(lab), -1)
+                s_logp = F.log_softmax(head_logits(hs[:, s0:s1], W_s, s_head), -1).reshape(len(lab), -1)
                 s_ce += float(-s_logp.gather(-1, lab[:, None]).sum())
                 if teacher is not None:
-                    t_logp = F.log_softmax((ht[:, s0:s1] @ W_t.t()).float(), -1).reshape(len(lab), -1)
+                    t_logp = F.log_softmax(head_logits(ht[:, s0:s1], W_t, t_head), -1).reshape(len(lab), -1)
                     t_ce += float(-t_logp.gather(-1, lab[:, None]).sum())
                     kl += float(divergence(t_logp, s_logp, "fkl").sum())
                     agree += float((t_logp.argmax(-1) == s_logp.argmax(-1)).sum())

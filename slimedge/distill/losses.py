@@ -12,6 +12,9 @@
   neither model's full fp32 ``[batch, seq, vocab]`` logits ever exist; backward only scales the
   stored gradients of the hidden states and the head weight.
 * :func:`feature_loss` — hidden-state MSE or cosine distance between mapped layers.
+* :class:`HeadTransform` — what a family does to ``hidden · head weight`` before the softmax (Granite's
+  ``logits_scaling``, Cohere's ``logit_scale``, Gemma 2/3's ``final_logit_softcapping``); every place that
+  forms logits from hidden states applies the model's own, and the closed forms chain through it.
 
 All functions return *sums* over counted positions; the caller divides by the token count.
 """
@@ -23,6 +26,61 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+
+
+class HeadTransform:
+    """logits = cap·tanh(scale·z/cap), or scale·z without a cap, of the head's z = h·Wᵀ.
+
+    :meth:`from_config` reads a transformers config as its model's forward does: Granite divides by
+    ``logits_scaling``, Cohere multiplies by ``logit_scale``, Gemma 2/3 soft-cap with
+    ``final_logit_softcapping`` (the text config of a multimodal one).
+    """
+
+    def __init__(self, scale: float = 1.0, cap: float | None = None):
+        self.scale, self.cap = float(scale), (float(cap) if cap else None)
+
+    @classmethod
+    def from_config(cls, config) -> "HeadTransform":
+        cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
+        scale = 1.0
+        if getattr(cfg, "logits_scaling", None):
+            scale /= float(cfg.logits_scaling)
+        if getattr(cfg, "logit_scale", None):
+            scale *= float(cfg.logit_scale)
+        return cls(scale, getattr(cfg, "final_logit_softcapping", None))
+
+    @property
+    def identity(self) -> bool:
+        return self.scale == 1.0 and self.cap is None
+
+    def __repr__(self) -> str:
+        return f"HeadTransform(scale={self.scale}, cap={self.cap})"
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        """The transformed logits, out of place (differentiable)."""
+        if self.cap is not None:
+            return torch.tanh(z * (self.scale / self.cap)) * self.cap
+        return z * self.scale if self.scale != 1.0 else z
+
+    def apply_(self, z: torch.Tensor) -> torch.Tensor | float:
+        """Transform ``z`` in place; returns dz'/dz (a tensor like z with a cap, else the scale)."""
+        if self.cap is None:
+            if self.scale != 1.0:
+                z.mul_(self.scale)
+            return self.scale
+        t = z.mul_(self.scale / self.cap).tanh_()
+        d = torch.square(t).neg_().add_(1.0).mul_(self.scale)        # scale·(1 - tanh²)
+        t.mul_(self.cap)
+        return d
+
+
+IDENTITY = HeadTransform()
+
+
+def head_logits(h: torch.Tensor, w: torch.Tensor, head: HeadTransform | None = None) -> torch.Tensor:
+    """fp32 logits of hidden states ``h [..., H]`` through head weight ``w [V, H]`` and its transform."""
+    z = (h @ w.t()).float()
+    return z if head is None or head.identity else head(z)
 
 
 def _kl(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
@@ -242,7 +300,8 @@ def chunked_head_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.
                       mask: torch.Tensor, spec: LossSpec, chunk: int,
                       teacher_chunk: Callable[[int, int], tuple[torch.Tensor, torch.Tensor | None,
                                                                 torch.Tensor | None]] | None = None,
-                      closed_form: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                      closed_form: bool = True, head: HeadTransform | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed loss over counted positions, computed ``chunk`` positions at a time.
 
     hidden [B, S, H] student final hidden states at the predicting positions; weight [V, H] the
@@ -251,10 +310,13 @@ def chunked_head_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.
     tail [B·c] | None) for positions s0:s1 at ``spec.temperature``. Forward KL, reverse KL, JSD and CE
     with a full teacher distribution use :func:`fkl_ce_with_grad` / :func:`rkl_jsd_ce_with_grad` unless
     ``closed_form`` is off; the skew KLs and the top-k cache differentiate the chunk with autograd.
-    Returns (loss sum — differentiable, sums [loss, kd, ce] — detached).
+    ``head`` is the student's :class:`HeadTransform` (the closed forms multiply their logit gradient by its
+    derivative). Returns (loss sum — differentiable, sums [loss, kd, ce] — detached).
     """
+    head = head or IDENTITY
+
     def chunk_fn(h, w, s0, s1):
-        logits = (h @ w.t()).float().reshape(-1, w.shape[0])           # [B·c, V]
+        logits = head_logits(h, w, head).reshape(-1, w.shape[0])        # [B·c, V]
         lab = labels[:, s0:s1].reshape(-1)
         m = mask[:, s0:s1].reshape(-1).to(logits.dtype)
         teacher = (lambda: teacher_chunk(s0, s1)) if teacher_chunk is not None else None
@@ -265,6 +327,7 @@ def chunked_head_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.
 
     def fast_fn(h, w, s0, s1):
         logits = (h @ w.t()).float().reshape(-1, w.shape[0])           # [B·c, V], overwritten by G
+        dz = head.apply_(logits)                                         # dz'/dz of the transform
         lab = labels[:, s0:s1].reshape(-1)
         m = mask[:, s0:s1].reshape(-1).to(logits.dtype)
         t = teacher_chunk(s0, s1) if (teacher_chunk is not None and spec.kd_w) else None
@@ -278,6 +341,8 @@ def chunked_head_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.
         fn = rkl_jsd_ce_with_grad if (spec.kind in ("rkl", "jsd") and t_logp is not None and spec.kd_w) \
             else fkl_ce_with_grad
         kd, ce, G = fn(logits, lab, m, spec, t_logp)
+        if not head.identity:
+            G.mul_(dz)                                                   # chain rule: dL/dz = dL/dz' · dz'/dz
         return spec.kd_w * kd + spec.ce_w * ce, kd, ce, G
 
     if not torch.is_grad_enabled():  # evaluation: no gradients to prepare

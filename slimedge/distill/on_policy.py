@@ -79,7 +79,10 @@ def sample(student, prompts, gen_len: int, uniforms, *, do_sample: bool = True, 
     import inspect
 
     base = getattr(student, student.base_model_prefix)
+    from .losses import HeadTransform, head_logits
+
     W = student.get_output_embeddings().weight
+    head = HeadTransform.from_config(student.config)  # sample from the distribution its forward gives
     # transformers >= 5.2x names the KV cache ``cache``; earlier versions ``past_key_values``
     key = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
     ctx = autocast or contextlib.nullcontext
@@ -92,7 +95,7 @@ def sample(student, prompts, gen_len: int, uniforms, *, do_sample: bool = True, 
                 out = base(input_ids=prompts, use_cache=True)
             past = getattr(out, key)
             for t in range(gen_len):
-                logits = (out.last_hidden_state[:, -1] @ W.t()).float()
+                logits = head_logits(out.last_hidden_state[:, -1], W, head)
                 tok = _pick(logits, uniforms[:, t], do_sample=do_sample, temperature=temperature,
                             top_p=top_p, top_k=top_k)
                 out_tokens.append(tok)

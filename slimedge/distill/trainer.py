@@ -27,7 +27,7 @@ from ..errors import SlimedgeError
 from ..progress import NULL_PROGRESS, Progress
 from ..publish import publish_file
 from .fsdp import teacher_forward
-from .losses import LossSpec, chunked_head_loss, feature_loss
+from .losses import HeadTransform, LossSpec, chunked_head_loss, feature_loss, head_logits
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,7 @@ def make_module(student, spec: LossSpec, chunk: int, feature_pairs: list[tuple[i
             super().__init__()
             self.student = student
             self.pairs = feature_pairs or []
+            self.head = HeadTransform.from_config(student.config)  # what its forward does to h·Wᵀ
             hs = student.config.hidden_size
             if self.pairs and teacher_hidden and teacher_hidden != hs:
                 self.proj = nn.ModuleList([nn.Linear(hs, teacher_hidden, bias=False) for _ in self.pairs])
@@ -97,7 +98,7 @@ def make_module(student, spec: LossSpec, chunk: int, feature_pairs: list[tuple[i
             h = out.last_hidden_state[:, :-1]
             W = self.student.get_output_embeddings().weight
             loss, sums = chunked_head_loss(h, W, input_ids[:, 1:], loss_mask, spec, chunk, teacher_chunk,
-                                           closed_form=closed_form)
+                                           closed_form=closed_form, head=self.head)
             feat = loss.new_zeros(())
             if want:
                 s_list = [out.hidden_states[i + 1][:, :-1] for i, _ in self.pairs]
@@ -222,10 +223,11 @@ class Trainer:
         with self.autocast():  # FSDP-sharded or whole: fsdp.teacher_forward gathers what it needs
             th, states, Wt = teacher_forward(self.teacher, x, attn, want_states)
         th = th[:, :-1]
+        t_head = HeadTransform.from_config(self.teacher.config)
 
         def chunk(s0, s1):
             with torch.no_grad():
-                logits = (th[:, s0:s1] @ Wt.t()).float()
+                logits = head_logits(th[:, s0:s1], Wt, t_head)
                 return F.log_softmax(logits / T, -1).reshape(-1, logits.shape[-1]), None, None
 
         return (chunk if want_logits else None), states
