@@ -42,9 +42,10 @@ FAMILIES = {
                                                   "attention_multiplier", "logits_scaling")),
     "olmo2": ({"num_hidden_layers": 4}, 2, ("self_attn.q_norm.weight", "self_attn.k_norm.weight",
                                             "post_attention_layernorm.weight", "post_feedforward_layernorm.weight"), ()),
-    # final logit soft-capping is refused by distill (its head loss is linear): that Gemma 2 caps attention only
-    "gemma2": ({"num_hidden_layers": 4, "final_logit_softcapping": None}, 3, _SANDWICH,
-               ("head_dim", "sliding_window", "query_pre_attn_scalar", "attn_logit_softcapping")),
+    # the factory's Gemma 2 soft-caps attention and final logits (the distill loss chains through the cap)
+    "gemma2": ({"num_hidden_layers": 4}, 3, _SANDWICH,
+               ("head_dim", "sliding_window", "query_pre_attn_scalar", "attn_logit_softcapping",
+                "final_logit_softcapping")),
     "gemma3": ({}, 3, _SANDWICH + ("self_attn.q_norm.weight", "self_attn.k_norm.weight"),
                ("head_dim", "sliding_window", "query_pre_attn_scalar", "rope_parameters")),
 }
