@@ -20,14 +20,14 @@ from .options import make_progress, overwrite_option, quiet_option, threads_opti
               help="Calibration data: text, JSONL, Parquet/Arrow, a datasets folder or a folder of them.")
 @click.option("--data-field", default="text", show_default=True, help="Text field of JSONL/Parquet/Arrow rows.")
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="Tuned GGUF file.")
-@click.option("--steps", type=click.IntRange(min=0), default=100, show_default=True, help="Optimizer steps.")
+@click.option("--steps", type=click.IntRange(min=0), default=300, show_default=True, help="Optimizer steps.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-3, show_default=True,
               help="Learning rate of the (log) block scales d and dmin.")
 @click.option("--sub-lr", type=click.FloatRange(min=0), default=None,
               help="Learning rate of the integer sub-block scales/mins, in integer units (default 20 x --lr).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True, help="Blocks per step.")
 @click.option("--seq-len", type=click.IntRange(min=2), default=256, show_default=True, help="Tokens per block.")
-@click.option("--max-blocks", type=click.IntRange(min=0), default=64, show_default=True,
+@click.option("--max-blocks", type=click.IntRange(min=0), default=0, show_default=True,
               help="Use at most this many training blocks (0: all).")
 @click.option("--warm-steps", type=click.IntRange(min=0), default=0, show_default=True,
               help="Layer-wise warm start: steps per matrix on its output error before the KL steps (0: none).")
@@ -53,7 +53,7 @@ def cli(gguf_file: Path, teacher: str, data: str, data_field: str, out: Path, st
     \b
     Examples:
       slimedge convert ./teacher -o q4km.gguf --type Q4_K_M --imatrix imatrix.gguf
-      slimedge tune q4km.gguf --teacher ./teacher --data train.txt -o q4km-tuned.gguf --steps 200
+      slimedge tune q4km.gguf --teacher ./teacher --data train.txt -o q4km-tuned.gguf --steps 300
     """
     from ..distill.tune import TuneConfig, tune
 

@@ -58,12 +58,12 @@ class TuneConfig:
     teacher: str                    # the teacher's Hugging Face folder
     data: str                       # calibration text (anything slimedge.distill.data.prepare reads)
     output: str
-    steps: int = 100
+    steps: int = 300
     lr: float = 2e-3                # Adam lr of log d / log dmin
     sub_lr: float | None = None     # Adam lr of the sub-scales/mins, in integer units (default 20 x lr)
     batch_size: int = 4
     seq_len: int = 256
-    max_blocks: int = 64            # calibration blocks used for training (0: all)
+    max_blocks: int = 0             # calibration blocks used for training (0: all; fresh blocks beat epochs)
     eval_blocks: int = 4            # held-out blocks for the before/after KL
     device: str = "cpu"
     threads: int | None = None

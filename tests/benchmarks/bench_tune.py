@@ -25,7 +25,7 @@ from pathlib import Path
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="bench-tune")
-    ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--mixes", default="Q4_K_M,Q3_K_M,Q2_K")
     ap.add_argument("--threads", type=int, default=2)
