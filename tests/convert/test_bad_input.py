@@ -197,11 +197,11 @@ def test_failure_midway_leaves_existing_output_and_no_temp(base_model, tmp_path,
     real = slimedge.convert._encode
     calls = []
 
-    def interrupted(x, qtype, name, threads):
+    def interrupted(x, qtype, name, *args):
         calls.append(name)
         if len(calls) == 5:
             raise KeyboardInterrupt
-        return real(x, qtype, name, threads)
+        return real(x, qtype, name, *args)
 
     monkeypatch.setattr(slimedge.convert, "_encode", interrupted)
     with pytest.raises(KeyboardInterrupt):

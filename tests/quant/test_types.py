@@ -72,7 +72,11 @@ def test_mixes_take_their_ids_from_gguf():
     for mix, (ftype, base) in mixes.MIXES.items():
         name = aliases.get(mix, mix)
         assert ftype == int(LlamaFileType["ALL_F32" if name == "F32" else f"MOSTLY_{name}"]), mix
-        assert base.name == ("MXFP4" if name == "MXFP4_MOE" else re.sub(r"_[SML]$", "", name)), mix
+        # llama-quant.cpp's default type per file type: the k-quant mixes drop _S/_M/_L, the rest as listed
+        # (IQ2_S -> IQ2_XS, IQ2_M -> IQ2_S, IQ3_XS/IQ3_M -> IQ3_S are llama.cpp's own choices)
+        other = {"MXFP4_MOE": "MXFP4", "IQ2_S": "IQ2_XS", "IQ2_M": "IQ2_S", "IQ3_XS": "IQ3_S", "IQ3_M": "IQ3_S"}
+        want = other.get(name) or (re.sub(r"_[SML]$", "", name) if re.fullmatch(r"Q\d_K_[SML]", name) else name)
+        assert base.name == want, mix
     assert mixes.resolve_ftype("q4_k_m") == (15, T.Q4_K)
     assert mixes.file_type(mixes.QuantSpec("Q2_K_S")) == 21
     assert mixes._FLOATS is types.FLOAT_TYPES
