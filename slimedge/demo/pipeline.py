@@ -11,6 +11,8 @@ Steps (each artifact cached under the cache folder, keyed by everything it depen
    (:func:`slimedge.calib.sensitivity.auto_allocation`);
 4. distill a student with fewer layers from the teacher on the training documents
    (:func:`slimedge.distill.api.distill`), then convert it to F16 and Q4_K_M;
+   tune the teacher's imatrix Q4_K_M and the student's Q4_K_M against the teacher (:func:`slimedge.distill.tune.tune`:
+   block scales learned, same size);
 5. benchmark the four GGUFs through llama.cpp (:func:`slimedge.bench.run_bench`): generation speed,
    held-out perplexity, and KL divergence / top-1 agreement against the F16 teacher;
 6. write the table (:mod:`slimedge.demo.table`) as Markdown and JSON into the output folder.
@@ -43,8 +45,10 @@ ROWS = (  # (model, technique, which GGUF)
     ("teacher", "quantized {quant}", "teacher-quant"),
     ("teacher", "{quant} + imatrix", "teacher-quant-imatrix"),
     ("teacher", "auto mix ({quant} size) + imatrix", "teacher-auto"),
+    ("teacher", "{quant} + imatrix, tuned", "teacher-quant-tuned"),
     ("student", "distilled (F16)", "student-f16"),
     ("student", "distilled + {quant}", "student-quant"),
+    ("student", "distilled + {quant}, tuned", "student-quant-tuned"),
 )
 
 
@@ -75,13 +79,15 @@ class DemoConfig:
     calib_chars: int = 400_000  # training-text characters the imatrix and the sensitivities see
     imatrix_chunks: int = 32  # imatrix sequences of n_ctx tokens
     sensitivity_chunks: int = 2  # sensitivity sequences of n_ctx tokens (one forward per tensor x type)
+    # --- tune (slimedge tune: block scales learned against the teacher on the training text) -------------
+    tune_steps: int = 300  # optimizer steps per tuned GGUF (about 2 minutes each on 2 cores)
 
     @classmethod
     def fast(cls, **kw) -> "DemoConfig":
         """Seconds instead of minutes: a few distill steps and a short bench (tests, smoke runs)."""
         base = dict(distill_steps=6, distill_batch=4, distill_seq_len=64, distill_chars=150_000,
                     bench_chars=12_000, n_prompt=32, n_gen=16, repeats=1, calib_chars=60_000,
-                    imatrix_chunks=8, sensitivity_chunks=1)
+                    imatrix_chunks=8, sensitivity_chunks=1, tune_steps=4)
         base.update(kw)
         return cls(**base)
 
@@ -216,6 +222,19 @@ def _distill(teacher: Path, data: Path, out: Path, cfg: DemoConfig, progress: Pr
     return distill(dcfg, progress).report
 
 
+def _tuned(gguf: Path, teacher: Path, data: Path, cfg: DemoConfig, progress: Progress) -> Path:
+    """``gguf`` with its block scales tuned against the teacher on the training text (same size); cached."""
+    out = gguf.with_name(f"{gguf.stem}-tuned-{_key(cfg.tune_steps, cfg.n_ctx, data.parent.name)}.gguf")
+    if out.is_file():
+        return out
+    from ..distill.tune import TuneConfig, tune
+
+    log.info("tuning %s against the teacher (%d steps)", gguf.name, cfg.tune_steps)
+    tune(TuneConfig(gguf=str(gguf), teacher=str(teacher), data=str(data), output=str(out), steps=cfg.tune_steps,
+                    seq_len=cfg.n_ctx, threads=cfg.threads, overwrite=True), progress)
+    return out
+
+
 def _bench(path: Path, ref: Path, text: Path, cfg: DemoConfig, progress: Progress) -> dict:
     from ..bench import run_bench
 
@@ -286,6 +305,10 @@ def run_demo(cfg: DemoConfig | None = None, progress: Progress = NULL_PROGRESS) 
     paths["student-f16"] = _convert(student, work / f"student-{skey}-f16.gguf", "F16", cfg.threads, progress)
     paths["student-quant"] = _convert(student, work / f"student-{skey}-{q}.gguf", cfg.quant, cfg.threads, progress)
     lap("convert_student", t)
+    t = time.monotonic()
+    paths["teacher-quant-tuned"] = _tuned(paths["teacher-quant-imatrix"], teacher, train_dir, cfg, progress)
+    paths["student-quant-tuned"] = _tuned(paths["student-quant"], teacher, train_dir, cfg, progress)
+    lap("tune", t)
 
     t = time.monotonic()
     rows = []

@@ -30,14 +30,14 @@ def test_shipped_teacher_files():
     assert report["heldout_perplexity"] < 400
 
 
-def test_six_rows_with_sane_numbers(demo):
+def test_rows_with_sane_numbers(demo):
     cfg, res = demo
     rows = res.rows
     assert [(r.model, r.technique) for r in rows] == [
         ("teacher", "baseline (F16)"), ("teacher", "quantized Q4_K_M"), ("teacher", "Q4_K_M + imatrix"),
-        ("teacher", "auto mix (Q4_K_M size) + imatrix"),
-        ("student", "distilled (F16)"), ("student", "distilled + Q4_K_M")]
-    base, quant, quant_imx, auto, student, squant = rows
+        ("teacher", "auto mix (Q4_K_M size) + imatrix"), ("teacher", "Q4_K_M + imatrix, tuned"),
+        ("student", "distilled (F16)"), ("student", "distilled + Q4_K_M"), ("student", "distilled + Q4_K_M, tuned")]
+    base, quant, quant_imx, auto, tuned, student, squant, stuned = rows
     # the teacher against itself: no divergence, full agreement
     assert base.kld_mean == pytest.approx(0.0, abs=1e-4) and base.top1_agreement == pytest.approx(1.0)
     for r in rows:
@@ -54,6 +54,9 @@ def test_six_rows_with_sane_numbers(demo):
     assert quant_imx.extra["model_size"] == quant.extra["model_size"]
     assert auto.extra["model_size"] <= quant.extra["model_size"]
     assert auto.kld_mean < quant.kld_mean
+    # tuning learns block scales only: the same file size as the file it started from
+    assert tuned.size_bytes == quant_imx.size_bytes and stuned.size_bytes == squant.size_bytes
+    assert tuned.path != quant_imx.path and stuned.path != squant.path
 
 
 def test_outputs_written(demo):
@@ -63,7 +66,7 @@ def test_outputs_written(demo):
     assert doc["rows"][0]["speedup"] == 1.0 and doc["rows"][1]["smaller"] > 2.5
     assert doc["distill"]["steps"] == cfg.distill_steps and doc["wall_s"] > 0
     md = Path(res.markdown_path).read_text().splitlines()
-    assert len(md) == 8 and md[2].startswith("| teacher | baseline (F16) |")
+    assert len(md) == 10 and md[2].startswith("| teacher | baseline (F16) |")
     assert (Path(cfg.out) / "demo_table.txt").read_text() == res.text
 
 
