@@ -87,7 +87,7 @@ class ModelShape:
 
 
 def shape_from_model_info(m, tensors: list[TensorSize]) -> ModelShape:
-    """The estimate's view of a :class:`slimedge.quant.mixes.ModelInfo` (per-layer values: the largest
+    """The estimate's view of a :class:`slimedge.quant.model_info.ModelInfo` (per-layer values: the largest
     bounds memory) and the tensors' stored sizes."""
     return ModelShape(arch=m.arch, n_layer=m.n_layer, n_embd=m.n_embd, n_head=m.max_head, n_head_kv=m.max_head_kv,
                       n_ff=m.max_ff or 4 * m.n_embd, n_vocab=m.n_vocab, key_length=m.key_length,
@@ -104,9 +104,9 @@ def recurrent_layer_bytes(m) -> int:
 
 def shape_from_gguf(path: str | Path) -> ModelShape:
     """Read the shape of a GGUF file (metadata and tensor sizes only; no weights are read), through the
-    one reader of GGUF hyper-parameters, :meth:`slimedge.quant.mixes.ModelInfo.from_metadata`."""
+    one reader of GGUF hyper-parameters, :meth:`slimedge.quant.model_info.ModelInfo.from_metadata`."""
     from .gguf_info import read_info
-    from .quant.mixes import ModelInfo
+    from .quant.model_info import ModelInfo
 
     info = read_info(path)
     m = ModelInfo.from_metadata(info.metadata, where=str(path))

@@ -21,7 +21,7 @@ import numpy as np
 from gguf import MODEL_ARCH, MODEL_ARCH_NAMES, MODEL_TENSOR, TENSOR_NAMES, GGUFValueType, Keys
 
 from ..errors import SlimedgeError
-from ..quant.mixes import ModelInfo
+from ..quant.model_info import ModelInfo
 
 log = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ import numpy as np
 from gguf import MODEL_ARCH, MODEL_TENSOR, GGUFValueType, Keys
 
 from ..errors import SlimedgeError
-from ..quant.mixes import SWA_DEFAULT_PATTERN, ModelInfo, swa_pattern
+from ..quant.model_info import SWA_DEFAULT_PATTERN, ModelInfo, swa_pattern
 from .base import BOOL, F32, KV, U32, Arch
 
 log = logging.getLogger(__name__)

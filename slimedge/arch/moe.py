@@ -31,7 +31,7 @@ import numpy as np
 from gguf import MODEL_TENSOR, Keys
 
 from ..errors import SlimedgeError
-from ..quant.mixes import ModelInfo
+from ..quant.model_info import ModelInfo
 from .base import KV, U32, Arch
 
 

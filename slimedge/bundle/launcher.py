@@ -343,7 +343,7 @@ def main(argv=None) -> int:
                    "here (<hostname>-<date>.json) for `slimedge report`")
     p.add_argument("--serve", action="store_true", help="OpenAI-compatible HTTP server (llama-cpp-python's)")
     p.add_argument("--host", default="127.0.0.1", help="--serve address (default 127.0.0.1; any other "
-                   f"needs --api-key)")
+                   "needs --api-key)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"--serve port (default {DEFAULT_PORT})")
     p.add_argument("--api-key", default=os.environ.get(API_KEY_ENV) or None,
                    help=f"--serve: require this Bearer token (default: ${API_KEY_ENV})")

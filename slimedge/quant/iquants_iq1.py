@@ -187,7 +187,6 @@ class IQ1_M(QuantFormat, qtype=T.IQ1_M):
         G = iq_grids.grid("iq1s")
         x = np.asarray(x, _F)
         xs, weight, _, nb = _prepare(x, w, 16, 2, "x2")
-        M = xs.shape[1]
         act = ~(np.abs(xs).max(axis=0) < _F(1e-7))
         L, scale, kind, ok = _split_search(xs, weight, halves=True)
         act &= ok

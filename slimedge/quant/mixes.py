@@ -35,6 +35,7 @@ from gguf import GGMLQuantizationType as T
 
 from ..errors import SlimedgeError
 from .formats import qtype_of
+from .model_info import ModelInfo
 from .types import FLOAT_TYPES, block_size, file_type_id
 
 log = logging.getLogger(__name__)
@@ -45,133 +46,6 @@ class TensorSpec:
     name: str  # GGUF tensor name, e.g. "blk.0.attn_v.weight"
     shape: tuple[int, ...]  # NumPy order: the last dimension is the row length (GGUF ne[0])
     src_type: T = T.F32  # type kept by tensors that are never quantized (norms, biases, ...)
-
-
-@dataclass
-class ModelInfo:
-    """A model's hyper-parameters, read once: from config.json (``slimedge.arch``: ``Arch.model_info``)
-    or from GGUF metadata (:meth:`from_metadata`); the converter, the mix rules and the bundle's memory
-    estimate all use this one reading.
-
-    llama.cpp allows head counts and the feed-forward length as one value per layer: ``n_head``,
-    ``n_head_kv`` and ``n_ff`` are then layer 0's (what llama.cpp's quantizer uses: ``n_gqa()`` is
-    layer 0's), the per-layer lists are kept, and the ``max_*`` properties give the largest (for sizing).
-    """
-
-    arch: str  # GGUF architecture name: "llama", "qwen2", "phi3", ...
-    n_layer: int  # {arch}.block_count
-    n_head: int = 1  # {arch}.attention.head_count (layer 0's)
-    n_head_kv: int = 1  # {arch}.attention.head_count_kv (n_gqa = n_head // n_head_kv; layer 0's)
-    n_expert: int = 0  # {arch}.expert_count (0: dense)
-    n_embd: int = 0  # {arch}.embedding_length (0: not stated)
-    n_ff: int = 0  # {arch}.feed_forward_length (layer 0's; 0: not stated)
-    n_vocab: int = 0  # embedding rows: {arch}.vocab_size, else the token list's length (0: not stated)
-    key_length: int = 0  # per head: {arch}.attention.key_length, else n_embd // n_head (0: unknown)
-    value_length: int = 0  # per head: {arch}.attention.value_length, else n_embd // n_head
-    n_ctx_train: int = 0  # {arch}.context_length (0: not stated)
-    # one value per layer where the source gives a list; () when the value is the same for every layer
-    n_head_layers: tuple[int, ...] = ()
-    n_head_kv_layers: tuple[int, ...] = ()
-    n_ff_layers: tuple[int, ...] = ()
-    # sliding-window attention: {arch}.attention.sliding_window, and which layers use it (True = sliding;
-    # () = none): the pattern key, else llama.cpp's default for the arch (SWA_DEFAULT_PATTERN)
-    n_swa: int = 0
-    swa_layers: tuple[bool, ...] = ()
-    shortconv_l_cache: int = 0  # {arch}.shortconv.l_cache: taps of LFM2's convolution layers (0: none)
-
-    @property
-    def max_head(self) -> int:
-        return max(self.n_head_layers, default=self.n_head)
-
-    @property
-    def max_head_kv(self) -> int:
-        return max(self.n_head_kv_layers, default=self.n_head_kv)
-
-    @property
-    def max_ff(self) -> int:
-        return max(self.n_ff_layers, default=self.n_ff)
-
-    @classmethod
-    def from_metadata(cls, metadata: dict, where: str = "GGUF metadata") -> "ModelInfo":
-        """From GGUF metadata (key -> plain value, e.g. ``slimedge.gguf_info.read_info(path).metadata``),
-        as llama.cpp reads it: block_count is required, head_count defaults to 1 and head_count_kv to
-        head_count, a per-layer list must have one entry per layer. ``where`` (the file) starts every
-        error, which is a one-line :class:`SlimedgeError` naming the key."""
-        arch = metadata.get("general.architecture")
-        if isinstance(arch, bytes):
-            arch = arch.decode("utf-8", "replace")
-        if not arch or not isinstance(arch, str):
-            raise SlimedgeError(f"{where}: no general.architecture key; the file is not a language model "
-                                "slimedge can quantize")
-        fix = "re-convert the file from the original model"
-
-        def count(key: str, value) -> int:
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise SlimedgeError(f"{where}: {arch}.{key} is {value!r}, expected a count; {fix}")
-            return int(value)
-
-        block_count = metadata.get(f"{arch}.block_count")
-        if block_count is None:
-            raise SlimedgeError(f"{where}: lacks {arch}.block_count (the number of layers), which the "
-                                f"quantization mix needs; {fix}")
-        n_layer = count("block_count", block_count)
-
-        def per_layer(key: str, default: int) -> tuple[int, tuple[int, ...]]:
-            """(layer 0's value, per-layer values or ()) of a key that may be a list."""
-            v = metadata.get(f"{arch}.{key}")
-            if v is None:
-                return default, ()
-            if not isinstance(v, (list, tuple)):
-                return count(key, v), ()
-            if len(v) != n_layer:
-                raise SlimedgeError(f"{where}: {arch}.{key} has {len(v)} per-layer values for {n_layer} "
-                                    f"layers ({arch}.block_count); {fix}")
-            vals = tuple(count(key, x) for x in v)
-            return (vals[0] if vals else default), vals
-
-        def scalar(key: str, default: int) -> int:
-            v = metadata.get(f"{arch}.{key}")
-            if isinstance(v, (list, tuple)):  # not per layer in llama.cpp: the first (and only) value
-                v = v[0] if v else None
-            return default if v is None else count(key, v)
-
-        n_head, head_layers = per_layer("attention.head_count", 1)
-        n_head_kv, kv_layers = per_layer("attention.head_count_kv", n_head)
-        if not kv_layers and head_layers:  # head_count_kv defaults to head_count, layer by layer
-            kv_layers = head_layers
-        n_ff, ff_layers = per_layer("feed_forward_length", 0)
-        n_embd = scalar("embedding_length", 0)
-        head_dim = n_embd // n_head if n_head else 0
-        tokens = metadata.get("tokenizer.ggml.tokens")
-        n_vocab = scalar("vocab_size", len(tokens) if isinstance(tokens, list) else 0)
-        n_swa, swa_layers = 0, ()
-        if arch in SWA_DEFAULT_PATTERN:
-            n_swa = scalar("attention.sliding_window", SWA_DEFAULT_PATTERN[arch][1])
-            pattern = metadata.get(f"{arch}.attention.sliding_window_pattern", SWA_DEFAULT_PATTERN[arch][0])
-            swa_layers = swa_pattern(pattern, n_layer) if n_swa else ()
-        return cls(arch=arch, n_layer=n_layer, n_head=n_head, n_head_kv=n_head_kv,
-                   n_expert=scalar("expert_count", 0), n_embd=n_embd, n_ff=n_ff, n_vocab=n_vocab,
-                   key_length=scalar("attention.key_length", head_dim),
-                   value_length=scalar("attention.value_length", head_dim),
-                   n_ctx_train=scalar("context_length", 0),
-                   n_head_layers=head_layers, n_head_kv_layers=kv_layers, n_ff_layers=ff_layers,
-                   n_swa=n_swa, swa_layers=swa_layers, shortconv_l_cache=scalar("shortconv.l_cache", 0))
-
-
-# llama.cpp's sliding-window defaults when a GGUF has no pattern / window key: arch -> (n_pattern: every
-# n-th layer is global, the others slide; window when the key is absent, 0: no sliding window)
-SWA_DEFAULT_PATTERN = {"gemma2": (2, 4096), "gemma3": (6, 0)}
-
-
-def swa_pattern(pattern, n_layer: int) -> tuple[bool, ...]:
-    """Which layers slide, as llama.cpp's ``set_swa_pattern`` reads the pattern key: a per-layer list, or
-    n (layer il slides unless il % n == n - 1; 0: all slide). () when no layer slides."""
-    if isinstance(pattern, (list, tuple)):
-        layers = tuple(bool(x) for x in pattern[:n_layer]) + (False,) * max(0, n_layer - len(pattern))
-    else:
-        n = int(pattern)
-        layers = tuple(n == 0 or il % n < n - 1 for il in range(n_layer))
-    return layers if any(layers) else ()
 
 
 @dataclass

@@ -106,8 +106,8 @@ class GGUFSource:
         return val[0].decode("utf-8", "replace") if val else self.path.stem
 
     def model_info(self):
-        """The hyper-parameters (``slimedge.quant.mixes.ModelInfo``); one-line error naming a missing key."""
-        from ..quant.mixes import ModelInfo
+        """The hyper-parameters (``slimedge.quant.model_info.ModelInfo``); one-line error naming a missing key."""
+        from ..quant.model_info import ModelInfo
 
         values = {k: v[0] for k, v in self.metadata.items()}
         values[Keys.General.ARCHITECTURE] = self.arch

@@ -105,7 +105,7 @@ def main() -> None:
             print(f"(no {exe}: llama-imatrix not measured)")
 
         print(f"\n{args.model.name}, {n_tok} tokens ({args.chunks} chunks x {args.ctx}), {args.threads} threads\n")
-        print(f"| run | wall s | wall tok/s | compute tok/s |\n|---|---:|---:|---:|")
+        print("| run | wall s | wall tok/s | compute tok/s |\n|---|---:|---:|---:|")
         for name, w, wt, ct in rows:
             print(f"| {name} | {w:.2f} | {wt:.0f} | {ct:.0f} |")
         if len(rows) > 1:

@@ -22,7 +22,7 @@ from factory import ARCH_DEFAULTS, MODEL_CLASSES, cached_hf_model
 
 from slimedge.distill.cache import build_cache
 from slimedge.distill.evaluate import evaluate
-from slimedge.distill.losses import HeadTransform, LossSpec, chunked_head_loss
+from slimedge.distill.losses import HeadTransform, LossSpec
 from slimedge.distill.on_policy import sample
 from slimedge.distill.trainer import make_module
 

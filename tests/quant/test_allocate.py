@@ -4,7 +4,6 @@ same-size llama.cpp mix on KL divergence measured through llama.cpp."""
 
 import itertools
 import random
-from pathlib import Path
 
 import pytest
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from slimedge.errors import SlimedgeError
-from slimedge.quant.mixes import ModelInfo
+from slimedge.quant.model_info import ModelInfo
 
 BASE = {"general.architecture": "llama", "llama.block_count": 2, "llama.embedding_length": 64,
         "llama.attention.head_count": 4, "llama.attention.head_count_kv": 2, "llama.feed_forward_length": 128,
