@@ -15,9 +15,9 @@ How:
   ``log(d/d0)`` and ``log(dmin/dmin0)`` (fp32, rounded to fp16 in the forward pass with a straight-through
   estimator, so the forward weights are exactly what the file will hold) and continuous sub-scales/mins
   (rounded and clamped to their integer range, straight-through). Sub-scales get ``sub_lr``.
-* **Model** (:mod:`slimedge.distill.tune_model`). The teacher's transformers architecture (``num_hidden_layers`` from the GGUF's ``block_count``)
-  gets every weight from the GGUF: quantized matrices become :class:`QuantLinear` / :class:`QuantEmbedding`
-  modules, everything else (norms, float tensors) is dequantized and frozen. GGUF names map to HF names through
+* **Model** (:mod:`slimedge.distill.tune_model`). The teacher's transformers architecture (``num_hidden_layers``
+  from the GGUF's ``block_count``) gets every weight from the GGUF: quantized matrices become
+  :class:`QuantLinear` / :class:`QuantEmbedding` modules, everything else (norms, float tensors) is dequantized and frozen. GGUF names map to HF names through
   the converter's own table (:meth:`slimedge.arch.base.Arch.tensors`); the converter's layout transform
   (Llama's q/k rope row permutation) is probed on row indices and inverted — blocks run along rows, so rows
   move whole. An architecture whose transform is not a row permutation is refused.
@@ -92,7 +92,7 @@ class TuneResult:
 
 def _write(cfg: TuneConfig, info, qws, mm) -> None:
     """Copy the GGUF with the tuned tensors' scale fields replaced (same header, same sizes)."""
-    from gguf import GGUFReader, Keys
+    from gguf import GGUF_DEFAULT_ALIGNMENT, GGUFReader, Keys
 
     from ..quant.blockfields import pack, unpack
     from ..source.gguf_src import _field_value
@@ -101,7 +101,9 @@ def _write(cfg: TuneConfig, info, qws, mm) -> None:
     reader = GGUFReader(cfg.gguf, "r")
     with GGUFStreamWriter(cfg.output, arch="", overwrite=cfg.overwrite, alignment=info.alignment) as w:
         for key, f in reader.fields.items():
-            if key.startswith("GGUF.") or (key == Keys.General.ALIGNMENT and key in w._kv):
+            # the writer adds general.alignment itself when it is not the default
+            own = key == Keys.General.ALIGNMENT and info.alignment != GGUF_DEFAULT_ALIGNMENT
+            if key.startswith("GGUF.") or own:
                 continue
             w.add_kv(key, *_field_value(f))
         for t in info.tensors:

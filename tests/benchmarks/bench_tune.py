@@ -75,8 +75,9 @@ def main() -> int:
         assert tuned.stat().st_size == base.stat().st_size
         rows.append((f"{mix} imatrix", bench(base), base.stat().st_size, None))
         rows.append((f"{mix} imatrix + tune", bench(tuned), tuned.stat().st_size, (cost, r)))
-        print(f"# {mix}: KL {rows[-2][1].get('kld_mean')} -> {rows[-1][1].get('kld_mean')}, PPL "
-              f"{rows[-2][1].get('perplexity')} -> {rows[-1][1].get('perplexity')} (F16 {rows[0][1].get('perplexity')}), "
+        b0, b1 = rows[-2][1], rows[-1][1]
+        print(f"# {mix}: KL {b0.get('kld_mean')} -> {b1.get('kld_mean')}, PPL "
+              f"{b0.get('perplexity')} -> {b1.get('perplexity')} (F16 {rows[0][1].get('perplexity')}), "
               f"tune {cost[0]:.0f} s wall / {cost[1]:.0f} s CPU", flush=True)
 
     print(f"\n{'model':<24} {'bytes':>10} {'KL vs F16':>10} {'ratio':>6} {'PPL':>9} {'tune wall/CPU s':>16}  torch KL")

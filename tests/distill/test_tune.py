@@ -1,10 +1,11 @@
 """slimedge tune: learned block scales of a quantized GGUF (slimedge.distill.tune).
 
 Checked: the torch weights equal slimedge.quant.dequantize for the initial fields (every supported type, with
-a row permutation) and write back bit for bit; on a tiny k-quant model, tuning lowers the held-out KL
-divergence to the teacher, keeps the file's size, tensor table and metadata, and llama.cpp runs the tuned
-file with the logits of slimedge's own dequantized forward pass (up to llama.cpp's quantized activations,
-which the untuned file shows equally); the usual bad inputs are one line each.
+a row permutation) and write back bit for bit; on the shipped demo teacher's Q4_K_M, tuning lowers the held-out
+KL divergence to the teacher, keeps the file's size, tensor table, header bytes and metadata; gguf-py reads the
+tuned blocks as slimedge does; llama.cpp runs the tuned weights (as F32) with transformers' logits at F32
+tolerance, and the tuned file itself within llama.cpp's activation-quantization error (as the untuned file);
+an interrupted run resumes to the same bytes; the usual bad inputs (tiny test models) are one line each.
 """
 
 from __future__ import annotations
@@ -176,7 +177,8 @@ def test_bad_inputs(model, tmp_path):
     f16 = convert(hf, tmp_path / "f16.gguf", QuantSpec("F16")) and tmp_path / "f16.gguf"
     with pytest.raises(SlimedgeError, match="no quantized tensor to tune"):
         _tune(hf, d, f16, tmp_path / "x.gguf", steps=0)
-    iq = convert(hf, tmp_path / "iq.gguf", QuantSpec("Q4_K_M", overrides=[("attn_v", "IQ4_NL")])) and tmp_path / "iq.gguf"
+    iq = tmp_path / "iq.gguf"
+    convert(hf, iq, QuantSpec("Q4_K_M", overrides=[("attn_v", "IQ4_NL")]))
     with pytest.raises(SlimedgeError, match=r"blk\.0\.attn_v\.weight is IQ4_NL, which slimedge tune cannot learn"):
         _tune(hf, d, iq, tmp_path / "x.gguf", steps=0)
     assert not (tmp_path / "x.gguf").exists()
