@@ -17,7 +17,8 @@ How:
   (rounded and clamped to their integer range, straight-through). Sub-scales get ``sub_lr``.
 * **Model** (:mod:`slimedge.distill.tune_model`). The teacher's transformers architecture (``num_hidden_layers``
   from the GGUF's ``block_count``) gets every weight from the GGUF: quantized matrices become
-  :class:`QuantLinear` / :class:`QuantEmbedding` modules, everything else (norms, float tensors) is dequantized and frozen. GGUF names map to HF names through
+  :class:`QuantLinear` / :class:`QuantEmbedding` modules, everything else (norms, float tensors) is
+  dequantized and frozen. GGUF names map to HF names through
   the converter's own table (:meth:`slimedge.arch.base.Arch.tensors`); the converter's layout transform
   (Llama's q/k rope row permutation) is probed on row indices and inverted — blocks run along rows, so rows
   move whole. An architecture whose transform is not a row permutation is refused.
