@@ -72,7 +72,7 @@ class _TrainWindow:
 
 
 def make_teacher(work: Path, name: str, train_steps: int, **kw) -> Path:
-    from conftest import train_teacher
+    from distill_kit import train_teacher
     from factory import make_hf_model
 
     dst = work / name
@@ -81,9 +81,9 @@ def make_teacher(work: Path, name: str, train_steps: int, **kw) -> Path:
     src = make_hf_model(work / f"{name}-init", arch="llama", seed=1, **kw)
     if train_steps == 0:
         return src
-    import conftest
+    import distill_kit
 
-    conftest.SEQ = 128
+    distill_kit.SEQ = 128
     text = (work / "corpus.txt").read_text()
     # the teacher never sees the held-out part (the last 10% of the blocks = the end of the text)
     return train_teacher(src, dst, text[: int(len(text) * 0.85)], steps=train_steps)

@@ -42,7 +42,7 @@ def _kl_on_own_samples(student_dir, teacher_dir, prompts, reverse: bool = False)
 def sharp_teacher(tmp_path_factory, corpus_file):
     """conftest's teacher trained 300 steps instead of 60: sharp enough that the student's own
     continuations lead it into states the data does not show."""
-    from conftest import train_teacher
+    from distill_kit import train_teacher
     from factory import cached_hf_model
 
     src = cached_hf_model(arch="llama", num_hidden_layers=4, seed=1)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import corpus_text
+from distill_kit import corpus_text
 from factory import cached_hf_model
 
 from slimedge.convert import convert
