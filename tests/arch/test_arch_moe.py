@@ -177,6 +177,7 @@ def test_stacked_ref_validates_rows():
         StackedRef("s", (3, 2, 3), [Part(R(), 0, 2)])
 
 
+@pytest.mark.slow  # builds and plans a MoE model through the CLI
 def test_dry_run_lists_expert_tensors(tmp_path):
     from factory import cached_hf_model
 

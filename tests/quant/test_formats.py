@@ -77,10 +77,19 @@ def _report(ours: np.ndarray, ref: np.ndarray, type_size: int, x: np.ndarray, bl
             f"{b[worst, first].tolist()}; block amax {np.abs(xb).max():.3g}")
 
 
+# the grid i-quants' NumPy search is slow (~0.05x ggml): their cases run in the full suite only (and
+# tests/quant/test_iquants.py checks them on both backends in the quick loop at smaller sizes)
+_GRID = ("IQ1_", "IQ2_", "IQ3_")
+
+
+def _param(q: str, n: int):
+    return pytest.param(q, n, id=f"{q}-{n}", marks=[pytest.mark.slow] if q.startswith(_GRID) else [])
+
+
 def _params():
     for q in PLAIN + FLOATS:
         for n in _lengths(q):
-            yield pytest.param(q, n, id=f"{q}-{n}")
+            yield _param(q, n)
 
 
 @pytest.mark.parametrize("qtype,n", list(_params()))
@@ -118,7 +127,8 @@ def test_dequantize_random_bytes_like_ggml(qtype):
     np.testing.assert_array_equal(ours, ref)
 
 
-@pytest.mark.parametrize("qtype", PLAIN)
+@pytest.mark.parametrize("qtype", [pytest.param(q, marks=[pytest.mark.slow] if q.startswith(_GRID) else [])
+                                   for q in PLAIN])
 def test_single_block_and_shapes(qtype):
     """One block, a 3-D tensor, and the block API directly give the same bytes as ggml."""
     fmt = get_format(qtype)
@@ -135,7 +145,7 @@ def _imatrix_params():
     for q in ALL:
         bs = block_size(q)
         for n in ([bs, 4 * bs] if q in KQUANTS else [3 * bs, 16 * bs]):  # 256, 1024 / 96, 512
-            yield pytest.param(q, n, id=f"{q}-{n}")
+            yield _param(q, n)
 
 
 @pytest.mark.parametrize("qtype,n", list(_imatrix_params()))

@@ -271,6 +271,7 @@ def test_missing_extension_falls_back_with_a_notice(monkeypatch, caplog):
         qb.set_backend("c")
 
 
+@pytest.mark.slow  # compiles the kernels a second time
 def test_baseline_isa_build_gives_the_same_bytes(tmp_path):
     """The extension runs an AVX2 clone here; a build without multi-versioning for the baseline ISA
     (SSE2 on x86-64: what older CPUs run) must give the same bytes."""
