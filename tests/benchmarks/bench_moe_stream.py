@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _models import tensor_shapes as llama_tensor_shapes  # noqa: E402
 from _models import tinyllama_tokenizer, write_bf16_safetensors  # noqa: E402
 
 MIXTRAL = dict(vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_attention_heads=32,
@@ -40,19 +41,19 @@ def mixtral_config(scale: float, layers: int, experts: int) -> dict:
 
 
 def tensor_shapes(cfg: dict) -> list[tuple[str, tuple[int, ...]]]:
-    h, f, v, e = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"], cfg["num_local_experts"]
-    kv = h // cfg["num_attention_heads"] * cfg["num_key_value_heads"]
-    out = [("model.embed_tokens.weight", (v, h))]
-    for i in range(cfg["num_hidden_layers"]):
-        p = f"model.layers.{i}."
-        out += [(p + "input_layernorm.weight", (h,)), (p + "self_attn.q_proj.weight", (h, h)),
-                (p + "self_attn.k_proj.weight", (kv, h)), (p + "self_attn.v_proj.weight", (kv, h)),
-                (p + "self_attn.o_proj.weight", (h, h)), (p + "post_attention_layernorm.weight", (h,)),
-                (p + "block_sparse_moe.gate.weight", (e, h))]
-        for x in range(e):
-            q = f"{p}block_sparse_moe.experts.{x}."
-            out += [(q + "w1.weight", (f, h)), (q + "w2.weight", (h, f)), (q + "w3.weight", (f, h))]
-    return out + [("model.norm.weight", (h,)), ("lm_head.weight", (v, h))]
+    """_models.tensor_shapes' Llama layout with each layer's MLP replaced by a router and per-expert w1/w2/w3."""
+    h, f, e = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_local_experts"]
+    out = []
+    for name, shape in llama_tensor_shapes(cfg):
+        if ".mlp.gate_proj." in name:  # the first of a layer's three MLP tensors: the MoE block instead
+            p = name.split("mlp.")[0]
+            out.append((p + "block_sparse_moe.gate.weight", (e, h)))
+            for x in range(e):
+                q = f"{p}block_sparse_moe.experts.{x}."
+                out += [(q + "w1.weight", (f, h)), (q + "w2.weight", (h, f)), (q + "w3.weight", (f, h))]
+        elif ".mlp." not in name:
+            out.append((name, shape))
+    return out
 
 
 _HWM = ("import atexit, runpy, sys\n"
