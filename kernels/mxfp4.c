@@ -22,25 +22,50 @@ SE_INLINE uint8_t se_mxfp4_exponent(float amax) {
     return (uint8_t)((int32_t)(l - 2 + 127) & 0xFF);
 }
 
+/* ggml's scan for one block, for the blocks the midpoint path leaves out */
+SE_INLINE void se_mxfp4_block_scan(const float *x, se_block_mxfp4 *y, uint8_t e) {
+    const float d = se_e8m0_half(e);
+    float a[SE_QK], best[SE_QK], idx[SE_QK];
+    SE_LANES for (int j = 0; j < SE_QK; ++j) { a[j] = fabsf(x[j]); best[j] = a[j]; idx[j] = 0.0f; }
+    for (int c = 1; c < 8; ++c) { /* candidate magnitudes in ggml's order; first minimum kept */
+        const float m = (float)se_kvalues_mxfp4[c] * d;
+        SE_LANES for (int j = 0; j < SE_QK; ++j) {
+            const float err = fabsf(m - a[j]);
+            idx[j] = err < best[j] ? (float)c : idx[j];
+            best[j] = err < best[j] ? err : best[j];
+        }
+    }
+    uint8_t q[SE_QK];
+    SE_LANES for (int j = 0; j < SE_QK; ++j) q[j] = (uint8_t)(int)(x[j] < 0.0f && idx[j] > 0.0f ? idx[j] + 8.0f : idx[j]);
+    y->e = e;
+    for (int j = 0; j < 16; ++j) y->qs[j] = (uint8_t)(q[j] | (q[j + 16] << 4));
+}
+
 SE_MULTIVERSION
 void se_quantize_mxfp4(const float *x, void *vy, int64_t k) {
     se_block_mxfp4 *y = (se_block_mxfp4 *)vy;
     const int64_t nb = k / SE_QK;
     for (int64_t i = 0; i < nb; ++i, x += SE_QK) {
-        const uint8_t e = se_mxfp4_exponent(se_amax_n(x, SE_QK));
-        const float d = se_e8m0_half(e);
-        float a[SE_QK], best[SE_QK], idx[SE_QK];
-        SE_LANES for (int j = 0; j < SE_QK; ++j) { a[j] = fabsf(x[j]); best[j] = a[j]; idx[j] = 0.0f; }
-        for (int c = 1; c < 8; ++c) { /* candidate magnitudes in ggml's order; first minimum kept */
-            const float m = (float)se_kvalues_mxfp4[c] * d;
-            SE_LANES for (int j = 0; j < SE_QK; ++j) {
-                const float err = fabsf(m - a[j]);
-                idx[j] = err < best[j] ? (float)c : idx[j];
-                best[j] = err < best[j] ? err : best[j];
-            }
+        const float amax = se_amax_n(x, SE_QK);
+        const uint32_t ab = se_f32_bits(amax), f = ab >> 23;
+        if (f < 2 || f > 254 || (ab & 0x7FFFFFu) >= 0x7FF000u) { /* see the header comment */
+            se_mxfp4_block_scan(x, &y[i], se_mxfp4_exponent(amax));
+            continue;
         }
+        const uint8_t e = (uint8_t)(f - 2); /* 0..252 */
+        const float d = se_e8m0_half(e);
+        /* the midpoints between consecutive magnitudes, times d: exact (d is a power of two >= 2^-128) */
+        const float t0 = 0.5f * d, t1 = 1.5f * d, t2 = 2.5f * d, t3 = 3.5f * d, t4 = 5.0f * d, t5 = 7.0f * d,
+                    t6 = 10.0f * d;
+        uint32_t xb[SE_QK];
+        memcpy(xb, x, sizeof xb);
         uint8_t q[SE_QK];
-        SE_LANES for (int j = 0; j < SE_QK; ++j) q[j] = (uint8_t)(int)(x[j] < 0.0f && idx[j] > 0.0f ? idx[j] + 8.0f : idx[j]);
+        SE_LANES for (int j = 0; j < SE_QK; ++j) {
+            const float a = se_bits_f32(xb[j] & 0x7FFFFFFFu);
+            const uint32_t n = (uint32_t)(a > t0) + (uint32_t)(a > t1) + (uint32_t)(a > t2) + (uint32_t)(a > t3) +
+                               (uint32_t)(a > t4) + (uint32_t)(a > t5) + (uint32_t)(a > t6);
+            q[j] = (uint8_t)(n | ((uint32_t)(n != 0) & (xb[j] >> 31)) << 3);
+        }
         y[i].e = e;
         for (int j = 0; j < 16; ++j) y[i].qs[j] = (uint8_t)(q[j] | (q[j + 16] << 4));
     }
