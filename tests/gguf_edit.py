@@ -29,8 +29,8 @@ def edit_gguf(src: Path, dst: Path, set: dict | None = None, drop: set | frozens
     for key, args in changes.items():  # keys that were not there before
         w.add_key_value(key, *args)
     for t in reader.tensors:
-        w.add_tensor(t.name, np.asarray(t.data), raw_shape=list(reversed(t.shape.tolist())),
-                     raw_dtype=gguf.GGMLQuantizationType(t.tensor_type))
+        data = np.asarray(t.data)  # numpy order; bytes per row for a quantized type (gguf-py's byte shape)
+        w.add_tensor(t.name, data, raw_shape=list(data.shape), raw_dtype=gguf.GGMLQuantizationType(t.tensor_type))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

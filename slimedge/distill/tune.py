@@ -288,9 +288,9 @@ def tune(cfg: TuneConfig, progress: Progress = NULL_PROGRESS) -> TuneResult:
     info = read_info(cfg.gguf)
     teacher_cfg, tokenizer = load_teacher_meta(cfg.teacher)
     check_vocab(info, tokenizer, teacher_cfg, cfg.gguf, cfg.teacher)
-    entries, n_layers = _entries(info, cfg.teacher, cfg.gguf)
+    entries, scfg = _entries(info, teacher_cfg, cfg.teacher, cfg.gguf)
     mm = np.memmap(cfg.gguf, dtype=np.uint8, mode="r")
-    model, qws = _build(cfg, info, entries, n_layers, teacher_cfg, mm)
+    model, qws = _build(cfg, info, entries, scfg, mm)
     low = sum(q.rows * q.cols for q in qws.values()) * 4 > cfg.float_mb << 20
     for q in qws.values():
         q.low_memory = low
@@ -320,8 +320,8 @@ def tune(cfg: TuneConfig, progress: Progress = NULL_PROGRESS) -> TuneResult:
 
     kl_before = _mean_kl(model, teacher_held, held, cfg.batch_size, device)
     sub_lr = cfg.sub_lr if cfg.sub_lr is not None else 20 * cfg.lr
-    # a fewer-layer student has no float reference to warm-start against
-    if cfg.warm_steps and not cfg.resume and n_layers == teacher_cfg.num_hidden_layers:
+    # a student has no float reference to warm-start against
+    if cfg.warm_steps and not cfg.resume and scfg is teacher_cfg:
         names = {e.hf.rsplit(".", 1)[0] for e in entries if e.name in qws}
         grams = _input_grams(teacher, names, train[:min(n_train, cfg.warm_blocks)], cfg.batch_size, device)
         left = _warm_start(qws, entries, teacher, grams, cfg.warm_steps, 10 * cfg.lr, 10 * sub_lr, progress)

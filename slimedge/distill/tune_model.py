@@ -4,10 +4,13 @@
   integer sub-scales/mins rounded straight-through; its weight equals ``slimedge.quant.dequantize`` bit for bit
   for the initial fields), :class:`QuantLinear` and :class:`QuantEmbedding` (activation-checkpointed when
   ``low_memory``, so backward rebuilds one float matrix at a time).
-* :func:`_entries` — every GGUF tensor matched to the teacher's converter table (name, shape, HF weight) and the
-  inverse of the converter's row permutation (probed on row indices; anything else is refused);
+* :func:`student_config_of` — the transformers config of the model in the GGUF: the teacher's at the GGUF's depth,
+  or the widths the GGUF states (a student distilled with other hidden/feed-forward/head sizes), each checked by
+  matching every tensor against the converter's table for that config (built on a meta-device model: no weights);
+  :func:`_entries` — every GGUF tensor's HF name and the inverse of the converter's row permutation (probed on row
+  indices; anything else is refused);
   :func:`check_vocab` — the GGUF's token list against the teacher's tokenizer.
-* :func:`_build` — the teacher's transformers architecture (the GGUF's depth) with every weight from the GGUF:
+* :func:`_build` — that transformers architecture with every weight from the GGUF:
   quantized matrices as QuantLinear/QuantEmbedding, all else dequantized and frozen.
 """
 
@@ -176,33 +179,98 @@ def check_vocab(info, tokenizer, teacher_cfg, path: str, teacher: str) -> None:
                             "the teacher this GGUF was made from")
 
 
-def _entries(info, teacher: str, path: str) -> tuple[list[_Entry], int]:
-    """GGUF tensor -> HF name and row order, checked against the teacher's converter table; GGUF layers."""
-    from ..arch import get_arch
-    from ..source.hf import HFSource
+@dataclass
+class _ShapeRef:
+    """A tensor of the student's transformers model, by shape only (what the converter's table matcher reads)."""
 
-    source = HFSource(teacher)
-    arch = get_arch(source.config, f"{teacher}/config.json")
-    if info.arch != arch.arch:
-        raise SlimedgeError(f"{path}: a {info.arch!r} model, but teacher {teacher} converts to {arch.arch!r}; give "
-                            "the teacher this GGUF was made from")
-    table = {t.name: t for t in arch.tensors(source)}
-    n_layers = int(info.metadata.get(f"{info.arch}.block_count", arch.hp.n_layer))
-    if n_layers > arch.hp.n_layer:
-        raise SlimedgeError(f"{path}: {n_layers} layers, more than teacher {teacher}'s {arch.hp.n_layer}; not a "
-                            "model of this teacher")
-    out = []
+    hf: str
+    shape: tuple[int, ...]
+    file: str = "the student"
+
+    @property
+    def where(self) -> str:
+        return f"{self.hf} in {self.file}"
+
+    @property
+    def n_rows(self) -> int:
+        return int(np.prod(self.shape[:-1])) if len(self.shape) > 1 else 1
+
+
+def _table(scfg, teacher_cfg, teacher: str) -> tuple[object, dict]:
+    """(converter arch, GGUF name -> OutTensor) of a transformers config, from its model's shapes (no weights)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from ..arch import get_arch
+
+    config = dict(scfg.to_dict(), architectures=list(getattr(teacher_cfg, "architectures", None) or []))
+    arch = get_arch(config, f"{teacher}/config.json")
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(scfg)
+    refs = {k: _ShapeRef(k, tuple(v.shape)) for k, v in model.state_dict().items()}
+    source = type("ShapeSource", (), {"config": config, "tensors": refs, "model_dir": teacher})()
+    return arch, {t.name: t for t in arch.tensors(source)}
+
+
+def _mismatch(info, table) -> tuple[str, str] | None:
     for t in info.tensors:
         ref = table.get(t.name)
         if ref is None or tuple(ref.shape) != tuple(t.shape):
-            want = f"shape {list(ref.shape)}" if ref is not None else "no such tensor"
-            raise SlimedgeError(f"{path}: tensor {t.name} {list(t.shape)} does not match teacher {teacher} ({want}); "
-                                "tune takes a GGUF of the teacher or of a fewer-layer student distilled from it")
+            return t.name, (f"shape {list(ref.shape)}" if ref is not None else "no such tensor")
+    return None
+
+
+def student_config_of(info, teacher_cfg, teacher: str, path: str):
+    """(transformers config of the model in the GGUF, converter arch, its table), checked against the teacher.
+
+    The teacher's own shape at the GGUF's depth when every tensor fits it; else (a student distilled with
+    another width) the widths the GGUF states (embedding, feed-forward, head counts, key length).
+    """
+    from ..arch import get_arch
+    from ..quant.model_info import ModelInfo
+    from .student import student_config
+
+    t_arch = get_arch(dict(teacher_cfg.to_dict()), f"{teacher}/config.json")
+    if info.arch != t_arch.arch:
+        raise SlimedgeError(f"{path}: a {info.arch!r} model, but teacher {teacher} converts to {t_arch.arch!r}; give "
+                            "the teacher this GGUF was made from")
+    n_layers = int(info.metadata.get(f"{info.arch}.block_count", t_arch.hp.n_layer))
+    if n_layers > t_arch.hp.n_layer:
+        raise SlimedgeError(f"{path}: {n_layers} layers, more than teacher {teacher}'s {t_arch.hp.n_layer}; not a "
+                            "model of this teacher")
+    scfg = student_config(teacher_cfg, layers=n_layers) if n_layers != teacher_cfg.num_hidden_layers else teacher_cfg
+    arch, table = _table(scfg, teacher_cfg, teacher)
+    first = _mismatch(info, table)
+    if first is None:
+        return scfg, arch, table
+    mi = ModelInfo.from_metadata(info.metadata, path)
+    if mi.n_head_layers or mi.n_head_kv_layers or mi.n_ff_layers or not mi.n_embd:
+        wide = None  # per-layer widths: no transformers config of this family states them
+    else:
+        wide = student_config(teacher_cfg, layers=n_layers, hidden=mi.n_embd, intermediate=mi.n_ff or None,
+                              heads=mi.n_head, kv_heads=mi.n_head_kv)
+        if mi.key_length and getattr(wide, "head_dim", None) is not None:
+            wide.head_dim = mi.key_length
+        w_arch, w_table = _table(wide, teacher_cfg, teacher)
+        if _mismatch(info, w_table) is None:
+            return wide, w_arch, w_table
+    name, want = first
+    shape = next(list(t.shape) for t in info.tensors if t.name == name)
+    raise SlimedgeError(f"{path}: tensor {name} {shape} does not match teacher {teacher} ({want}) nor the widths "
+                        "its own metadata states; tune takes a GGUF of the teacher or of a student distilled from it")
+
+
+def _entries(info, teacher_cfg, teacher: str, path: str) -> tuple[list[_Entry], object]:
+    """GGUF tensor -> HF name and row order, checked against the converter's table; the model's config."""
+    scfg, arch, table = student_config_of(info, teacher_cfg, teacher, path)
+    out = []
+    for t in info.tensors:
+        ref = table[t.name]
         generated = ref.origin.startswith("generated")
         hf = None if generated else ref.origin.rsplit(" in ", 1)[0]
         perm = None if generated else _row_permutation(arch, t.name, tuple(t.shape))
         out.append(_Entry(t.name, hf, None if perm is None else np.argsort(perm)))
-    return out, n_layers
+    return out, scfg
 
 
 def _raw(mm: np.ndarray, t) -> np.ndarray:
@@ -211,18 +279,15 @@ def _raw(mm: np.ndarray, t) -> np.ndarray:
     return np.asarray(mm[t.offset:t.offset + t.n_bytes]).reshape(rows, -1)
 
 
-def _build(cfg, info, entries, n_layers: int, teacher_cfg, mm):
-    """The quantized student in torch: {GGUF name: QuantWeight} and the model."""
+def _build(cfg, info, entries, scfg, mm):
+    """The quantized model in torch (transformers config ``scfg``): the model and {GGUF name: QuantWeight}."""
     import torch
     from transformers import AutoModelForCausalLM
 
     from ..quant import dequantize
     from ..quant.blockfields import SUPPORTED, unpack
     from ..quant.types import FLOAT_TYPES
-    from .student import student_config
-
     QuantWeight, QuantLinear, QuantEmbedding = _modules()
-    scfg = student_config(teacher_cfg, layers=n_layers) if n_layers != teacher_cfg.num_hidden_layers else teacher_cfg
     model = AutoModelForCausalLM.from_config(scfg, dtype=torch.float32)
     params = dict(model.named_parameters(remove_duplicate=False))
     loaded: set[str] = set()

@@ -114,8 +114,8 @@ def test_tune_lowers_kl_keeps_the_file_and_runs_in_llama_cpp(demo):
     def torch_logits(path, tokens):
         cfg, tok = load_teacher_meta(str(hf))
         info = read_info(path)
-        entries, n = _entries(info, str(hf), str(path))
-        m, _ = _build(TuneConfig(str(path), str(hf), "", ""), info, entries, n, cfg,
+        entries, scfg = _entries(info, cfg, str(hf), str(path))
+        m, _ = _build(TuneConfig(str(path), str(hf), "", ""), info, entries, scfg,
                       np.memmap(path, dtype=np.uint8, mode="r"))
         with torch.no_grad():
             return m.eval()(torch.tensor([tokens])).logits[0].numpy()
@@ -172,8 +172,15 @@ def test_bad_inputs(model, tmp_path):
         _tune(hf, d, g3, tmp_path / "x.gguf", steps=0)
     wide = cached_hf_model(arch="llama", kquant=True, intermediate_size=768)
     gw = convert(wide, tmp_path / "wide.gguf", QuantSpec("Q4_K_M")) and tmp_path / "wide.gguf"
-    with pytest.raises(SlimedgeError, match=r"tensor blk\.0\.ffn_\w+\.weight .* does not match teacher"):
-        _tune(hf, d, gw, tmp_path / "x.gguf", steps=0)
+    # its metadata says another feed-forward width than its tensors have: neither the teacher nor itself
+    import gguf
+    from gguf_edit import edit_gguf
+
+    lying = edit_gguf(gw, tmp_path / "lying.gguf",
+                      set={"llama.feed_forward_length": (640, gguf.GGUFValueType.UINT32, None)})
+    with pytest.raises(SlimedgeError, match=r"tensor blk\.0\.ffn_\w+\.weight .* does not match teacher .* nor the "
+                                            r"widths its own metadata states"):
+        _tune(hf, d, lying, tmp_path / "x.gguf", steps=0)
     f16 = convert(hf, tmp_path / "f16.gguf", QuantSpec("F16")) and tmp_path / "f16.gguf"
     with pytest.raises(SlimedgeError, match="no quantized tensor to tune"):
         _tune(hf, d, f16, tmp_path / "x.gguf", steps=0)
@@ -231,3 +238,33 @@ def test_interrupted_run_resumes_to_the_same_file(model, tmp_path):
     cfg.steps, cfg.overwrite = 7, True
     with pytest.raises(SlimedgeError, match="no checkpoint"):
         tune(cfg)
+
+
+@pytest.mark.slow
+def test_a_student_of_another_width_tunes(model, tmp_path):
+    # one layer, 2 query heads / 1 kv head of 128, feed-forward 768: the widths come from the GGUF's metadata and
+    # Llama's q/k rows are un-permuted with the student's head count
+    from slimedge.distill.api import load_teacher_meta
+    from slimedge.distill.tune import _build, _entries, TuneConfig
+
+    hf, d, _ = model
+    student = cached_hf_model(arch="llama", kquant=True, num_hidden_layers=1, num_attention_heads=2,
+                              num_key_value_heads=1, intermediate_size=768, seed=3)
+    cfg, _tok = load_teacher_meta(str(hf))
+    f32 = convert(student, tmp_path / "s8.gguf", QuantSpec("Q8_0")) and tmp_path / "s8.gguf"
+    info = read_info(f32)
+    entries, scfg = _entries(info, cfg, str(hf), str(f32))
+    assert (scfg.num_hidden_layers, scfg.num_attention_heads, scfg.num_key_value_heads, scfg.intermediate_size) == \
+        (1, 2, 1, 768)
+    m, _ = _build(TuneConfig(str(f32), str(hf), "", ""), info, entries, scfg, np.memmap(f32, dtype=np.uint8, mode="r"))
+    from transformers import AutoModelForCausalLM
+
+    ref = AutoModelForCausalLM.from_pretrained(str(student), dtype=torch.float32).eval()
+    x = torch.tensor([[1, 5, 9, 2, 7, 3, 8, 4]])
+    with torch.no_grad():  # the student's own logits up to Q8_0 rounding: every weight and row order read back
+        a, b = m.eval()(x).logits, ref(x).logits
+    assert float((a - b).norm() / b.norm()) < 0.05  # 0.022 here; the teacher-shaped model: 0.028
+    q = convert(student, tmp_path / "s.gguf", QuantSpec("Q4_K_M")) and tmp_path / "s.gguf"
+    r = _tune(hf, d, q, tmp_path / "t.gguf", steps=8, max_blocks=16, eval_blocks=2, lr=1e-2)
+    assert r.kl_after < r.kl_before, r
+    assert (tmp_path / "t.gguf").stat().st_size == q.stat().st_size
