@@ -13,6 +13,9 @@ over all blocks. Block (17 bytes): ``e:u8`` (E8M0 exponent), ``qs[16]`` (nibble 
 * Each weight takes the first index ``i`` minimizing ``fabsf(kvalues[i]*d - x)``. The products are exact and
   ``|-k*d - x| = |k*d - |x||`` exactly, so the search runs over the 8 magnitudes on ``|x|`` and a negative
   ``x`` takes the negative entry (index + 8) unless zero wins -- the same first minimum as ggml's 16-way scan.
+* That first minimum is the number of midpoints between consecutive magnitudes (0.5, 1.5, 2.5, 3.5, 5, 7, 10
+  times ``d``) strictly below ``|x|`` (see ``midpoint_index``); ``best_index`` (the bracketing search) takes
+  the blocks where ``12 d`` overflows or ``2/d`` is not a normal float32 (``e < 3`` or ``e > 252``).
 
 Importance weights are ignored, as ggml's ``quantize_mxfp4`` does.
 """
@@ -74,14 +77,44 @@ def best_index(x: np.ndarray, e: np.ndarray) -> np.ndarray:
     return idx + np.where((x < 0) & (idx > 0), np.uint8(8), np.uint8(0))
 
 
+# ggml's index for |x| = n d / 2 - t (0 <= t < d/2), n = 0..32: the midpoints 1, 3, 5, 7, 10, 14, 20 (in d/2) below
+# n; then the same for a negative x: index + 8 unless 0 (keys 33..65)
+_BY_HALF_D = np.array([sum(n > m for m in (1, 3, 5, 7, 10, 14, 20)) for n in range(33)], np.uint8)
+_BY_HALF_D = np.concatenate([_BY_HALF_D, np.where(_BY_HALF_D > 0, _BY_HALF_D + 8, 0).astype(np.uint8)])
+
+
+def midpoint_index(x: np.ndarray, a: np.ndarray, e: np.ndarray) -> np.ndarray:
+    """``best_index(x, e)`` for the blocks with ``3 <= e <= 252`` (``a = |x|``; garbage in the other rows).
+
+    There the products ``k d`` are finite and exact, the differences to the two magnitudes around ``|x|``
+    are exact (both are multiples of ulp(|x|) and at most ``|x|``), and every other magnitude is at least
+    ``d`` farther, so the first minimum of ggml's scan is the lower neighbour unless ``|x|`` lies strictly
+    above their midpoint: the index counts the midpoints strictly below ``|x|``. ``y = 2|x|/d`` is exact
+    (``2/d = 2^(129-e)`` is a normal float32) or rounded in the subnormal range, far below the first
+    midpoint (1); the midpoints are integers, so "m < y" is "m < ceil(y)", and ``ceil(y) <= 32``."""
+    two_over_d = ((256 - e.astype(np.uint32)) << 23).astype(np.uint32).view(_F)
+    y = np.multiply(a, two_over_d[:, None])
+    np.ceil(y, out=y)
+    key = y.astype(np.uint8)
+    key += (x < 0).view(np.uint8) * np.uint8(33)
+    return np.take(_BY_HALF_D, key)
+
+
 class MXFP4(QuantFormat, qtype=T.MXFP4):
     @chunked(CHUNK_BLOCKS)
     def quantize_blocks(cls, x, w=None):  # importance weights ignored, as ggml does
         x = np.asarray(x, _F)
-        e = shared_exponent(np.max(np.abs(x), axis=1))
+        a = np.abs(x)
+        e = shared_exponent(np.max(a.view(np.uint32), axis=1).view(_F))  # the bits of |x| order as |x| does
         with np.errstate(over="ignore", invalid="ignore"):
-            q = best_index(x, e)
-        return np.concatenate([e[:, None], q[:, :16] | (q[:, 16:] << 4)], axis=1)
+            q = midpoint_index(x, a, e)
+            odd = np.flatnonzero((e < 3) | (e > 252))
+            if odd.size:
+                q[odd] = best_index(x[odd], e[odd])
+        out = np.empty((x.shape[0], 17), np.uint8)
+        out[:, 0] = e
+        np.bitwise_or(q[:, :16], q[:, 16:] << 4, out=out[:, 1:])
+        return out
 
     @classmethod
     def dequantize_blocks(cls, q):
