@@ -48,12 +48,15 @@ def cli(gguf_file: Path, teacher: str, data: str, data_field: str, out: Path, st
     d, dmin, 6-bit sub-scales and mins; Q6_K: d and 8-bit sub-scales; Q2_K/Q3_K likewise; Q8_0/Q4_0/Q5_0:
     the block scale; Q4_1/Q5_1: scale and min) by gradient descent on the KL divergence from the teacher on
     the calibration data. The output has the same size, tensor types and metadata and runs in stock
-    llama.cpp. QUANT.gguf is a GGUF of the teacher (or of a fewer-layer student distilled from it).
+    llama.cpp. QUANT.gguf is a GGUF of the teacher or of a student distilled from it (fewer layers, other
+    widths). Under torchrun every process takes its share of each step's blocks; process 0 writes.
 
     \b
     Examples:
       slimedge convert ./teacher -o q4km.gguf --type Q4_K_M --imatrix imatrix.gguf
       slimedge tune q4km.gguf --teacher ./teacher --data train.txt -o q4km-tuned.gguf --steps 300
+      torchrun --nproc-per-node 4 -m slimedge tune q4km.gguf --teacher ./teacher --data corpus/ \\
+          -o q4km-tuned.gguf --device cuda --batch-size 16
     """
     from ..distill.tune import TuneConfig, tune
 
@@ -63,6 +66,8 @@ def cli(gguf_file: Path, teacher: str, data: str, data_field: str, out: Path, st
                         device=device, threads=threads, seed=seed, overwrite=overwrite, data_field=data_field,
                         resume=resume),
              make_progress(quiet))
+    if not r.output:  # a non-zero rank under torchrun
+        return
     if not quiet:
         types = ", ".join(f"{n} {t}" for t, n in sorted(r.tuned.items()))
         click.echo(f"wrote {out}: tuned {types} tensors ({r.frozen} kept); held-out KL vs teacher "

@@ -154,6 +154,26 @@ class _Dist:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    def all_reduce_(self, tensor):
+        """Sum ``tensor`` over the processes, in place (every process gets the same bits)."""
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(tensor)
+        return tensor
+
+    def broadcast_(self, tensor, src: int):
+        """``tensor`` of process ``src`` into every process's ``tensor``, in place."""
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.broadcast(tensor, src=src)
+        return tensor
+
+    def mine(self, i: int) -> bool:
+        """Whether chunk ``i`` of a work list split round-robin over the processes is this process's."""
+        return i % self.world == self.rank
+
     def close(self) -> None:
         if self.owned:
             import torch.distributed as dist

@@ -118,87 +118,6 @@ def _write(cfg: TuneConfig, info, qws, mm) -> None:
     del reader
 
 
-# ---- layer-wise warm start ----------------------------------------------------------------------------
-
-def _input_grams(teacher, names: set[str], blocks, batch: int, device) -> dict[str, object]:
-    """HF module name -> mean ``x^T x`` of its inputs over the blocks (teacher activations, fp32)."""
-    import torch
-
-    grams: dict[str, object] = {}
-    count = [0]
-    hooks = []
-
-    def hook(name):
-        def f(_m, args):
-            x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
-            g = x.T @ x
-            grams[name] = g if name not in grams else grams[name] + g
-        return f
-
-    for name, m in teacher.named_modules():
-        if name in names and isinstance(m, torch.nn.Linear):
-            hooks.append(m.register_forward_pre_hook(hook(name)))
-    try:
-        with torch.no_grad():
-            for i in range(0, len(blocks), batch):
-                x = torch.as_tensor(np.asarray(blocks[i:i + batch]), device=device)
-                teacher(input_ids=x)
-                count[0] += x.numel()
-    finally:
-        for h in hooks:
-            h.remove()
-    return {k: v / max(count[0], 1) for k, v in grams.items()}
-
-
-def _warm_start(qws: dict, entries, teacher, grams: dict, steps: int, lr: float, sub_lr: float,
-                progress: Progress) -> dict[str, float]:
-    """Each matrix alone: minimise its output error ``tr(E G E^T)`` (``E = W_q - W_teacher``, ``G`` the input
-    Gram matrix) over its block fields; a matrix whose error does not fall keeps its fields. Returns the
-    relative error left per tensor."""
-    import torch
-
-    tparams = dict(teacher.named_parameters())
-    hf_of = {e.name: e.hf for e in entries}
-    left: dict[str, float] = {}
-    progress.start(len(qws), unit="tensors", desc="warm start")
-    try:
-        for name, qw in qws.items():
-            hf = hf_of[name]
-            g = grams.get(hf.rsplit(".", 1)[0])
-            if g is None or hf not in tparams:
-                progress.update(1, label=name)
-                continue
-            w_t = tparams[hf].detach().float()
-            start = {k: v.detach().clone() for k, v in qw.state_dict().items()}
-
-            def err():
-                e = qw() - w_t
-                return ((e @ g) * e).sum()
-
-            with torch.no_grad():
-                e0 = float(err())
-            groups = [{"params": qw.scale_parameters(), "lr": lr}]
-            if qw.sub_parameters():
-                groups.append({"params": qw.sub_parameters(), "lr": sub_lr})
-            opt = torch.optim.Adam(groups)
-            for _ in range(steps):
-                loss = err() / max(e0, 1e-30)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                qw.clamp_()
-            with torch.no_grad():
-                e1 = float(err())
-            if not e1 < e0:
-                qw.load_state_dict(start)
-                e1 = e0
-            left[name] = e1 / max(e0, 1e-30)
-            progress.update(1, label=name)
-    finally:
-        progress.close()
-    return left
-
-
 # ---- checkpoints ----------------------------------------------------------------------------------
 
 def checkpoint_path(cfg: TuneConfig) -> str:
@@ -249,42 +168,106 @@ def _logprobs(model, x):
     return torch.log_softmax(model(input_ids=x).logits.float(), -1)
 
 
-def _mean_kl(model, teacher_lp, blocks, batch: int, device) -> float:
+def _mean_kl(model, teacher_lp, blocks, batch: int, device, dist) -> float:
+    """Mean per-token KL(teacher || model) over ``blocks``: batch ``c`` on process ``c % world``, summed."""
     import torch
 
     from .losses import divergence
 
-    tot, n = 0.0, 0
+    acc = torch.zeros(2, dtype=torch.float64, device=device)
     with torch.no_grad():
-        for i in range(0, len(blocks), batch):
+        for c, i in enumerate(range(0, len(blocks), batch)):
+            if not dist.mine(c):
+                continue
             x = torch.as_tensor(np.asarray(blocks[i:i + batch]), device=device)
             t = teacher_lp(i, x)
             s = _logprobs(model, x)
             kl = divergence(t.reshape(-1, t.shape[-1]), s.reshape(-1, s.shape[-1]), "fkl")
-            tot += float(kl.sum())
-            n += kl.numel()
+            acc += torch.stack([kl.double().sum(), torch.tensor(float(kl.numel()), dtype=torch.float64,
+                                                                device=device)])
+    tot, n = dist.all_reduce_(acc).tolist()
     return tot / max(n, 1)
 
 
-def tune(cfg: TuneConfig, progress: Progress = NULL_PROGRESS) -> TuneResult:
-    """Tune ``cfg.gguf`` against ``cfg.teacher`` on ``cfg.data``; writes ``cfg.output`` (see the module docstring)."""
+def _teacher_cache(teacher, train, n_train: int, cfg: TuneConfig, vocab: int, device, dist):
+    """The teacher's log-probs of every training block ``[n_train, seq, vocab]`` when they fit ``cache_mb``, else
+    None. Batch ``c`` (always the same blocks, as one process would run them) on process ``c % world``, then
+    broadcast, so every process holds the same cache."""
     import torch
 
-    from ..gguf_info import read_info
-    from ..writer import check_output_path
-    from .api import load_teacher_meta, load_teacher_model
-    from .data import prepare
+    if n_train * cfg.seq_len * vocab * 4 > cfg.cache_mb << 20:
+        return None
+    cache = torch.empty((n_train, cfg.seq_len, vocab), dtype=torch.float32, device=device)
+    spans = [(i, min(i + cfg.batch_size, n_train)) for i in range(0, n_train, cfg.batch_size)]
+    with torch.no_grad():
+        for c, (i, j) in enumerate(spans):
+            if dist.mine(c):
+                cache[i:j] = _logprobs(teacher, torch.as_tensor(train[i:j], device=device))
+    for c, (i, j) in enumerate(spans):
+        dist.broadcast_(cache[i:j], src=c % dist.world)
+    return cache
 
-    t0 = time.monotonic()
+
+def _all_reduce_grads(params, dist) -> None:
+    """Sum the gradients over the processes (one flat buffer); a parameter without a gradient counts as zero."""
+    import torch
+
+    if dist.world == 1:
+        return
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
+    dist.all_reduce_(flat)
+    at = 0
+    for p in params:
+        n = p.numel()
+        p.grad = flat[at:at + n].view_as(p).clone()
+        at += n
+
+
+def tune(cfg: TuneConfig, progress: Progress = NULL_PROGRESS) -> TuneResult:
+    """Tune ``cfg.gguf`` against ``cfg.teacher`` on ``cfg.data``; writes ``cfg.output`` (see the module docstring).
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) every process holds the model and the teacher and takes its share of
+    each step's calibration blocks (``batch_size`` blocks in all); gradients are summed, so every process makes
+    the same update; process 0 writes the output and checkpoints, and gets the result (the others get one
+    with ``output=""``).
+    """
+    import torch
+
+    from ..writer import check_output_path
+    from .api import _Dist
+
     check_output_path(__import__("pathlib").Path(cfg.output), cfg.overwrite)
     if cfg.steps < 0 or cfg.batch_size < 1 or cfg.seq_len < 2:
         raise SlimedgeError("tune: --steps must be >= 0, --batch-size >= 1, --seq-len >= 2")
+    cuda = cfg.device.startswith("cuda")
+    if cuda and not torch.cuda.is_available():
+        raise SlimedgeError("--device cuda: no CUDA device is available to torch; use --device cpu")
+    dist = _Dist(cuda)
+    try:
+        if cfg.batch_size < dist.world:
+            raise SlimedgeError(f"--batch-size {cfg.batch_size} is smaller than the {dist.world} processes: each "
+                                "process needs at least one block per step; raise --batch-size")
+        return _tune(cfg, dist, progress if dist.rank == 0 else NULL_PROGRESS)
+    finally:
+        dist.close()
+
+
+def _tune(cfg: TuneConfig, dist, progress: Progress) -> TuneResult:
+    import torch
+
+    from ..gguf_info import read_info
+    from .api import load_teacher_meta, load_teacher_model
+    from .data import prepare
+    from .losses import divergence
+    from .tune_warm import input_grams, warm_start
+
+    t0 = time.monotonic()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    device = torch.device(cfg.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SlimedgeError("--device cuda: no CUDA device is available to torch; use --device cpu")
+    device = torch.device(f"cuda:{dist.local_rank}" if cfg.device == "cuda" and dist.world > 1 else cfg.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     info = read_info(cfg.gguf)
     teacher_cfg, tokenizer = load_teacher_meta(cfg.teacher)
     check_vocab(info, tokenizer, teacher_cfg, cfg.gguf, cfg.teacher)
@@ -295,18 +278,18 @@ def tune(cfg: TuneConfig, progress: Progress = NULL_PROGRESS) -> TuneResult:
     for q in qws.values():
         q.low_memory = low
     model.to(device).train()
-    blocks = prepare(cfg.data, tokenizer, cfg.seq_len, field=cfg.data_field, progress=progress)
+    # local process 0 tokenizes (or reuses the token file); the others then open it
+    if dist.local_rank == 0:
+        blocks = prepare(cfg.data, tokenizer, cfg.seq_len, field=cfg.data_field, progress=progress)
+    dist.barrier()
+    if dist.local_rank != 0:
+        blocks = prepare(cfg.data, tokenizer, cfg.seq_len, field=cfg.data_field, build=False)
     train = blocks.train  # a memory-mapped view: rows are read when a step takes them
     n_train = min(len(train), cfg.max_blocks) if cfg.max_blocks else len(train)
     held = np.asarray(blocks.eval[:cfg.eval_blocks])
     teacher = load_teacher_model(cfg.teacher, torch.float32, device)
     vocab = teacher_cfg.vocab_size
-    cache = None
-    if n_train * cfg.seq_len * vocab * 4 <= cfg.cache_mb << 20:
-        with torch.no_grad():
-            cache = torch.cat([_logprobs(teacher, torch.as_tensor(train[i:min(i + cfg.batch_size, n_train)],
-                                                                  device=device))
-                               for i in range(0, n_train, cfg.batch_size)])
+    cache = _teacher_cache(teacher, train, n_train, cfg, vocab, device, dist)
 
     def teacher_train(rows, x):
         if cache is not None:
@@ -318,13 +301,13 @@ def tune(cfg: TuneConfig, progress: Progress = NULL_PROGRESS) -> TuneResult:
         with torch.no_grad():
             return _logprobs(teacher, x)
 
-    kl_before = _mean_kl(model, teacher_held, held, cfg.batch_size, device)
+    kl_before = _mean_kl(model, teacher_held, held, cfg.batch_size, device, dist)
     sub_lr = cfg.sub_lr if cfg.sub_lr is not None else 20 * cfg.lr
     # a student has no float reference to warm-start against
     if cfg.warm_steps and not cfg.resume and scfg is teacher_cfg:
         names = {e.hf.rsplit(".", 1)[0] for e in entries if e.name in qws}
-        grams = _input_grams(teacher, names, train[:min(n_train, cfg.warm_blocks)], cfg.batch_size, device)
-        left = _warm_start(qws, entries, teacher, grams, cfg.warm_steps, 10 * cfg.lr, 10 * sub_lr, progress)
+        grams = input_grams(teacher, names, train[:min(n_train, cfg.warm_blocks)], cfg.batch_size, device, dist)
+        left = warm_start(qws, entries, teacher, grams, cfg.warm_steps, 10 * cfg.lr, 10 * sub_lr, progress)
         log.info("warm start: output error of %d matrices down to %.3f of the start on average", len(left),
                  float(np.mean(list(left.values()))) if left else 1.0)
         del grams
@@ -337,7 +320,6 @@ def tune(cfg: TuneConfig, progress: Progress = NULL_PROGRESS) -> TuneResult:
     rng = np.random.default_rng(cfg.seed)
     order: list[int] = []
     first = last = float("nan")
-    from .losses import divergence
 
     ckpt, key, start = checkpoint_path(cfg), _settings(cfg), 0
     if cfg.resume:
@@ -349,11 +331,12 @@ def tune(cfg: TuneConfig, progress: Progress = NULL_PROGRESS) -> TuneResult:
         rng.bit_generator.state = state["rng"]
         start, order, first = int(state["step"]), list(state["order"]), float(state["first"])
         log.info("resuming %s at step %d", ckpt, start)
+    params = scale_p + sub_p
     progress.start(cfg.steps, unit="steps", desc="tune")
     progress.update(start)
     try:
         for step in range(start, cfg.steps):
-            if cfg.checkpoint_every and step > start and step % cfg.checkpoint_every == 0:
+            if cfg.checkpoint_every and step > start and step % cfg.checkpoint_every == 0 and dist.rank == 0:
                 _save_checkpoint(ckpt, {"settings": key, "step": step, "order": order, "first": first,
                                         "rng": rng.bit_generator.state, "optim": opt.state_dict(),
                                         "sched": sched.state_dict(),
@@ -361,29 +344,34 @@ def tune(cfg: TuneConfig, progress: Progress = NULL_PROGRESS) -> TuneResult:
             if len(order) < cfg.batch_size:
                 order += list(rng.permutation(n_train))
             rows, order = order[:cfg.batch_size], order[cfg.batch_size:]
-            x = torch.as_tensor(train[np.asarray(rows)], device=device)
-            t = teacher_train(rows, x)
+            mine = rows[dist.rank::dist.world]  # this process's share of the step's blocks
+            x = torch.as_tensor(train[np.asarray(mine)], device=device)
+            t = teacher_train(mine, x)
             s = _logprobs(model, x)
-            loss = divergence(t.reshape(-1, vocab), s.reshape(-1, s.shape[-1]), "fkl").mean()
+            # the step's mean over all its tokens: each process adds its share, the gradients are summed
+            loss = divergence(t.reshape(-1, vocab), s.reshape(-1, s.shape[-1]), "fkl").sum() / (len(rows) * cfg.seq_len)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            _all_reduce_grads(params, dist)
             opt.step()
             sched.step()
             for q in qws.values():
                 q.clamp_()
-            last = float(loss.detach())
+            last = float(dist.all_reduce_(loss.detach().clone()))
             first = last if step == 0 else first
             progress.update(1, label=f"kl {last:.4f}")
     finally:
         progress.close()
     model.eval()
-    kl_after = _mean_kl(model, teacher_held, held, cfg.batch_size, device)
+    kl_after = _mean_kl(model, teacher_held, held, cfg.batch_size, device, dist)
     log.info("tune: held-out KL %.5f -> %.5f (%d steps)", kl_before, kl_after, cfg.steps)
-    _write(cfg, info, qws, mm)
-    if os.path.isfile(ckpt):
-        os.remove(ckpt)
+    if dist.rank == 0:
+        _write(cfg, info, qws, mm)
+        if os.path.isfile(ckpt):
+            os.remove(ckpt)
+    dist.barrier()
     counts: dict[str, int] = {}
     for q in qws.values():
         counts[q.qtype.name] = counts.get(q.qtype.name, 0) + 1
-    return TuneResult(cfg.output, kl_before, kl_after, first, last, round(time.monotonic() - t0, 2), counts,
-                      len(info.tensors) - len(qws))
+    return TuneResult(cfg.output if dist.rank == 0 else "", kl_before, kl_after, first, last,
+                      round(time.monotonic() - t0, 2), counts, len(info.tensors) - len(qws))

@@ -22,7 +22,6 @@ import numpy as np
 
 from ..errors import SlimedgeError
 
-
 # ---- torch modules ------------------------------------------------------------------------------------
 
 def _modules():

@@ -268,3 +268,39 @@ def test_a_student_of_another_width_tunes(model, tmp_path):
     r = _tune(hf, d, q, tmp_path / "t.gguf", steps=8, max_blocks=16, eval_blocks=2, lr=1e-2)
     assert r.kl_after < r.kl_before, r
     assert (tmp_path / "t.gguf").stat().st_size == q.stat().st_size
+
+
+@pytest.mark.slow  # torchrun with two processes
+def test_torchrun_two_processes_tune_as_one(model, tmp_path):
+    # each process takes half of every step's blocks and the gradients are summed: the same run as one process
+    # up to the order of float sums (fp16-rounded scales may then differ in a last bit here and there)
+    import os
+    import re
+    import subprocess
+
+    hf, d, q = model
+    one = _tune(hf, d, q, tmp_path / "one.gguf", steps=4, max_blocks=8, eval_blocks=4, warm_steps=3)
+    args = [str(q), "--teacher", str(hf), "--data", str(d / "train.txt"), "--steps", "4", "--seq-len", "64",
+            "--batch-size", "4", "--max-blocks", "8", "--warm-steps", "3", "-o", str(tmp_path / "two.gguf")]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           "-m", "slimedge", "tune", *args], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert proc.stderr.count("wrote ") == 1, proc.stderr[-2000:]  # only process 0 writes and reports
+    before, after = map(float, re.search(r"KL vs teacher ([\d.]+) -> ([\d.]+)", proc.stderr).groups())
+    # printed with 5 decimals
+    assert before == pytest.approx(one.kl_before, abs=6e-6) and after == pytest.approx(one.kl_after, rel=1e-3)
+    a, b = (tmp_path / "one.gguf").read_bytes(), (tmp_path / "two.gguf").read_bytes()
+    assert len(a) == len(b) and a != q.read_bytes()  # the steps changed the fields
+    same = np.mean(np.frombuffer(a, np.uint8) == np.frombuffer(b, np.uint8))
+    assert same > 0.999, same
+    info = read_info(tmp_path / "one.gguf")
+    for t in info.tensors:
+        if t.type in SUPPORTED:
+            wa, wb = (dequantize(np.frombuffer(x, np.uint8)[t.offset:t.offset + t.n_bytes].reshape(
+                int(np.prod(t.shape[:-1])), -1), t.type, t.shape[-1]) for x in (a, b))
+            np.testing.assert_allclose(wa, wb, rtol=2e-3, atol=1e-6, err_msg=t.name)
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                        "-m", "slimedge", "tune", *args[:-2], "--batch-size", "1", "-o", str(tmp_path / "x.gguf")],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode != 0 and "smaller than the 2 processes" in r.stderr and not (tmp_path / "x.gguf").exists()
