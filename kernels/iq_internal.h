@@ -32,16 +32,35 @@ _Static_assert(sizeof(se_block_iq1_m) == 56, "iq1_m layout");
 
 enum { SE_G_IQ2XXS, SE_G_IQ2XS, SE_G_IQ2S, SE_G_IQ1S, SE_G_IQ3XXS, SE_G_IQ3S, SE_G_COUNT };
 
-typedef struct {
+typedef struct se_iq_grid se_iq_grid;
+
+/* the neighbour search of iq_search.c: among the neighbours of off-grid key u, the grid index with the
+ * least sum over i (in order) of w[i]*(scale*q8[level_i] - x[i])^2, the first on ties; -1 when none is
+ * below FLT_MAX (NaN / inf data) */
+typedef int (*se_iq_nearest_fn)(const se_iq_grid *G, int u, const float *x, const float *w, float scale,
+                                const float *q8);
+
+struct se_iq_grid {
     int n, dim, bits;        /* grid points, coordinates per point, bits per level in a key */
     const int8_t *pos;       /* [n][dim]: 2*l+1 */
-    const int32_t *map;      /* key -> grid index, or -(offset+1) of its neighbour list in nb */
+    const int32_t *map;      /* key -> grid index, or -(offset+1) of its neighbour list in nb (-1: a key
+                              * no quantizer forms, no list) */
     const uint16_t *nb;      /* neighbour lists: count, then grid indices */
     const int8_t *val;       /* [n][dim]: the dequantized value of each coordinate (gguf's grid_map) */
-} se_iq_grid;
+    const uint8_t *lev;      /* [n][dim]: the level l of each coordinate */
+    const uint32_t *lane_off; /* key -> offset in lanes of its neighbour list in chunks of 8 */
+    const uint8_t *lanes;    /* per chunk [dim][8] levels, a short last chunk repeating its last one */
+    se_iq_nearest_fn nearest;
+};
 
 /* the tables of grid g (SE_G_*), built on first call */
 const se_iq_grid *se_iq_grid_get(int g);
+
+/* the fastest neighbour search this CPU runs (AVX2 where present), same results everywhere */
+se_iq_nearest_fn se_iq_pick_nearest(void);
+
+/* the positions 2*l+1 of levels 0..7 as floats */
+static const float SE_IQ_Q8[8] = {1, 3, 5, 7, 9, 11, 13, 15};
 
 #define SE_IQ_EPS 1e-15f         /* ggml's GROUP_MAX_EPS */
 #define SE_IQ_EPS_IQ3_XXS 1e-8f
@@ -59,28 +78,14 @@ SE_INLINE int se_iq_key(const int8_t *L, int dim, int bits) {
     return u;
 }
 
-/* ggml's iq2/iq3_find_best_neighbour: the neighbour with the least weighted squared error at `scale`
- * (first on ties); writes its levels to L and returns its grid index */
-SE_INLINE int se_iq_best_neighbour(const se_iq_grid *G, const uint16_t *nbl, const float *xval,
-                                   const float *w, float scale, int8_t *L) {
-    const int dim = G->dim;
-    float best_d2 = FLT_MAX;
-    int gi = nbl[1];  /* ggml asserts a neighbour was found (only NaN/inf data fails): keep the first */
-    for (int j = 1; j <= nbl[0]; ++j) {
-        const int8_t *pg = G->pos + (size_t)nbl[j] * dim;
-        float d2 = 0;
-        for (int i = 0; i < dim; ++i) {
-            const float q = pg[i];
-            const float diff = scale * q - xval[i];
-            d2 += w[i] * diff * diff;
-        }
-        if (d2 < best_d2) {
-            best_d2 = d2;
-            gi = nbl[j];
-        }
-    }
-    const int8_t *pg = G->pos + (size_t)gi * dim;
-    for (int i = 0; i < dim; ++i) L[i] = (int8_t)((pg[i] - 1) / 2);
+/* ggml's iq2/iq3_find_best_neighbour of off-grid key u at `scale`: writes its levels to L and returns
+ * its grid index (ggml asserts one is found, only NaN/inf data fails: then the first neighbour) */
+SE_INLINE int se_iq_best_neighbour(const se_iq_grid *G, int u, const float *xval, const float *w, float scale,
+                                   int8_t *L) {
+    int gi = G->nearest(G, u, xval, w, scale, SE_IQ_Q8);
+    if (gi < 0) gi = G->nb[-G->map[u]];
+    const uint8_t *lv = G->lev + (size_t)gi * G->dim;
+    for (int i = 0; i < G->dim; ++i) L[i] = (int8_t)lv[i];
     return gi;
 }
 
@@ -99,7 +104,7 @@ SE_INLINE int se_iq_snap(const se_iq_grid *G, const float *xval, const float *wa
     const int gi = G->map[u];
     if (on_grid) *on_grid = gi >= 0;
     if (gi >= 0) return gi;
-    return se_iq_best_neighbour(G, G->nb - G->map[u] - 1, xval, waux, scale, L);
+    return se_iq_best_neighbour(G, u, xval, waux, scale, L);
 }
 
 /* sign bits of a group of 8 (bit i: x[i] < 0) and |x| into xval (-0.0 kept, as ggml's `x >= 0` test);

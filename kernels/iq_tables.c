@@ -1,9 +1,11 @@
 /* The i-quant lattice tables (see iq_internal.h), built once per grid on first use.
  *
- * Same tables as ggml's iq2xs_init_impl / iq3xs_init_impl: for each key off the grid, the squared
- * distances (in positions 2*l+1) to every grid point; the nwant smallest distinct distances are found
- * by repeated minimum and the points at them listed by (distance, index) — the order of ggml's qsort
- * with its (distance, index) comparator. Thread-safe through pthread_once.
+ * Same neighbour lists as ggml's iq2xs_init_impl / iq3xs_init_impl: for each key off the grid, the
+ * squared distances (in positions 2*l+1) to every grid point; the nwant smallest distinct distances are
+ * found by repeated minimum and the points at them listed by (distance, index) — the order of ggml's
+ * qsort with its (distance, index) comparator. Only keys the quantizers can form get a list (8-value
+ * grids: levels 0..2, a 2-bit field of 3 never occurs), which keeps the first use quick. Each list is
+ * also stored lane-major for the neighbour search (iq_search.c). Thread-safe through pthread_once.
  */
 #include <pthread.h>
 #include <stdlib.h>
@@ -56,37 +58,60 @@ static int se_iq_neighbours(const int8_t *pos, int n, int dim, int bits, int nwa
     return count;
 }
 
+/* a key the quantizers can form: 8-value grids have levels 0..2 (no 2-bit field of 3) */
+static int se_iq_reachable(int u, int dim) {
+    if (dim != 8) return 1;
+    for (int k = 0; k < 8; ++k)
+        if (((u >> (2 * k)) & 3) == 3) return 0;
+    return 1;
+}
+
 static void se_iq_build(int g) {
     const se_iq_src *s = &SE_IQ_SRC[g];
     const int n = s->n, dim = s->dim, bits = dim == 8 ? 2 : 3;
     const int nkeys = dim == 8 ? 43692 : 4096;
     int8_t *pos = malloc((size_t)n * dim), *val = malloc((size_t)n * dim);
+    uint8_t *lev = malloc((size_t)n * dim);
     int32_t *map = malloc(sizeof(int32_t) * nkeys);
+    uint32_t *lane_off = malloc(sizeof(uint32_t) * nkeys);
     int *d2 = malloc(sizeof(int) * n);
-    if (!pos || !val || !map || !d2) abort();
+    if (!pos || !val || !lev || !map || !lane_off || !d2) abort();
     for (int j = 0; j < n; ++j)
         for (int k = 0; k < dim; ++k) {
             const int l = (s->kgrid[j] >> (bits * k)) & ((1 << bits) - 1);
             pos[j * dim + k] = (int8_t)(2 * l + 1);
+            lev[j * dim + k] = (uint8_t)l;
             val[j * dim + k] = s->gval[l];
         }
     for (int u = 0; u < nkeys; ++u) map[u] = -1;
     for (int j = 0; j < n; ++j) map[s->kgrid[j]] = j;
-    size_t total = 0;
-    for (int u = 0; u < nkeys; ++u)
-        if (map[u] < 0) total += 1 + (size_t)se_iq_neighbours(pos, n, dim, bits, s->nwant, u, d2, NULL);
-    uint16_t *nb = malloc(sizeof(uint16_t) * (total ? total : 1));
-    if (!nb) abort();
-    size_t off = 0;
+    size_t total = 0, lanes = 0;
     for (int u = 0; u < nkeys; ++u) {
-        if (map[u] >= 0) continue;
+        lane_off[u] = 0;
+        if (map[u] >= 0 || !se_iq_reachable(u, dim)) continue;
+        const int c = se_iq_neighbours(pos, n, dim, bits, s->nwant, u, d2, NULL);
+        total += 1 + (size_t)c;
+        lanes += (size_t)(c + 7) / 8 * 8 * dim;
+    }
+    uint16_t *nb = malloc(sizeof(uint16_t) * (total ? total : 1));
+    uint8_t *nbl = malloc(lanes ? lanes : 1);
+    if (!nb || !nbl) abort();
+    size_t off = 0, loff = 0;
+    for (int u = 0; u < nkeys; ++u) {
+        if (map[u] >= 0 || !se_iq_reachable(u, dim)) continue;
         const int c = se_iq_neighbours(pos, n, dim, bits, s->nwant, u, d2, nb + off + 1);
         nb[off] = (uint16_t)c;
         map[u] = -(int32_t)(off + 1);
+        lane_off[u] = (uint32_t)loff;
+        /* chunks of 8 neighbours: [coordinate][lane] levels; a short chunk repeats its last neighbour */
+        for (int c0 = 0; c0 < c; c0 += 8, loff += 8 * (size_t)dim)
+            for (int k = 0; k < dim; ++k)
+                for (int j = 0; j < 8; ++j)
+                    nbl[loff + 8 * k + j] = lev[(size_t)nb[off + 1 + se_min_i(c0 + j, c - 1)] * dim + k];
         off += 1 + (size_t)c;
     }
     free(d2);
-    SE_IQ_GRIDS[g] = (se_iq_grid){n, dim, bits, pos, map, nb, val};
+    SE_IQ_GRIDS[g] = (se_iq_grid){n, dim, bits, pos, map, nb, val, lev, lane_off, nbl, se_iq_pick_nearest()};
 }
 
 #define SE_IQ_INIT_FN(g) static void se_iq_init_##g(void) { se_iq_build(g); }

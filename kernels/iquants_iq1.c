@@ -24,30 +24,18 @@ SE_INLINE void se_iq1_sort(int n, const float *x, int *idx) {
     }
 }
 
-/* ggml's iq1_find_best_neighbour2: least weighted squared error of scale*xx[level] against x */
-static int se_iq1_best_neighbour(const se_iq_grid *G, const uint16_t *nbl, const float *xb, const float *w,
-                                 float scale, const float *xx, int8_t *L) {
-    float best = FLT_MAX;
-    int gi = -1;
-    for (int j = 1; j <= nbl[0]; ++j) {
-        const int8_t *pg = G->pos + 8 * (size_t)nbl[j];
-        float d2 = 0;
-        for (int i = 0; i < 8; ++i) {
-            const float q = xx[(pg[i] - 1) / 2];
-            const float diff = scale * q - xb[i];
-            d2 += w[i] * diff * diff;
-        }
-        if (d2 < best) {
-            best = d2;
-            gi = nbl[j];
-        }
-    }
+/* ggml's iq1_find_best_neighbour2 of off-grid key u: least weighted squared error of scale*xx[level]
+ * against x (iq_search.c); xx8: the three level values, then zeros */
+static int se_iq1_best_neighbour(const se_iq_grid *G, int u, const float *xb, const float *w, float scale,
+                                 const float *xx8, int8_t *L) {
+    int gi = G->nearest(G, u, xb, w, scale, xx8);
     if (gi < 0) {  /* every neighbour overflowed: the whole grid (ggml reads x out of range here) */
+        float best = FLT_MAX;
         for (int g = 0; g < G->n; ++g) {
-            const int8_t *pg = G->pos + 8 * (size_t)g;
+            const uint8_t *lv = G->lev + 8 * (size_t)g;
             float d2 = 0;
             for (int i = 0; i < 8; ++i) {
-                const float diff = scale * xx[(pg[i] - 1) / 2] - xb[i];
+                const float diff = scale * xx8[lv[i]] - xb[i];
                 d2 += w[i] * diff * diff;
             }
             if (d2 < best) {
@@ -57,8 +45,8 @@ static int se_iq1_best_neighbour(const se_iq_grid *G, const uint16_t *nbl, const
         }
         if (gi < 0) gi = 0;
     }
-    const int8_t *pg = G->pos + 8 * (size_t)gi;
-    for (int i = 0; i < 8; ++i) L[i] = (int8_t)((pg[i] - 1) / 2);
+    const uint8_t *lv = G->lev + 8 * (size_t)gi;
+    for (int i = 0; i < 8; ++i) L[i] = (int8_t)lv[i];
     return gi;
 }
 
@@ -67,7 +55,8 @@ static int se_iq1_snap(const se_iq_grid *G, const float *xb, const float *w, flo
     const int u = se_iq_key(L, 8, 2);
     if (G->map[u] >= 0) return G->map[u];
     *all_on_grid = 0;
-    return se_iq1_best_neighbour(G, G->nb - G->map[u] - 1, xb, w, scale, xx, L);
+    const float xx8[8] = {xx[0], xx[1], xx[2], 0, 0, 0, 0, 0};
+    return se_iq1_best_neighbour(G, u, xb, w, scale, xx8, L);
 }
 
 static const float SE_X_P[3] = {-1 + SE_IQ1_DELTA, SE_IQ1_DELTA, 1 + SE_IQ1_DELTA};
