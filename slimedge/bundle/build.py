@@ -149,13 +149,15 @@ def record_bench(bundle: str | Path, record: dict) -> None:
 def build_bundle(src: str | Path, target: str | Path | Target, out_dir: str | Path, *, type: str | None = None,
                  archive: bool = False, overwrite: bool = False, threads: int | None = None,
                  progress: Progress = NULL_PROGRESS, imatrix: str | Path | None = None,
-                 calib: str | Path | None = None) -> Path:
+                 calib: str | Path | None = None, tune=None) -> Path:
     """Build a bundle of ``src`` for ``target`` in ``out_dir``; returns ``out_dir`` (see module docstring).
 
     ``type``: a mix/type name, ``"auto"``, or None for the profile's default. Nothing is left at
     ``out_dir`` unless the whole bundle was written. ``imatrix``: an importance matrix file for the
     quantizers (``convert --imatrix``). ``calib`` (text file or folder) with ``type="auto"``: instead of the
     best fitting profile candidate, the quality-driven auto mix (:func:`fill_budget`) that fills the budget.
+    ``tune`` (:class:`slimedge.distill.tune.TuneOptions`): the quantized model's block scales tuned against
+    the teacher (``slimedge tune``) before packing; the manifest records the run and its KL divergences.
     """
     from ..source.hub import resolve_source
 
@@ -175,14 +177,30 @@ def build_bundle(src: str | Path, target: str | Path | Target, out_dir: str | Pa
     pub = Publication(out, folder=True, overwrite=overwrite)  # a hidden temporary sibling folder
     try:
         model = pub.path / MODEL_FILE
-        if packed_as_is:
+        tuned = None
+        if packed_as_is and tune is not None:
+            from ..distill.tune import tune_quantized
+
+            tuned = tune_quantized(src, src, model, tune, threads=threads, overwrite=True, progress=progress)
+        elif packed_as_is:
             shutil.copyfile(src, model)
+        elif tune is not None:
+            from ..distill.tune import convert_and_tune
+
+            tuned = convert_and_tune(src, model, spec or quant_spec(tgt, qtype), tune, threads=threads,
+                                     overwrite=True, progress=progress, imatrix=imatrix)[1]
         else:
             from ..convert import convert
 
             convert(src, model, spec or quant_spec(tgt, qtype), threads=threads, overwrite=True, progress=progress,
                     imatrix=imatrix)
         manifest = _manifest(src, tgt, model, qtype, chosen_by)
+        if tuned is not None:
+            from ..distill.tune import tune_teacher
+
+            manifest["quantization"]["tuned"] = {
+                "teacher": str(Path(tune_teacher(src, tune)).resolve()), "data": str(Path(tune.data).resolve()),
+                "steps": tune.steps, "kl_before": tuned.kl_before, "kl_after": tuned.kl_after}
         write_bundle_files(pub.path, manifest)
         pub.commit()  # overwrite: swapped only now that the new bundle is complete; the old one back on failure
     except BaseException:

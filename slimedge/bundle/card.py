@@ -59,6 +59,9 @@ def render_card(m: dict) -> str:
         f"| model file | `{model}` ({q['model_size'] / MiB:,.1f} MiB of tensors, {q['bpw']:.2f} bits per weight) |",
         f"| parameters | {q['n_params']:,} |",
         f"| quantization | {q['type']} (chosen by {q['chosen_by']}); tensors: {types} |",
+        *([f"| tuned | block scales tuned against `{q['tuned']['teacher']}` ({q['tuned']['steps']} steps on "
+           f"`{q['tuned']['data']}`): held-out KL divergence {q['tuned']['kl_before']:.5f} -> "
+           f"{q['tuned']['kl_after']:.5f} |"] if q.get("tuned") else []),
         f"| runtime | context {rt['n_ctx']}, batch {rt['n_batch']}/{rt['n_ubatch']}, GPU layers {ngl}, "
         f"KV cache {rt['cache_type_k']}/{rt['cache_type_v']}, flash attention {_fa_name(rt.get('flash_attn'))} |",
         f"| memory estimate | RAM {_mb(est['required_ram'])} (weights {_mb(est['weights_ram'])}, KV cache "

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .options import make_progress, overwrite_option, quiet_option, threads_option, user_errors
+from .options import make_progress, overwrite_option, quiet_option, threads_option, tune_options, user_errors
 
 
 @click.command("build", context_settings={"help_option_names": ["-h", "--help"]})
@@ -34,13 +34,14 @@ from .options import make_progress, overwrite_option, quiet_option, threads_opti
               "(default: the Hub id of a cached Hub model, else the folder's name).")
 @click.option("--quantized-by", default=None, metavar="NAME",
               help="With --types: the card's quantized_by and the LM Studio publisher (default: slimedge).")
+@tune_options
 @threads_option
 @overwrite_option
 @quiet_option
 @user_errors
 def cli(src: Path, target: str, out: Path, qtype: str | None, imatrix: Path | None, calib: Path | None, archive: bool,
         types: str | None, text: Path | None, lmstudio: Path | None, base_model: str | None,
-        quantized_by: str | None, threads: int | None, overwrite: bool, quiet: bool) -> None:
+        quantized_by: str | None, tune, threads: int | None, overwrite: bool, quiet: bool) -> None:
     """Build a bundle of SRC (Hugging Face folder or GGUF) for a target device.
 
     The bundle holds model.gguf, manifest.json (checksums, profile, memory estimate), a `run`
@@ -53,10 +54,13 @@ def cli(src: Path, target: str, out: Path, qtype: str | None, imatrix: Path | No
       slimedge build ./TinyLlama-1.1B --target arm64-small --type auto -o tinyllama-pi --archive
       slimedge build model-f16.gguf --target ./my-board.toml -o bundle
       slimedge build ./TinyLlama-1.1B --target cpu --types Q8_0,Q6_K,Q4_K_M,Q3_K_M -o release --text wiki.txt
+      slimedge build ./TinyLlama-1.1B --target laptop-gpu --type Q4_K_M --tune wiki.txt -o tinyllama-tuned
     """
     import json
 
     if types is not None:
+        if tune is not None:
+            raise click.UsageError("--tune applies to a bundle (or `slimedge convert`), not to a --types release")
         return _release(src, target, out, types, qtype, archive, text, lmstudio, base_model, quantized_by, threads,
                         overwrite, quiet, imatrix)
     for flag, value in (("--text", text), ("--lmstudio", lmstudio), ("--base-model", base_model),
@@ -66,9 +70,11 @@ def cli(src: Path, target: str, out: Path, qtype: str | None, imatrix: Path | No
     from ..bundle import build_bundle
 
     path = build_bundle(src, target, out, type=qtype, archive=archive, overwrite=overwrite, threads=threads,
-                        progress=make_progress(quiet), imatrix=imatrix, calib=calib)
+                        progress=make_progress(quiet), imatrix=imatrix, calib=calib, tune=tune)
     m = json.loads((path / "manifest.json").read_text())
     q, est = m["quantization"], m["memory_estimate"]
+    if q.get("tuned"):
+        click.echo(f"tuned: held-out KL vs teacher {q['tuned']['kl_before']:.5f} -> {q['tuned']['kl_after']:.5f}")
     click.echo(f"bundle {path}: {q['type']} ({q['chosen_by']}), {q['model_size'] / 2**20:.1f} MiB, "
                f"{q['bpw']:.2f} bpw; estimated RAM {est['required_ram'] / 2**20:.0f} MiB"
                + (f", VRAM {est['total_vram'] / 2**20:.0f} MiB" if est["total_vram"] else "")

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from ..errors import SlimedgeError
-from .options import make_progress, overwrite_option, quiet_option, threads_option, user_errors
+from .options import make_progress, overwrite_option, quiet_option, threads_option, tune_options, user_errors
 
 
 def _parse_override(value: str) -> tuple[str, str]:
@@ -43,6 +43,7 @@ def _parse_override(value: str) -> tuple[str, str]:
               help="With --type auto: calibration text the per-tensor sensitivities are measured on.")
 @click.option("--sensitivity", "sens_cache", type=click.Path(path_type=Path), default=None, metavar="FILE.json",
               help="With --type auto: reuse (or write) the measured sensitivities here.")
+@tune_options
 @threads_option
 @overwrite_option
 @quiet_option
@@ -50,7 +51,7 @@ def _parse_override(value: str) -> tuple[str, str]:
 def cli(src: Path, out: Path | None, ftype: str, overrides: tuple[str, ...], output_tensor_type: str | None,
         token_embedding_type: str | None, pure: bool, imatrix: Path | None, dry_run: bool,
         target_bpw: float | None, target_size: str | None, calib: Path | None, sens_cache: Path | None,
-        threads: int | None, overwrite: bool, quiet: bool) -> None:
+        tune, threads: int | None, overwrite: bool, quiet: bool) -> None:
     """Convert a Hugging Face model folder (config.json, *.safetensors, tokenizer) to GGUF.
 
     SRC may also be an F32/F16/BF16 GGUF file to requantize, or a Hub model id (org/name) already in the
@@ -65,6 +66,8 @@ def cli(src: Path, out: Path | None, ftype: str, overrides: tuple[str, ...], out
       slimedge convert Qwen/Qwen3-1.7B -o qwen3-q4km.gguf --type Q4_K_M   # from the HF cache
       slimedge convert ./TinyLlama-1.1B --type auto --target-size Q4_K_M --calib wiki.txt -o tl-auto.gguf
       slimedge convert ./TinyLlama-1.1B -o tinyllama-q4km.gguf --type Q4_K_M --imatrix imatrix.gguf
+      slimedge convert ./TinyLlama-1.1B -o tl-q4km-tuned.gguf --type Q4_K_M --imatrix imatrix.gguf --tune wiki.txt
+      slimedge convert ./student -o student-q4km.gguf --type Q4_K_M --tune wiki.txt --tune-teacher ./teacher
     """
     from ..convert import convert, plan
     from ..quant.mixes import QuantSpec
@@ -88,8 +91,17 @@ def cli(src: Path, out: Path | None, ftype: str, overrides: tuple[str, ...], out
         return
     if out is None:
         raise SlimedgeError("missing -o/--output OUT.gguf (or pass --dry-run)")
-    result = convert(src, out, spec, threads=threads, overwrite=overwrite, progress=make_progress(quiet),
-                     imatrix=imatrix)
+    if tune is not None:
+        from ..distill.tune import convert_and_tune
+
+        result, tuned = convert_and_tune(src, out, spec, tune, threads=threads, overwrite=overwrite,
+                                         progress=make_progress(quiet), imatrix=imatrix)
+        if not quiet:
+            click.echo(f"tuned against {tune.teacher or src} ({tune.steps} steps): held-out KL "
+                       f"{tuned.kl_before:.5f} -> {tuned.kl_after:.5f}", err=True)
+    else:
+        result = convert(src, out, spec, threads=threads, overwrite=overwrite, progress=make_progress(quiet),
+                         imatrix=imatrix)
     if not quiet:
         p = result.plan
         click.echo(f"wrote {result.out}: {len(p.tensors)} tensors, {result.file_bytes / 1e6:.1f} MB, "

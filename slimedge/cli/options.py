@@ -140,3 +140,31 @@ def make_progress(quiet: bool) -> Progress:
         return NULL_PROGRESS
     mode = os.environ.get("SLIMEDGE_PROGRESS", "").strip().lower()
     return BarProgress(tty={"bar": True, "plain": False}.get(mode))
+
+
+def tune_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--tune DATA`` (+ ``--tune-teacher``, ``--tune-steps``): tune the quantized file against its teacher
+    (``slimedge tune``) right after converting; the command receives ``tune`` (a TuneOptions or None)."""
+
+    @click.option("--tune", "tune_data", type=click.Path(path_type=str), default=None, metavar="FILE|DIR",
+                  help="Tune the quantized file's block scales against the teacher on this calibration data "
+                       "(as `slimedge tune`: same size and types, lower KL divergence).")
+    @click.option("--tune-teacher", default=None, metavar="HF_DIR",
+                  help="With --tune: the teacher (default: SRC itself, when it is a Hugging Face folder).")
+    @click.option("--tune-steps", type=click.IntRange(min=0), default=None, help="With --tune: optimizer steps "
+                  "(default 300).")
+    @functools.wraps(func)
+    def wrapper(*args: Any, tune_data: str | None, tune_teacher: str | None, tune_steps: int | None,
+                **kwargs: Any) -> Any:
+        if tune_data is None:
+            if tune_teacher is not None or tune_steps is not None:
+                raise click.UsageError("--tune-teacher / --tune-steps need --tune DATA")
+            return func(*args, tune=None, **kwargs)
+        from ..distill.tune import TuneOptions
+
+        opts = TuneOptions(data=tune_data, teacher=tune_teacher)
+        if tune_steps is not None:
+            opts.steps = tune_steps
+        return func(*args, tune=opts, **kwargs)
+
+    return wrapper

@@ -375,3 +375,58 @@ def _tune(cfg: TuneConfig, dist, progress: Progress) -> TuneResult:
         counts[q.qtype.name] = counts.get(q.qtype.name, 0) + 1
     return TuneResult(cfg.output if dist.rank == 0 else "", kl_before, kl_after, first, last,
                       round(time.monotonic() - t0, 2), counts, len(info.tensors) - len(qws))
+
+
+# ---- convert/build --tune -------------------------------------------------------------------------------
+
+@dataclass
+class TuneOptions:
+    """``--tune DATA`` of ``convert``/``build``: tune the quantized file right after converting it."""
+
+    data: str                       # calibration data
+    teacher: str | None = None      # the teacher's HF folder (None: the model being converted is its own teacher)
+    steps: int = 300
+
+
+def tune_teacher(src, opts: TuneOptions) -> str:
+    """The teacher ``--tune`` tunes against: ``--tune-teacher``, else the HF folder being converted."""
+    from ..source import is_gguf
+
+    if opts.teacher is not None:
+        return str(opts.teacher)
+    if is_gguf(src):
+        raise SlimedgeError(f"--tune: {src} is a GGUF, so it cannot be its own teacher; give --tune-teacher HF_DIR "
+                            "(the float model it was made from)")
+    return str(src)
+
+
+def tune_quantized(src, quantized, out, opts: TuneOptions, *, threads: int | None = None, overwrite: bool = False,
+                   progress: Progress = NULL_PROGRESS) -> TuneResult:
+    """Tune the already quantized GGUF ``quantized`` (made from ``src``) into ``out`` with ``opts``."""
+    return tune(TuneConfig(gguf=str(quantized), teacher=tune_teacher(src, opts), data=str(opts.data),
+                           output=str(out), steps=opts.steps, threads=threads, overwrite=overwrite), progress)
+
+
+def convert_and_tune(src, out, spec, opts: TuneOptions, *, threads: int | None = None, overwrite: bool = False,
+                     progress: Progress = NULL_PROGRESS, imatrix=None):
+    """``slimedge convert --tune``: convert ``src`` with ``spec`` into a hidden temporary sibling of ``out``, tune
+    that against ``opts.teacher`` (default ``src``) into ``out`` and remove it. Returns (ConvertResult, TuneResult)."""
+    from pathlib import Path
+
+    from ..convert import convert
+    from ..publish import Publication
+    from ..source.hub import resolve_source
+    from ..writer import check_output_path
+
+    src, out = resolve_source(src), Path(out)
+    check_output_path(out, overwrite)
+    tune_teacher(src, opts)  # a GGUF source without --tune-teacher: refused before converting
+    scratch = Publication(out.with_name(out.name + ".untuned"))  # a later run removes it if this one dies
+    try:
+        conv = convert(src, scratch.path, spec, threads=threads, overwrite=True, progress=progress, imatrix=imatrix)
+        tuned = tune_quantized(src, scratch.path, out, opts, threads=threads, overwrite=overwrite, progress=progress)
+    finally:
+        scratch.abort()
+    import dataclasses
+
+    return dataclasses.replace(conv, out=out), tuned
