@@ -4,10 +4,19 @@
  * e = (uint8)(floor(log2(amax)) - 2 + 127): the floor of the correctly rounded float32 log2 (computed
  * as (float)log2((double)amax), the same value as glibc's log2f, without depending on the platform's
  * log2f), the uint8 conversion taken modulo 256 as x86-64 does. Each weight takes the first index
- * minimizing fabsf(kvalues[i]*d - x): the search runs over the 8 magnitudes on |x| (the products are
- * exact and |-k*d - x| == |k*d - |x||), and a negative x takes the negative entry (index + 8) unless
- * zero wins -- ggml's scan over half the entries, vectorized over the block's values. ggml ignores importance
- * weights for MXFP4; so does se_quantize_mxfp4_imatrix. */
+ * minimizing fabsf(kvalues[i]*d - x): over the 8 magnitudes on |x| (the products are exact and
+ * |-k*d - x| == |k*d - |x||), a negative x taking the negative entry (index + 8) unless zero wins.
+ *
+ * Fast path (a normal amax with biased exponent f >= 2 and mantissa bits < 0x7FF000): there
+ * floor((float)log2(amax)) = f - 127 (log2 stays >= 7e-4 below the next integer, far more than half a
+ * float32 ulp below 128; checked on every such float), so e = f - 2 in 0..252 and d = 2^(f-130) >= 2^-128:
+ * every k*d and midpoint m*d (m = 0.5, 1.5, 2.5, 3.5, 5, 7, 10) is an exact finite float. The differences
+ * to the two magnitudes around |x| are exact (multiples of ulp(|x|), at most |x|), every other magnitude
+ * is at least d farther (rounding is monotonic, so it never ties), and ggml keeps the first of equal
+ * errors: the index is the number of midpoints strictly below |x| -- seven compares, branch-free over the
+ * block. Other blocks (zero, subnormal, inf/NaN or near-power-of-two amax, e wrapping, 8d overflowing)
+ * take ggml's scan, vectorized over the block's values. ggml ignores importance weights for MXFP4; so
+ * does se_quantize_mxfp4_imatrix. */
 #include "se_blocks2.h"
 
 static const int8_t se_kvalues_mxfp4[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
@@ -48,7 +57,7 @@ void se_quantize_mxfp4(const float *x, void *vy, int64_t k) {
     for (int64_t i = 0; i < nb; ++i, x += SE_QK) {
         const float amax = se_amax_n(x, SE_QK);
         const uint32_t ab = se_f32_bits(amax), f = ab >> 23;
-        if (f < 2 || f > 254 || (ab & 0x7FFFFFu) >= 0x7FF000u) { /* see the header comment */
+        if (f < 2 || f > 254 || (ab & 0x7FFFFFu) >= 0x7FF000u) { /* not the fast path: see the top */
             se_mxfp4_block_scan(x, &y[i], se_mxfp4_exponent(amax));
             continue;
         }
