@@ -8,7 +8,7 @@
  * |-k*d - x| == |k*d - |x||), a negative x taking the negative entry (index + 8) unless zero wins.
  *
  * Fast path (a normal amax with biased exponent f >= 2 and mantissa bits < 0x7FF000): there
- * floor((float)log2(amax)) = f - 127 (log2 stays >= 7e-4 below the next integer, far more than half a
+ * floor((float)log2(amax)) = f - 127 (log2 stays >= 3.5e-4 below the next integer, far more than half a
  * float32 ulp below 128; checked on every such float), so e = f - 2 in 0..252 and d = 2^(f-130) >= 2^-128:
  * every k*d and midpoint m*d (m = 0.5, 1.5, 2.5, 3.5, 5, 7, 10) is an exact finite float. The differences
  * to the two magnitudes around |x| are exact (multiples of ulp(|x|), at most |x|), every other magnitude
