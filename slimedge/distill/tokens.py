@@ -18,11 +18,12 @@ through a memory map (:class:`slimedge.distill.data.BlockView`).
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import logging
 import os
 import time
+from array import array
+from collections import deque
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -37,6 +38,8 @@ log = logging.getLogger(__name__)
 FORMAT = 1
 CHUNK_CHARS = 1 << 20   # characters per batch-encoding call (bounds the tokenizer's temporary memory)
 CHUNK_DOCS = 4096       # documents per batch-encoding call
+_U32 = "I" if array("I").itemsize == 4 else "L"  # array typecode of 4-byte unsigned ints
+ENCODERS = 2            # chunks encoded at once (threads; the encoder's own threads share the cores)
 
 
 def default_cache_dir() -> str:
@@ -84,55 +87,129 @@ def open_token_file(path: str) -> TokenFile:
     return TokenFile(path, tokens, np.load(os.path.join(path, "docs.npy")), meta)
 
 
+def _affixes(processor) -> tuple[list[int], list[int]] | None:
+    """(ids before, ids after) the text that the post-processor JSON ``processor`` adds to one sequence
+    with special tokens; None for a processor this does not know (the encoder then asks for them)."""
+    if processor is None or processor.get("type") == "ByteLevel":
+        return [], []
+    kind = processor.get("type")
+    if kind in ("BertProcessing", "RobertaProcessing"):
+        return [int(processor["cls"][1])], [int(processor["sep"][1])]
+    if kind == "Sequence":
+        pre: list[int] = []
+        suf: list[int] = []
+        for p in processor.get("processors") or []:
+            a = _affixes(p)
+            if a is None:
+                return None
+            pre, suf = a[0] + pre, suf + a[1]
+        return pre, suf
+    if kind == "TemplateProcessing":
+        parts: list[list[int]] = [[]]
+        for item in processor.get("single") or []:
+            if "Sequence" in item:
+                if item["Sequence"].get("id") != "A" or len(parts) > 1:
+                    return None
+                parts.append([])
+            elif "SpecialToken" in item:
+                parts[-1] += [int(i) for i in processor["special_tokens"][item["SpecialToken"]["id"]]["ids"]]
+            else:
+                return None
+        return (parts[0], parts[1]) if len(parts) == 2 else None
+    return None
+
+
 class _Encoder:
-    """Batch encoding identical to ``tokenizer(texts, add_special_tokens=...)["input_ids"]``."""
+    """Batch encoding identical to ``tokenizer(texts, add_special_tokens=...)["input_ids"]``, as uint32 arrays.
+
+    With a fast tokenizer, the Rust ``encode_batch_fast``: documents are encoded without special tokens
+    and the post-processor's (e.g. BOS) are put around them here — the same ids as encoding with them,
+    as :meth:`probe` checks, with less work in the encoder. :meth:`probe` (on the first texts, before
+    any other call) falls back to ``tokenizer(...)`` when the backend's ids differ from it.
+    """
+
+    PROBE_DOCS, PROBE_CHARS = 8, 1 << 14
 
     def __init__(self, tokenizer):
         self.tok = tokenizer
         backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
         self.fast = getattr(backend, "encode_batch_fast", None)
-        self.checked = self.fast is None
+        self.affix = None
+        if self.fast is not None and backend.truncation is None and backend.padding is None:
+            try:
+                self.affix = _affixes(json.loads(backend.to_str()).get("post_processor"))
+            except (KeyError, TypeError, ValueError, IndexError):
+                self.affix = None
 
     def _slow(self, texts: list[str], special: bool) -> list[list[int]]:
         return [list(x) for x in self.tok(texts, add_special_tokens=special, verbose=False,
                                           return_attention_mask=False)["input_ids"]]
 
-    def __call__(self, texts: list[str], special: bool) -> list[list[int]]:
+    def _fast(self, texts: list[str], special: bool) -> list[list[int]]:
+        if special and self.affix is not None:
+            pre, suf = self.affix
+            return [pre + e.ids + suf for e in self.fast(texts, add_special_tokens=False)]
+        return [e.ids for e in self.fast(texts, add_special_tokens=special)]
+
+    def probe(self, texts: list[str]) -> None:
+        """Decide the path on (the starts of) the first texts: the backend's ids must equal the tokenizer's."""
+        if self.fast is None or not texts:
+            return
+        texts = [t[: self.PROBE_CHARS] for t in texts[: self.PROBE_DOCS]]
+        affix, self.affix = self.affix, None
+        if self._fast(texts, True) != self._slow(texts, True):
+            log.info("the backend tokenizer's ids differ from the tokenizer's own; using the latter")
+            self.fast = None
+            return
+        self.affix = affix
+        if affix is not None and self._fast(texts, True) != [e.ids for e in self.fast(texts)]:
+            log.info("the post-processor's special tokens are not %s around the text; encoding with them", affix)
+            self.affix = None
+
+    def __call__(self, texts: list[str], special: bool) -> list[np.ndarray]:
+        """One uint32 array of ids per text."""
         if not texts:
             return []
         if self.fast is None:
-            return self._slow(texts, special)
-        ids = [e.ids for e in self.fast(texts, add_special_tokens=special)]
-        if not self.checked:
-            self.checked = True
-            probe = min(len(texts), 8)
-            if ids[:probe] != self._slow(texts[:probe], special):
-                log.info("the backend tokenizer's ids differ from the tokenizer's own; using the latter")
-                self.fast = None
-                return self._slow(texts, special)
-        return ids
+            return [np.asarray(x, np.uint32) for x in self._slow(texts, special)]
+        if special and self.affix is not None:
+            pre, suf = (np.asarray(a, np.uint32) for a in self.affix)
+            encs = self.fast(texts, add_special_tokens=False)
+            if len(pre) or len(suf):
+                return [np.concatenate((pre, np.frombuffer(array(_U32, e.ids), np.uint32), suf)) for e in encs]
+        else:
+            encs = self.fast(texts, add_special_tokens=special)
+        return [np.frombuffer(array(_U32, e.ids), np.uint32) for e in encs]
 
 
-def _encode(pieces: list[tuple[str, bool, bool]], enc: _Encoder) -> list[list[int]]:
+def _encode(pieces: list[tuple[str, bool, bool]], enc: _Encoder) -> list[np.ndarray]:
     """Ids of one chunk of (text, starts_doc, ends_doc) pieces: with special tokens for a document's start."""
     first = [i for i, p in enumerate(pieces) if p[1]]
     rest = [i for i, p in enumerate(pieces) if not p[1]]
-    ids: list[list[int]] = [[] for _ in pieces]
+    ids: list[np.ndarray] = [np.zeros(0, np.uint32)] * len(pieces)
     for idx, special in ((first, True), (rest, False)):
         for i, x in zip(idx, enc([pieces[i][0] for i in idx], special)):
             ids[i] = x
     return ids
 
 
-def _append(out, docs: list[int], pieces, ids: list[list[int]], eos: int | None, dtype, n: int) -> int:
+def _append(out, docs: list[int], pieces, ids: list[np.ndarray], eos: int | None, dtype, n: int) -> int:
     """Append one encoded chunk to ``out`` (EOS after each document); the new token count."""
+    parts = []
+    tail = np.asarray([eos if eos is not None else 0], np.uint32)
     for (_, starts, ends), x in zip(pieces, ids):
         if starts:
             docs.append(n)
-        if ends and eos is not None and (not x or x[-1] != eos):
-            x.append(eos)
+        parts.append(x)
         n += len(x)
-    flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype, count=sum(len(x) for x in ids))
+        if ends and eos is not None and (not len(x) or int(x[-1]) != eos):
+            parts.append(tail)
+            n += 1
+    flat = np.concatenate(parts) if parts else np.zeros(0, np.uint32)
+    if dtype != np.uint32:
+        if len(flat) and int(flat.max()) > np.iinfo(dtype).max:
+            raise SlimedgeError(f"token id {int(flat.max())} does not fit {np.dtype(dtype).name}")
+        flat = flat.astype(dtype)
     out.write(flat.tobytes())
     return n
 
@@ -153,8 +230,10 @@ def _chunks(pieces) -> Iterator[list[tuple[str, bool, bool]]]:
 def build_token_file(path: str, pieces, tokenizer, meta: dict, progress: Progress = NULL_PROGRESS) -> TokenFile:
     """Tokenize ``pieces`` (an iterator of (text, starts_doc, ends_doc)) into the folder ``path``.
 
-    The next chunk is read and encoded in a worker thread (the Rust tokenizer releases the GIL) while
-    this one converts and writes the previous chunk's ids.
+    ``ENCODERS`` worker threads each encode a chunk and turn its ids into arrays (the Rust encoder
+    releases the GIL), so the encoder always has a chunk to work on — across one chunk's last,
+    longest documents and while another's ids are converted — and this thread reads the next chunks
+    and writes the finished ones in order (at most ``ENCODERS + 1`` chunks in flight).
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -165,23 +244,29 @@ def build_token_file(path: str, pieces, tokenizer, meta: dict, progress: Progres
     t0 = time.monotonic()
     chars = 0
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with publish_dir(os.path.abspath(path)) as tmp, ThreadPoolExecutor(1) as pool:
+    with publish_dir(os.path.abspath(path)) as tmp, ThreadPoolExecutor(ENCODERS) as pool:
         docs: list[int] = []
         n = 0
         progress.start(meta.get("bytes") or 0, "B", "tokenize")
         with open(os.path.join(tmp, "tokens.bin"), "wb") as out:
-            chunks = _chunks(pieces)
-            nxt = next(chunks, None)
-            job = pool.submit(_encode, nxt, enc) if nxt is not None else None
-            while job is not None:
-                cur = nxt
-                nxt = next(chunks, None)  # read the next chunk while the worker encodes this one
-                ids = job.result()
-                job = pool.submit(_encode, nxt, enc) if nxt is not None else None  # encode it while writing
-                n = _append(out, docs, cur, ids, eos, dtype, n)
+            jobs: deque = deque()
+
+            def finish() -> None:
+                nonlocal n, chars
+                cur, job = jobs.popleft()
+                n = _append(out, docs, cur, job.result(), eos, dtype, n)
                 size = sum(len(p[0]) for p in cur)
                 chars += size
                 progress.update(size)
+
+            for i, chunk in enumerate(_chunks(pieces)):
+                if i == 0:
+                    enc.probe([p[0] for p in chunk if p[1]])
+                jobs.append((chunk, pool.submit(_encode, chunk, enc)))
+                if len(jobs) > ENCODERS:
+                    finish()
+            while jobs:
+                finish()
         progress.close()
         if not docs:
             raise SlimedgeError(f"data {meta['source']} contains no text; give it some documents")
