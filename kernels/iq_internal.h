@@ -78,12 +78,17 @@ SE_INLINE int se_iq_key(const int8_t *L, int dim, int bits) {
     return u;
 }
 
-/* ggml's iq2/iq3_find_best_neighbour of off-grid key u at `scale`: writes its levels to L and returns
- * its grid index (ggml asserts one is found, only NaN/inf data fails: then the first neighbour) */
+/* ggml's iq2/iq3_find_best_neighbour of off-grid key u at `scale`: its grid index (ggml asserts one is
+ * found, only NaN/inf data fails: then the first neighbour) */
+SE_INLINE int se_iq_neighbour_index(const se_iq_grid *G, int u, const float *xval, const float *w, float scale) {
+    const int gi = G->nearest(G, u, xval, w, scale, SE_IQ_Q8);
+    return gi < 0 ? G->nb[-G->map[u]] : gi;
+}
+
+/* the same, its levels written to L */
 SE_INLINE int se_iq_best_neighbour(const se_iq_grid *G, int u, const float *xval, const float *w, float scale,
                                    int8_t *L) {
-    int gi = G->nearest(G, u, xval, w, scale, SE_IQ_Q8);
-    if (gi < 0) gi = G->nb[-G->map[u]];
+    const int gi = se_iq_neighbour_index(G, u, xval, w, scale);
     const uint8_t *lv = G->lev + (size_t)gi * G->dim;
     for (int i = 0; i < G->dim; ++i) L[i] = (int8_t)lv[i];
     return gi;
