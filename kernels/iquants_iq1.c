@@ -62,6 +62,62 @@ static int se_iq1_snap(const se_iq_grid *G, const float *xb, const float *w, flo
 static const float SE_X_P[3] = {-1 + SE_IQ1_DELTA, SE_IQ1_DELTA, 1 + SE_IQ1_DELTA};
 static const float SE_X_M[3] = {-1 - SE_IQ1_DELTA, -SE_IQ1_DELTA, 1 - SE_IQ1_DELTA};
 
+/* the candidate (i1, i2, sh) beats `best` (ggml's test) */
+SE_INLINE int se_iq1_beats(float sumqx, float sumq2, float best) {
+    return sumq2 > 0 && sumqx * sumqx > best * sumq2;
+}
+
+/* IQ1_S's exhaustive split of 32 sorted values into levels 0 | 1 | 2 at i1 <= i2 (prefix sums sumx, sumw),
+ * shift sh = +1 then -1 for each, in ggml's order and with ggml's test and update: the best into scale,
+ * i1, i2, sh (unchanged when none fits). Each row i1 runs in lanes of 8 i2; a chunk with no candidate
+ * beating the current best leaves it as it is (skipped), a chunk with one is scanned in order. */
+SE_INLINE void se_iq1_s_split(const float *sumx, const float *sumw, float *scale, int *bi1, int *bi2, int *bsh) {
+    const float p0 = SE_X_P[0], p1 = SE_X_P[1], p2 = SE_X_P[2], m0 = SE_X_M[0], m1 = SE_X_M[1], m2 = SE_X_M[2];
+    float sx[40], sw[40];
+    for (int i = 0; i < 40; ++i) {
+        sx[i] = sumx[i < 32 ? i : 32];
+        sw[i] = sumw[i < 32 ? i : 32];
+    }
+    float best = -FLT_MAX;
+    for (int i1 = 0; i1 <= 32; ++i1) {
+        const float ax = sx[i1] - sx[0], aw = sw[i1] - sw[0];
+        const float axp = ax * p0, axm = ax * m0, awp = aw * p0 * p0, awm = aw * m0 * m0;
+        for (int c0 = i1; c0 <= 32; c0 += 8) {
+            float qxp[8], q2p[8], qxm[8], q2m[8];
+            int hit = 0;
+#pragma omp simd reduction(| : hit)
+            for (int j = 0; j < 8; ++j) {
+                const int i2 = c0 + j;
+                const float bx = sx[i2] - sx[i1], cx = sx[32] - sx[i2];
+                const float bw = sw[i2] - sw[i1], cw = sw[32] - sw[i2];
+                qxp[j] = axp + bx * p1 + cx * p2;
+                q2p[j] = awp + bw * p1 * p1 + cw * p2 * p2;
+                qxm[j] = axm + bx * m1 + cx * m2;
+                q2m[j] = awm + bw * m1 * m1 + cw * m2 * m2;
+                hit |= (i2 <= 32) & (se_iq1_beats(qxp[j], q2p[j], best) | se_iq1_beats(qxm[j], q2m[j], best));
+            }
+            if (!hit) continue;
+            for (int j = 0; j < 8 && c0 + j <= 32; ++j) {
+                if (se_iq1_beats(qxp[j], q2p[j], best)) {
+                    *scale = qxp[j] / q2p[j];
+                    best = *scale * qxp[j];
+                    *bi1 = i1;
+                    *bi2 = c0 + j;
+                    *bsh = 1;
+                }
+                if (se_iq1_beats(qxm[j], q2m[j], best)) {
+                    *scale = qxm[j] / q2m[j];
+                    best = *scale * qxm[j];
+                    *bi1 = i1;
+                    *bi2 = c0 + j;
+                    *bsh = -1;
+                }
+            }
+        }
+    }
+}
+
+SE_MULTIVERSION
 static void se_iq1_s_block(const se_iq_grid *G, const float *xbl, const float *qwbl, se_block_iq1_s *y) {
     float scales[8], weight[32], sumx[33], sumw[33];
     int idx[32];
@@ -87,26 +143,9 @@ static void se_iq1_s_block(const se_iq_grid *G, const float *xbl, const float *q
             sumx[j + 1] = sumx[j] + weight[i] * xb[i];
             sumw[j + 1] = sumw[j] + weight[i];
         }
-        float best_score = -FLT_MAX, scale = max;
+        float scale = max;
         int besti1 = -1, besti2 = -1, best_shift = 0;
-        for (int i1 = 0; i1 <= 32; ++i1) {
-            for (int i2 = i1; i2 <= 32; ++i2) {
-                for (int sh = 1; sh >= -1; sh -= 2) {
-                    const float *xs = sh == 1 ? SE_X_P : SE_X_M;
-                    const float sumqx = (sumx[i1] - sumx[0]) * xs[0] + (sumx[i2] - sumx[i1]) * xs[1] +
-                                        (sumx[32] - sumx[i2]) * xs[2];
-                    const float sumq2 = (sumw[i1] - sumw[0]) * xs[0] * xs[0] + (sumw[i2] - sumw[i1]) * xs[1] * xs[1] +
-                                        (sumw[32] - sumw[i2]) * xs[2] * xs[2];
-                    if (sumq2 > 0 && sumqx * sumqx > best_score * sumq2) {
-                        scale = sumqx / sumq2;
-                        best_score = scale * sumqx;
-                        besti1 = i1;
-                        besti2 = i2;
-                        best_shift = sh;
-                    }
-                }
-            }
-        }
+        se_iq1_s_split(sumx, sumw, &scale, &besti1, &besti2, &best_shift);
         if (besti1 < 0 || besti2 < 0 || best_shift == 0) {
             scales[ib] = 0;
             shifts[ib] = 1;
@@ -171,6 +210,65 @@ SE_INLINE const float *se_iq1m_xx(int best_k, int k) {
     return k == 0 ? (best_k < 2 ? SE_X_P : SE_X_M) : (best_k % 2 == 0 ? SE_X_P : SE_X_M);
 }
 
+/* IQ1_M's exhaustive split of 16 sorted values at i1 <= i2, the shift of each half (k: ++, +-, -+, --)
+ * from the halves' prefix sums px, pw: as se_iq1_s_split, lanes of 8 i2, candidates in ggml's order */
+SE_INLINE void se_iq1_m_split(const float (*px)[17], const float (*pw)[17], float *scale, int *bi1, int *bi2,
+                           int *bk) {
+    const float txs[2] = {px[0][16], px[1][16]}, tws[2] = {pw[0][16], pw[1][16]};
+    const float p2 = SE_X_P[2], m2 = SE_X_M[2];
+    const float cp1 = SE_X_P[0] * SE_X_P[0] - SE_X_P[1] * SE_X_P[1];
+    const float cp2 = SE_X_P[1] * SE_X_P[1] - SE_X_P[2] * SE_X_P[2];
+    const float cm1 = SE_X_M[0] * SE_X_M[0] - SE_X_M[1] * SE_X_M[1];
+    const float cm2 = SE_X_M[1] * SE_X_M[1] - SE_X_M[2] * SE_X_M[2];
+    float ex[2][24], ew[2][24];
+    for (int h = 0; h < 2; ++h)
+        for (int i = 0; i < 24; ++i) {
+            ex[h][i] = px[h][i < 16 ? i : 16];
+            ew[h][i] = pw[h][i < 16 ? i : 16];
+        }
+    float best = -FLT_MAX;
+    for (int i1 = 0; i1 <= 16; ++i1) {
+        for (int c0 = i1; c0 <= 16; c0 += 8) {
+            float qx[4][8], q2[4][8];
+            int hit = 0;
+#pragma omp simd reduction(| : hit)
+            for (int j = 0; j < 8; ++j) {
+                const int i2 = c0 + j;
+                float qx_p[2], qx_m[2], q2_p[2], q2_m[2];
+                for (int h = 0; h < 2; ++h) {
+                    const float sx = ex[h][i1] + ex[h][i2];
+                    qx_p[h] = txs[h] * p2 - sx;
+                    qx_m[h] = txs[h] * m2 - sx;
+                    q2_p[h] = tws[h] * p2 * p2 + ew[h][i1] * cp1 + ew[h][i2] * cp2;
+                    q2_m[h] = tws[h] * m2 * m2 + ew[h][i1] * cm1 + ew[h][i2] * cm2;
+                }
+                qx[0][j] = qx_p[0] + qx_p[1];
+                qx[1][j] = qx_p[0] + qx_m[1];
+                qx[2][j] = qx_m[0] + qx_p[1];
+                qx[3][j] = qx_m[0] + qx_m[1];
+                q2[0][j] = q2_p[0] + q2_p[1];
+                q2[1][j] = q2_p[0] + q2_m[1];
+                q2[2][j] = q2_m[0] + q2_p[1];
+                q2[3][j] = q2_m[0] + q2_m[1];
+                int any = 0;
+                for (int k = 0; k < 4; ++k) any |= se_iq1_beats(qx[k][j], q2[k][j], best);
+                hit |= (i2 <= 16) & any;
+            }
+            if (!hit) continue;
+            for (int j = 0; j < 8 && c0 + j <= 16; ++j)
+                for (int k = 0; k < 4; ++k)
+                    if (se_iq1_beats(qx[k][j], q2[k][j], best)) {
+                        *scale = qx[k][j] / q2[k][j];
+                        best = *scale * qx[k][j];
+                        *bi1 = i1;
+                        *bi2 = c0 + j;
+                        *bk = k;
+                    }
+        }
+    }
+}
+
+SE_MULTIVERSION
 static void se_iq1_m_block(const se_iq_grid *G, const float *xbl, const float *qwbl, se_block_iq1_m *y) {
     static const uint8_t masks[4] = {0x00, 0x80, 0x08, 0x88};
     float scales[16], weight[16];
@@ -191,7 +289,7 @@ static void se_iq1_m_block(const se_iq_grid *G, const float *xbl, const float *q
             continue;
         }
         se_iq1_sort(16, xb, idx);
-        float best_score = -FLT_MAX, scale = max;
+        float scale = max;
         int besti1 = -1, besti2 = -1, best_k = -1;
         float px[2][17], pw[2][17];
         px[0][0] = px[1][0] = 0;
@@ -204,41 +302,7 @@ static void se_iq1_m_block(const se_iq_grid *G, const float *xbl, const float *q
             pw[h][j + 1] = pw[h][j] + weight[i];
             pw[1 - h][j + 1] = pw[1 - h][j];
         }
-        const float txs[2] = {px[0][16], px[1][16]}, tws[2] = {pw[0][16], pw[1][16]};
-        const float p2 = SE_X_P[2], m2 = SE_X_M[2];
-        const float cp1 = SE_X_P[0] * SE_X_P[0] - SE_X_P[1] * SE_X_P[1];
-        const float cp2 = SE_X_P[1] * SE_X_P[1] - SE_X_P[2] * SE_X_P[2];
-        const float cm1 = SE_X_M[0] * SE_X_M[0] - SE_X_M[1] * SE_X_M[1];
-        const float cm2 = SE_X_M[1] * SE_X_M[1] - SE_X_M[2] * SE_X_M[2];
-        for (int i1 = 0; i1 <= 16; ++i1) {
-            for (int i2 = i1; i2 <= 16; ++i2) {
-                float qx_p[2], qx_m[2], q2_p[2], q2_m[2], sumqx[4], sumq2[4];
-                for (int h = 0; h < 2; ++h) {
-                    const float sx = px[h][i1] + px[h][i2];
-                    qx_p[h] = txs[h] * p2 - sx;
-                    qx_m[h] = txs[h] * m2 - sx;
-                    q2_p[h] = tws[h] * p2 * p2 + pw[h][i1] * cp1 + pw[h][i2] * cp2;
-                    q2_m[h] = tws[h] * m2 * m2 + pw[h][i1] * cm1 + pw[h][i2] * cm2;
-                }
-                sumqx[0] = qx_p[0] + qx_p[1];
-                sumqx[1] = qx_p[0] + qx_m[1];
-                sumqx[2] = qx_m[0] + qx_p[1];
-                sumqx[3] = qx_m[0] + qx_m[1];
-                sumq2[0] = q2_p[0] + q2_p[1];
-                sumq2[1] = q2_p[0] + q2_m[1];
-                sumq2[2] = q2_m[0] + q2_p[1];
-                sumq2[3] = q2_m[0] + q2_m[1];
-                for (int k = 0; k < 4; ++k) {
-                    if (sumq2[k] > 0 && sumqx[k] * sumqx[k] > best_score * sumq2[k]) {
-                        scale = sumqx[k] / sumq2[k];
-                        best_score = scale * sumqx[k];
-                        besti1 = i1;
-                        besti2 = i2;
-                        best_k = k;
-                    }
-                }
-            }
-        }
+        se_iq1_m_split(px, pw, &scale, &besti1, &besti2, &best_k);
         if (besti1 < 0 || besti2 < 0 || best_k < 0) {
             scales[ib] = 0;
             shifts[ib] = 0;
