@@ -7,6 +7,7 @@
  * grids: levels 0..2, a 2-bit field of 3 never occurs), which keeps the first use quick. Each list is
  * also stored lane-major for the neighbour search (iq_search.c). Thread-safe through pthread_once.
  */
+#include <limits.h>
 #include <pthread.h>
 #include <stdlib.h>
 
@@ -32,30 +33,44 @@ static se_iq_grid SE_IQ_GRIDS[SE_G_COUNT];
 static pthread_once_t SE_IQ_ONCE[SE_G_COUNT] = {PTHREAD_ONCE_INIT, PTHREAD_ONCE_INIT, PTHREAD_ONCE_INIT,
                                                 PTHREAD_ONCE_INIT, PTHREAD_ONCE_INIT, PTHREAD_ONCE_INIT};
 
-/* neighbours of key u into out (NULL: count only); d2: scratch of n ints */
-static int se_iq_neighbours(const int8_t *pos, int n, int dim, int bits, int nwant, int u, int *d2,
+/* neighbours of key u into out (NULL: count only); posT: the grid's positions [dim][n]; d2: scratch of
+ * n ints. Distances for all points at once, then the nwant smallest distinct ones, then the points at
+ * them by (distance, index). */
+SE_MULTIVERSION
+static int se_iq_neighbours(const int8_t *posT, int n, int dim, int bits, int nwant, int u, int *d2,
                             uint16_t *out) {
-    int8_t p[8];
-    for (int k = 0; k < dim; ++k) p[k] = (int8_t)(2 * ((u >> (bits * k)) & ((1 << bits) - 1)) + 1);
-    for (int j = 0; j < n; ++j) {
-        int s = 0;
-        for (int k = 0; k < dim; ++k) s += (pos[j * dim + k] - p[k]) * (pos[j * dim + k] - p[k]);
-        d2[j] = s;
+    for (int j = 0; j < n; ++j) d2[j] = 0;
+    for (int k = 0; k < dim; ++k) {
+        const int pk = 2 * ((u >> (bits * k)) & ((1 << bits) - 1)) + 1;
+        const int8_t *pc = posT + (size_t)k * n;
+        for (int j = 0; j < n; ++j) d2[j] += (pc[j] - pk) * (pc[j] - pk);
     }
-    int count = 0, prev = -1;
-    for (int w = 0; w < nwant; ++w) {
-        int m = 1 << 30;
-        for (int j = 0; j < n; ++j)
-            if (d2[j] > prev && d2[j] < m) m = d2[j];
-        if (m == 1 << 30) break;
-        for (int j = 0; j < n; ++j)
-            if (d2[j] == m) {
-                if (out) out[count] = (uint16_t)j;
-                ++count;
-            }
-        prev = m;
+    int m[3], cnt[3], nm = 0, prev = -1, total = 0;
+    for (int w = 0; w < nwant && w < 3; ++w) {
+        int mm = INT_MAX;
+#pragma omp simd reduction(min : mm)
+        for (int j = 0; j < n; ++j) {
+            const int v = d2[j] > prev ? d2[j] : INT_MAX;
+            mm = v < mm ? v : mm;
+        }
+        if (mm == INT_MAX) break;
+        int c = 0;
+#pragma omp simd reduction(+ : c)
+        for (int j = 0; j < n; ++j) c += d2[j] == mm;
+        m[nm] = prev = mm;
+        cnt[nm++] = c;
+        total += c;
     }
-    return count;
+    if (out) {
+        int at[3];
+        for (int w = 0, o = 0; w < nm; o += cnt[w++]) at[w] = o;
+        for (int j = 0; j < n; ++j) {
+            if (d2[j] > prev) continue;  /* farther than the last distance kept: most points */
+            for (int w = 0; w < nm; ++w)
+                if (d2[j] == m[w]) out[at[w]++] = (uint16_t)j;
+        }
+    }
+    return total;
 }
 
 /* a key the quantizers can form: 8-value grids have levels 0..2 (no 2-bit field of 3) */
@@ -75,11 +90,12 @@ static void se_iq_build(int g) {
     int32_t *map = malloc(sizeof(int32_t) * nkeys);
     uint32_t *lane_off = malloc(sizeof(uint32_t) * nkeys);
     int *d2 = malloc(sizeof(int) * n);
-    if (!pos || !val || !lev || !map || !lane_off || !d2) abort();
+    int8_t *posT = malloc((size_t)n * dim);
+    if (!pos || !val || !lev || !map || !lane_off || !d2 || !posT) abort();
     for (int j = 0; j < n; ++j)
         for (int k = 0; k < dim; ++k) {
             const int l = (s->kgrid[j] >> (bits * k)) & ((1 << bits) - 1);
-            pos[j * dim + k] = (int8_t)(2 * l + 1);
+            pos[j * dim + k] = posT[(size_t)k * n + j] = (int8_t)(2 * l + 1);
             lev[j * dim + k] = (uint8_t)l;
             val[j * dim + k] = s->gval[l];
         }
@@ -89,7 +105,7 @@ static void se_iq_build(int g) {
     for (int u = 0; u < nkeys; ++u) {
         lane_off[u] = 0;
         if (map[u] >= 0 || !se_iq_reachable(u, dim)) continue;
-        const int c = se_iq_neighbours(pos, n, dim, bits, s->nwant, u, d2, NULL);
+        const int c = se_iq_neighbours(posT, n, dim, bits, s->nwant, u, d2, NULL);
         total += 1 + (size_t)c;
         lanes += (size_t)(c + 7) / 8 * 8 * dim;
     }
@@ -99,7 +115,7 @@ static void se_iq_build(int g) {
     size_t off = 0, loff = 0;
     for (int u = 0; u < nkeys; ++u) {
         if (map[u] >= 0 || !se_iq_reachable(u, dim)) continue;
-        const int c = se_iq_neighbours(pos, n, dim, bits, s->nwant, u, d2, nb + off + 1);
+        const int c = se_iq_neighbours(posT, n, dim, bits, s->nwant, u, d2, nb + off + 1);
         nb[off] = (uint16_t)c;
         map[u] = -(int32_t)(off + 1);
         lane_off[u] = (uint32_t)loff;
@@ -111,6 +127,7 @@ static void se_iq_build(int g) {
         off += 1 + (size_t)c;
     }
     free(d2);
+    free(posT);
     SE_IQ_GRIDS[g] = (se_iq_grid){n, dim, bits, pos, map, nb, val, lev, lane_off, nbl, se_iq_pick_nearest()};
 }
 
