@@ -77,6 +77,7 @@ class TuneConfig:
     warm_steps: int = 0             # layer-wise warm start: Adam steps per matrix on its output error (0: none)
     warm_blocks: int = 16           # calibration blocks whose teacher activations weigh the warm start
     float_mb: int = 256             # above this many MiB of float weights, rebuild each in backward (checkpoint)
+    fsdp_teacher: bool = False      # under torchrun: shard the float teacher across the processes (FSDP2)
 
 
 @dataclass
@@ -168,19 +169,55 @@ def _logprobs(model, x):
     return torch.log_softmax(model(input_ids=x).logits.float(), -1)
 
 
-def _mean_kl(model, teacher_lp, blocks, batch: int, device, dist) -> float:
+def _chunks(n: int, dist, sharded: bool):
+    """The chunks ``c`` (``c % world == rank``) of ``n`` this process runs; with a sharded teacher, ``None`` pads
+    the list so that every process runs the same number of teacher forwards (each one is a collective)."""
+    for r in range(-(-n // dist.world)):
+        c = r * dist.world + dist.rank
+        if c < n:
+            yield c
+        elif sharded:
+            yield None
+
+
+class _Teacher:
+    """The teacher's log-probabilities ``[B, L, V]`` (its head transform applied), whole or FSDP-sharded."""
+
+    def __init__(self, model, config, sharded: bool, pad_block):
+        from .losses import HeadTransform
+
+        self.model, self.head, self.sharded, self.pad = model, HeadTransform.from_config(config), sharded, pad_block
+
+    def __call__(self, x):
+        import torch
+
+        from .fsdp import teacher_forward
+        from .losses import head_logits
+
+        h, _, w = teacher_forward(self.model, x)
+        return torch.log_softmax(head_logits(h, w, self.head), -1)
+
+    def join(self) -> None:
+        """A forward whose result is dropped: this process's part in a collective it has no block for."""
+        self(self.pad)
+
+
+def _mean_kl(model, teacher: _Teacher, blocks, batch: int, device, dist) -> float:
     """Mean per-token KL(teacher || model) over ``blocks``: batch ``c`` on process ``c % world``, summed."""
     import torch
 
     from .losses import divergence
 
     acc = torch.zeros(2, dtype=torch.float64, device=device)
+    starts = range(0, len(blocks), batch)
     with torch.no_grad():
-        for c, i in enumerate(range(0, len(blocks), batch)):
-            if not dist.mine(c):
+        for c in _chunks(len(starts), dist, teacher.sharded):
+            if c is None:
+                teacher.join()
                 continue
+            i = starts[c]
             x = torch.as_tensor(np.asarray(blocks[i:i + batch]), device=device)
-            t = teacher_lp(i, x)
+            t = teacher(x)
             s = _logprobs(model, x)
             kl = divergence(t.reshape(-1, t.shape[-1]), s.reshape(-1, s.shape[-1]), "fkl")
             acc += torch.stack([kl.double().sum(), torch.tensor(float(kl.numel()), dtype=torch.float64,
@@ -189,7 +226,7 @@ def _mean_kl(model, teacher_lp, blocks, batch: int, device, dist) -> float:
     return tot / max(n, 1)
 
 
-def _teacher_cache(teacher, train, n_train: int, cfg: TuneConfig, vocab: int, device, dist):
+def _teacher_cache(teacher: _Teacher, train, n_train: int, cfg: TuneConfig, vocab: int, device, dist):
     """The teacher's log-probs of every training block ``[n_train, seq, vocab]`` when they fit ``cache_mb``, else
     None. Batch ``c`` (always the same blocks, as one process would run them) on process ``c % world``, then
     broadcast, so every process holds the same cache."""
@@ -200,9 +237,12 @@ def _teacher_cache(teacher, train, n_train: int, cfg: TuneConfig, vocab: int, de
     cache = torch.empty((n_train, cfg.seq_len, vocab), dtype=torch.float32, device=device)
     spans = [(i, min(i + cfg.batch_size, n_train)) for i in range(0, n_train, cfg.batch_size)]
     with torch.no_grad():
-        for c, (i, j) in enumerate(spans):
-            if dist.mine(c):
-                cache[i:j] = _logprobs(teacher, torch.as_tensor(train[i:j], device=device))
+        for c in _chunks(len(spans), dist, teacher.sharded):
+            if c is None:
+                teacher.join()
+                continue
+            i, j = spans[c]
+            cache[i:j] = teacher(torch.as_tensor(train[i:j], device=device))
     for c, (i, j) in enumerate(spans):
         dist.broadcast_(cache[i:j], src=c % dist.world)
     return cache
@@ -229,7 +269,8 @@ def tune(cfg: TuneConfig, progress: Progress = NULL_PROGRESS) -> TuneResult:
     Under ``torchrun`` (``WORLD_SIZE`` > 1) every process holds the model and the teacher and takes its share of
     each step's calibration blocks (``batch_size`` blocks in all); gradients are summed, so every process makes
     the same update; process 0 writes the output and checkpoints, and gets the result (the others get one
-    with ``output=""``).
+    with ``output=""``). ``fsdp_teacher`` shards the float teacher's weights across the processes (FSDP2, one
+    unit per decoder layer, as ``distill --fsdp-teacher``), for teachers that do not fit one device.
     """
     import torch
 
@@ -244,6 +285,9 @@ def tune(cfg: TuneConfig, progress: Progress = NULL_PROGRESS) -> TuneResult:
         raise SlimedgeError("--device cuda: no CUDA device is available to torch; use --device cpu")
     dist = _Dist(cuda)
     try:
+        if cfg.fsdp_teacher and cfg.warm_steps:
+            raise SlimedgeError("--warm-steps needs the teacher's whole weights: leave out --fsdp-teacher or "
+                                "--warm-steps")
         if cfg.batch_size < dist.world:
             raise SlimedgeError(f"--batch-size {cfg.batch_size} is smaller than the {dist.world} processes: each "
                                 "process needs at least one block per step; raise --batch-size")
@@ -287,21 +331,26 @@ def _tune(cfg: TuneConfig, dist, progress: Progress) -> TuneResult:
     train = blocks.train  # a memory-mapped view: rows are read when a step takes them
     n_train = min(len(train), cfg.max_blocks) if cfg.max_blocks else len(train)
     held = np.asarray(blocks.eval[:cfg.eval_blocks])
-    teacher = load_teacher_model(cfg.teacher, torch.float32, device)
+    sharded = cfg.fsdp_teacher and dist.world > 1
+    if cfg.fsdp_teacher and not sharded:
+        log.info("--fsdp-teacher: one process, so the teacher stays whole (run under torchrun to shard it)")
+    teacher = load_teacher_model(cfg.teacher, torch.float32, "cpu" if sharded else device)
+    if sharded:
+        from .fsdp import shard_teacher
+
+        teacher = shard_teacher(teacher, device)
+    pad = torch.as_tensor(np.asarray(train[:1]), device=device)
+    tlp = _Teacher(teacher, teacher_cfg, sharded, pad)
     vocab = teacher_cfg.vocab_size
-    cache = _teacher_cache(teacher, train, n_train, cfg, vocab, device, dist)
+    cache = _teacher_cache(tlp, train, n_train, cfg, vocab, device, dist)
 
     def teacher_train(rows, x):
         if cache is not None:
             return cache[torch.as_tensor(rows, device=device)]
         with torch.no_grad():
-            return _logprobs(teacher, x)
+            return tlp(x)
 
-    def teacher_held(i, x):
-        with torch.no_grad():
-            return _logprobs(teacher, x)
-
-    kl_before = _mean_kl(model, teacher_held, held, cfg.batch_size, device, dist)
+    kl_before = _mean_kl(model, tlp, held, cfg.batch_size, device, dist)
     sub_lr = cfg.sub_lr if cfg.sub_lr is not None else 20 * cfg.lr
     # a student has no float reference to warm-start against
     if cfg.warm_steps and not cfg.resume and scfg is teacher_cfg:
@@ -363,7 +412,7 @@ def _tune(cfg: TuneConfig, dist, progress: Progress) -> TuneResult:
     finally:
         progress.close()
     model.eval()
-    kl_after = _mean_kl(model, teacher_held, held, cfg.batch_size, device, dist)
+    kl_after = _mean_kl(model, tlp, held, cfg.batch_size, device, dist)
     log.info("tune: held-out KL %.5f -> %.5f (%d steps)", kl_before, kl_after, cfg.steps)
     if dist.rank == 0:
         _write(cfg, info, qws, mm)

@@ -304,3 +304,26 @@ def test_torchrun_two_processes_tune_as_one(model, tmp_path):
                         "-m", "slimedge", "tune", *args[:-2], "--batch-size", "1", "-o", str(tmp_path / "x.gguf")],
                        capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode != 0 and "smaller than the 2 processes" in r.stderr and not (tmp_path / "x.gguf").exists()
+
+
+@pytest.mark.slow  # torchrun with two processes
+def test_torchrun_fsdp_teacher_tunes_as_one_process(model, tmp_path):
+    # the teacher's weights sharded over two processes (FSDP2); 3 cache batches and 1 held-out batch, so one
+    # process joins forwards it has no block for
+    import os
+    import re
+    import subprocess
+
+    hf, d, q = model
+    one = _tune(hf, d, q, tmp_path / "one.gguf", steps=3, max_blocks=12, eval_blocks=4)
+    args = [str(q), "--teacher", str(hf), "--data", str(d / "train.txt"), "--steps", "3", "--seq-len", "64",
+            "--batch-size", "4", "--max-blocks", "12", "--fsdp-teacher", "-o", str(tmp_path / "two.gguf")]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           "-m", "slimedge", "tune", *args], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    before, after = map(float, re.search(r"KL vs teacher ([\d.]+) -> ([\d.]+)", proc.stderr).groups())
+    assert before == pytest.approx(one.kl_before, abs=6e-6) and after == pytest.approx(one.kl_after, rel=1e-3)
+    a, b = (tmp_path / "one.gguf").read_bytes(), (tmp_path / "two.gguf").read_bytes()
+    assert len(a) == len(b) and a != q.read_bytes()
+    assert np.mean(np.frombuffer(a, np.uint8) == np.frombuffer(b, np.uint8)) > 0.999
