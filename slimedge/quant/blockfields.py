@@ -20,7 +20,11 @@ How, without a second copy of any layout:
   ``pack_q3_scales`` and their unpackers) and :mod:`.kquant_search`'s fp16 helpers; the only facts written
   here are where each scale field sits in its block (:data:`SPECS`), checked by the bit-exact tests;
 * :func:`pack` writes new scale fields into a copy of the original blocks, whose code bytes are never
-  touched, so codes cannot drift; ``pack(unpack(q), q) == q`` byte for byte.
+  touched, so codes cannot drift; ``pack(unpack(q), q) == q`` byte for byte;
+* **new codes** (``pack(..., codes=True)``, for ``tune --learn-codes``) are written through each type's code
+  bit map, which :func:`code_bits` finds by probing that same dequantization: every bit outside the scale
+  fields is set alone in a zero block, and the one code it moves and by how much is read off (Q4_0's
+  nibble bits add 1, 2, 4, 8 to a base of -8; Q3_K's high-mask bit adds 4 to ``low - 4``; ...).
 
 Supported: Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 (:data:`SUPPORTED`).
 """
@@ -157,21 +161,92 @@ def unpack(q: np.ndarray, qtype) -> BlockFields:
     return BlockFields(s.qtype, codes, f16_at(q, s.d_at), dmin, sc, mn)
 
 
+@dataclass(frozen=True)
+class CodeBits:
+    """A type's code bit map within one block: code ``j`` = ``base[j]`` + the ``value`` of each set bit of it."""
+
+    base: np.ndarray       # int32[block_size]: each code with all its bits clear
+    byte: np.ndarray       # int32[n_bits]: byte of each code bit within the block
+    mask: np.ndarray       # uint8[n_bits]: that bit
+    code: np.ndarray       # int32[n_bits]: the code it belongs to
+    value: np.ndarray      # int32[n_bits]: what it adds (a power of two)
+    lo: int                # the codes' common range
+    hi: int
+
+
+_CODE_BITS: dict[T, CodeBits] = {}
+
+
+def code_bits(qtype) -> CodeBits:
+    """The :class:`CodeBits` of a supported type, probed once on the registry's dequantization (module docstring)."""
+    s = spec_of(qtype)
+    if s.qtype in _CODE_BITS:
+        return _CODE_BITS[s.qtype]
+    fmt = get_format(s.qtype)
+    ts = fmt.type_size
+    zero = np.zeros((1, ts), np.uint8)
+    fixed = _unit_blocks(s, zero) == _unit_blocks(s, np.full((1, ts), 0xFF, np.uint8))  # the scale fields' bytes
+    probes = [(b, k) for b in range(ts) if not fixed[0, b] for k in range(8)]
+    blocks = np.zeros((len(probes), ts), np.uint8)
+    for i, (b, k) in enumerate(probes):
+        blocks[i, b] = 1 << k
+    base = np.rint(fmt.dequantize_blocks(_unit_blocks(s, zero))).astype(np.int32).reshape(-1)
+    moved = np.rint(fmt.dequantize_blocks(_unit_blocks(s, blocks))).astype(np.int32).reshape(len(probes), -1) - base
+    nz = moved != 0
+    if not np.all(nz.sum(1) == 1):
+        raise RuntimeError(f"{s.qtype.name}: a code bit that moves {sorted(set(nz.sum(1)))} codes; not a bit map")
+    code = nz.argmax(1).astype(np.int32)
+    value = moved[np.arange(len(probes)), code]
+    mag = np.abs(value)
+    neg = value < 0  # a two's complement sign bit (Q8_0's bit 7 adds -128)
+    n_neg = np.bincount(code[neg], minlength=base.size)
+    if np.any(mag & (mag - 1)) or np.any(n_neg > 1) or np.any(mag[neg] <= np.bincount(
+            code, weights=np.where(neg, 0, mag), minlength=base.size)[code[neg]]):
+        raise RuntimeError(f"{s.qtype.name}: code bits adding {sorted(set(value.tolist()))}; not a binary code")
+    lo = base + np.bincount(code, weights=np.where(neg, value, 0), minlength=base.size).astype(np.int32)
+    hi = base + np.bincount(code, weights=np.where(neg, 0, value), minlength=base.size).astype(np.int32)
+    if len(set(lo.tolist())) != 1 or len(set(hi.tolist())) != 1:
+        raise RuntimeError(f"{s.qtype.name}: codes of different ranges within a block")
+    cb = CodeBits(base, np.array([b for b, _ in probes], np.int32), np.array([1 << k for _, k in probes], np.uint8),
+                  code, value, int(lo[0]), int(hi[0]))
+    _CODE_BITS[s.qtype] = cb
+    return cb
+
+
+def _put_codes(s: FieldSpec, q: np.ndarray, codes: np.ndarray) -> None:
+    """Write ``codes`` (int[nb, block_size], in range) into the blocks ``q`` in place."""
+    cb = code_bits(s.qtype)
+    v = codes.reshape(len(q), -1).astype(np.int32) - cb.base       # [nb, block]: what each code's bits add up to
+    sign = np.zeros(cb.base.size, np.int32)                        # each code's sign-bit value (0: none)
+    sign[cb.code[cb.value < 0]] = cb.value[cb.value < 0]
+    neg = v < 0                                                    # set the sign bit, the rest holds v - sign
+    rest = v - np.where(neg, sign, 0)
+    on = np.where(cb.value < 0, neg[:, cb.code], (rest[:, cb.code] & np.maximum(cb.value, 0)) != 0)  # [nb, n_bits]
+    for byte in np.unique(cb.byte):
+        sel = cb.byte == byte
+        q[:, byte] = np.bitwise_or.reduce(np.where(on[:, sel], cb.mask[sel], 0).astype(np.uint8), axis=1)
+
+
 def _check_range(name: str, v: np.ndarray, lo_hi: tuple[int, int], qtype: T) -> None:
     if v.size and (int(v.min()) < lo_hi[0] or int(v.max()) > lo_hi[1]):
         raise ValueError(f"{qtype.name}: {name} outside {lo_hi[0]}..{lo_hi[1]} "
                          f"({int(v.min())}..{int(v.max())})")
 
 
-def pack(fields: BlockFields, q: np.ndarray) -> np.ndarray:
-    """The blocks ``q`` (the ones ``fields`` came from) with ``fields``' scales written in; codes untouched.
+def pack(fields: BlockFields, q: np.ndarray, codes: bool = False) -> np.ndarray:
+    """The blocks ``q`` (the ones ``fields`` came from) with ``fields``' scales written in; codes untouched
+    unless ``codes`` (then ``fields.codes`` are written too, through :func:`code_bits`).
 
-    ``d``/``dmin`` are rounded to fp16; ``sc``/``mn`` must be integers in the type's range (a ValueError
-    otherwise: the caller clamps)."""
+    ``d``/``dmin`` are rounded to fp16; ``sc``/``mn`` (and codes) must be integers in the type's range (a
+    ValueError otherwise: the caller clamps)."""
     s = fields.spec
     fmt = get_format(s.qtype)
     q = np.ascontiguousarray(q, dtype=np.uint8).reshape(-1, fmt.type_size)
     out = q.copy()
+    if codes:
+        cb = code_bits(s.qtype)
+        _check_range("codes", fields.codes, (cb.lo, cb.hi), s.qtype)
+        _put_codes(s, out, fields.codes)
     out[:, s.d_at:s.d_at + 2] = u16_bytes(f16_bits(np.asarray(fields.d, _F)))
     if s.dmin_at is not None:
         out[:, s.dmin_at:s.dmin_at + 2] = u16_bytes(f16_bits(np.asarray(fields.dmin, _F)))

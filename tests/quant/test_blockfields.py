@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from slimedge.quant import dequantize, quantize
-from slimedge.quant.blockfields import SUPPORTED, dequantize_fields, pack, spec_of, unpack
+from slimedge.quant.blockfields import SUPPORTED, code_bits, dequantize_fields, pack, spec_of, unpack
 from slimedge.quant.types import block_size, type_size
 
 TYPES = sorted(SUPPORTED)
@@ -62,6 +62,35 @@ def test_changed_fields_are_written_where_dequantize_reads_them(qtype):
         assert np.array_equal(back.mn, f.mn)
     want = dequantize(q2, qtype, block_size(qtype)).reshape(-1)
     assert np.array_equal(dequantize_fields(back).reshape(-1), want)
+
+
+# the code ranges ggml's dequantization gives each type's bits (q - 32 for Q6_K, q - 4 for Q3_K's clear high bit...)
+CODE_RANGES = {"Q2_K": (0, 3), "Q3_K": (-4, 3), "Q4_K": (0, 15), "Q5_K": (0, 31), "Q6_K": (-32, 31),
+               "Q4_0": (-8, 7), "Q4_1": (0, 15), "Q5_0": (-16, 15), "Q5_1": (0, 31), "Q8_0": (-128, 127)}
+
+
+@pytest.mark.parametrize("qtype", TYPES)
+def test_new_codes_are_written_where_gguf_py_reads_them(qtype):
+    """pack(codes=True): the bit map probed on slimedge's dequantization, checked against gguf-py's own."""
+    import gguf
+
+    cb = code_bits(qtype)
+    assert (cb.lo, cb.hi) == CODE_RANGES[qtype]
+    q = quantize(_weights(5), qtype)
+    f = unpack(q, qtype)
+    assert np.array_equal(pack(f, q, codes=True), q.reshape(-1, type_size(qtype)))   # same codes: same bytes
+    rng = np.random.default_rng(5)
+    f.codes = rng.integers(cb.lo, cb.hi + 1, f.codes.shape).astype(np.int16)
+    f.codes[0] = cb.lo
+    f.codes[1] = cb.hi                                              # both ends of the range
+    q2 = pack(f, q, codes=True)
+    back = unpack(q2, qtype)
+    assert np.array_equal(back.codes, f.codes) and np.array_equal(back.d, f.d)
+    want = gguf.quants.dequantize(q2, gguf.GGMLQuantizationType[qtype]).reshape(-1)
+    assert np.array_equal(dequantize_fields(back).reshape(-1), want)
+    f.codes[0, 0, 0] = cb.hi + 1
+    with pytest.raises(ValueError, match=f"{qtype}: codes outside"):
+        pack(f, q, codes=True)
 
 
 def test_out_of_range_sub_scale_is_refused():
