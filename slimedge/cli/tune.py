@@ -32,6 +32,10 @@ from .options import make_progress, overwrite_option, quiet_option, threads_opti
 @click.option("--warm-steps", type=click.IntRange(min=0), default=0, show_default=True,
               help="Layer-wise warm start: steps per matrix on its output error before the KL steps (0: none).")
 @click.option("--device", default="cpu", show_default=True, metavar="cpu|cuda", help="Torch device.")
+@click.option("--learn-codes", is_flag=True, help="Also learn the integer codes (straight-through estimator; the "
+              "tuning then holds 12 more bytes per weight).")
+@click.option("--codes-lr", type=click.FloatRange(min=0, min_open=True), default=5e-3, show_default=True,
+              help="With --learn-codes: learning rate of the codes, in code units.")
 @click.option("--fsdp-teacher", is_flag=True, help="Under torchrun: shard the float teacher's weights across the "
               "processes (FSDP2, one unit per decoder layer), for a teacher that does not fit one device.")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -43,7 +47,7 @@ from .options import make_progress, overwrite_option, quiet_option, threads_opti
 @user_errors
 def cli(gguf_file: Path, teacher: str, data: str, data_field: str, out: Path, steps: int, lr: float,
         sub_lr: float | None, batch_size: int, seq_len: int, max_blocks: int, warm_steps: int, device: str,
-        fsdp_teacher: bool, seed: int, resume: bool, threads: int | None, overwrite: bool, quiet: bool) -> None:
+        learn_codes: bool, codes_lr: float, fsdp_teacher: bool, seed: int, resume: bool, threads: int | None, overwrite: bool, quiet: bool) -> None:
     """Tune the block scales of a quantized GGUF so it matches its teacher.
 
     Keeps every tensor's type, integer codes and block layout and learns the block parameters (Q4_K/Q5_K:
@@ -66,7 +70,8 @@ def cli(gguf_file: Path, teacher: str, data: str, data_field: str, out: Path, st
                         sub_lr=sub_lr, batch_size=batch_size, seq_len=seq_len, max_blocks=max_blocks,
                         warm_steps=warm_steps,
                         device=device, threads=threads, seed=seed, overwrite=overwrite, data_field=data_field,
-                        resume=resume, fsdp_teacher=fsdp_teacher),
+                        resume=resume, fsdp_teacher=fsdp_teacher, learn_codes=learn_codes,
+                        codes_lr=codes_lr),
              make_progress(quiet))
     if not r.output:  # a non-zero rank under torchrun
         return

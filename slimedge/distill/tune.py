@@ -1,11 +1,13 @@
 """Tune a quantized GGUF against its teacher: learn the block scales, keep the codes, write the same file.
 
 ``tune(TuneConfig(gguf=..., teacher=..., data=..., output=...))`` starts from a k-quant or legacy-quant GGUF of
-the teacher (or of a fewer-layer student distilled from it) and learns, by gradient descent in torch, every
+the teacher (or of a student distilled from it) and learns, by gradient descent in torch, every
 quantized tensor's block parameters so that the quantized model's next-token distribution matches the
 teacher's (forward KL, :func:`slimedge.distill.losses.divergence`, on calibration blocks cut by
-:func:`slimedge.distill.data.prepare`). Integer codes never change; tensor types, block layout, metadata and
-file size stay exactly those of the input, so the result runs wherever the input runs.
+:func:`slimedge.distill.data.prepare`). Integer codes do not change unless ``learn_codes`` (then each weight's
+code is a float latent rounded to the type's range with a straight-through estimator, written back through
+:func:`slimedge.quant.blockfields.pack`'s code bit map; 12 more bytes per weight while tuning). Tensor types,
+block layout, metadata and file size stay exactly those of the input, so the result runs wherever it runs.
 
 How:
 
@@ -78,6 +80,8 @@ class TuneConfig:
     warm_blocks: int = 16           # calibration blocks whose teacher activations weigh the warm start
     float_mb: int = 256             # above this many MiB of float weights, rebuild each in backward (checkpoint)
     fsdp_teacher: bool = False      # under torchrun: shard the float teacher across the processes (FSDP2)
+    learn_codes: bool = False       # also learn the integer codes (straight-through; +12 bytes per weight)
+    codes_lr: float = 5e-3          # Adam lr of the codes' float latents, in code units
 
 
 @dataclass
@@ -114,7 +118,7 @@ def _write(cfg: TuneConfig, info, qws, mm) -> None:
         for t in info.tensors:
             raw = _raw(mm, t)
             if t.name in qws:
-                raw = pack(qws[t.name].fields(unpack(raw, t.type)), raw)
+                raw = pack(qws[t.name].fields(unpack(raw, t.type)), raw, codes=cfg.learn_codes)
             w.write_tensor(t.name, np.ascontiguousarray(raw).reshape(-1))
     del reader
 
@@ -133,7 +137,7 @@ def _settings(cfg: TuneConfig) -> dict:
             "teacher": os.path.abspath(cfg.teacher),
             "data": os.path.abspath(cfg.data), "steps": cfg.steps, "lr": cfg.lr, "sub_lr": cfg.sub_lr,
             "batch_size": cfg.batch_size, "seq_len": cfg.seq_len, "max_blocks": cfg.max_blocks, "seed": cfg.seed,
-            "warm_steps": cfg.warm_steps}
+            "warm_steps": cfg.warm_steps, "learn_codes": cfg.learn_codes, "codes_lr": cfg.codes_lr}
 
 
 def _save_checkpoint(path: str, state: dict) -> None:
@@ -362,7 +366,9 @@ def _tune(cfg: TuneConfig, dist, progress: Progress) -> TuneResult:
         del grams
     scale_p = [p for q in qws.values() for p in q.scale_parameters()]
     sub_p = [p for q in qws.values() for p in q.sub_parameters()]
-    groups = [{"params": scale_p, "lr": cfg.lr}] + ([{"params": sub_p, "lr": sub_lr}] if sub_p else [])
+    code_p = [p for q in qws.values() for p in q.code_parameters()]
+    groups = [{"params": scale_p, "lr": cfg.lr}] + ([{"params": sub_p, "lr": sub_lr}] if sub_p else []) + \
+        ([{"params": code_p, "lr": cfg.codes_lr}] if code_p else [])
     opt = torch.optim.Adam(groups)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, cfg.steps) / max(cfg.steps, 1))))
@@ -380,7 +386,7 @@ def _tune(cfg: TuneConfig, dist, progress: Progress) -> TuneResult:
         rng.bit_generator.state = state["rng"]
         start, order, first = int(state["step"]), list(state["order"]), float(state["first"])
         log.info("resuming %s at step %d", ckpt, start)
-    params = scale_p + sub_p
+    params = scale_p + sub_p + code_p
     progress.start(cfg.steps, unit="steps", desc="tune")
     progress.update(start)
     try:

@@ -30,6 +30,8 @@ def _modules():
     from torch import nn
     from torch.utils.checkpoint import checkpoint
 
+    from ..quant.blockfields import code_bits
+
     def ste_f16(x):
         return x + (x.clamp(-65504.0, 65504.0).to(torch.float16).to(torch.float32) - x).detach()
 
@@ -39,7 +41,7 @@ def _modules():
     class QuantWeight(nn.Module):
         """A quantized matrix in HF row order: fixed codes, learnable block parameters (module docstring)."""
 
-        def __init__(self, fields, rows: int, cols: int, hf_from_gguf: np.ndarray | None):
+        def __init__(self, fields, rows: int, cols: int, hf_from_gguf: np.ndarray | None, learn_codes: bool = False):
             super().__init__()
             s = fields.spec
             self.qtype, self.spec, self.rows, self.cols = fields.qtype, s, rows, cols
@@ -60,6 +62,9 @@ def _modules():
             self.log_dmin = nn.Parameter(torch.zeros_like(self.dmin0)) if s.has_min else None
             self.sc = nn.Parameter(take(fields.sc).float()) if s.has_sub else None
             self.mn = nn.Parameter(take(fields.mn).float()) if s.has_sub_min else None
+            # learn_codes: a float latent per weight, rounded to the type's code range (straight-through)
+            self.lat = nn.Parameter(self.codes.float()) if learn_codes else None
+            self.code_range = (code_bits(fields.qtype).lo, code_bits(fields.qtype).hi) if learn_codes else None
 
         def block_params(self):
             """(d, dmin, sc, mn) as the forward pass uses them (fp16-rounded, integer-rounded)."""
@@ -73,7 +78,8 @@ def _modules():
         def forward(self):
             d, dmin, sc, mn = self.block_params()
             scale = d[:, None] * sc if sc is not None else d[:, None]
-            w = scale[:, :, None] * self.codes.float()
+            codes = ste_int(self.lat, *self.code_range) if self.lat is not None else self.codes.float()
+            w = scale[:, :, None] * codes
             if dmin is not None:
                 off = dmin[:, None] * mn if mn is not None else dmin[:, None]
                 w = w + (float(self.spec.min_sign) * off)[:, :, None]
@@ -81,6 +87,9 @@ def _modules():
 
         def sub_parameters(self):
             return [p for p in (self.sc, self.mn) if p is not None]
+
+        def code_parameters(self):
+            return [self.lat] if self.lat is not None else []
 
         def scale_parameters(self):
             return [p for p in (self.log_d, self.log_dmin) if p is not None]
@@ -92,6 +101,8 @@ def _modules():
                 self.sc.clamp_(s.sc_range[0] - 0.49, s.sc_range[1] + 0.49)
             if self.mn is not None:
                 self.mn.clamp_(s.mn_range[0] - 0.49, s.mn_range[1] + 0.49)
+            if self.lat is not None:
+                self.lat.clamp_(self.code_range[0] - 0.49, self.code_range[1] + 0.49)
 
         @torch.no_grad()
         def fields(self, like):
@@ -109,7 +120,10 @@ def _modules():
                 return a.astype(dtype)
 
             d, dmin, sc, mn = self.block_params()
-            return BlockFields(like.qtype, like.codes, back(d, np.float32), back(dmin, np.float32),
+            codes = like.codes
+            if self.lat is not None:
+                codes = back(torch.round(self.lat).clamp(*self.code_range), np.int16).reshape(like.codes.shape)
+            return BlockFields(like.qtype, codes, back(d, np.float32), back(dmin, np.float32),
                                back(sc, np.int16), back(mn, np.int16))
 
     class QuantLinear(nn.Module):
@@ -314,7 +328,7 @@ def _build(cfg, info, entries, scfg, mm):
         if t.type not in SUPPORTED:
             raise SlimedgeError(f"{cfg.gguf}: tensor {t.name} is {t.type}, which slimedge tune cannot learn; "
                                 f"supported: {', '.join(sorted(SUPPORTED))}")
-        qw = QuantWeight(unpack(raw, t.type), t.shape[0], t.shape[1], e.perm)
+        qw = QuantWeight(unpack(raw, t.type), t.shape[0], t.shape[1], e.perm, getattr(cfg, "learn_codes", False))
         qws[t.name] = qw
         module_name = e.hf.rsplit(".", 1)[0]
         _replace(model, module_name, qw, QuantLinear, QuantEmbedding)
@@ -335,7 +349,7 @@ def _build(cfg, info, entries, scfg, mm):
     for p in model.parameters():
         p.requires_grad_(False)
     for qw in qws.values():
-        for p in qw.scale_parameters() + qw.sub_parameters():
+        for p in qw.scale_parameters() + qw.sub_parameters() + qw.code_parameters():
             p.requires_grad_(True)
     return model, qws
 

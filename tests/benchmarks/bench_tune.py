@@ -31,6 +31,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--calib-chars", type=int, default=1_000_000)
     ap.add_argument("--max-chunks", type=int, default=60, help="held-out chunks of 256 tokens scored")
+    ap.add_argument("--learn-codes", action="store_true", help="also tune with --learn-codes (extra rows)")
+    ap.add_argument("--codes-lr", type=float, default=5e-3)
     a = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
@@ -75,7 +77,16 @@ def main() -> int:
         assert tuned.stat().st_size == base.stat().st_size
         rows.append((f"{mix} imatrix", bench(base), base.stat().st_size, None))
         rows.append((f"{mix} imatrix + tune", bench(tuned), tuned.stat().st_size, (cost, r)))
-        b0, b1 = rows[-2][1], rows[-1][1]
+        if a.learn_codes:
+            coded = out / f"teacher-{mix}-imatrix-tuned-codes.gguf"
+            w0, c0 = time.monotonic(), time.process_time()
+            rc = tune(TuneConfig(gguf=str(base), teacher=str(teacher), data=str(calib), output=str(coded),
+                                 steps=a.steps, lr=a.lr, threads=a.threads, overwrite=True, learn_codes=True,
+                                 codes_lr=a.codes_lr))
+            cost_c = (time.monotonic() - w0, time.process_time() - c0)
+            assert coded.stat().st_size == base.stat().st_size
+            rows.append((f"{mix} imatrix + tune codes", bench(coded), coded.stat().st_size, (cost_c, rc)))
+        b0, b1 = rows[-2 - a.learn_codes][1], rows[-1 - a.learn_codes][1]
         print(f"# {mix}: KL {b0.get('kld_mean')} -> {b1.get('kld_mean')}, PPL "
               f"{b0.get('perplexity')} -> {b1.get('perplexity')} (F16 {rows[0][1].get('perplexity')}), "
               f"tune {cost[0]:.0f} s wall / {cost[1]:.0f} s CPU", flush=True)

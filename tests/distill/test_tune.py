@@ -52,6 +52,25 @@ def test_torch_weight_equals_dequantize_and_writes_back(qtype):
         assert np.array_equal(qw().numpy(), dequantize(q2, qtype, 512)[perm])
 
 
+@pytest.mark.parametrize("qtype", sorted(SUPPORTED))
+def test_learned_codes_write_back_what_torch_multiplies(qtype):
+    from slimedge.distill.tune import _modules
+
+    QuantWeight = _modules()[0]
+    rng = np.random.default_rng(1)
+    w = (rng.standard_normal((6, 512)) * 0.05).astype(np.float32)
+    q = quantize(w, qtype)
+    perm = np.array([2, 0, 5, 1, 4, 3])
+    qw = QuantWeight(unpack(q, qtype), 6, 512, perm, learn_codes=True)
+    with torch.no_grad():
+        assert np.array_equal(qw().numpy(), dequantize(q, qtype, 512)[perm])       # the file's codes to start
+        qw.lat.add_(torch.from_numpy(rng.uniform(-1.5, 1.5, qw.lat.shape).astype(np.float32)))
+        qw.clamp_()
+        q2 = pack(qw.fields(unpack(q, qtype)), q, codes=True).reshape(q.shape)
+        assert np.array_equal(qw().numpy(), dequantize(q2, qtype, 512)[perm])
+    assert (unpack(q2, qtype).codes != unpack(q, qtype).codes).mean() > 0.3
+
+
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     d = tmp_path_factory.mktemp("tune")
