@@ -156,14 +156,13 @@ class _Encoder:
         if self.fast is None or not texts:
             return
         texts = [t[: self.PROBE_CHARS] for t in texts[: self.PROBE_DOCS]]
-        affix, self.affix = self.affix, None
-        if self._fast(texts, True) != self._slow(texts, True):
+        want = [e.ids for e in self.fast(texts, add_special_tokens=True)]
+        if want != self._slow(texts, True):
             log.info("the backend tokenizer's ids differ from the tokenizer's own; using the latter")
             self.fast = None
-            return
-        self.affix = affix
-        if affix is not None and self._fast(texts, True) != [e.ids for e in self.fast(texts)]:
-            log.info("the post-processor's special tokens are not %s around the text; encoding with them", affix)
+        elif self.affix is not None and self._fast(texts, True) != want:
+            log.info("the post-processor's special tokens are not %s around the text; encoding with them",
+                     self.affix)
             self.affix = None
 
     def __call__(self, texts: list[str], special: bool) -> list[np.ndarray]:
