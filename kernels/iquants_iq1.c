@@ -12,8 +12,22 @@
  */
 #include "iq_internal.h"
 
-/* indices 0..n-1 ordered by x ascending, equal values in index order */
+/* indices 0..n-1 ordered by x ascending, equal values in index order. Without NaNs each index goes to
+ * its rank (values below it, then equal ones before it), which is that order; with a NaN, the insertion
+ * sort the rank stands for (its comparisons with NaN all false) */
 SE_INLINE void se_iq1_sort(int n, const float *x, int *idx) {
+    int nan = 0;
+    for (int j = 0; j < n; ++j) nan |= x[j] != x[j];
+    if (!nan) {
+        for (int j = 0; j < n; ++j) {
+            const float v = x[j];
+            int r = 0;
+#pragma omp simd reduction(+ : r)
+            for (int i = 0; i < n; ++i) r += (x[i] < v) | ((x[i] == v) & (i < j));
+            idx[r] = j;
+        }
+        return;
+    }
     for (int j = 0; j < n; ++j) {
         int i = j;
         while (i > 0 && x[idx[i - 1]] > x[j]) {
@@ -220,14 +234,24 @@ SE_INLINE void se_iq1_m_split(const float (*px)[17], const float (*pw)[17], floa
     const float cp2 = SE_X_P[1] * SE_X_P[1] - SE_X_P[2] * SE_X_P[2];
     const float cm1 = SE_X_M[0] * SE_X_M[0] - SE_X_M[1] * SE_X_M[1];
     const float cm2 = SE_X_M[1] * SE_X_M[1] - SE_X_M[2] * SE_X_M[2];
-    float ex[2][24], ew[2][24];
-    for (int h = 0; h < 2; ++h)
+    /* the sums' parts that depend on one of i1, i2 only, each computed as in the full expression */
+    float ex[2][24], cwp[2][24], cwm[2][24], tqp[2], tqm[2];
+    for (int h = 0; h < 2; ++h) {
+        tqp[h] = txs[h] * p2;
+        tqm[h] = txs[h] * m2;
         for (int i = 0; i < 24; ++i) {
             ex[h][i] = px[h][i < 16 ? i : 16];
-            ew[h][i] = pw[h][i < 16 ? i : 16];
+            cwp[h][i] = pw[h][i < 16 ? i : 16] * cp2;
+            cwm[h][i] = pw[h][i < 16 ? i : 16] * cm2;
         }
+    }
     float best = -FLT_MAX;
     for (int i1 = 0; i1 <= 16; ++i1) {
+        float awp[2], awm[2];
+        for (int h = 0; h < 2; ++h) {
+            awp[h] = tws[h] * p2 * p2 + pw[h][i1] * cp1;
+            awm[h] = tws[h] * m2 * m2 + pw[h][i1] * cm1;
+        }
         for (int c0 = i1; c0 <= 16; c0 += 8) {
             float qx[4][8], q2[4][8];
             int hit = 0;
@@ -237,10 +261,10 @@ SE_INLINE void se_iq1_m_split(const float (*px)[17], const float (*pw)[17], floa
                 float qx_p[2], qx_m[2], q2_p[2], q2_m[2];
                 for (int h = 0; h < 2; ++h) {
                     const float sx = ex[h][i1] + ex[h][i2];
-                    qx_p[h] = txs[h] * p2 - sx;
-                    qx_m[h] = txs[h] * m2 - sx;
-                    q2_p[h] = tws[h] * p2 * p2 + ew[h][i1] * cp1 + ew[h][i2] * cp2;
-                    q2_m[h] = tws[h] * m2 * m2 + ew[h][i1] * cm1 + ew[h][i2] * cm2;
+                    qx_p[h] = tqp[h] - sx;
+                    qx_m[h] = tqm[h] - sx;
+                    q2_p[h] = awp[h] + cwp[h][i2];
+                    q2_m[h] = awm[h] + cwm[h][i2];
                 }
                 qx[0][j] = qx_p[0] + qx_p[1];
                 qx[1][j] = qx_p[0] + qx_m[1];
