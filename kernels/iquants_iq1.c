@@ -4,8 +4,9 @@
  * +-delta; the best split of a sub-block's sorted values into three groups is searched exhaustively
  * with prefix sums (IQ1_M: per half, each half with its own shift), each group of 8 levels is snapped
  * to the 2048-point grid (an off-grid key to its best neighbour at the found scale), and the sub-block
- * scales are quantized to 3 bits against the largest. The sort is a stable insertion sort: the order of
- * equal values is the one glibc's qsort (a merge sort) gives ggml.
+ * scales are quantized to 3 bits against the largest. The sort is stable (equal values in index order,
+ * as glibc's qsort, a merge sort, leaves them for ggml). The split search computes ggml's sums for 8
+ * splits at a time and tests them in ggml's order (se_iq1_s_split); the snap uses iq_search.c.
  *
  * IQ1_S has no quantizer without importance weights in ggml (it asserts); its plain entry point is
  * unreachable (dispatch refuses it, SE_ERR_NEEDS_IMATRIX) and writes zeros.
