@@ -2,9 +2,10 @@
  *
  * Tables (built once per grid at first use, thread-safe; kernels/iq_tables.c): for each grid, the
  * positions 2*l+1 of its points, the map from a key (levels of one group, bits per level) to the grid
- * index, and for every key off the grid its neighbour list (count, then grid indices ordered by squared
- * distance and index: the grid points at the nwant smallest distinct distances) — the tables ggml's
- * ggml_quantize_init builds (iq2xs_init_impl / iq3xs_init_impl), from the grids of kernels/iq_grids.h.
+ * index, and for every key off the grid that a quantizer can form its neighbour list (count, then grid
+ * indices ordered by squared distance and index: the grid points at the nwant smallest distinct
+ * distances) — the lists ggml's ggml_quantize_init builds (iq2xs_init_impl / iq3xs_init_impl), from the
+ * grids of kernels/iq_grids.h — also stored lane-major for the neighbour search (kernels/iq_search.c).
  */
 #ifndef SE_IQ_INTERNAL_H
 #define SE_IQ_INTERNAL_H
