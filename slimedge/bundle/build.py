@@ -179,13 +179,13 @@ def build_bundle(src: str | Path, target: str | Path | Target, out_dir: str | Pa
         model = pub.path / MODEL_FILE
         tuned = None
         if packed_as_is and tune is not None:
-            from ..distill.tune import tune_quantized
+            from ..distill.tune_convert import tune_quantized
 
             tuned = tune_quantized(src, src, model, tune, threads=threads, overwrite=True, progress=progress)
         elif packed_as_is:
             shutil.copyfile(src, model)
         elif tune is not None:
-            from ..distill.tune import convert_and_tune
+            from ..distill.tune_convert import convert_and_tune
 
             tuned = convert_and_tune(src, model, spec or quant_spec(tgt, qtype), tune, threads=threads,
                                      overwrite=True, progress=progress, imatrix=imatrix)[1]
@@ -196,7 +196,7 @@ def build_bundle(src: str | Path, target: str | Path | Target, out_dir: str | Pa
                     imatrix=imatrix)
         manifest = _manifest(src, tgt, model, qtype, chosen_by)
         if tuned is not None:
-            from ..distill.tune import tune_teacher
+            from ..distill.tune_convert import tune_teacher
 
             manifest["quantization"]["tuned"] = {
                 "teacher": str(Path(tune_teacher(src, tune)).resolve()), "data": str(Path(tune.data).resolve()),
