@@ -2,9 +2,11 @@
 
 How: documents come from :func:`slimedge.distill.data.iter_pieces` (whole documents; a plain text
 file over ``data.PIECE_CHARS`` arrives in line-aligned pieces). They are batch-encoded with the fast
-tokenizer ``CHUNK_CHARS`` characters at a time (the Rust ``encode_batch_fast`` when it gives the same
-ids as ``tokenizer(...)`` on the first batch, else ``tokenizer(...)`` itself), each document followed
-by EOS, and appended to ``tokens.bin`` (uint16 when the vocabulary fits, else uint32). ``docs.npy``
+tokenizer ``CHUNK_CHARS`` characters at a time, ``ENCODERS`` chunks at once (the Rust
+``encode_batch_fast`` when it gives the same ids as ``tokenizer(...)`` on the first batch, else
+``tokenizer(...)`` itself; the post-processor's special tokens, such as BOS, are put around the ids
+here when that gives the same ids), each document followed by EOS, and appended to ``tokens.bin``
+(uint16 when the vocabulary fits, else uint32). ``docs.npy``
 holds every document's first token offset (plus the total at the end); ``meta.json`` says what was
 tokenized. The folder is ``<cache>/<key>`` where the key hashes the tokenizer's definition and the
 data's content (file names and bytes, ``data_field``): a later run with the same tokenizer and data
@@ -21,11 +23,12 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import time
 from array import array
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 
@@ -124,7 +127,7 @@ class _Encoder:
 
     With a fast tokenizer, the Rust ``encode_batch_fast``: documents are encoded without special tokens
     and the post-processor's (e.g. BOS) are put around them here — the same ids as encoding with them,
-    as :meth:`probe` checks, with less work in the encoder. :meth:`probe` (on the first texts, before
+    as :meth:`probe` checks, with a little less work in the encoder. :meth:`probe` (on the first texts, before
     any other call) falls back to ``tokenizer(...)`` when the backend's ids differ from it.
     """
 
@@ -132,6 +135,7 @@ class _Encoder:
 
     def __init__(self, tokenizer):
         self.tok = tokenizer
+        self._lock = threading.Lock()
         backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
         self.fast = getattr(backend, "encode_batch_fast", None)
         self.affix = None
@@ -170,7 +174,8 @@ class _Encoder:
         if not texts:
             return []
         if self.fast is None:
-            return [np.asarray(x, np.uint32) for x in self._slow(texts, special)]
+            with self._lock:  # tokenizer(...) may reconfigure its backend: one call at a time
+                return [np.asarray(x, np.uint32) for x in self._slow(texts, special)]
         if special and self.affix is not None:
             pre, suf = (np.asarray(a, np.uint32) for a in self.affix)
             encs = self.fast(texts, add_special_tokens=False)

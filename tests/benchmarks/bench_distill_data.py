@@ -68,7 +68,8 @@ def child(args) -> None:
     res = distill(DistillConfig(teacher=args.teacher, data=args.data, output=args.out, overwrite=True, layers=2,
                                 steps=5, batch_size=4, seq_len=128, token_cache=args.token_cache,
                                 max_eval_blocks=8, device="cpu"))
-    tok_meta = json.load(open(os.path.join(res.report["data"]["token_file"], "meta.json")))
+    with open(os.path.join(res.report["data"]["token_file"], "meta.json"), encoding="utf-8") as f:
+        tok_meta = json.load(f)
     print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                       "wall_s": time.monotonic() - t0, "tokens": res.report["data"]["tokens"],
                       "documents": res.report["data"]["documents"],
