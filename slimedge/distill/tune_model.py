@@ -78,11 +78,13 @@ def _modules():
         def forward(self):
             d, dmin, sc, mn = self.block_params()
             scale = d[:, None] * sc if sc is not None else d[:, None]
-            codes = ste_int(self.lat, *self.code_range) if self.lat is not None else self.codes.float()
-            w = scale[:, :, None] * codes
+            codes = ste_int(self.lat, *self.code_range) if self.lat is not None else self.codes
+            # int8 codes times float scales: promoted exactly in the one pass that multiplies (a separate
+            # .float() copy and out-of-place add cost two more full-size allocations: 2.5x the time here)
+            w = torch.mul(codes, scale[:, :, None])
             if dmin is not None:
                 off = dmin[:, None] * mn if mn is not None else dmin[:, None]
-                w = w + (float(self.spec.min_sign) * off)[:, :, None]
+                w = w.add_((float(self.spec.min_sign) * off)[:, :, None])  # mul's backward keeps its inputs only
             return w.reshape(self.rows, self.cols)
 
         def sub_parameters(self):
