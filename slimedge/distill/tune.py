@@ -25,10 +25,10 @@ How:
   (Llama's q/k rope row permutation) is probed on row indices and inverted — blocks run along rows, so rows
   move whole. An architecture whose transform is not a row permutation is refused.
 * **Memory.** The file's codes live as int8 (1 byte per weight) plus a few fp32 numbers per block. When the
-  model's float weights would take more than ``float_mb`` (256 MiB), each quantized layer runs under
-  activation checkpointing, so a float matrix exists only while it multiplies (backward rebuilds it): memory is
-  then about the codes plus one matrix in float plus activations; smaller models keep their float weights
-  for the step. The teacher (float, as transformers loads it) stays loaded; its log-probabilities on the
+  model's float weights would take more than ``float_mb`` (256 MiB), each quantized linear layer keeps only
+  its input for backward, which rebuilds the matrix from its fields (``LowMemoryLinear``; embeddings run under
+  activation checkpointing), so a float matrix exists only while it multiplies: memory is then about the codes
+  plus one matrix in float plus activations; smaller models keep their float weights for the step. The teacher (float, as transformers loads it) stays loaded; its log-probabilities on the
   calibration blocks are computed once and cached when they fit ``cache_mb`` (else it runs each step).
 * **Warm start** (optional, ``warm_steps``): each matrix alone first minimises its output error
   ``tr(E G E^T)`` against the teacher's weight, ``G`` its inputs' Gram matrix on calibration blocks.

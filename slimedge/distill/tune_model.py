@@ -2,7 +2,7 @@
 
 * :func:`_modules` — :class:`QuantWeight` (fixed int8 codes + learnable ``log d``/``log dmin`` rounded to fp16 and
   integer sub-scales/mins rounded straight-through; its weight equals ``slimedge.quant.dequantize`` bit for bit
-  for the initial fields), :class:`QuantLinear` and :class:`QuantEmbedding` (activation-checkpointed when
+  for the initial fields), :class:`QuantLinear` and :class:`QuantEmbedding` (rebuilt in backward when
   ``low_memory``, so backward rebuilds one float matrix at a time).
 * :func:`student_config_of` — the transformers config of the model in the GGUF: the teacher's at the GGUF's depth,
   or the widths the GGUF states (a student distilled with other hidden/feed-forward/head sizes), each checked by
@@ -128,18 +128,40 @@ def _modules():
             return BlockFields(like.qtype, codes, back(d, np.float32), back(dmin, np.float32),
                                back(sc, np.int16), back(mn, np.int16))
 
+    class LowMemoryLinear(torch.autograd.Function):
+        """``x @ W^T + b`` keeping only ``x``: backward rebuilds ``W`` from its block fields (with grad), takes
+        ``grad_x = g W`` and ``grad_W = g^T x``, sends ``grad_W`` into the fields and drops ``W`` again — one
+        float matrix at a time, and no second forward matmul (as activation checkpointing would run)."""
+
+        @staticmethod
+        def forward(ctx, x, bias, qw, *fields):
+            with torch.no_grad():
+                w = qw()
+            ctx.qw = qw
+            ctx.save_for_backward(x)
+            return F.linear(x, w, bias)
+
+        @staticmethod
+        def backward(ctx, g):
+            (x,) = ctx.saved_tensors
+            with torch.enable_grad():
+                w = ctx.qw()
+            g2 = g.reshape(-1, g.shape[-1])
+            grad_x = (g2 @ w.detach()).reshape(x.shape) if ctx.needs_input_grad[0] else None
+            torch.autograd.backward(w, g2.t() @ x.reshape(-1, x.shape[-1]))  # into the fields' .grad
+            grad_b = g2.sum(0) if ctx.needs_input_grad[1] else None
+            return (grad_x, grad_b, None) + (None,) * (len(ctx.needs_input_grad) - 3)
+
     class QuantLinear(nn.Module):
         def __init__(self, qw: QuantWeight, bias):
             super().__init__()
             self.qw, self.bias = qw, bias
 
-        def _f(self, x):
-            return F.linear(x, self.qw(), self.bias)
-
         def forward(self, x):
             if self.qw.low_memory and torch.is_grad_enabled():  # one float matrix at a time: rebuilt in backward
-                return checkpoint(self._f, x, use_reentrant=False)
-            return self._f(x)
+                fields = [p for p in self.qw.parameters() if p.requires_grad]
+                return LowMemoryLinear.apply(x, self.bias, self.qw, *fields)
+            return F.linear(x, self.qw(), self.bias)
 
     class QuantEmbedding(nn.Module):
         def __init__(self, qw: QuantWeight, padding_idx=None):

@@ -71,6 +71,28 @@ def test_learned_codes_write_back_what_torch_multiplies(qtype):
     assert (unpack(q2, qtype).codes != unpack(q, qtype).codes).mean() > 0.3
 
 
+@pytest.mark.parametrize("qtype", ["Q4_K", "Q6_K", "Q5_0"])
+def test_low_memory_layers_give_the_same_outputs_and_gradients(qtype):
+    # low_memory (the model's float weights over float_mb): the matrix is rebuilt in backward, not kept
+    from slimedge.distill.tune import _modules
+
+    QuantWeight, QuantLinear, QuantEmbedding = _modules()
+    rng = np.random.default_rng(2)
+    q = quantize((rng.standard_normal((64, 512)) * 0.05).astype(np.float32), qtype)
+    x0, b0, ids = torch.randn(3, 5, 512), torch.randn(64), torch.tensor([[1, 7, 63, 7]])
+    got = []
+    for low in (False, True):
+        qw = QuantWeight(unpack(q, qtype), 64, 512, None)
+        qw.low_memory = low
+        lin, emb = QuantLinear(qw, torch.nn.Parameter(b0.clone())), QuantEmbedding(qw)
+        x = x0.clone().requires_grad_(True)
+        y = lin(x)
+        (y.square().sum() + emb(ids).sum()).backward()
+        got.append([y.detach(), x.grad, lin.bias.grad] + [p.grad for p in qw.parameters() if p.requires_grad])
+    for a, b in zip(*got):
+        assert torch.equal(a, b)
+
+
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     d = tmp_path_factory.mktemp("tune")
