@@ -2,8 +2,8 @@
 
 * :func:`_modules` — :class:`QuantWeight` (fixed int8 codes + learnable ``log d``/``log dmin`` rounded to fp16 and
   integer sub-scales/mins rounded straight-through; its weight equals ``slimedge.quant.dequantize`` bit for bit
-  for the initial fields), :class:`QuantLinear` and :class:`QuantEmbedding` (rebuilt in backward when
-  ``low_memory``, so backward rebuilds one float matrix at a time).
+  for the initial fields), :class:`QuantLinear` and :class:`QuantEmbedding` (when ``low_memory``,
+  backward rebuilds one float matrix at a time: ``LowMemoryLinear``, checkpointing for the embedding).
 * :func:`student_config_of` — the transformers config of the model in the GGUF: the teacher's at the GGUF's depth,
   or the widths the GGUF states (a student distilled with other hidden/feed-forward/head sizes), each checked by
   matching every tensor against the converter's table for that config (built on a meta-device model: no weights);
