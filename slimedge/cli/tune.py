@@ -32,6 +32,9 @@ from .options import make_progress, overwrite_option, quiet_option, threads_opti
 @click.option("--warm-steps", type=click.IntRange(min=0), default=0, show_default=True,
               help="Layer-wise warm start: steps per matrix on its output error before the KL steps (0: none).")
 @click.option("--device", default="cpu", show_default=True, metavar="cpu|cuda", help="Torch device.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
+              help="Training matmuls: bf16 autocast (faster on CUDA and on CPUs with AVX512-BF16/AMX) or fp32; "
+                   "auto: bf16 on CUDA that supports it. The learned fields and the file are exact either way.")
 @click.option("--learn-codes", is_flag=True, help="Also learn the integer codes (straight-through estimator; the "
               "tuning then holds 12 more bytes per weight).")
 @click.option("--codes-lr", type=click.FloatRange(min=0, min_open=True), default=5e-3, show_default=True,
@@ -47,6 +50,7 @@ from .options import make_progress, overwrite_option, quiet_option, threads_opti
 @user_errors
 def cli(gguf_file: Path, teacher: str, data: str, data_field: str, out: Path, steps: int, lr: float,
         sub_lr: float | None, batch_size: int, seq_len: int, max_blocks: int, warm_steps: int, device: str,
+        precision: str,
         learn_codes: bool, codes_lr: float, fsdp_teacher: bool, seed: int, resume: bool, threads: int | None, overwrite: bool, quiet: bool) -> None:
     """Tune the block scales of a quantized GGUF so it matches its teacher.
 
@@ -70,7 +74,7 @@ def cli(gguf_file: Path, teacher: str, data: str, data_field: str, out: Path, st
                         sub_lr=sub_lr, batch_size=batch_size, seq_len=seq_len, max_blocks=max_blocks,
                         warm_steps=warm_steps,
                         device=device, threads=threads, seed=seed, overwrite=overwrite, data_field=data_field,
-                        resume=resume, fsdp_teacher=fsdp_teacher, learn_codes=learn_codes,
+                        resume=resume, fsdp_teacher=fsdp_teacher, precision=precision, learn_codes=learn_codes,
                         codes_lr=codes_lr),
              make_progress(quiet))
     if not r.output:  # a non-zero rank under torchrun

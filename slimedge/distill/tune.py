@@ -40,6 +40,7 @@ How:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -82,6 +83,7 @@ class TuneConfig:
     fsdp_teacher: bool = False      # under torchrun: shard the float teacher across the processes (FSDP2)
     learn_codes: bool = False       # also learn the integer codes (straight-through; +12 bytes per weight)
     codes_lr: float = 5e-3          # Adam lr of the codes' float latents, in code units
+    precision: str = "auto"         # training matmuls: fp32, bf16 (autocast), auto (bf16 on CUDA that has it)
 
 
 @dataclass
@@ -94,6 +96,7 @@ class TuneResult:
     seconds: float
     tuned: dict[str, int] = field(default_factory=dict)   # type -> tensors tuned
     frozen: int = 0                                          # tensors copied unchanged
+    step_seconds: float = 0.0                                # wall time of the optimizer steps alone
 
 
 def _write(cfg: TuneConfig, info, qws, mm) -> None:
@@ -137,7 +140,7 @@ def _settings(cfg: TuneConfig) -> dict:
             "teacher": os.path.abspath(cfg.teacher),
             "data": os.path.abspath(cfg.data), "steps": cfg.steps, "lr": cfg.lr, "sub_lr": cfg.sub_lr,
             "batch_size": cfg.batch_size, "seq_len": cfg.seq_len, "max_blocks": cfg.max_blocks, "seed": cfg.seed,
-            "warm_steps": cfg.warm_steps, "learn_codes": cfg.learn_codes, "codes_lr": cfg.codes_lr}
+            "warm_steps": cfg.warm_steps, "precision": cfg.precision, "learn_codes": cfg.learn_codes, "codes_lr": cfg.codes_lr}
 
 
 def _save_checkpoint(path: str, state: dict) -> None:
@@ -348,11 +351,16 @@ def _tune(cfg: TuneConfig, dist, progress: Progress) -> TuneResult:
     vocab = teacher_cfg.vocab_size
     cache = _teacher_cache(tlp, train, n_train, cfg, vocab, device, dist)
 
+    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda"
+                                       and torch.cuda.is_bf16_supported())
+    # training steps in bf16 autocast where asked (the fields, the written file and the reported KL stay fp32)
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+
     def teacher_train(rows, x):
         if cache is not None:
             return cache[torch.as_tensor(rows, device=device)]
-        with torch.no_grad():
-            return tlp(x)
+        with torch.no_grad(), autocast():
+            return tlp(x).float()
 
     kl_before = _mean_kl(model, tlp, held, cfg.batch_size, device, dist)
     sub_lr = cfg.sub_lr if cfg.sub_lr is not None else 20 * cfg.lr
@@ -389,6 +397,7 @@ def _tune(cfg: TuneConfig, dist, progress: Progress) -> TuneResult:
     params = scale_p + sub_p + code_p
     progress.start(cfg.steps, unit="steps", desc="tune")
     progress.update(start)
+    t_steps = time.monotonic()
     try:
         for step in range(start, cfg.steps):
             if cfg.checkpoint_every and step > start and step % cfg.checkpoint_every == 0 and dist.rank == 0:
@@ -402,7 +411,8 @@ def _tune(cfg: TuneConfig, dist, progress: Progress) -> TuneResult:
             mine = rows[dist.rank::dist.world]  # this process's share of the step's blocks
             x = torch.as_tensor(train[np.asarray(mine)], device=device)
             t = teacher_train(mine, x)
-            s = _logprobs(model, x)
+            with autocast():
+                s = _logprobs(model, x)
             # the step's mean over all its tokens: each process adds its share, the gradients are summed
             loss = divergence(t.reshape(-1, vocab), s.reshape(-1, s.shape[-1]), "fkl").sum() / (len(rows) * cfg.seq_len)
             opt.zero_grad(set_to_none=True)
@@ -417,6 +427,7 @@ def _tune(cfg: TuneConfig, dist, progress: Progress) -> TuneResult:
             progress.update(1, label=f"kl {last:.4f}")
     finally:
         progress.close()
+    t_steps = time.monotonic() - t_steps
     model.eval()
     kl_after = _mean_kl(model, tlp, held, cfg.batch_size, device, dist)
     log.info("tune: held-out KL %.5f -> %.5f (%d steps)", kl_before, kl_after, cfg.steps)
@@ -429,4 +440,4 @@ def _tune(cfg: TuneConfig, dist, progress: Progress) -> TuneResult:
     for q in qws.values():
         counts[q.qtype.name] = counts.get(q.qtype.name, 0) + 1
     return TuneResult(cfg.output if dist.rank == 0 else "", kl_before, kl_after, first, last,
-                      round(time.monotonic() - t0, 2), counts, len(info.tensors) - len(qws))
+                      round(time.monotonic() - t0, 2), counts, len(info.tensors) - len(qws), round(t_steps, 2))

@@ -137,7 +137,7 @@ def _modules():
         def forward(ctx, x, bias, qw, *fields):
             with torch.no_grad():
                 w = qw()
-            ctx.qw = qw
+            ctx.qw, ctx.bias_dtype = qw, (bias.dtype if bias is not None else None)
             ctx.save_for_backward(x)
             return F.linear(x, w, bias)
 
@@ -146,10 +146,11 @@ def _modules():
             (x,) = ctx.saved_tensors
             with torch.enable_grad():
                 w = ctx.qw()
-            g2 = g.reshape(-1, g.shape[-1])
-            grad_x = (g2 @ w.detach()).reshape(x.shape) if ctx.needs_input_grad[0] else None
-            torch.autograd.backward(w, g2.t() @ x.reshape(-1, x.shape[-1]))  # into the fields' .grad
-            grad_b = g2.sum(0) if ctx.needs_input_grad[1] else None
+            g2 = g.reshape(-1, g.shape[-1])  # under autocast: the matmuls in g's (bf16) dtype, as forward ran
+            grad_x = (g2 @ w.detach().to(g.dtype)).reshape(x.shape).to(x.dtype) if ctx.needs_input_grad[0] else None
+            grad_w = g2.t() @ x.reshape(-1, x.shape[-1]).to(g.dtype)
+            torch.autograd.backward(w, grad_w.to(w.dtype))  # into the fields' .grad
+            grad_b = g2.sum(0).to(ctx.bias_dtype) if ctx.needs_input_grad[1] else None
             return (grad_x, grad_b, None) + (None,) * (len(ctx.needs_input_grad) - 3)
 
     class QuantLinear(nn.Module):

@@ -29,6 +29,7 @@ def main() -> int:
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--mixes", default="Q4_K_M,Q3_K_M,Q2_K")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     ap.add_argument("--calib-chars", type=int, default=1_000_000)
     ap.add_argument("--max-chunks", type=int, default=60, help="held-out chunks of 256 tokens scored")
     ap.add_argument("--learn-codes", action="store_true", help="also tune with --learn-codes (extra rows)")
@@ -72,7 +73,7 @@ def main() -> int:
         tuned = out / f"teacher-{mix}-imatrix-tuned.gguf"
         w0, c0 = time.monotonic(), time.process_time()
         r = tune(TuneConfig(gguf=str(base), teacher=str(teacher), data=str(calib), output=str(tuned), steps=a.steps,
-                            lr=a.lr, threads=a.threads, overwrite=True))
+                            lr=a.lr, threads=a.threads, precision=a.precision, overwrite=True))
         cost = (time.monotonic() - w0, time.process_time() - c0)
         assert tuned.stat().st_size == base.stat().st_size
         rows.append((f"{mix} imatrix", bench(base), base.stat().st_size, None))
@@ -81,7 +82,7 @@ def main() -> int:
             coded = out / f"teacher-{mix}-imatrix-tuned-codes.gguf"
             w0, c0 = time.monotonic(), time.process_time()
             rc = tune(TuneConfig(gguf=str(base), teacher=str(teacher), data=str(calib), output=str(coded),
-                                 steps=a.steps, lr=a.lr, threads=a.threads, overwrite=True, learn_codes=True,
+                                 steps=a.steps, lr=a.lr, threads=a.threads, precision=a.precision, overwrite=True, learn_codes=True,
                                  codes_lr=a.codes_lr))
             cost_c = (time.monotonic() - w0, time.process_time() - c0)
             assert coded.stat().st_size == base.stat().st_size

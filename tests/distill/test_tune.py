@@ -368,3 +368,14 @@ def test_torchrun_fsdp_teacher_tunes_as_one_process(model, tmp_path):
     a, b = (tmp_path / "one.gguf").read_bytes(), (tmp_path / "two.gguf").read_bytes()
     assert len(a) == len(b) and a != q.read_bytes()
     assert np.mean(np.frombuffer(a, np.uint8) == np.frombuffer(b, np.uint8)) > 0.999
+
+
+def test_bf16_steps_with_low_memory_layers(model, tmp_path):
+    # bf16 autocast steps through the rebuilt-in-backward layers (float_mb=0): the same file layout, fields moved
+    hf, d, q = model
+    kw = dict(steps=3, max_blocks=8, eval_blocks=2, float_mb=0)
+    r = _tune(hf, d, q, tmp_path / "b.gguf", precision="bf16", **kw)
+    f = _tune(hf, d, q, tmp_path / "f.gguf", precision="fp32", **kw)
+    assert np.isfinite(r.kl_after) and r.kl_before == f.kl_before and r.step_seconds > 0
+    a, b = (tmp_path / "b.gguf").read_bytes(), (tmp_path / "f.gguf").read_bytes()
+    assert len(a) == len(b) == q.stat().st_size and a != q.read_bytes() and a != b
