@@ -25,6 +25,8 @@ from ..errors import SlimedgeError
 # ---- torch modules ------------------------------------------------------------------------------------
 
 def _modules():
+    import contextlib
+
     import torch
     import torch.nn.functional as F
     from torch import nn
@@ -81,10 +83,12 @@ def _modules():
             codes = ste_int(self.lat, *self.code_range) if self.lat is not None else self.codes
             # int8 codes times float scales: promoted exactly in the one pass that multiplies (a separate
             # .float() copy and out-of-place add cost two more full-size allocations: 2.5x the time here)
-            w = torch.mul(codes, scale[:, :, None])
+            dev = self.codes.device.type
+            low = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None  # built in bf16 there
+            w = torch.mul(codes, (scale if low is None else scale.to(low))[:, :, None])
             if dmin is not None:
-                off = dmin[:, None] * mn if mn is not None else dmin[:, None]
-                w = w.add_((float(self.spec.min_sign) * off)[:, :, None])  # mul's backward keeps its inputs only
+                off = (float(self.spec.min_sign) * (dmin[:, None] * mn if mn is not None else dmin[:, None]))
+                w = w.add_((off if low is None else off.to(low))[:, :, None])  # mul's backward keeps its inputs
             return w.reshape(self.rows, self.cols)
 
         def sub_parameters(self):
@@ -137,6 +141,8 @@ def _modules():
         def forward(ctx, x, bias, qw, *fields):
             with torch.no_grad():
                 w = qw()
+            dev = x.device.type
+            ctx.autocast = (dev, torch.get_autocast_dtype(dev)) if torch.is_autocast_enabled(dev) else None
             ctx.qw, ctx.bias_dtype = qw, (bias.dtype if bias is not None else None)
             ctx.save_for_backward(x)
             return F.linear(x, w, bias)
@@ -144,7 +150,8 @@ def _modules():
         @staticmethod
         def backward(ctx, g):
             (x,) = ctx.saved_tensors
-            with torch.enable_grad():
+            amp = torch.autocast(*ctx.autocast) if ctx.autocast else contextlib.nullcontext()
+            with torch.enable_grad(), amp:  # the matrix forward multiplied (bf16 under autocast)
                 w = ctx.qw()
             g2 = g.reshape(-1, g.shape[-1])  # under autocast: the matmuls in g's (bf16) dtype, as forward ran
             grad_x = (g2 @ w.detach().to(g.dtype)).reshape(x.shape).to(x.dtype) if ctx.needs_input_grad[0] else None
