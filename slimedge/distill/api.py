@@ -97,11 +97,11 @@ def load_teacher_model(path: str, dtype, device):
     return model
 
 
-def _load_teacher(cfg: DistillConfig, dtype, device, shard: bool):
+def _load_teacher(path: str, dtype, device, shard: bool):
     """(teacher, parameter count): whole on ``device``, or loaded on the CPU and sharded with FSDP."""
     from .fsdp import shard_teacher
 
-    teacher = load_teacher_model(cfg.teacher, dtype, "cpu" if shard and device.type != "cpu" else device)
+    teacher = load_teacher_model(path, dtype, "cpu" if shard and device.type != "cpu" else device)
     n = _params(teacher)
     return (shard_teacher(teacher, device) if shard else teacher), n
 
@@ -290,7 +290,8 @@ def _distill(cfg: DistillConfig, progress: Progress) -> DistillResult:
     dist = _Dist(use_cuda)
     try:
         dev = _device(cfg, dist, use_cuda)
-        blocks = _blocks(cfg, tokenizer, dist, progress)
+        blocks = _blocks(cfg.data, tokenizer, cfg.seq_len, dist, progress, field=cfg.data_field,
+                         cache_dir=cfg.token_cache, eval_fraction=cfg.eval_fraction)
         eval_blocks = blocks.eval[: cfg.max_eval_blocks]
         student, choice = _student(cfg, teacher_cfg, dev.device)
         teacher, cache, teacher_params, shard = _teacher_or_cache(cfg, teacher_cfg, blocks, dist, dev, progress)
@@ -329,8 +330,10 @@ class _Device:
     teacher_dtype: object  # torch dtype the teacher is loaded in
 
 
-def _device(cfg: DistillConfig, dist: "_Dist", use_cuda: bool) -> _Device:
-    """This process's device and precision: bf16 autocast where asked for or (auto) where CUDA supports it."""
+def _device(cfg, dist: "_Dist", use_cuda: bool) -> _Device:
+    """This process's device and precision: bf16 autocast where asked for or (auto) where CUDA supports it.
+
+    ``cfg``: anything with ``device`` and ``precision`` as DistillConfig has them (TuneConfig too)."""
     import torch
 
     device = torch.device(f"cuda:{dist.local_rank}" if use_cuda and cfg.device in ("auto", "cuda")
@@ -372,7 +375,7 @@ def _teacher_or_cache(cfg: DistillConfig, teacher_cfg, blocks, dist: "_Dist", de
     if cfg.fsdp_teacher and not shard:
         log.info("--fsdp-teacher: one process, so the teacher stays whole (run under torchrun to shard it)")
     if not cfg.teacher_cache:
-        teacher, teacher_params = _load_teacher(cfg, dev.teacher_dtype, dev.device, shard)
+        teacher, teacher_params = _load_teacher(cfg.teacher, dev.teacher_dtype, dev.device, shard)
         return teacher, None, teacher_params, shard
     cache = None
     meta = cache_mod.expected_meta(cfg.teacher, blocks.fingerprint(), cfg.cache_k, cfg.temperature,
@@ -381,7 +384,7 @@ def _teacher_or_cache(cfg: DistillConfig, teacher_cfg, blocks, dist: "_Dist", de
         cache = cache_mod.open_cache(cfg.teacher_cache, meta)
     dist.barrier()
     if dist.broadcast(cache is None if dist.rank == 0 else None) and (dist.rank == 0 or shard):
-        teacher, meta["teacher_params"] = _load_teacher(cfg, dev.teacher_dtype, dev.device, shard)
+        teacher, meta["teacher_params"] = _load_teacher(cfg.teacher, dev.teacher_dtype, dev.device, shard)
         if dist.rank == 0:
             cache_mod.build_cache(cfg.teacher_cache, teacher, blocks, meta, batch=cfg.batch_size,
                                   chunk=cfg.chunk_size, device=dev.device, progress=progress)
@@ -393,17 +396,18 @@ def _teacher_or_cache(cfg: DistillConfig, teacher_cfg, blocks, dist: "_Dist", de
     return None, cache, cache.meta.get("teacher_params"), shard
 
 
-def _blocks(cfg: DistillConfig, tokenizer, dist: "_Dist", progress: Progress):
+def _blocks(data: str, tokenizer, seq_len: int, dist: "_Dist", progress: Progress, *, field: str = "text",
+            cache_dir: str | None = None, eval_fraction: float = 0.1):
     """The data's blocks from its token file: local process 0 tokenizes (or reuses), the others then open it."""
     from . import data as data_mod
 
-    kw = dict(field=cfg.data_field, cache_dir=cfg.token_cache)
+    kw = dict(field=field, cache_dir=cache_dir)
     first = dist.local_rank == 0
     if first:
-        blocks = data_mod.prepare(cfg.data, tokenizer, cfg.seq_len, cfg.eval_fraction, progress=progress, **kw)
+        blocks = data_mod.prepare(data, tokenizer, seq_len, eval_fraction, progress=progress, **kw)
     dist.barrier()
     if not first:
-        blocks = data_mod.prepare(cfg.data, tokenizer, cfg.seq_len, cfg.eval_fraction, build=False, **kw)
+        blocks = data_mod.prepare(data, tokenizer, seq_len, eval_fraction, build=False, **kw)
     return blocks
 
 

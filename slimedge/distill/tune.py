@@ -46,6 +46,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -227,8 +228,8 @@ def _mean_kl(model, teacher: _Teacher, blocks, batch: int, device, dist) -> floa
             t = teacher(x)
             s = _logprobs(model, x)
             kl = divergence(t.reshape(-1, t.shape[-1]), s.reshape(-1, s.shape[-1]), "fkl")
-            acc += torch.stack([kl.double().sum(), torch.tensor(float(kl.numel()), dtype=torch.float64,
-                                                                device=device)])
+            acc[0] += kl.double().sum()
+            acc[1] += kl.numel()
     tot, n = dist.all_reduce_(acc).tolist()
     return tot / max(n, 1)
 
@@ -266,7 +267,7 @@ def _all_reduce_grads(params, dist) -> None:
     at = 0
     for p in params:
         n = p.numel()
-        p.grad = flat[at:at + n].view_as(p).clone()
+        p.grad = flat[at:at + n].view_as(p)  # a fresh buffer every step: views need no copy
         at += n
 
 
@@ -284,7 +285,7 @@ def tune(cfg: TuneConfig, progress: Progress = NULL_PROGRESS) -> TuneResult:
     from ..writer import check_output_path
     from .api import _Dist
 
-    check_output_path(__import__("pathlib").Path(cfg.output), cfg.overwrite)
+    check_output_path(Path(cfg.output), cfg.overwrite)
     if cfg.steps < 0 or cfg.batch_size < 1 or cfg.seq_len < 2:
         raise SlimedgeError("tune: --steps must be >= 0, --batch-size >= 1, --seq-len >= 2")
     cuda = cfg.device.startswith("cuda")
@@ -307,8 +308,7 @@ def _tune(cfg: TuneConfig, dist, progress: Progress) -> TuneResult:
     import torch
 
     from ..gguf_info import read_info
-    from .api import load_teacher_meta, load_teacher_model
-    from .data import prepare
+    from .api import _blocks, _device, _load_teacher, load_teacher_meta
     from .losses import divergence
     from .tune_warm import input_grams, warm_start
 
@@ -316,9 +316,8 @@ def _tune(cfg: TuneConfig, dist, progress: Progress) -> TuneResult:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    device = torch.device(f"cuda:{dist.local_rank}" if cfg.device == "cuda" and dist.world > 1 else cfg.device)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
+    dev = _device(cfg, dist, cfg.device.startswith("cuda"))  # as distill: cuda:LOCAL_RANK, bf16 autocast where asked
+    device = dev.device
     info = read_info(cfg.gguf)
     teacher_cfg, tokenizer = load_teacher_meta(cfg.teacher)
     check_vocab(info, tokenizer, teacher_cfg, cfg.gguf, cfg.teacher)
@@ -329,32 +328,21 @@ def _tune(cfg: TuneConfig, dist, progress: Progress) -> TuneResult:
     for q in qws.values():
         q.low_memory = low
     model.to(device).train()
-    # local process 0 tokenizes (or reuses the token file); the others then open it
-    if dist.local_rank == 0:
-        blocks = prepare(cfg.data, tokenizer, cfg.seq_len, field=cfg.data_field, progress=progress)
-    dist.barrier()
-    if dist.local_rank != 0:
-        blocks = prepare(cfg.data, tokenizer, cfg.seq_len, field=cfg.data_field, build=False)
+    blocks = _blocks(cfg.data, tokenizer, cfg.seq_len, dist, progress, field=cfg.data_field)
     train = blocks.train  # a memory-mapped view: rows are read when a step takes them
     n_train = min(len(train), cfg.max_blocks) if cfg.max_blocks else len(train)
     held = np.asarray(blocks.eval[:cfg.eval_blocks])
     sharded = cfg.fsdp_teacher and dist.world > 1
     if cfg.fsdp_teacher and not sharded:
         log.info("--fsdp-teacher: one process, so the teacher stays whole (run under torchrun to shard it)")
-    teacher = load_teacher_model(cfg.teacher, torch.float32, "cpu" if sharded else device)
-    if sharded:
-        from .fsdp import shard_teacher
-
-        teacher = shard_teacher(teacher, device)
+    teacher = _load_teacher(cfg.teacher, torch.float32, device, sharded)[0]  # fp32: the targets as the file's KL
     pad = torch.as_tensor(np.asarray(train[:1]), device=device)
     tlp = _Teacher(teacher, teacher_cfg, sharded, pad)
     vocab = teacher_cfg.vocab_size
     cache = _teacher_cache(tlp, train, n_train, cfg, vocab, device, dist)
 
-    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda"
-                                       and torch.cuda.is_bf16_supported())
     # training steps in bf16 autocast where asked (the fields, the written file and the reported KL stay fp32)
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+    autocast = dev.autocast or contextlib.nullcontext
 
     def teacher_train(rows, x):
         if cache is not None:

@@ -66,7 +66,8 @@ def _modules():
             self.mn = nn.Parameter(take(fields.mn).float()) if s.has_sub_min else None
             # learn_codes: a float latent per weight, rounded to the type's code range (straight-through)
             self.lat = nn.Parameter(self.codes.float()) if learn_codes else None
-            self.code_range = (code_bits(fields.qtype).lo, code_bits(fields.qtype).hi) if learn_codes else None
+            cb = code_bits(fields.qtype) if learn_codes else None
+            self.code_range = (cb.lo, cb.hi) if cb else None
 
         def block_params(self):
             """(d, dmin, sc, mn) as the forward pass uses them (fp16-rounded, integer-rounded)."""

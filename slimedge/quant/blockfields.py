@@ -31,13 +31,19 @@ Supported: Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 (:data:`SU
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
 from gguf import GGMLQuantizationType as T
 
 from .formats import get_format
-from .kquant_pack import pack_q3_scales, pack_scale_min_k4, unpack_q3_scales, unpack_scale_min_k4
+from .kquant_pack import (
+    pack_q3_scales,
+    pack_scale_min_k4,
+    unpack_q3_scales,
+    unpack_scale_min_k4,
+)
 from .kquant_search import f16_at, f16_bits, u16_bytes
 
 _F = np.float32
@@ -174,14 +180,13 @@ class CodeBits:
     hi: int
 
 
-_CODE_BITS: dict[T, CodeBits] = {}
-
-
 def code_bits(qtype) -> CodeBits:
     """The :class:`CodeBits` of a supported type, probed once on the registry's dequantization (module docstring)."""
-    s = spec_of(qtype)
-    if s.qtype in _CODE_BITS:
-        return _CODE_BITS[s.qtype]
+    return _probe_code_bits(spec_of(qtype))
+
+
+@functools.cache
+def _probe_code_bits(s: FieldSpec) -> CodeBits:
     fmt = get_format(s.qtype)
     ts = fmt.type_size
     zero = np.zeros((1, ts), np.uint8)
@@ -207,10 +212,8 @@ def code_bits(qtype) -> CodeBits:
     hi = base + np.bincount(code, weights=np.where(neg, 0, value), minlength=base.size).astype(np.int32)
     if len(set(lo.tolist())) != 1 or len(set(hi.tolist())) != 1:
         raise RuntimeError(f"{s.qtype.name}: codes of different ranges within a block")
-    cb = CodeBits(base, np.array([b for b, _ in probes], np.int32), np.array([1 << k for _, k in probes], np.uint8),
-                  code, value, int(lo[0]), int(hi[0]))
-    _CODE_BITS[s.qtype] = cb
-    return cb
+    return CodeBits(base, np.array([b for b, _ in probes], np.int32), np.array([1 << k for _, k in probes], np.uint8),
+                    code, value, int(lo[0]), int(hi[0]))
 
 
 def _put_codes(s: FieldSpec, q: np.ndarray, codes: np.ndarray) -> None:
