@@ -149,12 +149,6 @@ class _Encoder:
         return [list(x) for x in self.tok(texts, add_special_tokens=special, verbose=False,
                                           return_attention_mask=False)["input_ids"]]
 
-    def _fast(self, texts: list[str], special: bool) -> list[list[int]]:
-        if special and self.affix is not None:
-            pre, suf = self.affix
-            return [pre + e.ids + suf for e in self.fast(texts, add_special_tokens=False)]
-        return [e.ids for e in self.fast(texts, add_special_tokens=special)]
-
     def probe(self, texts: list[str]) -> None:
         """Decide the path on (the starts of) the first texts: the backend's ids must equal the tokenizer's."""
         if self.fast is None or not texts:
@@ -164,7 +158,7 @@ class _Encoder:
         if want != self._slow(texts, True):
             log.info("the backend tokenizer's ids differ from the tokenizer's own; using the latter")
             self.fast = None
-        elif self.affix is not None and self._fast(texts, True) != want:
+        elif self.affix is not None and [a.tolist() for a in self(texts, True)] != want:
             log.info("the post-processor's special tokens are not %s around the text; encoding with them",
                      self.affix)
             self.affix = None
