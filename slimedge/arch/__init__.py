@@ -1,17 +1,16 @@
 """Architectures: one small module per family, each an :class:`~slimedge.arch.base.Arch` table.
 
-Adding an architecture = adding one module and listing it in ``ARCH_MODULES``.
+Adding an architecture = adding one module to this folder: its :class:`Arch` subclass registers its
+Hugging Face names where it is defined (``Arch.__init_subclass__``), and :func:`load_families` imports
+every module of the package the first time an architecture is looked up, so there is no list to edit.
+Modules whose name starts with ``_`` are helpers, not families; shared rows live in ``base.py`` and the
+family they come from (``llama.LLAMA_TENSORS``, ``moe.MoEArch``, ...).
 ``get_arch(config)`` picks the class from ``config.json``'s ``architectures`` entry.
 """
 
 from __future__ import annotations
 
-from . import llama, mistral, phi3, qwen2  # noqa: F401  (importing registers them)
-from . import gemma  # noqa: F401
-from . import granite, olmo2, qwen3, smollm3  # noqa: F401
-from . import lfm2, mixtral, qwen3moe  # noqa: F401
-from .base import KV, Arch, HParams, OutTensor, get_arch, gguf_name, supported_architectures
+from .base import KV, Arch, HParams, OutTensor, get_arch, gguf_name, load_families, supported_architectures
 
-ARCH_MODULES = (llama, mistral, qwen2, phi3, gemma, qwen3, smollm3, granite, olmo2, mixtral, qwen3moe, lfm2)
-
-__all__ = ["Arch", "HParams", "KV", "OutTensor", "get_arch", "gguf_name", "supported_architectures"]
+__all__ = ["Arch", "HParams", "KV", "OutTensor", "get_arch", "gguf_name", "load_families",
+           "supported_architectures"]

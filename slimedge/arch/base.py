@@ -118,6 +118,22 @@ def gguf_name(tensor: MODEL_TENSOR, suffix: str, bid: int | None = None) -> str:
 IGNORED = (re.compile(r"(^|\.)rotary_emb\.inv_freq$"), re.compile(r"(^|\.)masked_bias$"))
 
 _REGISTRY: dict[str, type["Arch"]] = {}
+_LOADED = False
+
+
+def load_families() -> None:
+    """Import every family module of :mod:`slimedge.arch` once (importing one registers its classes)."""
+    global _LOADED
+    if _LOADED:
+        return
+    import importlib
+    import pkgutil
+
+    package = __name__.rsplit(".", 1)[0]
+    for mod in pkgutil.iter_modules(importlib.import_module(package).__path__):
+        if not mod.name.startswith("_"):
+            importlib.import_module(f"{package}.{mod.name}")
+    _LOADED = True
 
 
 class Arch:
@@ -131,6 +147,9 @@ class Arch:
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         for name in cls.hf_names:
+            if name in _REGISTRY and _REGISTRY[name] is not cls:
+                raise RuntimeError(f"architecture {name} is registered twice: by {_REGISTRY[name].__module__}."
+                                   f"{_REGISTRY[name].__qualname__} and by {cls.__module__}.{cls.__qualname__}")
             _REGISTRY[name] = cls
 
     def __init__(self, config: dict, hf_arch: str):
@@ -303,8 +322,7 @@ class Arch:
 
 def get_arch(config: dict, where: str = "config.json") -> Arch:
     """The architecture object for a config (``architectures[0]``), or a one-line error listing ours."""
-    from . import ARCH_MODULES  # noqa: F401  (importing registers the architectures)
-
+    load_families()
     supported = ", ".join(sorted(_REGISTRY))
     names = config.get("architectures")
     if not names or not isinstance(names, list):
@@ -317,6 +335,6 @@ def get_arch(config: dict, where: str = "config.json") -> Arch:
 
 
 def supported_architectures() -> list[str]:
-    from . import ARCH_MODULES  # noqa: F401
+    load_families()
 
     return sorted(_REGISTRY)

@@ -205,3 +205,33 @@ def test_transform_without_row_group_is_loaded_whole():
     assert out["blk.0.ffn_up.weight"].row_group == 0 and out["blk.0.ffn_up.weight"].load_rows is None
     np.testing.assert_array_equal(out["blk.0.ffn_up.weight"].load(),
                                   2 * src.tensors["model.layers.0.mlp.up_proj.weight"].data)
+
+
+def test_a_second_registration_of_an_architecture_name_is_refused():
+    from gguf import MODEL_ARCH
+
+    from slimedge.arch import Arch, get_arch
+
+    get_arch({"architectures": ["LlamaForCausalLM"], "hidden_size": 64, "num_attention_heads": 4,
+              "num_hidden_layers": 1, "intermediate_size": 128, "vocab_size": 32, "max_position_embeddings": 64,
+              "rms_norm_eps": 1e-5})
+    with pytest.raises(RuntimeError, match="LlamaForCausalLM is registered twice"):
+        class Impostor(Arch):  # noqa: F841  (defining it is the registration)
+            hf_names = ("LlamaForCausalLM",)
+            gguf_arch = MODEL_ARCH.LLAMA
+
+
+def test_families_register_themselves_without_a_list():
+    """Every module in slimedge/arch that defines an Arch subclass with hf_names is found by discovery alone."""
+    import importlib
+    import pkgutil
+
+    import slimedge.arch as pkg
+    from slimedge.arch import Arch, supported_architectures
+
+    names = set(supported_architectures())
+    for mod in pkgutil.iter_modules(pkg.__path__):
+        m = importlib.import_module(f"slimedge.arch.{mod.name}")
+        for obj in vars(m).values():
+            if isinstance(obj, type) and issubclass(obj, Arch) and obj.__module__ == m.__name__:
+                assert set(obj.hf_names) <= names, (mod.name, obj.hf_names)
