@@ -2,13 +2,20 @@
 
 Each command lives in its own module in this package (``slimedge/cli/<name>.py``) and exposes a
 click command named ``cli``. Commands hold no logic a library user would need; they parse options,
-call the library, and print.
+call the library, and print. What every command shares is set once, on the group:
 
-Errors and signals (:meth:`LazyGroup.main`): a :class:`~slimedge.errors.SlimedgeError` is one
-``Error: ...`` line, exit 1; any other exception is a bug: its traceback, then one line asking to
-report it, exit 1. SIGTERM (what ``timeout``, systemd, Docker and CI send) is handled like Ctrl-C —
-it raises :class:`Terminated`, a ``KeyboardInterrupt``, in the main thread, so every cleanup path
-runs (temporary files removed, existing outputs untouched) — and the exit status is 143 (128 + 15).
+- the help options (``-h``/``--help``) and the help width (:data:`CONTEXT_SETTINGS`, inherited by
+  every command's context);
+- the one-line help of ``slimedge -h``: the first sentence of each command's own docstring (click's
+  short help), so it cannot drift from ``slimedge COMMAND -h``;
+- errors and signals (:meth:`LazyGroup.main`): a :class:`~slimedge.errors.SlimedgeError` (or a
+  ``MemoryError``) is one ``Error: ...`` line, exit 1; any other exception is a bug: its traceback, then
+  one line asking to report it, exit 1. SIGTERM (what ``timeout``, systemd, Docker and CI send) is
+  handled like Ctrl-C — it raises :class:`Terminated`, a ``KeyboardInterrupt``, in the main thread, so
+  every cleanup path runs (temporary files removed, existing outputs untouched) — and the exit status
+  is 143 (128 + 15).
+
+``python -m slimedge.cli.docs > docs/cli.md`` writes every command's ``--help`` as the CLI reference.
 
 Examples::
 
@@ -20,6 +27,7 @@ Examples::
 from __future__ import annotations
 
 import importlib
+import logging
 import signal
 import sys
 import threading
@@ -30,22 +38,9 @@ import click
 from .. import __version__
 from ..errors import SlimedgeError
 
-# command name -> (module, one-line help shown in `slimedge -h` without importing the module)
-COMMANDS: dict[str, tuple[str, str]] = {
-    "convert": ("convert", "Convert a Hugging Face model (or F32/F16/BF16 GGUF) to GGUF, quantized."),
-    "imatrix": ("imatrix", "Compute an importance matrix (llama-imatrix's) on calibration text, for --imatrix."),
-    "inspect": ("inspect", "Show a GGUF file's metadata, tensors, sizes and bits per weight."),
-    "distill": ("distill", "Distill a small student model from a teacher (logit, feature, response)."),
-    "tune": ("tune", "Tune a quantized GGUF's block scales against its teacher (same types, same size)."),
-    "targets": ("targets", "List the target profiles (shipped ones and how to use your own)."),
-    "build": ("build", "Build a runnable bundle for a target device from a model."),
-    "verify": ("verify", "Check a bundle's checksums and that its model loads."),
-    "bench": ("bench", "Measure a GGUF or bundle through llama.cpp: speed, memory, quality."),
-    "serve": ("serve", "Serve a GGUF or bundle over an OpenAI-compatible HTTP API (llama-cpp-python's server)."),
-    "report": ("report", "Show a bundle's memory estimate beside each device's measured memory and speed."),
-    "sweep": ("sweep", "Convert to many types, measure each through llama.cpp, draw KL and speed vs size."),
-    "demo": ("demo", "Run the whole pipeline on a built-in model and print the comparison table."),
-}
+# the commands, in the order `slimedge -h` lists them; each is the module slimedge/cli/<name>.py
+COMMANDS: tuple[str, ...] = ("convert", "imatrix", "inspect", "distill", "tune", "targets", "build", "verify",
+                             "bench", "serve", "report", "sweep", "demo")
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -90,6 +85,13 @@ class _Signals:
             signal.signal(signal.SIGTERM, self.previous if self.previous is not None else signal.SIG_DFL)
 
 
+def user_message(exc: BaseException) -> str:
+    """The one line a user error prints (after ``Error: ``)."""
+    if isinstance(exc, MemoryError):
+        return "out of memory; try fewer --threads or a smaller model"
+    return str(exc)
+
+
 def bug_line() -> str:
     return f"slimedge {__version__}: this is a bug; please report it with the traceback above"
 
@@ -103,6 +105,7 @@ class LazyGroup(click.Group):
     def main(self, *args, **kwargs):
         if not kwargs.get("standalone_mode", True):  # embedded: the caller handles everything
             return super().main(*args, **kwargs)
+        logging.basicConfig(level=logging.WARNING, format="slimedge: %(message)s")
         with _Signals() as sig:
             try:
                 return super().main(*args, **kwargs)
@@ -110,8 +113,8 @@ class LazyGroup(click.Group):
                 if sig.terminated:
                     raise SystemExit(SIGTERM_EXIT) from None
                 raise
-            except SlimedgeError as exc:  # a user error that no command turned into a one-line error
-                click.echo(f"Error: {exc}", err=True)
+            except (SlimedgeError, MemoryError) as exc:  # a user error: one line, no traceback
+                click.echo(f"Error: {user_message(exc)}", err=True)
                 raise SystemExit(1) from None
             except Exception:
                 traceback.print_exc()
@@ -125,13 +128,7 @@ class LazyGroup(click.Group):
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name not in COMMANDS:
             return None
-        module = importlib.import_module(f"{__name__}.{COMMANDS[name][0]}")
-        return module.cli
-
-    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        rows = [(name, helptext) for name, (_, helptext) in COMMANDS.items()]
-        with formatter.section("Commands"):
-            formatter.write_dl(rows)
+        return importlib.import_module(f"{__name__}.{name}").cli
 
 
 def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:

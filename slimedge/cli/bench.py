@@ -6,10 +6,10 @@ from pathlib import Path
 
 import click
 
-from .options import make_progress, quiet_option, threads_option, user_errors
+from .options import make_progress, quiet_option, threads_option
 
 
-@click.command("bench", context_settings={"help_option_names": ["-h", "--help"]})
+@click.command("bench")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--ref", type=click.Path(path_type=Path), default=None,
               help="Unquantized reference (GGUF, HF folder or a Hub id in the local HF cache): adds KL "
@@ -34,13 +34,12 @@ from .options import make_progress, quiet_option, threads_option, user_errors
 @click.option("--no-record", is_flag=True, help="For a bundle: do not add the results to its manifest/README.")
 @threads_option
 @quiet_option
-@user_errors
 def cli(model: Path, ref: Path | None, text: Path | None, n_ctx: int, chunks: int | None, repeats: int | None,
         n_prompt: int, n_gen: int, n_batch: int, ngl: int | None, flash_attn: str | None, no_speed: bool, fmt: str | None,
         output: Path | None, no_record: bool, threads: int | None, quiet: bool) -> None:
-    """Measure MODEL (a GGUF or a bundle folder) through llama.cpp, each run in a fresh process.
+    """Measure a GGUF or bundle through llama.cpp: speed, memory, quality.
 
-    Speed: load time, prompt processing (512 tokens) and generation (128 tokens) tokens/s, mean ±
+    MODEL is a GGUF or a bundle folder; each run is a fresh process. Speed: load time, prompt processing (512 tokens) and generation (128 tokens) tokens/s, mean ±
     stddev over repeats; peak RSS; size and bits per weight. With --text: perplexity (llama.cpp's
     method). With --ref: mean KL divergence, top-1 agreement and ΔPPL against the reference.
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import click
 
-from .options import make_progress, overwrite_option, quiet_option, threads_option, tune_options, user_errors
+from .options import make_progress, overwrite_option, quiet_option, threads_option, tune_options
 
 
-@click.command("build", context_settings={"help_option_names": ["-h", "--help"]})
+@click.command("build")
 @click.argument("src", type=click.Path(path_type=Path))
 @click.option("--target", "target", required=True, metavar="NAME|PATH",
               help="Target profile: a shipped name (see `slimedge targets`) or a .toml file.")
@@ -38,13 +38,12 @@ from .options import make_progress, overwrite_option, quiet_option, threads_opti
 @threads_option
 @overwrite_option
 @quiet_option
-@user_errors
 def cli(src: Path, target: str, out: Path, qtype: str | None, imatrix: Path | None, calib: Path | None, archive: bool,
         types: str | None, text: Path | None, lmstudio: Path | None, base_model: str | None,
         quantized_by: str | None, tune, threads: int | None, overwrite: bool, quiet: bool) -> None:
-    """Build a bundle of SRC (Hugging Face folder or GGUF) for a target device.
+    """Build a runnable bundle (or a Hub release folder) of a model for a target device.
 
-    The bundle holds model.gguf, manifest.json (checksums, profile, memory estimate), a `run`
+    SRC is a Hugging Face folder or a GGUF. The bundle holds model.gguf, manifest.json (checksums, profile, memory estimate), a `run`
     launcher (llama-cpp-python), an Ollama Modelfile and a README. A model whose memory estimate
     exceeds the target's budget is refused with the numbers.
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from ..errors import SlimedgeError
-from .options import make_progress, overwrite_option, quiet_option, threads_option, tune_options, user_errors
+from .options import make_progress, overwrite_option, quiet_option, threads_option, tune_options
 
 
 def _parse_override(value: str) -> tuple[str, str]:
@@ -20,7 +20,7 @@ def _parse_override(value: str) -> tuple[str, str]:
     return parse_override(value)
 
 
-@click.command("convert", context_settings={"help_option_names": ["-h", "--help"]})
+@click.command("convert")
 @click.argument("src", type=click.Path(path_type=Path))
 @click.option("-o", "--output", "out", type=click.Path(path_type=Path), default=None,
               help="Output .gguf file (required unless --dry-run).")
@@ -47,15 +47,15 @@ def _parse_override(value: str) -> tuple[str, str]:
 @threads_option
 @overwrite_option
 @quiet_option
-@user_errors
 def cli(src: Path, out: Path | None, ftype: str, overrides: tuple[str, ...], output_tensor_type: str | None,
         token_embedding_type: str | None, pure: bool, imatrix: Path | None, dry_run: bool,
         target_bpw: float | None, target_size: str | None, calib: Path | None, sens_cache: Path | None,
         tune, threads: int | None, overwrite: bool, quiet: bool) -> None:
-    """Convert a Hugging Face model folder (config.json, *.safetensors, tokenizer) to GGUF.
+    """Convert a Hugging Face model (or an F32/F16/BF16 GGUF) to GGUF, quantized.
 
-    SRC may also be an F32/F16/BF16 GGUF file to requantize, or a Hub model id (org/name) already in the
-    local Hugging Face cache (resolved offline; slimedge never downloads).
+    SRC is a model folder (config.json, *.safetensors, tokenizer files), an F32/F16/BF16 GGUF file to
+    requantize, or a Hub model id (org/name) already in the local Hugging Face cache (resolved offline;
+    slimedge never downloads).
 
     \b
     Examples:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import click
 
-from .options import make_progress, quiet_option, threads_option, user_errors
+from .options import make_progress, quiet_option, threads_option
 
 
 @click.command("demo")
@@ -27,15 +27,19 @@ from .options import make_progress, quiet_option, threads_option, user_errors
               help="Student training steps (default 150; 6 with --fast).")
 @threads_option
 @quiet_option
-@user_errors
 def cli(out, cache, retrain_teacher, teacher, fast, quant, distill_steps, threads, quiet):
     """Run the whole pipeline on a built-in model and print the comparison table.
 
     \b
-    Rows: teacher | baseline (F16), teacher | quantized Q4_K_M,
-          student | distilled (F16), student | distilled + Q4_K_M.
+    Rows: the teacher as F16, Q4_K_M, Q4_K_M + imatrix, the auto mix at Q4_K_M's size and the
+          tuned Q4_K_M; the distilled student as F16, Q4_K_M and tuned Q4_K_M.
     Quality (held-out perplexity, KL and top-1 agreement vs the F16 teacher), speed (generation
     tokens/s through llama.cpp) and size, each also as a ratio to the teacher.
+
+    \b
+    Examples:
+      slimedge demo                     # first run trains and caches the student: minutes
+      slimedge demo --fast -o /tmp/d    # a smoke run in seconds
     """
     import logging
 

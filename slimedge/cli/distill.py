@@ -1,27 +1,21 @@
 """``slimedge distill``: train a small student from a teacher and write it as a Hugging Face folder.
 
-Examples::
-
-    slimedge distill --teacher ./teacher --data corpus.txt -o ./student --layers 4 --steps 1000
-    slimedge distill --teacher ./teacher --data docs/ -o ./student --layers 6 --hidden 512 \\
-        --loss jsd --beta 0.5 --alpha 0.1 --teacher-cache ./tcache
-    torchrun --nproc-per-node 2 -m slimedge distill --teacher ./teacher --data corpus.txt -o ./student
-    torchrun --nproc-per-node 8 -m slimedge distill --teacher ./big --data corpus.txt -o ./student \
-        --layers 8 --hidden 1024 --fsdp-teacher
+Options map one to one onto :class:`slimedge.distill.config.DistillConfig` fields; examples are in the
+command's help (``slimedge distill -h``).
 """
 
 from __future__ import annotations
 
 import click
 
-from .options import make_progress, overwrite_option, quiet_option, user_errors
+from .options import make_progress, overwrite_option, quiet_option
 
 def _opt(*decls, field: str, **kw):
     """A click option whose value goes to DistillConfig.<field>."""
     return click.option(*decls, field, **kw)
 
 
-@click.command("distill", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.command("distill")
 @_opt("--teacher", field="teacher", required=True, type=click.Path(), help="Teacher: a Hugging Face model folder (or a Hub id in the local HF cache).")
 @_opt("--data", field="data", required=True, type=click.Path(),
       help="Text, JSONL, Parquet or Arrow file, a folder of them, or a datasets (save_to_disk) folder.")
@@ -101,9 +95,20 @@ def _opt(*decls, field: str, **kw):
       default="auto", show_default=True, help="dtype of the saved weights (auto: the teacher's).")
 @overwrite_option
 @quiet_option
-@user_errors
 def cli(overwrite: bool, quiet: bool, greedy: bool, **kw) -> None:
-    """Distill a student from --teacher on --data and write it to OUT_DIR (HF folder + distill_report.json)."""
+    """Distill a small student model from a teacher (logit, feature, response, on-policy).
+
+    The student (the teacher's architecture, fewer layers or narrower) trains on --data against the
+    teacher and is written to -o as a Hugging Face folder with distill_report.json. Under torchrun the
+    student trains with DDP; --fsdp-teacher shards a teacher too large for one device.
+
+    \b
+    Examples:
+      slimedge distill --teacher ./teacher --data corpus.txt -o ./student --layers 4 --steps 1000
+      slimedge distill --teacher ./teacher --data docs/ -o ./student --layers 6 --hidden 512 \\
+          --loss jsd --beta 0.5 --alpha 0.1 --teacher-cache ./tcache
+      torchrun --nproc-per-node 2 -m slimedge distill --teacher ./teacher --data corpus.txt -o ./student
+    """
     from ..distill.api import REPORT_NAME, distill
     from ..distill.config import DistillConfig
 

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import click
 
-from .options import make_progress, overwrite_option, quiet_option, threads_option, user_errors
+from .options import make_progress, overwrite_option, quiet_option, threads_option
 
 
-@click.command("imatrix", context_settings={"help_option_names": ["-h", "--help"]})
+@click.command("imatrix")
 @click.argument("src", type=click.Path(path_type=Path))
 @click.option("--data", "data", required=True, type=click.Path(path_type=Path), metavar="FILE|DIR",
               help="Calibration text: a text file, a folder of .txt/.md files, or JSONL with a \"text\" field.")
@@ -32,12 +32,11 @@ from .options import make_progress, overwrite_option, quiet_option, threads_opti
 @threads_option
 @overwrite_option
 @quiet_option
-@user_errors
 def cli(src: Path, data: Path, out: Path, ctx: int, chunks: int | None, device: str, fmt: str | None,
         process_output: bool, threads: int | None, overwrite: bool, quiet: bool) -> None:
-    """Compute an importance matrix of the Hugging Face model SRC on calibration text.
+    """Compute an importance matrix (llama-imatrix's) on calibration text, for --imatrix.
 
-    Collects what llama.cpp's llama-imatrix collects (per-column sums of squared inputs of every weight
+    SRC is a Hugging Face model folder. Collects what llama.cpp's llama-imatrix collects (per-column sums of squared inputs of every weight
     matrix, with their counts) and writes its file format, for `slimedge convert --imatrix` and
     `llama-quantize --imatrix`.
 

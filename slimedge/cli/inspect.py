@@ -15,7 +15,6 @@ from typing import Any
 import click
 
 from ..gguf_info import GGUFInfo, TensorStats, read_info, tensor_stats
-from .options import user_errors
 
 _JSON_ARRAY_MAX = 64
 
@@ -112,9 +111,15 @@ def _print_human(info: GGUFInfo, stats: dict | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (one JSON object).")
 @click.option("--stats", is_flag=True, help="Dequantize each tensor and show min/max/mean/std/rms.")
 @click.option("--full", is_flag=True, help="With --json: include long metadata arrays (vocabularies) in full.")
-@user_errors
 def cli(file: str, as_json: bool, stats: bool, full: bool) -> None:
-    """Show a GGUF file's metadata, tensors, sizes and bits per weight."""
+    """Show a GGUF file's metadata, tensors, sizes and bits per weight.
+
+    \b
+    Examples:
+      slimedge inspect tinyllama-q4km.gguf
+      slimedge inspect tinyllama-q4km.gguf --stats          # min/max/mean/std/rms of every tensor
+      slimedge inspect tinyllama-q4km.gguf --json | jq .type_counts
+    """
     info = read_info(file)
     st = tensor_stats(file, info) if stats else None
     if as_json:

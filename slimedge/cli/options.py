@@ -1,14 +1,12 @@
 """Options and helpers shared by the commands.
 
 Every command that does long work takes ``--quiet``; every command that computes takes
-``--threads``. Errors a user can fix become one-line :class:`click.ClickException`s via
-:func:`user_errors`.
+``--threads``. (Errors, help options and logging are set once, on the group: ``slimedge/cli/__init__.py``.)
 """
 
 from __future__ import annotations
 
 import functools
-import logging
 import os
 import sys
 import time
@@ -16,31 +14,12 @@ from typing import Any, Callable
 
 import click
 
-from ..errors import SlimedgeError
 from ..progress import NULL_PROGRESS, Progress
 
 quiet_option = click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 threads_option = click.option("-t", "--threads", type=click.IntRange(min=1), default=None,
                               help="Worker threads (default: all cores).")
 overwrite_option = click.option("--overwrite", is_flag=True, help="Replace the output if it exists.")
-
-
-def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn library errors into one-line CLI errors (exit 1, no traceback)."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        logging.basicConfig(level=logging.WARNING, format="slimedge: %(message)s")
-        try:
-            return func(*args, **kwargs)
-        except SlimedgeError as exc:
-            raise click.ClickException(str(exc)) from None
-        except KeyboardInterrupt:
-            raise click.Abort() from None
-        except MemoryError:
-            raise click.ClickException("out of memory; try fewer --threads or a smaller model") from None
-
-    return wrapper
 
 
 class BarProgress(Progress):

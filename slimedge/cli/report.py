@@ -6,16 +6,13 @@ from pathlib import Path
 
 import click
 
-from .options import user_errors
 
-
-@click.command("report", context_settings={"help_option_names": ["-h", "--help"]})
+@click.command("report")
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
 @click.option("--no-card", is_flag=True, help="Only print; leave README.md and manifest.json as they are.")
-@user_errors
 def cli(bundle: Path, as_json: bool, no_card: bool) -> None:
-    """Show BUNDLE's memory estimate beside every measured device's peak memory and speed.
+    """Show a bundle's memory estimate beside each device's measured memory and speed.
 
     Measurements come from bench/*.json (written on a device by `python BUNDLE/run --bench --json`)
     and from `slimedge bench BUNDLE` records. Unless --no-card, README.md is re-rendered with them

@@ -6,10 +6,8 @@ from pathlib import Path
 
 import click
 
-from .options import user_errors
 
-
-@click.command("serve", context_settings={"help_option_names": ["-h", "--help"]})
+@click.command("serve")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on; anything but a loopback address needs --api-key.")
@@ -23,12 +21,11 @@ from .options import user_errors
 @click.option("-ngl", "--n-gpu-layers", "ngl", type=int, default=None, help="Layers on the GPU (default: the profile's).")
 @click.option("-t", "--threads", type=click.IntRange(min=1), default=None, help="CPU threads (default: the profile's).")
 @click.option("-v", "--verbose", is_flag=True, help="Show llama.cpp's and uvicorn's logs.")
-@user_errors
 def cli(model: Path, host: str, port: int, api_key: str | None, target: str | None, n_ctx: int | None,
         ngl: int | None, threads: int | None, verbose: bool) -> None:
-    """Serve MODEL (a GGUF or a bundle folder) with llama-cpp-python's OpenAI-compatible server.
+    """Serve a GGUF or bundle over an OpenAI-compatible HTTP API (llama-cpp-python's server).
 
-    Endpoints: /v1/models, /v1/completions, /v1/chat/completions (the GGUF's chat template),
+    MODEL is a GGUF or a bundle folder. Endpoints: /v1/models, /v1/completions, /v1/chat/completions (the GGUF's chat template),
     /v1/embeddings, streaming with "stream": true. Runtime settings (context, batch, threads, GPU
     layers, KV cache types, flash attention) are the bundle's target profile's. A bundle's own
     `./run --serve` runs the same server without slimedge installed. Stop it with Ctrl-C or SIGTERM.

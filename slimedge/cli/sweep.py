@@ -6,10 +6,10 @@ from pathlib import Path
 
 import click
 
-from .options import make_progress, quiet_option, threads_option, user_errors
+from .options import make_progress, quiet_option, threads_option
 
 
-@click.command("sweep", context_settings={"help_option_names": ["-h", "--help"]})
+@click.command("sweep")
 @click.argument("src", type=click.Path(path_type=Path))
 @click.option("--types", default="Q8_0,Q6_K,Q5_K_M,Q4_K_M,Q3_K_M,Q2_K,auto:4.5,auto:3.5", show_default=True,
               help="Comma-separated llama.cpp mixes and auto mixes (auto:BITS or auto:MIX for that mix's size).")
@@ -25,11 +25,13 @@ from .options import make_progress, quiet_option, threads_option, user_errors
 @click.option("-n", "--n-gen", type=click.IntRange(min=1), default=128, show_default=True)
 @threads_option
 @quiet_option
-@user_errors
 def cli(src: Path, types: str, text: Path, calib: Path | None, imatrix: Path | None, target: str | None, out: Path,
         n_ctx: int, repeats: int, n_prompt: int, n_gen: int, threads: int | None, quiet: bool) -> None:
-    """Convert SRC to each type (reusing files already in -o), measure each through llama.cpp against the
-    unquantized model, print the table and write sweep.json/.csv/.md and sweep.png/.svg.
+    """Convert to many types, measure each through llama.cpp, draw KL and speed vs size.
+
+    SRC (a Hugging Face folder) is converted to each of --types (files already in -o are reused), each
+    is measured through llama.cpp against the unquantized model, and the table is printed and written
+    as sweep.json/.csv/.md with the picture sweep.png/.svg.
 
     \b
     Example:

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import click
 
-from .options import user_errors
 
-
-@click.command("targets", context_settings={"help_option_names": ["-h", "--help"]})
+@click.command("targets")
 @click.argument("target", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print the profile(s) as JSON.")
-@user_errors
 def cli(target: str | None, as_json: bool) -> None:
-    """List the target profiles, or show TARGET (a shipped name or a .toml path) in full.
+    """List the target profiles, or show one (a shipped name or a .toml path) in full.
 
     \b
     Examples:

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import click
 
-from .options import make_progress, overwrite_option, quiet_option, threads_option, user_errors
+from .options import make_progress, overwrite_option, quiet_option, threads_option
 
 
-@click.command("tune", context_settings={"help_option_names": ["-h", "--help"]})
+@click.command("tune")
 @click.argument("gguf_file", metavar="QUANT.gguf", type=click.Path(path_type=Path))
 @click.option("--teacher", required=True, metavar="HF_DIR", help="The teacher's Hugging Face model folder.")
 @click.option("--data", required=True, metavar="FILE|DIR",
@@ -47,12 +47,11 @@ from .options import make_progress, overwrite_option, quiet_option, threads_opti
 @threads_option
 @overwrite_option
 @quiet_option
-@user_errors
 def cli(gguf_file: Path, teacher: str, data: str, data_field: str, out: Path, steps: int, lr: float,
         sub_lr: float | None, batch_size: int, seq_len: int, max_blocks: int, warm_steps: int, device: str,
         precision: str,
         learn_codes: bool, codes_lr: float, fsdp_teacher: bool, seed: int, resume: bool, threads: int | None, overwrite: bool, quiet: bool) -> None:
-    """Tune the block scales of a quantized GGUF so it matches its teacher.
+    """Tune a quantized GGUF's block scales against its teacher (same types, same size).
 
     Keeps every tensor's type, integer codes and block layout and learns the block parameters (Q4_K/Q5_K:
     d, dmin, 6-bit sub-scales and mins; Q6_K: d and 8-bit sub-scales; Q2_K/Q3_K likewise; Q8_0/Q4_0/Q5_0:

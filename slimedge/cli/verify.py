@@ -6,17 +6,21 @@ from pathlib import Path
 
 import click
 
-from .options import user_errors
 
-
-@click.command("verify", context_settings={"help_option_names": ["-h", "--help"]})
+@click.command("verify")
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--no-load", is_flag=True, help="Check checksums only; do not load the model.")
-@user_errors
 def cli(bundle: Path, no_load: bool) -> None:
-    """Check BUNDLE (a folder or .tar.gz): files against manifest.json, then that llama.cpp loads the model.
+    """Check a bundle's checksums and that llama.cpp loads its model.
 
-    A changed or missing file is named; an archive with entries escaping its folder is refused.
+    BUNDLE is a bundle or release folder, or a bundle's .tar.gz: every file is checked against
+    manifest.json (a changed or missing file is named; an archive with entries escaping its folder is
+    refused), then each GGUF is loaded in a fresh llama.cpp process.
+
+    \b
+    Examples:
+      slimedge verify tinyllama-cpu
+      slimedge verify tinyllama-cpu.tar.gz --no-load
     """
     from ..bundle import verify_bundle
 

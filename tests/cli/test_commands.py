@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -12,11 +13,27 @@ from slimedge import __version__
 from slimedge.cli import COMMANDS, main
 
 
-def test_group_help_lists_every_command():
-    res = CliRunner().invoke(main, ["-h"])
+def test_group_help_lists_every_command_with_its_own_first_sentence():
+    """`slimedge -h`'s one-line help is each command's docstring, not a second copy that can drift."""
+    res = CliRunner().invoke(main, ["-h"], terminal_width=100)
     assert res.exit_code == 0, res.output
+    ctx = main.make_context("slimedge", [], resilient_parsing=True)
     for name in COMMANDS:
-        assert f"  {name} " in res.output, name
+        first = main.get_command(ctx, name).help.split("\n\n")[0].strip()
+        assert re.search(rf"^  {name} +{re.escape(first)}$", res.output, re.M), (name, first, res.output)
+        assert len(first) <= 87 and first.endswith("."), f"{name}: a one-line first sentence ({first!r})"
+
+
+def test_help_options_are_set_once_on_the_group():
+    """-h works for every command through the group's context settings (no command repeats them)."""
+    import inspect as pyinspect
+
+    import slimedge.cli as cli_pkg
+
+    for name in COMMANDS:
+        source = pyinspect.getsource(__import__(f"slimedge.cli.{name}", fromlist=["cli"]))
+        assert "help_option_names" not in source, name
+    assert "help_option_names" in pyinspect.getsource(cli_pkg)
 
 
 @pytest.mark.parametrize("name", sorted(COMMANDS))

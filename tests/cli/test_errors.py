@@ -31,6 +31,16 @@ def test_user_error_is_one_line(monkeypatch, tmp_path):
     assert lines == [f"Error: {tmp_path}/config.json: missing; give a model folder"], res.output
 
 
+def test_out_of_memory_is_one_line(monkeypatch, tmp_path):
+    def fail():
+        raise MemoryError()
+
+    res = _convert(monkeypatch, tmp_path, fail)
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert [ln for ln in res.output.splitlines() if ln.strip()] == [
+        "Error: out of memory; try fewer --threads or a smaller model"], res.output
+
+
 def test_a_bug_prints_its_traceback_and_asks_for_a_report(monkeypatch, tmp_path):
     def fail():
         raise RuntimeError("internal error: tensor a.weight was never written")

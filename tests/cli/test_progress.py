@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 
 from click.testing import CliRunner
-from factory import cached_hf_model
+from tests.factory import cached_hf_model
 
 from slimedge.cli import main
 from slimedge.cli import options

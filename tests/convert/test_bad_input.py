@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from factory import cached_hf_model, copy_model
+from tests.factory import cached_hf_model, copy_model
 from safetensors.numpy import load_file, save_file
 
 import slimedge.convert
-from slimedge.cli.convert import cli
+from slimedge.cli import main
 from slimedge.convert import convert
 from slimedge.quant.mixes import QuantSpec
 
@@ -33,7 +33,7 @@ def model(base_model, tmp_path):
 
 
 def run(src, out, *extra):
-    return CliRunner().invoke(cli, [str(src), "-o", str(out), "--quiet", *extra])
+    return CliRunner().invoke(main, ["convert", str(src), "-o", str(out), "--quiet", *extra])
 
 
 def assert_clean_failure(res, out: Path, *must_mention: str):
@@ -148,7 +148,7 @@ def test_tokenizer_of_a_much_smaller_vocabulary(model, tmp_path):
 
 
 def test_gguf_without_block_count(base_model, tmp_path):
-    from gguf_edit import edit_gguf
+    from tests.gguf_edit import edit_gguf
 
     f32 = tmp_path / "f32.gguf"
     assert run(base_model, f32, "--type", "f32").exit_code == 0
