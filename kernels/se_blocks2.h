@@ -1,6 +1,6 @@
 /* Block layouts and small helpers of the non-grid types added after the k-quants: IQ4_NL, IQ4_XS,
- * TQ1_0, TQ2_0, MXFP4, Q1_0, Q2_0 (ggml-common.h's block_*; sizeof is the bytes per block, pinned
- * by the asserts). Included by dispatch.c (for sizeof) and by kernels/{iq4,ternary,mxfp4,q1q2}.c. */
+ * TQ1_0, TQ2_0, MXFP4, Q1_0, Q2_0, NVFP4 (ggml-common.h's block_*; sizeof is the bytes per block, pinned
+ * by the asserts). Included by dispatch.c (for sizeof) and by kernels/{iq4,ternary,mxfp4,q1q2,nvfp4}.c. */
 #ifndef SE_BLOCKS2_H
 #define SE_BLOCKS2_H
 
@@ -10,6 +10,7 @@
 
 #define SE_QK1_0 128 /* ggml QK1_0 */
 #define SE_QK2_0 64  /* ggml QK2_0 */
+#define SE_QK_NVFP4 64 /* ggml QK_NVFP4: four 16-weight sub-blocks */
 
 typedef struct { uint16_t d; uint8_t qs[16]; } se_block_iq4_nl;                                   /* 18 */
 typedef struct { uint16_t d; uint16_t scales_h; uint8_t scales_l[4]; uint8_t qs[128]; } se_block_iq4_xs; /* 136 */
@@ -18,6 +19,7 @@ typedef struct { uint8_t qs[64]; uint16_t d; } se_block_tq2_0;                  
 typedef struct { uint8_t e; uint8_t qs[16]; } se_block_mxfp4;                                      /* 17 */
 typedef struct { uint16_t d; uint8_t qs[16]; } se_block_q1_0;                                      /* 18 */
 typedef struct { uint16_t d; uint8_t qs[16]; } se_block_q2_0;                                      /* 18 */
+typedef struct { uint8_t d[4]; uint8_t qs[32]; } se_block_nvfp4;                                    /* 36 */
 
 _Static_assert(sizeof(se_block_iq4_nl) == 18, "iq4_nl layout");
 _Static_assert(sizeof(se_block_iq4_xs) == 136, "iq4_xs layout");
@@ -26,6 +28,7 @@ _Static_assert(sizeof(se_block_tq2_0) == 66, "tq2_0 layout");
 _Static_assert(sizeof(se_block_mxfp4) == 17, "mxfp4 layout");
 _Static_assert(sizeof(se_block_q1_0) == 18, "q1_0 layout");
 _Static_assert(sizeof(se_block_q2_0) == 18, "q2_0 layout");
+_Static_assert(sizeof(se_block_nvfp4) == 36, "nvfp4 layout");
 
 /* C's roundf then (int), as ggml's x86-64 build evaluates `(int)roundf(v)`: half away from zero, and
  * INT32_MIN ("integer indefinite") for NaN and out-of-range values. Defined C, vectorizable. */

@@ -52,7 +52,8 @@ extern "C" {
     X(TQ2_0, tq2_0, 35, SE_QK_K, 1)   \
     X(MXFP4, mxfp4, 39, SE_QK, 1)     \
     X(Q1_0, q1_0, 41, SE_QK1_0, 1)    \
-    X(Q2_0, q2_0, 42, SE_QK2_0, 1)
+    X(Q2_0, q2_0, 42, SE_QK2_0, 1)    \
+    X(NVFP4, nvfp4, 40, SE_QK_NVFP4, 1)
 
 #define SE_ENUM_ENTRY(NAME, name, id, qk, imx) SE_##NAME = id,
 enum se_type { SE_TYPES(SE_ENUM_ENTRY) };

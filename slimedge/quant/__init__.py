@@ -50,6 +50,7 @@ from . import iq4 as _iq4  # noqa: F401,E402
 from . import ternary as _ternary  # noqa: F401,E402
 from . import fp4 as _fp4  # noqa: F401,E402
 from . import q1q2 as _q1q2  # noqa: F401,E402
+from . import nvfp4 as _nvfp4  # noqa: F401,E402
 from .backend import backend_name, dequantize, quantize  # noqa: E402
 
 __all__ = ["REGISTRY", "QuantFormat", "get_format", "qtype_of", "quantize", "dequantize",

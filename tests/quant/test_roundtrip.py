@@ -20,6 +20,7 @@ MAX_TOTAL_ERROR = {"Q2_K": 0.0075, "Q3_K": 0.0040}  # MAX_QUANTIZATION_TOTAL_ERR
 # ..._BINARY (Q1_0) and ..._TERNARY (TQ1_0, TQ2_0, Q2_0)
 MAX_TOTAL_ERROR.update({"Q1_0": 0.025, "TQ1_0": 0.01, "TQ2_0": 0.01, "Q2_0": 0.01})
 MAX_TOTAL_ERROR.update({"IQ2_S": 0.0075, "IQ3_S": 0.0040, "IQ3_XXS": 0.0050})  # _2BITS, _3BITS, _3BITS_XXS
+MAX_TOTAL_ERROR["NVFP4"] = 0.0030                   # MAX_QUANTIZATION_TOTAL_ERROR_FP4
 DEFAULT_MAX_ERROR = 0.002                          # MAX_QUANTIZATION_TOTAL_ERROR
 # every registered quantized format llama.cpp's test covers: it skips the types without a plain quantizer
 # (no from_float in ggml-cpu: IQ2_XXS, IQ2_XS, IQ1_S need an imatrix, IQ1_M too); tests/quant/test_iquants.py

@@ -134,7 +134,8 @@ def test_registry_c_table_binding_and_gguf_agree():
     """One C table (SE_TYPES) drives the dispatch and the binding; it, the registry and gguf agree."""
     table = _c_type_table()
     qk = {"1": 1, "SE_QK": types.QK, "SE_QK_K": types.QK_K,
-          "SE_QK1_0": types.block_size("Q1_0"), "SE_QK2_0": types.block_size("Q2_0")}  # kernels/se_blocks2.h
+          "SE_QK1_0": types.block_size("Q1_0"), "SE_QK2_0": types.block_size("Q2_0"),
+          "SE_QK_NVFP4": types.block_size("NVFP4")}  # kernels/se_blocks2.h
     assert [r[2] for r in table] == list(_kernels.supported_types())
     assert {T(r[2]) for r in table} == set(REGISTRY)
     for name, lower, tid, bs_token, imx in table:
