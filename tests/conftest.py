@@ -39,7 +39,7 @@ TINY_LLAMA = dict(arch="llama", kquant=True, max_position_embeddings=4096)
 @pytest.fixture(scope="session")
 def hf_model():
     """A tiny local Hugging Face Llama folder (random init, locally trained tokenizer)."""
-    from factory import cached_hf_model
+    from tests.factory import cached_hf_model
 
     return cached_hf_model(**TINY_LLAMA)
 

@@ -19,7 +19,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import tokfactory
+from tests import tokfactory
 
 # arch -> (transformers config class, model class) names; one line per family
 MODEL_CLASSES = {

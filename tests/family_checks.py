@@ -52,7 +52,7 @@ def _n_vocab(gguf: Path) -> tuple[int, int | None]:
 def check_logits(hf_dir: Path, tmp: Path, types=("f32", "f16", "bf16", "q8_0"), tol: dict | None = None,
                  add_bos: bool = True) -> dict[str, float]:
     """Convert ``hf_dir`` to each type and compare llama.cpp's logits with transformers'; returns the errors."""
-    from convert_util import hf_logits, llama_logits, rel_err, sample_tokens
+    from tests.convert.convert_util import hf_logits, llama_logits, rel_err, sample_tokens
 
     tol = {**TOL, **(tol or {})}
     errs, want, tokens = {}, None, None
@@ -87,7 +87,7 @@ def check_tokenization(hf_dir: Path, gguf: Path, samples=SAMPLES) -> None:
 
 def check_mixes(hf_dir: Path, tmp: Path, mixes=MIXES, f32: Path | None = None) -> dict[str, dict[str, str]]:
     """Every mix from slimedge equals llama.cpp's quantizer on slimedge's F32 file; returns mix -> tensor types."""
-    from convert_util import llama_quantize, same_tensors
+    from tests.convert.convert_util import llama_quantize, same_tensors
 
     from slimedge.quant.mixes import MIXES as ALL
 

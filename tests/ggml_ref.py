@@ -2,7 +2,7 @@
 
 Tests and benchmarks compare slimedge against this. Usage::
 
-    from ggml_ref import ggml_quantize, ggml_dequantize   # tests/ is on sys.path (conftest)
+    from tests.ggml_ref import ggml_quantize, ggml_dequantize
     q = ggml_quantize(x, "Q4_K")                 # float32[rows, n] -> uint8[rows, row_bytes]
     q = ggml_quantize(x, "Q4_K", imatrix=imx)    # importance weights float32[n]
     y = ggml_dequantize(q, "Q4_K", n)            # -> float32[rows, n]

@@ -9,7 +9,7 @@ import logging
 
 import numpy as np
 import pytest
-from arch_kit import (HEAD_DIM, LLAMA_BLOCK, N_EMBD, N_FF, N_HEAD, N_HEAD_KV, N_LAYER, N_VOCAB, FakeSource,
+from tests.arch.arch_kit import (HEAD_DIM, LLAMA_BLOCK, N_EMBD, N_FF, N_HEAD, N_HEAD_KV, N_LAYER, N_VOCAB, FakeSource,
                       config, kv_dict, llama_like_shapes, random_weights)
 from gguf import MODEL_TENSOR, GGUFValueType
 

@@ -6,7 +6,7 @@ import logging
 
 import numpy as np
 import pytest
-from arch_kit import HEAD_DIM, FakeSource, config, kv_dict, llama_like_shapes, out_by_name, random_weights
+from tests.arch.arch_kit import HEAD_DIM, FakeSource, config, kv_dict, llama_like_shapes, out_by_name, random_weights
 from gguf import MODEL_ARCH, MODEL_TENSORS, GGUFValueType
 
 from slimedge.arch import get_arch

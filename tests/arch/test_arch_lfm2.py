@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from arch_kit import HEAD_DIM, N_EMBD, N_HEAD, N_HEAD_KV, N_VOCAB, FakeSource, kv_dict, random_weights
+from tests.arch.arch_kit import HEAD_DIM, N_EMBD, N_HEAD, N_HEAD_KV, N_VOCAB, FakeSource, kv_dict, random_weights
 from gguf import GGUFValueType
 
 from slimedge.arch import get_arch

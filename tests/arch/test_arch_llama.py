@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from arch_kit import (HEAD_DIM, N_EMBD, N_FF, N_HEAD, N_HEAD_KV, N_LAYER, N_VOCAB, FakeSource, config, kv_dict,
+from tests.arch.arch_kit import (HEAD_DIM, N_EMBD, N_FF, N_HEAD, N_HEAD_KV, N_LAYER, N_VOCAB, FakeSource, config, kv_dict,
                       llama_like_shapes, out_by_name, random_weights)
 from gguf import MODEL_ARCH, MODEL_TENSOR, MODEL_TENSORS
 

@@ -7,7 +7,7 @@ import logging
 
 import numpy as np
 import pytest
-from arch_kit import HEAD_DIM, N_EMBD, N_HEAD, N_HEAD_KV, N_LAYER, N_VOCAB, FakeSource, kv_dict, random_weights
+from tests.arch.arch_kit import HEAD_DIM, N_EMBD, N_HEAD, N_HEAD_KV, N_LAYER, N_VOCAB, FakeSource, kv_dict, random_weights
 
 from slimedge.arch import get_arch
 from slimedge.arch.moe import Part, StackedRef
@@ -179,7 +179,7 @@ def test_stacked_ref_validates_rows():
 
 @pytest.mark.slow  # builds and plans a MoE model through the CLI
 def test_dry_run_lists_expert_tensors(tmp_path):
-    from factory import cached_hf_model
+    from tests.factory import cached_hf_model
 
     from slimedge.convert import plan
     from slimedge.quant.mixes import QuantSpec

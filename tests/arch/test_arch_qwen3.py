@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from arch_kit import N_EMBD, N_HEAD, N_HEAD_KV, N_LAYER, FakeSource, config, kv_dict, out_by_name, random_weights
+from tests.arch.arch_kit import N_EMBD, N_HEAD, N_HEAD_KV, N_LAYER, FakeSource, config, kv_dict, out_by_name, random_weights
 from gguf import MODEL_ARCH, MODEL_TENSORS, GGUFValueType
 
 from slimedge.arch import get_arch

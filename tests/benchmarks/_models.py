@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ for tokfactory
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root, for the tests package
 
 TINYLLAMA = dict(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
                  num_attention_heads=32, num_key_value_heads=4, max_position_embeddings=2048,
@@ -99,7 +99,7 @@ TOKENIZER_CACHE = Path.home() / ".cache" / "slimedge-bench" / "tokenizers"
 def tinyllama_tokenizer(d: Path, cache: Path = TOKENIZER_CACHE) -> bool:
     """Put the 32000-id SentencePiece tokenizer's files into ``d``; True if any file there changed."""
     import sentencepiece
-    import tokfactory
+    from tests import tokfactory
 
     from slimedge.demo.corpus import train_text
 

@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE.parent / "distill"), str(HERE.parent)]
+sys.path.insert(0, str(HERE.parents[1]))  # the repo root, for the tests package
 
 
 def _status_mb(field: str) -> float:
@@ -72,8 +72,8 @@ class _TrainWindow:
 
 
 def make_teacher(work: Path, name: str, train_steps: int, **kw) -> Path:
-    from distill_kit import train_teacher
-    from factory import make_hf_model
+    from tests.distill.distill_kit import train_teacher
+    from tests.factory import make_hf_model
 
     dst = work / name
     if (dst / "config.json").exists():
@@ -81,7 +81,7 @@ def make_teacher(work: Path, name: str, train_steps: int, **kw) -> Path:
     src = make_hf_model(work / f"{name}-init", arch="llama", seed=1, **kw)
     if train_steps == 0:
         return src
-    import distill_kit
+    from tests.distill import distill_kit
 
     distill_kit.SEQ = 128
     text = (work / "corpus.txt").read_text()
@@ -288,7 +288,7 @@ def main() -> None:
     work = Path(a.work or tempfile.mkdtemp(prefix="bench-distill-"))
     work.mkdir(parents=True, exist_ok=True)
     if not (work / "corpus.txt").exists():
-        import tokfactory
+        from tests import tokfactory
 
         import random
 

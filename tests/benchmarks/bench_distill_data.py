@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE.parent)]
+sys.path.insert(0, str(HERE.parents[1]))  # the repo root, for the tests package
 
 
 def make_corpus(path: Path, mb: float, fmt: str, seed: int = 0) -> Path:
@@ -124,7 +124,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.child:
         return child(args)
-    from factory import make_hf_model
+    from tests.factory import make_hf_model
 
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-distill-data-"))
     work.mkdir(parents=True, exist_ok=True)

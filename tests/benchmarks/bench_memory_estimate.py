@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root, for the tests package
 
 TINYLLAMA = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
                  num_key_value_heads=4, max_position_embeddings=2048, rope_theta=10000.0)
@@ -27,7 +27,7 @@ TINYLLAMA = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
 
 def make_model(dir: Path) -> Path:
     from _models import tinyllama_tokenizer  # tests/benchmarks/_models.py
-    from factory import make_hf_model
+    from tests.factory import make_hf_model
 
     if not (dir / "config.json").is_file():
         t0 = time.time()

@@ -21,9 +21,9 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ for ggml_ref
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root, for the tests package
 from _common import best_time, pin_to_one_core, weight_rows  # noqa: E402  (tests/benchmarks/_common.py)
-from ggml_ref import ggml_dequantize, ggml_quantize  # noqa: E402
+from tests.ggml_ref import ggml_dequantize, ggml_quantize  # noqa: E402
 
 from slimedge.quant.formats import dequantize_rows, quantize_rows  # noqa: E402  (NumPy path, no C kernels)
 

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ for ggml_ref
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root, for the tests package
 from _common import best_time  # noqa: E402  (tests/benchmarks/_common.py)
-from ggml_ref import ggml_quantize  # noqa: E402
+from tests.ggml_ref import ggml_quantize  # noqa: E402
 
 from slimedge.quant import backend as qb  # noqa: E402
 

@@ -61,7 +61,7 @@ def test_bundle_per_target(bundles, hf_model, name):
 
 
 def test_context_capped_at_training_context(hf_model, tmp_path):
-    from factory import copy_model
+    from tests.factory import copy_model
 
     short = copy_model(hf_model, tmp_path / "short")
     cfg = json.loads((short / "config.json").read_text())

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-import tokfactory
-from go_template import go_render, ollama_values
+from tests import tokfactory
+from tests.bundle.go_template import go_render, ollama_values
 
 from slimedge.bundle.modelfile import TEMPLATES, chat_family, render_modelfile
 

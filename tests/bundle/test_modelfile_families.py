@@ -6,9 +6,9 @@ from __future__ import annotations
 import re
 
 import pytest
-import tokfactory
+from tests import tokfactory
 
-from go_template import go_render, ollama_values
+from tests.bundle.go_template import go_render, ollama_values
 
 from slimedge.bundle.modelfile import TEMPLATES, chat_family, render_modelfile
 

@@ -11,7 +11,7 @@ import shutil
 import pytest
 import yaml
 from click.testing import CliRunner
-from factory import copy_model
+from tests.factory import copy_model
 
 from slimedge.bundle import verify_bundle
 from slimedge.bundle.release import front_matter, model_name

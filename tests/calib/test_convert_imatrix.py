@@ -9,8 +9,6 @@ with the imatrix and the quantize.imatrix.* key overrides llama-quantize passes)
 
 from __future__ import annotations
 
-import ctypes
-import sys
 import textwrap
 from pathlib import Path
 
@@ -18,15 +16,14 @@ import gguf
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from factory import cached_hf_model
-from ggml_ref import ggml_quantize
+from tests.factory import cached_hf_model
+from tests.ggml_ref import ggml_quantize
 
 from slimedge.cli import main
 from slimedge.gguf_info import read_info
 from slimedge.quant.imatrix_file import Imatrix, ImatrixEntry, read_imatrix, write_imatrix
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "convert"))
-from convert_util import llama_quantize, same_tensors  # noqa: E402
+from tests.convert.convert_util import importance_from_file, llama_imatrix_args, llama_quantize, same_tensors
 
 FLOATS = ("F32", "F16", "BF16")
 
@@ -36,27 +33,13 @@ def _run(*args):
     return r
 
 
-def _importance_from_file(path) -> dict[str, np.ndarray]:
-    """name -> float32[n_mat, n_cols]: in_sum2 / counts, 1 for a count of 0 (read with gguf-py)."""
-    r = gguf.GGUFReader(str(path))
-    t = {x.name: np.asarray(x.data, dtype=np.float32) for x in r.tensors}
-    out = {}
-    for name in t:
-        if name.endswith(".in_sum2"):
-            base = name[: -len(".in_sum2")]
-            counts = t[base + ".counts"].reshape(-1)
-            sums = t[name].reshape(counts.size, -1)
-            out[base] = np.stack([s / c if c > 0 else np.ones_like(s) for s, c in zip(sums, counts)])
-    return out
-
-
 def _tensors(path) -> dict[str, np.ndarray]:
     return {x.name: np.asarray(x.data) for x in gguf.GGUFReader(str(path)).tensors}
 
 
 def _check_against_ggml(f32_gguf, quantized, imx_path, expect_some=True, imp=None):
     weights, got = _tensors(f32_gguf), _tensors(quantized)
-    imp = _importance_from_file(imx_path) if imp is None else imp
+    imp = importance_from_file(imx_path) if imp is None else imp
     used = 0
     for t in read_info(quantized).tensors:
         if t.type in FLOATS:
@@ -190,32 +173,6 @@ def test_warning_names_uncovered_tensors(llama, tmp_path, caplog):
 
 # ---- llama.cpp's own quantizer on the whole model --------------------------------------------------
 
-def _llama_imatrix_params(imx_path):
-    """params llama-quantize builds from an imatrix file: imatrix data (sums / counts) and the key overrides."""
-    import llama_cpp
-
-    imp = _importance_from_file(imx_path)
-    keep = []
-    arr = (llama_cpp.llama_model_imatrix_data * (len(imp) + 1))()
-    for i, (name, v) in enumerate(sorted(imp.items())):
-        v = np.ascontiguousarray(v.reshape(-1), dtype=np.float32)
-        keep += [name.encode(), v]
-        arr[i].name, arr[i].data, arr[i].size = keep[-2], v.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), v.size
-    arr[len(imp)].name = None
-    md = read_info(imx_path).metadata
-    kv = (llama_cpp.llama_model_kv_override * 5)()
-    items = [("quantize.imatrix.file", str(imx_path)), ("quantize.imatrix.dataset", md["imatrix.datasets"][0]),
-             ("quantize.imatrix.entries_count", len(imp)), ("quantize.imatrix.chunks_count", md["imatrix.chunk_count"])]
-    for o, (k, v) in zip(kv, items):
-        o.key = k.encode()
-        if isinstance(v, str):
-            o.tag, o.value.val_str = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_STR, v.encode()[:127]
-        else:
-            o.tag, o.value.val_i64 = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_INT, v
-    kv[4].key = b""
-    return dict(imatrix=arr, kv_overrides=kv), keep
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("mix", ["Q4_K_M", "Q2_K_S", "Q3_K_M", "Q5_0"])
 def test_whole_model_equals_llama_model_quantize(llama, tmp_path, mix):
@@ -224,8 +181,7 @@ def test_whole_model_equals_llama_model_quantize(llama, tmp_path, mix):
     model, f32, imx = llama
     ours = tmp_path / "ours.gguf"
     assert _run("convert", model, "-o", ours, "--type", mix, "--imatrix", imx, "-q").exit_code == 0
-    params, _keep = _llama_imatrix_params(imx)
-    theirs = llama_quantize(f32, tmp_path / "theirs.gguf", MIXES[mix][0], **params)
+    theirs = llama_quantize(f32, tmp_path / "theirs.gguf", MIXES[mix][0], **llama_imatrix_args(imx))
     same_tensors(ours, theirs)
     a, b = read_info(ours), read_info(theirs)
     for k in ("quantize.imatrix.file", "quantize.imatrix.dataset", "quantize.imatrix.entries_count",

@@ -14,7 +14,7 @@ import textwrap
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from factory import cached_hf_model
+from tests.factory import cached_hf_model
 
 from slimedge.calib import compute_imatrix
 from slimedge.cli import main

@@ -13,12 +13,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from family_checks import TOL, _n_vocab, convert
+from tests.family_checks import TOL, _n_vocab, convert
 
 
 def check_moe_logits(hf_dir: Path, tmp: Path, types=("bf16", "q8_0"), min_top1: float = 0.75) -> dict[str, float]:
     """Median per-position error of each rounded type vs transformers (< TOL[type]); returns the medians."""
-    from convert_util import hf_logits, llama_logits, sample_tokens
+    from tests.convert.convert_util import hf_logits, llama_logits, sample_tokens
 
     out, want, tokens = {}, None, None
     for typ in types:

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from factory import PHI3_LONGROPE, cached_hf_model
+from tests.factory import PHI3_LONGROPE, cached_hf_model
 from gguf import GGMLQuantizationType as T
 from gguf import GGUFReader
 
@@ -76,7 +76,7 @@ def test_bf16_sharded_source_to_bf16_is_bit_exact(tmp_path):
 
 
 def test_q8_0_bytes_identical_to_ggml(tmp_path):
-    from ggml_ref import ggml_quantize
+    from tests.ggml_ref import ggml_quantize
 
     model = cached_hf_model(arch="llama")
     cfg = json.loads((model / "config.json").read_text())

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from factory import cached_hf_model
-from family_checks import check_generation_stops, check_logits, check_mixes, check_tokenization, convert, eog_ids
+from tests.factory import cached_hf_model
+from tests.family_checks import check_generation_stops, check_logits, check_mixes, check_tokenization, convert, eog_ids
 
 pytestmark = pytest.mark.slow  # converts to every type and mix and runs llama.cpp on each
 

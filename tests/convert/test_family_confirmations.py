@@ -14,8 +14,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from factory import cached_hf_model, copy_model
-from family_checks import check_generation_stops, check_logits, check_mixes, check_tokenization, convert, eog_ids
+from tests.factory import cached_hf_model, copy_model
+from tests.family_checks import check_generation_stops, check_logits, check_mixes, check_tokenization, convert, eog_ids
 
 from slimedge.gguf_info import read_info
 

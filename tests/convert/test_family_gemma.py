@@ -17,45 +17,13 @@ import shutil
 
 import numpy as np
 import pytest
-from factory import cached_hf_model, copy_model
-from family_checks import check_generation_stops, check_logits, check_mixes, check_tokenization, convert, eog_ids
+from tests.convert.convert_util import GELU_TIGHT, GELU_TOL, gelu_f32_err
+from tests.factory import cached_hf_model, copy_model
+from tests.family_checks import check_generation_stops, check_logits, check_mixes, check_tokenization, convert, eog_ids
 
 from slimedge.gguf_info import read_info
 
 pytestmark = pytest.mark.slow  # converts to every type and mix and runs llama.cpp on each
-
-GELU_TOL = {"f32": 1e-2}  # ggml's float16 GELU table (see the module docstring); measured 1.1e-3 .. 3e-3
-# with the float16 GELU put into the reference; measured 1.6e-5 (2 layers) .. 1.6e-3 (6 layers)
-TIGHT = 3e-3
-
-
-def _ggml_gelu_logits(hf_dir, tokens):
-    """transformers' logits with the MLP activation as ggml's CPU computes it: f16(gelu_tanh(f16(x)))."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    class GgmlGelu(torch.nn.Module):
-        def forward(self, x):
-            y = torch.nn.functional.gelu(x.half().float(), approximate="tanh").half().float()
-            return torch.where(x <= -10, torch.zeros_like(x), torch.where(x >= 10, x, y))
-
-    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
-    n = 0
-    for mod in model.modules():
-        if hasattr(mod, "act_fn") and hasattr(mod, "gate_proj"):
-            mod.act_fn, n = GgmlGelu(), n + 1
-    assert n, "no Gemma MLP found"
-    with torch.no_grad():
-        return model(torch.tensor([tokens])).logits[0].float().numpy()
-
-
-def _tight_f32(hf_dir, f32) -> float:
-    from convert_util import llama_logits, rel_err, sample_tokens
-
-    tokens = sample_tokens(int(read_info(f32).metadata[f"{read_info(f32).metadata['general.architecture']}.vocab_size"]),
-                           bos=2)
-    return rel_err(llama_logits(f32, tokens), _ggml_gelu_logits(hf_dir, tokens))
-
 
 def _meta(path):
     return read_info(path).metadata
@@ -67,7 +35,7 @@ def test_gemma_family_end_to_end(tmp_path, arch):
     errs = check_logits(hf, tmp_path, tol=GELU_TOL)
     assert errs["f32"] < errs["q8_0"]
     f32 = tmp_path / "model-f32.gguf"
-    assert _tight_f32(hf, f32) < TIGHT
+    assert gelu_f32_err(hf, f32) < GELU_TIGHT
     m = _meta(f32)
     assert m[f"{arch}.attention.sliding_window"] == 8 and m[f"{arch}.attention.key_length"] == 256
     if arch == "gemma2":
@@ -87,7 +55,7 @@ def test_gemma_family_end_to_end(tmp_path, arch):
 
 
 def _samples():
-    from family_checks import SAMPLES
+    from tests.family_checks import SAMPLES
 
     return SAMPLES + ["  two  spaces", "no dummy prefix: 'Hello' and ' Hello' differ"]
 
@@ -118,7 +86,7 @@ def test_gemma3_multimodal_checkpoint_converts_the_language_model(tmp_path, capl
     f32 = tmp_path / "model-f32.gguf"
     names = {t.name for t in read_info(f32).tensors}
     assert "output.weight" in names and not [n for n in names if n.startswith(("v.", "mm."))]
-    assert _tight_f32(hf, f32) < TIGHT, errs
+    assert gelu_f32_err(hf, f32) < GELU_TIGHT, errs
 
 
 def test_gemma_tokenizer_json_only(tmp_path):

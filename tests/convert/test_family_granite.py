@@ -5,8 +5,8 @@ every mix vs llama_model_quantize, end of generation."""
 from __future__ import annotations
 
 import pytest
-from factory import cached_hf_model
-from family_checks import check_generation_stops, check_logits, check_mixes, check_tokenization, convert, eog_ids
+from tests.factory import cached_hf_model
+from tests.family_checks import check_generation_stops, check_logits, check_mixes, check_tokenization, convert, eog_ids
 
 from slimedge.gguf_info import read_info
 
@@ -29,9 +29,9 @@ def test_granite_family_end_to_end(tmp_path):
 def test_granite_multipliers_matter(tmp_path):
     """The test model's multipliers are not neutral: with each scale key set to 1.0, llama.cpp's logits move
     far from transformers', so the end-to-end match above depends on every key."""
-    from convert_util import hf_logits, llama_logits, rel_err, sample_tokens
+    from tests.convert.convert_util import hf_logits, llama_logits, rel_err, sample_tokens
     from gguf import GGUFValueType
-    from gguf_edit import edit_gguf
+    from tests.gguf_edit import edit_gguf
 
     hf = cached_hf_model(arch="granite")
     assert check_logits(hf, tmp_path, types=("f32",))["f32"] < 2e-5

@@ -4,8 +4,8 @@ llama_model_quantize, end of generation, and the memory estimate's conv state vs
 from __future__ import annotations
 
 import pytest
-from factory import cached_hf_model
-from family_checks import check_generation_stops, check_logits, check_mixes, check_tokenization, convert, eog_ids
+from tests.factory import cached_hf_model
+from tests.family_checks import check_generation_stops, check_logits, check_mixes, check_tokenization, convert, eog_ids
 
 from slimedge.gguf_info import read_info
 

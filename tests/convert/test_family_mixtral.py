@@ -5,10 +5,10 @@ the same GGUF; an 8-expert model gets llama.cpp's 8-expert promotions."""
 from __future__ import annotations
 
 import pytest
-from convert_util import same_tensors
-from factory import cached_hf_model, copy_model
-from family_checks import check_generation_stops, check_logits, check_mixes, check_tokenization, convert, eog_ids
-from moe_checks import check_moe_logits
+from tests.convert.convert_util import same_tensors
+from tests.factory import cached_hf_model, copy_model
+from tests.family_checks import check_generation_stops, check_logits, check_mixes, check_tokenization, convert, eog_ids
+from tests.convert.moe_checks import check_moe_logits
 
 from slimedge.gguf_info import read_info
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from factory import cached_hf_model
-from family_checks import check_generation_stops, check_logits, check_mixes, check_tokenization, convert, eog_ids
-from moe_checks import check_moe_logits
+from tests.factory import cached_hf_model
+from tests.family_checks import check_generation_stops, check_logits, check_mixes, check_tokenization, convert, eog_ids
+from tests.convert.moe_checks import check_moe_logits
 
 from slimedge.gguf_info import read_info
 

@@ -7,8 +7,8 @@ is SmolLM 1/2's, whose models are ``LlamaForCausalLM``)."""
 from __future__ import annotations
 
 import pytest
-from factory import cached_hf_model
-from family_checks import check_generation_stops, check_logits, check_mixes, check_tokenization, convert, eog_ids
+from tests.factory import cached_hf_model
+from tests.family_checks import check_generation_stops, check_logits, check_mixes, check_tokenization, convert, eog_ids
 
 from slimedge.gguf_info import read_info
 
@@ -32,7 +32,7 @@ def test_smollm3_family_end_to_end(tmp_path):
 
 def test_smollm3_rope_pattern_matters(tmp_path):
     """The no-rope layer is real: giving that layer rope in transformers moves the logits far off llama.cpp's."""
-    from convert_util import hf_logits, llama_logits, rel_err, sample_tokens
+    from tests.convert.convert_util import hf_logits, llama_logits, rel_err, sample_tokens
     import json
     import shutil
 

@@ -14,8 +14,8 @@ import json
 
 import pytest
 from click.testing import CliRunner
-from convert_util import hf_logits, llama_logits, rel_err, sample_tokens
-from factory import PHI3_LONGROPE, cached_hf_model
+from tests.convert.convert_util import hf_logits, llama_logits, rel_err, sample_tokens
+from tests.factory import PHI3_LONGROPE, cached_hf_model
 
 from slimedge.cli.convert import cli
 

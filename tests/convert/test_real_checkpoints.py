@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from factory import cached_hf_model, copy_model
-from family_checks import check_generation_stops, check_logits, check_tokenization, convert, eog_ids
+from tests.factory import cached_hf_model, copy_model
+from tests.family_checks import check_generation_stops, check_logits, check_tokenization, convert, eog_ids
 from gguf import MODEL_ARCH
 from safetensors.numpy import load_file, save_file
 

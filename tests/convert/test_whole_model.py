@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from convert_util import llama_logits, llama_quantize, same_tensors, sample_tokens
-from factory import cached_hf_model
+from tests.convert.convert_util import llama_logits, llama_quantize, same_tensors, sample_tokens
+from tests.factory import cached_hf_model
 
 from slimedge.cli import main
 from slimedge.gguf_info import read_info

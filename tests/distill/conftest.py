@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from distill_kit import corpus_text, train_teacher
-from factory import cached_hf_model
+from tests.distill.distill_kit import corpus_text, train_teacher
+from tests.factory import cached_hf_model
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():

@@ -10,7 +10,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import tokfactory
+from tests import tokfactory
 
 SEQ = 64  # training block length of train_teacher
 

@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 import pytest
-from distill_kit import corpus_text
+from tests.distill.distill_kit import corpus_text
 
 from slimedge.distill import DistillConfig, distill
 from slimedge.distill.cache import TeacherCache

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from factory import cached_hf_model
+from tests.factory import cached_hf_model
 
 from slimedge.distill.data import load_texts, pack, prepare, split, tokenize
 from slimedge.errors import SlimedgeError

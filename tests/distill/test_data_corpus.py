@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 import pytest
-from factory import cached_hf_model
+from tests.factory import cached_hf_model
 
 from slimedge.distill import data as data_mod
 from slimedge.distill import tokens as tokens_mod

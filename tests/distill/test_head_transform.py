@@ -18,7 +18,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import transformers
-from factory import ARCH_DEFAULTS, MODEL_CLASSES, cached_hf_model
+from tests.factory import ARCH_DEFAULTS, MODEL_CLASSES, cached_hf_model
 
 from slimedge.distill.cache import build_cache
 from slimedge.distill.evaluate import evaluate

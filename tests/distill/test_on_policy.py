@@ -42,8 +42,8 @@ def _kl_on_own_samples(student_dir, teacher_dir, prompts, reverse: bool = False)
 def sharp_teacher(tmp_path_factory, corpus_file):
     """conftest's teacher trained 300 steps instead of 60: sharp enough that the student's own
     continuations lead it into states the data does not show."""
-    from distill_kit import train_teacher
-    from factory import cached_hf_model
+    from tests.distill.distill_kit import train_teacher
+    from tests.factory import cached_hf_model
 
     src = cached_hf_model(arch="llama", num_hidden_layers=4, seed=1)
     return train_teacher(src, tmp_path_factory.mktemp("sharp") / "t", corpus_file.read_text(), steps=300)
@@ -74,7 +74,7 @@ def test_on_policy_lowers_kl_on_own_generations(tmp_path, sharp_teacher, corpus_
 def test_sampling_with_kv_cache_matches_full_forward():
     """The cached loop gives the same tokens as picking from a full forward over the prefix each time."""
     import torch
-    from factory import cached_hf_model
+    from tests.factory import cached_hf_model
     from transformers import AutoModelForCausalLM
 
     from slimedge.distill.on_policy import _pick, _uniforms, sample

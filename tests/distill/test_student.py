@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from factory import cached_hf_model
+from tests.factory import cached_hf_model
 
 from slimedge.distill.config import DistillConfig
 from slimedge.distill.student import build_student, layer_map, student_config

@@ -4,21 +4,20 @@ of the student equal transformers'.
 
 Gemma 2 / 3 students take three of the teacher's layers (0, 2 and the last): their sliding/global layer types
 follow the mapped teacher layers (a pattern unlike llama.cpp's default for three layers, so the converter
-writes it out), and the F32 tolerance is tests/convert/test_family_gemma.py's: llama.cpp's CPU GELU goes
+writes it out), and the F32 tolerance is Gemma's (tests/convert/convert_util.py): llama.cpp's CPU GELU goes
 through a float16 table, so the plain comparison gets GELU_TOL and the one with that rounding put into the
-transformers reference gets TIGHT."""
+transformers reference gets GELU_TIGHT."""
 
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from click.testing import CliRunner
-from factory import cached_hf_model
-from family_checks import check_logits
+from tests.convert.convert_util import GELU_TIGHT, GELU_TOL, gelu_f32_err
+from tests.factory import cached_hf_model
+from tests.family_checks import check_logits
 
 from slimedge.cli.distill import cli
 from slimedge.distill.config import DistillConfig
@@ -26,10 +25,6 @@ from slimedge.distill.student import build_student
 from slimedge.gguf_info import read_info
 
 pytestmark = pytest.mark.slow  # distills and runs llama.cpp
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "convert"))  # family_checks' convert_util
-
-from test_family_gemma import GELU_TOL, TIGHT, _tight_f32  # noqa: E402  (tests/convert, on the path above)
 
 _SANDWICH = ("input_layernorm.weight", "post_attention_layernorm.weight", "pre_feedforward_layernorm.weight",
              "post_feedforward_layernorm.weight")
@@ -89,7 +84,7 @@ def test_student_of_family_builds_distills_and_converts(family, tmp_path, corpus
         m = read_info(f32).metadata
         assert list(m[f"{family}.attention.sliding_window_pattern"]) == [True, True, False]
         assert m[f"{family}.block_count"] == n_s and m[f"{family}.attention.sliding_window"] == 8
-        assert _tight_f32(out, f32) < TIGHT
+        assert gelu_f32_err(out, f32) < GELU_TIGHT
 
 
 def test_gemma3_student_without_a_global_layer_is_warned_about(caplog):

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from factory import cached_hf_model
+from tests.factory import cached_hf_model
 
 from slimedge.distill import tokens as tokens_mod
 from slimedge.distill.data import tokenize

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from distill_kit import corpus_text
-from factory import cached_hf_model
+from tests.distill.distill_kit import corpus_text
+from tests.factory import cached_hf_model
 
 from slimedge.convert import convert
 from slimedge.errors import SlimedgeError
@@ -26,7 +26,6 @@ from slimedge.quant import dequantize, quantize
 from slimedge.quant.blockfields import SUPPORTED, pack, unpack
 from slimedge.quant.mixes import QuantSpec
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "convert"))  # convert_util: llama.cpp's logits
 
 
 @pytest.mark.parametrize("qtype", sorted(SUPPORTED))
@@ -126,7 +125,7 @@ def _tune(hf, d, q, out, **kw):
 @pytest.mark.slow
 def test_tune_lowers_kl_keeps_the_file_and_runs_in_llama_cpp(demo):
     import gguf
-    from convert_util import llama_logits, rel_err, sample_tokens
+    from tests.convert.convert_util import llama_logits, rel_err, sample_tokens
 
     from slimedge.distill.tune import TuneConfig, _build, _entries
     from slimedge.distill.api import load_teacher_meta
@@ -215,7 +214,7 @@ def test_bad_inputs(model, tmp_path):
     gw = convert(wide, tmp_path / "wide.gguf", QuantSpec("Q4_K_M")) and tmp_path / "wide.gguf"
     # its metadata says another feed-forward width than its tensors have: neither the teacher nor itself
     import gguf
-    from gguf_edit import edit_gguf
+    from tests.gguf_edit import edit_gguf
 
     lying = edit_gguf(gw, tmp_path / "lying.gguf",
                       set={"llama.feed_forward_length": (640, gguf.GGUFValueType.UINT32, None)})

@@ -11,8 +11,8 @@ import json
 
 import pytest
 from click.testing import CliRunner
-from distill_kit import corpus_text
-from factory import cached_hf_model
+from tests.distill.distill_kit import corpus_text
+from tests.factory import cached_hf_model
 
 from slimedge.cli import main
 from slimedge.gguf_info import read_info

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
-from ggml_ref import ggml_dequantize, ggml_quantize
+from tests.ggml_ref import ggml_dequantize, ggml_quantize
 from slimedge.quant import REGISTRY, dequantize_rows, get_format, quantize_rows
 from slimedge.quant.kquant_search import seqsum
 from slimedge.quant.types import FLOAT_TYPES, QK_K, REQUIRES_IMATRIX, block_size

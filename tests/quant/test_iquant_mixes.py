@@ -1,7 +1,7 @@
 """The grid i-quant mixes (IQ1_S ... IQ3_M) choose llama.cpp's tensor types, write its bytes, and are
 refused without an importance matrix where llama-quantize refuses them.
 
-Types: the synthetic F32 models of test_mixes.py (GQA, tied, deep, fused QKV, 70B, 8 experts, falcon, odd
+Types: the synthetic F32 models of tests/quant/mix_models.py (GQA, tied, deep, fused QKV, 70B, 8 experts, falcon, odd
 row lengths) quantized by ``llama_model_quantize`` with a synthetic imatrix. Bytes: slimedge's imatrix of a
 tiny trained Llama, passed to ``llama_model_quantize`` as llama-quantize passes it, against
 ``slimedge convert --imatrix``; the result loads and generates in llama-cpp-python.
@@ -10,19 +10,18 @@ tiny trained Llama, passed to ``llama_model_quantize`` as llama-quantize passes 
 from __future__ import annotations
 
 import ctypes
-import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from test_mixes import MODELS, _check, _silence_llama, llama_quantize, models  # noqa: F401
 
 from slimedge.cli import main
 from slimedge.errors import SlimedgeError
 from slimedge.gguf_info import read_info
 from slimedge.quant.mixes import MIXES, ModelInfo, QuantSpec, TensorSpec, choose_types, parse_override
+from tests.convert.convert_util import llama_imatrix_args, llama_quantize, same_tensors, silence_llama
+from tests.quant.mix_models import MODELS, check_types
 
 IQ_MIXES = ["IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ3_XXS", "IQ3_XS", "IQ3_S", "IQ3_M"]
 NO_IMATRIX_OK = ["IQ3_S", "IQ3_M"]  # their tensor types need no importance data
@@ -50,7 +49,7 @@ def _llama_refusal(src, dst, ftype: int) -> str:
         p.ftype, p.nthread = ftype, 2
         rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(p))
     finally:
-        _silence_llama()
+        silence_llama()
     assert rc != 0, "llama.cpp quantized without the importance matrix"
     text = "".join(lines)
     assert "requires an importance matrix" in text
@@ -93,21 +92,21 @@ def test_override_to_a_grid_type_needs_an_imatrix_too():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mix", IQ_MIXES)
-def test_iquant_mix_types_match_llama_cpp(models, tmp_path, mix):  # noqa: F811
+def test_iquant_mix_types_match_llama_cpp(models, tmp_path, mix):
     for c in MODELS:
         dst = tmp_path / f"{c.name}-{mix}.gguf"
         llama_quantize(models[c.name], dst, MIXES[mix][0], imatrix=_synthetic_imatrix(models[c.name]))
-        _check(models[c.name], dst, QuantSpec(mix, has_imatrix=True))
+        check_types(models[c.name], dst, QuantSpec(mix, has_imatrix=True))
         dst.unlink()
         if mix in NO_IMATRIX_OK:  # without importance data: the same choice as llama.cpp, not refused
             llama_quantize(models[c.name], dst, MIXES[mix][0])
-            _check(models[c.name], dst, QuantSpec(mix))
+            check_types(models[c.name], dst, QuantSpec(mix))
             dst.unlink()
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mix", REFUSED)
-def test_refusal_names_the_tensor_llama_cpp_names(models, tmp_path, mix):  # noqa: F811
+def test_refusal_names_the_tensor_llama_cpp_names(models, tmp_path, mix):
     for c in MODELS[:2] + MODELS[4:5]:  # GQA 4, tied GQA 1, fused QKV
         src = models[c.name]
         theirs = _llama_refusal(src, tmp_path / "x.gguf", MIXES[mix][0])
@@ -123,7 +122,7 @@ def test_refusal_names_the_tensor_llama_cpp_names(models, tmp_path, mix):  # noq
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """(HF folder, its F32 GGUF, slimedge's imatrix computed on it)."""
-    from factory import cached_hf_model
+    from tests.factory import cached_hf_model
 
     root = tmp_path_factory.mktemp("iqmix")
     model = cached_hf_model(arch="llama", kquant=True)
@@ -138,21 +137,16 @@ def trained(tmp_path_factory):
 
 @pytest.mark.slow
 def test_whole_model_bytes_equal_llama_model_quantize_and_generate(trained, tmp_path):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "convert"))
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "calib"))
-    from convert_util import llama_quantize as quantize_file
-    from convert_util import same_tensors
-    from family_checks import check_generation_stops, eog_ids
-    from test_convert_imatrix import _llama_imatrix_params
+    from tests.family_checks import check_generation_stops, eog_ids
 
     model, f32, imx = trained
-    params, _keep = _llama_imatrix_params(imx)
+    params = llama_imatrix_args(imx)
     for mix in IQ_MIXES:
         ours = tmp_path / f"ours-{mix}.gguf"
         r = CliRunner().invoke(main, ["convert", str(model), "-o", str(ours), "--type", mix, "--imatrix", str(imx),
                                       "-q", "-t", "2"])
         assert r.exit_code == 0, r.output
-        theirs = quantize_file(f32, tmp_path / f"theirs-{mix}.gguf", MIXES[mix][0], **params)
+        theirs = llama_quantize(f32, tmp_path / f"theirs-{mix}.gguf", MIXES[mix][0], **params)
         types = same_tensors(ours, theirs)
         assert any(t.startswith("IQ") for t in types.values()), (mix, types)
         if mix in ("IQ1_S", "IQ2_XXS", "IQ3_M"):

@@ -19,7 +19,7 @@ import pytest
 from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as T
 
-from ggml_ref import ggml_dequantize, ggml_quantize
+from tests.ggml_ref import ggml_dequantize, ggml_quantize
 from slimedge.errors import SlimedgeError
 from slimedge.quant import dequantize, quantize
 from slimedge.quant import iq_grids

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
-from ggml_ref import ggml_dequantize, ggml_quantize
+from tests.ggml_ref import ggml_dequantize, ggml_quantize
 from slimedge import _kernels
 from slimedge.errors import SlimedgeError
 from slimedge.quant import REGISTRY, dequantize_rows, quantize_rows

@@ -12,7 +12,7 @@ every exponent from the subnormal range (whose e wraps modulo 256) to FLT_MAX (w
 from __future__ import annotations
 
 import numpy as np
-from ggml_ref import ggml_quantize
+from tests.ggml_ref import ggml_quantize
 
 from slimedge.quant import quantize
 from slimedge.quant.fp4 import e8m0_half, shared_exponent

@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as T
 
-from ggml_ref import ggml_dequantize, ggml_quantize
+from tests.ggml_ref import ggml_dequantize, ggml_quantize
 from slimedge.quant import dequantize, quantize
 from slimedge.quant.fp4 import floor_log2
 
@@ -108,14 +106,13 @@ def test_mxfp4_floor_log2_equals_libm_log2f_next_to_powers_of_two():
 
 # ---- mixes against llama_model_quantize ----------------------------------------------------------------
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "convert"))  # convert_util, for family_checks
 DENSE_MIXES = ("IQ4_NL", "IQ4_XS", "TQ1_0", "TQ2_0", "Q1_0", "Q2_0")
 
 
 @pytest.mark.slow
 def test_new_mixes_equal_llama_quantize_and_generate(tmp_path):
-    from factory import cached_hf_model
-    from family_checks import check_generation_stops, check_mixes, convert, eog_ids
+    from tests.factory import cached_hf_model
+    from tests.family_checks import check_generation_stops, check_mixes, convert, eog_ids
 
     hf = cached_hf_model(arch="llama", kquant=True)
     types = check_mixes(hf, tmp_path, mixes=DENSE_MIXES)
@@ -128,8 +125,8 @@ def test_new_mixes_equal_llama_quantize_and_generate(tmp_path):
 
 @pytest.mark.slow
 def test_mxfp4_moe_mix_equals_llama_quantize(tmp_path):
-    from factory import cached_hf_model
-    from family_checks import check_generation_stops, check_mixes, convert, eog_ids
+    from tests.factory import cached_hf_model
+    from tests.family_checks import check_generation_stops, check_mixes, convert, eog_ids
 
     hf = cached_hf_model(arch="qwen3moe", kquant=True, moe_intermediate_size=256, head_dim=64)
     types = check_mixes(hf, tmp_path, mixes=("MXFP4_MOE",))["MXFP4_MOE"]

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from serve_helpers import Server, free_port
+from tests.serve.serve_helpers import Server, free_port
 
 from slimedge.bundle import build_bundle
 

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import jinja2
 import pytest
-from serve_helpers import free_port, request, run_argv, slimedge_argv
+from tests.serve.serve_helpers import free_port, request, run_argv, slimedge_argv
 
 pytestmark = pytest.mark.slow
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from factory import cached_hf_model
+from tests.factory import cached_hf_model
 from gguf import GGUFReader, GGUFValueType
-from gguf_edit import edit_gguf
+from tests.gguf_edit import edit_gguf
 
 from slimedge.convert import convert, plan
 from slimedge.errors import SlimedgeError

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from factory import cached_hf_model
+from tests.factory import cached_hf_model
 
 from slimedge.cli import main
 from slimedge.errors import SlimedgeError

@@ -164,7 +164,7 @@ def test_swa_full_false_profile_gives_llama_cpps_smaller_kv_cache(tmp_path):
     import subprocess
     import sys
 
-    from factory import cached_hf_model
+    from tests.factory import cached_hf_model
     from slimedge.convert import convert
     from slimedge.memory import shape_from_gguf
     from slimedge.quant.mixes import QuantSpec

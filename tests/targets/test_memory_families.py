@@ -9,7 +9,7 @@ import sys
 
 import pytest
 from click.testing import CliRunner
-from factory import cached_hf_model
+from tests.factory import cached_hf_model
 
 from slimedge.cli import main
 from slimedge.memory import MiB, kv_bytes_per_layer, shape_from_gguf

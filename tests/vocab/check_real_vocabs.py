@@ -16,8 +16,8 @@ from pathlib import Path
 
 import gguf
 
-sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parent.parent)]
-from vocab_helpers import load_llama, write_vocab_gguf  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root, for the tests package
+from tests.vocab.vocab_helpers import load_llama, write_vocab_gguf  # noqa: E402
 
 from slimedge.vocab import load_vocab, pretok  # noqa: E402
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-import tokfactory
+from tests import tokfactory
 from slimedge.vocab import load_vocab
-from vocab_helpers import SAMPLES, load_llama, write_vocab_gguf
+from tests.vocab.vocab_helpers import SAMPLES, load_llama, write_vocab_gguf
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-import tokfactory
+from tests import tokfactory
 from slimedge.errors import SlimedgeError
 from slimedge.vocab import load_vocab
 

@@ -15,9 +15,9 @@ import jinja2
 import pytest
 from gguf import GGUFReader, TokenType
 
-import tokfactory
+from tests import tokfactory
 from slimedge.vocab import load_vocab, pretok
-from vocab_helpers import SAMPLES, load_llama, specials_regex, write_vocab_gguf
+from tests.vocab.vocab_helpers import SAMPLES, load_llama, specials_regex, write_vocab_gguf
 
 EXPECTED_PRE = {"llama3": "llama-bpe", "gpt2": "gpt-2", "qwen2": "qwen2", "dbrx": "dbrx",
                 "qwen35": "qwen35", "starcoder": "starcoder", "gpt4o": "gpt-4o", "tekken": "tekken",

@@ -7,7 +7,7 @@ import shutil
 
 from gguf import TokenType
 
-import tokfactory
+from tests import tokfactory
 from slimedge.vocab import load_vocab
 
 
