@@ -32,7 +32,7 @@ from gguf import MODEL_TENSOR, Keys
 
 from ..errors import SlimedgeError
 from ..quant.model_info import ModelInfo
-from .base import KV, U32, Arch
+from .base import KV, U32, Arch, OutTensor, gguf_name
 
 
 @dataclass(frozen=True)
@@ -122,16 +122,23 @@ class MoEArch(Arch):
     ALIASES: ClassVar[list[tuple[str, str]]] = []
     N_EXPERT_KEYS: ClassVar[tuple[str, ...]] = ("num_local_experts", "num_experts")
     N_FF_EXP_KEY: ClassVar[str] = "intermediate_size"
+    N_USED_KEYS: ClassVar[tuple[str, ...]] = ("num_experts_per_tok",)
+    # llama.cpp's graph has no fallback to token_embd: a tied checkpoint gets the embedding stored twice
+    OUTPUT_REQUIRED: ClassVar[bool] = False
+
+    def is_moe_layer(self, bid: int) -> bool:
+        """Whether layer ``bid`` has experts (families with leading dense layers override this)."""
+        return True
 
     def __init__(self, config: dict, hf_arch: str):
         super().__init__(config, hf_arch)
         n_expert = next((config[k] for k in self.N_EXPERT_KEYS if config.get(k) is not None), None)
-        used = config.get("num_experts_per_tok")
+        used = next((config[k] for k in self.N_USED_KEYS if config.get(k) is not None), None)
         try:
             self.n_expert, self.n_expert_used = int(n_expert), int(used)
             self.n_ff_exp = int(config[self.N_FF_EXP_KEY])
         except (TypeError, ValueError, KeyError):
-            raise SlimedgeError(f"config.json: {hf_arch} needs {self.N_EXPERT_KEYS[0]}, num_experts_per_tok and "
+            raise SlimedgeError(f"config.json: {hf_arch} needs {self.N_EXPERT_KEYS[0]}, {self.N_USED_KEYS[0]} and "
                                 f"{self.N_FF_EXP_KEY} (found {n_expert!r}, {used!r}, "
                                 f"{config.get(self.N_FF_EXP_KEY)!r}); fix config.json") from None
         if not 0 < self.n_expert_used <= self.n_expert or self.n_ff_exp <= 0:
@@ -159,6 +166,8 @@ class MoEArch(Arch):
         refs = dict(source.tensors)
         consumed: set[str] = set()
         for bid in range(self.hp.n_layer):
+            if not self.is_moe_layer(bid):
+                continue
             for alt, name in self.ALIASES:
                 a, n = alt.format(bid=bid), name.format(bid=bid)
                 if a in refs and n not in refs:
@@ -170,7 +179,8 @@ class MoEArch(Arch):
                 consumed.update(used)
         for name in consumed:
             refs.pop(name, None)
-        return super().tensors(SimpleNamespace(model_dir=source.model_dir, tensors=refs))
+        out = super().tensors(SimpleNamespace(model_dir=source.model_dir, tensors=refs))
+        return with_output_copy(out) if self.OUTPUT_REQUIRED else out
 
     def _stack(self, spec: Experts, bid: int, refs: dict, source) -> tuple[StackedRef, list[str]]:
         """The stacked reference of one layer's ``spec`` and the source names it uses (every layer of
@@ -204,3 +214,15 @@ class MoEArch(Arch):
                                     f"of {list(shape)} like expert 0; the checkpoint is damaged")
         parts = [Part(refs[n], 0, shape[0]) for n in names]
         return StackedRef(name, (self.n_expert, *shape), parts), names
+
+
+def with_output_copy(out: list[OutTensor]) -> list[OutTensor]:
+    """``out`` with ``output.weight`` read from the embedding when the checkpoint ties them (for llama.cpp
+    graphs that require an output tensor); unchanged when the checkpoint has its own."""
+    names = [t.name for t in out]
+    if gguf_name(MODEL_TENSOR.OUTPUT, "weight") in names:
+        return out
+    emb = out[names.index(gguf_name(MODEL_TENSOR.TOKEN_EMBD, "weight"))]
+    at = names.index(gguf_name(MODEL_TENSOR.OUTPUT_NORM, "weight")) + 1
+    return out[:at] + [OutTensor(gguf_name(MODEL_TENSOR.OUTPUT, "weight"), emb.shape, emb.load,
+                                 emb.origin + " (tied)", emb.load_rows, emb.row_group)] + out[at:]
