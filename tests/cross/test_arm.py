@@ -5,8 +5,12 @@ be identical, and the x86-64 one equal to slimedge._kernels'.
 
 Both builds use setup.py's flags (-O3 -ffp-contract=off ...: GCC would otherwise contract a*b+c into FMA on
 aarch64 by default, which rounds once instead of twice). Result on this project's machine: no type differs
-(every block identical on aarch64). Needs ``apt-get install -y gcc-aarch64-linux-gnu qemu-user`` (.ci/run
-installs them); without them the test fails, it does not skip.
+(every block identical on aarch64). Needs ``apt-get install -y gcc-aarch64-linux-gnu qemu-user``; without them
+the test fails, it does not skip. So it is not part of README's suite: ``python -m pytest`` leaves tests/cross out
+(pyproject's norecursedirs) and ``.ci/run`` runs it on its own, after README's two commands and the apt-get::
+
+    sudo apt-get install -y gcc-aarch64-linux-gnu qemu-user
+    python -m pytest -q tests/cross
 """
 
 from __future__ import annotations
