@@ -22,6 +22,7 @@ L = "model.layers.{bid}."
 class Olmo2(Arch):
     hf_names = ("Olmo2ForCausalLM",)
     gguf_arch = MODEL_ARCH.OLMO2
+    SLIDING_WINDOW = False  # OLMo 3 (olmo3.py) turns it on
     TENSORS = [
         ("model.embed_tokens.weight", T.TOKEN_EMBD, True),
         (L + "self_attn.q_proj.weight", T.ATTN_Q, True),
@@ -46,7 +47,7 @@ class Olmo2(Arch):
             raise SlimedgeError(f"config.json: {hf_arch} with head_dim {hp.head_dim} x {hp.n_head} heads != "
                                 f"hidden_size {hp.n_embd} is not supported (llama.cpp's olmo2 takes "
                                 f"head_dim = hidden_size / heads)")
-        if config.get("sliding_window"):
+        if config.get("sliding_window") and not self.SLIDING_WINDOW:
             raise SlimedgeError(f"config.json: {hf_arch} with a sliding_window is not supported (that is OLMo 3); "
                                 f"remove sliding_window for OLMo 2")
 

@@ -40,6 +40,17 @@ class ModelInfo:
     n_swa: int = 0
     swa_layers: tuple[bool, ...] = ()
     shortconv_l_cache: int = 0  # {arch}.shortconv.l_cache: taps of LFM2's convolution layers (0: none)
+    # SSM / linear-attention layers (Mamba-2, gated delta-net): {arch}.ssm.conv_kernel, inner_size, state_size,
+    # group_count (0: none), and which layers are recurrent (True; () = none, or the per-layer head_count_kv
+    # zeros say so, as LFM2's do)
+    ssm_conv_kernel: int = 0
+    ssm_inner_size: int = 0
+    ssm_state_size: int = 0
+    ssm_group_count: int = 0
+    recurrent_layers: tuple[bool, ...] = ()
+    # per head on the sliding layers where they differ (Gemma 4: attention.key_length_swa; 0: key_length)
+    key_length_swa: int = 0
+    value_length_swa: int = 0
 
     @property
     def max_head(self) -> int:
@@ -111,18 +122,46 @@ class ModelInfo:
             n_swa = scalar("attention.sliding_window", SWA_DEFAULT_PATTERN[arch][1])
             pattern = metadata.get(f"{arch}.attention.sliding_window_pattern", SWA_DEFAULT_PATTERN[arch][0])
             swa_layers = swa_pattern(pattern, n_layer) if n_swa else ()
+        n_kv = kv_layers_from_start(arch, n_layer, scalar("attention.shared_kv_layers", 0))
+        if n_kv < n_layer:  # the shared-KV layers (Gemma 3n / 4) keep no cache of their own
+            kv_layers = tuple((kv_layers[i] if kv_layers else n_head_kv) if i < n_kv else 0 for i in range(n_layer))
         return cls(arch=arch, n_layer=n_layer, n_head=n_head, n_head_kv=n_head_kv,
                    n_expert=scalar("expert_count", 0), n_embd=n_embd, n_ff=n_ff, n_vocab=n_vocab,
                    key_length=scalar("attention.key_length", head_dim),
                    value_length=scalar("attention.value_length", head_dim),
                    n_ctx_train=scalar("context_length", 0),
                    n_head_layers=head_layers, n_head_kv_layers=kv_layers, n_ff_layers=ff_layers,
-                   n_swa=n_swa, swa_layers=swa_layers, shortconv_l_cache=scalar("shortconv.l_cache", 0))
+                   n_swa=n_swa, swa_layers=swa_layers, shortconv_l_cache=scalar("shortconv.l_cache", 0),
+                   **_ssm_fields(metadata, arch, n_layer, scalar),
+                   key_length_swa=scalar("attention.key_length_swa", 0),
+                   value_length_swa=scalar("attention.value_length_swa", 0))
+
+
+def kv_layers_from_start(arch: str, n_layer: int, n_shared: int) -> int:
+    """How many leading layers keep a KV cache of their own: llama.cpp's gemma3n fixes 20, gemma4 reads
+    ``attention.shared_kv_layers``; every layer elsewhere."""
+    if arch == "gemma3n":
+        return min(n_layer, 20)
+    return n_layer - n_shared if arch == "gemma4" and 0 < n_shared <= n_layer else n_layer
+
+
+def _ssm_fields(metadata: dict, arch: str, n_layer: int, scalar) -> dict:
+    """The SSM sizes and recurrent layers as llama.cpp reads them: ``attention.recurrent_layers`` (a bool per
+    layer), else for the delta-net archs every ``full_attention_interval``-th layer (default 4) is attention."""
+    fields = {f"ssm_{k}": scalar(f"ssm.{k}", 0) for k in ("conv_kernel", "inner_size", "state_size", "group_count")}
+    flags = metadata.get(f"{arch}.attention.recurrent_layers")
+    if isinstance(flags, (list, tuple)) and len(flags) == n_layer:
+        fields["recurrent_layers"] = tuple(bool(x) for x in flags)
+    elif arch in ("qwen35", "qwen35moe", "qwen3next"):
+        every = scalar("full_attention_interval", 4) or 4
+        fields["recurrent_layers"] = tuple((i + 1) % every != 0 for i in range(n_layer))
+    return fields
 
 
 # llama.cpp's sliding-window defaults when a GGUF has no pattern / window key: arch -> (n_pattern: every
 # n-th layer is global, the others slide; window when the key is absent, 0: no sliding window)
-SWA_DEFAULT_PATTERN = {"gemma2": (2, 4096), "gemma3": (6, 0)}
+SWA_DEFAULT_PATTERN = {"gemma2": (2, 4096), "gemma3": (6, 0), "olmo2": (4, 0)}  # olmo2: OLMo 3's window
+SWA_DEFAULT_PATTERN.update({"gemma3n": (5, 0), "gemma4": (6, 0)})  # both files always carry the pattern
 
 
 def swa_pattern(pattern, n_layer: int) -> tuple[bool, ...]:
