@@ -97,16 +97,25 @@ def test_documented_invocations_are_real(page):
         assert seen, f"{page.name} shows no slimedge command"
 
 
+def _anchors(page: Path) -> set[str]:
+    """GitHub's heading anchors: lower case, punctuation but '-' and '_' dropped, spaces to '-'."""
+    heads = re.findall(r"^#+ (.+)$", page.read_text(encoding="utf-8"), re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in heads}
+
+
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
 def test_relative_links_resolve(page):
     text = page.read_text(encoding="utf-8")
     missing = []
-    for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text):
+    for target, anchor in re.findall(r"\]\(([^)#\s]*)(?:#([^)\s]*))?\)", text):
         if "://" in target or target.startswith("mailto:"):
             continue
-        if not (page.parent / target).exists():
+        path = (page.parent / target) if target else page
+        if not path.exists():
             missing.append(target)
-    assert not missing, f"{page.name} links to missing files: {missing}"
+        elif anchor and path.suffix == ".md" and anchor not in _anchors(path):
+            missing.append(f"{target}#{anchor}")
+    assert not missing, f"{page.name} links to missing files or headings: {missing}"
 
 
 def test_docs_pages_open_with_a_runnable_example():
