@@ -49,6 +49,7 @@ class PlannedTensor:
     qtype: GGMLQuantizationType
     nbytes: int  # bytes in the output file (without alignment padding)
     origin: str  # source tensor, for messages
+    passthrough: bool = False  # a quantized source's stored blocks, copied unchanged
 
     @property
     def n_params(self) -> int:
@@ -96,6 +97,9 @@ class Plan:
         if self.model is not None and self.model.n_expert:  # *_exps tensors: [experts, rows, row length]
             lines.append(f"{self.model.n_expert} experts per MoE layer; expert tensors are listed as "
                          f"experts x rows x row length")
+        kept = sum(t.passthrough for t in self.tensors)
+        if kept:
+            lines.append(f"{kept} tensors keep the checkpoint's stored blocks unchanged (no float round trip)")
         if self.imatrix is not None:
             lines.append(f"importance matrix {self.imatrix.path or '(in memory)'}: {len(self.imatrix.entries)} "
                          f"entries, {self.imatrix.chunk_count} chunks; used for {len(self.importance)} tensors")
@@ -199,8 +203,9 @@ def _plan(prep: _Prepared, spec: QuantSpec, imatrix=None) -> Plan:
         spec = replace(spec, has_imatrix=True)
     specs = [TensorSpec(t.name, t.shape) for t in prep.tensors]
     types = choose_types(specs, spec, prep.model)
-    planned = [PlannedTensor(t.name, t.shape, q, tensor_nbytes(t.shape, q), t.origin)
-               for t, q in zip(prep.tensors, types)]
+    prep.tensors, types, kept = _stored_blocks(prep.tensors, types)
+    planned = [PlannedTensor(t.name, t.shape, q, tensor_nbytes(t.shape, q), t.origin, k)
+               for t, q, k in zip(prep.tensors, types, kept)]
     p = Plan(prep.path, prep.arch, prep.name, spec, file_type(spec), planned, prep.model)
     if imatrix is not None:
         from .quant.imatrix_file import importance_for
@@ -211,6 +216,33 @@ def _plan(prep: _Prepared, spec: QuantSpec, imatrix=None) -> Plan:
         p.importance = importance_for(imatrix, quantized, lambda n, q: requires_imatrix(n, q, spec))
         p.imatrix = imatrix
     return p
+
+
+def _stored_blocks(tensors: list[OutTensor], types: list) -> tuple[list[OutTensor], list, list[bool]]:
+    """Where a quantized source's blocks pass through unchanged: a tensor whose planned type is its stored
+    type (or, for NVFP4, a float type: llama.cpp's converter keeps NVFP4 weights), when the architecture's
+    transform only reorders its rows; its per-tensor scales follow it as F32 tensors. -> (tensors, types,
+    passes through)."""
+    from .quant.types import FLOAT_TYPES
+
+    out_t, out_q, kept = [], [], []
+    for t, q in zip(tensors, types):
+        pt, keep = t.passthrough, False
+        if pt is not None and pt.row_order(t.shape) is not False:
+            if q in FLOAT_TYPES and pt.keep_with_float:
+                q = pt.stored_type
+            keep = q == pt.stored_type
+        out_t.append(t), out_q.append(q), kept.append(keep)
+        for name, value in pt.extra_tensors(t.name) if keep else ():
+            out_t.append(OutTensor(name, value.shape, lambda out=None, v=value: v, f"scale of {t.origin}"))
+            out_q.append(GGMLQuantizationType.F32), kept.append(False)
+    return out_t, out_q, kept
+
+
+def _load_stored(t: OutTensor, job: _Job) -> np.ndarray:
+    """A passed-through tensor's stored bytes (whole or rows [start, stop)), read in the reader thread."""
+    start, stop = (0, int(np.prod(t.shape[:-1]))) if job.whole else (job.start, job.stop)
+    return t.passthrough.raw_rows(t.shape, start, stop)
 
 
 def plan(src: str | Path, spec: QuantSpec = QuantSpec(), imatrix=None) -> Plan:
@@ -348,6 +380,8 @@ def convert(src: str | Path, out: str | Path, spec: QuantSpec = QuantSpec(), *, 
 
         def read(k: int):  # read k goes to slot k % 2: never the slot being encoded
             j = jobs[k]
+            if p.tensors[j.index].passthrough:  # stored blocks: copied as they are
+                return pool.submit(_load_stored, prep.tensors[j.index], j)
             return pool.submit(_load_checked, prep.tensors[j.index], slots[k % 2], j)
 
         try:
@@ -357,8 +391,8 @@ def convert(src: str | Path, out: str | Path, spec: QuantSpec = QuantSpec(), *, 
                 x = pending.result()
                 pending = read(k + 1) if k + 1 < len(jobs) else None
                 imp = p.importance.get(t.name)
-                data = _encode(x, planned.qtype, t.name, threads, imp, j.start,  # done with x before slot
-                               t.shape[-2] if len(t.shape) == 3 else 0)  # k % 2 is reused
+                data = x if planned.passthrough else _encode(  # done with x before slot k % 2 is reused
+                    x, planned.qtype, t.name, threads, imp, j.start, t.shape[-2] if len(t.shape) == 3 else 0)
                 del x
                 w.write_tensor_part(t.name, data)
                 progress.update(data.nbytes, label=t.name)

@@ -22,6 +22,7 @@ from gguf import MODEL_ARCH, MODEL_ARCH_NAMES, MODEL_TENSOR, TENSOR_NAMES, GGUFV
 
 from ..errors import SlimedgeError
 from ..quant.model_info import ModelInfo
+from ..source.passthrough import passthrough_of
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,9 @@ class OutTensor:
     # slices given to load_rows start and stop at multiples of this many rows (a transform's unit,
     # e.g. one attention head); 0: load whole only
     row_group: int = 0
+    # a quantized source's stored blocks (slimedge.source.passthrough.Passthrough), copied unchanged when the
+    # plan keeps their type; None for float sources
+    passthrough: Any = None
 
 
 @dataclass
@@ -294,7 +298,8 @@ class Arch:
             if group <= 0 or rows % group:
                 group = 0
             out.append(OutTensor(name, shape, self._loader(name, ref), ref.where,
-                                 self._row_loader(name, ref) if group else None, group))
+                                 self._row_loader(name, ref) if group else None, group,
+                                 passthrough_of(ref, lambda x, n=name: self.transform(n, x))))
         extra = [n for n in refs if n not in used and not any(p.search(n) for p in IGNORED)]
         if extra:
             more = f" and {len(extra) - 3} more" if len(extra) > 3 else ""

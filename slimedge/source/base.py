@@ -64,6 +64,14 @@ class TensorRef:
         return read_float32(self.file, self.offset, self.dtype, first, n, out, self.name)
 
 
+def read_raw(ref, first: int, n: int, out: np.ndarray | None = None) -> np.ndarray:
+    """uint8[n]: bytes ``[first, first + n)`` of a 1-byte-per-value tensor (quantized storage: FP8, packed
+    FP4, block scales), read with plain reads (into ``out`` when given)."""
+    buf = np.empty(n, np.uint8) if out is None else out.reshape(-1).view(np.uint8)[:n]
+    _read_exactly(ref.file, ref.offset + first, buf, ref.name)
+    return buf
+
+
 def read_float32(path: Path, offset: int, dtype: str, first: int, n: int, out: np.ndarray | None,
                  name: str) -> np.ndarray:
     """float32[n]: values ``[first, first + n)`` of a ``dtype`` ("F32", "F16", "BF16", "F64") array stored

@@ -36,8 +36,12 @@ class SafetensorsRef(TensorRef):
     nbytes: int  # bytes of data in the file
 
 
-def read_safetensors_header(path: Path) -> dict[str, SafetensorsRef]:
-    """Parse and validate one safetensors file's header: name -> :class:`SafetensorsRef` (file order)."""
+def read_safetensors_header(path: Path, raw: dict | None = None) -> dict[str, SafetensorsRef]:
+    """Parse and validate one safetensors file's header: name -> :class:`SafetensorsRef` (file order).
+
+    ``raw``: further dtypes accepted (name -> NumPy dtype), the quantized storage of a quantized checkpoint
+    (:data:`slimedge.source.quantized.RAW_DTYPES`), read only through :mod:`slimedge.source.quantized`."""
+    sizes = {**STORAGE_DTYPES, **(raw or {})}
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
@@ -66,10 +70,10 @@ def read_safetensors_header(path: Path) -> dict[str, SafetensorsRef]:
             dtype, shape, (begin, end) = info["dtype"], tuple(int(d) for d in info["shape"]), info["data_offsets"]
         except (KeyError, TypeError, ValueError):
             raise SlimedgeError(f"{path}: corrupt safetensors entry for tensor {name}; re-download it") from None
-        if dtype not in STORAGE_DTYPES:
+        if dtype not in sizes:
             raise SlimedgeError(f"{path}: tensor {name} has dtype {dtype}; slimedge reads F32, F16, BF16 and "
                                 f"F64 checkpoints (dequantize the model first)")
-        nbytes = prod(shape) * STORAGE_DTYPES[dtype].itemsize
+        nbytes = prod(shape) * sizes[dtype].itemsize
         if end - begin != nbytes or begin < 0:
             raise SlimedgeError(f"{path}: corrupt safetensors entry for tensor {name} "
                                 f"({end - begin} bytes for shape {list(shape)} {dtype}); re-download it")
@@ -137,13 +141,18 @@ class HFSource:
         if not self.model_dir.is_dir():
             raise SlimedgeError(f"{self.model_dir}: expected a Hugging Face model folder or a .gguf file")
         self.config = load_config(self.model_dir)
+        from .quantized import RAW_DTYPES, quantization_of, wrap
+
+        self.quantization = quantization_of(self.config, self.model_dir)  # None, or FP8/MXFP4/NVFP4
         self.files = _weight_files(self.model_dir)
         self.tensors: dict[str, SafetensorsRef] = {}
         for f in self.files:
-            for name, ref in read_safetensors_header(f).items():
+            for name, ref in read_safetensors_header(f, RAW_DTYPES if self.quantization else None).items():
                 if name in self.tensors:
                     raise SlimedgeError(f"{f}: tensor {name} also appears in {self.tensors[name].file.name}")
                 self.tensors[name] = ref
+        if self.quantization is not None:  # quantized groups become lazy dequantizing (or passing) references
+            self.tensors = wrap(self.tensors, self.quantization, self.model_dir)
         log.info("%s: %d tensors in %d file(s)", self.model_dir, len(self.tensors), len(self.files))
 
     @property
