@@ -156,7 +156,7 @@ def build_bundle(src: str | Path, target: str | Path | Target, out_dir: str | Pa
     ``out_dir`` unless the whole bundle was written. ``imatrix``: an importance matrix file for the
     quantizers (``convert --imatrix``). ``calib`` (text file or folder) with ``type="auto"``: instead of the
     best fitting profile candidate, the quality-driven auto mix (:func:`fill_budget`) that fills the budget.
-    ``tune`` (:class:`slimedge.distill.tune.TuneOptions`): the quantized model's block scales tuned against
+    ``tune`` (:class:`slimedge.tune.convert.TuneOptions`): the quantized model's block scales tuned against
     the teacher (``slimedge tune``) before packing; the manifest records the run and its KL divergences.
     """
     from ..source.hub import resolve_source
@@ -179,13 +179,13 @@ def build_bundle(src: str | Path, target: str | Path | Target, out_dir: str | Pa
         model = pub.path / MODEL_FILE
         tuned = None
         if packed_as_is and tune is not None:
-            from ..distill.tune_convert import tune_quantized
+            from ..tune.convert import tune_quantized
 
             tuned = tune_quantized(src, src, model, tune, threads=threads, overwrite=True, progress=progress)
         elif packed_as_is:
             shutil.copyfile(src, model)
         elif tune is not None:
-            from ..distill.tune_convert import convert_and_tune
+            from ..tune.convert import convert_and_tune
 
             tuned = convert_and_tune(src, model, spec or quant_spec(tgt, qtype), tune, threads=threads,
                                      overwrite=True, progress=progress, imatrix=imatrix)[1]
@@ -196,7 +196,7 @@ def build_bundle(src: str | Path, target: str | Path | Target, out_dir: str | Pa
                     imatrix=imatrix)
         manifest = _manifest(src, tgt, model, qtype, chosen_by)
         if tuned is not None:
-            from ..distill.tune_convert import tune_teacher
+            from ..tune.convert import tune_teacher
 
             manifest["quantization"]["tuned"] = {
                 "teacher": str(Path(tune_teacher(src, tune)).resolve()), "data": str(Path(tune.data).resolve()),

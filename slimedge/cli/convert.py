@@ -92,7 +92,7 @@ def cli(src: Path, out: Path | None, ftype: str, overrides: tuple[str, ...], out
     if out is None:
         raise SlimedgeError("missing -o/--output OUT.gguf (or pass --dry-run)")
     if tune is not None:
-        from ..distill.tune_convert import convert_and_tune
+        from ..tune.convert import convert_and_tune
 
         result, tuned = convert_and_tune(src, out, spec, tune, threads=threads, overwrite=overwrite,
                                          progress=make_progress(quiet), imatrix=imatrix)

@@ -139,7 +139,7 @@ def tune_options(func: Callable[..., Any]) -> Callable[..., Any]:
             if tune_teacher is not None or tune_steps is not None:
                 raise click.UsageError("--tune-teacher / --tune-steps need --tune DATA")
             return func(*args, tune=None, **kwargs)
-        from ..distill.tune_convert import TuneOptions
+        from ..tune.convert import TuneOptions
 
         opts = TuneOptions(data=tune_data, teacher=tune_teacher)
         if tune_steps is not None:

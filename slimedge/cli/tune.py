@@ -1,6 +1,6 @@
 """``slimedge tune QUANT.gguf --teacher HF_DIR --data FILE|DIR -o TUNED.gguf``: learn a quantized GGUF's block scales.
 
-Parses options and calls :func:`slimedge.distill.tune.tune` (torch is imported only when the command runs);
+Parses options and calls :func:`slimedge.tune.tune` (torch is imported only when the command runs);
 prints the held-out KL divergence before and after.
 """
 
@@ -67,7 +67,7 @@ def cli(gguf_file: Path, teacher: str, data: str, data_field: str, out: Path, st
       torchrun --nproc-per-node 4 -m slimedge tune q4km.gguf --teacher ./teacher --data corpus/ \\
           -o q4km-tuned.gguf --device cuda --batch-size 16
     """
-    from ..distill.tune import TuneConfig, tune
+    from ..tune import TuneConfig, tune
 
     r = tune(TuneConfig(gguf=str(gguf_file), teacher=teacher, data=data, output=str(out), steps=steps, lr=lr,
                         sub_lr=sub_lr, batch_size=batch_size, seq_len=seq_len, max_blocks=max_blocks,

@@ -11,7 +11,7 @@ Steps (each artifact cached under the cache folder, keyed by everything it depen
    (:func:`slimedge.calib.sensitivity.auto_allocation`);
 4. distill a student with fewer layers from the teacher on the training documents
    (:func:`slimedge.distill.api.distill`), then convert it to F16 and Q4_K_M;
-   tune the teacher's imatrix Q4_K_M and the student's Q4_K_M against the teacher (:func:`slimedge.distill.tune.tune`:
+   tune the teacher's imatrix Q4_K_M and the student's Q4_K_M against the teacher (:func:`slimedge.tune.tune`:
    block scales learned, same size);
 5. benchmark the four GGUFs through llama.cpp (:func:`slimedge.bench.run_bench`): generation speed,
    held-out perplexity, and KL divergence / top-1 agreement against the F16 teacher;
@@ -227,7 +227,7 @@ def _tuned(gguf: Path, teacher: Path, data: Path, cfg: DemoConfig, progress: Pro
     out = gguf.with_name(f"{gguf.stem}-tuned-{_key(cfg.tune_steps, cfg.n_ctx, data.parent.name)}.gguf")
     if out.is_file():
         return out
-    from ..distill.tune import TuneConfig, tune
+    from ..tune import TuneConfig, tune
 
     log.info("tuning %s against the teacher (%d steps)", gguf.name, cfg.tune_steps)
     tune(TuneConfig(gguf=str(gguf), teacher=str(teacher), data=str(data), output=str(out), steps=cfg.tune_steps,

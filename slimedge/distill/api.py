@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from ..errors import SlimedgeError
 from ..progress import NULL_PROGRESS, Progress
 from .config import DistillConfig
+from .runtime import (Device, ProcessGroup, count_params, data_blocks, load_teacher, load_teacher_meta,
+                      pick_device)
 
 log = logging.getLogger(__name__)
 
@@ -47,74 +49,6 @@ class DistillResult:
     student_description: str = ""               # how the student was built and initialized
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text[:300] + ("…" if len(text) > 300 else "")
-
-
-def load_teacher_meta(path: str):
-    """(config, tokenizer) of the teacher folder, or a :class:`SlimedgeError` naming what is wrong."""
-    from transformers import AutoConfig, AutoTokenizer
-
-    if not os.path.isdir(path):
-        raise SlimedgeError(f"teacher not found: {path}; pass a Hugging Face model folder")
-    if not os.path.isfile(os.path.join(path, "config.json")):
-        raise SlimedgeError(f"teacher {path} has no config.json; pass a Hugging Face model folder")
-    try:
-        config = AutoConfig.from_pretrained(path)
-    except Exception as exc:
-        raise SlimedgeError(f"cannot read teacher config {path}/config.json: {_one_line(exc)}") from None
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    except Exception as exc:
-        raise SlimedgeError(f"cannot read the tokenizer of teacher {path}: {_one_line(exc)}; "
-                            "the teacher folder must hold its tokenizer files") from None
-    from .losses import HeadTransform
-
-    head = HeadTransform.from_config(config)  # Granite's scaling, Gemma's soft-cap: applied wherever logits form
-    if not (math.isfinite(head.scale) and head.scale > 0 and (head.cap is None or head.cap > 0)):
-        raise SlimedgeError(f"teacher {path}/config.json: its output-logit scaling/soft-capping ({head}) must be "
-                            "positive and finite; fix logits_scaling / logit_scale / final_logit_softcapping")
-    if len(tokenizer) > config.vocab_size:
-        raise SlimedgeError(f"teacher {path}: its tokenizer has {len(tokenizer)} tokens but the model's "
-                            f"vocab_size is {config.vocab_size}; tokenizer and model do not match")
-    return config, tokenizer
-
-
-def load_teacher_model(path: str, dtype, device):
-    from transformers import AutoModelForCausalLM
-
-    try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    except Exception as exc:
-        raise SlimedgeError(f"cannot load teacher weights from {path}: {_one_line(exc)}") from None
-    head = model.get_output_embeddings()
-    if head is None or getattr(head, "bias", None) is not None:
-        raise SlimedgeError(f"teacher {path}: an output head without bias is required")
-    model.to(device).eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
-
-
-def _load_teacher(path: str, dtype, device, shard: bool):
-    """(teacher, parameter count): whole on ``device``, or loaded on the CPU and sharded with FSDP."""
-    from .fsdp import shard_teacher
-
-    teacher = load_teacher_model(path, dtype, "cpu" if shard and device.type != "cpu" else device)
-    n = _params(teacher)
-    return (shard_teacher(teacher, device) if shard else teacher), n
-
-
-def _params(model) -> int:
-    seen, n = set(), 0
-    for p in model.parameters():
-        if id(p) not in seen:
-            seen.add(id(p))
-            n += p.numel()
-    return n
-
-
 def total_steps(cfg: DistillConfig, n_train: int, seq: int) -> int:
     if cfg.steps:
         return cfg.steps
@@ -123,62 +57,6 @@ def total_steps(cfg: DistillConfig, n_train: int, seq: int) -> int:
     if cfg.tokens:
         return max(1, math.ceil(cfg.tokens / (cfg.batch_size * seq)))
     return max(1, math.ceil(n_train / cfg.batch_size))
-
-
-class _Dist:
-    """Process-group setup from torchrun/accelerate environment variables (WORLD_SIZE > 1)."""
-
-    def __init__(self, use_cuda: bool):
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank, self.local_rank, self.owned = 0, int(os.environ.get("LOCAL_RANK", "0")), False
-        if self.world > 1:
-            import torch.distributed as dist
-
-            if not dist.is_initialized():
-                dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-                self.owned = True
-            self.rank = dist.get_rank()
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            import torch.distributed as dist
-
-            dist.barrier()
-
-    def broadcast(self, obj):
-        if self.world == 1:
-            return obj
-        import torch.distributed as dist
-
-        box = [obj]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
-
-    def all_reduce_(self, tensor):
-        """Sum ``tensor`` over the processes, in place (every process gets the same bits)."""
-        if self.world > 1:
-            import torch.distributed as dist
-
-            dist.all_reduce(tensor)
-        return tensor
-
-    def broadcast_(self, tensor, src: int):
-        """``tensor`` of process ``src`` into every process's ``tensor``, in place."""
-        if self.world > 1:
-            import torch.distributed as dist
-
-            dist.broadcast(tensor, src=src)
-        return tensor
-
-    def mine(self, i: int) -> bool:
-        """Whether chunk ``i`` of a work list split round-robin over the processes is this process's."""
-        return i % self.world == self.rank
-
-    def close(self) -> None:
-        if self.owned:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
 
 
 def _check_output(cfg: DistillConfig) -> None:
@@ -287,10 +165,10 @@ def _distill(cfg: DistillConfig, progress: Progress) -> DistillResult:
         raise SlimedgeError(f"--seq-len {cfg.seq_len} exceeds the teacher's context of {ctx_len} tokens "
                             f"({cfg.teacher}/config.json max_position_embeddings); lower --seq-len")
     use_cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
-    dist = _Dist(use_cuda)
+    dist = ProcessGroup(use_cuda)
     try:
-        dev = _device(cfg, dist, use_cuda)
-        blocks = _blocks(cfg.data, tokenizer, cfg.seq_len, dist, progress, field=cfg.data_field,
+        dev = pick_device(cfg, dist, use_cuda)
+        blocks = data_blocks(cfg.data, tokenizer, cfg.seq_len, dist, progress, field=cfg.data_field,
                          cache_dir=cfg.token_cache, eval_fraction=cfg.eval_fraction)
         eval_blocks = blocks.eval[: cfg.max_eval_blocks]
         student, choice = _student(cfg, teacher_cfg, dev.device)
@@ -322,31 +200,6 @@ def _distill(cfg: DistillConfig, progress: Progress) -> DistillResult:
         dist.close()
 
 
-@dataclass
-class _Device:
-    device: object  # torch.device
-    bf16: bool  # bf16 autocast for the student
-    autocast: object  # None or a () -> autocast context factory
-    teacher_dtype: object  # torch dtype the teacher is loaded in
-
-
-def _device(cfg, dist: "_Dist", use_cuda: bool) -> _Device:
-    """This process's device and precision: bf16 autocast where asked for or (auto) where CUDA supports it.
-
-    ``cfg``: anything with ``device`` and ``precision`` as DistillConfig has them (TuneConfig too)."""
-    import torch
-
-    device = torch.device(f"cuda:{dist.local_rank}" if use_cuda and cfg.device in ("auto", "cuda")
-                          else cfg.device if cfg.device != "auto" else "cpu")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda"
-                                       and torch.cuda.is_bf16_supported())
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else None
-    teacher_dtype = torch.bfloat16 if bf16 and device.type == "cuda" else torch.float32
-    return _Device(device, bf16, autocast, teacher_dtype)
-
-
 def _student(cfg: DistillConfig, teacher_cfg, device):
     """(student on ``device``, how it was built); its vocabulary must be the teacher's, its context fit."""
     from .student import build_student
@@ -363,7 +216,7 @@ def _student(cfg: DistillConfig, teacher_cfg, device):
     return student, choice
 
 
-def _teacher_or_cache(cfg: DistillConfig, teacher_cfg, blocks, dist: "_Dist", dev: _Device, progress: Progress):
+def _teacher_or_cache(cfg: DistillConfig, teacher_cfg, blocks, dist: ProcessGroup, dev: Device, progress: Progress):
     """(live teacher or None, teacher cache or None, teacher parameter count, sharded?).
 
     With ``teacher_cache``: reuse a matching cache, or load the teacher once to build it (every process
@@ -375,7 +228,7 @@ def _teacher_or_cache(cfg: DistillConfig, teacher_cfg, blocks, dist: "_Dist", de
     if cfg.fsdp_teacher and not shard:
         log.info("--fsdp-teacher: one process, so the teacher stays whole (run under torchrun to shard it)")
     if not cfg.teacher_cache:
-        teacher, teacher_params = _load_teacher(cfg.teacher, dev.teacher_dtype, dev.device, shard)
+        teacher, teacher_params = load_teacher(cfg.teacher, dev.teacher_dtype, dev.device, shard)
         return teacher, None, teacher_params, shard
     cache = None
     meta = cache_mod.expected_meta(cfg.teacher, blocks.fingerprint(), cfg.cache_k, cfg.temperature,
@@ -384,7 +237,7 @@ def _teacher_or_cache(cfg: DistillConfig, teacher_cfg, blocks, dist: "_Dist", de
         cache = cache_mod.open_cache(cfg.teacher_cache, meta)
     dist.barrier()
     if dist.broadcast(cache is None if dist.rank == 0 else None) and (dist.rank == 0 or shard):
-        teacher, meta["teacher_params"] = _load_teacher(cfg.teacher, dev.teacher_dtype, dev.device, shard)
+        teacher, meta["teacher_params"] = load_teacher(cfg.teacher, dev.teacher_dtype, dev.device, shard)
         if dist.rank == 0:
             cache_mod.build_cache(cfg.teacher_cache, teacher, blocks, meta, batch=cfg.batch_size,
                                   chunk=cfg.chunk_size, device=dev.device, progress=progress)
@@ -396,22 +249,7 @@ def _teacher_or_cache(cfg: DistillConfig, teacher_cfg, blocks, dist: "_Dist", de
     return None, cache, cache.meta.get("teacher_params"), shard
 
 
-def _blocks(data: str, tokenizer, seq_len: int, dist: "_Dist", progress: Progress, *, field: str = "text",
-            cache_dir: str | None = None, eval_fraction: float = 0.1):
-    """The data's blocks from its token file: local process 0 tokenizes (or reuses), the others then open it."""
-    from . import data as data_mod
-
-    kw = dict(field=field, cache_dir=cache_dir)
-    first = dist.local_rank == 0
-    if first:
-        blocks = data_mod.prepare(data, tokenizer, seq_len, eval_fraction, progress=progress, **kw)
-    dist.barrier()
-    if not first:
-        blocks = data_mod.prepare(data, tokenizer, seq_len, eval_fraction, build=False, **kw)
-    return blocks
-
-
-def _train_data(cfg: DistillConfig, teacher, tokenizer, blocks, dist: "_Dist", device, progress: Progress):
+def _train_data(cfg: DistillConfig, teacher, tokenizer, blocks, dist: ProcessGroup, device, progress: Progress):
     """The training sequences: the packed blocks, or (``response``) teacher continuations of prompts."""
     from .response import generate
     from .trainer import TrainData
@@ -429,13 +267,13 @@ def _train_data(cfg: DistillConfig, teacher, tokenizer, blocks, dist: "_Dist", d
     return TrainData(ids=blocks.train, loss_mask=None)  # memory-mapped blocks, every position counts
 
 
-def _train(cfg: DistillConfig, student, choice, teacher_cfg, teacher, cache, train, blocks, dist: "_Dist",
-           dev: _Device, progress: Progress):
+def _train(cfg: DistillConfig, student, choice, teacher_cfg, teacher, cache, train_data, blocks, dist: ProcessGroup,
+           dev: Device, progress: Progress):
     """Wrap the student with its losses (and feature projections) and run the trainer; its result."""
     import torch
 
     from .losses import LossSpec
-    from .trainer import Trainer, make_module
+    from .trainer import make_module, train
 
     spec = LossSpec(cfg.loss, cfg.alpha, cfg.temperature, cfg.beta, cfg.skew)
     pairs = list(enumerate(choice.layer_map)) if cfg.feature_weight > 0 else None
@@ -444,27 +282,25 @@ def _train(cfg: DistillConfig, student, choice, teacher_cfg, teacher, cache, tra
     module = make_module(student, spec, cfg.chunk_size, pairs, teacher_cfg.hidden_size, cfg.feature_loss,
                          closed_form)
     module.to(dev.device)
-    steps = total_steps(cfg, len(train.ids), train.ids.shape[1])
+    steps = total_steps(cfg, len(train_data.ids), train_data.ids.shape[1])
     key = {"data": blocks.fingerprint(), "seq_len": cfg.seq_len, "batch_size": cfg.batch_size,
            "student": student.config.to_json_string(use_diff=False), "response": cfg.response,
            "seed": cfg.seed, "world": dist.world}
     if cfg.on_policy:
         key["on_policy"] = cfg.on_policy
-    trainer = Trainer(cfg, module, train, steps, teacher=teacher, cache=cache, device=dev.device,
-                      autocast=dev.autocast, rank=dist.rank, world=dist.world, progress=progress,
-                      settings_key=key)
-    return trainer.run()
+    return train(cfg, module, train_data, steps, teacher=teacher, cache=cache, device=dev.device,
+                 autocast=dev.autocast, group=dist, progress=progress, settings_key=key)
 
 
 def _report(cfg: DistillConfig, start: dict, end: dict, result, *, student, choice, teacher_params, cache, train,
-            blocks, eval_blocks, dev: _Device, world: int, live_shard: bool, t_start: float) -> dict:
+            blocks, eval_blocks, dev: Device, world: int, live_shard: bool, t_start: float) -> dict:
     """The content of ``distill_report.json``: quality before and after, cost, data and exact settings."""
     losses = result.losses
     stride = max(1, len(losses) // 200)
     return {
         "teacher": os.path.abspath(cfg.teacher),
         "teacher_params": teacher_params,
-        "student_params": _params(student),
+        "student_params": count_params(student),
         "teacher_perplexity": end["teacher_perplexity"],
         "student_perplexity_start": start["student_perplexity"],
         "student_perplexity": end["student_perplexity"],

@@ -13,7 +13,8 @@ Parquet, Arrow and ``datasets`` folders are read with ``pyarrow`` (part of the `
 a record batch at a time. Documents are read one by one (a text file over ``PIECE_CHARS`` characters
 in line-aligned pieces, tokenized without special tokens after the first piece), tokenized in bounded
 chunks into an on-disk token file (:mod:`slimedge.distill.tokens`, reused while tokenizer and data are
-unchanged), each followed by EOS. The token stream is cut into ``seq_len`` blocks; about the last
+unchanged), each followed by EOS (:func:`slimedge.distill.tokens.prepare` does it all: this module reads and cuts,
+it does not import the token file's module). The token stream is cut into ``seq_len`` blocks; about the last
 ``eval_fraction`` of it is held out *by whole documents*: the split point is the document start nearest
 to where the last ``ceil(eval_fraction·blocks)`` blocks would begin (a corpus of one document is split
 at that block boundary instead). Training and held-out blocks are memory-mapped views
@@ -31,7 +32,6 @@ from typing import Iterator
 import numpy as np
 
 from ..errors import SlimedgeError
-from ..progress import NULL_PROGRESS, Progress
 
 TEXT_SUFFIXES = (".txt", ".md", ".text", ".jsonl")
 TABLE_SUFFIXES = (".parquet", ".arrow")
@@ -286,7 +286,8 @@ def fingerprint(path: str, name: str = "text") -> tuple[str, int]:
 
 
 def load_texts(path: str, name: str = "text") -> list[str]:
-    """All documents of ``path`` in memory (small data, tests); training goes through :func:`prepare`."""
+    """All documents of ``path`` in memory (small data, tests); training goes through
+    :func:`slimedge.distill.tokens.prepare`."""
     texts: list[str] = []
     for t, starts, _ in iter_pieces(path, name):
         if starts:
@@ -335,22 +336,3 @@ def split_point(n_tokens: int, doc_starts: np.ndarray, seq_len: int, eval_fracti
         return cut0, "blocks"
     best = ok[np.argmin(np.abs(ok - cut0) * 2 + (ok > cut0))]  # nearest; on a tie the earlier
     return int(best), "documents"
-
-
-def prepare(path: str, tokenizer, seq_len: int, eval_fraction: float = 0.1, *, field: str = "text",
-            cache_dir: str | None = None, build: bool = True, progress: Progress = NULL_PROGRESS) -> Blocks:
-    """Tokenize ``path`` into its token file (or reuse it), cut and split; :class:`SlimedgeError` when too short."""
-    from .tokens import token_file
-
-    tf = token_file(path, tokenizer, field=field, cache_dir=cache_dir, build=build, progress=progress)
-    n = tf.n_tokens
-    if n // seq_len < 2:
-        raise SlimedgeError(
-            f"data {path} is too short: {n} tokens make {n // seq_len} block(s) of --seq-len {seq_len}; "
-            f"need at least {2 * seq_len} tokens (one training and one held-out block): add text or lower --seq-len")
-    cut, how = split_point(n, tf.docs[:-1], seq_len, eval_fraction)
-    bin_file = os.path.join(tf.path, "tokens.bin")
-    train = BlockView(tf.tokens, 0, cut // seq_len, seq_len, bin_file)
-    held = BlockView(tf.tokens, cut, (n - cut) // seq_len, seq_len, bin_file)
-    return Blocks(train=train, eval=held, n_tokens=n, n_documents=tf.n_documents, held_out_by=how,
-                  token_file=tf.path)

@@ -49,29 +49,33 @@ def _shape_of(cfg) -> str:
             f"{getattr(cfg, 'num_key_value_heads', None) or cfg.num_attention_heads}")
 
 
+def _read_student_config(path: str, teacher_cfg):
+    """``--student-config``: a model folder or a config.json (its model type defaults to the teacher's)."""
+    from transformers import AutoConfig
+
+    try:
+        if os.path.isdir(path):
+            cfg = AutoConfig.from_pretrained(path)
+        else:
+            with open(path, encoding="utf-8") as f:
+                d = json.load(f)
+            d.setdefault("model_type", teacher_cfg.model_type)
+            cfg = AutoConfig.for_model(**d)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SlimedgeError(f"cannot read student config {path}: {exc}") from None
+    if cfg.vocab_size != teacher_cfg.vocab_size:
+        raise SlimedgeError(
+            f"student config {path} has vocab_size {cfg.vocab_size} but the teacher has "
+            f"{teacher_cfg.vocab_size}; the student must use the teacher's vocabulary")
+    return cfg
+
+
 def student_config(teacher_cfg, *, student_config_path: str | None = None, layers: int | None = None,
                    hidden: int | None = None, intermediate: int | None = None, heads: int | None = None,
                    kv_heads: int | None = None):
     """The student's transformers config (vocabulary always the teacher's)."""
-    from transformers import AutoConfig
-
     if student_config_path:
-        path = student_config_path
-        try:
-            if os.path.isdir(path):
-                cfg = AutoConfig.from_pretrained(path)
-            else:
-                with open(path, encoding="utf-8") as f:
-                    d = json.load(f)
-                d.setdefault("model_type", teacher_cfg.model_type)
-                cfg = AutoConfig.for_model(**d)
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise SlimedgeError(f"cannot read student config {path}: {exc}") from None
-        if cfg.vocab_size != teacher_cfg.vocab_size:
-            raise SlimedgeError(
-                f"student config {path} has vocab_size {cfg.vocab_size} but the teacher has "
-                f"{teacher_cfg.vocab_size}; the student must use the teacher's vocabulary")
-        return cfg
+        return _read_student_config(student_config_path, teacher_cfg)
     d = teacher_cfg.to_dict()
     n_t = teacher_cfg.num_hidden_layers
     t_heads = teacher_cfg.num_attention_heads

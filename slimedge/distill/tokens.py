@@ -14,7 +14,8 @@ reuses it, anything else gets another folder. It appears atomically (:mod:`slime
 interrupted run leaves nothing that a later run could mistake for complete.
 
 Memory stays bounded by one chunk's encodings, whatever the corpus size; training then reads blocks
-through a memory map (:class:`slimedge.distill.data.BlockView`).
+through a memory map (:class:`slimedge.distill.data.BlockView`): :func:`prepare` opens (or builds) the token file,
+cuts it into blocks and holds the last share out by whole documents (:func:`slimedge.distill.data.split_point`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ import numpy as np
 from ..errors import SlimedgeError
 from ..progress import NULL_PROGRESS, Progress
 from ..publish import publish_dir
+from . import data as data_mod
+from .data import Blocks, BlockView, split_point
 
 log = logging.getLogger(__name__)
 
@@ -283,8 +286,6 @@ def token_file(data: str, tokenizer, *, field: str = "text", cache_dir: str | No
                progress: Progress = NULL_PROGRESS) -> TokenFile:
     """The token file of ``data`` for ``tokenizer``: reused when one with the same key exists, else built
     (``build``; with ``build=False`` a missing one is an error — processes > 0 wait for process 0)."""
-    from . import data as data_mod
-
     fp, n_bytes = data_mod.fingerprint(data, field)
     key = hashlib.sha256(f"{FORMAT}:{tokenizer_fingerprint(tokenizer)}:{fp}".encode()).hexdigest()[:32]
     root = cache_dir or default_cache_dir()
@@ -302,3 +303,20 @@ def token_file(data: str, tokenizer, *, field: str = "text", cache_dir: str | No
         raise SlimedgeError(f"cannot write the token file under {root}: {exc.strerror or exc}; "
                             "pass --token-cache DIR (a writable folder)") from None
     return build_token_file(path, data_mod.iter_pieces(data, field), tokenizer, meta, progress)
+
+
+def prepare(path: str, tokenizer, seq_len: int, eval_fraction: float = 0.1, *, field: str = "text",
+            cache_dir: str | None = None, build: bool = True, progress: Progress = NULL_PROGRESS) -> Blocks:
+    """Tokenize ``path`` into its token file (or reuse it), cut and split; :class:`SlimedgeError` when too short."""
+    tf = token_file(path, tokenizer, field=field, cache_dir=cache_dir, build=build, progress=progress)
+    n = tf.n_tokens
+    if n // seq_len < 2:
+        raise SlimedgeError(
+            f"data {path} is too short: {n} tokens make {n // seq_len} block(s) of --seq-len {seq_len}; "
+            f"need at least {2 * seq_len} tokens (one training and one held-out block): add text or lower --seq-len")
+    cut, how = split_point(n, tf.docs[:-1], seq_len, eval_fraction)
+    bin_file = os.path.join(tf.path, "tokens.bin")
+    train = BlockView(tf.tokens, 0, cut // seq_len, seq_len, bin_file)
+    held = BlockView(tf.tokens, cut, (n - cut) // seq_len, seq_len, bin_file)
+    return Blocks(train=train, eval=held, n_tokens=n, n_documents=tf.n_documents, held_out_by=how,
+                  token_file=tf.path)

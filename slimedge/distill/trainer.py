@@ -1,32 +1,29 @@
-"""The training loop: AdamW, warmup + cosine, accumulation, clipping, checkpoints, DDP (+ FSDP teacher).
+"""Distillation's steps on the shared loop (:mod:`.loop`): batches, micro-batches, teacher targets, the loss.
 
 One optimizer step takes ``batch_size`` sequences (global: split evenly across processes, then into
 ``grad_accum`` micro-batches). The loss of a step is the sum over its counted positions divided by
-their number, so one process and N processes compute the same update (DDP averages gradients; each
-process scales its share by N). Data order is a seeded permutation per epoch, so a run and a
+their number, so one process and N processes compute the same update (:class:`~.loop.TrainLoop` sums the
+processes' gradients). Data order is a seeded permutation per epoch (:func:`batch_rows`), so a run and a
 resumed run see the same batches. With ``on_policy`` (GKD's lambda) a seeded coin per step decides
 whether the student first samples the continuations of the batch's prompts (:mod:`.on_policy`); the
-count of positions is then summed across processes before the update. A NaN/Inf loss or gradient stops the run before the update:
-the last good state is saved as a checkpoint and a :class:`SlimedgeError` says where.
+count of positions is then summed across processes before the update. AdamW, warmup + cosine, clipping,
+checkpoints, the NaN/Inf stop and progress are the loop's (:func:`train`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
-import math
 import os
-import time
-from dataclasses import dataclass, field
-from typing import Callable
+
+from dataclasses import dataclass
 
 import numpy as np
 
 from ..errors import SlimedgeError
 from ..progress import NULL_PROGRESS, Progress
-from ..publish import publish_file
 from .fsdp import teacher_forward
+from .loop import LoopSettings, TrainLoop, TrainResult, lr_lambda
 from .losses import HeadTransform, LossSpec, chunked_head_loss, feature_loss, head_logits
 
 log = logging.getLogger(__name__)
@@ -49,16 +46,6 @@ class TrainData:
         m = np.ones((len(rows), self.ids.shape[1] - 1), np.float32)
         m[:, : max(self.prompt_len - 1, 0)] = 0
         return m
-
-
-@dataclass
-class TrainResult:
-    steps: int = 0
-    tokens_seen: int = 0
-    losses: list[float] = field(default_factory=list)
-    wall_s: float = 0.0
-    resumed_from: int = 0
-    peak_memory_bytes: int | None = None
 
 
 def _base(model):
@@ -111,20 +98,6 @@ def make_module(student, spec: LossSpec, chunk: int, feature_pairs: list[tuple[i
     return _DistillModule()
 
 
-def lr_lambda(total: int, warmup: float, min_ratio: float) -> Callable[[int], float]:
-    """Multiplier of the peak lr at step ``s``: linear warmup, then cosine down to ``min_ratio``."""
-    w = int(round(warmup * total)) if warmup < 1 else int(warmup)
-    w = min(w, max(total - 1, 0))
-
-    def f(s: int) -> float:
-        if s < w:
-            return (s + 1) / (w + 1)
-        p = (s - w) / max(1, total - w)
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(p, 1.0)))
-
-    return f
-
-
 @functools.lru_cache(maxsize=2)
 def _permutation(seed: int, epoch: int, n: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
@@ -141,76 +114,43 @@ def batch_rows(step: int, batch: int, n: int, seed: int) -> np.ndarray:
     return np.asarray(rows, dtype=np.int64)
 
 
-class Trainer:
-    """Runs the optimization; see the module docstring. ``teacher`` may be None (cache or CE only)."""
+class DistillSteps:
+    """The distillation's :class:`~.loop.StepWork`; ``teacher`` may be None (cache or CE only)."""
 
-    def __init__(self, cfg, module, data: TrainData, total_steps: int, *, teacher=None, cache=None,
-                 device="cpu", autocast=None, rank: int = 0, world: int = 1,
-                 progress: Progress = NULL_PROGRESS, settings_key: dict | None = None):
-        torch, nn = _import_torch()
-        self.cfg, self.module, self.data, self.total = cfg, module, data, total_steps
+    def __init__(self, cfg, module, data: TrainData, *, teacher=None, cache=None, device="cpu", autocast=None,
+                 group=None):
+        import contextlib
+
+        from .runtime import ProcessGroup
+
+        self.cfg, self.module, self.data = cfg, module, data
         self.teacher, self.cache, self.device = teacher, cache, device
         self.autocast = autocast or contextlib.nullcontext
-        self.rank, self.world, self.progress = rank, world, progress
-        self.settings_key = settings_key or {}
-        if cfg.batch_size % (world * cfg.grad_accum):
-            raise SlimedgeError(f"--batch-size {cfg.batch_size} must be a multiple of processes ({world}) "
+        self.group = group or ProcessGroup(False)
+        if cfg.batch_size % (self.group.world * cfg.grad_accum):
+            raise SlimedgeError(f"--batch-size {cfg.batch_size} must be a multiple of processes ({self.group.world}) "
                                 f"x --grad-accum ({cfg.grad_accum})")
+
+    def param_groups(self) -> list[dict]:
+        """Matrices with weight decay, vectors (norms, biases) without."""
         decay, no_decay = [], []
-        for name, p in module.named_parameters():
+        for _name, p in self.module.named_parameters():
             if p.requires_grad:
                 (decay if p.ndim >= 2 else no_decay).append(p)
-        self.optim = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                        {"params": no_decay, "weight_decay": 0.0}],
-                                       lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.optim, lr_lambda(total_steps, cfg.warmup,
-                                                                              cfg.min_lr_ratio))
-        self.ddp = None
-        if world > 1:
-            from torch.nn.parallel import DistributedDataParallel as DDP
+        return [{"params": decay, "lr": self.cfg.lr, "weight_decay": self.cfg.weight_decay},
+                {"params": no_decay, "lr": self.cfg.lr, "weight_decay": 0.0}]
 
-            self.ddp = DDP(module, find_unused_parameters=False)
-        self.step = 0
-        self.tokens = 0
-        self.ckpt_dir = cfg.checkpoint_path()
+    def state(self) -> dict:
+        return {"module": self.module.state_dict()}
 
-    # ---- checkpoints ---------------------------------------------------------------------
-    def _ckpt_file(self) -> str:
-        return os.path.join(self.ckpt_dir, "checkpoint.pt")
-
-    def save_checkpoint(self) -> None:
-        torch, _ = _import_torch()
-        if self.rank != 0:
-            return
-        os.makedirs(self.ckpt_dir, exist_ok=True)
-        state = {"step": self.step, "tokens": self.tokens, "module": self.module.state_dict(),
-                 "optim": self.optim.state_dict(), "sched": self.sched.state_dict(),
-                 "settings": self.settings_key}
-        with publish_file(self._ckpt_file()) as tmp:  # a crash mid-save keeps the previous checkpoint
-            torch.save(state, tmp)
-
-    def load_checkpoint(self) -> None:
-        torch, _ = _import_torch()
-        f = self._ckpt_file()
-        if not os.path.isfile(f):
-            raise SlimedgeError(f"--resume: no checkpoint in {self.ckpt_dir}; run without --resume "
-                                "(or pass --checkpoint-dir)")
-        try:
-            state = torch.load(f, map_location=self.device, weights_only=False)
-        except Exception as exc:  # corrupt file: say which
-            raise SlimedgeError(f"cannot read checkpoint {f}: {exc}") from None
-        diff = [k for k in self.settings_key if state["settings"].get(k) != self.settings_key[k]]
-        if diff:
-            raise SlimedgeError(f"checkpoint {f} was made with other {', '.join(diff)}; "
-                                "resume with the same settings or start fresh without --resume")
+    def load_state(self, state: dict) -> None:
         self.module.load_state_dict(state["module"])
-        self.optim.load_state_dict(state["optim"])
-        self.sched.load_state_dict(state["sched"])
-        self.step, self.tokens = int(state["step"]), int(state["tokens"])
 
-    # ---- one step ------------------------------------------------------------------------
+    def after_update(self) -> None:
+        pass
+
     def _teacher_chunk(self, rows, x, attn):
-        torch, _ = _import_torch()
+        import torch
         import torch.nn.functional as F
 
         T = self.cfg.temperature
@@ -232,24 +172,25 @@ class Trainer:
 
         return (chunk if want_logits else None), states
 
-    def _micro_batches(self, rows: np.ndarray) -> tuple[list, float]:
+    def _micro_batches(self, rows: np.ndarray, step: int) -> tuple[list, float]:
         """This process's micro-batches [(rows, ids, attention, loss mask)] of a step and the step's
         global count of counted positions; on an on-policy step the student first samples continuations."""
-        torch, _ = _import_torch()
+        import torch
+
         from .on_policy import on_policy_batch, on_policy_step
 
-        cfg, d = self.cfg, self.data
-        per = cfg.batch_size // self.world
+        cfg, d, g = self.cfg, self.data, self.group
+        per = cfg.batch_size // g.world
         micro = per // cfg.grad_accum
-        on = on_policy_step(cfg.seed, self.step, getattr(cfg, "on_policy", 0.0))
+        on = on_policy_step(cfg.seed, step, getattr(cfg, "on_policy", 0.0))
         out = []
         for m in range(cfg.grad_accum):
-            lo = self.rank * per + m * micro
+            lo = g.rank * per + m * micro
             r = rows[lo:lo + micro]
             x = torch.from_numpy(np.ascontiguousarray(d.ids[r], dtype=np.int64)).to(self.device)
             attn = torch.from_numpy(d.attention[r]).to(self.device) if d.attention is not None else None
             if on:
-                x, attn, mask = on_policy_batch(self.module.student, x, d.prompt_len, cfg, step=self.step,
+                x, attn, mask = on_policy_batch(self.module.student, x, d.prompt_len, cfg, step=step,
                                                 positions=range(lo, lo + micro), eos_id=d.eos_id, pad_id=d.pad_id,
                                                 autocast=self.autocast)
             else:
@@ -258,81 +199,38 @@ class Trainer:
         if not on:  # known for the whole batch without communication
             return out, float(d.mask(rows).sum())
         count = torch.tensor(float(sum(float(b[3].sum()) for b in out)), dtype=torch.float64)
-        if self.world > 1:
-            import torch.distributed as dist
+        return out, float(g.all_reduce_(count))
 
-            dist.all_reduce(count)
-        return out, float(count)
+    def backward(self, step: int):
+        """Step ``step``'s micro-batches forward and backward; this process's share of the step's loss."""
+        import torch
 
-    def _step(self) -> float:
-        torch, _ = _import_torch()
         cfg, d = self.cfg, self.data
-        rows = batch_rows(self.step, cfg.batch_size, len(d.ids), cfg.seed)
-        batches, norm_total = self._micro_batches(rows)
-        if norm_total == 0:
-            norm_total = 1.0
-        net = self.ddp or self.module
-        step_loss = torch.zeros((), dtype=torch.float64)
-        for m, (r, x, attn, mask) in enumerate(batches):
+        rows = batch_rows(step, cfg.batch_size, len(d.ids), cfg.seed)
+        batches, norm_total = self._micro_batches(rows, step)
+        norm_total = norm_total or 1.0
+        share = torch.zeros((), dtype=torch.float64)
+        for r, x, attn, mask in batches:
             teacher_chunk, t_states = self._teacher_chunk(r, x, attn)
-            sync = self.ddp is None or m == cfg.grad_accum - 1
-            ctx = contextlib.nullcontext() if sync else self.ddp.no_sync()
-            with ctx:
-                with self.autocast():
-                    loss, _sums, _feat = net(x, attn, mask, norm_total / self.world, teacher_chunk, t_states,
-                                             cfg.feature_weight)
-                loss.backward()
-            step_loss += loss.detach().double().cpu() / self.world
-        if self.world > 1:
-            import torch.distributed as dist
+            with self.autocast():
+                loss, _sums, _feat = self.module(x, attn, mask, norm_total, teacher_chunk, t_states,
+                                                 cfg.feature_weight)
+            loss.backward()
+            share += loss.detach().double().cpu()
+        return share
 
-            dist.all_reduce(step_loss)
-        gnorm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), cfg.clip if cfg.clip > 0 else float("inf"))
-        value = float(step_loss)
-        if not math.isfinite(value) or not math.isfinite(float(gnorm)):
-            self.optim.zero_grad(set_to_none=True)
-            self.save_checkpoint()
-            what = "loss" if not math.isfinite(value) else "gradient norm"
-            raise SlimedgeError(
-                f"training stopped: the {what} became {value if what == 'loss' else float(gnorm)} at step "
-                f"{self.step + 1}; the last good state (step {self.step}) is saved in {self.ckpt_dir}; "
-                "lower --lr (or raise --warmup) and run again with --resume")
-        self.optim.step()
-        self.sched.step()
-        self.optim.zero_grad(set_to_none=True)
-        self.step += 1
-        self.tokens += cfg.batch_size * d.ids.shape[1]
-        return value
 
-    def run(self) -> TrainResult:
-        torch, _ = _import_torch()
-        res = TrainResult()
-        if self.cfg.resume:
-            self.load_checkpoint()
-            res.resumed_from = self.step
-        self.module.train()
-        t0 = time.monotonic()
-        tok0 = self.tokens
-        if self.rank == 0:
-            self.progress.start(self.total, "step", "distill")
-            if self.step:
-                self.progress.update(self.step, label="resumed")
-        try:
-            while self.step < self.total:
-                value = self._step()
-                res.losses.append(value)
-                if self.rank == 0:
-                    dt = max(time.monotonic() - t0, 1e-9)
-                    self.progress.update(1, label=f"loss {value:.4f}",
-                                         **{"tok/s": f"{(self.tokens - tok0) / dt:.0f}"})
-                if self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0 \
-                        and self.step < self.total:
-                    self.save_checkpoint()
-        finally:
-            if self.rank == 0:
-                self.progress.close()
-        res.steps, res.tokens_seen = self.step, self.tokens
-        res.wall_s = time.monotonic() - t0
-        if torch.cuda.is_available() and str(self.device).startswith("cuda"):
-            res.peak_memory_bytes = int(torch.cuda.max_memory_allocated())
-        return res
+def train(cfg, module, data: TrainData, total_steps: int, *, teacher=None, cache=None, device="cpu", autocast=None,
+          group=None, progress: Progress = NULL_PROGRESS, settings_key: dict | None = None) -> TrainResult:
+    """Train ``module`` for ``total_steps`` on the shared loop: AdamW (0.9, 0.95) with weight decay on matrices,
+    warmup + cosine to ``min_lr_ratio``, clipping, checkpoints in ``cfg.checkpoint_path()``."""
+    work = DistillSteps(cfg, module, data, teacher=teacher, cache=cache, device=device, autocast=autocast,
+                        group=group)
+    settings = LoopSettings(total=total_steps, checkpoint=os.path.join(cfg.checkpoint_path(), "checkpoint.pt"),
+                            schedule=lr_lambda(total_steps, cfg.warmup, cfg.min_lr_ratio),
+                            checkpoint_every=cfg.checkpoint_every, resume=cfg.resume, key=settings_key or {},
+                            clip=cfg.clip, betas=(0.9, 0.95), tokens_per_step=cfg.batch_size * data.ids.shape[1],
+                            desc="distill", advice="lower --lr (or raise --warmup)")
+    loop = TrainLoop(settings, work, work.group, device=device, progress=progress)
+    module.train()
+    return loop.run()

@@ -1,6 +1,6 @@
 """Block fields: a quantized block's integer codes and scale fields as NumPy arrays, and back (torch-free).
 
-What for: ``slimedge tune`` (:mod:`slimedge.distill.tune`) keeps every weight's integer code and learns the
+What for: ``slimedge tune`` (:mod:`slimedge.tune`) keeps every weight's integer code and learns the
 block parameters — super-block scale ``d`` (and min ``dmin``), sub-block scales and mins — then writes
 them back into the same bytes. Every supported type is read as one affine form per sub-block::
 

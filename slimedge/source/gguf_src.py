@@ -31,7 +31,7 @@ _SKIP_KEYS = {Keys.General.ARCHITECTURE, Keys.General.FILE_TYPE, Keys.General.QU
               Keys.General.ALIGNMENT}
 
 
-def _field_value(field):
+def field_value(field):
     """(value, vtype, sub_type) of a reader field; strings stay bytes (token texts need not be UTF-8)."""
     main = field.types[0]
     if main == GGUFValueType.ARRAY:
@@ -80,7 +80,7 @@ class GGUFSource:
             if key.startswith("GGUF.") or key in _SKIP_KEYS:
                 continue
             try:
-                self.metadata[key] = _field_value(field)
+                self.metadata[key] = field_value(field)
             except (ValueError, IndexError) as exc:
                 log.warning("%s: dropping metadata key %s (%s)", self.path, key, exc)
         arch_field = reader.fields.get(Keys.General.ARCHITECTURE)

@@ -171,7 +171,7 @@ def child_trl(a) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl.experimental.gkd import GKDConfig, GKDTrainer
 
-    from slimedge.distill.data import prepare
+    from slimedge.distill.tokens import prepare
 
     torch.set_num_threads(1)
     base_rss = _status_mb("VmRSS")

@@ -42,7 +42,7 @@ def main() -> int:
     from slimedge.convert import convert
     from slimedge.demo import corpus
     from slimedge.demo.pipeline import shipped_teacher
-    from slimedge.distill.tune import TuneConfig, tune
+    from slimedge.tune import TuneConfig, tune
     from slimedge.quant.imatrix_file import write_imatrix
     from slimedge.quant.mixes import QuantSpec
 

@@ -42,7 +42,7 @@ def main() -> int:
 
     from slimedge.convert import convert
     from slimedge.demo import corpus
-    from slimedge.distill.tune import TuneConfig, tune
+    from slimedge.tune import TuneConfig, tune
     from slimedge.quant.mixes import QuantSpec
 
     out = Path(a.out)

@@ -2,7 +2,7 @@
 
 The teacher is tests/factory.py's random-init llama (SentencePiece tokenizer trained locally), widened
 to 4 layers and then trained briefly on tokfactory's fixed corpus so its predictions carry signal
-a student can learn. Built once per session.
+a student can learn. Built once per session, as is its tokenizer (``tok``).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from tests.distill.distill_kit import corpus_text, train_teacher
 from tests.factory import cached_hf_model
+
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
@@ -35,3 +36,11 @@ def corpus_file(tmp_path_factory) -> Path:
 def teacher_dir(tmp_path_factory, corpus_file) -> Path:
     src = cached_hf_model(arch="llama", num_hidden_layers=4, seed=1)
     return train_teacher(src, tmp_path_factory.mktemp("teacher") / "t", corpus_file.read_text())
+
+
+@pytest.fixture(scope="session")
+def tok():
+    """The tokenizer of the test teacher (tests/factory.py's llama, SentencePiece)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(cached_hf_model(arch="llama", num_hidden_layers=4, seed=1))

@@ -11,7 +11,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from slimedge.cli.distill import cli
+from slimedge.cli import main
 
 pytestmark = pytest.mark.slow  # trains students
 
@@ -19,7 +19,7 @@ BASE = ["--seq-len", "64", "--batch-size", "8", "--chunk-size", "32", "--quiet"]
 
 
 def run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args] + BASE)
+    return CliRunner().invoke(main, ["distill"] + [str(a) for a in args] + BASE)
 
 
 def leftovers(parent):
@@ -67,7 +67,7 @@ def test_output_loads_in_transformers_and_report_matches(distilled, teacher_dir,
     """The saved student loads with transformers; its KL/agreement recomputed from plain forwards match."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from slimedge.distill.data import prepare
+    from slimedge.distill.tokens import prepare
 
     out, _ = distilled
     r = json.loads((out / "distill_report.json").read_text())
@@ -174,8 +174,8 @@ def test_bad_input_clean_error(case, teacher_dir, corpus_file, tmp_path):
     elif case == "batch":
         extra = ["--grad-accum", 3]
     shape = [] if case == "vocab" else ["--layers", 1]
-    res = CliRunner().invoke(cli, [str(a) for a in ["--teacher", teacher, "--data", data, "-o", out, *shape,
-                                                    "--steps", 2, *BASE, *extra]])
+    res = CliRunner().invoke(main, ["distill"] + [str(a) for a in ["--teacher", teacher, "--data", data, "-o", out,
+                                                                   *shape, "--steps", 2, *BASE, *extra]])
     assert res.exit_code == 1, res.output
     assert expect in res.output and "Traceback" not in res.output
     assert len(res.output.strip().splitlines()) == 1

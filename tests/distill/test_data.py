@@ -6,17 +6,10 @@ import json
 
 import numpy as np
 import pytest
-from tests.factory import cached_hf_model
 
-from slimedge.distill.data import load_texts, pack, prepare, split, tokenize
+from slimedge.distill.data import load_texts, pack, split, tokenize
+from slimedge.distill.tokens import prepare
 from slimedge.errors import SlimedgeError
-
-
-@pytest.fixture(scope="module")
-def tok():
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(cached_hf_model(arch="llama", num_hidden_layers=4, seed=1))
 
 
 def test_pack_and_split():

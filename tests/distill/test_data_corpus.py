@@ -8,11 +8,11 @@ import os
 
 import numpy as np
 import pytest
-from tests.factory import cached_hf_model
 
 from slimedge.distill import data as data_mod
 from slimedge.distill import tokens as tokens_mod
-from slimedge.distill.data import load_texts, pack, prepare, split, tokenize
+from slimedge.distill.data import load_texts, pack, split, tokenize
+from slimedge.distill.tokens import prepare
 from slimedge.errors import SlimedgeError
 
 WORDS = ("river stone garden lamp window quiet orange market signal paper bridge winter engine "
@@ -22,13 +22,6 @@ WORDS = ("river stone garden lamp window quiet orange market signal paper bridge
 @pytest.fixture(autouse=True)
 def _cache_home(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-
-
-@pytest.fixture(scope="module")
-def tok():
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(cached_hf_model(arch="llama", num_hidden_layers=4, seed=1))
 
 
 def _docs(n: int, seed: int = 0) -> list[str]:
@@ -209,17 +202,17 @@ def test_distill_from_parquet_with_data_field(tmp_path, teacher_dir):
     import pyarrow.parquet as pq
     from click.testing import CliRunner
 
-    from slimedge.cli.distill import cli
+    from slimedge.cli import main
 
     docs = _docs(300, seed=11)
     pq.write_table(_arrow_table(docs, "body"), tmp_path / "train.parquet", row_group_size=64)
     args = ["--teacher", str(teacher_dir), "--data", str(tmp_path / "train.parquet"), "--data-field", "body",
             "--layers", "1", "--steps", "2", "--seq-len", "32", "--batch-size", "4", "--quiet",
             "--token-cache", str(tmp_path / "tok"), "-o", str(tmp_path / "out")]
-    r = CliRunner().invoke(cli, args)
+    r = CliRunner().invoke(main, ["distill"] + args)
     assert r.exit_code == 0, r.output
     rep = json.loads((tmp_path / "out" / "distill_report.json").read_text())
     assert rep["data"]["documents"] == 300 and rep["data"]["held_out_by"] == "documents"
     assert rep["data"]["token_file"].startswith(str(tmp_path / "tok")) and rep["settings"]["data_field"] == "body"
-    r = CliRunner().invoke(cli, args[:5] + ["nope"] + args[6:] + ["--overwrite"])
+    r = CliRunner().invoke(main, ["distill"] + args[:5] + ["nope"] + args[6:] + ["--overwrite"])
     assert r.exit_code != 0 and "has no column 'nope' (columns: body, id)" in r.output

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from slimedge.cli.distill import cli
+from slimedge.cli import main
 
 
 def _weights(folder):
@@ -25,7 +25,7 @@ def test_torchrun_two_processes_equal_one(teacher_dir, corpus_file, tmp_path):
     args = ["--teacher", teacher_dir, "--data", corpus_file, "--layers", 1, "--steps", 3, "--seq-len", 32,
             "--batch-size", 4, "--lr", 2e-3, "--alpha", 0.3, "--chunk-size", 16, "--quiet"]
     args = [str(a) for a in args]
-    one = CliRunner().invoke(cli, args + ["-o", str(tmp_path / "one")])
+    one = CliRunner().invoke(main, ["distill"] + args + ["-o", str(tmp_path / "one")])
     assert one.exit_code == 0, one.output
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
@@ -58,7 +58,7 @@ def test_torchrun_fsdp_teacher_equals_one_process(teacher_dir, corpus_file, tmp_
     args = [str(a) for a in ["--teacher", teacher_dir, "--data", corpus_file, "--layers", 2, "--steps", 2,
                              "--seq-len", 32, "--batch-size", 4, "--lr", 2e-3, "--alpha", 0.3, "--chunk-size", 16,
                              "--feature-weight", 0.5, "--quiet"]]
-    one = CliRunner().invoke(cli, args + ["--fsdp-teacher", "-o", str(tmp_path / "one")])  # 1 process: no-op
+    one = CliRunner().invoke(main, ["distill", *args, "--fsdp-teacher", "-o", str(tmp_path / "one")])  # 1 process
     assert one.exit_code == 0, one.output
     proc = _torchrun(args + ["--fsdp-teacher"], tmp_path / "two")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
@@ -84,7 +84,8 @@ def test_torchrun_fsdp_teacher_builds_the_same_cache(teacher_dir, corpus_file, t
     # every process runs the sharded teacher over the blocks; process 0 writes the cache
     args = [str(a) for a in ["--teacher", teacher_dir, "--data", corpus_file, "--layers", 1, "--steps", 1,
                              "--seq-len", 32, "--batch-size", 4, "--chunk-size", 16, "--cache-k", 8, "--quiet"]]
-    one = CliRunner().invoke(cli, args + ["--teacher-cache", str(tmp_path / "c1"), "-o", str(tmp_path / "one")])
+    one = CliRunner().invoke(main, ["distill", *args, "--teacher-cache", str(tmp_path / "c1"), "-o",
+                                    str(tmp_path / "one")])
     assert one.exit_code == 0, one.output
     proc = _torchrun(args + ["--fsdp-teacher", "--teacher-cache", str(tmp_path / "c2")], tmp_path / "two")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
@@ -99,8 +100,8 @@ def test_torchrun_fsdp_teacher_builds_the_same_cache(teacher_dir, corpus_file, t
 
 
 def test_fsdp_teacher_refuses_response(teacher_dir, corpus_file, tmp_path):
-    res = CliRunner().invoke(cli, [str(a) for a in ["--teacher", teacher_dir, "--data", corpus_file, "-o",
-                                                    tmp_path / "o", "--response", "--fsdp-teacher"]])
+    res = CliRunner().invoke(main, ["distill"] + [str(a) for a in ["--teacher", teacher_dir, "--data", corpus_file, "-o",
+                                                                   tmp_path / "o", "--response", "--fsdp-teacher"]])
     assert res.exit_code != 0 and "--fsdp-teacher" in res.output and "Traceback" not in res.output
     assert not (tmp_path / "o").exists()
 
@@ -108,8 +109,8 @@ def test_fsdp_teacher_refuses_response(teacher_dir, corpus_file, tmp_path):
 def test_grad_accumulation_equals_one_big_batch(teacher_dir, corpus_file, tmp_path):
     args = [str(a) for a in ["--teacher", teacher_dir, "--data", corpus_file, "--layers", 1, "--steps", 2,
                              "--seq-len", 32, "--batch-size", 4, "--chunk-size", 16, "--quiet"]]
-    assert CliRunner().invoke(cli, args + ["-o", str(tmp_path / "a")]).exit_code == 0
-    assert CliRunner().invoke(cli, args + ["-o", str(tmp_path / "b"), "--grad-accum", "4"]).exit_code == 0
+    assert CliRunner().invoke(main, ["distill"] + args + ["-o", str(tmp_path / "a")]).exit_code == 0
+    assert CliRunner().invoke(main, ["distill", *args, "-o", str(tmp_path / "b"), "--grad-accum", "4"]).exit_code == 0
     a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
     for k in a:
         np.testing.assert_allclose(a[k], b[k], rtol=0, atol=1e-5, err_msg=k)

@@ -246,9 +246,9 @@ def test_distill_from_a_transformed_teacher_reports_the_models_own_figures(famil
     figures equal a direct computation from both models' ``model(...).logits`` on the held-out blocks."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from slimedge.distill import data as data_mod
     from slimedge.distill.api import distill
     from slimedge.distill.config import DistillConfig
+    from slimedge.distill.tokens import prepare
 
     teacher_dir = cached_hf_model(arch=family, seed=2, **overrides)
     tcfg = json.loads((teacher_dir / "config.json").read_text())
@@ -261,7 +261,7 @@ def test_distill_from_a_transformed_teacher_reports_the_models_own_figures(famil
     assert json.loads((out / "config.json").read_text())[key] == tcfg[key]
 
     tok = AutoTokenizer.from_pretrained(teacher_dir)
-    held = np.asarray(data_mod.prepare(str(corpus_file), tok, 32, cfg.eval_fraction).eval[:6])
+    held = np.asarray(prepare(str(corpus_file), tok, 32, cfg.eval_fraction).eval[:6])
     x = torch.from_numpy(held.astype(np.int64))
     models = [AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).eval() for d in (out, teacher_dir)]
     with torch.no_grad():

@@ -7,9 +7,9 @@ from __future__ import annotations
 def test_distill_help_lists_options():
     from click.testing import CliRunner
 
-    from slimedge.cli.distill import cli
+    from slimedge.cli import main
 
-    res = CliRunner().invoke(cli, ["--help"])
+    res = CliRunner().invoke(main, ["distill", "--help"])
     assert res.exit_code == 0
     for opt in ("--teacher", "--layers", "--kv-heads", "--loss", "--alpha", "--temperature", "--teacher-cache",
                 "--response", "--feature-weight", "--resume", "--checkpoint-every", "--grad-accum", "--quiet"):

@@ -54,7 +54,7 @@ def test_on_policy_lowers_kl_on_own_generations(tmp_path, sharp_teacher, corpus_
     """Same student, data order, steps and loss (forward KL); lambda 1 vs plain off-policy distillation.
     Off-policy ends with the lower KL on the data, on-policy with the lower KL on the student's samples."""
     from slimedge.distill.api import distill
-    from slimedge.distill.data import prepare
+    from slimedge.distill.tokens import prepare
 
     teacher_dir = sharp_teacher
     common = dict(teacher=str(teacher_dir), data=str(corpus_file), layers=2, seq_len=64, batch_size=8,
@@ -168,13 +168,13 @@ def test_on_policy_torchrun_two_processes_equal_one(teacher_dir, corpus_file, tm
     from click.testing import CliRunner
     from safetensors.numpy import load_file
 
-    from slimedge.cli.distill import cli
+    from slimedge.cli import main
 
     args = [str(a) for a in ["--teacher", teacher_dir, "--data", corpus_file, "--layers", 1, "--steps", 4,
                              "--seq-len", 32, "--batch-size", 4, "--grad-accum", 2, "--lr", 2e-3, "--chunk-size", 16,
                              "--on-policy", 0.5, "--loss", "jsd", "--prompt-len", 8, "--gen-len", 16,
                              "--top-p", 0.9, "--quiet"]]
-    one = CliRunner().invoke(cli, args + ["-o", str(tmp_path / "one")])
+    one = CliRunner().invoke(main, ["distill"] + args + ["-o", str(tmp_path / "one")])
     assert one.exit_code == 0, one.output
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                            "-m", "slimedge", "distill", *args, "-o", str(tmp_path / "two")],

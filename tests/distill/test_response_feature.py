@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from slimedge.cli.distill import cli
+from slimedge.cli import main
 from slimedge.distill.response import masks_for
 
 
@@ -23,7 +23,7 @@ def test_response_masks_exclude_prompt_and_after_eos():
 
 
 def _run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
+    return CliRunner().invoke(main, ["distill"] + [str(a) for a in args])
 
 
 @pytest.mark.slow  # trains a student

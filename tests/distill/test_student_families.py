@@ -19,7 +19,7 @@ from tests.convert.convert_util import GELU_TIGHT, GELU_TOL, gelu_f32_err
 from tests.factory import cached_hf_model
 from tests.family_checks import check_logits
 
-from slimedge.cli.distill import cli
+from slimedge.cli import main
 from slimedge.distill.config import DistillConfig
 from slimedge.distill.student import build_student
 from slimedge.gguf_info import read_info
@@ -72,9 +72,10 @@ def test_student_of_family_builds_distills_and_converts(family, tmp_path, corpus
         assert choice.config.layer_types == ["sliding_attention", "sliding_attention", "full_attention"]
 
     out = tmp_path / "student"
-    res = CliRunner().invoke(cli, [str(a) for a in ("--teacher", teacher, "--data", corpus_file, "-o", out,
-                                                     "--layers", n_s, "--steps", 2, "--seq-len", 32,
-                                                     "--batch-size", 4, "--chunk-size", 32, "--quiet")])
+    res = CliRunner().invoke(main, ["distill"] + [str(a) for a in ("--teacher", teacher, "--data", corpus_file,
+                                                                   "-o", out, "--layers", n_s, "--steps", 2,
+                                                                   "--seq-len", 32, "--batch-size", 4,
+                                                                   "--chunk-size", 32, "--quiet")])
     assert res.exit_code == 0, res.output
     assert json.loads((out / "config.json").read_text())["num_hidden_layers"] == n_s
     tol = F32_TOL.get(family, 2e-5)

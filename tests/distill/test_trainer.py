@@ -9,7 +9,8 @@ import pytest
 
 from slimedge.distill.api import total_steps
 from slimedge.distill.config import DistillConfig
-from slimedge.distill.trainer import batch_rows, lr_lambda
+from slimedge.distill.loop import lr_lambda
+from slimedge.distill.trainer import batch_rows
 from slimedge.errors import SlimedgeError
 
 

@@ -1,4 +1,4 @@
-"""``convert --tune`` / ``build --tune``: a quantized file tuned against its teacher (:mod:`slimedge.distill.tune`)
+"""``convert --tune`` / ``build --tune``: a quantized file tuned against its teacher (:mod:`slimedge.tune`)
 before it is written.
 
 :func:`convert_and_tune` converts into a hidden temporary sibling of the output (:class:`slimedge.publish.Publication`:
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from ..errors import SlimedgeError
 from ..progress import NULL_PROGRESS, Progress
-from .tune import TuneConfig, TuneResult, tune
+from .api import TuneConfig, TuneResult, tune
 
 
 @dataclass

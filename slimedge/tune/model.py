@@ -1,17 +1,16 @@
-"""The quantized GGUF as a torch model for :mod:`slimedge.distill.tune`: block-field modules and their loading.
+"""The quantized GGUF as a torch model for :mod:`slimedge.tune`, and the tuned model back into a GGUF.
 
-* :func:`_modules` — :class:`QuantWeight` (fixed int8 codes + learnable ``log d``/``log dmin`` rounded to fp16 and
-  integer sub-scales/mins rounded straight-through; its weight equals ``slimedge.quant.dequantize`` bit for bit
-  for the initial fields), :class:`QuantLinear` and :class:`QuantEmbedding` (when ``low_memory``,
-  backward rebuilds one float matrix at a time: ``LowMemoryLinear``, checkpointing for the embedding).
 * :func:`student_config_of` — the transformers config of the model in the GGUF: the teacher's at the GGUF's depth,
   or the widths the GGUF states (a student distilled with other hidden/feed-forward/head sizes), each checked by
   matching every tensor against the converter's table for that config (built on a meta-device model: no weights);
-  :func:`_entries` — every GGUF tensor's HF name and the inverse of the converter's row permutation (probed on row
-  indices; anything else is refused);
-  :func:`check_vocab` — the GGUF's token list against the teacher's tokenizer.
-* :func:`_build` — that transformers architecture with every weight from the GGUF:
-  quantized matrices as QuantLinear/QuantEmbedding, all else dequantized and frozen.
+  :func:`tensor_entries` — every GGUF tensor's HF name and the inverse of the converter's row permutation (probed
+  on row indices; anything else is refused); :func:`check_vocab` — the GGUF's token list against the teacher's
+  tokenizer.
+* :func:`build_model` — that transformers architecture with every weight from the GGUF: quantized matrices as
+  :class:`~slimedge.tune.modules.QuantLinear` / ``QuantEmbedding``, all else dequantized and frozen.
+* :func:`write_tuned` — the GGUF copied in file order (:class:`slimedge.writer.GGUFStreamWriter`, atomic) with the
+  tuned tensors' fields packed into their original bytes (:func:`slimedge.quant.blockfields.pack`); every other
+  tensor and metadata key unchanged.
 """
 
 from __future__ import annotations
@@ -22,176 +21,10 @@ import numpy as np
 
 from ..errors import SlimedgeError
 
-# ---- torch modules ------------------------------------------------------------------------------------
-
-def _modules():
-    import contextlib
-
-    import torch
-    import torch.nn.functional as F
-    from torch import nn
-    from torch.utils.checkpoint import checkpoint
-
-    from ..quant.blockfields import code_bits
-
-    def ste_f16(x):
-        return x + (x.clamp(-65504.0, 65504.0).to(torch.float16).to(torch.float32) - x).detach()
-
-    def ste_int(x, lo, hi):
-        return x + (torch.round(x).clamp(lo, hi) - x).detach()
-
-    class QuantWeight(nn.Module):
-        """A quantized matrix in HF row order: fixed codes, learnable block parameters (module docstring)."""
-
-        def __init__(self, fields, rows: int, cols: int, hf_from_gguf: np.ndarray | None, learn_codes: bool = False):
-            super().__init__()
-            s = fields.spec
-            self.qtype, self.spec, self.rows, self.cols = fields.qtype, s, rows, cols
-            self.low_memory = True  # checkpointed: the float matrix exists only while it multiplies
-            bpr = cols // (fields.codes.shape[1] * fields.codes.shape[2])          # blocks per row
-            order = None
-            if hf_from_gguf is not None:  # block index (HF order) -> block index (GGUF order)
-                order = (hf_from_gguf[:, None] * bpr + np.arange(bpr)[None, :]).reshape(-1)
-            self.register_buffer("order", None if order is None else torch.from_numpy(order))
-
-            def take(a):
-                return None if a is None else torch.from_numpy(np.ascontiguousarray(a if order is None else a[order]))
-
-            self.register_buffer("codes", take(fields.codes).to(torch.int8))
-            self.register_buffer("d0", take(fields.d).float())
-            self.log_d = nn.Parameter(torch.zeros_like(self.d0))
-            self.register_buffer("dmin0", take(fields.dmin))
-            self.log_dmin = nn.Parameter(torch.zeros_like(self.dmin0)) if s.has_min else None
-            self.sc = nn.Parameter(take(fields.sc).float()) if s.has_sub else None
-            self.mn = nn.Parameter(take(fields.mn).float()) if s.has_sub_min else None
-            # learn_codes: a float latent per weight, rounded to the type's code range (straight-through)
-            self.lat = nn.Parameter(self.codes.float()) if learn_codes else None
-            cb = code_bits(fields.qtype) if learn_codes else None
-            self.code_range = (cb.lo, cb.hi) if cb else None
-
-        def block_params(self):
-            """(d, dmin, sc, mn) as the forward pass uses them (fp16-rounded, integer-rounded)."""
-            s = self.spec
-            d = ste_f16(self.d0 * torch.exp(self.log_d))
-            dmin = ste_f16(self.dmin0 * torch.exp(self.log_dmin)) if s.has_min else None
-            sc = ste_int(self.sc, *s.sc_range) if s.has_sub else None
-            mn = ste_int(self.mn, *s.mn_range) if s.has_sub_min else None
-            return d, dmin, sc, mn
-
-        def forward(self):
-            d, dmin, sc, mn = self.block_params()
-            scale = d[:, None] * sc if sc is not None else d[:, None]
-            codes = ste_int(self.lat, *self.code_range) if self.lat is not None else self.codes
-            # int8 codes times float scales: promoted exactly in the one pass that multiplies (a separate
-            # .float() copy and out-of-place add cost two more full-size allocations: 2.5x the time here)
-            dev = self.codes.device.type
-            low = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None  # built in bf16 there
-            w = torch.mul(codes, (scale if low is None else scale.to(low))[:, :, None])
-            if dmin is not None:
-                off = (float(self.spec.min_sign) * (dmin[:, None] * mn if mn is not None else dmin[:, None]))
-                w = w.add_((off if low is None else off.to(low))[:, :, None])  # mul's backward keeps its inputs
-            return w.reshape(self.rows, self.cols)
-
-        def sub_parameters(self):
-            return [p for p in (self.sc, self.mn) if p is not None]
-
-        def code_parameters(self):
-            return [self.lat] if self.lat is not None else []
-
-        def scale_parameters(self):
-            return [p for p in (self.log_d, self.log_dmin) if p is not None]
-
-        @torch.no_grad()
-        def clamp_(self):
-            s = self.spec
-            if self.sc is not None:
-                self.sc.clamp_(s.sc_range[0] - 0.49, s.sc_range[1] + 0.49)
-            if self.mn is not None:
-                self.mn.clamp_(s.mn_range[0] - 0.49, s.mn_range[1] + 0.49)
-            if self.lat is not None:
-                self.lat.clamp_(self.code_range[0] - 0.49, self.code_range[1] + 0.49)
-
-        @torch.no_grad()
-        def fields(self, like):
-            """The learned fields in GGUF block order (a :class:`BlockFields` shaped like ``like``)."""
-            from ..quant.blockfields import BlockFields
-
-            def back(t, dtype):
-                if t is None:
-                    return None
-                a = t.detach().cpu().numpy()
-                if self.order is not None:
-                    out = np.empty_like(a)
-                    out[self.order.cpu().numpy()] = a
-                    a = out
-                return a.astype(dtype)
-
-            d, dmin, sc, mn = self.block_params()
-            codes = like.codes
-            if self.lat is not None:
-                codes = back(torch.round(self.lat).clamp(*self.code_range), np.int16).reshape(like.codes.shape)
-            return BlockFields(like.qtype, codes, back(d, np.float32), back(dmin, np.float32),
-                               back(sc, np.int16), back(mn, np.int16))
-
-    class LowMemoryLinear(torch.autograd.Function):
-        """``x @ W^T + b`` keeping only ``x``: backward rebuilds ``W`` from its block fields (with grad), takes
-        ``grad_x = g W`` and ``grad_W = g^T x``, sends ``grad_W`` into the fields and drops ``W`` again — one
-        float matrix at a time, and no second forward matmul (as activation checkpointing would run)."""
-
-        @staticmethod
-        def forward(ctx, x, bias, qw, *fields):
-            with torch.no_grad():
-                w = qw()
-            dev = x.device.type
-            ctx.autocast = (dev, torch.get_autocast_dtype(dev)) if torch.is_autocast_enabled(dev) else None
-            ctx.qw, ctx.bias_dtype = qw, (bias.dtype if bias is not None else None)
-            ctx.save_for_backward(x)
-            return F.linear(x, w, bias)
-
-        @staticmethod
-        def backward(ctx, g):
-            (x,) = ctx.saved_tensors
-            amp = torch.autocast(*ctx.autocast) if ctx.autocast else contextlib.nullcontext()
-            with torch.enable_grad(), amp:  # the matrix forward multiplied (bf16 under autocast)
-                w = ctx.qw()
-            g2 = g.reshape(-1, g.shape[-1])  # under autocast: the matmuls in g's (bf16) dtype, as forward ran
-            grad_x = (g2 @ w.detach().to(g.dtype)).reshape(x.shape).to(x.dtype) if ctx.needs_input_grad[0] else None
-            grad_w = g2.t() @ x.reshape(-1, x.shape[-1]).to(g.dtype)
-            torch.autograd.backward(w, grad_w.to(w.dtype))  # into the fields' .grad
-            grad_b = g2.sum(0).to(ctx.bias_dtype) if ctx.needs_input_grad[1] else None
-            return (grad_x, grad_b, None) + (None,) * (len(ctx.needs_input_grad) - 3)
-
-    class QuantLinear(nn.Module):
-        def __init__(self, qw: QuantWeight, bias):
-            super().__init__()
-            self.qw, self.bias = qw, bias
-
-        def forward(self, x):
-            if self.qw.low_memory and torch.is_grad_enabled():  # one float matrix at a time: rebuilt in backward
-                fields = [p for p in self.qw.parameters() if p.requires_grad]
-                return LowMemoryLinear.apply(x, self.bias, self.qw, *fields)
-            return F.linear(x, self.qw(), self.bias)
-
-    class QuantEmbedding(nn.Module):
-        def __init__(self, qw: QuantWeight, padding_idx=None):
-            super().__init__()
-            self.qw, self.padding_idx = qw, padding_idx
-
-        def _f(self, ids):
-            return F.embedding(ids, self.qw(), self.padding_idx)
-
-        def forward(self, ids):
-            if self.qw.low_memory and torch.is_grad_enabled():
-                return checkpoint(self._f, ids, use_reentrant=False)
-            return self._f(ids)
-
-    return QuantWeight, QuantLinear, QuantEmbedding
-
-
 # ---- the GGUF against the teacher ---------------------------------------------------------------------
 
 @dataclass
-class _Entry:
+class TensorEntry:
     name: str          # GGUF tensor name
     hf: str | None     # HF parameter name (None: a generated tensor such as rope_freqs, not in the torch model)
     perm: np.ndarray | None  # HF row r = GGUF row perm[r] (None: same order)
@@ -274,7 +107,7 @@ def student_config_of(info, teacher_cfg, teacher: str, path: str):
     """
     from ..arch import get_arch
     from ..quant.model_info import ModelInfo
-    from .student import student_config
+    from ..distill.student import student_config
 
     t_arch = get_arch(dict(teacher_cfg.to_dict()), f"{teacher}/config.json")
     if info.arch != t_arch.arch:
@@ -306,7 +139,7 @@ def student_config_of(info, teacher_cfg, teacher: str, path: str):
                         "its own metadata states; tune takes a GGUF of the teacher or of a student distilled from it")
 
 
-def _entries(info, teacher_cfg, teacher: str, path: str) -> tuple[list[_Entry], object]:
+def tensor_entries(info, teacher_cfg, teacher: str, path: str) -> tuple[list[TensorEntry], object]:
     """GGUF tensor -> HF name and row order, checked against the converter's table; the model's config."""
     scfg, arch, table = student_config_of(info, teacher_cfg, teacher, path)
     out = []
@@ -315,25 +148,25 @@ def _entries(info, teacher_cfg, teacher: str, path: str) -> tuple[list[_Entry], 
         generated = ref.origin.startswith("generated")
         hf = None if generated else ref.origin.rsplit(" in ", 1)[0]
         perm = None if generated else _row_permutation(arch, t.name, tuple(t.shape))
-        out.append(_Entry(t.name, hf, None if perm is None else np.argsort(perm)))
+        out.append(TensorEntry(t.name, hf, None if perm is None else np.argsort(perm)))
     return out, scfg
 
 
-def _raw(mm: np.ndarray, t) -> np.ndarray:
+def raw_rows(mm: np.ndarray, t) -> np.ndarray:
     """A tensor's bytes as ``uint8[rows, row_bytes]`` (1-D tensors: one row)."""
     rows = int(np.prod(t.shape[:-1])) if len(t.shape) > 1 else 1
     return np.asarray(mm[t.offset:t.offset + t.n_bytes]).reshape(rows, -1)
 
 
-def _build(cfg, info, entries, scfg, mm):
+def build_model(cfg, info, entries, scfg, mm):
     """The quantized model in torch (transformers config ``scfg``): the model and {GGUF name: QuantWeight}."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    from ..quant import dequantize
     from ..quant.blockfields import SUPPORTED, unpack
     from ..quant.types import FLOAT_TYPES
-    QuantWeight, QuantLinear, QuantEmbedding = _modules()
+    from .modules import QuantEmbedding, QuantLinear, QuantWeight
+
     model = AutoModelForCausalLM.from_config(scfg, dtype=torch.float32)
     params = dict(model.named_parameters(remove_duplicate=False))
     loaded: set[str] = set()
@@ -345,17 +178,9 @@ def _build(cfg, info, entries, scfg, mm):
         if p is None or tuple(p.shape) != tuple(t.shape):
             raise SlimedgeError(f"{cfg.gguf}: tensor {t.name} has no matching weight {e.hf} in the transformers "
                                 f"model; this architecture is not supported by tune")
-        raw = _raw(mm, t)
+        raw = raw_rows(mm, t)
         if t.qtype in FLOAT_TYPES or len(t.shape) != 2:
-            if t.qtype not in FLOAT_TYPES and t.type not in SUPPORTED:
-                raise SlimedgeError(f"{cfg.gguf}: tensor {t.name} is {t.type}, which slimedge tune cannot learn; "
-                                    f"supported: {', '.join(sorted(SUPPORTED))} (and float tensors, kept)")
-            w = dequantize(raw, t.type, t.shape[-1]).reshape(t.shape)
-            if e.perm is not None:
-                w = w[e.perm]
-            with torch.no_grad():
-                p.copy_(torch.from_numpy(np.ascontiguousarray(w)))
-            p.requires_grad_(False)
+            _load_frozen(p, raw, t, e, cfg.gguf)
             loaded.add(e.hf)
             continue
         if t.type not in SUPPORTED:
@@ -387,6 +212,25 @@ def _build(cfg, info, entries, scfg, mm):
     return model, qws
 
 
+def _load_frozen(p, raw: np.ndarray, t, e: TensorEntry, path: str) -> None:
+    """A float (or 1-D) tensor into the model's parameter ``p``, dequantized, in HF row order, frozen."""
+    import torch
+
+    from ..quant import dequantize
+    from ..quant.blockfields import SUPPORTED
+    from ..quant.types import FLOAT_TYPES
+
+    if t.qtype not in FLOAT_TYPES and t.type not in SUPPORTED:
+        raise SlimedgeError(f"{path}: tensor {t.name} is {t.type}, which slimedge tune cannot learn; "
+                            f"supported: {', '.join(sorted(SUPPORTED))} (and float tensors, kept)")
+    w = dequantize(raw, t.type, t.shape[-1]).reshape(t.shape)
+    if e.perm is not None:
+        w = w[e.perm]
+    with torch.no_grad():
+        p.copy_(torch.from_numpy(np.ascontiguousarray(w)))
+    p.requires_grad_(False)
+
+
 def _replace(model, module_name: str, qw, QuantLinear, QuantEmbedding) -> None:
     import torch
 
@@ -401,3 +245,31 @@ def _replace(model, module_name: str, qw, QuantLinear, QuantEmbedding) -> None:
         raise SlimedgeError(f"{module_name}: a {type(old).__name__}, not a Linear or Embedding; this architecture "
                             "is not supported by tune")
     setattr(parent, child, new)
+
+
+def write_tuned(src: str, output: str, info, qws: dict, mm, *, overwrite: bool, codes: bool) -> None:
+    """Copy the GGUF ``src`` to ``output`` with the tuned tensors' fields (``qws``: GGUF name -> QuantWeight) packed
+    in: same header, same sizes (``codes``: the learned codes too)."""
+    from gguf import GGUF_DEFAULT_ALIGNMENT, GGUFReader, Keys
+
+    from ..quant.blockfields import pack, unpack
+    from ..source.gguf_src import field_value
+    from ..writer import GGUFStreamWriter
+
+    reader = GGUFReader(src, "r")
+    with GGUFStreamWriter(output, arch="", overwrite=overwrite, alignment=info.alignment) as w:
+        for key, f in reader.fields.items():
+            # the writer adds general.alignment itself when it is not the default
+            own = key == Keys.General.ALIGNMENT and info.alignment != GGUF_DEFAULT_ALIGNMENT
+            if key.startswith("GGUF.") or own:
+                continue
+            w.add_kv(key, *field_value(f))
+        for t in info.tensors:
+            w.add_tensor_info(t.name, t.shape, t.qtype)
+        w.begin_data()
+        for t in info.tensors:
+            raw = raw_rows(mm, t)
+            if t.name in qws:
+                raw = pack(qws[t.name].fields(unpack(raw, t.type)), raw, codes=codes)
+            w.write_tensor(t.name, np.ascontiguousarray(raw).reshape(-1))
+    del reader

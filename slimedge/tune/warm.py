@@ -1,4 +1,4 @@
-"""Layer-wise warm start for :mod:`slimedge.distill.tune`: each quantized matrix alone fits its output error.
+"""Layer-wise warm start for :mod:`slimedge.tune`: each quantized matrix alone fits its output error.
 
 :func:`input_grams` collects, on calibration blocks, the mean ``x^T x`` of each teacher linear layer's inputs
 (split over the processes under torchrun and summed); :func:`warm_start` then gives each matrix's block fields a
@@ -15,7 +15,7 @@ from ..progress import Progress
 
 def input_grams(teacher, names: set[str], blocks, batch: int, device, dist) -> dict[str, object]:
     """HF module name -> mean ``x^T x`` of its inputs over the blocks (teacher activations, fp32); ``dist`` (the
-    process group, :class:`slimedge.distill.api._Dist`) runs every ``world``-th batch here and sums."""
+    process group, :class:`slimedge.distill.runtime.ProcessGroup`) runs every ``world``-th batch here and sums."""
     import torch
 
     grams: dict[str, object] = {}

@@ -1,8 +1,7 @@
-"""slimedge tune: learned block scales of a quantized GGUF (slimedge.distill.tune).
+"""slimedge tune: learned block scales of a quantized GGUF (slimedge.tune).
 
-Checked: the torch weights equal slimedge.quant.dequantize for the initial fields (every supported type, with
-a row permutation) and write back bit for bit; on the shipped demo teacher's Q4_K_M, tuning lowers the held-out
-KL divergence to the teacher, keeps the file's size, tensor table, header bytes and metadata; gguf-py reads the
+Checked (the torch modules alone: test_modules.py): on the shipped demo teacher's Q4_K_M, tuning lowers the
+held-out KL divergence to the teacher, keeps the file's size, tensor table, header bytes and metadata; gguf-py reads the
 tuned blocks as slimedge does; llama.cpp runs the tuned weights (as F32) with transformers' logits at F32
 tolerance, and the tuned file itself within llama.cpp's activation-quantization error (as the untuned file);
 an interrupted run resumes to the same bytes; the usual bad inputs (tiny test models) are one line each.
@@ -22,74 +21,9 @@ from tests.factory import cached_hf_model
 from slimedge.convert import convert
 from slimedge.errors import SlimedgeError
 from slimedge.gguf_info import read_info
-from slimedge.quant import dequantize, quantize
-from slimedge.quant.blockfields import SUPPORTED, pack, unpack
+from slimedge.quant import dequantize
+from slimedge.quant.blockfields import SUPPORTED
 from slimedge.quant.mixes import QuantSpec
-
-
-
-@pytest.mark.parametrize("qtype", sorted(SUPPORTED))
-def test_torch_weight_equals_dequantize_and_writes_back(qtype):
-    from slimedge.distill.tune import _modules
-
-    QuantWeight = _modules()[0]
-    rng = np.random.default_rng(0)
-    w = (rng.standard_normal((6, 512)) * 0.05 + rng.uniform(-0.02, 0.02, (6, 1))).astype(np.float32)
-    q = quantize(w, qtype)
-    perm = np.array([3, 0, 5, 1, 4, 2])                      # HF row r = GGUF row perm[r]
-    qw = QuantWeight(unpack(q, qtype), 6, 512, perm)
-    with torch.no_grad():
-        got = qw().numpy()
-    want = dequantize(q, qtype, 512)[perm]
-    assert np.array_equal(got, want)
-    back = pack(qw.fields(unpack(q, qtype)), q)
-    assert np.array_equal(back, q.reshape(back.shape))
-    with torch.no_grad():                                     # a changed field shows in the written bytes
-        qw.log_d.add_(0.1)
-    q2 = pack(qw.fields(unpack(q, qtype)), q).reshape(q.shape)
-    with torch.no_grad():
-        assert np.array_equal(qw().numpy(), dequantize(q2, qtype, 512)[perm])
-
-
-@pytest.mark.parametrize("qtype", sorted(SUPPORTED))
-def test_learned_codes_write_back_what_torch_multiplies(qtype):
-    from slimedge.distill.tune import _modules
-
-    QuantWeight = _modules()[0]
-    rng = np.random.default_rng(1)
-    w = (rng.standard_normal((6, 512)) * 0.05).astype(np.float32)
-    q = quantize(w, qtype)
-    perm = np.array([2, 0, 5, 1, 4, 3])
-    qw = QuantWeight(unpack(q, qtype), 6, 512, perm, learn_codes=True)
-    with torch.no_grad():
-        assert np.array_equal(qw().numpy(), dequantize(q, qtype, 512)[perm])       # the file's codes to start
-        qw.lat.add_(torch.from_numpy(rng.uniform(-1.5, 1.5, qw.lat.shape).astype(np.float32)))
-        qw.clamp_()
-        q2 = pack(qw.fields(unpack(q, qtype)), q, codes=True).reshape(q.shape)
-        assert np.array_equal(qw().numpy(), dequantize(q2, qtype, 512)[perm])
-    assert (unpack(q2, qtype).codes != unpack(q, qtype).codes).mean() > 0.3
-
-
-@pytest.mark.parametrize("qtype", ["Q4_K", "Q6_K", "Q5_0"])
-def test_low_memory_layers_give_the_same_outputs_and_gradients(qtype):
-    # low_memory (the model's float weights over float_mb): the matrix is rebuilt in backward, not kept
-    from slimedge.distill.tune import _modules
-
-    QuantWeight, QuantLinear, QuantEmbedding = _modules()
-    rng = np.random.default_rng(2)
-    q = quantize((rng.standard_normal((64, 512)) * 0.05).astype(np.float32), qtype)
-    x0, b0, ids = torch.randn(3, 5, 512), torch.randn(64), torch.tensor([[1, 7, 63, 7]])
-    got = []
-    for low in (False, True):
-        qw = QuantWeight(unpack(q, qtype), 64, 512, None)
-        qw.low_memory = low
-        lin, emb = QuantLinear(qw, torch.nn.Parameter(b0.clone())), QuantEmbedding(qw)
-        x = x0.clone().requires_grad_(True)
-        y = lin(x)
-        (y.square().sum() + emb(ids).sum()).backward()
-        got.append([y.detach(), x.grad, lin.bias.grad] + [p.grad for p in qw.parameters() if p.requires_grad])
-    for a, b in zip(*got):
-        assert torch.equal(a, b)
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +49,7 @@ def demo(tmp_path_factory):
 
 
 def _tune(hf, d, q, out, **kw):
-    from slimedge.distill.tune import TuneConfig, tune
+    from slimedge.tune import TuneConfig, tune
 
     cfg = TuneConfig(gguf=str(q), teacher=str(hf), data=str(d / "train.txt"), output=str(out), seq_len=64,
                      batch_size=4, threads=1, overwrite=True, **kw)
@@ -127,8 +61,9 @@ def test_tune_lowers_kl_keeps_the_file_and_runs_in_llama_cpp(demo):
     import gguf
     from tests.convert.convert_util import llama_logits, rel_err, sample_tokens
 
-    from slimedge.distill.tune import TuneConfig, _build, _entries
-    from slimedge.distill.api import load_teacher_meta
+    from slimedge.distill.runtime import load_teacher_meta
+    from slimedge.tune import TuneConfig
+    from slimedge.tune.model import build_model, tensor_entries
 
     hf, d, q = demo
     out = d / "tuned.gguf"
@@ -154,8 +89,8 @@ def test_tune_lowers_kl_keeps_the_file_and_runs_in_llama_cpp(demo):
     def torch_logits(path, tokens):
         cfg, tok = load_teacher_meta(str(hf))
         info = read_info(path)
-        entries, scfg = _entries(info, cfg, str(hf), str(path))
-        m, _ = _build(TuneConfig(str(path), str(hf), "", ""), info, entries, scfg,
+        entries, scfg = tensor_entries(info, cfg, str(hf), str(path))
+        m, _ = build_model(TuneConfig(str(path), str(hf), "", ""), info, entries, scfg,
                       np.memmap(path, dtype=np.uint8, mode="r"))
         with torch.no_grad():
             return m.eval()(torch.tensor([tokens])).logits[0].numpy()
@@ -177,7 +112,7 @@ def _dequantized_copy(src: Path, dst: Path) -> Path:
     """``src`` with every tensor dequantized to F32 (slimedge.quant.dequantize), metadata unchanged."""
     import gguf
 
-    from slimedge.source.gguf_src import _field_value
+    from slimedge.source.gguf_src import field_value
     from slimedge.writer import GGUFStreamWriter
 
     info, reader = read_info(src), gguf.GGUFReader(src)
@@ -185,7 +120,7 @@ def _dequantized_copy(src: Path, dst: Path) -> Path:
     with GGUFStreamWriter(dst, arch="", overwrite=True) as w:
         for key, f in reader.fields.items():
             if not key.startswith("GGUF."):
-                w.add_kv(key, *_field_value(f))
+                w.add_kv(key, *field_value(f))
         for t in info.tensors:
             w.add_tensor_info(t.name, t.shape, gguf.GGMLQuantizationType.F32)
         w.begin_data()
@@ -234,24 +169,25 @@ def test_bad_inputs(model, tmp_path):
 def test_cli_tunes_and_reports_bad_input_in_one_line(model, tmp_path):
     from click.testing import CliRunner
 
-    from slimedge.cli.tune import cli
+    from slimedge.cli import main
 
     hf, d, q = model
     out = tmp_path / "t.gguf"
-    r = CliRunner().invoke(cli, [str(q), "--teacher", str(hf), "--data", str(d / "train.txt"), "-o", str(out),
+    r = CliRunner().invoke(main, ["tune", str(q), "--teacher", str(hf), "--data", str(d / "train.txt"), "-o", str(out),
                                  "--steps", "2", "--seq-len", "64", "--max-blocks", "4", "-t", "1", "-q"])
     assert r.exit_code == 0, r.output
     assert out.stat().st_size == q.stat().st_size
-    r = CliRunner().invoke(cli, [str(q), "--teacher", str(hf), "--data", str(d / "train.txt"), "-o", str(out),
+    r = CliRunner().invoke(main, ["tune", str(q), "--teacher", str(hf), "--data", str(d / "train.txt"), "-o", str(out),
                                  "--steps", "1"])
     assert r.exit_code != 0 and "exists" in r.output and len(r.output.strip().splitlines()) == 1, r.output
-    r = CliRunner().invoke(cli, [str(tmp_path / "missing.gguf"), "--teacher", str(hf), "--data",
+    r = CliRunner().invoke(main, ["tune", str(tmp_path / "missing.gguf"), "--teacher", str(hf), "--data",
                                  str(d / "train.txt"), "-o", str(tmp_path / "u.gguf")])
     assert r.exit_code != 0 and "missing.gguf" in r.output and len(r.output.strip().splitlines()) == 1, r.output
 
 
 def test_interrupted_run_resumes_to_the_same_file(model, tmp_path):
-    from slimedge.distill.tune import TuneConfig, checkpoint_path
+    from slimedge.tune import TuneConfig
+    from slimedge.tune.api import checkpoint_path
     from slimedge.progress import Progress
 
     hf, d, q = model
@@ -264,7 +200,7 @@ def test_interrupted_run_resumes_to_the_same_file(model, tmp_path):
             if self.done >= 5:
                 raise KeyboardInterrupt
 
-    from slimedge.distill.tune import tune
+    from slimedge.tune import tune
 
     cfg = TuneConfig(gguf=str(q), teacher=str(hf), data=str(d / "train.txt"), output=str(tmp_path / "r.gguf"),
                      seq_len=64, batch_size=4, threads=1, **kw)
@@ -284,8 +220,9 @@ def test_interrupted_run_resumes_to_the_same_file(model, tmp_path):
 def test_a_student_of_another_width_tunes(model, tmp_path):
     # one layer, 2 query heads / 1 kv head of 128, feed-forward 768: the widths come from the GGUF's metadata and
     # Llama's q/k rows are un-permuted with the student's head count
-    from slimedge.distill.api import load_teacher_meta
-    from slimedge.distill.tune import _build, _entries, TuneConfig
+    from slimedge.distill.runtime import load_teacher_meta
+    from slimedge.tune import TuneConfig
+    from slimedge.tune.model import build_model, tensor_entries
 
     hf, d, _ = model
     student = cached_hf_model(arch="llama", kquant=True, num_hidden_layers=1, num_attention_heads=2,
@@ -293,10 +230,11 @@ def test_a_student_of_another_width_tunes(model, tmp_path):
     cfg, _tok = load_teacher_meta(str(hf))
     f32 = convert(student, tmp_path / "s8.gguf", QuantSpec("Q8_0")) and tmp_path / "s8.gguf"
     info = read_info(f32)
-    entries, scfg = _entries(info, cfg, str(hf), str(f32))
+    entries, scfg = tensor_entries(info, cfg, str(hf), str(f32))
     assert (scfg.num_hidden_layers, scfg.num_attention_heads, scfg.num_key_value_heads, scfg.intermediate_size) == \
         (1, 2, 1, 768)
-    m, _ = _build(TuneConfig(str(f32), str(hf), "", ""), info, entries, scfg, np.memmap(f32, dtype=np.uint8, mode="r"))
+    m, _ = build_model(TuneConfig(str(f32), str(hf), "", ""), info, entries, scfg,
+                       np.memmap(f32, dtype=np.uint8, mode="r"))
     from transformers import AutoModelForCausalLM
 
     ref = AutoModelForCausalLM.from_pretrained(str(student), dtype=torch.float32).eval()

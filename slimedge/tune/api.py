@@ -1,0 +1,291 @@
+"""``tune(cfg, progress) -> TuneResult``: one tuning run (see :mod:`slimedge.tune`), as a library call.
+
+Steps: the process group and device (:mod:`slimedge.distill.runtime`) → the GGUF as a torch model checked against
+the teacher (:mod:`.model`) → calibration blocks → the teacher and (when it fits) its cached log-probabilities
+(:mod:`.teacher`) → held-out KL → optional warm start (:mod:`.warm`) → the KL steps on distill's loop
+(:class:`TuneSteps` on :class:`slimedge.distill.loop.TrainLoop`) → held-out KL → the tuned GGUF (process 0).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..distill.runtime import ProcessGroup
+from ..errors import SlimedgeError
+from ..progress import NULL_PROGRESS, Progress
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TuneConfig:
+    gguf: str                       # the quantized GGUF to tune
+    teacher: str                    # the teacher's Hugging Face folder
+    data: str                       # calibration text (anything slimedge.distill.tokens.prepare reads)
+    output: str
+    steps: int = 300
+    lr: float = 2e-3                # Adam lr of log d / log dmin
+    sub_lr: float | None = None     # Adam lr of the sub-scales/mins, in integer units (default 20 x lr)
+    batch_size: int = 4
+    seq_len: int = 256
+    max_blocks: int = 0             # calibration blocks used for training (0: all; fresh blocks beat epochs)
+    eval_blocks: int = 4            # held-out blocks for the before/after KL
+    device: str = "cpu"
+    threads: int | None = None
+    seed: int = 0
+    overwrite: bool = False
+    data_field: str = "text"
+    checkpoint_every: int = 25      # save a resumable checkpoint every this many steps (0: never)
+    resume: bool = False            # continue from the checkpoint next to the output
+    cache_mb: int = 512             # cache the teacher's log-probs when they fit in this many MiB
+    warm_steps: int = 0             # layer-wise warm start: Adam steps per matrix on its output error (0: none)
+    warm_blocks: int = 16           # calibration blocks whose teacher activations weigh the warm start
+    float_mb: int = 256             # above this many MiB of float weights, rebuild each in backward (checkpoint)
+    fsdp_teacher: bool = False      # under torchrun: shard the float teacher across the processes (FSDP2)
+    learn_codes: bool = False       # also learn the integer codes (straight-through; +12 bytes per weight)
+    codes_lr: float = 5e-3          # Adam lr of the codes' float latents, in code units
+    precision: str = "auto"         # training matmuls: fp32, bf16 (autocast), auto (bf16 on CUDA that has it)
+
+    @property
+    def sub_lr_or_default(self) -> float:
+        return self.sub_lr if self.sub_lr is not None else 20 * self.lr
+
+
+@dataclass
+class TuneResult:
+    output: str
+    kl_before: float                # mean KL(teacher || quantized) per token on held-out blocks, before
+    kl_after: float                 # ... after tuning
+    train_kl_first: float
+    train_kl_last: float
+    seconds: float
+    tuned: dict[str, int] = field(default_factory=dict)   # type -> tensors tuned
+    frozen: int = 0                                          # tensors copied unchanged
+    step_seconds: float = 0.0                                # wall time of the optimizer steps alone
+
+
+def checkpoint_path(cfg: TuneConfig) -> str:
+    """The resumable checkpoint of a run: next to the output (removed when the output is written)."""
+    head, tail = os.path.split(os.path.abspath(cfg.output))
+    return os.path.join(head, f".{tail}.tune-checkpoint.pt")
+
+
+def _settings(cfg: TuneConfig) -> dict:
+    """What a checkpoint must have been made with to be resumed."""
+    st = os.stat(cfg.gguf)
+    return {"gguf": f"{os.path.abspath(cfg.gguf)}:{st.st_size}:{st.st_mtime_ns}",
+            "teacher": os.path.abspath(cfg.teacher),
+            "data": os.path.abspath(cfg.data), "steps": cfg.steps, "lr": cfg.lr, "sub_lr": cfg.sub_lr,
+            "batch_size": cfg.batch_size, "seq_len": cfg.seq_len, "max_blocks": cfg.max_blocks, "seed": cfg.seed,
+            "warm_steps": cfg.warm_steps, "precision": cfg.precision, "learn_codes": cfg.learn_codes,
+            "codes_lr": cfg.codes_lr}
+
+
+class TuneSteps:
+    """Tuning's :class:`~slimedge.distill.loop.StepWork`: each step ``batch_size`` fresh blocks (a seeded stream of
+    permutations of the training blocks), this process's share of them, forward KL to the teacher's targets."""
+
+    def __init__(self, cfg: TuneConfig, model, qws: dict, train, n_train: int, targets, autocast, device,
+                 group: ProcessGroup):
+        self.cfg, self.model, self.qws, self.train, self.n_train = cfg, model, qws, train, n_train
+        self.targets, self.autocast, self.device, self.group = targets, autocast, device, group
+        self.rng = np.random.default_rng(cfg.seed)
+        self.order: list[int] = []
+
+    def param_groups(self) -> list[dict]:
+        """Log scales at ``lr``, integer sub-scales/mins at ``sub_lr``, code latents at ``codes_lr``."""
+        qs = self.qws.values()
+        return [{"params": [p for q in qs for p in q.scale_parameters()], "lr": self.cfg.lr},
+                {"params": [p for q in qs for p in q.sub_parameters()], "lr": self.cfg.sub_lr_or_default},
+                {"params": [p for q in qs for p in q.code_parameters()], "lr": self.cfg.codes_lr}]
+
+    def backward(self, step: int):
+        import torch
+
+        from ..distill.losses import divergence
+        from .teacher import logprobs
+
+        b = self.cfg.batch_size
+        if len(self.order) < b:
+            self.order += list(self.rng.permutation(self.n_train))
+        rows, self.order = self.order[:b], self.order[b:]
+        mine = rows[self.group.rank::self.group.world]  # this process's share of the step's blocks
+        x = torch.as_tensor(self.train[np.asarray(mine)], device=self.device)
+        t = self.targets(mine, x)
+        with self.autocast():
+            s = logprobs(self.model, x)
+        # the step's mean over all its tokens: each process adds its share, the loop sums the gradients
+        loss = divergence(t.reshape(-1, t.shape[-1]), s.reshape(-1, s.shape[-1]), "fkl").sum() / \
+            (len(rows) * self.cfg.seq_len)
+        loss.backward()
+        return loss.detach()
+
+    def state(self) -> dict:
+        return {"fields": {n: dict(q.named_parameters()) for n, q in self.qws.items()}, "order": self.order,
+                "rng": self.rng.bit_generator.state}
+
+    def load_state(self, state: dict) -> None:
+        for name, qw in self.qws.items():
+            qw.load_state_dict(state["fields"][name], strict=False)
+        self.order, self.rng.bit_generator.state = list(state["order"]), state["rng"]
+
+    def after_update(self) -> None:
+        for q in self.qws.values():
+            q.clamp_()
+
+
+def tune(cfg: TuneConfig, progress: Progress = NULL_PROGRESS) -> TuneResult:
+    """Tune ``cfg.gguf`` against ``cfg.teacher`` on ``cfg.data``; writes ``cfg.output`` (see :mod:`slimedge.tune`).
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) every process holds the model and the teacher and takes its share of
+    each step's calibration blocks (``batch_size`` blocks in all); gradients are summed, so every process makes
+    the same update; process 0 writes the output and checkpoints, and gets the result (the others get one
+    with ``output=""``). ``fsdp_teacher`` shards the float teacher's weights across the processes (FSDP2, one
+    unit per decoder layer, as ``distill --fsdp-teacher``), for teachers that do not fit one device.
+    """
+    import torch
+
+    from ..writer import check_output_path
+
+    check_output_path(Path(cfg.output), cfg.overwrite)
+    if cfg.steps < 0 or cfg.batch_size < 1 or cfg.seq_len < 2:
+        raise SlimedgeError("tune: --steps must be >= 0, --batch-size >= 1, --seq-len >= 2")
+    cuda = cfg.device.startswith("cuda")
+    if cuda and not torch.cuda.is_available():
+        raise SlimedgeError("--device cuda: no CUDA device is available to torch; use --device cpu")
+    group = ProcessGroup(cuda)
+    try:
+        if cfg.fsdp_teacher and cfg.warm_steps:
+            raise SlimedgeError("--warm-steps needs the teacher's whole weights: leave out --fsdp-teacher or "
+                                "--warm-steps")
+        if cfg.batch_size < group.world:
+            raise SlimedgeError(f"--batch-size {cfg.batch_size} is smaller than the {group.world} processes: each "
+                                "process needs at least one block per step; raise --batch-size")
+        return _tune(cfg, group, progress if group.rank == 0 else NULL_PROGRESS)
+    finally:
+        group.close()
+
+
+@dataclass
+class _Quantized:
+    """The GGUF as a torch model, with what reading it against the teacher found."""
+    info: object          # slimedge.gguf_info.GGUFInfo
+    mm: np.ndarray        # the file, memory-mapped
+    model: object         # the transformers model with QuantLinear/QuantEmbedding layers
+    qws: dict             # GGUF name -> QuantWeight
+    entries: list         # model.TensorEntry per GGUF tensor
+    own_config: bool      # the GGUF is the teacher's shape (not a student's): it has a float reference
+    teacher_cfg: object
+    tokenizer: object
+
+
+def _load_quantized(cfg: TuneConfig, device) -> _Quantized:
+    """Read the GGUF against the teacher's config and tokenizer; its torch model on ``device`` in train mode."""
+    from ..distill.runtime import load_teacher_meta
+    from ..gguf_info import read_info
+    from .model import build_model, check_vocab, tensor_entries
+
+    info = read_info(cfg.gguf)
+    teacher_cfg, tokenizer = load_teacher_meta(cfg.teacher)
+    check_vocab(info, tokenizer, teacher_cfg, cfg.gguf, cfg.teacher)
+    entries, scfg = tensor_entries(info, teacher_cfg, cfg.teacher, cfg.gguf)
+    mm = np.memmap(cfg.gguf, dtype=np.uint8, mode="r")
+    model, qws = build_model(cfg, info, entries, scfg, mm)
+    low = sum(q.rows * q.cols for q in qws.values()) * 4 > cfg.float_mb << 20
+    for q in qws.values():
+        q.low_memory = low
+    model.to(device).train()
+    return _Quantized(info, mm, model, qws, entries, scfg is teacher_cfg, teacher_cfg, tokenizer)
+
+
+def _warm(cfg: TuneConfig, qm: _Quantized, teacher, train, n_train: int, device, group, progress) -> None:
+    """The layer-wise warm start (:mod:`.warm`) at 10x the step learning rates."""
+    from .warm import input_grams, warm_start
+
+    names = {e.hf.rsplit(".", 1)[0] for e in qm.entries if e.name in qm.qws}
+    grams = input_grams(teacher, names, train[:min(n_train, cfg.warm_blocks)], cfg.batch_size, device, group)
+    left = warm_start(qm.qws, qm.entries, teacher, grams, cfg.warm_steps, 10 * cfg.lr, 10 * cfg.sub_lr_or_default,
+                      progress)
+    log.info("warm start: output error of %d matrices down to %.3f of the start on average", len(left),
+             float(np.mean(list(left.values()))) if left else 1.0)
+
+
+def _tune(cfg: TuneConfig, group: ProcessGroup, progress: Progress) -> TuneResult:
+    """The run, step by step (module docstring); every process runs it, process 0 writes."""
+    import contextlib
+
+    import torch
+
+    from ..distill.runtime import data_blocks, load_teacher, pick_device
+    from .teacher import TeacherLogprobs, mean_kl, teacher_cache
+
+    t0 = time.monotonic()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    dev = pick_device(cfg, group, cfg.device.startswith("cuda"))  # as distill: cuda:LOCAL_RANK, bf16 where asked
+    device = dev.device
+    qm = _load_quantized(cfg, device)
+    blocks = data_blocks(cfg.data, qm.tokenizer, cfg.seq_len, group, progress, field=cfg.data_field)
+    train = blocks.train  # a memory-mapped view: rows are read when a step takes them
+    n_train = min(len(train), cfg.max_blocks) if cfg.max_blocks else len(train)
+    held = np.asarray(blocks.eval[:cfg.eval_blocks])
+    sharded = cfg.fsdp_teacher and group.world > 1
+    if cfg.fsdp_teacher and not sharded:
+        log.info("--fsdp-teacher: one process, so the teacher stays whole (run under torchrun to shard it)")
+    teacher = load_teacher(cfg.teacher, torch.float32, device, sharded)[0]  # fp32: the targets as the file's KL
+    tlp = TeacherLogprobs(teacher, qm.teacher_cfg, sharded, torch.as_tensor(np.asarray(train[:1]), device=device))
+    cache = teacher_cache(tlp, train, n_train, seq_len=cfg.seq_len, vocab=qm.teacher_cfg.vocab_size,
+                          batch=cfg.batch_size, cache_mb=cfg.cache_mb, device=device, group=group)
+    # training steps in bf16 autocast where asked (the fields, the written file and the reported KL stay fp32)
+    autocast = dev.autocast or contextlib.nullcontext
+
+    def targets(rows, x):
+        if cache is not None:
+            return cache[torch.as_tensor(rows, device=device)]
+        with torch.no_grad(), autocast():
+            return tlp(x).float()
+
+    kl_before = mean_kl(qm.model, tlp, held, cfg.batch_size, device, group)
+    if cfg.warm_steps and not cfg.resume and qm.own_config:  # a student has no float reference to warm-start on
+        _warm(cfg, qm, teacher, train, n_train, device, group, progress)
+    res = _train(cfg, qm, TuneSteps(cfg, qm.model, qm.qws, train, n_train, targets, autocast, device, group),
+                 group, device, progress)
+    qm.model.eval()
+    kl_after = mean_kl(qm.model, tlp, held, cfg.batch_size, device, group)
+    log.info("tune: held-out KL %.5f -> %.5f (%d steps)", kl_before, kl_after, cfg.steps)
+    _finish(cfg, qm, group)
+    counts: dict[str, int] = {}
+    for q in qm.qws.values():
+        counts[q.qtype.name] = counts.get(q.qtype.name, 0) + 1
+    last = res.losses[-1] if res.losses else float("nan")
+    return TuneResult(cfg.output if group.rank == 0 else "", kl_before, kl_after, res.first_loss, last,
+                      round(time.monotonic() - t0, 2), counts, len(qm.info.tensors) - len(qm.qws), round(res.wall_s, 2))
+
+
+def _train(cfg: TuneConfig, qm: _Quantized, work: TuneSteps, group, device, progress):
+    """The KL steps on the shared loop: Adam, cosine to 0 without warmup, checkpoints next to the output."""
+    from ..distill.loop import LoopSettings, TrainLoop, lr_lambda
+
+    settings = LoopSettings(total=cfg.steps, checkpoint=checkpoint_path(cfg), schedule=lr_lambda(cfg.steps, 0, 0.0),
+                            checkpoint_every=cfg.checkpoint_every, resume=cfg.resume, key=_settings(cfg),
+                            tokens_per_step=cfg.batch_size * cfg.seq_len, desc="tune", metric="kl")
+    return TrainLoop(settings, work, group, device=device, progress=progress).run()
+
+
+def _finish(cfg: TuneConfig, qm: _Quantized, group) -> None:
+    """Process 0 writes the tuned GGUF and removes the checkpoint; the others wait for it."""
+    from .model import write_tuned
+
+    if group.rank == 0:
+        write_tuned(cfg.gguf, cfg.output, qm.info, qm.qws, qm.mm, overwrite=cfg.overwrite, codes=cfg.learn_codes)
+        ckpt = checkpoint_path(cfg)
+        if os.path.isfile(ckpt):
+            os.remove(ckpt)
+    group.barrier()

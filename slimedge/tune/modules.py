@@ -1,0 +1,186 @@
+"""The torch modules of a quantized GGUF's tensors: fixed integer codes, learnable block fields.
+
+* :class:`QuantWeight` — one quantized matrix in HF row order: the codes as int8 (or, with ``learn_codes``, a float
+  latent per weight rounded to the type's range with a straight-through estimator), learnable ``log(d/d0)`` and
+  ``log(dmin/dmin0)`` (rounded to fp16 in the forward pass, straight-through, so the forward weights are exactly
+  what the file will hold) and continuous sub-scales/mins rounded and clamped to their integer range. Its weight
+  equals ``slimedge.quant.dequantize`` bit for bit for the file's fields; :meth:`QuantWeight.fields` gives the
+  learned fields back in GGUF block order for :func:`slimedge.quant.blockfields.pack`.
+* :class:`QuantLinear` / :class:`QuantEmbedding` — a Linear / Embedding whose weight is a QuantWeight. With
+  ``low_memory`` the linear keeps only its input for backward and rebuilds the matrix there
+  (:class:`LowMemoryLinear`; the embedding runs under activation checkpointing), so a float matrix exists only
+  while it multiplies.
+
+This module imports torch; :mod:`slimedge.tune.model` imports it when a model is built.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from ..quant.blockfields import code_bits
+
+
+def ste_f16(x):
+    """``x`` rounded to fp16 in the forward pass, the identity for its gradient."""
+    return x + (x.clamp(-65504.0, 65504.0).to(torch.float16).to(torch.float32) - x).detach()
+
+
+def ste_int(x, lo, hi):
+    """``x`` rounded to an integer in ``[lo, hi]`` in the forward pass, the identity for its gradient."""
+    return x + (torch.round(x).clamp(lo, hi) - x).detach()
+
+
+class QuantWeight(nn.Module):
+    """A quantized matrix in HF row order: fixed codes, learnable block parameters (module docstring)."""
+
+    def __init__(self, fields, rows: int, cols: int, hf_from_gguf: np.ndarray | None, learn_codes: bool = False):
+        super().__init__()
+        s = fields.spec
+        self.qtype, self.spec, self.rows, self.cols = fields.qtype, s, rows, cols
+        self.low_memory = True  # checkpointed: the float matrix exists only while it multiplies
+        bpr = cols // (fields.codes.shape[1] * fields.codes.shape[2])          # blocks per row
+        order = None
+        if hf_from_gguf is not None:  # block index (HF order) -> block index (GGUF order)
+            order = (hf_from_gguf[:, None] * bpr + np.arange(bpr)[None, :]).reshape(-1)
+        self.register_buffer("order", None if order is None else torch.from_numpy(order))
+
+        def take(a):
+            return None if a is None else torch.from_numpy(np.ascontiguousarray(a if order is None else a[order]))
+
+        self.register_buffer("codes", take(fields.codes).to(torch.int8))
+        self.register_buffer("d0", take(fields.d).float())
+        self.log_d = nn.Parameter(torch.zeros_like(self.d0))
+        self.register_buffer("dmin0", take(fields.dmin))
+        self.log_dmin = nn.Parameter(torch.zeros_like(self.dmin0)) if s.has_min else None
+        self.sc = nn.Parameter(take(fields.sc).float()) if s.has_sub else None
+        self.mn = nn.Parameter(take(fields.mn).float()) if s.has_sub_min else None
+        # learn_codes: a float latent per weight, rounded to the type's code range (straight-through)
+        self.lat = nn.Parameter(self.codes.float()) if learn_codes else None
+        cb = code_bits(fields.qtype) if learn_codes else None
+        self.code_range = (cb.lo, cb.hi) if cb else None
+
+    def block_params(self):
+        """(d, dmin, sc, mn) as the forward pass uses them (fp16-rounded, integer-rounded)."""
+        s = self.spec
+        d = ste_f16(self.d0 * torch.exp(self.log_d))
+        dmin = ste_f16(self.dmin0 * torch.exp(self.log_dmin)) if s.has_min else None
+        sc = ste_int(self.sc, *s.sc_range) if s.has_sub else None
+        mn = ste_int(self.mn, *s.mn_range) if s.has_sub_min else None
+        return d, dmin, sc, mn
+
+    def forward(self):
+        d, dmin, sc, mn = self.block_params()
+        scale = d[:, None] * sc if sc is not None else d[:, None]
+        codes = ste_int(self.lat, *self.code_range) if self.lat is not None else self.codes
+        # int8 codes times float scales: promoted exactly in the one pass that multiplies (a separate
+        # .float() copy and out-of-place add cost two more full-size allocations: 2.5x the time here)
+        dev = self.codes.device.type
+        low = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None  # built in bf16 there
+        w = torch.mul(codes, (scale if low is None else scale.to(low))[:, :, None])
+        if dmin is not None:
+            off = (float(self.spec.min_sign) * (dmin[:, None] * mn if mn is not None else dmin[:, None]))
+            w = w.add_((off if low is None else off.to(low))[:, :, None])  # mul's backward keeps its inputs
+        return w.reshape(self.rows, self.cols)
+
+    def sub_parameters(self):
+        return [p for p in (self.sc, self.mn) if p is not None]
+
+    def code_parameters(self):
+        return [self.lat] if self.lat is not None else []
+
+    def scale_parameters(self):
+        return [p for p in (self.log_d, self.log_dmin) if p is not None]
+
+    @torch.no_grad()
+    def clamp_(self):
+        s = self.spec
+        if self.sc is not None:
+            self.sc.clamp_(s.sc_range[0] - 0.49, s.sc_range[1] + 0.49)
+        if self.mn is not None:
+            self.mn.clamp_(s.mn_range[0] - 0.49, s.mn_range[1] + 0.49)
+        if self.lat is not None:
+            self.lat.clamp_(self.code_range[0] - 0.49, self.code_range[1] + 0.49)
+
+    @torch.no_grad()
+    def fields(self, like):
+        """The learned fields in GGUF block order (a :class:`BlockFields` shaped like ``like``)."""
+        from ..quant.blockfields import BlockFields
+
+        def back(t, dtype):
+            if t is None:
+                return None
+            a = t.detach().cpu().numpy()
+            if self.order is not None:
+                out = np.empty_like(a)
+                out[self.order.cpu().numpy()] = a
+                a = out
+            return a.astype(dtype)
+
+        d, dmin, sc, mn = self.block_params()
+        codes = like.codes
+        if self.lat is not None:
+            codes = back(torch.round(self.lat).clamp(*self.code_range), np.int16).reshape(like.codes.shape)
+        return BlockFields(like.qtype, codes, back(d, np.float32), back(dmin, np.float32),
+                           back(sc, np.int16), back(mn, np.int16))
+
+
+class LowMemoryLinear(torch.autograd.Function):
+    """``x @ W^T + b`` keeping only ``x``: backward rebuilds ``W`` from its block fields (with grad), takes
+    ``grad_x = g W`` and ``grad_W = g^T x``, sends ``grad_W`` into the fields and drops ``W`` again — one
+    float matrix at a time, and no second forward matmul (as activation checkpointing would run)."""
+
+    @staticmethod
+    def forward(ctx, x, bias, qw, *fields):
+        with torch.no_grad():
+            w = qw()
+        dev = x.device.type
+        ctx.autocast = (dev, torch.get_autocast_dtype(dev)) if torch.is_autocast_enabled(dev) else None
+        ctx.qw, ctx.bias_dtype = qw, (bias.dtype if bias is not None else None)
+        ctx.save_for_backward(x)
+        return F.linear(x, w, bias)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        amp = torch.autocast(*ctx.autocast) if ctx.autocast else contextlib.nullcontext()
+        with torch.enable_grad(), amp:  # the matrix forward multiplied (bf16 under autocast)
+            w = ctx.qw()
+        g2 = g.reshape(-1, g.shape[-1])  # under autocast: the matmuls in g's (bf16) dtype, as forward ran
+        grad_x = (g2 @ w.detach().to(g.dtype)).reshape(x.shape).to(x.dtype) if ctx.needs_input_grad[0] else None
+        grad_w = g2.t() @ x.reshape(-1, x.shape[-1]).to(g.dtype)
+        torch.autograd.backward(w, grad_w.to(w.dtype))  # into the fields' .grad
+        grad_b = g2.sum(0).to(ctx.bias_dtype) if ctx.needs_input_grad[1] else None
+        return (grad_x, grad_b, None) + (None,) * (len(ctx.needs_input_grad) - 3)
+
+
+class QuantLinear(nn.Module):
+    def __init__(self, qw: QuantWeight, bias):
+        super().__init__()
+        self.qw, self.bias = qw, bias
+
+    def forward(self, x):
+        if self.qw.low_memory and torch.is_grad_enabled():  # one float matrix at a time: rebuilt in backward
+            fields = [p for p in self.qw.parameters() if p.requires_grad]
+            return LowMemoryLinear.apply(x, self.bias, self.qw, *fields)
+        return F.linear(x, self.qw(), self.bias)
+
+
+class QuantEmbedding(nn.Module):
+    def __init__(self, qw: QuantWeight, padding_idx=None):
+        super().__init__()
+        self.qw, self.padding_idx = qw, padding_idx
+
+    def _f(self, ids):
+        return F.embedding(ids, self.qw(), self.padding_idx)
+
+    def forward(self, ids):
+        if self.qw.low_memory and torch.is_grad_enabled():
+            return checkpoint(self._f, ids, use_reentrant=False)
+        return self._f(ids)

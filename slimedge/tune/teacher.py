@@ -1,0 +1,100 @@
+"""The teacher's side of tuning: its log-probabilities, their cache, and the mean KL of the quantized model.
+
+* :class:`TeacherLogprobs` — the teacher's log-probabilities ``[B, L, V]`` (its head transform applied), whole or
+  FSDP-sharded (:func:`slimedge.distill.fsdp.teacher_forward`); a sharded teacher's every forward is a collective,
+  so a process with no block of its own joins it on a padding block (:meth:`TeacherLogprobs.join`).
+* :func:`teacher_cache` — those of every training block, computed once when they fit ``cache_mb``: batch ``c``
+  on process ``c % world``, then broadcast, so every process holds the same cache.
+* :func:`mean_kl` — mean per-token KL(teacher || model) over held-out blocks, split over the processes and summed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def logprobs(model, x):
+    """The model's log-probabilities of the ids ``x``, in fp32."""
+    import torch
+
+    return torch.log_softmax(model(input_ids=x).logits.float(), -1)
+
+
+def process_chunks(n: int, group, sharded: bool):
+    """The chunks ``c`` (``c % world == rank``) of ``n`` this process runs; with a sharded teacher, ``None`` pads
+    the list so that every process runs the same number of teacher forwards (each one is a collective)."""
+    for r in range(-(-n // group.world)):
+        c = r * group.world + group.rank
+        if c < n:
+            yield c
+        elif sharded:
+            yield None
+
+
+class TeacherLogprobs:
+    """The teacher's log-probabilities ``[B, L, V]`` (its head transform applied), whole or FSDP-sharded."""
+
+    def __init__(self, model, config, sharded: bool, pad_block):
+        from ..distill.losses import HeadTransform
+
+        self.model, self.head, self.sharded, self.pad = model, HeadTransform.from_config(config), sharded, pad_block
+
+    def __call__(self, x):
+        import torch
+
+        from ..distill.fsdp import teacher_forward
+        from ..distill.losses import head_logits
+
+        h, _, w = teacher_forward(self.model, x)
+        return torch.log_softmax(head_logits(h, w, self.head), -1)
+
+    def join(self) -> None:
+        """A forward whose result is dropped: this process's part in a collective it has no block for."""
+        self(self.pad)
+
+
+def mean_kl(model, teacher: TeacherLogprobs, blocks, batch: int, device, group) -> float:
+    """Mean per-token KL(teacher || model) over ``blocks``: batch ``c`` on process ``c % world``, summed."""
+    import torch
+
+    from ..distill.losses import divergence
+
+    acc = torch.zeros(2, dtype=torch.float64, device=device)
+    starts = range(0, len(blocks), batch)
+    with torch.no_grad():
+        for c in process_chunks(len(starts), group, teacher.sharded):
+            if c is None:
+                teacher.join()
+                continue
+            i = starts[c]
+            x = torch.as_tensor(np.asarray(blocks[i:i + batch]), device=device)
+            t = teacher(x)
+            s = logprobs(model, x)
+            kl = divergence(t.reshape(-1, t.shape[-1]), s.reshape(-1, s.shape[-1]), "fkl")
+            acc[0] += kl.double().sum()
+            acc[1] += kl.numel()
+    tot, n = group.all_reduce_(acc).tolist()
+    return tot / max(n, 1)
+
+
+def teacher_cache(teacher: TeacherLogprobs, train, n_train: int, *, seq_len: int, vocab: int, batch: int,
+                  cache_mb: int, device, group):
+    """The teacher's log-probs of every training block ``[n_train, seq_len, vocab]`` when they fit ``cache_mb``,
+    else None. Batch ``c`` (always the same blocks, as one process would run them) on process ``c % world``, then
+    broadcast, so every process holds the same cache."""
+    import torch
+
+    if n_train * seq_len * vocab * 4 > cache_mb << 20:
+        return None
+    cache = torch.empty((n_train, seq_len, vocab), dtype=torch.float32, device=device)
+    spans = [(i, min(i + batch, n_train)) for i in range(0, n_train, batch)]
+    with torch.no_grad():
+        for c in process_chunks(len(spans), group, teacher.sharded):
+            if c is None:
+                teacher.join()
+                continue
+            i, j = spans[c]
+            cache[i:j] = teacher(torch.as_tensor(train[i:j], device=device))
+    for c, (i, j) in enumerate(spans):
+        group.broadcast_(cache[i:j], src=c % group.world)
+    return cache
