@@ -36,7 +36,8 @@ from .arch.base import KV, OutTensor
 from .errors import SlimedgeError
 from .progress import NULL_PROGRESS, Progress
 from .quant.mixes import ModelInfo, QuantSpec, TensorSpec, choose_types, file_type
-from .writer import GGUFStreamWriter, check_output_path, tensor_nbytes
+from .quant.types import tensor_nbytes
+from .writer import GGUFStreamWriter, check_output_path
 
 log = logging.getLogger(__name__)
 STR, U32 = GGUFValueType.STRING, GGUFValueType.UINT32

@@ -6,8 +6,8 @@ magic and version, every header item inside the file, row lengths that fit the t
 offsets aligned and contiguous, and every tensor's data inside the file. Anything wrong (empty, truncated, corrupt, not
 GGUF, a directory) becomes one :class:`SlimedgeError` line naming the file.
 
-``tensor_stats(path)`` dequantizes each tensor (``slimedge.quant.dequantize``, row slabs so memory
-stays bounded) and returns min/max/mean/std/rms and the count of non-finite values.
+Block and byte sizes are :mod:`slimedge.quant.types`' (which also knows the types llama.cpp has and
+the gguf package does not yet). Value statistics of the tensors are :mod:`slimedge.gguf_stats`'.
 
 Example::
 
@@ -26,9 +26,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType, LlamaFileType
+from gguf import GGMLQuantizationType, GGUFValueType, LlamaFileType
 
 from .errors import SlimedgeError
+from .quant.types import block_size, tensor_nbytes
 
 
 
@@ -254,14 +255,14 @@ def _parse(p: str, buf, size: int) -> GGUFInfo:
         seen.add(name)
         try:
             qt = GGMLQuantizationType(type_id)
-            block, type_size = GGML_QUANT_SIZES[qt]
+            block = block_size(qt)
         except (ValueError, KeyError):
             raise _Corrupt(f"tensor {name!r} has unknown type id {type_id}") from None
         if any(x < 0 for x in ne) or ne[0] % block:
             raise _Corrupt(f"tensor {name!r} has shape {ne} (GGUF order); its row length does not fit "
                            f"{qt.name} blocks of {block}")
         n_elem = int(np.prod(ne, dtype=object))
-        n_bytes = n_elem // block * type_size
+        n_bytes = tensor_nbytes(tuple(reversed(ne)), qt)
         if offset != expected:
             raise _Corrupt(f"tensor {name!r} has data offset {offset}, expected {expected}")
         expected += -(-n_bytes // alignment) * alignment
@@ -272,7 +273,8 @@ def _parse(p: str, buf, size: int) -> GGUFInfo:
     return GGUFInfo(p, size, version, alignment, data_offset, metadata, types, tensors, h.end)
 
 
-def _short(exc: Exception) -> str:
+def one_line(exc: Exception) -> str:
+    """An exception's message on one line, cut at 160 characters (for a user-facing error line)."""
     s = " ".join(str(exc).split())
     return (s[:160] + "...") if len(s) > 160 else s or type(exc).__name__
 
@@ -298,7 +300,7 @@ def read_info(path: str | os.PathLike) -> GGUFInfo:
                     if exc.truncated:
                         raise SlimedgeError(f"{p}: truncated GGUF file: {exc}; the file is incomplete, "
                                             f"re-create or re-download it") from None
-                    raise SlimedgeError(f"{p}: corrupt or unsupported GGUF file: {_short(exc)}; "
+                    raise SlimedgeError(f"{p}: corrupt or unsupported GGUF file: {one_line(exc)}; "
                                         f"re-create or re-download it") from None
     except FileNotFoundError:
         raise SlimedgeError(f"{p}: no such file") from None
@@ -306,74 +308,3 @@ def read_info(path: str | os.PathLike) -> GGUFInfo:
         raise SlimedgeError(f"{p}: is a directory, not a GGUF file") from None
     except OSError as exc:
         raise SlimedgeError(f"{p}: cannot read ({exc.strerror or exc})") from None
-
-
-# ---- statistics --------------------------------------------------------------------------------
-
-@dataclass
-class TensorStats:
-    min: float
-    max: float
-    mean: float
-    std: float
-    rms: float
-    n_nonfinite: int  # NaN and ±Inf values (left out of the other numbers)
-
-
-_INT_TYPES = {"I8": np.int8, "I16": np.int16, "I32": np.int32, "I64": np.int64, "F64": np.float64}
-
-
-def _rows_as_float(raw: np.ndarray, t: GGUFTensorInfo) -> np.ndarray:
-    """uint8[n_rows, row_bytes] -> float[n_rows, ne0] for one slab of a tensor."""
-    if t.type in _INT_TYPES:
-        return raw.view(_INT_TYPES[t.type]).astype(np.float64)
-    from .quant import dequantize
-
-    return dequantize(raw, t.type, t.shape[-1])
-
-
-def tensor_stats(path: str | os.PathLike, info: GGUFInfo | None = None, names: list[str] | None = None,
-                 slab_elements: int = 1 << 22) -> dict[str, TensorStats | str]:
-    """Value statistics per tensor (dequantized); a string says why a tensor has none."""
-    info = info or read_info(path)
-    chosen = [t for t in info.tensors if names is None or t.name in names]
-    if info.byte_order != "<":
-        return {t.name: "no statistics: big-endian file" for t in chosen}
-    data = np.memmap(info.path, mode="r", dtype=np.uint8)
-    out: dict[str, TensorStats | str] = {}
-    for t in chosen:
-        ne0 = t.shape[-1] if t.shape else 1
-        n_rows = t.n_elements // ne0 if ne0 else 0
-        if n_rows == 0 or t.n_bytes == 0:
-            out[t.name] = "empty tensor"
-            continue
-        row_bytes = t.n_bytes // n_rows
-        rows = data[t.offset:t.offset + t.n_bytes].reshape(n_rows, row_bytes)
-        step = max(1, slab_elements // max(ne0, 1))
-        n, mean, m2, sq = 0, 0.0, 0.0, 0.0  # count, running mean, sum of squared deviations, sum of squares
-        lo, hi = np.inf, -np.inf
-        bad = 0
-        try:
-            for r0 in range(0, n_rows, step):
-                x = np.asarray(_rows_as_float(np.ascontiguousarray(rows[r0:r0 + step]), t), dtype=np.float64)
-                fin = np.isfinite(x)
-                bad += int(x.size - fin.sum())
-                x = x[fin]
-                if x.size:  # merge this slab's moments into the running ones (Chan et al.)
-                    nb, mb = x.size, float(x.mean())
-                    m2b = float(np.square(x - mb).sum())
-                    delta, tot = mb - mean, n + nb
-                    mean += delta * nb / tot
-                    m2 += m2b + delta * delta * n * nb / tot
-                    n = tot
-                    sq += float(np.dot(x, x))
-                    lo, hi = min(lo, float(x.min())), max(hi, float(x.max()))
-        except (NotImplementedError, SlimedgeError) as exc:
-            out[t.name] = f"no statistics: {_short(exc)}"
-            continue
-        if n == 0:
-            out[t.name] = f"no finite values ({bad} NaN/Inf)"
-            continue
-        out[t.name] = TensorStats(lo, hi, mean, (m2 / n) ** 0.5, (sq / n) ** 0.5, bad)
-    del data
-    return out

@@ -34,16 +34,16 @@ import logging
 import os
 import struct
 from collections.abc import Sequence
-from math import prod
 from pathlib import Path
 from string import ascii_letters, digits
 from typing import Any, BinaryIO
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC, GGMLQuantizationType, GGUFValueType, Keys
+from gguf import GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC, GGMLQuantizationType, GGUFValueType, Keys
 
 from .errors import SlimedgeError
 from .publish import Publication
+from .quant.types import tensor_nbytes
 
 log = logging.getLogger(__name__)
 
@@ -119,14 +119,6 @@ def pack_value(val: Any, vtype: GGUFValueType, sub_type: GGUFValueType | None = 
     if vtype == V.ARRAY:
         return _array(val, sub_type)
     raise ValueError(f"cannot write a GGUF value of type {vtype!r}")
-
-
-def tensor_nbytes(shape: tuple[int, ...], qtype: GGMLQuantizationType) -> int:
-    """Bytes of a tensor of ``shape`` (NumPy order; last dim = row length) stored as ``qtype``."""
-    block, size = GGML_QUANT_SIZES[qtype]
-    if shape[-1] % block:
-        raise SlimedgeError(f"row length {shape[-1]} is not a multiple of the {qtype.name} block size {block}")
-    return prod(shape[:-1]) * (shape[-1] // block) * size
 
 
 def check_output_path(out: Path, overwrite: bool) -> Path:

@@ -21,54 +21,11 @@ from __future__ import annotations
 
 import json
 import os
-import platform
-import resource
 import sys
 import time
 from pathlib import Path
 
-
-def peak_rss_bytes() -> int:
-    """Peak resident set size of this process.
-
-    Linux: ``VmHWM`` from /proc/self/status — the high-water mark of this process image. (``ru_maxrss``
-    is not used there: the kernel carries the parent's high-water mark across fork+exec, so a child
-    of a big process would report the parent's size.) Elsewhere ``ru_maxrss`` (macOS: bytes).
-    """
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(r if sys.platform == "darwin" else r * 1024)
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, val = line.partition(":")
-            if key.strip() in ("model name", "Model", "Hardware", "cpu model"):
-                return val.strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine_info() -> dict:
-    import llama_cpp
-
-    sysinfo = llama_cpp.llama_print_system_info().decode(errors="replace").strip()
-    gpu = bool(llama_cpp.llama_supports_gpu_offload())
-    return {
-        "cpu_info": cpu_model(),
-        "n_cores": os.cpu_count() or 1,
-        "platform": f"{platform.system()} {platform.machine()}",
-        "build_commit": f"llama-cpp-python {llama_cpp.__version__}",
-        "backends": "GPU" if gpu else "CPU",
-        "system_info": sysinfo,
-    }
+from .machine import machine_info, peak_rss_bytes
 
 
 def _open(job: dict, **extra):

@@ -223,7 +223,7 @@ def fill_budget(src: Path, tgt: Target, calib: str | Path, imatrix, threads: int
     from ..convert import plan
     from ..quant.allocate import DEFAULT_CANDIDATES, allocate, quantizable
     from ..quant.mixes import resolve_ftype
-    from ..writer import tensor_nbytes
+    from ..quant.types import tensor_nbytes
 
     allowed = {resolve_ftype(c)[1].name for c in (tgt.quantization.auto or (tgt.quantization.type,))}
     types = tuple(t for t in DEFAULT_CANDIDATES if t in allowed) or DEFAULT_CANDIDATES

@@ -12,8 +12,13 @@ import json
 MiB = 1 << 20
 
 
-def _mb(b: float | None) -> str:
-    return "—" if b is None else f"{b / MiB:,.0f} MiB"
+def _mb(b: float | None, unit: str = " MiB") -> str:
+    return "—" if b is None else f"{b / MiB:,.0f}{unit}"
+
+
+def _ts(avg: float | None, sd: float | None) -> str:
+    """tokens/s as mean ± standard deviation."""
+    return "—" if avg is None else f"{avg:.1f} ± {sd or 0:.1f}"
 
 
 def _num(x, fmt: str) -> str:
@@ -25,13 +30,31 @@ def bench_table(records: list[dict]) -> str:
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     rows = []
     for r in records:
-        pp = "—" if r.get("pp_avg_ts") is None else f"{r['pp_avg_ts']:.1f} ± {r.get('pp_stddev_ts') or 0:.1f}"
-        tg = "—" if r.get("avg_ts") is None else f"{r['avg_ts']:.1f} ± {r.get('stddev_ts') or 0:.1f}"
+        pp, tg = _ts(r.get("pp_avg_ts"), r.get("pp_stddev_ts")), _ts(r.get("avg_ts"), r.get("stddev_ts"))
         top1 = "—" if r.get("top1_agreement") is None else f"{100 * r['top1_agreement']:.1f}%"
         rows.append(f"| {r.get('test_time', '?')} ({r.get('cpu_info', '?')}) | {r.get('n_threads', '?')} | "
                     f"{_num(r.get('load_s'), '.2f')} | {pp} | {tg} | {_mb(r.get('peak_rss_bytes'))} | "
                     f"{_num(r.get('perplexity'), '.3f')} | {_num(r.get('kld_mean'), '.4f')} | {top1} |")
     return head + "\n" + "\n".join(rows)
+
+
+def device_name(r: dict) -> str:
+    gpu = f", {r['gpu_info']}" if r.get("gpu_info") else ""
+    return f"{r.get('hostname') or '?'} ({r.get('cpu_info') or '?'}{gpu}; {r.get('backends') or '?'})"
+
+
+def device_table(rs: list[dict]) -> str:
+    """Markdown: what each device measured (rows of :func:`slimedge.bundle.report.rows`) beside the estimate."""
+    head = ("| device | when | flash attn | load s | pp t/s | tg t/s | peak RSS MiB | estimate MiB | RSS / est. "
+            "| GPU MiB | est. VRAM MiB |\n|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    lines = [head]
+    for r in rs:
+        mib = [_mb(r.get(k) or None, "") for k in ("peak_rss_bytes", "est_ram_bytes", "gpu_mem_bytes", "est_vram_bytes")]
+        lines.append(f"| {device_name(r)} | {r.get('test_time') or '?'} | {r.get('flash_attn') or '?'} | "
+                     f"{_num(r.get('load_s'), '.2f')} | {_ts(r.get('pp_avg_ts'), r.get('pp_stddev_ts'))} | "
+                     f"{_ts(r.get('avg_ts'), r.get('stddev_ts'))} | {mib[0]} | {mib[1]} | "
+                     f"{_num(r['rss_vs_estimate'], '.2f')} | {mib[2]} | {mib[3]} |")
+    return "\n".join(lines)
 
 
 def _fa_name(fa: bool | None) -> str:
@@ -108,11 +131,9 @@ def render_card(m: dict) -> str:
                   "folder>`), or `slimedge bench <this folder>` (add `--text FILE --ref UNQUANTIZED` for quality); "
                   "the numbers are then recorded here."]
     if m.get("devices"):
-        from .report import table
-
         lines += ["", "### On the devices", "",
                   "Measured with `python run --bench --json` on each device (files in `bench/`), beside this "
-                  "bundle's memory estimate (`slimedge report` renders this table):", "", table(m["devices"])]
+                  "bundle's memory estimate (`slimedge report` renders this table):", "", device_table(m["devices"])]
     return "\n".join(lines) + "\n"
 
 

@@ -257,11 +257,7 @@ def bench(args, rt: dict, bs: dict) -> dict:
     def sd(x):
         return statistics.stdev(x) if len(x) > 1 else 0.0
 
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
-    try:  # Linux: this process image's own high-water mark (ru_maxrss may include the parent's)
-        rss = next(int(ln.split()[1]) * 1024 for ln in open("/proc/self/status") if ln.startswith("VmHWM:"))
-    except (OSError, StopIteration):
-        pass
+    rss = peak_rss_bytes()
     return {"n_prompt": n_prompt, "n_gen": n_gen, "n_ctx": n_ctx, "repeats": repeats, "n_threads": args.threads or os.cpu_count(),
             "n_gpu_layers": args.ngl, "flash_attn": flash_attn_name(rt), "load_s": statistics.fmean(loads), "load_s_stddev": sd(loads),
             "pp_avg_ts": statistics.fmean(pp), "pp_stddev_ts": sd(pp), "avg_ts": statistics.fmean(tg),
@@ -269,13 +265,29 @@ def bench(args, rt: dict, bs: dict) -> dict:
             "note": "peak RSS over all repeats in one process"}
 
 
+# ---- machine probes: a verbatim copy of slimedge/bench/machine.py's (tests/bundle/test_launcher_probes.py) ----
+
 def _cmd(*argv: str) -> str:
+    """A command's stripped standard output, "" when it is missing or fails."""
     import subprocess
 
     try:
         return subprocess.run(argv, capture_output=True, text=True, timeout=10, check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return ""
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process: Linux ``VmHWM`` (this process image's own high-water mark;
+    ``ru_maxrss`` carries the parent's across fork+exec), elsewhere ``ru_maxrss`` (macOS: bytes)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(r if sys.platform == "darwin" else r * 1024)
 
 
 def gpu_memory_used() -> int:
@@ -289,6 +301,7 @@ def gpu_memory_used() -> int:
 
 
 def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo, macOS sysctl, then the platform module)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, val = line.partition(":")
@@ -300,7 +313,7 @@ def cpu_model() -> str:
 
 
 def machine_info() -> dict:
-    """This device and llama.cpp build, with the field names of `slimedge bench` records."""
+    """This device and llama.cpp build, with the field names of bench records."""
     import llama_cpp
 
     gpu = bool(llama_cpp.llama_supports_gpu_offload())
@@ -311,6 +324,8 @@ def machine_info() -> dict:
             "gpu_info": gpu_info or None, "platform": f"{platform.system()} {platform.machine()}",
             "build_commit": f"llama-cpp-python {llama_cpp.__version__}", "backends": "GPU" if gpu else "CPU",
             "system_info": llama_cpp.llama_print_system_info().decode(errors="replace").strip()}
+
+# ---- end of the machine probes ----
 
 
 def save_bench(record: dict, man: dict) -> Path:

@@ -4,8 +4,9 @@ Where the numbers come from: ``bench/*.json`` in the bundle, written on the devi
 --json`` (one file per run, ``<hostname>-<date>.json``; see :mod:`slimedge.bundle.launcher`), and the
 records ``slimedge bench BUNDLE`` added to the manifest. Each becomes one row: device (host, CPU, GPU,
 backend), when, flash attention, load time, prompt/generation tokens/s ± sd, peak RSS against the
-estimated RAM (ratio), GPU memory against the estimated VRAM. :func:`update_card` stores the rows in the
-manifest (``devices``) and re-renders README.md (:func:`slimedge.bundle.card.render_card`). The
+estimated RAM (ratio), GPU memory against the estimated VRAM (the table is
+:func:`slimedge.bundle.card.device_table`). :func:`update_card` stores the rows in the manifest
+(``devices``) and re-renders README.md (:func:`slimedge.bundle.card.render_card`). The
 ``bench/`` folder itself is never checksummed: ``verify`` ignores what devices add there.
 """
 
@@ -20,7 +21,6 @@ from .manifest import read_manifest
 
 log = logging.getLogger(__name__)
 
-MiB = 1 << 20
 ROW_KEYS = ("source", "hostname", "cpu_info", "gpu_info", "backends", "build_commit", "test_time", "flash_attn",
             "n_threads", "n_gpu_layers", "load_s", "pp_avg_ts", "pp_stddev_ts", "avg_ts", "stddev_ts",
             "peak_rss_bytes", "gpu_mem_bytes")
@@ -54,34 +54,6 @@ def rows(bundle: str | Path, manifest: dict | None = None) -> list[dict]:
         row["rss_vs_estimate"] = rss / est["total_ram"] if rss and est["total_ram"] else None
         out.append(row)
     return out
-
-
-def _mb(b) -> str:
-    return "—" if not b else f"{b / MiB:,.0f}"
-
-
-def _ts(avg, sd) -> str:
-    return "—" if avg is None else f"{avg:.1f} ± {sd or 0:.1f}"
-
-
-def device_name(r: dict) -> str:
-    gpu = f", {r['gpu_info']}" if r.get("gpu_info") else ""
-    return f"{r.get('hostname') or '?'} ({r.get('cpu_info') or '?'}{gpu}; {r.get('backends') or '?'})"
-
-
-def table(rs: list[dict]) -> str:
-    """Markdown: measured memory and speed beside the estimate, one row per measurement."""
-    head = ("| device | when | flash attn | load s | pp t/s | tg t/s | peak RSS MiB | estimate MiB | RSS / est. "
-            "| GPU MiB | est. VRAM MiB |\n|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    lines = [head]
-    for r in rs:
-        ratio = "—" if r["rss_vs_estimate"] is None else f"{r['rss_vs_estimate']:.2f}"
-        load = "—" if r.get("load_s") is None else f"{r['load_s']:.2f}"
-        lines.append(f"| {device_name(r)} | {r.get('test_time') or '?'} | {r.get('flash_attn') or '?'} | {load} | "
-                     f"{_ts(r.get('pp_avg_ts'), r.get('pp_stddev_ts'))} | {_ts(r.get('avg_ts'), r.get('stddev_ts'))} | "
-                     f"{_mb(r.get('peak_rss_bytes'))} | {_mb(r['est_ram_bytes'])} | {ratio} | "
-                     f"{_mb(r.get('gpu_mem_bytes'))} | {_mb(r['est_vram_bytes'])} |")
-    return "\n".join(lines)
 
 
 def update_card(bundle: str | Path) -> list[dict]:

@@ -14,7 +14,8 @@ from typing import Any
 
 import click
 
-from ..gguf_info import GGUFInfo, TensorStats, read_info, tensor_stats
+from ..gguf_info import GGUFInfo, read_info
+from ..gguf_stats import TensorStats, tensor_stats
 
 _JSON_ARRAY_MAX = 64
 

@@ -26,7 +26,8 @@ def cli(bundle: Path, as_json: bool, no_card: bool) -> None:
     import json
 
     from ..bundle.manifest import read_manifest
-    from ..bundle.report import rows, table, update_card
+    from ..bundle.card import device_table
+    from ..bundle.report import rows, update_card
 
     if not bundle.is_dir():
         raise click.ClickException(f"{bundle}: not a bundle folder")
@@ -42,6 +43,6 @@ def cli(bundle: Path, as_json: bool, no_card: bool) -> None:
     if not rs:
         click.echo(f"no measurements yet: run `python {bundle / 'run'} --bench --json` on the device")
         return
-    click.echo(table(rs))
+    click.echo(device_table(rs))
     if not no_card:
         click.echo(f"card updated: {bundle / 'README.md'}")

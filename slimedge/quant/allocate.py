@@ -1,7 +1,7 @@
 """Quality-driven mixes: choose each tensor's GGML type to minimise output divergence under a size budget.
 
 Input: for every quantizable tensor a few candidate types, each with its size in bytes (from
-:mod:`slimedge.quant.types` through :func:`slimedge.writer.tensor_nbytes`) and a *cost* — the measured
+:func:`slimedge.quant.types.tensor_nbytes`) and a *cost* — the measured
 increase in the model's output KL divergence when that tensor alone is quantized to that type
 (:mod:`slimedge.calib.sensitivity` measures it; this module needs no torch). Output: one type per
 tensor whose total size is at most the budget (the tensors that are never quantized count too), and
@@ -211,7 +211,7 @@ def allocate(plan, costs: dict[str, dict[str, float]], budget: int, *, target: s
     cost is an error naming it (measure with the same candidate types)."""
     from gguf import GGMLQuantizationType as T
 
-    from ..writer import tensor_nbytes
+    from .types import tensor_nbytes
 
     qt = quantizable(plan)
     qnames = {t.name for t in qt}

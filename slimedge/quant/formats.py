@@ -1,6 +1,7 @@
 """The format registry: one class per GGML tensor type, block-level NumPy quantize/dequantize.
 
-Every format subclasses :class:`QuantFormat` with ``qtype=...``; that registers it. A subclass only
+Every format subclasses :class:`QuantFormat` with ``qtype=...``; that registers it, once: a second class
+for a type already registered is refused (a shared, abstract base takes no ``qtype``). A subclass only
 implements two vectorized block functions (no Python loop over blocks or rows):
 
 * ``quantize_blocks(x: float32[n_blocks, block_size], w: float32[n_blocks, block_size] | None)
@@ -8,7 +9,8 @@ implements two vectorized block functions (no Python loop over blocks or rows):
 * ``dequantize_blocks(q: uint8[n_blocks, type_size]) -> float32[n_blocks, block_size]``
 
 Block and byte sizes come from :mod:`slimedge.quant.types` (``gguf.GGML_QUANT_SIZES``). Row-level helpers
-(:func:`quantize_rows`, :func:`dequantize_rows`) split rows into blocks and check shapes.
+(:func:`quantize_rows`, :func:`dequantize_rows`) split rows into blocks, check the input shapes, and check
+that a format returned the shape and dtype above (a wrong one is a bug in the format: ``TypeError``).
 This module is the readable reference; ``slimedge.quant.backend`` may route to C kernels.
 """
 
@@ -32,8 +34,14 @@ class QuantFormat:
     block_size: ClassVar[int]  # weights per block
     type_size: ClassVar[int]  # bytes per block
 
-    def __init_subclass__(cls, qtype: GGMLQuantizationType, **kwargs):
+    def __init_subclass__(cls, qtype: GGMLQuantizationType | None = None, **kwargs):
         super().__init_subclass__(**kwargs)
+        if qtype is None:  # an abstract base shared by several formats: not registered
+            return
+        if qtype in REGISTRY:
+            have = REGISTRY[qtype]
+            raise TypeError(f"{qtype.name} is registered twice: by {have.__module__}.{have.__qualname__} and "
+                            f"by {cls.__module__}.{cls.__qualname__}")
         cls.qtype = qtype
         cls.block_size, cls.type_size = types.block_size(qtype), types.type_size(qtype)
         REGISTRY[qtype] = cls
@@ -48,11 +56,11 @@ class QuantFormat:
 
     @classmethod
     def bits_per_weight(cls) -> float:
-        return 8.0 * cls.type_size / cls.block_size
+        return 8.0 * types.bytes_per_element(cls.qtype)
 
     @classmethod
     def row_bytes(cls, n_per_row: int) -> int:
-        return n_per_row // cls.block_size * cls.type_size
+        return types.row_bytes(cls.qtype, n_per_row)
 
 
 def qtype_of(name: str | int | GGMLQuantizationType) -> GGMLQuantizationType:
@@ -98,13 +106,24 @@ def quantize_rows(x: np.ndarray, qtype, imatrix: np.ndarray | None = None, what:
         if imatrix.shape != (n_per_row,):
             raise SlimedgeError(f"{what}: importance vector has shape {imatrix.shape}, expected ({n_per_row},)")
         if hasattr(fmt, "quantize_weighted_rows"):  # needs whole-row statistics (legacy formats)
-            q = fmt.quantize_weighted_rows(x.reshape(-1, n_per_row), imatrix)
+            rows = x.reshape(-1, n_per_row)
+            q = _returned(fmt, "quantize_weighted_rows", fmt.quantize_weighted_rows(rows, imatrix),
+                          (rows.shape[0], fmt.row_bytes(n_per_row)), np.uint8)
             return q.reshape(*x.shape[:-1], fmt.row_bytes(n_per_row))
         w = np.broadcast_to(imatrix.reshape(1, -1, fmt.block_size),
                             (blocks.size // n_per_row, n_per_row // fmt.block_size, fmt.block_size)
                             ).reshape(-1, fmt.block_size)
-    q = fmt.quantize_blocks(blocks, w)
+    q = _returned(fmt, "quantize_blocks", fmt.quantize_blocks(blocks, w), (blocks.shape[0], fmt.type_size), np.uint8)
     return q.reshape(*x.shape[:-1], fmt.row_bytes(n_per_row))
+
+
+def _returned(fmt: type[QuantFormat], what: str, out, shape: tuple[int, ...], dtype) -> np.ndarray:
+    """``out`` when it is an array of ``shape`` and ``dtype``; else the format is wrong (``TypeError``)."""
+    if not isinstance(out, np.ndarray) or out.shape != shape or out.dtype != dtype:
+        got = f"{out.dtype}{list(out.shape)}" if isinstance(out, np.ndarray) else type(out).__name__
+        raise TypeError(f"{fmt.__module__}.{fmt.__qualname__}.{what} returned {got}, expected "
+                        f"{np.dtype(dtype)}{list(shape)}")
+    return out
 
 
 def quantized_rows(q: np.ndarray, fmt: type[QuantFormat], n_per_row: int | None = None) -> tuple[np.ndarray, int]:
@@ -114,7 +133,7 @@ def quantized_rows(q: np.ndarray, fmt: type[QuantFormat], n_per_row: int | None 
     if row_bytes % fmt.type_size:
         raise SlimedgeError(f"{fmt.qtype.name}: {row_bytes} bytes per row is not a multiple of the block size "
                             f"{fmt.type_size} bytes")
-    n = row_bytes // fmt.type_size * fmt.block_size
+    n = types.row_length(fmt.qtype, row_bytes)
     if n_per_row is not None and n != n_per_row:
         raise SlimedgeError(f"{fmt.qtype.name}: expected {n_per_row} values per row, data holds {n}")
     return q, n
@@ -124,7 +143,9 @@ def dequantize_rows(q: np.ndarray, qtype, n_per_row: int | None = None) -> np.nd
     """NumPy reference: ``uint8[..., row_bytes]`` -> ``float32[..., n_per_row]``."""
     fmt = get_format(qtype)
     q, n = quantized_rows(q, fmt, n_per_row)
-    x = fmt.dequantize_blocks(q.reshape(-1, fmt.type_size))
+    blocks = q.reshape(-1, fmt.type_size)
+    x = _returned(fmt, "dequantize_blocks", fmt.dequantize_blocks(blocks), (blocks.shape[0], fmt.block_size),
+                  np.float32)
     return x.reshape(*q.shape[:-1], n)
 
 

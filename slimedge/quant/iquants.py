@@ -83,8 +83,8 @@ def _search(kind: str, G, xval, weight, waux, mx):
         return L, scale, np.ones(M, bool)
 
 
-class _GridQuant(QuantFormat, qtype=T.IQ2_XXS):
-    """Shared driver; the subclasses set the layout (sub-block size, search, packing)."""
+class _GridQuant(QuantFormat):
+    """Shared driver of the grid i-quants (abstract: no type of its own); the subclasses set the layout."""
 
     SUB = 32
     SIGMA = 1
@@ -318,5 +318,3 @@ class IQ3_S(_GridQuant, qtype=T.IQ3_S):
         vals = cls._grid_values()[gi].reshape(-1, 8, 4, 8)
         return _apply(vals, db[:, :, None, None], _sign_mask(sg)).reshape(-1, QK_K)
 
-
-del _GridQuant  # a driver, not a type (its registration is replaced by IQ2_XXS)

@@ -6,6 +6,9 @@ What lives here (and nowhere else in slimedge, except the standalone bundle laun
 * block geometry of every GGML type — :func:`block_size` (weights per block) and :func:`type_size`
   (bytes per block), from ``gguf.GGML_QUANT_SIZES``; :data:`QK` / :data:`QK_K`, the legacy block and
   the k-quant super-block sizes;
+* byte-size arithmetic, written only here — :func:`row_bytes` (a row's bytes), :func:`row_length` (its
+  weights, from its bytes), :func:`tensor_nbytes` (a tensor's bytes, checking its row length),
+  :func:`bytes_per_element`; the writer, the format registry, the GGUF reader and the planners use these;
 * type ids and names — :func:`ggml_type` (``"q4_k"`` / ``12`` -> ``GGMLQuantizationType.Q4_K``) and
   :data:`GGML_TYPE_NAMES`, from ``gguf.GGMLQuantizationType``;
 * llama file types (``general.file_type``) — :func:`file_type_id` (``"Q4_K_M"`` -> 15) and
@@ -22,8 +25,12 @@ package's); every number is looked up in gguf.
 
 from __future__ import annotations
 
+from math import prod
+
 from gguf import GGML_QUANT_SIZES, LlamaFileType
 from gguf import GGMLQuantizationType as T
+
+from ..errors import SlimedgeError
 
 # ---- types the pinned llama.cpp knows and the gguf package (0.19) does not yet --------------------------
 # The one place such facts are written out; everything below (and every reader of this module, the
@@ -93,6 +100,23 @@ def row_bytes(t: str | int | T, n_per_row: int) -> int:
     """Bytes of one row of ``n_per_row`` weights (a multiple of the block size)."""
     bs, ts = GGML_QUANT_SIZES[ggml_type(t)]
     return n_per_row // bs * ts
+
+
+def row_length(t: str | int | T, n_bytes: int) -> int:
+    """Weights in a row of ``n_bytes`` bytes (a multiple of the type size): the inverse of :func:`row_bytes`."""
+    bs, ts = GGML_QUANT_SIZES[ggml_type(t)]
+    return n_bytes // ts * bs
+
+
+def tensor_nbytes(shape: tuple[int, ...], t: str | int | T) -> int:
+    """Bytes of a tensor of ``shape`` (NumPy order; the last dimension is the row length) stored as ``t``.
+
+    A row length that is not a multiple of the type's block size is a one-line :class:`SlimedgeError`.
+    """
+    qt = ggml_type(t)
+    if shape[-1] % block_size(qt):
+        raise SlimedgeError(f"row length {shape[-1]} is not a multiple of the {qt.name} block size {block_size(qt)}")
+    return prod(shape[:-1]) * row_bytes(qt, shape[-1])
 
 
 # ---- llama file types (general.file_type) ---------------------------------------------------------

@@ -14,7 +14,8 @@ from gguf import GGUFWriter, TokenType
 
 from slimedge.gguf_info import read_info
 from slimedge.quant import quantize
-from slimedge.writer import GGUF_FILE_VERSION, GGUFStreamWriter, tensor_nbytes
+from slimedge.quant.types import tensor_nbytes
+from slimedge.writer import GGUF_FILE_VERSION, GGUFStreamWriter
 
 rng = np.random.default_rng(0)
 TOKENS = [f"tok{i}" for i in range(300)] + ["é", "日本", "\u2581x", "<0x0A>"] + [bytes([0xE2, 0x96])]

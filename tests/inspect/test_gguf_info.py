@@ -13,7 +13,8 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T
 
 from slimedge.cli import main
 from slimedge.errors import SlimedgeError
-from slimedge.gguf_info import TensorStats, read_info, tensor_stats
+from slimedge.gguf_info import read_info
+from slimedge.gguf_stats import TensorStats, tensor_stats
 
 RNG = np.random.default_rng(0)
 # name -> (NumPy shape, type); rows of 64 fit Q8_0's 32-blocks
