@@ -67,6 +67,36 @@ ARCH_DEFAULTS["qwen3moe"] = {"num_experts": 4, "num_experts_per_tok": 2, "moe_in
                              "norm_topk_prob": True, "head_dim": 32}
 ARCH_DEFAULTS["lfm2"] = {"num_hidden_layers": 3, "layer_types": ["conv", "full_attention", "conv"]}
 ARCH_DEFAULTS["gemma3_mm"] = {**ARCH_DEFAULTS["gemma3"], "num_hidden_layers": 2}
+# MoE reach (issue 18): 4 experts, top-2, each family's real options (k-quant tests pass 256-row experts)
+MODEL_CLASSES.update({"qwen2moe": ("Qwen2MoeConfig", "Qwen2MoeForCausalLM"),
+                      "olmoe": ("OlmoeConfig", "OlmoeForCausalLM"),
+                      "granitemoe": ("GraniteMoeConfig", "GraniteMoeForCausalLM"),
+                      "ernie45moe": ("Ernie4_5_MoeConfig", "Ernie4_5_MoeForCausalLM"),
+                      "phimoe": ("PhimoeConfig", "PhimoeForCausalLM"), "gptoss": ("GptOssConfig", "GptOssForCausalLM")})
+DEFAULT_TOKENIZER.update({"qwen2moe": "bpe:qwen2", "olmoe": "bpe:dbrx", "granitemoe": "bpe:starcoder",
+                          "ernie45moe": "spm", "phimoe": "spm", "gptoss": "bpe:harmony"})
+ARCH_DEFAULTS["qwen2moe"] = {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 64,
+                             "shared_expert_intermediate_size": 96, "norm_topk_prob": False}
+ARCH_DEFAULTS["olmoe"] = {"num_experts": 4, "num_experts_per_tok": 2, "intermediate_size": 64,
+                          "num_key_value_heads": 4}  # as released (llama.cpp's olmoe has no GQA)
+ARCH_DEFAULTS["granitemoe"] = {**ARCH_DEFAULTS["granite"], "num_local_experts": 4, "num_experts_per_tok": 2,
+                               "intermediate_size": 64}
+# ERNIE 4.5 MoE: layer 0 dense (moe_layer_start_index 1), two shared experts, expert-score correction bias
+ARCH_DEFAULTS["ernie45moe"] = {"num_hidden_layers": 3, "moe_num_experts": 4, "moe_k": 2, "moe_intermediate_size": 64,
+                               "moe_num_shared_experts": 2, "moe_layer_start_index": 1, "moe_layer_end_index": 2}
+# Phi-3.5-MoE: LayerNorm (with biases), attention and lm_head biases
+ARCH_DEFAULTS["phimoe"] = {"num_local_experts": 4, "num_experts_per_tok": 2, "intermediate_size": 64,
+                           "attention_bias": True, "lm_head_bias": True, "max_position_embeddings": 1024,
+                           "rope_parameters": {"rope_type": "longrope", "rope_theta": 10000.0,
+                                               "long_factor": [1.0 + i / 4 for i in range(8)],
+                                               "short_factor": [1.0 + i / 16 for i in range(8)],
+                                               "original_max_position_embeddings": 256,
+                                               "short_mscale": 1.243, "long_mscale": 1.243}}
+# gpt-oss: sliding/full layers alternating (window 8 < the harness's 25 tokens), head_dim x heads != hidden,
+# YaRN as released; eos <|return|>, <|endoftext|>, <|call|> (ids 1002, 1001, 1008 after the trained 1000)
+ARCH_DEFAULTS["gptoss"] = {"num_local_experts": 4, "num_experts_per_tok": 2, "intermediate_size": 64, "head_dim": 32,
+                           "sliding_window": 8, "layer_types": ["sliding_attention", "full_attention"],
+                           "eos_token_id": [1002, 1001, 1008]}
 
 
 def _gemma3_multimodal(cfg: dict) -> dict:
@@ -125,7 +155,7 @@ def make_hf_model(dir: str | Path, arch: str = "llama", tokenizer: str | None = 
     model = model_cls(config_cls(**cfg)).eval()
     with torch.no_grad():  # norms and biases are 1/0 at init: randomize so a mix-up shows in the logits
         for name, p in model.named_parameters():
-            if p.ndim == 1:
+            if p.ndim == 1 or name.endswith("e_score_correction_bias"):  # ERNIE's [1, n_expert] bias too
                 p.add_(torch.randn_like(p) * 0.2)
     model = model.to(getattr(torch, dtype))
     kwargs = {"max_shard_size": shard_size} if shard_size else {}

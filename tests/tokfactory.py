@@ -173,6 +173,13 @@ SCHEMES: dict[str, BpeScheme] = {
         split_regex=GPT4O_REGEX, specials=("<|begin_of_text|>", "<|eot|>", "<|header_start|>", "<|header_end|>"),
         bos="<|begin_of_text|>", eos="<|eot|>", pad=None, add_bos=True, chat_template=_GPT2_TEMPLATE,
     ),
+    # gpt-oss's o200k_harmony: GPT-4o's split, the harmony format's specials; <|return|> ends an answer
+    "harmony": BpeScheme(
+        split_regex=GPT4O_REGEX, specials=("<|startoftext|>", "<|endoftext|>", "<|return|>", "<|constrain|>",
+                                           "<|channel|>", "<|start|>", "<|end|>", "<|message|>", "<|call|>"),
+        bos="<|startoftext|>", eos="<|return|>", pad="<|endoftext|>", add_bos=False,
+        chat_template=_GPT2_TEMPLATE,
+    ),
     "tekken": BpeScheme(
         split_regex=TEKKEN_REGEX, specials=("<unk>", "<s>", "</s>", "[INST]", "[/INST]"),
         bos="<s>", eos="</s>", pad=None, add_bos=True, chat_template=_GPT2_TEMPLATE, ignore_merges=True,

@@ -138,7 +138,8 @@ class MoEArch(Arch):
             self.n_expert, self.n_expert_used = int(n_expert), int(used)
             self.n_ff_exp = int(config[self.N_FF_EXP_KEY])
         except (TypeError, ValueError, KeyError):
-            raise SlimedgeError(f"config.json: {hf_arch} needs {self.N_EXPERT_KEYS[0]}, {self.N_USED_KEYS[0]} and "
+            raise SlimedgeError(f"config.json: {hf_arch} needs {self.N_EXPERT_KEYS[0]}, {self.N_USED_KEYS[0]} "
+                                f"and "
                                 f"{self.N_FF_EXP_KEY} (found {n_expert!r}, {used!r}, "
                                 f"{config.get(self.N_FF_EXP_KEY)!r}); fix config.json") from None
         if not 0 < self.n_expert_used <= self.n_expert or self.n_ff_exp <= 0:

@@ -2,9 +2,9 @@
 
 A pre-norm decoder (``input_layernorm``/``post_attention_layernorm``) whose attention has OLMo 2's q/k
 RMSNorms over the whole projection (``q_norm``: n_head·head_dim weights, ``k_norm``: n_head_kv·head_dim),
-neox rope (no permutation), no grouped-query attention (as released), and a mixture of experts in every layer: router ``mlp.gate`` →
-``ffn_gate_inp``, ``mlp.experts.{e}.*_proj`` stacked into ``ffn_*_exps`` (:mod:`slimedge.arch.moe`,
-streamed) of ``intermediate_size`` rows (OLMoE's expert size; there is no dense FFN).
+neox rope (no permutation), no grouped-query attention (as released), and a mixture of experts in every
+layer: router ``mlp.gate`` → ``ffn_gate_inp``, ``mlp.experts.{e}.*_proj`` stacked into ``ffn_*_exps``
+(:mod:`slimedge.arch.moe`, streamed) of ``intermediate_size`` rows (OLMoE's expert size; no dense FFN).
 
 llama.cpp's olmoe graph never renormalizes the top-k router weights (``norm_topk_prob: false``, as
 released; ``true`` converts with a warning) and requires ``output.weight`` (a tied checkpoint stores
