@@ -5,7 +5,7 @@ common chat formats are recognised by their markers (ChatML ``<|im_start|>``, wi
 reasoning as Qwen3/SmolLM3 write it, Granite ``<|start_of_role|>``, OLMo 2 ``<|user|>``, DeepSeek-R1
 ``<｜User｜>``, Llama-3
 ``<|start_header_id|>``, Phi-3 ``<|user|>…<|end|>``, Zephyr ``<|user|>…</s>``, Llama-2/Mistral
-``[INST]``, Gemma ``<start_of_turn>``) and written as the equivalent Go template with their stop
+``[INST]``, Gemma ``<start_of_turn>``, gpt-oss's harmony ``<|start|>…<|channel|>``) and written as the equivalent Go template with their stop
 strings. Anything else gets no TEMPLATE and a comment saying so (Ollama then uses the model's
 raw prompt; add a TEMPLATE by hand).
 """
@@ -84,6 +84,21 @@ TEMPLATES: dict[str, tuple[str, list[str]]] = {
         "{{ else if eq .Role \"assistant\" }}<start_of_turn>model\n{{ .Content }}{{ if not $last }}<end_of_turn>\n{{ end }}"
         "{{- end }}{{- if and $last (ne .Role \"assistant\") }}<start_of_turn>model\n{{ end }}{{- end }}",
         ["<start_of_turn>", "<end_of_turn>"]),
+    # gpt-oss's harmony format: a system header (identity, reasoning level, channels), the system prompt as the
+    # developer's instructions, earlier answers as final-channel messages (their analysis dropped, as harmony
+    # does) and the prompt ends "<|start|>assistant" for the model to open its channel; generation ends at
+    # <|return|> (or <|call|> for a tool call), not at <|end|>, which closes the analysis before the answer
+    "harmony": (
+        "<|start|>system<|message|>You are ChatGPT, a large language model trained by OpenAI.\n"
+        "Knowledge cutoff: 2024-06\n\nReasoning: medium\n\n# Valid channels: analysis, commentary, final. "
+        "Channel must be included for every message.<|end|>"
+        "{{- if .System }}<|start|>developer<|message|># Instructions\n\n{{ .System }}<|end|>{{ end }}"
+        "{{- range $i, $_ := .Messages }}{{- $last := eq (len (slice $.Messages $i)) 1 -}}"
+        "{{- if eq .Role \"user\" }}<|start|>user<|message|>{{ .Content }}<|end|>"
+        "{{- else if eq .Role \"assistant\" }}<|start|>assistant<|channel|>final<|message|>{{ .Content }}"
+        "{{- if not $last }}<|end|>{{ end }}{{- end }}"
+        "{{- if and $last (ne .Role \"assistant\") }}<|start|>assistant{{ end }}{{- end }}",
+        ["<|return|>", "<|call|>"]),
 }
 
 
@@ -95,6 +110,8 @@ def chat_family(template: str | None) -> str | None:
     """The known chat format a Jinja template implements, or None."""
     if not template:
         return None
+    if "<|channel|>" in template and "<|start|>" in template:
+        return "harmony"
     if "<|im_start|>" in template:
         return "chatml-think" if "<think>" in template else "chatml"
     if "<|start_of_role|>" in template:
@@ -130,7 +147,7 @@ def render_modelfile(model_file: str, runtime: dict, chat_template: str | None, 
     lines.append(f"PARAMETER num_gpu {999 if ngl < 0 else ngl}")
     if fam is None:
         lines += ["", "# The model's chat template is " + ("not one slimedge recognises (ChatML, ChatML with "
-                  "thinking, Llama-3, Phi-3, Zephyr, Llama-2/Mistral, Gemma, Granite, OLMo 2, DeepSeek-R1)" if chat_template else "missing") + ": no TEMPLATE is written,",
+                  "thinking, Llama-3, Phi-3, Zephyr, Llama-2/Mistral, Gemma, Granite, OLMo 2, DeepSeek-R1, harmony)" if chat_template else "missing") + ": no TEMPLATE is written,",
                   "# so Ollama sends prompts as they are. Add a TEMPLATE block by hand for chat."]
     else:
         tmpl, stops = TEMPLATES[fam]
