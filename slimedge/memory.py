@@ -74,6 +74,7 @@ class ModelShape:
     tensors: list[TensorSize] = field(default_factory=list)
     n_head_kv_layers: tuple[int, ...] = ()  # per layer where the model says so (0: no KV cache); () = n_head_kv
     recurrent_bytes: int = 0  # state of one recurrent layer (a layer with 0 kv heads), one sequence
+    recurrent_layers: tuple[bool, ...] = ()  # layers that keep recurrent_bytes instead of a KV cache (() = by kv heads)
     n_swa: int = 0  # sliding window (tokens) of the layers marked True in swa_layers; () = none slides
     swa_layers: tuple[bool, ...] = ()
 
@@ -93,13 +94,23 @@ def shape_from_model_info(m, tensors: list[TensorSize]) -> ModelShape:
                       n_ff=m.max_ff or 4 * m.n_embd, n_vocab=m.n_vocab, key_length=m.key_length,
                       value_length=m.value_length, n_ctx_train=m.n_ctx_train, tensors=list(tensors),
                       n_head_kv_layers=tuple(m.n_head_kv_layers), recurrent_bytes=recurrent_layer_bytes(m),
+                      recurrent_layers=tuple(m.recurrent_layers),
                       n_swa=m.n_swa, swa_layers=tuple(m.swa_layers))
 
 
 def recurrent_layer_bytes(m) -> int:
-    """llama.cpp's recurrent state of one layer for one sequence (``n_embd_r`` float32 values; LFM2's short
-    convolution keeps its last ``l_cache - 1`` inputs), from a ModelInfo; 0 for models without one."""
-    return 4 * (m.shortconv_l_cache - 1) * m.n_embd if m.shortconv_l_cache > 1 else 0
+    """llama.cpp's recurrent state of one layer for one sequence, from a ModelInfo; 0 for models without one.
+
+    float32 ``n_embd_r + n_embd_s`` values (llama-hparams.cpp): LFM2's short convolution keeps its last
+    ``l_cache - 1`` inputs; an SSM / delta-net layer its convolution's last ``conv_kernel - 1`` inputs of every
+    convolved channel (``inner_size + 2 × group_count × state_size``) plus the state, ``state_size × inner_size``.
+    """
+    if m.shortconv_l_cache > 1:
+        return 4 * (m.shortconv_l_cache - 1) * m.n_embd
+    if m.ssm_inner_size:
+        conv = max(m.ssm_conv_kernel - 1, 0) * (m.ssm_inner_size + 2 * m.ssm_group_count * m.ssm_state_size)
+        return 4 * (conv + m.ssm_state_size * m.ssm_inner_size)
+    return 0
 
 
 def shape_from_gguf(path: str | Path) -> ModelShape:
@@ -191,6 +202,8 @@ def kv_bytes_per_layer(shape: ModelShape, n_ctx: int, cache_type_k: str = "f16",
     """KV cache of one layer (``layer``'s own kv heads when the model lists them per layer; a layer with
     none holds the recurrent state instead)."""
     n_head_kv = shape.n_head_kv
+    if layer is not None and layer < len(shape.recurrent_layers) and shape.recurrent_layers[layer]:
+        return shape.recurrent_bytes
     if layer is not None and shape.n_head_kv_layers:
         n_head_kv = shape.n_head_kv_layers[layer]
         if n_head_kv == 0:

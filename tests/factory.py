@@ -34,6 +34,10 @@ MODEL_CLASSES = {
     "mixtral": ("MixtralConfig", "MixtralForCausalLM"),
     "qwen3moe": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM"),
     "lfm2": ("Lfm2Config", "Lfm2ForCausalLM"),
+    "qwen35": ("Qwen3_5TextConfig", "Qwen3_5ForCausalLM"),
+    "qwen35moe": ("Qwen3_5MoeTextConfig", "Qwen3_5MoeForCausalLM"),
+    "qwen3next": ("Qwen3NextConfig", "Qwen3NextForCausalLM"),
+    "lfm2moe": ("Lfm2MoeConfig", "Lfm2MoeForCausalLM"),
     "gemma2": ("Gemma2Config", "Gemma2ForCausalLM"),
     "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM"),
     "gemma3_mm": ("Gemma3Config", "Gemma3ForConditionalGeneration"),  # text config wrapped: CONFIG_WRAPPERS
@@ -67,6 +71,22 @@ ARCH_DEFAULTS["qwen3moe"] = {"num_experts": 4, "num_experts_per_tok": 2, "moe_in
                              "norm_topk_prob": True, "head_dim": 32}
 ARCH_DEFAULTS["lfm2"] = {"num_hidden_layers": 3, "layer_types": ["conv", "full_attention", "conv"]}
 ARCH_DEFAULTS["gemma3_mm"] = {**ARCH_DEFAULTS["gemma3"], "num_hidden_layers": 2}
+# Qwen3.5: three gated delta-net layers then one full-attention layer (the released pattern); 2 key heads
+# shared by 4 value heads (llama.cpp reorders the value heads), value width 4 x 64 = 256 (k-quant rows);
+# key and value heads of one size, as llama.cpp's qwen35 requires (and the released models have)
+_QWEN35 = {"num_hidden_layers": 4, "head_dim": 32, "linear_num_key_heads": 2, "linear_num_value_heads": 4,
+           "linear_key_head_dim": 64, "linear_value_head_dim": 64, "linear_conv_kernel_dim": 4,
+           "layer_types": ["linear_attention"] * 3 + ["full_attention"]}
+ARCH_DEFAULTS["qwen35"] = _QWEN35
+ARCH_DEFAULTS["qwen35moe"] = {**_QWEN35, "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 64,
+                              "shared_expert_intermediate_size": 64}
+ARCH_DEFAULTS["qwen3next"] = ARCH_DEFAULTS["qwen35moe"]  # the same hybrid pattern, q/k/v/z fused per key head
+DEFAULT_TOKENIZER.update({"qwen35": "bpe:qwen35", "qwen35moe": "bpe:qwen35", "qwen3next": "bpe:qwen2"})
+# LFM2-MoE: one dense lead layer, then conv/attention layers with 4 experts (top 2) and the router's bias
+ARCH_DEFAULTS["lfm2moe"] = {"num_hidden_layers": 4, "layer_types": ["conv", "conv", "full_attention", "conv"],
+                            "num_dense_layers": 1, "num_experts": 4, "num_experts_per_tok": 2,
+                            "moe_intermediate_size": 64, "use_expert_bias": True, "norm_eps": 1e-5}
+DEFAULT_TOKENIZER["lfm2moe"] = "bpe:llama3"
 # MoE reach (issue 18): 4 experts, top-2, each family's real options (k-quant tests pass 256-row experts)
 MODEL_CLASSES.update({"qwen2moe": ("Qwen2MoeConfig", "Qwen2MoeForCausalLM"),
                       "olmoe": ("OlmoeConfig", "OlmoeForCausalLM"),

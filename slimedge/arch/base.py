@@ -187,6 +187,11 @@ class Arch:
         """Generated tensors (GGUF name, float32 array), e.g. rope frequency factors."""
         return []
 
+    def input_order(self, gguf_name: str) -> np.ndarray | None:
+        """For a matrix whose input columns :meth:`transform` reorders: GGUF column ``c`` holds HF input column
+        ``order[c]`` (``slimedge.calib.imatrix`` maps the measured inputs through it); None: HF's order."""
+        return None
+
     def metadata(self) -> list[KV]:
         """The ``{arch}.*`` keys llama.cpp reads for this architecture (the common decoder set)."""
         hp, k = self.hp, self.key

@@ -54,6 +54,7 @@ class Target:
     n_cols: int
     n_mat: int = 1  # experts of a 3-D tensor
     part: str = ""  # expert tensors: "gate", "up" or "down"
+    order: tuple[int, ...] = ()  # GGUF column c measures HF input column order[c] (Arch.input_order); () = same
 
     @property
     def layer(self) -> int:
@@ -61,27 +62,35 @@ class Target:
 
 
 _EXPERT_PARTS = {"ffn_gate_exps": "gate", "ffn_up_exps": "up", "ffn_down_exps": "down"}
+# 2-D weights llama.cpp applies with another operation than a matrix product (ggml_ssm_conv): never measured
+_NOT_MATMUL = (".ssm_conv1d.", ".shortconv.conv.")
 
 
 def targets(src: str | Path, process_output: bool = False) -> list[Target]:
     """The measured matrices of a Hugging Face model: GGUF name, HF ``nn.Linear`` module, input columns."""
+    from ..arch import get_arch
     from ..convert import _prepare
+    from ..source.hf import load_config
 
     prep = _prepare(src)
     if prep.load_vocab is None:
         raise SlimedgeError(f"{src}: an importance matrix is computed with the Hugging Face model; give the HF "
                             f"model folder, not a GGUF file")
+    arch = get_arch(load_config(Path(src)))
     out = []
     for t in prep.tensors:
         measured = (t.name.startswith("blk.") or (process_output and t.name == "output.weight"))
-        if not measured or not t.name.endswith(".weight") or len(t.shape) < 2:
+        if not measured or not t.name.endswith(".weight") or len(t.shape) < 2 or any(s in t.name for s in _NOT_MATMUL):
             continue
-        hf = t.origin.rsplit(" in ", 1)[0]
+        # a tensor of reordered rows reads one source tensor (slimedge.arch.moe.StackedRef names it first)
+        hf = t.origin.rsplit(" in ", 1)[0].split(" (stacked from ", 1)[0]
         part = _EXPERT_PARTS.get(t.name.split(".")[2]) if len(t.shape) == 3 else None
         if part:
             out.append(Target(t.name, hf, int(t.shape[-1]), int(t.shape[0]), part))
         elif len(t.shape) == 2 and hf.endswith(".weight"):
-            out.append(Target(t.name, hf[: -len(".weight")], int(t.shape[-1])))
+            order = arch.input_order(t.name)
+            out.append(Target(t.name, hf[: -len(".weight")], int(t.shape[-1]),
+                              order=() if order is None else tuple(int(i) for i in order)))
         else:
             log.warning("%s: %s (%s) is not one linear layer; not measured", src, t.name, hf)
     return out
@@ -202,8 +211,11 @@ def compute_imatrix_tokens(src: str | Path, chunks: list[list[int]], *, device: 
             h.remove()
     seconds = time.monotonic() - t0
     entries = {}
+    orders = {t.gguf: list(t.order) for t in wanted if t.order}
     for name, s in sums.items():
         v = s.cpu().numpy().astype("float32")
+        if name in orders:
+            v = v[:, orders[name]]  # in the GGUF's column order
         if not np.isfinite(v).all():
             raise SlimedgeError(f"{src}: non-finite activations at the input of {name}; the model overflows on "
                                 f"this text (float32)")

@@ -32,7 +32,7 @@ from pathlib import Path
 from gguf import GGUFWriter, Keys, TokenType
 
 from slimedge.errors import SlimedgeError
-from slimedge.vocab import special
+from slimedge.vocab import pretok, special
 from slimedge.vocab.bpe import is_byte_level, read_bpe
 from slimedge.vocab.hfspm import is_spm_style, read_hf_spm
 from slimedge.vocab.spm import SpmModel, read_spm
@@ -100,6 +100,7 @@ def load_vocab(model_dir: Path, hf_config: dict, n_vocab: int) -> Vocab:
 
     if tokenizer_json is not None and is_byte_level(tokenizer_json):
         vocab = _load_bpe(model_dir, tj_path, tokenizer_json, tok_config, n_vocab)
+        vocab.pre = pretok.family_name(vocab.pre, hf_config.get("model_type"))
         default_bos = False
     elif spm_path.is_file():
         vocab = _load_spm(model_dir, spm_path, read_spm(spm_path), tokenizer_json, tok_config, n_vocab)

@@ -72,6 +72,18 @@ KNOWN: tuple[PreTokenizer, ...] = (
 )
 
 
+# Names llama.cpp's converter writes for one family's tokenizer where llama.cpp treats the name exactly as the
+# split's generic one (same regexes, ignore_merges and add_bos in src/llama-vocab.cpp): (generic name, the
+# HF config's model_type) -> the family's name, so the file says what llama.cpp's converter says
+FAMILY_NAMES = {("llama-bpe", "lfm2"): "lfm2", ("llama-bpe", "lfm2_moe"): "lfm2",
+                ("llama-bpe", "falcon_h1"): "falcon-h1"}
+
+
+def family_name(name: str, model_type: str | None) -> str:
+    """``name``, or the family's own spelling of it (:data:`FAMILY_NAMES`) for this ``model_type``."""
+    return FAMILY_NAMES.get((name, str(model_type or "")), name)
+
+
 def canonical(regex: str) -> str:
     """One spelling per regex (see module docstring)."""
     r = regex.replace("\r", r"\r").replace("\n", r"\n").replace("\t", r"\t")

@@ -1,0 +1,69 @@
+"""Checks of the hybrid / recurrent families against llama.cpp itself, shared by their end-to-end tests.
+
+* :func:`reference_gguf` runs llama.cpp's own converter (the pinned sdist's ``convert_hf_to_gguf.py``) on a
+  checkpoint, in a child process. Our tokenizers are trained locally, so their vocabulary hash is not in
+  the converter's list: the pre-tokenizer name it would look up is given instead (the one slimedge
+  identified from the split regex — tests/vocab checks that identification on its own).
+* :func:`same_tensors_as` asserts two GGUF files hold the same tensors, byte for byte.
+* :func:`llama_cpp_state_mib` reads the KV-cache and recurrent-state sizes llama.cpp logs for a context.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+LLAMA_CPP = Path("/work/llama-src/llama_cpp_python-0.3.36/vendor/llama.cpp")
+
+_RUN = """
+import sys
+sys.path[:0] = [{root!r}, {root!r} + "/gguf-py"]
+import conversion.base as base
+base.TextModel.get_vocab_base_pre = lambda self, tokenizer: {pre!r}
+import convert_hf_to_gguf
+sys.argv = ["convert_hf_to_gguf.py", {src!r}, "--outfile", {out!r}, "--outtype", "f32", *{extra!r}]
+convert_hf_to_gguf.main()
+"""
+
+
+def reference_gguf(hf_dir: Path, out: Path, pre: str, *extra: str) -> Path:
+    """llama.cpp's converter's F32 GGUF of ``hf_dir`` (``extra``: its options, e.g. ``--no-mtp``)."""
+    root = Path(os.environ.get("LLAMA_CPP_SRC", LLAMA_CPP))
+    assert (root / "convert_hf_to_gguf.py").is_file(), f"llama.cpp's sources are not at {root} (set LLAMA_CPP_SRC)"
+    code = _RUN.format(root=str(root), pre=pre, src=str(hf_dir), out=str(out), extra=list(extra))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and out.is_file(), r.stderr[-3000:]
+    return out
+
+
+def same_tensors_as(ours: Path, theirs: Path) -> list[str]:
+    """Both files hold the same tensor names, shapes, types and bytes; returns the names."""
+    from gguf import GGUFReader
+
+    a = {t.name: t for t in GGUFReader(ours).tensors}
+    b = {t.name: t for t in GGUFReader(theirs).tensors}
+    assert sorted(a) == sorted(b), (sorted(set(a) - set(b)), sorted(set(b) - set(a)))
+    for name in a:
+        x, y = a[name], b[name]
+        assert (x.tensor_type, list(x.shape)) == (y.tensor_type, list(y.shape)), name
+        assert np.array_equal(np.asarray(x.data), np.asarray(y.data)), name
+    return sorted(a)
+
+
+def llama_cpp_state_mib(gguf: Path, n_ctx: int) -> dict[str, float]:
+    """``llama_kv_cache`` / ``llama_memory_recurrent`` sizes (MiB) llama.cpp logs creating a context of ``n_ctx``
+    (a child process: llama.cpp logs through one process-wide callback)."""
+    code = f"import llama_cpp; llama_cpp.Llama(model_path={str(gguf)!r}, n_ctx={n_ctx}, n_threads=1, verbose=True)"
+    log = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stderr
+    sizes = {}
+    for kind in ("llama_kv_cache", "llama_memory_recurrent"):
+        m = re.search(rf"^{kind}: size = +([0-9.]+) MiB", log, re.M)
+        if m:
+            sizes[kind] = float(m.group(1))
+    assert sizes, log[-2000:]
+    return sizes
