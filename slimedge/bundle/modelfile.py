@@ -5,7 +5,7 @@ common chat formats are recognised by their markers (ChatML ``<|im_start|>``, wi
 reasoning as Qwen3/SmolLM3 write it, Granite ``<|start_of_role|>``, OLMo 2 ``<|user|>``, DeepSeek-R1
 ``<｜User｜>``, Llama-3
 ``<|start_header_id|>``, Phi-3 ``<|user|>…<|end|>``, Zephyr ``<|user|>…</s>``, Llama-2/Mistral
-``[INST]``, Gemma ``<start_of_turn>``, gpt-oss's harmony ``<|start|>…<|channel|>``) and written as the equivalent Go template with their stop
+``[INST]``, Mistral v7 ``[SYSTEM_PROMPT]`` (Ministral 3), EXAONE 4 ``[|endofturn|]``, Gemma ``<start_of_turn>``, gpt-oss's harmony ``<|start|>…<|channel|>``) and written as the equivalent Go template with their stop
 strings. Anything else gets no TEMPLATE and a comment saying so (Ollama then uses the model's
 raw prompt; add a TEMPLATE by hand).
 """
@@ -99,6 +99,20 @@ TEMPLATES: dict[str, tuple[str, list[str]]] = {
         "{{- if not $last }}<|end|>{{ end }}{{- end }}"
         "{{- if and $last (ne .Role \"assistant\") }}<|start|>assistant{{ end }}{{- end }}",
         ["<|return|>", "<|call|>"]),
+    # Mistral v7 with the tekken tokenizer (Ministral 3, Mistral Small 3.x; llama.cpp's "mistral-v7-tekken"):
+    # no spaces around the markers, the system prompt in [SYSTEM_PROMPT], every assistant turn ends with </s>
+    "mistral-v7": (
+        "{{- if .System }}[SYSTEM_PROMPT]{{ .System }}[/SYSTEM_PROMPT]{{ end }}"
+        "{{- range .Messages }}{{- if eq .Role \"user\" }}[INST]{{ .Content }}[/INST]"
+        "{{- else if eq .Role \"assistant\" }}{{ .Content }}</s>{{- end }}{{- end }}",
+        ["[INST]", "</s>"]),
+    # EXAONE 4 (as llama.cpp's "exaone4"): user turns end with a newline, system and assistant turns with
+    # [|endofturn|] and a newline
+    "exaone4": (
+        "{{- if .System }}[|system|]{{ .System }}[|endofturn|]\n{{ end }}"
+        "{{- range .Messages }}{{- if eq .Role \"user\" }}[|user|]{{ .Content }}\n"
+        "{{ else if eq .Role \"assistant\" }}[|assistant|]{{ .Content }}[|endofturn|]\n{{ end }}{{- end }}[|assistant|]",
+        ["[|endofturn|]", "[|user|]"]),
 }
 
 
@@ -124,6 +138,10 @@ def chat_family(template: str | None) -> str | None:
         return "llama3"
     if "<start_of_turn>" in template:
         return "gemma"
+    if "[SYSTEM_PROMPT]" in template:
+        return "mistral-v7"
+    if "[|assistant|]" in template and "[|endofturn|]" in template:
+        return "exaone4"
     if "[INST]" in template:
         return "llama2"
     if "<|user|>" in template or "'<|' + message['role'] + '|>" in template:
@@ -147,7 +165,7 @@ def render_modelfile(model_file: str, runtime: dict, chat_template: str | None, 
     lines.append(f"PARAMETER num_gpu {999 if ngl < 0 else ngl}")
     if fam is None:
         lines += ["", "# The model's chat template is " + ("not one slimedge recognises (ChatML, ChatML with "
-                  "thinking, Llama-3, Phi-3, Zephyr, Llama-2/Mistral, Gemma, Granite, OLMo 2, DeepSeek-R1, harmony)" if chat_template else "missing") + ": no TEMPLATE is written,",
+                  "thinking, Llama-3, Phi-3, Zephyr, Llama-2/Mistral, Gemma, Granite, OLMo 2, DeepSeek-R1, harmony, Mistral v7, EXAONE 4)" if chat_template else "missing") + ": no TEMPLATE is written,",
                   "# so Ollama sends prompts as they are. Add a TEMPLATE block by hand for chat."]
     else:
         tmpl, stops = TEMPLATES[fam]
