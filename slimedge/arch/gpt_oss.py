@@ -32,6 +32,7 @@ import numpy as np
 from gguf import MODEL_ARCH, MODEL_TENSOR, Keys
 
 from ..errors import SlimedgeError
+from ..quant.model_info import ModelInfo, swa_pattern
 from .base import KV, U32, Arch
 from .moe import MoEArch
 
@@ -166,6 +167,11 @@ class GptOss(MoEArch, Arch):
             refs[v + "up.bias"] = ExpertColumns(x + "gate_up_proj_bias", gub, 1, 2)
             refs[v + "down.bias"] = refs.pop(x + "down_proj_bias")
         return super().tensors(SimpleNamespace(model_dir=source.model_dir, tensors=refs))
+
+    def model_info(self) -> ModelInfo:
+        info = super().model_info()
+        info.n_swa, info.swa_layers = self.window, swa_pattern(2, self.hp.n_layer)
+        return info
 
     def metadata(self) -> list[KV]:
         k = self.key

@@ -161,6 +161,7 @@ def _ssm_fields(metadata: dict, arch: str, n_layer: int, scalar) -> dict:
 # llama.cpp's sliding-window defaults when a GGUF has no pattern / window key: arch -> (n_pattern: every
 # n-th layer is global, the others slide; window when the key is absent, 0: no sliding window)
 SWA_DEFAULT_PATTERN = {"gemma2": (2, 4096), "gemma3": (6, 0), "olmo2": (4, 0)}  # olmo2: OLMo 3's window
+SWA_DEFAULT_PATTERN["gpt-oss"] = (2, 0)  # sliding, full, sliding, ... (the window key is required)
 SWA_DEFAULT_PATTERN.update({"gemma3n": (5, 0), "gemma4": (6, 0)})  # both files always carry the pattern
 
 

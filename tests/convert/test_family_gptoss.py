@@ -10,9 +10,14 @@ writes (same bytes, same keys, same llama.cpp logits) and transformers differs a
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
+
 import pytest
 
 from slimedge.gguf_info import read_info
+from slimedge.memory import MiB, kv_bytes_per_layer, layer_cells, shape_from_gguf
 from tests.convert.convert_util import hf_logits, rel_err
 from tests.convert.moe_checks import check_moe_logits
 from tests.convert.reference_checks import check_as_converter
@@ -47,6 +52,23 @@ def test_gptoss_family_end_to_end(tmp_path):
     assert mx["blk.0.ffn_up_exps.bias"] == "F32" and mx["blk.0.attn_sinks.weight"] == "F32"
     assert eog_ids(hf) == {1001, 1002, 1008}
     check_generation_stops(convert(hf, tmp_path / "q4.gguf", "Q4_K_M"), eog_ids(hf))
+    check_kv_estimate(f32)
+
+
+def check_kv_estimate(gguf, n_ctx: int = 4096, n_ubatch: int = 64) -> None:
+    """slimedge's KV estimate equals the two caches llama.cpp allocates (swa_full off: the sliding layers keep
+    window + one ubatch, padded to 256 cells; the full layers n_ctx cells)."""
+    shape = shape_from_gguf(gguf)
+    assert (shape.n_swa, shape.swa_layers) == (8, (True, False))
+    ours = [kv_bytes_per_layer(shape, layer_cells(shape, i, n_ctx, n_ubatch, swa_full=False), layer=i)
+            for i in range(shape.n_layer)]
+    code = (f"import llama_cpp; llama_cpp.Llama(model_path={str(gguf)!r}, n_ctx={n_ctx}, n_batch={n_ubatch}, "
+            f"n_ubatch={n_ubatch}, swa_full=False, n_threads=1, verbose=True)")
+    log = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stderr
+    sizes = re.findall(r"llama_kv_cache: size = +([\d.]+) MiB \( *(\d+) cells", log)
+    theirs = {int(cells): float(mib) * MiB for mib, cells in sizes}
+    assert sorted(theirs) == [256, n_ctx], log[-2000:]  # the sliding layer's cells, the full layer's
+    assert ours == [pytest.approx(theirs[256], abs=0.005 * MiB), pytest.approx(theirs[n_ctx], abs=0.005 * MiB)]
 
 
 def test_released_gptoss_config_as_llama_cpps_converter_writes_it(tmp_path):
