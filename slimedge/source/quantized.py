@@ -105,7 +105,7 @@ def quantization_of(config: dict, model_dir: Path) -> Scheme | None:
         per_layer = {str(v.get("quant_algo", "")).upper() for v in layers.values() if isinstance(v, dict)}
         if algo in ("NVFP4", "W4A16_NVFP4") or any(a.endswith("NVFP4") for a in per_layer):
             return Scheme("nvfp4")
-        if algo in ("FP8", "MIXED_PRECISION") or per_layer <= {"FP8", "MIXED_PRECISION", ""}:
+        if algo == "FP8" or (algo == "MIXED_PRECISION" and per_layer and per_layer <= {"FP8"}):
             return Scheme("fp8")
         raise _refuse(where, f"modelopt ({algo or 'unknown algorithm'})")
     if method == "compressed-tensors":

@@ -146,3 +146,30 @@ def write_nvfp4(src: Path, dst: Path, compressed: bool = False, seed: int = 0) -
     save_file({k: v.contiguous() for k, v in q_sd.items()}, qdir / "model.safetensors", metadata={"format": "pt"})
     save_file({k: v.contiguous() for k, v in deq_sd.items()}, ddir / "model.safetensors", metadata={"format": "pt"})
     return qdir, ddir
+
+
+
+LLAMA_CPP = Path("/work/llama-src/llama_cpp_python-0.3.36/vendor/llama.cpp")  # the pinned sdist, unpacked
+
+
+def llama_cpp_convert(src: Path, out: Path, outtype: str = "f32") -> Path:
+    """Run the pinned sdist's ``convert_hf_to_gguf.py`` (its own gguf-py first on the path) on ``src``."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(os.environ.get("LLAMA_CPP_SRC", LLAMA_CPP))
+    assert (root / "convert_hf_to_gguf.py").is_file(), f"llama.cpp's sources are not at {root} (set LLAMA_CPP_SRC)"
+    env = {**os.environ, "PYTHONPATH": str(root / "gguf-py")}
+    r = subprocess.run([sys.executable, str(root / "convert_hf_to_gguf.py"), str(src), "--outtype", outtype,
+                        "--outfile", str(out)], env=env, cwd=out.parent, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and out.is_file(), r.stderr[-3000:]
+    return out
+
+
+def gguf_tensors(path: Path) -> dict[str, tuple[str, tuple[int, ...], bytes]]:
+    """name -> (GGML type name, shape, raw bytes) of every tensor of a GGUF file."""
+    import gguf
+
+    return {t.name: (t.tensor_type.name, tuple(int(d) for d in t.shape), np.asarray(t.data).tobytes())
+            for t in gguf.GGUFReader(str(path)).tensors}

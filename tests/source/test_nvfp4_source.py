@@ -1,0 +1,63 @@
+"""NVFP4 checkpoints (ModelOpt and compressed-tensors layouts) as sources.
+
+Read as floats, every weight equals the checkpoint dequantized as ModelOpt defines it (E2M1 code x E4M3 scale
+per 16 values x per-tensor scale), for any row range. With a float ``--type`` the NVFP4 weights pass through
+as GGML NVFP4 with their per-tensor ``.scale`` / ``.input_scale`` tensors, as llama.cpp's converter writes
+them: every tensor of the file (types, shapes, bytes; Llama's q/k rows reordered for rope included) equals
+what the pinned sdist's ``convert_hf_to_gguf.py`` writes for the same checkpoint, and llama.cpp's logits
+follow transformers' on the dequantized weights (within 0.2 of the logits' spread: llama.cpp multiplies
+NVFP4 weights with Q8_0-quantized activations, measured 0.106). A quantized ``--type`` dequantizes first.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from slimedge.source.fp4src import NVFP4Ref
+from slimedge.source.hf import HFSource
+from tests.factory import cached_hf_model
+from tests.family_checks import convert
+from tests.source.qckpt import gguf_tensors, llama_cpp_convert, logits_err, write_nvfp4
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["modelopt", "compressed-tensors"])
+def nvfp4(request, tmp_path_factory):
+    return write_nvfp4(cached_hf_model(arch="llama"), tmp_path_factory.mktemp("nvfp4"), compressed=request.param)
+
+
+def test_rows_read_as_the_dequantized_weights(nvfp4):
+    q, deq = nvfp4
+    want = load_file(deq / "model.safetensors")
+    src = HFSource(q)
+    refs = {n: r for n, r in src.tensors.items() if isinstance(r, NVFP4Ref)}
+    assert len(refs) == 2 * 7 and set(src.tensors) == set(want)  # every linear layer; scales consumed
+    for name, ref in refs.items():
+        assert np.array_equal(ref.load(), want[name]), name
+        buf = np.empty(ref.shape[-1] * 5, np.float32)
+        assert np.array_equal(ref.load_rows(3, 8, buf), want[name][3:8]), name
+    q_proj = refs["model.layers.0.self_attn.q_proj.weight"]
+    extra = dict(q_proj.extra_tensors("blk.0.attn_q.weight"))
+    assert set(extra) == {"blk.0.attn_q.scale", "blk.0.attn_q.input_scale"} and extra["blk.0.attn_q.scale"].shape == (1,)
+
+
+def test_float_type_keeps_nvfp4_and_quantized_type_dequantizes(nvfp4, tmp_path):
+    q, _ = nvfp4
+    kept = gguf_tensors(convert(q, tmp_path / "f16.gguf", "F16"))
+    assert kept["blk.1.ffn_down.weight"][0] == "NVFP4" and kept["blk.1.ffn_down.scale"][0] == "F32"
+    assert kept["token_embd.weight"][0] == "F16"
+    requant = gguf_tensors(convert(q, tmp_path / "q8.gguf", "Q8_0"))
+    assert requant["blk.1.ffn_down.weight"][0] == "Q8_0" and not any(n.endswith("scale") for n in requant)
+
+
+@pytest.mark.slow
+def test_same_file_as_llama_cpp_converter_and_logits(nvfp4, tmp_path):
+    q, deq = nvfp4
+    ours = gguf_tensors(convert(q, tmp_path / "ours.gguf", "F32"))
+    theirs = gguf_tensors(llama_cpp_convert(q, tmp_path / "theirs.gguf"))
+    assert sorted(ours) == sorted(theirs)
+    assert sum(t == "NVFP4" for t, _, _ in theirs.values()) == 14
+    for name, (typ, shape, data) in theirs.items():
+        assert ours[name][:2] == (typ, shape) and ours[name][2] == data, name
+    assert logits_err(q, deq, tmp_path / "ours2.gguf", "F32") < 0.2
