@@ -66,7 +66,7 @@ class StackedRef:
 
     @property
     def where(self) -> str:
-        files = sorted({p.ref.file.name for p in self.parts})
+        files = sorted({Path(p.ref.file).name for p in self.parts})
         more = f" and {len(files) - 1} more file(s)" if len(files) > 1 else ""
         return f"{self.name} (stacked from {len(self.parts)} tensors: {self.parts[0].ref.name}, ...) in {files[0]}{more}"
 

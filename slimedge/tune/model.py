@@ -67,6 +67,10 @@ class _ShapeRef:
     file: str = "the student"
 
     @property
+    def name(self) -> str:
+        return self.hf
+
+    @property
     def where(self) -> str:
         return f"{self.hf} in {self.file}"
 
@@ -144,6 +148,9 @@ def tensor_entries(info, teacher_cfg, teacher: str, path: str) -> tuple[list[Ten
     scfg, arch, table = student_config_of(info, teacher_cfg, teacher, path)
     out = []
     for t in info.tensors:
+        if "_exps." in t.name:  # one 3-D tensor of all experts, stacked from the HF experts by the converter
+            raise SlimedgeError(f"{path}: tensor {t.name} holds a mixture of experts' weights, which slimedge tune "
+                                "cannot learn (MoE expert tensors); tune a dense model")
         ref = table[t.name]
         generated = ref.origin.startswith("generated")
         hf = None if generated else ref.origin.rsplit(" in ", 1)[0]

@@ -35,3 +35,18 @@ def test_tied_qwen2moe_stores_the_output_tensor(tmp_path):
     hf = cached_hf_model(arch="qwen2moe", tied=True)
     check_logits(hf, tmp_path, types=("f32",))
     assert "output.weight" in {t.name for t in read_info(tmp_path / "model-f32.gguf").tensors}
+
+
+def test_tune_refuses_expert_tensors_in_one_line(tmp_path):
+    from click.testing import CliRunner
+
+    from slimedge.cli import main
+
+    hf = cached_hf_model(arch="qwen2moe")
+    q = convert(hf, tmp_path / "q.gguf", "Q8_0")
+    (tmp_path / "data.txt").write_text("Hello world, a little text to tune on.\n" * 40)
+    r = CliRunner().invoke(main, ["tune", str(q), "--teacher", str(hf), "-o", str(tmp_path / "t.gguf"), "--steps", "1",
+                                  "--data", str(tmp_path / "data.txt")])
+    assert r.exit_code == 1 and "Traceback" not in r.output, r.output
+    assert "blk.0.ffn_gate_exps.weight holds a mixture of experts' weights" in r.output
+    assert len(r.output.strip().splitlines()) == 1
