@@ -87,6 +87,46 @@ def write_fp8(src: Path, dst: Path, block=(128, 128)) -> tuple[Path, Path]:
     return qdir, ddir
 
 
+def mxfp4_blocks(w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """gpt-oss's storage of ``w`` [..., rows, cols] (ggml's MXFP4 quantizer picks codes and exponents):
+    (blocks uint8[..., rows, cols/32, 16] with element 2i in the low nibble, scales uint8[..., rows, cols/32],
+    the dequantized float32 values)."""
+    from slimedge.quant import dequantize, quantize
+
+    *lead, rows, cols = w.shape
+    q = np.asarray(quantize(np.ascontiguousarray(w, np.float32).reshape(-1, cols), "MXFP4")).reshape(-1, 17)
+    elems = np.concatenate([q[:, 1:] & 0xF, q[:, 1:] >> 4], axis=1)  # ggml: byte j = element j, j + 16
+    blocks = (elems[:, 0::2] | (elems[:, 1::2] << 4)).astype(np.uint8)
+    deq = dequantize(q.reshape(-1, cols // 32 * 17), "MXFP4", cols).reshape(w.shape)
+    nb = cols // 32
+    return blocks.reshape(*lead, rows, nb, 16), q[:, 0].reshape(*lead, rows, nb).copy(), deq
+
+
+def write_mxfp4(src: Path, dst: Path) -> tuple[Path, Path]:
+    """(gpt-oss checkpoint with MXFP4 experts as released, float checkpoint of its dequantized weights) of the
+    float gpt-oss ``src`` (transformers' layout: ``gate_up_proj`` [experts, n_embd, 2 n_ff], ``down_proj``
+    [experts, n_ff, n_embd]; stored MXFP4 as [experts, out features, in blocks, 16])."""
+    import torch
+    from safetensors.torch import save_file
+
+    q_sd, deq_sd = {}, {}
+    for name, w in _state(src).items():
+        if not name.endswith(("mlp.experts.gate_up_proj", "mlp.experts.down_proj")):
+            q_sd[name] = w
+            deq_sd[name] = w.float()
+            continue
+        blocks, scales, deq = mxfp4_blocks(w.float().transpose(1, 2).numpy())
+        q_sd[name + "_blocks"], q_sd[name + "_scales"] = torch.from_numpy(blocks), torch.from_numpy(scales)
+        deq_sd[name] = torch.from_numpy(np.ascontiguousarray(deq.transpose(0, 2, 1)))
+    qdir, ddir = dst / "mxfp4", dst / "dequantized"
+    _copy_folder(src, qdir, {"quant_method": "mxfp4", "modules_to_not_convert": [
+        "model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"]})
+    _copy_folder(src, ddir, None)
+    save_file({k: v.contiguous() for k, v in q_sd.items()}, qdir / "model.safetensors", metadata={"format": "pt"})
+    save_file({k: v.contiguous() for k, v in deq_sd.items()}, ddir / "model.safetensors", metadata={"format": "pt"})
+    return qdir, ddir
+
+
 def nvfp4_quantize(w: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.float32]:
     """(codes uint8[rows, cols/2], E4M3 scale bytes uint8[rows, cols/16], scale_2): random E2M1 codes
     scaled like ``w`` (the values need not approximate w: the dequantized checkpoint is the reference)."""
@@ -152,17 +192,29 @@ def write_nvfp4(src: Path, dst: Path, compressed: bool = False, seed: int = 0) -
 LLAMA_CPP = Path("/work/llama-src/llama_cpp_python-0.3.36/vendor/llama.cpp")  # the pinned sdist, unpacked
 
 
-def llama_cpp_convert(src: Path, out: Path, outtype: str = "f32") -> Path:
-    """Run the pinned sdist's ``convert_hf_to_gguf.py`` (its own gguf-py first on the path) on ``src``."""
+_RUN = """
+import sys
+sys.path[:0] = [{root!r}, {root!r} + "/gguf-py"]
+if {pre!r}:
+    import conversion.base as base
+    base.TextModel.get_vocab_base_pre = lambda self, tokenizer: {pre!r}
+import convert_hf_to_gguf
+sys.argv = ["convert_hf_to_gguf.py", {src!r}, "--outfile", {out!r}, "--outtype", {outtype!r}]
+convert_hf_to_gguf.main()
+"""
+
+
+def llama_cpp_convert(src: Path, out: Path, outtype: str = "f32", pre: str = "") -> Path:
+    """Run the pinned sdist's ``convert_hf_to_gguf.py`` (its own gguf-py first on the path) on ``src``;
+    ``pre``: the pre-tokenizer name to use for a test tokenizer its hash table does not know."""
     import os
     import subprocess
     import sys
 
     root = Path(os.environ.get("LLAMA_CPP_SRC", LLAMA_CPP))
     assert (root / "convert_hf_to_gguf.py").is_file(), f"llama.cpp's sources are not at {root} (set LLAMA_CPP_SRC)"
-    env = {**os.environ, "PYTHONPATH": str(root / "gguf-py")}
-    r = subprocess.run([sys.executable, str(root / "convert_hf_to_gguf.py"), str(src), "--outtype", outtype,
-                        "--outfile", str(out)], env=env, cwd=out.parent, capture_output=True, text=True, timeout=600)
+    code = _RUN.format(root=str(root), pre=pre, src=str(src), out=str(out), outtype=outtype)
+    r = subprocess.run([sys.executable, "-c", code], cwd=out.parent, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0 and out.is_file(), r.stderr[-3000:]
     return out
 
