@@ -34,9 +34,9 @@ def test_get_arch_maps_hf_class_to_gguf_architecture(hf, gguf_arch):
 
 
 def test_get_arch_errors_name_the_file_and_list_supported():
-    with pytest.raises(SlimedgeError, match=r"m/config.json: architecture GPT2LMHeadModel is not supported; "
+    with pytest.raises(SlimedgeError, match=r"m/config.json: architecture BloomForCausalLM is not supported; "
                                             r"supported: .*LlamaForCausalLM"):
-        get_arch(config(architectures=["GPT2LMHeadModel"]), "m/config.json")
+        get_arch(config(architectures=["BloomForCausalLM"]), "m/config.json")
     with pytest.raises(SlimedgeError, match="no 'architectures' entry"):
         get_arch({k: v for k, v in config().items() if k != "architectures"})
 
