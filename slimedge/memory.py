@@ -77,6 +77,8 @@ class ModelShape:
     recurrent_layers: tuple[bool, ...] = ()  # layers that keep recurrent_bytes instead of a KV cache (() = by kv heads)
     n_swa: int = 0  # sliding window (tokens) of the layers marked True in swa_layers; () = none slides
     swa_layers: tuple[bool, ...] = ()
+    key_length_swa: int = 0  # per head on the sliding layers (Gemma 4); 0: key_length / value_length
+    value_length_swa: int = 0
 
     @property
     def weight_bytes(self) -> int:
@@ -95,7 +97,8 @@ def shape_from_model_info(m, tensors: list[TensorSize]) -> ModelShape:
                       value_length=m.value_length, n_ctx_train=m.n_ctx_train, tensors=list(tensors),
                       n_head_kv_layers=tuple(m.n_head_kv_layers), recurrent_bytes=recurrent_layer_bytes(m),
                       recurrent_layers=tuple(m.recurrent_layers),
-                      n_swa=m.n_swa, swa_layers=tuple(m.swa_layers))
+                      n_swa=m.n_swa, swa_layers=tuple(m.swa_layers),
+                      key_length_swa=m.key_length_swa, value_length_swa=m.value_length_swa)
 
 
 def recurrent_layer_bytes(m) -> int:
@@ -208,8 +211,10 @@ def kv_bytes_per_layer(shape: ModelShape, n_ctx: int, cache_type_k: str = "f16",
         n_head_kv = shape.n_head_kv_layers[layer]
         if n_head_kv == 0:
             return shape.recurrent_bytes
-    per_token = n_head_kv * (shape.key_length * CACHE_BYTES[cache_type_k]
-                                   + shape.value_length * CACHE_BYTES[cache_type_v])
+    k_len, v_len = shape.key_length, shape.value_length
+    if layer is not None and shape.key_length_swa and layer < len(shape.swa_layers) and shape.swa_layers[layer]:
+        k_len, v_len = shape.key_length_swa, shape.value_length_swa or shape.key_length_swa
+    per_token = n_head_kv * (k_len * CACHE_BYTES[cache_type_k] + v_len * CACHE_BYTES[cache_type_v])
     return int(pad_ctx(n_ctx) * per_token)
 
 

@@ -71,6 +71,24 @@ ARCH_DEFAULTS["qwen3moe"] = {"num_experts": 4, "num_experts_per_tok": 2, "moe_in
                              "norm_topk_prob": True, "head_dim": 32}
 ARCH_DEFAULTS["lfm2"] = {"num_hidden_layers": 3, "layer_types": ["conv", "full_attention", "conv"]}
 ARCH_DEFAULTS["gemma3_mm"] = {**ARCH_DEFAULTS["gemma3"], "num_hidden_layers": 2}
+# Gemma 3n (reach, issue 18): as E2B is built — 4:1 sliding/full, the last 2 of 22 layers reuse the KV of layers
+# 18/19 (llama.cpp keeps KV for 20), sparsity 0.95 on layers 0-9, AltUp 4, LAuReL 64, 256 per-layer dims
+_G3N_TYPES = ["full_attention" if i % 5 == 4 else "sliding_attention" for i in range(21)] + ["full_attention"]
+MODEL_CLASSES["gemma3n"] = ("Gemma3nTextConfig", "Gemma3nForCausalLM")
+DEFAULT_TOKENIZER["gemma3n"] = "spm:gemma"
+ARCH_DEFAULTS["gemma3n"] = {"num_hidden_layers": 22, "layer_types": _G3N_TYPES, "num_kv_shared_layers": 2,
+                            "activation_sparsity_pattern": [0.95] * 10 + [0.0] * 12, "head_dim": 256,
+                            "num_attention_heads": 2, "num_key_value_heads": 1, "sliding_window": 8,
+                            "eos_token_id": [1, 7], "tie_word_embeddings": True}
+# Gemma 4 E2B-style: sliding/full alternating, layers 4-5 reuse the KV of layers 2-3 and have a double-wide MLP,
+# 256 per-layer dims, full layers with a 512 head and proportional rope over a quarter of it (transformers' default)
+MODEL_CLASSES["gemma4"] = ("Gemma4TextConfig", "Gemma4ForCausalLM")
+DEFAULT_TOKENIZER["gemma4"] = "spm:gemma4"
+ARCH_DEFAULTS["gemma4"] = {"num_hidden_layers": 6, "layer_types": ["sliding_attention", "full_attention"] * 3,
+                           "num_kv_shared_layers": 2, "use_double_wide_mlp": True, "hidden_size_per_layer_input": 256,
+                           "head_dim": 256, "global_head_dim": 512, "num_attention_heads": 2,
+                           "num_key_value_heads": 1, "sliding_window": 8, "final_logit_softcapping": 30.0,
+                           "eos_token_id": [1, 7], "tie_word_embeddings": True}
 # Qwen3.5: three gated delta-net layers then one full-attention layer (the released pattern); 2 key heads
 # shared by 4 value heads (llama.cpp reorders the value heads), value width 4 x 64 = 256 (k-quant rows);
 # key and value heads of one size, as llama.cpp's qwen35 requires (and the released models have)
@@ -130,12 +148,21 @@ def _gemma3_multimodal(cfg: dict) -> dict:
 
 # arch -> function from the flat config keys to the config class's arguments (multimodal wrappers)
 CONFIG_WRAPPERS = {"gemma3_mm": _gemma3_multimodal}
+CONFIG_WRAPPERS["gemma3n"] = lambda cfg: {"vocab_size_per_layer_input": cfg["vocab_size"], **cfg}  # PLE rows
+CONFIG_WRAPPERS["gemma4"] = CONFIG_WRAPPERS["gemma3n"]
 
 
 def _tokenizer(dir: Path, kind: str) -> tuple[int, dict]:
     """Train the tokenizer into ``dir``; returns (number of token ids, special ids for config.json)."""
     if kind == "spm:gemma":
         tokfactory.train_gemma_spm(dir, vocab_size=1000)
+        return 1000, {"bos_token_id": 2, "eos_token_id": 1, "pad_token_id": 0}
+    if kind == "spm:gemma4":  # Gemma 4 ships tokenizer.json only (SentencePiece-style BPE), no tokenizer.model
+        from transformers import AutoTokenizer
+
+        tokfactory.train_gemma_spm(dir, vocab_size=1000)
+        AutoTokenizer.from_pretrained(dir).save_pretrained(dir)
+        (dir / "tokenizer.model").unlink()
         return 1000, {"bos_token_id": 2, "eos_token_id": 1, "pad_token_id": 0}
     if kind == "spm":
         tokfactory.train_spm(dir, vocab_size=1000)

@@ -34,7 +34,7 @@ from gguf import GGUFWriter, Keys, TokenType
 from slimedge.errors import SlimedgeError
 from slimedge.vocab import pretok, special
 from slimedge.vocab.bpe import is_byte_level, read_bpe
-from slimedge.vocab.hfspm import is_spm_style, read_hf_spm
+from slimedge.vocab.hfspm import as_gemma4, is_gemma4, is_spm_style, read_hf_spm
 from slimedge.vocab.spm import SpmModel, read_spm
 
 __all__ = ["Vocab", "load_vocab"]
@@ -102,12 +102,14 @@ def load_vocab(model_dir: Path, hf_config: dict, n_vocab: int) -> Vocab:
         vocab = _load_bpe(model_dir, tj_path, tokenizer_json, tok_config, n_vocab)
         vocab.pre = pretok.family_name(vocab.pre, hf_config.get("model_type"))
         default_bos = False
-    elif spm_path.is_file():
+    elif spm_path.is_file() and not is_gemma4(hf_config, tokenizer_json):
         vocab = _load_spm(model_dir, spm_path, read_spm(spm_path), tokenizer_json, tok_config, n_vocab)
         default_bos = True
     elif tokenizer_json is not None and is_spm_style(tokenizer_json):
         sp = read_hf_spm(tokenizer_json, tj_path)
         vocab = _load_spm(model_dir, tj_path, sp, tokenizer_json, tok_config, n_vocab)
+        if is_gemma4(hf_config, tokenizer_json):
+            as_gemma4(vocab, tokenizer_json)
         default_bos = True
     elif tokenizer_json is not None:
         kind = (tokenizer_json.get("model") or {}).get("type")

@@ -7,6 +7,10 @@ repeatedly joins the adjacent pair whose joined text is the highest-scoring toke
 the score ``-rank`` of the first merge that produces it makes that the merge order of the BPE. This is
 exact for tokenizers converted from SentencePiece, whose merges list every pair that joins to a token,
 ordered by the original scores.
+
+Gemma 4 gets llama.cpp's own "gemma4" tokenizer instead (as llama.cpp's converter writes it): the same tokens,
+with the BPE merges applied as such over each line (``tokenizer.ggml.merges``), and its chat-format markers
+(:data:`GEMMA4_VISIBLE`) typed USER_DEFINED so that llama.cpp renders them for its chat parser.
 """
 
 from __future__ import annotations
@@ -104,3 +108,25 @@ def read_hf_spm(tokenizer_json: dict, path: Path) -> SpmModel:
     ids = {"unk": vocab.get(unk) if unk else None}
     return SpmModel(tokens=tokens, scores=scores, types=types, ids=ids,  # type: ignore[arg-type]
                     add_space_prefix=scheme != "never")
+
+
+# Gemma 4's chat-format markers, always rendered (llama.cpp's converter types them USER_DEFINED)
+GEMMA4_VISIBLE = frozenset({"<|channel>", "<channel|>", "<|tool_call>", "<tool_call|>", "<|tool_response>",
+                            "<tool_response|>", '<|"|>'})
+
+
+def is_gemma4(hf_config: dict, tokenizer_json: dict | None) -> bool:
+    """A Gemma 4 checkpoint with a SentencePiece-style tokenizer.json (what llama.cpp converts as "gemma4")."""
+    names = hf_config.get("architectures") or [""]
+    return (tokenizer_json is not None and str(names[0]).startswith("Gemma4")
+            and is_spm_style(tokenizer_json))
+
+
+def as_gemma4(vocab, tokenizer_json: dict) -> None:
+    """Turn the SentencePiece-style vocabulary read from Gemma 4's tokenizer.json into llama.cpp's "gemma4"."""
+    merges = (tokenizer_json.get("model") or {}).get("merges") or []
+    vocab.model, vocab.pre, vocab.add_space_prefix = "gemma4", "gemma4", False
+    vocab.merges = [m if isinstance(m, str) else " ".join(m) for m in merges]
+    for tid, text in enumerate(vocab.tokens):
+        if text in GEMMA4_VISIBLE:
+            vocab.types[tid] = int(TokenType.USER_DEFINED)
