@@ -313,12 +313,12 @@ def check_fits(est: MemoryEstimate, target, what: str = "model") -> None:
     if est.required_ram > hw.memory_budget_bytes:
         raise SlimedgeError(
             f"{what} does not fit target {target.name!r}: needs {est.describe()} but the RAM budget "
-            f"(hardware.memory_budget_gb) is {g(hw.memory_budget_bytes)}; try --type auto, a smaller "
+            f"(hardware.memory_budget_gb) is {g(hw.memory_budget_bytes)}; try --type fit, a smaller "
             "--type, a smaller runtime.n_ctx, or a target with more memory")
     if est.total_vram > hw.vram_budget_bytes:
         raise SlimedgeError(
             f"{what} does not fit target {target.name!r}: needs {est.describe()} but the VRAM budget "
-            f"(hardware.vram_gb) is {g(hw.vram_budget_bytes)}; try --type auto, a smaller --type, fewer "
+            f"(hardware.vram_gb) is {g(hw.vram_budget_bytes)}; try --type fit, a smaller --type, fewer "
             "runtime.n_gpu_layers, or a smaller runtime.n_ctx")
 
 

@@ -1,7 +1,8 @@
 """Target profiles: what a device can hold and how llama.cpp should run on it.
 
 A profile is one TOML file with four tables — ``[hardware]`` (arch, accelerator, memory and VRAM
-budget), ``[quantization]`` (default mix, ``--type auto`` candidates, per-tensor overrides),
+budget), ``[quantization]`` (default mix, the ``candidates`` that ``build --type fit`` tries and
+``build --type auto`` draws its types from, per-tensor overrides),
 ``[runtime]`` (threads, context, batch, GPU layers, KV cache types, flash attention, mmap) and
 ``[bench]`` (benchmark settings). The shipped profiles live in ``slimedge/data/targets/`` (package
 data; the repository's ``targets/`` links there). A user's own profile is given by path.
@@ -13,6 +14,7 @@ out of range is a :class:`SlimedgeError` naming the file and the field (``runtim
 from __future__ import annotations
 
 import dataclasses
+import logging
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -21,6 +23,8 @@ from typing import Any
 
 from .errors import SlimedgeError
 from .quant import types as qtypes
+
+log = logging.getLogger(__name__)
 
 GiB = 1 << 30
 
@@ -58,7 +62,7 @@ class Override:
 @dataclass(frozen=True)
 class Quantization:
     type: str = "Q4_K_M"  # default mix or single type when `build` gets no --type
-    auto: tuple[str, ...] = ()  # `--type auto` candidates, best quality first
+    candidates: tuple[str, ...] = ()  # best quality first: `--type fit` takes the first that fits
     overrides: tuple[Override, ...] = ()  # first matching pattern wins
     output_tensor_type: str = ""  # "" : the mix decides
     token_embedding_type: str = ""  # "" : the mix decides
@@ -219,16 +223,23 @@ def _parse_hardware(c: _Checker, data: dict) -> dict:
 
 
 def _parse_quantization(c: _Checker, data: dict) -> dict:
-    """``[quantization]``: type, auto candidates, output/embedding types, ``overrides`` list."""
+    """``[quantization]``: type, candidates, output/embedding types, ``overrides`` list. The key
+    ``auto`` (the candidates' name before ``build --type fit`` existed) is read, with a warning, for one
+    more release."""
     import re
 
     types = sorted(_known_types())
     qd = dict(c.table(data, "quantization", required=False))
+    if "auto" in qd:
+        if "candidates" in qd:
+            c.fail("quantization.auto", "is the old name of quantization.candidates; keep only candidates")
+        log.warning("%s: quantization.auto is deprecated, rename it quantization.candidates", c.where)
+        qd["candidates"] = qd.pop("auto")
     raw_over = qd.pop("overrides", [])
     q = c.fields(qd, Quantization, "quantization.")
     c.choice("quantization.type", q.get("type", Quantization.type).upper(), types, lower=False)
-    for t in q.get("auto", ()):
-        c.choice("quantization.auto", t.upper(), types, lower=False)
+    for t in q.get("candidates", ()):
+        c.choice("quantization.candidates", t.upper(), types, lower=False)
     for k in ("output_tensor_type", "token_embedding_type"):
         if q.get(k):
             c.choice(f"quantization.{k}", q[k].upper(), types, lower=False)

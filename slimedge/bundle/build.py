@@ -1,7 +1,8 @@
 """``slimedge build``: a model (HF folder or GGUF) + a target profile → a runnable bundle folder.
 
-Steps: load the target; pick the type (``--type``, ``auto`` = the first of the profile's
-``quantization.auto`` candidates whose memory estimate fits the budget, or the profile's default);
+Steps: load the target; pick the type (``--type``; ``fit`` = the first of the profile's
+``quantization.candidates`` whose memory estimate fits the budget; ``auto`` = the quality-driven mix of
+``convert --type auto``, measured on ``--calib`` text, filling the budget; else the profile's default);
 estimate memory from the conversion plan and refuse, with the numbers, what does not fit — before
 any conversion; convert (``slimedge.convert``) into a temp folder next to the output; write the
 launcher ``run``, ``Modelfile``, ``README.md`` and ``manifest.json`` (sha256 of every file);
@@ -30,6 +31,10 @@ from ..targets import Target, load_target
 from .manifest import FORMAT, FORMAT_VERSION, MANIFEST, file_entry, list_files, write_json_atomic
 
 log = logging.getLogger(__name__)
+
+# the two --type words that are not type names: the best of the profile's candidates that fits the target,
+# and the quality-driven mix (measured sensitivities; `convert --type auto`'s) filling the target's budget
+FIT, AUTO = "fit", "auto"
 
 MODEL_FILE = "model.gguf"
 
@@ -78,19 +83,20 @@ def source_files(src: Path) -> list[dict]:
 
 
 def choose_type(src: Path, target: Target, requested: str | None) -> tuple[str, str, ModelShape, MemoryEstimate]:
-    """(type, chosen_by, planned shape, estimate), refusing with the numbers what does not fit."""
-    if requested and requested.lower() == "auto":
-        cands = target.quantization.auto or (target.quantization.type,)
+    """(type, chosen_by, planned shape, estimate), refusing with the numbers what does not fit.
+    ``requested``: a type or mix name, ``fit`` (the best profile candidate that fits) or None."""
+    if requested and requested.lower() == FIT:
+        cands = target.quantization.candidates or (target.quantization.type,)
         tried = []
         for c in cands:
             shape = planned_shape(src, quant_spec(target, c))
             est = estimate(shape, target.runtime, hardware=target.hardware)
             if fits(est, target):
-                return c.upper(), "auto", shape, est
+                return c.upper(), FIT, shape, est
             tried.append(f"{c} needs {est.required_ram / (1 << 30):.2f} GiB RAM"
                          + (f" / {est.total_vram / (1 << 30):.2f} GiB VRAM" if est.total_vram else ""))
         raise SlimedgeError(
-            f"{src}: no --type auto candidate fits target {target.name!r} (RAM budget "
+            f"{src}: no --type fit candidate fits target {target.name!r} (RAM budget "
             f"{target.hardware.memory_budget_gb:g} GiB, VRAM {target.hardware.vram_gb:g} GiB): {'; '.join(tried)}; "
             "use a smaller model, a smaller runtime.n_ctx or a target with more memory")
     qtype = (requested or target.quantization.type).upper()
@@ -152,10 +158,10 @@ def build_bundle(src: str | Path, target: str | Path | Target, out_dir: str | Pa
                  calib: str | Path | None = None, tune=None) -> Path:
     """Build a bundle of ``src`` for ``target`` in ``out_dir``; returns ``out_dir`` (see module docstring).
 
-    ``type``: a mix/type name, ``"auto"``, or None for the profile's default. Nothing is left at
-    ``out_dir`` unless the whole bundle was written. ``imatrix``: an importance matrix file for the
-    quantizers (``convert --imatrix``). ``calib`` (text file or folder) with ``type="auto"``: instead of the
-    best fitting profile candidate, the quality-driven auto mix (:func:`fill_budget`) that fills the budget.
+    ``type``: a mix/type name, ``"fit"`` (the best profile candidate that fits), ``"auto"`` (the quality-driven
+    mix that fills the budget, :func:`fill_budget`; needs ``calib``, text file or folder, and an HF source), or
+    None for the profile's default. Nothing is left at ``out_dir`` unless the whole bundle was written.
+    ``imatrix``: an importance matrix file for the quantizers (``convert --imatrix``).
     ``tune`` (:class:`slimedge.tune.convert.TuneOptions`): the quantized model's block scales tuned against
     the teacher (``slimedge tune``) before packing; the manifest records the run and its KL divergences.
     """
@@ -164,8 +170,8 @@ def build_bundle(src: str | Path, target: str | Path | Target, out_dir: str | Pa
     src, out = resolve_source(src), Path(out_dir)
     tgt = target if isinstance(target, Target) else load_target(target)
     _check_paths(src, out, overwrite)
-    spec = None
-    if calib is not None and (type or "").lower() == "auto" and not is_gguf(src):
+    spec, type = None, _type_request(type, calib, src)
+    if type == AUTO:
         spec, qtype, chosen_by, packed_as_is = *fill_budget(src, tgt, calib, imatrix, threads, progress), False
     else:
         qtype, chosen_by, packed_as_is = _choose(src, tgt, type)
@@ -214,18 +220,34 @@ def build_bundle(src: str | Path, target: str | Path | Target, out_dir: str | Pa
     return out
 
 
+def _type_request(type: str | None, calib, src: Path) -> str | None:
+    """``type`` with ``fit`` / ``auto`` spelled canonically; refuses what cannot be; the old meaning of
+    ``auto`` without ``--calib`` (now ``fit``) is kept for one release, with a deprecation warning."""
+    word = (type or "").strip().lower()
+    if word == AUTO and calib is None:
+        log.warning("build --type auto without --calib is deprecated: it is spelled --type fit now (the best of the "
+                    "profile's candidates that fits); --type auto --calib TEXT is the quality-driven mix")
+        return FIT
+    if word == AUTO and is_gguf(src):
+        raise SlimedgeError(f"{src}: --type auto measures sensitivities with the Hugging Face model; give the HF "
+                            "folder, or use --type fit (the best profile candidate that fits)")
+    if calib is not None and word != AUTO:
+        raise SlimedgeError("--calib is the text the quality-driven mix is measured on: it needs --type auto")
+    return word if word in (AUTO, FIT) else type
+
+
 def fill_budget(src: Path, tgt: Target, calib: str | Path, imatrix, threads: int | None,
                 progress: Progress) -> tuple[object, str, str]:
     """(QuantSpec, type label, chosen_by) of the auto mix (:mod:`slimedge.calib.sensitivity`) with the
     largest tensor budget whose memory estimate still fits the target (bisection on the budget; the
-    sensitivities are measured once). Candidate types are the profile's auto candidates' base types."""
+    sensitivities are measured once). Candidate types are the base types of the profile's candidates."""
     from ..calib.sensitivity import importance, read_text, sensitivity
     from ..convert import plan
     from ..quant.allocate import DEFAULT_CANDIDATES, allocate, quantizable
     from ..quant.mixes import resolve_ftype
     from ..quant.types import tensor_nbytes
 
-    allowed = {resolve_ftype(c)[1].name for c in (tgt.quantization.auto or (tgt.quantization.type,))}
+    allowed = {resolve_ftype(c)[1].name for c in (tgt.quantization.candidates or (tgt.quantization.type,))}
     types = tuple(t for t in DEFAULT_CANDIDATES if t in allowed) or DEFAULT_CANDIDATES
     base = plan(src)
     imp = importance(src, imatrix)
@@ -253,7 +275,7 @@ def fill_budget(src: Path, tgt: Target, calib: str | Path, imatrix, threads: int
             lo, alloc, spec = mid, a, sp
         else:
             hi = mid
-    return spec, f"auto mix {alloc.bits_per_weight:.2f} bpw", "auto (quality-driven, fills the budget)"
+    return spec, f"auto mix {alloc.bits_per_weight:.2f} bpw", "auto (quality-driven mix, fills the budget)"
 
 
 def _types_of(t, types):
@@ -280,7 +302,7 @@ def _check_paths(src: Path, out: Path, overwrite: bool) -> None:
 
 def _choose(src: Path, tgt: Target, type: str | None) -> tuple[str, str, bool]:
     """(type, chosen_by, packed as is). An already-quantized GGUF is copied unchanged (``type`` refused);
-    anything else gets ``type``, the profile's type, or with ``auto`` the best that fits. A model whose
+    anything else gets ``type``, the profile's type, or with ``fit`` the best candidate that fits. A model whose
     estimate exceeds the target's budget is refused with the numbers."""
     from ..gguf_info import read_info
 

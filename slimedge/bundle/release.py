@@ -100,8 +100,8 @@ def _types(types: str | list[str]) -> list[str]:
             out.append(t)
     if not out:
         raise SlimedgeError("--types: give one or more types separated by commas, e.g. Q8_0,Q6_K,Q4_K_M,Q3_K_M")
-    if "AUTO" in out:
-        raise SlimedgeError("--types: 'auto' picks one type for a bundle; a release names its types")
+    if {"AUTO", "FIT"} & set(out):
+        raise SlimedgeError("--types: 'auto' and 'fit' pick one type for a bundle; a release names its types")
     return out
 
 

@@ -15,13 +15,13 @@ from .options import make_progress, overwrite_option, quiet_option, threads_opti
               help="Target profile: a shipped name (see `slimedge targets`) or a .toml file.")
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="Bundle folder to write.")
 @click.option("--type", "qtype", default=None, metavar="TYPE",
-              help="Quantization (Q4_K_M, Q8_0, ...) or 'auto': the best of the profile's candidates that fits. "
-                   "Default: the profile's.")
+              help="Quantization (Q4_K_M, Q8_0, ...); 'fit': the best of the profile's candidates that fits; "
+                   "'auto' (with --calib): the quality-driven mix that fills the target's budget. Default: the "
+                   "profile's.")
 @click.option("--imatrix", "imatrix", type=click.Path(path_type=Path), default=None, metavar="FILE",
               help="Importance matrix (slimedge imatrix / llama-imatrix) for the quantizers.")
 @click.option("--calib", type=click.Path(path_type=Path), default=None, metavar="FILE|DIR",
-              help="With --type auto: the quality-driven auto mix filling the target's memory budget, its "
-                   "sensitivities measured on this text (without --calib: the best profile candidate that fits).")
+              help="With --type auto: the text the quality-driven mix's per-tensor sensitivities are measured on.")
 @click.option("--archive", is_flag=True, help="Also write BUNDLE_DIR.tar.gz.")
 @click.option("--types", default=None, metavar="T1,T2,...",
               help="Several types (e.g. Q8_0,Q6_K,Q4_K_M,Q3_K_M): write a release folder for the Hugging Face Hub "
@@ -50,7 +50,8 @@ def cli(src: Path, target: str, out: Path, qtype: str | None, imatrix: Path | No
     \b
     Examples:
       slimedge build ./TinyLlama-1.1B --target cpu -o tinyllama-cpu
-      slimedge build ./TinyLlama-1.1B --target arm64-small --type auto -o tinyllama-pi --archive
+      slimedge build ./TinyLlama-1.1B --target arm64-small --type fit -o tinyllama-pi --archive
+      slimedge build ./TinyLlama-1.1B --target arm64 --type auto --calib wiki.txt -o tinyllama-arm
       slimedge build model-f16.gguf --target ./my-board.toml -o bundle
       slimedge build ./TinyLlama-1.1B --target cpu --types Q8_0,Q6_K,Q4_K_M,Q3_K_M -o release --text wiki.txt
       slimedge build ./TinyLlama-1.1B --target laptop-gpu --type Q4_K_M --tune wiki.txt -o tinyllama-tuned

@@ -26,7 +26,9 @@ def _parse_override(value: str) -> tuple[str, str]:
               help="Output .gguf file (required unless --dry-run).")
 @click.option("--type", "ftype", default="F16", show_default=True, metavar="TYPE",
               help="A llama.cpp mix (Q2_K, Q3_K_S/M/L, Q4_K_S/M, Q5_K_S/M, Q6_K, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1; "
-                   "Q4_K means Q4_K_M as in llama-quantize) or a float type (F32, F16, BF16).")
+                   "Q4_K means Q4_K_M as in llama-quantize), a float type (F32, F16, BF16), or 'auto': the "
+                   "quality-driven mix, each tensor's type chosen by measured sensitivity (--calib) under a "
+                   "size budget (--target-bpw / --target-size).")
 @click.option("--tensor-type", "overrides", multiple=True, metavar="REGEX=TYPE",
               help="Type for GGUF tensor names matching REGEX (repeatable; first match wins).")
 @click.option("--output-tensor-type", default=None, metavar="TYPE", help="Type of output.weight.")

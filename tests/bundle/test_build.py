@@ -1,4 +1,4 @@
-"""`slimedge build`: bundles for every shipped target, their manifests, refusals, --type auto."""
+"""`slimedge build`: bundles for every shipped target, their manifests, refusals, --type fit."""
 
 from __future__ import annotations
 
@@ -12,9 +12,11 @@ from slimedge.bundle import build_bundle
 from slimedge.bundle.build import planned_shape, quant_spec
 from slimedge.bundle.manifest import sha256_file
 from slimedge.cli import main
+from slimedge.convert import convert
 from slimedge.errors import SlimedgeError
 from slimedge.gguf_info import read_info
 from slimedge.memory import estimate
+from slimedge.quant.mixes import QuantSpec
 from slimedge.targets import load_target, shipped_names
 
 REPO_TARGETS = Path(__file__).resolve().parents[2] / "targets"
@@ -111,18 +113,59 @@ def test_model_that_does_not_fit_is_refused_with_numbers(hf_model, tmp_path):
     assert sorted(x.name for x in tmp_path.iterdir()) == ["tight.toml"]  # nothing half-written
 
 
-def test_type_auto_picks_best_that_fits(hf_model, tmp_path):
+def test_type_fit_picks_best_that_fits(hf_model, tmp_path, caplog):
     t = load_target("cpu")
     ests = {c: estimate(planned_shape(hf_model, quant_spec(t, c)), t.runtime, hardware=t.hardware).required_ram
             for c in ("F16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M")}
     assert ests["F16"] > ests["Q8_0"] > ests["Q6_K"] > ests["Q5_K_M"] > ests["Q4_K_M"]
     budget = (ests["Q5_K_M"] + ests["Q4_K_M"]) / 2 / 2**30  # Q4_K_M fits, Q5_K_M does not
-    b = build_bundle(hf_model, _profile(tmp_path, budget), tmp_path / "auto", type="auto")
+    b = build_bundle(hf_model, _profile(tmp_path, budget), tmp_path / "fit", type="fit")
     m = json.loads((b / "manifest.json").read_text())
-    assert m["quantization"]["type"] == "Q4_K_M" and m["quantization"]["chosen_by"] == "auto"
+    assert m["quantization"]["type"] == "Q4_K_M" and m["quantization"]["chosen_by"] == "fit"
     assert m["memory_estimate"]["required_ram"] <= budget * 2**30
-    with pytest.raises(SlimedgeError, match=r"no --type auto candidate fits target 'tiny'.*Q2_K needs"):
-        build_bundle(hf_model, _profile(tmp_path, 0.01, "tiny"), tmp_path / "none", type="auto")
+    with pytest.raises(SlimedgeError, match=r"no --type fit candidate fits target 'tiny'.*Q2_K needs"):
+        build_bundle(hf_model, _profile(tmp_path, 0.01, "tiny"), tmp_path / "none", type="fit")
+    # the old spelling (build's --type auto without --calib) still means fit for one release, with a warning
+    with caplog.at_level("WARNING", logger="slimedge.bundle.build"):
+        old = build_bundle(hf_model, _profile(tmp_path, budget), tmp_path / "old", type="auto")
+    assert json.loads((old / "manifest.json").read_text())["quantization"]["chosen_by"] == "fit"
+    assert any("--type auto without --calib is deprecated: it is spelled --type fit" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_auto_and_calib_go_together(hf_model, tmp_path, text_file):
+    """--type auto is the quality-driven mix: measured on an HF folder's model, and --calib only with it."""
+    with pytest.raises(SlimedgeError, match="--calib is the text the quality-driven mix is measured on: it needs "
+                                            "--type auto"):
+        build_bundle(hf_model, "cpu", tmp_path / "a", type="Q4_K_M", calib=text_file)
+    f16 = tmp_path / "f16.gguf"
+    convert(hf_model, f16, QuantSpec("F16"))
+    with pytest.raises(SlimedgeError, match="--type auto measures sensitivities with the Hugging Face model"):
+        build_bundle(f16, "cpu", tmp_path / "b", type="auto", calib=text_file)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+@pytest.mark.slow
+def test_type_auto_with_calib_is_the_quality_mix_filling_the_budget(hf_model, tmp_path, text_file):
+    """build --type auto --calib: convert's quality-driven mix, its types drawn from the profile's candidates
+    (two here, to keep the measurement short), as large as still fits the target (a budget between the two
+    candidates' estimates)."""
+    t = load_target("cpu")
+    ests = {c: estimate(planned_shape(hf_model, quant_spec(t, c)), t.runtime, hardware=t.hardware).required_ram
+            for c in ("Q6_K", "Q4_K_M")}
+    budget = (ests["Q6_K"] + ests["Q4_K_M"]) / 2 / 2**30
+    p = _profile(tmp_path, budget)
+    text = p.read_text()
+    start = text.index("\ncandidates = [")
+    p.write_text(text[:start] + '\ncandidates = ["Q6_K", "Q4_K_M"]' + text[text.index("\n", start + 1):])
+    b = build_bundle(hf_model, p, tmp_path / "q", type="auto", calib=text_file)
+    m = json.loads((b / "manifest.json").read_text())
+    assert m["quantization"]["chosen_by"] == "auto (quality-driven mix, fills the budget)"
+    assert m["quantization"]["type"].startswith("auto mix ") and m["quantization"]["type"].endswith(" bpw")
+    assert ests["Q4_K_M"] <= m["memory_estimate"]["required_ram"] <= budget * 2**30
+    info = read_info(b / "model.gguf")
+    assert len({t.type for t in info.tensors if len(t.shape) == 2}) >= 2  # a mix, not one type
+    assert info.metadata["slimedge.mix.target"] == "fills tight"
 
 
 def test_explicit_type_and_overwrite(hf_model, tmp_path):

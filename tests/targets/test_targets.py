@@ -22,7 +22,7 @@ def test_shipped_profiles_load_and_match_the_repo_folder():
     for t in list_targets():
         assert t.hardware.memory_budget_bytes > 0
         assert t.runtime.n_ctx >= 512 and t.bench.n_prompt == 512 and t.bench.n_gen == 128
-        assert t.quantization.type in t.quantization.auto
+        assert t.quantization.type in t.quantization.candidates
         # the repository's targets/ is the same data as the package's copy
         packaged = resources.files("slimedge").joinpath("data", "targets", f"{t.name}.toml").read_bytes()
         assert (REPO_TARGETS / f"{t.name}.toml").read_bytes() == packaged
@@ -39,7 +39,23 @@ def test_profile_specifics():
     assert small.hardware.memory_gb == 4 and small.runtime.cache_type_v == "q8_0" and small.runtime.flash_attn
     # ARM profiles only offer types llama.cpp repacks at load time for NEON (no Q2_K/Q3_K)
     for t in (arm, small):
-        assert not any(x.startswith(("Q2", "Q3")) for x in t.quantization.auto)
+        assert not any(x.startswith(("Q2", "Q3")) for x in t.quantization.candidates)
+
+
+def test_the_old_candidates_key_is_read_with_a_warning(tmp_path, caplog):
+    """quantization.auto was the candidates' name before `build --type fit`: read for one more release."""
+    text = (REPO_TARGETS / "cpu.toml").read_text()
+    p = tmp_path / "old.toml"
+    p.write_text(text.replace("\ncandidates = [", "\nauto = ["))
+    with caplog.at_level("WARNING", logger="slimedge.targets"):
+        t = load_target(p)
+    assert t.quantization.candidates == load_target("cpu").quantization.candidates
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{p}: quantization.auto is deprecated, rename it quantization.candidates"]
+    both = tmp_path / "both.toml"
+    both.write_text(text.replace("\ncandidates = [", "\nauto = []\ncandidates = ["))
+    with pytest.raises(SlimedgeError, match=r"quantization\.auto is the old name of quantization\.candidates"):
+        load_target(both)
 
 
 def test_load_by_path(tmp_path):
