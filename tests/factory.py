@@ -136,6 +136,45 @@ ARCH_DEFAULTS["gptoss"] = {"num_local_experts": 4, "num_experts_per_tok": 2, "in
                            "sliding_window": 8, "layer_types": ["sliding_attention", "full_attention"],
                            "eos_token_id": [1002, 1001, 1008]}
 
+# Reach (issue 18), dense families and the small classics. OLMo 3: layers 0-2 slide over 8 tokens, layer 3 is
+# global with Olmo-3 Think's YaRN (x8 over 32 positions)
+MODEL_CLASSES.update({"olmo3": ("Olmo3Config", "Olmo3ForCausalLM"),
+                      "ministral3": ("Ministral3Config", "Ministral3ForCausalLM"),
+                      "mistral3_mm": ("Mistral3Config", "Mistral3ForConditionalGeneration"),  # CONFIG_WRAPPERS
+                      "exaone4": ("Exaone4Config", "Exaone4ForCausalLM"),
+                      "ernie4_5": ("Ernie4_5Config", "Ernie4_5ForCausalLM"),
+                      "stablelm": ("StableLmConfig", "StableLmForCausalLM"),
+                      "starcoder2": ("Starcoder2Config", "Starcoder2ForCausalLM"),
+                      "phi": ("PhiConfig", "PhiForCausalLM"),
+                      "gptneox": ("GPTNeoXConfig", "GPTNeoXForCausalLM"),
+                      "gpt2": ("GPT2Config", "GPT2LMHeadModel")})
+ARCH_DEFAULTS["olmo3"] = {"num_hidden_layers": 4, "sliding_window": 8, "rope_parameters": {
+    "sliding_attention": {"rope_type": "default", "rope_theta": 500000.0},
+    "full_attention": {"rope_type": "yarn", "rope_theta": 500000.0, "factor": 8.0, "beta_fast": 32.0,
+                       "beta_slow": 1.0, "original_max_position_embeddings": 32, "attention_factor": 1.2079441541679836}}}
+# Ministral 3: its YaRN (mscale / mscale_all_dim) and Llama 4 query temperature with a period of 16 positions
+ARCH_DEFAULTS["ministral3"] = {"head_dim": 32, "rope_parameters": {
+    "rope_type": "yarn", "rope_theta": 1000000.0, "factor": 16.0, "original_max_position_embeddings": 16,
+    "beta_fast": 32.0, "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 1.0, "llama_4_scaling_beta": 0.1}}
+ARCH_DEFAULTS["mistral3_mm"] = ARCH_DEFAULTS["ministral3"]
+# EXAONE 4 as the 1.2B ships: no window (every layer ropes), per-head q/k norms (tokenizer: GPT-2's split,
+# which llama.cpp's "exaone4" uses); ERNIE 4.5 0.3B: SentencePiece, head_dim != hidden/heads
+ARCH_DEFAULTS["exaone4"] = {"sliding_window": None, "layer_types": ["full_attention"] * 2}
+ARCH_DEFAULTS["ernie4_5"] = {"head_dim": 32, "use_bias": False}
+# The LayerNorm classics, each with its released options: StableLM 2 (qkv biases, 25% rotary, Qwen-like
+# split: llama.cpp "qwen2"), StarCoder 2 (biases, window > the samples), Phi-2 (40% rotary, output bias),
+# Pythia (25% rotary, parallel residual), GPT-2 (its own key names; the common ones are aliases)
+ARCH_DEFAULTS["stablelm"] = {"use_qkv_bias": True, "partial_rotary_factor": 0.25, "layer_norm_eps": 1e-5}
+ARCH_DEFAULTS["starcoder2"] = {"use_bias": True, "sliding_window": 128, "norm_epsilon": 1e-5}
+ARCH_DEFAULTS["phi"] = {"partial_rotary_factor": 0.4, "num_key_value_heads": 4, "layer_norm_eps": 1e-5}
+ARCH_DEFAULTS["gptneox"] = {"rotary_pct": 0.25, "use_parallel_residual": True, "layer_norm_eps": 1e-5,
+                            "num_key_value_heads": None}
+ARCH_DEFAULTS["gpt2"] = {"activation_function": "gelu_new", "layer_norm_epsilon": 1e-5, "n_inner": 128,
+                         "num_key_value_heads": None}
+DEFAULT_TOKENIZER.update({"olmo3": "bpe:dbrx", "ministral3": "bpe:tekken", "mistral3_mm": "bpe:tekken",
+                          "exaone4": "bpe:gpt2", "ernie4_5": "spm", "stablelm": "bpe:qwen2",
+                          "starcoder2": "bpe:starcoder", "phi": "bpe:gpt2", "gptneox": "bpe:gpt2", "gpt2": "bpe:gpt2"})
+
 
 def _gemma3_multimodal(cfg: dict) -> dict:
     """Gemma3Config: the text config inside, a 1-layer 32x32-pixel SigLIP tower, 4 image tokens."""
@@ -150,6 +189,18 @@ def _gemma3_multimodal(cfg: dict) -> dict:
 CONFIG_WRAPPERS = {"gemma3_mm": _gemma3_multimodal}
 CONFIG_WRAPPERS["gemma3n"] = lambda cfg: {"vocab_size_per_layer_input": cfg["vocab_size"], **cfg}  # PLE rows
 CONFIG_WRAPPERS["gemma4"] = CONFIG_WRAPPERS["gemma3n"]
+
+
+def _mistral3_multimodal(cfg: dict) -> dict:
+    """Mistral3Config: a Ministral 3 text config inside, a 1-layer 32x32-pixel Pixtral tower."""
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, head_dim=16,
+                  image_size=32, patch_size=8)
+    text = {"model_type": "ministral3", **{k: v for k, v in cfg.items() if k != "tie_word_embeddings"}}
+    return dict(text_config=text, vision_config=vision, tie_word_embeddings=cfg.get("tie_word_embeddings", False),
+                spatial_merge_size=2, image_token_index=cfg["vocab_size"] - 1)
+
+
+CONFIG_WRAPPERS["mistral3_mm"] = _mistral3_multimodal
 
 
 def _tokenizer(dir: Path, kind: str) -> tuple[int, dict]:
