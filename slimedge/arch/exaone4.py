@@ -1,8 +1,9 @@
 """EXAONE 4 (``Exaone4ForCausalLM``: EXAONE-4.0 1.2B and 32B) → GGUF architecture ``exaone4``.
 
 OLMo 2's post-norm block (``post_attention_layernorm`` → post_attention_norm, ``post_feedforward_layernorm``
-→ post_ffw_norm, no pre-norms) with Qwen3's per-head q/k RMSNorms (``head_dim`` weights). Rope is neox
-(no permutation); "llama3" rope scaling becomes a ``rope_freqs`` tensor as for Llama 3.
+→ post_ffw_norm, no pre-norms) with Qwen3's per-head q/k RMSNorms (``head_dim`` weights; heads x head_dim
+must be the hidden size, as llama.cpp sizes the attention output). Rope is neox (no permutation); "llama3"
+rope scaling becomes a ``rope_freqs`` tensor as for Llama 3.
 
 Sliding window: transformers' EXAONE 4 ropes only the sliding layers once a ``sliding_window`` is set (the
 global layers are NoPE); llama.cpp's exaone4 does the same, but turns the window on only for its 64-layer
@@ -47,6 +48,11 @@ class Exaone4(Arch):
 
     def __init__(self, config: dict, hf_arch: str):
         super().__init__(config, hf_arch)
+        hp = self.hp
+        if hp.head_dim * hp.n_head != hp.n_embd:
+            raise SlimedgeError(f"config.json: {hf_arch} with head_dim {hp.head_dim} x {hp.n_head} heads != "
+                                f"hidden_size {hp.n_embd} is not supported (llama.cpp's exaone4 takes an attention "
+                                f"output of hidden_size x hidden_size)")
         self.n_swa = int(config.get("sliding_window") or 0)
         self.swa_layers: tuple[bool, ...] = ()
         if not self.n_swa:

@@ -136,6 +136,8 @@ def test_exaone4_table_per_head_qk_norms_unpermuted():
 
 
 def test_exaone4_window_only_at_64_layers_and_llama3_rope_freqs():
+    with pytest.raises(SlimedgeError, match="head_dim 16 x 4 heads != hidden_size 32"):
+        get_arch(cfg("Exaone4ForCausalLM", head_dim=2 * HEAD_DIM))
     with pytest.raises(SlimedgeError, match="only with 64 layers"):
         get_arch(cfg("Exaone4ForCausalLM", sliding_window=4096, sliding_window_pattern="LLLG"))
     arch = get_arch(cfg("Exaone4ForCausalLM", num_hidden_layers=64, sliding_window=4096, sliding_window_pattern="LLLG",
