@@ -131,8 +131,11 @@ ARCH_DEFAULTS["phimoe"] = {"num_local_experts": 4, "num_experts_per_tok": 2, "in
                                                "original_max_position_embeddings": 256,
                                                "short_mscale": 1.243, "long_mscale": 1.243}}
 # gpt-oss: sliding/full layers alternating (window 8 < the harness's 25 tokens), head_dim x heads != hidden,
-# YaRN as released; eos <|return|>, <|endoftext|>, <|call|> (ids 1002, 1001, 1008 after the trained 1000)
+# YaRN as released; eos <|return|>, <|endoftext|>, <|call|> (ids 1002, 1001, 1008 after the trained 1000);
+# weights of std 0.05 (the release's init is 0.02): at 0.1 its (up + 1) x GLU experts make the random model so
+# chaotic that BF16 rounding alone moves the k-quant-width model's logits by 2 std
 ARCH_DEFAULTS["gptoss"] = {"num_local_experts": 4, "num_experts_per_tok": 2, "intermediate_size": 64, "head_dim": 32,
+                           "initializer_range": 0.05,
                            "sliding_window": 8, "layer_types": ["sliding_attention", "full_attention"],
                            "eos_token_id": [1002, 1001, 1008]}
 
