@@ -91,10 +91,14 @@ ARCH_DEFAULTS["gemma4"] = {"num_hidden_layers": 6, "layer_types": ["sliding_atte
                            "eos_token_id": [1, 7], "tie_word_embeddings": True}
 # Qwen3.5: three gated delta-net layers then one full-attention layer (the released pattern); 2 key heads
 # shared by 4 value heads (llama.cpp reorders the value heads), value width 4 x 64 = 256 (k-quant rows);
-# key and value heads of one size, as llama.cpp's qwen35 requires (and the released models have)
+# key and value heads of one size, as llama.cpp's qwen35 requires (and the released models have). rms_norm_eps
+# 1e-6 as released: llama.cpp l2-normalizes the delta-net's q/k with it, transformers with a fixed 1e-6. Weights
+# of range 0.03: with 0.1 the random delta rule is chaotic (rounding its weights to bf16 moves transformers' own
+# logits by 0.34 std), with 0.03 by 0.05, so the harness's F16/BF16/Q8_0 tolerances still mean something
 _QWEN35 = {"num_hidden_layers": 4, "head_dim": 32, "linear_num_key_heads": 2, "linear_num_value_heads": 4,
            "linear_key_head_dim": 64, "linear_value_head_dim": 64, "linear_conv_kernel_dim": 4,
-           "layer_types": ["linear_attention"] * 3 + ["full_attention"]}
+           "layer_types": ["linear_attention"] * 3 + ["full_attention"], "rms_norm_eps": 1e-6,
+           "initializer_range": 0.03}
 ARCH_DEFAULTS["qwen35"] = _QWEN35
 ARCH_DEFAULTS["qwen35moe"] = {**_QWEN35, "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 64,
                               "shared_expert_intermediate_size": 64}

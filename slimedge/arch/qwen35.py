@@ -77,6 +77,9 @@ class _Qwen35(Arch):
         super().__init__(config, hf_arch)
         self.dn = DeltaNet.from_config(config, hf_arch, tiled=self.TILE_V)
         self.recurrent = recurrent_layer_flags(config, self.hp.n_layer, hf_arch)
+        if abs(self.hp.rms_eps - 1e-6) > 1e-9:
+            log.warning("config.json: rms_norm_eps is %g; llama.cpp l2-normalizes the delta-net's queries and keys "
+                        "with it where transformers uses 1e-6, so outputs will differ slightly", self.hp.rms_eps)
 
     def tensors(self, source):
         refs, dropped = {}, []
