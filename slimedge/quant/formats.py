@@ -16,6 +16,7 @@ This module is the readable reference; ``slimedge.quant.backend`` may route to C
 
 from __future__ import annotations
 
+import functools
 from typing import ClassVar
 
 import numpy as np
@@ -90,6 +91,20 @@ def check_row_length(fmt: type[QuantFormat], n_per_row: int, what: str = "tensor
             f"{fmt.block_size}; choose another type for it (e.g. --tensor-type '<name>=f16')")
 
 
+def _ieee(func):
+    """Run ``func`` with NumPy's float warnings off: the reference does ggml's float arithmetic, where a block of
+    subnormal, huge or non-finite values overflows to inf/NaN exactly as in C (and gives ggml's bytes); NumPy's
+    "overflow encountered" warnings about that say nothing a user could act on."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+            return func(*args, **kwargs)
+
+    return wrapper
+
+
+@_ieee
 def quantize_rows(x: np.ndarray, qtype, imatrix: np.ndarray | None = None, what: str = "tensor") -> np.ndarray:
     """NumPy reference: quantize ``x: float32[..., n_per_row]`` -> ``uint8[..., row_bytes]``.
 
@@ -139,6 +154,7 @@ def quantized_rows(q: np.ndarray, fmt: type[QuantFormat], n_per_row: int | None 
     return q, n
 
 
+@_ieee
 def dequantize_rows(q: np.ndarray, qtype, n_per_row: int | None = None) -> np.ndarray:
     """NumPy reference: ``uint8[..., row_bytes]`` -> ``float32[..., n_per_row]``."""
     fmt = get_format(qtype)
