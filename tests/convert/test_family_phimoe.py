@@ -22,7 +22,9 @@ pytestmark = pytest.mark.slow  # runs llama.cpp's converter, every mix and llama
 
 
 def test_phimoe_as_llama_cpps_converter_writes_it(tmp_path):
-    hf = copy_model(cached_hf_model(arch="phimoe", kquant=True, intermediate_size=256), tmp_path / "hf")
+    # 16 heads of 16 over hidden 256 (the factory's long/short rope factors are for head_dim 16)
+    hf = copy_model(cached_hf_model(arch="phimoe", kquant=True, intermediate_size=256, num_attention_heads=16,
+                                    num_key_value_heads=4), tmp_path / "hf")
     cfg = json.loads((hf / "config.json").read_text())
     assert cfg["architectures"] == ["PhimoeForCausalLM"]  # transformers 5's name; the Hub's config says:
     cfg["architectures"] = ["PhiMoEForCausalLM"]  # (the converter knows only this one)
