@@ -12,7 +12,7 @@ from gguf import GGMLQuantizationType as T
 from gguf import GGUFReader
 
 from slimedge.arch.llama import permute_rope_rows
-from slimedge.cli.convert import cli
+from slimedge.cli import main
 from slimedge.convert import convert, plan
 from slimedge.quant.formats import f32_to_bf16_bits
 from slimedge.quant.mixes import QuantSpec
@@ -113,7 +113,7 @@ def test_gguf_source_requantizes_like_direct_conversion(tmp_path):
 
 def test_dry_run_lists_types_and_matches_real_sizes(tmp_path):
     model = cached_hf_model(arch="llama")
-    res = CliRunner().invoke(cli, [str(model), "--type", "q8_0", "--dry-run"])
+    res = CliRunner().invoke(main, ["convert", str(model), "--type", "q8_0", "--dry-run"])
     assert res.exit_code == 0, res.output
     assert "blk.1.ffn_down.weight" in res.output and "Q8_0" in res.output and "bits per weight" in res.output
     assert list(tmp_path.iterdir()) == []
@@ -165,18 +165,18 @@ def test_phi3_fused_tensors_and_rope_factors(tmp_path):
 
 def test_cli_progress_names_tensors_and_rate(tmp_path):
     model = cached_hf_model(arch="llama")
-    res = CliRunner().invoke(cli, [str(model), "-o", str(tmp_path / "m.gguf"), "--type", "f16", "--threads", "1"],
+    res = CliRunner().invoke(main, ["convert", str(model), "-o", str(tmp_path / "m.gguf"), "--type", "f16", "--threads", "1"],
                              env={"SLIMEDGE_PROGRESS": "bar"})  # the terminal bar (CliRunner's stderr is no TTY)
     assert res.exit_code == 0, res.output
     assert "MB/s" in res.stderr and "output.weight" in res.stderr and "wrote" in res.stderr
-    quiet = CliRunner().invoke(cli, [str(model), "-o", str(tmp_path / "q.gguf"), "--quiet"])
+    quiet = CliRunner().invoke(main, ["convert", str(model), "-o", str(tmp_path / "q.gguf"), "--quiet"])
     assert quiet.exit_code == 0 and quiet.output == ""
 
 
 def test_cli_type_overrides_reach_the_file(tmp_path):
     model = cached_hf_model(arch="llama")
     out = tmp_path / "m.gguf"
-    res = CliRunner().invoke(cli, [str(model), "-o", str(out), "--quiet", "--type", "q8_0", "--pure",
+    res = CliRunner().invoke(main, ["convert", str(model), "-o", str(out), "--quiet", "--type", "q8_0", "--pure",
                                    "--tensor-type", r"blk\.1\.ffn_down=f32", "--tensor-type", "attn_v=bf16",
                                    "--output-tensor-type", "f16", "--token-embedding-type", "q8_0"])
     assert res.exit_code == 0, res.output
@@ -186,7 +186,7 @@ def test_cli_type_overrides_reach_the_file(tmp_path):
     assert types["blk.0.attn_v.weight"] == types["blk.1.attn_v.weight"] == T.BF16
     assert types["output.weight"] == T.F16 and types["token_embd.weight"] == T.Q8_0
     assert types["blk.0.attn_norm.weight"] == T.F32
-    bad = CliRunner().invoke(cli, [str(model), "-o", str(tmp_path / "x.gguf"), "--tensor-type", "nonsense"])
+    bad = CliRunner().invoke(main, ["convert", str(model), "-o", str(tmp_path / "x.gguf"), "--tensor-type", "nonsense"])
     assert bad.exit_code != 0 and "REGEX=TYPE" in bad.output and not (tmp_path / "x.gguf").exists()
 
 

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from tests.convert.convert_util import hf_logits, llama_logits, rel_err, sample_tokens
 from tests.factory import PHI3_LONGROPE, cached_hf_model
 
-from slimedge.cli.convert import cli
+from slimedge.cli import main
 
 CASES = {
     "llama": dict(arch="llama"),
@@ -44,7 +44,7 @@ TOL = {"f32": 2e-5, "f16": 2e-2, "bf16": 1e-1, "q8_0": 3e-1}
 
 
 def _convert(src, out, typ):
-    res = CliRunner().invoke(cli, [str(src), "-o", str(out), "--type", typ, "--quiet"])
+    res = CliRunner().invoke(main, ["convert", str(src), "-o", str(out), "--type", typ, "--quiet"])
     assert res.exit_code == 0, res.output
     return out
 
