@@ -169,11 +169,12 @@ ARCH_DEFAULTS["mistral3_mm"] = ARCH_DEFAULTS["ministral3"]
 ARCH_DEFAULTS["exaone4"] = {"sliding_window": None, "layer_types": ["full_attention"] * 2}
 ARCH_DEFAULTS["ernie4_5"] = {"head_dim": 32, "use_bias": False}
 # The LayerNorm classics, each with its released options: StableLM 2 (qkv biases, 25% rotary, Qwen-like
-# split: llama.cpp "qwen2"), StarCoder 2 (biases, window > the samples), Phi-2 (40% rotary, output bias),
+# split: llama.cpp "qwen2"), StarCoder 2 (biases, window > the samples), Phi-2 (partial rotary, output bias),
 # Pythia (25% rotary, parallel residual), GPT-2 (its own key names; the common ones are aliases)
 ARCH_DEFAULTS["stablelm"] = {"use_qkv_bias": True, "partial_rotary_factor": 0.25, "layer_norm_eps": 1e-5}
 ARCH_DEFAULTS["starcoder2"] = {"use_bias": True, "sliding_window": 128, "norm_epsilon": 1e-5}
-ARCH_DEFAULTS["phi"] = {"partial_rotary_factor": 0.4, "num_key_value_heads": 4, "layer_norm_eps": 1e-5}
+# Phi-2 ropes 0.4 x 80 = 32 dims per head; 0.375 keeps that partial, even count at the tiny head sizes 16 and 64
+ARCH_DEFAULTS["phi"] = {"partial_rotary_factor": 0.375, "num_key_value_heads": 4, "layer_norm_eps": 1e-5}
 ARCH_DEFAULTS["gptneox"] = {"rotary_pct": 0.25, "use_parallel_residual": True, "layer_norm_eps": 1e-5,
                             "num_key_value_heads": None}
 ARCH_DEFAULTS["gpt2"] = {"activation_function": "gelu_new", "layer_norm_epsilon": 1e-5, "n_inner": 128,
@@ -196,6 +197,19 @@ def _gemma3_multimodal(cfg: dict) -> dict:
 CONFIG_WRAPPERS = {"gemma3_mm": _gemma3_multimodal}
 CONFIG_WRAPPERS["gemma3n"] = lambda cfg: {"vocab_size_per_layer_input": cfg["vocab_size"], **cfg}  # PLE rows
 CONFIG_WRAPPERS["gemma4"] = CONFIG_WRAPPERS["gemma3n"]
+
+
+def _qk_norm_scale(model) -> None:
+    """Gemma 3n / 4 attend with scale 1 over RMS-normed q and k: trained q_norm/k_norm weights keep the scores
+    O(1). Random ones (~1) give scores of std ~sqrt(head_dim), a near-hard attention that flips under a 1e-3
+    change of any weight; scaled by head_dim^-1/4 each, the tiny models stay comparable across types."""
+    for name, p in model.named_parameters():
+        if name.endswith(("q_norm.weight", "k_norm.weight")):
+            p.mul_(p.shape[0] ** -0.25)
+
+
+# arch -> function applied to the random-init model (in place, under no_grad) before it is saved
+POST_INIT = {"gemma3n": _qk_norm_scale, "gemma4": _qk_norm_scale}
 
 
 def _mistral3_multimodal(cfg: dict) -> dict:
@@ -262,6 +276,8 @@ def make_hf_model(dir: str | Path, arch: str = "llama", tokenizer: str | None = 
         for name, p in model.named_parameters():
             if p.ndim == 1 or name.endswith("e_score_correction_bias"):  # ERNIE's [1, n_expert] bias too
                 p.add_(torch.randn_like(p) * 0.2)
+        if arch in POST_INIT:
+            POST_INIT[arch](model)
     model = model.to(getattr(torch, dtype))
     kwargs = {"max_shard_size": shard_size} if shard_size else {}
     model.save_pretrained(dir, **kwargs)
