@@ -11,9 +11,9 @@ The experts are stored fused: ``mlp.experts.gate_up_proj`` with gate and up inte
 features, up = odd), ``mlp.experts.down_proj``, and their ``*_bias``. Two layouts arrive here:
 
 * float (transformers' ``save_pretrained``, bf16 Hub copies): ``gate_up_proj`` [n_expert, n_embd, 2·n_ff]
-  and ``down_proj`` [n_expert, n_ff, n_embd], i.e. transposed. :class:`ExpertColumns` reads them as
-  llama.cpp's [n_expert, rows, cols] expert by expert (one expert's source matrix at a time, cached for
-  the next slice), so memory stays near one expert;
+  and ``down_proj`` [n_expert, n_ff, n_embd], i.e. transposed. :class:`~slimedge.arch.moe.ExpertColumns`
+  reads them as llama.cpp's [n_expert, rows, cols] expert by expert (one expert's source matrix at a time,
+  cached for the next slice), so memory stays near one expert;
 * MXFP4 (the released checkpoints): the source (:mod:`slimedge.source.fp4src`) presents
   ``*_blocks``/``*_scales`` as one reference already in [n_expert, rows, cols]; gate and up are its even and
   odd rows (``rows(0, 2)``/``rows(1, 2)``) and pass through as MXFP4 when the mix keeps them so.
@@ -28,13 +28,12 @@ from __future__ import annotations
 import logging
 from types import SimpleNamespace
 
-import numpy as np
 from gguf import MODEL_ARCH, MODEL_TENSOR, Keys
 
 from ..errors import SlimedgeError
 from ..quant.model_info import ModelInfo, swa_pattern
 from .base import KV, U32, Arch
-from .moe import MoEArch
+from .moe import ExpertColumns, MoEArch
 
 log = logging.getLogger(__name__)
 
@@ -42,55 +41,6 @@ T = MODEL_TENSOR
 L = "model.layers.{bid}."
 A, X = L + "self_attn.", L + "mlp.experts."
 V = X + "[*]."  # the table's names of the split expert tensors
-
-
-class ExpertColumns:
-    """Columns ``first, first + step, ...`` of each expert of ``ref`` [n_expert, rows, cols] as the rows of a
-    tensor [n_expert, n, rows] (``transpose``) or, for a 2-D ``ref`` [n_expert, cols], as [n_expert, n]."""
-
-    def __init__(self, name: str, ref, first: int, step: int):
-        self.name, self.ref, self.first, self.step = name, ref, first, step
-        self.file, self.dtype = ref.file, getattr(ref, "dtype", "F32")
-        *lead, cols = ref.shape
-        n = len(range(first, cols, step))
-        self.shape = (lead[0], n, lead[1]) if len(lead) == 2 else (lead[0], n)
-        self._cached: tuple[int, np.ndarray] | None = None
-
-    @property
-    def n_rows(self) -> int:
-        return int(np.prod(self.shape[:-1]))
-
-    @property
-    def where(self) -> str:
-        return f"{self.name} (columns {self.first}::{self.step} of {self.ref.where})"
-
-    def load(self, out: np.ndarray | None = None) -> np.ndarray:
-        return self.load_rows(0, self.n_rows, out).reshape(self.shape)
-
-    def _expert(self, e: int) -> np.ndarray:
-        """float32[n, rows]: expert ``e``'s columns as rows (the last expert read is kept)."""
-        if self._cached is None or self._cached[0] != e:
-            rows = self.ref.shape[1]
-            x = self.ref.load_rows(e * rows, (e + 1) * rows)[:, self.first::self.step]
-            self._cached = (e, np.ascontiguousarray(x.T))
-        return self._cached[1]
-
-    def load_rows(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
-        if not 0 <= start <= stop <= self.n_rows:
-            raise ValueError(f"{self.name}: rows [{start}, {stop}) outside [0, {self.n_rows})")
-        cols = self.shape[-1]
-        buf = np.empty((stop - start) * cols, np.float32) if out is None else out.reshape(-1)[:(stop - start) * cols]
-        buf = buf.reshape(stop - start, cols)
-        if len(self.shape) == 2:  # biases: rows of the source, some columns
-            buf[...] = self.ref.load_rows(start, stop)[:, self.first::self.step]
-            return buf
-        n, row = self.shape[1], start
-        while row < stop:
-            e, j = divmod(row, n)
-            take = min(n - j, stop - row)
-            buf[row - start:row - start + take] = self._expert(e)[j:j + take]
-            row += take
-        return buf
 
 
 class GptOss(MoEArch, Arch):

@@ -17,6 +17,8 @@ expert of a real model), so peak memory stays near one slice, never the whole la
 :class:`MoEArch` is the mixin a family uses: it lists, per stacked tensor, the per-expert HF name
 (``{bid}`` layer, ``{xid}`` expert) and the fused alternative, builds the stacked references before the
 generic matcher (:meth:`slimedge.arch.base.Arch.tensors`) runs, and adds the expert metadata.
+:class:`ExpertColumns` reads experts stored transposed (gpt-oss's fused [n_expert, n_embd, rows]) one
+expert at a time.
 """
 
 from __future__ import annotations
@@ -94,6 +96,55 @@ class StackedRef:
             if pos >= stop:
                 break
         return buf.reshape(n, cols)
+
+
+class ExpertColumns:
+    """Columns ``first, first + step, ...`` of each expert of ``ref`` [n_expert, rows, cols] as the rows of a
+    tensor [n_expert, n, rows] (transposed), or of a 2-D ``ref`` [n_expert, cols] as [n_expert, n] (biases)."""
+
+    def __init__(self, name: str, ref, first: int, step: int):
+        self.name, self.ref, self.first, self.step = name, ref, first, step
+        self.file, self.dtype = ref.file, getattr(ref, "dtype", "F32")
+        *lead, cols = ref.shape
+        n = len(range(first, cols, step))
+        self.shape = (lead[0], n, lead[1]) if len(lead) == 2 else (lead[0], n)
+        self._cached: tuple[int, np.ndarray] | None = None
+
+    @property
+    def n_rows(self) -> int:
+        return int(np.prod(self.shape[:-1]))
+
+    @property
+    def where(self) -> str:
+        return f"{self.name} (columns {self.first}::{self.step} of {self.ref.where})"
+
+    def load(self, out: np.ndarray | None = None) -> np.ndarray:
+        return self.load_rows(0, self.n_rows, out).reshape(self.shape)
+
+    def _expert(self, e: int) -> np.ndarray:
+        """float32[n, rows]: expert ``e``'s columns as rows (the last expert read is kept)."""
+        if self._cached is None or self._cached[0] != e:
+            rows = self.ref.shape[1]
+            x = self.ref.load_rows(e * rows, (e + 1) * rows)[:, self.first::self.step]
+            self._cached = (e, np.ascontiguousarray(x.T))
+        return self._cached[1]
+
+    def load_rows(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
+        if not 0 <= start <= stop <= self.n_rows:
+            raise ValueError(f"{self.name}: rows [{start}, {stop}) outside [0, {self.n_rows})")
+        cols = self.shape[-1]
+        buf = np.empty((stop - start) * cols, np.float32) if out is None else out.reshape(-1)[:(stop - start) * cols]
+        buf = buf.reshape(stop - start, cols)
+        if len(self.shape) == 2:  # biases: rows of the source, some columns
+            buf[...] = self.ref.load_rows(start, stop)[:, self.first::self.step]
+            return buf
+        n, row = self.shape[1], start
+        while row < stop:
+            e, j = divmod(row, n)
+            take = min(n - j, stop - row)
+            buf[row - start:row - start + take] = self._expert(e)[j:j + take]
+            row += take
+        return buf
 
 
 @dataclass(frozen=True)
