@@ -14,8 +14,9 @@ Example::
                                 layers=4, steps=500, seq_len=256))
     print(res.report["kl_start"], "->", res.report["kl"])
 
-Under ``torchrun``/``accelerate launch`` (``WORLD_SIZE`` > 1) the student trains with DDP (NCCL on
-GPUs, gloo on CPU); process 0 evaluates and writes the output. With ``fsdp_teacher`` the teacher's
+Under ``torchrun``/``accelerate launch`` (``WORLD_SIZE`` > 1) the student trains data-parallel (NCCL on
+GPUs, gloo on CPU; each process its share of every batch, gradients summed by :mod:`.loop`, the loop ``tune``
+runs on too); process 0 evaluates and writes the output. With ``fsdp_teacher`` the teacher's
 weights are sharded across the processes (FSDP2, one unit per decoder layer; see ``fsdp.py``): every
 process then runs each teacher forward on its own batch — evaluation and cache building included, in
 step with process 0 — and holds about 1/world of the teacher between layers.

@@ -183,7 +183,8 @@ class TrainLoop:
         self.optim.zero_grad(set_to_none=True)  # whatever ran before (a warm start) leaves no gradient behind
         share = self.work.backward(self.step)
         self.sync_grads()
-        value = float(self.group.all_reduce_(share.detach().double().reshape(1).clone()))
+        # on the device: NCCL sums CUDA tensors only
+        value = float(self.group.all_reduce_(share.detach().double().reshape(1).to(self.device, copy=True)))
         gnorm = torch.nn.utils.clip_grad_norm_(self.params, self.s.clip if self.s.clip > 0 else float("inf"))
         self._check(value, float(gnorm))
         self.optim.step()

@@ -198,7 +198,7 @@ class DistillSteps:
             out.append((r, x, attn, mask))
         if not on:  # known for the whole batch without communication
             return out, float(d.mask(rows).sum())
-        count = torch.tensor(float(sum(float(b[3].sum()) for b in out)), dtype=torch.float64)
+        count = torch.tensor(float(sum(float(b[3].sum()) for b in out)), dtype=torch.float64, device=self.device)
         return out, float(g.all_reduce_(count))
 
     def backward(self, step: int):

@@ -42,7 +42,7 @@ def input_grams(teacher, names: set[str], blocks, batch: int, device, dist) -> d
     finally:
         for h in hooks:
             h.remove()
-    n = int(dist.all_reduce_(torch.tensor([count[0]], dtype=torch.float64)).item())
+    n = int(dist.all_reduce_(torch.tensor([count[0]], dtype=torch.float64, device=device)).item())
     if dist.world > 1:
         for name, m in teacher.named_modules():  # every process sums the same names in the same order
             if name in names and isinstance(m, torch.nn.Linear):
