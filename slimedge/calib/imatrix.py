@@ -232,15 +232,18 @@ def _module_for(modules: dict, t: Target, src):
     name part and a 2-D ``weight`` of the same input width."""
     import torch
 
+    def n_inputs(mod) -> int:  # GPT-2's Conv1D stores its weight [in, out]
+        return mod.weight.shape[0 if type(mod).__name__ == "Conv1D" else -1]
+
     m = modules.get(t.module)
     if m is None:
         tail, key = t.module.rsplit(".", 1)[-1], f"layers.{t.layer}."
         found = [mod for n, mod in modules.items() if key in n and n.rsplit(".", 1)[-1] == tail
                  and isinstance(getattr(mod, "weight", None), torch.Tensor) and mod.weight.ndim == 2
-                 and mod.weight.shape[-1] == t.n_cols]
+                 and n_inputs(mod) == t.n_cols]
         m = found[0] if len(found) == 1 else None
     w = getattr(m, "weight", None)
-    if m is None or not isinstance(w, torch.Tensor) or w.ndim != 2 or w.shape[-1] != t.n_cols:
+    if m is None or not isinstance(w, torch.Tensor) or w.ndim != 2 or n_inputs(m) != t.n_cols:
         raise SlimedgeError(f"{src}: no layer with {t.n_cols} inputs for {t.gguf} ({t.module}) in the "
                             f"transformers model")
     return m
@@ -259,6 +262,18 @@ def _experts_for(modules: dict, t: Target, src):
         raise SlimedgeError(f"{src}: cannot find the {t.n_mat} experts of {t.gguf} in the transformers model "
                             f"(expected one module with 3-D gate_up_proj and down_proj in layer {t.layer})")
     return found[0]
+
+
+def _expert_hidden(mod, e: int, xe):
+    """Expert ``e``'s input to its down projection for tokens ``xe``: act(gate x) * up x (Mixtral, Qwen3-MoE:
+    ``gate_up_proj[e]`` [2·n_ff, n_embd], gate rows first), or gpt-oss's own gate (``gate_up_proj[e]``
+    [n_embd, 2·n_ff] with a bias, gate/up interleaved, clamped GLU: its ``_apply_gate``)."""
+    import torch
+
+    if hasattr(mod, "_apply_gate"):
+        return mod._apply_gate(xe @ mod.gate_up_proj[e].float() + mod.gate_up_proj_bias[e].float()).float()
+    g, u = torch.nn.functional.linear(xe, mod.gate_up_proj[e].float()).chunk(2, dim=-1)
+    return mod.act_fn(g) * u
 
 
 def _install_hooks(model, wanted: list[Target], dev, src):
@@ -300,8 +315,7 @@ def _install_hooks(model, wanted: list[Target], dev, src):
                         sums[parts[p].gguf][e] += sq
                         counts[parts[p].gguf][e] += n
                 if "down" in parts:
-                    g, u = torch.nn.functional.linear(xe, mod.gate_up_proj[e].float()).chunk(2, dim=-1)
-                    h = mod.act_fn(g) * u
+                    h = _expert_hidden(mod, e, xe)
                     sums[parts["down"].gguf][e] += (h * h).sum(dim=0).double()
                     counts[parts["down"].gguf][e] += n
         return pre
