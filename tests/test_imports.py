@@ -4,7 +4,9 @@ A static walk (``ast``) over every module of the package, every import statement
 module level and inside functions alike (a function-level import only postpones a cycle) — except those
 under ``if TYPE_CHECKING:``, which never run. An edge goes to the deepest module the statement names
 (``from .quant import types`` -> ``slimedge.quant.types``; ``from .quant import dequantize`` ->
-``slimedge.quant``). The strongly connected components of that graph must all be single modules.
+``slimedge.quant``). The strongly connected components of that graph must all be single modules; and the
+directions docs/architecture.md states hold on the same graph (the lower stages never import the upper ones,
+torch or transformers; nothing but the entry point imports ``cli``).
 """
 
 from __future__ import annotations
@@ -143,6 +145,30 @@ def test_no_import_cycles():
     graph = import_graph()
     found = cycles(graph)
     assert not found, "import cycles in slimedge:\n" + "\n".join(_path(graph, c) for c in found)
+
+
+LOWER = ("slimedge.quant", "slimedge.source", "slimedge.arch", "slimedge.vocab", "slimedge.writer")
+UPPER = ("slimedge.distill", "slimedge.tune", "slimedge.bundle", "slimedge.bench", "slimedge.cli")
+
+
+def _under(module: str, prefixes) -> bool:
+    return any(module == p or module.startswith(p + ".") for p in prefixes)
+
+
+def test_imports_point_down_the_pipeline():
+    graph, mods = import_graph(), _modules()
+    up = sorted(f"{m} -> {t}" for m, ts in graph.items() if _under(m, LOWER) for t in ts if _under(t, UPPER))
+    assert not up, "the converter's stages import a later stage:\n" + "\n".join(up)
+    cli = sorted(f"{m} -> {t}" for m, ts in graph.items() if not _under(m, ("slimedge.cli", "slimedge.__main__"))
+                 for t in ts if _under(t, ("slimedge.cli",)))
+    assert not cli, "only the command line imports slimedge.cli:\n" + "\n".join(cli)
+    heavy = []
+    for m in (m for m in mods if _under(m, LOWER)):
+        for node in _import_nodes(ast.parse(mods[m].read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                ([node.module] if node.module and not node.level else [])
+            heavy += [f"{m} imports {n}" for n in names if n.split(".")[0] in ("torch", "transformers")]
+    assert not heavy, "\n".join(heavy)
 
 
 def test_the_walker_sees_function_level_imports_and_finds_a_planted_cycle():
