@@ -14,7 +14,8 @@ belong to llama.cpp's logging). Two kinds of job:
   the next token) go to an ``.npy`` file (float32, ``[n_chunks, n_ctx - 1 - n_ctx//2, n_vocab]``)
   and the tokens to another. :mod:`slimedge.bench.quality` turns these into PPL/KL numbers.
 
-Only numpy and llama_cpp are imported here, so the measured process stays small.
+Only numpy, llama_cpp and the machine probes (:mod:`slimedge.bench.machine`, standard library only) are
+imported here, so the measured process stays small.
 """
 
 from __future__ import annotations
