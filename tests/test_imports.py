@@ -12,6 +12,7 @@ torch or transformers; nothing but the entry point imports ``cli``).
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 import slimedge
@@ -19,6 +20,7 @@ import slimedge
 PKG = Path(slimedge.__file__).resolve().parent
 
 
+@functools.cache
 def _modules() -> dict[str, Path]:
     out = {}
     for p in sorted(PKG.rglob("*.py")):
@@ -71,17 +73,19 @@ def _targets(node, module: str, is_package: bool, known) -> set[str]:
     return out
 
 
-def import_graph() -> dict[str, set[str]]:
+@functools.cache
+def import_graph() -> dict[str, frozenset[str]]:
+    """module -> the slimedge modules it imports (parsed once per session)."""
     mods = _modules()
     graph = {}
     for name, path in mods.items():
         tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
         is_pkg = path.name == "__init__.py"
-        graph[name] = set().union(*[_targets(n, name, is_pkg, mods) for n in _import_nodes(tree)])
+        graph[name] = frozenset().union(*[_targets(n, name, is_pkg, mods) for n in _import_nodes(tree)])
     return graph
 
 
-def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+def cycles(graph) -> list[list[str]]:
     """Strongly connected components of more than one module (Tarjan's algorithm, iterative)."""
     index, low, on, stack, out, counter = {}, {}, set(), [], [], [0]
     for root in sorted(graph):
