@@ -14,9 +14,9 @@ from slimedge.gguf_info import read_info
 from slimedge.quant.imatrix_file import read_imatrix
 from tests.factory import cached_hf_model
 
-# GPT-2 (Conv1D) stays in the quick loop; the others take ~3 s each
-ARCHS = ["gpt2"] + [pytest.param(a, marks=pytest.mark.slow) for a in
-                    ("olmo3", "ministral3", "exaone4", "ernie4_5", "stablelm", "starcoder2", "phi", "gptneox")]
+pytestmark = pytest.mark.slow  # builds a model per family and runs transformers over two chunks (3-15 s each)
+
+ARCHS = ["gpt2", "olmo3", "ministral3", "exaone4", "ernie4_5", "stablelm", "starcoder2", "phi", "gptneox"]
 
 
 @pytest.mark.parametrize("arch", ARCHS)
