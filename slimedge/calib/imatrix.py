@@ -265,14 +265,19 @@ def _experts_for(modules: dict, t: Target, src):
 
 
 def _expert_hidden(mod, e: int, xe):
-    """Expert ``e``'s input to its down projection for tokens ``xe``: act(gate x) * up x (Mixtral, Qwen3-MoE:
-    ``gate_up_proj[e]`` [2·n_ff, n_embd], gate rows first), or gpt-oss's own gate (``gate_up_proj[e]``
-    [n_embd, 2·n_ff] with a bias, gate/up interleaved, clamped GLU: its ``_apply_gate``)."""
+    """Expert ``e``'s input to its down projection for tokens ``xe``, as the module computes it: its layout
+    flags (transformers' ``is_transposed``, ``has_bias``: gpt-oss stores ``gate_up_proj[e]`` [n_embd, 2·n_ff]
+    with a bias, Mixtral / Qwen3-MoE [2·n_ff, n_embd]) and its gate (``_apply_gate``: act(gate) * up, or
+    gpt-oss's clamped GLU over interleaved gate/up)."""
     import torch
 
+    w = mod.gate_up_proj[e].float()
+    gu = xe @ w if getattr(mod, "is_transposed", False) else torch.nn.functional.linear(xe, w)
+    if getattr(mod, "has_bias", False):
+        gu = gu + mod.gate_up_proj_bias[e].float()
     if hasattr(mod, "_apply_gate"):
-        return mod._apply_gate(xe @ mod.gate_up_proj[e].float() + mod.gate_up_proj_bias[e].float()).float()
-    g, u = torch.nn.functional.linear(xe, mod.gate_up_proj[e].float()).chunk(2, dim=-1)
+        return mod._apply_gate(gu).float()
+    g, u = gu.chunk(2, dim=-1)
     return mod.act_fn(g) * u
 
 
