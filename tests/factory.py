@@ -109,6 +109,20 @@ ARCH_DEFAULTS["lfm2moe"] = {"num_hidden_layers": 4, "layer_types": ["conv", "con
                             "num_dense_layers": 1, "num_experts": 4, "num_experts_per_tok": 2,
                             "moe_intermediate_size": 64, "use_expert_bias": True, "norm_eps": 1e-5}
 DEFAULT_TOKENIZER["lfm2moe"] = "bpe:llama3"
+# Granite 4 hybrid (H-tiny style): Mamba-2 layers around one attention layer (config.json in the Hub's legacy
+# names, as llama.cpp's converter reads them), 4 experts + shared MLP, no rope, Granite's multipliers;
+# "granitehybrid_dense" is H-micro's form (no experts: the shared MLP is the feed-forward)
+MODEL_CLASSES["granitehybrid"] = ("GraniteMoeHybridConfig", "GraniteMoeHybridForCausalLM")
+MODEL_CLASSES["granitehybrid_dense"] = MODEL_CLASSES["granitehybrid"]
+DEFAULT_TOKENIZER.update({"granitehybrid": "bpe:starcoder", "granitehybrid_dense": "bpe:starcoder"})
+ARCH_DEFAULTS["granitehybrid"] = {**ARCH_DEFAULTS["granite"], "num_hidden_layers": 4,
+                                  "layer_types": ["mamba", "mamba", "attention", "mamba"], "num_local_experts": 4,
+                                  "num_experts_per_tok": 2, "intermediate_size": 64, "shared_intermediate_size": 128,
+                                  "mamba_n_heads": 4, "mamba_n_groups": 1, "mamba_d_state": 16, "mamba_d_head": "auto",
+                                  "mamba_d_conv": 4, "mamba_expand": 2, "position_embedding_type": "nope",
+                                  "initializer_range": 0.05}
+ARCH_DEFAULTS["granitehybrid_dense"] = {**ARCH_DEFAULTS["granitehybrid"], "num_local_experts": 0,
+                                        "num_experts_per_tok": 0}
 # MoE reach (issue 18): 4 experts, top-2, each family's real options (k-quant tests pass 256-row experts)
 MODEL_CLASSES.update({"qwen2moe": ("Qwen2MoeConfig", "Qwen2MoeForCausalLM"),
                       "olmoe": ("OlmoeConfig", "OlmoeForCausalLM"),
@@ -251,6 +265,15 @@ def _tokenizer(dir: Path, kind: str) -> tuple[int, dict]:
     return max(ids.values()) + 1, special
 
 
+def _legacy_layer_types(path: Path, cfg: dict) -> None:
+    """Granite 4's config.json as released: layer_types "mamba"/"attention" (transformers 5 saves its new
+    names; llama.cpp's converter reads the old ones)."""
+    saved = json.loads(path.read_text())
+    if isinstance(cfg.get("layer_types"), list) and set(cfg["layer_types"]) <= {"mamba", "attention"}:
+        saved["layer_types"] = list(cfg["layer_types"])
+        path.write_text(json.dumps(saved, indent=2))
+
+
 def make_hf_model(dir: str | Path, arch: str = "llama", tokenizer: str | None = None, tied: bool = False,
                   dtype: str = "float32", kquant: bool = False, pad_vocab: int = 0, shard_size: str | None = None,
                   seed: int = 0, **config_overrides) -> Path:
@@ -281,6 +304,8 @@ def make_hf_model(dir: str | Path, arch: str = "llama", tokenizer: str | None = 
     model = model.to(getattr(torch, dtype))
     kwargs = {"max_shard_size": shard_size} if shard_size else {}
     model.save_pretrained(dir, **kwargs)
+    if arch.startswith("granitehybrid"):  # layer_types as the Hub ships them
+        _legacy_layer_types(dir / "config.json", cfg)
     return dir
 
 

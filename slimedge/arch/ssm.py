@@ -152,3 +152,116 @@ def recurrent_layer_flags(config: dict, n_layer: int, hf_arch: str, linear: str 
         raise SlimedgeError(f"config.json: {hf_arch}'s layer_types must list {linear!r} or {full!r} for each of the "
                             f"{n_layer} layers, found {types!r}; fix config.json")
     return [t == linear for t in types]
+
+
+# ---- Mamba-2 (Granite 4, Falcon-H1, Nemotron-H) ----------------------------------------------------------------
+
+MB = "model.layers.{bid}.mamba."
+# one Mamba-2 mixer: in_proj -> [z, x B C, dt]; a depthwise causal convolution (with bias) over x B C; per head a
+# decay A (ssm_a = -exp(A_log), [n_heads, 1]), skip D ([n_heads, 1]) and dt bias; a gated RMSNorm per group
+# (ssm_norm [n_groups, inner / n_groups]); out_proj
+MAMBA2_TENSORS = [
+    (MB + "in_proj.weight", T.SSM_IN, False),
+    (MB + "conv1d.weight", T.SSM_CONV1D, False),
+    (MB + "conv1d.bias", T.SSM_CONV1D, False),
+    (MB + "dt_proj.bias", T.SSM_DT, False),  # HF "dt_bias", renamed before matching
+    (MB + "A_log", T.SSM_A, False),  # GGUF names without suffix: "blk.N.ssm_a", "blk.N.ssm_d" (bare_names)
+    (MB + "D", T.SSM_D, False),
+    (MB + "norm.weight", T.SSM_NORM, False),
+    (MB + "out_proj.weight", T.SSM_OUT, False),
+]
+MAMBA2_HF = ("in_proj.weight", "conv1d.weight", "dt_bias", "A_log", "D", "norm.weight", "out_proj.weight")
+
+
+class Reshaped:
+    """A tensor reference seen with another shape of the same values (loaded whole: the row loader is never used)."""
+
+    def __init__(self, ref, shape: tuple[int, ...]):
+        self.ref, self.shape = ref, tuple(shape)
+        self.name, self.file, self.dtype = ref.name, ref.file, getattr(ref, "dtype", "F32")
+
+    where = property(lambda self: self.ref.where)
+    n_rows = property(lambda self: int(np.prod(self.shape[:-1])))
+
+    def load(self, out=None) -> np.ndarray:
+        return np.asarray(self.ref.load()).reshape(self.shape)
+
+
+def bare_names(out: list) -> list:
+    """Drop the HF suffix from the GGUF names llama.cpp spells without one (``blk.N.ssm_a``, ``blk.N.ssm_d``)."""
+    for t in out:
+        base, _, last = t.name.rpartition(".")
+        if last in ("A_log", "D"):
+            t.name = base
+    return out
+
+
+@dataclass(frozen=True)
+class Mamba2:
+    """A Mamba-2 mixer's sizes from ``config.json`` (the family says which keys hold them)."""
+
+    n_heads: int
+    d_head: int
+    n_groups: int
+    d_state: int
+    d_conv: int
+
+    @classmethod
+    def from_config(cls, config: dict, hf_arch: str, keys: tuple[str, str, str, str, str]) -> "Mamba2":
+        """``keys``: the config keys of heads, head size, groups, state size, convolution taps."""
+        try:
+            m = cls(*(int(config[k]) for k in keys))
+        except (KeyError, TypeError, ValueError):
+            found = {k: config.get(k) for k in keys}
+            raise SlimedgeError(f"config.json: {hf_arch} needs the Mamba-2 sizes {', '.join(keys)} (found {found}); "
+                                f"fix config.json") from None
+        if min(m.n_heads, m.d_head, m.n_groups, m.d_state, m.d_conv) <= 0 or m.n_heads % m.n_groups:
+            raise SlimedgeError(f"config.json: {hf_arch} Mamba-2 sizes {m} are inconsistent (heads must be a multiple "
+                                f"of groups); fix config.json")
+        return m
+
+    @property
+    def d_inner(self) -> int:
+        return self.n_heads * self.d_head
+
+    @property
+    def conv_dim(self) -> int:
+        return self.d_inner + 2 * self.n_groups * self.d_state
+
+    def metadata(self, key) -> list[KV]:
+        return [KV(key(Keys.SSM.CONV_KERNEL), self.d_conv, U32), KV(key(Keys.SSM.STATE_SIZE), self.d_state, U32),
+                KV(key(Keys.SSM.GROUP_COUNT), self.n_groups, U32), KV(key(Keys.SSM.INNER_SIZE), self.d_inner, U32),
+                KV(key(Keys.SSM.TIME_STEP_RANK), self.n_heads, U32)]
+
+    def shapes(self, n_embd: int, is_bias: bool) -> dict[MODEL_TENSOR, tuple[int, ...]]:
+        nh = self.n_heads
+        if is_bias:
+            return {T.SSM_CONV1D: (self.conv_dim,), T.SSM_DT: (nh,)}
+        return {T.SSM_IN: (self.d_inner + self.conv_dim + nh, n_embd), T.SSM_CONV1D: (self.conv_dim, self.d_conv),
+                T.SSM_A: (nh, 1), T.SSM_D: (nh, 1), T.SSM_NORM: (self.n_groups, self.d_inner // self.n_groups),
+                T.SSM_OUT: (n_embd, self.d_inner)}
+
+    def layer_refs(self, refs: dict, prefix: str) -> None:
+        """llama.cpp's layout of one layer's mixer, in place: ``dt_bias`` renamed, conv squeezed, A/D as columns,
+        the norm per group."""
+        refs[prefix + "dt_proj.bias"] = refs.pop(prefix + "dt_bias")
+        conv = refs[prefix + "conv1d.weight"]
+        if len(conv.shape) == 3 and conv.shape[1] == 1:
+            refs[prefix + "conv1d.weight"] = StackedRef(conv.name, (conv.shape[0], conv.shape[2]),
+                                                        [Part(conv, 0, conv.shape[0])])
+        for name in ("A_log", "D"):
+            refs[prefix + name] = Reshaped(refs[prefix + name], (int(np.prod(refs[prefix + name].shape)), 1))
+        norm = refs[prefix + "norm.weight"]
+        refs[prefix + "norm.weight"] = Reshaped(norm, (self.n_groups, int(np.prod(norm.shape)) // self.n_groups))
+
+    @staticmethod
+    def transform(gguf_name: str, x: np.ndarray) -> np.ndarray | None:
+        """``ssm_a`` from ``A_log`` (-exp, rounded once); None for every other tensor."""
+        if gguf_name.endswith(".ssm_a.A_log"):
+            return (-np.exp(x.astype(np.float64))).astype(np.float32)
+        return None
+
+    def fill(self, info) -> None:
+        """The recurrent-state sizes of a :class:`slimedge.quant.model_info.ModelInfo`."""
+        info.ssm_conv_kernel, info.ssm_inner_size = self.d_conv, self.d_inner
+        info.ssm_state_size, info.ssm_group_count = self.d_state, self.n_groups

@@ -42,7 +42,10 @@ def reference_gguf(hf_dir: Path, out: Path, pre: str, *extra: str) -> Path:
 
 
 def same_tensors_as(ours: Path, theirs: Path) -> list[str]:
-    """Both files hold the same tensor names, shapes, types and bytes; returns the names."""
+    """Both files hold the same tensor names, shapes, types and bytes; returns the names.
+
+    One exception: ``ssm_a`` = -exp(A_log) may differ in the last bit — llama.cpp's converter takes torch's float32
+    exp, which is not always correctly rounded; slimedge rounds the float64 exp once."""
     from gguf import GGUFReader
 
     a = {t.name: t for t in GGUFReader(ours).tensors}
@@ -51,6 +54,9 @@ def same_tensors_as(ours: Path, theirs: Path) -> list[str]:
     for name in a:
         x, y = a[name], b[name]
         assert (x.tensor_type, list(x.shape)) == (y.tensor_type, list(y.shape)), name
+        if name.endswith(".ssm_a"):
+            np.testing.assert_array_max_ulp(np.asarray(x.data), np.asarray(y.data), maxulp=1)
+            continue
         assert np.array_equal(np.asarray(x.data), np.asarray(y.data)), name
     return sorted(a)
 
