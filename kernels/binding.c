@@ -178,6 +178,53 @@ static PyObject *py_supported_types(PyObject *self, PyObject *noargs) {
     return t;
 }
 
+static PyObject *py_repack_fp4(PyObject *self, PyObject *args) {
+    Py_buffer codes, scales, dst;
+    PyObject *codes_obj, *scales_obj, *dst_obj;
+    int n_sub, g, mask;
+    long long row_blocks = 0, step = 1;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "OOOiii|LL", &codes_obj, &scales_obj, &dst_obj, &n_sub, &g, &mask, &row_blocks,
+                          &step))
+        return NULL;
+    if (n_sub <= 0 || g <= 0 || g % 2 || mask < 0 || mask > 255 || row_blocks < 0 || step < 1) {
+        PyErr_SetString(PyExc_ValueError, "repack_fp4: bad block geometry");
+        return NULL;
+    }
+    if (get_buffer(codes_obj, &codes, 0, 0, "codes") < 0) return NULL;
+    if (get_buffer(scales_obj, &scales, 0, 0, "scales") < 0) {
+        PyBuffer_Release(&codes);
+        return NULL;
+    }
+    if (get_buffer(dst_obj, &dst, 1, 0, "dst") < 0) {
+        PyBuffer_Release(&codes);
+        PyBuffer_Release(&scales);
+        return NULL;
+    }
+    PyObject *result = NULL;
+    /* rows of row_blocks blocks (0: one row of all the blocks); every step-th row from the first is repacked */
+    const Py_ssize_t n_blocks = scales.len / n_sub, rb = row_blocks ? (Py_ssize_t)row_blocks : n_blocks;
+    const Py_ssize_t n_rows = rb ? n_blocks / rb : 0, n_out = n_rows ? (n_rows - 1) / step + 1 : 0;
+    if (scales.len % n_sub || codes.len != n_blocks * n_sub * g || (rb && n_blocks % rb) ||
+        dst.len != n_out * rb * n_sub * (g + 1)) {
+        PyErr_Format(PyExc_ValueError, "repack_fp4: %zd code bytes, %zd scales and %zd dst bytes do not fit "
+                     "blocks of %d groups of %d bytes", codes.len, scales.len, dst.len, n_sub, g);
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t r = 0; r < n_out; ++r)
+        se_fp4_repack((const uint8_t *)codes.buf + r * step * rb * n_sub * g,
+                      (const uint8_t *)scales.buf + r * step * rb * n_sub, (uint8_t *)dst.buf + r * rb * n_sub * (g + 1),
+                      rb, n_sub, g, (uint8_t)mask);
+    Py_END_ALLOW_THREADS
+    result = Py_NewRef(Py_None);
+done:
+    PyBuffer_Release(&codes);
+    PyBuffer_Release(&scales);
+    PyBuffer_Release(&dst);
+    return result;
+}
+
 static PyObject *py_isa(PyObject *self, PyObject *noargs) {
     (void)self;
     (void)noargs;
@@ -193,6 +240,9 @@ static PyMethodDef methods[] = {
     {"type_size", py_type_size, METH_O, "bytes per block of a type id (0: unsupported)"},
     {"has_imatrix", py_has_imatrix, METH_O, "whether importance weights are supported"},
     {"supported_types", py_supported_types, METH_NOARGS, "GGML type ids the kernels handle"},
+    {"repack_fp4", py_repack_fp4, METH_VARARGS,
+     "repack_fp4(codes, scales, dst, n_sub, g, mask, row_blocks=0, step=1): FP4 checkpoint codes and scales -> GGML "
+     "blocks (of every step-th row of row_blocks blocks)"},
     {"isa", py_isa, METH_NOARGS, "instruction set the kernels run with: 'avx2' or 'baseline'"},
     {NULL, NULL, 0, NULL},
 };

@@ -89,3 +89,41 @@ void se_dequantize_nvfp4(const void *vx, float *y, int64_t k) {
         }
     }
 }
+
+/* Checkpoint FP4 codes to GGML blocks (MXFP4 and NVFP4 sources, no value changes). A block of n_sub
+ * groups, each of g code bytes (element 2i low nibble, 2i + 1 high, as gpt-oss and ModelOpt pack them)
+ * and one scale byte, becomes [n_sub scales & mask][n_sub groups of g bytes: byte j = element j low,
+ * element j + g high] -- MXFP4: n_sub 1, g 16, mask 0xFF; NVFP4: n_sub 4, g 8, mask 0x7F (the E4M3
+ * scales' sign bit dropped, as llama.cpp's converter does). */
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
+void se_fp4_repack(const uint8_t *codes, const uint8_t *scales, uint8_t *dst, int64_t n_blocks, int n_sub, int g,
+                   uint8_t mask) {
+    const int h = g / 2;
+#if defined(__SSE2__)
+    if (n_sub == 1 && g == 16) { /* MXFP4: one 16-byte group per block, interleaved with one unpack */
+        const __m128i m = _mm_set1_epi8(0x0F), mh = _mm_set1_epi8((char)0xF0);
+        for (int64_t b = 0; b < n_blocks; ++b, codes += 16, dst += 17) {
+            const __m128i v = _mm_loadu_si128((const __m128i *)codes), c = _mm_srli_si128(v, 8);
+            const __m128i lo = _mm_or_si128(_mm_and_si128(v, m), _mm_slli_epi16(_mm_and_si128(c, m), 4));
+            const __m128i hi = _mm_or_si128(_mm_and_si128(_mm_srli_epi16(v, 4), m), _mm_and_si128(c, mh));
+            dst[0] = scales[b] & mask;
+            _mm_storeu_si128((__m128i *)(dst + 1), _mm_unpacklo_epi8(lo, hi));
+        }
+        return;
+    }
+#endif
+    for (int64_t b = 0; b < n_blocks; ++b) {
+        for (int s = 0; s < n_sub; ++s) *dst++ = scales[s] & mask;
+        scales += n_sub;
+        for (int s = 0; s < n_sub; ++s, codes += g, dst += g) {
+            for (int i = 0; i < h; ++i) {
+                const uint8_t a = codes[i], c = codes[h + i];
+                dst[2 * i] = (uint8_t)((a & 0x0F) | (uint8_t)(c << 4));
+                dst[2 * i + 1] = (uint8_t)((a >> 4) | (c & 0xF0));
+            }
+        }
+    }
+}

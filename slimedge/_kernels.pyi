@@ -31,3 +31,11 @@ def supported_types() -> tuple[int, ...]:
 
 def isa() -> str:
     """Instruction set the multi-versioned kernels run with: ``"avx2"`` or ``"baseline"``."""
+
+
+def repack_fp4(codes: Buffer, scales: Buffer, dst: Buffer, n_sub: int, g: int, mask: int, row_blocks: int = 0,
+               step: int = 1, /) -> None:
+    """FP4 checkpoint codes (groups of ``g`` bytes, element 2i low nibble) and their scale bytes -> GGML blocks:
+    per block ``n_sub`` scales ``& mask`` then the ``n_sub`` groups reordered (byte j: element j low, j + g high).
+    With ``row_blocks``: the input is rows of that many blocks, of which every ``step``-th (from the first) is
+    repacked into ``dst``."""

@@ -3,8 +3,8 @@
 Both store 4-bit E2M1 codes two to a byte (element ``2i`` in the low nibble, ``2i + 1`` in the high one)
 beside their scales; GGML's blocks hold the same codes in another order (byte ``j`` of a group: element
 ``j`` low, element ``j + g/2`` high, for a group of ``g`` = 32 (MXFP4) or 16 (NVFP4) values) and put the
-scales in front. :func:`repack_codes` moves the bits with one 65536-entry table lookup per byte pair (the
-codes index the same E2M1 table in both: no value changes), so a reference can hand the converter GGML
+scales in front. :func:`to_ggml` moves the bits (the C kernels' ``repack_fp4`` in one pass; else NumPy, one
+65536-entry table lookup per byte pair; the codes index the same E2M1 table in both: no value changes), so a reference can hand the converter GGML
 bytes directly (``stored_type``, ``raw_rows``) or floats (``load_rows``: those bytes dequantized by
 :mod:`slimedge.quant`), row range by row range, reading only those rows.
 
@@ -22,13 +22,13 @@ bytes directly (``stored_type``, ``raw_rows``) or floats (``load_rows``: those b
 
 from __future__ import annotations
 
+import mmap
 from math import prod
 
 import numpy as np
 from gguf import GGMLQuantizationType as T
 
 from ..errors import SlimedgeError
-from .base import read_raw
 
 
 def _pair_table() -> np.ndarray:
@@ -48,6 +48,44 @@ def repack_codes(src: np.ndarray) -> np.ndarray:
     idx = src[:, :h].astype(np.uint16)
     idx |= src[:, h:].astype(np.uint16) << 8
     return _PAIRS[idx].view(np.uint8)
+
+
+def to_ggml(codes: np.ndarray, scales: np.ndarray, n_sub: int, g: int, mask: int, row_blocks: int = 0,
+            step: int = 1) -> np.ndarray:
+    """GGML blocks uint8[n_blocks, n_sub (g + 1)] from ``codes`` (uint8[n_blocks * n_sub * g], groups of g bytes)
+    and ``scales`` (uint8[n_blocks * n_sub]): per block the n_sub scales ``& mask``, then the repacked groups;
+    with ``row_blocks`` (blocks per row) only every ``step``-th row from the first. The C kernels'
+    ``repack_fp4`` when built (one pass, memory speed), else :func:`repack_codes`."""
+    from ..quant import backend
+
+    n = scales.size // n_sub
+    rb = row_blocks or n
+    n_out = ((n // rb - 1) // step + 1) * rb if n else 0
+    out = np.empty((n_out, n_sub * (g + 1)), np.uint8)
+    if backend._K is not None:
+        backend._K.repack_fp4(codes, scales, out, n_sub, g, mask, rb, step)
+        return out
+    codes = codes.reshape(-1, rb * n_sub * g)[::step].reshape(n_out * n_sub, g)
+    out[:, :n_sub] = (scales.reshape(-1, rb * n_sub)[::step] & np.uint8(mask)).reshape(n_out, n_sub)
+    out[:, n_sub:] = repack_codes(codes).reshape(n_out, n_sub * g)
+    return out
+
+
+def _mapped(ref, first: int, n: int) -> np.ndarray:
+    """uint8[n]: bytes ``[first, first + n)`` of a 1-byte-per-value tensor, memory-mapped: the repacking then
+    reads straight from the page cache, and only the rows it keeps (no copy of a span twice their size). The
+    array holds the only reference to its map, so the region is unmapped as soon as the caller drops it:
+    resident memory stays near one slice."""
+    if n == 0:
+        return np.empty(0, np.uint8)
+    start = ref.offset + first
+    base = start - start % mmap.ALLOCATIONGRANULARITY
+    try:
+        with open(ref.file, "rb") as f:
+            mm = mmap.mmap(f.fileno(), start - base + n, offset=base, access=mmap.ACCESS_READ)
+    except (OSError, ValueError) as exc:
+        raise SlimedgeError(f"{ref.file}: cannot read tensor {ref.name}: {exc}") from None
+    return np.frombuffer(mm, np.uint8, count=n, offset=start - base)
 
 
 class _FP4Ref:
@@ -84,7 +122,7 @@ class _FP4Ref:
     def _scaled(self, x: np.ndarray) -> np.ndarray:
         return x
 
-    def raw_rows(self, start: int, stop: int) -> np.ndarray:
+    def raw_rows(self, start: int, stop: int, step: int = 1) -> np.ndarray:
         raise NotImplementedError
 
     def extra_tensors(self, gguf_name: str) -> list[tuple[str, np.ndarray]]:
@@ -114,15 +152,16 @@ class MXFP4Ref(_FP4Ref):
     def where(self) -> str:
         return f"{self.name} (MXFP4: {self.blocks.name}, {self.scales.name}) in {self.file.name}"
 
-    def raw_rows(self, start: int, stop: int) -> np.ndarray:
-        """uint8[stop - start, 17 blocks]: GGML MXFP4 blocks of rows ``[start, stop)``."""
+    def raw_rows(self, start: int, stop: int, step: int = 1) -> np.ndarray:
+        """uint8[rows, 17 blocks]: GGML MXFP4 blocks of rows ``start, start + step, ...`` below ``stop`` (the
+        span is read, only those rows repacked)."""
         self._check(start, stop)
         nb = self.shape[-1] // 32
         n = (stop - start) * nb
-        out = np.empty((n, 17), np.uint8)
-        out[:, 0] = read_raw(self.scales, start * nb, n)
-        out[:, 1:] = repack_codes(read_raw(self.blocks, start * nb * 16, n * 16).reshape(n, 16))
-        return out.reshape(stop - start, nb * 17)
+        if not n:
+            return np.empty((0, nb * 17), np.uint8)
+        blocks, scales = _mapped(self.blocks, start * nb * 16, n * 16), _mapped(self.scales, start * nb, n)
+        return to_ggml(blocks, scales, 1, 16, 0xFF, nb, step).reshape(-1, nb * 17)
 
 
 class NVFP4Ref(_FP4Ref):
@@ -161,16 +200,16 @@ class NVFP4Ref(_FP4Ref):
     def where(self) -> str:
         return f"{self.name} (NVFP4, scales {self.scale.name}) in {self.file.name}"
 
-    def raw_rows(self, start: int, stop: int) -> np.ndarray:
-        """uint8[stop - start, 36 blocks]: GGML NVFP4 blocks (4 UE4M3 scales, 32 code bytes) of the rows."""
+    def raw_rows(self, start: int, stop: int, step: int = 1) -> np.ndarray:
+        """uint8[rows, 36 blocks]: GGML NVFP4 blocks (4 UE4M3 scales, 32 code bytes) of rows ``start, start +
+        step, ...`` below ``stop``."""
         self._check(start, stop)
         cols = self.shape[-1]
-        n = (stop - start) * cols // 64
-        out = np.empty((n, 36), np.uint8)
-        out[:, :4] = (read_raw(self.scale, start * cols // 16, n * 4) & 0x7F).reshape(n, 4)  # E4M3 > 0: UE4M3
-        codes = read_raw(self.weight, start * cols // 2, n * 32).reshape(n * 4, 8)
-        out[:, 4:] = repack_codes(codes).reshape(n, 32)
-        return out.reshape(stop - start, cols // 64 * 36)
+        n = (stop - start) * cols // 64  # E4M3 scales are positive: their low 7 bits are the UE4M3 byte
+        if not n:
+            return np.empty((0, cols // 64 * 36), np.uint8)
+        codes, scales = _mapped(self.weight, start * cols // 2, n * 32), _mapped(self.scale, start * cols // 16, n * 4)
+        return to_ggml(codes, scales, 4, 8, 0x7F, cols // 64, step).reshape(-1, cols // 64 * 36)
 
     def _scaled(self, x: np.ndarray) -> np.ndarray:
         if self.scale2 is not None:
@@ -227,9 +266,9 @@ class RowView:
         np.copyto(dst, x)
         return dst
 
-    def raw_rows(self, start: int, stop: int) -> np.ndarray:
+    def raw_rows(self, start: int, stop: int, step: int = 1) -> np.ndarray:
         a, b = self._span(start, stop)
-        return np.ascontiguousarray(self.base.raw_rows(a, b)[::self.step])
+        return self.base.raw_rows(a, b, self.step)[::step] if stop > start else self.base.raw_rows(a, a)
 
     def extra_tensors(self, gguf_name: str) -> list[tuple[str, np.ndarray]]:
         return self.base.extra_tensors(gguf_name)
