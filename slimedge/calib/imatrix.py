@@ -229,7 +229,8 @@ def compute_imatrix_tokens(src: str | Path, chunks: list[list[int]], *, device: 
 def _module_for(modules: dict, t: Target, src):
     """The torch module whose input feeds ``t``: by its checkpoint name, else (a renamed router such as
     Mixtral's ``block_sparse_moe.gate`` -> ``mlp.gate``) the module of layer ``t.layer`` with the same last
-    name part and a 2-D ``weight`` of the same input width."""
+    name part and a 2-D ``weight`` of the same input width; a router may also be named ``router`` in memory
+    (PhiMoE's ``block_sparse_moe.gate``, Granite MoE's ``block_sparse_moe.router.layer``)."""
     import torch
 
     def n_inputs(mod) -> int:  # GPT-2's Conv1D stores its weight [in, out]
@@ -238,7 +239,8 @@ def _module_for(modules: dict, t: Target, src):
     m = modules.get(t.module)
     if m is None:
         tail, key = t.module.rsplit(".", 1)[-1], f"layers.{t.layer}."
-        found = [mod for n, mod in modules.items() if key in n and n.rsplit(".", 1)[-1] == tail
+        tails = {tail, "router"} if t.gguf.endswith(".ffn_gate_inp.weight") else {tail}
+        found = [mod for n, mod in modules.items() if key in n and n.rsplit(".", 1)[-1] in tails
                  and isinstance(getattr(mod, "weight", None), torch.Tensor) and mod.weight.ndim == 2
                  and n_inputs(mod) == t.n_cols]
         m = found[0] if len(found) == 1 else None
