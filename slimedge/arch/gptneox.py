@@ -24,9 +24,14 @@ BUFFERS = (".attention.bias", ".attention.masked_bias")  # causal-mask buffers o
 
 
 class _WithoutBuffers:
+    """Causal-mask buffers dropped; transformers 5's in-memory name ``lm_head`` read as the checkpoints'
+    ``embed_out`` (a state dict of the loaded model, as ``slimedge tune`` matches against)."""
+
     def __init__(self, source):
         self.model_dir = source.model_dir
         self.tensors = {n: r for n, r in source.tensors.items() if not n.endswith(BUFFERS)}
+        if "lm_head.weight" in self.tensors and "embed_out.weight" not in self.tensors:
+            self.tensors["embed_out.weight"] = self.tensors.pop("lm_head.weight")
 
 
 class GPTNeoX(LayerNormArch):

@@ -60,6 +60,13 @@ def test_gptneox_qkv_regrouped_from_per_head_to_q_k_v():
     assert "output.weight" in out and not any("attention.bias" in t.origin for t in out.values())
 
 
+def test_gptneox_reads_transformers_5_lm_head_as_embed_out():
+    weights = random_weights(neox_shapes())
+    weights["lm_head.weight"] = weights.pop("embed_out.weight")  # a state dict of transformers 5's loaded model
+    out = out_by_name(get_arch(base_cfg("GPTNeoXForCausalLM")), FakeSource(weights))
+    np.testing.assert_array_equal(out["output.weight"].load(), weights["lm_head.weight"])
+
+
 def gpt2_shapes(prefix: str = "transformer.") -> dict[str, tuple]:
     shapes = {prefix + "wte.weight": (N_VOCAB, N_EMBD), prefix + "wpe.weight": (128, N_EMBD),
               prefix + "ln_f.weight": (N_EMBD,), prefix + "ln_f.bias": (N_EMBD,)}
