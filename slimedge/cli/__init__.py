@@ -8,6 +8,8 @@ call the library, and print. What every command shares is set once, on the group
   every command's context);
 - the one-line help of ``slimedge -h``: the first sentence of each command's own docstring (click's
   short help), so it cannot drift from ``slimedge COMMAND -h``;
+- logging (``slimedge: message`` lines on stderr) and third-party progress bars off (the commands draw
+  their own; ``HF_HUB_DISABLE_PROGRESS_BARS=0`` brings transformers' back);
 - errors and signals (:meth:`LazyGroup.main`): a :class:`~slimedge.errors.SlimedgeError` (or a
   ``MemoryError``) is one ``Error: ...`` line, exit 1; any other exception is a bug: its traceback, then
   one line asking to report it, exit 1. SIGTERM (what ``timeout``, systemd, Docker and CI send) is
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import signal
 import sys
 import threading
@@ -106,6 +109,9 @@ class LazyGroup(click.Group):
         if not kwargs.get("standalone_mode", True):  # embedded: the caller handles everything
             return super().main(*args, **kwargs)
         logging.basicConfig(level=logging.WARNING, format="slimedge: %(message)s")
+        # the commands draw their own progress (--quiet, SLIMEDGE_PROGRESS); transformers' and the Hub's tqdm bars
+        # ("Loading weights" on every model load) would interleave with it: off unless the user turns them on
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         with _Signals() as sig:
             try:
                 return super().main(*args, **kwargs)

@@ -21,7 +21,7 @@ from .options import make_progress, quiet_option, threads_option
               help="Train the teacher from its recipe into the cache instead of using the shipped one.")
 @click.option("--teacher", default=None, type=click.Path(file_okay=False),
               help="Use this Hugging Face teacher folder instead of the shipped one (Llama-like, rows of 256).")
-@click.option("--fast", is_flag=True, help="A smoke run in seconds: few distillation steps, short bench.")
+@click.option("--fast", is_flag=True, help="A smoke run: few distillation and tuning steps, short bench.")
 @click.option("--quant", default="Q4_K_M", show_default=True, help="Quantization of the quantized rows.")
 @click.option("--distill-steps", type=click.IntRange(min=1), default=None,
               help="Student training steps (default 150; 6 with --fast).")
@@ -39,7 +39,7 @@ def cli(out, cache, retrain_teacher, teacher, fast, quant, distill_steps, thread
     \b
     Examples:
       slimedge demo                     # first run trains and caches the student: minutes
-      slimedge demo --fast -o /tmp/d    # a smoke run in seconds
+      slimedge demo --fast -o /tmp/d    # a smoke run: few training steps, short bench
     """
     import logging
 
