@@ -32,6 +32,21 @@ def logits_err(src: Path, reference: Path, out: Path, typ: str, *options: str) -
     return rel_err(llama_logits(out, tokens), hf_logits(reference, tokens))
 
 
+def moe_logits(src: Path, reference: Path, out: Path, typ: str) -> tuple[float, float]:
+    """(median over positions of the per-position error, top-1 agreement) of ``src`` converted to ``typ``
+    against transformers on ``reference``: the MoE criterion of tests/convert/moe_checks.py (a rounded
+    router flips experts at a few positions by design)."""
+    from tests.convert.convert_util import hf_logits, llama_logits, sample_tokens
+    from tests.family_checks import _n_vocab, convert
+
+    convert(src, out, typ)
+    n_vocab, bos = _n_vocab(out)
+    tokens = sample_tokens(n_vocab, bos=bos)
+    got, want = llama_logits(out, tokens), hf_logits(reference, tokens)
+    per_position = np.abs(got - want).max(axis=1) / want.std()
+    return float(np.median(per_position)), float((got.argmax(axis=1) == want.argmax(axis=1)).mean())
+
+
 def _linear(name: str, w) -> bool:
     return w.ndim == 2 and name.endswith(".weight") and "embed" not in name and "lm_head" not in name
 

@@ -27,7 +27,7 @@ def nvfp4(request, tmp_path_factory):
     return write_nvfp4(cached_hf_model(arch="llama"), tmp_path_factory.mktemp("nvfp4"), compressed=request.param)
 
 
-def test_rows_read_as_the_dequantized_weights(nvfp4):
+def test_rows_read_as_the_dequantized_weights(nvfp4, backend):
     q, deq = nvfp4
     want = load_file(deq / "model.safetensors")
     src = HFSource(q)
