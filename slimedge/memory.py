@@ -200,21 +200,33 @@ def layer_cells(shape: ModelShape, layer: int, n_ctx: int, n_ubatch: int, swa_fu
     return min(full, pad_ctx(shape.n_swa + n_ubatch))
 
 
+def _kv_widths(shape: ModelShape, layer: int | None) -> tuple[int, int, int]:
+    """(kv heads, key length, value length) of one layer: Gemma 4's sliding layers have their own lengths."""
+    n_head_kv = shape.n_head_kv_layers[layer] if layer is not None and shape.n_head_kv_layers else shape.n_head_kv
+    if layer is not None and shape.key_length_swa and layer < len(shape.swa_layers) and shape.swa_layers[layer]:
+        return n_head_kv, shape.key_length_swa, shape.value_length_swa or shape.key_length_swa
+    return n_head_kv, shape.key_length, shape.value_length
+
+
+def padded_v_width(shape: ModelShape) -> int:
+    """The V row width (kv heads x value length) llama.cpp gives every layer's V cache when the widths differ
+    across layers and flash attention is off (llama-kv-cache.cpp pads the transposed V cache); 0 when they do
+    not differ."""
+    widths = {h * v for h, _, v in (_kv_widths(shape, i) for i in range(shape.n_layer)) if h}
+    return max(widths) if len(widths) > 1 else 0
+
+
 def kv_bytes_per_layer(shape: ModelShape, n_ctx: int, cache_type_k: str = "f16", cache_type_v: str = "f16",
-                       layer: int | None = None) -> int:
-    """KV cache of one layer (``layer``'s own kv heads when the model lists them per layer; a layer with
-    none holds the recurrent state instead)."""
-    n_head_kv = shape.n_head_kv
+                       layer: int | None = None, v_pad: int = 0) -> int:
+    """KV cache of one layer (``layer``'s own kv heads and key/value lengths when the model lists them per
+    layer; a layer with none holds the recurrent state instead; ``v_pad``: see :func:`padded_v_width`)."""
     if layer is not None and layer < len(shape.recurrent_layers) and shape.recurrent_layers[layer]:
         return shape.recurrent_bytes
-    if layer is not None and shape.n_head_kv_layers:
-        n_head_kv = shape.n_head_kv_layers[layer]
-        if n_head_kv == 0:
-            return shape.recurrent_bytes
-    k_len, v_len = shape.key_length, shape.value_length
-    if layer is not None and shape.key_length_swa and layer < len(shape.swa_layers) and shape.swa_layers[layer]:
-        k_len, v_len = shape.key_length_swa, shape.value_length_swa or shape.key_length_swa
-    per_token = n_head_kv * (k_len * CACHE_BYTES[cache_type_k] + v_len * CACHE_BYTES[cache_type_v])
+    n_head_kv, k_len, v_len = _kv_widths(shape, layer)
+    if n_head_kv == 0:  # no cache of its own: a recurrent layer (or a layer reusing another's KV: 0 bytes)
+        return 0 if shape.recurrent_layers else shape.recurrent_bytes  # listed: neither (Nemotron-H's MLP blocks)
+    per_token = (n_head_kv * k_len * CACHE_BYTES[cache_type_k]
+                 + max(n_head_kv * v_len, v_pad) * CACHE_BYTES[cache_type_v])
     return int(pad_ctx(n_ctx) * per_token)
 
 
@@ -287,8 +299,9 @@ def estimate(shape: ModelShape, runtime, *, n_ctx: int | None = None, hardware=N
         rp_ram = 0  # read straight into the repacked buffer: no second copy
     n_gpu = sum(_layer_on_gpu(i, shape.n_layer, ngl) for i in range(shape.n_layer))
     swa_full = bool(getattr(runtime, "swa_full", True))
+    v_pad = 0 if runtime.flash_attn else padded_v_width(shape)
     kv = [kv_bytes_per_layer(shape, layer_cells(shape, i, n_ctx, runtime.n_ubatch, swa_full), runtime.cache_type_k,
-                             runtime.cache_type_v, i) for i in range(shape.n_layer)]
+                             runtime.cache_type_v, i, v_pad) for i in range(shape.n_layer)]
     kv_gpu = sum(b for i, b in enumerate(kv) if _layer_on_gpu(i, shape.n_layer, ngl))
     comp = compute_bytes(shape, n_ctx, runtime.n_ubatch, runtime.flash_attn)
     if n_gpu:

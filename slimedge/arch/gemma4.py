@@ -40,9 +40,11 @@ _ARRAY = GGUFValueType.ARRAY
 _OPTIONAL_KV = {T.ATTN_K, T.ATTN_V, T.ATTN_K_NORM}  # absent on shared-KV layers (V: and on k_eq_v full layers)
 _PER_LAYER_SHAPE = {T.ATTN_Q, T.ATTN_K, T.ATTN_V, T.ATTN_OUT, T.ATTN_Q_NORM, T.ATTN_K_NORM,
                     T.FFN_GATE, T.FFN_UP, T.FFN_DOWN}
-GEMMA4_TENSORS = ([GEMMA3_TENSORS[0], *PLE_GLOBAL]
+# per-layer embeddings are optional (31B has none): checked against hidden_size_per_layer_input in _check_layers
+GEMMA4_TENSORS = ([GEMMA3_TENSORS[0], *[(n, t, False) for n, t, _ in PLE_GLOBAL]]
                   + [(n, t, r and t not in _OPTIONAL_KV) for n, t, r in GEMMA3_TENSORS[1:-2]]
-                  + PLE_LAYER + [(L + "layer_scalar.weight", T.LAYER_OUT_SCALE, False)] + GEMMA3_TENSORS[-2:])
+                  + [(n, t, False) for n, t, _ in PLE_LAYER]
+                  + [(L + "layer_scalar.weight", T.LAYER_OUT_SCALE, False)] + GEMMA3_TENSORS[-2:])
 
 
 class Gemma4(_Gemma):
@@ -111,14 +113,22 @@ class Gemma4(_Gemma):
         return super().tensors(SimpleNamespace(model_dir=source.model_dir, tensors=refs))
 
     def _check_layers(self, refs: dict, model_dir) -> None:
-        for bid in range(self.n_kv):
-            pre = [L.format(bid=bid), "model.language_model." + L.format(bid=bid)[6:]]
-            need = ["self_attn.k_proj.weight", "self_attn.k_norm.weight"]
-            need += [] if self.k_eq_v and not self.is_swa[bid] else ["self_attn.v_proj.weight"]
-            for suffix in need:
-                if not any(p + suffix in refs for p in pre):
-                    raise SlimedgeError(f"{model_dir}: missing tensor {pre[0] + suffix}, which {self.hf_arch} needs "
-                                        f"(layer {bid} keeps its own KV cache); the checkpoint is incomplete")
+        """The tensors the table lists as optional that this config needs (per layer)."""
+        ple = [n for n, _, _ in PLE_GLOBAL] if self.n_ple else []
+        for name in ple:
+            self._need(refs, name, model_dir, f"hidden_size_per_layer_input is {self.n_ple}")
+        for bid in range(self.hp.n_layer):
+            need = [n for n, _, _ in PLE_LAYER] if self.n_ple else []
+            if bid < self.n_kv:
+                need += [L + "self_attn.k_proj.weight", L + "self_attn.k_norm.weight"]
+                need += [] if self.k_eq_v and not self.is_swa[bid] else [L + "self_attn.v_proj.weight"]
+            for name in need:
+                self._need(refs, name.format(bid=bid), model_dir, f"layer {bid}'s KV cache or per-layer input")
+
+    def _need(self, refs: dict, name: str, model_dir, why: str) -> None:
+        if name not in refs and "model.language_model." + name[len("model."):] not in refs:
+            raise SlimedgeError(f"{model_dir}: missing tensor {name}, which {self.hf_arch} needs ({why}); the "
+                                "checkpoint is incomplete")
 
     def extra_tensors(self) -> list[tuple[str, np.ndarray]]:
         if all(self.is_swa):
