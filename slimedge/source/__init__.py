@@ -1,7 +1,9 @@
 """Model sources, read lazily: a Hugging Face folder (``hf``) or a float GGUF file (``gguf_src``).
 
 Both expose ``tensors`` (name -> :class:`~slimedge.source.base.TensorRef`, with ``shape``, ``where``,
-``load() -> float32`` and ``load_rows``) so nothing is read before it is needed. :func:`is_gguf` tells
+``load() -> float32`` and ``load_rows``) so nothing is read before it is needed. Quantized Hugging Face
+checkpoints (FP8, gpt-oss MXFP4, NVFP4: :mod:`.quantized`, :mod:`.fp4src`) expose the same references, which
+dequantize row ranges as they are read or hand over their stored blocks (:mod:`.passthrough`). :func:`is_gguf` tells
 which kind a path is. The submodules (numpy, gguf) load on first use of their names, so importing
 this package stays light.
 """
