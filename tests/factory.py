@@ -123,6 +123,14 @@ ARCH_DEFAULTS["granitehybrid"] = {**ARCH_DEFAULTS["granite"], "num_hidden_layers
                                   "initializer_range": 0.05}
 ARCH_DEFAULTS["granitehybrid_dense"] = {**ARCH_DEFAULTS["granitehybrid"], "num_local_experts": 0,
                                         "num_experts_per_tok": 0}
+# Nemotron-H (dense): Mamba-2, squared-ReLU MLP and attention blocks, config.json as the Hub ships it
+# (hybrid_override_pattern "M-*-", no MoE keys: transformers 5 would save its MoE defaults)
+MODEL_CLASSES["nemotronh"] = ("NemotronHConfig", "NemotronHForCausalLM")
+DEFAULT_TOKENIZER["nemotronh"] = "bpe:llama3"
+ARCH_DEFAULTS["nemotronh"] = {"layers_block_type": ["mamba", "mlp", "attention", "mlp"], "num_hidden_layers": 4,
+                              "head_dim": 16, "mamba_num_heads": 4, "mamba_head_dim": 32, "n_groups": 2,
+                              "ssm_state_size": 16, "conv_kernel": 4, "expand": 2, "layer_norm_epsilon": 1e-5,
+                              "initializer_range": 0.05}
 # MoE reach (issue 18): 4 experts, top-2, each family's real options (k-quant tests pass 256-row experts)
 MODEL_CLASSES.update({"qwen2moe": ("Qwen2MoeConfig", "Qwen2MoeForCausalLM"),
                       "olmoe": ("OlmoeConfig", "OlmoeForCausalLM"),
@@ -265,6 +273,17 @@ def _tokenizer(dir: Path, kind: str) -> tuple[int, dict]:
     return max(ids.values()) + 1, special
 
 
+def _nemotronh_hub_config(path: Path) -> None:
+    """Nemotron-H's config.json as released: the block pattern as a string, no mixture-of-experts keys."""
+    saved = json.loads(path.read_text())
+    marks = {"linear_attention": "M", "full_attention": "*", "mlp": "-", "moe": "E"}
+    saved["hybrid_override_pattern"] = "".join(marks[t] for t in saved.pop("layers_block_type"))
+    for key in [k for k in saved if k.startswith(("moe_", "n_routed", "n_shared", "num_experts", "mtp_", "routed_",
+                                                   "topk_", "norm_topk"))] + ["n_group"]:
+        saved.pop(key, None)
+    path.write_text(json.dumps(saved, indent=2))
+
+
 def _legacy_layer_types(path: Path, cfg: dict) -> None:
     """Granite 4's config.json as released: layer_types "mamba"/"attention" (transformers 5 saves its new
     names; llama.cpp's converter reads the old ones)."""
@@ -306,6 +325,8 @@ def make_hf_model(dir: str | Path, arch: str = "llama", tokenizer: str | None = 
     model.save_pretrained(dir, **kwargs)
     if arch.startswith("granitehybrid"):  # layer_types as the Hub ships them
         _legacy_layer_types(dir / "config.json", cfg)
+    if arch == "nemotronh":
+        _nemotronh_hub_config(dir / "config.json")
     return dir
 
 

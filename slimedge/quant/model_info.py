@@ -132,7 +132,7 @@ class ModelInfo:
                    n_ctx_train=scalar("context_length", 0),
                    n_head_layers=head_layers, n_head_kv_layers=kv_layers, n_ff_layers=ff_layers,
                    n_swa=n_swa, swa_layers=swa_layers, shortconv_l_cache=scalar("shortconv.l_cache", 0),
-                   **_ssm_fields(metadata, arch, n_layer, scalar),
+                   **_ssm_fields(metadata, arch, n_layer, scalar, kv_layers, ff_layers),
                    key_length_swa=scalar("attention.key_length_swa", 0),
                    value_length_swa=scalar("attention.value_length_swa", 0))
 
@@ -145,9 +145,11 @@ def kv_layers_from_start(arch: str, n_layer: int, n_shared: int) -> int:
     return n_layer - n_shared if arch == "gemma4" and 0 < n_shared <= n_layer else n_layer
 
 
-def _ssm_fields(metadata: dict, arch: str, n_layer: int, scalar) -> dict:
+def _ssm_fields(metadata: dict, arch: str, n_layer: int, scalar, kv_layers: tuple, ff_layers: tuple) -> dict:
     """The SSM sizes and recurrent layers as llama.cpp reads them: ``attention.recurrent_layers`` (a bool per
-    layer), else for the delta-net archs every ``full_attention_interval``-th layer (default 4) is attention."""
+    layer), else for the delta-net archs every ``full_attention_interval``-th layer (default 4) is attention;
+    Nemotron-H's blocks are recurrent where they have neither kv heads nor a feed-forward (its MLP blocks hold no
+    state); elsewhere a layer without kv heads is (LFM2, Granite 4: ``recurrent_layers`` left empty)."""
     fields = {f"ssm_{k}": scalar(f"ssm.{k}", 0) for k in ("conv_kernel", "inner_size", "state_size", "group_count")}
     flags = metadata.get(f"{arch}.attention.recurrent_layers")
     if isinstance(flags, (list, tuple)) and len(flags) == n_layer:
@@ -155,6 +157,8 @@ def _ssm_fields(metadata: dict, arch: str, n_layer: int, scalar) -> dict:
     elif arch in ("qwen35", "qwen35moe", "qwen3next"):
         every = scalar("full_attention_interval", 4) or 4
         fields["recurrent_layers"] = tuple((i + 1) % every != 0 for i in range(n_layer))
+    elif arch in ("nemotron_h", "nemotron_h_moe") and kv_layers and ff_layers:
+        fields["recurrent_layers"] = tuple(kv == 0 and ff == 0 for kv, ff in zip(kv_layers, ff_layers))
     return fields
 
 
