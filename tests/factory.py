@@ -145,6 +145,9 @@ ARCH_DEFAULTS["olmoe"] = {"num_experts": 4, "num_experts_per_tok": 2, "intermedi
                           "num_key_value_heads": 4}  # as released (llama.cpp's olmoe has no GQA)
 ARCH_DEFAULTS["granitemoe"] = {**ARCH_DEFAULTS["granite"], "num_local_experts": 4, "num_experts_per_tok": 2,
                                "intermediate_size": 64}
+MODEL_CLASSES["granitemoeshared"] = ("GraniteMoeSharedConfig", "GraniteMoeSharedForCausalLM")
+DEFAULT_TOKENIZER["granitemoeshared"] = "bpe:starcoder"
+ARCH_DEFAULTS["granitemoeshared"] = {**ARCH_DEFAULTS["granitemoe"], "shared_intermediate_size": 96}
 # ERNIE 4.5 MoE: layer 0 dense (moe_layer_start_index 1), two shared experts, expert-score correction bias
 ARCH_DEFAULTS["ernie45moe"] = {"num_hidden_layers": 3, "moe_num_experts": 4, "moe_k": 2, "moe_intermediate_size": 64,
                                "moe_num_shared_experts": 2, "moe_layer_start_index": 1, "moe_layer_end_index": 2}

@@ -8,15 +8,23 @@ of experts in every layer, stored the JetMoE way: ``block_sparse_moe.input_linea
 ``block_sparse_moe.output_linear.weight`` [n_expert, n_embd, n_ff] is ``ffn_down_exps`` and the router
 ``block_sparse_moe.router.layer.weight`` is ``ffn_gate_inp``. The expert size is ``intermediate_size``.
 The released models tie their embeddings; llama.cpp's granitemoe falls back to ``token_embd``.
+
+``GraniteMoeSharedForCausalLM`` adds a shared expert every token goes through: ``shared_mlp.input_linear``
+[2·shared_intermediate_size, n_embd] (gate rows first) read as ``ffn_gate_shexp``/``ffn_up_shexp``,
+``shared_mlp.output_linear`` as ``ffn_down_shexp``, and ``expert_shared_feed_forward_length``.
 """
 
 from __future__ import annotations
 
-from gguf import MODEL_ARCH, MODEL_TENSOR
+from types import SimpleNamespace
 
+from gguf import MODEL_ARCH, MODEL_TENSOR, Keys
+
+from ..errors import SlimedgeError
+from .base import KV, U32
 from .granite import Granite
 from .llama import LLAMA_TENSORS
-from .moe import Experts, MoEArch
+from .moe import Experts, MoEArch, Part, StackedRef
 
 T = MODEL_TENSOR
 L = "model.layers.{bid}."
@@ -45,6 +53,9 @@ def _table():
     return rows
 
 
+SH = L + "shared_mlp."
+
+
 class GraniteMoe(MoEArch, Granite):
     hf_names = ("GraniteMoeForCausalLM",)
     gguf_arch = MODEL_ARCH.GRANITE_MOE
@@ -52,3 +63,41 @@ class GraniteMoe(MoEArch, Granite):
     EXPERTS = GRANITEMOE_EXPERTS
     N_EXPERT_KEYS = ("num_local_experts",)
     N_FF_EXP_KEY = "intermediate_size"
+
+
+class GraniteMoeShared(GraniteMoe):
+    hf_names = ("GraniteMoeSharedForCausalLM",)
+    TENSORS = [*_table()[:-2], (SH + "[gate].weight", T.FFN_GATE_SHEXP, True),
+               (SH + "[up].weight", T.FFN_UP_SHEXP, True), (SH + "output_linear.weight", T.FFN_DOWN_SHEXP, True),
+               *_table()[-2:]]
+
+    def __init__(self, config: dict, hf_arch: str):
+        super().__init__(config, hf_arch)
+        self.n_ff_shexp = int(config.get("shared_intermediate_size") or 0)
+        if self.n_ff_shexp <= 0:
+            raise SlimedgeError(f"config.json: {hf_arch} needs shared_intermediate_size (found "
+                                f"{config.get('shared_intermediate_size')!r}); fix config.json")
+
+    def expected_shape(self, tensor, is_bias):
+        d, sh = self.hp.n_embd, self.n_ff_shexp
+        shapes = {T.FFN_GATE_SHEXP: (sh, d), T.FFN_UP_SHEXP: (sh, d), T.FFN_DOWN_SHEXP: (d, sh)}
+        return shapes[tensor] if tensor in shapes else super().expected_shape(tensor, is_bias)
+
+    def tensors(self, source):
+        refs, sh = dict(source.tensors), self.n_ff_shexp
+        for bid in range(self.hp.n_layer):
+            fused = SH.format(bid=bid) + "input_linear.weight"
+            ref = refs.pop(fused, None)
+            if ref is None:
+                raise SlimedgeError(f"{source.model_dir}: missing tensor {fused}, which {self.hf_arch} needs; "
+                                    f"the checkpoint is incomplete")
+            if tuple(ref.shape) != (2 * sh, self.hp.n_embd):
+                raise SlimedgeError(f"{ref.file}: tensor {fused} has shape {list(ref.shape)} but config.json implies "
+                                    f"{[2 * sh, self.hp.n_embd]}; the config does not match the weights")
+            for i, part in enumerate(("gate", "up")):
+                name = SH.format(bid=bid) + f"[{part}].weight"
+                refs[name] = StackedRef(name, (sh, self.hp.n_embd), [Part(ref, i * sh, (i + 1) * sh)])
+        return super().tensors(SimpleNamespace(model_dir=source.model_dir, tensors=refs))
+
+    def metadata(self) -> list[KV]:
+        return super().metadata() + [KV(self.key(Keys.LLM.EXPERT_SHARED_FEED_FORWARD_LENGTH), self.n_ff_shexp, U32)]

@@ -155,6 +155,25 @@ def test_granitemoe_splits_the_fused_input_linear_and_keeps_granites_keys():
     assert kv["granitemoe.logit_scale"][0] == 6.0 and kv["granitemoe.expert_count"][0] == E
 
 
+def test_granitemoe_shared_expert_rows_and_key():
+    s = base()
+    for i in range(N_LAYER):
+        m = f"model.layers.{i}.block_sparse_moe."
+        s.update({**attn(i), m + "router.layer.weight": (E, N_EMBD), m + "input_linear.weight": (E, 2 * FF, N_EMBD),
+                  m + "output_linear.weight": (E, N_EMBD, FF), f"model.layers.{i}.shared_mlp.input_linear.weight":
+                  (2 * SH, N_EMBD), f"model.layers.{i}.shared_mlp.output_linear.weight": (N_EMBD, SH)})
+    c = cfg("GraniteMoeSharedForCausalLM", num_local_experts=E, shared_intermediate_size=SH)
+    arch, w, out = convert(c, s)
+    fused = w["model.layers.1.shared_mlp.input_linear.weight"]
+    np.testing.assert_array_equal(out["blk.1.ffn_gate_shexp.weight"].load(), fused[:SH])
+    np.testing.assert_array_equal(out["blk.1.ffn_up_shexp.weight"].load_rows(2, 5), fused[SH + 2:SH + 5])
+    np.testing.assert_array_equal(out["blk.0.ffn_down_shexp.weight"].load(),
+                                  w["model.layers.0.shared_mlp.output_linear.weight"])
+    assert arch.arch == "granitemoe" and kv_dict(arch)["granitemoe.expert_shared_feed_forward_length"][0] == SH
+    with pytest.raises(SlimedgeError, match="implies"):
+        convert(cfg("GraniteMoeSharedForCausalLM", num_local_experts=E, shared_intermediate_size=SH // 2), s)
+
+
 # ---- ERNIE 4.5 MoE --------------------------------------------------------------------------------------
 
 ERNIE = dict(moe_num_experts=E, moe_k=2, moe_intermediate_size=FF, moe_num_shared_experts=2, moe_layer_start_index=1,

@@ -1,5 +1,6 @@
 """Granite MoE end to end: logits, tokenization, every mix vs llama_model_quantize, end of generation; the
-fused JetMoE expert tensors split into gate/up; Granite's multipliers; tied embeddings as released."""
+fused JetMoE expert tensors split into gate/up; Granite's multipliers; tied embeddings as released; the
+shared-expert variant (GraniteMoeShared)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import pytest
 
 from slimedge.gguf_info import read_info
 from tests.convert.moe_checks import check_moe_logits
+from tests.convert.reference_checks import check_as_converter
 from tests.factory import cached_hf_model
 from tests.family_checks import check_generation_stops, check_logits, check_mixes, check_tokenization, convert, eog_ids
 
@@ -28,3 +30,16 @@ def test_granitemoe_family_end_to_end(tmp_path):
     types = check_mixes(hf, tmp_path, f32=f32)
     assert types["Q4_K_M"]["token_embd.weight"] == "Q6_K"  # tied: the embedding is the output
     check_generation_stops(convert(hf, tmp_path / "q4.gguf", "Q4_K_M"), eog_ids(hf))
+
+
+def test_granitemoe_shared_expert_variant(tmp_path):
+    """GraniteMoeShared: the shared expert's fused input_linear split into ffn_gate_shexp/ffn_up_shexp; the file
+    is the one llama.cpp's converter writes (same bytes and keys) and its logits equal transformers'."""
+    hf = cached_hf_model(arch="granitemoeshared", kquant=True, intermediate_size=256, shared_intermediate_size=512)
+    check_logits(hf, tmp_path, types=("f32", "f16"))
+    f32 = tmp_path / "model-f32.gguf"
+    check_as_converter(hf, f32, tmp_path, pre="starcoder")
+    m = read_info(f32).metadata
+    assert m["granitemoe.expert_shared_feed_forward_length"] == 512
+    types = check_mixes(hf, tmp_path, mixes=("Q4_K_M", "Q2_K"), f32=f32)
+    assert types["Q4_K_M"]["blk.0.ffn_up_shexp.weight"] == "Q4_K"
