@@ -122,12 +122,14 @@ class ExpertColumns:
         return self.load_rows(0, self.n_rows, out).reshape(self.shape)
 
     def _expert(self, e: int) -> np.ndarray:
-        """float32[n, rows]: expert ``e``'s columns as rows (the last expert read is kept)."""
-        if self._cached is None or self._cached[0] != e:
+        """float32[n, rows]: expert ``e``'s columns as rows (the last expert read is kept; read once into a
+        local, so a reader thread replacing the cache meanwhile cannot hand back another expert)."""
+        cached = self._cached
+        if cached is None or cached[0] != e:
             rows = self.ref.shape[1]
             x = self.ref.load_rows(e * rows, (e + 1) * rows)[:, self.first::self.step]
-            self._cached = (e, np.ascontiguousarray(x.T))
-        return self._cached[1]
+            cached = self._cached = (e, np.ascontiguousarray(x.T))
+        return cached[1]
 
     def load_rows(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
         if not 0 <= start <= stop <= self.n_rows:
