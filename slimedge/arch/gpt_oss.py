@@ -62,6 +62,7 @@ class GptOss(MoEArch, Arch):
     ]
     ALIASES = [(A + "sinks", A + "sinks.weight")]
     N_EXPERT_KEYS = ("num_local_experts", "num_experts")
+    N_USED_KEYS = ("num_experts_per_tok", "experts_per_token")  # the release states both
     N_FF_EXP_KEY = "intermediate_size"
     OUTPUT_REQUIRED = True
 
@@ -73,6 +74,10 @@ class GptOss(MoEArch, Arch):
         if list(types) != want:
             raise SlimedgeError(f"config.json: {hf_arch} with layer_types {types} is not supported: llama.cpp's "
                                 f"gpt-oss alternates sliding and full attention, sliding first")
+        glu = (float(config.get("swiglu_alpha", 1.702)), float(config.get("swiglu_limit", 7.0)))
+        if glu != (1.702, 7.0):
+            raise SlimedgeError(f"config.json: {hf_arch} with swiglu_alpha {glu[0]} and swiglu_limit {glu[1]} is not "
+                                f"supported: llama.cpp's gpt-oss experts use 1.702 and 7.0")
         self.window = int(config.get("sliding_window") or 0)
         if self.window <= 0:
             raise SlimedgeError(f"config.json: {hf_arch} needs sliding_window (found "

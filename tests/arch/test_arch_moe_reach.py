@@ -322,6 +322,11 @@ def test_gptoss_refusals():
         get_arch(cfg("GptOssForCausalLM", **{**GPTOSS, "layer_types": ["full_attention", "sliding_attention"]}))
     with pytest.raises(SlimedgeError, match="sliding_window"):
         get_arch(cfg("GptOssForCausalLM", **{**GPTOSS, "sliding_window": None}))
+    with pytest.raises(SlimedgeError, match="swiglu_limit 8.0"):
+        get_arch(cfg("GptOssForCausalLM", **{**GPTOSS, "swiglu_limit": 8.0}))
+    c = cfg("GptOssForCausalLM", **GPTOSS, experts_per_token=4)  # the release's second spelling
+    del c["num_experts_per_tok"]
+    assert get_arch(c).n_expert_used == 4
     s = gptoss_shapes()
     del s["model.layers.1.mlp.experts.down_proj_bias"]
     with pytest.raises(SlimedgeError, match=r"missing tensor model\.layers\.1\.mlp\.experts\.down_proj_bias"):
