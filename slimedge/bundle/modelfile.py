@@ -5,7 +5,8 @@ common chat formats are recognised by their markers (ChatML ``<|im_start|>``, wi
 reasoning as Qwen3/SmolLM3 write it, Granite ``<|start_of_role|>``, OLMo 2 ``<|user|>``, DeepSeek-R1
 ``<｜User｜>``, Llama-3
 ``<|start_header_id|>``, Phi-3 ``<|user|>…<|end|>``, Zephyr ``<|user|>…</s>``, Llama-2/Mistral
-``[INST]``, Mistral v7 ``[SYSTEM_PROMPT]`` (Ministral 3), EXAONE 4 ``[|endofturn|]``, Gemma ``<start_of_turn>``, gpt-oss's harmony ``<|start|>…<|channel|>``) and written as the equivalent Go template with their stop
+``[INST]``, Mistral v7 ``[SYSTEM_PROMPT]`` (Ministral 3), EXAONE 4 ``[|endofturn|]``, Gemma ``<start_of_turn>``, Gemma 4
+``<|turn>``, gpt-oss's harmony ``<|start|>…<|channel|>``) and written as the equivalent Go template with their stop
 strings. Anything else gets no TEMPLATE and a comment saying so (Ollama then uses the model's
 raw prompt; add a TEMPLATE by hand).
 """
@@ -84,6 +85,18 @@ TEMPLATES: dict[str, tuple[str, list[str]]] = {
         "{{ else if eq .Role \"assistant\" }}<start_of_turn>model\n{{ .Content }}{{ if not $last }}<end_of_turn>\n{{ end }}"
         "{{- end }}{{- if and $last (ne .Role \"assistant\") }}<start_of_turn>model\n{{ end }}{{- end }}",
         ["<start_of_turn>", "<end_of_turn>"]),
+    # Gemma 4: "<|turn>role\n…<turn|>\n" turns, a real system turn (with <|think|> first when thinking is on),
+    # assistant turns are "model" turns; with thinking off the prompt closes an empty thought channel
+    "gemma4": (
+        "{{- $think := and $.IsThinkSet $.Think }}"
+        "{{- if .System }}<|turn>system\n{{ if $think }}<|think|>\n{{ end }}{{ .System }}<turn|>\n"
+        "{{ else if $think }}<|turn>system\n<|think|>\n<turn|>\n{{ end }}"
+        "{{- range $i, $_ := .Messages }}{{- $last := eq (len (slice $.Messages $i)) 1 }}"
+        "{{- if eq .Role \"user\" }}<|turn>user\n{{ .Content }}<turn|>\n"
+        "{{ else if eq .Role \"assistant\" }}<|turn>model\n{{ .Content }}{{ if not $last }}<turn|>\n{{ end }}"
+        "{{- end }}{{- if and $last (ne .Role \"assistant\") }}<|turn>model\n"
+        "{{ if not $think }}<|channel>thought\n<channel|>{{ end }}{{ end }}{{- end }}",
+        ["<turn|>", "<|turn>"]),
     # gpt-oss's harmony format: a system header (identity, reasoning level, channels), the system prompt as the
     # developer's instructions, earlier answers as final-channel messages (their analysis dropped, as harmony
     # does) and the prompt ends "<|start|>assistant" for the model to open its channel; generation ends at
@@ -138,6 +151,8 @@ def chat_family(template: str | None) -> str | None:
         return "llama3"
     if "<start_of_turn>" in template:
         return "gemma"
+    if "<|turn>" in template and "<turn|>" in template:
+        return "gemma4"
     if "[SYSTEM_PROMPT]" in template:
         return "mistral-v7"
     if "[|assistant|]" in template and "[|endofturn|]" in template:
@@ -165,7 +180,7 @@ def render_modelfile(model_file: str, runtime: dict, chat_template: str | None, 
     lines.append(f"PARAMETER num_gpu {999 if ngl < 0 else ngl}")
     if fam is None:
         lines += ["", "# The model's chat template is " + ("not one slimedge recognises (ChatML, ChatML with "
-                  "thinking, Llama-3, Phi-3, Zephyr, Llama-2/Mistral, Gemma, Granite, OLMo 2, DeepSeek-R1, harmony, Mistral v7, EXAONE 4)" if chat_template else "missing") + ": no TEMPLATE is written,",
+                  "thinking, Llama-3, Phi-3, Zephyr, Llama-2/Mistral, Gemma, Gemma 4, Granite, OLMo 2, DeepSeek-R1, harmony, Mistral v7, EXAONE 4)" if chat_template else "missing") + ": no TEMPLATE is written,",
                   "# so Ollama sends prompts as they are. Add a TEMPLATE block by hand for chat."]
     else:
         tmpl, stops = TEMPLATES[fam]
