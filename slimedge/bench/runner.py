@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import statistics
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from pathlib import Path
 from ..errors import SlimedgeError
 from ..progress import NULL_PROGRESS, Progress
 from ..quant.types import CACHE_TYPES, file_type_name
+from ..threads import llama_threads
 
 log = logging.getLogger(__name__)
 
@@ -53,26 +53,6 @@ def flash_attn_mode(value: str | bool | None) -> str:
     if mode not in FLASH_ATTN_MODES:
         raise SlimedgeError(f"flash attention {value!r}: choose one of {', '.join(FLASH_ATTN_MODES)}")
     return mode
-
-
-def physical_cores() -> int:
-    """Physical cores on Linux (distinct core ids), else the logical count."""
-    try:
-        seen = set()
-        phys = core = None
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            k, _, v = line.partition(":")
-            k = k.strip()
-            if k == "physical id":
-                phys = v.strip()
-            elif k == "core id":
-                core = v.strip()
-                seen.add((phys, core))
-        if seen:
-            return len(seen)
-    except OSError:
-        pass
-    return os.cpu_count() or 1
 
 
 def gguf_sizes(path: Path) -> tuple[int, int, str]:
@@ -194,7 +174,7 @@ def run_bench(model_path: str | Path, *, ref: str | Path | None = None, text: st
     if ref is not None and not Path(ref).exists():
         raise SlimedgeError(f"{ref}: --ref not found; give a GGUF file or a Hugging Face model folder")
     rt = manifest.get("runtime", {})
-    n_threads = n_threads or rt.get("n_threads") or physical_cores()
+    n_threads = n_threads or rt.get("n_threads") or llama_threads()
     n_ubatch = n_ubatch or min(n_batch, rt.get("n_ubatch", n_batch))
     common = dict(n_threads=n_threads, n_batch=n_batch, n_ubatch=n_ubatch, n_gpu_layers=n_gpu_layers,
                   flash_attn=flash_attn, type_k=CACHE_TYPE_IDS[cache_type_k], type_v=CACHE_TYPE_IDS[cache_type_v],

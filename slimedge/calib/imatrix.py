@@ -170,6 +170,10 @@ def compute_imatrix_tokens(src: str | Path, chunks: list[list[int]], *, device: 
                            process_output: bool = False, progress: Progress = NULL_PROGRESS) -> Imatrix:
     """The importance matrix of already cut chunks (equal lengths): what :func:`compute_imatrix` runs."""
     import numpy as np
+
+    from ..threads import torch_threads
+
+    torch_threads(threads)  # before torch loads: OpenMP reads its wait policy once (slimedge/threads.py)
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -181,8 +185,6 @@ def compute_imatrix_tokens(src: str | Path, chunks: list[list[int]], *, device: 
     if any(len(c) != ctx for c in chunks):
         raise ValueError("chunks must all have the same length")
     dev = _device(device)
-    if threads:
-        torch.set_num_threads(int(threads))
     from transformers.utils import logging as hf_logging
 
     bars = hf_logging.is_progress_bar_enabled()

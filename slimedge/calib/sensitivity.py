@@ -87,6 +87,10 @@ def measure(src: str | Path, types: Mapping[str, list[str]] | None = None, text:
     :data:`~slimedge.quant.allocate.DEFAULT_CANDIDATES` after fallbacks). ``imatrix``: GGUF tensor name ->
     per-column importance (float32[row length], llama.cpp's mean squared activation), used to quantize."""
     import numpy as np
+
+    from ..threads import torch_threads
+
+    torch_threads(threads)  # before torch loads: OpenMP reads its wait policy once (slimedge/threads.py)
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -99,8 +103,6 @@ def measure(src: str | Path, types: Mapping[str, list[str]] | None = None, text:
     if types is None:
         p = make_plan(src)
         types = {t.name: candidate_types(t.name, t.shape) for t in quantizable(p)}
-    if threads:
-        torch.set_num_threads(threads)
     from transformers.utils import logging as hf_logging
 
     tok = AutoTokenizer.from_pretrained(str(src))

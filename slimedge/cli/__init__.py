@@ -114,6 +114,9 @@ class LazyGroup(click.Group):
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         with _Signals() as sig:
             try:
+                from ..threads import configure
+
+                configure()  # the thread policy's OpenMP environment, before any command loads torch
                 return super().main(*args, **kwargs)
             except SystemExit:
                 if sig.terminated:

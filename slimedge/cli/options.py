@@ -17,8 +17,19 @@ import click
 from ..progress import NULL_PROGRESS, Progress
 
 quiet_option = click.option("-q", "--quiet", is_flag=True, help="No progress output.")
-threads_option = click.option("-t", "--threads", type=click.IntRange(min=1), default=None,
-                              help="Worker threads (default: all cores).")
+
+
+def _thread_policy(_ctx: click.Context, _param: click.Parameter, value: int | None) -> int | None:
+    """``--threads`` is the thread policy's override, exported before the command loads torch."""
+    from ..threads import configure
+
+    configure(value)
+    return value
+
+
+threads_option = click.option("-t", "--threads", type=click.IntRange(min=1), default=None, callback=_thread_policy,
+                              help="Worker threads for torch, the quantizer and llama.cpp (default: the CPUs this "
+                                   "process may use: affinity mask and CPU quota; or SLIMEDGE_THREADS).")
 overwrite_option = click.option("--overwrite", is_flag=True, help="Replace the output if it exists.")
 
 

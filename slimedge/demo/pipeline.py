@@ -60,7 +60,7 @@ class DemoConfig:
     retrain_teacher: bool = False  # train the teacher from the recipe into CACHE/teacher first
     teacher_steps: int | None = None  # recipe steps when retraining (None: the recipe's default)
     quant: str = "Q4_K_M"  # the quantization of rows 2 and 4
-    threads: int | None = None  # torch and llama.cpp threads (None: all cores)
+    threads: int | None = None  # torch and llama.cpp threads (None: the thread policy's, slimedge/threads.py)
     # --- student ---------------------------------------------------------------------------
     student_layers: int = 2  # the teacher has 4
     distill_steps: int = 150  # optimizer steps (about 5 minutes on 2 cores)
@@ -208,12 +208,11 @@ def _distill(teacher: Path, data: Path, out: Path, cfg: DemoConfig, progress: Pr
     report = out / "distill_report.json"
     if report.is_file() and (out / "model.safetensors").is_file():
         return json.loads(report.read_text())
-    import torch
-
     from ..distill.api import distill
     from ..distill.config import DistillConfig
+    from ..threads import torch_threads
 
-    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    torch_threads(cfg.threads)
     dcfg = DistillConfig(teacher=str(teacher), data=str(data), output=str(out), overwrite=True,
                          layers=cfg.student_layers, seq_len=cfg.distill_seq_len, steps=cfg.distill_steps,
                          batch_size=cfg.distill_batch, lr=cfg.distill_lr, max_eval_blocks=16,

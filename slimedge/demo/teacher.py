@@ -51,7 +51,7 @@ class TeacherConfig:
     warmup: int = 20  # warmup steps
     weight_decay: float = 0.1
     seed: int = 0
-    threads: int = 2  # torch CPU threads
+    threads: int | None = None  # torch CPU threads (None: the thread policy's, slimedge/threads.py)
     eval_tokens: int = 32768  # held-out tokens scored for the report (non-overlapping seq_len windows)
     bigram_init: bool = True  # start embeddings/head from a low-rank factorization of bigram log-probs
     bigram_smoothing: float = 50.0  # add-k toward the unigram distribution (k=50: best held-out bigram NLL)
@@ -173,13 +173,15 @@ def train_teacher(out: str | os.PathLike, cfg: TeacherConfig | None = None, *, o
 
     Returns the report dict. Writes into a temporary sibling folder and renames it when complete.
     """
-    import torch
+    from ..threads import torch_threads
 
     cfg = cfg or TeacherConfig()
+    torch_threads(cfg.threads)  # before torch loads: OpenMP reads its wait policy once
+    import torch
+
     out = Path(out)
     if out.exists() and not overwrite and any(out.iterdir()):
         raise SlimedgeError(f"{out} already exists and is not empty; pass overwrite=True (--overwrite) to replace it")
-    torch.set_num_threads(cfg.threads)
     t0 = time.monotonic()
     train_text, heldout = corpus.train_text(), corpus.heldout_text()
     tok = train_tokenizer(train_text, cfg.vocab_size)

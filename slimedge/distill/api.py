@@ -154,6 +154,9 @@ def _resolve_teacher(cfg: DistillConfig) -> DistillConfig:
 
 def _distill(cfg: DistillConfig, progress: Progress) -> DistillResult:
     """The run, step by step (see the module docstring); every process runs it, rank 0 writes."""
+    from ..threads import torch_threads
+
+    torch_threads()  # the thread policy (slimedge/threads.py): SLIMEDGE_THREADS or the usable CPUs
     import torch
 
     from .evaluate import evaluate

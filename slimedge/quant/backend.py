@@ -2,7 +2,7 @@
 
 Both produce identical bytes (each is checked against ggml). The C path splits a tensor into
 chunks of whole blocks and quantizes them on a thread pool (the kernels release the GIL);
-``threads`` defaults to all usable cores.
+``threads`` defaults to the thread policy's count (:mod:`slimedge.threads`: usable cores, ``--threads``).
 
 * ``SLIMEDGE_PUREPYTHON=1`` forces NumPy (read at import; :func:`set_backend` switches later).
 * A missing or broken extension falls back to NumPy with a one-line logged notice.
@@ -76,10 +76,10 @@ def set_backend(name: str) -> None:
 
 
 def default_threads() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
+    """The pool's size when no ``threads`` is given: the thread policy's count (:mod:`slimedge.threads`)."""
+    from ..threads import kernel_threads
+
+    return kernel_threads()
 
 
 _POOLS: dict[int, ThreadPoolExecutor] = {}

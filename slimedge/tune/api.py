@@ -149,6 +149,9 @@ def tune(cfg: TuneConfig, progress: Progress = NULL_PROGRESS) -> TuneResult:
     with ``output=""``). ``fsdp_teacher`` shards the float teacher's weights across the processes (FSDP2, one
     unit per decoder layer, as ``distill --fsdp-teacher``), for teachers that do not fit one device.
     """
+    from ..threads import torch_threads
+
+    torch_threads(cfg.threads)  # before torch loads: OpenMP reads its wait policy once (slimedge/threads.py)
     import torch
 
     from ..writer import check_output_path
@@ -226,8 +229,6 @@ def _tune(cfg: TuneConfig, group: ProcessGroup, progress: Progress) -> TuneResul
     from .teacher import TeacherLogprobs, mean_kl, teacher_cache
 
     t0 = time.monotonic()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     dev = pick_device(cfg, group, cfg.device.startswith("cuda"))  # as distill: cuda:LOCAL_RANK, bf16 where asked
     device = dev.device
