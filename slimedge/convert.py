@@ -240,10 +240,11 @@ def _stored_blocks(tensors: list[OutTensor], types: list) -> tuple[list[OutTenso
     return out_t, out_q, kept
 
 
-def _load_stored(t: OutTensor, job: _Job) -> np.ndarray:
-    """A passed-through tensor's stored bytes (whole or rows [start, stop)), read in the reader thread."""
+def _load_stored(t: OutTensor, out: np.ndarray, job: _Job) -> np.ndarray:
+    """A passed-through tensor's stored bytes (whole or rows [start, stop)), read in the reader thread into the
+    slot ``out`` (fewer bytes than the slice's float32 values)."""
     start, stop = (0, int(np.prod(t.shape[:-1]))) if job.whole else (job.start, job.stop)
-    return t.passthrough.raw_rows(t.shape, start, stop)
+    return t.passthrough.raw_rows(t.shape, start, stop, out)
 
 
 def plan(src: str | Path, spec: QuantSpec = QuantSpec(), imatrix=None) -> Plan:
@@ -382,7 +383,7 @@ def convert(src: str | Path, out: str | Path, spec: QuantSpec = QuantSpec(), *, 
         def read(k: int):  # read k goes to slot k % 2: never the slot being encoded
             j = jobs[k]
             if p.tensors[j.index].passthrough:  # stored blocks: copied as they are
-                return pool.submit(_load_stored, prep.tensors[j.index], j)
+                return pool.submit(_load_stored, prep.tensors[j.index], slots[k % 2], j)
             return pool.submit(_load_checked, prep.tensors[j.index], slots[k % 2], j)
 
         try:

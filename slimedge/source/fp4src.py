@@ -51,17 +51,20 @@ def repack_codes(src: np.ndarray) -> np.ndarray:
 
 
 def to_ggml(codes: np.ndarray, scales: np.ndarray, n_sub: int, g: int, mask: int, row_blocks: int = 0,
-            step: int = 1) -> np.ndarray:
+            step: int = 1, out: np.ndarray | None = None) -> np.ndarray:
     """GGML blocks uint8[n_blocks, n_sub (g + 1)] from ``codes`` (uint8[n_blocks * n_sub * g], groups of g bytes)
     and ``scales`` (uint8[n_blocks * n_sub]): per block the n_sub scales ``& mask``, then the repacked groups;
     with ``row_blocks`` (blocks per row) only every ``step``-th row from the first. The C kernels'
-    ``repack_fp4`` when built (one pass, memory speed), else :func:`repack_codes`."""
+    ``repack_fp4`` when built (one pass, memory speed), else :func:`repack_codes`. ``out``: a reused
+    contiguous buffer of at least that many bytes to fill (and return a view of)."""
     from ..quant import backend
 
     n = scales.size // n_sub
     rb = row_blocks or n
     n_out = ((n // rb - 1) // step + 1) * rb if n else 0
-    out = np.empty((n_out, n_sub * (g + 1)), np.uint8)
+    size = n_out * n_sub * (g + 1)
+    out = np.empty(size, np.uint8) if out is None else out.reshape(-1).view(np.uint8)[:size]
+    out = out.reshape(n_out, n_sub * (g + 1))
     if backend._K is not None:
         backend._K.repack_fp4(codes, scales, out, n_sub, g, mask, rb, step)
         return out
@@ -122,7 +125,7 @@ class _FP4Ref:
     def _scaled(self, x: np.ndarray) -> np.ndarray:
         return x
 
-    def raw_rows(self, start: int, stop: int, step: int = 1) -> np.ndarray:
+    def raw_rows(self, start: int, stop: int, step: int = 1, out: np.ndarray | None = None) -> np.ndarray:
         raise NotImplementedError
 
     def extra_tensors(self, gguf_name: str) -> list[tuple[str, np.ndarray]]:
@@ -152,16 +155,16 @@ class MXFP4Ref(_FP4Ref):
     def where(self) -> str:
         return f"{self.name} (MXFP4: {self.blocks.name}, {self.scales.name}) in {self.file.name}"
 
-    def raw_rows(self, start: int, stop: int, step: int = 1) -> np.ndarray:
+    def raw_rows(self, start: int, stop: int, step: int = 1, out: np.ndarray | None = None) -> np.ndarray:
         """uint8[rows, 17 blocks]: GGML MXFP4 blocks of rows ``start, start + step, ...`` below ``stop`` (the
-        span is read, only those rows repacked)."""
+        span is mapped, only those rows repacked), into the reused buffer ``out`` when given."""
         self._check(start, stop)
         nb = self.shape[-1] // 32
         n = (stop - start) * nb
         if not n:
             return np.empty((0, nb * 17), np.uint8)
         blocks, scales = _mapped(self.blocks, start * nb * 16, n * 16), _mapped(self.scales, start * nb, n)
-        return to_ggml(blocks, scales, 1, 16, 0xFF, nb, step).reshape(-1, nb * 17)
+        return to_ggml(blocks, scales, 1, 16, 0xFF, nb, step, out).reshape(-1, nb * 17)
 
 
 class NVFP4Ref(_FP4Ref):
@@ -200,16 +203,16 @@ class NVFP4Ref(_FP4Ref):
     def where(self) -> str:
         return f"{self.name} (NVFP4, scales {self.scale.name}) in {self.file.name}"
 
-    def raw_rows(self, start: int, stop: int, step: int = 1) -> np.ndarray:
+    def raw_rows(self, start: int, stop: int, step: int = 1, out: np.ndarray | None = None) -> np.ndarray:
         """uint8[rows, 36 blocks]: GGML NVFP4 blocks (4 UE4M3 scales, 32 code bytes) of rows ``start, start +
-        step, ...`` below ``stop``."""
+        step, ...`` below ``stop`` (into ``out`` when given)."""
         self._check(start, stop)
         cols = self.shape[-1]
         n = (stop - start) * cols // 64  # E4M3 scales are positive: their low 7 bits are the UE4M3 byte
         if not n:
             return np.empty((0, cols // 64 * 36), np.uint8)
         codes, scales = _mapped(self.weight, start * cols // 2, n * 32), _mapped(self.scale, start * cols // 16, n * 4)
-        return to_ggml(codes, scales, 4, 8, 0x7F, cols // 64, step).reshape(-1, cols // 64 * 36)
+        return to_ggml(codes, scales, 4, 8, 0x7F, cols // 64, step, out).reshape(-1, cols // 64 * 36)
 
     def _scaled(self, x: np.ndarray) -> np.ndarray:
         if self.scale2 is not None:
@@ -266,9 +269,11 @@ class RowView:
         np.copyto(dst, x)
         return dst
 
-    def raw_rows(self, start: int, stop: int, step: int = 1) -> np.ndarray:
+    def raw_rows(self, start: int, stop: int, step: int = 1, out: np.ndarray | None = None) -> np.ndarray:
         a, b = self._span(start, stop)
-        return self.base.raw_rows(a, b, self.step)[::step] if stop > start else self.base.raw_rows(a, a)
+        if step == 1 or stop == start:
+            return self.base.raw_rows(a, b, self.step, out)
+        return self.base.raw_rows(a, b, self.step)[::step]
 
     def extra_tensors(self, gguf_name: str) -> list[tuple[str, np.ndarray]]:
         return self.base.extra_tensors(gguf_name)

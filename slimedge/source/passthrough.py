@@ -54,11 +54,12 @@ class Passthrough:
                 self._order = order
         return self._order
 
-    def raw_rows(self, shape: tuple[int, ...], start: int, stop: int) -> np.ndarray:
-        """The stored bytes of output rows ``[start, stop)``, reordered as the transform orders rows."""
+    def raw_rows(self, shape: tuple[int, ...], start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
+        """The stored bytes of output rows ``[start, stop)``, reordered as the transform orders rows (into the
+        reused buffer ``out`` when the rows stay in place)."""
         order = self.row_order(shape)
         if order is None:
-            return self.ref.raw_rows(start, stop)
+            return self.ref.raw_rows(start, stop, out=out)
         want = order[start:stop]
         lo, hi = int(want.min()), int(want.max()) + 1
         return self.ref.raw_rows(lo, hi)[want - lo]
