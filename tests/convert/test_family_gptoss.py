@@ -76,3 +76,15 @@ def test_released_gptoss_config_as_llama_cpps_converter_writes_it(tmp_path):
     f32 = convert(hf, tmp_path / "model-f32.gguf", "f32")
     tokens, got = check_as_converter(hf, f32, tmp_path, pre="gpt-4o")
     assert TOL["f32"] < rel_err(got, hf_logits(hf, tokens)) < TOL["f16"]  # only the YaRN ramp's rounding differs
+
+
+def test_bf16_checkpoint_as_save_pretrained_writes_it(tmp_path):
+    """The float release copies are bf16: the transposed, interleaved experts are read from bf16 and widened
+    exactly, so F32 logits equal transformers' on the same (upcast) weights."""
+    from safetensors import safe_open
+
+    hf = cached_hf_model(arch="gptoss", dtype="bfloat16", rope_parameters={**RELEASED_YARN, "truncate": True})
+    with safe_open(str(hf / "model.safetensors"), "np") as f:
+        s = f.get_slice("model.layers.0.mlp.experts.gate_up_proj")
+        assert (s.get_dtype(), s.get_shape()) == ("BF16", [4, 64, 128])  # [experts, n_embd, 2 n_ff]
+    check_logits(hf, tmp_path, types=("f32", "bf16"))
