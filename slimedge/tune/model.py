@@ -244,6 +244,9 @@ def _replace(model, module_name: str, qw, QuantLinear, QuantEmbedding) -> None:
     parent_name, _, child = module_name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     old = getattr(parent, child)
+    if isinstance(old, torch.nn.Embedding) and getattr(old, "embed_scale", None) is not None:  # Gemma 3n / 4
+        raise SlimedgeError(f"{module_name}: an embedding scaled at run time ({type(old).__name__}), which tune's "
+                            "quantized embedding does not reproduce; this architecture is not supported by tune")
     if isinstance(old, torch.nn.Linear):
         new = QuantLinear(qw, old.bias)
     elif isinstance(old, torch.nn.Embedding):

@@ -1,4 +1,5 @@
-"""transformers' logits computed the way llama.cpp's CPU graph computes Gemma 3n / Gemma 4, for tight parity tests.
+"""transformers' logits computed the way llama.cpp's CPU graph computes Gemma 3n / Gemma 4, for tight parity tests
+(and :func:`tune_refusal`, the one-line refusal both families get from ``slimedge tune``).
 
 Two differences of llama.cpp's graph from transformers are put into the reference (each a float-level
 effect, amplified by depth in random-init models; neither is in the converted file):
@@ -53,3 +54,19 @@ def reference_logits(hf_dir, tokens: list[int], unbiased_std: bool = False) -> n
 
     with llama_cpp_numerics(unbiased_std):
         return hf_logits(hf_dir, tokens)  # the model is built inside: its GELUs bind the patched function
+
+
+def tune_refusal(hf, tmp_path) -> str:
+    """``slimedge tune`` on a Q4_K_M of ``hf``: its one-line refusal (llama.cpp's Gemma embeddings are scaled at
+    run time, which tune's quantized embedding does not reproduce)."""
+    from click.testing import CliRunner
+    from tests.family_checks import convert
+
+    from slimedge.cli import main
+
+    q4 = convert(hf, tmp_path / "tune-q4.gguf", "Q4_K_M")
+    (tmp_path / "d.txt").write_text("hello world\nanother line of text\n")
+    r = CliRunner().invoke(main, ["tune", str(q4), "--teacher", str(hf), "--data", str(tmp_path / "d.txt"),
+                                  "-o", str(tmp_path / "t.gguf"), "--steps", "1", "--seq-len", "8"])
+    assert r.exit_code != 0 and not (tmp_path / "t.gguf").exists()
+    return r.output.strip()

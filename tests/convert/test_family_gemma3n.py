@@ -17,7 +17,7 @@ here — and the shared layers' k/v, which transformers 5 does not save and llam
 from __future__ import annotations
 
 import pytest
-from tests.convert.gemma_ref import reference_logits
+from tests.convert.gemma_ref import reference_logits, tune_refusal
 from tests.factory import cached_hf_model
 from tests.family_checks import check_generation_stops, check_mixes, check_tokenization, convert, eog_ids
 
@@ -79,3 +79,8 @@ def test_gemma3n_kv_cache_estimate_matches_llama_cpp(tmp_path):
         want = sum(kv_bytes_per_layer(shape, layer_cells(shape, i, 1024, 256, swa_full), "f16", "f16", i)
                    for i in range(shape.n_layer))
         assert got == pytest.approx(want, rel=1e-3), (swa_full, got, want)
+
+
+def test_gemma3n_tune_refuses_in_one_line(tmp_path):
+    msg = tune_refusal(cached_hf_model(**E2B), tmp_path)
+    assert "embedding scaled at run time" in msg and "\n" not in msg, msg

@@ -16,7 +16,7 @@ the scores would be ~sqrt(head_dim) and the attention near-hard, flipping under 
 from __future__ import annotations
 
 import pytest
-from tests.convert.gemma_ref import reference_logits
+from tests.convert.gemma_ref import reference_logits, tune_refusal
 from tests.factory import cached_hf_model
 from tests.family_checks import (check_generation_stops, check_logits, check_mixes, check_tokenization, convert,
                                  eog_ids)
@@ -100,3 +100,8 @@ def _samples():
     from tests.family_checks import SAMPLES
 
     return SAMPLES + ["  two  spaces", "\n\n\nnewlines\n", "a\n\nb"]
+
+
+def test_gemma4_tune_refuses_in_one_line(tmp_path):
+    msg = tune_refusal(cached_hf_model(**E2B), tmp_path)
+    assert "embedding scaled at run time" in msg and "\n" not in msg, msg
