@@ -4,9 +4,11 @@ A static walk (``ast``) over every module of the package, every import statement
 module level and inside functions alike (a function-level import only postpones a cycle) — except those
 under ``if TYPE_CHECKING:``, which never run. An edge goes to the deepest module the statement names
 (``from .quant import types`` -> ``slimedge.quant.types``; ``from .quant import dequantize`` ->
-``slimedge.quant``). The strongly connected components of that graph must all be single modules; and the
-directions docs/architecture.md states hold on the same graph (the lower stages never import the upper ones,
-torch or transformers; nothing but the entry point imports ``cli``).
+``slimedge.quant``), and to the packages Python initializes on the way (``slimedge.quant`` for
+``slimedge.quant.types``, unless the importer is inside that package already). The strongly connected
+components of that graph must all be single modules; and the directions docs/architecture.md states hold on
+the same graph (the lower stages never import the upper ones, torch or transformers; nothing but the entry
+point imports ``cli``).
 """
 
 from __future__ import annotations
@@ -68,9 +70,19 @@ def _targets(node, module: str, is_package: bool, known) -> set[str]:
     for name in names:
         while name and name not in known:
             name = name.rpartition(".")[0]
-        if name and name != module:
-            out.add(name)
-    return out
+        if name:
+            out |= _with_packages(name, module)
+    return out - {module}
+
+
+def _with_packages(target: str, importer: str) -> set[str]:
+    """``target`` and the packages Python runs first to import it: its ancestors, except the importer's own
+    (already initialized when the importer runs). ``gguf_info`` importing ``slimedge.quant.types`` runs
+    ``slimedge/quant/__init__.py``, so a quant module importing ``gguf_info`` back is a cycle too."""
+    parts = importer.split(".")
+    own = {".".join(parts[:i]) for i in range(1, len(parts) + 1)}
+    parts = target.split(".")
+    return {target} | {".".join(parts[:i]) for i in range(1, len(parts))} - own
 
 
 @functools.cache
@@ -196,3 +208,7 @@ def test_relative_and_package_targets_resolve():
     got = [_targets(n, "slimedge.bundle.build", False, mods) for n in _import_nodes(tree)]
     assert got[1] == {"slimedge"}  # __version__ is a name in slimedge/__init__.py
     assert got[2] == {"slimedge.writer"}
+    # importing a module runs its packages' __init__ first, unless the importer is inside them already
+    assert _with_packages("slimedge.quant.types", "slimedge.gguf_info") == {"slimedge.quant.types", "slimedge.quant"}
+    assert _with_packages("slimedge.quant.types", "slimedge.quant.formats") == {"slimedge.quant.types"}
+    assert "slimedge.quant" in import_graph()["slimedge.gguf_info"]
