@@ -34,6 +34,8 @@ from ..errors import SlimedgeError
 from ..quant.model_info import ModelInfo
 from .base import F32, KV, U32, Arch
 from .gemma import _Gemma
+from ._gemma_ple import PLE_GLOBAL, PLE_LAYER, Zeros, kv_sharing, pad_rows
+from .gemma import Gemma3
 from .moe import Part, StackedRef
 
 T = MODEL_TENSOR
@@ -47,13 +49,6 @@ N_SPARSE_LAYERS, SPARSITY = 10, 0.95  # llama.cpp's gemma3n: n_layer_sparsity, f
 FIXED = {"altup_num_inputs": 4, "altup_active_idx": 0, "laurel_rank": 64, "hidden_size_per_layer_input": 256,
          "final_logit_softcapping": 30.0, "altup_correct_scale": True}
 
-# per-layer tensors every Gemma-3n-style block has beyond Gemma 3's (PLE: also Gemma 4's)
-PLE_LAYER = [(L + "per_layer_input_gate.weight", T.PER_LAYER_INP_GATE, True),
-             (L + "per_layer_projection.weight", T.PER_LAYER_PROJ, True),
-             (L + "post_per_layer_input_norm.weight", T.PER_LAYER_POST_NORM, True)]
-PLE_GLOBAL = [("model.embed_tokens_per_layer.weight", T.PER_LAYER_TOKEN_EMBD, True),
-              ("model.per_layer_model_projection.weight", T.PER_LAYER_MODEL_PROJ, True),
-              ("model.per_layer_projection_norm.weight", T.PER_LAYER_PROJ_NORM, True)]
 GEMMA3N_TENSORS = [
     ("model.embed_tokens.weight", T.TOKEN_EMBD, True),
     *PLE_GLOBAL,
@@ -84,43 +79,6 @@ GEMMA3N_TENSORS = [
     ("model.norm.weight", T.OUTPUT_NORM, True),
     ("lm_head.weight", T.OUTPUT, True),  # unless tie_word_embeddings (the default)
 ]
-
-
-class _Zeros:
-    """Zero rows of a given length: a part of a :class:`StackedRef` (stand-in weights llama.cpp never reads)."""
-
-    def __init__(self, like, cols: int):
-        self.name, self.file, self.dtype = f"{like.name} (zeros)", like.file, "F32"
-        self.cols = cols
-
-    def load_rows(self, start: int, stop: int, out=None):
-        import numpy as np
-
-        buf = np.zeros((stop - start) * self.cols, np.float32) if out is None else out.reshape(-1)
-        buf[...] = 0.0
-        return buf.reshape(stop - start, self.cols)
-
-
-def pad_rows(name: str, ref, rows: int) -> object:
-    """``ref`` seen with copies of its row 0 appended up to ``rows`` (itself when it has that many already):
-    transformers looks ids past ``vocab_size_per_layer_input`` up as id 0 (llama.cpp's converter pads zeros,
-    which would differ for those ids)."""
-    have = ref.shape[0]
-    if have >= rows:
-        return ref
-    return StackedRef(name, (rows, ref.shape[-1]), [Part(ref, 0, have)] + [Part(ref, 0, 1)] * (rows - have))
-
-
-def kv_sharing(hp, swa: tuple[bool, ...], n_shared: int, n_kv: int, what: str) -> None:
-    """Refuse a KV-sharing layout that llama.cpp would map differently from transformers: llama.cpp gives
-    layer il >= n_kv the cache of layer n_kv - 2 (sliding) or n_kv - 1 (full); transformers the last layer
-    of the same kind before the first shared one."""
-    if n_kv != hp.n_layer - n_shared:
-        raise SlimedgeError(f"config.json: num_kv_shared_layers={n_shared} with {hp.n_layer} layers, but {what}; "
-                            "this layout cannot be converted")
-    if n_shared and (n_kv < 2 or not swa or swa[n_kv - 1] or not swa[n_kv - 2]):
-        raise SlimedgeError(f"config.json: layer_types must make layer {n_kv - 2} sliding and layer {n_kv - 1} "
-                            "full, the layers whose cache llama.cpp's shared-KV layers reuse; fix layer_types")
 
 
 class Gemma3n(_Gemma):
@@ -155,7 +113,6 @@ class Gemma3n(_Gemma):
         self.n_shared = int(config.get("num_kv_shared_layers") or 0)
         kv_sharing(self.hp, self.swa_layers, self.n_shared, min(n, N_KV_LAYERS),
                    f"llama.cpp's gemma3n keeps a KV cache for the first {N_KV_LAYERS} layers")
-        self.n_vocab_ple = int(config.get("vocab_size_per_layer_input") or self.hp.n_vocab)
 
     def transform(self, gguf_name_, x):
         return x  # Gemma 3n norms multiply by w; the attention scale is 1
@@ -204,17 +161,17 @@ class Gemma3n(_Gemma):
                 name = L.format(bid=bid) + "self_attn." + suffix
                 if like is not None and name not in refs:
                     rows = shape[0] if len(shape) == 2 else 1
-                    refs[name] = StackedRef(name, shape, [Part(_Zeros(like, shape[-1]), 0, rows)])
+                    refs[name] = StackedRef(name, shape, [Part(Zeros(like, shape[-1]), 0, rows)])
 
     def metadata(self) -> list[KV]:
-        k, c = self.key, self.config
+        k = self.key
         kv = [e for e in super().metadata() if e.key != k(Keys.LLM.FEED_FORWARD_LENGTH)]
         ff = KV(k(Keys.LLM.FEED_FORWARD_LENGTH), self.ff_layers, _ARRAY, U32) if self.ff_layers else \
             KV(k(Keys.LLM.FEED_FORWARD_LENGTH), self.hp.n_ff, U32)
         return kv + [ff,
-                     KV(k(Keys.LLM.ALTUP_ACTIVE_IDX), int(c.get("altup_active_idx", 0)), U32),
-                     KV(k(Keys.LLM.ALTUP_NUM_INPUTS), int(c.get("altup_num_inputs", 4)), U32),
-                     KV(k(Keys.LLM.EMBD_LENGTH_PER_LAYER_INP), int(c.get("hidden_size_per_layer_input", 256)), U32),
+                     KV(k(Keys.LLM.ALTUP_ACTIVE_IDX), FIXED["altup_active_idx"], U32),  # checked in __init__
+                     KV(k(Keys.LLM.ALTUP_NUM_INPUTS), FIXED["altup_num_inputs"], U32),
+                     KV(k(Keys.LLM.EMBD_LENGTH_PER_LAYER_INP), FIXED["hidden_size_per_layer_input"], U32),
                      KV(k(Keys.Attention.SHARED_KV_LAYERS), self.n_shared, U32),
                      KV(k(Keys.LLM.ACTIVATION_SPARSITY_SCALE), self.sparsity_scale, _ARRAY, F32),
                      KV(k(Keys.LLM.FINAL_LOGIT_SOFTCAPPING), 30.0, F32),
@@ -231,12 +188,7 @@ class Gemma3n(_Gemma):
                                                                              (False,) * self.hp.n_layer), _ARRAY,
                         GGUFValueType.BOOL)]
 
-    @property
-    def rope_theta_swa(self) -> float:
-        local = (self.config.get("rope_parameters") or {}).get("sliding_attention")
-        if isinstance(local, dict) and local.get("rope_theta") is not None:
-            return float(local["rope_theta"])
-        return float(self.config.get("rope_local_base_freq", 10000.0))
+    rope_theta_swa = Gemma3.rope_theta_swa
 
     def model_info(self) -> ModelInfo:
         info = super().model_info()

@@ -11,9 +11,10 @@ What Gemma 4 changes from Gemma 3 (and shares with Gemma 3n), and how it is conv
   to the whole head): llama.cpp ropes the whole head with a ``rope_freqs`` tensor of 1 for the rotated
   pairs and 1e30 (no rotation) for the rest, generated here as the converter does.
 * **Per-layer embeddings** (E2B/E4B: ``hidden_size_per_layer_input`` > 0), as Gemma 3n's (padded to
-  ``vocab_size`` with copies of row 0, the row llama.cpp also uses for image embeddings); **KV sharing**: the last ``num_kv_shared_layers`` layers have no k/v of their own and reuse
-  the cache of the last sliding / full layer before them; ``use_double_wide_mlp`` doubles their feed-forward
-  (a per-layer ``feed_forward_length``). ``layer_scalar`` → ``layer_output_scale``.
+  ``vocab_size`` with copies of row 0, the row llama.cpp also uses for image embeddings); **KV sharing**: the
+  last ``num_kv_shared_layers`` layers have no k/v of their own and reuse the cache of the last sliding / full
+  layer before them; ``use_double_wide_mlp`` doubles their feed-forward (a per-layer ``feed_forward_length``).
+  ``layer_scalar`` → ``layer_output_scale``.
 * Norms are ``x·w`` (stored unchanged), the attention scale is 1, embeddings are scaled at run time.
 * ``final_logit_softcapping`` absent: 0 is written (llama.cpp would otherwise cap at its default 30).
 
@@ -32,7 +33,7 @@ from ..errors import SlimedgeError
 from ..quant.model_info import ModelInfo
 from .base import BOOL, F32, KV, U32, Arch, gguf_name
 from .gemma import GEMMA3_TENSORS, _Gemma
-from .gemma3n import PLE_GLOBAL, PLE_LAYER, kv_sharing, pad_rows
+from ._gemma_ple import PLE_GLOBAL, PLE_LAYER, kv_sharing, pad_rows
 
 T = MODEL_TENSOR
 L = "model.layers.{bid}."

@@ -76,7 +76,8 @@ def test_no_softcap_is_written_as_zero_and_k_eq_v_full_layers_need_no_v():
         shapes.update({p + "self_attn.q_proj.weight": (2 * hd, 32), p + "self_attn.k_proj.weight": (kvh * hd, 32),
                        p + "self_attn.o_proj.weight": (32, 2 * hd), p + "self_attn.q_norm.weight": (hd,),
                        p + "self_attn.k_norm.weight": (hd,), p + "mlp.gate_proj.weight": (48, 32),
-                       p + "mlp.up_proj.weight": (48, 32), p + "mlp.down_proj.weight": (32, 48), p + "layer_scalar": (1,)})
+                       p + "mlp.up_proj.weight": (48, 32), p + "mlp.down_proj.weight": (32, 48),
+                       p + "layer_scalar": (1,)})
         if i % 2 == 0:
             shapes[p + "self_attn.v_proj.weight"] = (kvh * hd, 32)
     w = random_weights(shapes)

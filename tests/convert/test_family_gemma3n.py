@@ -9,9 +9,11 @@ Where llama.cpp's graph differs from transformers, and what the test compares ag
 standard deviation at this n_ff of 512, 6e-5 at E2B's 8192); over 22 random layers that alone moves the logits by
 ~4e-2 of their spread. The reference is therefore transformers with llama.cpp's std and its float16 GELU table
 (tests/convert/gemma_ref.py); the plain transformers reference is checked too, looser. The file's weights are
-exactly llama.cpp's converter's (checked by hand with the sdist's convert_hf_to_gguf.py: every tensor byte-equal
-but the PLE padding rows, which the converter zero-fills while transformers looks those ids up as id 0 — copied
-here — and the shared layers' k/v, which transformers 5 does not save and llama.cpp's loader needs: zeros).
+exactly llama.cpp's converter's (checked by hand with the sdist's convert_hf_to_gguf.py: every tensor byte-equal,
+the metadata too but vocab_size; only slimedge's file has the shared layers' k/v, which transformers 5 does not
+save and llama.cpp's loader needs — zeros; the converter's file fails to load without them. The PLE padding rows
+are copies of row 0, as transformers reads those ids; the converter zero-fills them: the same bytes here, where
+row 0 is the pad token's, zero from its padding_idx).
 """
 
 from __future__ import annotations
