@@ -214,8 +214,8 @@ static PyObject *py_repack_fp4(PyObject *self, PyObject *args) {
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t r = 0; r < n_out; ++r)
         se_fp4_repack((const uint8_t *)codes.buf + r * step * rb * n_sub * g,
-                      (const uint8_t *)scales.buf + r * step * rb * n_sub, (uint8_t *)dst.buf + r * rb * n_sub * (g + 1),
-                      rb, n_sub, g, (uint8_t)mask);
+                      (const uint8_t *)scales.buf + r * step * rb * n_sub,
+                      (uint8_t *)dst.buf + r * rb * n_sub * (g + 1), rb, n_sub, g, (uint8_t)mask);
     Py_END_ALLOW_THREADS
     result = Py_NewRef(Py_None);
 done:

@@ -3,10 +3,11 @@
 Both store 4-bit E2M1 codes two to a byte (element ``2i`` in the low nibble, ``2i + 1`` in the high one)
 beside their scales; GGML's blocks hold the same codes in another order (byte ``j`` of a group: element
 ``j`` low, element ``j + g/2`` high, for a group of ``g`` = 32 (MXFP4) or 16 (NVFP4) values) and put the
-scales in front. :func:`to_ggml` moves the bits (the C kernels' ``repack_fp4`` in one pass; else NumPy, one
-65536-entry table lookup per byte pair; the codes index the same E2M1 table in both: no value changes), so a reference can hand the converter GGML
-bytes directly (``stored_type``, ``raw_rows``) or floats (``load_rows``: those bytes dequantized by
-:mod:`slimedge.quant`), row range by row range, reading only those rows.
+scales in front. :func:`to_ggml` moves the bits (the C kernels' ``repack_fp4`` in one pass, else NumPy with
+one 65536-entry table lookup per byte pair; the codes index the same E2M1 table in both: no value changes),
+so a reference hands the converter GGML bytes directly (``stored_type``, ``raw_rows``) or floats
+(``load_rows``: those bytes dequantized by :mod:`slimedge.quant`), row range by row range. The stored bytes
+of a row range are memory-mapped only while it is repacked (:func:`_mapped`), so memory stays near a slice.
 
 * :class:`MXFP4Ref`: ``X_blocks`` (uint8 ``[..., rows, n_blocks, 16]``) and ``X_scales`` (uint8 E8M0
   ``[..., rows, n_blocks]``) read as the tensor ``X`` of shape ``[..., rows, 32 n_blocks]`` (rows are output
@@ -146,7 +147,8 @@ class MXFP4Ref(_FP4Ref):
         bs, ss = tuple(blocks.shape), tuple(scales.shape)
         if len(bs) < 3 or bs[-1] != 16 or ss != bs[:-1]:
             raise SlimedgeError(f"{blocks.file}: MXFP4 tensors {blocks.name} {list(bs)} and {scales.name} {list(ss)} "
-                                f"do not fit ([..., rows, blocks, 16] and [..., rows, blocks]); the checkpoint is damaged")
+                                f"do not fit ([..., rows, blocks, 16] and [..., rows, blocks]); the checkpoint is "
+                                f"damaged")
         self.name, self.blocks, self.scales, self.file = name, blocks, scales, blocks.file
         self.shape = (*bs[:-2], bs[-2] * 32)
         self.nbytes = blocks.nbytes + scales.nbytes

@@ -46,7 +46,8 @@ class Passthrough:
                 self._order = False
                 return self._order
             order = y.reshape(-1).astype(np.int64) if y.size == n else None
-            if order is None or not np.array_equal(np.sort(order), np.arange(n)) or not np.array_equal(order, y.reshape(-1)):
+            if (order is None or not np.array_equal(np.sort(order), np.arange(n))
+                    or not np.array_equal(order, y.reshape(-1))):
                 self._order = False
             elif np.array_equal(order, np.arange(n)):
                 self._order = None

@@ -5,9 +5,10 @@ byte j = element j | element j + 16 << 4; gpt-oss: byte i = element 2i | element
 floats against ggml's own MXFP4 ``to_float``; the gate/up row views. End to end on a tiny gpt-oss stored as
 released: with ``--type MXFP4_MOE`` the experts pass through, byte-identical to what the pinned sdist's
 ``convert_hf_to_gguf.py`` writes for the same checkpoint, and the logits follow transformers' on the
-dequantized weights as tests/convert/moe_checks.py requires of Q8_0 (median position within its tolerance); with ``--type F32`` they are dequantized (every value
-equal to ggml's dequantization of llama.cpp's MXFP4 tensors, every other tensor byte-identical) and llama.cpp's
-logits equal transformers' on the dequantized weights (F32 tolerance).
+dequantized weights as tests/convert/moe_checks.py requires of Q8_0 (median position within its
+tolerance); with ``--type F32`` they are dequantized (every value equal to ggml's dequantization of
+llama.cpp's MXFP4 tensors, every other tensor byte-identical) and llama.cpp's logits equal transformers'
+on the dequantized weights (F32 tolerance).
 """
 
 from __future__ import annotations

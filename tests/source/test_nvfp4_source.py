@@ -39,7 +39,8 @@ def test_rows_read_as_the_dequantized_weights(nvfp4, backend):
         assert np.array_equal(ref.load_rows(3, 8, buf), want[name][3:8]), name
     q_proj = refs["model.layers.0.self_attn.q_proj.weight"]
     extra = dict(q_proj.extra_tensors("blk.0.attn_q.weight"))
-    assert set(extra) == {"blk.0.attn_q.scale", "blk.0.attn_q.input_scale"} and extra["blk.0.attn_q.scale"].shape == (1,)
+    assert set(extra) == {"blk.0.attn_q.scale", "blk.0.attn_q.input_scale"}
+    assert extra["blk.0.attn_q.scale"].shape == (1,)
 
 
 def test_float_type_keeps_nvfp4_and_quantized_type_dequantizes(nvfp4, tmp_path):

@@ -24,7 +24,8 @@ from slimedge.source.quantized import Scheme, quantization_of
 ])
 def test_other_methods_refused_in_one_line(tmp_path, qc):
     save_file({"w": np.zeros((2, 2), np.float32)}, str(tmp_path / "model.safetensors"))
-    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"], "quantization_config": qc}))
+    config = {"architectures": ["LlamaForCausalLM"], "quantization_config": qc}
+    (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(SlimedgeError) as e:
         HFSource(tmp_path)
     msg = str(e.value)
