@@ -214,7 +214,8 @@ def _plan(prep: _Prepared, spec: QuantSpec, imatrix=None) -> Plan:
         from .quant.types import FLOAT_TYPES
 
         quantized = [(t.name, t.shape, t.qtype) for t in planned if t.qtype not in FLOAT_TYPES]
-        p.importance = importance_for(imatrix, quantized, lambda n, q: requires_imatrix(n, q, spec))
+        p.importance = importance_for(imatrix, quantized, lambda n, q: requires_imatrix(n, q, spec),
+                                      model_names=[t.name for t in planned])
         p.imatrix = imatrix
     return p
 

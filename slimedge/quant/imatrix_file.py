@@ -314,7 +314,8 @@ def _is_token_embd(name: str) -> bool:
     return name in ("token_embd.weight", "per_layer_token_embd.weight")
 
 
-def importance_for(imx: Imatrix, tensors, requires=lambda name, qtype: False) -> dict[str, np.ndarray]:
+def importance_for(imx: Imatrix, tensors, requires=lambda name, qtype: False,
+                   model_names=None) -> dict[str, np.ndarray]:
     """Importance of each quantized tensor, as ``llama_model_quantize`` looks it up.
 
     ``tensors``: (GGUF name, NumPy shape, target type) of the tensors that will be quantized.
@@ -323,9 +324,13 @@ def importance_for(imx: Imatrix, tensors, requires=lambda name, qtype: False) ->
     not match (an imatrix of another model) is an error, except for ``token_embd`` (llama.cpp ignores
     it there); so is an imatrix that covers none of the tensors, or misses a required one. Tensors it
     does not cover are named in one warning (``token_embd``/``output``, which llama-imatrix never
-    measures by default, are left out of it).
+    measures by default, are left out of it). ``model_names`` (every tensor name of the model): an
+    imatrix with entries for tensors the model does not have was computed on another model (one whose
+    widths happen to match, e.g. deeper) and is refused.
     """
     where = imx.path or "the importance matrix"
+    if model_names is not None:
+        _check_same_model(imx, where, set(model_names))
     out: dict[str, np.ndarray] = {}
     uncovered: list[str] = []
     for name, shape, qtype in tensors:
@@ -355,6 +360,16 @@ def importance_for(imx: Imatrix, tensors, requires=lambda name, qtype: False) ->
         log.warning("%s: no importance data for %d quantized tensor(s), quantized without it: %s%s", where,
                     len(uncovered), ", ".join(uncovered[:5]), more)
     return out
+
+
+def _check_same_model(imx: Imatrix, where: str, model_names: set[str]) -> None:
+    foreign = sorted(n for n in imx.entries if n not in model_names)
+    if foreign:
+        more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+        made = f"computed on {', '.join(imx.datasets)!r}, {imx.chunk_count} chunks; " if imx.datasets else ""
+        raise SlimedgeError(f"{where}: has entries for {len(foreign)} tensor(s) this model does not have "
+                            f"({', '.join(foreign[:3])}{more}); {made}the imatrix is for another model: "
+                            f"compute one on this model (`slimedge imatrix MODEL --data TEXT`)")
 
 
 def quantize_keys(imx: Imatrix) -> list[tuple[str, object, GGUFValueType]]:
