@@ -234,7 +234,22 @@ def _qk_norm_scale(model) -> None:
 
 
 # arch -> function applied to the random-init model (in place, under no_grad) before it is saved
-POST_INIT = {"gemma3n": _qk_norm_scale, "gemma4": _qk_norm_scale}
+POST_INIT = {"gemma3n": _qk_norm_scale, "gemma4": _qk_norm_scale, "gemma4_mm": _qk_norm_scale}
+
+
+def _gemma4_multimodal(cfg: dict) -> dict:
+    """Gemma4Config: the text config inside, a 1-layer vision tower (8-pixel patches), no audio tower."""
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                  num_key_value_heads=2, head_dim=16, patch_size=8, position_embedding_size=64)
+    text = {"vocab_size_per_layer_input": cfg["vocab_size"], **cfg}
+    return dict(text_config=text, vision_config=vision, audio_config=None,
+                tie_word_embeddings=cfg.get("tie_word_embeddings", True), eos_token_id=cfg.get("eos_token_id"))
+
+
+MODEL_CLASSES["gemma4_mm"] = ("Gemma4Config", "Gemma4ForConditionalGeneration")  # text config wrapped
+DEFAULT_TOKENIZER["gemma4_mm"] = "spm:gemma4"
+ARCH_DEFAULTS["gemma4_mm"] = ARCH_DEFAULTS["gemma4"]
+CONFIG_WRAPPERS["gemma4_mm"] = _gemma4_multimodal
 
 
 def _mistral3_multimodal(cfg: dict) -> dict:

@@ -105,3 +105,18 @@ def _samples():
 def test_gemma4_tune_refuses_in_one_line(tmp_path):
     msg = tune_refusal(cached_hf_model(**E2B), tmp_path)
     assert "embedding scaled at run time" in msg and "\n" not in msg, msg
+
+
+def test_gemma4_multimodal_checkpoint_converts_the_language_model(tmp_path, caplog):
+    """Gemma4ForConditionalGeneration (model.language_model.*, a vision tower and its embedder): the text tower's
+    file, the same logits as the multimodal model's on text."""
+    import logging
+
+    hf = cached_hf_model(arch="gemma4_mm", kquant=True)
+    with caplog.at_level(logging.WARNING, logger="slimedge"):
+        check_logits(hf, tmp_path, types=("f32",), tol=GELU_TOL)
+    assert [r for r in caplog.records if "vision tower" in r.getMessage()]
+    f32 = tmp_path / "model-f32.gguf"
+    assert _tight(hf, f32) < TIGHT
+    names = {t.name for t in read_info(f32).tensors}
+    assert "per_layer_token_embd.weight" in names and not [n for n in names if "vision" in n or n.startswith("v.")]
