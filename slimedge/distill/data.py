@@ -161,8 +161,19 @@ def _pyarrow(path: str):
 
 
 def _column_batches(path: str, name: str) -> Iterator[list]:
-    """Values of column ``name`` of a Parquet or Arrow file, a record batch at a time."""
+    """Values of column ``name`` of a Parquet or Arrow file, a record batch at a time; a damaged file (or
+    one that is not Parquet/Arrow) is a one-line :class:`SlimedgeError` naming it."""
     pa = _pyarrow(path)
+    try:
+        yield from _checked_batches(pa, path, name)
+    except pa.ArrowException as exc:
+        kind = "Parquet" if path.lower().endswith(".parquet") else "Arrow"
+        why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise SlimedgeError(f"{path} is not a readable {kind} file ({why}); re-export it, or pass text or "
+                            "JSONL") from None
+
+
+def _checked_batches(pa, path: str, name: str) -> Iterator[list]:
     if path.lower().endswith(".parquet"):
         pf = pa.parquet.ParquetFile(path)
         names = pf.schema_arrow.names
@@ -182,6 +193,7 @@ def _column_batches(path: str, name: str) -> Iterator[list]:
             raise SlimedgeError(f"{path} has no column {name!r} (columns: {', '.join(names)}); pass --data-field")
     for b in batches:
         col = b.column(b.schema.get_field_index(name))
+        col.validate(full=True)  # offsets and UTF-8 checked before a value is read (IPC is not validated)
         if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
             raise SlimedgeError(f"{path}: column {name!r} holds {col.type}, not text; pass --data-field")
         yield col.to_pylist()
