@@ -9,7 +9,8 @@ import pytest
 from slimedge.gguf_info import read_info
 from tests.convert.moe_checks import check_moe_logits
 from tests.factory import cached_hf_model
-from tests.family_checks import check_generation_stops, check_logits, check_mixes, check_tokenization, convert, eog_ids
+from tests.family_checks import (MIXES, check_generation_stops, check_logits, check_mixes, check_tokenization,
+                                 convert, eog_ids)
 
 pytestmark = pytest.mark.slow  # converts to every type and mix and runs llama.cpp on each
 
@@ -28,6 +29,6 @@ def test_ernie45moe_family_end_to_end(tmp_path):
     assert "blk.0.ffn_gate.weight" in shapes and "blk.0.ffn_gate_exps.weight" not in shapes  # dense layer 0
     assert shapes["blk.1.exp_probs_b.bias"] == (1, 4) and shapes["blk.2.ffn_up_shexp.weight"] == (512, 256)
     check_tokenization(hf, f32)
-    types = check_mixes(hf, tmp_path, f32=f32)
+    types = check_mixes(hf, tmp_path, mixes=MIXES + ("MXFP4_MOE",), f32=f32)  # llama.cpp's MoE mix too
     assert types["Q4_K_M"]["blk.1.exp_probs_b.bias"] == "F32"
     check_generation_stops(convert(hf, tmp_path / "q4.gguf", "Q4_K_M"), eog_ids(hf))

@@ -10,7 +10,8 @@ from slimedge.gguf_info import read_info
 from tests.convert.moe_checks import check_moe_logits
 from tests.convert.reference_checks import check_as_converter
 from tests.factory import cached_hf_model
-from tests.family_checks import check_generation_stops, check_logits, check_mixes, check_tokenization, convert, eog_ids
+from tests.family_checks import (MIXES, check_generation_stops, check_logits, check_mixes, check_tokenization,
+                                 convert, eog_ids)
 
 pytestmark = pytest.mark.slow  # converts to every type and mix and runs llama.cpp on each
 
@@ -27,7 +28,7 @@ def test_granitemoe_family_end_to_end(tmp_path):
     assert (m["granitemoe.embedding_scale"], m["granitemoe.logit_scale"]) == (2.0, 2.0)
     assert shapes["blk.0.ffn_up_exps.weight"] == (4, 256, 256) and "output.weight" not in shapes
     check_tokenization(hf, f32)
-    types = check_mixes(hf, tmp_path, f32=f32)
+    types = check_mixes(hf, tmp_path, mixes=MIXES + ("MXFP4_MOE",), f32=f32)  # llama.cpp's MoE mix too
     assert types["Q4_K_M"]["token_embd.weight"] == "Q6_K"  # tied: the embedding is the output
     check_generation_stops(convert(hf, tmp_path / "q4.gguf", "Q4_K_M"), eog_ids(hf))
 

@@ -8,7 +8,8 @@ import pytest
 from slimedge.gguf_info import read_info
 from tests.convert.moe_checks import check_moe_logits
 from tests.factory import cached_hf_model
-from tests.family_checks import check_generation_stops, check_logits, check_mixes, check_tokenization, convert, eog_ids
+from tests.family_checks import (MIXES, check_generation_stops, check_logits, check_mixes, check_tokenization,
+                                 convert, eog_ids)
 
 pytestmark = pytest.mark.slow  # converts to every type and mix and runs llama.cpp on each
 
@@ -24,7 +25,7 @@ def test_olmoe_family_end_to_end(tmp_path):
     assert (m["olmoe.expert_count"], m["olmoe.expert_used_count"]) == (4, 2)
     assert shapes["blk.0.attn_k_norm.weight"] == (256,) and shapes["blk.1.ffn_down_exps.weight"] == (4, 256, 256)
     check_tokenization(hf, f32)
-    types = check_mixes(hf, tmp_path, f32=f32)
+    types = check_mixes(hf, tmp_path, mixes=MIXES + ("MXFP4_MOE",), f32=f32)  # llama.cpp's MoE mix too
     assert types["Q4_K_M"]["blk.0.attn_q_norm.weight"] == "F32"
     check_generation_stops(convert(hf, tmp_path / "q4.gguf", "Q4_K_M"), eog_ids(hf))
 

@@ -16,7 +16,7 @@ from slimedge.gguf_info import read_info
 from tests.convert.convert_util import hf_logits, llama_logits, rel_err
 from tests.convert.reference_checks import check_as_converter
 from tests.factory import cached_hf_model, copy_model
-from tests.family_checks import TOL, check_generation_stops, check_mixes, check_tokenization, convert, eog_ids
+from tests.family_checks import MIXES, TOL, check_generation_stops, check_mixes, check_tokenization, convert, eog_ids
 
 pytestmark = pytest.mark.slow  # runs llama.cpp's converter, every mix and llama.cpp on each
 
@@ -39,7 +39,7 @@ def test_phimoe_as_llama_cpps_converter_writes_it(tmp_path):
     assert {t.name for t in read_info(f32).tensors} >= {"output.bias", "output_norm.bias", "blk.0.attn_norm.bias",
                                                          "rope_factors_long.weight", "blk.1.attn_output.bias"}
     check_tokenization(hf, f32)
-    types = check_mixes(hf, tmp_path, f32=f32)
+    types = check_mixes(hf, tmp_path, mixes=MIXES + ("MXFP4_MOE",), f32=f32)  # llama.cpp's MoE mix too
     assert types["Q4_K_M"]["output.bias"] == "F32" and types["Q4_K_M"]["blk.0.ffn_gate_inp.weight"] == "F32"
     check_generation_stops(convert(hf, tmp_path / "q4.gguf", "Q4_K_M"), eog_ids(hf))
     assert np.isfinite(got).all()

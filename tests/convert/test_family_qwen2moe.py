@@ -8,7 +8,8 @@ import pytest
 from slimedge.gguf_info import read_info
 from tests.convert.moe_checks import check_moe_logits
 from tests.factory import cached_hf_model
-from tests.family_checks import check_generation_stops, check_logits, check_mixes, check_tokenization, convert, eog_ids
+from tests.family_checks import (MIXES, check_generation_stops, check_logits, check_mixes, check_tokenization,
+                                 convert, eog_ids)
 
 pytestmark = pytest.mark.slow  # converts to every type and mix and runs llama.cpp on each
 
@@ -25,7 +26,7 @@ def test_qwen2moe_family_end_to_end(tmp_path):
     assert (m["qwen2moe.expert_feed_forward_length"], m["qwen2moe.expert_shared_feed_forward_length"]) == (256, 512)
     assert shapes["blk.1.ffn_gate_inp_shexp.weight"] == (1, 256) and shapes["blk.1.ffn_down_shexp.weight"] == (256, 512)
     check_tokenization(hf, f32)
-    types = check_mixes(hf, tmp_path, f32=f32)
+    types = check_mixes(hf, tmp_path, mixes=MIXES + ("MXFP4_MOE",), f32=f32)  # llama.cpp's MoE mix too
     assert types["Q4_K_M"]["blk.0.ffn_gate_inp_shexp.weight"] == "F32"  # one row: never quantized
     assert [types["Q4_K_M"][f"blk.{i}.ffn_down_exps.weight"] for i in (0, 1)] == ["Q4_K", "Q6_K"]
     check_generation_stops(convert(hf, tmp_path / "q4.gguf", "Q4_K_M"), eog_ids(hf))
