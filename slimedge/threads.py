@@ -11,7 +11,8 @@ training step, and a step can take several times longer than with one thread. So
 * sets the OpenMP environment before any OpenMP runtime starts (:func:`configure`, called when the command line
   starts and again by each library entry point that starts torch): ``OMP_NUM_THREADS``, ``OMP_WAIT_POLICY=PASSIVE``
   (an idle worker sleeps at once instead of spinning), ``GOMP_SPINCOUNT=0`` (libgomp, what torch's Linux wheels
-  use) and ``KMP_BLOCKTIME=0`` (Intel's OpenMP); children (the llama.cpp bench processes) inherit them;
+  use) and ``KMP_BLOCKTIME=0`` (Intel's OpenMP); child processes inherit them, except the llama.cpp bench
+  children, which measure with llama.cpp's own settings (:func:`native_env`) and an explicit ``n_threads``;
 * gives torch (:func:`torch_threads`: intra-op threads, one inter-op thread), the C kernels (:func:`kernel_threads`)
   and llama.cpp (:func:`llama_threads`: physical cores within the mask) the same count, so none of them assumes the
   whole machine and none spins while another works.
@@ -201,6 +202,13 @@ def configure(threads: int | None = None) -> Policy:
     if "torch" in sys.modules:
         log.debug("torch already loaded: OpenMP's wait policy was read before slimedge's thread policy")
     return pol
+
+
+def native_env() -> dict[str, str]:
+    """This process's environment without the OpenMP settings :func:`configure` exported (the user's own stay):
+    for the llama.cpp children that measure speed, so their figures are llama.cpp's own (``n_threads`` is passed
+    to them explicitly; ggml's OpenMP regions name their thread count themselves)."""
+    return {k: v for k, v in os.environ.items() if _ours.get(k) != v}
 
 
 def torch_threads(threads: int | None = None) -> int:

@@ -135,6 +135,15 @@ def test_configure_keeps_users_openmp_settings(clean):
     assert os.environ["OMP_NUM_THREADS"] == "2" and os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
 
 
+def test_native_env_drops_only_what_configure_set(clean):
+    """The llama.cpp bench children measure with llama.cpp's own OpenMP settings; the user's stay."""
+    clean.setenv("KMP_BLOCKTIME", "200")
+    tp.configure()
+    env = tp.native_env()
+    assert "OMP_WAIT_POLICY" not in env and "GOMP_SPINCOUNT" not in env and env["KMP_BLOCKTIME"] == "200"
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE" and env["PATH"] == os.environ["PATH"]
+
+
 def test_off_leaves_everything_alone(clean):
     clean.setenv(tp.ENV, "off")
     tp.configure()

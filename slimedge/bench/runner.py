@@ -23,7 +23,7 @@ from pathlib import Path
 from ..errors import SlimedgeError
 from ..progress import NULL_PROGRESS, Progress
 from ..quant.types import CACHE_TYPES, file_type_name
-from ..threads import llama_threads
+from ..threads import llama_threads, native_env
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def run_child(job: dict, timeout: float = 3600) -> dict:
         jf.write_text(json.dumps(job))
         try:
             proc = subprocess.run([sys.executable, "-m", "slimedge.bench.child", str(jf)], capture_output=True,
-                                  text=True, timeout=timeout)
+                                  text=True, timeout=timeout, env=native_env())
         except subprocess.TimeoutExpired:
             raise SlimedgeError(f"{job['model']}: benchmark child timed out after {timeout:.0f}s") from None
         res_path = Path(job["result"])

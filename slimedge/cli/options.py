@@ -28,8 +28,7 @@ def _thread_policy(_ctx: click.Context, _param: click.Parameter, value: int | No
 
 
 threads_option = click.option("-t", "--threads", type=click.IntRange(min=1), default=None, callback=_thread_policy,
-                              help="Worker threads for torch, the quantizer and llama.cpp (default: the CPUs this "
-                                   "process may use: affinity mask and CPU quota; or SLIMEDGE_THREADS).")
+                              help="Worker threads (default: the CPUs this process may use; docs/threads.md).")
 overwrite_option = click.option("--overwrite", is_flag=True, help="Replace the output if it exists.")
 
 
