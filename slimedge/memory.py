@@ -45,6 +45,9 @@ REPACK_TYPES = {
     "arm64": {"Q4_0", "Q4_K", "Q5_K", "Q6_K", "Q8_0", "IQ4_NL", "MXFP4"},  # NEON with dotprod (or i8mm)
 }
 _BLK = re.compile(r"^blk\.(\d+)\.")
+# architectures whose every layer runs attention and an SSM side by side: llama.cpp keeps both a KV cache and a
+# recurrent state in each layer (llama-model.cpp's memory filters for falcon-h1)
+PARALLEL_HYBRID = {"falcon-h1"}
 
 
 @dataclass
@@ -220,14 +223,15 @@ def kv_bytes_per_layer(shape: ModelShape, n_ctx: int, cache_type_k: str = "f16",
                        layer: int | None = None, v_pad: int = 0) -> int:
     """KV cache of one layer (``layer``'s own kv heads and key/value lengths when the model lists them per
     layer; a layer with none holds the recurrent state instead; ``v_pad``: see :func:`padded_v_width`)."""
-    if layer is not None and layer < len(shape.recurrent_layers) and shape.recurrent_layers[layer]:
+    recurrent = layer is not None and layer < len(shape.recurrent_layers) and shape.recurrent_layers[layer]
+    if recurrent and shape.arch not in PARALLEL_HYBRID:
         return shape.recurrent_bytes
     n_head_kv, k_len, v_len = _kv_widths(shape, layer)
     if n_head_kv == 0:  # no cache of its own: a recurrent layer (or a layer reusing another's KV: 0 bytes)
         return 0 if shape.recurrent_layers else shape.recurrent_bytes  # listed: neither (Nemotron-H's MLP blocks)
     per_token = (n_head_kv * k_len * CACHE_BYTES[cache_type_k]
                  + max(n_head_kv * v_len, v_pad) * CACHE_BYTES[cache_type_v])
-    return int(pad_ctx(n_ctx) * per_token)
+    return int(pad_ctx(n_ctx) * per_token) + (shape.recurrent_bytes if recurrent else 0)
 
 
 def compute_bytes(shape: ModelShape, n_ctx: int, n_ubatch: int, flash_attn: bool) -> int:

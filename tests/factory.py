@@ -123,6 +123,18 @@ ARCH_DEFAULTS["granitehybrid"] = {**ARCH_DEFAULTS["granite"], "num_hidden_layers
                                   "initializer_range": 0.05}
 ARCH_DEFAULTS["granitehybrid_dense"] = {**ARCH_DEFAULTS["granitehybrid"], "num_local_experts": 0,
                                         "num_experts_per_tok": 0}
+# Falcon-H1: attention and Mamba-2 side by side in every layer, with its µP multipliers (not 1, so a missed one
+# shows in the logits) and the mixer's gated norm (gate first, as released)
+MODEL_CLASSES["falconh1"] = ("FalconH1Config", "FalconH1ForCausalLM")
+DEFAULT_TOKENIZER["falconh1"] = "bpe:llama3"
+ARCH_DEFAULTS["falconh1"] = {"num_hidden_layers": 2, "head_dim": 16, "mamba_d_ssm": 128, "mamba_n_heads": 4,
+                             "mamba_d_head": 32, "mamba_n_groups": 1, "mamba_d_state": 16, "mamba_d_conv": 4,
+                             "mamba_expand": 2, "mamba_rms_norm": True, "mamba_norm_before_gate": False,
+                             "initializer_range": 0.05,
+                             "lm_head_multiplier": 0.5, "embedding_multiplier": 2.0, "mlp_multipliers": [0.9, 1.1],
+                             "key_multiplier": 0.8, "attention_out_multiplier": 0.7, "attention_in_multiplier": 1.2,
+                             "ssm_multipliers": [1.1, 0.9, 1.2, 0.8, 1.3], "ssm_in_multiplier": 0.9,
+                             "ssm_out_multiplier": 1.1}
 # Nemotron-H (dense): Mamba-2, squared-ReLU MLP and attention blocks, config.json as the Hub ships it
 # (hybrid_override_pattern "M-*-", no MoE keys: transformers 5 would save its MoE defaults)
 MODEL_CLASSES["nemotronh"] = ("NemotronHConfig", "NemotronHForCausalLM")
@@ -291,6 +303,15 @@ def _tokenizer(dir: Path, kind: str) -> tuple[int, dict]:
     return max(ids.values()) + 1, special
 
 
+def _legacy_layer_types(path: Path, cfg: dict) -> None:
+    """Granite 4's config.json as released: layer_types "mamba"/"attention" (transformers 5 saves its new
+    names; llama.cpp's converter reads the old ones)."""
+    saved = json.loads(path.read_text())
+    if isinstance(cfg.get("layer_types"), list) and set(cfg["layer_types"]) <= {"mamba", "attention"}:
+        saved["layer_types"] = list(cfg["layer_types"])
+        path.write_text(json.dumps(saved, indent=2))
+
+
 def _nemotronh_hub_config(path: Path) -> None:
     """Nemotron-H's config.json as released: the block pattern as a string, no mixture-of-experts keys."""
     saved = json.loads(path.read_text())
@@ -300,15 +321,6 @@ def _nemotronh_hub_config(path: Path) -> None:
                                                    "topk_", "norm_topk"))] + ["n_group"]:
         saved.pop(key, None)
     path.write_text(json.dumps(saved, indent=2))
-
-
-def _legacy_layer_types(path: Path, cfg: dict) -> None:
-    """Granite 4's config.json as released: layer_types "mamba"/"attention" (transformers 5 saves its new
-    names; llama.cpp's converter reads the old ones)."""
-    saved = json.loads(path.read_text())
-    if isinstance(cfg.get("layer_types"), list) and set(cfg["layer_types"]) <= {"mamba", "attention"}:
-        saved["layer_types"] = list(cfg["layer_types"])
-        path.write_text(json.dumps(saved, indent=2))
 
 
 def make_hf_model(dir: str | Path, arch: str = "llama", tokenizer: str | None = None, tied: bool = False,

@@ -251,8 +251,9 @@ class Mamba2:
                                                         [Part(conv, 0, conv.shape[0])])
         for name in ("A_log", "D"):
             refs[prefix + name] = Reshaped(refs[prefix + name], (int(np.prod(refs[prefix + name].shape)), 1))
-        norm = refs[prefix + "norm.weight"]
-        refs[prefix + "norm.weight"] = Reshaped(norm, (self.n_groups, int(np.prod(norm.shape)) // self.n_groups))
+        norm = refs.get(prefix + "norm.weight")  # absent where the mixer has no gated norm (Falcon-H1 may not)
+        if norm is not None:
+            refs[prefix + "norm.weight"] = Reshaped(norm, (self.n_groups, int(np.prod(norm.shape)) // self.n_groups))
 
     @staticmethod
     def transform(gguf_name: str, x: np.ndarray) -> np.ndarray | None:

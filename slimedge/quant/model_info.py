@@ -157,6 +157,8 @@ def _ssm_fields(metadata: dict, arch: str, n_layer: int, scalar, kv_layers: tupl
     elif arch in ("qwen35", "qwen35moe", "qwen3next"):
         every = scalar("full_attention_interval", 4) or 4
         fields["recurrent_layers"] = tuple((i + 1) % every != 0 for i in range(n_layer))
+    elif arch == "falcon-h1":  # every layer: a KV cache and a recurrent state (slimedge.memory.PARALLEL_HYBRID)
+        fields["recurrent_layers"] = (True,) * n_layer
     elif arch in ("nemotron_h", "nemotron_h_moe") and kv_layers and ff_layers:
         fields["recurrent_layers"] = tuple(kv == 0 and ff == 0 for kv, ff in zip(kv_layers, ff_layers))
     return fields
