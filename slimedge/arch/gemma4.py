@@ -18,8 +18,12 @@ What Gemma 4 changes from Gemma 3 (and shares with Gemma 3n), and how it is conv
 * Norms are ``x·w`` (stored unchanged), the attention scale is 1, embeddings are scaled at run time.
 * ``final_logit_softcapping`` absent: 0 is written (llama.cpp would otherwise cap at its default 30).
 
-Not converted, each refused in one line: the MoE sizes (``enable_moe_block``, 26B-A4B), attention biases, and
-bidirectional attention over text (``use_bidirectional_attention: "all"``).
+* **MoE** (26B-A4B, ``enable_moe_block``): beside the dense MLP each layer has a router (``ffn_gate_inp`` and its
+  ``.scale``), transformers' fused ``gate_up_proj`` as ``ffn_gate_up_exps`` (gate rows first, as llama.cpp splits
+  it), ``ffn_down_exps`` with ``router.per_expert_scale`` as its ``.scale``, and three more norms.
+
+Not converted, each refused in one line: attention biases and bidirectional attention over text
+(``use_bidirectional_attention: "all"``).
 """
 
 from __future__ import annotations
@@ -41,9 +45,19 @@ _ARRAY = GGUFValueType.ARRAY
 _OPTIONAL_KV = {T.ATTN_K, T.ATTN_V, T.ATTN_K_NORM}  # absent on shared-KV layers (V: and on k_eq_v full layers)
 _PER_LAYER_SHAPE = {T.ATTN_Q, T.ATTN_K, T.ATTN_V, T.ATTN_OUT, T.ATTN_Q_NORM, T.ATTN_K_NORM,
                     T.FFN_GATE, T.FFN_UP, T.FFN_DOWN}
+# the MoE sizes' rows beside the dense MLP (transformers' 3-D expert tensors and router scales, renamed in tensors())
+MOE_LAYER = [(L + "router.proj.weight", T.FFN_GATE_INP, False), (L + "router.scale", T.FFN_GATE_INP, False),
+             (L + "pre_feedforward_layernorm_2.weight", T.FFN_PRE_NORM_2, False),
+             (L + "experts.gate_up_proj.weight", T.FFN_GATE_UP_EXP, False),
+             (L + "experts.down_proj.weight", T.FFN_DOWN_EXP, False),
+             (L + "experts.down_proj.scale", T.FFN_DOWN_EXP, False),  # router.per_expert_scale
+             (L + "post_feedforward_layernorm_1.weight", T.FFN_POST_NORM_1, False),
+             (L + "post_feedforward_layernorm_2.weight", T.FFN_POST_NORM_2, False)]
+_RENAMES = {"experts.gate_up_proj": "experts.gate_up_proj.weight", "experts.down_proj": "experts.down_proj.weight",
+            "router.per_expert_scale": "experts.down_proj.scale", "layer_scalar": "layer_scalar.weight"}
 # per-layer embeddings are optional (31B has none): checked against hidden_size_per_layer_input in _check_layers
 GEMMA4_TENSORS = ([GEMMA3_TENSORS[0], *[(n, t, False) for n, t, _ in PLE_GLOBAL]]
-                  + [(n, t, r and t not in _OPTIONAL_KV) for n, t, r in GEMMA3_TENSORS[1:-2]]
+                  + [(n, t, r and t not in _OPTIONAL_KV) for n, t, r in GEMMA3_TENSORS[1:-2]] + MOE_LAYER
                   + [(n, t, False) for n, t, _ in PLE_LAYER]
                   + [(L + "layer_scalar.weight", T.LAYER_OUT_SCALE, False)] + GEMMA3_TENSORS[-2:])
 
@@ -58,8 +72,7 @@ class Gemma4(_Gemma):
     def __init__(self, config: dict, hf_arch: str):
         super().__init__(config, hf_arch)
         c, hp = config, self.hp
-        for key, bad, why in (("enable_moe_block", True, "the MoE sizes (26B-A4B) are not converted yet"),
-                              ("attention_bias", True, "llama.cpp's gemma4 has no attention biases"),
+        for key, bad, why in (("attention_bias", True, "llama.cpp's gemma4 has no attention biases"),
                               ("use_bidirectional_attention", "all", "llama.cpp's gemma4 is causal over text")):
             if c.get(key) == bad:
                 raise SlimedgeError(f"config.json: {key} is {bad!r}, but {why}; this Gemma 4 cannot be converted")
@@ -80,6 +93,14 @@ class Gemma4(_Gemma):
         self.n_ple = int(c.get("hidden_size_per_layer_input") or 0)
         wide = bool(c.get("use_double_wide_mlp")) and self.n_shared
         self.ff_layers = [hp.n_ff * (2 if wide and i >= self.n_kv else 1) for i in range(hp.n_layer)]
+        self.moe = bool(c.get("enable_moe_block"))
+        try:
+            self.n_expert, self.n_expert_used, self.n_ff_exp = (
+                (int(c["num_experts"]), int(c["top_k_experts"]), int(c["moe_intermediate_size"])) if self.moe
+                else (0, 0, 0))
+        except (KeyError, TypeError, ValueError):
+            raise SlimedgeError("config.json: enable_moe_block needs num_experts, top_k_experts and "
+                                "moe_intermediate_size; fix config.json") from None
         rope = c.get("rope_parameters") or {}
         self.rope_full, self.rope_swa = rope.get("full_attention") or {}, rope.get("sliding_attention") or {}
         if str(self.rope_full.get("rope_type", "proportional")) not in ("proportional", "default"):
@@ -97,14 +118,14 @@ class Gemma4(_Gemma):
         return [self.hp.n_head_kv if s else self.n_kv_full for s in self.is_swa]
 
     def expected_shape(self, tensor, is_bias):
-        if tensor in _PER_LAYER_SHAPE:
+        if tensor in _PER_LAYER_SHAPE or tensor in {t for _, t, _ in MOE_LAYER}:
             return None  # per-layer sizes: llama.cpp checks each against the per-layer hyper-parameters
         if tensor == T.PER_LAYER_TOKEN_EMBD:
             return (self.hp.n_vocab, self.n_ple * self.hp.n_layer)
         return super().expected_shape(tensor, is_bias)
 
     def tensors(self, source):
-        refs = {(k + ".weight" if k.endswith("layer_scalar") else k): v for k, v in source.tensors.items()
+        refs = {_renamed(k): v for k, v in source.tensors.items()
                 if not k.startswith(("model.audio_tower.", "model.embed_audio.", "model.embed_vision.",
                                      "model.language_model.embed_audio.", "model.language_model.embed_vision."))}
         for name in ("model.embed_tokens_per_layer.weight", "model.language_model.embed_tokens_per_layer.weight"):
@@ -120,6 +141,7 @@ class Gemma4(_Gemma):
             self._need(refs, name, model_dir, f"hidden_size_per_layer_input is {self.n_ple}")
         for bid in range(self.hp.n_layer):
             need = [n for n, _, _ in PLE_LAYER] if self.n_ple else []
+            need += [n for n, _, _ in MOE_LAYER] if self.moe else []
             if bid < self.n_kv:
                 need += [L + "self_attn.k_proj.weight", L + "self_attn.k_norm.weight"]
                 need += [] if self.k_eq_v and not self.is_swa[bid] else [L + "self_attn.v_proj.weight"]
@@ -159,7 +181,9 @@ class Gemma4(_Gemma):
             KV(k(Keys.Rope.DIMENSION_COUNT_SWA), n_rot_swa, U32),
             KV(k(Keys.Attention.SHARED_KV_LAYERS), self.n_shared, U32),
             KV(k(Keys.LLM.EMBD_LENGTH_PER_LAYER_INP), self.n_ple, U32),
-            KV(k(Keys.LLM.FINAL_LOGIT_SOFTCAPPING), float(c.get("final_logit_softcapping") or 0.0), F32)]
+            KV(k(Keys.LLM.FINAL_LOGIT_SOFTCAPPING), float(c.get("final_logit_softcapping") or 0.0), F32)] + ([
+            KV(k(Keys.LLM.EXPERT_COUNT), self.n_expert, U32), KV(k(Keys.LLM.EXPERT_USED_COUNT), self.n_expert_used, U32),
+            KV(k(Keys.LLM.EXPERT_FEED_FORWARD_LENGTH), self.n_ff_exp, U32)] if self.moe else [])
 
     def rope_scaling_metadata(self) -> list[KV]:
         return []  # proportional rope is the rope_freqs tensor (extra_tensors); no other scaling
@@ -176,4 +200,13 @@ class Gemma4(_Gemma):
         info.n_head_kv_layers = tuple(n if i < self.n_kv else 0 for i, n in enumerate(self.head_count_kv))
         info.n_ff_layers = tuple(self.ff_layers) if len(set(self.ff_layers)) > 1 else ()
         info.n_swa, info.swa_layers = self.n_swa, self.is_swa
+        info.n_expert = self.n_expert
         return info
+
+
+def _renamed(name: str) -> str:
+    """transformers' parameter names without ``.weight`` (and the per-expert scale) under the table's names."""
+    for old, new in _RENAMES.items():
+        if name.endswith("." + old):
+            return name[:-len(old)] + new
+    return name

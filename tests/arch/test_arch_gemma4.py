@@ -92,7 +92,7 @@ def test_no_softcap_is_written_as_zero_and_k_eq_v_full_layers_need_no_v():
 
 
 @pytest.mark.parametrize("over, what", [
-    (dict(enable_moe_block=True), "enable_moe_block"), (dict(attention_bias=True), "attention_bias"),
+    (dict(enable_moe_block=True), "num_experts"), (dict(attention_bias=True), "attention_bias"),
     (dict(use_bidirectional_attention="all"), "use_bidirectional_attention"),
     (dict(layer_types=["sliding_attention"] * 34 + ["full_attention"]), "layer_types"),
     (dict(rope_parameters={"full_attention": {"rope_type": "yarn", "factor": 4.0}}), "rope type"),

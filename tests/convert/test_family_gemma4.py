@@ -30,6 +30,11 @@ pytestmark = pytest.mark.slow  # converts to every type and mix and runs llama.c
 GELU_TOL = {"f32": 1e-2}
 TIGHT = 2e-3  # with ggml's GELU in the reference: measured 8.1e-4 (E2B-style), 2.9e-4 (31B-style)
 E2B = dict(arch="gemma4", kquant=True)
+# 26B-A4B-style: every layer a dense MLP beside 4 experts (top 2) of 256 rows, k_eq_v, no per-layer embeddings
+MOE = dict(arch="gemma4", kquant=True, num_hidden_layers=4, num_kv_shared_layers=0, attention_k_eq_v=True,
+           num_global_key_value_heads=1, hidden_size_per_layer_input=0, use_double_wide_mlp=False,
+           layer_types=["sliding_attention", "full_attention"] * 2, enable_moe_block=True, num_experts=4,
+           top_k_experts=2, moe_intermediate_size=256)
 K_EQ_V = dict(arch="gemma4", kquant=True, num_hidden_layers=4, num_kv_shared_layers=0, attention_k_eq_v=True,
               num_global_key_value_heads=2, hidden_size_per_layer_input=0, use_double_wide_mlp=False,
               final_logit_softcapping=None, layer_types=["sliding_attention", "full_attention"] * 2)
@@ -120,3 +125,22 @@ def test_gemma4_multimodal_checkpoint_converts_the_language_model(tmp_path, capl
     assert _tight(hf, f32) < TIGHT
     names = {t.name for t in read_info(f32).tensors}
     assert "per_layer_token_embd.weight" in names and not [n for n in names if "vision" in n or n.startswith("v.")]
+
+
+def test_gemma4_moe_26b_a4b_style(tmp_path):
+    """The MoE layout (router with its scale, fused gate_up experts, per-expert scale on down, three more norms):
+    logits for the float types, every mix against llama_model_quantize. Q8_0's logits are left to check_mixes'
+    byte equality: llama.cpp also rounds activations to 8 bits there, and on a random 4-expert router that flips
+    the top-2 choice at a few positions (measured max 1.04 of the spread there, 0.06-0.09 elsewhere)."""
+    hf = cached_hf_model(**MOE)
+    errs = check_logits(hf, tmp_path, types=("f32", "f16", "bf16"), tol=GELU_TOL)  # measured 1e-3, 4e-3, 2.6e-2
+    f32 = tmp_path / "model-f32.gguf"
+    assert _tight(hf, f32) < TIGHT, errs
+    m = read_info(f32).metadata
+    assert (m["gemma4.expert_count"], m["gemma4.expert_used_count"], m["gemma4.expert_feed_forward_length"]) == \
+        (4, 2, 256)
+    shapes = {t.name: tuple(t.shape) for t in read_info(f32).tensors}
+    assert shapes["blk.0.ffn_gate_up_exps.weight"] == (4, 512, 256) and shapes["blk.0.ffn_down_exps.scale"] == (4,)
+    assert shapes["blk.0.ffn_gate_inp.scale"] == (256,) and "blk.3.post_ffw_norm_2.weight" in shapes
+    types = check_mixes(hf, tmp_path, f32=f32)
+    assert types["Q4_K_M"]["blk.0.ffn_gate_inp.weight"] == "F32"
