@@ -182,7 +182,8 @@ class Gemma4(_Gemma):
             KV(k(Keys.Attention.SHARED_KV_LAYERS), self.n_shared, U32),
             KV(k(Keys.LLM.EMBD_LENGTH_PER_LAYER_INP), self.n_ple, U32),
             KV(k(Keys.LLM.FINAL_LOGIT_SOFTCAPPING), float(c.get("final_logit_softcapping") or 0.0), F32)] + ([
-            KV(k(Keys.LLM.EXPERT_COUNT), self.n_expert, U32), KV(k(Keys.LLM.EXPERT_USED_COUNT), self.n_expert_used, U32),
+            KV(k(Keys.LLM.EXPERT_COUNT), self.n_expert, U32),
+            KV(k(Keys.LLM.EXPERT_USED_COUNT), self.n_expert_used, U32),
             KV(k(Keys.LLM.EXPERT_FEED_FORWARD_LENGTH), self.n_ff_exp, U32)] if self.moe else [])
 
     def rope_scaling_metadata(self) -> list[KV]:
