@@ -14,7 +14,10 @@ logs and the process's peak RSS: tests/benchmarks/bench_memory_estimate.py):
   bytes per element`` of the cache types, context padded to 256 like llama.cpp; each layer's
   cache lives where its layer lives. Per-layer kv heads count layer by layer: a layer with none
   (LFM2's convolution layers) has no KV cache but a recurrent state instead, ``(l_cache - 1) ×
-  n_embd`` float32 for the one sequence (:func:`recurrent_layer_bytes`), counted with the KV cache.
+  n_embd`` float32 for the one sequence (:func:`recurrent_layer_bytes`), counted with the KV cache;
+  so do the SSM / gated delta-net layers a model marks recurrent (``ModelShape.recurrent_layers``:
+  convolution taps of every convolved channel plus the ``state × inner`` state; Falcon-H1's layers,
+  :data:`PARALLEL_HYBRID`, keep both a KV cache and that state).
   Sliding-window layers (Gemma) hold only window + ubatch cells (:func:`layer_cells`) unless the runtime
   keeps a full-size SWA cache (``swa_full``: llama-cpp-python's default).
 * **compute buffer** — the ggml graph's scratch for one ``n_ubatch`` at full context, the largest

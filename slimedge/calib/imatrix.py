@@ -62,8 +62,8 @@ class Target:
 
 
 _EXPERT_PARTS = {"ffn_gate_exps": "gate", "ffn_up_exps": "up", "ffn_down_exps": "down"}
-# 2-D weights llama.cpp applies with another operation than a matrix product (ggml_ssm_conv): never measured
-_NOT_MATMUL = (".ssm_conv1d.", ".shortconv.conv.")
+# 2-D weights llama.cpp applies with another operation than a matrix product (ggml_ssm_conv, a norm): never measured
+_NOT_MATMUL = (".ssm_conv1d.", ".shortconv.conv.", ".ssm_norm.")  # ssm_norm: a per-group weight (Mamba-2)
 
 
 def targets(src: str | Path, process_output: bool = False) -> list[Target]:

@@ -64,3 +64,14 @@ def test_delta_net_inputs_measured_in_gguf_order(tmp_path):
     np.testing.assert_allclose(imx.entries["blk.3.attn_output.weight"].sums, rec["model.layers.3.self_attn.o_proj"],
                                rtol=2e-5)
     assert all(e.counts.tolist() == [n * ctx] for e in imx.entries.values())
+
+
+def test_mamba2_mixer_inputs_measured(tmp_path):
+    """Nemotron-H: ssm_in and ssm_out are products (measured); the convolution and the per-group norm are not."""
+    hf = cached_hf_model(arch="nemotronh")
+    imx = compute_imatrix(hf, TEXT, ctx=32, chunks=2)
+    mats = {t.name: t.shape for t in read_info(convert(hf, tmp_path / "f32.gguf", "F32")).tensors
+            if t.name.startswith("blk.") and len(t.shape) == 2 and t.name.endswith(".weight")}
+    assert {name: e.n_cols for name, e in imx.entries.items()} == {
+        name: s[-1] for name, s in mats.items() if ".ssm_conv1d." not in name and ".ssm_norm." not in name}
+    assert {"blk.0.ssm_in.weight", "blk.0.ssm_out.weight", "blk.1.ffn_down.weight", "blk.2.attn_q.weight"} <= set(imx.entries)
