@@ -6,7 +6,8 @@ config that norms before the gate is refused, llama.cpp cannot) side by side on 
 normed input, then a SwiGLU feed-forward after ``pre_ff_layernorm`` (llama.cpp's ``blk.N.ffn_norm``, a name
 without suffix). Falcon-H1's µP multipliers are folded into the weights as llama.cpp's converter does:
 embeddings × ``embedding_multiplier``, lm_head × ``lm_head_multiplier``, q/v × ``attention_in_multiplier``, k × that
-× ``key_multiplier``, o × ``attention_out_multiplier``, gate × ``mlp_multipliers[0]``, down × ``mlp_multipliers[1]``,
+× ``key_multiplier``, o × ``attention_out_multiplier``, gate × ``mlp_multipliers[0]``,
+down × ``mlp_multipliers[1]``,
 the mixer's out_proj × ``ssm_out_multiplier`` and in_proj × ``ssm_in_multiplier`` with its z / x / B / C / dt rows
 each × their ``ssm_multipliers`` entry (in_proj is read whole for that). A tied checkpoint whose two embedding
 multipliers differ is refused (llama.cpp would reuse the scaled input embedding as output).

@@ -137,7 +137,8 @@ class GraniteHybrid(MoEArch, Granite):
 
     def metadata(self) -> list[KV]:
         k = self.key
-        kv_key, ff_key, ctx_key = k(Keys.Attention.HEAD_COUNT_KV), k(Keys.LLM.FEED_FORWARD_LENGTH), k(Keys.LLM.CONTEXT_LENGTH)
+        kv_key, ff_key = k(Keys.Attention.HEAD_COUNT_KV), k(Keys.LLM.FEED_FORWARD_LENGTH)
+        ctx_key = k(Keys.LLM.CONTEXT_LENGTH)
         drop = {kv_key} | ({ff_key} if not self.n_expert else set()) | (set() if self.rope else {ctx_key})
         kv = [e for e in (super().metadata() if self.n_expert else Granite.metadata(self)) if e.key not in drop]
         kv += [KV(kv_key, [0 if s else self.hp.n_head_kv for s in self.is_ssm], GGUFValueType.ARRAY, U32),

@@ -40,7 +40,8 @@ def _table() -> list:
     rows = [(hf, mt, False if hf in _DENSE else req) for hf, mt, req in Lfm2.TENSORS]  # dense FFN: leading layers
     at = next(i for i, r in enumerate(rows) if r[1] == T.FFN_DOWN) + 1
     return rows[:at] + [(F + "gate.weight", T.FFN_GATE_INP, False), (F + "expert_bias.bias", T.FFN_EXP_PROBS_B, False),
-                        (LFM2MOE_EXPERTS[0].name, T.FFN_GATE_EXP, False), (LFM2MOE_EXPERTS[1].name, T.FFN_UP_EXP, False),
+                        (LFM2MOE_EXPERTS[0].name, T.FFN_GATE_EXP, False),
+                        (LFM2MOE_EXPERTS[1].name, T.FFN_UP_EXP, False),
                         (LFM2MOE_EXPERTS[2].name, T.FFN_DOWN_EXP, False)] + rows[at:]
 
 

@@ -34,7 +34,8 @@ _NEED = {"mamba": ("in_proj.weight", "conv1d.weight", "dt_bias", "A_log", "D", "
 TENSORS = [("backbone.embeddings.weight", T.TOKEN_EMBD, True), ("backbone.layers.{bid}.norm.weight", T.ATTN_NORM, True)]
 TENSORS += [(B + "self_attn." + s, mt, False) for s, mt in zip(_NEED["attention"], (T.ATTN_Q, T.ATTN_K, T.ATTN_V,
                                                                                      T.ATTN_OUT))]
-TENSORS += MAMBA2_TENSORS + [(B + "mlp.up_proj.weight", T.FFN_UP, False), (B + "mlp.down_proj.weight", T.FFN_DOWN, False),
+TENSORS += MAMBA2_TENSORS + [(B + "mlp.up_proj.weight", T.FFN_UP, False),
+                             (B + "mlp.down_proj.weight", T.FFN_DOWN, False),
                              ("backbone.norm_f.weight", T.OUTPUT_NORM, True), ("lm_head.weight", T.OUTPUT, True)]
 
 
@@ -103,13 +104,16 @@ class NemotronH(Arch):
         k, hp = self.key, self.hp
         per_layer = {k(Keys.Attention.HEAD_COUNT_KV): [hp.n_head_kv if t == "attention" else 0 for t in self.kinds],
                      k(Keys.LLM.FEED_FORWARD_LENGTH): [hp.n_ff if t == "mlp" else 0 for t in self.kinds]}
-        drop = set(per_layer) | {k(Keys.LLM.CONTEXT_LENGTH), k(Keys.Attention.KEY_LENGTH), k(Keys.Attention.VALUE_LENGTH)}
+        drop = set(per_layer) | {k(Keys.LLM.CONTEXT_LENGTH), k(Keys.Attention.KEY_LENGTH),
+                                 k(Keys.Attention.VALUE_LENGTH)}
         kv = [e for e in super().metadata() if e.key not in drop]
         kv += [KV(key, v, GGUFValueType.ARRAY, U32) for key, v in per_layer.items()]
-        return kv + [KV(k(Keys.Attention.KEY_LENGTH), hp.head_dim, U32), KV(k(Keys.Attention.VALUE_LENGTH), hp.head_dim, U32),
+        return kv + [KV(k(Keys.Attention.KEY_LENGTH), hp.head_dim, U32),
+                     KV(k(Keys.Attention.VALUE_LENGTH), hp.head_dim, U32),
                      KV(k(Keys.LLM.CONTEXT_LENGTH), 2 ** 20, U32), KV(k(Keys.Rope.SCALING_FINETUNED), False, BOOL),
                      KV(k(Keys.Rope.DIMENSION_COUNT), hp.head_dim, U32),
-                     KV(k(Keys.Attention.LAYERNORM_EPS), hp.rms_eps, F32)] + self.mamba.metadata(k)  # llama.cpp reads both
+                     KV(k(Keys.Attention.LAYERNORM_EPS), hp.rms_eps, F32),  # llama.cpp reads both eps keys
+                     ] + self.mamba.metadata(k)
 
     def model_info(self):
         info = super().model_info()

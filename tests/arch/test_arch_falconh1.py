@@ -38,7 +38,8 @@ def shapes() -> dict:
                   p + "self_attn.v_proj.weight": (NKV * HD, D), p + "self_attn.o_proj.weight": (D, NH * HD),
                   p + "feed_forward.gate_proj.weight": (FF, D), p + "feed_forward.up_proj.weight": (FF, D),
                   p + "feed_forward.down_proj.weight": (D, FF), p + "mamba.in_proj.weight": (inner + conv + MH, D),
-                  p + "mamba.conv1d.weight": (conv, 1, MC), p + "mamba.conv1d.bias": (conv,), p + "mamba.dt_bias": (MH,),
+                  p + "mamba.conv1d.weight": (conv, 1, MC), p + "mamba.conv1d.bias": (conv,),
+                  p + "mamba.dt_bias": (MH,),
                   p + "mamba.A_log": (MH,), p + "mamba.D": (MH,), p + "mamba.out_proj.weight": (D, inner)})
     return s
 
@@ -50,9 +51,11 @@ def test_multipliers_folded_and_names():
     f32 = np.float32
     np.testing.assert_array_equal(out["token_embd.weight"].load(), w["model.embed_tokens.weight"] * f32(2.0))
     np.testing.assert_array_equal(out["output.weight"].load(), w["lm_head.weight"] * f32(0.5))
-    np.testing.assert_array_equal(out["blk.1.attn_k.weight"].load(), w[p + "self_attn.k_proj.weight"] * f32(0.8) * f32(1.2))
+    np.testing.assert_array_equal(out["blk.1.attn_k.weight"].load(),
+                                  w[p + "self_attn.k_proj.weight"] * f32(0.8) * f32(1.2))
     np.testing.assert_array_equal(out["blk.1.attn_output.weight"].load(), w[p + "self_attn.o_proj.weight"] * f32(0.7))
-    np.testing.assert_array_equal(out["blk.1.ffn_gate.weight"].load(), w[p + "feed_forward.gate_proj.weight"] * f32(0.9))
+    np.testing.assert_array_equal(out["blk.1.ffn_gate.weight"].load(),
+                                  w[p + "feed_forward.gate_proj.weight"] * f32(0.9))
     np.testing.assert_array_equal(out["blk.1.ffn_up.weight"].load(), w[p + "feed_forward.up_proj.weight"])
     np.testing.assert_array_equal(out["blk.1.ssm_out.weight"].load(), w[p + "mamba.out_proj.weight"] * f32(1.1))
     inner, gs = MH * MD, MG * MS

@@ -35,7 +35,8 @@ def shapes(dense: bool = False) -> dict:
     for i, t in enumerate(TYPES):
         p = f"model.layers.{i}."
         s.update({p + "input_layernorm.weight": (D,), p + "post_attention_layernorm.weight": (D,),
-                  p + "shared_mlp.input_linear.weight": (2 * FF_SH, D), p + "shared_mlp.output_linear.weight": (D, FF_SH)})
+                  p + "shared_mlp.input_linear.weight": (2 * FF_SH, D),
+                  p + "shared_mlp.output_linear.weight": (D, FF_SH)})
         if not dense:
             s.update({p + "block_sparse_moe.router.layer.weight": (E, D),
                       p + "block_sparse_moe.input_linear.weight": (E, 2 * FF, D),
@@ -60,7 +61,8 @@ def test_mamba_layout_and_shared_mlp():
                                                            "blk.0.ssm_conv1d.weight", "blk.0.ssm_conv1d.bias",
                                                            "blk.0.ssm_dt.bias", "blk.0.ssm_norm.weight",
                                                            "blk.0.ssm_out.weight"}
-    np.testing.assert_allclose(out["blk.0.ssm_a"].load(), -np.exp(w[m + "A_log"].astype(np.float64))[:, None], rtol=1e-7)
+    np.testing.assert_allclose(out["blk.0.ssm_a"].load(), -np.exp(w[m + "A_log"].astype(np.float64))[:, None],
+                               rtol=1e-7)
     assert out["blk.0.ssm_a"].shape == (MH, 1) and out["blk.0.ssm_d"].shape == (MH, 1)
     np.testing.assert_array_equal(out["blk.0.ssm_d"].load(), w[m + "D"][:, None])
     np.testing.assert_array_equal(out["blk.0.ssm_norm.weight"].load(), w[m + "norm.weight"].reshape(MG, -1))
@@ -98,7 +100,8 @@ def test_dense_form_and_metadata():
 def test_rope_config_keeps_rope_and_context():
     kv = kv_dict(get_arch(config(position_embedding_type="rope")))
     assert kv["granitehybrid.rope.scaling.finetuned"][0] is True and kv["granitehybrid.context_length"][0] == 128
-    assert kv["granitehybrid.expert_count"][0] == E and kv["granitehybrid.expert_shared_feed_forward_length"][0] == FF_SH
+    assert kv["granitehybrid.expert_count"][0] == E
+    assert kv["granitehybrid.expert_shared_feed_forward_length"][0] == FF_SH
 
 
 def test_refusals():

@@ -37,7 +37,8 @@ def shapes(fused: bool = False) -> dict:
         else:
             s.update({f + "gate.weight": (E, N_EMBD), f + "expert_bias": (E,)})
             if fused:
-                s.update({f + "experts.gate_up_proj": (E, 2 * FF_EXP, N_EMBD), f + "experts.down_proj": (E, N_EMBD, FF_EXP)})
+                s.update({f + "experts.gate_up_proj": (E, 2 * FF_EXP, N_EMBD),
+                          f + "experts.down_proj": (E, N_EMBD, FF_EXP)})
             else:
                 s.update({f + f"experts.{e}.{w}.weight": (N_EMBD, FF_EXP) if w == "w2" else (FF_EXP, N_EMBD)
                           for e in range(E) for w in ("w1", "w2", "w3")})
@@ -96,7 +97,8 @@ def test_refusals_and_missing_layer_tensors():
         get_arch(config(num_dense_layers=9))
     w = random_weights(shapes())
     del w["model.layers.0.feed_forward.w3.weight"]
-    with pytest.raises(SlimedgeError, match=r"missing tensor model\.layers\.0\.feed_forward\.w3\.weight.*a dense layer"):
+    with pytest.raises(SlimedgeError,
+                       match=r"missing tensor model\.layers\.0\.feed_forward\.w3\.weight.*a dense layer"):
         get_arch(config()).tensors(FakeSource(w))
     w = random_weights(shapes())
     del w["model.layers.2.feed_forward.experts.3.w2.weight"]

@@ -51,12 +51,14 @@ def test_blocks_and_names():
     np.testing.assert_array_equal(out["blk.2.attn_q.weight"].load(),
                                   permute_rope_rows(w["backbone.layers.2.mixer.q_proj.weight"], NH))
     np.testing.assert_array_equal(out["blk.2.attn_v.weight"].load(), w["backbone.layers.2.mixer.v_proj.weight"])
-    np.testing.assert_array_equal(out["blk.0.ssm_norm.weight"].load(), w["backbone.layers.0.mixer.norm.weight"].reshape(MG, -1))
+    np.testing.assert_array_equal(out["blk.0.ssm_norm.weight"].load(),
+                                  w["backbone.layers.0.mixer.norm.weight"].reshape(MG, -1))
     np.testing.assert_array_equal(out["output_norm.weight"].load(), w["backbone.norm_f.weight"])
 
 
 def test_metadata_and_recurrent_layers():
-    arch = get_arch(config(hybrid_override_pattern=None, layers_block_type=["linear_attention", "mlp", "full_attention"]))
+    arch = get_arch(config(hybrid_override_pattern=None,
+                           layers_block_type=["linear_attention", "mlp", "full_attention"]))
     kv = kv_dict(arch)
     assert kv["nemotron_h.attention.head_count_kv"] == ([0, 0, NKV], GGUFValueType.ARRAY)
     assert kv["nemotron_h.feed_forward_length"] == ([0, FF, 0], GGUFValueType.ARRAY)

@@ -39,7 +39,8 @@ def shapes(prefix="model.", moe=False) -> dict:
             s[p + "mlp.gate.weight"] = (4, D)
             s.update({p + f"mlp.experts.{e}.{n}_proj.weight": (16, D) if n != "down" else (D, 16)
                       for e in range(4) for n in ("gate", "up", "down")})
-            s.update({p + "mlp.shared_expert.gate_proj.weight": (24, D), p + "mlp.shared_expert.up_proj.weight": (24, D),
+            s.update({p + "mlp.shared_expert.gate_proj.weight": (24, D),
+                      p + "mlp.shared_expert.up_proj.weight": (24, D),
                       p + "mlp.shared_expert.down_proj.weight": (D, 24), p + "mlp.shared_expert_gate.weight": (1, D)})
         else:
             s.update({p + "mlp.gate_proj.weight": (FF, D), p + "mlp.up_proj.weight": (FF, D),
@@ -76,14 +77,16 @@ def test_names_and_transforms_against_an_index_reference():
     a = "model.layers.0.linear_attn."
     qk = 2 * NK * DK
     v_rows = [qk + i for i in tiled_index(NV, DK)]
-    np.testing.assert_array_equal(out["blk.0.attn_qkv.weight"].load(), w[a + "in_proj_qkv.weight"][list(range(qk)) + v_rows])
+    np.testing.assert_array_equal(out["blk.0.attn_qkv.weight"].load(),
+                                  w[a + "in_proj_qkv.weight"][list(range(qk)) + v_rows])
     np.testing.assert_array_equal(out["blk.0.ssm_conv1d.weight"].load(),
                                   w[a + "conv1d.weight"][list(range(qk)) + v_rows, 0])
     np.testing.assert_array_equal(out["blk.0.attn_gate.weight"].load(), w[a + "in_proj_z.weight"][tiled_index(NV, DK)])
     np.testing.assert_array_equal(out["blk.0.ssm_beta.weight"].load(), w[a + "in_proj_b.weight"][tiled_index(NV, 1)])
     np.testing.assert_array_equal(out["blk.0.ssm_out.weight"].load(), w[a + "out_proj.weight"][:, tiled_index(NV, DK)])
     np.testing.assert_array_equal(out["blk.0.ssm_dt.bias"].load(), w[a + "dt_bias"][tiled_index(NV, 1)])
-    np.testing.assert_allclose(out["blk.0.ssm_a"].load(), -np.exp(w[a + "A_log"].astype(np.float64))[tiled_index(NV, 1)],
+    np.testing.assert_allclose(out["blk.0.ssm_a"].load(),
+                               -np.exp(w[a + "A_log"].astype(np.float64))[tiled_index(NV, 1)],
                                rtol=1e-7)
     np.testing.assert_array_equal(out["blk.0.ssm_norm.weight"].load(), w[a + "norm.weight"])  # gated norm: as is
     for gguf, hf in (("blk.1.attn_norm.weight", "model.layers.1.input_layernorm.weight"),
@@ -123,7 +126,8 @@ def test_moe_and_multimodal_wrapper_names():
     arch = get_arch(config("Qwen3_5MoeForConditionalGeneration", intermediate_size=None, num_experts=4,
                            num_experts_per_tok=2, moe_intermediate_size=16, shared_expert_intermediate_size=24))
     out = {t.name: t for t in arch.tensors(FakeSource(w))}
-    assert out["blk.1.ffn_gate_exps.weight"].shape == (4, 16, D) and out["blk.1.ffn_gate_inp_shexp.weight"].shape == (1, D)
+    assert out["blk.1.ffn_gate_exps.weight"].shape == (4, 16, D)
+    assert out["blk.1.ffn_gate_inp_shexp.weight"].shape == (1, D)
     np.testing.assert_array_equal(out["blk.2.ffn_down_shexp.weight"].load(),
                                   w["model.language_model.layers.2.mlp.shared_expert.down_proj.weight"])
     assert not any("visual" in n or "mtp" in n or "fc" in n for n in out)

@@ -74,4 +74,5 @@ def test_mamba2_mixer_inputs_measured(tmp_path):
             if t.name.startswith("blk.") and len(t.shape) == 2 and t.name.endswith(".weight")}
     assert {name: e.n_cols for name, e in imx.entries.items()} == {
         name: s[-1] for name, s in mats.items() if ".ssm_conv1d." not in name and ".ssm_norm." not in name}
-    assert {"blk.0.ssm_in.weight", "blk.0.ssm_out.weight", "blk.1.ffn_down.weight", "blk.2.attn_q.weight"} <= set(imx.entries)
+    want = {"blk.0.ssm_in.weight", "blk.0.ssm_out.weight", "blk.1.ffn_down.weight", "blk.2.attn_q.weight"}
+    assert want <= set(imx.entries)

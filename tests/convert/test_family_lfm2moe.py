@@ -30,5 +30,6 @@ def test_lfm2moe_family_end_to_end(tmp_path):
     assert ours["tokenizer.ggml.pre"] == "lfm2"
     check_tokenization(hf, f32)  # llama.cpp splits "lfm2" as Llama 3's regex
     types = check_mixes(hf, tmp_path, f32=f32)
-    assert types["Q4_K_M"]["blk.1.exp_probs_b.bias"] == "F32" and types["Q4_K_M"]["blk.0.shortconv.conv.weight"] == "F32"
+    assert types["Q4_K_M"]["blk.1.exp_probs_b.bias"] == "F32"
+    assert types["Q4_K_M"]["blk.0.shortconv.conv.weight"] == "F32"
     check_generation_stops(convert(hf, tmp_path / "q4.gguf", "Q4_K_M"), eog_ids(hf))
