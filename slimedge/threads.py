@@ -179,6 +179,11 @@ def policy(threads: int | None = None) -> Policy:
     return Policy(usable_cpus(), "usable CPUs")
 
 
+def clear_override() -> None:
+    """Forget the remembered ``--threads`` (when its command ends; the next one starts from the policy)."""
+    _override.clear()
+
+
 def omp_env(n: int) -> dict[str, str]:
     """The OpenMP environment for ``n`` threads that sleep when idle (libgomp and Intel's runtime)."""
     return {"OMP_NUM_THREADS": str(n), "MKL_NUM_THREADS": str(n), "OMP_WAIT_POLICY": "PASSIVE",

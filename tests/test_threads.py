@@ -166,6 +166,7 @@ def test_threads_option_is_the_override(clean):
     res = CliRunner().invoke(cmd, ["-t", "3"])
     assert res.exit_code == 0, res.output
     assert seen == {"kernels": 3, "llama": 3, "omp": "3"}
+    assert tp.policy().why == "usable CPUs"  # the override lasts as long as its command
 
 
 PROBE = textwrap.dedent("""

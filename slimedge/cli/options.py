@@ -19,11 +19,13 @@ from ..progress import NULL_PROGRESS, Progress
 quiet_option = click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 
 
-def _thread_policy(_ctx: click.Context, _param: click.Parameter, value: int | None) -> int | None:
-    """``--threads`` is the thread policy's override, exported before the command loads torch."""
-    from ..threads import configure
+def _thread_policy(ctx: click.Context, _param: click.Parameter, value: int | None) -> int | None:
+    """``--threads`` is the thread policy's override, exported before the command loads torch, for this command."""
+    from ..threads import clear_override, configure
 
     configure(value)
+    if value:
+        ctx.call_on_close(clear_override)
     return value
 
 
