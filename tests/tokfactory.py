@@ -386,3 +386,28 @@ def train_gemma_spm(dir: Path, vocab_size: int = 1000) -> Path:
     _write_json(dir / "special_tokens_map.json",
                 {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>", "unk_token": "<unk>"})
     return dir
+
+
+def train_wordpiece(dir: Path, vocab_size: int = 1000, lowercase: bool = True) -> Path:
+    """Train a BERT-style WordPiece tokenizer into ``dir`` (BertNormalizer, BertPreTokenizer, [CLS] $A [SEP]);
+    [PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4 as trained; writes ``tokenizer.json`` and ``tokenizer_config.json``."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    dir = Path(dir)
+    dir.mkdir(parents=True, exist_ok=True)
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False)
+    tok.train_from_iterator(corpus_lines(), trainer=trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS]:0 $A:0 [SEP]:0", pair="[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    tok.save(str(dir / "tokenizer.json"))
+    config = {"tokenizer_class": "BertTokenizer", "do_lower_case": lowercase, "model_max_length": 512,
+              "cls_token": "[CLS]", "sep_token": "[SEP]", "pad_token": "[PAD]", "unk_token": "[UNK]",
+              "mask_token": "[MASK]", "clean_up_tokenization_spaces": True}
+    _write_json(dir / "tokenizer_config.json", config)
+    return dir

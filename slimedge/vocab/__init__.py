@@ -7,7 +7,8 @@
 2. else ``tokenizer.model`` (SentencePiece) → tokenizer model "llama" (tokens, scores, types);
 3. else a SentencePiece-style ``tokenizer.json`` (Metaspace ``▁``, byte fallback; what transformers 5
    saves for Llama/Mistral/Phi-3) → tokenizer model "llama", scores from merge order (:mod:`.hfspm`);
-4. else a one-line SlimedgeError.
+4. a WordPiece ``tokenizer.json`` (BERT) → tokenizer model "bert" (:mod:`.wordpiece`);
+5. else a one-line SlimedgeError.
 
 Added tokens (from tokenizer.json, added_tokens.json, tokenizer_config.json) take their ids: special
 ones become CONTROL, others USER_DEFINED (llama.cpp always matches those in raw text, as Hugging Face
@@ -36,6 +37,7 @@ from slimedge.vocab import pretok, special
 from slimedge.vocab.bpe import is_byte_level, read_bpe
 from slimedge.vocab.hfspm import as_gemma4, is_gemma4, is_spm_style, read_hf_spm
 from slimedge.vocab.spm import SpmModel, read_spm
+from slimedge.vocab.wordpiece import is_wordpiece, read_wordpiece
 
 __all__ = ["Vocab", "load_vocab"]
 
@@ -98,6 +100,8 @@ def load_vocab(model_dir: Path, hf_config: dict, n_vocab: int) -> Vocab:
         raise SlimedgeError(f"{tj_path} must hold a JSON object")
     tok_config = special.read_tokenizer_config(model_dir)
 
+    if tokenizer_json is not None and is_wordpiece(tokenizer_json):  # BERT-style embedders
+        return read_wordpiece(tokenizer_json, tj_path, tok_config, hf_config, n_vocab)
     if tokenizer_json is not None and is_byte_level(tokenizer_json):
         vocab = _load_bpe(model_dir, tj_path, tokenizer_json, tok_config, n_vocab)
         vocab.pre = pretok.family_name(vocab.pre, hf_config.get("model_type"))

@@ -25,7 +25,7 @@ SDIST_GLOB = ("/work/llama-src", "llama_cpp_python-*/vendor/llama.cpp")
 REFUSED = (
     (r"^(Bert|DistilBert|Roberta|XLMRoberta|Camembert|NomicBert|JinaBert|NeoBERT|EuroBert|ModernBert|JinaEmbeddings)"
      r"|Bidirectional|^(Llama|Qwen2|Qwen3|Lfm2|KimiLinear)Model$|^Gemma3TextModel$",
-     "encoder or embedding model (no text generation); slimedge converts decoders"),
+     "encoder/embedding variant slimedge does not convert (its embedding families: see slimedge/arch/bert.py ...)"),
     (r"^(T5|MT5|UMT5)", "encoder-decoder (T5 family); slimedge converts decoder-only models"),
     (r"^(DreamModel|LLaDA|RND1$)", "diffusion language model: llama.cpp runs it with its diffusion tool, not as a "
                                   "causal LM"),

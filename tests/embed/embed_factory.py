@@ -1,0 +1,97 @@
+"""Tiny random-init embedding models saved as sentence-transformers folders, for the embedding tests.
+
+``make_embedder(dir, family, pooling="mean", normalize=True)`` saves a transformers model (random weights,
+norms and biases randomized so a mix-up shows), its locally trained tokenizer (``tests.tokfactory``), and
+the sentence-transformers files: ``modules.json``, ``1_Pooling/config.json`` and, with ``normalize``, a
+``2_Normalize`` module. ``SentenceTransformer(dir)`` loads the result. ``cached_embedder(**same)`` builds
+each distinct folder once per test session.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+from tests import tokfactory
+
+SENTENCES = (
+    "The cat sat on the mat.",
+    "A quick brown fox jumps over the lazy dog!",
+    "Größe, Straße, naïve café — résumé.",
+    "numbers 12,50 and 3.14159 in 2026",
+    "Привет, мир! Это тестовая строка.",
+    "你好，世界！这是一个句子。",
+)
+
+_POOL_FLAGS = {"mean": "pooling_mode_mean_tokens", "cls": "pooling_mode_cls_token",
+               "lasttoken": "pooling_mode_lasttoken"}
+
+
+def _bert(dir: Path) -> None:
+    import transformers
+
+    tokfactory.train_wordpiece(dir, vocab_size=1000)
+    n_vocab = len(json.loads((dir / "tokenizer.json").read_text())["model"]["vocab"])
+    cfg = transformers.BertConfig(vocab_size=n_vocab, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                  intermediate_size=128, max_position_embeddings=128, type_vocab_size=2,
+                                  initializer_range=0.1, pad_token_id=0)
+    _save(transformers.BertModel(cfg, add_pooling_layer=True), dir)
+
+
+FAMILIES = {"bert": _bert}
+
+
+def _save(model, dir: Path) -> None:
+    import torch
+
+    with torch.no_grad():
+        for _, p in model.named_parameters():
+            if p.ndim == 1:
+                p.add_(torch.randn_like(p) * 0.2)
+    model.eval().save_pretrained(dir)
+
+
+def _write_st(dir: Path, dim: int, pooling: str, normalize: bool) -> None:
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+    pool = {"word_embedding_dimension": dim, **{flag: kind == pooling for kind, flag in _POOL_FLAGS.items()},
+            "pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False,
+            "pooling_mode_weightedmean_tokens": False, "include_prompt": True}
+    (dir / "1_Pooling").mkdir()
+    (dir / "1_Pooling" / "config.json").write_text(json.dumps(pool, indent=2))
+    if normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize",
+                        "type": "sentence_transformers.models.Normalize"})
+        (dir / "2_Normalize").mkdir()
+    (dir / "modules.json").write_text(json.dumps(modules, indent=2))
+    (dir / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 128, "do_lower_case": False}))
+
+
+def make_embedder(dir: str | Path, family: str = "bert", pooling: str = "mean", normalize: bool = True,
+                  seed: int = 0) -> Path:
+    import torch
+
+    dir = Path(dir)
+    dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    FAMILIES[family](dir)
+    dim = json.loads((dir / "config.json").read_text())["hidden_size"]
+    _write_st(dir, dim, pooling, normalize)
+    return dir
+
+
+_CACHE: dict[str, Path] = {}
+_ROOT: list[Path] = []
+
+
+def cached_embedder(**kwargs) -> Path:
+    key = json.dumps(kwargs, sort_keys=True)
+    if key not in _CACHE:
+        if not _ROOT:
+            _ROOT.append(Path(tempfile.mkdtemp(prefix="slimedge-embed-")))
+            atexit.register(shutil.rmtree, _ROOT[0], True)
+        _CACHE[key] = make_embedder(_ROOT[0] / f"e{len(_CACHE)}", **kwargs)
+    return _CACHE[key]
