@@ -42,10 +42,10 @@ def test_reads_text_model_map_from_a_tree_without_importing_it(tmp_path, monkeyp
     (tmp_path / "conversion").mkdir()
     (tmp_path / "conversion" / "__init__.py").write_text(
         "import torch  # never imported by the script\n"
-        "TEXT_MODEL_MAP: dict[str, str] = {\n    'LlamaForCausalLM': 'llama',\n    'BertModel': 'bert',\n"
+        "TEXT_MODEL_MAP: dict[str, str] = {\n    'LlamaForCausalLM': 'llama',\n    'BertForMaskedLM': 'bert',\n"
         "    'NewThingForCausalLM': 'newthing',\n}\n")
     monkeypatch.setenv("SLIMEDGE_LLAMA_SRC", str(tmp_path))
     assert coverage.main([]) == 0
     got = sections(capsys.readouterr().out)
     assert got["converted"] == ["LlamaForCausalLM"] and got["missing"] == ["NewThingForCausalLM"]
-    assert got["refused on purpose"] == ["BertModel"] and "Olmo3ForCausalLM" in got["converted, not in llama.cpp's list"]
+    assert got["refused on purpose"] == ["BertForMaskedLM"] and "Olmo3ForCausalLM" in got["converted, not in llama.cpp's list"]
