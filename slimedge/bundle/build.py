@@ -125,6 +125,8 @@ def write_bundle_files(tmp: Path, manifest: dict) -> None:
     run = tmp / "run"
     run.write_text(Path(__file__).with_name("launcher.py").read_text(encoding="utf-8"), encoding="utf-8")
     run.chmod(run.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    guard = Path(__file__).with_name("serve_guard.py")  # the launcher's --serve loads it from beside itself
+    (tmp / guard.name).write_text(guard.read_text(encoding="utf-8"), encoding="utf-8")
     manifest["chat_format"] = chat_family(manifest.get("chat_template"))
     (tmp / "Modelfile").write_text(render_modelfile(manifest["model"], manifest["runtime"],
                                                     manifest.get("chat_template"), manifest["name"]), encoding="utf-8")

@@ -192,15 +192,37 @@ def server_model_settings(model: Path, rt: dict, *, alias: str, n_ctx: int, n_gp
     return kw
 
 
+def load_guard():
+    """serve_guard.py from beside this file (a bundle carries a copy; slimedge has it in slimedge/bundle):
+    the request limits and checks in front of the server."""
+    import importlib.util
+
+    path = HERE / "serve_guard.py"
+    spec = importlib.util.spec_from_file_location("slimedge_serve_guard", path)
+    if spec is None or spec.loader is None or not path.is_file():
+        raise ServeError(f"{path} is missing; rebuild the bundle with `slimedge build`")
+    mod = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def serve(model: Path, rt: dict, *, alias: str, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
           api_key: str | None = None, n_ctx: int | None = None, n_gpu_layers: int | None = None,
-          threads: int | None = None, has_template: bool = True, verbose: bool = False) -> None:
+          threads: int | None = None, has_template: bool = True, verbose: bool = False,
+          limits: dict | None = None) -> None:
     """Serve ``model`` with llama-cpp-python's OpenAI-compatible server until SIGTERM/Ctrl-C.
 
     Checks the host/key rule and binds the port first, then loads the model with the runtime settings
-    ``rt`` and runs uvicorn on the bound socket. Raises :class:`ServeError` for a user error.
+    ``rt`` and runs uvicorn on the bound socket, behind serve_guard.py's checks with ``limits``
+    (``serve_guard.Limits`` fields; None values: its defaults). Raises :class:`ServeError` for a user error.
     """
     check_host(host, api_key)
+    guard = load_guard()
+    lim = guard.Limits(**{k: v for k, v in (limits or {}).items() if v is not None})
+    if min(lim) < 1:
+        shown = ", ".join(f"{k}={v}" for k, v in lim._asdict().items())
+        raise ServeError(f"the serve limits must be at least 1 ({shown}); raise --max-tokens-limit, "
+                         "--max-body-bytes or --max-concurrent")
     try:
         import uvicorn
         from llama_cpp.server.app import create_app
@@ -217,6 +239,9 @@ def serve(model: Path, rt: dict, *, alias: str, host: str = "127.0.0.1", port: i
         ss = ServerSettings(host=host, port=port, api_key=api_key or None, interrupt_requests=False)
         with flash_attn_setting(rt), swa_full_setting(rt):
             app = create_app(server_settings=ss, model_settings=[ms])
+        from llama_cpp.server import app as server_app  # its one loaded model, for the guard's vocabulary checks
+
+        app = guard.Guard(app, lim, api_key=api_key, llama=lambda: server_app._llama_proxy())
         if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # uvicorn re-raises it after its graceful stop
             signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
         shown = f"[{host}]" if ":" in host else host
@@ -363,6 +388,11 @@ def main(argv=None) -> int:
     p.add_argument("--api-key", default=os.environ.get(API_KEY_ENV) or None,
                    help=f"--serve: require this Bearer token (default: ${API_KEY_ENV})")
     p.add_argument("--max-tokens", type=int, default=256, help="tokens to generate (default 256)")
+    p.add_argument("--max-tokens-limit", type=int, help="--serve: most tokens one request may generate "
+                   "(default 2048; also what a chat without max_tokens gets)")
+    p.add_argument("--max-body-bytes", type=int, help="--serve: largest request body (default 4 MiB)")
+    p.add_argument("--max-concurrent", type=int, help="--serve: requests in flight before more get HTTP 429 "
+                   "(default 16)")
     p.add_argument("--temp", type=float, default=0.7, help="sampling temperature (default 0.7)")
     p.add_argument("--system", default="", help="system prompt for --chat")
     p.add_argument("--threads", type=int, default=rt.get("n_threads") or None, help="CPU threads")
@@ -385,7 +415,9 @@ def main(argv=None) -> int:
         try:
             serve(HERE / args.model, rt, alias=man.get("name") or Path(args.model).stem, host=args.host,
                   port=args.port, api_key=args.api_key, n_ctx=args.ctx, n_gpu_layers=args.ngl, threads=args.threads,
-                  has_template=bool(man.get("chat_template")), verbose=args.verbose)
+                  has_template=bool(man.get("chat_template")), verbose=args.verbose,
+                  limits=dict(max_tokens=args.max_tokens_limit, max_body_bytes=args.max_body_bytes,
+                              max_concurrent=args.max_concurrent))
         except ServeError as exc:
             sys.exit(f"run: {exc}")
         return 0

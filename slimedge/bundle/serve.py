@@ -5,7 +5,9 @@ capped at the model's training context), its name and whether the GGUF carries a
 GGUF gets the runtime settings of ``--target`` (default ``cpu``) with the context capped the same way
 (:func:`slimedge.memory.estimate`), and its own name and template from its metadata. The server itself
 is :func:`slimedge.bundle.launcher.serve` — the same code a bundle's ``./run --serve`` runs (the launcher
-is standalone, so bundles need no slimedge) — and its user errors become :class:`SlimedgeError`.
+is standalone, so bundles need no slimedge) — and its user errors become :class:`SlimedgeError`. In front
+of llama-cpp-python's app sits :mod:`slimedge.bundle.serve_guard` (malformed or out-of-range requests get
+the 4xx an OpenAI-compatible server gives; settable body, max_tokens and concurrency limits).
 """
 
 from __future__ import annotations
@@ -66,8 +68,11 @@ def resolve(path: str | Path, target: str | Path | None = None) -> ServedModel:
 
 def serve(path: str | Path, *, host: str = LOOPBACK, port: int = DEFAULT_PORT, api_key: str | None = None,
           target: str | Path | None = None, n_ctx: int | None = None, n_gpu_layers: int | None = None,
-          threads: int | None = None, verbose: bool = False) -> None:
-    """Serve ``path`` (GGUF or bundle) until SIGTERM/Ctrl-C; see the module docstring."""
+          threads: int | None = None, verbose: bool = False, max_tokens_limit: int | None = None,
+          max_body_bytes: int | None = None, max_concurrent: int | None = None) -> None:
+    """Serve ``path`` (GGUF or bundle) until SIGTERM/Ctrl-C; see the module docstring. The ``max_*``
+    limits (None: the defaults of :class:`slimedge.bundle.serve_guard.Limits`) bound what one request
+    may ask for and how many may wait; requests outside them get OpenAI-style 4xx answers."""
     try:
         launcher.check_host(host, api_key)  # refused before anything is read
     except launcher.ServeError as exc:
@@ -79,6 +84,8 @@ def serve(path: str | Path, *, host: str = LOOPBACK, port: int = DEFAULT_PORT, a
     try:
         launcher.serve(sm.model, rt, alias=sm.name, host=host, port=port, api_key=api_key, n_ctx=n_ctx,
                        n_gpu_layers=n_gpu_layers, threads=threads or rt.get("n_threads") or None,
-                       has_template=sm.has_template, verbose=verbose)
+                       has_template=sm.has_template, verbose=verbose,
+                       limits=dict(max_tokens=max_tokens_limit, max_body_bytes=max_body_bytes,
+                                   max_concurrent=max_concurrent))
     except launcher.ServeError as exc:
         raise SlimedgeError(str(exc)) from None

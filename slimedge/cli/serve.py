@@ -20,9 +20,17 @@ import click
 @click.option("-c", "--ctx", "n_ctx", type=click.IntRange(min=16), default=None, help="Context (default: the profile's).")
 @click.option("-ngl", "--n-gpu-layers", "ngl", type=int, default=None, help="Layers on the GPU (default: the profile's).")
 @click.option("-t", "--threads", type=click.IntRange(min=1), default=None, help="CPU threads (default: the profile's).")
+@click.option("--max-tokens-limit", type=click.IntRange(min=1), default=2048, show_default=True,
+              help="Most tokens one request may generate (larger max_tokens: HTTP 400); a chat without "
+                   "max_tokens gets this.")
+@click.option("--max-body-bytes", type=click.IntRange(min=1), default=4 << 20, show_default=True,
+              help="Largest request body (larger: HTTP 413).")
+@click.option("--max-concurrent", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Requests in flight (generating or queued) before more get HTTP 429.")
 @click.option("-v", "--verbose", is_flag=True, help="Show llama.cpp's and uvicorn's logs.")
 def cli(model: Path, host: str, port: int, api_key: str | None, target: str | None, n_ctx: int | None,
-        ngl: int | None, threads: int | None, verbose: bool) -> None:
+        ngl: int | None, threads: int | None, max_tokens_limit: int, max_body_bytes: int, max_concurrent: int,
+        verbose: bool) -> None:
     """Serve a GGUF or bundle over an OpenAI-compatible HTTP API (llama-cpp-python's server).
 
     MODEL is a GGUF or a bundle folder. Endpoints: /v1/models, /v1/completions, /v1/chat/completions (the GGUF's chat template),
@@ -39,4 +47,5 @@ def cli(model: Path, host: str, port: int, api_key: str | None, target: str | No
     from ..bundle.serve import serve
 
     serve(model, host=host, port=port, api_key=api_key, target=target, n_ctx=n_ctx, n_gpu_layers=ngl,
-          threads=threads, verbose=verbose)
+          threads=threads, verbose=verbose, max_tokens_limit=max_tokens_limit, max_body_bytes=max_body_bytes,
+          max_concurrent=max_concurrent)

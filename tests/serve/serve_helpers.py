@@ -47,3 +47,18 @@ def run_argv(bundle: Path) -> list[str]:
 
 def slimedge_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "slimedge", "serve", *args]
+
+
+def post_raw(port: int, path: str, data: bytes, headers: dict | None = None, timeout: float = 120):
+    """(status, headers, parsed JSON or raw text) of a POST of ``data`` exactly as given (no encoding)."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("POST", path, body=data, headers={"Content-Type": "application/json", **(headers or {})})
+        r = conn.getresponse()
+        raw = r.read().decode(errors="replace")
+        ctype = r.getheader("content-type", "")
+        return r.status, dict(r.getheaders()), (json.loads(raw) if ctype.startswith("application/json") else raw)
+    finally:
+        conn.close()
