@@ -131,3 +131,27 @@ def _read_exactly(path: Path, offset: int, buf: np.ndarray, name: str) -> None:
         raise SlimedgeError(f"{path}: cannot read tensor {name}: {exc.strerror or exc}") from None
     if got != len(view):
         raise SlimedgeError(f"{path}: truncated while reading tensor {name}; re-download the file")
+
+
+# ---- the scales of quantized checkpoints (FP8 and NVFP4 sources share them) ----
+
+def _e4m3fn_table() -> np.ndarray:
+    """float32 value of every float8_e4m3fn byte (sign, 4 exponent bits biased 7, 3 mantissa bits; S.1111.111
+    is NaN, no infinities)."""
+    u = np.arange(256)
+    exp, man = (u >> 3) & 0xF, u & 7
+    mag = np.where(exp == 0, man * 2.0 ** -9, (1 + man / 8) * 2.0 ** (exp - 7))
+    mag[(u & 0x7F) == 0x7F] = np.nan
+    return np.where(u & 0x80, -mag, mag).astype(np.float32)
+
+
+E4M3FN = _e4m3fn_table()
+
+
+def read_scale(ref) -> np.ndarray:
+    """A (small) scale tensor of a quantized checkpoint, whole, as float32 (float storage or float8_e4m3fn)."""
+    if ref.dtype in STORAGE_DTYPES:
+        return read_float32(ref.file, ref.offset, ref.dtype, 0, prod(ref.shape), None, ref.name).reshape(ref.shape)
+    if ref.dtype == "F8_E4M3":
+        return E4M3FN[read_raw(ref, 0, prod(ref.shape))].reshape(ref.shape)
+    raise SlimedgeError(f"{ref.file}: scale tensor {ref.name} has dtype {ref.dtype}; expected a float type")

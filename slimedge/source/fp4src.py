@@ -194,9 +194,9 @@ class NVFP4Ref(_FP4Ref):
     def _scalar(ref, invert: bool) -> np.float32 | None:
         if ref is None:
             return None
-        from .quantized import _tensor_scale
+        from .base import read_scale
 
-        v = _tensor_scale(ref).reshape(-1)
+        v = read_scale(ref).reshape(-1)
         if v.size != 1:
             raise SlimedgeError(f"{ref.file}: {ref.name} has {v.size} values; NVFP4 takes one per tensor")
         return np.float32(1.0) / v[0] if invert else v[0]

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import SlimedgeError
-from .base import STORAGE_DTYPES, read_float32, read_raw
+from .base import E4M3FN, read_raw, read_scale
 
 log = logging.getLogger(__name__)
 
@@ -41,17 +41,6 @@ SUPPORTED = "FP8 (quant_method fp8, compressed-tensors float-quantized, ModelOpt
 _DROPPED = (".input_scale", ".k_scale", ".v_scale", ".activation_scale", "_activation_scale", ".qscale_act")
 
 
-def _e4m3fn_table() -> np.ndarray:
-    """float32 value of every float8_e4m3fn byte (sign, 4 exponent bits biased 7, 3 mantissa bits; S.1111.111
-    is NaN, no infinities)."""
-    u = np.arange(256)
-    exp, man = (u >> 3) & 0xF, u & 7
-    mag = np.where(exp == 0, man * 2.0 ** -9, (1 + man / 8) * 2.0 ** (exp - 7))
-    mag[(u & 0x7F) == 0x7F] = np.nan
-    return np.where(u & 0x80, -mag, mag).astype(np.float32)
-
-
-E4M3FN = _e4m3fn_table()
 
 
 @dataclass(frozen=True)
@@ -121,15 +110,6 @@ def quantization_of(config: dict, model_dir: Path) -> Scheme | None:
     raise _refuse(where, method or "unnamed")
 
 
-def _tensor_scale(ref) -> np.ndarray:
-    """A (small) float scale tensor, whole, as float32."""
-    if ref.dtype in STORAGE_DTYPES:
-        return read_float32(ref.file, ref.offset, ref.dtype, 0, prod(ref.shape), None, ref.name).reshape(ref.shape)
-    if ref.dtype == "F8_E4M3":
-        return E4M3FN[read_raw(ref, 0, prod(ref.shape))].reshape(ref.shape)
-    raise SlimedgeError(f"{ref.file}: scale tensor {ref.name} has dtype {ref.dtype}; expected a float type")
-
-
 class FP8Ref:
     """``weight`` (float8_e4m3fn ``[..., rows, cols]``) times ``scale`` (one value per block of
     ``block`` = (rows, cols) of each matrix; the last blocks may be partial), read as float32."""
@@ -181,7 +161,7 @@ class FP8Ref:
     def scales(self) -> np.ndarray:
         """float32[matrices, row blocks, cols]: each row block's scale per column (read once)."""
         if self._scale is None:
-            s = _tensor_scale(self.scale_ref).reshape(self._scale_shape)
+            s = read_scale(self.scale_ref).reshape(self._scale_shape)
             self._scale = np.repeat(s, self.block[1], axis=2)[:, :, :self.shape[-1]].copy()
         return self._scale
 
