@@ -168,3 +168,44 @@ def convert_adapter(adapter_dir: str | Path, base: str | Path, out: str | Path, 
     size = out.stat().st_size
     log.info("%s: LoRA adapter for %s, %d pairs, alpha %g", out, arch.arch, len(mapped), adapter.alpha)
     return AdapterResult(out, arch.arch, adapter.alpha, mapped, time.monotonic() - t0, size)
+
+
+def merge_hook(adapter_dir: str | Path, scale: float = 1.0):
+    """A ``source_hook`` for :func:`slimedge.convert.convert`: each base tensor the adapter changes is read as
+    ``W + scale * alpha / r * B @ A`` (before the architecture's transform, as the merged checkpoint would be)."""
+    from .source.lora import MergedRef, PeftAdapter
+
+    adapter = PeftAdapter(adapter_dir)
+
+    def hook(source, arch) -> None:
+        used = {t.origin for t in arch.tensors(source)}
+        for pair in adapter.pairs:
+            ref = source.tensors.get(pair.base)
+            if pair.base.endswith("lm_head.weight") and (ref is None or arch.hp.tied):
+                raise SlimedgeError(f"{adapter.dir}: the adapter targets {pair.base}, but the base ties it to the "
+                                    f"token embedding; merging would change the embedding too (untie the base first)")
+            if ref is None:
+                raise _refuse_other_base(adapter, f"it changes {pair.base}, which the base does not have")
+            if tuple(ref.shape) != pair.delta_shape:
+                raise _refuse_other_base(adapter, f"{pair.base} is {list(ref.shape)} in the base but the LoRA pair "
+                                                  f"makes {list(pair.delta_shape)}")
+            if ref.where not in used:
+                raise SlimedgeError(f"{adapter.dir}: the adapter targets {pair.base}, which the {arch.arch} GGUF "
+                                    f"does not contain; its change would be lost")
+            if getattr(ref, "stored_type", None) is not None or ref.dtype not in ("F32", "F16", "BF16", "F64"):
+                raise SlimedgeError(f"{ref.file}: {pair.base} is stored quantized; merge into a float checkpoint")
+            source.tensors[pair.base] = MergedRef.of(ref, pair, scale * adapter.scale(pair))
+        log.info("merging %d LoRA pairs of %s (alpha %g, scale %g)", len(adapter.pairs), adapter.dir,
+                 adapter.alpha, scale)
+
+    return hook
+
+
+def convert_merged(adapter_dir: str | Path, base: str | Path, out: str | Path, spec=None, *, scale: float = 1.0,
+                   **kwargs):
+    """Fold the adapter into ``base`` and convert the result as :func:`slimedge.convert.convert` does (one
+    streaming pass: the delta is added to each slice of rows as it is read)."""
+    from .convert import convert
+    from .quant.mixes import QuantSpec
+
+    return convert(base, out, spec or QuantSpec(), source_hook=merge_hook(adapter_dir, scale), **kwargs)

@@ -133,16 +133,18 @@ class _Prepared:
     load_vocab: Callable[[], Callable[[object], None]] | None
 
 
-def _prepare(src: str | Path) -> _Prepared:
+def _prepare(src: str | Path, source_hook: Callable | None = None) -> _Prepared:
     from .source import is_gguf
     from .source.hub import resolve_source
 
     path = resolve_source(src)  # a Hub model id: its snapshot in the local Hugging Face cache
     if is_gguf(path):
+        if source_hook is not None:
+            raise SlimedgeError(f"{path}: a LoRA adapter is merged into a Hugging Face base folder, not a GGUF")
         return _prepare_gguf(path)
     if path.is_file():
         raise SlimedgeError(f"{path}: expected a Hugging Face model folder or a .gguf file")
-    return _prepare_hf(path)
+    return _prepare_hf(path, source_hook)
 
 
 def _source_metadata(name: str, config: dict, hf_arch: str, dtypes: set[str], hub_repo: str | None = None
@@ -157,12 +159,14 @@ def _source_metadata(name: str, config: dict, hf_arch: str, dtypes: set[str], hu
     return kv
 
 
-def _prepare_hf(path: Path) -> _Prepared:
+def _prepare_hf(path: Path, source_hook: Callable | None = None) -> _Prepared:
     from .arch import get_arch
     from .source.hf import HFSource
 
     source = HFSource(path)
     arch = get_arch(source.config, str(path / "config.json"))
+    if source_hook is not None:  # e.g. slimedge.adapter's --merge: base tensors with a LoRA delta folded in
+        source_hook(source, arch)
     tensors = arch.tensors(source)
     name = source.name
     dtypes = {t.dtype for t in source.tensors.values()}
@@ -248,12 +252,12 @@ def _load_stored(t: OutTensor, out: np.ndarray, job: _Job) -> np.ndarray:
     return t.passthrough.raw_rows(t.shape, start, stop, out)
 
 
-def plan(src: str | Path, spec: QuantSpec = QuantSpec(), imatrix=None) -> Plan:
+def plan(src: str | Path, spec: QuantSpec = QuantSpec(), imatrix=None, source_hook: Callable | None = None) -> Plan:
     """Types and sizes of every output tensor (reads headers and config only, never weights).
 
     ``imatrix``: an importance matrix (path or ``slimedge.quant.imatrix_file.Imatrix``), checked against
     the model here (one-line errors for another model's)."""
-    return _plan(_prepare(src), spec, imatrix)
+    return _plan(_prepare(src, source_hook), spec, imatrix)
 
 
 SLICE_VALUES = 1 << 22  # float32 values per slice (16 MiB): large enough for the quantizer's threads
@@ -347,14 +351,17 @@ def _value_type(value) -> GGUFValueType:
 
 
 def convert(src: str | Path, out: str | Path, spec: QuantSpec = QuantSpec(), *, threads: int | None = None,
-            overwrite: bool = False, progress: Progress = NULL_PROGRESS, imatrix=None) -> ConvertResult:
+            overwrite: bool = False, progress: Progress = NULL_PROGRESS, imatrix=None,
+            source_hook: Callable | None = None) -> ConvertResult:
     """Convert ``src`` (HF folder or float GGUF) to ``out`` with the types ``spec`` chooses.
 
     ``imatrix`` (path or ``Imatrix``): importance weights for the quantizers, as ``llama-quantize --imatrix``
-    uses them (same bytes), and its ``quantize.imatrix.*`` keys in the output."""
+    uses them (same bytes), and its ``quantize.imatrix.*`` keys in the output. ``source_hook(source, arch)``:
+    called on a Hugging Face source before its tensors are mapped (it may replace ``source.tensors`` entries).
+    """
     t0 = time.monotonic()
     out = check_output_path(Path(out), overwrite)
-    prep = _prepare(src)
+    prep = _prepare(src, source_hook)
     p = _plan(prep, spec, imatrix)
     add_vocab = prep.load_vocab() if prep.load_vocab else None  # tokenizer errors before any output
 

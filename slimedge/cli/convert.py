@@ -45,6 +45,11 @@ def _parse_override(value: str) -> tuple[str, str]:
               help="With --type auto: calibration text the per-tensor sensitivities are measured on.")
 @click.option("--sensitivity", "sens_cache", type=click.Path(path_type=Path), default=None, metavar="FILE.json",
               help="With --type auto: reuse (or write) the measured sensitivities here.")
+@click.option("--base", "lora_base", type=click.Path(path_type=Path), default=None, metavar="BASE",
+              help="SRC is a PEFT LoRA adapter folder trained on BASE (a Hugging Face folder): write llama.cpp's "
+                   "LoRA GGUF (--type f32, f16, bf16 or q8_0), or with --merge the base with the adapter folded in.")
+@click.option("--merge", is_flag=True, help="With --base: fold the adapter into the base and convert that "
+                                              "(any --type), in the same streaming pass.")
 @tune_options
 @threads_option
 @overwrite_option
@@ -52,7 +57,7 @@ def _parse_override(value: str) -> tuple[str, str]:
 def cli(src: Path, out: Path | None, ftype: str, overrides: tuple[str, ...], output_tensor_type: str | None,
         token_embedding_type: str | None, pure: bool, imatrix: Path | None, dry_run: bool,
         target_bpw: float | None, target_size: str | None, calib: Path | None, sens_cache: Path | None,
-        tune, threads: int | None, overwrite: bool, quiet: bool) -> None:
+        lora_base: Path | None, merge: bool, tune, threads: int | None, overwrite: bool, quiet: bool) -> None:
     """Convert a Hugging Face model (or an F32/F16/BF16 GGUF) to GGUF, quantized.
 
     SRC is a model folder (config.json, *.safetensors, tokenizer files), an F32/F16/BF16 GGUF file to
@@ -70,12 +75,18 @@ def cli(src: Path, out: Path | None, ftype: str, overrides: tuple[str, ...], out
       slimedge convert ./TinyLlama-1.1B -o tinyllama-q4km.gguf --type Q4_K_M --imatrix imatrix.gguf
       slimedge convert ./TinyLlama-1.1B -o tl-q4km-tuned.gguf --type Q4_K_M --imatrix imatrix.gguf --tune wiki.txt
       slimedge convert ./student -o student-q4km.gguf --type Q4_K_M --tune wiki.txt --tune-teacher ./teacher
+      slimedge convert ./my-lora --base ./TinyLlama-1.1B -o my-lora-f16.gguf --type f16
+      slimedge convert ./my-lora --base ./TinyLlama-1.1B --merge -o tl-my-lora-q4km.gguf --type Q4_K_M
     """
     from ..convert import convert, plan
     from ..quant.mixes import QuantSpec
 
     spec = QuantSpec(ftype=ftype, overrides=[_parse_override(v) for v in overrides],
                      output_tensor_type=output_tensor_type, token_embedding_type=token_embedding_type, pure=pure)
+    if lora_base is not None or merge:  # SRC is a LoRA adapter
+        model_only = bool(target_bpw or target_size or calib or tune is not None or ftype.strip().lower() == "auto")
+        return _adapter(src, lora_base, merge, out, spec, imatrix, overwrite, quiet, threads, model_only,
+                        bool(overrides or output_tensor_type or token_embedding_type or pure or imatrix))
     if ftype.strip().lower() == "auto":  # quality-driven mix: measured sensitivities, knapsack under the budget
         from ..calib.sensitivity import auto_allocation, read_text
 
@@ -109,3 +120,33 @@ def cli(src: Path, out: Path | None, ftype: str, overrides: tuple[str, ...], out
         click.echo(f"wrote {result.out}: {len(p.tensors)} tensors, {result.file_bytes / 1e6:.1f} MB, "
                    f"{p.bits_per_weight:.2f} bits per weight, {result.seconds:.1f} s "
                    f"({result.mb_per_s:.0f} MB/s)", err=True)
+
+
+def _adapter(src: Path, base: Path | None, merge: bool, out: Path | None, spec, imatrix: Path | None,
+             overwrite: bool, quiet: bool, threads: int | None, model_only: bool, mix_options: bool) -> None:
+    """``convert ADAPTER --base BASE [--merge]``: a LoRA adapter alone, or merged into its base."""
+    if base is None:
+        raise SlimedgeError("--merge needs --base BASE: the Hugging Face folder the adapter was trained on")
+    if model_only:
+        raise SlimedgeError("--type auto, --target-*, --calib and --tune do not apply to a LoRA adapter; merge "
+                            "and convert it first, then tune or measure the merged GGUF")
+    if out is None:
+        raise SlimedgeError("missing -o/--output OUT.gguf")
+    if merge:
+        from ..adapter import convert_merged
+
+        result = convert_merged(src, base, out, spec, threads=threads, overwrite=overwrite,
+                                progress=make_progress(quiet), imatrix=imatrix)
+        if not quiet:
+            click.echo(f"wrote {result.out}: {base.name} with {src.name} merged, {result.file_bytes / 1e6:.1f} MB, "
+                       f"{result.plan.bits_per_weight:.2f} bits per weight", err=True)
+        return
+    if mix_options:
+        raise SlimedgeError("a LoRA adapter takes only --type (f32, f16, bf16, q8_0); mix options and --imatrix "
+                            "apply to models (add --merge to quantize the base with the adapter merged)")
+    from ..adapter import convert_adapter
+
+    result = convert_adapter(src, base, out, spec.ftype, overwrite=overwrite)
+    if not quiet:
+        click.echo(f"wrote {result.out}: LoRA adapter for {result.arch} ({len(result.pairs)} pairs, alpha "
+                   f"{result.alpha:g}), {result.file_bytes / 1e6:.2f} MB", err=True)

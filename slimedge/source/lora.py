@@ -182,9 +182,8 @@ class MergedRef(TensorRef):
     def load_rows(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
         x = super().load_rows(start, stop, out)
         a, b = self.pair.a.load(), self.pair.b.load()
-        if self.pair.embedding:  # delta rows [start, stop) = A[:, start:stop].T @ B.T
-            delta = a[:, start:stop].T.astype(np.float64) @ b.T.astype(np.float64)
-        else:
-            delta = b[start:stop].astype(np.float64) @ a.astype(np.float64)
-        x += (self.factor * delta).astype(np.float32)
+        # float32 as peft's merge_and_unload: W += (B @ A) * scale
+        delta = a[:, start:stop].T @ b.T if self.pair.embedding else b[start:stop] @ a
+        delta *= np.float32(self.factor)
+        x += delta
         return x
