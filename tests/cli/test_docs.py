@@ -37,7 +37,8 @@ def _options(cmd: click.Command) -> set[str]:
 
 
 def _code_lines(text: str):
-    """Lines of fenced code blocks and of 4-space indented blocks, continuation lines (\\) joined."""
+    """Lines of fenced code blocks and of 4-space indented blocks (continuation lines joined), and inline
+    `slimedge ...` code spans."""
     lines, fenced, indented, prev_blank = [], False, False, True
     for line in text.splitlines():
         if line.startswith("```"):
@@ -46,6 +47,8 @@ def _code_lines(text: str):
         indented = line.startswith("    ") and (prev_blank or indented)
         if fenced or indented:
             lines.append(line.strip())
+        else:  # inline code in prose and tables: `slimedge convert ... --type Q4_K_M`
+            lines += re.findall(r"`((?:\S+=\S+ )*slimedge [^`]+)`", line)
         prev_blank = not line.strip()
     joined, buf = [], ""
     for line in lines:
@@ -76,6 +79,8 @@ def _invocations(text: str):
             if not rest:
                 continue
             name, args = (rest[0], rest[1:]) if not rest[0].startswith("-") else (None, rest)
+            if name is not None and not name.islower():  # a placeholder: `slimedge COMMAND --option`
+                continue
             opts = [a.strip("[]").split("=")[0] for a in args if a.strip("[").startswith("-")]
             yield name, [o for o in opts if re.fullmatch(r"--?[a-z][a-z0-9-]*", o)]
 
