@@ -41,7 +41,38 @@ def _bert(dir: Path) -> None:
     _save(transformers.BertModel(cfg, add_pooling_layer=True), dir)
 
 
-FAMILIES = {"bert": _bert}
+def _qwen3(dir: Path) -> None:
+    """Qwen3-Embedding's shape: a bare Qwen3Model; the tokenizer appends <|endoftext|> (its post-processor)."""
+    import transformers
+
+    n_vocab, special = _bpe_appending_eos(dir)
+    cfg = transformers.Qwen3Config(vocab_size=n_vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                                   max_position_embeddings=256, initializer_range=0.1, rms_norm_eps=1e-6,
+                                   tie_word_embeddings=True, **special)
+    _save(transformers.Qwen3Model(cfg), dir)
+
+
+def _bpe_appending_eos(dir: Path, eos: str = "<|endoftext|>") -> tuple[int, dict]:
+    tokfactory.train_bpe(dir, scheme="qwen2", vocab_size=1000)
+    tj = json.loads((dir / "tokenizer.json").read_text())
+    ids = {**tj["model"]["vocab"], **{t["content"]: t["id"] for t in tj["added_tokens"]}}
+    tj["post_processor"] = {"type": "Sequence", "processors": [
+        tj["post_processor"],
+        {"type": "TemplateProcessing", "single": [{"Sequence": {"id": "A", "type_id": 0}},
+                                                  {"SpecialToken": {"id": eos, "type_id": 0}}],
+         "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"SpecialToken": {"id": eos, "type_id": 0}},
+                  {"Sequence": {"id": "B", "type_id": 1}}, {"SpecialToken": {"id": eos, "type_id": 1}}],
+         "special_tokens": {eos: {"id": eos, "ids": [ids[eos]], "tokens": [eos]}}}]}
+    (dir / "tokenizer.json").write_text(json.dumps(tj, ensure_ascii=False))
+    cfg = json.loads((dir / "tokenizer_config.json").read_text())
+    cfg.pop("add_eos_token", None)
+    cfg.update(eos_token=eos, pad_token=eos, padding_side="left")
+    (dir / "tokenizer_config.json").write_text(json.dumps(cfg, ensure_ascii=False))
+    return max(ids.values()) + 1, {"eos_token_id": ids[eos], "pad_token_id": ids[eos], "bos_token_id": None}
+
+
+FAMILIES = {"bert": _bert, "qwen3": _qwen3}
 
 
 def _save(model, dir: Path) -> None:
