@@ -40,7 +40,8 @@ def tensor_shapes(cfg: dict) -> list[tuple[str, tuple[int, ...]]]:
     h, f, v, n = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"], cfg["num_hidden_layers"]
     ple = cfg["hidden_size_per_layer_input"]
     out = [("model.embed_tokens.weight", (v, h)), ("model.embed_tokens_per_layer.weight", (v, n * ple)),
-           ("model.per_layer_model_projection.weight", (n * ple, h)), ("model.per_layer_projection_norm.weight", (ple,))]
+           ("model.per_layer_model_projection.weight", (n * ple, h)),
+           ("model.per_layer_projection_norm.weight", (ple,))]
     for i, kind in enumerate(cfg["layer_types"]):
         d = cfg["head_dim"] if kind == "sliding_attention" else cfg["global_head_dim"]
         q, kv, p = cfg["num_attention_heads"] * d, cfg["num_key_value_heads"] * d, f"model.layers.{i}."
