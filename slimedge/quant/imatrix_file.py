@@ -164,7 +164,7 @@ def _read_gguf(p: str) -> Imatrix:
             if cf.size == 0 or sums.size == 0 or sums.size % cf.size:
                 raise SlimedgeError(f"{p}: {name}: {sums.size} sums do not split into {cf.size} count(s); "
                                     f"the imatrix file is damaged")
-            if not (np.isfinite(sums).all() and np.isfinite(cf).all()) or (cf < 0).any():
+            if not (np.isfinite(sums).all() and np.isfinite(cf).all()) or (cf < 0).any() or (cf > 2.0**62).any():
                 raise SlimedgeError(f"{p}: {name}: non-finite or negative values; the imatrix file is damaged "
                                     f"(re-create it)")
             counts = np.floor(np.abs(cf.astype(np.float64)) + 0.5).astype(np.int64)  # lround
