@@ -3,7 +3,7 @@
 ``make_embedder(dir, family, pooling="mean", normalize=True)`` saves a transformers model (random weights,
 norms and biases randomized so a mix-up shows), its locally trained tokenizer (``tests.tokfactory``), and
 the sentence-transformers files: ``modules.json``, ``1_Pooling/config.json`` and, with ``normalize``, a
-``2_Normalize`` module. ``SentenceTransformer(dir)`` loads the result. ``cached_embedder(**same)`` builds
+``Normalize`` module, after ``dense`` Dense modules (EmbeddingGemma's projection). ``SentenceTransformer(dir)`` loads the result. ``cached_embedder(**same)`` builds
 each distinct folder once per test session.
 """
 
@@ -72,7 +72,23 @@ def _bpe_appending_eos(dir: Path, eos: str = "<|endoftext|>") -> tuple[int, dict
     return max(ids.values()) + 1, {"eos_token_id": ids[eos], "pad_token_id": ids[eos], "bos_token_id": None}
 
 
-FAMILIES = {"bert": _bert, "qwen3": _qwen3}
+def _gemma(dir: Path) -> None:
+    """EmbeddingGemma's shape: a bidirectional Gemma3TextModel (query_pre_attn_scalar != head_dim, so the
+    scale folding is exercised); the Gemma SentencePiece tokenizer (bos prepended)."""
+    import transformers
+
+    tokfactory.train_gemma_spm(dir, vocab_size=1000)
+    cfg = transformers.Gemma3TextConfig(
+        vocab_size=1000, hidden_size=64, intermediate_size=128,
+        num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=1, head_dim=16, query_pre_attn_scalar=32,
+        max_position_embeddings=256, sliding_window=512, layer_types=["sliding_attention", "sliding_attention",
+                                                                      "full_attention"],
+        use_bidirectional_attention=True, initializer_range=0.1, rms_norm_eps=1e-6, pad_token_id=0,
+        bos_token_id=2, eos_token_id=1, rope_local_base_freq=10000.0)
+    _save(transformers.Gemma3TextModel(cfg), dir)
+
+
+FAMILIES = {"bert": _bert, "qwen3": _qwen3, "gemma": _gemma}
 
 
 def _save(model, dir: Path) -> None:
@@ -85,7 +101,17 @@ def _save(model, dir: Path) -> None:
     model.eval().save_pretrained(dir)
 
 
-def _write_st(dir: Path, dim: int, pooling: str, normalize: bool) -> None:
+def _dense_module(folder: Path, n_in: int, n_out: int, seed: int) -> None:
+    """A sentence-transformers Dense module (no bias, identity activation, as EmbeddingGemma's) saved its way."""
+    import torch
+    from sentence_transformers.sentence_transformer.modules import Dense
+
+    torch.manual_seed(100 + seed)
+    folder.mkdir(parents=True)
+    Dense(n_in, n_out, bias=False, activation_function=torch.nn.Identity()).save(str(folder))
+
+
+def _write_st(dir: Path, dim: int, pooling: str, normalize: bool, dense: tuple[int, ...] = ()) -> None:
     modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
                {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
     pool = {"word_embedding_dimension": dim, **{flag: kind == pooling for kind, flag in _POOL_FLAGS.items()},
@@ -93,16 +119,23 @@ def _write_st(dir: Path, dim: int, pooling: str, normalize: bool) -> None:
             "pooling_mode_weightedmean_tokens": False, "include_prompt": True}
     (dir / "1_Pooling").mkdir()
     (dir / "1_Pooling" / "config.json").write_text(json.dumps(pool, indent=2))
+    for i, (n_in, n_out) in enumerate(zip((dim, *dense), dense)):
+        folder = f"{len(modules)}_Dense"
+        _dense_module(dir / folder, n_in, n_out, seed=i)
+        modules.append({"idx": len(modules), "name": str(len(modules)), "path": folder,
+                        "type": "sentence_transformers.models.Dense"})
     if normalize:
-        modules.append({"idx": 2, "name": "2", "path": "2_Normalize",
+        folder = f"{len(modules)}_Normalize"
+        modules.append({"idx": len(modules), "name": str(len(modules)), "path": folder,
                         "type": "sentence_transformers.models.Normalize"})
-        (dir / "2_Normalize").mkdir()
+        (dir / folder).mkdir()
     (dir / "modules.json").write_text(json.dumps(modules, indent=2))
     (dir / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 128, "do_lower_case": False}))
 
 
 def make_embedder(dir: str | Path, family: str = "bert", pooling: str = "mean", normalize: bool = True,
-                  seed: int = 0) -> Path:
+                  dense: tuple[int, ...] = (), seed: int = 0) -> Path:
+    """``dense``: the output widths of Dense modules after the pooling (e.g. (128, 64))."""
     import torch
 
     dir = Path(dir)
@@ -110,7 +143,7 @@ def make_embedder(dir: str | Path, family: str = "bert", pooling: str = "mean", 
     torch.manual_seed(seed)
     FAMILIES[family](dir)
     dim = json.loads((dir / "config.json").read_text())["hidden_size"]
-    _write_st(dir, dim, pooling, normalize)
+    _write_st(dir, dim, pooling, normalize, tuple(dense))
     return dir
 
 
