@@ -128,8 +128,11 @@ def write_bundle_files(tmp: Path, manifest: dict) -> None:
     guard = Path(__file__).with_name("serve_guard.py")  # the launcher's --serve loads it from beside itself
     (tmp / guard.name).write_text(guard.read_text(encoding="utf-8"), encoding="utf-8")
     manifest["chat_format"] = chat_family(manifest.get("chat_template"))
+    from .adapters import modelfile_adapters
+
     (tmp / "Modelfile").write_text(render_modelfile(manifest["model"], manifest["runtime"],
-                                                    manifest.get("chat_template"), manifest["name"]), encoding="utf-8")
+                                                    manifest.get("chat_template"), manifest["name"],
+                                                    modelfile_adapters(manifest)), encoding="utf-8")
     refresh(tmp, manifest)
 
 
@@ -157,7 +160,7 @@ def record_bench(bundle: str | Path, record: dict) -> None:
 def build_bundle(src: str | Path, target: str | Path | Target, out_dir: str | Path, *, type: str | None = None,
                  archive: bool = False, overwrite: bool = False, threads: int | None = None,
                  progress: Progress = NULL_PROGRESS, imatrix: str | Path | None = None,
-                 calib: str | Path | None = None, tune=None) -> Path:
+                 calib: str | Path | None = None, tune=None, loras=()) -> Path:
     """Build a bundle of ``src`` for ``target`` in ``out_dir``; returns ``out_dir`` (see module docstring).
 
     ``type``: a mix/type name, ``"fit"`` (the best profile candidate that fits), ``"auto"`` (the quality-driven
@@ -166,6 +169,7 @@ def build_bundle(src: str | Path, target: str | Path | Target, out_dir: str | Pa
     ``imatrix``: an importance matrix file for the quantizers (``convert --imatrix``).
     ``tune`` (:class:`slimedge.tune.convert.TuneOptions`): the quantized model's block scales tuned against
     the teacher (``slimedge tune``) before packing; the manifest records the run and its KL divergences.
+    ``loras``: (PEFT folder or adapter GGUF, scale) pairs packed beside the model (:mod:`.adapters`).
     """
     from ..source.hub import resolve_source
 
@@ -203,6 +207,11 @@ def build_bundle(src: str | Path, target: str | Path | Target, out_dir: str | Pa
             convert(src, model, spec or quant_spec(tgt, qtype), threads=threads, overwrite=True, progress=progress,
                     imatrix=imatrix)
         manifest = _manifest(src, tgt, model, qtype, chosen_by)
+        if loras:  # role "adapter": converted or copied, checked against the model, in the memory estimate
+            from .adapters import add_to_estimate, pack_adapters
+
+            manifest["adapters"] = pack_adapters(src, model, loras, pub.path)
+            add_to_estimate(manifest, model, pub.path, tgt)
         if tuned is not None:
             from ..tune.convert import tune_teacher
 

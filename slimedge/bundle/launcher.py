@@ -71,7 +71,41 @@ def open_model(args, rt: dict, n_ctx: int, logits_all: bool = False):
     t0 = time.perf_counter()
     with flash_attn_setting(rt):
         llm = Llama(**kw)
+    try:
+        apply_adapters(llm, getattr(args, "adapters", []))
+    except ServeError as exc:
+        llm.close()
+        sys.exit(f"run: {exc}")
     return llm, time.perf_counter() - t0
+
+
+def adapters_of(man: dict, folder: Path = HERE) -> list:
+    """(path, scale) of the bundle's LoRA adapters (manifest ``adapters``, role "adapter")."""
+    return [(folder / e["file"], float(e.get("scale", 1.0))) for e in man.get("adapters", [])]
+
+
+def apply_adapters(llm, adapters) -> None:
+    """Load each LoRA adapter GGUF onto ``llm``'s model and set them all, at their scales, on its context
+    (llama.cpp's llama_set_adapters_lora; llama-cpp-python's own lora_path takes one adapter only)."""
+    if not adapters:
+        return
+    import ctypes
+
+    import llama_cpp
+
+    handles = []
+    for path, _ in adapters:
+        a = llama_cpp.llama_adapter_lora_init(llm.model, str(path).encode("utf-8"))
+        if a is None:
+            raise ServeError(f"llama.cpp cannot load the LoRA adapter {path} (another base model?); run "
+                             f"`slimedge verify` on the bundle")
+        llm._stack.callback(llama_cpp.llama_adapter_lora_free, a)  # freed before the model
+        handles.append(a)
+    n = len(handles)
+    arr = (llama_cpp.llama_adapter_lora_p_ctypes * n)(*handles)
+    scales = (ctypes.c_float * n)(*[float(s) for _, s in adapters])
+    if llama_cpp.llama_set_adapters_lora(llm.ctx, arr, n, scales):
+        raise ServeError(f"llama.cpp could not apply the LoRA adapters {', '.join(str(p) for p, _ in adapters)}")
 
 
 @contextlib.contextmanager
@@ -209,7 +243,7 @@ def load_guard():
 def serve(model: Path, rt: dict, *, alias: str, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
           api_key: str | None = None, n_ctx: int | None = None, n_gpu_layers: int | None = None,
           threads: int | None = None, has_template: bool = True, verbose: bool = False,
-          limits: dict | None = None) -> None:
+          limits: dict | None = None, adapters=()) -> None:
     """Serve ``model`` with llama-cpp-python's OpenAI-compatible server until SIGTERM/Ctrl-C.
 
     Checks the host/key rule and binds the port first, then loads the model with the runtime settings
@@ -240,6 +274,8 @@ def serve(model: Path, rt: dict, *, alias: str, host: str = "127.0.0.1", port: i
         with flash_attn_setting(rt), swa_full_setting(rt):
             app = create_app(server_settings=ss, model_settings=[ms])
         from llama_cpp.server import app as server_app  # its one loaded model, for the guard's vocabulary checks
+
+        apply_adapters(server_app._llama_proxy(), adapters)  # the bundle's LoRA adapters, at their scales
 
         app = guard.Guard(app, lim, api_key=api_key, llama=lambda: server_app._llama_proxy())
         if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # uvicorn re-raises it after its graceful stop
@@ -403,6 +439,7 @@ def main(argv=None) -> int:
     p.add_argument("--model", default=man.get("model", "model.gguf"), help=argparse.SUPPRESS)
     p.add_argument("-v", "--verbose", action="store_true", help="show llama.cpp's log")
     args = p.parse_args(argv)
+    args.adapters = adapters_of(man)
     if args.bench:
         rec = bench(args, rt, bs)
         if args.json:
@@ -415,7 +452,7 @@ def main(argv=None) -> int:
         try:
             serve(HERE / args.model, rt, alias=man.get("name") or Path(args.model).stem, host=args.host,
                   port=args.port, api_key=args.api_key, n_ctx=args.ctx, n_gpu_layers=args.ngl, threads=args.threads,
-                  has_template=bool(man.get("chat_template")), verbose=args.verbose,
+                  has_template=bool(man.get("chat_template")), verbose=args.verbose, adapters=adapters_of(man),
                   limits=dict(max_tokens=args.max_tokens_limit, max_body_bytes=args.max_body_bytes,
                               max_concurrent=args.max_concurrent))
         except ServeError as exc:

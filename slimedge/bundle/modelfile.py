@@ -165,13 +165,20 @@ def chat_family(template: str | None) -> str | None:
     return None
 
 
-def render_modelfile(model_file: str, runtime: dict, chat_template: str | None, name: str) -> str:
-    """Text of the Modelfile for ``model_file`` (relative path) with the profile's ``runtime``."""
+def render_modelfile(model_file: str, runtime: dict, chat_template: str | None, name: str,
+                     adapters: list[tuple[str, float]] = ()) -> str:
+    """Text of the Modelfile for ``model_file`` (relative path) with the profile's ``runtime``; ``adapters``:
+    (file, scale) of LoRA adapters, one ``ADAPTER`` line each (Ollama applies them at scale 1)."""
     fam = chat_family(chat_template)
     lines = [f"# Ollama Modelfile for {name} (slimedge bundle)",
              f"#   ollama create {name.lower().replace(' ', '-')} -f Modelfile && "
              f"ollama run {name.lower().replace(' ', '-')}",
-             f"FROM ./{model_file}", "",
+             f"FROM ./{model_file}"]
+    for file, scale in adapters:
+        if scale != 1.0:
+            lines.append(f"# {file} was bundled for scale {scale:g}; Ollama applies an adapter at scale 1")
+        lines.append(f"ADAPTER ./{file}")
+    lines += ["",
              f"PARAMETER num_ctx {runtime['n_ctx']}",
              f"PARAMETER num_batch {runtime['n_batch']}"]
     if runtime.get("n_threads"):

@@ -13,7 +13,7 @@ the 4xx an OpenAI-compatible server gives; settable body, max_tokens and concurr
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import SlimedgeError
@@ -32,6 +32,7 @@ class ServedModel:
     runtime: dict  # runtime settings (slimedge.targets.Runtime fields)
     name: str  # the id /v1/models lists
     has_template: bool  # the GGUF carries tokenizer.chat_template
+    adapters: list = field(default_factory=list)  # (LoRA adapter GGUF, scale) applied after loading
 
 
 def resolve(path: str | Path, target: str | Path | None = None) -> ServedModel:
@@ -48,7 +49,7 @@ def resolve(path: str | Path, target: str | Path | None = None) -> ServedModel:
         if not model.is_file():
             raise SlimedgeError(f"{model}: the bundle's model is missing; run `slimedge verify {path}`")
         return ServedModel(model, dict(m.get("runtime", {})), str(m.get("name") or path.name),
-                           bool(m.get("chat_template")))
+                           bool(m.get("chat_template")), launcher.adapters_of(m, path))
     if not path.is_file():
         raise SlimedgeError(f"{path}: not found; give a .gguf file or a bundle folder")
     from ..gguf_info import read_info
@@ -84,7 +85,7 @@ def serve(path: str | Path, *, host: str = LOOPBACK, port: int = DEFAULT_PORT, a
     try:
         launcher.serve(sm.model, rt, alias=sm.name, host=host, port=port, api_key=api_key, n_ctx=n_ctx,
                        n_gpu_layers=n_gpu_layers, threads=threads or rt.get("n_threads") or None,
-                       has_template=sm.has_template, verbose=verbose,
+                       has_template=sm.has_template, verbose=verbose, adapters=sm.adapters,
                        limits=dict(max_tokens=max_tokens_limit, max_body_bytes=max_body_bytes,
                                    max_concurrent=max_concurrent))
     except launcher.ServeError as exc:

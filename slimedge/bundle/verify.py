@@ -3,7 +3,8 @@
 Checks, in order: the manifest parses and is a slimedge bundle; every listed file exists with the
 listed size and sha256 (a missing or changed file is named); no unlisted files are present (named
 as a warning-level problem; the ``bench/`` folder, where devices add measurements, is skipped); the
-GGUF's header reads; and — unless ``load=False`` — a fresh
+GGUF's header reads; each LoRA adapter (role ``adapter``) is one for the model's architecture whose pairs fit
+the model's tensors; and — unless ``load=False`` — a fresh
 llama.cpp process loads the model (each GGUF of a release folder) and decodes a few tokens. A ``.tar.gz`` is unpacked safely
 into a temp folder first (see :mod:`slimedge.bundle.archive`).
 """
@@ -113,6 +114,10 @@ def verify_bundle(path: str | Path, *, load: bool = True, raise_on_problem: bool
     manifest = read_any_manifest(path)
     report = VerifyReport(path)
     check_files(path, manifest, report)
+    if report.ok and manifest.get("adapters"):  # LoRA adapters: each fits the model's tensors
+        from .adapters import check_pairing
+
+        report.problems += check_pairing(path, manifest)
     for model in models_of(manifest) if report.ok and load else []:
         try:
             check_loads(path / model, report)

@@ -34,13 +34,19 @@ from .options import make_progress, overwrite_option, quiet_option, threads_opti
               "(default: the Hub id of a cached Hub model, else the folder's name).")
 @click.option("--quantized-by", default=None, metavar="NAME",
               help="With --types: the card's quantized_by and the LM Studio publisher (default: slimedge).")
+@click.option("--lora", "loras", multiple=True, type=click.Path(path_type=Path), metavar="ADAPTER",
+              help="A LoRA adapter to bundle and apply (repeatable): a PEFT folder trained on SRC (an HF folder) "
+                   "or an adapter GGUF (slimedge convert ADAPTER --base BASE).")
+@click.option("--lora-scale", "lora_scales", multiple=True, type=float, metavar="S",
+              help="Scale of the --lora at the same position (repeatable; default 1.0).")
 @tune_options
 @threads_option
 @overwrite_option
 @quiet_option
 def cli(src: Path, target: str, out: Path, qtype: str | None, imatrix: Path | None, calib: Path | None, archive: bool,
         types: str | None, text: Path | None, lmstudio: Path | None, base_model: str | None,
-        quantized_by: str | None, tune, threads: int | None, overwrite: bool, quiet: bool) -> None:
+        quantized_by: str | None, loras: tuple[Path, ...], lora_scales: tuple[float, ...], tune, threads: int | None,
+        overwrite: bool, quiet: bool) -> None:
     """Build a runnable bundle (or a Hub release folder) of a model for a target device.
 
     SRC is a Hugging Face folder or a GGUF. The bundle holds model.gguf, manifest.json (checksums, profile, memory estimate), a `run`
@@ -55,14 +61,19 @@ def cli(src: Path, target: str, out: Path, qtype: str | None, imatrix: Path | No
       slimedge build model-f16.gguf --target ./my-board.toml -o bundle
       slimedge build ./TinyLlama-1.1B --target cpu --types Q8_0,Q6_K,Q4_K_M,Q3_K_M -o release --text wiki.txt
       slimedge build ./TinyLlama-1.1B --target laptop-gpu --type Q4_K_M --tune wiki.txt -o tinyllama-tuned
+      slimedge build ./TinyLlama-1.1B --target cpu --lora ./my-lora --lora-scale 0.8 -o tinyllama-my-lora
     """
     import json
 
     if types is not None:
         if tune is not None:
             raise click.UsageError("--tune applies to a bundle (or `slimedge convert`), not to a --types release")
+        if loras:
+            raise click.UsageError("--lora applies to a bundle, not to a --types release")
         return _release(src, target, out, types, qtype, archive, text, lmstudio, base_model, quantized_by, threads,
                         overwrite, quiet, imatrix)
+    if len(lora_scales) > len(loras):
+        raise click.UsageError(f"{len(lora_scales)} --lora-scale for {len(loras)} --lora: one scale per adapter")
     for flag, value in (("--text", text), ("--lmstudio", lmstudio), ("--base-model", base_model),
                         ("--quantized-by", quantized_by)):
         if value is not None:
@@ -70,7 +81,8 @@ def cli(src: Path, target: str, out: Path, qtype: str | None, imatrix: Path | No
     from ..bundle import build_bundle
 
     path = build_bundle(src, target, out, type=qtype, archive=archive, overwrite=overwrite, threads=threads,
-                        progress=make_progress(quiet), imatrix=imatrix, calib=calib, tune=tune)
+                        progress=make_progress(quiet), imatrix=imatrix, calib=calib, tune=tune,
+                        loras=[(p, lora_scales[i] if i < len(lora_scales) else 1.0) for i, p in enumerate(loras)])
     m = json.loads((path / "manifest.json").read_text())
     q, est = m["quantization"], m["memory_estimate"]
     if q.get("tuned"):
