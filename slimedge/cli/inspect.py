@@ -55,8 +55,21 @@ def _stats_dict(s: TensorStats | str | None) -> Any:
     return {k: (v if not isinstance(v, float) or math.isfinite(v) else str(v)) for k, v in vars(s).items()}
 
 
+def adapter_info(info: GGUFInfo) -> dict | None:
+    """For a LoRA adapter GGUF (general.type = adapter): its type, alpha, the base architecture it applies to
+    and its number of lora_a/lora_b pairs; None for anything else."""
+    meta = info.metadata
+    if meta.get("general.type") != "adapter":
+        return None
+    return {"type": meta.get("adapter.type"), "alpha": meta.get("adapter.lora.alpha"), "base_arch": info.arch,
+            "pairs": sum(t.name.endswith(".lora_a") for t in info.tensors)}
+
+
 def to_json(info: GGUFInfo, stats: dict | None = None, full: bool = False) -> dict:
+    adapter = adapter_info(info)
     return {
+        "kind": "adapter" if adapter else str(info.metadata.get("general.type") or "model"),
+        **({"adapter": adapter} if adapter else {}),
         "path": info.path, "file_size": info.file_size, "gguf_version": info.version,
         "alignment": info.alignment, "data_offset": info.data_offset,
         "arch": info.arch, "name": info.name, "file_type": info.file_type, "file_type_name": info.file_type_name,
@@ -77,6 +90,10 @@ def _print_human(info: GGUFInfo, stats: dict | None) -> None:
     echo = click.echo
     echo(f"{info.path}: GGUF v{info.version}, {_human_bytes(info.file_size)} ({info.file_size} bytes)")
     echo(f"arch: {info.arch}   name: {info.name}   file_type: {info.file_type_name}")
+    adapter = adapter_info(info)
+    if adapter:
+        echo(f"kind: {str(adapter['type']).upper()} adapter for a {info.arch} base model (alpha {adapter['alpha']}, "
+             f"{adapter['pairs']} pairs); apply it with `slimedge build --lora` or llama.cpp's --lora")
     echo(f"\nmetadata ({len(info.metadata)} keys):")
     kw = max((len(k) for k in info.metadata), default=0)
     for k, v in info.metadata.items():

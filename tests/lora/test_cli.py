@@ -29,3 +29,17 @@ def test_convert_adapter_and_merge(tmp_path):
     assert r.exit_code != 0 and "f32, f16, bf16 or q8_0" in r.output and not (tmp_path / "x.gguf").exists()
     r = runner.invoke(main, ["convert", str(adapter), "--merge", "-o", str(tmp_path / "x.gguf")])
     assert r.exit_code != 0 and "--merge needs --base" in r.output
+
+
+def test_inspect_tells_an_adapter(tmp_path):
+    from slimedge.adapter import convert_adapter
+
+    base = cached_hf_model(arch="qwen3")
+    adapter = make_adapter(base, tmp_path / "adapter", targets=["q_proj", "o_proj"], alpha=8)
+    out = convert_adapter(adapter, base, tmp_path / "a.gguf").out
+    r = CliRunner().invoke(main, ["inspect", str(out)])
+    assert r.exit_code == 0 and "kind: LORA adapter for a qwen3 base model (alpha 8.0, 4 pairs)" in r.output
+    import json
+
+    j = json.loads(CliRunner().invoke(main, ["inspect", str(out), "--json"]).output)
+    assert j["kind"] == "adapter" and j["adapter"] == {"type": "lora", "alpha": 8.0, "base_arch": "qwen3", "pairs": 4}
