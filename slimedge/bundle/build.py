@@ -28,6 +28,7 @@ from ..publish import Publication
 from ..quant.types import FLOAT_TYPE_NAMES, file_type_name
 from ..source import is_gguf
 from ..targets import Target, load_target
+from .launcher import embedding_of
 from .manifest import FORMAT, FORMAT_VERSION, MANIFEST, file_entry, list_files, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -357,6 +358,7 @@ def _manifest(src: Path, tgt: Target, model: Path, qtype: str, chosen_by: str) -
                                                            "n_vocab", "key_length", "value_length",
                                                            "n_ctx_train")},
         "chat_template": meta.get("tokenizer.chat_template"),
+        "embedding": embedding_of(meta),  # {"pooling", "normalize"} for an embedding model, else None
         "memory_estimate": est.to_dict(),
         "files": [],
         "bench": [],

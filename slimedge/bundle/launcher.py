@@ -3,6 +3,7 @@
 
     ./run "Write a haiku about the sea"          one-shot completion of a prompt
     ./run --chat                                 interactive chat (the model's chat template)
+    ./run --embed "some text"                    an embedding bundle: print the text's vector (JSON)
     ./run --bench [--json]                       measure load time, prompt and generation speed here
                                                  (--json: also save bench/<hostname>-<date>.json here)
     ./run --serve [--port 8080] [--host H]       OpenAI-compatible server (llama-cpp-python's own)
@@ -41,6 +42,10 @@ CACHE_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "
 BENCH_DIR = "bench"  # device measurements saved by --bench --json (slimedge report reads them; verify skips them)
 API_KEY_ENV = "SLIMEDGE_API_KEY"
 DEFAULT_PORT = 8080
+# llama.cpp architectures that only embed (no LM head); others embed when their GGUF states a pooling type
+ENCODER_ARCHS = ("bert", "nomic-bert", "nomic-bert-moe", "modern-bert", "jina-bert-v2", "jina-bert-v3", "neo-bert",
+                 "eurobert", "gemma-embedding")
+POOLING_NAMES = {0: "none", 1: "mean", 2: "cls", 3: "last", 4: "rank"}
 
 
 class ServeError(Exception):
@@ -54,7 +59,29 @@ def load_manifest() -> dict:
         sys.exit(f"run: cannot read {HERE / 'manifest.json'} ({exc}); is this a slimedge bundle?")
 
 
-def open_model(args, rt: dict, n_ctx: int, logits_all: bool = False):
+def embedding_of(meta: dict) -> dict | None:
+    """``{"pooling", "normalize"}`` when GGUF metadata ``meta`` is an embedding model's, else None."""
+    arch = meta.get("general.architecture")
+    pooling = meta.get(f"{arch}.pooling_type")
+    if pooling is None and arch not in ENCODER_ARCHS:
+        return None
+    normalize = meta.get("slimedge.embedding.normalize", True)
+    return {"pooling": POOLING_NAMES.get(int(pooling or 0), str(pooling)),
+            "normalize": normalize if isinstance(normalize, bool) else str(normalize).lower() == "true"}
+
+
+def embed(llm, text: str, normalize: bool) -> list:
+    """The text's pooled vector; a text longer than the context is refused in one line."""
+    import llama_cpp
+
+    n = len(llm.tokenize(text.encode("utf-8")))
+    n_ctx = min(llm.n_ctx(), llama_cpp.llama_model_n_ctx_train(llm.model))  # positions past training: none
+    if n > n_ctx:
+        sys.exit(f"run: the text is {n} tokens, more than the model's context of {n_ctx}: shorten it")
+    return llm.embed(text, normalize=normalize)
+
+
+def open_model(args, rt: dict, n_ctx: int, logits_all: bool = False, embedding: bool = False):
     try:
         from llama_cpp import Llama
     except ImportError:
@@ -63,6 +90,8 @@ def open_model(args, rt: dict, n_ctx: int, logits_all: bool = False):
               n_ubatch=rt.get("n_ubatch", 512), n_gpu_layers=args.ngl, use_mmap=rt.get("use_mmap", True),
               use_mlock=rt.get("use_mlock", False), flash_attn=rt.get("flash_attn") is not False,
               swa_full=rt.get("swa_full", True), verbose=args.verbose, logits_all=logits_all, seed=args.seed)
+    if embedding:  # an encoder takes the whole text in one micro-batch
+        kw.update(embedding=True, n_batch=n_ctx, n_ubatch=n_ctx)
     if args.threads:
         kw["n_threads"] = kw["n_threads_batch"] = args.threads
     for key, name in (("type_k", "cache_type_k"), ("type_v", "cache_type_v")):
@@ -210,7 +239,7 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 
 def server_model_settings(model: Path, rt: dict, *, alias: str, n_ctx: int, n_gpu_layers: int,
-                          threads: int | None, has_template: bool, verbose: bool) -> dict:
+                          threads: int | None, has_template: bool, verbose: bool, embedding: bool = False) -> dict:
     """llama_cpp.server ModelSettings fields for the profile's runtime settings."""
     kw = dict(model=str(model), model_alias=alias, n_ctx=n_ctx, n_batch=rt.get("n_batch", 512),
               n_ubatch=rt.get("n_ubatch", 512), n_gpu_layers=n_gpu_layers, use_mmap=rt.get("use_mmap", True),
@@ -218,12 +247,34 @@ def server_model_settings(model: Path, rt: dict, *, alias: str, n_ctx: int, n_gp
               logits_all=False, verbose=verbose,
               # the GGUF's own chat template (llama-cpp-python registers it under this name)
               chat_format="chat_template.default" if has_template else None)
+    if embedding:  # pooled vectors; an encoder takes the whole text in one micro-batch
+        kw.update(embedding=True, chat_format=None, n_batch=n_ctx, n_ubatch=n_ctx)
     if threads:
         kw["n_threads"] = kw["n_threads_batch"] = threads
     for key, name in (("type_k", "cache_type_k"), ("type_v", "cache_type_v")):
         if rt.get(name, "f16") != "f16":
             kw[key] = CACHE_TYPES[rt[name]]
     return kw
+
+
+class EmbeddingOnly:
+    """ASGI wrapper for an embedding model's server: the generation endpoints answer one 400 line."""
+
+    GENERATE = ("/v1/chat/completions", "/v1/completions")
+
+    def __init__(self, app, name: str):
+        self.app, self.name = app, name
+
+    async def __call__(self, scope, receive, send):
+        path = scope.get("path", "").rstrip("/")
+        if scope["type"] != "http" or path not in self.GENERATE:
+            return await self.app(scope, receive, send)
+        body = json.dumps({"error": {
+            "message": f"{self.name} is an embedding model: it answers /v1/embeddings, not {path}",
+            "type": "invalid_request_error", "param": None, "code": "embedding_model"}}).encode()
+        await send({"type": "http.response.start", "status": 400, "headers": [
+            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
 
 
 def load_guard():
@@ -243,12 +294,13 @@ def load_guard():
 def serve(model: Path, rt: dict, *, alias: str, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
           api_key: str | None = None, n_ctx: int | None = None, n_gpu_layers: int | None = None,
           threads: int | None = None, has_template: bool = True, verbose: bool = False,
-          limits: dict | None = None, adapters=()) -> None:
+          limits: dict | None = None, adapters=(), embedding: bool = False) -> None:
     """Serve ``model`` with llama-cpp-python's OpenAI-compatible server until SIGTERM/Ctrl-C.
 
     Checks the host/key rule and binds the port first, then loads the model with the runtime settings
     ``rt`` and runs uvicorn on the bound socket, behind serve_guard.py's checks with ``limits``
-    (``serve_guard.Limits`` fields; None values: its defaults). Raises :class:`ServeError` for a user error.
+    (``serve_guard.Limits`` fields; None values: its defaults). ``embedding``: an embedding model, loaded
+    for ``/v1/embeddings`` (generation endpoints refused). Raises :class:`ServeError` for a user error.
     """
     check_host(host, api_key)
     guard = load_guard()
@@ -268,7 +320,8 @@ def serve(model: Path, rt: dict, *, alias: str, host: str = "127.0.0.1", port: i
     try:
         ms = ModelSettings(**server_model_settings(
             model, rt, alias=alias, n_ctx=n_ctx or rt.get("n_ctx", 2048), threads=threads, has_template=has_template,
-            n_gpu_layers=rt.get("n_gpu_layers", 0) if n_gpu_layers is None else n_gpu_layers, verbose=verbose))
+            n_gpu_layers=rt.get("n_gpu_layers", 0) if n_gpu_layers is None else n_gpu_layers, verbose=verbose,
+            embedding=embedding))
         # interrupt_requests=False: a new request waits for the one streaming instead of cutting it off
         ss = ServerSettings(host=host, port=port, api_key=api_key or None, interrupt_requests=False)
         with flash_attn_setting(rt), swa_full_setting(rt):
@@ -277,6 +330,8 @@ def serve(model: Path, rt: dict, *, alias: str, host: str = "127.0.0.1", port: i
 
         apply_adapters(server_app._llama_proxy(), adapters)  # the bundle's LoRA adapters, at their scales
 
+        if embedding:
+            app = EmbeddingOnly(app, alias)
         app = guard.Guard(app, lim, api_key=api_key, llama=lambda: server_app._llama_proxy())
         if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # uvicorn re-raises it after its graceful stop
             signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
@@ -414,6 +469,7 @@ def main(argv=None) -> int:
                                 f"({man.get('quantization', {}).get('type', '?')}, target {man.get('target', {}).get('name', '?')}).")
     p.add_argument("prompt", nargs="?", help="prompt for a one-shot completion (omit with --chat/--bench)")
     p.add_argument("--chat", action="store_true", help="interactive chat using the model's chat template")
+    p.add_argument("--embed", metavar="TEXT", help="an embedding bundle: print TEXT's vector as JSON")
     p.add_argument("--bench", action="store_true", help="measure speed on this device and print JSON")
     p.add_argument("--json", action="store_true", help=f"with --bench: also save the result in {BENCH_DIR}/ "
                    "here (<hostname>-<date>.json) for `slimedge report`")
@@ -440,6 +496,16 @@ def main(argv=None) -> int:
     p.add_argument("-v", "--verbose", action="store_true", help="show llama.cpp's log")
     args = p.parse_args(argv)
     args.adapters = adapters_of(man)
+    emb = man.get("embedding")
+    if emb and (args.chat or args.prompt is not None or args.bench):
+        sys.exit(f"run: {man.get('name', 'this model')} is an embedding model: use --embed TEXT, or --serve for "
+                 "/v1/embeddings")
+    if args.embed is not None:
+        if not emb:
+            sys.exit("run: --embed needs an embedding bundle; this model generates text (give a prompt or --chat)")
+        llm, _ = open_model(args, rt, args.ctx, embedding=True)
+        print(json.dumps(embed(llm, args.embed, bool(emb.get("normalize", True)))))
+        return 0
     if args.bench:
         rec = bench(args, rt, bs)
         if args.json:
@@ -453,6 +519,7 @@ def main(argv=None) -> int:
             serve(HERE / args.model, rt, alias=man.get("name") or Path(args.model).stem, host=args.host,
                   port=args.port, api_key=args.api_key, n_ctx=args.ctx, n_gpu_layers=args.ngl, threads=args.threads,
                   has_template=bool(man.get("chat_template")), verbose=args.verbose, adapters=adapters_of(man),
+                  embedding=bool(emb),
                   limits=dict(max_tokens=args.max_tokens_limit, max_body_bytes=args.max_body_bytes,
                               max_concurrent=args.max_concurrent))
         except ServeError as exc:

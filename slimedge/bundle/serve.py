@@ -7,7 +7,9 @@ GGUF gets the runtime settings of ``--target`` (default ``cpu``) with the contex
 is :func:`slimedge.bundle.launcher.serve` — the same code a bundle's ``./run --serve`` runs (the launcher
 is standalone, so bundles need no slimedge) — and its user errors become :class:`SlimedgeError`. In front
 of llama-cpp-python's app sits :mod:`slimedge.bundle.serve_guard` (malformed or out-of-range requests get
-the 4xx an OpenAI-compatible server gives; settable body, max_tokens and concurrency limits).
+the 4xx an OpenAI-compatible server gives; settable body, max_tokens and concurrency limits). An embedding
+model (manifest ``embedding``, or a GGUF that states a pooling type) is loaded for ``/v1/embeddings`` and its
+generation endpoints answer one 400 line.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class ServedModel:
     name: str  # the id /v1/models lists
     has_template: bool  # the GGUF carries tokenizer.chat_template
     adapters: list = field(default_factory=list)  # (LoRA adapter GGUF, scale) applied after loading
+    embedding: dict | None = None  # an embedding model's {"pooling", "normalize"}: /v1/embeddings only
 
 
 def resolve(path: str | Path, target: str | Path | None = None) -> ServedModel:
@@ -49,7 +52,7 @@ def resolve(path: str | Path, target: str | Path | None = None) -> ServedModel:
         if not model.is_file():
             raise SlimedgeError(f"{model}: the bundle's model is missing; run `slimedge verify {path}`")
         return ServedModel(model, dict(m.get("runtime", {})), str(m.get("name") or path.name),
-                           bool(m.get("chat_template")), launcher.adapters_of(m, path))
+                           bool(m.get("chat_template")), launcher.adapters_of(m, path), m.get("embedding"))
     if not path.is_file():
         raise SlimedgeError(f"{path}: not found; give a .gguf file or a bundle folder")
     from ..gguf_info import read_info
@@ -64,7 +67,7 @@ def resolve(path: str | Path, target: str | Path | None = None) -> ServedModel:
     runtime = dict(tgt.to_dict()["runtime"], n_ctx=est.n_ctx)
     meta = read_info(path).metadata
     return ServedModel(path, runtime, str(meta.get("general.name") or path.stem),
-                       bool(meta.get("tokenizer.chat_template")))
+                       bool(meta.get("tokenizer.chat_template")), embedding=launcher.embedding_of(meta))
 
 
 def serve(path: str | Path, *, host: str = LOOPBACK, port: int = DEFAULT_PORT, api_key: str | None = None,
@@ -86,6 +89,7 @@ def serve(path: str | Path, *, host: str = LOOPBACK, port: int = DEFAULT_PORT, a
         launcher.serve(sm.model, rt, alias=sm.name, host=host, port=port, api_key=api_key, n_ctx=n_ctx,
                        n_gpu_layers=n_gpu_layers, threads=threads or rt.get("n_threads") or None,
                        has_template=sm.has_template, verbose=verbose, adapters=sm.adapters,
+                       embedding=bool(sm.embedding),
                        limits=dict(max_tokens=max_tokens_limit, max_body_bytes=max_body_bytes,
                                    max_concurrent=max_concurrent))
     except launcher.ServeError as exc:
