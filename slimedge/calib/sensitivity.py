@@ -1,11 +1,16 @@
 """Per-tensor sensitivity of a model to quantization, measured in torch; and the quality-driven auto mix.
 
-:func:`measure` runs the Hugging Face model (transformers, float32) over calibration text once to keep the
-unquantized next-token log-probabilities, then, for every quantizable tensor and every candidate type,
-replaces that one weight by its fake-quantized copy — ``slimedge.quant.quantize`` then ``dequantize``
-(the NumPy/C quantizers that write the GGUF, with the importance matrix when one is given), so the weights
-are exactly those the file will hold — runs the model again and records the mean
-KL(unquantized || quantized) per token. The weight is restored before the next measurement.
+:func:`measure` runs the Hugging Face model (transformers, float32, on ``--device``) over calibration text
+once to keep the unquantized next-token log-probabilities; the cost of a (tensor, candidate type) is the
+mean KL(unquantized || quantized) per token with only that weight replaced by its fake-quantized copy —
+``slimedge.quant.quantize`` then ``dequantize`` (the NumPy/C quantizers that write the GGUF, with the
+importance matrix when one is given), so the weights are exactly those the file will hold. Three methods:
+
+* ``exhaustive`` (the reference): one whole-model forward per (tensor, candidate);
+* ``layerwise``: the forward of a tensor in block *i* starts at block *i* from cached inputs, and
+  candidates dominated on a cheap proxy (bigger, not better) are not run (:mod:`.sensitivity_fast`);
+* ``proxy`` (the default): one such partial forward per tensor calibrates a batched, row-sampled
+  output-error proxy that gives every other candidate's cost (:mod:`.sensitivity_fast`).
 
 Why the Hugging Face layout is enough: GGUF's layout transforms of the supported architectures only
 reorder or concatenate *rows* (Llama's q/k rope permutation, Phi-3's fused tensors are fused in HF
@@ -14,10 +19,9 @@ quantizing the GGUF tensor. Each GGUF tensor is matched to its HF weight through
 table (:func:`slimedge.convert._prepare`), and the shapes must agree.
 
 :func:`auto_allocation` puts it together for ``convert --type auto``: the plan, the budget
-(``--target-bpw`` / ``--target-size``), the sensitivities (cached in a JSON file keyed by the model's
-files, the text, the importance matrix and the settings) and :func:`slimedge.quant.allocate.allocate`.
-Cost: one forward pass over the calibration tokens per (tensor, candidate); the default 8 × 256 tokens
-keep it to about a minute for the demo teacher on 2 cores.
+(``--target-bpw`` / ``--target-size``), the sensitivities (cached per (tensor, type) in a JSON file keyed
+by the model's files, the text, the importance matrix, the method and the settings, so another budget or
+more candidate types measure only what is missing) and :func:`slimedge.quant.allocate.allocate`.
 """
 
 from __future__ import annotations
@@ -78,30 +82,51 @@ def _chunks(tok, text: str, ctx: int, n_chunks: int):
     return torch.tensor(rows, dtype=torch.long)
 
 
+METHODS = ("proxy", "layerwise", "exhaustive")  # fastest first; exhaustive is the reference
+
+
+def resolve_device(device: str | None) -> str:
+    """``None``/``auto``: cuda when torch sees one, else cpu; ``cuda`` without one is a user error."""
+    import torch
+
+    d = (device or "auto").strip().lower()
+    if d == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if d.startswith("cuda") and not torch.cuda.is_available():
+        raise SlimedgeError(f"--device {device}: torch sees no CUDA device here; use --device cpu")
+    if not (d == "cpu" or d.startswith("cuda")):
+        raise SlimedgeError(f"--device {device}: expected cpu, cuda, cuda:N or auto")
+    return d
+
+
 def measure(src: str | Path, types: Mapping[str, list[str]] | None = None, text: str = "", *,
             imatrix: Mapping[str, object] | None = None, ctx: int = DEFAULT_CTX, chunks: int = DEFAULT_CHUNKS,
-            threads: int | None = None, progress: Progress = NULL_PROGRESS) -> Sensitivity:
+            threads: int | None = None, method: str = "proxy", device: str | None = None,
+            progress: Progress = NULL_PROGRESS) -> Sensitivity:
     """KL increase of each (tensor, type) alone (see the module docstring).
 
     ``types``: GGUF tensor name -> candidate types (default: every quantizable tensor with
     :data:`~slimedge.quant.allocate.DEFAULT_CANDIDATES` after fallbacks). ``imatrix``: GGUF tensor name ->
-    per-column importance (float32[row length], llama.cpp's mean squared activation), used to quantize."""
-    import numpy as np
-
+    per-column importance (float32[row length], llama.cpp's mean squared activation), used to quantize.
+    ``method``: ``exhaustive`` (one whole forward per pair), ``layerwise`` or ``proxy``
+    (:mod:`slimedge.calib.sensitivity_fast`)."""
     from ..threads import torch_threads
 
+    if method not in METHODS:
+        raise SlimedgeError(f"--sensitivity {method!r}: expected one of {', '.join(METHODS)}")
     torch_threads(threads)  # before torch loads: OpenMP reads its wait policy once (slimedge/threads.py)
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ..convert import plan as make_plan
-    from ..quant import dequantize, quantize
 
     src = Path(src)
+    dev = resolve_device(device)
     t0 = time.monotonic()
     _, hf = _hf_names(src)
+    p = make_plan(src)
+    shapes = {t.name: t.shape for t in p.tensors}
     if types is None:
-        p = make_plan(src)
         types = {t.name: candidate_types(t.name, t.shape) for t in quantizable(p)}
     from transformers.utils import logging as hf_logging
 
@@ -114,9 +139,30 @@ def measure(src: str | Path, types: Mapping[str, list[str]] | None = None, text:
     finally:
         if bars:
             hf_logging.enable_progress_bar()
-    model.eval()
+    model.eval().to(dev)
     params = dict(model.named_parameters(remove_duplicate=False))
     batch = _chunks(tok, text, ctx, chunks)
+    if method == "exhaustive":
+        costs = _exhaustive(model, params, hf, types, batch.to(dev), imatrix, threads, progress)
+    else:
+        from .sensitivity_fast import measure_fast
+
+        costs, _ = measure_fast(model, params, hf, dict(types), batch, batch_size=BATCH, device=dev,
+                                imatrix=imatrix, threads=threads, shapes=shapes, method=method,
+                                progress=progress)
+    sec = time.monotonic() - t0
+    log.info("sensitivity (%s, %s) of %d tensors measured on %d tokens in %.1f s", method, dev, len(costs),
+             batch.numel(), sec)
+    return Sensitivity(costs=costs, model=str(src), n_tokens=int(batch.numel()), imatrix=imatrix is not None,
+                       seconds=round(sec, 2), method=method)
+
+
+def _exhaustive(model, params, hf, types, batch, imatrix, threads, progress) -> dict[str, dict[str, float]]:
+    """One whole-model forward per (tensor, candidate): the reference measurement."""
+    import numpy as np
+    import torch
+
+    from ..quant import dequantize, quantize
 
     def logprobs():
         with torch.inference_mode():
@@ -145,7 +191,7 @@ def measure(src: str | Path, types: Mapping[str, list[str]] | None = None, text:
             if w is None:
                 raise RuntimeError(f"{name}: no torch parameter {hf_name!r} in the transformers model")
             orig = w.detach().clone()
-            x = orig.numpy().astype(np.float32, copy=False).reshape(-1, orig.shape[-1])
+            x = orig.cpu().numpy().astype(np.float32, copy=False).reshape(-1, orig.shape[-1])
             imp = None
             if imatrix is not None and name in imatrix:
                 imp = np.ascontiguousarray(np.asarray(imatrix[name], dtype=np.float32).reshape(-1))
@@ -153,21 +199,17 @@ def measure(src: str | Path, types: Mapping[str, list[str]] | None = None, text:
             for q in cands:
                 wq = dequantize(quantize(x, q, imatrix=imp, threads=threads, what=name), q, x.shape[-1])
                 with torch.no_grad():
-                    w.copy_(torch.from_numpy(wq.reshape(orig.shape)))
+                    w.copy_(torch.from_numpy(wq.reshape(orig.shape)).to(w.device))
                 costs[name][q] = max(0.0, kl())
                 progress.update(1, label=f"{name} {q}")
             with torch.no_grad():
                 w.copy_(orig)
     finally:
         progress.close()
-    sec = time.monotonic() - t0
-    log.info("sensitivity of %d tensors x candidates measured on %d tokens in %.1f s", len(costs),
-             batch.numel(), sec)
-    return Sensitivity(costs=costs, model=str(src), n_tokens=int(batch.numel()), imatrix=imatrix is not None,
-                       seconds=round(sec, 2))
+    return costs
 
 
-def _key(src: Path, text: str, imatrix, types, ctx: int, chunks: int) -> str:
+def _key(src: Path, text: str, imatrix, method: str, ctx: int, chunks: int) -> str:
     h = hashlib.sha256()
     for f in sorted(src.glob("*.safetensors")) + [src / "config.json"]:
         st = f.stat()
@@ -177,7 +219,7 @@ def _key(src: Path, text: str, imatrix, types, ctx: int, chunks: int) -> str:
         for k in sorted(imatrix):
             h.update(k.encode())
             h.update(memoryview(__import__("numpy").ascontiguousarray(imatrix[k], dtype="float32")).cast("B"))
-    h.update(json.dumps([sorted(types), ctx, chunks]).encode())
+    h.update(json.dumps([method, ctx, chunks]).encode())
     return h.hexdigest()[:16]
 
 
@@ -195,23 +237,38 @@ def importance(src: Path, imatrix) -> dict | None:
 
 def sensitivity(src: str | Path, text: str, *, imatrix=None, types=DEFAULT_CANDIDATES, ctx: int = DEFAULT_CTX,
                 chunks: int = DEFAULT_CHUNKS, cache: str | Path | None = None, threads: int | None = None,
-                progress: Progress = NULL_PROGRESS) -> Sensitivity:
-    """:func:`measure` with ``types`` for every quantizable tensor, reusing ``cache`` (a JSON file) when
-    it was measured with the same model files, text, importance matrix and settings."""
+                method: str = "proxy", device: str | None = None, progress: Progress = NULL_PROGRESS
+                ) -> Sensitivity:
+    """:func:`measure` with ``types`` for every quantizable tensor. ``cache`` (a JSON file) holds the cost of
+    each (tensor, type) measured with the same model files, text, importance matrix, method and settings:
+    those are reused, only the missing pairs are measured (a second budget, or more candidate types)."""
     from ..convert import plan as make_plan
 
     src = Path(src)
     imatrix = importance(src, imatrix)
-    key = _key(src, text, imatrix, types, ctx, chunks)
-    if cache is not None and Path(cache).is_file():
-        s = Sensitivity.load(cache)
-        if s.key == key:
-            log.info("reusing sensitivities from %s", cache)
-            return s
-        log.info("%s was measured with other inputs; measuring again", cache)
+    key = _key(src, text, imatrix, method, ctx, chunks)
     p = make_plan(src)
-    per = {t.name: candidate_types(t.name, t.shape, types) for t in quantizable(p)}
-    s = measure(src, per, text, imatrix=imatrix, ctx=ctx, chunks=chunks, threads=threads, progress=progress)
+    per = {t.name: candidate_types(t.name, t.shape, types, has_imatrix=imatrix is not None) for t in quantizable(p)}
+    old = None
+    if cache is not None and Path(cache).is_file():
+        old = Sensitivity.load(cache)
+        if old.key != key:
+            log.info("%s was measured with other inputs; measuring again", cache)
+            old = None
+    have = old.costs if old is not None else {}
+    missing = {n: [q for q in c if q not in have.get(n, {})] for n, c in per.items()}
+    missing = {n: c for n, c in missing.items() if c}
+    if not missing:
+        log.info("reusing sensitivities from %s", cache)
+        return old
+    if old is not None:
+        log.info("%s: measuring %d missing (tensor, type) pairs", cache, sum(map(len, missing.values())))
+    s = measure(src, missing, text, imatrix=imatrix, ctx=ctx, chunks=chunks, threads=threads, method=method,
+                device=device, progress=progress)
+    if old is not None:
+        for n, c in old.costs.items():
+            s.costs[n] = {**c, **s.costs.get(n, {})}
+        s.seconds = round(s.seconds + old.seconds, 2)
     s.key = key
     if cache is not None:
         s.save(cache)
@@ -221,7 +278,8 @@ def sensitivity(src: str | Path, text: str, *, imatrix=None, types=DEFAULT_CANDI
 def auto_allocation(src: str | Path, text: str, *, target_bpw: float | None = None,
                     target_size: str | int | None = None, imatrix=None, types=DEFAULT_CANDIDATES,
                     ctx: int = DEFAULT_CTX, chunks: int = DEFAULT_CHUNKS, cache: str | Path | None = None,
-                    threads: int | None = None, progress: Progress = NULL_PROGRESS) -> Allocation:
+                    threads: int | None = None, method: str = "proxy", device: str | None = None,
+                    progress: Progress = NULL_PROGRESS) -> Allocation:
     """The quality-driven mix of ``src`` within the budget (``allocation.spec()`` is its QuantSpec)."""
     from ..convert import plan as make_plan
     from ..quant.mixes import QuantSpec
@@ -232,6 +290,7 @@ def auto_allocation(src: str | Path, text: str, *, target_bpw: float | None = No
     budget, how = budget_bytes(lambda mix: make_plan(src, QuantSpec(mix), imatrix=imatrix),
                                target_bpw=target_bpw, target_size=target_size)
     s = sensitivity(src, text, imatrix=imatrix, types=types, ctx=ctx, chunks=chunks, cache=cache,
-                    threads=threads, progress=progress)
-    return allocate(base, s.costs, budget, target=how, types=types,
-                    extra={"calib_tokens": s.n_tokens, "imatrix": bool(imatrix is not None)})
+                    threads=threads, method=method, device=device, progress=progress)
+    return allocate(base, s.costs, budget, target=how, types=types, has_imatrix=imatrix is not None,
+                    extra={"calib_tokens": s.n_tokens, "imatrix": bool(imatrix is not None),
+                           "sensitivity": s.method})

@@ -45,6 +45,12 @@ def _parse_override(value: str) -> tuple[str, str]:
               help="With --type auto: calibration text the per-tensor sensitivities are measured on.")
 @click.option("--sensitivity", "sens_cache", type=click.Path(path_type=Path), default=None, metavar="FILE.json",
               help="With --type auto: reuse (or write) the measured sensitivities here.")
+@click.option("--sensitivity-method", "sens_method", type=click.Choice(["proxy", "layerwise", "exhaustive"]),
+              default="proxy", show_default=True,
+              help="With --type auto: how sensitivities are measured (proxy: fast, calibrated per tensor; "
+                   "layerwise: exact partial forwards; exhaustive: one whole forward per tensor and type).")
+@click.option("--device", "sens_device", default="auto", show_default=True, metavar="auto|cpu|cuda",
+              help="With --type auto: torch device for the sensitivities (auto: cuda when there is one).")
 @click.option("--base", "lora_base", type=click.Path(path_type=Path), default=None, metavar="BASE",
               help="SRC is a PEFT LoRA adapter folder trained on BASE (a Hugging Face folder): write llama.cpp's "
                    "LoRA GGUF (--type f32, f16, bf16 or q8_0), or with --merge the base with the adapter folded in.")
@@ -57,7 +63,8 @@ def _parse_override(value: str) -> tuple[str, str]:
 def cli(src: Path, out: Path | None, ftype: str, overrides: tuple[str, ...], output_tensor_type: str | None,
         token_embedding_type: str | None, pure: bool, imatrix: Path | None, dry_run: bool,
         target_bpw: float | None, target_size: str | None, calib: Path | None, sens_cache: Path | None,
-        lora_base: Path | None, merge: bool, tune, threads: int | None, overwrite: bool, quiet: bool) -> None:
+        sens_method: str, sens_device: str, lora_base: Path | None, merge: bool, tune, threads: int | None,
+        overwrite: bool, quiet: bool) -> None:
     """Convert a Hugging Face model (or an F32/F16/BF16 GGUF) to GGUF, quantized.
 
     SRC is a model folder (config.json, *.safetensors, tokenizer files), an F32/F16/BF16 GGUF file to
@@ -93,7 +100,8 @@ def cli(src: Path, out: Path | None, ftype: str, overrides: tuple[str, ...], out
         if calib is None:
             raise SlimedgeError("--type auto needs --calib FILE|DIR: the text sensitivities are measured on")
         alloc = auto_allocation(src, read_text(calib), target_bpw=target_bpw, target_size=target_size,
-                                imatrix=imatrix, cache=sens_cache, threads=threads, progress=make_progress(quiet))
+                                imatrix=imatrix, cache=sens_cache, threads=threads, method=sens_method,
+                                device=sens_device, progress=make_progress(quiet))
         spec = alloc.spec(output_tensor_type=output_tensor_type, token_embedding_type=token_embedding_type)
         if dry_run or not quiet:
             click.echo(alloc.table(), err=not dry_run)

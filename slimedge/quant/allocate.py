@@ -35,8 +35,13 @@ from ..errors import SlimedgeError
 
 log = logging.getLogger(__name__)
 
-# the standard GGML types an auto mix chooses from, smallest first
-DEFAULT_CANDIDATES: tuple[str, ...] = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_0")
+# the k-quants and Q8_0: the candidates of earlier releases (and of the bundles' profiles)
+KQUANT_CANDIDATES: tuple[str, ...] = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_0")
+# every quantized type slimedge writes and llama.cpp runs, smallest first (bits per weight): what an auto mix
+# chooses from. Left out: the ternary TQ1_0/TQ2_0 and Q1_0/Q2_0 (for models trained for them) and NVFP4.
+DEFAULT_CANDIDATES: tuple[str, ...] = (
+    "IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "Q2_K", "IQ3_XXS", "IQ3_S", "Q3_K", "IQ4_XS", "MXFP4",
+    "Q4_0", "IQ4_NL", "Q4_K", "Q4_1", "Q5_0", "Q5_K", "Q5_1", "Q6_K", "Q8_0")
 DP_UNITS = 20_000  # budget resolution of the dynamic programme (the greedy fill then works in bytes)
 MIX_PREFIX = "slimedge.mix."  # GGUF metadata keys of an auto mix
 
@@ -178,20 +183,28 @@ def dominant_mix(types: dict[str, str], sizes: dict[str, int]) -> str:
         by[t] = by.get(t, 0) + sizes.get(n, 0)
     top = max(by, key=by.get) if by else "Q4_K"
     return {"Q2_K": "Q2_K", "Q3_K": "Q3_K_M", "Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M", "Q6_K": "Q6_K",
-            "Q8_0": "Q8_0", "Q4_0": "Q4_0", "Q4_1": "Q4_1", "Q5_0": "Q5_0", "Q5_1": "Q5_1"}.get(top, "Q4_K_M")
+            "Q8_0": "Q8_0", "Q4_0": "Q4_0", "Q4_1": "Q4_1", "Q5_0": "Q5_0", "Q5_1": "Q5_1", "IQ1_S": "IQ1_S",
+            "IQ1_M": "IQ1_M", "IQ2_XXS": "IQ2_XXS", "IQ2_XS": "IQ2_XS", "IQ2_S": "IQ2_S", "IQ3_XXS": "IQ3_XXS",
+            "IQ3_S": "IQ3_S", "IQ4_XS": "IQ4_XS", "IQ4_NL": "IQ4_NL", "MXFP4": "MXFP4_MOE"}.get(top, "Q4_K_M")
 
 
-def candidate_types(name: str, shape: tuple[int, ...], types=DEFAULT_CANDIDATES) -> list[str]:
-    """The distinct types ``types`` become for this tensor after block-size fallbacks, in order."""
+def candidate_types(name: str, shape: tuple[int, ...], types=DEFAULT_CANDIDATES, *,
+                    has_imatrix: bool = False) -> list[str]:
+    """The distinct types ``types`` become for this tensor after block-size fallbacks, in order; without an
+    importance matrix, the types llama.cpp refuses to quantize this tensor to without one are left out."""
     from gguf import GGMLQuantizationType as T
 
-    from .mixes import fallback
+    from .mixes import QuantSpec, fallback, requires_imatrix
+    from .types import REQUIRES_IMATRIX
 
+    spec = QuantSpec("Q8_0")
     out: list[str] = []
     for t in types:
-        q = fallback(name, shape[-1], T[t.upper()]).name
-        if q not in out:
-            out.append(q)
+        q = fallback(name, shape[-1], T[t.upper()])
+        if not has_imatrix and (q in REQUIRES_IMATRIX or requires_imatrix(name, q, spec)):
+            continue
+        if q.name not in out:
+            out.append(q.name)
     return out
 
 
@@ -203,12 +216,13 @@ def quantizable(plan) -> list:
 
 
 def allocate(plan, costs: dict[str, dict[str, float]], budget: int, *, target: str = "",
-             types=DEFAULT_CANDIDATES, extra: dict | None = None) -> Allocation:
+             types=DEFAULT_CANDIDATES, extra: dict | None = None, has_imatrix: bool = False) -> Allocation:
     """Choose a type for every quantizable tensor of ``plan`` (a :class:`slimedge.convert.Plan`; only its
     names, shapes and the sizes of the other tensors are used) within ``budget`` bytes of tensor data.
 
     ``costs``: tensor -> type -> measured KL increase (:class:`Sensitivity`); a tensor or type without a
-    cost is an error naming it (measure with the same candidate types)."""
+    cost is an error naming it (measure with the same candidate types). ``has_imatrix``: the file is written
+    with an importance matrix (so the types that need one are candidates too)."""
     from gguf import GGMLQuantizationType as T
 
     from .types import tensor_nbytes
@@ -222,7 +236,7 @@ def allocate(plan, costs: dict[str, dict[str, float]], budget: int, *, target: s
         if have is None:
             raise SlimedgeError(f"{t.name}: no sensitivity measured for this tensor; measure again for this model")
         cands = []
-        for q in candidate_types(t.name, t.shape, types):
+        for q in candidate_types(t.name, t.shape, types, has_imatrix=has_imatrix):
             if q not in have:
                 raise SlimedgeError(f"{t.name}: no sensitivity measured for type {q}; measure again with "
                                     f"candidate types {','.join(types)}")
@@ -287,6 +301,7 @@ class Sensitivity:
     n_tokens: int = 0  # calibration tokens scored
     imatrix: bool = False  # quantized with importance weights
     seconds: float = 0.0
+    method: str = "exhaustive"  # how: exhaustive, layerwise or proxy (slimedge.calib.sensitivity)
 
     def save(self, path: str | Path) -> None:
         from ..publish import write_atomic

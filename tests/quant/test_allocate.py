@@ -70,9 +70,10 @@ def test_budget_below_smallest_is_a_user_error():
 
 
 def test_candidate_fallbacks():
-    assert candidate_types("blk.0.ffn_down.weight", (256, 512)) == ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_0"]
+    kq = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_0")
+    assert candidate_types("blk.0.ffn_down.weight", (256, 512), kq) == list(kq)
     # rows of 96: no k-quant block fits -> the legacy fallbacks, deduplicated
-    assert candidate_types("blk.0.ffn_down.weight", (64, 96)) == ["Q4_0", "Q5_0", "Q5_1", "Q8_0"]
+    assert candidate_types("blk.0.ffn_down.weight", (64, 96), kq) == ["Q4_0", "Q5_0", "Q5_1", "Q8_0"]
 
 
 def test_parse_size():

@@ -1,0 +1,254 @@
+"""Sensitivities at real model sizes: cached block inputs, partial forwards and a calibrated proxy.
+
+The exhaustive measurement (:func:`slimedge.calib.sensitivity.measure`) runs the whole model once per
+(tensor, candidate type). Here the float model runs once, with hooks keeping
+
+* each decoder block's input for every calibration batch (and what the block returned), so a tensor of
+  block *i* is measured by running only blocks *i..end* from the cached input (the blocks before it are
+  swapped for modules that return their cached outputs): the same KL as a whole forward, for about
+  (L - i) / L of its cost;
+* each linear layer's input on a subsample of the calibration tokens (``proxy_tokens``).
+
+Then, per tensor:
+
+1. **Proxy** for every candidate type, all candidates in one batched matmul: the output error
+   ``E(q) = mean_tokens ||(W_q - W) x||²``, estimated on a fixed subsample of the weight's rows
+   (``proxy_rows``; only these rows are quantized, so trying 20 types costs little). For the embedding the
+   "input" is the calibration tokens themselves (the squared error of the looked-up rows).
+2. **Pruning by dominance**: a candidate no smaller than another with no lower proxy error cannot be the
+   better choice; it is not measured.
+3. **Calibration**: KL(unquantized || only this tensor quantized) is measured exactly (partial forward) for
+   one reference candidate (``method="proxy"``, the middle survivor by size) or for every survivor
+   (``method="layerwise"``). With the proxy each type's cost is ``KL_ref * E(q) / E(ref)`` (KL is
+   quadratic in a small output perturbation, as E is); a dominated candidate gets the cost of the
+   candidate that dominates it (a hair more), so the allocation never prefers it.
+
+Tensors whose module is not a plain ``nn.Linear``/``nn.Embedding`` (fused expert tensors, ...) are measured
+exactly for every candidate. Everything runs on ``device`` (``cuda`` when asked and present); the
+quantizers run on the CPU (the bytes the file will hold).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from ..progress import NULL_PROGRESS, Progress
+
+log = logging.getLogger(__name__)
+
+PROXY_ROWS = 256  # weight rows quantized per candidate for the proxy error
+PROXY_TOKENS = 512  # calibration tokens whose linear inputs are kept for the proxy
+_BLK = re.compile(r"^blk\.(\d+)\.")
+
+
+def _skip(runner: "Runner", j: int):
+    """A module standing in for decoder block j: it returns what block j returned in the reference run for
+    the current batch (so the blocks before the measured one cost nothing)."""
+    import torch
+
+    class Skip(torch.nn.Module):
+        def forward(self, *args, **kwargs):
+            return runner.block_out[j][runner.cur]
+
+    return Skip()
+
+
+class Runner:
+    """The float model, the calibration batches, the reference log-probabilities and the cached
+    activations; :meth:`kl` measures the KL with the model's current weights from a block on."""
+
+    def __init__(self, model, batch, batch_size: int, device: str, proxy_tokens: int = PROXY_TOKENS):
+        import torch
+
+        self.model, self.device, self.cur = model, device, 0
+        self.batches = [batch[i:i + batch_size].to(device) for i in range(0, len(batch), batch_size)]
+        self.layers = _decoder_layers(model)
+        self.modules = dict(model.named_modules())
+        self.block_out = [[] for _ in self.layers]
+        self.inputs: dict[str, object] = {}  # module name -> [tokens, in] float32 on device
+        self.token_ids = batch.reshape(-1)
+        hooks, seen = [], {}
+        for j, layer in enumerate(self.layers):
+            hooks.append(layer.register_forward_hook(lambda m, a, out, j=j: self.block_out[j].append(out)))
+        n_tok = batch.numel()
+        gen = torch.Generator().manual_seed(0)
+        pick = torch.randperm(n_tok, generator=gen)[:proxy_tokens].sort().values
+        per = batch[:batch_size].numel()  # tokens per batch (the last may be shorter)
+        self._picks = [(pick[(pick >= k * per) & (pick < (k + 1) * per)] - k * per).to(device)
+                       for k in range(len(self.batches))]
+        for name, mod in model.named_modules():
+            if isinstance(mod, torch.nn.Linear):
+                def keep(m, args, name=name):
+                    x = args[0].detach().reshape(-1, args[0].shape[-1])
+                    idx = self._picks[self.cur]
+                    seen.setdefault(name, []).append(x[idx[idx < x.shape[0]]].float())
+                hooks.append(mod.register_forward_pre_hook(keep))
+        try:
+            with torch.inference_mode():
+                ref = []
+                for k, b in enumerate(self.batches):
+                    self.cur = k
+                    ref.append(torch.log_softmax(model(input_ids=b).logits.float(), -1))
+        finally:
+            for h in hooks:
+                h.remove()
+        self.inputs = {name: torch.cat(xs) for name, xs in seen.items()}
+        self.p_ref = [r.exp() for r in ref]
+        self.neg_ent = [(p * r).sum(-1) for p, r in zip(self.p_ref, ref)]
+
+    def kl(self, start: int = 0) -> float:
+        """Mean KL(reference || current model) per token, running blocks ``start``.. from cached inputs."""
+        import torch
+
+        saved = [self.layers[j] for j in range(start)]
+        parent = self.layers
+        for j in range(start):
+            parent[j] = _skip(self, j)
+        try:
+            out = []
+            with torch.inference_mode():
+                for k, b in enumerate(self.batches):
+                    self.cur = k
+                    lq = torch.log_softmax(self.model(input_ids=b).logits.float(), -1)
+                    out.append(self.neg_ent[k] - (self.p_ref[k] * lq).sum(-1))
+            return max(0.0, float(torch.cat(out).mean()))
+        finally:
+            for j, m in enumerate(saved):
+                parent[j] = m
+
+
+def _decoder_layers(model):
+    """The ModuleList of decoder blocks (the longest ModuleList whose length is the layer count)."""
+    import torch
+
+    n = getattr(model.config, "num_hidden_layers", None)
+    lists = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) == n]
+    if not lists:
+        raise RuntimeError(f"no ModuleList of {n} decoder blocks in {type(model).__name__}")
+    return lists[0]
+
+
+def start_block(gguf_name: str, n_layer: int) -> int:
+    """The first block a change of this tensor reaches: its own block, all of them (embeddings and other
+    tensors outside the blocks), or none (``output.weight``: only the head runs)."""
+    m = _BLK.match(gguf_name)
+    if m:
+        return int(m.group(1))
+    return n_layer if gguf_name == "output.weight" else 0
+
+
+def proxy_errors(w, mod_name: str, runner: Runner, cands: list[str], quant, rows: int = PROXY_ROWS):
+    """{type: estimated mean squared output error} for a Linear/Embedding weight, or None for other
+    modules. ``quant(x, q)`` returns the dequantized float32 rows (the file's bytes)."""
+    import numpy as np
+    import torch
+
+    module = runner.modules.get(mod_name)
+    x2 = w.detach().float().cpu().numpy().reshape(-1, w.shape[-1])
+    if isinstance(module, torch.nn.Embedding):
+        used, counts = np.unique(runner.token_ids.numpy(), return_counts=True)
+        sel = used if len(used) <= rows else used[np.linspace(0, len(used) - 1, rows).astype(int)]
+        wts = counts[np.searchsorted(used, sel)].astype(np.float64)
+        sub = x2[sel]
+        out = {}
+        for q in cands:
+            d = quant(sub, q) - sub
+            out[q] = float(((d.astype(np.float64) ** 2).sum(-1) * wts).sum() / wts.sum())
+        return out
+    if not isinstance(module, torch.nn.Linear) or w.dim() != 2:
+        return None
+    x = runner.inputs.get(mod_name)
+    if x is None:
+        return None
+    n_rows = x2.shape[0]
+    sel = np.arange(n_rows) if n_rows <= rows else np.linspace(0, n_rows - 1, rows).astype(int)
+    sub = np.ascontiguousarray(x2[sel])
+    deltas = torch.from_numpy(np.stack([quant(sub, q) - sub for q in cands])).to(x.device)  # [C, r, in]
+    with torch.inference_mode():
+        dy = torch.einsum("ti,cri->ctr", x, deltas)
+        err = dy.double().pow(2).sum((1, 2)) / x.shape[0] * (n_rows / len(sel))
+    return {q: float(e) for q, e in zip(cands, err.cpu())}
+
+
+def prune(errors: dict[str, float], nbytes: dict[str, int]) -> dict[str, str]:
+    """Dominated candidate -> the candidate that dominates it (no larger, strictly lower error; or the
+    same size and error, the first listed)."""
+    out: dict[str, str] = {}
+    order = sorted(errors, key=lambda q: (nbytes[q], errors[q]))
+    best = None
+    for q in order:
+        if best is not None and errors[q] >= errors[best]:
+            out[q] = best
+        else:
+            best = q
+    return out
+
+
+def measure_fast(model, params: dict, hf: dict, types: dict, batch, *, batch_size: int, device: str,
+                 imatrix, threads, shapes: dict, method: str = "proxy", proxy_rows: int = PROXY_ROWS,
+                 progress: Progress = NULL_PROGRESS) -> tuple[dict, dict]:
+    """(costs, details): tensor -> type -> estimated KL; details: tensor -> how it was measured."""
+    import numpy as np
+    import torch
+    from gguf import GGMLQuantizationType as T
+
+    from ..quant import dequantize, quantize
+    from ..quant.types import tensor_nbytes
+
+    runner = Runner(model, batch, batch_size, device)
+    n_layer = len(runner.layers)
+    costs: dict[str, dict[str, float]] = {}
+    details: dict[str, dict] = {}
+    progress.start(len(types), unit="tensors", desc="sensitivity")
+    try:
+        for name, cands in types.items():
+            hf_name = hf.get(name)
+            w = params.get(hf_name) if hf_name else None
+            if w is None:
+                raise RuntimeError(f"{name}: no torch parameter {hf_name!r} in the transformers model")
+            imp = None
+            if imatrix is not None and name in imatrix:
+                imp = np.ascontiguousarray(np.asarray(imatrix[name], dtype=np.float32).reshape(-1))
+
+            def quant(x, q, imp=imp, name=name):
+                return dequantize(quantize(x, q, imatrix=imp, threads=threads, what=name), q, x.shape[-1])
+
+            start = start_block(name, n_layer)
+            orig = w.detach().clone()
+
+            def exact(q):
+                x = orig.float().cpu().numpy().reshape(-1, orig.shape[-1])
+                with torch.no_grad():
+                    w.copy_(torch.from_numpy(quant(x, q).reshape(orig.shape)).to(w.device, w.dtype))
+                try:
+                    return runner.kl(start)
+                finally:
+                    with torch.no_grad():
+                        w.copy_(orig)
+
+            err = proxy_errors(w, hf_name.rsplit(".", 1)[0], runner, cands, quant, proxy_rows)
+            if err is None:
+                costs[name] = {q: exact(q) for q in cands}
+                details[name] = {"how": "exact"}
+            else:
+                nb = {q: tensor_nbytes(shapes[name], T[q]) for q in cands}
+                dom = prune(err, nb)
+                live = sorted((q for q in cands if q not in dom), key=lambda q: nb[q])
+                c: dict[str, float] = {}
+                if method == "layerwise":
+                    for q in live:
+                        c[q] = exact(q)
+                else:
+                    ref = live[len(live) // 2]
+                    k_ref = exact(ref)
+                    scale = k_ref / err[ref] if err[ref] > 0 else 0.0
+                    c = {q: (k_ref if q == ref else scale * err[q]) for q in live}
+                for q, by in dom.items():
+                    c[q] = c[by] * (1 + 1e-6) + 1e-12
+                costs[name] = {q: c[q] for q in cands}
+                details[name] = {"how": method, "pruned": sorted(dom), "proxy": err}
+            progress.update(1, label=name)
+    finally:
+        progress.close()
+    return costs, details
