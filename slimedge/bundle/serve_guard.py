@@ -4,12 +4,14 @@ llama-cpp-python's server answers a malformed body, an unknown message role or a
 and a traceback, and takes ``"max_tokens": -5`` (or none, in a chat) as "generate until the context is
 full". :class:`Guard` wraps its app and answers such requests itself, the way the OpenAI API does: status
 400 and ``{"error": {"message", "type", "param", "code"}}`` naming the field; 413 for a body over
-``max_body_bytes`` (408 for one that stalls); 429 (with ``Retry-After``) when ``max_concurrent`` POST requests are already in flight
-or waiting for the model; 401 for a missing/wrong API key (checked first, before the body is read). A
-request that passes is handed on unchanged, except that a missing ``max_tokens`` of a chat (or a null one)
-becomes ``max_tokens_limit``. Field types and values are checked with the server's own request models
-(pydantic), plus the rules those models leave out: ``messages``/``prompt`` required, known roles,
-``1 <= max_tokens <= max_tokens_limit``, one prompt per request, finite numbers.
+``max_body_bytes`` (408 for one that stalls); 429 (with ``Retry-After``) when ``max_concurrent`` POST
+requests are already in flight or waiting for the model; 401 for a missing/wrong API key (checked first,
+before the body is read). A request that passes is handed on with its body as sent, except that a chat
+without ``max_tokens`` (or a null one) gets ``max_tokens_limit`` and text content parts are joined. Field
+types and values are checked with the server's own request models (pydantic), plus the rules those models
+leave out: ``messages``/``prompt`` required, known roles, ``1 <= max_tokens <= max_tokens_limit``, one
+text prompt per request, finite numbers, and what would crash llama.cpp or the server (see
+:func:`_check_sampling`, :func:`_check_vocab`).
 
 Standard library and llama-cpp-python only: the bundle launcher (``run``) loads this file from beside
 itself (``slimedge build`` copies it into every bundle), and ``slimedge serve`` runs the same launcher.
@@ -181,7 +183,8 @@ def _check_tools(body: dict) -> None:
         name = (choice.get("function") or {}).get("name")
         names = [(t.get("function") or {}).get("name") for t in body.get("tools") or []]
         if name not in names:
-            raise Reject(400, f"tool_choice names function {name!r}, which is not in 'tools' ({', '.join(map(str, names)) or 'none'})",
+            listed = ", ".join(map(str, names)) or "none"
+            raise Reject(400, f"tool_choice names function {name!r}, which is not in 'tools' ({listed})",
                          "tool_choice")
 
 

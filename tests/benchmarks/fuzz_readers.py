@@ -16,7 +16,8 @@ Each mutant is read in a child process (memory capped at 2 GiB, 10 s per mutant)
 
 * clean: a one-line :class:`SlimedgeError` naming the file;
 * accepted: read without complaint (a mutation a format does not notice, e.g. in a float value);
-* crash: any other exception (a NumPy overflow warning counts as one), a hang, a child killed by a signal, or a file left beside the input.
+* crash: any other exception (a NumPy overflow warning counts as one), a hang, a child killed by a
+  signal, or a file left beside the input.
 
 Crash classes are printed (exception type, where raised, first mutant) so each can be fixed at its reader.
 Every run is reproducible from ``--seed``. ``tests/test_fuzz_readers.py`` runs a few hundred of each.
@@ -76,7 +77,8 @@ def _seed_imatrix(d: Path, legacy: bool) -> Path:
 
     rng = np.random.default_rng(1)
     entries = {"blk.0.attn_q.weight": ImatrixEntry(rng.random(32, dtype=np.float32) * 10, np.array([40], np.int64)),
-               "blk.0.ffn_up_exps.weight": ImatrixEntry(rng.random(2 * 16, dtype=np.float32), np.array([5, 7], np.int64))}
+               "blk.0.ffn_up_exps.weight": ImatrixEntry(rng.random(2 * 16, dtype=np.float32),
+                                                        np.array([5, 7], np.int64))}
     imx = Imatrix(entries, ["calib.txt"], chunk_count=3, chunk_size=32)
     if legacy:
         del imx.entries["blk.0.ffn_up_exps.weight"]  # legacy files hold one count per entry
