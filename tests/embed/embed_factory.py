@@ -88,7 +88,45 @@ def _gemma(dir: Path) -> None:
     _save(transformers.Gemma3TextModel(cfg), dir)
 
 
-FAMILIES = {"bert": _bert, "qwen3": _qwen3, "gemma": _gemma}
+def _modernbert(dir: Path) -> None:
+    """ModernBERT's shape: no biases, GeGLU, alternating global/local layers (window 8, shorter than most test
+    sentences, so the sliding is exercised); a byte-level BPE framed as [CLS] … [SEP]."""
+    import transformers
+
+    n_vocab, special = _bpe_framed(dir)
+    cfg = transformers.ModernBertConfig(
+        vocab_size=n_vocab, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+        max_position_embeddings=128, local_attention=8, global_attn_every_n_layers=2, initializer_range=0.1,
+        global_rope_theta=160000.0, local_rope_theta=10000.0, **special)
+    _save(transformers.ModernBertModel(cfg), dir)
+
+
+def _bpe_framed(dir: Path) -> tuple[int, dict]:
+    from tokenizers import AddedToken, Tokenizer, processors
+
+    tokfactory.train_bpe(dir, scheme="gpt2", vocab_size=1000)
+    tok = Tokenizer.from_file(str(dir / "tokenizer.json"))
+    names = ("[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]")
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in names])
+    ids = {t: tok.token_to_id(t) for t in names}
+    tok.post_processor = processors.Sequence([
+        processors.ByteLevel(trim_offsets=False),
+        processors.TemplateProcessing(single="[CLS]:0 $A:0 [SEP]:0", pair="[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1",
+                                      special_tokens=[("[CLS]", ids["[CLS]"]), ("[SEP]", ids["[SEP]"])])])
+    tok.save(str(dir / "tokenizer.json"))
+    cfg = json.loads((dir / "tokenizer_config.json").read_text())
+    for key in ("add_bos_token", "add_eos_token", "chat_template"):
+        cfg.pop(key, None)
+    cfg.update(bos_token="[CLS]", eos_token="[SEP]", cls_token="[CLS]", sep_token="[SEP]", pad_token="[PAD]",
+               unk_token="[UNK]", mask_token="[MASK]")
+    (dir / "tokenizer_config.json").write_text(json.dumps(cfg, ensure_ascii=False))
+    (dir / "special_tokens_map.json").unlink(missing_ok=True)
+    return tok.get_vocab_size(), {"pad_token_id": ids["[PAD]"], "bos_token_id": ids["[CLS]"],
+                                  "eos_token_id": ids["[SEP]"], "cls_token_id": ids["[CLS]"],
+                                  "sep_token_id": ids["[SEP]"]}
+
+
+FAMILIES = {"bert": _bert, "qwen3": _qwen3, "gemma": _gemma, "modernbert": _modernbert}
 
 
 def _save(model, dir: Path) -> None:
