@@ -203,7 +203,10 @@ def _check_vocab(path: str, body: dict, llama) -> None:
 
 def check_request(path: str, raw: bytes, limits: Limits, llama=None) -> bytes:
     """The body to hand on for a POST to ``path``, or :class:`Reject` (``llama``: the served model, for
-    the checks that need its vocabulary)."""
+    the checks that need its vocabulary). A path the server has no request model for is handed on as is
+    (its 404/405 is the server's)."""
+    if path not in _request_models():
+        return raw
     body = parse_body(raw)
     if path == CHAT:
         _check_messages(body.get("messages"))

@@ -66,6 +66,7 @@ def test_passing_requests_and_the_max_tokens_default():
     body = {"messages": MSG, "max_tokens": 32, "temperature": 0.5, "stop": ["\n"], "seed": 3}
     assert checked(CHAT, body) == body
     assert checked("/v1/models", {"anything": 1}) == {"anything": 1}  # no model for other paths
+    assert check_request("/nowhere", b"{not json", LIMITS) == b"{not json"  # the server's 404 is its own
 
 
 class Recorder:

@@ -112,3 +112,8 @@ def test_bundle_run_serve_has_the_same_guard(serve_bundle, start_server):
     status, _, err = post(srv, CHAT, {"messages": MSG, "max_tokens": 17})
     assert status == 400 and err["error"]["param"] == "max_tokens" and "16" in err["error"]["message"]
     assert_answers(srv)
+
+
+def test_unknown_path_is_the_servers_404(server):
+    assert post(server, "/v1/nowhere", b"{not json")[0] == 404
+    assert_answers(server)
