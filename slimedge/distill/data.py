@@ -238,19 +238,38 @@ def _pieces_of_file(path: str, name: str) -> Iterator[tuple[str, bool, bool]]:
 def _hf_dataset_files(folder: str) -> list[str] | None:
     """The Arrow files of a ``save_to_disk`` folder (a Dataset, or a DatasetDict's train/first split)."""
     if os.path.isfile(os.path.join(folder, "dataset_dict.json")):
-        with open(os.path.join(folder, "dataset_dict.json"), encoding="utf-8") as f:
-            splits = json.load(f).get("splits") or []
-        if not splits:
-            raise SlimedgeError(f"{folder}/dataset_dict.json lists no splits")
+        splits = _json_object(os.path.join(folder, "dataset_dict.json")).get("splits") or []
+        if not (isinstance(splits, list) and splits and all(_plain_name(x) for x in splits)):
+            raise SlimedgeError(f"{folder}/dataset_dict.json lists no splits (or not as folder names); "
+                                "re-save the dataset with save_to_disk")
         return _hf_dataset_files(os.path.join(folder, "train" if "train" in splits else splits[0]))
     state = os.path.join(folder, "state.json")
     if not (os.path.isfile(state) and os.path.isfile(os.path.join(folder, "dataset_info.json"))):
         return None
-    with open(state, encoding="utf-8") as f:
-        files = [d["filename"] for d in json.load(f).get("_data_files", [])]
-    if not files:
-        raise SlimedgeError(f"{state} lists no data files; re-save the dataset with save_to_disk")
+    entries = _json_object(state).get("_data_files", [])
+    files = [d.get("filename") for d in entries if isinstance(d, dict)] if isinstance(entries, list) else []
+    if not files or len(files) != len(entries) or not all(_plain_name(n) for n in files):
+        raise SlimedgeError(f"{state} lists no data files (or not as file names in its folder); re-save the "
+                            "dataset with save_to_disk")
     return [os.path.join(folder, n) for n in files]
+
+
+def _plain_name(name) -> bool:
+    """A file or folder name inside the dataset folder (no path, no '..')."""
+    return isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name \
+        and "\0" not in name and len(name.encode("utf-8", "surrogatepass")) <= 255
+
+
+def _json_object(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            obj = json.load(f)
+    except (ValueError, OSError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise SlimedgeError(f"{path}: not readable JSON ({str(exc).splitlines()[0][:100]}); re-save the dataset "
+                            "with save_to_disk") from None
+    if not isinstance(obj, dict):
+        raise SlimedgeError(f"{path}: not a JSON object; re-save the dataset with save_to_disk")
+    return obj
 
 
 def source_files(path: str) -> list[str]:

@@ -4,7 +4,8 @@
 
 Readers: ``gguf`` (slimedge.gguf_info.read_info), ``imatrix-gguf`` and ``imatrix-dat``
 (slimedge.quant.imatrix_file.read_imatrix), ``safetensors`` (slimedge.source.hf.read_safetensors_header),
-``parquet`` and ``arrow`` (slimedge.distill.data.load_texts: the Parquet/Arrow data path), ``manifest``
+``parquet``, ``arrow`` and ``datasets`` (slimedge.distill.data.load_texts: the Parquet/Arrow data path
+and a ``save_to_disk`` folder's state.json), ``manifest``
 (slimedge.bundle.verify.verify_bundle without loading: the bundle manifest and the files it lists).
 
 Each reader gets a small valid seed file written by the real writers (gguf's GGUFWriter, slimedge's
@@ -120,6 +121,21 @@ def _seed_arrow(d: Path) -> Path:
     return p
 
 
+def _seed_datasets(d: Path) -> Path:
+    """A ``datasets`` save_to_disk folder (Arrow stream + state.json); the mutants edit state.json."""
+    import pyarrow as pa
+
+    folder, t = d / "ds", _table()
+    folder.mkdir()
+    with pa.OSFile(str(folder / "data-00000-of-00001.arrow"), "wb") as f, pa.ipc.new_stream(f, t.schema) as w:
+        w.write_table(t)
+    (folder / "dataset_info.json").write_text(json.dumps({"features": {"text": {"dtype": "string"}}}))
+    p = folder / "state.json"
+    p.write_text(json.dumps({"_data_files": [{"filename": "data-00000-of-00001.arrow"}], "_fingerprint": "0" * 16,
+                             "_format_type": None, "_split": "train"}, indent=2))
+    return p
+
+
 def _seed_manifest(d: Path) -> Path:
     from slimedge.bundle.manifest import FORMAT, FORMAT_VERSION, list_files
 
@@ -172,6 +188,7 @@ READERS = {  # name: (seed writer, reader)
     "safetensors": (_seed_safetensors, _read_safetensors),
     "parquet": (_seed_parquet, _read_data),
     "arrow": (_seed_arrow, _read_data),
+    "datasets": (_seed_datasets, lambda p: _read_data(p.parent)),
     "manifest": (_seed_manifest, _read_manifest),
 }
 
@@ -291,7 +308,7 @@ def fuzz(name: str, n: int, seed: int = 0, start: int = 0, log=None) -> tuple[Co
         try:
             for i in range(start, n):
                 rng = random.Random(f"{seed}:{name}:{i}")
-                op, data = mutate(rng, original, name == "manifest")
+                op, data = mutate(rng, original, name in ("manifest", "datasets"))
                 seed_path.write_bytes(data)
                 if log is not None:
                     log.write(json.dumps([i, op]) + "\n")
