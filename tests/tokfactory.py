@@ -411,3 +411,40 @@ def train_wordpiece(dir: Path, vocab_size: int = 1000, lowercase: bool = True) -
               "mask_token": "[MASK]", "clean_up_tokenization_spaces": True}
     _write_json(dir / "tokenizer_config.json", config)
     return dir
+
+
+def train_xlmr_unigram(dir: Path, vocab_size: int = 1000) -> int:
+    """Train an XLM-RoBERTa-style tokenizer into ``dir``: a SentencePiece unigram (nmt_nfkc normalization) laid
+    out in fairseq order (<s>=0 <pad>=1 </s>=2 <unk>=3, pieces shifted by one, <mask> last), written as the
+    ``tokenizer.json`` transformers saves for XLM-R (Precompiled + collapse-spaces normalizer, Metaspace,
+    ``<s> $A </s>``); returns the number of ids."""
+    import io
+
+    import sentencepiece as spm
+    from sentencepiece import sentencepiece_model_pb2 as pb
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+    dir = Path(dir)
+    dir.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(corpus_lines()), model_writer=buf, vocab_size=vocab_size,
+                                   model_type="unigram", normalization_rule_name="nmt_nfkc", minloglevel=2)
+    proto = pb.ModelProto()
+    proto.ParseFromString(buf.getvalue())
+    pieces = [(p.piece, p.score) for p in proto.pieces]
+    vocab = [("<s>", 0.0), ("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + pieces[3:] + [("<mask>", 0.0)]
+    tok = Tokenizer(models.Unigram(vocab, unk_id=3, byte_fallback=False))
+    tok.normalizer = normalizers.Sequence([
+        normalizers.Precompiled(proto.normalizer_spec.precompiled_charsmap), normalizers.Replace(Regex(" {2,}"), " ")])
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
+    tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in ("<s>", "<pad>", "</s>", "<unk>")])
+    tok.add_special_tokens([AddedToken("<mask>", special=True, normalized=False, lstrip=True)])
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s>:0 $A:0 </s>:0", pair="<s>:0 $A:0 </s>:0 </s>:0 $B:0 </s>:0",
+        special_tokens=[("<s>", 0), ("</s>", 2)])
+    tok.save(str(dir / "tokenizer.json"))
+    _write_json(dir / "tokenizer_config.json", {
+        "tokenizer_class": "XLMRobertaTokenizer", "model_max_length": 128, "bos_token": "<s>", "eos_token": "</s>",
+        "cls_token": "<s>", "sep_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>", "mask_token": "<mask>"})
+    return len(vocab)

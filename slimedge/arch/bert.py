@@ -26,11 +26,11 @@ DROPPED = ("pooler.", "cls.", "embeddings.position_ids")
 class _BertNames:
     """The source's tensors under BertModel's own names (prefix, gamma/beta, heads dropped)."""
 
-    def __init__(self, source):
+    def __init__(self, source, prefix: str = "bert."):
         self.model_dir, self.tensors = source.model_dir, {}
         for name, ref in source.tensors.items():
-            if name.startswith("bert."):
-                name = name[len("bert."):]
+            if name.startswith(prefix):
+                name = name[len(prefix):]
             if name.startswith(DROPPED):
                 continue
             if name.endswith(".gamma"):
@@ -47,6 +47,7 @@ def _both(hf: str, mt: MODEL_TENSOR) -> list[tuple[str, MODEL_TENSOR, bool]]:
 class Bert(LayerNormArch):
     hf_names = ("BertModel",)
     gguf_arch = MODEL_ARCH.BERT
+    PREFIX = "bert."  # of checkpoints saved from a model with heads (BertForMaskedLM)
     ROPE = False
     TENSORS = [("embeddings.word_embeddings.weight", T.TOKEN_EMBD, True),
                ("embeddings.token_type_embeddings.weight", T.TOKEN_TYPES, False),
@@ -74,7 +75,7 @@ class Bert(LayerNormArch):
 
     def tensors(self, source):
         self.pipe = read_pipeline(source.model_dir)
-        return super().tensors(_BertNames(source))
+        return super().tensors(_BertNames(source, self.PREFIX))
 
     def expected_shape(self, tensor, is_bias):
         hp = self.hp

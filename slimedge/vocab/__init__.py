@@ -7,7 +7,8 @@
 2. else ``tokenizer.model`` (SentencePiece) → tokenizer model "llama" (tokens, scores, types);
 3. else a SentencePiece-style ``tokenizer.json`` (Metaspace ``▁``, byte fallback; what transformers 5
    saves for Llama/Mistral/Phi-3) → tokenizer model "llama", scores from merge order (:mod:`.hfspm`);
-4. a WordPiece ``tokenizer.json`` (BERT) → tokenizer model "bert" (:mod:`.wordpiece`);
+4. a WordPiece ``tokenizer.json`` (BERT) → tokenizer model "bert" (:mod:`.wordpiece`), checked first; a
+   unigram ``tokenizer.json`` without ``tokenizer.model`` (XLM-RoBERTa) → "t5" (:mod:`.unigram`);
 5. else a one-line SlimedgeError.
 
 Added tokens (from tokenizer.json, added_tokens.json, tokenizer_config.json) take their ids: special
@@ -37,6 +38,7 @@ from slimedge.vocab import pretok, special
 from slimedge.vocab.bpe import is_byte_level, read_bpe
 from slimedge.vocab.hfspm import as_gemma4, is_gemma4, is_spm_style, read_hf_spm
 from slimedge.vocab.spm import SpmModel, read_spm
+from slimedge.vocab.unigram import is_unigram, read_unigram
 from slimedge.vocab.wordpiece import is_wordpiece, read_wordpiece
 
 __all__ = ["Vocab", "load_vocab"]
@@ -109,6 +111,8 @@ def load_vocab(model_dir: Path, hf_config: dict, n_vocab: int) -> Vocab:
     elif spm_path.is_file() and not is_gemma4(hf_config, tokenizer_json):
         vocab = _load_spm(model_dir, spm_path, read_spm(spm_path), tokenizer_json, tok_config, n_vocab)
         default_bos = True
+    elif tokenizer_json is not None and is_unigram(tokenizer_json):  # XLM-RoBERTa-style embedders
+        return read_unigram(tokenizer_json, tj_path, tok_config, hf_config, n_vocab)
     elif tokenizer_json is not None and is_spm_style(tokenizer_json):
         sp = read_hf_spm(tokenizer_json, tj_path)
         vocab = _load_spm(model_dir, tj_path, sp, tokenizer_json, tok_config, n_vocab)

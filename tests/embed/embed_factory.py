@@ -126,7 +126,19 @@ def _bpe_framed(dir: Path) -> tuple[int, dict]:
                                   "sep_token_id": ids["[SEP]"]}
 
 
-FAMILIES = {"bert": _bert, "qwen3": _qwen3, "gemma": _gemma, "modernbert": _modernbert}
+def _xlmroberta(dir: Path) -> None:
+    """bge-m3's shape: XLMRobertaModel (positions offset by pad_token_id + 1) with a unigram tokenizer."""
+    import transformers
+
+    n_vocab = tokfactory.train_xlmr_unigram(dir, vocab_size=1000)
+    cfg = transformers.XLMRobertaConfig(vocab_size=n_vocab, hidden_size=64, num_hidden_layers=2,
+                                        num_attention_heads=4, intermediate_size=128, max_position_embeddings=130,
+                                        type_vocab_size=1, initializer_range=0.1, pad_token_id=1, bos_token_id=0,
+                                        eos_token_id=2)
+    _save(transformers.XLMRobertaModel(cfg, add_pooling_layer=True), dir)
+
+
+FAMILIES = {"bert": _bert, "qwen3": _qwen3, "gemma": _gemma, "modernbert": _modernbert, "xlmroberta": _xlmroberta}
 
 
 def _save(model, dir: Path) -> None:

@@ -95,7 +95,8 @@ def test_wordpiece_without_tokenizer_model(tmp_path):
                             trainers.WordPieceTrainer(vocab_size=60, special_tokens=["[UNK]"],
                                                       show_progress=False))
     tok.save(str(tmp_path / "tokenizer.json"))
-    with pytest.raises(SlimedgeError, match="is a WordPiece tokenizer that is neither byte-level nor SentencePiece-style"):
+    # WordPiece converts as llama.cpp's "bert" vocabulary (slimedge.vocab.wordpiece), which needs [CLS]/[SEP]
+    with pytest.raises(SlimedgeError, match=r"no \[CLS\]/\[SEP\] framing found"):
         load_vocab(tmp_path, {}, 100)
 
 
