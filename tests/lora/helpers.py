@@ -49,7 +49,9 @@ def llama_logits(gguf: Path, lora: Path | None = None, tokens=TOKENS, scale: flo
     import llama_cpp
 
     kw = {"lora_path": str(lora), "lora_scale": scale} if lora else {}
-    llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=64, n_threads=2, logits_all=True, verbose=False, **kw)
+    # F32 KV cache (type 0): the default F16 cache rounds keys and values, ~1e-3 of the logits
+    llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=64, n_threads=2, logits_all=True, verbose=False, type_k=0,
+                          type_v=0, **kw)
     try:
         llm.eval(tokens)
         return np.array(llm.scores[: len(tokens)], dtype=np.float32)

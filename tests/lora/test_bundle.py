@@ -86,7 +86,8 @@ def test_launcher_applies_adapters_at_their_scales(bundle):
 
     path, _, _ = bundle
     model, lora = path / "model.gguf", path / "adapter-0-my-lora.gguf"
-    llm = llama_cpp.Llama(model_path=str(model), n_ctx=64, n_threads=2, logits_all=True, verbose=False)
+    llm = llama_cpp.Llama(model_path=str(model), n_ctx=64, n_threads=2, logits_all=True, verbose=False, type_k=0,
+                          type_v=0)
     try:
         apply_adapters(llm, [(lora, 0.25), (lora, 0.25)])
         llm.eval(TOKENS)
