@@ -8,6 +8,8 @@ belong to llama.cpp's logging). Two kinds of job:
   (``n_gen`` single-token decodes, like ``tg``); reports seconds, peak RSS (VmHWM) and
   the machine/llama.cpp build.
 * ``load`` — load the model and decode a few tokens (``slimedge verify``).
+* ``embed`` — an embedding model: load it with ``embedding=True``, embed ``job["sentences"]`` once to
+  warm up, then ``repeats`` timed passes over all of them; reports the vectors, tokens and seconds.
 * ``logits`` — perplexity-style pass: the text's tokens cut into ``n_ctx`` chunks, the first
   token of each replaced by BOS (when the model adds one), logits for every position; the
   log-softmax rows of the scored second half (positions ``n_ctx//2 .. n_ctx-2``, each predicting
@@ -124,6 +126,23 @@ def run_logits(job: dict) -> dict:
     return result
 
 
+def run_embed(job: dict) -> dict:
+    """Pooled vectors of the job's sentences (one batch per sentence, as llama-cpp-python embeds), timed."""
+    t0 = time.perf_counter()
+    llm = _open(job, embedding=True)
+    load_s = time.perf_counter() - t0
+    sentences = job["sentences"]
+    n_tokens = sum(len(llm.tokenize(s.encode("utf-8"))) for s in sentences)
+    vectors = llm.embed(sentences, normalize=False)
+    secs = []
+    for _ in range(job.get("repeats", 1)):
+        t0 = time.perf_counter()
+        llm.embed(sentences, normalize=False)
+        secs.append(time.perf_counter() - t0)
+    return {"vectors": vectors, "n_tokens": n_tokens, "seconds": secs, "load_s": load_s,
+            "peak_rss_bytes": peak_rss_bytes(), "machine": machine_info()}
+
+
 def run_load(job: dict) -> dict:
     """Load the model and decode a few tokens: proves llama.cpp accepts the file."""
     llm = _open(job)
@@ -137,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     job = json.loads(Path(argv[0]).read_text())
     try:
-        res = {"speed": run_speed, "logits": run_logits, "load": run_load}[job["kind"]](job)
+        res = {"speed": run_speed, "logits": run_logits, "load": run_load, "embed": run_embed}[job["kind"]](job)
         res["ok"] = True
     except Exception as exc:  # reported to the parent, which raises a SlimedgeError
         res = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}

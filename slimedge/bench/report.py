@@ -43,11 +43,16 @@ def to_markdown(records: list[dict]) -> str:
         cols += ["n_ctx", "PPL"]
     if ref:
         cols += ["KLD", "top-1", "ΔPPL"]
+    emb = any(r.get("embed_cosine_mean") is not None for r in records)
+    if emb:
+        cols += ["cos mean", "cos min", "NN agree"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(["---"] + ["---:"] * (len(cols) - 1)) + "|"]
     for r in records:
         parts = str(r.get("model_filename", "?")).replace("\\", "/").rsplit("/", 2)
         name = "/".join(parts[-2:]) if parts[-1] == "model.gguf" and len(parts) > 1 else parts[-1]  # bundle/model.gguf
         pp = "—" if r.get("pp_avg_ts") is None else f"{r['pp_avg_ts']:.1f} ± {r['pp_stddev_ts']:.1f}"
+        if r.get("embed_ts") is not None:  # an embedding model: its tokens/s at batch stand in the pp column
+            pp = f"{r['embed_ts']:.1f} ± {r['embed_stddev_ts']:.1f} (embed)"
         tg = "—" if r.get("avg_ts") is None else f"{r['avg_ts']:.1f} ± {r['stddev_ts']:.1f}"
         row = [name, _f(r.get("model_size") and r["model_size"] / MiB, ".1f"), _f(r.get("bpw"), ".2f"),
                _f(r.get("model_n_params"), ","), str(r.get("n_threads", "—")), _f(r.get("load_s"), ".2f"), pp, tg,
@@ -58,6 +63,10 @@ def to_markdown(records: list[dict]) -> str:
             top1 = r.get("top1_agreement")
             row += [_f(r.get("kld_mean"), ".5f"), "—" if top1 is None else f"{100 * top1:.2f}%",
                     _f(r.get("delta_ppl"), "+.4f")]
+        if emb:
+            nn = r.get("embed_nn_agreement")
+            row += [_f(r.get("embed_cosine_mean"), ".5f"), _f(r.get("embed_cosine_min"), ".5f"),
+                    "—" if nn is None else f"{100 * nn:.1f}%"]
         lines.append("| " + " | ".join(row) + " |")
     m = records[0] if records else {}
     if m.get("cpu_info"):

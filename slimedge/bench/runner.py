@@ -36,6 +36,8 @@ FIELDS = [  # every record carries these keys (None when not measured)
     "pp_avg_ts", "pp_stddev_ts", "pp_samples_ts", "avg_ts", "stddev_ts", "samples_ts", "peak_rss_bytes",
     "n_ctx", "text", "n_chunks", "perplexity", "perplexity_se",
     "ref_model", "ref_perplexity", "kld_mean", "top1_agreement", "delta_ppl",
+    # embedding models (slimedge.bench.embed): tokens/s over the sentences, quality against the reference
+    "n_sentences", "embed_ts", "embed_stddev_ts", "embed_cosine_mean", "embed_cosine_min", "embed_nn_agreement",
     "cpu_info", "n_cores", "platform", "build_commit", "backends", "test_time",
 ]
 
@@ -165,7 +167,14 @@ def run_bench(model_path: str | Path, *, ref: str | Path | None = None, text: st
     size, n_params, mtype = gguf_sizes(path)
     if text is not None and not Path(text).is_file():
         raise SlimedgeError(f"{text}: --text file not found")
-    if ref is not None and text is None:
+    from ..gguf_info import read_info
+    from .embed import is_embedding
+
+    embedding = is_embedding(read_info(path).metadata)
+    if embedding and text is not None:
+        raise SlimedgeError(f"{path} is an embedding model: it has no perplexity; leave --text out (--ref alone "
+                            "compares its embeddings with the reference's)")
+    if ref is not None and text is None and not embedding:
         raise SlimedgeError("--ref needs --text: KL divergence is measured on the tokens of a text")
     if ref is not None:
         from ..source.hub import resolve_source
@@ -187,8 +196,11 @@ def run_bench(model_path: str | Path, *, ref: str | Path | None = None, text: st
                test_time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
 
     n_runs = (repeats if speed else 0) + (1 if text else 0) + (1 if ref else 0)
-    progress.start(n_runs, unit="runs", desc=f"bench {path.name}")
+    progress.start(1 + (1 if ref else 0) if embedding else n_runs, unit="runs", desc=f"bench {path.name}")
     try:
+        if embedding:  # no generation, no perplexity: speed at batch and agreement with the reference
+            _embedding(rec, path, ref, common, repeats, progress)
+            return rec
         if speed:
             _speed(rec, path, common, repeats, n_prompt, n_gen, max(n_ctx, n_prompt + n_gen), progress)
         if text is not None:
@@ -196,6 +208,32 @@ def run_bench(model_path: str | Path, *, ref: str | Path | None = None, text: st
     finally:
         progress.close()
     return rec
+
+
+def _embedding(rec: dict, path, ref, common: dict, repeats: int, progress) -> None:
+    """Fill ``rec`` for an embedding model: tokens/s over the sentences, peak RSS, and with ``ref`` the
+    cosines and nearest-neighbour agreement to the reference's vectors."""
+    import numpy as np
+
+    from .embed import SENTENCES, compare, embed_job
+
+    r = run_child(embed_job(path, common, repeats))
+    rates = [r["n_tokens"] / s for s in r["seconds"]]
+    rec.update(r["machine"])
+    rec.pop("system_info", None)
+    rec["embed_ts"], rec["embed_stddev_ts"] = _mean_sd(rates)
+    rec["load_s"], rec["load_s_stddev"] = r["load_s"], 0.0
+    rec.update(peak_rss_bytes=r["peak_rss_bytes"], repeats=repeats, n_sentences=len(SENTENCES),
+               n_prompt=r["n_tokens"])
+    progress.update(1, label=f"embed {rec['embed_ts']:.1f} t/s")
+    if ref is None:
+        return
+    with tempfile.TemporaryDirectory(prefix="slimedge-embref-") as td:
+        ref_gguf = ref_to_gguf(Path(ref), Path(td), common["n_threads"], NULL_PROGRESS)
+        rr = run_child(embed_job(ref_gguf, common, 1))
+    rec.update(compare(np.asarray(r["vectors"], dtype=np.float64), np.asarray(rr["vectors"], dtype=np.float64)))
+    rec["ref_model"] = str(ref)
+    progress.update(1, label="reference")
 
 
 def _speed(rec, path, common, repeats, n_prompt, n_gen, ctx, progress) -> None:
