@@ -144,10 +144,17 @@ def run_embed(job: dict) -> dict:
 
 
 def run_load(job: dict) -> dict:
-    """Load the model and decode a few tokens: proves llama.cpp accepts the file."""
+    """Load the model and decode a few tokens (an embedding model: embed them): proves llama.cpp accepts the file."""
+    from .embed import is_embedding
+
     llm = _open(job)
     toks = llm.tokenize(b"Hello, world", add_bos=True)
-    llm.eval(toks)
+    if is_embedding(llm.metadata):  # an encoder has no KV cache to decode into: reopen it for embeddings
+        llm.close()
+        llm = _open(job, embedding=True)
+        llm.embed("Hello, world")
+    else:
+        llm.eval(toks)
     return {"n_vocab": llm.n_vocab(), "n_tokens": len(toks), "n_ctx_train": llm._model.n_ctx_train(),
             "peak_rss_bytes": peak_rss_bytes()}
 

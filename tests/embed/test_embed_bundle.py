@@ -108,3 +108,10 @@ def test_serve_answers_embeddings_and_refuses_chat(bundle, server, how):
     assert cosines(got, ref).min() >= 0.998
     status, body = request(port, "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]})
     assert status == 400 and "is an embedding model: it answers /v1/embeddings" in json.loads(body)["error"]["message"]
+
+
+@pytest.mark.slow
+def test_verify_loads_an_embedding_bundle(bundle):
+    r = subprocess.run([sys.executable, "-m", "slimedge", "verify", str(bundle[0])], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0 and "llama.cpp loads the model" in r.stdout + r.stderr, r.stderr
