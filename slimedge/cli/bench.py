@@ -13,7 +13,8 @@ from .options import make_progress, quiet_option, threads_option
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--ref", type=click.Path(path_type=Path), default=None,
               help="Unquantized reference (GGUF, HF folder or a Hub id in the local HF cache): adds KL "
-                   "divergence, top-1 agreement, ΔPPL.")
+                   "divergence, top-1 agreement, ΔPPL; for an embedding model, the cosine to its embeddings and "
+                   "nearest-neighbour agreement (no --text needed).")
 @click.option("--text", type=click.Path(path_type=Path), default=None,
               help="UTF-8 text for perplexity (at least one context of tokens).")
 @click.option("-c", "--ctx", "n_ctx", type=click.IntRange(min=16), default=512, show_default=True,
@@ -41,7 +42,9 @@ def cli(model: Path, ref: Path | None, text: Path | None, n_ctx: int, chunks: in
 
     MODEL is a GGUF or a bundle folder; each run is a fresh process. Speed: load time, prompt processing (512 tokens) and generation (128 tokens) tokens/s, mean ±
     stddev over repeats; peak RSS; size and bits per weight. With --text: perplexity (llama.cpp's
-    method). With --ref: mean KL divergence, top-1 agreement and ΔPPL against the reference.
+    method). With --ref: mean KL divergence, top-1 agreement and ΔPPL against the reference. An embedding
+    model is measured as one: tokens/s embedding held-out sentences, and with --ref the mean/min cosine to
+    the reference's vectors and how often both pick the same nearest neighbour.
 
     \b
     Examples:

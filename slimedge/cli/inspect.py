@@ -65,11 +65,20 @@ def adapter_info(info: GGUFInfo) -> dict | None:
             "pairs": sum(t.name.endswith(".lora_a") for t in info.tensors)}
 
 
+def embedding_info(info: GGUFInfo) -> dict | None:
+    """For an embedding model (a pooling type, or an encoder-only architecture): its pooling and whether its
+    vectors are meant normalized; None for anything else."""
+    from ..bundle.launcher import embedding_of
+
+    return None if adapter_info(info) else embedding_of(info.metadata)
+
+
 def to_json(info: GGUFInfo, stats: dict | None = None, full: bool = False) -> dict:
-    adapter = adapter_info(info)
+    adapter, embedding = adapter_info(info), embedding_info(info)
     return {
-        "kind": "adapter" if adapter else str(info.metadata.get("general.type") or "model"),
+        "kind": "adapter" if adapter else "embedding" if embedding else str(info.metadata.get("general.type") or "model"),
         **({"adapter": adapter} if adapter else {}),
+        **({"embedding": embedding} if embedding else {}),
         "path": info.path, "file_size": info.file_size, "gguf_version": info.version,
         "alignment": info.alignment, "data_offset": info.data_offset,
         "arch": info.arch, "name": info.name, "file_type": info.file_type, "file_type_name": info.file_type_name,
@@ -94,6 +103,11 @@ def _print_human(info: GGUFInfo, stats: dict | None) -> None:
     if adapter:
         echo(f"kind: {str(adapter['type']).upper()} adapter for a {info.arch} base model (alpha {adapter['alpha']}, "
              f"{adapter['pairs']} pairs); apply it with `slimedge build --lora` or llama.cpp's --lora")
+    embedding = embedding_info(info)
+    if embedding:
+        echo(f"kind: embedding model ({embedding['pooling']} pooling, vectors "
+             f"{'normalized' if embedding['normalize'] else 'not normalized'}); load it with embedding=True "
+             f"(llama-cpp-python) or --embedding (llama.cpp), or build a bundle and `run --embed TEXT`")
     echo(f"\nmetadata ({len(info.metadata)} keys):")
     kw = max((len(k) for k in info.metadata), default=0)
     for k, v in info.metadata.items():
