@@ -51,6 +51,11 @@ class TuneConfig:
     learn_codes: bool = False       # also learn the integer codes (straight-through; +12 bytes per weight)
     codes_lr: float = 5e-3          # Adam lr of the codes' float latents, in code units
     precision: str = "auto"         # training matmuls: fp32, bf16 (autocast), auto (bf16 on CUDA that has it)
+    mode: str = "e2e"               # e2e: KL steps only; blockwise: block-wise reconstruction, then the KL steps
+    block_iters: int = 200          # blockwise: Adam steps per decoder layer
+    block_samples: int = 128        # blockwise: calibration blocks whose activations are cached
+    round_lr: float = 1e-2          # blockwise: lr of the per-weight rounding offsets (in code units)
+    block_lr: float = 5e-4          # blockwise: lr of the log scales (integer sub-scales/mins: 40x)
 
     @property
     def sub_lr_or_default(self) -> float:
@@ -68,6 +73,8 @@ class TuneResult:
     tuned: dict[str, int] = field(default_factory=dict)   # type -> tensors tuned
     frozen: int = 0                                          # tensors copied unchanged
     step_seconds: float = 0.0                                # wall time of the optimizer steps alone
+    block_errors: list = field(default_factory=list)         # blockwise: per layer (error before, after)
+    block_seconds: float = 0.0                               # blockwise: wall time of the block-wise stage
 
 
 def checkpoint_path(cfg: TuneConfig) -> str:
@@ -84,7 +91,8 @@ def _settings(cfg: TuneConfig) -> dict:
             "data": os.path.abspath(cfg.data), "steps": cfg.steps, "lr": cfg.lr, "sub_lr": cfg.sub_lr,
             "batch_size": cfg.batch_size, "seq_len": cfg.seq_len, "max_blocks": cfg.max_blocks, "seed": cfg.seed,
             "warm_steps": cfg.warm_steps, "precision": cfg.precision, "learn_codes": cfg.learn_codes,
-            "codes_lr": cfg.codes_lr}
+            "codes_lr": cfg.codes_lr, "mode": cfg.mode, "block_iters": cfg.block_iters,
+            "block_samples": cfg.block_samples, "round_lr": cfg.round_lr, "block_lr": cfg.block_lr}
 
 
 class TuneSteps:
@@ -167,6 +175,11 @@ def tune(cfg: TuneConfig, progress: Progress = NULL_PROGRESS) -> TuneResult:
         if cfg.fsdp_teacher and cfg.warm_steps:
             raise SlimedgeError("--warm-steps needs the teacher's whole weights: leave out --fsdp-teacher or "
                                 "--warm-steps")
+        if cfg.mode not in ("e2e", "blockwise"):
+            raise SlimedgeError(f"--mode {cfg.mode}: give e2e or blockwise")
+        if cfg.mode == "blockwise" and (cfg.fsdp_teacher or cfg.warm_steps):
+            raise SlimedgeError("--mode blockwise needs the teacher's whole layers and replaces the warm start: "
+                                "leave out --fsdp-teacher and --warm-steps")
         if cfg.batch_size < group.world:
             raise SlimedgeError(f"--batch-size {cfg.batch_size} is smaller than the {group.world} processes: each "
                                 "process needs at least one block per step; raise --batch-size")
@@ -254,6 +267,10 @@ def _tune(cfg: TuneConfig, group: ProcessGroup, progress: Progress) -> TuneResul
             return tlp(x).float()
 
     kl_before = mean_kl(qm.model, tlp, held, cfg.batch_size, device, group)
+    errors, tb = [], time.monotonic()
+    if cfg.mode == "blockwise":
+        errors = _blockwise(cfg, qm, teacher, train, n_train, device, group, progress)
+    tb = time.monotonic() - tb
     if cfg.warm_steps and not cfg.resume and qm.own_config:  # a student has no float reference to warm-start on
         _warm(cfg, qm, teacher, train, n_train, device, group, progress)
     res = _train(cfg, qm, TuneSteps(cfg, qm.model, qm.qws, train, n_train, targets, autocast, device, group),
@@ -267,26 +284,40 @@ def _tune(cfg: TuneConfig, group: ProcessGroup, progress: Progress) -> TuneResul
         counts[q.qtype.name] = counts.get(q.qtype.name, 0) + 1
     last = res.losses[-1] if res.losses else float("nan")
     return TuneResult(cfg.output if group.rank == 0 else "", kl_before, kl_after, res.first_loss, last,
-                      round(time.monotonic() - t0, 2), counts, len(qm.info.tensors) - len(qm.qws), round(res.wall_s, 2))
+                      round(time.monotonic() - t0, 2), counts, len(qm.info.tensors) - len(qm.qws), round(res.wall_s, 2),
+                      errors, round(tb, 2))
+
+
+def _blockwise(cfg: TuneConfig, qm: _Quantized, teacher, train, n_train: int, device, group, progress) -> list:
+    """The block-wise stage (:mod:`.blockwise`); a student of other shape has no float layer to match."""
+    from .blockwise import blockwise
+
+    if not qm.own_config:
+        raise SlimedgeError(f"{cfg.gguf}: --mode blockwise needs a GGUF of the teacher's own shape (this one is a "
+                            "student's); use --mode e2e")
+    return blockwise(cfg, qm, teacher, train, n_train, device, _settings(cfg), group.rank, progress)
 
 
 def _train(cfg: TuneConfig, qm: _Quantized, work: TuneSteps, group, device, progress):
     """The KL steps on the shared loop: Adam, cosine to 0 without warmup, checkpoints next to the output."""
     from ..distill.loop import LoopSettings, TrainLoop, lr_lambda
 
+    resume = cfg.resume and (cfg.mode == "e2e" or os.path.isfile(checkpoint_path(cfg)))  # blockwise: may not be there yet
     settings = LoopSettings(total=cfg.steps, checkpoint=checkpoint_path(cfg), schedule=lr_lambda(cfg.steps, 0, 0.0),
-                            checkpoint_every=cfg.checkpoint_every, resume=cfg.resume, key=_settings(cfg),
+                            checkpoint_every=cfg.checkpoint_every, resume=resume, key=_settings(cfg),
                             tokens_per_step=cfg.batch_size * cfg.seq_len, desc="tune", metric="kl")
     return TrainLoop(settings, work, group, device=device, progress=progress).run()
 
 
 def _finish(cfg: TuneConfig, qm: _Quantized, group) -> None:
     """Process 0 writes the tuned GGUF and removes the checkpoint; the others wait for it."""
+    from .blockwise import block_checkpoint_path
     from .model import write_tuned
 
     if group.rank == 0:
-        write_tuned(cfg.gguf, cfg.output, qm.info, qm.qws, qm.mm, overwrite=cfg.overwrite, codes=cfg.learn_codes)
-        ckpt = checkpoint_path(cfg)
-        if os.path.isfile(ckpt):
-            os.remove(ckpt)
+        write_tuned(cfg.gguf, cfg.output, qm.info, qm.qws, qm.mm, overwrite=cfg.overwrite,
+                    codes=cfg.learn_codes or cfg.mode == "blockwise")
+        for ckpt in (checkpoint_path(cfg), block_checkpoint_path(cfg.output)):
+            if os.path.isfile(ckpt):
+                os.remove(ckpt)
     group.barrier()

@@ -63,8 +63,11 @@ class QuantWeight(nn.Module):
         self.mn = nn.Parameter(take(fields.mn).float()) if s.has_sub_min else None
         # learn_codes: a float latent per weight, rounded to the type's code range (straight-through)
         self.lat = nn.Parameter(self.codes.float()) if learn_codes else None
-        cb = code_bits(fields.qtype) if learn_codes else None
-        self.code_range = (cb.lo, cb.hi) if cb else None
+        cb = code_bits(fields.qtype)
+        self.code_range = (cb.lo, cb.hi)
+        # block-wise rounding (begin_rounding): codes = round((w_ref - offset) / scale + v), v in [-1/2, 1/2]
+        self.w_ref = self.v = None
+        self.new_codes = False  # the codes buffer holds learned codes (written back by fields())
 
     def block_params(self):
         """(d, dmin, sc, mn) as the forward pass uses them (fp16-rounded, integer-rounded)."""
@@ -79,6 +82,8 @@ class QuantWeight(nn.Module):
         d, dmin, sc, mn = self.block_params()
         scale = d[:, None] * sc if sc is not None else d[:, None]
         codes = ste_int(self.lat, *self.code_range) if self.lat is not None else self.codes
+        if self.v is not None:
+            codes = self.rounded_codes(scale, dmin, mn)
         # int8 codes times float scales: promoted exactly in the one pass that multiplies (a separate
         # .float() copy and out-of-place add cost two more full-size allocations: 2.5x the time here)
         dev = self.codes.device.type
@@ -88,6 +93,40 @@ class QuantWeight(nn.Module):
             off = (float(self.spec.min_sign) * (dmin[:, None] * mn if mn is not None else dmin[:, None]))
             w = w.add_((off if low is None else off.to(low))[:, :, None])  # mul's backward keeps its inputs
         return w.reshape(self.rows, self.cols)
+
+    def _offset(self, dmin, mn):
+        if dmin is None:
+            return None
+        return float(self.spec.min_sign) * (dmin[:, None] * mn if mn is not None else dmin[:, None])
+
+    def rounded_codes(self, scale, dmin, mn):
+        """AutoRound's learned rounding: ``round((w_ref - offset) / scale + v)`` clamped to the code range
+        (straight-through: gradients reach ``v`` and, through ``w_ref / scale``, the scales); a zero scale keeps
+        the file's code."""
+        off = self._offset(dmin, mn)
+        num = self.w_ref if off is None else self.w_ref - off[:, :, None]
+        safe = torch.where(scale == 0, torch.ones_like(scale), scale)[:, :, None]
+        c = ste_int(num / safe + self.v, *self.code_range)
+        return torch.where((scale == 0)[:, :, None], self.codes.float(), c)
+
+    def begin_rounding(self, w_ref):
+        """Learn per-weight rounding offsets against the float matrix ``w_ref`` (HF order, ``rows x cols``)."""
+        self.w_ref = w_ref.detach().float().reshape(self.codes.shape).to(self.codes.device)
+        self.v = nn.Parameter(torch.zeros_like(self.w_ref))
+
+    @torch.no_grad()
+    def end_rounding(self):
+        """Fix the learned codes into the codes buffer and drop the offsets and the float matrix."""
+        d, dmin, sc, mn = self.block_params()
+        scale = d[:, None] * sc if sc is not None else d[:, None]
+        self.codes.copy_(self.rounded_codes(scale, dmin, mn).round().to(torch.int8))
+        self.w_ref = self.v = None
+        self.new_codes = True
+        if self.lat is not None:
+            self.lat.copy_(self.codes.float())
+
+    def round_parameters(self):
+        return [self.v] if self.v is not None else []
 
     def sub_parameters(self):
         return [p for p in (self.sc, self.mn) if p is not None]
@@ -107,6 +146,8 @@ class QuantWeight(nn.Module):
             self.mn.clamp_(s.mn_range[0] - 0.49, s.mn_range[1] + 0.49)
         if self.lat is not None:
             self.lat.clamp_(self.code_range[0] - 0.49, self.code_range[1] + 0.49)
+        if self.v is not None:
+            self.v.clamp_(-0.5, 0.5)
 
     @torch.no_grad()
     def fields(self, like):
@@ -127,6 +168,8 @@ class QuantWeight(nn.Module):
         codes = like.codes
         if self.lat is not None:
             codes = back(torch.round(self.lat).clamp(*self.code_range), np.int16).reshape(like.codes.shape)
+        elif self.new_codes:
+            codes = back(self.codes, np.int16).reshape(like.codes.shape)
         return BlockFields(like.qtype, codes, back(d, np.float32), back(dmin, np.float32),
                            back(sc, np.int16), back(mn, np.int16))
 

@@ -1,0 +1,220 @@
+"""Block-wise reconstruction for :mod:`slimedge.tune` (``--mode blockwise``): one transformer block at a time.
+
+As AutoRound does, each decoder layer of the quantized model is tuned alone so that its output matches the float
+teacher layer's: the target is the teacher layer's output on the teacher's own inputs to that layer, the input is
+the *quantized* model's input to it (the layers before it already tuned), both cached for ``block_samples``
+calibration blocks. Learned per layer, for every quantized matrix in it: the block scales and mins (as the KL
+stage, :class:`~slimedge.tune.modules.QuantWeight`) and a rounding offset ``v`` in [-1/2, 1/2] per weight, the
+code being ``round((w - offset) / scale + v)`` of the teacher's float weight ``w``, straight-through
+(:meth:`QuantWeight.begin_rounding`); ``block_iters`` Adam steps (offsets at ``round_lr``, log scales at
+``block_lr``, integer sub-scales/mins at 40x that) on the mean squared error of the layer's output
+over ``batch_size`` random cached blocks, learning rate decaying linearly to 0. A layer whose error on all the
+cached blocks does not fall keeps the file's fields. The codes are then fixed and written back through
+:func:`slimedge.quant.blockfields.pack`'s code bit map, so types and bytes stay the file's.
+
+Cost grows with one layer: memory is the model's codes plus one layer's float matrices and offsets plus three
+cached activations ``[block_samples, seq_len, hidden]`` (teacher input, quantized input, target). Embedding and
+output matrices are left to the optional end-to-end KL stage (``steps``). A checkpoint after each layer (next to
+the output) lets ``resume`` continue at the next layer with the same result. Under torchrun every process runs the
+same deterministic steps.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import numpy as np
+
+from ..errors import SlimedgeError
+from ..progress import Progress
+
+log = logging.getLogger(__name__)
+
+
+def block_checkpoint_path(output: str) -> str:
+    head, tail = os.path.split(os.path.abspath(output))
+    return os.path.join(head, f".{tail}.blockwise-checkpoint.pt")
+
+
+def decoder_layers(model, n: int, what: str):
+    """The model's decoder layers: its ModuleList of ``n`` modules."""
+    import torch
+
+    for _, m in model.named_modules():
+        if isinstance(m, torch.nn.ModuleList) and len(m) == n:
+            return m
+    raise SlimedgeError(f"{what}: no list of {n} decoder layers found; --mode blockwise does not support this "
+                        "architecture (use --mode e2e)")
+
+
+class _Stop(Exception):
+    pass
+
+
+def first_layer_input(model, layers, x):
+    """The hidden states entering ``layers[0]`` for the ids ``x``, and the keyword arguments the layer got."""
+    import torch
+
+    got = {}
+
+    def hook(_m, args, kwargs):
+        got["h"] = (args[0] if args else kwargs.pop("hidden_states")).detach()
+        got["kw"] = {k: v for k, v in kwargs.items() if k != "hidden_states"}
+        raise _Stop
+
+    h = layers[0].register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            model(input_ids=x, use_cache=False)
+    except _Stop:
+        pass
+    finally:
+        h.remove()
+    return got["h"], got["kw"]
+
+
+def _run(layer, h, kw):
+    out = layer(h, **kw)
+    return out[0] if isinstance(out, tuple) else out
+
+
+def _apply(layer, xs, kw, bsz):
+    """``layer`` over the cached activations ``xs`` in batches of ``bsz`` (no grad)."""
+    import torch
+
+    with torch.no_grad():
+        return torch.cat([_run(layer, xs[i:i + bsz], kw) for i in range(0, len(xs), bsz)])
+
+
+def _error(layer, xq, y, kw, bsz) -> float:
+    """Mean squared error of ``layer(xq)`` against ``y`` over all cached blocks."""
+    import torch
+
+    with torch.no_grad():
+        return float(sum(((_run(layer, xq[i:i + bsz], kw) - y[i:i + bsz]) ** 2).double().sum()
+                         for i in range(0, len(xq), bsz)) / y.numel())
+
+
+def _quant_linears(layer):
+    from .modules import QuantLinear
+
+    return {n: m for n, m in layer.named_modules() if isinstance(m, QuantLinear)}
+
+
+def tune_layer(i: int, tl, ql, xt, xq, kw, cfg) -> tuple[float, float, object]:
+    """Tune the quantized layer ``ql`` against the teacher layer ``tl``; (error before, after, teacher output)."""
+    import torch
+
+    bsz = cfg.batch_size
+    y = _apply(tl, xt, kw, bsz)
+    mods = _quant_linears(ql)
+    if not mods or cfg.block_iters == 0:
+        return float("nan"), float("nan"), y
+    start = {n: ({k: v.clone() for k, v in m.qw.state_dict().items()}, m.qw.new_codes) for n, m in mods.items()}
+    e0 = _error(ql, xq, y, kw, bsz)
+    for n, m in mods.items():
+        m.qw.begin_rounding(tl.get_submodule(n).weight)
+    qs = [m.qw for m in mods.values()]
+    groups = [{"params": [p for q in qs for p in q.scale_parameters()], "lr": cfg.block_lr},
+              {"params": [p for q in qs for p in q.sub_parameters()], "lr": 40 * cfg.block_lr},
+              {"params": [p for q in qs for p in q.round_parameters()], "lr": cfg.round_lr}]
+    opt = torch.optim.Adam([g for g in groups if g["params"]])
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 - s / cfg.block_iters)
+    rng = np.random.default_rng(cfg.seed * 7919 + i)
+    scale = 1.0 / max(float((y ** 2).mean()), 1e-30)  # a relative error: one lr for every layer's size
+    for _ in range(cfg.block_iters):
+        idx = torch.as_tensor(rng.choice(len(xq), size=min(bsz, len(xq)), replace=False), device=xq.device)
+        loss = ((_run(ql, xq[idx], kw) - y[idx]) ** 2).mean() * scale
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if not torch.isfinite(loss):
+            raise SlimedgeError(f"--mode blockwise: the error of layer {i} became {float(loss)}; lower --round-lr "
+                                "or --lr")
+        opt.step()
+        sched.step()
+        for q in qs:
+            q.clamp_()
+    for q in qs:
+        q.end_rounding()
+    e1 = _error(ql, xq, y, kw, bsz)
+    if not e1 < e0:  # keep the file's fields
+        for n, m in mods.items():
+            m.qw.load_state_dict(start[n][0], strict=False)
+            m.qw.new_codes = start[n][1]
+        e1 = e0
+    return e0, e1, y
+
+
+def _save(path: str, key: dict, layer: int, qws: dict, errors: list) -> None:
+    import torch
+
+    from ..publish import publish_file
+
+    state = {"settings": key, "layer": layer, "errors": errors,
+             "fields": {n: (q.state_dict(), q.new_codes) for n, q in qws.items()}}
+    with publish_file(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _load(path: str, key: dict, qws: dict) -> tuple[int, list]:
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise SlimedgeError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0][:200]}") from None
+    if state.get("settings") != key:
+        raise SlimedgeError(f"checkpoint {path} was made with other settings; resume with the same settings or "
+                            "start fresh without --resume")
+    for n, q in qws.items():
+        sd, new = state["fields"][n]
+        q.load_state_dict(sd, strict=False)
+        q.new_codes = new
+    log.info("resuming block-wise tuning at layer %d", state["layer"])
+    return int(state["layer"]), list(state["errors"])
+
+
+def blockwise(cfg, qm, teacher, train, n_train: int, device, key: dict, rank: int,
+              progress: Progress) -> list[tuple[float, float]]:
+    """Tune every decoder layer of ``qm.model`` against ``teacher`` (module docstring); the per-layer mean squared
+    output error (before, after) on the cached blocks."""
+    import torch
+
+    n_layers = qm.teacher_cfg.num_hidden_layers
+    tls = decoder_layers(teacher, n_layers, cfg.teacher)
+    qls = decoder_layers(qm.model, n_layers, cfg.gguf)
+    bsz = cfg.batch_size
+    n = max(bsz, min(cfg.block_samples, n_train) // bsz * bsz)
+    if n_train < bsz:
+        raise SlimedgeError(f"--mode blockwise: {n_train} calibration blocks, fewer than --batch-size {bsz}; give "
+                            "more data or a smaller --batch-size / --seq-len")
+    ckpt = block_checkpoint_path(cfg.output)
+    first, errors = (_load(ckpt, key, qm.qws) if cfg.resume and os.path.isfile(ckpt) else (0, []))
+    hs_t, hs_q, kw = [], [], None
+    for i in range(0, n, bsz):
+        x = torch.as_tensor(np.asarray(train[i:i + bsz]), device=device)
+        h, kw = first_layer_input(teacher, tls, x)
+        hs_t.append(h.float())
+        hs_q.append(first_layer_input(qm.model, qls, x)[0].float())
+    xt, xq = torch.cat(hs_t), torch.cat(hs_q)
+    progress.start(n_layers, unit="layers", desc="block-wise")
+    try:
+        for i in range(n_layers):
+            t0 = time.monotonic()
+            if i < first:
+                y = _apply(tls[i], xt, kw, bsz)
+            else:
+                e0, e1, y = tune_layer(i, tls[i], qls[i], xt, xq, kw, cfg)
+                errors.append((e0, e1))
+                log.info("layer %d: output error %.3g -> %.3g (%.2fx) in %.1f s", i, e0, e1,
+                         e1 / e0 if e0 > 0 else 1.0, time.monotonic() - t0)
+                if rank == 0:
+                    _save(ckpt, key, i + 1, qm.qws, errors)
+            xq = _apply(qls[i], xq, kw, bsz)
+            xt = y
+            progress.update(1, label=f"layer {i}")
+    finally:
+        progress.close()
+    return errors
