@@ -39,6 +39,16 @@ from .options import make_progress, overwrite_option, quiet_option, threads_opti
               "tuning then holds 12 more bytes per weight).")
 @click.option("--codes-lr", type=click.FloatRange(min=0, min_open=True), default=5e-3, show_default=True,
               help="With --learn-codes: learning rate of the codes, in code units.")
+@click.option("--mode", type=click.Choice(["e2e", "blockwise"]), default="e2e", show_default=True,
+              help="e2e: --steps KL steps on the whole model. blockwise: first each decoder layer alone against the "
+                   "float layer's output on cached calibration blocks (learned per-weight rounding + scales, "
+                   "AutoRound-style), then the --steps KL steps (--steps 0: none).")
+@click.option("--block-iters", type=click.IntRange(min=0), default=200, show_default=True,
+              help="--mode blockwise: optimizer steps per decoder layer.")
+@click.option("--block-samples", type=click.IntRange(min=1), default=128, show_default=True,
+              help="--mode blockwise: calibration blocks (of --seq-len tokens) whose activations are cached.")
+@click.option("--round-lr", type=click.FloatRange(min=0, min_open=True), default=1e-2, show_default=True,
+              help="--mode blockwise: learning rate of the per-weight rounding offsets (in code units).")
 @click.option("--fsdp-teacher", is_flag=True, help="Under torchrun: shard the float teacher's weights across the "
               "processes (FSDP2, one unit per decoder layer), for a teacher that does not fit one device.")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -50,20 +60,23 @@ from .options import make_progress, overwrite_option, quiet_option, threads_opti
 def cli(gguf_file: Path, teacher: str, data: str, data_field: str, out: Path, steps: int, lr: float,
         sub_lr: float | None, batch_size: int, seq_len: int, max_blocks: int, warm_steps: int, device: str,
         precision: str,
-        learn_codes: bool, codes_lr: float, fsdp_teacher: bool, seed: int, resume: bool, threads: int | None, overwrite: bool, quiet: bool) -> None:
+        learn_codes: bool, codes_lr: float, mode: str, block_iters: int, block_samples: int, round_lr: float,
+        fsdp_teacher: bool, seed: int, resume: bool, threads: int | None, overwrite: bool, quiet: bool) -> None:
     """Tune a quantized GGUF's block scales against its teacher (same types, same size).
 
     Keeps every tensor's type, integer codes and block layout and learns the block parameters (Q4_K/Q5_K:
     d, dmin, 6-bit sub-scales and mins; Q6_K: d and 8-bit sub-scales; Q2_K/Q3_K likewise; Q8_0/Q4_0/Q5_0:
     the block scale; Q4_1/Q5_1: scale and min) by gradient descent on the KL divergence from the teacher on
     the calibration data. The output has the same size, tensor types and metadata and runs in stock
-    llama.cpp. QUANT.gguf is a GGUF of the teacher or of a student distilled from it (fewer layers, other
+    llama.cpp. With --mode blockwise the codes are learned too (per-weight rounding, block by block
+    against the float layers), before the KL steps. QUANT.gguf is a GGUF of the teacher or of a student distilled from it (fewer layers, other
     widths). Under torchrun every process takes its share of each step's blocks; process 0 writes.
 
     \b
     Examples:
       slimedge convert ./teacher -o q4km.gguf --type Q4_K_M --imatrix imatrix.gguf
       slimedge tune q4km.gguf --teacher ./teacher --data train.txt -o q4km-tuned.gguf --steps 300
+      slimedge tune q4km.gguf --teacher ./teacher --data train.txt -o q4km-bw.gguf --mode blockwise --steps 0
       torchrun --nproc-per-node 4 -m slimedge tune q4km.gguf --teacher ./teacher --data corpus/ \\
           -o q4km-tuned.gguf --device cuda --batch-size 16
     """
@@ -74,7 +87,8 @@ def cli(gguf_file: Path, teacher: str, data: str, data_field: str, out: Path, st
                         warm_steps=warm_steps,
                         device=device, threads=threads, seed=seed, overwrite=overwrite, data_field=data_field,
                         resume=resume, fsdp_teacher=fsdp_teacher, precision=precision, learn_codes=learn_codes,
-                        codes_lr=codes_lr),
+                        codes_lr=codes_lr, mode=mode, block_iters=block_iters, block_samples=block_samples,
+                        round_lr=round_lr),
              make_progress(quiet))
     if not r.output:  # a non-zero rank under torchrun
         return
