@@ -138,7 +138,20 @@ def _xlmroberta(dir: Path) -> None:
     _save(transformers.XLMRobertaModel(cfg, add_pooling_layer=True), dir)
 
 
-FAMILIES = {"bert": _bert, "qwen3": _qwen3, "gemma": _gemma, "modernbert": _modernbert, "xlmroberta": _xlmroberta}
+def _nomicbert(dir: Path) -> None:
+    """nomic-embed-text's shape in transformers' own layout: rope, SwiGLU, post-norm, WordPiece tokenizer."""
+    import transformers
+
+    tokfactory.train_wordpiece(dir, vocab_size=1000)
+    n_vocab = len(json.loads((dir / "tokenizer.json").read_text())["model"]["vocab"])
+    cfg = transformers.NomicBertConfig(vocab_size=n_vocab, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                       intermediate_size=96, max_position_embeddings=128, type_vocab_size=2,
+                                       initializer_range=0.1, pad_token_id=0, layer_norm_eps=1e-12)
+    _save(transformers.NomicBertModel(cfg), dir)
+
+
+FAMILIES = {"bert": _bert, "qwen3": _qwen3, "gemma": _gemma, "modernbert": _modernbert, "xlmroberta": _xlmroberta,
+            "nomicbert": _nomicbert}
 
 
 def _save(model, dir: Path) -> None:
