@@ -51,6 +51,9 @@ _BLK = re.compile(r"^blk\.(\d+)\.")
 # architectures whose every layer runs attention and an SSM side by side: llama.cpp keeps both a KV cache and a
 # recurrent state in each layer (llama-model.cpp's memory filters for falcon-h1)
 PARALLEL_HYBRID = {"falcon-h1"}
+# encoder-only embedding architectures: llama.cpp creates no KV cache for them (llama-model.cpp's create_memory)
+NO_KV_CACHE = {"bert", "nomic-bert", "nomic-bert-moe", "modern-bert", "jina-bert-v2", "jina-bert-v3", "neo-bert",
+               "eurobert", "gemma-embedding"}
 
 
 @dataclass
@@ -226,6 +229,8 @@ def kv_bytes_per_layer(shape: ModelShape, n_ctx: int, cache_type_k: str = "f16",
                        layer: int | None = None, v_pad: int = 0) -> int:
     """KV cache of one layer (``layer``'s own kv heads and key/value lengths when the model lists them per
     layer; a layer with none holds the recurrent state instead; ``v_pad``: see :func:`padded_v_width`)."""
+    if shape.arch in NO_KV_CACHE:
+        return 0
     recurrent = layer is not None and layer < len(shape.recurrent_layers) and shape.recurrent_layers[layer]
     if recurrent and shape.arch not in PARALLEL_HYBRID:
         return shape.recurrent_bytes

@@ -41,6 +41,7 @@ def _run(bundle, *args):
 def test_manifest_says_embedding(bundle):
     man = json.loads((bundle[0] / "manifest.json").read_text())
     assert man["embedding"] == {"pooling": "mean", "normalize": True}
+    assert man["memory_estimate"]["kv_ram"] == 0  # llama.cpp gives an encoder no KV cache
     assert embedding_of({"general.architecture": "qwen3"}) is None
     assert embedding_of({"general.architecture": "qwen3", "qwen3.pooling_type": "3"})["pooling"] == "last"
 

@@ -41,3 +41,13 @@ def test_qwen3_embedding_metadata(tmp_path):
     assert r.fields["tokenizer.ggml.add_eos_token"].contents() is True
     names = {t.name for t in r.tensors}
     assert "token_embd.weight" in names and "output.weight" not in names and "blk.1.attn_k_norm.weight" in names
+
+
+def test_qwen3_embedding_keeps_its_kv_cache_in_the_estimate(tmp_path):
+    from slimedge.memory import estimate, shape_from_gguf
+    from slimedge.targets import load_target
+
+    out = tmp_path / "q.gguf"
+    convert(cached_embedder(family="qwen3", pooling="lasttoken"), out, QuantSpec("F16"))
+    tgt = load_target("cpu")
+    assert estimate(shape_from_gguf(out), tgt.runtime, hardware=tgt.hardware).kv_ram > 0  # causal: llama.cpp caches
