@@ -37,6 +37,11 @@ How:
   the same process group, device choice, teacher loading, calibration blocks, optimizer (Adam: AdamW without
   weight decay), cosine schedule, gradient sum across processes, NaN/Inf stop, progress and checkpoints (every
   ``checkpoint_every`` steps next to the output; ``resume`` continues bit for bit) as ``distill``.
+* **Block-wise mode** (``mode="blockwise"``, :mod:`.blockwise`; the default ``"e2e"`` is the KL steps alone):
+  first each decoder layer alone, as AutoRound does — the float teacher layer's output on its own cached inputs is
+  the target, the quantized model's inputs to that layer the input; learned per layer: the block fields and a
+  rounding offset in [-1/2, 1/2] per weight (codes ``round((w - offset) / scale + v)`` of the teacher's weights,
+  straight-through; written back through the code bit map); checkpoint per layer. Then the ``steps`` KL steps.
 * **Output** (:func:`.model.write_tuned`). Every tensor is written in file order with
   :class:`slimedge.writer.GGUFStreamWriter` (atomic, :mod:`slimedge.publish`): tuned tensors as their original
   bytes with the new scale fields packed in (:func:`slimedge.quant.blockfields.pack`), all others and every metadata key copied unchanged.
