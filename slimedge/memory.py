@@ -328,6 +328,17 @@ def estimate(shape: ModelShape, runtime, *, n_ctx: int | None = None, hardware=N
         host_ram=RUNTIME_OVERHEAD, n_ctx=n_ctx, n_gpu_layers=ngl)
 
 
+def combined(main: MemoryEstimate, extra: MemoryEstimate) -> MemoryEstimate:
+    """Two models in one process (a bundle's model and its speculative draft): weights, repacked copies, KV
+    caches and compute buffers add up; the runtime overhead is counted once; context and layers are ``main``'s."""
+    return MemoryEstimate(
+        weights_ram=main.weights_ram + extra.weights_ram, weights_vram=main.weights_vram + extra.weights_vram,
+        repack_ram=main.repack_ram + extra.repack_ram, kv_ram=main.kv_ram + extra.kv_ram,
+        kv_vram=main.kv_vram + extra.kv_vram, compute_ram=main.compute_ram + extra.compute_ram,
+        compute_vram=main.compute_vram + extra.compute_vram, host_ram=main.host_ram, n_ctx=main.n_ctx,
+        n_gpu_layers=main.n_gpu_layers)
+
+
 def check_fits(est: MemoryEstimate, target, what: str = "model") -> None:
     """Raise with the numbers when ``est`` exceeds the target's RAM or VRAM budget."""
     hw = target.hardware

@@ -128,6 +128,9 @@ def write_bundle_files(tmp: Path, manifest: dict) -> None:
     run.chmod(run.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
     guard = Path(__file__).with_name("serve_guard.py")  # the launcher's --serve loads it from beside itself
     (tmp / guard.name).write_text(guard.read_text(encoding="utf-8"), encoding="utf-8")
+    if manifest.get("draft"):  # the launcher's draft-model class, loaded from beside it (speculative decoding)
+        cls = Path(__file__).with_name("draft.py")
+        (tmp / cls.name).write_text(cls.read_text(encoding="utf-8"), encoding="utf-8")
     manifest["chat_format"] = chat_family(manifest.get("chat_template"))
     from .adapters import modelfile_adapters
 
@@ -161,7 +164,8 @@ def record_bench(bundle: str | Path, record: dict) -> None:
 def build_bundle(src: str | Path, target: str | Path | Target, out_dir: str | Path, *, type: str | None = None,
                  archive: bool = False, overwrite: bool = False, threads: int | None = None,
                  progress: Progress = NULL_PROGRESS, imatrix: str | Path | None = None,
-                 calib: str | Path | None = None, tune=None, loras=()) -> Path:
+                 calib: str | Path | None = None, tune=None, loras=(), draft: str | Path | None = None,
+                 draft_max: int | None = None) -> Path:
     """Build a bundle of ``src`` for ``target`` in ``out_dir``; returns ``out_dir`` (see module docstring).
 
     ``type``: a mix/type name, ``"fit"`` (the best profile candidate that fits), ``"auto"`` (the quality-driven
@@ -171,6 +175,8 @@ def build_bundle(src: str | Path, target: str | Path | Target, out_dir: str | Pa
     ``tune`` (:class:`slimedge.tune.convert.TuneOptions`): the quantized model's block scales tuned against
     the teacher (``slimedge tune``) before packing; the manifest records the run and its KL divergences.
     ``loras``: (PEFT folder or adapter GGUF, scale) pairs packed beside the model (:mod:`.adapters`).
+    ``draft``: a draft model (HF folder or GGUF, same vocabulary) for speculative decoding, drafting up to
+    ``draft_max`` tokens per step (:mod:`.drafts`).
     """
     from ..source.hub import resolve_source
 
@@ -213,6 +219,11 @@ def build_bundle(src: str | Path, target: str | Path | Target, out_dir: str | Pa
 
             manifest["adapters"] = pack_adapters(src, model, loras, pub.path)
             add_to_estimate(manifest, model, pub.path, tgt)
+        if draft is not None:  # role "draft": converted or copied, same vocabulary, both models in the estimate
+            from . import drafts
+
+            manifest["draft"] = drafts.pack_draft(model, draft, pub.path, draft_max, threads)
+            drafts.add_to_estimate(manifest, model, pub.path, tgt)
         if tuned is not None:
             from ..tune.convert import tune_teacher
 

@@ -92,6 +92,7 @@ def render_card(m: dict) -> str:
         f"{_mb(est['total_ram'])} with the pages of load-time repacked weights"
         + (f"; VRAM {_mb(est['total_vram'])}" if est["total_vram"] else "") + " |",
         f"| chat format | {m.get('chat_format') or 'unknown (no template translated for Ollama)'} |",
+        *_draft_rows(m),
         "",
         "## Run it",
         "",
@@ -117,6 +118,7 @@ def render_card(m: dict) -> str:
         f"ollama run {tag}",
         "```",
         "",
+        *_draft_notes(m),
         "Check the files before use: `slimedge verify .` (sha256 of every file, then a test load).",
         "",
         "## Measured",
@@ -135,6 +137,39 @@ def render_card(m: dict) -> str:
                   "Measured with `python run --bench --json` on each device (files in `bench/`), beside this "
                   "bundle's memory estimate (`slimedge report` renders this table):", "", device_table(m["devices"])]
     return "\n".join(lines) + "\n"
+
+
+def _draft_rows(m: dict) -> list[str]:
+    d = m.get("draft")
+    if not d:
+        return []
+    dm = m["memory_estimate"].get("draft", {})
+    return [f"| draft model | `{d['file']}` ({d.get('type')}), up to {d.get('draft_max')} tokens drafted per step; "
+            f"its weights {_mb(dm.get('weights_ram', 0))} and KV cache {_mb(dm.get('kv_ram', 0))} are in the "
+            f"estimate above |"]
+
+
+def _draft_notes(m: dict) -> list[str]:
+    """How the bundle's speculative draft is used by each runtime."""
+    d = m.get("draft")
+    if not d:
+        return []
+    from .drafts import server_command
+
+    return [
+        f"Speculative decoding: `{d['file']}` (same vocabulary) proposes tokens that the model checks in one batch; "
+        "the output is the model's own (token for token at temperature 0), generation is faster when the draft is "
+        "often right. `python run` (one-shot, `--chat`, `--serve`) and `slimedge serve` use it; `--no-draft` "
+        "turns it off. With llama.cpp's server:",
+        "",
+        "```sh",
+        f"{server_command(m)} --port 8080",
+        "```",
+        "",
+        "Ollama cannot use the draft: it has no draft-model setting (a Modelfile has one `FROM` model), so "
+        f"`ollama run` decodes with `{m['model']}` alone, at the normal speed and with the same output.",
+        "",
+    ]
 
 
 def human_size(n: int) -> str:

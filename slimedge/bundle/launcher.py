@@ -102,6 +102,8 @@ def open_model(args, rt: dict, n_ctx: int, logits_all: bool = False, embedding: 
         llm = Llama(**kw)
     try:
         apply_adapters(llm, getattr(args, "adapters", []))
+        attach_draft(llm, getattr(args, "draft", None), n_ctx=n_ctx, threads=args.threads, n_gpu_layers=args.ngl,
+                     verbose=args.verbose)
     except ServeError as exc:
         llm.close()
         sys.exit(f"run: {exc}")
@@ -111,6 +113,45 @@ def open_model(args, rt: dict, n_ctx: int, logits_all: bool = False, embedding: 
 def adapters_of(man: dict, folder: Path = HERE) -> list:
     """(path, scale) of the bundle's LoRA adapters (manifest ``adapters``, role "adapter")."""
     return [(folder / e["file"], float(e.get("scale", 1.0))) for e in man.get("adapters", [])]
+
+
+def draft_of(man: dict, folder: Path = HERE) -> dict | None:
+    """The bundle's speculative draft (manifest ``draft``, role "draft") as ``{"path", "draft_max"}``, or None."""
+    e = man.get("draft")
+    return {"path": folder / e["file"], "draft_max": int(e.get("draft_max", 8))} if e else None
+
+
+def attach_draft(llm, draft: dict | None, *, n_ctx: int, threads: int | None, n_gpu_layers: int = 0,
+                 verbose: bool = False):
+    """Decode ``llm`` speculatively: the draft GGUF runs in its own llama.cpp context (draft.py's GGUFDraft, from
+    beside this file) and proposes tokens that ``llm`` checks in one batch (llama-cpp-python's draft-model
+    hook, which needs every position's logits). Returns the draft, or None without one."""
+    if not draft:
+        return None
+    import importlib.util
+
+    import numpy as np
+
+    path = HERE / "draft.py"
+    spec = importlib.util.spec_from_file_location("slimedge_draft", path)
+    if spec is None or spec.loader is None or not path.is_file():
+        raise ServeError(f"{path} is missing; rebuild the bundle with `slimedge build --draft`")
+    mod = sys.modules.get(spec.name)
+    if mod is None:
+        mod = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    d = mod.GGUFDraft(draft["path"], n_ctx=n_ctx, n_threads=threads, k_max=draft["draft_max"],
+                      n_gpu_layers=n_gpu_layers, verbose=verbose)
+    problem = mod.vocab_mismatch(llm, d.llm)
+    if problem:
+        d.close()
+        raise ServeError(f"{draft['path']}: the draft has a {problem}; a draft must share the model's "
+                         "tokenizer: rebuild the bundle with another --draft (or run with --no-draft)")
+    llm._stack.callback(d.close)
+    if llm.scores.shape[0] < llm.n_ctx():  # the target's logits at every position, as Llama(draft_model=) keeps
+        llm.scores = np.ndarray((llm.n_ctx(), llm.n_vocab()), dtype=np.single)
+    llm._logits_all, llm.draft_model = True, d
+    return d
 
 
 def apply_adapters(llm, adapters) -> None:
@@ -165,7 +206,10 @@ def one_shot(llm, args) -> None:
         sys.stdout.flush()
         n += choice.get("finish_reason") is None  # the closing chunk carries no token
     sys.stdout.write("\n")
-    print(f"[{n} tokens]", file=sys.stderr)
+    st = getattr(getattr(llm, "draft_model", None), "stats", None)  # a bundle's draft: how often it was right
+    spec = (f"; draft: {st.accepted}/{st.proposed} accepted ({100 * st.acceptance:.0f}%), "
+            f"{st.accepted_per_step:.2f} per step" if st is not None else "")
+    print(f"[{n} tokens{spec}]", file=sys.stderr)
 
 
 def chat(llm, args, has_template: bool) -> None:
@@ -294,7 +338,7 @@ def load_guard():
 def serve(model: Path, rt: dict, *, alias: str, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
           api_key: str | None = None, n_ctx: int | None = None, n_gpu_layers: int | None = None,
           threads: int | None = None, has_template: bool = True, verbose: bool = False,
-          limits: dict | None = None, adapters=(), embedding: bool = False) -> None:
+          limits: dict | None = None, adapters=(), embedding: bool = False, draft: dict | None = None) -> None:
     """Serve ``model`` with llama-cpp-python's OpenAI-compatible server until SIGTERM/Ctrl-C.
 
     Checks the host/key rule and binds the port first, then loads the model with the runtime settings
@@ -329,6 +373,8 @@ def serve(model: Path, rt: dict, *, alias: str, host: str = "127.0.0.1", port: i
         from llama_cpp.server import app as server_app  # its one loaded model, for the guard's vocabulary checks
 
         apply_adapters(server_app._llama_proxy(), adapters)  # the bundle's LoRA adapters, at their scales
+        attach_draft(server_app._llama_proxy(), None if embedding else draft, n_ctx=ms.n_ctx, threads=threads,
+                     n_gpu_layers=ms.n_gpu_layers, verbose=verbose)  # speculative decoding with its draft
 
         if embedding:
             app = EmbeddingOnly(app, alias)
@@ -492,10 +538,13 @@ def main(argv=None) -> int:
     p.add_argument("--ngl", type=int, default=rt.get("n_gpu_layers", 0), help="layers on the GPU (-1: all)")
     p.add_argument("--repeats", type=int, default=0, help="--bench repeats (default: the profile's)")
     p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--no-draft", action="store_true", help="decode without the bundle's draft model "
+                   "(speculative decoding is on when the bundle has one)")
     p.add_argument("--model", default=man.get("model", "model.gguf"), help=argparse.SUPPRESS)
     p.add_argument("-v", "--verbose", action="store_true", help="show llama.cpp's log")
     args = p.parse_args(argv)
     args.adapters = adapters_of(man)
+    args.draft = None if args.no_draft or args.bench else draft_of(man)
     emb = man.get("embedding")
     if emb and (args.chat or args.prompt is not None or args.bench):
         sys.exit(f"run: {man.get('name', 'this model')} is an embedding model: use --embed TEXT, or --serve for "
@@ -519,7 +568,7 @@ def main(argv=None) -> int:
             serve(HERE / args.model, rt, alias=man.get("name") or Path(args.model).stem, host=args.host,
                   port=args.port, api_key=args.api_key, n_ctx=args.ctx, n_gpu_layers=args.ngl, threads=args.threads,
                   has_template=bool(man.get("chat_template")), verbose=args.verbose, adapters=adapters_of(man),
-                  embedding=bool(emb),
+                  embedding=bool(emb), draft=args.draft,
                   limits=dict(max_tokens=args.max_tokens_limit, max_body_bytes=args.max_body_bytes,
                               max_concurrent=args.max_concurrent))
         except ServeError as exc:

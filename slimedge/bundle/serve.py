@@ -36,6 +36,7 @@ class ServedModel:
     has_template: bool  # the GGUF carries tokenizer.chat_template
     adapters: list = field(default_factory=list)  # (LoRA adapter GGUF, scale) applied after loading
     embedding: dict | None = None  # an embedding model's {"pooling", "normalize"}: /v1/embeddings only
+    draft: dict | None = None  # the bundle's speculative draft {"path", "draft_max"} (launcher.draft_of)
 
 
 def resolve(path: str | Path, target: str | Path | None = None) -> ServedModel:
@@ -52,7 +53,8 @@ def resolve(path: str | Path, target: str | Path | None = None) -> ServedModel:
         if not model.is_file():
             raise SlimedgeError(f"{model}: the bundle's model is missing; run `slimedge verify {path}`")
         return ServedModel(model, dict(m.get("runtime", {})), str(m.get("name") or path.name),
-                           bool(m.get("chat_template")), launcher.adapters_of(m, path), m.get("embedding"))
+                           bool(m.get("chat_template")), launcher.adapters_of(m, path), m.get("embedding"),
+                           launcher.draft_of(m, path))
     if not path.is_file():
         raise SlimedgeError(f"{path}: not found; give a .gguf file or a bundle folder")
     from ..gguf_info import read_info
@@ -89,7 +91,7 @@ def serve(path: str | Path, *, host: str = LOOPBACK, port: int = DEFAULT_PORT, a
         launcher.serve(sm.model, rt, alias=sm.name, host=host, port=port, api_key=api_key, n_ctx=n_ctx,
                        n_gpu_layers=n_gpu_layers, threads=threads or rt.get("n_threads") or None,
                        has_template=sm.has_template, verbose=verbose, adapters=sm.adapters,
-                       embedding=bool(sm.embedding),
+                       embedding=bool(sm.embedding), draft=sm.draft,
                        limits=dict(max_tokens=max_tokens_limit, max_body_bytes=max_body_bytes,
                                    max_concurrent=max_concurrent))
     except launcher.ServeError as exc:

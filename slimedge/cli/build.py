@@ -39,14 +39,19 @@ from .options import make_progress, overwrite_option, quiet_option, threads_opti
                    "or an adapter GGUF (slimedge convert ADAPTER --base BASE).")
 @click.option("--lora-scale", "lora_scales", multiple=True, type=float, metavar="S",
               help="Scale of the --lora at the same position (repeatable; default 1.0).")
+@click.option("--draft", type=click.Path(path_type=Path), default=None, metavar="DRAFT_DIR|DRAFT.gguf",
+              help="A small model with SRC's vocabulary to bundle as a speculative-decoding draft (an HF folder is "
+                   "converted at Q8_0): run/serve decode speculatively, output unchanged.")
+@click.option("--draft-max", type=int, default=None, metavar="K",
+              help="With --draft: most tokens drafted per step (default 8; adapted below it to acceptance).")
 @tune_options
 @threads_option
 @overwrite_option
 @quiet_option
 def cli(src: Path, target: str, out: Path, qtype: str | None, imatrix: Path | None, calib: Path | None, archive: bool,
         types: str | None, text: Path | None, lmstudio: Path | None, base_model: str | None,
-        quantized_by: str | None, loras: tuple[Path, ...], lora_scales: tuple[float, ...], tune, threads: int | None,
-        overwrite: bool, quiet: bool) -> None:
+        quantized_by: str | None, loras: tuple[Path, ...], lora_scales: tuple[float, ...], draft: Path | None,
+        draft_max: int | None, tune, threads: int | None, overwrite: bool, quiet: bool) -> None:
     """Build a runnable bundle (or a Hub release folder) of a model for a target device.
 
     SRC is a Hugging Face folder or a GGUF. The bundle holds model.gguf, manifest.json (checksums, profile, memory estimate), a `run`
@@ -62,6 +67,7 @@ def cli(src: Path, target: str, out: Path, qtype: str | None, imatrix: Path | No
       slimedge build ./TinyLlama-1.1B --target cpu --types Q8_0,Q6_K,Q4_K_M,Q3_K_M -o release --text wiki.txt
       slimedge build ./TinyLlama-1.1B --target laptop-gpu --type Q4_K_M --tune wiki.txt -o tinyllama-tuned
       slimedge build ./TinyLlama-1.1B --target cpu --lora ./my-lora --lora-scale 0.8 -o tinyllama-my-lora
+      slimedge build ./Qwen2.5-1.5B --target cpu --draft ./Qwen2.5-0.5B --draft-max 8 -o qwen-spec
     """
     import json
 
@@ -70,8 +76,12 @@ def cli(src: Path, target: str, out: Path, qtype: str | None, imatrix: Path | No
             raise click.UsageError("--tune applies to a bundle (or `slimedge convert`), not to a --types release")
         if loras:
             raise click.UsageError("--lora applies to a bundle, not to a --types release")
+        if draft is not None:
+            raise click.UsageError("--draft applies to a bundle, not to a --types release")
         return _release(src, target, out, types, qtype, archive, text, lmstudio, base_model, quantized_by, threads,
                         overwrite, quiet, imatrix)
+    if draft_max is not None and draft is None:
+        raise click.UsageError("--draft-max sets the draft's tokens per step: give --draft too")
     if len(lora_scales) > len(loras):
         raise click.UsageError(f"{len(lora_scales)} --lora-scale for {len(loras)} --lora: one scale per adapter")
     for flag, value in (("--text", text), ("--lmstudio", lmstudio), ("--base-model", base_model),
@@ -82,7 +92,8 @@ def cli(src: Path, target: str, out: Path, qtype: str | None, imatrix: Path | No
 
     path = build_bundle(src, target, out, type=qtype, archive=archive, overwrite=overwrite, threads=threads,
                         progress=make_progress(quiet), imatrix=imatrix, calib=calib, tune=tune,
-                        loras=[(p, lora_scales[i] if i < len(lora_scales) else 1.0) for i, p in enumerate(loras)])
+                        loras=[(p, lora_scales[i] if i < len(lora_scales) else 1.0) for i, p in enumerate(loras)],
+                        draft=draft, draft_max=draft_max)
     m = json.loads((path / "manifest.json").read_text())
     q, est = m["quantization"], m["memory_estimate"]
     if q.get("tuned"):
@@ -90,7 +101,7 @@ def cli(src: Path, target: str, out: Path, qtype: str | None, imatrix: Path | No
     click.echo(f"bundle {path}: {q['type']} ({q['chosen_by']}), {q['model_size'] / 2**20:.1f} MiB, "
                f"{q['bpw']:.2f} bpw; estimated RAM {est['required_ram'] / 2**20:.0f} MiB"
                + (f", VRAM {est['total_vram'] / 2**20:.0f} MiB" if est["total_vram"] else "")
-               + f" for target {m['target']['name']}")
+               + f" for target {m['target']['name']}" + (" (model and draft)" if m.get("draft") else ""))
     if archive:
         click.echo(f"archive {path.parent / (path.name + '.tar.gz')}")
     click.echo(f"run it: python {path / 'run'} \"Hello\"   check it: slimedge verify {path}")
