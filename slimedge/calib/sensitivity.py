@@ -141,6 +141,11 @@ def measure(src: str | Path, types: Mapping[str, list[str]] | None = None, text:
             hf_logging.enable_progress_bar()
     model.eval().to(dev)
     params = dict(model.named_parameters(remove_duplicate=False))
+    from .hf_weights import resolve
+
+    hf = resolve(params, hf, shapes)  # stacked experts, regrouped rows; None: no torch weight (cost 0)
+    unread = {n: list(types[n]) for n in types if n in hf and hf[n] is None}
+    types = {n: c for n, c in types.items() if n not in unread}
     batch = _chunks(tok, text, ctx, chunks)
     if method == "exhaustive":
         costs = _exhaustive(model, params, hf, types, batch.to(dev), imatrix, threads, progress)
@@ -150,6 +155,7 @@ def measure(src: str | Path, types: Mapping[str, list[str]] | None = None, text:
         costs, _ = measure_fast(model, params, hf, dict(types), batch, batch_size=BATCH, device=dev,
                                 imatrix=imatrix, threads=threads, shapes=shapes, method=method,
                                 progress=progress)
+    costs.update({n: {q: 0.0 for q in c} for n, c in unread.items()})
     sec = time.monotonic() - t0
     log.info("sensitivity (%s, %s) of %d tensors measured on %d tokens in %.1f s", method, dev, len(costs),
              batch.numel(), sec)
@@ -248,7 +254,8 @@ def sensitivity(src: str | Path, text: str, *, imatrix=None, types=DEFAULT_CANDI
     imatrix = importance(src, imatrix)
     key = _key(src, text, imatrix, method, ctx, chunks)
     p = make_plan(src)
-    per = {t.name: candidate_types(t.name, t.shape, types, has_imatrix=imatrix is not None) for t in quantizable(p)}
+    per = {t.name: candidate_types(t.name, t.shape, types, has_imatrix=imatrix is not None and t.name in imatrix)
+           for t in quantizable(p)}
     old = None
     if cache is not None and Path(cache).is_file():
         old = Sensitivity.load(cache)
@@ -287,10 +294,11 @@ def auto_allocation(src: str | Path, text: str, *, target_bpw: float | None = No
     if not text.strip():
         raise SlimedgeError("--type auto needs calibration text (--calib FILE) to measure sensitivities")
     base = make_plan(src)
+    imp = importance(Path(src), imatrix)  # GGUF name -> importance: the tensors it covers
     budget, how = budget_bytes(lambda mix: make_plan(src, QuantSpec(mix), imatrix=imatrix),
                                target_bpw=target_bpw, target_size=target_size)
-    s = sensitivity(src, text, imatrix=imatrix, types=types, ctx=ctx, chunks=chunks, cache=cache,
+    s = sensitivity(src, text, imatrix=imp, types=types, ctx=ctx, chunks=chunks, cache=cache,
                     threads=threads, method=method, device=device, progress=progress)
-    return allocate(base, s.costs, budget, target=how, types=types, has_imatrix=imatrix is not None,
+    return allocate(base, s.costs, budget, target=how, types=types, has_imatrix=set(imp or ()),
                     extra={"calib_tokens": s.n_tokens, "imatrix": bool(imatrix is not None),
                            "sensitivity": s.method})

@@ -19,9 +19,13 @@ Then, per tensor:
    better choice; it is not measured.
 3. **Calibration**: KL(unquantized || only this tensor quantized) is measured exactly (partial forward) for
    one reference candidate (``method="proxy"``, the middle survivor by size) or for every survivor
-   (``method="layerwise"``). With the proxy each type's cost is ``KL_ref * E(q) / E(ref)`` (KL is
-   quadratic in a small output perturbation, as E is); a dominated candidate gets the cost of the
-   candidate that dominates it (a hair more), so the allocation never prefers it.
+   (``method="layerwise"``). With the proxy each type's cost is ``scale * E(q)``, ``scale = KL_ref / E(ref)``
+   (KL is quadratic in a small output perturbation, as E is). The scale of a kind of block tensor
+   (``attn_q``, ``ffn_down``, ...) is calibrated at ``CALIB_DEPTHS`` blocks spread over the depth and
+   interpolated (log-linear) for the blocks between, so the partial forwards cost O(depth), not O(depth²);
+   these runs score the first ``CALIB_BATCHES`` batches only (a scale needs fewer tokens than a ranking).
+   A dominated candidate gets the cost of the candidate that dominates it (a hair more), so the
+   allocation never prefers it.
 
 Tensors whose module is not a plain ``nn.Linear``/``nn.Embedding`` (fused expert tensors, ...) are measured
 exactly for every candidate. Everything runs on ``device`` (``cuda`` when asked and present); the
@@ -39,6 +43,8 @@ log = logging.getLogger(__name__)
 
 PROXY_ROWS = 256  # weight rows quantized per candidate for the proxy error
 PROXY_TOKENS = 512  # calibration tokens whose linear inputs are kept for the proxy
+CALIB_DEPTHS = 3  # blocks per tensor kind whose proxy scale is calibrated exactly (the rest interpolated)
+CALIB_BATCHES = 1  # calibration batches (of 4 sequences) the proxy's exact runs score: a scale, not a ranking
 _BLK = re.compile(r"^blk\.(\d+)\.")
 
 
@@ -97,8 +103,9 @@ class Runner:
         self.p_ref = [r.exp() for r in ref]
         self.neg_ent = [(p * r).sum(-1) for p, r in zip(self.p_ref, ref)]
 
-    def kl(self, start: int = 0) -> float:
-        """Mean KL(reference || current model) per token, running blocks ``start``.. from cached inputs."""
+    def kl(self, start: int = 0, batches: int | None = None) -> float:
+        """Mean KL(reference || current model) per token, running blocks ``start``.. from cached inputs, on
+        the first ``batches`` calibration batches (all by default)."""
         import torch
 
         saved = [self.layers[j] for j in range(start)]
@@ -108,7 +115,7 @@ class Runner:
         try:
             out = []
             with torch.inference_mode():
-                for k, b in enumerate(self.batches):
+                for k, b in enumerate(self.batches[:batches]):
                     self.cur = k
                     lq = torch.log_softmax(self.model(input_ids=b).logits.float(), -1)
                     out.append(self.neg_ent[k] - (self.p_ref[k] * lq).sum(-1))
@@ -185,70 +192,131 @@ def prune(errors: dict[str, float], nbytes: dict[str, int]) -> dict[str, str]:
     return out
 
 
+def calibrated_depths(blocks: list[int], n: int) -> set[int]:
+    """``n`` blocks spread evenly over ``blocks`` (sorted), the first and the last among them."""
+    if n <= 0 or len(blocks) <= n:
+        return set(blocks)
+    return {blocks[round(k * (len(blocks) - 1) / (n - 1))] for k in range(n)} if n > 1 else {blocks[-1]}
+
+
+def _interpolate(depth: int, known: dict[int, float]) -> float:
+    """A scale at ``depth`` from the scales calibrated at other depths: linear in log between the nearest
+    calibrated depths on either side (the nearest one past the ends)."""
+    import math
+
+    ds = sorted(known)
+    lo = max((d for d in ds if d <= depth), default=ds[0])
+    hi = min((d for d in ds if d >= depth), default=ds[-1])
+    a, b = known[lo], known[hi]
+    if lo == hi or a <= 0 or b <= 0:
+        return a if abs(depth - lo) <= abs(hi - depth) else b
+    t = (depth - lo) / (hi - lo)
+    return math.exp((1 - t) * math.log(a) + t * math.log(b))
+
+
+class _Weight:
+    """One tensor under measurement: its parameter, its quantizer (with its importance) and exact KLs."""
+
+    def __init__(self, name, w, imp, threads, runner: Runner, start: int):
+        self.name, self.w, self.imp, self.threads, self.runner, self.start = name, w, imp, threads, runner, start
+
+    def quant(self, x, q):
+        from ..quant import dequantize, quantize
+
+        return dequantize(quantize(x, q, imatrix=self.imp, threads=self.threads, what=self.name), q, x.shape[-1])
+
+    def exact(self, q: str, batches: int | None = None) -> float:
+        """KL with this tensor alone in type ``q`` (partial forward from its block)."""
+        import torch
+
+        w = self.w
+        orig = w.detach().clone()
+        x = orig.float().cpu().numpy().reshape(-1, orig.shape[-1])
+        with torch.no_grad():
+            w.copy_(torch.from_numpy(self.quant(x, q).reshape(orig.shape)).to(w.device, w.dtype))
+        try:
+            return self.runner.kl(self.start, batches)
+        finally:
+            with torch.no_grad():
+                w.copy_(orig)
+
+
 def measure_fast(model, params: dict, hf: dict, types: dict, batch, *, batch_size: int, device: str,
                  imatrix, threads, shapes: dict, method: str = "proxy", proxy_rows: int = PROXY_ROWS,
-                 progress: Progress = NULL_PROGRESS) -> tuple[dict, dict]:
-    """(costs, details): tensor -> type -> estimated KL; details: tensor -> how it was measured."""
+                 depths: int = CALIB_DEPTHS, progress: Progress = NULL_PROGRESS) -> tuple[dict, dict]:
+    """(costs, details): tensor -> type -> estimated KL; details: tensor -> how it was measured.
+
+    With ``method="proxy"`` each kind of block tensor (``attn_q``, ``ffn_down``, ...) is calibrated exactly
+    at ``depths`` blocks spread over the model (0: every block); the scale of the blocks between is
+    interpolated (log-linear in depth). Tensors outside the blocks are always calibrated."""
     import numpy as np
-    import torch
     from gguf import GGMLQuantizationType as T
 
-    from ..quant import dequantize, quantize
     from ..quant.types import tensor_nbytes
 
     runner = Runner(model, batch, batch_size, device)
     n_layer = len(runner.layers)
+    weights: dict[str, _Weight] = {}
+    for name in types:
+        hf_name = hf.get(name)
+        w = params.get(hf_name) if hf_name else None
+        if w is None:
+            raise RuntimeError(f"{name}: no torch parameter {hf_name!r} in the transformers model")
+        imp = None
+        if imatrix is not None and name in imatrix:
+            imp = np.ascontiguousarray(np.asarray(imatrix[name], dtype=np.float32).reshape(-1))
+        weights[name] = _Weight(name, w, imp, threads, runner, start_block(name, n_layer))
+    progress.start(2 * len(types), unit="steps", desc="sensitivity")
     costs: dict[str, dict[str, float]] = {}
     details: dict[str, dict] = {}
-    progress.start(len(types), unit="tensors", desc="sensitivity")
     try:
-        for name, cands in types.items():
-            hf_name = hf.get(name)
-            w = params.get(hf_name) if hf_name else None
-            if w is None:
-                raise RuntimeError(f"{name}: no torch parameter {hf_name!r} in the transformers model")
-            imp = None
-            if imatrix is not None and name in imatrix:
-                imp = np.ascontiguousarray(np.asarray(imatrix[name], dtype=np.float32).reshape(-1))
-
-            def quant(x, q, imp=imp, name=name):
-                return dequantize(quantize(x, q, imatrix=imp, threads=threads, what=name), q, x.shape[-1])
-
-            start = start_block(name, n_layer)
-            orig = w.detach().clone()
-
-            def exact(q):
-                x = orig.float().cpu().numpy().reshape(-1, orig.shape[-1])
-                with torch.no_grad():
-                    w.copy_(torch.from_numpy(quant(x, q).reshape(orig.shape)).to(w.device, w.dtype))
-                try:
-                    return runner.kl(start)
-                finally:
-                    with torch.no_grad():
-                        w.copy_(orig)
-
-            err = proxy_errors(w, hf_name.rsplit(".", 1)[0], runner, cands, quant, proxy_rows)
+        for name, cands in types.items():  # pass 1: proxy errors, pruning (cheap)
+            wt = weights[name]
+            err = proxy_errors(wt.w, hf[name].rsplit(".", 1)[0], runner, cands, wt.quant, proxy_rows)
             if err is None:
-                costs[name] = {q: exact(q) for q in cands}
                 details[name] = {"how": "exact"}
             else:
                 nb = {q: tensor_nbytes(shapes[name], T[q]) for q in cands}
                 dom = prune(err, nb)
                 live = sorted((q for q in cands if q not in dom), key=lambda q: nb[q])
-                c: dict[str, float] = {}
-                if method == "layerwise":
-                    for q in live:
-                        c[q] = exact(q)
-                else:
-                    ref = live[len(live) // 2]
-                    k_ref = exact(ref)
-                    scale = k_ref / err[ref] if err[ref] > 0 else 0.0
-                    c = {q: (k_ref if q == ref else scale * err[q]) for q in live}
-                for q, by in dom.items():
-                    c[q] = c[by] * (1 + 1e-6) + 1e-12
-                costs[name] = {q: c[q] for q in cands}
-                details[name] = {"how": method, "pruned": sorted(dom), "proxy": err}
-            progress.update(1, label=name)
+                details[name] = {"how": method, "pruned": dom, "live": live, "proxy": err}
+            progress.update(1, label=f"{name} proxy")
+        kinds: dict[str, list[int]] = {}
+        for name in types:
+            m = _BLK.match(name)
+            if m and details[name]["how"] == "proxy":
+                kinds.setdefault(name[m.end():], []).append(int(m.group(1)))
+        calib = {f"blk.{d}.{k}" for k, ds in kinds.items() for d in calibrated_depths(sorted(ds), depths)}
+        scales: dict[str, dict[int, float]] = {}
+        for name, cands in types.items():  # pass 2: exact measurements (partial forwards)
+            d, wt = details[name], weights[name]
+            if d["how"] == "exact":
+                costs[name] = {q: wt.exact(q) for q in cands}
+            elif method == "layerwise":
+                costs[name] = {q: wt.exact(q) for q in d["live"]}
+            elif not _BLK.match(name) or name in calib:
+                ref = d["live"][len(d["live"]) // 2]
+                k_ref = wt.exact(ref, CALIB_BATCHES)
+                d["scale"] = k_ref / d["proxy"][ref] if d["proxy"][ref] > 0 else 0.0
+                costs[name] = {ref: k_ref}
+                m = _BLK.match(name)
+                if m:
+                    scales.setdefault(name[m.end():], {})[int(m.group(1))] = d["scale"]
+            progress.update(1, label=f"{name} exact")
+        for name in types:  # the proxy's costs, and the dominated candidates' prices
+            d = details[name]
+            if d["how"] == "exact":
+                continue
+            c = costs.setdefault(name, {})
+            if method == "proxy":
+                if "scale" not in d:
+                    m = _BLK.match(name)
+                    d["scale"] = _interpolate(int(m.group(1)), scales[name[m.end():]])
+                for q in d["live"]:
+                    c.setdefault(q, d["scale"] * d["proxy"][q])
+            for q, by in d["pruned"].items():
+                c[q] = c[by] * (1 + 1e-6) + 1e-12
+            costs[name] = {q: c[q] for q in types[name]}
     finally:
         progress.close()
     return costs, details

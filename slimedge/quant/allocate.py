@@ -216,13 +216,14 @@ def quantizable(plan) -> list:
 
 
 def allocate(plan, costs: dict[str, dict[str, float]], budget: int, *, target: str = "",
-             types=DEFAULT_CANDIDATES, extra: dict | None = None, has_imatrix: bool = False) -> Allocation:
+             types=DEFAULT_CANDIDATES, extra: dict | None = None, has_imatrix=False) -> Allocation:
     """Choose a type for every quantizable tensor of ``plan`` (a :class:`slimedge.convert.Plan`; only its
     names, shapes and the sizes of the other tensors are used) within ``budget`` bytes of tensor data.
 
     ``costs``: tensor -> type -> measured KL increase (:class:`Sensitivity`); a tensor or type without a
     cost is an error naming it (measure with the same candidate types). ``has_imatrix``: the file is written
-    with an importance matrix (so the types that need one are candidates too)."""
+    with an importance matrix (so the types that need one are candidates too): True, or the names of the
+    tensors it covers."""
     from gguf import GGMLQuantizationType as T
 
     from .types import tensor_nbytes
@@ -236,7 +237,8 @@ def allocate(plan, costs: dict[str, dict[str, float]], budget: int, *, target: s
         if have is None:
             raise SlimedgeError(f"{t.name}: no sensitivity measured for this tensor; measure again for this model")
         cands = []
-        for q in candidate_types(t.name, t.shape, types, has_imatrix=has_imatrix):
+        hi = has_imatrix if isinstance(has_imatrix, bool) else t.name in has_imatrix
+        for q in candidate_types(t.name, t.shape, types, has_imatrix=hi):
             if q not in have:
                 raise SlimedgeError(f"{t.name}: no sensitivity measured for type {q}; measure again with "
                                     f"candidate types {','.join(types)}")

@@ -6,7 +6,7 @@ about as good), the per-(tensor, type) cache across budgets and candidate sets, 
 import pytest
 
 from slimedge.calib import sensitivity as S
-from slimedge.calib.sensitivity_fast import prune, start_block
+from slimedge.calib.sensitivity_fast import _interpolate, calibrated_depths, prune, start_block
 from slimedge.convert import plan
 from slimedge.errors import SlimedgeError
 from slimedge.quant.allocate import allocate, candidate_types, quantizable
@@ -118,6 +118,9 @@ def test_prune_and_start_block():
     assert prune({"A": 1.0, "B": 2.0, "C": 0.5, "D": 0.6}, nb) == {"B": "C", "D": "C"}
     assert prune({"A": 1.0, "B": 0.5, "C": 0.4, "D": 0.1}, nb) == {"B": "C"}  # same size, worse
     assert prune({"A": 1.0, "B": 0.5, "D": 0.1}, {"A": 10, "B": 20, "D": 30}) == {}
+    assert calibrated_depths(list(range(22)), 3) == {0, 10, 21} and calibrated_depths([0, 1], 3) == {0, 1}
+    assert _interpolate(5, {0: 1.0, 10: 100.0}) == pytest.approx(10.0)  # log-linear between calibrated depths
+    assert _interpolate(15, {0: 1.0, 10: 100.0}) == 100.0  # past the last: the nearest
     assert start_block("blk.7.attn_q.weight", 22) == 7
     assert start_block("output.weight", 22) == 22 and start_block("token_embd.weight", 22) == 0
 
