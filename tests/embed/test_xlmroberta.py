@@ -3,7 +3,7 @@
 Slow: a tiny random-init XLMRobertaModel (pad_token_id 1, so positions start at row 2) with a SentencePiece
 unigram tokenizer in fairseq order (nmt_nfkc precompiled charsmap, Metaspace, <s> … </s>); CLS and mean
 pooling; llama.cpp's embeddings equal SentenceTransformer.encode (cosine ≥ 0.9999 at F32/F16, ≥ 0.998 at
-Q8_0) and its token ids equal the source tokenizer's (accents, Cyrillic, CJK, double spaces). Fast: metadata.
+Q8_0) and its token ids equal the source tokenizer's (accents, Cyrillic, CJK, double spaces); the metadata.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ def test_xlmroberta_equals_sentence_transformers(tmp_path, ftype, floor, pooling
     assert ids[0] == 0 and ids[-1] == 2 and 3 not in ids  # <s> … </s>, no <unk>
 
 
+@pytest.mark.slow  # trains a SentencePiece unigram model (~10 s)
 def test_xlmroberta_metadata(tmp_path):
     src = cached_embedder(family="xlmroberta", pooling="cls")
     out = tmp_path / "x.gguf"
