@@ -102,4 +102,9 @@ def test_run_decodes_speculatively_with_the_same_output(built):
         outs.append((r.stdout, r.stderr))
     assert outs[0][0] == outs[1][0] and outs[0][0].strip()
     assert "draft:" in outs[0][1] and "accepted" in outs[0][1] and "draft:" not in outs[1][1]
+    chats = [subprocess.run([sys.executable, str(spec / "run"), "--chat", "--max-tokens", "16", "--temp", "0",
+                             "--threads", "2", *extra], input="Hi there\n\n", capture_output=True, text=True,
+                            timeout=300) for extra in ([], ["--no-draft"])]
+    assert all(c.returncode == 0 for c in chats), chats[0].stderr[-2000:]
+    assert chats[0].stdout == chats[1].stdout and chats[0].stdout.strip()
     assert verify_bundle(spec).loaded
