@@ -1,4 +1,4 @@
-"""ModernBERT encoders (``ModernBertModel``: ModernBERT, gte-modernbert, nomic-modernbert embedders) → ``modern-bert``.
+"""ModernBERT encoders (``ModernBertModel``: ModernBERT, gte-modernbert embedders) → GGUF ``modern-bert``.
 
 An embedding model with pre-norm layers and no biases anywhere (``norm_bias``/``attention_bias``/``mlp_bias``
 false, as the released models; others are refused): ``embeddings.norm`` (token_embd_norm), per layer an

@@ -76,7 +76,8 @@ def embedding_info(info: GGUFInfo) -> dict | None:
 def to_json(info: GGUFInfo, stats: dict | None = None, full: bool = False) -> dict:
     adapter, embedding = adapter_info(info), embedding_info(info)
     return {
-        "kind": "adapter" if adapter else "embedding" if embedding else str(info.metadata.get("general.type") or "model"),
+        "kind": ("adapter" if adapter else "embedding" if embedding
+                 else str(info.metadata.get("general.type") or "model")),
         **({"adapter": adapter} if adapter else {}),
         **({"embedding": embedding} if embedding else {}),
         "path": info.path, "file_size": info.file_size, "gguf_version": info.version,

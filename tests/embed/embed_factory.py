@@ -3,8 +3,9 @@
 ``make_embedder(dir, family, pooling="mean", normalize=True)`` saves a transformers model (random weights,
 norms and biases randomized so a mix-up shows), its locally trained tokenizer (``tests.tokfactory``), and
 the sentence-transformers files: ``modules.json``, ``1_Pooling/config.json`` and, with ``normalize``, a
-``Normalize`` module, after ``dense`` Dense modules (EmbeddingGemma's projection). ``SentenceTransformer(dir)`` loads the result. ``cached_embedder(**same)`` builds
-each distinct folder once per test session.
+``Normalize`` module, after ``dense`` Dense modules (EmbeddingGemma's projection).
+``SentenceTransformer(dir)`` loads the result. ``cached_embedder(**same)`` builds each distinct folder once
+per test session.
 """
 
 from __future__ import annotations

@@ -40,7 +40,8 @@ def _hub_config(src, dst):
     shutil.copytree(src, dst)
     cfg = json.loads((src / "config.json").read_text())
     hub = {"architectures": ["NomicBertModel"], "model_type": "nomic_bert", "n_embd": cfg["hidden_size"],
-           "n_layer": cfg["num_hidden_layers"], "n_head": cfg["num_attention_heads"], "n_inner": cfg["intermediate_size"],
+           "n_layer": cfg["num_hidden_layers"], "n_head": cfg["num_attention_heads"],
+           "n_inner": cfg["intermediate_size"],
            "n_positions": cfg["max_position_embeddings"], "vocab_size": cfg["vocab_size"], "type_vocab_size": 2,
            "layer_norm_epsilon": cfg["layer_norm_eps"], "rotary_emb_base": cfg["rope_parameters"]["rope_theta"],
            "activation_function": "swiglu", "causal": False, "prenorm": False, "qkv_proj_bias": False,
