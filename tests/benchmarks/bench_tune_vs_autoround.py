@@ -1,0 +1,161 @@
+"""Benchmark: ``slimedge tune`` (end-to-end KL, block-wise) against Intel's AutoRound at identical bytes (issue 23).
+
+On the shipped demo teacher, in one run and on the same calibration text (the demo's training text; ``--nsamples``
+blocks of 256 tokens): llama.cpp-style imatrix Q4_K_M (the start file, made as the demo makes it), that file tuned
+by ``slimedge tune`` end to end (``--steps``), block-wise (``--mode blockwise``, ``--iters`` steps per layer on
+``--nsamples`` cached blocks) and block-wise then end to end, and AutoRound's own GGUF
+(``auto-round --model DIR --format gguf:q4_k_m --iters N --nsamples N --seqlen 256 --device cpu``, the calibration
+text given as its ``--dataset``: a JSON list of 2,000-character pieces, each longer than 256 tokens). Each file is scored through llama.cpp (:func:`slimedge.bench.run_bench`: mean KL
+against the F16 teacher on the held-out text). Printed: bytes, whether the tensor types equal the start file's,
+KL, its ratio to AutoRound's and to the start file's, wall time.
+
+AutoRound is not a slimedge dependency: when ``--autoround-venv`` (default ``OUT/autoround-venv``) has no
+``auto-round``, the script creates that venv (``--system-site-packages``, so torch is reused) and
+``pip install auto-round`` into it, and says so; if that or the run fails, the row says exactly what failed.
+
+    python tests/benchmarks/bench_tune_vs_autoround.py [--out DIR] [--iters 200] [--nsamples 128] [--steps 100]
+
+Goal (issue 23): block-wise tuned KL <= 0.9x AutoRound's at identical types and bytes; wall time <= AutoRound's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def _autoround(a, teacher: Path, calib: Path, out: Path) -> tuple[Path | None, float, str]:
+    """AutoRound's Q4_K_M GGUF of the teacher (installing it into its own venv when absent): (file, seconds, note)."""
+    venv = Path(a.autoround_venv or out / "autoround-venv")
+    exe = venv / "bin" / "auto-round"
+    note = ""
+    if not exe.is_file():
+        print(f"# AutoRound is not installed: creating {venv} and running pip install auto-round", flush=True)
+        r = subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], capture_output=True,
+                           text=True)
+        if r.returncode == 0:
+            r = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "auto-round"], capture_output=True,
+                               text=True)
+        if r.returncode != 0 or not exe.is_file():
+            return None, 0.0, "pip install auto-round failed: " + (r.stderr.strip().splitlines() or ["?"])[-1]
+        note = "installed auto-round into " + str(venv)
+    dst = out / f"autoround-i{a.iters}-n{a.nsamples}"
+    found = sorted(dst.rglob("*.gguf")) if dst.is_dir() else []
+    if found and not a.rerun_autoround:
+        return found[0], float((dst / "seconds.txt").read_text()) if (dst / "seconds.txt").is_file() else 0.0, \
+            note or "reused"
+    data = out / "calib.json"  # the same text, as the list of samples AutoRound's local dataset reads
+    text = calib.read_text()
+    data.write_text(json.dumps([text[i:i + 2000] for i in range(0, len(text), 2000)]))
+    cmd = [str(exe), "--model", str(teacher), "--format", "gguf:q4_k_m", "--iters", str(a.iters), "--nsamples",
+           str(a.nsamples), "--seqlen", "256", "--device", "cpu", "--dataset", str(data), "--output_dir", str(dst)]
+    print("# " + " ".join(cmd), flush=True)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS=str(a.threads))
+    t0 = time.monotonic()
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    sec = time.monotonic() - t0
+    (out / "autoround.log").write_text(r.stdout + r.stderr)
+    found = sorted(dst.rglob("*.gguf")) if dst.is_dir() else []
+    if r.returncode != 0 or not found:
+        tail = [ln for ln in (r.stderr or r.stdout).strip().splitlines() if ln.strip()][-1:] or ["no output"]
+        return None, sec, f"auto-round exited {r.returncode} without a GGUF: {tail[0][:300]} (log: {out}/autoround.log)"
+    (dst / "seconds.txt").write_text(f"{sec}")
+    return found[0], sec, note
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="bench-tune-vs-autoround")
+    ap.add_argument("--iters", type=int, default=200, help="block-wise steps per layer (AutoRound's --iters)")
+    ap.add_argument("--nsamples", type=int, default=128, help="calibration blocks of 256 tokens (both)")
+    ap.add_argument("--steps", type=int, default=100, help="end-to-end KL steps (the e2e rows)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--calib-chars", type=int, default=1_000_000)
+    ap.add_argument("--max-chunks", type=int, default=60, help="held-out chunks of 256 tokens scored")
+    ap.add_argument("--autoround-venv", default=None)
+    ap.add_argument("--rerun-autoround", action="store_true")
+    ap.add_argument("--skip-autoround", action="store_true")
+    a = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    from slimedge.bench import run_bench
+    from slimedge.calib import compute_imatrix
+    from slimedge.convert import convert
+    from slimedge.demo import corpus
+    from slimedge.demo.pipeline import shipped_teacher
+    from slimedge.gguf_info import read_info
+    from slimedge.quant.imatrix_file import write_imatrix
+    from slimedge.quant.mixes import QuantSpec
+    from slimedge.tune import TuneConfig, tune
+
+    out = Path(a.out).absolute()
+    out.mkdir(parents=True, exist_ok=True)
+    teacher = shipped_teacher()
+    calib, held = out / "train.txt", out / "heldout.txt"
+    if not calib.is_file():
+        calib.write_text(corpus.train_text()[: a.calib_chars])
+        held.write_text(corpus.heldout_text())
+    f16 = out / "teacher-F16.gguf"
+    if not f16.is_file():
+        convert(teacher, f16, QuantSpec("F16"), overwrite=True)
+    imx = out / "imatrix.gguf"
+    if not imx.is_file():  # as the demo: the teacher's importance matrix of its training text
+        write_imatrix(imx, compute_imatrix(teacher, calib.read_text(), ctx=256, chunks=64, threads=a.threads),
+                      overwrite=True)
+    base = out / "teacher-Q4_K_M-imatrix.gguf"
+    if not base.is_file():
+        convert(teacher, base, QuantSpec("Q4_K_M"), imatrix=imx, overwrite=True)
+
+    rows: list[tuple[str, Path | None, float, str]] = [("Q4_K_M imatrix (llama.cpp-style)", base, 0.0, "start file")]
+    common = dict(gguf=str(base), teacher=str(teacher), data=str(calib), threads=a.threads, overwrite=True,
+                  seq_len=256, max_blocks=a.nsamples, precision="fp32")
+    bw = out / "slimedge-tune-blockwise.gguf"
+    # blockwise + e2e: the KL steps on the block-wise file, as --mode blockwise --steps N runs them in one go
+    for name, kw, src in (("slimedge tune e2e", dict(steps=a.steps), base),
+                          ("slimedge tune blockwise", dict(mode="blockwise", steps=0, block_iters=a.iters,
+                                                           block_samples=a.nsamples), base),
+                          ("slimedge tune blockwise + e2e", dict(steps=a.steps), bw)):
+        dst = out / (name.replace(" ", "-").replace("+", "plus") + ".gguf")
+        t0 = time.monotonic()
+        r = tune(TuneConfig(output=str(dst), **dict(common, gguf=str(src)), **kw))
+        sec = time.monotonic() - t0 + (rows[-1][2] if src == bw else 0.0)
+        rows.append((name, dst, sec, f"torch KL {r.kl_before:.4f} -> {r.kl_after:.4f}"))
+    if not a.skip_autoround:
+        path, sec, note = _autoround(a, teacher, calib, out)
+        rows.append(("AutoRound gguf:q4_k_m", path, sec, note))
+
+    ref = read_info(base)
+    ref_types = [(t.name, t.type) for t in ref.tensors]
+    res = []
+    for name, path, sec, note in rows:
+        kl, same, size = None, None, None
+        if path is not None:
+            b = run_bench(str(path), ref=str(f16), text=str(held), n_ctx=256, n_threads=a.threads, speed=False,
+                          max_chunks=a.max_chunks)
+            kl, info = b.get("kld_mean"), read_info(path)
+            size = path.stat().st_size
+            same = sorted(ref_types) == sorted((t.name, t.type) for t in info.tensors) and size == ref.file_size
+        res.append({"model": name, "bytes": size, "same_types_and_bytes": same, "kld_mean": kl, "wall_s": sec,
+                    "note": note})
+    ar = next((r["kld_mean"] for r in res if r["model"].startswith("AutoRound")), None)
+    start = res[0]["kld_mean"]
+    print(f"\n{'model':<32} {'bytes':>9} {'same':>5} {'KL vs F16':>10} {'/start':>7} {'/AutoRound':>10} {'wall s':>7}"
+          "  note")
+    for r in res:
+        kl = r["kld_mean"]
+        f = (lambda x: f"{kl / x:.2f}x" if kl is not None and x else "-")
+        print(f"{r['model']:<32} {r['bytes'] or 0:>9} {str(r['same_types_and_bytes']):>5} "
+              f"{kl if kl is not None else float('nan'):>10.5f} {f(start):>7} {f(ar):>10} {r['wall_s']:>7.0f}  "
+              f"{r['note']}")
+    (out / "bench_tune_vs_autoround.json").write_text(json.dumps(res, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
