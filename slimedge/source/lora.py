@@ -103,6 +103,9 @@ class PeftAdapter:
             if config.get(key):
                 raise SlimedgeError(f"{path}: {why}; not supported (merge it with peft's merge_and_unload and "
                                     f"convert the merged model instead)")
+        if config.get("invocation_string") and not config.get("alora_invocation_tokens"):
+            raise SlimedgeError(f"{path}: an aLoRA with invocation_string but no alora_invocation_tokens; save it "
+                                f"with peft >= 0.17 (which stores the tokens) so the adapter activates where trained")
         if not isinstance(config.get("lora_alpha"), (int, float)) or config["lora_alpha"] <= 0:
             raise SlimedgeError(f"{path}: lora_alpha missing or not a positive number; fix {CONFIG}")
         return config

@@ -154,3 +154,19 @@ def test_refuses_pickle_and_missing_files(llama_base, llama_adapter, tmp_path):
         convert_adapter(dst, llama_base, tmp_path / "a.gguf")
     with pytest.raises(SlimedgeError, match="adapter_config.json: missing"):
         convert_adapter(llama_base, llama_base, tmp_path / "a.gguf")
+
+
+def test_alora_invocation_tokens(llama_base, llama_adapter, tmp_path):
+    """An activated LoRA's invocation tokens go to adapter.alora.invocation_tokens (uint32[]), as llama.cpp reads
+    them; an invocation string without its tokens is refused (the adapter would act everywhere)."""
+    import gguf
+
+    from slimedge.adapter import convert_adapter
+
+    out = convert_adapter(_edit_config(llama_adapter, tmp_path, alora_invocation_tokens=[5, 7, 9]), llama_base,
+                          tmp_path / "a.gguf").out
+    field = gguf.GGUFReader(out).fields["adapter.alora.invocation_tokens"]
+    assert field.contents() == [5, 7, 9] and field.types == [gguf.GGUFValueType.ARRAY, gguf.GGUFValueType.UINT32]
+    with pytest.raises(SlimedgeError, match="invocation_string but no alora_invocation_tokens"):
+        convert_adapter(_edit_config(llama_adapter, tmp_path / "s", invocation_string="<x>"), llama_base,
+                        tmp_path / "b.gguf")
