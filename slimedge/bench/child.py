@@ -8,6 +8,7 @@ belong to llama.cpp's logging). Two kinds of job:
   (``n_gen`` single-token decodes, like ``tg``); reports seconds, peak RSS (VmHWM) and
   the machine/llama.cpp build.
 * ``load`` — load the model and decode a few tokens (``slimedge verify``).
+* ``spec`` — greedy generation with and without a bundle's draft model (:mod:`slimedge.bench.speculative`).
 * ``embed`` — an embedding model: load it with ``embedding=True``, embed ``job["sentences"]`` once to
   warm up, then ``repeats`` timed passes over all of them; reports the vectors, tokens and seconds.
 * ``logits`` — perplexity-style pass: the text's tokens cut into ``n_ctx`` chunks, the first
@@ -163,7 +164,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     job = json.loads(Path(argv[0]).read_text())
     try:
-        res = {"speed": run_speed, "logits": run_logits, "load": run_load, "embed": run_embed}[job["kind"]](job)
+        from .speculative import run_spec
+
+        kinds = {"speed": run_speed, "logits": run_logits, "load": run_load, "embed": run_embed,
+                 "spec": lambda j: run_spec(j, _open)}
+        res = kinds[job["kind"]](job)
         res["ok"] = True
     except Exception as exc:  # reported to the parent, which raises a SlimedgeError
         res = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}

@@ -46,6 +46,9 @@ def to_markdown(records: list[dict]) -> str:
     emb = any(r.get("embed_cosine_mean") is not None for r in records)
     if emb:
         cols += ["cos mean", "cos min", "NN agree"]
+    spec = any(r.get("draft_avg_ts") is not None for r in records)  # a bundle with a speculative draft
+    if spec:
+        cols += ["gen t/s draft", "gen t/s alone", "speed-up", "accepted", "per step", "same output"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(["---"] + ["---:"] * (len(cols) - 1)) + "|"]
     for r in records:
         parts = str(r.get("model_filename", "?")).replace("\\", "/").rsplit("/", 2)
@@ -67,6 +70,12 @@ def to_markdown(records: list[dict]) -> str:
             nn = r.get("embed_nn_agreement")
             row += [_f(r.get("embed_cosine_mean"), ".5f"), _f(r.get("embed_cosine_min"), ".5f"),
                     "—" if nn is None else f"{100 * nn:.1f}%"]
+        if spec:
+            acc = r.get("draft_acceptance")
+            row += [_f(r.get("draft_avg_ts"), ".1f"), _f(r.get("nodraft_avg_ts"), ".1f"),
+                    _f(r.get("draft_speedup"), ".2f") + ("×" if r.get("draft_speedup") is not None else ""),
+                    "—" if acc is None else f"{100 * acc:.1f}%", _f(r.get("draft_accepted_per_step"), ".2f"),
+                    {True: "yes", False: "NO", None: "—"}[r.get("draft_same_output")]]
         lines.append("| " + " | ".join(row) + " |")
     m = records[0] if records else {}
     if m.get("cpu_info"):

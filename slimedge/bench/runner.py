@@ -195,7 +195,8 @@ def run_bench(model_path: str | Path, *, ref: str | Path | None = None, text: st
                type_k=cache_type_k, type_v=cache_type_v, flash_attn=flash_attn, n_ctx=n_ctx,
                test_time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
 
-    n_runs = (repeats if speed else 0) + (1 if text else 0) + (1 if ref else 0)
+    drafted = bool(manifest.get("draft")) and speed and not embedding  # a bundle with a speculative draft
+    n_runs = (repeats if speed else 0) * (2 if drafted else 1) + (1 if text else 0) + (1 if ref else 0)
     progress.start(1 + (1 if ref else 0) if embedding else n_runs, unit="runs", desc=f"bench {path.name}")
     try:
         if embedding:  # no generation, no perplexity: speed at batch and agreement with the reference
@@ -203,6 +204,10 @@ def run_bench(model_path: str | Path, *, ref: str | Path | None = None, text: st
             return rec
         if speed:
             _speed(rec, path, common, repeats, n_prompt, n_gen, max(n_ctx, n_prompt + n_gen), progress)
+        if drafted:
+            from .speculative import measure
+
+            measure(rec, Path(model_path), manifest, common, n_gen, repeats, progress)
         if text is not None:
             _quality(rec, path, Path(text), Path(ref) if ref else None, common, n_ctx, max_chunks, progress)
     finally:

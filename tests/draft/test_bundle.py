@@ -108,3 +108,25 @@ def test_run_decodes_speculatively_with_the_same_output(built):
     assert all(c.returncode == 0 for c in chats), chats[0].stderr[-2000:]
     assert chats[0].stdout == chats[1].stdout and chats[0].stdout.strip()
     assert verify_bundle(spec).loaded
+
+
+@pytest.mark.slow
+def test_bench_reports_the_draft(built):
+    """`slimedge bench BUNDLE` on a bundle with a draft: generation with and without it on the same prompts
+    (identical greedy tokens), acceptance and accepted tokens per step; a bundle without one has no such columns."""
+    plain, spec, _, _ = built
+    r = CliRunner().invoke(main, ["bench", str(spec), "--json", "--no-record", "-r", "1", "-p", "16", "-n", "16",
+                                  "--threads", "2", "-q"])
+    assert r.exit_code == 0, r.output
+    (rec,) = json.loads(r.output[r.output.index("["):])
+    assert rec["draft_same_output"] is True and rec["draft_model"].endswith("draft.gguf")
+    assert rec["draft_avg_ts"] > 0 and rec["nodraft_avg_ts"] > 0
+    assert rec["draft_speedup"] == pytest.approx(rec["draft_avg_ts"] / rec["nodraft_avg_ts"])
+    assert 0 <= rec["draft_acceptance"] <= 1 and rec["draft_accepted_per_step"] >= 0
+    assert rec["draft_size"] == (spec / "draft.gguf").stat().st_size
+    from slimedge.bench.report import to_markdown
+
+    assert "gen t/s draft" in to_markdown([rec]) and "| yes |" in to_markdown([rec])
+    r = CliRunner().invoke(main, ["bench", str(plain), "--json", "--no-record", "-r", "1", "-p", "16", "-n", "16",
+                                  "--threads", "2", "-q"])
+    assert r.exit_code == 0 and "draft_avg_ts" not in r.output
