@@ -117,3 +117,21 @@ def test_vocab_mismatch_named(ggufs, tmp_path):
     finally:
         for m in (t, same, diff):
             m.close()
+
+
+def test_sampled_generation_runs_with_the_draft(ggufs):
+    """At temperature > 0 the hook samples the target at every drafted position: generation runs to length,
+    every token from the target's vocabulary, and the draft was consulted."""
+    draft = GGUFDraft(ggufs["q8"], n_ctx=256, n_threads=2)
+    spec = _target(ggufs["target"], draft)
+    try:
+        out = []
+        for tok in spec.generate(PROMPT, temp=0.8, top_k=40):
+            out.append(int(tok))
+            if len(out) == 32:
+                break
+        assert len(out) == 32 and all(0 <= t < spec.n_vocab() for t in out)
+        assert draft.stats.calls > 0 and draft.stats.proposed > 0
+    finally:
+        spec.close()
+        draft.close()
