@@ -12,7 +12,9 @@ at every position and keeps the drafted ones up to the first that differs, so th
   token;
 * ``k`` follows acceptance: the next call learns how many of its proposals the target kept (the new tokens
   after the proposal point); all kept -> ``k`` grows by half (at most ``k_max``), a miss after ``a`` kept ->
-  ``k`` becomes ``a + 1`` (at least ``k_min``).
+  ``k`` becomes ``a + 1`` (at least ``k_min``). A draft that keeps missing at ``k_min`` backs off: it sits
+  out the next 1, 2, 4 ... (at most :data:`MAX_SKIP`) target steps (proposing nothing, so the target decodes
+  alone at its normal cost), then tries again; a kept token ends the back-off.
 
 :attr:`GGUFDraft.stats` counts calls, proposed/accepted tokens and the tokens the draft evaluated.
 :func:`vocab_mismatch` says why a draft cannot serve a target (vocabulary size or a token's text).
@@ -28,6 +30,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from llama_cpp.llama_speculative import LlamaDraftModel
+
+MAX_SKIP = 16  # most target steps a missing draft sits out before trying again
 
 
 @dataclass
@@ -61,6 +65,7 @@ class GGUFDraft(LlamaDraftModel):
         self.k, self.k_min, self.k_max = max(k_min, min(k, k_max)), k_min, k_max
         self.stats = DraftStats()
         self._pending: tuple[np.ndarray, np.ndarray] | None = None  # (context, proposal) of the last call
+        self._skip = self._backoff = 0  # steps left to sit out; the current back-off length
         self._n_vocab = self.llm.n_vocab()
 
     def close(self) -> None:
@@ -83,6 +88,11 @@ class GGUFDraft(LlamaDraftModel):
             self.stats.accepted += kept
             self.stats.steps += 1
             full = kept == len(prop)
+            if kept == 0 and len(prop) <= self.k_min:  # missing even at the smallest k: sit out a while
+                self._backoff = min(MAX_SKIP, 2 * self._backoff or 1)
+                self._skip = self._backoff
+            elif kept:
+                self._backoff = 0
             self.k = min(self.k_max, self.k + max(1, self.k // 2)) if full else max(self.k_min, kept + 1)
 
     def _sync(self, ids: np.ndarray) -> None:
@@ -111,6 +121,9 @@ class GGUFDraft(LlamaDraftModel):
         ids = np.asarray(input_ids, dtype=np.intc)
         self.stats.calls += 1
         self._learn(ids)
+        if self._skip > 0:
+            self._skip -= 1
+            return np.array([], dtype=np.intc)
         k = min(self.k, self.llm.n_ctx() - len(ids))
         if k <= 0 or len(ids) == 0:
             return np.array([], dtype=np.intc)

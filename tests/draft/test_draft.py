@@ -89,7 +89,7 @@ def test_k_adapts_to_acceptance():
     d = GGUFDraft.__new__(GGUFDraft)  # the bookkeeping alone, no model
     from slimedge.bundle.draft import DraftStats
 
-    d.k, d.k_min, d.k_max, d.stats = 4, 1, 8, DraftStats()
+    d.k, d.k_min, d.k_max, d.stats, d._skip, d._backoff = 4, 1, 8, DraftStats(), 0, 0
     ctx = np.array([1, 2, 3], dtype=np.intc)
     d._pending = (ctx, np.array([5, 6, 7, 8], dtype=np.intc))
     d._learn(np.array([1, 2, 3, 5, 6, 7, 8, 9], dtype=np.intc))  # all four kept, plus the target's own
@@ -100,6 +100,17 @@ def test_k_adapts_to_acceptance():
     d._pending = (ctx, np.array([5], dtype=np.intc))
     d._learn(np.array([9, 9, 9, 9], dtype=np.intc))  # another generation: nothing learnt
     assert d.stats.steps == 2 and d._pending is None
+    # misses at k_min: the draft sits out 1, then 2 target steps (proposing nothing), then tries again
+    d.k, long = 1, np.arange(1, 40, dtype=np.intc)
+    d._pending = (long[:3], np.array([7], dtype=np.intc))
+    assert len(d(long[:5])) == 0 and d._backoff == 1 and d._skip == 0  # sat out this step
+    d._pending = (long[:6], np.array([99], dtype=np.intc))
+    d._learn(long[:8])
+    assert (d._backoff, d._skip) == (2, 2)
+    assert len(d(long[:9])) == 0 and len(d(long[:10])) == 0 and d._skip == 0
+    d._pending = (long[:10], np.array([11], dtype=np.intc))
+    d._learn(long[:12])  # kept: the back-off ends
+    assert d._backoff == 0 and d.stats.accepted == 6
 
 
 def test_vocab_mismatch_named(ggufs, tmp_path):
