@@ -147,14 +147,21 @@ def measure(src: str | Path, types: Mapping[str, list[str]] | None = None, text:
     unread = {n: list(types[n]) for n in types if n in hf and hf[n] is None}
     types = {n: c for n, c in types.items() if n not in unread}
     batch = _chunks(tok, text, ctx, chunks)
+    from .hf_weights import resolve
+
+    where = resolve(params, {n: hf[n] for n in types if n in hf}, shapes)  # views of fused weights join params
+    hf = {n: w for n, w in where.items() if w is not None}
+    unread = {n: {q: 0.0 for q in c} for n, c in types.items() if n in where and where[n] is None}
+    run = {n: c for n, c in types.items() if n not in unread}
     if method == "exhaustive":
-        costs = _exhaustive(model, params, hf, types, batch.to(dev), imatrix, threads, progress)
+        costs = _exhaustive(model, params, hf, run, batch.to(dev), imatrix, threads, progress)
     else:
         from .sensitivity_fast import measure_fast
 
-        costs, _ = measure_fast(model, params, hf, dict(types), batch, batch_size=BATCH, device=dev,
+        costs, _ = measure_fast(model, params, hf, run, batch, batch_size=BATCH, device=dev,
                                 imatrix=imatrix, threads=threads, shapes=shapes, method=method,
                                 progress=progress)
+    costs.update(unread)  # tensors no torch weight holds (llama.cpp never reads them): every type costs 0
     costs.update({n: {q: 0.0 for q in c} for n, c in unread.items()})
     sec = time.monotonic() - t0
     log.info("sensitivity (%s, %s) of %d tensors measured on %d tokens in %.1f s", method, dev, len(costs),

@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 PROXY_ROWS = 256  # weight rows quantized per candidate for the proxy error
 PROXY_TOKENS = 512  # calibration tokens whose linear inputs are kept for the proxy
 CALIB_DEPTHS = 3  # blocks per tensor kind whose proxy scale is calibrated exactly (the rest interpolated)
+CALIB_POINTS = 1  # exact points per calibrated tensor: the middle candidate (2: and the smallest, fits an exponent)
 CALIB_BATCHES = 1  # calibration batches (of 4 sequences) the proxy's exact runs score: a scale, not a ranking
 _BLK = re.compile(r"^blk\.(\d+)\.")
 
@@ -241,6 +242,28 @@ class _Weight:
                 w.copy_(orig)
 
 
+def _mid(live: list[str]) -> str:
+    return live[len(live) // 2]
+
+
+def _calibrate(wt: _Weight, d: dict) -> dict[str, float]:
+    """Exact KLs of the middle live candidate and (``CALIB_POINTS`` 2) the smallest; sets ``d["scale"]``
+    (KL / E at the middle) and ``d["power"]`` (the exponent of KL in E between the two, 1 with one point)."""
+    import math
+
+    mid = _mid(d["live"])
+    k_mid = wt.exact(mid, CALIB_BATCHES)
+    e = d["proxy"]
+    d["scale"], d["power"] = (k_mid / e[mid] if e[mid] > 0 else 0.0), 1.0
+    out = {mid: k_mid}
+    low = d["live"][0]
+    if CALIB_POINTS > 1 and low != mid:
+        out[low] = wt.exact(low, CALIB_BATCHES)
+        if min(out[low], k_mid, e[low], e[mid]) > 0 and e[low] != e[mid]:
+            d["power"] = min(2.5, max(0.5, math.log(out[low] / k_mid) / math.log(e[low] / e[mid])))
+    return out
+
+
 def measure_fast(model, params: dict, hf: dict, types: dict, batch, *, batch_size: int, device: str,
                  imatrix, threads, shapes: dict, method: str = "proxy", proxy_rows: int = PROXY_ROWS,
                  depths: int = CALIB_DEPTHS, progress: Progress = NULL_PROGRESS) -> tuple[dict, dict]:
@@ -295,13 +318,10 @@ def measure_fast(model, params: dict, hf: dict, types: dict, batch, *, batch_siz
             elif method == "layerwise":
                 costs[name] = {q: wt.exact(q) for q in d["live"]}
             elif not _BLK.match(name) or name in calib:
-                ref = d["live"][len(d["live"]) // 2]
-                k_ref = wt.exact(ref, CALIB_BATCHES)
-                d["scale"] = k_ref / d["proxy"][ref] if d["proxy"][ref] > 0 else 0.0
-                costs[name] = {ref: k_ref}
+                costs[name] = _calibrate(wt, d)
                 m = _BLK.match(name)
                 if m:
-                    scales.setdefault(name[m.end():], {})[int(m.group(1))] = d["scale"]
+                    scales.setdefault(name[m.end():], {})[int(m.group(1))] = (d["scale"], d["power"])
             progress.update(1, label=f"{name} exact")
         for name in types:  # the proxy's costs, and the dominated candidates' prices
             d = details[name]
@@ -311,9 +331,13 @@ def measure_fast(model, params: dict, hf: dict, types: dict, batch, *, batch_siz
             if method == "proxy":
                 if "scale" not in d:
                     m = _BLK.match(name)
-                    d["scale"] = _interpolate(int(m.group(1)), scales[name[m.end():]])
+                    known = scales[name[m.end():]]
+                    d["scale"] = _interpolate(int(m.group(1)), {k: v[0] for k, v in known.items()})
+                    d["power"] = _interpolate(int(m.group(1)), {k: v[1] for k, v in known.items()})
+                e_mid = d["proxy"][_mid(d["live"])]
                 for q in d["live"]:
-                    c.setdefault(q, d["scale"] * d["proxy"][q])
+                    r = d["proxy"][q] / e_mid if e_mid > 0 else 0.0
+                    c.setdefault(q, d["scale"] * e_mid * r ** d["power"])
             for q, by in d["pruned"].items():
                 c[q] = c[by] * (1 + 1e-6) + 1e-12
             costs[name] = {q: c[q] for q in types[name]}

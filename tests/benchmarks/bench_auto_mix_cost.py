@@ -94,9 +94,9 @@ def cost(args) -> None:
         rec["proxy"][mod] = time.monotonic() - t0
         return r
 
-    def exact(self, q):
+    def exact(self, q, batches=None):
         t0, n0 = time.monotonic(), len(rec["kl"])
-        r = real_exact(self, q)
+        r = real_exact(self, q, batches)
         rec["quant"][self.name] = time.monotonic() - t0 - sum(r for _, _, r in rec["kl"][n0:])
         return r
 
