@@ -53,9 +53,21 @@ def _autoround(a, teacher: Path, calib: Path, out: Path) -> tuple[Path | None, f
     data = out / "calib.json"  # the same text, as the list of samples AutoRound's local dataset reads
     text = calib.read_text()
     data.write_text(json.dumps([text[i:i + 2000] for i in range(0, len(text), 2000)]))
-    cmd = [str(exe), "--model", str(teacher), "--format", "gguf:q4_k_m", "--iters", str(a.iters), "--nsamples",
+    # auto-round's GGUF writer (a copy of llama.cpp's converter) refuses a BPE pre-tokenizer it has no hash for, as
+    # the demo teacher's; it is GPT-2's (what slimedge's converter writes), so that one name is supplied
+    patch = ("import sys\nfrom auto_round.export.export_to_gguf import llama_cpp_conversion as lc\n"
+             "imp = lc._import_conversion_from\n"
+             "def patched(*a, **k):\n    ctx = imp(*a, **k)\n    tm = sys.modules['conversion.base'].TextModel\n"
+             "    orig = tm.get_vocab_base_pre\n"
+             "    if not getattr(orig, 'gpt2', False):\n"
+             "        def pre(self, tok):\n            try:\n                return orig(self, tok)\n"
+             "            except NotImplementedError:\n                return 'gpt-2'\n"
+             "        pre.gpt2 = True\n        tm.get_vocab_base_pre = pre\n    return ctx\n"
+             "lc._import_conversion_from = patched\n"
+             "from auto_round.__main__ import run\nsys.argv[0] = 'auto-round'\nsys.exit(run())\n")
+    cmd = [str(venv / "bin" / "python"), "-c", patch, "--model", str(teacher), "--format", "gguf:q4_k_m", "--iters", str(a.iters), "--nsamples",
            str(a.nsamples), "--seqlen", "256", "--device", "cpu", "--dataset", str(data), "--output_dir", str(dst)]
-    print("# " + " ".join(cmd), flush=True)
+    print("# auto-round " + " ".join(cmd[3:]), flush=True)
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS=str(a.threads))
     t0 = time.monotonic()
     r = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -81,6 +93,7 @@ def main() -> int:
     ap.add_argument("--autoround-venv", default=None)
     ap.add_argument("--rerun-autoround", action="store_true")
     ap.add_argument("--skip-autoround", action="store_true")
+    ap.add_argument("--reuse", action="store_true", help="reuse tuned files (and their times) left in --out")
     a = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
@@ -122,9 +135,14 @@ def main() -> int:
                                                            block_samples=a.nsamples), base),
                           ("slimedge tune blockwise + e2e", dict(steps=a.steps), bw)):
         dst = out / (name.replace(" ", "-").replace("+", "plus") + ".gguf")
+        took = dst.with_suffix(".seconds")
+        if a.reuse and dst.is_file() and took.is_file():
+            rows.append((name, dst, float(took.read_text()), "reused"))
+            continue
         t0 = time.monotonic()
         r = tune(TuneConfig(output=str(dst), **dict(common, gguf=str(src)), **kw))
         sec = time.monotonic() - t0 + (rows[-1][2] if src == bw else 0.0)
+        took.write_text(f"{sec}")
         rows.append((name, dst, sec, f"torch KL {r.kl_before:.4f} -> {r.kl_after:.4f}"))
     if not a.skip_autoround:
         path, sec, note = _autoround(a, teacher, calib, out)
