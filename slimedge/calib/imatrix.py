@@ -82,6 +82,8 @@ def targets(src: str | Path, process_output: bool = False) -> list[Target]:
         measured = (t.name.startswith("blk.") or (process_output and t.name == "output.weight"))
         if not measured or not t.name.endswith(".weight") or len(t.shape) < 2 or any(s in t.name for s in _NOT_MATMUL):
             continue
+        if "(zeros)" in t.origin:  # written for the layout only (Gemma 3n's KV-shared K/V): llama.cpp never reads it
+            continue
         # a tensor of reordered rows reads one source tensor (slimedge.arch.moe.StackedRef names it first)
         hf = t.origin.rsplit(" in ", 1)[0].split(" (stacked from ", 1)[0]
         part = _EXPERT_PARTS.get(t.name.split(".")[2]) if len(t.shape) == 3 else None
