@@ -13,9 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,7 +20,8 @@ from pathlib import Path
 from ..errors import SlimedgeError
 from ..progress import NULL_PROGRESS, Progress
 from ..quant.types import CACHE_TYPES, file_type_name
-from ..threads import llama_threads, native_env
+from ..threads import llama_threads
+from .process import mean_sd, run_child
 
 log = logging.getLogger(__name__)
 
@@ -78,32 +76,6 @@ def gguf_sizes(path: Path) -> tuple[int, int, str]:
             ft_s = str(ft.contents())
     n_s = f"{n / 1e9:.1f}B" if n >= 1e9 else f"{n / 1e6:.0f}M"
     return size, n, f"{arch_s} {n_s} {ft_s}"
-
-
-def run_child(job: dict, timeout: float = 3600) -> dict:
-    """Run one job in ``python -m slimedge.bench.child`` and return its result dict."""
-    with tempfile.TemporaryDirectory(prefix="slimedge-bench-") as tmp:
-        job = dict(job, result=str(Path(tmp) / "result.json"))
-        jf = Path(tmp) / "job.json"
-        jf.write_text(json.dumps(job))
-        try:
-            proc = subprocess.run([sys.executable, "-m", "slimedge.bench.child", str(jf)], capture_output=True,
-                                  text=True, timeout=timeout, env=native_env())
-        except subprocess.TimeoutExpired:
-            raise SlimedgeError(f"{job['model']}: benchmark child timed out after {timeout:.0f}s") from None
-        res_path = Path(job["result"])
-        if not res_path.exists():
-            tail = (proc.stderr or proc.stdout or "").strip().splitlines()[-3:]
-            raise SlimedgeError(f"{job['model']}: llama.cpp process died (exit {proc.returncode}): "
-                                f"{' | '.join(tail) or 'no output'}; is the file a model llama.cpp can load?")
-        res = json.loads(res_path.read_text())
-    if not res.get("ok"):
-        raise SlimedgeError(f"{job['model']}: llama.cpp could not run it: {res.get('error')}")
-    return res
-
-
-def _mean_sd(xs: list[float]) -> tuple[float, float]:
-    return float(statistics.fmean(xs)), float(statistics.stdev(xs)) if len(xs) > 1 else 0.0
 
 
 def resolve_model(model_path: str | Path) -> tuple[Path, dict]:
@@ -226,7 +198,7 @@ def _embedding(rec: dict, path, ref, common: dict, repeats: int, progress) -> No
     rates = [r["n_tokens"] / s for s in r["seconds"]]
     rec.update(r["machine"])
     rec.pop("system_info", None)
-    rec["embed_ts"], rec["embed_stddev_ts"] = _mean_sd(rates)
+    rec["embed_ts"], rec["embed_stddev_ts"] = mean_sd(rates)
     rec["load_s"], rec["load_s_stddev"] = r["load_s"], 0.0
     rec.update(peak_rss_bytes=r["peak_rss_bytes"], repeats=repeats, n_sentences=len(SENTENCES),
                n_prompt=r["n_tokens"])
@@ -252,9 +224,9 @@ def _speed(rec, path, common, repeats, n_prompt, n_gen, ctx, progress) -> None:
         rec.update(r["machine"])
         rec.pop("system_info", None)
         progress.update(1, label=f"tg {tg[-1]:.1f} t/s")
-    rec["load_s"], rec["load_s_stddev"] = _mean_sd(loads)
-    rec["pp_avg_ts"], rec["pp_stddev_ts"] = _mean_sd(pp)
-    rec["avg_ts"], rec["stddev_ts"] = _mean_sd(tg)
+    rec["load_s"], rec["load_s_stddev"] = mean_sd(loads)
+    rec["pp_avg_ts"], rec["pp_stddev_ts"] = mean_sd(pp)
+    rec["avg_ts"], rec["stddev_ts"] = mean_sd(tg)
     rec.update(pp_samples_ts=pp, samples_ts=tg, peak_rss_bytes=max(rss), n_prompt=n_prompt, n_gen=n_gen,
                repeats=repeats)
     rec["tests"] = [  # llama-bench-shaped per-test records

@@ -65,7 +65,7 @@ def run_spec(job: dict, open_model) -> dict:
 
 def measure(rec: dict, bundle: Path, manifest: dict, common: dict, n_gen: int, repeats: int, progress) -> None:
     """Fill ``rec``'s :data:`FIELDS` for a bundle with a draft (``repeats`` children)."""
-    from .runner import _mean_sd, run_child
+    from .process import mean_sd, run_child
 
     d = manifest["draft"]
     model, draft = bundle / manifest["model"], bundle / d["file"]
@@ -78,8 +78,8 @@ def measure(rec: dict, bundle: Path, manifest: dict, common: dict, n_gen: int, r
         fast.append(r["draft_ts"])
         same, prop, acc, steps = same and r["same"], prop + r["proposed"], acc + r["accepted"], steps + r["steps"]
         progress.update(1, label=f"draft {fast[-1]:.1f} t/s")
-    rec["draft_avg_ts"], rec["draft_stddev_ts"] = _mean_sd(fast)
-    rec["nodraft_avg_ts"], rec["nodraft_stddev_ts"] = _mean_sd(plain)
+    rec["draft_avg_ts"], rec["draft_stddev_ts"] = mean_sd(fast)
+    rec["nodraft_avg_ts"], rec["nodraft_stddev_ts"] = mean_sd(plain)
     rec.update(draft_model=str(draft), draft_size=draft.stat().st_size,
                draft_speedup=rec["draft_avg_ts"] / rec["nodraft_avg_ts"],
                draft_acceptance=acc / prop if prop else 0.0, draft_accepted_per_step=acc / steps if steps else 0.0,

@@ -86,7 +86,7 @@ def read_any_manifest(folder: Path) -> dict:
 
 
 def check_loads(model: Path, report: VerifyReport) -> None:
-    from ..bench.runner import run_child
+    from ..bench.process import run_child
     from ..gguf_info import read_info
 
     read_info(model)  # header problems get a precise message before llama.cpp runs
