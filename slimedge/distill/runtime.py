@@ -155,7 +155,8 @@ def load_teacher_model(path: str, dtype, device):
         raise SlimedgeError(f"cannot load teacher weights from {path}: {one_line(exc)}") from None
     head = model.get_output_embeddings()
     if head is None or getattr(head, "bias", None) is not None:
-        raise SlimedgeError(f"teacher {path}: an output head without bias is required")
+        raise SlimedgeError(f"teacher {path}: distill needs an output head without bias; a "
+                            f"{getattr(model.config, 'model_type', type(model).__name__)} model's head has one")
     model.to(device).eval()
     for p in model.parameters():
         p.requires_grad_(False)

@@ -20,7 +20,9 @@ from ..errors import SlimedgeError
 
 log = logging.getLogger(__name__)
 
-_LAYER_RE = re.compile(r"(^|\.)layers\.(\d+)\.")
+_LAYER_RE = re.compile(r"(^|\.)(?:layers|h)\.(\d+)\.")  # GPT-2 numbers its blocks transformer.h.N
+# a student tensor's name in checkpoints that transformers 5 renames on load (GPT-NeoX's head)
+_CHECKPOINT_NAMES = {"lm_head.weight": "embed_out.weight"}
 
 
 def layer_map(n_student: int, n_teacher: int) -> list[int]:
@@ -188,6 +190,7 @@ def teacher_tensors(teacher_dir: str):
             raise bad(f, exc) from None
 
     def get(name: str):
+        name = name if name in where else _CHECKPOINT_NAMES.get(name, name)
         f = where.get(name)
         if f is None:
             return None
