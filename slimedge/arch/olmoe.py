@@ -20,7 +20,7 @@ from gguf import MODEL_ARCH, MODEL_TENSOR
 from ..errors import SlimedgeError
 from .base import Arch
 from .moe import MoEArch
-from .qwen3moe import QWEN3MOE_EXPERTS
+from .qwen3moe import QWEN3MOE_EXPERTS, ROUTED_EXPERT_TENSORS
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +41,7 @@ class Olmoe(MoEArch, Arch):
         (L + "self_attn.k_norm.weight", T.ATTN_K_NORM, True),
         (L + "self_attn.o_proj.weight", T.ATTN_OUT, True),
         (L + "post_attention_layernorm.weight", T.FFN_NORM, True),
-        (L + "mlp.gate.weight", T.FFN_GATE_INP, True),
-        (QWEN3MOE_EXPERTS[0].name, T.FFN_GATE_EXP, True),
-        (QWEN3MOE_EXPERTS[1].name, T.FFN_UP_EXP, True),
-        (QWEN3MOE_EXPERTS[2].name, T.FFN_DOWN_EXP, True),
+        *ROUTED_EXPERT_TENSORS,
         ("model.norm.weight", T.OUTPUT_NORM, True),
         ("lm_head.weight", T.OUTPUT, True),  # unless tied: then a copy of the embedding
     ]

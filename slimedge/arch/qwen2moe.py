@@ -23,7 +23,7 @@ from ..errors import SlimedgeError
 from .base import KV, U32, Arch
 from .moe import Experts, MoEArch
 from .qwen3 import refuse_sliding_window
-from .qwen3moe import QWEN3MOE_EXPERTS
+from .qwen3moe import QWEN3MOE_EXPERTS, ROUTED_EXPERT_TENSORS, refuse_dense_layers
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +33,7 @@ S = L + "mlp.shared_expert."
 
 # the MoE block of Qwen2-MoE-style tables: router, stacked experts, shared expert and its gate
 SHARED_EXPERT_TENSORS = [
-    (L + "mlp.gate.weight", T.FFN_GATE_INP, True),
-    (QWEN3MOE_EXPERTS[0].name, T.FFN_GATE_EXP, True),
-    (QWEN3MOE_EXPERTS[1].name, T.FFN_UP_EXP, True),
-    (QWEN3MOE_EXPERTS[2].name, T.FFN_DOWN_EXP, True),
+    *ROUTED_EXPERT_TENSORS,
     (L + "mlp.shared_expert_gate.weight", T.FFN_GATE_INP_SHEXP, True),
     (S + "gate_proj.weight", T.FFN_GATE_SHEXP, True),
     (S + "up_proj.weight", T.FFN_UP_SHEXP, True),
@@ -70,12 +67,7 @@ class Qwen2Moe(MoEArch, Arch):
     def __init__(self, config: dict, hf_arch: str):
         super().__init__(config, hf_arch)
         refuse_sliding_window(config, hf_arch)
-        dense = config.get("mlp_only_layers") or []
-        step = int(config.get("decoder_sparse_step") or 1)
-        if dense or step != 1:
-            raise SlimedgeError(f"config.json: {hf_arch} with dense layers (mlp_only_layers {dense}, "
-                                f"decoder_sparse_step {step}) is not supported: llama.cpp's qwen2moe has experts "
-                                f"in every layer")
+        refuse_dense_layers(config, hf_arch, "qwen2moe")
         self.n_ff_shexp = int(config.get("shared_expert_intermediate_size") or 0)
         if self.n_ff_shexp <= 0:
             raise SlimedgeError(f"config.json: {hf_arch} needs shared_expert_intermediate_size (llama.cpp's "

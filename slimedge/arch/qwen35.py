@@ -29,7 +29,7 @@ from ..errors import SlimedgeError
 from ..quant.model_info import ModelInfo
 from .base import KV, U32, Arch
 from .moe import MoEArch, Part, StackedRef
-from .qwen3moe import QWEN3MOE_EXPERTS
+from .qwen3moe import QWEN3MOE_EXPERTS, ROUTED_EXPERT_TENSORS
 from .ssm import DELTA_NET_HF, DELTA_NET_TENSORS, DeltaNet, recurrent_layer_flags
 
 log = logging.getLogger(__name__)
@@ -52,10 +52,7 @@ def _table(ffn: list, delta: list = DELTA_NET_TENSORS) -> list:
 
 # the feed-forward of the MoE variants: router, stacked experts, shared expert and its sigmoid gate
 MOE_FFN = [
-    (L + "mlp.gate.weight", T.FFN_GATE_INP, True),
-    (QWEN3MOE_EXPERTS[0].name, T.FFN_GATE_EXP, True),
-    (QWEN3MOE_EXPERTS[1].name, T.FFN_UP_EXP, True),
-    (QWEN3MOE_EXPERTS[2].name, T.FFN_DOWN_EXP, True),
+    *ROUTED_EXPERT_TENSORS,
     (L + "mlp.shared_expert.gate_proj.weight", T.FFN_GATE_SHEXP, True),
     (L + "mlp.shared_expert.up_proj.weight", T.FFN_UP_SHEXP, True),
     (L + "mlp.shared_expert.down_proj.weight", T.FFN_DOWN_SHEXP, True),

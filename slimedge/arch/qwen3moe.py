@@ -41,6 +41,26 @@ QWEN3MOE_EXPERTS = [
 ]
 
 
+# the routed-expert rows every Qwen-MoE-style table shares: router, then the three stacked expert tensors
+ROUTED_EXPERT_TENSORS = [
+    (L + "mlp.gate.weight", T.FFN_GATE_INP, True),
+    (QWEN3MOE_EXPERTS[0].name, T.FFN_GATE_EXP, True),
+    (QWEN3MOE_EXPERTS[1].name, T.FFN_UP_EXP, True),
+    (QWEN3MOE_EXPERTS[2].name, T.FFN_DOWN_EXP, True),
+]
+
+
+def refuse_dense_layers(config: dict, hf_arch: str, arch: str) -> None:
+    """llama.cpp's Qwen-MoE-style graphs have experts in every layer: refuse ``mlp_only_layers`` /
+    ``decoder_sparse_step`` > 1 in one line."""
+    dense = config.get("mlp_only_layers") or []
+    step = int(config.get("decoder_sparse_step") or 1)
+    if dense or step != 1:
+        raise SlimedgeError(f"config.json: {hf_arch} with dense layers (mlp_only_layers {dense}, "
+                            f"decoder_sparse_step {step}) is not supported: llama.cpp's {arch} has experts "
+                            f"in every layer")
+
+
 class Qwen3Moe(MoEArch, Arch):
     hf_names = ("Qwen3MoeForCausalLM",)
     gguf_arch = MODEL_ARCH.QWEN3MOE
@@ -52,10 +72,7 @@ class Qwen3Moe(MoEArch, Arch):
         (L + "self_attn.v_proj.weight", T.ATTN_V, True),
         (L + "self_attn.o_proj.weight", T.ATTN_OUT, True),
         (L + "post_attention_layernorm.weight", T.FFN_NORM, True),
-        (L + "mlp.gate.weight", T.FFN_GATE_INP, True),
-        (QWEN3MOE_EXPERTS[0].name, T.FFN_GATE_EXP, True),
-        (QWEN3MOE_EXPERTS[1].name, T.FFN_UP_EXP, True),
-        (QWEN3MOE_EXPERTS[2].name, T.FFN_DOWN_EXP, True),
+        *ROUTED_EXPERT_TENSORS,
         ("model.norm.weight", T.OUTPUT_NORM, True),
         ("lm_head.weight", T.OUTPUT, True),  # unless tie_word_embeddings
     ])
@@ -66,12 +83,7 @@ class Qwen3Moe(MoEArch, Arch):
     def __init__(self, config: dict, hf_arch: str):
         super().__init__(config, hf_arch)
         refuse_sliding_window(config, hf_arch)
-        dense = config.get("mlp_only_layers") or []
-        step = int(config.get("decoder_sparse_step") or 1)
-        if dense or step != 1:
-            raise SlimedgeError(f"config.json: {hf_arch} with dense layers (mlp_only_layers {dense}, "
-                                f"decoder_sparse_step {step}) is not supported: llama.cpp's qwen3moe has experts "
-                                f"in every layer")
+        refuse_dense_layers(config, hf_arch, "qwen3moe")
         if config.get("norm_topk_prob") is False:
             log.warning("config.json: norm_topk_prob is false but llama.cpp's qwen3moe always renormalizes the "
                         "top-%d router weights; the converted model's outputs will differ from transformers'",

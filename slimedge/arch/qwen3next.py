@@ -18,6 +18,7 @@ from gguf import MODEL_ARCH, MODEL_TENSOR
 from ..errors import SlimedgeError
 from .moe import Part, StackedRef
 from .qwen35 import MOE_FFN, L, Qwen35Moe, _table
+from .qwen3moe import refuse_dense_layers
 from .ssm import DELTA_NET_TENSORS, LA
 
 T = MODEL_TENSOR
@@ -37,12 +38,7 @@ class Qwen3Next(Qwen35Moe):
 
     def __init__(self, config: dict, hf_arch: str):
         super().__init__(config, hf_arch)
-        dense = config.get("mlp_only_layers") or []
-        step = int(config.get("decoder_sparse_step") or 1)
-        if dense or step != 1:
-            raise SlimedgeError(f"config.json: {hf_arch} with dense layers (mlp_only_layers {dense}, "
-                                f"decoder_sparse_step {step}) is not supported: llama.cpp's qwen3next has experts "
-                                f"in every layer")
+        refuse_dense_layers(config, hf_arch, "qwen3next")
 
     def _delta_net_refs(self, refs: dict, bid: int) -> None:
         super()._delta_net_refs(refs, bid)
