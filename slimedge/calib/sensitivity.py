@@ -141,11 +141,6 @@ def measure(src: str | Path, types: Mapping[str, list[str]] | None = None, text:
             hf_logging.enable_progress_bar()
     model.eval().to(dev)
     params = dict(model.named_parameters(remove_duplicate=False))
-    from .hf_weights import resolve
-
-    hf = resolve(params, hf, shapes)  # stacked experts, regrouped rows; None: no torch weight (cost 0)
-    unread = {n: list(types[n]) for n in types if n in hf and hf[n] is None}
-    types = {n: c for n, c in types.items() if n not in unread}
     batch = _chunks(tok, text, ctx, chunks)
     from .hf_weights import resolve
 
@@ -153,6 +148,10 @@ def measure(src: str | Path, types: Mapping[str, list[str]] | None = None, text:
     hf = {n: w for n, w in where.items() if w is not None}
     unread = {n: {q: 0.0 for q in c} for n, c in types.items() if n in where and where[n] is None}
     run = {n: c for n, c in types.items() if n not in unread}
+    if method != "exhaustive" and getattr(model.config, "num_kv_shared_layers", 0):
+        # Gemma 3n/4: later layers read K/V computed in earlier ones, so a forward cannot start mid-model
+        log.info("%s: KV-shared layers; sensitivities measured with whole forwards (exhaustive)", src)
+        method = "exhaustive"
     if method == "exhaustive":
         costs = _exhaustive(model, params, hf, run, batch.to(dev), imatrix, threads, progress)
     else:
@@ -162,7 +161,6 @@ def measure(src: str | Path, types: Mapping[str, list[str]] | None = None, text:
                                 imatrix=imatrix, threads=threads, shapes=shapes, method=method,
                                 progress=progress)
     costs.update(unread)  # tensors no torch weight holds (llama.cpp never reads them): every type costs 0
-    costs.update({n: {q: 0.0 for q in c} for n, c in unread.items()})
     sec = time.monotonic() - t0
     log.info("sensitivity (%s, %s) of %d tensors measured on %d tokens in %.1f s", method, dev, len(costs),
              batch.numel(), sec)

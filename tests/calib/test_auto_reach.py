@@ -5,7 +5,9 @@ parameters, gpt-oss's interleaved gate/up), hybrid (Qwen3.5's regrouped linear-a
 The sensitivities quantize the transformers weight in place of the GGUF tensor
 (:mod:`slimedge.calib.hf_weights`); that is right only if the torch tensor holds exactly the GGUF tensor's
 rows. The first test proves it against slimedge's F32 GGUF, row multiset by row multiset; the slow one runs
-``slimedge convert --type auto --target-size Q4_K_M`` end to end and runs the result in llama.cpp.
+``slimedge convert --type auto --target-size Q4_K_M`` end to end and runs the result in llama.cpp (MoE and hybrid; Gemma 3n/4's KV sharing makes partial forwards impossible, so their sensitivities
+fall back to whole forwards, over 10 minutes on two shared cores for the tiny models: not run here; their
+tensor map is covered by the first test).
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ def test_torch_tensor_holds_the_gguf_rows(arch, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch", ["qwen2moe", "qwen35", "gemma3n"])
+@pytest.mark.parametrize("arch", ["qwen2moe", "qwen35"])
 def test_auto_target_size_runs_in_llama_cpp(arch, tmp_path):
     from gguf import GGUFReader
 
