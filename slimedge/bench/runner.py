@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 
 CACHE_TYPE_IDS = CACHE_TYPES  # ggml_type values for llama.cpp's type_k / type_v (slimedge.quant.types)
 
+# embedding models only (slimedge.bench.embed): tokens/s over the sentences, quality against the reference
+EMBED_FIELDS = ("n_sentences", "embed_ts", "embed_stddev_ts", "embed_cosine_mean", "embed_cosine_min",
+                "embed_nn_agreement")
 FIELDS = [  # every record carries these keys (None when not measured)
     "model_filename", "model_type", "model_size", "file_size", "model_n_params", "bpw",
     "n_threads", "n_gpu_layers", "n_batch", "n_ubatch", "type_k", "type_v", "flash_attn",
@@ -34,8 +37,7 @@ FIELDS = [  # every record carries these keys (None when not measured)
     "pp_avg_ts", "pp_stddev_ts", "pp_samples_ts", "avg_ts", "stddev_ts", "samples_ts", "peak_rss_bytes",
     "n_ctx", "text", "n_chunks", "perplexity", "perplexity_se",
     "ref_model", "ref_perplexity", "kld_mean", "top1_agreement", "delta_ppl",
-    # embedding models (slimedge.bench.embed): tokens/s over the sentences, quality against the reference
-    "n_sentences", "embed_ts", "embed_stddev_ts", "embed_cosine_mean", "embed_cosine_min", "embed_nn_agreement",
+    *EMBED_FIELDS,
     "cpu_info", "n_cores", "platform", "build_commit", "backends", "test_time",
 ]
 

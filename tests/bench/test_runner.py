@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from slimedge.bench.report import to_csv, to_markdown
-from slimedge.bench.runner import FIELDS, run_child
+from slimedge.bench.runner import EMBED_FIELDS, FIELDS, run_child
 from slimedge.bundle import build_bundle, verify_bundle
 from slimedge.cli import main
 from slimedge.errors import SlimedgeError
@@ -29,8 +29,9 @@ def test_cli_json_carries_every_field(ggufs, text_file, tmp_path):
                                   "-o", str(out), "--quiet"])
     assert r.exit_code == 0, r.output
     [rec] = json.loads(out.read_text())
-    missing = [k for k in FIELDS if rec.get(k) is None]
+    missing = [k for k in FIELDS if rec.get(k) is None and k not in EMBED_FIELDS]
     assert not missing, missing
+    assert all(rec[k] is None for k in EMBED_FIELDS)  # a generation model: no embedding measurements
     info = read_info(ggufs["Q4_K_M"])
     assert rec["model_size"] == info.total_tensor_bytes and rec["model_n_params"] == info.n_params
     assert rec["bpw"] == pytest.approx(info.bpw) and rec["file_size"] == info.file_size
