@@ -28,7 +28,7 @@ import logging
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .. import __version__
@@ -181,6 +181,7 @@ def _calibrated(teacher: Path, work: Path, q: str, paths: dict, cfg: DemoConfig,
     from ..calib import compute_imatrix
     from ..calib.sensitivity import auto_allocation
     from ..convert import convert
+    from ..quant.allocate import KQUANT_CANDIDATES
     from ..quant.imatrix_file import write_imatrix
     from ..quant.mixes import QuantSpec
 
@@ -195,11 +196,14 @@ def _calibrated(teacher: Path, work: Path, q: str, paths: dict, cfg: DemoConfig,
     if not out.is_file():
         convert(teacher, out, QuantSpec(cfg.quant), imatrix=imx, threads=cfg.threads, overwrite=True, progress=progress)
     paths["teacher-quant-imatrix"] = out
-    auto = work / f"teacher-auto-{q}-size-{ckey}.gguf"
+    # the small teacher affords the exhaustive measurement (one whole forward per tensor and candidate) over the
+    # k-quant candidates the table was first measured with; `convert --type auto` defaults to the scalable proxy
+    auto = work / f"teacher-auto-{q}-size-{ckey}-exhaustive.gguf"
     if not auto.is_file():
         alloc = auto_allocation(teacher, calib, target_size=cfg.quant, imatrix=imx, ctx=cfg.n_ctx,
                                 chunks=cfg.sensitivity_chunks, cache=work / f"sensitivity-{ckey}.json",
-                                threads=cfg.threads, progress=progress)
+                                threads=cfg.threads, method="exhaustive", types=KQUANT_CANDIDATES,
+                                progress=progress)
         convert(teacher, auto, alloc.spec(), imatrix=imx, threads=cfg.threads, overwrite=True, progress=progress)
     paths["teacher-auto"] = auto
 
