@@ -43,3 +43,18 @@ def token_ids_mismatches(st, llm, sentences=SENTENCES) -> list[tuple[str, list, 
         if want != got:
             out.append((s, want, got))
     return out
+
+
+def check_converted(src, out, ftype: str, floor: float):
+    """``src`` converted to ``out`` at ``ftype``: llama.cpp's pooled embeddings have cosine ≥ ``floor`` to
+    sentence-transformers' and the tokenizer's ids are the source's. Returns the loaded llama.cpp model."""
+    from slimedge.convert import convert
+    from slimedge.quant.mixes import QuantSpec
+
+    convert(src, out, QuantSpec(ftype))
+    ref, st = st_reference(src)
+    llm = load_gguf(out)
+    cos = cosines(gguf_embeddings(llm), ref)
+    assert cos.min() >= floor, cos
+    assert token_ids_mismatches(st, llm) == []
+    return llm

@@ -15,7 +15,7 @@ from gguf import GGUFReader
 from slimedge.convert import convert
 from slimedge.errors import SlimedgeError
 from slimedge.quant.mixes import QuantSpec
-from tests.embed.embed_checks import cosines, gguf_embeddings, load_gguf, st_reference, token_ids_mismatches
+from tests.embed.embed_checks import check_converted
 from tests.embed.embed_factory import cached_embedder, make_embedder
 
 
@@ -25,12 +25,7 @@ from tests.embed.embed_factory import cached_embedder, make_embedder
 def test_modernbert_equals_sentence_transformers(tmp_path, ftype, floor, pooling):
     src = cached_embedder(family="modernbert", pooling=pooling)
     out = tmp_path / f"mb-{ftype}.gguf"
-    convert(src, out, QuantSpec(ftype))
-    ref, st = st_reference(src)
-    llm = load_gguf(out)
-    cos = cosines(gguf_embeddings(llm), ref)
-    assert cos.min() >= floor, cos
-    assert token_ids_mismatches(st, llm) == []
+    check_converted(src, out, ftype, floor)
 
 
 def test_modernbert_metadata(tmp_path):

@@ -17,7 +17,7 @@ import pytest
 from slimedge.convert import convert
 from slimedge.errors import SlimedgeError
 from slimedge.quant.mixes import QuantSpec
-from tests.embed.embed_checks import cosines, gguf_embeddings, load_gguf, st_reference, token_ids_mismatches
+from tests.embed.embed_checks import check_converted, cosines, gguf_embeddings, load_gguf, st_reference
 from tests.embed.embed_factory import cached_embedder, make_embedder
 
 
@@ -26,12 +26,7 @@ from tests.embed.embed_factory import cached_embedder, make_embedder
 def test_nomicbert_equals_sentence_transformers(tmp_path, ftype, floor):
     src = cached_embedder(family="nomicbert", pooling="mean")
     out = tmp_path / f"nomic-{ftype}.gguf"
-    convert(src, out, QuantSpec(ftype))
-    ref, st = st_reference(src)
-    llm = load_gguf(out)
-    cos = cosines(gguf_embeddings(llm), ref)
-    assert cos.min() >= floor, cos
-    assert token_ids_mismatches(st, llm) == []
+    check_converted(src, out, ftype, floor)
 
 
 def _hub_config(src, dst):

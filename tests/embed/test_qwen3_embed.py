@@ -13,7 +13,7 @@ from gguf import GGUFReader
 
 from slimedge.convert import convert
 from slimedge.quant.mixes import QuantSpec
-from tests.embed.embed_checks import cosines, gguf_embeddings, load_gguf, st_reference, token_ids_mismatches
+from tests.embed.embed_checks import check_converted
 from tests.embed.embed_factory import SENTENCES, cached_embedder
 
 
@@ -22,12 +22,7 @@ from tests.embed.embed_factory import SENTENCES, cached_embedder
 def test_qwen3_embedding_equals_sentence_transformers(tmp_path, ftype, floor):
     src = cached_embedder(family="qwen3", pooling="lasttoken")
     out = tmp_path / f"qwen3-{ftype}.gguf"
-    convert(src, out, QuantSpec(ftype))
-    ref, st = st_reference(src)
-    llm = load_gguf(out)
-    cos = cosines(gguf_embeddings(llm), ref)
-    assert cos.min() >= floor, cos
-    assert token_ids_mismatches(st, llm) == []
+    llm = check_converted(src, out, ftype, floor)
     assert llm.tokenize(SENTENCES[0].encode())[-1] == llm.token_eos()
 
 
