@@ -143,6 +143,14 @@ ARCH_DEFAULTS["nemotronh"] = {"layers_block_type": ["mamba", "mlp", "attention",
                               "head_dim": 16, "mamba_num_heads": 4, "mamba_head_dim": 32, "n_groups": 2,
                               "ssm_state_size": 16, "conv_kernel": 4, "expand": 2, "layer_norm_epsilon": 1e-5,
                               "initializer_range": 0.05}
+# Nemotron 3 Nano's layout: Mamba-2, MoE (E) and attention blocks, sigmoid router with correction bias, one shared
+# expert, routed_scaling_factor 2.5 as released (128 experts top-6 there; 4 top-2 here)
+MODEL_CLASSES["nemotronhmoe"] = MODEL_CLASSES["nemotronh"]
+DEFAULT_TOKENIZER["nemotronhmoe"] = "bpe:llama3"
+ARCH_DEFAULTS["nemotronhmoe"] = {**ARCH_DEFAULTS["nemotronh"], "layers_block_type": ["mamba", "moe", "attention", "moe"],
+                                 "n_routed_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 64,
+                                 "moe_shared_expert_intermediate_size": 96, "routed_scaling_factor": 2.5,
+                                 "norm_topk_prob": True, "n_group": 1, "topk_group": 1}
 # MoE reach (issue 18): 4 experts, top-2, each family's real options (k-quant tests pass 256-row experts)
 MODEL_CLASSES.update({"qwen2moe": ("Qwen2MoeConfig", "Qwen2MoeForCausalLM"),
                       "olmoe": ("OlmoeConfig", "OlmoeForCausalLM"),
@@ -249,6 +257,18 @@ def _qk_norm_scale(model) -> None:
 POST_INIT = {"gemma3n": _qk_norm_scale, "gemma4": _qk_norm_scale, "gemma4_mm": _qk_norm_scale}
 
 
+def _correction_bias(model) -> None:
+    """Nemotron 3's router correction bias is a buffer (zero at init, not randomized with the parameters)."""
+    import torch
+
+    for name, b in model.named_buffers():
+        if name.endswith("e_score_correction_bias"):
+            b.add_(torch.randn_like(b) * 0.2)
+
+
+POST_INIT["nemotronhmoe"] = _correction_bias
+
+
 def _gemma4_multimodal(cfg: dict) -> dict:
     """Gemma4Config: the text config inside, a 1-layer vision tower (8-pixel patches), no audio tower."""
     vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
@@ -312,11 +332,16 @@ def _legacy_layer_types(path: Path, cfg: dict) -> None:
         path.write_text(json.dumps(saved, indent=2))
 
 
-def _nemotronh_hub_config(path: Path) -> None:
-    """Nemotron-H's config.json as released: the block pattern as a string, no mixture-of-experts keys."""
+def _nemotronh_hub_config(path: Path, moe: bool = False) -> None:
+    """Nemotron-H's config.json as released: the block pattern as a string, no mixture-of-experts keys (but for
+    ``moe``: Nemotron 3, which keeps them and drops only the MTP ones)."""
     saved = json.loads(path.read_text())
     marks = {"linear_attention": "M", "full_attention": "*", "mlp": "-", "moe": "E"}
     saved["hybrid_override_pattern"] = "".join(marks[t] for t in saved.pop("layers_block_type"))
+    if moe:
+        saved.pop("mtp_layers_block_type", None)
+        path.write_text(json.dumps(saved, indent=2))
+        return
     for key in [k for k in saved if k.startswith(("moe_", "n_routed", "n_shared", "num_experts", "mtp_", "routed_",
                                                    "topk_", "norm_topk"))] + ["n_group"]:
         saved.pop(key, None)
@@ -355,8 +380,8 @@ def make_hf_model(dir: str | Path, arch: str = "llama", tokenizer: str | None = 
     model.save_pretrained(dir, **kwargs)
     if arch.startswith("granitehybrid"):  # layer_types as the Hub ships them
         _legacy_layer_types(dir / "config.json", cfg)
-    if arch == "nemotronh":
-        _nemotronh_hub_config(dir / "config.json")
+    if arch in ("nemotronh", "nemotronhmoe"):
+        _nemotronh_hub_config(dir / "config.json", moe=arch == "nemotronhmoe")
     return dir
 
 

@@ -7,8 +7,9 @@ Hub ships it (``M`` Mamba, ``*`` attention, ``-`` MLP) or transformers 5's ``lay
 reads it back from two per-layer arrays: ``head_count_kv`` (0 but on attention blocks) and
 ``feed_forward_length`` (0 but on MLP blocks). As llama.cpp's converter: q/k rows in Llama's rope order
 (though nothing ropes them), no rope (``rope.scaling.finetuned``
-false, context 2^20), embeddings ``backbone.embeddings``, final norm ``backbone.norm_f``. The mixture-of-experts
-variant (``E`` blocks: Nemotron 3 Nano) is refused: it is llama.cpp's separate ``nemotron_h_moe``.
+false, context 2^20), embeddings ``backbone.embeddings``, final norm ``backbone.norm_f``. A pattern with
+mixture-of-experts blocks (``E``: Nemotron 3 Nano / Super) makes the object a
+:class:`slimedge.arch.nemotronhmoe.NemotronHMoE` (llama.cpp's separate ``nemotron_h_moe``).
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ _KIND = {"M": "mamba", "*": "attention", "-": "mlp", "E": "moe", "linear_attenti
          "full_attention": "attention", "attention": "attention", "mlp": "mlp", "moe": "moe"}
 _NEED = {"mamba": ("in_proj.weight", "conv1d.weight", "dt_bias", "A_log", "D", "norm.weight", "out_proj.weight"),
          "attention": ("q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight"),
-         "mlp": ("up_proj.weight", "down_proj.weight")}
+         "mlp": ("up_proj.weight", "down_proj.weight"),
+         "moe": ("gate.weight", "gate.e_score_correction_bias", "shared_experts.up_proj.weight",
+                 "shared_experts.down_proj.weight")}  # the experts themselves: slimedge.arch.moe
 
 TENSORS = [("backbone.embeddings.weight", T.TOKEN_EMBD, True), ("backbone.layers.{bid}.norm.weight", T.ATTN_NORM, True)]
 TENSORS += [(B + "self_attn." + s, mt, False) for s, mt in zip(_NEED["attention"], (T.ATTN_Q, T.ATTN_K, T.ATTN_V,
@@ -39,20 +42,30 @@ TENSORS += MAMBA2_TENSORS + [(B + "mlp.up_proj.weight", T.FFN_UP, False),
                              ("backbone.norm_f.weight", T.OUTPUT_NORM, True), ("lm_head.weight", T.OUTPUT, True)]
 
 
+def block_kinds(config: dict, hf_arch: str) -> list[str]:
+    """Each block's kind (mamba, attention, mlp, moe) from the config's pattern, or a one-line error."""
+    pattern = config.get("hybrid_override_pattern") or config.get("layers_block_type")
+    kinds = [_KIND.get(p) for p in (pattern or [])]
+    if not kinds or None in kinds:
+        raise SlimedgeError(f"config.json: {hf_arch} needs hybrid_override_pattern (M, *, -, E) or layers_block_type; "
+                            f"found {pattern!r}; fix config.json")
+    return kinds
+
+
 class NemotronH(Arch):
     hf_names = ("NemotronHForCausalLM",)
     gguf_arch = MODEL_ARCH.NEMOTRON_H
     TENSORS = TENSORS
 
+    def __new__(cls, config: dict, hf_arch: str):
+        if cls is NemotronH and "moe" in block_kinds(config, hf_arch):  # Nemotron 3: llama.cpp's nemotron_h_moe
+            from .nemotronhmoe import NemotronHMoE
+
+            cls = NemotronHMoE
+        return super().__new__(cls)
+
     def __init__(self, config: dict, hf_arch: str):
-        pattern = config.get("hybrid_override_pattern") or config.get("layers_block_type")
-        kinds = [_KIND.get(p) for p in (pattern or [])]
-        if not kinds or None in kinds:
-            raise SlimedgeError(f"config.json: {hf_arch} needs hybrid_override_pattern (M, *, -) or layers_block_type; "
-                                f"found {pattern!r}; fix config.json")
-        if "moe" in kinds:
-            raise SlimedgeError(f"config.json: {hf_arch} with mixture-of-experts blocks (E) is not supported yet "
-                                f"(llama.cpp's nemotron_h_moe); the dense Nemotron-H models convert")
+        kinds = block_kinds(config, hf_arch)
         eps = config.get("layer_norm_epsilon", config.get("rms_norm_eps"))
         super().__init__({**config, "num_hidden_layers": len(kinds), "rms_norm_eps": eps}, hf_arch)
         self.kinds = kinds
@@ -71,11 +84,11 @@ class NemotronH(Arch):
             parts = name.split(".")
             if name.startswith("backbone.layers.") and len(parts) > 4 and parts[3] == "mixer":
                 bid, kind = int(parts[2]), self.kinds[int(parts[2])] if int(parts[2]) < len(self.kinds) else None
-                sub = {"mamba": "mamba", "attention": "self_attn", "mlp": "mlp"}.get(kind, "mixer")
+                sub = {"mamba": "mamba", "attention": "self_attn", "mlp": "mlp", "moe": "moe"}.get(kind, "mixer")
                 name = f"model.layers.{bid}.{sub}." + ".".join(parts[4:])
             refs[name] = ref
         for bid, kind in enumerate(self.kinds):
-            sub = {"mamba": "mamba.", "attention": "self_attn.", "mlp": "mlp."}[kind]
+            sub = {"mamba": "mamba.", "attention": "self_attn.", "mlp": "mlp.", "moe": "moe."}[kind]
             for s in _NEED[kind]:
                 if B.format(bid=bid) + sub + s not in refs:
                     raise SlimedgeError(f"{source.model_dir}: missing tensor backbone.layers.{bid}.mixer.{s}, which "
@@ -84,6 +97,10 @@ class NemotronH(Arch):
             if kind == "mamba":
                 self.mamba.layer_refs(refs, B.format(bid=bid) + "mamba.")
         return bare_names(super().tensors(SimpleNamespace(model_dir=source.model_dir, tensors=refs)))
+
+    def layer_ff(self, kind: str) -> int:
+        """A block's feed_forward_length as llama.cpp reads it (0: no feed-forward: Mamba-2 or attention)."""
+        return self.hp.n_ff if kind == "mlp" else 0
 
     def transform(self, gguf_name_: str, x: np.ndarray) -> np.ndarray:
         if ".attn_q." in gguf_name_ or ".attn_k." in gguf_name_:  # as llama.cpp's converter (no rope: no effect)
@@ -103,7 +120,7 @@ class NemotronH(Arch):
     def metadata(self) -> list[KV]:
         k, hp = self.key, self.hp
         per_layer = {k(Keys.Attention.HEAD_COUNT_KV): [hp.n_head_kv if t == "attention" else 0 for t in self.kinds],
-                     k(Keys.LLM.FEED_FORWARD_LENGTH): [hp.n_ff if t == "mlp" else 0 for t in self.kinds]}
+                     k(Keys.LLM.FEED_FORWARD_LENGTH): [self.layer_ff(t) for t in self.kinds]}
         drop = set(per_layer) | {k(Keys.LLM.CONTEXT_LENGTH), k(Keys.Attention.KEY_LENGTH),
                                  k(Keys.Attention.VALUE_LENGTH)}
         kv = [e for e in super().metadata() if e.key not in drop]
@@ -119,7 +136,7 @@ class NemotronH(Arch):
         info = super().model_info()
         self.mamba.fill(info)
         info.n_head_kv_layers = tuple(self.hp.n_head_kv if t == "attention" else 0 for t in self.kinds)
-        info.n_ff_layers = tuple(self.hp.n_ff if t == "mlp" else 0 for t in self.kinds)
+        info.n_ff_layers = tuple(self.layer_ff(t) for t in self.kinds)
         info.n_head_kv, info.n_ff = info.n_head_kv_layers[0], info.n_ff_layers[0]
         info.recurrent_layers = tuple(t == "mamba" for t in self.kinds)
         return info

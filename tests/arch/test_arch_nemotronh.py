@@ -76,7 +76,7 @@ def test_metadata_and_recurrent_layers():
 
 
 def test_refusals():
-    with pytest.raises(SlimedgeError, match="mixture-of-experts"):
+    with pytest.raises(SlimedgeError, match="both dense MLP .* and mixture-of-experts"):  # nemotron_h_moe's own
         get_arch(config(hybrid_override_pattern="M-E*"))
     with pytest.raises(SlimedgeError, match="hybrid_override_pattern"):
         get_arch(config(hybrid_override_pattern="M-X"))
