@@ -364,3 +364,35 @@ def fits(est: MemoryEstimate, target) -> bool:
     except SlimedgeError:
         return False
     return True
+
+
+# llama.cpp's patch merge (per side) by projector type when the mmproj states none (clip.cpp's hparams.n_merge)
+PROJECTOR_MERGE = {"gemma3": 4, "gemma4v": 3, "qwen2vl_merger": 2, "qwen2.5vl_merger": 2, "qwen3vl_merger": 2,
+                   "lfm2": 2}
+
+
+@dataclass
+class ProjectorMemory:
+    """What a vision projector (mmproj GGUF, read by libmtmd) adds to a model's memory."""
+
+    weights: int  # its tensors' bytes (libmtmd reads them into its own buffer: no mmap)
+    compute: int  # the vision encoder's graph for one image at the projector's image size, plus its embeddings
+    tokens_per_image: int  # context cells one image takes (at the projector's image size)
+
+
+def projector_memory(meta: dict, tensors: list[TensorSize], n_embd_text: int) -> ProjectorMemory:
+    """:class:`ProjectorMemory` from an mmproj's metadata and tensors. Tokens per image are clip.cpp's count at
+    ``clip.vision.image_size``: patches per side / the projector's merge, squared. The encoder's scratch is
+    counted as llama.cpp's graph keeps it alive at its peak: per patch ~8 activations of the ViT width and 2 of
+    its FFN width, the attention scores and their softmax (heads x patches^2), all float32; plus the image's
+    output embeddings (tokens x the text model's width)."""
+    kind = str(meta.get("clip.projector_type") or meta.get("clip.vision.projector_type") or "")
+    size, patch = int(meta.get("clip.vision.image_size", 0)), max(1, int(meta.get("clip.vision.patch_size", 1)))
+    side = size // patch
+    merge = int(meta.get("clip.vision.projector.scale_factor") or meta.get("clip.vision.spatial_merge_size")
+                or PROJECTOR_MERGE.get(kind, 1))
+    tokens = side if kind == "gemma3nv" else max(1, (side // max(1, merge)) ** 2)
+    d, ff = int(meta.get("clip.vision.embedding_length", 0)), int(meta.get("clip.vision.feed_forward_length", 0))
+    heads, n = int(meta.get("clip.vision.attention.head_count", 1)), side * side
+    compute = 4 * (8 * n * d + 2 * n * ff + 2 * heads * n * n + tokens * n_embd_text)
+    return ProjectorMemory(sum(t.n_bytes for t in tensors), compute, tokens)

@@ -128,9 +128,10 @@ def write_bundle_files(tmp: Path, manifest: dict) -> None:
     run.chmod(run.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
     guard = Path(__file__).with_name("serve_guard.py")  # the launcher's --serve loads it from beside itself
     (tmp / guard.name).write_text(guard.read_text(encoding="utf-8"), encoding="utf-8")
-    if manifest.get("draft"):  # the launcher's draft-model class, loaded from beside it (speculative decoding)
-        cls = Path(__file__).with_name("draft.py")
-        (tmp / cls.name).write_text(cls.read_text(encoding="utf-8"), encoding="utf-8")
+    for role, name in (("draft", "draft.py"), ("mmproj", "vision_runtime.py")):  # loaded by the launcher from
+        if manifest.get(role):  # beside it: the draft-model class (speculative decoding), the image handling
+            cls = Path(__file__).with_name(name)
+            (tmp / cls.name).write_text(cls.read_text(encoding="utf-8"), encoding="utf-8")
     manifest["chat_format"] = chat_family(manifest.get("chat_template"))
     from .adapters import modelfile_adapters
 
@@ -165,7 +166,8 @@ def build_bundle(src: str | Path, target: str | Path | Target, out_dir: str | Pa
                  archive: bool = False, overwrite: bool = False, threads: int | None = None,
                  progress: Progress = NULL_PROGRESS, imatrix: str | Path | None = None,
                  calib: str | Path | None = None, tune=None, loras=(), draft: str | Path | None = None,
-                 draft_max: int | None = None) -> Path:
+                 draft_max: int | None = None, mmproj: str | Path | None = None, mmproj_type: str = "f16",
+                 no_mmproj: bool = False) -> Path:
     """Build a bundle of ``src`` for ``target`` in ``out_dir``; returns ``out_dir`` (see module docstring).
 
     ``type``: a mix/type name, ``"fit"`` (the best profile candidate that fits), ``"auto"`` (the quality-driven
@@ -177,12 +179,16 @@ def build_bundle(src: str | Path, target: str | Path | Target, out_dir: str | Pa
     ``loras``: (PEFT folder or adapter GGUF, scale) pairs packed beside the model (:mod:`.adapters`).
     ``draft``: a draft model (HF folder or GGUF, same vocabulary) for speculative decoding, drafting up to
     ``draft_max`` tokens per step (:mod:`.drafts`).
+    ``mmproj``: a vision projector GGUF to pack beside the model; without it a vision-language HF folder's
+    projector is converted (``mmproj_type``) unless ``no_mmproj`` (:mod:`.projector`).
     """
     from ..source.hub import resolve_source
 
     src, out = resolve_source(src), Path(out_dir)
     tgt = target if isinstance(target, Target) else load_target(target)
     _check_paths(src, out, overwrite)
+    if mmproj is not None and no_mmproj:
+        raise SlimedgeError("--mmproj FILE and --no-mmproj contradict each other: give one")
     spec, type = None, _type_request(type, calib, src)
     if type == AUTO:
         spec, qtype, chosen_by, packed_as_is = *fill_budget(src, tgt, calib, imatrix, threads, progress), False
@@ -224,6 +230,14 @@ def build_bundle(src: str | Path, target: str | Path | Target, out_dir: str | Pa
 
             manifest["draft"] = drafts.pack_draft(model, draft, pub.path, draft_max, threads)
             drafts.add_to_estimate(manifest, model, pub.path, tgt)
+        if not no_mmproj:  # role "mmproj": converted or copied, paired with the model, in the estimate
+            from . import projector
+
+            entry = projector.pack_mmproj(src, model, None if mmproj is None else Path(mmproj), pub.path,
+                                          mmproj_type, progress)
+            if entry is not None:
+                manifest["mmproj"] = entry
+                projector.add_to_estimate(manifest, pub.path, tgt)
         if tuned is not None:
             from ..tune.convert import tune_teacher
 

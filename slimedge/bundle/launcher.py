@@ -4,6 +4,8 @@
     ./run "Write a haiku about the sea"          one-shot completion of a prompt
     ./run --chat                                 interactive chat (the model's chat template)
     ./run --embed "some text"                    an embedding bundle: print the text's vector (JSON)
+    ./run --image photo.jpg "What is in it?"     a bundle with a vision projector (mmproj): ask about an image
+                                                 (in --chat: a line `/image PATH` attaches one to the next turn)
     ./run --bench [--json]                       measure load time, prompt and generation speed here
                                                  (--json: also save bench/<hostname>-<date>.json here)
     ./run --serve [--port 8080] [--host H]       OpenAI-compatible server (llama-cpp-python's own)
@@ -92,6 +94,9 @@ def open_model(args, rt: dict, n_ctx: int, logits_all: bool = False, embedding: 
               swa_full=rt.get("swa_full", True), verbose=args.verbose, logits_all=logits_all, seed=args.seed)
     if embedding:  # an encoder takes the whole text in one micro-batch
         kw.update(embedding=True, n_batch=n_ctx, n_ubatch=n_ctx)
+    if getattr(args, "mmproj", None):  # images: libmtmd through llama-cpp-python's multimodal chat handler
+        kw["chat_handler"] = load_sibling("vision_runtime").make_handler(args.mmproj, use_gpu=args.ngl != 0,
+                                                                         verbose=args.verbose)
     if args.threads:
         kw["n_threads"] = kw["n_threads_batch"] = args.threads
     for key, name in (("type_k", "cache_type_k"), ("type_v", "cache_type_v")):
@@ -113,6 +118,12 @@ def open_model(args, rt: dict, n_ctx: int, logits_all: bool = False, embedding: 
 def adapters_of(man: dict, folder: Path = HERE) -> list:
     """(path, scale) of the bundle's LoRA adapters (manifest ``adapters``, role "adapter")."""
     return [(folder / e["file"], float(e.get("scale", 1.0))) for e in man.get("adapters", [])]
+
+
+def mmproj_of(man: dict, folder: Path = HERE) -> Path | None:
+    """The bundle's vision projector (manifest ``mmproj``, role "mmproj"), or None."""
+    e = man.get("mmproj")
+    return folder / e["file"] if e else None
 
 
 def draft_of(man: dict, folder: Path = HERE) -> dict | None:
@@ -200,6 +211,14 @@ def flash_attn_name(rt: dict) -> str:
 
 def one_shot(llm, args) -> None:
     n = 0
+    if args.image:  # a chat turn with the images (the model's template places libmtmd's image tokens)
+        r = llm.create_chat_completion(messages=[load_sibling("vision_runtime").user_message(args.prompt, args.image)],
+                                       max_tokens=args.max_tokens, temperature=args.temp)
+        print(r["choices"][0]["message"]["content"])
+        u = r["usage"]
+        print(f"[{u['completion_tokens']} tokens; prompt {u['prompt_tokens']} tokens with {len(args.image)} "
+              "image(s)]", file=sys.stderr)
+        return
     for chunk in llm(args.prompt, max_tokens=args.max_tokens, temperature=args.temp, stream=True):
         choice = chunk["choices"][0]
         sys.stdout.write(choice["text"])
@@ -214,7 +233,9 @@ def one_shot(llm, args) -> None:
 
 def chat(llm, args, has_template: bool) -> None:
     messages = [{"role": "system", "content": args.system}] if args.system else []
-    print("chat: empty line or Ctrl-D to quit", file=sys.stderr)
+    vision = load_sibling("vision_runtime") if getattr(args, "mmproj", None) else None
+    images = list(args.image or [])
+    print("chat: empty line or Ctrl-D to quit" + ("; /image PATH attaches an image" if vision else ""), file=sys.stderr)
     while True:
         try:
             user = input("> ").strip()
@@ -222,7 +243,14 @@ def chat(llm, args, has_template: bool) -> None:
             break
         if not user:
             break
-        messages.append({"role": "user", "content": user})
+        if vision and user.startswith("/image "):
+            try:
+                images.append(vision.data_url(vision.ImagePolicy().read_file(user[7:].strip())))
+            except vision.ImageError as exc:
+                print(f"run: {exc}", file=sys.stderr)
+            continue
+        messages.append(vision.user_message(user, images) if vision else {"role": "user", "content": user})
+        images = []
         if has_template:
             stream = llm.create_chat_completion(messages=messages, max_tokens=args.max_tokens,
                                                 temperature=args.temp, stream=True)
@@ -322,12 +350,19 @@ class EmbeddingOnly:
 
 
 def load_guard():
-    """serve_guard.py from beside this file (a bundle carries a copy; slimedge has it in slimedge/bundle):
-    the request limits and checks in front of the server."""
+    """serve_guard.py from beside this file: the request limits and checks in front of the server."""
+    return load_sibling("serve_guard")
+
+
+def load_sibling(name: str):
+    """``name``.py from beside this file (a bundle carries copies: serve_guard, vision_runtime; slimedge has
+    them in slimedge/bundle), loaded once."""
     import importlib.util
 
-    path = HERE / "serve_guard.py"
-    spec = importlib.util.spec_from_file_location("slimedge_serve_guard", path)
+    if f"slimedge_{name}" in sys.modules:
+        return sys.modules[f"slimedge_{name}"]
+    path = HERE / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"slimedge_{name}", path)
     if spec is None or spec.loader is None or not path.is_file():
         raise ServeError(f"{path} is missing; rebuild the bundle with `slimedge build`")
     mod = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
@@ -338,13 +373,16 @@ def load_guard():
 def serve(model: Path, rt: dict, *, alias: str, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
           api_key: str | None = None, n_ctx: int | None = None, n_gpu_layers: int | None = None,
           threads: int | None = None, has_template: bool = True, verbose: bool = False,
-          limits: dict | None = None, adapters=(), embedding: bool = False, draft: dict | None = None) -> None:
+          limits: dict | None = None, adapters=(), embedding: bool = False, draft: dict | None = None,
+          mmproj: Path | None = None, image_dir: Path | None = None, allow_remote_images: bool = False) -> None:
     """Serve ``model`` with llama-cpp-python's OpenAI-compatible server until SIGTERM/Ctrl-C.
 
     Checks the host/key rule and binds the port first, then loads the model with the runtime settings
     ``rt`` and runs uvicorn on the bound socket, behind serve_guard.py's checks with ``limits``
     (``serve_guard.Limits`` fields; None values: its defaults). ``embedding``: an embedding model, loaded
-    for ``/v1/embeddings`` (generation endpoints refused). Raises :class:`ServeError` for a user error.
+    for ``/v1/embeddings`` (generation endpoints refused). ``mmproj``: the vision projector; chat messages may
+    then carry OpenAI ``image_url`` parts (vision_runtime.ImagePolicy: data URLs, files under ``image_dir``,
+    remote URLs with ``allow_remote_images``). Raises :class:`ServeError` for a user error.
     """
     check_host(host, api_key)
     guard = load_guard()
@@ -376,9 +414,15 @@ def serve(model: Path, rt: dict, *, alias: str, host: str = "127.0.0.1", port: i
         attach_draft(server_app._llama_proxy(), None if embedding else draft, n_ctx=ms.n_ctx, threads=threads,
                      n_gpu_layers=ms.n_gpu_layers, verbose=verbose)  # speculative decoding with its draft
 
+        images = None
+        if mmproj is not None and not embedding:  # images through the checked multimodal chat handler
+            vision = load_sibling("vision_runtime")
+            images = vision.ImagePolicy(image_dir, allow_remote_images)
+            server_app._llama_proxy().chat_handler = vision.make_handler(mmproj, use_gpu=ms.n_gpu_layers != 0,
+                                                                         verbose=verbose)
         if embedding:
             app = EmbeddingOnly(app, alias)
-        app = guard.Guard(app, lim, api_key=api_key, llama=lambda: server_app._llama_proxy())
+        app = guard.Guard(app, lim, api_key=api_key, llama=lambda: server_app._llama_proxy(), images=images)
         if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # uvicorn re-raises it after its graceful stop
             signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
         shown = f"[{host}]" if ":" in host else host
@@ -538,6 +582,11 @@ def main(argv=None) -> int:
     p.add_argument("--ngl", type=int, default=rt.get("n_gpu_layers", 0), help="layers on the GPU (-1: all)")
     p.add_argument("--repeats", type=int, default=0, help="--bench repeats (default: the profile's)")
     p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--image", action="append", metavar="PATH", help="a bundle with a vision projector: an image "
+                   "for the prompt (repeatable; with --chat: for the first turn)")
+    p.add_argument("--image-dir", metavar="DIR", help="--serve: local image files under DIR may be sent "
+                   "(file:// URLs or paths); default: data URLs only")
+    p.add_argument("--allow-remote-images", action="store_true", help="--serve: fetch http(s) image URLs")
     p.add_argument("--no-draft", action="store_true", help="decode without the bundle's draft model "
                    "(speculative decoding is on when the bundle has one)")
     p.add_argument("--model", default=man.get("model", "model.gguf"), help=argparse.SUPPRESS)
@@ -545,7 +594,16 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     args.adapters = adapters_of(man)
     args.draft = None if args.no_draft or args.bench else draft_of(man)
+    args.mmproj = None if args.bench else mmproj_of(man)
     emb = man.get("embedding")
+    if args.image and not args.mmproj:
+        sys.exit("run: --image needs a bundle with a vision projector (slimedge build VLM_DIR, or --mmproj FILE)")
+    if args.image:
+        vision = load_sibling("vision_runtime")
+        try:
+            args.image = [vision.data_url(vision.ImagePolicy().read_file(i)) for i in args.image]
+        except vision.ImageError as exc:
+            sys.exit(f"run: {exc}")
     if emb and (args.chat or args.prompt is not None or args.bench):
         sys.exit(f"run: {man.get('name', 'this model')} is an embedding model: use --embed TEXT, or --serve for "
                  "/v1/embeddings")
@@ -568,7 +626,8 @@ def main(argv=None) -> int:
             serve(HERE / args.model, rt, alias=man.get("name") or Path(args.model).stem, host=args.host,
                   port=args.port, api_key=args.api_key, n_ctx=args.ctx, n_gpu_layers=args.ngl, threads=args.threads,
                   has_template=bool(man.get("chat_template")), verbose=args.verbose, adapters=adapters_of(man),
-                  embedding=bool(emb), draft=args.draft,
+                  embedding=bool(emb), draft=args.draft, mmproj=args.mmproj, image_dir=args.image_dir,
+                  allow_remote_images=args.allow_remote_images,
                   limits=dict(max_tokens=args.max_tokens_limit, max_body_bytes=args.max_body_bytes,
                               max_concurrent=args.max_concurrent))
         except ServeError as exc:

@@ -7,7 +7,10 @@ full". :class:`Guard` wraps its app and answers such requests itself, the way th
 ``max_body_bytes`` (408 for one that stalls); 429 (with ``Retry-After``) when ``max_concurrent`` POST
 requests are already in flight or waiting for the model; 401 for a missing/wrong API key (checked first,
 before the body is read). A request that passes is handed on with its body as sent, except that a chat
-without ``max_tokens`` (or a null one) gets ``max_tokens_limit`` and text content parts are joined. Field
+without ``max_tokens`` (or a null one) gets ``max_tokens_limit`` and text content parts are joined; for a model
+with a vision projector, ``image_url`` parts are checked by the bundle's image policy (vision_runtime.py: 400
+naming the part for a file that is not an image, a huge image, a path outside the image folder, a remote URL
+not allowed) and handed on as checked data URLs. Field
 types and values are checked with the server's own request models (pydantic), plus the rules those models
 leave out: ``messages``/``prompt`` required, known roles, ``1 <= max_tokens <= max_tokens_limit``, one
 text prompt per request, finite numbers, and what would crash llama.cpp or the server (see
@@ -71,7 +74,26 @@ def parse_body(raw: bytes) -> dict:
     return body
 
 
-def _check_messages(messages) -> None:
+def _check_images(i: int, content: list, images) -> None:
+    """A vision model's content parts: text, and images that ``images`` (vision_runtime.ImagePolicy) takes;
+    each image becomes the checked data URL the chat handler loads."""
+    for j, part in enumerate(content):
+        where = f"messages[{i}].content[{j}]"
+        if not isinstance(part, dict) or part.get("type") not in ("text", "image_url"):
+            raise Reject(400, f"{where} must be a text or image_url part", where)
+        if part["type"] == "text":
+            if not isinstance(part.get("text"), str):
+                raise Reject(400, f"{where}.text must be a string", f"{where}.text")
+            continue
+        ref = part.get("image_url")
+        ref = ref.get("url") if isinstance(ref, dict) else ref
+        try:
+            part["image_url"] = {"url": images.inline(ref)}
+        except ValueError as exc:
+            raise Reject(400, f"{where}: {exc}", f"{where}.image_url") from None
+
+
+def _check_messages(messages, images=None) -> None:
     if messages is None:
         raise Reject(400, "'messages' is required: a list of {\"role\", \"content\"} objects", "messages")
     if not isinstance(messages, list) or not messages:
@@ -83,7 +105,10 @@ def _check_messages(messages) -> None:
             raise Reject(400, f"messages[{i}].role {m.get('role')!r} is not one of {', '.join(ROLES)}",
                          f"messages[{i}].role")
         content = m.get("content")
-        if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text"
+        if images is not None and isinstance(content, list) and any(
+                isinstance(p, dict) and p.get("type") == "image_url" for p in content):
+            _check_images(i, content, images)
+        elif isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text"
                                              and isinstance(p.get("text"), str) for p in content):
             m["content"] = "".join(p["text"] for p in content)  # text parts: the template takes a string
         elif content is None and m["role"] == "assistant" and m.get("tool_calls"):
@@ -201,15 +226,15 @@ def _check_vocab(path: str, body: dict, llama) -> None:
                      None)
 
 
-def check_request(path: str, raw: bytes, limits: Limits, llama=None) -> bytes:
+def check_request(path: str, raw: bytes, limits: Limits, llama=None, images=None) -> bytes:
     """The body to hand on for a POST to ``path``, or :class:`Reject` (``llama``: the served model, for
-    the checks that need its vocabulary). A path the server has no request model for is handed on as is
-    (its 404/405 is the server's)."""
+    the checks that need its vocabulary; ``images``: a vision model's image policy, None for a text model).
+    A path the server has no request model for is handed on as is (its 404/405 is the server's)."""
     if path not in _request_models():
         return raw
     body = parse_body(raw)
     if path == CHAT:
-        _check_messages(body.get("messages"))
+        _check_messages(body.get("messages"), images)
     elif path in COMPLETION:
         _check_prompt(body)
     if path == CHAT or path in COMPLETION:
@@ -253,9 +278,11 @@ async def _read_body(receive, limit: int) -> bytes:
 class Guard:
     """ASGI middleware: the checks of the module docstring in front of ``app``."""
 
-    def __init__(self, app, limits: Limits = Limits(), api_key: str | None = None, llama=None):
-        """``llama``: a callable that returns the served ``llama_cpp.Llama`` (vocabulary checks)."""
+    def __init__(self, app, limits: Limits = Limits(), api_key: str | None = None, llama=None, images=None):
+        """``llama``: a callable that returns the served ``llama_cpp.Llama`` (vocabulary checks); ``images``:
+        the image policy of a model with a vision projector (image_url parts taken), None for a text model."""
         self.app, self.limits, self.api_key, self.in_flight, self.llama = app, limits, api_key, 0, llama
+        self.images = images
 
     def _authorized(self, scope) -> bool:
         if not self.api_key:
@@ -281,7 +308,7 @@ class Guard:
                              f"{self.limits.max_body_bytes} bytes (its --max-body-bytes)")
             path = scope["path"][len(scope.get("root_path", "")):] if scope.get("root_path") else scope["path"]
             data = check_request(path.rstrip("/") or "/", await _read_body(receive, self.limits.max_body_bytes),
-                                 self.limits, self.llama() if self.llama else None)
+                                 self.limits, self.llama() if self.llama else None, self.images)
         except Reject as r:
             return await _answer(send, r.status, _error(r))
         except ConnectionAbortedError:

@@ -44,6 +44,12 @@ from .options import make_progress, overwrite_option, quiet_option, threads_opti
                    "converted at Q8_0): run/serve decode speculatively, output unchanged.")
 @click.option("--draft-max", type=int, default=None, metavar="K",
               help="With --draft: most tokens drafted per step (default 8; adapted below it to acceptance).")
+@click.option("--mmproj", type=click.Path(path_type=Path), default=None, metavar="MMPROJ.gguf",
+              help="A vision projector GGUF (llama.cpp's mmproj) to bundle with the model (a GGUF SRC needs it for "
+                   "images; a vision-language HF folder's own projector is converted without it).")
+@click.option("--mmproj-type", type=click.Choice(["f16", "bf16", "q8_0", "f32"], case_sensitive=False),
+              default="f16", show_default=True, help="Type of the projector converted from a vision-language SRC.")
+@click.option("--no-mmproj", is_flag=True, help="Leave a vision-language SRC's projector out (a text-only bundle).")
 @tune_options
 @threads_option
 @overwrite_option
@@ -51,7 +57,8 @@ from .options import make_progress, overwrite_option, quiet_option, threads_opti
 def cli(src: Path, target: str, out: Path, qtype: str | None, imatrix: Path | None, calib: Path | None, archive: bool,
         types: str | None, text: Path | None, lmstudio: Path | None, base_model: str | None,
         quantized_by: str | None, loras: tuple[Path, ...], lora_scales: tuple[float, ...], draft: Path | None,
-        draft_max: int | None, tune, threads: int | None, overwrite: bool, quiet: bool) -> None:
+        draft_max: int | None, mmproj: Path | None, mmproj_type: str, no_mmproj: bool, tune, threads: int | None,
+        overwrite: bool, quiet: bool) -> None:
     """Build a runnable bundle (or a Hub release folder) of a model for a target device.
 
     SRC is a Hugging Face folder or a GGUF. The bundle holds model.gguf, manifest.json (checksums, profile, memory estimate), a `run`
@@ -68,6 +75,8 @@ def cli(src: Path, target: str, out: Path, qtype: str | None, imatrix: Path | No
       slimedge build ./TinyLlama-1.1B --target laptop-gpu --type Q4_K_M --tune wiki.txt -o tinyllama-tuned
       slimedge build ./TinyLlama-1.1B --target cpu --lora ./my-lora --lora-scale 0.8 -o tinyllama-my-lora
       slimedge build ./Qwen2.5-1.5B --target cpu --draft ./Qwen2.5-0.5B --draft-max 8 -o qwen-spec
+      slimedge build ./gemma-3-4b-it --target cpu -o gemma3-vision          # model.gguf + mmproj.gguf
+      slimedge build gemma-3-4b-it-Q4_K_M.gguf --target cpu --mmproj mmproj-gemma-3-4b-it-F16.gguf -o g3v
     """
     import json
 
@@ -78,6 +87,8 @@ def cli(src: Path, target: str, out: Path, qtype: str | None, imatrix: Path | No
             raise click.UsageError("--lora applies to a bundle, not to a --types release")
         if draft is not None:
             raise click.UsageError("--draft applies to a bundle, not to a --types release")
+        if mmproj is not None:
+            raise click.UsageError("--mmproj applies to a bundle, not to a --types release")
         return _release(src, target, out, types, qtype, archive, text, lmstudio, base_model, quantized_by, threads,
                         overwrite, quiet, imatrix)
     if draft_max is not None and draft is None:
@@ -93,7 +104,8 @@ def cli(src: Path, target: str, out: Path, qtype: str | None, imatrix: Path | No
     path = build_bundle(src, target, out, type=qtype, archive=archive, overwrite=overwrite, threads=threads,
                         progress=make_progress(quiet), imatrix=imatrix, calib=calib, tune=tune,
                         loras=[(p, lora_scales[i] if i < len(lora_scales) else 1.0) for i, p in enumerate(loras)],
-                        draft=draft, draft_max=draft_max)
+                        draft=draft, draft_max=draft_max, mmproj=mmproj, mmproj_type=mmproj_type.lower(),
+                        no_mmproj=no_mmproj)
     m = json.loads((path / "manifest.json").read_text())
     q, est = m["quantization"], m["memory_estimate"]
     if q.get("tuned"):
@@ -101,10 +113,21 @@ def cli(src: Path, target: str, out: Path, qtype: str | None, imatrix: Path | No
     click.echo(f"bundle {path}: {q['type']} ({q['chosen_by']}), {q['model_size'] / 2**20:.1f} MiB, "
                f"{q['bpw']:.2f} bpw; estimated RAM {est['required_ram'] / 2**20:.0f} MiB"
                + (f", VRAM {est['total_vram'] / 2**20:.0f} MiB" if est["total_vram"] else "")
-               + f" for target {m['target']['name']}" + (" (model and draft)" if m.get("draft") else ""))
+               + f" for target {m['target']['name']}" + (" (model and draft)" if m.get("draft") else "")
+               + (" (model and vision projector)" if m.get("mmproj") else ""))
     if archive:
         click.echo(f"archive {path.parent / (path.name + '.tar.gz')}")
-    click.echo(f"run it: python {path / 'run'} \"Hello\"   check it: slimedge verify {path}")
+    click.echo(f"run it: {next_step(path, m)}   check it: slimedge verify {path}")
+
+
+def next_step(path: Path, manifest: dict) -> str:
+    """The first command to try on a new bundle: an embedding, an image question, or a prompt."""
+    run = f"python {path / 'run'}"
+    if manifest.get("embedding"):
+        return f'{run} --embed "some text"'
+    if manifest.get("mmproj"):
+        return f'{run} --image photo.jpg "Describe this image."'
+    return f'{run} "Hello"'
 
 
 def _release(src, target, out, types, qtype, archive, text, lmstudio, base_model, quantized_by, threads, overwrite,
