@@ -148,10 +148,6 @@ def measure(src: str | Path, types: Mapping[str, list[str]] | None = None, text:
     hf = {n: w for n, w in where.items() if w is not None}
     unread = {n: {q: 0.0 for q in c} for n, c in types.items() if n in where and where[n] is None}
     run = {n: c for n, c in types.items() if n not in unread}
-    if method != "exhaustive" and getattr(model.config, "num_kv_shared_layers", 0):
-        # Gemma 3n/4: later layers read K/V computed in earlier ones, so a forward cannot start mid-model
-        log.info("%s: KV-shared layers; sensitivities measured with whole forwards (exhaustive)", src)
-        method = "exhaustive"
     if method == "exhaustive":
         costs = _exhaustive(model, params, hf, run, batch.to(dev), imatrix, threads, progress)
     else:

@@ -6,7 +6,11 @@ The exhaustive measurement (:func:`slimedge.calib.sensitivity.measure`) runs the
 * each decoder block's input for every calibration batch (and what the block returned), so a tensor of
   block *i* is measured by running only blocks *i..end* from the cached input (the blocks before it are
   swapped for modules that return their cached outputs): the same KL as a whole forward, for about
-  (L - i) / L of its cost;
+  (L - i) / L of its cost. What a block hands to later blocks outside its output is kept too: Gemma 3n/4's
+  KV-sharing blocks store their K/V in the ``shared_kv_states`` mapping the model passes every block, and the
+  last blocks attend with it instead of their own; a skipped block puts back the K/V it stored in the
+  reference run, so the partial forward is exact there too (per-layer embeddings and AltUp's streams need
+  nothing: the first are computed before the blocks, the second are part of each block's output);
 * each linear layer's input on a subsample of the calibration tokens (``proxy_tokens``).
 
 Then, per tensor:
@@ -47,6 +51,7 @@ CALIB_DEPTHS = 3  # blocks per tensor kind whose proxy scale is calibrated exact
 CALIB_POINTS = 1  # exact points per calibrated tensor: the middle candidate (2: and the smallest, fits an exponent)
 CALIB_BATCHES = 1  # calibration batches (of 4 sequences) the proxy's exact runs score: a scale, not a ranking
 _BLK = re.compile(r"^blk\.(\d+)\.")
+SHARED = "shared_kv_states"  # the keyword under which Gemma 3n/4 pass every block the K/V later blocks reuse
 
 
 def _skip(runner: "Runner", j: int):
@@ -56,6 +61,8 @@ def _skip(runner: "Runner", j: int):
 
     class Skip(torch.nn.Module):
         def forward(self, *args, **kwargs):
+            if runner.block_shared[j]:
+                kwargs[SHARED].update(runner.block_shared[j][runner.cur])
             return runner.block_out[j][runner.cur]
 
     return Skip()
@@ -73,11 +80,14 @@ class Runner:
         self.layers = _decoder_layers(model)
         self.modules = dict(model.named_modules())
         self.block_out = [[] for _ in self.layers]
+        self.block_shared = [[] for _ in self.layers]  # per block, per batch: the shared K/V entries it stored
         self.inputs: dict[str, object] = {}  # module name -> [tokens, in] float32 on device
         self.token_ids = batch.reshape(-1)
         hooks, seen = [], {}
         for j, layer in enumerate(self.layers):
-            hooks.append(layer.register_forward_hook(lambda m, a, out, j=j: self.block_out[j].append(out)))
+            hooks.append(layer.register_forward_pre_hook(lambda m, a, kw, j=j: self._before(j, kw), with_kwargs=True))
+            hooks.append(layer.register_forward_hook(lambda m, a, kw, out, j=j: self._after(j, kw, out),
+                                                     with_kwargs=True))
         n_tok = batch.numel()
         gen = torch.Generator().manual_seed(0)
         pick = torch.randperm(n_tok, generator=gen)[:proxy_tokens].sort().values
@@ -103,6 +113,17 @@ class Runner:
         self.inputs = {name: torch.cat(xs) for name, xs in seen.items()}
         self.p_ref = [r.exp() for r in ref]
         self.neg_ent = [(p * r).sum(-1) for p, r in zip(self.p_ref, ref)]
+
+    def _before(self, j: int, kwargs: dict) -> None:
+        shared = kwargs.get(SHARED)
+        self._seen = {k: id(v) for k, v in shared.items()} if shared is not None else None
+
+    def _after(self, j: int, kwargs: dict, out) -> None:
+        """Keep block j's output and the shared K/V entries it wrote (new or replaced) for this batch."""
+        self.block_out[j].append(out)
+        shared = kwargs.get(SHARED)
+        if shared is not None:
+            self.block_shared[j].append({k: v for k, v in shared.items() if self._seen.get(k) != id(v)})
 
     def kl(self, start: int = 0, batches: int | None = None) -> float:
         """Mean KL(reference || current model) per token, running blocks ``start``.. from cached inputs, on
