@@ -13,10 +13,11 @@ latent experts (``moe_latent_size``) run in a smaller space: ``fc1_latent_proj``
 
 Metadata as llama.cpp's converter writes it: ``feed_forward_length`` per block (the expert width on MoE blocks,
 0 elsewhere: llama.cpp tells Mamba-2 blocks by no kv heads and no feed-forward), expert count / used / widths /
-shared count, ``expert_weights_norm`` and ``_scale``, ``expert_group_count``, ``moe_latent_size``. The MTP head
-(``mtp.*``, ``num_nextn_predict_layers``) is left out, as the converter's ``--no-mtp``. Refused: dense MLP blocks
-beside MoE ones (llama.cpp builds every feed-forward block of a model with experts as MoE) and group-limited
-routing (``n_group`` > 1: the converter writes no used-group count, and llama.cpp then refuses to load).
+shared count, ``expert_weights_norm`` and ``_scale``, ``expert_group_count`` / ``_used_count`` (``n_group`` /
+``topk_group``: llama.cpp's group-limited choice is transformers', top-2 sums per group), ``moe_latent_size``.
+The MTP head (``mtp.*``, ``num_nextn_predict_layers``) is left out, as the converter's ``--no-mtp``. Refused: dense
+MLP blocks beside MoE ones (llama.cpp builds every feed-forward block of a model with experts as MoE), and
+``topk_group`` >= ``n_group`` > 1 (a no-op grouping that llama.cpp refuses to load).
 """
 
 from __future__ import annotations
@@ -58,10 +59,10 @@ class NemotronHMoE(NemotronH, MoEArch):
         if "mlp" in kinds:
             raise SlimedgeError(f"config.json: {hf_arch} with both dense MLP (-) and mixture-of-experts (E) blocks is "
                                 f"not supported: llama.cpp's nemotron_h_moe builds every feed-forward block as MoE")
-        if int(config.get("n_group") or 1) != 1:
-            raise SlimedgeError(f"config.json: {hf_arch} with group-limited routing (n_group {config['n_group']}) is "
-                                f"not supported: llama.cpp's converter writes no used-group count for "
-                                f"nemotron_h_moe, which then does not load")
+        groups, used = int(config.get("n_group") or 1), int(config.get("topk_group") or 1)
+        if groups > 1 and not 0 < used < groups:
+            raise SlimedgeError(f"config.json: {hf_arch} with n_group {groups} and topk_group {used} cannot be "
+                                f"converted: llama.cpp loads group-limited routing only with 0 < topk_group < n_group")
         # HParams needs intermediate_size: the Hub's MoE configs may leave it out (the dense MLP's width)
         super().__init__({"intermediate_size": config.get("moe_intermediate_size"), **config}, hf_arch)
         try:
@@ -105,7 +106,8 @@ class NemotronHMoE(NemotronH, MoEArch):
             KV(k(Keys.LLM.EXPERT_SHARED_COUNT), int(c.get("n_shared_experts", 1)), U32),
             KV(k(Keys.LLM.EXPERT_WEIGHTS_NORM), bool(c.get("norm_topk_prob", True)), BOOL),
             KV(k(Keys.LLM.EXPERT_WEIGHTS_SCALE), float(c.get("routed_scaling_factor", 1.0)), F32),
-            KV(k(Keys.LLM.EXPERT_GROUP_COUNT), int(c.get("n_group") or 1), U32)]
+            KV(k(Keys.LLM.EXPERT_GROUP_COUNT), int(c.get("n_group") or 1), U32),
+            KV(k(Keys.LLM.EXPERT_GROUP_USED_COUNT), int(c.get("topk_group") or 1), U32)]
         if self.latent:
             kv.append(KV(k(Keys.LLM.MOE_LATENT_SIZE), self.latent, U32))
         return kv

@@ -87,7 +87,7 @@ def test_metadata_and_recurrent_layers():
     assert {k.split(".", 1)[1]: v for k, (v, _) in kv.items() if ".expert" in k} == {
         "expert_count": E, "expert_used_count": USED, "expert_feed_forward_length": FFE,
         "expert_shared_feed_forward_length": FFS, "expert_shared_count": 1, "expert_weights_norm": True,
-        "expert_weights_scale": 2.5, "expert_group_count": 1}
+        "expert_weights_scale": 2.5, "expert_group_count": 1, "expert_group_used_count": 1}
     assert "nemotron_h_moe.moe_latent_size" not in kv
     info = arch.model_info()
     assert info.recurrent_layers == (True, False, False) and info.n_expert == E
@@ -102,8 +102,8 @@ def test_metadata_and_recurrent_layers():
 def test_refusals():
     with pytest.raises(SlimedgeError, match="both dense MLP"):
         get_arch(config(hybrid_override_pattern="ME-*"))
-    with pytest.raises(SlimedgeError, match="group-limited routing"):
-        get_arch(config(n_group=2, topk_group=1))
+    with pytest.raises(SlimedgeError, match="0 < topk_group < n_group"):
+        get_arch(config(n_group=2, topk_group=2))
     with pytest.raises(SlimedgeError, match="n_routed_experts"):
         get_arch(config(n_routed_experts=None))
     w = random_weights(shapes())
