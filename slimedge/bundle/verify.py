@@ -4,7 +4,8 @@ Checks, in order: the manifest parses and is a slimedge bundle; every listed fil
 listed size and sha256 (a missing or changed file is named); no unlisted files are present (named
 as a warning-level problem; the ``bench/`` folder, where devices add measurements, is skipped); the
 GGUF's header reads; each LoRA adapter (role ``adapter``) is one for the model's architecture whose pairs fit
-the model's tensors; a speculative draft (role ``draft``) shares the model's vocabulary; and — unless ``load=False`` — a fresh
+the model's tensors; a vision projector (role ``mmproj``) is an mmproj GGUF whose embedding width (and, when
+slimedge wrote both, identity keys) match the model's; a speculative draft (role ``draft``) shares the model's vocabulary; and — unless ``load=False`` — a fresh
 llama.cpp process loads the model (each GGUF of a release folder) and decodes a few tokens. A ``.tar.gz`` is unpacked safely
 into a temp folder first (see :mod:`slimedge.bundle.archive`).
 """
@@ -118,6 +119,10 @@ def verify_bundle(path: str | Path, *, load: bool = True, raise_on_problem: bool
         from .adapters import check_pairing
 
         report.problems += check_pairing(path, manifest)
+    if report.ok and manifest.get("mmproj") is not None:  # a vision projector: pairs with the model
+        from .projector import check_pairing as check_projector
+
+        report.problems += check_projector(path, manifest)
     if report.ok and manifest.get("draft") is not None:  # a speculative draft: same vocabulary, loads too
         from .drafts import check_draft
 

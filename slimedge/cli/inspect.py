@@ -3,7 +3,9 @@
 Human output: header line, metadata (long arrays shortened), tensor table (name, shape in NumPy
 order, type, bytes, bits per weight; with ``--stats`` min/max/mean/std/rms of the dequantized
 values), per-type totals, parameters, size and bits per weight. ``--json`` prints the same as one
-JSON object (arrays longer than 64 items shortened unless ``--full``).
+JSON object (arrays longer than 64 items shortened unless ``--full``). The ``kind`` says what the file is (model,
+mmproj, adapter, embedding); for a model or a vision projector, the GGUFs beside it that pair with it are named
+(``pairs_with``: a projector whose width and identity fit the model, :func:`slimedge.bundle.projector.pairing_problem`).
 """
 
 from __future__ import annotations
@@ -73,13 +75,54 @@ def embedding_info(info: GGUFInfo) -> dict | None:
     return None if adapter_info(info) else embedding_of(info.metadata)
 
 
+def mmproj_info(info: GGUFInfo) -> dict | None:
+    """For a vision projector (mmproj) GGUF: its projector type, image and patch size, the width of the
+    embeddings it feeds the text model, and the text model it was converted with (slimedge's keys); else None."""
+    from ..bundle.projector import TEXT_ARCH, is_mmproj
+
+    m = info.metadata
+    if not is_mmproj(m):
+        return None
+    return {"projector_type": m.get("clip.projector_type") or m.get("clip.vision.projector_type"),
+            "image_size": m.get("clip.vision.image_size"), "patch_size": m.get("clip.vision.patch_size"),
+            "n_embd_text": m.get("clip.vision.projection_dim"), "text_model": m.get("general.name"),
+            "text_arch": m.get(TEXT_ARCH)}
+
+
+def pairs_with(info: GGUFInfo, limit: int = 32) -> list[str]:
+    """The GGUFs in the same folder that pair with this one: its vision projectors (for a model) or the models
+    it projects for (for an mmproj). Headers only; at most ``limit`` files looked at."""
+    from pathlib import Path
+
+    from ..bundle.projector import pairing_problem
+
+    me = Path(info.path)
+    mine_is_mmproj = mmproj_info(info) is not None
+    if not mine_is_mmproj and (adapter_info(info) or embedding_info(info)):
+        return []
+    out = []
+    for other in sorted(me.parent.glob("*.gguf"))[:limit]:
+        if other.resolve() == me.resolve():
+            continue
+        try:
+            other_is_mmproj = read_info(other).metadata.get("general.architecture") == "clip"
+            if other_is_mmproj != mine_is_mmproj and not (
+                    pairing_problem(other, me) if mine_is_mmproj else pairing_problem(me, other)):
+                out.append(other.name)
+        except Exception:  # noqa: BLE001 - a damaged neighbour is not this file's problem
+            continue
+    return out
+
+
 def to_json(info: GGUFInfo, stats: dict | None = None, full: bool = False) -> dict:
-    adapter, embedding = adapter_info(info), embedding_info(info)
+    adapter, embedding, mmproj = adapter_info(info), embedding_info(info), mmproj_info(info)
     return {
-        "kind": ("adapter" if adapter else "embedding" if embedding
+        "kind": ("adapter" if adapter else "embedding" if embedding else "mmproj" if mmproj
                  else str(info.metadata.get("general.type") or "model")),
         **({"adapter": adapter} if adapter else {}),
         **({"embedding": embedding} if embedding else {}),
+        **({"mmproj": mmproj} if mmproj else {}),
+        "pairs_with": pairs_with(info),
         "path": info.path, "file_size": info.file_size, "gguf_version": info.version,
         "alignment": info.alignment, "data_offset": info.data_offset,
         "arch": info.arch, "name": info.name, "file_type": info.file_type, "file_type_name": info.file_type_name,
@@ -109,6 +152,17 @@ def _print_human(info: GGUFInfo, stats: dict | None) -> None:
         echo(f"kind: embedding model ({embedding['pooling']} pooling, vectors "
              f"{'normalized' if embedding['normalize'] else 'not normalized'}); load it with embedding=True "
              f"(llama-cpp-python) or --embedding (llama.cpp), or build a bundle and `run --embed TEXT`")
+    mmproj = mmproj_info(info)
+    if mmproj:
+        made = f" from {mmproj['text_model']} ({mmproj['text_arch']})" if mmproj["text_arch"] else ""
+        echo(f"kind: vision projector (mmproj, {mmproj['projector_type']}, {mmproj['image_size']} px images in "
+             f"{mmproj['patch_size']} px patches) for a text model {mmproj['n_embd_text']} wide{made}; load it with "
+             "its model: llama-server -m MODEL.gguf --mmproj FILE, or `slimedge build MODEL.gguf --mmproj FILE`")
+    elif not (adapter or embedding):
+        echo("kind: model")
+    pairs = pairs_with(info)
+    if pairs:
+        echo(f"pairs with: {', '.join(pairs)} (in the same folder)")
     echo(f"\nmetadata ({len(info.metadata)} keys):")
     kw = max((len(k) for k in info.metadata), default=0)
     for k, v in info.metadata.items():
