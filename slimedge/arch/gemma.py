@@ -22,7 +22,8 @@ What differs from Llama, and how it is converted (as llama.cpp's converter and l
   linear rope scaling.
 * **Multimodal checkpoints**: ``language_model.`` is dropped from names (``language_model.model.layers``
   and ``model.language_model.layers`` both become ``model.layers``); the vision tower and projector are
-  skipped with one warning. Rope is neox-style: no q/k permutation.
+  left out of the text model (``slimedge.arch.vision.gemma3`` writes them as the mmproj). Rope is neox-style:
+  no q/k permutation.
 """
 
 from __future__ import annotations
@@ -156,8 +157,14 @@ class _Gemma(Arch):
                 name = "model." + name[len("model.language_model."):]
             refs[name] = ref
         if vision:
-            log.warning("%s: skipping the vision tower (%d tensors); slimedge converts the language model only",
-                        source.model_dir, len(vision))
+            from .vision import supported_projectors
+
+            if self.hf_arch in supported_projectors():
+                log.info("%s: the vision tower (%d tensors) is not in the text model; it goes to the mmproj "
+                         "(slimedge.mmproj)", source.model_dir, len(vision))
+            else:
+                log.warning("%s: skipping the vision tower (%d tensors); slimedge converts the language model only",
+                            source.model_dir, len(vision))
         return super().tensors(_TextView(source, refs))
 
     def expected_shape(self, tensor, is_bias):

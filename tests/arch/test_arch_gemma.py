@@ -140,7 +140,7 @@ def test_gemma3_layer_types_off_the_default_pattern_are_written():
     assert not [k for k in kv if "sliding_window" in k or "freq_base_swa" in k]
 
 
-def test_multimodal_names_lose_the_wrapper_and_the_vision_tower_warns_once(caplog):
+def test_multimodal_names_lose_the_wrapper_and_the_vision_tower_goes_to_the_mmproj(caplog):
     weights = {("language_model." + k): v for k, v in random_weights(gemma_shapes(True, lm_head=True)).items()}
     weights.update(random_weights({"vision_tower.vision_model.embeddings.patch_embedding.weight": (8, 3),
                                    "multi_modal_projector.mm_soft_emb_norm.weight": (8,)}))
@@ -148,8 +148,8 @@ def test_multimodal_names_lose_the_wrapper_and_the_vision_tower_warns_once(caplo
     with caplog.at_level(logging.WARNING):
         names = [t.name for t in arch.tensors(FakeSource(weights))]
     assert names[0] == "token_embd.weight" and names[-1] == "output.weight" and len(names) == 3 + N_LAYER * 13
-    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [
-        "fake-model: skipping the vision tower (2 tensors); slimedge converts the language model only"]
+    # no warning: the vision tower is the mmproj's (slimedge.arch.vision.gemma3)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
     # transformers >= 4.52 layout: model.language_model.layers.N
     newer = {k.replace("language_model.model.", "model.language_model."): v for k, v in weights.items()}
     assert [t.name for t in arch.tensors(FakeSource(newer))] == names

@@ -1,0 +1,143 @@
+"""Write a vision-language checkpoint's projector as llama.cpp's mmproj GGUF (read by libmtmd).
+
+Public API::
+
+    from slimedge.mmproj import convert_mmproj, default_mmproj_path
+    r = convert_mmproj("SmolVLM-256M", "mmproj-SmolVLM-256M-F16.gguf", mmproj_type="f16")
+
+How: the checkpoint is opened lazily (``slimedge.source.hf``), its projector table
+(``slimedge.arch.vision``) maps the vision tower's tensors to mmproj names and gives the ``clip.*`` keys and
+each tensor's type (llama.cpp's converter rules: norms, biases, position embeddings F32, a few tensors forced
+to F16/F32 per family). The writer (``slimedge.writer``) declares every tensor, then streams them one by one
+(a projector is small: each tensor is read whole) into a temporary file renamed into place at the end.
+The pairing keys (see ``slimedge/arch/vision/base.py``) tie the file to the text GGUF of the same checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from gguf import GGML_QUANT_VERSION, GGMLQuantizationType, Keys
+
+from . import __version__
+from .arch.base import KV, STR, U32
+from .errors import SlimedgeError
+from .progress import NULL_PROGRESS, Progress
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class MmprojResult:
+    out: Path
+    projector_type: str  # llama.cpp's, e.g. "gemma3"
+    tensors: list[tuple[str, tuple[int, ...], GGMLQuantizationType]]  # GGUF name, NumPy shape, type
+    seconds: float
+    file_bytes: int
+
+
+def default_mmproj_path(text_out: str | Path, name: str, mmproj_type: str = "f16") -> Path:
+    """``mmproj-<name>-<TYPE>.gguf`` in the folder of the text model's output file."""
+    return Path(text_out).parent / f"mmproj-{name}-{mmproj_type.upper()}.gguf"
+
+
+def read_preprocessor(model_dir: Path) -> dict:
+    """``preprocessor_config.json`` merged with ``processor_config.json``'s ``image_processor`` (as llama.cpp's
+    converter reads them); {} when neither exists."""
+    merged: dict = {}
+    for fname, inner in (("preprocessor_config.json", "media_proc_cfg"), ("processor_config.json",
+                                                                           "image_processor")):
+        path = model_dir / fname
+        if not path.is_file():
+            continue
+        try:
+            cfg = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError, OSError) as exc:
+            raise SlimedgeError(f"{path}: not readable JSON ({exc}); fix or re-download it") from None
+        if not isinstance(cfg, dict):
+            raise SlimedgeError(f"{path}: expected a JSON object")
+        if isinstance(cfg.get(inner), dict):
+            cfg = {**cfg, **cfg[inner]}
+        merged.update(cfg)
+    return merged
+
+
+def projector_of(source):
+    """The source's projector object, or a one-line error saying why there is none."""
+    from .arch.vision import get_projector, is_vision_model, supported_projectors
+
+    config = source.config
+    hf_arch = (config.get("architectures") or ["?"])[0]
+    if not is_vision_model(config):
+        raise SlimedgeError(f"{source.model_dir}: {hf_arch} has no vision tower (no vision_config in "
+                            f"config.json); there is no projector to convert")
+    proj = get_projector(config, read_preprocessor(source.model_dir))
+    if proj is None:
+        raise SlimedgeError(f"{source.model_dir}: slimedge does not convert {hf_arch}'s vision projector; "
+                            f"projectors: {', '.join(supported_projectors())}")
+    return proj
+
+
+def _text_arch(config: dict) -> str | None:
+    from .arch import get_arch
+
+    try:
+        return get_arch(config).arch
+    except SlimedgeError:
+        return None
+
+
+def convert_mmproj(model_dir: str | Path, out: str | Path, mmproj_type: str = "f16", *, overwrite: bool = False,
+                   progress: Progress = NULL_PROGRESS, threads: int | None = None) -> MmprojResult:
+    """Write ``model_dir``'s vision projector to ``out`` with tensors of ``mmproj_type`` (f32/f16/bf16/q8_0)
+    where llama.cpp's converter would use that type."""
+    from .arch.vision import mmproj_type as parse_type
+    from .source.card import general_metadata
+    from .source.hf import HFSource
+    from .writer import GGUFStreamWriter, check_output_path
+
+    t0 = time.monotonic()
+    requested, ftype = parse_type(mmproj_type)
+    out = check_output_path(Path(out), overwrite)
+    source = HFSource(model_dir)
+    proj = projector_of(source)
+    tensors = proj.tensors(source)
+    types = [proj.out_type(proj.hf_of[t.name], t.name, t.shape, requested) for t in tensors]
+    dtypes = ",".join(sorted({ref.dtype for ref in source.tensors.values()}))
+    kv = [KV(Keys.General.TYPE, "mmproj", STR), KV(Keys.General.NAME, source.name, STR),
+          KV("slimedge.version", __version__, STR), KV("slimedge.source.architecture", proj.hf_arch, STR),
+          KV("slimedge.source.dtype", dtypes, STR)]
+    text_arch = _text_arch(source.config)
+    if text_arch:
+        kv.append(KV("slimedge.mmproj.text_arch", text_arch, STR))
+    kv += general_metadata(source.model_dir, [(t.name, t.shape) for t in tensors], source.hub_repo)
+    kv += [KV(Keys.General.FILE_TYPE, ftype, U32), KV(Keys.General.QUANTIZATION_VERSION, GGML_QUANT_VERSION, U32)]
+    kv += proj.metadata()
+
+    from .quant import quantize
+
+    with GGUFStreamWriter(out, "clip", overwrite=overwrite) as w:
+        for e in kv:
+            w.add_kv(e.key, e.value, e.vtype, e.sub_type)
+        for t, q in zip(tensors, types):
+            w.add_tensor_info(t.name, t.shape, q)
+        w.begin_data()
+        progress.start(len(tensors), desc=f"mmproj {source.name}")
+        try:
+            for t, q in zip(tensors, types):
+                x = t.load()
+                if tuple(x.shape) != tuple(t.shape):
+                    raise SlimedgeError(f"{t.origin}: has shape {list(x.shape)}, expected {list(t.shape)}")
+                data = x if q == GGMLQuantizationType.F32 else quantize(x, q, threads=threads, what=t.name)
+                w.write_tensor(t.name, data)
+                progress.update(1, label=t.name)
+        finally:
+            progress.close()
+    size = out.stat().st_size
+    log.info("%s: %s projector, %d tensors, %.1f MB", out, proj.projector_type, len(tensors), size / 1e6)
+    return MmprojResult(out, proj.projector_type, [(t.name, t.shape, q) for t, q in zip(tensors, types)],
+                        time.monotonic() - t0, size)
