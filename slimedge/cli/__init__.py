@@ -42,7 +42,7 @@ from .. import __version__
 from ..errors import SlimedgeError
 
 # the commands, in the order `slimedge -h` lists them; each is the module slimedge/cli/<name>.py
-COMMANDS: tuple[str, ...] = ("convert", "imatrix", "inspect", "distill", "tune", "targets", "build", "verify",
+COMMANDS: tuple[str, ...] = ("convert", "imatrix", "inspect", "distill", "draft", "tune", "targets", "build", "verify",
                              "bench", "serve", "report", "sweep", "demo")
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
