@@ -137,7 +137,9 @@ def write_bundle_files(tmp: Path, manifest: dict) -> None:
 
     (tmp / "Modelfile").write_text(render_modelfile(manifest["model"], manifest["runtime"],
                                                     manifest.get("chat_template"), manifest["name"],
-                                                    modelfile_adapters(manifest)), encoding="utf-8")
+                                                    modelfile_adapters(manifest),
+                                                    mmproj=(manifest.get("mmproj") or {}).get("file"),
+                                                    embedding=bool(manifest.get("embedding"))), encoding="utf-8")
     refresh(tmp, manifest)
 
 

@@ -93,31 +93,12 @@ def render_card(m: dict) -> str:
         + (f"; VRAM {_mb(est['total_vram'])}" if est["total_vram"] else "") + " |",
         f"| chat format | {m.get('chat_format') or 'unknown (no template translated for Ollama)'} |",
         *_draft_rows(m),
+        *_mmproj_rows(m),
         "",
         "## Run it",
         "",
-        "With Python (`pip install llama-cpp-python`), from this folder:",
-        "",
-        "```sh",
-        "python run \"Once upon a time\" --max-tokens 64   # one-shot",
-        "python run --chat                                 # chat",
-        "python run --bench                                # measure speed on this device",
-        "```",
-        "",
-        "With llama.cpp's own tools:",
-        "",
-        "```sh",
-        f"llama-cli {llama_args} -p \"Once upon a time\" -n 64",
-        f"llama-server {llama_args} --port 8080",
-        "```",
-        "",
-        "With Ollama:",
-        "",
-        "```sh",
-        f"ollama create {tag} -f Modelfile",
-        f"ollama run {tag}",
-        "```",
-        "",
+        *(_embedding_run(m, llama_args, tag) if m.get("embedding") else
+          _vision_run(m, llama_args, tag) if m.get("mmproj") else _text_run(llama_args, tag)),
         *_draft_notes(m),
         "Check the files before use: `slimedge verify .` (sha256 of every file, then a test load).",
         "",
@@ -137,6 +118,72 @@ def render_card(m: dict) -> str:
                   "Measured with `python run --bench --json` on each device (files in `bench/`), beside this "
                   "bundle's memory estimate (`slimedge report` renders this table):", "", device_table(m["devices"])]
     return "\n".join(lines) + "\n"
+
+
+def _text_run(llama_args: str, tag: str) -> list[str]:
+    return [
+        "With Python (`pip install llama-cpp-python`), from this folder:", "", "```sh",
+        "python run \"Once upon a time\" --max-tokens 64   # one-shot",
+        "python run --chat                                 # chat",
+        "python run --bench                                # measure speed on this device",
+        "```", "", "With llama.cpp's own tools:", "", "```sh",
+        f"llama-cli {llama_args} -p \"Once upon a time\" -n 64",
+        f"llama-server {llama_args} --port 8080",
+        "```", "", "With Ollama:", "", "```sh", f"ollama create {tag} -f Modelfile", f"ollama run {tag}", "```", ""]
+
+
+def _embedding_run(m: dict, llama_args: str, tag: str) -> list[str]:
+    """An embedding bundle: vectors, not text (launcher, llama.cpp's --embedding, Ollama's embed API)."""
+    e = m["embedding"]
+    pooling = f" --pooling {e['pooling']}" if e.get("pooling") not in (None, "none") else ""
+    norm = "normalized to length 1" if e.get("normalize", True) else "not normalized"
+    return [
+        f"An embedding model ({e.get('pooling')} pooling, vectors {norm}): it turns text into vectors and does not "
+        "chat. With Python (`pip install llama-cpp-python`), from this folder:", "", "```sh",
+        "python run --embed \"some text\"       # prints the vector as JSON",
+        "python run --serve                      # OpenAI-compatible /v1/embeddings at http://127.0.0.1:8080/v1",
+        "```", "", "With llama.cpp's own tools:", "", "```sh",
+        f"llama-embedding {llama_args}{pooling} -p \"some text\"",
+        f"llama-server {llama_args} --embedding{pooling} --port 8080   # /v1/embeddings",
+        "```", "", "With Ollama (its embed API; `ollama run` does not apply to an embedding model):", "", "```sh",
+        f"ollama create {tag} -f Modelfile",
+        f"curl http://localhost:11434/api/embed -d '{{\"model\": \"{tag}\", \"input\": \"some text\"}}'",
+        "```", "",
+        "LM Studio: copy `" + m["model"] + "` into `~/.lmstudio/models/PUBLISHER/MODEL/`; it lists the file as an "
+        "embedding model for its `/v1/embeddings` server.", ""]
+
+
+def _vision_run(m: dict, llama_args: str, tag: str) -> list[str]:
+    """A bundle with a vision projector: how each client loads the pair."""
+    mm = m["mmproj"]["file"]
+    return [
+        f"The model reads images through its vision projector `{mm}` (both files are needed). With Python "
+        "(`pip install llama-cpp-python`), from this folder:", "", "```sh",
+        "python run --image photo.jpg \"Describe this image.\"   # one image question",
+        "python run --chat                 # chat; a line `/image PATH` attaches an image to your next message",
+        "python run --serve                # OpenAI API; image_url parts: data URLs (--image-dir DIR: local files)",
+        "```", "", "With llama.cpp's own tools (the pair: `-m` model, `--mmproj` projector):", "", "```sh",
+        f"llama-mtmd-cli {llama_args} --mmproj {mm} --image photo.jpg -p \"Describe this image.\"",
+        f"llama-server {llama_args} --mmproj {mm} --port 8080",
+        "```", "",
+        f"With Ollama: the Modelfile names both files (`FROM ./{m['model']}` then `FROM ./{mm}`); images go in the "
+        "prompt as a file path or in the API's `images`. Some Ollama versions ignore an imported projector for "
+        "families their own engine runs (Gemma 3, for one): use llama-server or `python run --serve` for images "
+        "then.", "", "```sh", f"ollama create {tag} -f Modelfile", f"ollama run {tag} \"Describe ./photo.jpg\"",
+        "```", "",
+        f"LM Studio: copy `{m['model']}` and `{mm}` into the same folder `~/.lmstudio/models/PUBLISHER/MODEL/`; it "
+        "pairs the model with the projector beside it (a file whose name starts with `mmproj`).", ""]
+
+
+def _mmproj_rows(m: dict) -> list[str]:
+    e = m.get("mmproj")
+    if not e:
+        return []
+    pm = m["memory_estimate"].get("mmproj", {})
+    return [f"| vision projector | `{e['file']}` ({e.get('projector_type')}, {e.get('file_type')}), "
+            f"{e.get('image_size')} px images, ~{pm.get('tokens_per_image', '?')} context tokens each "
+            f"({pm.get('images_per_context', '?')} fit the context); its weights {_mb(pm.get('weights', 0))} and "
+            f"encoder scratch {_mb(pm.get('compute', 0))} are in the estimate above |"]
 
 
 def _draft_rows(m: dict) -> list[str]:

@@ -166,14 +166,24 @@ def chat_family(template: str | None) -> str | None:
 
 
 def render_modelfile(model_file: str, runtime: dict, chat_template: str | None, name: str,
-                     adapters: list[tuple[str, float]] = ()) -> str:
+                     adapters: list[tuple[str, float]] = (), mmproj: str | None = None, embedding: bool = False) -> str:
     """Text of the Modelfile for ``model_file`` (relative path) with the profile's ``runtime``; ``adapters``:
-    (file, scale) of LoRA adapters, one ``ADAPTER`` line each (Ollama applies them at scale 1)."""
-    fam = chat_family(chat_template)
+    (file, scale) of LoRA adapters, one ``ADAPTER`` line each (Ollama applies them at scale 1); ``mmproj``: the
+    vision projector, a second ``FROM`` (how Ollama imports a model with its projector); ``embedding``: an
+    embedding model (no chat template; how to ask Ollama for vectors)."""
+    fam = None if embedding else chat_family(chat_template)
+    tag = name.lower().replace(' ', '-')
     lines = [f"# Ollama Modelfile for {name} (slimedge bundle)",
-             f"#   ollama create {name.lower().replace(' ', '-')} -f Modelfile && "
-             f"ollama run {name.lower().replace(' ', '-')}",
+             f"#   ollama create {tag} -f Modelfile && " + (
+                 f"curl http://localhost:11434/api/embed -d '{{\"model\": \"{tag}\", \"input\": \"some text\"}}'"
+                 if embedding else f"ollama run {tag}"),
              f"FROM ./{model_file}"]
+    if mmproj:
+        lines += [f"FROM ./{mmproj}",
+                  "# the vision projector: Ollama attaches a second FROM of a projector GGUF to the model (images via",
+                  "# `ollama run` with an image path in the prompt, or the API's \"images\"); for families its own",
+                  "# engine runs (e.g. Gemma 3) some Ollama versions ignore an imported projector: then use",
+                  "# llama-server --mmproj or `./run --serve` for images"]
     for file, scale in adapters:
         if scale != 1.0:
             lines.append(f"# {file} was bundled for scale {scale:g}; Ollama applies an adapter at scale 1")
@@ -185,7 +195,10 @@ def render_modelfile(model_file: str, runtime: dict, chat_template: str | None, 
         lines.append(f"PARAMETER num_thread {runtime['n_threads']}")
     ngl = runtime.get("n_gpu_layers", 0)
     lines.append(f"PARAMETER num_gpu {999 if ngl < 0 else ngl}")
-    if fam is None:
+    if embedding:
+        lines += ["", "# An embedding model: no TEMPLATE. Ollama's embed API (/api/embed, ollama.embed() in its client",
+                  "# libraries) returns its vectors; it cannot chat."]
+    elif fam is None:
         lines += ["", "# The model's chat template is " + ("not one slimedge recognises (ChatML, ChatML with "
                   "thinking, Llama-3, Phi-3, Zephyr, Llama-2/Mistral, Gemma, Gemma 4, Granite, OLMo 2, DeepSeek-R1, harmony, Mistral v7, EXAONE 4)" if chat_template else "missing") + ": no TEMPLATE is written,",
                   "# so Ollama sends prompts as they are. Add a TEMPLATE block by hand for chat."]
