@@ -13,6 +13,13 @@ Outputs in the folder: ``sweep.json`` (the full records), ``sweep.csv``, ``sweep
 ``sweep.png`` / ``sweep.svg``: KL divergence against file size (log scales) with llama.cpp's mixes and
 slimedge's auto mixes as two labelled series and the Pareto front of all points, and generation
 tokens/s against size beside it. matplotlib is imported only here, when drawing.
+
+An embedding model (a GGUF stating a pooling type, or an encoder-only architecture; :mod:`slimedge.bench.embed`)
+has no perplexity: its sweep needs no ``--text``, its reference is the F32 model, and each type is measured as
+``slimedge bench --ref`` measures an embedder: the mean (and worst) cosine of its vectors to the F32 model's over
+the held-out sentences, the share of sentences whose nearest neighbour is the same, and tokens/s at batch. The
+table has those columns; the picture draws 1 - mean cosine against size (and embedding tokens/s). Auto mixes
+(chosen by next-token KL) are refused for embedders; the default types are :data:`EMBED_DEFAULT_TYPES`.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from ..progress import NULL_PROGRESS, Progress
 log = logging.getLogger(__name__)
 
 DEFAULT_TYPES = "Q8_0,Q6_K,Q5_K_M,Q4_K_M,Q3_K_M,Q2_K,auto:4.5,auto:3.5"
+EMBED_DEFAULT_TYPES = "F16,Q8_0,Q6_K,Q5_K_M,Q4_K_M,Q3_K_M"
 LLAMA, AUTO = "llama.cpp mix", "slimedge auto mix"
 
 
@@ -72,20 +80,19 @@ def parse_types(text: str) -> list[Entry]:
     return out
 
 
-def run_sweep(src: str | Path, types: str | list[Entry], text: str | Path, out_dir: str | Path, *,
+def run_sweep(src: str | Path, types: str | list[Entry] | None, text: str | Path | None, out_dir: str | Path, *,
               calib: str | Path | None = None, imatrix: str | Path | None = None, target: str | None = None,
               n_ctx: int = 512, repeats: int = 3, n_prompt: int = 512, n_gen: int = 128,
               threads: int | None = None, progress: Progress = NULL_PROGRESS) -> list[dict]:
     """Convert and measure every entry (see the module docstring); returns the records, also written
-    (with the table and the picture) into ``out_dir``."""
+    (with the table and the picture) into ``out_dir``. ``types`` None: the defaults for the kind of model."""
     from ..convert import convert
     from ..quant.mixes import QuantSpec
     from ..source import is_gguf
     from .runner import run_bench
 
     src, out = Path(src), Path(out_dir)
-    entries = parse_types(types) if isinstance(types, str) else types
-    if not Path(text).is_file():
+    if text is not None and not Path(text).is_file():
         raise SlimedgeError(f"{text}: --text file not found")
     out.mkdir(parents=True, exist_ok=True)
     name = src.stem if src.is_file() else src.name
@@ -99,6 +106,12 @@ def run_sweep(src: str | Path, types: str | list[Entry], text: str | Path, out_d
     ref = src if is_gguf(src) else out / f"{name}-f16.gguf"
     if not ref.is_file():
         convert(src, ref, QuantSpec("F16"), threads=threads, overwrite=True)
+    embedding = _is_embedder(ref)
+    if embedding and not is_gguf(src):  # an embedder's quality is measured against its F32 vectors
+        ref = out / f"{name}-f32.gguf"
+        if not ref.is_file():
+            convert(src, ref, QuantSpec("F32"), threads=threads, overwrite=True)
+    entries = _entries(types, embedding, text, src)
 
     calib_text = None
     records = []
@@ -121,28 +134,61 @@ def run_sweep(src: str | Path, types: str | list[Entry], text: str | Path, out_d
                                     progress=progress)
             convert(src, path, alloc.spec(), imatrix=imatrix, threads=threads, overwrite=True, progress=progress)
         log.info("sweep %s: measuring %s", e.label, path.name)
-        rec = run_bench(path, ref=ref, text=text, n_ctx=n_ctx, repeats=repeats, n_prompt=n_prompt, n_gen=n_gen,
-                        progress=progress, **run)
+        rec = run_bench(path, ref=ref, text=None if embedding else text, n_ctx=n_ctx, repeats=repeats,
+                        n_prompt=n_prompt, n_gen=n_gen, progress=progress, **run)
         rec.update(sweep_label=e.label, sweep_kind=e.kind, imatrix=str(imatrix) if imatrix else None)
         records.append(rec)
     write_outputs(out, records)
     return records
 
 
+def _is_embedder(gguf: Path) -> bool:
+    """Whether ``gguf`` is an embedding model's (a pooling type, or an encoder-only architecture)."""
+    from ..gguf_info import read_info
+    from .embed import is_embedding
+
+    return is_embedding(read_info(gguf).metadata)
+
+
+def _entries(types, embedding: bool, text, src: Path) -> list[Entry]:
+    """The entries for this kind of model; an embedder's refusals and a generation model's need of ``text``."""
+    entries = parse_types(types or (EMBED_DEFAULT_TYPES if embedding else DEFAULT_TYPES)) \
+        if types is None or isinstance(types, str) else types
+    if embedding and any(e.kind == AUTO for e in entries):
+        raise SlimedgeError(f"{src}: an embedding model; auto mixes are chosen by next-token KL divergence, which "
+                            f"an embedder has not: sweep llama.cpp mixes (e.g. --types {EMBED_DEFAULT_TYPES})")
+    if not embedding and text is None:
+        raise SlimedgeError(f"{src}: --text is required: perplexity and KL divergence are measured on held-out text")
+    return entries
+
+
 COLUMNS = ("type", "kind", "size MB", "bpw", "PPL", "KL vs F16", "top-1", "pp t/s", "tg t/s")
+EMBED_COLUMNS = ("type", "kind", "size MB", "bpw", "cosine mean", "cosine min", "NN agreement", "embed t/s")
+
+
+def _f(x, spec) -> str:
+    return "—" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, spec)
 
 
 def table(records: list[dict]) -> str:
-    """The sweep as a Markdown table, smallest file first."""
-    def f(x, spec):
-        return "—" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, spec)
-
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|:---|:---|" + "---:|" * (len(COLUMNS) - 2)]
+    """The sweep as a Markdown table, smallest file first (an embedder's: cosine and neighbour agreement to
+    the F32 model's vectors, embedding tokens/s)."""
+    f = _f
+    embed = bool(records) and all(r.get("embed_cosine_mean") is not None for r in records)
+    cols = EMBED_COLUMNS if embed else COLUMNS
+    lines = ["| " + " | ".join(cols) + " |", "|:---|:---|" + "---:|" * (len(cols) - 2)]
     for r in sorted(records, key=lambda r: r["model_size"]):
         top1 = r.get("top1_agreement")
-        lines.append("| " + " | ".join([
-            r["sweep_label"], "llama.cpp" if r["sweep_kind"] == LLAMA else "auto", f(r["model_size"] / 1e6, ".3f"),
-            f(r.get("bpw"), ".3f"), f(r.get("perplexity"), ".3f"), f(r.get("kld_mean"), ".5f"),
+        head = [r["sweep_label"], "llama.cpp" if r["sweep_kind"] == LLAMA else "auto", f(r["model_size"] / 1e6, ".3f"),
+                f(r.get("bpw"), ".3f")]
+        if embed:
+            nn = r.get("embed_nn_agreement")
+            lines.append("| " + " | ".join(head + [
+                f(r["embed_cosine_mean"], ".6f"), f(r.get("embed_cosine_min"), ".6f"),
+                "—" if nn is None else f"{100 * nn:.1f}%", f(r.get("embed_ts"), ".0f")]) + " |")
+            continue
+        lines.append("| " + " | ".join(head + [
+            f(r.get("perplexity"), ".3f"), f(r.get("kld_mean"), ".5f"),
             "—" if top1 is None else f"{100 * top1:.2f}%", f(r.get("pp_avg_ts"), ".0f"), f(r.get("avg_ts"), ".0f"),
         ]) + " |")
     return "\n".join(lines) + "\n"
@@ -183,7 +229,9 @@ def plot(records: list[dict], stem: Path, title: str = "") -> dict[str, Path]:
     import matplotlib.pyplot as plt
 
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.8))
-    pts = [(r["model_size"] / 1e6, r.get("kld_mean")) for r in records]
+    embed = bool(records) and all(r.get("embed_cosine_mean") is not None for r in records)
+    speed = "embed_ts" if embed else "avg_ts"
+    pts = [(r["model_size"] / 1e6, 1.0 - r["embed_cosine_mean"] if embed else r.get("kld_mean")) for r in records]
     styles = {LLAMA: dict(marker="o", color="tab:blue"), AUTO: dict(marker="D", color="tab:red")}
     for kind, st in styles.items():
         rs = [(p, r) for p, r in zip(pts, records) if r["sweep_kind"] == kind and p[1] is not None and p[1] > 0]
@@ -192,7 +240,7 @@ def plot(records: list[dict], stem: Path, title: str = "") -> dict[str, Path]:
         ax.scatter([p[0] for p, _ in rs], [p[1] for p, _ in rs], label=kind, zorder=3, **st)
         for p, r in rs:
             ax.annotate(r["sweep_label"], p, textcoords="offset points", xytext=(5, 4), fontsize=8, color=st["color"])
-        sp = [(p[0], r.get("avg_ts")) for p, r in rs if r.get("avg_ts")]
+        sp = [(p[0], r.get(speed)) for p, r in rs if r.get(speed)]
         if sp:
             ax2.scatter([s for s, _ in sp], [t for _, t in sp], label=kind, **st)
     good = [i for i, p in enumerate(pts) if p[1] is not None and p[1] > 0]
@@ -203,13 +251,14 @@ def plot(records: list[dict], stem: Path, title: str = "") -> dict[str, Path]:
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("tensor data (MB, log scale)")
-    ax.set_ylabel("mean KL divergence vs F16 (nats/token, log scale)")
+    ax.set_ylabel("1 - mean cosine to the F32 embeddings (log scale)" if embed
+                  else "mean KL divergence vs F16 (nats/token, log scale)")
     ax.set_title(title or "quality vs size")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     ax2.set_xscale("log")
     ax2.set_xlabel("tensor data (MB, log scale)")
-    ax2.set_ylabel("generation tokens/s (llama.cpp)")
+    ax2.set_ylabel("embedding tokens/s at batch (llama.cpp)" if embed else "generation tokens/s (llama.cpp)")
     ax2.set_title("speed vs size")
     ax2.grid(True, which="both", alpha=0.3)
     if ax2.has_data():
