@@ -25,6 +25,7 @@ from gguf import MODEL_ARCH, MODEL_TENSOR, GGUFValueType, Keys
 from ..errors import SlimedgeError
 from ..quant.model_info import ModelInfo
 from .base import KV, U32, Arch
+from .ministral3 import TextTower
 
 T = MODEL_TENSOR
 L = "model.layers.{bid}."
@@ -160,3 +161,14 @@ class Lfm2(Arch):
         info.n_head_kv, info.n_head_kv_layers = self.head_count_kv[0], tuple(self.head_count_kv)
         info.shortconv_l_cache = self.l_cache
         return info
+
+
+class Lfm2Vl(Lfm2):
+    """The text tower of ``Lfm2VlForConditionalGeneration`` (LFM2-VL): an LFM2 under ``model.language_model.``
+    (config.json's ``text_config``); the SigLIP2 tower and projector go to the mmproj
+    (:mod:`slimedge.arch.vision.lfm2vl`)."""
+
+    hf_names = ("Lfm2VlForConditionalGeneration",)
+
+    def tensors(self, source):
+        return super().tensors(TextTower(source, hf_arch=self.hf_arch))

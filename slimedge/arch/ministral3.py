@@ -9,8 +9,8 @@ with Ministral 3's long-context rope: YaRN (the common rope keys) whose attentio
 ``attention.temperature_scale``; llama.cpp takes the period from the YaRN original context).
 
 Multimodal checkpoints: ``model.language_model.*`` / ``language_model.model.*`` become ``model.*``
-(``language_model.lm_head`` → ``lm_head``); the Pixtral vision tower and projector are skipped with one
-warning (the projector is not converted).
+(``language_model.lm_head`` → ``lm_head``); the Pixtral vision tower and projector are left out of the text
+model (``slimedge.arch.vision.pixtral`` writes them as the mmproj).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ _TEXT_PREFIXES = (("model.language_model.", "model."), ("language_model.model.",
 class TextTower:
     """A source seen through its language model: multimodal wrappers' prefixes dropped, vision skipped."""
 
-    def __init__(self, source, vision_prefixes: tuple[str, ...] = VISION_PREFIXES):
+    def __init__(self, source, vision_prefixes: tuple[str, ...] = VISION_PREFIXES, hf_arch: str = ""):
         self.model_dir, self.tensors, vision = source.model_dir, {}, []
         for name, ref in source.tensors.items():
             if name.startswith(vision_prefixes):
@@ -45,8 +45,14 @@ class TextTower:
                     break
             self.tensors[name] = ref
         if vision:
-            log.warning("%s: skipping the vision tower (%d tensors); slimedge converts the language model only",
-                        source.model_dir, len(vision))
+            from .vision import supported_projectors
+
+            if hf_arch in supported_projectors():
+                log.info("%s: the vision tower (%d tensors) is not in the text model; it goes to the mmproj "
+                         "(slimedge.mmproj)", source.model_dir, len(vision))
+            else:
+                log.warning("%s: skipping the vision tower (%d tensors); slimedge converts the language model only",
+                            source.model_dir, len(vision))
 
 
 class Ministral3(Llama):
@@ -76,4 +82,4 @@ class Ministral3(Llama):
         return kv
 
     def tensors(self, source):
-        return super().tensors(TextTower(source))
+        return super().tensors(TextTower(source, hf_arch=self.hf_arch))
