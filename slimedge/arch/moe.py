@@ -50,8 +50,13 @@ class StackedRef:
     """Several row ranges of source tensors read as one tensor of ``shape`` (rows concatenated in order).
 
     Has what :meth:`slimedge.arch.base.Arch.tensors` and the converter use of a
-    :class:`slimedge.source.base.TensorRef`: name, shape, dtype, file, where, n_rows, load, load_rows.
+    :class:`slimedge.source.base.TensorRef`: name, shape, dtype, file, where, n_rows, load, load_rows. When every
+    part is a quantized reference of one stored type (NVFP4 experts), it passes through as well
+    (:mod:`slimedge.source.passthrough`): ``stored_type``, ``raw_rows`` (each part's GGML blocks into their place),
+    ``extra_tensors`` (per-expert scales, :func:`slimedge.source.fp4src.stacked_scales`).
     """
+
+    stored_type = None  # a float source: dequantized / converted as usual
 
     def __init__(self, name: str, shape: tuple[int, ...], parts: list[Part]):
         self.name, self.shape, self.parts = name, tuple(shape), list(parts)
@@ -61,6 +66,10 @@ class StackedRef:
         if sum(p.stop - p.start for p in self.parts) != self.n_rows:
             raise ValueError(f"{name}: parts hold {sum(p.stop - p.start for p in self.parts)} rows, "
                              f"shape {list(self.shape)} needs {self.n_rows}")
+        stored = {getattr(p.ref, "stored_type", None) for p in self.parts}
+        if len(stored) == 1 and None not in stored and all(hasattr(p.ref, "raw_rows") for p in self.parts):
+            self.stored_type = stored.pop()
+            self.keep_with_float = all(getattr(p.ref, "keep_with_float", False) for p in self.parts)
 
     @property
     def n_rows(self) -> int:
@@ -96,6 +105,37 @@ class StackedRef:
             if pos >= stop:
                 break
         return buf.reshape(n, cols)
+
+    def raw_rows(self, start: int, stop: int, step: int = 1, out: np.ndarray | None = None) -> np.ndarray:
+        """uint8[stop - start, row bytes]: the stored GGML blocks of stacked rows ``[start, stop)`` (a quantized
+        stack only), each part's straight into its place in ``out`` (or a new buffer)."""
+        from gguf import GGML_QUANT_SIZES
+
+        if self.stored_type is None or step != 1 or not 0 <= start <= stop <= self.n_rows:
+            raise ValueError(f"{self.name}: no stored rows [{start}, {stop}) step {step} of {self.stored_type}")
+        block, size = GGML_QUANT_SIZES[self.stored_type]
+        width, n = self.shape[-1] // block * size, stop - start
+        buf = np.empty(n * width, np.uint8) if out is None else out.reshape(-1).view(np.uint8)[:n * width]
+        pos = 0
+        for p in self.parts:
+            lo, hi = max(start, pos), min(stop, pos + p.stop - p.start)
+            if lo < hi:
+                seg = buf[(lo - start) * width:(hi - start) * width]
+                got = p.ref.raw_rows(p.start + lo - pos, p.start + hi - pos, 1, seg)
+                if not np.may_share_memory(got, seg):
+                    seg[...] = np.asarray(got, np.uint8).reshape(-1)
+            pos += p.stop - p.start
+            if pos >= stop:
+                break
+        return buf.reshape(n, width)
+
+    def extra_tensors(self, gguf_name: str) -> list[tuple[str, np.ndarray]]:
+        """The scale tensors written beside the passed-through stack: its source's own for a stack of one tensor's
+        rows, else one value per part (expert), as llama.cpp's converter writes stacked NVFP4 experts."""
+        from ..source.fp4src import stacked_scales
+
+        refs = list({id(p.ref): p.ref for p in self.parts}.values())
+        return refs[0].extra_tensors(gguf_name) if len(refs) == 1 else stacked_scales(refs, gguf_name)
 
 
 class ExpertColumns:

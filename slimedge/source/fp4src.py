@@ -18,7 +18,9 @@ of a row range are memory-mapped only while it is repacked (:func:`_mapped`), so
   values), ``X.weight_scale_2`` (per tensor) and ``X.input_scale``; compressed-tensors' ``weight_packed`` and
   ``*_global_scale`` (the reciprocals) are read alike. Passed through, the per-tensor scales become the
   ``.scale`` / ``.input_scale`` tensors llama.cpp's converter writes (when not 1); read as floats, the
-  weight scale is multiplied in.
+  weight scale is multiplied in. Per-expert NVFP4 weights stacked by :class:`slimedge.arch.moe.StackedRef` pass
+  through as one 3-D NVFP4 tensor with per-expert scale vectors (:func:`stacked_scales`), as the converter merges
+  them.
 """
 
 from __future__ import annotations
@@ -228,6 +230,20 @@ class NVFP4Ref(_FP4Ref):
             if v is not None and abs(float(v) - 1.0) >= 1e-6:
                 extra.append((base + suffix, np.array([v], np.float32)))
         return extra
+
+
+def stacked_scales(refs: list, gguf_name: str) -> list[tuple[str, np.ndarray]]:
+    """``<name>.scale`` and ``<name>.input_scale`` of experts ``refs`` stacked into the passed-through ``gguf_name``:
+    float32[n_expert] (1 where an expert has none), each left out when all are within 1e-6 of 1 (``np.allclose``),
+    as llama.cpp's converter writes merged NVFP4 experts; nothing for other stored types."""
+    if not all(isinstance(r, NVFP4Ref) for r in refs):
+        return []
+    base, extra = gguf_name.removesuffix(".weight"), []
+    for suffix, attr in ((".scale", "scale2"), (".input_scale", "input_scale")):
+        v = np.array([1.0 if getattr(r, attr) is None else float(getattr(r, attr)) for r in refs], np.float32)
+        if not np.allclose(v, 1.0, atol=1e-6):
+            extra.append((base + suffix, v))
+    return extra
 
 
 class RowView:

@@ -165,8 +165,10 @@ def nvfp4_dequantize(packed: np.ndarray, scale: np.ndarray, s2: np.float32) -> n
     return (E2M1[codes] * np.repeat(sc, 16, axis=1) * s2).astype(np.float32)
 
 
-def write_nvfp4(src: Path, dst: Path, compressed: bool = False, seed: int = 0) -> tuple[Path, Path]:
-    """(NVFP4 checkpoint, float checkpoint of its dequantized weights) with ``src``'s float tensors."""
+def write_nvfp4(src: Path, dst: Path, compressed: bool = False, seed: int = 0,
+                keep: tuple[str, ...] = ()) -> tuple[Path, Path]:
+    """(NVFP4 checkpoint, float checkpoint of its dequantized weights) with ``src``'s float tensors; names ending
+    in one of ``keep`` stay float (MoE routers, as ModelOpt's MoE checkpoints leave them)."""
     import torch
     from safetensors.torch import save_file
 
@@ -174,7 +176,7 @@ def write_nvfp4(src: Path, dst: Path, compressed: bool = False, seed: int = 0) -
     q_sd, deq_sd = {}, {}
     for name, w in _state(src).items():
         w = w.float()
-        if not _linear(name, w):
+        if not _linear(name, w) or name.endswith(keep):
             q_sd[name] = deq_sd[name] = w
             continue
         packed, scale, s2 = nvfp4_quantize(w.numpy(), rng)

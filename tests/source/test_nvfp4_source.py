@@ -7,6 +7,9 @@ them: every tensor of the file (types, shapes, bytes; Llama's q/k rows reordered
 what the pinned sdist's ``convert_hf_to_gguf.py`` writes for the same checkpoint, and llama.cpp's logits
 follow transformers' on the dequantized weights (within 0.2 of the logits' spread: llama.cpp multiplies
 NVFP4 weights with Q8_0-quantized activations, measured 0.106). A quantized ``--type`` dequantizes first.
+MoE (a Qwen3-MoE whose experts are NVFP4 one by one, routers float): each layer's experts pass through stacked as
+one NVFP4 tensor with per-expert ``.scale`` / ``.input_scale`` vectors, byte-identical to the converter's merge,
+and the logits meet tests/convert/moe_checks.py's Q8_0 criterion (median position, top-1 agreement).
 """
 
 from __future__ import annotations
@@ -18,8 +21,8 @@ from safetensors.numpy import load_file
 from slimedge.source.fp4src import NVFP4Ref
 from slimedge.source.hf import HFSource
 from tests.factory import cached_hf_model
-from tests.family_checks import convert
-from tests.source.qckpt import gguf_tensors, llama_cpp_convert, logits_err, write_nvfp4
+from tests.family_checks import TOL, convert
+from tests.source.qckpt import gguf_tensors, llama_cpp_convert, logits_err, moe_logits, write_nvfp4
 
 
 @pytest.fixture(scope="module", params=[False, True], ids=["modelopt", "compressed-tensors"])
@@ -62,3 +65,41 @@ def test_same_file_as_llama_cpp_converter_and_logits(nvfp4, tmp_path):
     for name, (typ, shape, data) in theirs.items():
         assert ours[name][:2] == (typ, shape) and ours[name][2] == data, name
     assert logits_err(q, deq, tmp_path / "ours2.gguf", "F32") < 0.2
+
+
+# ---- MoE: per-expert NVFP4 weights stacked into one NVFP4 tensor per layer and projection ----------------------
+
+@pytest.fixture(scope="module")
+def nvfp4_moe(tmp_path_factory):
+    """A tiny Qwen3-MoE (4 experts) with every linear layer NVFP4 but the routers, as ModelOpt ships MoE models."""
+    return write_nvfp4(cached_hf_model(arch="qwen3moe"), tmp_path_factory.mktemp("nvfp4moe"), keep=("mlp.gate.weight",))
+
+
+def test_moe_experts_pass_through_stacked(nvfp4_moe, tmp_path):
+    q, _ = nvfp4_moe
+    src = HFSource(q)
+    kept = gguf_tensors(convert(q, tmp_path / "f16.gguf", "F16"))
+    typ, shape, data = kept["blk.1.ffn_down_exps.weight"]
+    experts = [src.tensors[f"model.layers.1.mlp.experts.{e}.down_proj.weight"] for e in range(4)]
+    assert typ == "NVFP4" and shape == (64, 64, 4)  # GGUF order: columns, rows, experts
+    assert data == b"".join(e.raw_rows(0, e.n_rows).tobytes() for e in experts)  # the stored blocks, in order
+    for suffix, attr in ((".scale", "scale2"), (".input_scale", "input_scale")):
+        t, s, raw = kept["blk.1.ffn_down_exps" + suffix]
+        assert t == "F32" and s == (4,)
+        assert np.array_equal(np.frombuffer(raw, np.float32), [getattr(e, attr) for e in experts])
+    assert kept["blk.0.ffn_gate_inp.weight"][0] == "F32"  # the router stayed float (and F32, as llama.cpp's)
+    requant = gguf_tensors(convert(q, tmp_path / "q8.gguf", "Q8_0"))
+    assert requant["blk.1.ffn_down_exps.weight"][0] == "Q8_0" and not any(n.endswith("scale") for n in requant)
+
+
+@pytest.mark.slow
+def test_moe_same_file_as_llama_cpp_converter_and_logits(nvfp4_moe, tmp_path):
+    q, deq = nvfp4_moe
+    ours = gguf_tensors(convert(q, tmp_path / "ours.gguf", "F32"))
+    theirs = gguf_tensors(llama_cpp_convert(q, tmp_path / "theirs.gguf", pre="qwen2"))
+    assert sorted(ours) == sorted(theirs)
+    assert sum(n.endswith("_exps.weight") and t == "NVFP4" for n, (t, _, _) in theirs.items()) == 2 * 3
+    for name, (typ, shape, data) in theirs.items():
+        assert ours[name][:2] == (typ, shape) and ours[name][2] == data, name
+    median, top1 = moe_logits(q, deq, tmp_path / "ours2.gguf", "F32")  # Q8_0 activations: tests/convert/moe_checks
+    assert median < TOL["q8_0"] and top1 >= 0.75, (median, top1)
