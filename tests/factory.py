@@ -296,6 +296,22 @@ def _mistral3_multimodal(cfg: dict) -> dict:
 CONFIG_WRAPPERS["mistral3_mm"] = _mistral3_multimodal
 
 
+def _idefics3_multimodal(cfg: dict) -> dict:
+    """SmolVLMConfig / Idefics3Config: a Llama text config inside, a 1-layer 32x32-pixel SigLIP tower (8-pixel
+    patches, pixel shuffle 2: 4 image tokens); pass ``image_token_id``, the tokenizer's <image> (1004 with
+    bpe:smolvlm)."""
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                  image_size=32, patch_size=8)
+    text = {"model_type": "llama", **{k: v for k, v in cfg.items() if k != "tie_word_embeddings"}}
+    return dict(text_config=text, vision_config=vision, scale_factor=2, image_token_id=cfg["image_token_id"],
+                tie_word_embeddings=cfg.get("tie_word_embeddings", False))
+
+
+for _arch, _names in (("smolvlm", ("SmolVLMConfig", "SmolVLMForConditionalGeneration")),
+                      ("idefics3", ("Idefics3Config", "Idefics3ForConditionalGeneration"))):
+    MODEL_CLASSES[_arch], CONFIG_WRAPPERS[_arch], DEFAULT_TOKENIZER[_arch] = _names, _idefics3_multimodal, "bpe:smolvlm"
+
+
 def _tokenizer(dir: Path, kind: str) -> tuple[int, dict]:
     """Train the tokenizer into ``dir``; returns (number of token ids, special ids for config.json)."""
     if kind == "spm:gemma":

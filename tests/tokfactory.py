@@ -180,6 +180,14 @@ SCHEMES: dict[str, BpeScheme] = {
         bos="<|startoftext|>", eos="<|return|>", pad="<|endoftext|>", add_bos=False,
         chat_template=_GPT2_TEMPLATE,
     ),
+    # SmolVLM / Idefics3: SmolLM's split (GPT-2's, digits apart), ChatML, the image-prompt tokens libmtmd looks up
+    "smolvlm": BpeScheme(
+        split_regex=None, digits=True,
+        specials=("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<fake_token_around_image>", "<image>",
+                  "<global-img>", "<row_1_col_1>", "<end_of_utterance>"),
+        bos="<|im_start|>", eos="<end_of_utterance>", pad="<|endoftext|>", add_bos=False,
+        chat_template=_CHATML_TEMPLATE,
+    ),
     "tekken": BpeScheme(
         split_regex=TEKKEN_REGEX, specials=("<unk>", "<s>", "</s>", "[INST]", "[/INST]"),
         bos="<s>", eos="</s>", pad=None, add_bos=True, chat_template=_GPT2_TEMPLATE, ignore_merges=True,

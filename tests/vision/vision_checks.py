@@ -202,13 +202,15 @@ def convert_pair(src, tmp: Path, mmproj_type: str = "f32", text_type: str = "F32
 
 
 def make_vlm(dir, arch: str, image_processor, model_class: str, preprocessor_extra: dict | None = None,
-             f16_exact: tuple[str, ...] = (), seed: int = 0, **overrides) -> Path:
+             f16_exact: tuple[str, ...] = (), add_tokens: tuple[str, ...] = (), seed: int = 0,
+             **overrides) -> Path:
     """A tiny random-init VLM folder: ``tests.factory.make_hf_model(dir, arch, **overrides)`` (text config,
     tokenizer, vision config), every all-zero parameter (transformers initializes some projectors to zero)
     given random values so a mix-up shows, then ``image_processor`` saved beside it (``preprocessor_extra``:
     keys added to preprocessor_config.json, e.g. Gemma 3's image_seq_length). Parameters whose name contains
     one of ``f16_exact`` are rounded to float16 values: llama.cpp stores them F16 even in an F32 mmproj (Gemma
-    3's input projection), so the F32 comparison stays tight."""
+    3's input projection), so the F32 comparison stays tight. ``add_tokens``: tokens added to the tokenizer
+    after training (e.g. SmolVLM's "\n\n", which libmtmd looks up; give them rows with ``pad_vocab``)."""
     import json
 
     import torch
@@ -228,6 +230,10 @@ def make_vlm(dir, arch: str, image_processor, model_class: str, preprocessor_ext
                 p.copy_(p.half().float())
     model.save_pretrained(dir)
     image_processor.save_pretrained(dir)
+    if add_tokens:
+        tok = transformers.AutoTokenizer.from_pretrained(dir)
+        tok.add_tokens(list(add_tokens))
+        tok.save_pretrained(dir)
     if preprocessor_extra:
         path = Path(dir) / "preprocessor_config.json"
         path.write_text(json.dumps({**json.loads(path.read_text()), **preprocessor_extra}, indent=2))

@@ -22,7 +22,7 @@ from tests.vocab.vocab_helpers import SAMPLES, load_llama, specials_regex, write
 EXPECTED_PRE = {"llama3": "llama-bpe", "gpt2": "gpt-2", "qwen2": "qwen2", "dbrx": "dbrx",
                 "qwen35": "qwen35", "starcoder": "starcoder", "gpt4o": "gpt-4o", "tekken": "tekken",
                 # family schemes that reuse a split: Llama 3.2 is Llama 3's, DeepSeek-R1-Distill-Qwen Qwen2's
-                "llama32": "llama-bpe", "deepseek-r1-qwen": "qwen2",
+                "llama32": "llama-bpe", "deepseek-r1-qwen": "qwen2", "smolvlm": "starcoder",
                 # gpt-oss's o200k_harmony keeps GPT-4o's split (llama.cpp's converter writes gpt-4o for it too)
                 "harmony": "gpt-4o"}
 PAD = 24  # extra embedding rows past the tokenizer, as Phi-3 has
