@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
+from slimedge.arch.moe import Part, StackedRef
 from slimedge.source.fp4src import NVFP4Ref
 from slimedge.source.hf import HFSource
 from tests.factory import cached_hf_model
@@ -83,6 +84,10 @@ def test_moe_experts_pass_through_stacked(nvfp4_moe, tmp_path):
     experts = [src.tensors[f"model.layers.1.mlp.experts.{e}.down_proj.weight"] for e in range(4)]
     assert typ == "NVFP4" and shape == (64, 64, 4)  # GGUF order: columns, rows, experts
     assert data == b"".join(e.raw_rows(0, e.n_rows).tobytes() for e in experts)  # the stored blocks, in order
+    stacked, whole = StackedRef("x", (4, 64, 64), [Part(e, 0, 64) for e in experts]), np.frombuffer(data, np.uint8)
+    buf = np.empty(200 * 36, np.uint8)  # rows across expert boundaries, into a reused buffer
+    got = stacked.raw_rows(30, 150, out=buf)
+    assert np.shares_memory(got, buf) and np.array_equal(got, whole.reshape(256, 36)[30:150])
     for suffix, attr in ((".scale", "scale2"), (".input_scale", "input_scale")):
         t, s, raw = kept["blk.1.ffn_down_exps" + suffix]
         assert t == "F32" and s == (4,)
