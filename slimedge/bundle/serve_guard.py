@@ -105,8 +105,8 @@ def _check_messages(messages, images=None) -> None:
             raise Reject(400, f"messages[{i}].role {m.get('role')!r} is not one of {', '.join(ROLES)}",
                          f"messages[{i}].role")
         content = m.get("content")
-        if images is not None and isinstance(content, list) and any(
-                isinstance(p, dict) and p.get("type") == "image_url" for p in content):
+        if images is not None and isinstance(content, list) and not all(
+                isinstance(p, dict) and p.get("type") == "text" for p in content):
             _check_images(i, content, images)
         elif isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text"
                                              and isinstance(p.get("text"), str) for p in content):
