@@ -108,3 +108,21 @@ def test_moe_same_file_as_llama_cpp_converter_and_logits(nvfp4_moe, tmp_path):
         assert ours[name][:2] == (typ, shape) and ours[name][2] == data, name
     median, top1 = moe_logits(q, deq, tmp_path / "ours2.gguf", "F32")  # Q8_0 activations: tests/convert/moe_checks
     assert median < TOL["q8_0"] and top1 >= 0.75, (median, top1)
+
+
+@pytest.mark.slow
+def test_nemotron3_moe_nvfp4_same_file_as_llama_cpp_converter_and_logits(tmp_path):
+    """Nemotron 3's MoE layout (Mamba-2, MoE and attention blocks; NVIDIA ships its Nano as NVFP4): every tensor, the
+    Mamba-2 projections and the stacked squared-ReLU experts NVFP4 included, as llama.cpp's converter writes it."""
+    from tests.convert.test_family_nemotronh_moe import MOE
+
+    q, deq = write_nvfp4(cached_hf_model(**MOE), tmp_path, keep=("mixer.gate.weight",))
+    ours = gguf_tensors(convert(q, tmp_path / "ours.gguf", "F32"))
+    theirs = gguf_tensors(llama_cpp_convert(q, tmp_path / "theirs.gguf", pre="llama-bpe"))
+    assert sorted(ours) == sorted(theirs)
+    nvfp4 = {n for n, (t, _, _) in theirs.items() if t == "NVFP4"}
+    assert {"blk.1.ffn_up_exps.weight", "blk.3.ffn_down_exps.weight", "blk.0.ssm_in.weight"} <= nvfp4
+    for name, (typ, shape, data) in theirs.items():
+        assert ours[name][:2] == (typ, shape) and ours[name][2] == data, name
+    median, top1 = moe_logits(q, deq, tmp_path / "ours2.gguf", "F32")
+    assert median < TOL["q8_0"] and top1 >= 0.75, (median, top1)
