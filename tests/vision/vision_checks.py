@@ -102,7 +102,9 @@ class Mtmd:
                     n_tok = m.mtmd_input_chunk_get_n_tokens(chunk)
                     if m.mtmd_encode_chunk(self.ctx, chunk) != 0:
                         raise RuntimeError("mtmd_encode_chunk failed")
-                    n_embd = self.llm.n_embd()
+                    import llama_cpp  # the LM's input width: > n_embd where it takes DeepStack features (Qwen3-VL)
+
+                    n_embd = llama_cpp.llama_model_n_embd_inp(self.llm.model)
                     ptr = m.mtmd_get_output_embd(self.ctx)
                     return np.ctypeslib.as_array(ptr, shape=(n_tok * n_embd,)).reshape(n_tok, n_embd).astype(
                         np.float64)

@@ -76,16 +76,20 @@ def split_qkv(proj: Projector, name: str, ref, bid: int) -> list[OutTensor]:
     return out
 
 
-def indexed_mm_name(proj: Projector, name: str, hf_marker: str) -> str:
-    """``mm.{bid}.*`` (the table's V_MMPROJ rows) -> ``mm.<i>.*`` with ``i`` the HF layer index after
-    ``hf_marker`` (Qwen's ``merger.mlp.0``/``.2`` -> ``mm.0``/``mm.2``, the indices libmtmd reads)."""
+def indexed_mm_name(proj: Projector, name: str, index_of) -> str:
+    """``mm.{bid}.*`` (the table's V_MMPROJ rows) -> ``mm.<i>.*`` with ``i = index_of(hf name)``, the index
+    libmtmd reads (Qwen's mergers: ``mm.0`` and ``mm.2``); other names unchanged."""
     if not name.startswith("mm.{bid}."):
         return name
     hf = proj.hf_of.pop(name)
-    index = int(hf.split(hf_marker, 1)[1].split(".", 1)[0])
-    new = tensor_name(T.V_MMPROJ, name.rsplit(".", 1)[-1], index)
+    new = tensor_name(T.V_MMPROJ, name.rsplit(".", 1)[-1], index_of(hf))
     proj.hf_of[new] = hf
     return new
+
+
+def _mlp_index(hf: str) -> int:
+    """``visual.merger.mlp.<i>.weight`` -> i."""
+    return int(hf.split(".merger.mlp.", 1)[1].split(".", 1)[0])
 
 
 class Qwen25VLProjector(Projector):
@@ -135,4 +139,4 @@ class Qwen25VLProjector(Projector):
             return conv3d_as_two_conv2d(self, name, ref)
         if ".attn_qkv." in name:
             return split_qkv(self, name, ref, int(name.split(".")[2]))
-        return super().out_tensors(indexed_mm_name(self, name, ".merger.mlp."), ref)
+        return super().out_tensors(indexed_mm_name(self, name, _mlp_index), ref)
