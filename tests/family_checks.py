@@ -50,14 +50,15 @@ def _n_vocab(gguf: Path) -> tuple[int, int | None]:
 
 
 def check_logits(hf_dir: Path, tmp: Path, types=("f32", "f16", "bf16", "q8_0"), tol: dict | None = None,
-                 add_bos: bool = True) -> dict[str, float]:
-    """Convert ``hf_dir`` to each type and compare llama.cpp's logits with transformers'; returns the errors."""
+                 add_bos: bool = True, options: tuple[str, ...] = ()) -> dict[str, float]:
+    """Convert ``hf_dir`` to each type (``options``: more ``convert`` flags) and compare llama.cpp's logits with
+    transformers'; returns the errors."""
     from tests.convert.convert_util import hf_logits, llama_logits, rel_err, sample_tokens
 
     tol = {**TOL, **(tol or {})}
     errs, want, tokens = {}, None, None
     for typ in types:
-        out = convert(hf_dir, tmp / f"model-{typ}.gguf", typ)
+        out = convert(hf_dir, tmp / f"model-{typ}.gguf", typ, *options)
         if tokens is None:
             n_vocab, bos = _n_vocab(out)
             tokens = sample_tokens(n_vocab, bos=bos if add_bos else None)

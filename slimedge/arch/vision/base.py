@@ -65,6 +65,9 @@ class Projector:
     projector_type: ClassVar[str]  # gguf.VisionProjectorType value, e.g. "gemma3"
     TENSORS: ClassVar[list[tuple[str, MODEL_TENSOR, bool]]] = []
     ALIASES: ClassVar[list[tuple[str, str]]] = []  # (source prefix, table prefix), first match wins
+    # parameter suffixes looked up per row, each written under the same suffix (Gemma 4's clipped linears add
+    # their input_min/input_max/output_min/output_max scalars)
+    SUFFIXES: ClassVar[tuple[str, ...]] = ("weight", "bias")
     LAYER_NORM_EPS: ClassVar[float] = 1e-6  # transformers' default for the family's vision tower
 
     def __init_subclass__(cls, **kwargs):
@@ -174,9 +177,8 @@ class Projector:
         out: list[tuple[int, str, OutTensor]] = []
         files = {f: i for i, f in enumerate(getattr(source, "files", []))}
         for hf, mt, bid, required in self._rows():
-            if hf + ".weight" in refs or hf + ".bias" in refs:
-                found = [(n, s) for n, s in ((hf + ".weight", "weight"), (hf + ".bias", "bias")) if n in refs]
-            else:  # a bare parameter (Gemma 3's mm_input_projection_weight) is the weight
+            found = [(hf + "." + s, s) for s in self.SUFFIXES if hf + "." + s in refs]
+            if not found:  # a bare parameter (Gemma 3's mm_input_projection_weight) is the weight
                 found = [(hf, "weight")] if hf in refs else []
             if not found and required:
                 raise SlimedgeError(f"{source.model_dir}: missing tensor {hf}.weight, which {self.hf_arch}'s "
