@@ -15,12 +15,13 @@ mixture-of-experts blocks (``E``: Nemotron 3 Nano / Super) makes the object a
 from __future__ import annotations
 
 from types import SimpleNamespace
+from typing import ClassVar
 
 import numpy as np
 from gguf import MODEL_ARCH, MODEL_TENSOR, GGUFValueType, Keys
 
 from ..errors import SlimedgeError
-from .base import BOOL, F32, KV, U32, Arch
+from .base import BOOL, F32, KV, U32, Arch, load_families
 from .llama import permute_rope_rows
 from .ssm import MAMBA2_TENSORS, Mamba2, bare_names
 
@@ -57,11 +58,12 @@ class NemotronH(Arch):
     gguf_arch = MODEL_ARCH.NEMOTRON_H
     TENSORS = TENSORS
 
+    MOE: ClassVar[type | None] = None  # the MoE variant, registered by slimedge.arch.nemotronhmoe where defined
+
     def __new__(cls, config: dict, hf_arch: str):
         if cls is NemotronH and "moe" in block_kinds(config, hf_arch):  # Nemotron 3: llama.cpp's nemotron_h_moe
-            from .nemotronhmoe import NemotronHMoE
-
-            cls = NemotronHMoE
+            load_families()  # the variant's module registers it
+            cls = NemotronH.MOE
         return super().__new__(cls)
 
     def __init__(self, config: dict, hf_arch: str):

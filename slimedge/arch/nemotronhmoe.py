@@ -111,3 +111,6 @@ class NemotronHMoE(NemotronH, MoEArch):
         if self.latent:
             kv.append(KV(k(Keys.LLM.MOE_LATENT_SIZE), self.latent, U32))
         return kv
+
+
+NemotronH.MOE = NemotronHMoE
