@@ -113,6 +113,7 @@ class ConvertResult:
     plan: Plan
     seconds: float  # wall time of the whole conversion
     file_bytes: int  # size of the written file
+    mmproj: object | None = None  # slimedge.mmproj.MmprojResult: the vision projector written beside, if any
 
     @property
     def mb_per_s(self) -> float:
@@ -352,8 +353,11 @@ def _value_type(value) -> GGUFValueType:
 
 def convert(src: str | Path, out: str | Path, spec: QuantSpec = QuantSpec(), *, threads: int | None = None,
             overwrite: bool = False, progress: Progress = NULL_PROGRESS, imatrix=None,
-            source_hook: Callable | None = None) -> ConvertResult:
+            source_hook: Callable | None = None, mmproj: str | None = None) -> ConvertResult:
     """Convert ``src`` (HF folder or float GGUF) to ``out`` with the types ``spec`` chooses.
+
+    ``mmproj`` (f16, bf16, q8_0 or f32): for a vision-language checkpoint, also write its vision projector as
+    llama.cpp's mmproj GGUF beside ``out`` (``slimedge.mmproj``); None: the text model only.
 
     ``imatrix`` (path or ``Imatrix``): importance weights for the quantizers, as ``llama-quantize --imatrix``
     uses them (same bytes), and its ``quantize.imatrix.*`` keys in the output. ``source_hook(source, arch)``:
@@ -361,6 +365,11 @@ def convert(src: str | Path, out: str | Path, spec: QuantSpec = QuantSpec(), *, 
     """
     t0 = time.monotonic()
     out = check_output_path(Path(out), overwrite)
+    write_mmproj = None
+    if mmproj is not None:  # its type and output path are checked before anything is written
+        from .mmproj import mmproj_beside
+
+        write_mmproj = mmproj_beside(src, out, mmproj, overwrite=overwrite, progress=progress, threads=threads)
     prep = _prepare(src, source_hook)
     p = _plan(prep, spec, imatrix)
     add_vocab = prep.load_vocab() if prep.load_vocab else None  # tokenizer errors before any output
@@ -411,7 +420,7 @@ def convert(src: str | Path, out: str | Path, spec: QuantSpec = QuantSpec(), *, 
             pool.shutdown(wait=True, cancel_futures=True)
             progress.close()
             del slots
-    seconds = time.monotonic() - t0
     size = out.stat().st_size
-    log.info("%s: %d tensors, %.1f MB in %.1f s", out, len(p.tensors), size / 1e6, seconds)
-    return ConvertResult(out, p, seconds, size)
+    log.info("%s: %d tensors, %.1f MB in %.1f s", out, len(p.tensors), size / 1e6, time.monotonic() - t0)
+    projector = write_mmproj() if write_mmproj is not None else None
+    return ConvertResult(out, p, time.monotonic() - t0, size, projector)

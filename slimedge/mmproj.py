@@ -82,6 +82,42 @@ def projector_of(source):
     return proj
 
 
+def mmproj_beside(src: str | Path, text_out: str | Path, mmproj_type: str = "f16", *, overwrite: bool = False,
+                  progress: Progress = NULL_PROGRESS, threads: int | None = None):
+    """For ``convert``: checks now, before the text model is written (the type, the output path), and returns
+    a function writing ``src``'s projector to ``mmproj-<name>-<TYPE>.gguf`` beside ``text_out`` (-> its
+    :class:`MmprojResult`); None when ``src`` has no vision tower, or a projector slimedge does not convert, or
+    no preprocessor_config.json (then a warning says the projector was skipped)."""
+    from .arch.vision import get_projector, is_vision_model, mmproj_type as parse_type
+    from .source import is_gguf
+    from .source.hf import load_config
+    from .source.hub import resolve_source
+    from .writer import check_output_path
+
+    parse_type(mmproj_type)
+    path = resolve_source(src)
+    if is_gguf(path) or not path.is_dir():
+        return None
+    config = load_config(path)
+    if not is_vision_model(config):
+        return None
+    hf_arch = (config.get("architectures") or ["?"])[0]
+    proj = get_projector(config, read_preprocessor(path))
+    if proj is None:
+        log.warning("%s: the text model is written; %s's vision projector is skipped (slimedge does not convert "
+                    "it yet)", path, hf_arch)
+        return None
+    try:
+        proj.image_mean_std()
+    except SlimedgeError as exc:  # a checkpoint saved without its processor: the text model still converts
+        log.warning("%s; the text model is written, the vision projector skipped", exc)
+        return None
+    from .source.hf import HFSource
+
+    out = check_output_path(default_mmproj_path(text_out, HFSource(path).name, mmproj_type), overwrite)
+    return lambda: convert_mmproj(path, out, mmproj_type, overwrite=overwrite, progress=progress, threads=threads)
+
+
 def _text_arch(config: dict) -> str | None:
     from .arch import get_arch
 

@@ -56,6 +56,10 @@ def _parse_override(value: str) -> tuple[str, str]:
                    "LoRA GGUF (--type f32, f16, bf16 or q8_0), or with --merge the base with the adapter folded in.")
 @click.option("--merge", is_flag=True, help="With --base: fold the adapter into the base and convert that "
                                               "(any --type), in the same streaming pass.")
+@click.option("--mmproj-type", "mmproj_type", default="f16", show_default=True, metavar="f16|bf16|q8_0|f32",
+              help="For a vision-language model: the type of its vision projector, written beside OUT as llama.cpp's "
+                   "mmproj (mmproj-NAME-TYPE.gguf; norms, biases and a few tensors keep llama.cpp's own types).")
+@click.option("--no-mmproj", is_flag=True, help="For a vision-language model: write the text model only.")
 @tune_options
 @threads_option
 @overwrite_option
@@ -63,13 +67,14 @@ def _parse_override(value: str) -> tuple[str, str]:
 def cli(src: Path, out: Path | None, ftype: str, overrides: tuple[str, ...], output_tensor_type: str | None,
         token_embedding_type: str | None, pure: bool, imatrix: Path | None, dry_run: bool,
         target_bpw: float | None, target_size: str | None, calib: Path | None, sens_cache: Path | None,
-        sens_method: str, sens_device: str, lora_base: Path | None, merge: bool, tune, threads: int | None,
-        overwrite: bool, quiet: bool) -> None:
+        sens_method: str, sens_device: str, lora_base: Path | None, merge: bool, mmproj_type: str, no_mmproj: bool,
+        tune, threads: int | None, overwrite: bool, quiet: bool) -> None:
     """Convert a Hugging Face model (or an F32/F16/BF16 GGUF) to GGUF, quantized.
 
     SRC is a model folder (config.json, *.safetensors, tokenizer files), an F32/F16/BF16 GGUF file to
     requantize, or a Hub model id (org/name) already in the local Hugging Face cache (resolved offline;
-    slimedge never downloads).
+    slimedge never downloads). A vision-language model (Gemma 3, SmolVLM, ...) gives two files: the text
+    model OUT and its vision projector mmproj-NAME-F16.gguf beside it (see docs/vision.md).
 
     \b
     Examples:
@@ -77,6 +82,7 @@ def cli(src: Path, out: Path | None, ftype: str, overrides: tuple[str, ...], out
       slimedge convert ./TinyLlama-1.1B -o tinyllama-q4km.gguf --type Q4_K_M
       slimedge convert tinyllama-f16.gguf -o tinyllama-q8.gguf --type q8_0 --tensor-type 'ffn_down=f16'
       slimedge convert ./TinyLlama-1.1B --type Q4_K_M --dry-run
+      slimedge convert ./gemma-3-4b-it -o gemma3-q4km.gguf --type Q4_K_M    # + mmproj-gemma-3-4b-it-F16.gguf
       slimedge convert Qwen/Qwen3-1.7B -o qwen3-q4km.gguf --type Q4_K_M   # from the HF cache
       slimedge convert ./TinyLlama-1.1B --type auto --target-size Q4_K_M --calib wiki.txt -o tl-auto.gguf
       slimedge convert ./TinyLlama-1.1B -o tinyllama-q4km.gguf --type Q4_K_M --imatrix imatrix.gguf
@@ -112,22 +118,30 @@ def cli(src: Path, out: Path | None, ftype: str, overrides: tuple[str, ...], out
         return
     if out is None:
         raise SlimedgeError("missing -o/--output OUT.gguf (or pass --dry-run)")
+    mmproj = None if no_mmproj else mmproj_type
     if tune is not None:
+        from ..mmproj import mmproj_beside
         from ..tune.convert import convert_and_tune
 
+        write_mmproj = mmproj and mmproj_beside(src, out, mmproj, overwrite=overwrite, threads=threads)
         result, tuned = convert_and_tune(src, out, spec, tune, threads=threads, overwrite=overwrite,
                                          progress=make_progress(quiet), imatrix=imatrix)
+        result.mmproj = write_mmproj() if write_mmproj else None
         if not quiet:
             click.echo(f"tuned against {tune.teacher or src} ({tune.steps} steps): held-out KL "
                        f"{tuned.kl_before:.5f} -> {tuned.kl_after:.5f}", err=True)
     else:
         result = convert(src, out, spec, threads=threads, overwrite=overwrite, progress=make_progress(quiet),
-                         imatrix=imatrix)
+                         imatrix=imatrix, mmproj=mmproj)
     if not quiet:
         p = result.plan
         click.echo(f"wrote {result.out}: {len(p.tensors)} tensors, {result.file_bytes / 1e6:.1f} MB, "
                    f"{p.bits_per_weight:.2f} bits per weight, {result.seconds:.1f} s "
                    f"({result.mb_per_s:.0f} MB/s)", err=True)
+        if result.mmproj is not None:
+            m = result.mmproj
+            click.echo(f"wrote {m.out}: {m.projector_type} vision projector, {len(m.tensors)} tensors, "
+                       f"{m.file_bytes / 1e6:.1f} MB", err=True)
 
 
 def _adapter(src: Path, base: Path | None, merge: bool, out: Path | None, spec, imatrix: Path | None,

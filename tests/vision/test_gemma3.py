@@ -8,8 +8,6 @@ processor resizing to 32x32 (the 32x32 test image is not resized).
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
@@ -19,53 +17,15 @@ MEAN, STD = [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]
 
 
 @pytest.fixture(scope="module")
-def gemma3_vlm(tmp_path_factory):
-    from transformers import Gemma3ImageProcessorPil
-
-    ip = Gemma3ImageProcessorPil(size={"height": 32, "width": 32}, image_mean=MEAN, image_std=STD)
-    return vc.make_vlm(tmp_path_factory.mktemp("gemma3vlm"), "gemma3_mm", ip, "Gemma3ForConditionalGeneration",
-                       {"image_seq_length": 4}, f16_exact=("input_projection",))
-
-
-def _fake_checkpoint(dir, layout: str = "vision_tower.vision_model."):
-    """config.json + preprocessor_config.json + random safetensors of a Gemma 3 VLM's vision side (no text
-    weights: the projector never reads them)."""
-    from safetensors.numpy import save_file
-
-    rng = np.random.default_rng(0)
-    v, t, ff = 32, 64, 48
-    shapes = {"multi_modal_projector.mm_input_projection_weight": (v, t),
-              "multi_modal_projector.mm_soft_emb_norm.weight": (v,),
-              layout + "embeddings.patch_embedding.weight": (v, 3, 8, 8),
-              layout + "embeddings.patch_embedding.bias": (v,),
-              layout + "embeddings.position_embedding.weight": (16, v),
-              layout + "post_layernorm.weight": (v,), layout + "post_layernorm.bias": (v,),
-              layout + "head.probe": (1, 1, v)}
-    for blk in range(2):
-        p = f"{layout}encoder.layers.{blk}."
-        for n in ("q_proj", "k_proj", "v_proj", "out_proj"):
-            shapes[p + f"self_attn.{n}.weight"], shapes[p + f"self_attn.{n}.bias"] = (v, v), (v,)
-        for n in ("layer_norm1", "layer_norm2"):
-            shapes[p + n + ".weight"], shapes[p + n + ".bias"] = (v,), (v,)
-        shapes[p + "mlp.fc1.weight"], shapes[p + "mlp.fc1.bias"] = (ff, v), (ff,)
-        shapes[p + "mlp.fc2.weight"], shapes[p + "mlp.fc2.bias"] = (v, ff), (v,)
-    save_file({k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()}, str(dir / "model.safetensors"))
-    config = {"architectures": ["Gemma3ForConditionalGeneration"], "model_type": "gemma3",
-              "text_config": {"hidden_size": t, "model_type": "gemma3_text"},
-              "vision_config": {"hidden_size": v, "intermediate_size": ff, "num_hidden_layers": 2,
-                                "num_attention_heads": 2, "image_size": 32, "patch_size": 8,
-                                "layer_norm_eps": 1e-6}}
-    (dir / "config.json").write_text(json.dumps(config))
-    (dir / "preprocessor_config.json").write_text(json.dumps({"image_mean": MEAN, "image_std": STD,
-                                                              "image_seq_length": 4}))
-    return dir
+def gemma3_vlm():
+    return vc.gemma3_vlm()
 
 
 @pytest.mark.parametrize("layout", ["vision_tower.vision_model.", "vision_tower.", "model.vision_tower."])
 def test_metadata_names_and_types_as_llama_cpp_converter_writes_them(tmp_path, layout):
     from slimedge.mmproj import convert_mmproj
 
-    src = _fake_checkpoint(tmp_path, layout)
+    src = vc.fake_gemma3(tmp_path, layout)
     r = convert_mmproj(src, tmp_path / "mm.gguf", "q8_0")
     kv, types = vc.mmproj_kv(r.out), vc.mmproj_types(r.out)
     assert kv["general.architecture"] == "clip" and kv["general.type"] == "mmproj"

@@ -240,3 +240,68 @@ def make_vlm(dir, arch: str, image_processor, model_class: str, preprocessor_ext
         path = Path(dir) / "preprocessor_config.json"
         path.write_text(json.dumps({**json.loads(path.read_text()), **preprocessor_extra}, indent=2))
     return Path(dir)
+
+
+_VLMS: dict[str, Path] = {}
+
+
+def cached_vlm(key: str, build) -> Path:
+    """``build(folder)`` once per test session per ``key`` (in a temporary folder removed at exit); treat the
+    folder as read-only (copy it before damaging it)."""
+    import atexit
+    import shutil
+    import tempfile
+
+    if key not in _VLMS:
+        root = Path(tempfile.mkdtemp(prefix=f"slimedge-vlm-{key}-"))
+        atexit.register(shutil.rmtree, root, True)
+        _VLMS[key] = Path(build(root / key))
+    return _VLMS[key]
+
+
+def gemma3_vlm() -> Path:
+    """The tiny Gemma 3 VLM (see tests/vision/test_gemma3.py), built once per session."""
+    def build(dir):
+        from transformers import Gemma3ImageProcessorPil
+
+        ip = Gemma3ImageProcessorPil(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+        return make_vlm(dir, "gemma3_mm", ip, "Gemma3ForConditionalGeneration", {"image_seq_length": 4},
+                        f16_exact=("input_projection",))
+
+    return cached_vlm("gemma3", build)
+
+
+def fake_gemma3(dir, layout: str = "vision_tower.vision_model."):
+    """config.json + preprocessor_config.json + random safetensors of a Gemma 3 VLM's vision side, tower under
+    ``layout`` (no text weights: the projector never reads them; fast, for metadata/type/refusal checks)."""
+    import json
+
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(0)
+    v, t, ff = 32, 64, 48
+    shapes = {"multi_modal_projector.mm_input_projection_weight": (v, t),
+              "multi_modal_projector.mm_soft_emb_norm.weight": (v,),
+              layout + "embeddings.patch_embedding.weight": (v, 3, 8, 8),
+              layout + "embeddings.patch_embedding.bias": (v,),
+              layout + "embeddings.position_embedding.weight": (16, v),
+              layout + "post_layernorm.weight": (v,), layout + "post_layernorm.bias": (v,),
+              layout + "head.probe": (1, 1, v)}
+    for blk in range(2):
+        p = f"{layout}encoder.layers.{blk}."
+        for n in ("q_proj", "k_proj", "v_proj", "out_proj"):
+            shapes[p + f"self_attn.{n}.weight"], shapes[p + f"self_attn.{n}.bias"] = (v, v), (v,)
+        for n in ("layer_norm1", "layer_norm2"):
+            shapes[p + n + ".weight"], shapes[p + n + ".bias"] = (v,), (v,)
+        shapes[p + "mlp.fc1.weight"], shapes[p + "mlp.fc1.bias"] = (ff, v), (ff,)
+        shapes[p + "mlp.fc2.weight"], shapes[p + "mlp.fc2.bias"] = (v, ff), (v,)
+    save_file({k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()}, str(dir / "model.safetensors"))
+    config = {"architectures": ["Gemma3ForConditionalGeneration"], "model_type": "gemma3",
+              "text_config": {"hidden_size": t, "model_type": "gemma3_text"},
+              "vision_config": {"hidden_size": v, "intermediate_size": ff, "num_hidden_layers": 2,
+                                "num_attention_heads": 2, "image_size": 32, "patch_size": 8,
+                                "layer_norm_eps": 1e-6}}
+    (dir / "config.json").write_text(json.dumps(config))
+    (dir / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.5] * 3, "image_std": [0.5] * 3,
+                                                              "image_seq_length": 4}))
+    return dir
