@@ -147,8 +147,8 @@ ARCH_DEFAULTS["nemotronh"] = {"layers_block_type": ["mamba", "mlp", "attention",
 # expert, routed_scaling_factor 2.5 as released (128 experts top-6 there; 4 top-2 here)
 MODEL_CLASSES["nemotronhmoe"] = MODEL_CLASSES["nemotronh"]
 DEFAULT_TOKENIZER["nemotronhmoe"] = "bpe:llama3"
-ARCH_DEFAULTS["nemotronhmoe"] = {**ARCH_DEFAULTS["nemotronh"], "layers_block_type": ["mamba", "moe", "attention", "moe"],
-                                 "n_routed_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 64,
+ARCH_DEFAULTS["nemotronhmoe"] = {**ARCH_DEFAULTS["nemotronh"],
+                                 "layers_block_type": ["mamba", "moe", "attention", "moe"], "n_routed_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 64,
                                  "moe_shared_expert_intermediate_size": 96, "routed_scaling_factor": 2.5,
                                  "norm_topk_prob": True, "n_group": 1, "topk_group": 1}
 # MoE reach (issue 18): 4 experts, top-2, each family's real options (k-quant tests pass 256-row experts)

@@ -112,5 +112,5 @@ def test_refusals():
         get_arch(config()).tensors(FakeSource(w))
     w = random_weights(shapes())
     del w["backbone.layers.1.mixer.gate.e_score_correction_bias"]
-    with pytest.raises(SlimedgeError, match=r"missing tensor backbone\.layers\.1\.mixer\.gate\.e_score_correction_bias"):
+    with pytest.raises(SlimedgeError, match=r"missing tensor backbone\.layers\.1\.mixer\.gate\.e_score_correction"):
         get_arch(config()).tensors(FakeSource(w))
