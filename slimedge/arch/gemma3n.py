@@ -146,7 +146,8 @@ class Gemma3n(_Gemma):
             refs[name] = pad_rows(name, refs[name], self.hp.n_vocab)
         if skipped:
             log.warning("%s: skipping the vision and audio towers (%d tensors); slimedge converts the language "
-                        "model only", source.model_dir, skipped)
+                        "model only (no mmproj: Gemma 3n's MobileNet-v5 vision and conformer audio projector are "
+                        "not converted)", source.model_dir, skipped)
         return Arch.tensors(self, SimpleNamespace(model_dir=source.model_dir, tensors=refs))
 
     def fill_shared_kv(self, refs: dict) -> None:
