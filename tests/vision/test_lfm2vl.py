@@ -101,7 +101,8 @@ def hf_reference(model_dir: Path, image: np.ndarray) -> np.ndarray:
 def _fake_checkpoint(tower: str, depth: int = 3, norm: bool = True) -> dict[str, np.ndarray]:
     m = "model.multi_modal_projector."
     s = {tower + "embeddings.patch_embedding.weight": (D_VIS, PATCH * PATCH * 3),
-         tower + "embeddings.patch_embedding.bias": (D_VIS,), tower + "embeddings.position_embedding.weight": (256, D_VIS),
+         tower + "embeddings.patch_embedding.bias": (D_VIS,),
+         tower + "embeddings.position_embedding.weight": (256, D_VIS),
          tower + "post_layernorm.weight": (D_VIS,), tower + "post_layernorm.bias": (D_VIS,),
          m + "linear_1.weight": (PROJ_FF, 4 * D_VIS), m + "linear_1.bias": (PROJ_FF,),
          m + "linear_2.weight": (D_TEXT, PROJ_FF), m + "linear_2.bias": (D_TEXT,),

@@ -124,7 +124,8 @@ def _fake_checkpoint(prefix: str = "", depth: int = 3, merger: bool = True) -> d
         b = f"{v}transformer.layers.{i}."
         s.update({b + f"attention.{n}.weight": (D_VIS, D_VIS) for n in ("q_proj", "k_proj", "v_proj", "o_proj")})
         s.update({b + "attention_norm.weight": (D_VIS,), b + "ffn_norm.weight": (D_VIS,),
-                  b + "feed_forward.gate_proj.weight": (FF_VIS, D_VIS), b + "feed_forward.up_proj.weight": (FF_VIS, D_VIS),
+                  b + "feed_forward.gate_proj.weight": (FF_VIS, D_VIS),
+                  b + "feed_forward.up_proj.weight": (FF_VIS, D_VIS),
                   b + "feed_forward.down_proj.weight": (D_VIS, FF_VIS)})
     return random_weights(s)
 
@@ -219,6 +220,8 @@ def test_refusals(over, words):
 
     with pytest.raises(SlimedgeError, match=words):
         get_projector(_config(**over), PREPROC)
+    with pytest.raises(SlimedgeError, match="vision_feature_layer -2"):
+        get_projector({**_config(), "vision_feature_layer": -2}, PREPROC)
 
 
 @pytest.mark.parametrize("break_id, words", [(None, r"no \[IMG_BREAK\]"), (5000, "outside the embedding")])

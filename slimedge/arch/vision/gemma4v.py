@@ -29,7 +29,7 @@ from gguf import Keys
 
 from ...errors import SlimedgeError
 from ..base import OutTensor
-from .base import CV, KV, STR, U32, Q, Projector
+from .base import CV, KV, STR, U32, Projector, Q
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,8 @@ As llama.cpp's converter writes it (``conversion/llava.py``, ``LlavaVisionModel`
 states one; the patch kernel and the merger F16 under ``--mmproj-type f16``, else F32. The sdist's converter
 drops ``v.token_embd.img_break`` for transformers-format checkpoints (its filter removes every
 ``language_model.`` tensor before the extraction runs), so its mmproj does not load in libmtmd; slimedge writes
-the row. libmtmd's pixtral ropes with theta 10000 whatever the file says: another ``rope_theta`` is refused.
+the row. libmtmd's pixtral ropes with theta 10000 whatever the file says, and reads the last vision layer's output:
+another ``rope_theta`` or a ``vision_feature_layer`` other than -1 is refused.
 """
 
 from __future__ import annotations
@@ -92,6 +93,10 @@ class PixtralProjector(Projector):
         if theta != LIBMTMD_ROPE_THETA:
             raise SlimedgeError(f"config.json: {hf_arch} vision rope_theta {theta:g}; libmtmd's pixtral ropes with "
                                 f"{LIBMTMD_ROPE_THETA:g} only, so the image embeddings would be wrong")
+        layer = config.get("vision_feature_layer", -1)
+        if layer != -1:  # transformers would take an earlier layer's (or several layers') output
+            raise SlimedgeError(f"config.json: {hf_arch} vision_feature_layer {layer!r}; llama.cpp's pixtral projector "
+                                f"reads the last vision layer's output only (-1)")
         self.n_head = int(self.vparam("num_attention_heads"))
 
     def family_metadata(self) -> list[KV]:
@@ -120,7 +125,7 @@ class PixtralProjector(Projector):
         if len(ref.shape) != 2 or not 0 <= tid < ref.shape[0]:
             raise SlimedgeError(f"{ref.where}: {IMG_BREAK} id {tid} is outside the embedding {list(ref.shape)}; "
                                 f"the tokenizer does not belong to this checkpoint")
-        load = lambda out=None: ref.load_rows(tid, tid + 1)[0].copy()  # noqa: E731
+        load = lambda out=None: ref.load_rows(tid, tid + 1)[0].copy()
         # the name libmtmd looks up has no .weight suffix (clip-impl.h's TN_TOK_IMG_BREAK)
         return OutTensor(TENSOR_NAMES[T.V_TOK_EMBD_IMG_BREAK], (int(ref.shape[1]),), load,
                          f"{ref.where} (row {tid}, {IMG_BREAK})"), ref.name
