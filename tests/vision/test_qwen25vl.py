@@ -266,14 +266,38 @@ def test_image_embeddings_match_transformers(qwen25vl, tmp_path, mmproj_type):
     assert kv["general.architecture"] == "clip" and kv["clip.vision.n_wa_pattern"] == 2
 
 
+def chat_about_image(text: Path, mmproj: Path, image: np.ndarray) -> tuple[dict, dict]:
+    """llama-cpp-python's Qwen-VL chat handler (what ``serve`` uses) on the pair: a chat turn with ``image`` as a
+    PNG data URL, and the same turn without it -> (the two responses)."""
+    import base64
+    import io
+
+    import llama_cpp
+    from llama_cpp.llama_chat_format import Qwen25VLChatHandler
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    llm = llama_cpp.Llama(str(text), chat_handler=Qwen25VLChatHandler(clip_model_path=str(mmproj), verbose=False),
+                          n_ctx=512, n_threads=2, verbose=False)
+    try:
+        ask = {"type": "text", "text": "What is this?"}
+        with_image = llm.create_chat_completion(messages=[{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": url}}, ask]}], max_tokens=4, temperature=0)
+        text_only = llm.create_chat_completion(messages=[{"role": "user", "content": [ask]}], max_tokens=4,
+                                               temperature=0)
+    finally:
+        llm.close()
+    return with_image, text_only
+
+
 @pytest.mark.slow
 def test_pair_answers_an_image_prompt(qwen25vl, tmp_path):
     text, mmproj = convert_pair(qwen25vl, tmp_path, "f16", text_type="Q8_0")
-    mt = Mtmd(text, mmproj)
-    try:
-        prompt = "<|im_start|>user\n<__media__>What is this?<|im_end|>\n<|im_start|>assistant\n"
-        n_img, n_past, out = mt.answer(prompt, make_image(IMAGE_W, IMAGE_H))
-    finally:
-        mt.close()
-    assert n_img == (IMAGE_W // 28) * (IMAGE_H // 28) and len(out) == 4
-    assert n_past > 4  # M-RoPE: an image advances the position by its larger grid side, not its token count
+    with_image, text_only = chat_about_image(text, mmproj, make_image(IMAGE_W, IMAGE_H))
+    assert with_image["usage"]["completion_tokens"] == 4
+    # the image takes <|vision_start|>, <|vision_end|> and, with M-RoPE, as many positions as its merged grid's
+    # longer side (6 x 2 tokens -> 6), which llama-cpp-python counts as prompt tokens
+    extra = with_image["usage"]["prompt_tokens"] - text_only["usage"]["prompt_tokens"]
+    assert extra == 2 + max(IMAGE_W, IMAGE_H) // 28, (with_image["usage"], text_only["usage"])
