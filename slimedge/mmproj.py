@@ -151,8 +151,8 @@ def convert_mmproj(model_dir: str | Path, out: str | Path, mmproj_type: str = "f
     if text_arch:
         kv.append(KV("slimedge.mmproj.text_arch", text_arch, STR))
     kv += general_metadata(source.model_dir, [(t.name, t.shape) for t in tensors], source.hub_repo)
-    kv += [KV(Keys.General.FILE_TYPE, ftype, U32), KV(Keys.General.QUANTIZATION_VERSION, GGML_QUANT_VERSION, U32)]
-    kv += proj.metadata()
+    kv.append(KV(Keys.General.FILE_TYPE, ftype, U32))
+    kv += proj.metadata() + [KV(Keys.General.QUANTIZATION_VERSION, GGML_QUANT_VERSION, U32)]  # llama.cpp's order
 
     from .quant import quantize
 

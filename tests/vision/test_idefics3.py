@@ -143,3 +143,29 @@ def test_the_pair_answers_an_image_prompt(smolvlm, tmp_path):
         m.close()
     assert n_img == 8  # the overview and the one tile, 4 tokens each
     assert n_past > n_img + 4 and len(ids) == 4 and all(0 <= i < n_vocab for i in ids)
+
+
+@pytest.mark.slow
+def test_the_language_model_converts_as_llama(smolvlm, tmp_path):
+    """The text GGUF's logits equal transformers' (SmolVLM's language model, text only), F32 and Q8_0."""
+    import torch
+    import transformers
+    from gguf import GGUFReader
+
+    from slimedge.convert import convert
+    from slimedge.quant.mixes import QuantSpec
+    from tests.convert.convert_util import llama_logits, rel_err, sample_tokens
+    from tests.family_checks import TOL
+
+    model = transformers.SmolVLMForConditionalGeneration.from_pretrained(smolvlm).eval()
+    tokens = sample_tokens(1000, bos=None)
+    with torch.no_grad():
+        want = model(input_ids=torch.tensor([tokens])).logits[0].float().numpy()
+    for typ in ("F32", "Q8_0"):
+        out = convert(smolvlm, tmp_path / f"{typ}.gguf", QuantSpec(typ)).out
+        assert rel_err(llama_logits(out, tokens), want) < TOL[typ.lower()], typ
+    reader = GGUFReader(str(tmp_path / "F32.gguf"))
+    kv = {f.name: f.contents() for f in reader.fields.values()}
+    assert kv["general.architecture"] == "llama"
+    assert kv["slimedge.source.architecture"] == "SmolVLMForConditionalGeneration"
+    assert not [t.name for t in reader.tensors if t.name.startswith(("v.", "mm."))]
