@@ -20,7 +20,14 @@ import pytest
 from slimedge.errors import SlimedgeError
 from tests import tokfactory
 from tests.arch.arch_kit import FakeSource, random_weights
-from tests.vision.vision_checks import Mtmd, compare, convert_pair, hf_image_embeddings, mmproj_kv, mmproj_types
+from tests.vision.vision_checks import (
+    Mtmd,
+    compare,
+    convert_pair,
+    hf_image_embeddings,
+    mmproj_kv,
+    mmproj_types,
+)
 from tests.vision.vision_checks import test_image as make_image
 
 VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
@@ -68,13 +75,17 @@ def save_random_vlm(dir: Path, config_cls, model_cls, text: dict, vision: dict, 
 
 
 def make_qwen25vl(dir: Path, **vision_over) -> Path:
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLImageProcessor
+    from transformers import (
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2VLImageProcessor,
+    )
 
     dir.mkdir(parents=True, exist_ok=True)
     ids = qwen_vl_tokenizer(dir)
-    text = dict(hidden_size=D_TEXT, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-6, initializer_range=0.1,
-                rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]})
+    text = {"hidden_size": D_TEXT, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+                "num_key_value_heads": 2, "max_position_embeddings": 256, "rms_norm_eps": 1e-6, "initializer_range": 0.1,
+                "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]}}
     vision = dict(depth=4, hidden_size=D_VIS, intermediate_size=FF_VIS, num_heads=2, out_hidden_size=D_TEXT,
                   patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
                   fullatt_block_indexes=[1, 3], initializer_range=0.1, **vision_over)
@@ -121,9 +132,9 @@ def _fake_checkpoint(prefix: str = "visual.", depth: int = 2) -> dict[str, np.nd
 
 
 def _config(**vision_over) -> dict:
-    vision = dict(depth=2, hidden_size=D_VIS, intermediate_size=FF_VIS, num_heads=2, out_hidden_size=D_TEXT,
-                  patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
-                  fullatt_block_indexes=[1])
+    vision = {"depth": 2, "hidden_size": D_VIS, "intermediate_size": FF_VIS, "num_heads": 2, "out_hidden_size": D_TEXT,
+                  "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2, "window_size": 112,
+                  "fullatt_block_indexes": [1]}
     vision.update(vision_over)
     return {"architectures": ["Qwen2_5_VLForConditionalGeneration"], "model_type": "qwen2_5_vl",
             "text_config": {"hidden_size": D_TEXT}, "vision_config": vision}
@@ -178,10 +189,10 @@ def test_metadata():
 
 
 @pytest.mark.parametrize("over, words", [
-    (dict(fullatt_block_indexes=[1, 2]), "evenly spaced"),
-    (dict(fullatt_block_indexes=None), "fullatt_block_indexes"),
-    (dict(window_size=224), "112 pixels"),
-    (dict(temporal_patch_size=1), "2 frames"),
+    ({"fullatt_block_indexes": [1, 2]}, "evenly spaced"),
+    ({"fullatt_block_indexes": None}, "fullatt_block_indexes"),
+    ({"window_size": 224}, "112 pixels"),
+    ({"temporal_patch_size": 1}, "2 frames"),
 ])
 def test_refusals(over, words):
     from slimedge.arch.vision import get_projector

@@ -25,8 +25,18 @@ import pytest
 
 from slimedge.errors import SlimedgeError
 from tests.arch.arch_kit import FakeSource, random_weights
-from tests.vision.test_qwen25vl import chat_about_image, qwen_vl_tokenizer, save_random_vlm
-from tests.vision.vision_checks import Mtmd, compare, convert_pair, mmproj_kv, mmproj_types
+from tests.vision.test_qwen25vl import (
+    chat_about_image,
+    qwen_vl_tokenizer,
+    save_random_vlm,
+)
+from tests.vision.vision_checks import (
+    Mtmd,
+    compare,
+    convert_pair,
+    mmproj_kv,
+    mmproj_types,
+)
 from tests.vision.vision_checks import test_image as make_image
 
 IMAGE_W, IMAGE_H = 128, 64
@@ -35,17 +45,21 @@ N_TOKENS = (IMAGE_W // 32) * (IMAGE_H // 32)
 
 
 def make_qwen3vl(dir: Path) -> Path:
-    from transformers import Qwen2VLImageProcessor, Qwen3VLConfig, Qwen3VLForConditionalGeneration
+    from transformers import (
+        Qwen2VLImageProcessor,
+        Qwen3VLConfig,
+        Qwen3VLForConditionalGeneration,
+    )
 
     dir.mkdir(parents=True, exist_ok=True)
     ids = qwen_vl_tokenizer(dir)
-    text = dict(hidden_size=D_TEXT, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
-                num_key_value_heads=2, head_dim=16, max_position_embeddings=256, rms_norm_eps=1e-6,
-                initializer_range=0.1, rope_parameters={"rope_type": "default", "rope_theta": 5e6,
-                                                        "mrope_section": [3, 3, 2], "mrope_interleaved": True})
-    vision = dict(depth=DEPTH, hidden_size=D_VIS, intermediate_size=FF_VIS, num_heads=2, out_hidden_size=D_TEXT,
-                  patch_size=16, spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=16,
-                  deepstack_visual_indexes=DEEPSTACK, initializer_range=0.1)
+    text = {"hidden_size": D_TEXT, "intermediate_size": 128, "num_hidden_layers": 3, "num_attention_heads": 4,
+                "num_key_value_heads": 2, "head_dim": 16, "max_position_embeddings": 256, "rms_norm_eps": 1e-6,
+                "initializer_range": 0.1, "rope_parameters": {"rope_type": "default", "rope_theta": 5e6,
+                                                        "mrope_section": [3, 3, 2], "mrope_interleaved": True}}
+    vision = {"depth": DEPTH, "hidden_size": D_VIS, "intermediate_size": FF_VIS, "num_heads": 2, "out_hidden_size": D_TEXT,
+                  "patch_size": 16, "spatial_merge_size": 2, "temporal_patch_size": 2, "num_position_embeddings": 16,
+                  "deepstack_visual_indexes": DEEPSTACK, "initializer_range": 0.1}
     save_random_vlm(dir, Qwen3VLConfig, Qwen3VLForConditionalGeneration, text, vision, ids)
     Qwen2VLImageProcessor(patch_size=16, merge_size=2, min_pixels=32 * 32 * 4, max_pixels=32 * 32 * 1024,
                           image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5]).save_pretrained(dir)
@@ -104,9 +118,9 @@ def _fake_checkpoint(prefix: str = "model.visual.") -> dict[str, np.ndarray]:
 
 
 def _config(**vision_over) -> dict:
-    vision = dict(depth=DEPTH, hidden_size=D_VIS, intermediate_size=FF_VIS, num_heads=2, out_hidden_size=D_TEXT,
-                  patch_size=16, spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=16,
-                  deepstack_visual_indexes=DEEPSTACK)
+    vision = {"depth": DEPTH, "hidden_size": D_VIS, "intermediate_size": FF_VIS, "num_heads": 2, "out_hidden_size": D_TEXT,
+                  "patch_size": 16, "spatial_merge_size": 2, "temporal_patch_size": 2, "num_position_embeddings": 16,
+                  "deepstack_visual_indexes": DEEPSTACK}
     vision.update(vision_over)
     return {"architectures": ["Qwen3VLForConditionalGeneration"], "model_type": "qwen3_vl",
             "text_config": {"hidden_size": D_TEXT}, "vision_config": vision}
@@ -156,9 +170,9 @@ def test_metadata():
 
 
 @pytest.mark.parametrize("over, words", [
-    (dict(deepstack_visual_indexes=[0, 3]), "deepstack_visual_indexes"),
-    (dict(num_position_embeddings=15), "square"),
-    (dict(temporal_patch_size=1), "2 frames"),
+    ({"deepstack_visual_indexes": [0, 3]}, "deepstack_visual_indexes"),
+    ({"num_position_embeddings": 15}, "square"),
+    ({"temporal_patch_size": 1}, "2 frames"),
 ])
 def test_refusals(over, words):
     from slimedge.arch.vision import get_projector

@@ -18,6 +18,8 @@ projector), so another ``window_size`` is refused. The vision RMSNorm eps is tra
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 from gguf import MODEL_TENSOR as T
 
 from ...errors import SlimedgeError
@@ -92,23 +94,28 @@ def _mlp_index(hf: str) -> int:
     return int(hf.split(".merger.mlp.", 1)[1].split(".", 1)[0])
 
 
+QWEN25VL_TENSORS = [
+    (V + "patch_embed.proj", T.V_ENC_EMBD_PATCH, True),
+    (B + "norm1", T.V_ENC_INPUT_NORM, True),
+    (B + "attn.qkv", T.V_ENC_ATTN_QKV, True),
+    (B + "attn.proj", T.V_ENC_ATTN_O, True),
+    (B + "norm2", T.V_ENC_POST_ATTN_NORM, True),
+    (B + "mlp.gate_proj", T.V_ENC_FFN_GATE, True),
+    (B + "mlp.up_proj", T.V_ENC_FFN_UP, True),
+    (B + "mlp.down_proj", T.V_ENC_FFN_DOWN, True),
+    (V + "merger.ln_q", T.V_POST_NORM, True),
+    (V + "merger.mlp.0", T.V_MMPROJ, True),  # mm.0 and mm.2: indexed_mm_name
+    (V + "merger.mlp.2", T.V_MMPROJ, True),
+]
+# transformers 5 saves the tower as model.visual.*, the Hub's checkpoints as visual.*
+QWEN_VL_ALIASES = [("model.visual.", V), (V, V)]
+
+
 class Qwen25VLProjector(Projector):
     hf_names = ("Qwen2_5_VLForConditionalGeneration",)
     projector_type = "qwen2.5vl_merger"
-    TENSORS = [
-        (V + "patch_embed.proj", T.V_ENC_EMBD_PATCH, True),
-        (B + "norm1", T.V_ENC_INPUT_NORM, True),
-        (B + "attn.qkv", T.V_ENC_ATTN_QKV, True),
-        (B + "attn.proj", T.V_ENC_ATTN_O, True),
-        (B + "norm2", T.V_ENC_POST_ATTN_NORM, True),
-        (B + "mlp.gate_proj", T.V_ENC_FFN_GATE, True),
-        (B + "mlp.up_proj", T.V_ENC_FFN_UP, True),
-        (B + "mlp.down_proj", T.V_ENC_FFN_DOWN, True),
-        (V + "merger.ln_q", T.V_POST_NORM, True),
-        (V + "merger.mlp.0", T.V_MMPROJ, True),  # mm.0 and mm.2: indexed_mm_name
-        (V + "merger.mlp.2", T.V_MMPROJ, True),
-    ]
-    ALIASES = [("model.visual.", V), (V, V)]
+    TENSORS = QWEN25VL_TENSORS
+    ALIASES = QWEN_VL_ALIASES
 
     def __init__(self, config: dict, hf_arch: str, preprocessor: dict | None = None):
         vision = config.get("vision_config")
@@ -126,7 +133,7 @@ class Qwen25VLProjector(Projector):
             raise SlimedgeError(f"config.json: {self.hf_arch} needs vision_config.fullatt_block_indexes (the "
                                 f"full-attention blocks); fix config.json")
         step = int(full[0]) + 1
-        if any(b - a != step for a, b in zip(full, full[1:])):
+        if any(b - a != step for a, b in pairwise(full)):
             raise SlimedgeError(f"config.json: {self.hf_arch} fullatt_block_indexes {full} are not every "
                                 f"{step}-th block; llama.cpp's qwen2.5vl takes one evenly spaced pattern")
         return step

@@ -24,7 +24,12 @@ from gguf import MODEL_TENSOR as T
 from ...errors import SlimedgeError
 from ..base import OutTensor
 from .base import ARR, BOOL, CV, KV, U32, Projector
-from .qwen25vl import conv3d_as_two_conv2d, indexed_mm_name, vision_names
+from .qwen25vl import (
+    QWEN_VL_ALIASES,
+    conv3d_as_two_conv2d,
+    indexed_mm_name,
+    vision_names,
+)
 
 V = "visual."
 B = V + "blocks.{bid}."
@@ -39,29 +44,32 @@ def _fc_index(hf: str) -> int:
     return 0 if fc == "1" else 2
 
 
+QWEN3VL_TENSORS = [
+    (V + "patch_embed.proj", T.V_ENC_EMBD_PATCH, True),
+    (V + "pos_embed", T.V_ENC_EMBD_POS, True),
+    (B + "norm1", T.V_ENC_INPUT_NORM, True),
+    (B + "attn.qkv", T.V_ENC_ATTN_QKV, True),
+    (B + "attn.proj", T.V_ENC_ATTN_O, True),
+    (B + "norm2", T.V_ENC_POST_ATTN_NORM, True),
+    (B + "mlp.linear_fc1", T.V_ENC_FFN_UP, True),
+    (B + "mlp.linear_fc2", T.V_ENC_FFN_DOWN, True),
+    (V + "merger.norm", T.V_POST_NORM, True),
+    (V + "merger.linear_fc1", T.V_MMPROJ, True),  # mm.0 (indexed_mm_name)
+    (V + "merger.linear_fc2", T.V_MMPROJ, True),  # mm.2
+]
+
+
 class Qwen3VLProjector(Projector):
     hf_names = ("Qwen3VLForConditionalGeneration",)
     projector_type = "qwen3vl_merger"
-    TENSORS = [
-        (V + "patch_embed.proj", T.V_ENC_EMBD_PATCH, True),
-        (V + "pos_embed", T.V_ENC_EMBD_POS, True),
-        (B + "norm1", T.V_ENC_INPUT_NORM, True),
-        (B + "attn.qkv", T.V_ENC_ATTN_QKV, True),
-        (B + "attn.proj", T.V_ENC_ATTN_O, True),
-        (B + "norm2", T.V_ENC_POST_ATTN_NORM, True),
-        (B + "mlp.linear_fc1", T.V_ENC_FFN_UP, True),
-        (B + "mlp.linear_fc2", T.V_ENC_FFN_DOWN, True),
-        (V + "merger.norm", T.V_POST_NORM, True),
-        (V + "merger.linear_fc1", T.V_MMPROJ, True),  # mm.0 (indexed_mm_name)
-        (V + "merger.linear_fc2", T.V_MMPROJ, True),  # mm.2
-    ]
-    ALIASES = [("model.visual.", V), (V, V)]
+    TENSORS = QWEN3VL_TENSORS
+    ALIASES = QWEN_VL_ALIASES
 
     def __init__(self, config: dict, hf_arch: str, preprocessor: dict | None = None):
         vision = config.get("vision_config")
         if isinstance(vision, dict):
             n_pos, patch = vision.get("num_position_embeddings"), vision.get("patch_size")
-            side = int(round(float(n_pos) ** 0.5)) if n_pos else 0
+            side = round(float(n_pos) ** 0.5) if n_pos else 0
             if n_pos and side * side != int(n_pos):
                 raise SlimedgeError(f"config.json: {hf_arch} vision_config.num_position_embeddings {n_pos} is not "
                                     f"a square grid; fix config.json")
