@@ -382,7 +382,9 @@ class ProjectorMemory:
 
 def projector_memory(meta: dict, tensors: list[TensorSize], n_embd_text: int) -> ProjectorMemory:
     """:class:`ProjectorMemory` from an mmproj's metadata and tensors. Tokens per image are clip.cpp's count at
-    ``clip.vision.image_size``: patches per side / the projector's merge, squared. The encoder's scratch is
+    ``clip.vision.image_size``: patches per side / the projector's merge, squared (Idefics3/SmolVLM: twice, the
+    overview and one slice). Families that tile larger images (Idefics3, LFM2-VL) or take any resolution
+    (Qwen-VL, Pixtral) spend more on larger images; this is the native size's figure. The encoder's scratch is
     counted as llama.cpp's graph keeps it alive at its peak: per patch ~8 activations of the ViT width and 2 of
     its FFN width, the attention scores and their softmax (heads x patches^2), all float32; plus the image's
     output embeddings (tokens x the text model's width)."""
@@ -392,6 +394,8 @@ def projector_memory(meta: dict, tensors: list[TensorSize], n_embd_text: int) ->
     merge = int(meta.get("clip.vision.projector.scale_factor") or meta.get("clip.vision.spatial_merge_size")
                 or PROJECTOR_MERGE.get(kind, 1))
     tokens = side if kind == "gemma3nv" else max(1, (side // max(1, merge)) ** 2)
+    if kind == "idefics3":  # libmtmd sends the overview and the slice(s): two images' tokens at the least
+        tokens *= 2
     d, ff = int(meta.get("clip.vision.embedding_length", 0)), int(meta.get("clip.vision.feed_forward_length", 0))
     heads, n = int(meta.get("clip.vision.attention.head_count", 1)), side * side
     compute = 4 * (8 * n * d + 2 * n * ff + 2 * heads * n * n + tokens * n_embd_text)

@@ -197,3 +197,47 @@ def test_run_image_answers_with_the_image_tokens_in_the_prompt(vbundle, tmp_path
     r = subprocess.run([sys.executable, str(vbundle / "run"), "--image", str(bad), "Describe it."],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and r.stderr.strip().count("\n") == 0 and "is not an image" in r.stderr
+
+
+@pytest.mark.slow
+def test_smolvlm_bundle_tokens_per_image_and_answer(tmp_path):
+    """A second projector family (Idefics3 connector, SmolVLM's Llama text model and template): the estimate's
+    tokens per image are libmtmd's (overview + slice), and the bundle answers an image prompt."""
+    from transformers import Idefics3ImageProcessorPil
+
+    ip = Idefics3ImageProcessorPil(size={"longest_edge": 32}, max_image_size={"longest_edge": 32},
+                                   image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    src = vc.make_vlm(tmp_path / "smolvlm", "smolvlm", ip, "SmolVLMForConditionalGeneration", image_token_id=1004,
+                      add_tokens=("\n\n",), pad_vocab=1)
+    b = build_bundle(src, "cpu", tmp_path / "bundle", type="Q8_0")
+    m = json.loads((b / "manifest.json").read_text())
+    mt = vc.Mtmd(b / "model.gguf", b / "mmproj.gguf")
+    try:
+        chunks, bitmap = mt.chunks(mt.m.mtmd_default_marker().decode(), vc.test_image(32, 32))
+        got = [mt.m.mtmd_input_chunks_get(chunks, i) for i in range(mt.m.mtmd_input_chunks_size(chunks))]
+        n_img = sum(mt.m.mtmd_input_chunk_get_n_tokens(c) for c in got
+                    if mt.m.mtmd_input_chunk_get_type(c) == mt.m.MTMD_INPUT_CHUNK_TYPE_IMAGE)
+        mt.m.mtmd_input_chunks_free(chunks)
+        mt.m.mtmd_bitmap_free(bitmap)
+    finally:
+        mt.close()
+    assert m["mmproj"]["projector_type"] == "idefics3" and m["mmproj"]["tokens_per_image"] == n_img == 8
+    r = subprocess.run([sys.executable, str(b / "run"), "--image", str(png(tmp_path / "p.png")), "What is this?",
+                        "--max-tokens", "4", "--temp", "0", "--threads", "2"], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0 and "with 1 image(s)]" in r.stderr, r.stderr
+
+
+@pytest.mark.slow
+def test_chat_attaches_images_with_slash_image(vbundle, tmp_path):
+    img = png(tmp_path / "photo.png")
+    bad = tmp_path / "notes.png"
+    bad.write_text("not an image")
+    turns = f"/image {bad}\n/image {img}\nWhat is this?\nAnd now?\n\n"
+    r = subprocess.run([sys.executable, str(vbundle / "run"), "--chat", "--max-tokens", "3", "--temp", "0",
+                        "--threads", "2"], input=turns, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "/image PATH attaches an image" in r.stderr
+    line = next(x for x in r.stderr.splitlines() if x.startswith("run: image"))  # one line; the chat goes on
+    assert "notes.png' is not an image" in line
+    assert r.stdout.count("> ") >= 4  # the prompts of every turn were shown (the bad image did not end the chat)
