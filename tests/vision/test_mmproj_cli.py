@@ -100,3 +100,15 @@ def test_without_preprocessor_config_the_projector_is_skipped_by_convert_and_ref
     with pytest.raises(SlimedgeError, match="image_mean / image_std"):
         convert_mmproj(src, tmp_path / "mm.gguf")
     assert not (tmp_path / "mm.gguf").exists()
+
+
+def test_docs_list_every_projector_family():
+    """docs/vision.md's table names every HF architecture with a projector module, with its llama.cpp type."""
+    from pathlib import Path
+
+    from slimedge.arch.vision import registry, supported_projectors
+
+    doc = (Path(__file__).parents[2] / "docs" / "vision.md").read_text()
+    rows = {line.split("|")[1].strip().split()[0].strip("`"): line.split("|")[2].strip().strip("`")
+            for line in doc.splitlines() if line.startswith("| `")}
+    assert rows == {name: registry()[name].projector_type for name in supported_projectors()}
