@@ -85,7 +85,6 @@ def test_without_preprocessor_config_the_projector_is_skipped_by_convert_and_ref
     skipped); ``convert_mmproj`` alone refuses in one line."""
     import logging
 
-
     from slimedge.errors import SlimedgeError
     from slimedge.mmproj import convert_mmproj, mmproj_beside
 
@@ -112,3 +111,17 @@ def test_docs_list_every_projector_family():
     rows = {line.split("|")[1].strip().split()[0].strip("`"): line.split("|")[2].strip().strip("`")
             for line in doc.splitlines() if line.startswith("| `")}
     assert rows == {name: registry()[name].projector_type for name in supported_projectors()}
+
+
+def test_registry_finds_projectors_and_refuses_a_second_registration():
+    from slimedge.arch.vision import Projector, get_projector, is_vision_model
+
+    text_only = {"architectures": ["Gemma3ForCausalLM"], "hidden_size": 64}
+    assert not is_vision_model(text_only) and get_projector(text_only) is None
+    vlm = {"architectures": ["SmolVLMForConditionalGeneration"], "hidden_size": 64,
+           "vision_config": {"num_hidden_layers": 1}}
+    assert get_projector(vlm).projector_type == "idefics3"
+    assert get_projector({**vlm, "architectures": ["SomeNewVLForConditionalGeneration"]}) is None
+    with pytest.raises(RuntimeError, match="projector for Gemma3ForConditionalGeneration is registered twice"):
+        type("Again", (Projector,), {"hf_names": ("Gemma3ForConditionalGeneration",), "projector_type": "x"})
+    assert get_projector({**vlm, "architectures": ["Gemma3ForConditionalGeneration"]}).projector_type == "gemma3"
