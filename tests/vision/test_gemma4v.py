@@ -183,6 +183,8 @@ def test_metadata():
     entries = get_projector(_config(), PREPROC).metadata()
     kv = {e.key: e.value for e in entries}
     assert kv["clip.vision.projector_type"] == "gemma4v" and "clip.projector_type" not in kv
+    assert [e.key for e in entries][9:12] == ["clip.vision.image_std", "clip.vision.projector_type",
+                                              "clip.vision.attention.layer_norm_epsilon"]  # the converter's order
     assert kv["clip.vision.image_size"] == 224 and kv["clip.vision.patch_size"] == PATCH
     assert kv["clip.vision.projection_dim"] == D_TEXT and kv["clip.vision.embedding_length"] == D_VIS
     assert kv["clip.vision.block_count"] == 2 and kv["clip.vision.attention.head_count"] == 2

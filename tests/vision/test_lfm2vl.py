@@ -185,7 +185,15 @@ def test_metadata():
     entries = get_projector(_config(vision_feature_layer=-2, downsample_factor=4), PREPROC).metadata()
     kv = {e.key: e.value for e in entries}
     assert kv["clip.vision.block_count"] == 2 and kv["clip.vision.projector.scale_factor"] == 4
-    assert [e.key for e in entries].count("clip.vision.block_count") == 1
+    assert [e.key for e in entries] == CONVERTER_KEYS  # llama.cpp's converter's order (block count in place)
+
+
+# the clip.* keys of llama.cpp's converter's LFM2-VL mmproj, in its order (read from its output on a tiny model)
+CONVERTER_KEYS = ["clip.has_vision_encoder", "clip.vision.projection_dim", "clip.vision.image_size",
+                  "clip.vision.patch_size", "clip.vision.embedding_length", "clip.vision.feed_forward_length",
+                  "clip.vision.block_count", "clip.vision.attention.head_count", "clip.vision.image_mean",
+                  "clip.vision.image_std", "clip.projector_type", "clip.vision.attention.layer_norm_epsilon",
+                  "clip.vision.projector.scale_factor", "clip.use_gelu"]
 
 
 @pytest.mark.parametrize("over, words", [

@@ -86,8 +86,8 @@ class Gemma4VisionProjector(Projector):
         return canon
 
     def metadata(self) -> list[KV]:
-        kv = [e for e in super().metadata() if e.key != Keys.Clip.PROJECTOR_TYPE]
-        return kv + [KV(CV.PROJECTOR_TYPE, self.projector_type, STR)]
+        return [KV(CV.PROJECTOR_TYPE, self.projector_type, STR) if e.key == Keys.Clip.PROJECTOR_TYPE else e
+                for e in super().metadata()]
 
     def family_metadata(self) -> list[KV]:
         if self.pooling != LIBMTMD_POOLING:

@@ -65,8 +65,7 @@ class Lfm2VlProjector(Projector):
         self.n_block = self.n_layer + feature_layer + 1
 
     def metadata(self) -> list[KV]:
-        kv = [e for e in super().metadata() if e.key != CV.BLOCK_COUNT]
-        return kv + [KV(CV.BLOCK_COUNT, self.n_block, U32)]
+        return [KV(CV.BLOCK_COUNT, self.n_block, U32) if e.key == CV.BLOCK_COUNT else e for e in super().metadata()]
 
     def family_metadata(self) -> list[KV]:
         return [KV(CV.Projector.SCALE_FACTOR, int(self.config.get("downsample_factor", 2)), U32),
