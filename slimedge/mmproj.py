@@ -2,8 +2,9 @@
 
 Public API::
 
-    from slimedge.mmproj import convert_mmproj, default_mmproj_path
+    from slimedge.mmproj import convert_mmproj, plan_mmproj
     r = convert_mmproj("SmolVLM-256M", "mmproj-SmolVLM-256M-F16.gguf", mmproj_type="f16")
+    print(plan_mmproj("SmolVLM-256M", "q8_0").table())     # types and sizes, no weights read
 
 How: the checkpoint is opened lazily (``slimedge.source.hf``), its projector table
 (``slimedge.arch.vision``) maps the vision tower's tensors to mmproj names and gives the ``clip.*`` keys and
@@ -21,6 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from gguf import GGML_QUANT_VERSION, GGMLQuantizationType, Keys
 
 from . import __version__
@@ -38,6 +40,30 @@ class MmprojResult:
     tensors: list[tuple[str, tuple[int, ...], GGMLQuantizationType]]  # GGUF name, NumPy shape, type
     seconds: float
     file_bytes: int
+
+
+@dataclass
+class MmprojPlan:
+    """What :func:`convert_mmproj` would write: one type per tensor, no weights read."""
+
+    source: Path
+    projector_type: str
+    mmproj_type: str
+    tensors: list[tuple[str, tuple[int, ...], GGMLQuantizationType]]  # GGUF name, NumPy shape, type
+
+    def table(self) -> str:
+        from .quant.types import tensor_nbytes
+
+        w = max((len(n) for n, _, _ in self.tensors), default=6)
+        lines = [f"{'mmproj tensor':<{w}}  {'shape':>18}  {'type':<6} {'MB':>9}"]
+        total = 0
+        for name, shape, q in self.tensors:
+            nbytes = tensor_nbytes(shape, q)
+            total += nbytes
+            lines.append(f"{name:<{w}}  {'x'.join(map(str, shape)):>18}  {q.name:<6} {nbytes / 1e6:9.2f}")
+        lines.append(f"{len(self.tensors)} tensors, {total / 1e6:.2f} MB of tensor data ({self.projector_type} vision "
+                     f"projector, --mmproj-type {self.mmproj_type})")
+        return "\n".join(lines)
 
 
 def default_mmproj_path(text_out: str | Path, name: str, mmproj_type: str = "f16") -> Path:
@@ -82,19 +108,14 @@ def projector_of(source):
     return proj
 
 
-def mmproj_beside(src: str | Path, text_out: str | Path, mmproj_type: str = "f16", *, overwrite: bool = False,
-                  progress: Progress = NULL_PROGRESS, threads: int | None = None):
-    """For ``convert``: checks now, before the text model is written (the type, the output path), and returns
-    a function writing ``src``'s projector to ``mmproj-<name>-<TYPE>.gguf`` beside ``text_out`` (-> its
-    :class:`MmprojResult`); None when ``src`` has no vision tower, or a projector slimedge does not convert, or
-    no preprocessor_config.json (then a warning says the projector was skipped)."""
-    from .arch.vision import get_projector, is_vision_model, mmproj_type as parse_type
+def _vision_source(src: str | Path) -> Path | None:
+    """``src``'s folder when it is a VLM whose projector slimedge writes; None otherwise (with a warning when it is
+    a VLM whose projector is skipped: no module for it, or no preprocessor_config.json)."""
+    from .arch.vision import get_projector, is_vision_model
     from .source import is_gguf
     from .source.hf import load_config
     from .source.hub import resolve_source
-    from .writer import check_output_path
 
-    parse_type(mmproj_type)
     path = resolve_source(src)
     if is_gguf(path) or not path.is_dir():
         return None
@@ -112,10 +133,50 @@ def mmproj_beside(src: str | Path, text_out: str | Path, mmproj_type: str = "f16
     except SlimedgeError as exc:  # a checkpoint saved without its processor: the text model still converts
         log.warning("%s; the text model is written, the vision projector skipped", exc)
         return None
-    from .source.hf import HFSource
+    return path
 
+
+def mmproj_beside(src: str | Path, text_out: str | Path, mmproj_type: str = "f16", *, overwrite: bool = False,
+                  progress: Progress = NULL_PROGRESS, threads: int | None = None):
+    """For ``convert``: checks now, before the text model is written (the type, the output path), and returns
+    a function writing ``src``'s projector to ``mmproj-<name>-<TYPE>.gguf`` beside ``text_out`` (-> its
+    :class:`MmprojResult`); None when ``src`` has no vision tower, or a projector slimedge does not convert, or
+    no preprocessor_config.json (then a warning says the projector was skipped)."""
+    from .arch.vision import mmproj_type as parse_type
+    from .source.hf import HFSource
+    from .writer import check_output_path
+
+    parse_type(mmproj_type)
+    path = _vision_source(src)
+    if path is None:
+        return None
     out = check_output_path(default_mmproj_path(text_out, HFSource(path).name, mmproj_type), overwrite)
     return lambda: convert_mmproj(path, out, mmproj_type, overwrite=overwrite, progress=progress, threads=threads)
+
+
+def plan_mmproj(src: str | Path, mmproj_type: str = "f16") -> MmprojPlan | None:
+    """For ``convert --dry-run``: the projector's tensors and types, or None when ``src`` has none to write."""
+    from .arch.vision import mmproj_type as parse_type
+
+    parse_type(mmproj_type)
+    path = _vision_source(src)
+    if path is None:
+        return None
+    _, proj, tensors, types = _mapped(path, mmproj_type)
+    return MmprojPlan(path, proj.projector_type, mmproj_type,
+                      [(t.name, t.shape, q) for t, q in zip(tensors, types)])
+
+
+def _mapped(model_dir: Path, mmproj_type: str):
+    """(source, projector, output tensors, their types); reads no weights."""
+    from .arch.vision import mmproj_type as parse_type
+    from .source.hf import HFSource
+
+    requested, _ = parse_type(mmproj_type)
+    source = HFSource(model_dir)
+    proj = projector_of(source)
+    tensors = proj.tensors(source)
+    return source, proj, tensors, [proj.out_type(proj.hf_of[t.name], t.name, t.shape, requested) for t in tensors]
 
 
 def _text_arch(config: dict) -> str | None:
@@ -133,16 +194,12 @@ def convert_mmproj(model_dir: str | Path, out: str | Path, mmproj_type: str = "f
     where llama.cpp's converter would use that type."""
     from .arch.vision import mmproj_type as parse_type
     from .source.card import general_metadata
-    from .source.hf import HFSource
     from .writer import GGUFStreamWriter, check_output_path
 
     t0 = time.monotonic()
-    requested, ftype = parse_type(mmproj_type)
+    _, ftype = parse_type(mmproj_type)
     out = check_output_path(Path(out), overwrite)
-    source = HFSource(model_dir)
-    proj = projector_of(source)
-    tensors = proj.tensors(source)
-    types = [proj.out_type(proj.hf_of[t.name], t.name, t.shape, requested) for t in tensors]
+    source, proj, tensors, types = _mapped(Path(model_dir), mmproj_type)
     dtypes = ",".join(sorted({ref.dtype for ref in source.tensors.values()}))
     kv = [KV(Keys.General.TYPE, "mmproj", STR), KV(Keys.General.NAME, source.name, STR),
           KV("slimedge.version", __version__, STR), KV("slimedge.source.architecture", proj.hf_arch, STR),
@@ -168,6 +225,9 @@ def convert_mmproj(model_dir: str | Path, out: str | Path, mmproj_type: str = "f
                 x = t.load()
                 if tuple(x.shape) != tuple(t.shape):
                     raise SlimedgeError(f"{t.origin}: has shape {list(x.shape)}, expected {list(t.shape)}")
+                if not np.isfinite(x).all():
+                    raise SlimedgeError(f"{t.origin}: NaN/Inf values in the weights; the checkpoint is damaged "
+                                        f"(re-download or re-export it)")
                 data = x if q == GGMLQuantizationType.F32 else quantize(x, q, threads=threads, what=t.name)
                 w.write_tensor(t.name, data)
                 progress.update(1, label=t.name)

@@ -113,12 +113,18 @@ def cli(src: Path, out: Path | None, ftype: str, overrides: tuple[str, ...], out
             click.echo(alloc.table(), err=not dry_run)
     elif target_bpw is not None or target_size is not None:
         raise SlimedgeError("--target-bpw / --target-size need --type auto")
+    mmproj = None if no_mmproj else mmproj_type
     if dry_run:
         click.echo(plan(src, spec, imatrix=imatrix).table())
+        if mmproj:
+            from ..mmproj import plan_mmproj
+
+            projector = plan_mmproj(src, mmproj)
+            if projector is not None:
+                click.echo(projector.table())
         return
     if out is None:
         raise SlimedgeError("missing -o/--output OUT.gguf (or pass --dry-run)")
-    mmproj = None if no_mmproj else mmproj_type
     if tune is not None:
         from ..mmproj import mmproj_beside
         from ..tune.convert import convert_and_tune

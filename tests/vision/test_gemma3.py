@@ -81,3 +81,19 @@ def test_the_pair_answers_an_image_prompt(gemma3_vlm, tmp_path):
         m.close()
     assert n_img == 4 and n_past == n_text + n_img + 4 and len(ids) == 4
     assert all(0 <= i < 1000 for i in ids)
+
+
+def test_a_damaged_weight_is_refused_naming_it_and_nothing_is_written(tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    from slimedge.errors import SlimedgeError
+    from slimedge.mmproj import convert_mmproj
+
+    src = vc.fake_gemma3(tmp_path)
+    weights = load_file(str(src / "model.safetensors"))
+    weights["vision_tower.vision_model.encoder.layers.1.mlp.fc2.weight"][3, 5] = np.nan
+    save_file(weights, str(src / "model.safetensors"))
+    with pytest.raises(SlimedgeError, match=r"vision_tower.vision_model.encoder.layers.1.mlp.fc2.weight in "
+                                            r"model.safetensors: NaN/Inf values"):
+        convert_mmproj(src, tmp_path / "mm.gguf")
+    assert not (tmp_path / "mm.gguf").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

@@ -39,6 +39,13 @@ def test_a_vlm_gives_the_text_model_and_its_mmproj(tmp_path):
     assert gguf.GGUFReader(q8).fields["general.file_type"].contents() == 7
     assert vc.mmproj_types(q8)["v.blk.0.attn_q.weight"] == "Q8_0"
 
+    r = CliRunner().invoke(main, ["convert", str(src), "--type", "Q8_0", "--mmproj-type", "q8_0", "--dry-run"])
+    assert r.exit_code == 0, r.output
+    listed = {line.split()[0]: line.split()[2] for line in r.output.splitlines()
+              if line.startswith(("v.", "mm."))}
+    assert listed == vc.mmproj_types(q8)  # the dry run's projector plan is what was written
+    assert "gemma3 vision projector, --mmproj-type q8_0" in r.output
+
 
 @pytest.mark.slow
 def test_no_mmproj_writes_the_text_model_only(tmp_path):
