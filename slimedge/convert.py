@@ -16,7 +16,8 @@ tensor whose transform needs all of it goes whole). A background thread reads an
 (disk, bf16 widening, transform, NaN/Inf) into one of two reused float32 buffers while slice *k* is
 quantized and appended to its tensor, so I/O and compute overlap and memory stays near two slices,
 whatever the model's size. Quantized blocks never straddle rows, so the bytes are those of quantizing
-each tensor whole. The output appears (atomic rename) only when complete.
+each tensor whole. The output appears (atomic rename) only when complete. A vision-language checkpoint's
+projector is written after it, beside it, as llama.cpp's mmproj when ``mmproj=`` asks (``slimedge.mmproj``).
 """
 
 from __future__ import annotations
