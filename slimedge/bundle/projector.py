@@ -148,8 +148,10 @@ def add_to_estimate(manifest: dict, folder: Path, target) -> None:
 
     e, old = manifest["mmproj"], manifest["memory_estimate"]
     facts = projector_facts(folder / e["file"])
+    # libmtmd (llama-cpp-python's handler) attends with flash attention only when the model's context has it
+    # switched on explicitly (a profile's flash_attn = true), not under llama.cpp's "auto"
     pm = projector_memory(facts["meta"], [TensorSize(t.name, t.n_bytes) for t in facts["info"].tensors],
-                          int(manifest["hyperparameters"]["n_embd"]))
+                          int(manifest["hyperparameters"]["n_embd"]), flash_attn=target.runtime.flash_attn is True)
     est = MemoryEstimate(**{f.name: old[f.name] for f in fields(MemoryEstimate)})
     gpu = est.n_gpu_layers != 0  # libmtmd runs the encoder on the GPU whenever the model uses one
     est.weights_vram += pm.weights if gpu else 0
