@@ -86,16 +86,18 @@ def check_tokenization(hf_dir: Path, gguf: Path, samples=SAMPLES) -> None:
         llm.close()
 
 
-def check_mixes(hf_dir: Path, tmp: Path, mixes=MIXES, f32: Path | None = None) -> dict[str, dict[str, str]]:
-    """Every mix from slimedge equals llama.cpp's quantizer on slimedge's F32 file; returns mix -> tensor types."""
+def check_mixes(hf_dir: Path, tmp: Path, mixes=MIXES, f32: Path | None = None,
+                options: tuple[str, ...] = ()) -> dict[str, dict[str, str]]:
+    """Every mix from slimedge equals llama.cpp's quantizer on slimedge's F32 file; returns mix -> tensor types.
+    ``options``: more ``convert`` options (e.g. ``--no-mmproj`` for a vision-language model)."""
     from tests.convert.convert_util import llama_quantize, same_tensors
 
     from slimedge.quant.mixes import MIXES as ALL
 
-    f32 = f32 or convert(hf_dir, tmp / "mix-f32.gguf", "F32")
+    f32 = f32 or convert(hf_dir, tmp / "mix-f32.gguf", "F32", *options)
     out = {}
     for mix in mixes:
-        ours = convert(hf_dir, tmp / f"ours-{mix}.gguf", mix)
+        ours = convert(hf_dir, tmp / f"ours-{mix}.gguf", mix, *options)
         theirs = llama_quantize(f32, tmp / f"llama-{mix}.gguf", ALL[mix][0])
         out[mix] = same_tensors(ours, theirs)
         ours.unlink()

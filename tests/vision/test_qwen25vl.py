@@ -234,6 +234,34 @@ def test_text_tower_metadata_and_names():
 # ---- slow: against transformers and llama.cpp -----------------------------------------------------------------
 
 @pytest.mark.slow
+def test_text_tokenizer_mixes_and_stops(qwen25vl, tmp_path):
+    """The text GGUF as every family's: tokenization, llama-quantize's mixes, end of generation; and the vision
+    markers libmtmd puts around an image are single special tokens there."""
+    import llama_cpp
+    from transformers import AutoTokenizer
+
+    from tests.family_checks import (
+        check_generation_stops,
+        check_mixes,
+        check_tokenization,
+        convert,
+        eog_ids,
+    )
+
+    f32 = convert(qwen25vl, tmp_path / "f32.gguf", "f32", "--no-mmproj")
+    check_tokenization(qwen25vl, f32)
+    check_mixes(qwen25vl, tmp_path, mixes=("Q4_K_M", "Q8_0", "Q4_0"), f32=f32, options=("--no-mmproj",))
+    check_generation_stops(convert(qwen25vl, tmp_path / "q4.gguf", "Q4_K_M", "--no-mmproj"), eog_ids(qwen25vl))
+    marked = "".join(VISION_TOKENS[:3])
+    llm = llama_cpp.Llama(model_path=str(f32), vocab_only=True, verbose=False)
+    try:
+        got = llm.tokenize(marked.encode(), add_bos=False, special=True)
+    finally:
+        llm.close()
+    assert got == AutoTokenizer.from_pretrained(qwen25vl).encode(marked, add_special_tokens=False) and len(got) == 3
+
+
+@pytest.mark.slow
 def test_text_logits_match_transformers(qwen25vl, tmp_path):
     import torch
     from transformers import AutoConfig, Qwen2_5_VLForConditionalGeneration
@@ -241,7 +269,7 @@ def test_text_logits_match_transformers(qwen25vl, tmp_path):
     from tests.convert.convert_util import llama_logits, rel_err, sample_tokens
     from tests.family_checks import TOL, convert
 
-    out = convert(qwen25vl, tmp_path / "text.gguf", "f32")
+    out = convert(qwen25vl, tmp_path / "text.gguf", "f32", "--no-mmproj")
     assert mmproj_kv(out)["qwen2vl.attention.layer_norm_rms_epsilon"] == pytest.approx(1e-6)  # as HF's config
     # llama.cpp's qwen2vl loader (this pinned version) reads no rms eps key: its RMSNorms add 0. The reference
     # does the same; with the file's 1e-6 the tiny model's O(0.1) activations differ by 5.6e-4 (measured), a

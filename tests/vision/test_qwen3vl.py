@@ -26,6 +26,7 @@ import pytest
 from slimedge.errors import SlimedgeError
 from tests.arch.arch_kit import FakeSource, random_weights
 from tests.vision.test_qwen25vl import (
+    VISION_TOKENS,
     chat_about_image,
     qwen_vl_tokenizer,
     save_random_vlm,
@@ -202,6 +203,34 @@ def test_text_tower_metadata():
 # ---- slow: against transformers and llama.cpp -----------------------------------------------------------------
 
 @pytest.mark.slow
+def test_text_tokenizer_mixes_and_stops(qwen3vl, tmp_path):
+    """The text GGUF as every family's: tokenization, llama-quantize's mixes, end of generation; and the vision
+    markers libmtmd puts around an image are single special tokens there."""
+    import llama_cpp
+    from transformers import AutoTokenizer
+
+    from tests.family_checks import (
+        check_generation_stops,
+        check_mixes,
+        check_tokenization,
+        convert,
+        eog_ids,
+    )
+
+    f32 = convert(qwen3vl, tmp_path / "f32.gguf", "f32", "--no-mmproj")
+    check_tokenization(qwen3vl, f32)
+    check_mixes(qwen3vl, tmp_path, mixes=("Q4_K_M", "Q8_0", "Q4_0"), f32=f32, options=("--no-mmproj",))
+    check_generation_stops(convert(qwen3vl, tmp_path / "q4.gguf", "Q4_K_M", "--no-mmproj"), eog_ids(qwen3vl))
+    marked = "".join(VISION_TOKENS[:3])
+    llm = llama_cpp.Llama(model_path=str(f32), vocab_only=True, verbose=False)
+    try:
+        got = llm.tokenize(marked.encode(), add_bos=False, special=True)
+    finally:
+        llm.close()
+    assert got == AutoTokenizer.from_pretrained(qwen3vl).encode(marked, add_special_tokens=False) and len(got) == 3
+
+
+@pytest.mark.slow
 def test_text_logits_match_transformers(qwen3vl, tmp_path):
     import torch
     from transformers import Qwen3VLForConditionalGeneration
@@ -209,7 +238,7 @@ def test_text_logits_match_transformers(qwen3vl, tmp_path):
     from tests.convert.convert_util import llama_logits, rel_err, sample_tokens
     from tests.family_checks import TOL, convert
 
-    out = convert(qwen3vl, tmp_path / "text.gguf", "f32")
+    out = convert(qwen3vl, tmp_path / "text.gguf", "f32", "--no-mmproj")
     assert not [t for t in mmproj_types(out) if t.startswith(("v.", "mm."))]
     tokens = sample_tokens(1000, bos=None)
     model = Qwen3VLForConditionalGeneration.from_pretrained(qwen3vl, dtype=torch.float32).eval()
