@@ -3,7 +3,8 @@
 
 The text model is a Llama (``text_config``, which ``slimedge.source.hf`` merges into the config) stored under
 ``model.text_model.``; it converts exactly as ``llama.Llama`` once that prefix becomes ``model.`` (as llama.cpp's
-converter strips ``text_model.``). The vision tower (``model.vision_model.``) and the pixel-shuffle connector
+converter strips ``text_model.``; SmolVLM2's missing ``num_attention_heads`` is Llama's default 32, as there). The
+vision tower (``model.vision_model.``) and the pixel-shuffle connector
 (``model.connector.``) are left out here: ``slimedge.arch.vision.idefics3`` writes them as the mmproj.
 """
 
@@ -25,6 +26,10 @@ class _TextView:
 
 class SmolVLMText(Llama):
     hf_names = ("SmolVLMForConditionalGeneration", "Idefics3ForConditionalGeneration")
+
+    def __init__(self, config: dict, hf_arch: str):
+        # SmolVLM2's config.json leaves num_attention_heads at transformers' Llama default out (llama.cpp fills it)
+        super().__init__({"num_attention_heads": 32, **config}, hf_arch)
 
     def tensors(self, source):
         refs, vision = {}, 0
