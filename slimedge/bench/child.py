@@ -145,7 +145,8 @@ def run_embed(job: dict) -> dict:
 
 
 def run_load(job: dict) -> dict:
-    """Load the model and decode a few tokens (an embedding model: embed them): proves llama.cpp accepts the file."""
+    """Load the model and decode a few tokens (an embedding model: embed them): proves llama.cpp accepts the file;
+    with ``job["mmproj"]``, libmtmd loads that vision projector against it too."""
     from .embed import is_embedding
 
     llm = _open(job)
@@ -156,6 +157,15 @@ def run_load(job: dict) -> dict:
         llm.embed("Hello, world")
     else:
         llm.eval(toks)
+    if job.get("mmproj"):  # a vision projector: libmtmd loads it against this model (it checks the pair's width)
+        import llama_cpp.mtmd_cpp as mtmd
+
+        params = mtmd.mtmd_context_params_default()
+        params.use_gpu, params.n_threads, params.print_timings = job.get("n_gpu_layers", 0) != 0, job["n_threads"], False
+        ctx = mtmd.mtmd_init_from_file(str(job["mmproj"]).encode(), llm.model, params)
+        if not ctx:
+            raise RuntimeError(f"libmtmd cannot load the vision projector {job['mmproj']} with this model")
+        mtmd.mtmd_free(ctx)
     return {"n_vocab": llm.n_vocab(), "n_tokens": len(toks), "n_ctx_train": llm._model.n_ctx_train(),
             "peak_rss_bytes": peak_rss_bytes()}
 

@@ -6,7 +6,8 @@ as a warning-level problem; the ``bench/`` folder, where devices add measurement
 GGUF's header reads; each LoRA adapter (role ``adapter``) is one for the model's architecture whose pairs fit
 the model's tensors; a vision projector (role ``mmproj``) is an mmproj GGUF whose embedding width (and, when
 slimedge wrote both, identity keys) match the model's; a speculative draft (role ``draft``) shares the model's vocabulary; and — unless ``load=False`` — a fresh
-llama.cpp process loads the model (each GGUF of a release folder) and decodes a few tokens. A ``.tar.gz`` is unpacked safely
+llama.cpp process loads the model (each GGUF of a release folder) and decodes a few tokens (libmtmd loading the
+vision projector against it, when the bundle has one). A ``.tar.gz`` is unpacked safely
 into a temp folder first (see :mod:`slimedge.bundle.archive`).
 """
 
@@ -86,13 +87,13 @@ def read_any_manifest(folder: Path) -> dict:
     return read_release(folder) if fmt == RELEASE_FORMAT else read_manifest(folder)
 
 
-def check_loads(model: Path, report: VerifyReport) -> None:
+def check_loads(model: Path, report: VerifyReport, mmproj: Path | None = None) -> None:
     from ..bench.process import run_child
     from ..gguf_info import read_info
 
     read_info(model)  # header problems get a precise message before llama.cpp runs
     r = run_child({"kind": "load", "model": str(model), "n_ctx": 256, "n_batch": 64, "n_ubatch": 64,
-                   "n_threads": 2, "n_gpu_layers": 0}, timeout=600)
+                   "n_threads": 2, "n_gpu_layers": 0, "mmproj": None if mmproj is None else str(mmproj)}, timeout=600)
     report.loaded, report.n_vocab = True, r["n_vocab"]
 
 
@@ -130,7 +131,8 @@ def verify_bundle(path: str | Path, *, load: bool = True, raise_on_problem: bool
     drafted = [manifest["draft"]["file"]] if manifest.get("draft") is not None and report.ok else []
     for model in models_of(manifest) + drafted if report.ok and load else []:
         try:
-            check_loads(path / model, report)
+            mmproj = manifest["mmproj"]["file"] if model == manifest.get("model") and manifest.get("mmproj") else None
+            check_loads(path / model, report, None if mmproj is None else path / mmproj)
         except SlimedgeError as exc:
             msg = str(exc)
             report.problems.append(msg if model in msg else f"{path / model}: {msg}")

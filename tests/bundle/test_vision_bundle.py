@@ -241,3 +241,15 @@ def test_chat_attaches_images_with_slash_image(vbundle, tmp_path):
     line = next(x for x in r.stderr.splitlines() if x.startswith("run: image"))  # one line; the chat goes on
     assert "notes.png' is not an image" in line
     assert r.stdout.count("> ") >= 4  # the prompts of every turn were shown (the bad image did not end the chat)
+
+
+@pytest.mark.slow
+def test_verify_loads_the_pair_through_libmtmd(vbundle, tmp_path):
+    from slimedge.bench.process import run_child
+
+    rep = verify_bundle(vbundle)  # the model decodes, libmtmd loads the projector against it
+    assert rep.ok and rep.loaded
+    job = {"kind": "load", "model": str(vbundle / "model.gguf"), "n_ctx": 256, "n_batch": 64, "n_ubatch": 64,
+           "n_threads": 2, "n_gpu_layers": 0, "mmproj": str(tmp_path / "missing.gguf")}
+    with pytest.raises(SlimedgeError, match="libmtmd cannot load the vision projector"):
+        run_child(job, timeout=300)
