@@ -199,7 +199,9 @@ def convert_mmproj(model_dir: str | Path, out: str | Path, mmproj_type: str = "f
     t0 = time.monotonic()
     _, ftype = parse_type(mmproj_type)
     out = check_output_path(Path(out), overwrite)
-    source, proj, tensors, types = _mapped(Path(model_dir), mmproj_type)
+    from .source.hub import resolve_source
+
+    source, proj, tensors, types = _mapped(resolve_source(model_dir), mmproj_type)  # a folder or a cached Hub id
     dtypes = ",".join(sorted({ref.dtype for ref in source.tensors.values()}))
     kv = [KV(Keys.General.TYPE, "mmproj", STR), KV(Keys.General.NAME, source.name, STR),
           KV("slimedge.version", __version__, STR), KV("slimedge.source.architecture", proj.hf_arch, STR),
