@@ -4,8 +4,9 @@ Human output: header line, metadata (long arrays shortened), tensor table (name,
 order, type, bytes, bits per weight; with ``--stats`` min/max/mean/std/rms of the dequantized
 values), per-type totals, parameters, size and bits per weight. ``--json`` prints the same as one
 JSON object (arrays longer than 64 items shortened unless ``--full``). The ``kind`` says what the file is (model,
-mmproj, adapter, embedding); for a model or a vision projector, the GGUFs beside it that pair with it are named
-(``pairs_with``: a projector whose width and identity fit the model, :func:`slimedge.bundle.projector.pairing_problem`).
+mmproj, adapter, embedding); for a model, a vision projector or a LoRA adapter, the GGUFs beside it that pair with
+it are named (``pairs_with``: a projector whose width and identity fit the model, an adapter whose pairs fit its
+tensors: :func:`slimedge.bundle.projector.pairing_problem`, :func:`slimedge.bundle.adapters.pairing_problem`).
 """
 
 from __future__ import annotations
@@ -89,36 +90,54 @@ def mmproj_info(info: GGUFInfo) -> dict | None:
             "text_arch": m.get(TEXT_ARCH)}
 
 
+def kind_of(info: GGUFInfo) -> str:
+    """What a GGUF is: ``adapter``, ``embedding``, ``mmproj`` or ``model`` (or its own ``general.type``)."""
+    if adapter_info(info):
+        return "adapter"
+    if embedding_info(info):
+        return "embedding"
+    return "mmproj" if mmproj_info(info) else str(info.metadata.get("general.type") or "model")
+
+
+def _pairs(model, other, other_kind: str) -> bool:
+    from ..bundle import adapters, projector
+
+    check = projector.pairing_problem if other_kind == "mmproj" else adapters.pairing_problem
+    return check(model, other) is None
+
+
 def pairs_with(info: GGUFInfo, limit: int = 32) -> list[str]:
-    """The GGUFs in the same folder that pair with this one: its vision projectors (for a model) or the models
-    it projects for (for an mmproj). Headers only; at most ``limit`` files looked at."""
+    """The GGUFs in the same folder that pair with this one: for a model, the vision projectors and LoRA adapters
+    that fit it; for an mmproj or an adapter, the models it fits (``slimedge.bundle.projector`` /
+    ``slimedge.bundle.adapters`` pairing checks). Headers only; at most ``limit`` files looked at."""
     from pathlib import Path
 
-    from ..bundle.projector import pairing_problem
-
-    me = Path(info.path)
-    mine_is_mmproj = mmproj_info(info) is not None
-    if not mine_is_mmproj and (adapter_info(info) or embedding_info(info)):
+    me, mine = Path(info.path), kind_of(info)
+    if mine not in ("model", "mmproj", "adapter"):
         return []
     out = []
     for other in sorted(me.parent.glob("*.gguf"))[:limit]:
         if other.resolve() == me.resolve():
             continue
         try:
-            other_is_mmproj = read_info(other).metadata.get("general.architecture") == "clip"
-            if other_is_mmproj != mine_is_mmproj and not (
-                    pairing_problem(other, me) if mine_is_mmproj else pairing_problem(me, other)):
-                out.append(other.name)
+            theirs = kind_of(read_info(other))
+            if mine == "model" and theirs in ("mmproj", "adapter"):
+                ok = _pairs(me, other, theirs)
+            elif mine in ("mmproj", "adapter") and theirs == "model":
+                ok = _pairs(other, me, mine)
+            else:
+                ok = False
         except Exception:  # noqa: BLE001 - a damaged neighbour is not this file's problem
-            continue
+            ok = False
+        if ok:
+            out.append(other.name)
     return out
 
 
 def to_json(info: GGUFInfo, stats: dict | None = None, full: bool = False) -> dict:
     adapter, embedding, mmproj = adapter_info(info), embedding_info(info), mmproj_info(info)
     return {
-        "kind": ("adapter" if adapter else "embedding" if embedding else "mmproj" if mmproj
-                 else str(info.metadata.get("general.type") or "model")),
+        "kind": kind_of(info),
         **({"adapter": adapter} if adapter else {}),
         **({"embedding": embedding} if embedding else {}),
         **({"mmproj": mmproj} if mmproj else {}),

@@ -253,3 +253,26 @@ def test_verify_loads_the_pair_through_libmtmd(vbundle, tmp_path):
            "n_threads": 2, "n_gpu_layers": 0, "mmproj": str(tmp_path / "missing.gguf")}
     with pytest.raises(SlimedgeError, match="libmtmd cannot load the vision projector"):
         run_child(job, timeout=300)
+
+
+def test_inspect_pairs_adapters_with_their_base(tmp_path):
+    """inspect's pairing covers LoRA adapters too: an adapter names the model beside it that it fits, and not a
+    model of another architecture/shape (the vision pair of this module's fixture)."""
+    from tests.factory import cached_hf_model
+    from tests.lora.helpers import make_adapter
+
+    from slimedge.adapter import convert_adapter
+    from slimedge.cli import main
+    from slimedge.convert import convert
+    from slimedge.quant.mixes import QuantSpec
+
+    base = cached_hf_model(arch="llama")
+    convert(base, tmp_path / "base.gguf", QuantSpec("F16"))
+    convert_adapter(make_adapter(base, tmp_path / "peft"), base, tmp_path / "adapter.gguf", "f16")
+    convert(cached_hf_model(arch="qwen3"), tmp_path / "other.gguf", QuantSpec("F16"))
+    d = json.loads(CliRunner().invoke(main, ["inspect", str(tmp_path / "adapter.gguf"), "--json"]).output)
+    assert d["kind"] == "adapter" and d["pairs_with"] == ["base.gguf"]
+    d = json.loads(CliRunner().invoke(main, ["inspect", str(tmp_path / "base.gguf"), "--json"]).output)
+    assert d["kind"] == "model" and d["pairs_with"] == ["adapter.gguf"]
+    d = json.loads(CliRunner().invoke(main, ["inspect", str(tmp_path / "other.gguf"), "--json"]).output)
+    assert d["pairs_with"] == []
