@@ -8,7 +8,10 @@ calibration text, and the number of positions summed. ``output.weight`` only wit
 (transformers' fused experts: Mixtral, Qwen3-MoE): the router ``ffn_gate_inp`` like a dense layer, and
 per expert — llama.cpp counts each expert's rows separately — ``ffn_gate_exps``/``ffn_up_exps`` the
 hidden states of the tokens routed to it, ``ffn_down_exps`` act(gate x) * up x recomputed with that
-expert's weights; an expert no token reached keeps count 0.
+expert's weights; an expert no token reached keeps count 0. Experts without a gate (Nemotron-H's squared-ReLU
+``up_proj`` / ``down_proj``: ``ffn_up_exps`` / ``ffn_down_exps``): up sees the routed hidden states, down act(up x).
+Nemotron 3 Super's latent experts: ``ffn_latent_down`` sees the block's input, the experts its output (the latent
+states), ``ffn_latent_up`` the experts' weighted sum — what llama.cpp's graph feeds each product.
 
 How the text is cut (llama-imatrix's way): tokenize it once (BOS first when the model's tokenizer adds
 one, i.e. the converted GGUF's ``add_bos_token``), cut the tokens into ``len // ctx`` chunks of ``ctx``
@@ -255,18 +258,31 @@ def _module_for(modules: dict, t: Target, src):
     return m
 
 
+def _first(mod):
+    """An experts module's first stacked matrix: ``gate_up_proj`` (gated experts), else ``up_proj`` (experts without
+    a gate, as Nemotron-H's squared-ReLU ones); None when the module holds no 3-D one."""
+    import torch
+
+    for name in ("gate_up_proj", "up_proj"):
+        w = getattr(mod, name, None)
+        if isinstance(w, torch.Tensor) and w.ndim == 3:
+            return w
+    return None
+
+
 def _experts_for(modules: dict, t: Target, src):
-    """Layer ``t.layer``'s fused experts module (3-D ``gate_up_proj`` and ``down_proj``, as transformers'
-    Mixtral / Qwen3-MoE hold them; forward(hidden_states, top_k_index, top_k_weights))."""
+    """Layer ``t.layer``'s fused experts module (3-D ``gate_up_proj`` — or ``up_proj`` for experts without a gate —
+    and ``down_proj``, as transformers' Mixtral / Qwen3-MoE / Nemotron-H hold them;
+    forward(hidden_states, top_k_index, top_k_weights))."""
     import torch
 
     key = f"layers.{t.layer}."
-    found = [(n, m) for n, m in modules.items() if key in n
-             and isinstance(getattr(m, "gate_up_proj", None), torch.Tensor) and m.gate_up_proj.ndim == 3
+    found = [(n, m) for n, m in modules.items() if key in n and _first(m) is not None
              and isinstance(getattr(m, "down_proj", None), torch.Tensor) and m.down_proj.ndim == 3]
-    if len(found) != 1 or found[0][1].gate_up_proj.shape[0] != t.n_mat:
+    if len(found) != 1 or _first(found[0][1]).shape[0] != t.n_mat:
         raise SlimedgeError(f"{src}: cannot find the {t.n_mat} experts of {t.gguf} in the transformers model "
-                            f"(expected one module with 3-D gate_up_proj and down_proj in layer {t.layer})")
+                            f"(expected one module with 3-D gate_up_proj or up_proj, and down_proj, in layer "
+                            f"{t.layer})")
     return found[0]
 
 
@@ -274,13 +290,16 @@ def _expert_hidden(mod, e: int, xe):
     """Expert ``e``'s input to its down projection for tokens ``xe``, as the module computes it: its layout
     flags (transformers' ``is_transposed``, ``has_bias``: gpt-oss stores ``gate_up_proj[e]`` [n_embd, 2·n_ff]
     with a bias, Mixtral / Qwen3-MoE [2·n_ff, n_embd]) and its gate (``_apply_gate``: act(gate) * up, or
-    gpt-oss's clamped GLU over interleaved gate/up)."""
+    gpt-oss's clamped GLU over interleaved gate/up); experts without a gate (``up_proj`` only): act(up x)."""
     import torch
 
-    w = mod.gate_up_proj[e].float()
+    gated = isinstance(getattr(mod, "gate_up_proj", None), torch.Tensor)
+    w = _first(mod)[e].float()
     gu = xe @ w if getattr(mod, "is_transposed", False) else torch.nn.functional.linear(xe, w)
     if getattr(mod, "has_bias", False):
-        gu = gu + mod.gate_up_proj_bias[e].float()
+        gu = gu + getattr(mod, "gate_up_proj_bias" if gated else "up_proj_bias")[e].float()
+    if not gated:
+        return mod.act_fn(gu).float()
     if hasattr(mod, "_apply_gate"):
         return mod._apply_gate(gu).float()
     g, u = gu.chunk(2, dim=-1)
@@ -314,7 +333,7 @@ def _install_hooks(model, wanted: list[Target], dev, src):
         def pre(mod, args):
             x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
             idx = args[1].reshape(x.shape[0], -1)
-            for e in range(mod.gate_up_proj.shape[0]):
+            for e in range(_first(mod).shape[0]):
                 sel = idx == e
                 n = int(sel.sum())
                 if n == 0:
