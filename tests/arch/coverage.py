@@ -78,7 +78,7 @@ def classify(llama_cpp: dict[str, str]) -> dict[str, list[tuple[str, str, str]]]
     for name, module in sorted(llama_cpp.items()):
         cls = _REGISTRY.get(name)
         if cls is not None:
-            rows["converted"].append((name, module, f"{cls.__module__}.{cls.__qualname__}"))
+            rows["converted"].append((name, module, _detail(cls)))
             continue
         why = next((reason for pattern, reason in REFUSED if re.search(pattern, name)), None)
         rows["refused" if why else "missing"].append((name, module, why or ""))
@@ -86,6 +86,24 @@ def classify(llama_cpp: dict[str, str]) -> dict[str, list[tuple[str, str, str]]]
         cls = _REGISTRY[name]
         rows["extra"].append((name, "-", f"{cls.__module__}.{cls.__qualname__} (not in llama.cpp's list)"))
     return rows
+
+
+def _detail(cls) -> str:
+    """The class and the GGUF architecture it writes, with any variant that the class picks from config.json (a
+    subclass registering no HF name of its own: Nemotron-H's MoE blocks make ``nemotron_h_moe``)."""
+    def subclasses(c):
+        for s in c.__subclasses__():
+            yield s
+            yield from subclasses(s)
+
+    from gguf import MODEL_ARCH_NAMES
+
+    def one(c) -> str:
+        arch = getattr(c, "gguf_arch", None)
+        return f"{c.__module__}.{c.__qualname__}" + (f" -> {MODEL_ARCH_NAMES.get(arch, arch)}" if arch else "")
+
+    variants = [one(s) for s in subclasses(cls) if "hf_names" in vars(s) and not s.hf_names]
+    return one(cls) + "".join(f"; by config.json {v}" for v in variants)
 
 
 def report(llama_cpp: dict[str, str], source: str) -> str:
