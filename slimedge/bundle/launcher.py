@@ -385,6 +385,9 @@ def serve(model: Path, rt: dict, *, alias: str, host: str = "127.0.0.1", port: i
     remote URLs with ``allow_remote_images``). Raises :class:`ServeError` for a user error.
     """
     check_host(host, api_key)
+    if mmproj is not None and not has_template and not embedding:
+        raise ServeError(f"{model} has no chat template, which places images in the prompt: serve it without "
+                         "its vision projector, or add a template")
     guard = load_guard()
     lim = guard.Limits(**{k: v for k, v in (limits or {}).items() if v is not None})
     if min(lim) < 1:
@@ -598,6 +601,8 @@ def main(argv=None) -> int:
     emb = man.get("embedding")
     if args.image and not args.mmproj:
         sys.exit("run: --image needs a bundle with a vision projector (slimedge build VLM_DIR, or --mmproj FILE)")
+    if args.image and not man.get("chat_template"):
+        sys.exit("run: the model has no chat template, which places the image in the prompt; --image needs one")
     if args.image:
         vision = load_sibling("vision_runtime")
         try:
