@@ -1,4 +1,5 @@
-"""The language model of Qwen2.5-VL (``Qwen2_5_VLForConditionalGeneration``) → GGUF architecture ``qwen2vl``.
+"""The language model of Qwen2.5-VL (``Qwen2_5_VLForConditionalGeneration``) and Qwen2-VL
+(``Qwen2VLForConditionalGeneration``) → GGUF architecture ``qwen2vl``.
 
 Qwen2's tensors (q/k/v biases, neox rope: no q/k permutation) under llama.cpp's ``qwen2vl`` architecture,
 whose rope is multi-section (M-RoPE): each head's rotary pairs are split into time/height/width sections
@@ -7,7 +8,7 @@ get 2-D positions from libmtmd, text tokens the same position in every section (
 
 Checkpoint layouts: the Hub's (``model.layers.*``, ``visual.*``) and transformers 5's wrapper names
 (``model.language_model.*``, ``model.visual.*``, :func:`text_view`). The vision tower (``visual.*``) is not
-part of this file: :mod:`slimedge.arch.vision.qwen25vl` writes it as the mmproj beside it.
+part of this file: :mod:`slimedge.arch.vision.qwen25vl` / ``qwen2vl`` write it as the mmproj beside it.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ def mrope_sections(arch) -> list[KV]:
 
 
 class Qwen25VLText(Qwen2):
-    hf_names = ("Qwen2_5_VLForConditionalGeneration",)
+    hf_names = ("Qwen2_5_VLForConditionalGeneration", "Qwen2VLForConditionalGeneration")
     gguf_arch = MODEL_ARCH.QWEN2VL
 
     def __init__(self, config: dict, hf_arch: str):

@@ -89,7 +89,7 @@ def indexed_mm_name(proj: Projector, name: str, index_of) -> str:
     return new
 
 
-def _mlp_index(hf: str) -> int:
+def mlp_index(hf: str) -> int:
     """``visual.merger.mlp.<i>.weight`` -> i."""
     return int(hf.split(".merger.mlp.", 1)[1].split(".", 1)[0])
 
@@ -146,4 +146,4 @@ class Qwen25VLProjector(Projector):
             return conv3d_as_two_conv2d(self, name, ref)
         if ".attn_qkv." in name:
             return split_qkv(self, name, ref, int(name.split(".")[2]))
-        return super().out_tensors(indexed_mm_name(self, name, _mlp_index), ref)
+        return super().out_tensors(indexed_mm_name(self, name, mlp_index), ref)
