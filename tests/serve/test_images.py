@@ -208,11 +208,16 @@ def test_served_bundle_answers_image_urls_and_refuses_hostile_ones(vision_bundle
 
 
 @pytest.mark.slow
-def test_slimedge_serve_gguf_with_mmproj(vision_bundle, start_server):
+def test_slimedge_serve_gguf_with_mmproj(vision_bundle, start_server, http_images):
     srv = start_server([sys.executable, "-m", "slimedge", "serve", str(vision_bundle / "model.gguf"), "--mmproj",
-                        str(vision_bundle / "mmproj.gguf"), "--threads", "2"])
+                        str(vision_bundle / "mmproj.gguf"), "--threads", "2", "--allow-remote-images"])
     status, body = request(srv.port, "/v1/chat/completions", chat(data_url(png_bytes())))
     assert status == 200 and body["choices"][0]["message"]["role"] == "assistant", body
+    with_data_url = body["usage"]["prompt_tokens"]
+    status, body = request(srv.port, "/v1/chat/completions", chat(f"{http_images}/ok.png"))  # fetched: allowed
+    assert status == 200 and body["usage"]["prompt_tokens"] == with_data_url, body
+    status, body = request(srv.port, "/v1/chat/completions", chat(f"{http_images}/page.html"))
+    assert status == 400 and "is not an image" in json.loads(body)["error"]["message"]
     status, body = request(srv.port, "/v1/chat/completions", chat("/etc/hostname"))
     assert status == 400 and "start the server with --image-dir" in json.loads(body)["error"]["message"]
 
