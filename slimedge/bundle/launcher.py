@@ -212,13 +212,7 @@ def flash_attn_name(rt: dict) -> str:
 def one_shot(llm, args) -> None:
     n = 0
     if args.image:  # a chat turn with the images (the model's template places libmtmd's image tokens)
-        r = llm.create_chat_completion(messages=[load_sibling("vision_runtime").user_message(args.prompt, args.image)],
-                                       max_tokens=args.max_tokens, temperature=args.temp)
-        print(r["choices"][0]["message"]["content"])
-        u = r["usage"]
-        print(f"[{u['completion_tokens']} tokens; prompt {u['prompt_tokens']} tokens with {len(args.image)} "
-              "image(s)]", file=sys.stderr)
-        return
+        return load_sibling("vision_runtime").ask(llm, args.prompt, args.image, args.max_tokens, args.temp)
     for chunk in llm(args.prompt, max_tokens=args.max_tokens, temperature=args.temp, stream=True):
         choice = chunk["choices"][0]
         sys.stdout.write(choice["text"])
@@ -243,11 +237,7 @@ def chat(llm, args, has_template: bool) -> None:
             break
         if not user:
             break
-        if vision and user.startswith("/image "):
-            try:
-                images.append(vision.data_url(vision.ImagePolicy().read_file(user[7:].strip())))
-            except vision.ImageError as exc:
-                print(f"run: {exc}", file=sys.stderr)
+        if vision and vision.attach(user, images):  # a "/image PATH" line: the image waits for the next turn
             continue
         messages.append(vision.user_message(user, images) if vision else {"role": "user", "content": user})
         images = []
@@ -604,10 +594,9 @@ def main(argv=None) -> int:
     if args.image and not man.get("chat_template"):
         sys.exit("run: the model has no chat template, which places the image in the prompt; --image needs one")
     if args.image:
-        vision = load_sibling("vision_runtime")
         try:
-            args.image = [vision.data_url(vision.ImagePolicy().read_file(i)) for i in args.image]
-        except vision.ImageError as exc:
+            args.image = load_sibling("vision_runtime").read_images(args.image)
+        except ValueError as exc:
             sys.exit(f"run: {exc}")
     if emb and (args.chat or args.prompt is not None or args.bench):
         sys.exit(f"run: {man.get('name', 'this model')} is an embedding model: use --embed TEXT, or --serve for "

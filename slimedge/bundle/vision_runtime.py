@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import binascii
 import struct
+import sys
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -215,3 +216,30 @@ def user_message(text: str, images) -> dict:
         return {"role": "user", "content": text}
     return {"role": "user", "content": [{"type": "image_url", "image_url": {"url": u}} for u in images]
             + [{"type": "text", "text": text}]}
+
+
+def read_images(paths) -> list:
+    """Local image files (``run --image``) as checked data URLs; :class:`ImageError` for the first bad one."""
+    return [data_url(ImagePolicy().read_file(p)) for p in paths]
+
+
+def attach(line: str, images: list) -> bool:
+    """``run --chat``: a ``/image PATH`` line appends the image to ``images`` (a bad one is one line on stderr);
+    False for any other line."""
+    if not line.startswith("/image "):
+        return False
+    try:
+        images.extend(read_images([line[len("/image "):].strip()]))
+    except ImageError as exc:
+        print(f"run: {exc}", file=sys.stderr)
+    return True
+
+
+def ask(llm, prompt: str, images: list, max_tokens: int, temperature: float) -> None:
+    """``run --image``: one chat turn of ``images`` and ``prompt``; prints the answer, then its token counts."""
+    r = llm.create_chat_completion(messages=[user_message(prompt, images)], max_tokens=max_tokens,
+                                   temperature=temperature)
+    print(r["choices"][0]["message"]["content"])
+    u = r["usage"]
+    print(f"[{u['completion_tokens']} tokens; prompt {u['prompt_tokens']} tokens with {len(images)} image(s)]",
+          file=sys.stderr)
