@@ -14,7 +14,10 @@ Steps (each artifact cached under the cache folder, keyed by everything it depen
    tune the teacher's imatrix Q4_K_M and the student's Q4_K_M against the teacher (:func:`slimedge.tune.tune`:
    block scales learned, same size);
 5. benchmark the four GGUFs through llama.cpp (:func:`slimedge.bench.run_bench`): generation speed,
-   held-out perplexity, and KL divergence / top-1 agreement against the F16 teacher;
+   held-out perplexity, and KL divergence / top-1 agreement against the F16 teacher; and the F16 teacher with a
+   draft distilled for acceptance (:func:`slimedge.distill.draft.make_draft`, one layer, Q8_0): greedy decoding
+   of held-out prompts with and without it (:func:`slimedge.distill.draft.measure`); its row has the teacher's
+   quality (the same tokens, checked) and the baseline's speed times the measured ratio;
 6. write the table (:mod:`slimedge.demo.table`) as Markdown and JSON into the output folder.
 
 Only step 5 runs every time (speed is measured, never cached); the rest is reused when present.
@@ -28,6 +31,7 @@ import logging
 import os
 import platform
 import time
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -50,6 +54,7 @@ ROWS = (  # (model, technique, which GGUF)
     ("student", "distilled + {quant}", "student-quant"),
     ("student", "distilled + {quant}, tuned", "student-quant-tuned"),
 )
+SPEC_ROW = ("teacher", "F16 + distilled draft (Q8_0)")  # measured with the draft beside the baseline
 
 
 @dataclass
@@ -81,13 +86,17 @@ class DemoConfig:
     sensitivity_chunks: int = 2  # sensitivity sequences of n_ctx tokens (one forward per tensor x type)
     # --- tune (slimedge tune: block scales learned against the teacher on the training text) -------------
     tune_steps: int = 300  # optimizer steps per tuned GGUF (about 2 minutes each on 2 cores)
+    # --- speculative decoding (slimedge draft: a draft distilled on the teacher's greedy continuations) -----
+    draft_layers: int = 1  # the draft's layers (the teacher's width)
+    draft_steps: int = 30  # optimizer steps (about 40 s on 2 cores)
+    draft_prompts: int = 4  # held-out prompts decoded with and without the draft (n_gen tokens each)
 
     @classmethod
     def fast(cls, **kw) -> "DemoConfig":
         """Seconds instead of minutes: a few distill steps and a short bench (tests, smoke runs)."""
         base = dict(distill_steps=6, distill_batch=4, distill_seq_len=64, distill_chars=150_000,
                     bench_chars=12_000, n_prompt=32, n_gen=16, repeats=1, calib_chars=60_000,
-                    imatrix_chunks=8, sensitivity_chunks=1, tune_steps=4)
+                    imatrix_chunks=8, sensitivity_chunks=1, tune_steps=4, draft_steps=4, draft_prompts=2)
         base.update(kw)
         return cls(**base)
 
@@ -246,6 +255,37 @@ def _bench(path: Path, ref: Path, text: Path, cfg: DemoConfig, progress: Progres
                      n_prompt=cfg.n_prompt, n_gen=cfg.n_gen, progress=progress)
 
 
+def _draft(teacher: Path, data: Path, work: Path, teacher_f16: Path, cfg: DemoConfig, progress: Progress) -> Path:
+    """A one-layer draft distilled on the teacher's greedy continuations, at Q8_0; cached."""
+    out = work / f"draft-{_key(data.parent.name, cfg.draft_layers, cfg.draft_steps)}"
+    if (out / "draft-q8_0.gguf").is_file():
+        return out / "draft-q8_0.gguf"
+    from ..distill.draft import DraftConfig, make_draft
+
+    log.info("distilling a %d-layer draft for acceptance (%d steps)", cfg.draft_layers, cfg.draft_steps)
+    make_draft(DraftConfig(target=str(teacher), data=str(data), output=str(out), layers=cfg.draft_layers,
+                           steps=cfg.draft_steps, types=("Q8_0",), target_gguf=str(teacher_f16), eval_prompts=1,
+                           n_gen=16, threads=cfg.threads, device="cpu", overwrite=True), progress)
+    return out / "draft-q8_0.gguf"
+
+
+def _spec_row(base: Row, draft: Path, teacher: Path, held: Path, cfg: DemoConfig, progress: Progress) -> Row:
+    """The baseline decoding with the draft: measured (greedy, held-out prompts, with and without) every run."""
+    from ..distill.draft import DraftConfig, heldout_prompts, measure
+
+    prompts = heldout_prompts(DraftConfig(target=str(teacher), data=str(held), output="",
+                                          eval_prompts=cfg.draft_prompts))
+    m = measure(base.path, {"draft": draft}, prompts, n_gen=cfg.n_gen, threads=cfg.bench_threads,
+                progress=progress)["draft"]
+    nan = float("nan")
+    same = m["same_output"]  # then the tokens, and the distribution sampled from, are the teacher's
+    return dataclasses.replace(
+        base, model=SPEC_ROW[0], technique=SPEC_ROW[1], perplexity=base.perplexity if same else nan,
+        kld_mean=base.kld_mean if same else nan, top1_agreement=base.top1_agreement if same else nan,
+        gen_tps=base.gen_tps * m["speedup"], gen_tps_std=0.0, size_bytes=base.size_bytes + m["size"],
+        path=str(draft), extra={f"draft_{k}": v for k, v in m.items() if k != "gguf"})
+
+
 def _row(model: str, technique: str, path: Path, b: dict) -> Row:
     known = {"avg_ts", "stddev_ts", "perplexity", "kld_mean", "top1_agreement", "bpw", "model_n_params"}
     return Row(model=model, technique=technique, perplexity=float(b.get("perplexity") or float("nan")),
@@ -312,6 +352,9 @@ def run_demo(cfg: DemoConfig | None = None, progress: Progress = NULL_PROGRESS) 
     paths["teacher-quant-tuned"] = _tuned(paths["teacher-quant-imatrix"], teacher, train_dir, cfg, progress)
     paths["student-quant-tuned"] = _tuned(paths["student-quant"], teacher, train_dir, cfg, progress)
     lap("tune", t)
+    t = time.monotonic()
+    draft = _draft(teacher, train_dir, work, paths["teacher-f16"], cfg, progress)
+    lap("draft", t)
 
     t = time.monotonic()
     rows = []
@@ -320,6 +363,8 @@ def run_demo(cfg: DemoConfig | None = None, progress: Progress = NULL_PROGRESS) 
         log.info("benchmarking %s | %s", model, technique)
         b = _bench(paths[key], paths["teacher-f16"], held, cfg, progress)
         rows.append(_row(model, technique, paths[key], b))
+    log.info("benchmarking %s | %s", *SPEC_ROW)
+    rows.append(_spec_row(rows[0], draft, teacher, held, cfg, progress))
     lap("bench", t)
 
     teacher_report = {}

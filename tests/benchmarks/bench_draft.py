@@ -47,15 +47,17 @@ def _cache() -> Path:
 
 
 class _LogProgress:
-    """Progress as log lines (every 10th update and the last)."""
+    """Progress as log lines (at most one every 15 s per stage, and its end)."""
 
     def start(self, total, unit="", desc=""):
-        self.n, self.total, self.desc, self.t0 = 0, total, desc, time.monotonic()
+        self.n, self.total, self.desc, self.t0, self.last = 0, total, desc, time.monotonic(), 0.0
 
     def update(self, n, label="", **info):
         self.n += n
-        if self.n % 10 == 0 or self.n == self.total:
-            logging.info("%s %d/%d %s %.0f s", self.desc, self.n, self.total, label, time.monotonic() - self.t0)
+        now = time.monotonic()
+        if now - self.last >= 15 or self.n >= self.total:
+            self.last = now
+            logging.info("%s %g/%g %s %.0f s", self.desc, self.n, self.total, label, now - self.t0)
 
     def close(self):
         pass
@@ -69,7 +71,7 @@ def build_target(root: Path, a) -> tuple[Path, Path, dict]:
 
     tcfg = TeacherConfig(hidden_size=a.width, intermediate_size=a.mlp, num_hidden_layers=a.layers,
                          num_attention_heads=a.width // 64, num_key_value_heads=a.width // 128, seq_len=128,
-                         batch_size=4, steps=a.target_steps, warmup=max(1, a.target_steps // 6), lr=1e-3,
+                         batch_size=4, steps=a.target_steps, warmup=max(1, a.target_steps // 6), lr=a.target_lr,
                          eval_tokens=4096, threads=a.threads)
     hf = root / f"target-{_key(dataclasses.asdict(tcfg))}"
     if not (hf / "teacher_report.json").is_file():
@@ -92,7 +94,7 @@ def build_draft(root: Path, recipe: str, target: Path, target_gguf: Path, data: 
     out = root / f"draft-{recipe}-{_key(target.name, dataclasses.asdict(cfg))}"
     if not (out / REPORT_NAME).is_file():
         logging.info("distilling the %s draft into %s", recipe, out)
-        make_draft(dataclasses.replace(cfg, output=str(out), overwrite=True))
+        make_draft(dataclasses.replace(cfg, output=str(out), overwrite=True), _LogProgress())
     return dict(json.loads((out / REPORT_NAME).read_text()), folder=str(out))
 
 
@@ -102,6 +104,7 @@ def main() -> int:
     ap.add_argument("--mlp", type=int, default=2816)
     ap.add_argument("--layers", type=int, default=8)
     ap.add_argument("--target-steps", type=int, default=30)
+    ap.add_argument("--target-lr", type=float, default=3e-4)
     ap.add_argument("--draft-layers", type=int, default=1)
     ap.add_argument("--draft-hidden", type=int, default=None)
     ap.add_argument("--draft-steps", type=int, default=40)

@@ -36,8 +36,9 @@ def test_rows_with_sane_numbers(demo):
     assert [(r.model, r.technique) for r in rows] == [
         ("teacher", "baseline (F16)"), ("teacher", "quantized Q4_K_M"), ("teacher", "Q4_K_M + imatrix"),
         ("teacher", "auto mix (Q4_K_M size) + imatrix"), ("teacher", "Q4_K_M + imatrix, tuned"),
-        ("student", "distilled (F16)"), ("student", "distilled + Q4_K_M"), ("student", "distilled + Q4_K_M, tuned")]
-    base, quant, quant_imx, auto, tuned, student, squant, stuned = rows
+        ("student", "distilled (F16)"), ("student", "distilled + Q4_K_M"), ("student", "distilled + Q4_K_M, tuned"),
+        ("teacher", "F16 + distilled draft (Q8_0)")]
+    base, quant, quant_imx, auto, tuned, student, squant, stuned, spec = rows
     # the teacher against itself: no divergence, full agreement
     assert base.kld_mean == pytest.approx(0.0, abs=1e-4) and base.top1_agreement == pytest.approx(1.0)
     for r in rows:
@@ -57,6 +58,10 @@ def test_rows_with_sane_numbers(demo):
     # tuning learns block scales only: the same file size as the file it started from
     assert tuned.size_bytes == quant_imx.size_bytes and stuned.size_bytes == squant.size_bytes
     assert tuned.path != quant_imx.path and stuned.path != squant.path
+    # the teacher with a distilled draft: its tokens (so its quality), both files' bytes, a measured ratio
+    assert spec.extra["draft_same_output"] and spec.perplexity == base.perplexity and spec.kld_mean == base.kld_mean
+    assert spec.size_bytes > base.size_bytes and spec.extra["draft_proposed"] > 0
+    assert spec.gen_tps == pytest.approx(base.gen_tps * spec.extra["draft_speedup"])
 
 
 def test_outputs_written(demo):
@@ -66,7 +71,7 @@ def test_outputs_written(demo):
     assert doc["rows"][0]["speedup"] == 1.0 and doc["rows"][1]["smaller"] > 2.5
     assert doc["distill"]["steps"] == cfg.distill_steps and doc["wall_s"] > 0
     md = Path(res.markdown_path).read_text().splitlines()
-    assert len(md) == 10 and md[2].startswith("| teacher | baseline (F16) |")
+    assert len(md) == 11 and md[2].startswith("| teacher | baseline (F16) |")
     assert (Path(cfg.out) / "demo_table.txt").read_text() == res.text
 
 
