@@ -124,7 +124,7 @@ def test_text_logits_match_transformers(qwen2vl, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mmproj_type", ["f32", "f16"])
+@pytest.mark.parametrize("mmproj_type", ["f32", "f16", "bf16", "q8_0"])
 def test_image_embeddings_match_transformers(qwen2vl, tmp_path, mmproj_type):
     import torch
     from transformers import AutoImageProcessor, Qwen2VLForConditionalGeneration
