@@ -5,9 +5,10 @@ parameters, gpt-oss's interleaved gate/up), hybrid (Qwen3.5's regrouped linear-a
 The sensitivities quantize the transformers weight in place of the GGUF tensor
 (:mod:`slimedge.calib.hf_weights`); that is right only if the torch tensor holds exactly the GGUF tensor's
 rows. The first test proves it against slimedge's F32 GGUF, row multiset by row multiset; the slow one runs
-``slimedge convert --type auto --target-size Q4_K_M`` end to end and runs the result in llama.cpp (MoE and hybrid; Gemma 3n/4's KV sharing makes partial forwards impossible, so their sensitivities
-fall back to whole forwards, over 10 minutes on two shared cores for the tiny models: not run here; their
-tensor map is covered by the first test).
+``slimedge convert --type auto --target-size Q4_K_M`` end to end on MoE, hybrid, Gemma 3n and Gemma 4 (their
+KV-shared layers measured with exact partial forwards, :mod:`tests.calib.test_sensitivity_kv_shared`): the file
+stays within the budget, holds the types the allocation chose, and runs in llama.cpp about as close to the float
+model as llama.cpp's own mix of that size.
 """
 
 from __future__ import annotations
@@ -69,26 +70,39 @@ def test_torch_tensor_holds_the_gguf_rows(arch, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch", ["qwen2moe", "qwen35"])
+@pytest.mark.parametrize("arch", ["qwen2moe", "qwen35", "gemma3n", "gemma4"])
 def test_auto_target_size_runs_in_llama_cpp(arch, tmp_path):
     from gguf import GGUFReader
 
+    from slimedge.calib.sensitivity import auto_allocation
+    from slimedge.convert import plan
     from tests.convert.convert_util import llama_logits, rel_err, sample_tokens
 
-    src = cached_hf_model(arch=arch, kquant=True)
+    # MoE and hybrid at k-quant widths; Gemma 3n/4 as the family tests build them (22 and 6 layers, rows of 64:
+    # the 32-block candidates)
+    src = cached_hf_model(arch=arch, kquant=True) if arch in ("qwen2moe", "qwen35") else cached_hf_model(arch=arch)
     text = tmp_path / "calib.txt"
     text.write_text(" ".join(f"The {w} number {i} walks past {i * 7 % 13} red houses." for i, w in
                              enumerate(["first", "second", "third", "fourth", "fifth"] * 8)))
-    auto = convert(src, tmp_path / "auto.gguf", "auto", "--target-size", "Q4_K_M", "--calib", str(text))
+    sens = tmp_path / "sens.json"
+    auto = convert(src, tmp_path / "auto.gguf", "auto", "--target-size", "Q4_K_M", "--calib", str(text),
+                   "--sensitivity", str(sens))
     q4 = convert(src, tmp_path / "q4.gguf", "Q4_K_M")
     f32 = convert(src, tmp_path / "f32.gguf", "f32")
+
+    # the allocation again, from the sensitivities the conversion saved (nothing measured twice)
+    alloc = auto_allocation(src, text.read_text(), target_size="Q4_K_M", cache=sens)
+    planned = {t.name: t.qtype.name for t in plan(src, alloc.spec()).tensors}
+    tensors = GGUFReader(str(auto)).tensors
+    got = {t.name: t.tensor_type.name for t in tensors}
+    assert got == planned
+    assert all(got[n] == q for n, q in alloc.types.items())
+    assert len(set(alloc.types.values())) > 1, alloc.types  # a mix, not one type
 
     def data_bytes(p):
         return sum(int(t.n_bytes) for t in GGUFReader(str(p)).tensors)
 
-    assert data_bytes(auto) <= data_bytes(q4)
-    types = {t.tensor_type.name for t in GGUFReader(str(auto)).tensors}
-    assert types - {"F32"}, types  # something was quantized
+    assert data_bytes(auto) == alloc.total_bytes <= alloc.budget <= data_bytes(q4)
     n_vocab = next(int(t.shape[-1]) for t in GGUFReader(str(f32)).tensors if t.name == "token_embd.weight")
     tokens = sample_tokens(n_vocab, bos=None)
     ref = llama_logits(f32, tokens)
