@@ -212,10 +212,8 @@ static PyObject *py_repack_fp4(PyObject *self, PyObject *args) {
         goto done;
     }
     Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t r = 0; r < n_out; ++r)
-        se_fp4_repack((const uint8_t *)codes.buf + r * step * rb * n_sub * g,
-                      (const uint8_t *)scales.buf + r * step * rb * n_sub,
-                      (uint8_t *)dst.buf + r * rb * n_sub * (g + 1), rb, n_sub, g, (uint8_t)mask);
+    se_fp4_repack((const uint8_t *)codes.buf, (const uint8_t *)scales.buf, (uint8_t *)dst.buf, n_out, rb, step, n_sub,
+                  g, (uint8_t)mask);
     Py_END_ALLOW_THREADS
     result = Py_NewRef(Py_None);
 done:

@@ -79,10 +79,11 @@ int se_has_imatrix(int qtype);
 /* dequantize n values (a multiple of the block size) from src into dst */
 int se_dequantize(int qtype, const void *src, float *dst, int64_t n);
 
-/* FP4 checkpoint codes -> GGML blocks (kernels/nvfp4.c): n_blocks blocks of n_sub groups of g code bytes
- * (element 2i low nibble, 2i+1 high) and n_sub scale bytes each, into n_blocks * n_sub * (g + 1) bytes */
-void se_fp4_repack(const uint8_t *codes, const uint8_t *scales, uint8_t *dst, int64_t n_blocks, int n_sub, int g,
-                   uint8_t mask);
+/* FP4 checkpoint codes -> GGML blocks (kernels/nvfp4.c): blocks of n_sub groups of g code bytes (element 2i
+ * low nibble, 2i+1 high) and n_sub scale bytes each, in rows of row_blocks blocks; rows 0, step, 2 step, ...
+ * (n_rows of them) go to dst back to back, n_rows * row_blocks * n_sub * (g + 1) bytes */
+void se_fp4_repack(const uint8_t *codes, const uint8_t *scales, uint8_t *dst, int64_t n_rows, int64_t row_blocks,
+                   int64_t step, int n_sub, int g, uint8_t mask);
 
 /* the instruction set the multi-versioned kernels run with on this CPU ("avx2" or "baseline") */
 const char *se_isa(void);
