@@ -77,15 +77,16 @@ def qwen3vl(tmp_path_factory) -> Path:
     return _MODEL["m"]
 
 
-def hf_reference(model_dir: Path, image: np.ndarray) -> np.ndarray:
+def hf_reference(model_dir: Path, image: np.ndarray, model_class: str = "Qwen3VLForConditionalGeneration"):
     """transformers' image features on its own preprocessing of ``image``: the merger's output, then each
     DeepStack merger's, concatenated per image token (libmtmd's layout) -> float64 [tokens, hidden × 3]."""
     import torch
-    from transformers import AutoImageProcessor, Qwen3VLForConditionalGeneration
+    import transformers
+    from transformers import AutoImageProcessor
 
     inputs = AutoImageProcessor.from_pretrained(model_dir)(images=[image], return_tensors="pt")
     assert inputs["image_grid_thw"].tolist() == [[1, IMAGE_H // 16, IMAGE_W // 16]]  # not resized
-    model = Qwen3VLForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval()
+    model = getattr(transformers, model_class).from_pretrained(model_dir, dtype=torch.float32).eval()
     with torch.no_grad():
         feats = model.model.get_image_features(pixel_values=inputs["pixel_values"],
                                                image_grid_thw=inputs["image_grid_thw"])

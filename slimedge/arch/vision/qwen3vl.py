@@ -1,4 +1,5 @@
-"""Qwen3-VL's vision tower (``Qwen3VLForConditionalGeneration``) -> mmproj, llama.cpp projector ``qwen3vl_merger``.
+"""Qwen3-VL's vision tower (``Qwen3VLForConditionalGeneration`` and the MoE ``Qwen3VLMoeForConditionalGeneration``)
+-> mmproj, llama.cpp projector ``qwen3vl_merger``.
 
 The tower (``model.visual.*`` as transformers 5 saves it; ``visual.*`` too): a conv3d patch embedding with a
 bias, a learned position embedding (``pos_embed``: a ``√n × √n`` grid, bilinearly resized to the image's patch
@@ -60,7 +61,7 @@ QWEN3VL_TENSORS = [
 
 
 class Qwen3VLProjector(Projector):
-    hf_names = ("Qwen3VLForConditionalGeneration",)
+    hf_names = ("Qwen3VLForConditionalGeneration", "Qwen3VLMoeForConditionalGeneration")  # the same tower
     projector_type = "qwen3vl_merger"
     TENSORS = QWEN3VL_TENSORS
     ALIASES = QWEN_VL_ALIASES
