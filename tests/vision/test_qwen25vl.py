@@ -188,6 +188,34 @@ def test_metadata():
     assert kv["clip.vision.attention.layer_norm_epsilon"] == pytest.approx(1e-6)
 
 
+def test_released_config_shape(tmp_path):
+    """Qwen2.5-VL-3B-Instruct's config.json as released (transformers 4.x: text keys at the top, rope_scaling of type
+    "mrope"): the keys llama.cpp reads from both files."""
+    from slimedge.arch import get_arch
+    from slimedge.arch.vision import get_projector
+    from slimedge.source.hf import load_config
+
+    vision = {"depth": 32, "hidden_act": "silu", "hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16,
+              "in_chans": 3, "out_hidden_size": 2048, "patch_size": 14, "spatial_merge_size": 2,
+              "spatial_patch_size": 14, "window_size": 112, "fullatt_block_indexes": [7, 15, 23, 31],
+              "tokens_per_second": 2, "temporal_patch_size": 2}
+    released = {"architectures": ["Qwen2_5_VLForConditionalGeneration"], "model_type": "qwen2_5_vl",
+                "hidden_size": 2048, "intermediate_size": 11008, "num_hidden_layers": 36, "num_attention_heads": 16,
+                "num_key_value_heads": 2, "max_position_embeddings": 128000, "rms_norm_eps": 1e-06,
+                "rope_theta": 1000000.0, "vocab_size": 151936, "tie_word_embeddings": True, "use_sliding_window": False,
+                "sliding_window": 32768, "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]},
+                "vision_config": vision}
+    (tmp_path / "config.json").write_text(json.dumps(released))
+    config = load_config(tmp_path)
+    text = {e.key: e.value for e in get_arch(config).metadata()}
+    assert text["qwen2vl.rope.dimension_sections"] == [16, 24, 24, 0] and text["qwen2vl.rope.freq_base"] == 1e6
+    assert "qwen2vl.rope.scaling.type" not in text and text["qwen2vl.embedding_length"] == 2048
+    kv = {e.key: e.value for e in get_projector(config, PREPROC).metadata()}
+    assert (kv["clip.vision.n_wa_pattern"], kv["clip.vision.block_count"], kv["clip.vision.projection_dim"]) == (8, 32, 2048)
+    assert (kv["clip.vision.embedding_length"], kv["clip.vision.feed_forward_length"]) == (1280, 3420)
+    assert kv["clip.vision.image_size"] == 560 and kv["clip.vision.attention.head_count"] == 16
+
+
 @pytest.mark.parametrize("over, words", [
     ({"fullatt_block_indexes": [1, 2]}, "evenly spaced"),
     ({"fullatt_block_indexes": None}, "fullatt_block_indexes"),

@@ -171,6 +171,29 @@ def test_metadata():
     assert kv["clip.vision.projection_dim"] == D_TEXT and kv["clip.vision.image_mean"] == [0.5] * 3
 
 
+def test_released_config_shape():
+    """Qwen3-VL-4B-Instruct's sizes (DeepStack after blocks 5, 11, 17 of 24; 48x48 position grid; sections
+    [24, 20, 20] of head_dim 128): the keys llama.cpp reads from both files."""
+    from slimedge.arch import get_arch
+    from slimedge.arch.vision import get_projector
+
+    text = {"hidden_size": 2560, "intermediate_size": 9728, "num_hidden_layers": 36, "num_attention_heads": 32,
+            "num_key_value_heads": 8, "head_dim": 128, "max_position_embeddings": 262144, "rms_norm_eps": 1e-6,
+            "vocab_size": 151936, "rope_scaling": {"rope_type": "default", "mrope_section": [24, 20, 20],
+                                                    "mrope_interleaved": True}, "rope_theta": 5000000}
+    vision = {"depth": 24, "hidden_size": 1024, "intermediate_size": 4096, "num_heads": 16, "out_hidden_size": 2560,
+              "patch_size": 16, "spatial_merge_size": 2, "temporal_patch_size": 2, "num_position_embeddings": 2304,
+              "deepstack_visual_indexes": [5, 11, 17], "hidden_act": "gelu_pytorch_tanh"}
+    config = {"architectures": ["Qwen3VLForConditionalGeneration"], "text_config": text, "vision_config": vision,
+              "tie_word_embeddings": True, **text}  # as slimedge.source.hf.load_config merges them
+    kv = {e.key: e.value for e in get_arch(config).metadata()}
+    assert kv["qwen3vl.rope.dimension_sections"] == [24, 20, 20, 0] and kv["qwen3vl.n_deepstack_layers"] == 3
+    assert kv["qwen3vl.attention.key_length"] == 128 and kv["qwen3vl.rope.freq_base"] == 5e6
+    kv = {e.key: e.value for e in get_projector(config, PREPROC).metadata()}
+    assert kv["clip.vision.image_size"] == 768 and kv["clip.vision.projection_dim"] == 2560  # sqrt(2304) x 16
+    assert kv["clip.vision.is_deepstack_layers"] == [i in (5, 11, 17) for i in range(24)]
+
+
 @pytest.mark.parametrize("over, words", [
     ({"deepstack_visual_indexes": [0, 3]}, "deepstack_visual_indexes"),
     ({"num_position_embeddings": 15}, "square"),
