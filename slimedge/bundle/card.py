@@ -261,6 +261,25 @@ def release_table(m: dict) -> str:
     return "\n".join(rows)
 
 
+def _release_vision(m: dict, args: str, repo: str, qtype: str) -> list[str]:
+    """A release with a vision projector: the file, and how each client picks the pair."""
+    mm = m.get("mmproj")
+    if not mm:
+        return []
+    first = m["modelfile_model"]
+    return [
+        "", f"**Images**: `{mm['file']}` ({mm['projector_type']} projector, {mm['type']}, {human_size(mm['size'])}) "
+        f"is the vision projector of every file above: give it beside whichever type you pick. Images of "
+        f"{mm['image_size']} px take ~{mm['tokens_per_image']} context tokens each; the RAM estimates include its "
+        f"weights and its encoder's scratch for one image.", "",
+        "```sh", f"llama-mtmd-cli -m {first} --mmproj {mm['file']} {args} --image photo.jpg -p \"Describe this image.\"",
+        f"llama-server -m {first} --mmproj {mm['file']} {args} --port 8080",
+        f"llama-server -hf {repo}:{qtype} {args}   # -hf fetches the repo's mmproj with the model (--no-mmproj: not)",
+        "```", "",
+        f"Ollama: the `Modelfile` names both (`FROM ./{first}` then `FROM ./{mm['file']}`). LM Studio pairs a model "
+        "with the `mmproj*.gguf` in its folder (`--lmstudio` puts it there)."]
+
+
 def render_release_card(m: dict) -> str:
     """README.md of a release folder (:mod:`slimedge.bundle.release`): front matter, files, how to run each."""
     name, by, rt = m["name"], m["quantized_by"], m["runtime"]
@@ -285,6 +304,7 @@ def render_release_card(m: dict) -> str:
         f"Bits/weight: tensor bytes × 8 / parameters. RAM estimate: weights + KV cache + compute buffers for the "
         f"`{m['target']['name']}` profile (context {rt['n_ctx']}, {m['target']['description']}).",
     ]
+    lines += _release_vision(m, args, repo, example["type"])
     if q:
         lines += ["", f"PPL: perplexity on `{q['text']}` (context {q['n_ctx']}, llama.cpp's method, flash attention "
                       f"{q['flash_attn']}); KLD: mean KL divergence and top-1 agreement against the unquantized "

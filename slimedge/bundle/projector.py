@@ -14,6 +14,8 @@ slimedge's identity keys (an mmproj slimedge wrote, see :mod:`slimedge.arch.visi
 ``slimedge.source.dtype`` and the mmproj's ``slimedge.mmproj.text_arch`` = the model's architecture) they agree.
 The memory estimate adds the projector's weights and its encoder's scratch for one image
 (:func:`slimedge.memory.projector_memory`) and records the image tokens against the profile's context.
+A release folder (:mod:`.release`) carries the projector as ``mmproj-<name>-<TYPE>.gguf`` (the Hub's naming)
+with the same entry, paired with every type's file.
 """
 
 from __future__ import annotations
@@ -124,13 +126,15 @@ def pack_mmproj(src: Path, model: Path, mmproj: Path | None, folder: Path, mmpro
 
 
 def check_pairing(bundle: Path, manifest: dict) -> list[str]:
-    """``verify``'s problems with a bundle's projector (one line each)."""
+    """``verify``'s problems with a bundle's (or a release folder's) projector (one line each)."""
     e = manifest.get("mmproj")
     if not isinstance(e, dict) or not isinstance(e.get("file"), str) or "/" in e["file"] or ".." in e["file"]:
         return [f"{bundle / 'manifest.json'}: the 'mmproj' entry is not {{file, ...}}; rebuild the bundle"]
     path = bundle / e["file"]
     if not path.is_file():
         return [f"{path}: missing (the bundle's vision projector); restore it or rebuild the bundle"]
+    if manifest.get("format") == "slimedge-release":  # a release: the projector of every type's file
+        return [p for p in (pairing_problem(bundle / m["file"], path) for m in manifest["models"]) if p]
     if not (bundle / "vision_runtime.py").is_file():
         return [f"{bundle / 'vision_runtime.py'}: missing (the launcher's image handling); rebuild the bundle"]
     problem = pairing_problem(bundle / manifest["model"], path)
@@ -139,29 +143,38 @@ def check_pairing(bundle: Path, manifest: dict) -> list[str]:
 
 def add_to_estimate(manifest: dict, folder: Path, target) -> None:
     """The bundle's memory estimate (``manifest["memory_estimate"]``, with whatever adapters or draft it holds)
-    plus the projector (:func:`slimedge.memory.projector_memory`: weights, encoder scratch) on the device the
-    model's layers run on; records tokens per image and how many images the profile's context holds. Refused
-    with the numbers when that no longer fits ``target``."""
+    plus the projector (:func:`estimate_with_projector`); records tokens per image in the ``mmproj`` entry.
+    Refused with the numbers when that no longer fits ``target``."""
+    e = manifest["mmproj"]
+    manifest["memory_estimate"] = estimate_with_projector(
+        manifest["memory_estimate"], projector_facts(folder / e["file"]), int(manifest["hyperparameters"]["n_embd"]),
+        target, what=f"{manifest['name']} with its vision projector")
+    e["tokens_per_image"] = manifest["memory_estimate"]["mmproj"]["tokens_per_image"]
+
+
+def estimate_with_projector(old: dict, facts: dict, n_embd_text: int, target, what: str | None = None) -> dict:
+    """A model's memory estimate (a :class:`slimedge.memory.MemoryEstimate` dict, extra keys kept) plus the
+    projector of ``facts`` (:func:`slimedge.memory.projector_memory`: weights, encoder scratch) on the device the
+    model's layers run on, with an ``mmproj`` part: tokens per image and how many images the context holds.
+    ``what``: refuse with the numbers (naming it) when the sum no longer fits ``target``."""
     from dataclasses import fields
 
     from ..memory import MemoryEstimate, TensorSize, check_fits, projector_memory
 
-    e, old = manifest["mmproj"], manifest["memory_estimate"]
-    facts = projector_facts(folder / e["file"])
     # libmtmd (llama-cpp-python's handler) attends with flash attention only when the model's context has it
     # switched on explicitly (a profile's flash_attn = true), not under llama.cpp's "auto"
     pm = projector_memory(facts["meta"], [TensorSize(t.name, t.n_bytes) for t in facts["info"].tensors],
-                          int(manifest["hyperparameters"]["n_embd"]), flash_attn=target.runtime.flash_attn is True)
+                          n_embd_text, flash_attn=target.runtime.flash_attn is True)
     est = MemoryEstimate(**{f.name: old[f.name] for f in fields(MemoryEstimate)})
     gpu = est.n_gpu_layers != 0  # libmtmd runs the encoder on the GPU whenever the model uses one
     est.weights_vram += pm.weights if gpu else 0
     est.compute_vram += pm.compute if gpu else 0
     est.weights_ram += 0 if gpu else pm.weights
     est.compute_ram += 0 if gpu else pm.compute
-    check_fits(est, target, what=f"{manifest['name']} with its vision projector")
+    if what is not None:
+        check_fits(est, target, what=what)
     extra = {k: v for k, v in old.items() if k not in est.to_dict()}
-    e["tokens_per_image"] = pm.tokens_per_image
-    manifest["memory_estimate"] = dict(est.to_dict(), **extra, mmproj={
+    return dict(est.to_dict(), **extra, mmproj={
         "weights": pm.weights, "compute": pm.compute, "tokens_per_image": pm.tokens_per_image,
         "images_per_context": est.n_ctx // pm.tokens_per_image, "on_gpu": gpu})
 

@@ -5,7 +5,10 @@ What it holds: one GGUF per type named the Hub way (``Model-Name-Q4_K_M.gguf``),
 files with sha256, the target profile, per-file type, size, bits per weight, tensor types, memory
 estimate for the target and — with ``text`` — perplexity and KL divergence vs the unquantized model;
 every file's size and sha256) and a ``README.md`` model card with Hub front matter
-(:func:`slimedge.bundle.card.render_release_card`).
+(:func:`slimedge.bundle.card.render_release_card`). A vision-language source also gives its projector once,
+``mmproj-<Name>-F16.gguf`` (``mmproj_type``; ``no_mmproj`` leaves it out), which pairs with every type's file
+(the manifest's ``mmproj`` entry, the per-type estimates include it, the Modelfile's second ``FROM``, LM Studio's
+folder holds it beside the models; llama-server ``-hf`` fetches it with the model).
 
 How: every type is checked (headers only) before any conversion; each GGUF is converted straight from
 the source (one streaming pass per type, :func:`slimedge.convert.convert`) into a hidden temporary
@@ -115,9 +118,11 @@ def _quantized(src: Path) -> bool:
 def build_release(src: str | Path, target: str | Path | Target, out_dir: str | Path, types: str | list[str], *,
                   text: str | Path | None = None, lmstudio: str | Path | None = None, base_model: str | None = None,
                   quantized_by: str | None = None, overwrite: bool = False, threads: int | None = None,
-                  progress: Progress = NULL_PROGRESS, imatrix: str | Path | None = None) -> Path:
+                  progress: Progress = NULL_PROGRESS, imatrix: str | Path | None = None, mmproj_type: str = "f16",
+                  no_mmproj: bool = False) -> Path:
     """Write a release folder of ``src`` with one GGUF per type (see module docstring); returns ``out_dir``.
-    ``imatrix``: an importance matrix for the quantizers of every type (``convert --imatrix``)."""
+    ``imatrix``: an importance matrix for the quantizers of every type (``convert --imatrix``). ``mmproj_type``
+    (f16, bf16, q8_0, f32): the vision projector's, for a vision-language source; ``no_mmproj``: text only."""
     from ..source.hub import resolve_source
     from .build import _check_paths, planned_shape, quant_spec
 
@@ -132,6 +137,7 @@ def build_release(src: str | Path, target: str | Path | Target, out_dir: str | P
                             "Hugging Face folder")
     for t in qtypes:  # unknown types and unsupported models are refused before any conversion
         planned_shape(src, quant_spec(tgt, t))
+    vision = not no_mmproj and _has_projector(src, mmproj_type)
     name = model_name(src)
     facts = source_facts(src)
     if base_model:
@@ -149,8 +155,11 @@ def build_release(src: str | Path, target: str | Path | Target, out_dir: str | P
             convert(src, path, quant_spec(tgt, t), threads=threads, overwrite=True, progress=progress, imatrix=imatrix)
             files.append((t, path))
         entries = [_entry(t, p, tgt) for t, p in files]
+        mm = _projector(src, name, mmproj_type, files, entries, tgt, threads, progress) if vision else None
         ref = _measure(src, files, entries, Path(text), tgt, threads, progress) if text is not None else None
         manifest = _manifest(src, tgt, name, facts, by, entries, ref, pub.path / files[0][1].name)
+        if mm is not None:
+            manifest["mmproj"] = mm
         _write_files(pub.path, manifest, tgt)
         pub.commit()
     except BaseException:
@@ -173,6 +182,45 @@ def _entry(qtype: str, path: Path, tgt: Target) -> dict:
             "model_size": info.total_tensor_bytes, "n_params": info.n_params, "bpw": info.bpw,
             "tensor_types": _tensor_types(info), "memory_estimate": est.to_dict(), "fits_target": fits(est, tgt),
             "perplexity": None, "kld_mean": None, "top1_agreement": None}
+
+
+def _has_projector(src: Path, mmproj_type: str) -> bool:
+    """A vision-language HF folder whose projector slimedge converts (the type checked before any conversion)."""
+    from ..arch.vision import mmproj_type as parse_type
+    from .projector import has_projector
+
+    parse_type(mmproj_type)
+    return has_projector(src)
+
+
+def _projector(src: Path, name: str, mmproj_type: str, files, entries: list[dict], tgt: Target, threads,
+               progress) -> dict:
+    """``mmproj-<name>-<TYPE>.gguf`` beside the type files, paired with each; every entry's estimate gains it."""
+    from dataclasses import fields
+
+    from ..gguf_info import read_info
+    from ..memory import MemoryEstimate, fits
+    from ..mmproj import convert_mmproj, default_mmproj_path
+    from .projector import ROLE, estimate_with_projector, pairing_problem, projector_facts
+
+    out = default_mmproj_path(files[0][1], name, mmproj_type)
+    convert_mmproj(src, out, mmproj_type, overwrite=True, progress=progress, threads=threads)
+    for _, path in files:
+        problem = pairing_problem(path, out)
+        if problem:  # both come from the same checkpoint: a converter bug, not a user error
+            raise RuntimeError(problem)
+    facts = projector_facts(out)
+    for (_, path), e in zip(files, entries):
+        meta = read_info(path).metadata
+        n_embd = int(meta[f"{meta['general.architecture']}.embedding_length"])
+        e["memory_estimate"] = estimate_with_projector(e["memory_estimate"], facts, n_embd, tgt)
+        est = MemoryEstimate(**{f.name: e["memory_estimate"][f.name] for f in fields(MemoryEstimate)})
+        e["fits_target"] = fits(est, tgt)
+    pm = entries[0]["memory_estimate"]["mmproj"]
+    return {"file": out.name, "role": ROLE, "projector_type": facts["projector_type"],
+            "file_type": facts["file_type"], "type": mmproj_type.upper(), "image_size": facts["image_size"],
+            "n_embd": facts["n_embd"], "tokens_per_image": pm["tokens_per_image"], "size": out.stat().st_size,
+            "weights": pm["weights"], "compute": pm["compute"], "source": str(src.resolve())}
 
 
 def _measure(src: Path, files, entries, text: Path, tgt: Target, threads, progress) -> dict:
@@ -223,8 +271,10 @@ def _write_files(folder: Path, manifest: dict, tgt: Target) -> None:
     from .modelfile import chat_family, render_modelfile
 
     manifest["chat_format"] = chat_family(manifest.get("chat_template"))
+    mmproj = (manifest.get("mmproj") or {}).get("file")
     (folder / "Modelfile").write_text(render_modelfile(manifest["modelfile_model"], manifest["runtime"],
-                                                       manifest.get("chat_template"), manifest["name"]), encoding="utf-8")
+                                                       manifest.get("chat_template"), manifest["name"], mmproj=mmproj),
+                                      encoding="utf-8")
     (folder / "README.md").write_text(render_release_card(manifest), encoding="utf-8")
     manifest["files"] = list_files(folder)
     write_json_atomic(folder / MANIFEST, manifest)
@@ -257,9 +307,9 @@ def lay_out_lmstudio(release: Path, root: Path, *, publisher: str, overwrite: bo
     dst.parent.mkdir(parents=True, exist_ok=True)
     with Publication(dst, folder=True, overwrite=overwrite) as pub:
         tmp = pub.path
-        for e in m["models"]:
-            try:
-                os.link(release / e["file"], tmp / e["file"])
+        for f in [e["file"] for e in m["models"]] + ([m["mmproj"]["file"]] if m.get("mmproj") else []):
+            try:  # the projector too: LM Studio pairs a model with the mmproj*.gguf in its folder
+                os.link(release / f, tmp / f)
             except OSError:  # another file system, or no hard links there
-                shutil.copyfile(release / e["file"], tmp / e["file"])
+                shutil.copyfile(release / f, tmp / f)
     return dst

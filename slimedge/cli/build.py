@@ -90,7 +90,7 @@ def cli(src: Path, target: str, out: Path, qtype: str | None, imatrix: Path | No
         if mmproj is not None:
             raise click.UsageError("--mmproj applies to a bundle, not to a --types release")
         return _release(src, target, out, types, qtype, archive, text, lmstudio, base_model, quantized_by, threads,
-                        overwrite, quiet, imatrix)
+                        overwrite, quiet, imatrix, mmproj_type.lower(), no_mmproj)
     if draft_max is not None and draft is None:
         raise click.UsageError("--draft-max sets the draft's tokens per step: give --draft too")
     if len(lora_scales) > len(loras):
@@ -131,7 +131,7 @@ def next_step(path: Path, manifest: dict) -> str:
 
 
 def _release(src, target, out, types, qtype, archive, text, lmstudio, base_model, quantized_by, threads, overwrite,
-             quiet, imatrix) -> None:
+             quiet, imatrix, mmproj_type="f16", no_mmproj=False) -> None:
     """--types: a release folder (slimedge.bundle.release) instead of a bundle."""
     import json
 
@@ -141,11 +141,15 @@ def _release(src, target, out, types, qtype, archive, text, lmstudio, base_model
         raise click.UsageError("--types writes a release folder: leave --type and --archive out")
     path = build_release(src, target, out, types, text=text, lmstudio=lmstudio, base_model=base_model,
                          quantized_by=quantized_by, overwrite=overwrite, threads=threads, progress=make_progress(quiet),
-                         imatrix=imatrix)
+                         imatrix=imatrix, mmproj_type=mmproj_type, no_mmproj=no_mmproj)
     m = json.loads((path / "manifest.json").read_text())
     for e in m["models"]:
         quality = "" if e.get("perplexity") is None else f", PPL {e['perplexity']:.4f}, KLD {e['kld_mean']:.5f}"
         click.echo(f"{path / e['file']}: {e['size'] / 2**20:.1f} MiB, {e['bpw']:.2f} bpw{quality}")
+    if m.get("mmproj"):
+        mm = m["mmproj"]
+        click.echo(f"{path / mm['file']}: vision projector ({mm['projector_type']}, {mm['type']}), "
+                   f"{mm['size'] / 2**20:.1f} MiB, pairs with every file above")
     if lmstudio is not None:
         click.echo(f"LM Studio layout: {lmstudio_folder(lmstudio, m['quantized_by'], m['name'])}")
     click.echo(f"release {path}: model card {path / 'README.md'}   check it: slimedge verify {path}")
