@@ -6,10 +6,10 @@ reads /proc/cpuinfo, else macOS' ``sysctl``, else what :mod:`platform` knows; ``
 process's peak resident set (Linux: VmHWM, since ``ru_maxrss`` may carry a parent's across fork+exec);
 ``gpu_memory_used()`` is the GPU memory this process holds (nvidia-smi), 0 when unknown.
 
-Two places run these: :mod:`slimedge.bench.child` imports them, and the bundle launcher
-(``slimedge/bundle/launcher.py``), which must run without slimedge, carries a verbatim copy of everything
-below the marker line; ``tests/bundle/test_launcher_probes.py`` fails when the copy differs. So: standard
-library only (plus ``llama_cpp``, imported where used), and edit here, then paste the block there.
+Two places run these: :mod:`slimedge.bench.child` imports them, and the bundle launcher (``run``), which
+must run without slimedge: ``slimedge build`` copies this file into every bundle as ``machine.py`` and the
+launcher's ``--bench`` loads it from beside itself. So this module stays standard library only (plus
+``llama_cpp``, imported where used) and imports nothing from slimedge.
 """
 
 from __future__ import annotations
@@ -20,8 +20,6 @@ import resource
 import socket
 import sys
 from pathlib import Path
-
-# ---- copied verbatim into slimedge/bundle/launcher.py from here ----
 
 
 def _cmd(*argv: str) -> str:

@@ -38,6 +38,11 @@ log = logging.getLogger(__name__)
 FIT, AUTO = "fit", "auto"
 
 MODEL_FILE = "model.gguf"
+# the files every bundle carries beside its launcher `run` (standalone: standard library and llama-cpp-python),
+# which loads them from there: the shared runtime and server, the server's request checks, --bench's probes
+LAUNCHER_FILES = {"server_runtime.py": Path(__file__).with_name("server_runtime.py"),
+                  "serve_guard.py": Path(__file__).with_name("serve_guard.py"),
+                  "machine.py": Path(__file__).parents[1] / "bench" / "machine.py"}
 
 
 def _file_type(ftype: int | None) -> str:
@@ -126,8 +131,8 @@ def write_bundle_files(tmp: Path, manifest: dict) -> None:
     run = tmp / "run"
     run.write_text(Path(__file__).with_name("launcher.py").read_text(encoding="utf-8"), encoding="utf-8")
     run.chmod(run.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
-    guard = Path(__file__).with_name("serve_guard.py")  # the launcher's --serve loads it from beside itself
-    (tmp / guard.name).write_text(guard.read_text(encoding="utf-8"), encoding="utf-8")
+    for name, src in LAUNCHER_FILES.items():  # what the launcher loads from beside itself, in every bundle
+        (tmp / name).write_text(src.read_text(encoding="utf-8"), encoding="utf-8")
     for role, name in (("draft", "draft.py"), ("mmproj", "vision_runtime.py")):  # loaded by the launcher from
         if manifest.get(role):  # beside it: the draft-model class (speculative decoding), the image handling
             cls = Path(__file__).with_name(name)

@@ -4,8 +4,9 @@ How: a bundle gives its model file, its runtime settings (the profile it was bui
 capped at the model's training context), its name and whether the GGUF carries a chat template; a bare
 GGUF gets the runtime settings of ``--target`` (default ``cpu``) with the context capped the same way
 (:func:`slimedge.memory.estimate`), and its own name and template from its metadata. The server itself
-is :func:`slimedge.bundle.launcher.serve` — the same code a bundle's ``./run --serve`` runs (the launcher
-is standalone, so bundles need no slimedge) — and its user errors become :class:`SlimedgeError`. In front
+is :func:`slimedge.bundle.server_runtime.serve` — the same file a bundle carries beside its launcher, whose
+``./run --serve`` runs it (both standalone, so bundles need no slimedge) — and its user errors become
+:class:`SlimedgeError`. In front
 of llama-cpp-python's app sits :mod:`slimedge.bundle.serve_guard` (malformed or out-of-range requests get
 the 4xx an OpenAI-compatible server gives; settable body, max_tokens and concurrency limits). An embedding
 model (manifest ``embedding``, or a GGUF that states a pooling type) is loaded for ``/v1/embeddings`` and its
@@ -21,13 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import SlimedgeError
-from . import launcher
+from . import launcher, server_runtime
 
 log = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
-API_KEY_ENV = launcher.API_KEY_ENV
-DEFAULT_PORT = launcher.DEFAULT_PORT
+API_KEY_ENV = server_runtime.API_KEY_ENV
+DEFAULT_PORT = server_runtime.DEFAULT_PORT
 
 
 @dataclass
@@ -95,8 +96,8 @@ def serve(path: str | Path, *, host: str = LOOPBACK, port: int = DEFAULT_PORT, a
     limits (None: the defaults of :class:`slimedge.bundle.serve_guard.Limits`) bound what one request
     may ask for and how many may wait; requests outside them get OpenAI-style 4xx answers."""
     try:
-        launcher.check_host(host, api_key)  # refused before anything is read
-    except launcher.ServeError as exc:
+        server_runtime.check_host(host, api_key)  # refused before anything is read
+    except server_runtime.ServeError as exc:
         raise SlimedgeError(str(exc)) from None
     sm = resolve(path, target, mmproj)
     if sm.mmproj is None and (image_dir is not None or allow_remote_images):
@@ -108,13 +109,13 @@ def serve(path: str | Path, *, host: str = LOOPBACK, port: int = DEFAULT_PORT, a
     log.info("serving %s (%s) on %s:%d, context %s, GPU layers %s", sm.name, sm.model, host, port,
              n_ctx or rt.get("n_ctx"), rt.get("n_gpu_layers") if n_gpu_layers is None else n_gpu_layers)
     try:
-        launcher.serve(sm.model, rt, alias=sm.name, host=host, port=port, api_key=api_key, n_ctx=n_ctx,
-                       n_gpu_layers=n_gpu_layers, threads=threads or rt.get("n_threads") or None,
-                       has_template=sm.has_template, verbose=verbose, adapters=sm.adapters,
-                       embedding=bool(sm.embedding), draft=sm.draft, mmproj=sm.mmproj,
-                       image_dir=None if image_dir is None else Path(image_dir),
-                       allow_remote_images=allow_remote_images,
-                       limits=dict(max_tokens=max_tokens_limit, max_body_bytes=max_body_bytes,
-                                   max_concurrent=max_concurrent))
-    except launcher.ServeError as exc:
+        server_runtime.serve(sm.model, rt, alias=sm.name, host=host, port=port, api_key=api_key, n_ctx=n_ctx,
+                             n_gpu_layers=n_gpu_layers, threads=threads or rt.get("n_threads") or None,
+                             has_template=sm.has_template, verbose=verbose, adapters=sm.adapters,
+                             embedding=bool(sm.embedding), draft=sm.draft, mmproj=sm.mmproj,
+                             image_dir=None if image_dir is None else Path(image_dir),
+                             allow_remote_images=allow_remote_images,
+                             limits=dict(max_tokens=max_tokens_limit, max_body_bytes=max_body_bytes,
+                                         max_concurrent=max_concurrent))
+    except server_runtime.ServeError as exc:
         raise SlimedgeError(str(exc)) from None

@@ -1,7 +1,8 @@
 """``slimedge verify``: a bundle's (or release folder's) files match its manifest, and llama.cpp loads its models.
 
 Checks, in order: the manifest parses and is a slimedge bundle; every listed file exists with the
-listed size and sha256 (a missing or changed file is named); no unlisted files are present (named
+listed size and sha256 (a missing or changed file is named; the files the launcher loads from beside
+itself — server_runtime.py, serve_guard.py, machine.py — are listed and checked like the rest); no unlisted files are present (named
 as a warning-level problem; the ``bench/`` folder, where devices add measurements, is skipped); the
 GGUF's header reads; each LoRA adapter (role ``adapter``) is one for the model's architecture whose pairs fit
 the model's tensors; a vision projector (role ``mmproj``) is an mmproj GGUF whose embedding width (and, when
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import SlimedgeError
+from .build import LAUNCHER_FILES
 from .launcher import BENCH_DIR
 from .manifest import MANIFEST, read_manifest, sha256_file
 
@@ -44,7 +46,8 @@ def check_files(bundle: Path, manifest: dict, report: VerifyReport) -> None:
         listed.add(rel)
         p = bundle / rel
         if not p.is_file():
-            report.problems.append(f"{p}: missing (listed in {MANIFEST}); restore it or rebuild the bundle")
+            role = " and loaded by the launcher `run`" if rel in LAUNCHER_FILES else ""
+            report.problems.append(f"{p}: missing (listed in {MANIFEST}{role}); restore it or rebuild the bundle")
             continue
         size = p.stat().st_size
         if size != entry["size"]:

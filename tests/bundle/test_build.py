@@ -28,8 +28,8 @@ EXPECTED_TYPES = {"cpu": {"Q4_K", "Q6_K"}, "laptop-gpu": {"Q4_K", "Q6_K"}, "arm6
 def test_bundle_per_target(bundles, hf_model, name):
     b = bundles[name]
     t = load_target(name)
-    assert sorted(p.name for p in b.iterdir()) == ["Modelfile", "README.md", "manifest.json", "model.gguf", "run",
-                                                       "serve_guard.py"]
+    assert sorted(p.name for p in b.iterdir()) == ["Modelfile", "README.md", "machine.py", "manifest.json",
+                                                       "model.gguf", "run", "serve_guard.py", "server_runtime.py"]
     m = json.loads((b / "manifest.json").read_text())
     assert m["format"] == "slimedge-bundle" and m["format_version"] == 1 and m["slimedge_version"]
     assert m["target"] == t.to_dict() and m["runtime"] == t.to_dict()["runtime"]  # trained context 4096 >= n_ctx
@@ -41,7 +41,8 @@ def test_bundle_per_target(bundles, hf_model, name):
     assert {ty for ty in info.type_counts if ty != "F32"} == EXPECTED_TYPES[name]
     assert m["quantization"]["bpw"] == pytest.approx(info.bpw)
     # every file listed with its true size and sha256; the manifest does not list itself
-    assert sorted(f["path"] for f in m["files"]) == ["Modelfile", "README.md", "model.gguf", "run", "serve_guard.py"]
+    assert sorted(f["path"] for f in m["files"]) == ["Modelfile", "README.md", "machine.py", "model.gguf", "run",
+                                                     "serve_guard.py", "server_runtime.py"]
     for f in m["files"]:
         assert (b / f["path"]).stat().st_size == f["size"] and sha256_file(b / f["path"]) == f["sha256"]
     src = {f["path"]: f for f in m["source"]["files"]}

@@ -1,77 +1,95 @@
-"""The bundle launcher's machine probes are slimedge/bench/machine.py's, verbatim, and behave the same.
+"""A bundle's launcher measures with slimedge's own machine probes: slimedge/bench/machine.py ships beside ``run``.
 
-The launcher runs without slimedge (it is copied into every bundle), so it carries its own copy of the
-probes that name a device and measure its memory; ``slimedge bench`` (slimedge.bench.child) imports the
-package's. These tests fail as soon as the two texts drift, and check that the launcher's copy, loaded
-standalone, answers as the package does on this machine.
+The launcher runs without slimedge, so ``slimedge build`` copies the files it loads into the bundle
+(server_runtime.py, serve_guard.py and machine.py, build.LAUNCHER_FILES) instead of the launcher keeping copies
+of their code. These tests check that a built bundle carries those files byte for byte, that they (and the
+launcher) import nothing from slimedge, that the launcher defines none of the probes itself, and that the
+bundle's ``./run --bench --json`` records this machine exactly as the package's probes describe it.
 """
 
 from __future__ import annotations
 
 import ast
-import difflib
-import importlib.util
-import inspect
+import json
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
+
 import slimedge.bench.machine as machine
+from slimedge.bundle import build_bundle
+from slimedge.bundle.build import LAUNCHER_FILES
+from slimedge.bundle.manifest import read_manifest
+from slimedge.bundle.verify import verify_bundle
+from slimedge.errors import SlimedgeError
 
-LAUNCHER = Path(machine.__file__).resolve().parents[1] / "bundle" / "launcher.py"
-MARKER = "# ---- copied verbatim into slimedge/bundle/launcher.py from here ----\n"
-BEGIN = "# ---- machine probes: a verbatim copy of slimedge/bench/machine.py's"
-END = "# ---- end of the machine probes ----"
-
-
-def _package_block() -> str:
-    text = Path(machine.__file__).read_text(encoding="utf-8")
-    return text[text.index(MARKER) + len(MARKER):].strip("\n")
-
-
-def _launcher_block() -> str:
-    text = LAUNCHER.read_text(encoding="utf-8")
-    start = text.index("\n", text.index(BEGIN)) + 1
-    return text[start:text.index(END)].strip("\n")
+BUNDLE_SRC = Path(machine.__file__).resolve().parents[1] / "bundle"
+MACHINE_FIELDS = ("hostname", "cpu_info", "n_cores", "gpu_info", "platform", "build_commit", "backends",
+                  "system_info")
 
 
-def _standalone_launcher():
-    spec = importlib.util.spec_from_file_location("standalone_launcher_probes", LAUNCHER)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+@pytest.fixture(scope="module")
+def bundle(hf_model, tmp_path_factory):
+    return build_bundle(hf_model, "cpu", tmp_path_factory.mktemp("probes") / "cpu")
 
 
-def test_the_launcher_block_is_the_package_block_verbatim():
-    want, got = _package_block(), _launcher_block()
-    diff = "\n".join(difflib.unified_diff(want.splitlines(), got.splitlines(), "slimedge/bench/machine.py",
-                                          "slimedge/bundle/launcher.py", lineterm=""))
-    assert got == want, "paste machine.py's block (below its marker) into the launcher:\n" + diff
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    out = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    return out | {"." * n.level + (n.module or "") for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
 
 
-def test_every_probe_function_is_in_the_launcher_with_the_same_source():
-    launcher = _standalone_launcher()
-    names = [n for n, f in vars(machine).items() if inspect.isfunction(f) and f.__module__ == machine.__name__]
-    assert {"cpu_model", "machine_info", "peak_rss_bytes", "gpu_memory_used"} <= set(names)
-    for name in names:
-        assert inspect.getsource(getattr(launcher, name)) == inspect.getsource(getattr(machine, name)), name
+def _defined(path: Path) -> set[str]:
+    return {n.name for n in ast.parse(path.read_text(encoding="utf-8")).body
+            if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
 
 
-def test_the_launcher_imports_what_the_block_needs():
-    """The block's names come from machine.py's module-level imports: the launcher must import them too."""
-    def top_imports(path: Path) -> set[str]:
-        out = set()
-        for node in ast.parse(path.read_text(encoding="utf-8")).body:
-            if isinstance(node, ast.Import):
-                out |= {a.asname or a.name for a in node.names}
-            elif isinstance(node, ast.ImportFrom) and node.module != "__future__":
-                out |= {a.asname or a.name for a in node.names}
-        return out
-
-    assert top_imports(Path(machine.__file__)) <= top_imports(LAUNCHER)
+def test_the_bundle_carries_the_package_files_verbatim(bundle):
+    assert LAUNCHER_FILES["machine.py"] == Path(machine.__file__).resolve()
+    listed = {f["path"] for f in read_manifest(bundle)["files"]}
+    for name, src in LAUNCHER_FILES.items():
+        assert (bundle / name).read_bytes() == src.read_bytes(), name
+        assert name in listed, name  # checksummed like every file: verify names it when it changes
+    assert (bundle / "run").read_bytes() == (BUNDLE_SRC / "launcher.py").read_bytes()
 
 
-def test_the_copies_answer_alike_here():
-    launcher = _standalone_launcher()
-    assert launcher.cpu_model() == machine.cpu_model() and machine.cpu_model()
-    assert launcher.machine_info() == machine.machine_info()
-    assert set(machine.machine_info()) >= {"hostname", "cpu_info", "gpu_info", "backends", "build_commit"}
-    assert launcher.peak_rss_bytes() > 1 << 20 and machine.peak_rss_bytes() > 1 << 20
+def test_shipped_files_are_standalone_and_the_launcher_copies_no_probe():
+    for path in [BUNDLE_SRC / "launcher.py", *LAUNCHER_FILES.values()]:
+        bad = {m for m in _imports(path) if m.startswith(("slimedge", "."))}
+        assert not bad, f"{path.name} imports {bad}: a bundle has no slimedge"
+    probes = _defined(Path(machine.__file__))
+    assert {"cpu_model", "machine_info", "peak_rss_bytes", "gpu_memory_used"} <= probes
+    for name in ("launcher.py", "server_runtime.py"):
+        assert not probes & _defined(BUNDLE_SRC / name), f"{name} defines its own copy of a machine probe"
+
+
+def test_a_missing_machine_py_is_named(bundle, tmp_path):
+    import shutil
+
+    b = shutil.copytree(bundle, tmp_path / "b")
+    (b / "machine.py").unlink()
+    with pytest.raises(SlimedgeError, match=r"machine.py: missing \(listed in manifest.json and loaded by the "
+                                            r"launcher `run`\)"):
+        verify_bundle(b, load=False)
+    r = subprocess.run([sys.executable, str(b / "run"), "--bench", "--repeats", "1", "--threads", "2"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert r.stderr.strip() == f"run: {b.resolve() / 'machine.py'} is missing; rebuild the bundle with `slimedge build`"
+
+
+@pytest.mark.slow
+def test_run_bench_json_records_this_machine(bundle, tmp_path):
+    import shutil
+
+    b = shutil.copytree(bundle, tmp_path / "b")
+    r = subprocess.run([sys.executable, str(b / "run"), "--bench", "--json", "--repeats", "1", "--threads", "2"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rec = json.loads(r.stdout)
+    [saved] = (b / "bench").glob("*.json")
+    assert json.loads(saved.read_text(encoding="utf-8")) == rec
+    here = machine.machine_info()
+    assert {k: rec[k] for k in MACHINE_FIELDS} == {k: here[k] for k in MACHINE_FIELDS}
+    assert rec["cpu_info"] == machine.cpu_model() and rec["cpu_info"]
+    assert rec["peak_rss_bytes"] > 1 << 20 and rec["source"] == "run --bench --json"

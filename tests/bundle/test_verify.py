@@ -20,14 +20,14 @@ from slimedge.targets import shipped_names
 def test_every_bundle_verifies_and_loads(bundles, name):
     rep = verify_bundle(bundles[name])
     assert rep.ok and rep.loaded and rep.n_vocab > 1000
-    assert sorted(rep.files_checked) == ["Modelfile", "README.md", "model.gguf", "run",
-                                             "serve_guard.py"] and not rep.extra_files
+    assert sorted(rep.files_checked) == ["Modelfile", "README.md", "machine.py", "model.gguf", "run",
+                                             "serve_guard.py", "server_runtime.py"] and not rep.extra_files
 
 
 def test_cli_verify_folder_and_archive(bundles):
     r = CliRunner().invoke(main, ["verify", str(bundles["cpu"])])
     assert r.exit_code == 0, r.output
-    assert "OK — 5 files match their sha256; llama.cpp loads the model" in r.output
+    assert "OK — 7 files match their sha256; llama.cpp loads the model" in r.output
     r = CliRunner().invoke(main, ["verify", str(bundles["cpu"].parent / "cpu.tar.gz")])
     assert r.exit_code == 0 and "OK" in r.output, r.output
 

@@ -82,7 +82,7 @@ def test_launcher_applies_adapters_at_their_scales(bundle):
     llama-cpp-python's own lora_path/lora_scale, and differ from the model alone; `run` generates with them."""
     import llama_cpp
 
-    from slimedge.bundle.launcher import apply_adapters
+    from slimedge.bundle.server_runtime import apply_adapters  # the launcher's, shipped beside it
 
     path, _, _ = bundle
     model, lora = path / "model.gguf", path / "adapter-0-my-lora.gguf"

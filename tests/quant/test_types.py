@@ -109,16 +109,16 @@ def test_every_reader_uses_the_one_table():
 
 
 def test_the_standalone_launcher_copy_matches():
-    """The bundle launcher runs without slimedge installed, so it keeps its own copy of the table."""
-    path = ROOT / "slimedge" / "bundle" / "launcher.py"
+    """The bundle's runtime (beside its launcher) runs without slimedge installed, so it keeps its own copy."""
+    path = ROOT / "slimedge" / "bundle" / "server_runtime.py"
     tree = ast.parse(path.read_text())
     imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imported |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     assert not any(m.startswith(("slimedge", ".")) or m == "" for m in imported), imported
-    spec = importlib.util.spec_from_file_location("standalone_launcher", path)
-    launcher = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(launcher)
-    assert launcher.CACHE_TYPES == types.CACHE_TYPES
+    spec = importlib.util.spec_from_file_location("standalone_runtime", path)
+    runtime = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(runtime)
+    assert runtime.CACHE_TYPES == types.CACHE_TYPES
 
 
 def _c_type_table() -> list[tuple[str, str, int, str, int]]:
