@@ -383,8 +383,9 @@ class ProjectorMemory:
 def projector_memory(meta: dict, tensors: list[TensorSize], n_embd_text: int, flash_attn: bool = False) -> ProjectorMemory:
     """:class:`ProjectorMemory` from an mmproj's metadata and tensors. Tokens per image are clip.cpp's count at
     ``clip.vision.image_size``: patches per side / the projector's merge, squared (Idefics3/SmolVLM: twice, the
-    overview and one slice). Families that tile larger images (Idefics3, LFM2-VL) or take any resolution
-    (Qwen-VL, Pixtral) spend more on larger images; this is the native size's figure. The encoder's scratch, as
+    overview and one slice; Pixtral: plus a break token per row but the last). Families that tile larger images
+    (Idefics3, LFM2-VL) or take any resolution (Qwen-VL, Pixtral, Gemma 4) spend more on larger images; this is
+    the native size's figure (checked against libmtmd for each family: tests/bundle/test_vision_bundle.py). The encoder's scratch, as
     libmtmd's graph holds it at its peak: per patch ~6 activations of the ViT width and 2 of its FFN width, and
     without ``flash_attn`` the attention scores (heads x patches^2), all float32; plus the image's output
     embeddings (tokens x the text model's width). Against the peak RSS of loading an F16 mmproj and encoding one
@@ -398,6 +399,8 @@ def projector_memory(meta: dict, tensors: list[TensorSize], n_embd_text: int, fl
     tokens = side if kind == "gemma3nv" else max(1, (side // max(1, merge)) ** 2)
     if kind == "idefics3":  # libmtmd sends the overview and the slice(s): two images' tokens at the least
         tokens *= 2
+    if kind == "pixtral":  # an [IMG_BREAK] after every row of merged patches but the last
+        tokens += max(1, side // max(1, merge)) - 1
     d, ff = int(meta.get("clip.vision.embedding_length", 0)), int(meta.get("clip.vision.feed_forward_length", 0))
     heads, n = int(meta.get("clip.vision.attention.head_count", 1)), side * side
     compute = 4 * (6 * n * d + 2 * n * ff + (0 if flash_attn else heads * n * n) + tokens * n_embd_text)

@@ -276,3 +276,37 @@ def test_inspect_pairs_adapters_with_their_base(tmp_path):
     assert d["kind"] == "model" and d["pairs_with"] == ["adapter.gguf"]
     d = json.loads(CliRunner().invoke(main, ["inspect", str(tmp_path / "other.gguf"), "--json"]).output)
     assert d["pairs_with"] == []
+
+
+NATIVE_FAMILIES = {  # family test module, its tiny checkpoint's maker, projector type
+    "qwen25vl": ("tests.vision.test_qwen25vl", "make_qwen25vl", "qwen2.5vl_merger"),
+    "lfm2vl": ("tests.vision.test_lfm2vl", "make_lfm2vl", "lfm2"),
+    "pixtral": ("tests.vision.test_pixtral", "make_mistral3", "pixtral"),
+    "gemma4v": ("tests.vision.test_gemma4v", "make_gemma4", "gemma4v"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", sorted(NATIVE_FAMILIES))
+def test_tokens_per_image_at_native_size_is_libmtmds(family, tmp_path):
+    """The bundle estimate's tokens per image for the families that tile or take any resolution: libmtmd's count
+    of image tokens for an image of the projector's own size (clip.vision.image_size); Pixtral's includes the
+    [IMG_BREAK] after each row of merged patches but the last."""
+    import importlib
+
+    module, maker, kind = NATIVE_FAMILIES[family]
+    src = getattr(importlib.import_module(module), maker)(tmp_path / family)
+    b = build_bundle(src, "cpu", tmp_path / "bundle", type="Q8_0")
+    e = json.loads((b / "manifest.json").read_text())["mmproj"]
+    assert e["projector_type"] == kind
+    mt = vc.Mtmd(b / "model.gguf", b / "mmproj.gguf", n_ctx=2048)
+    try:
+        chunks, bitmap = mt.chunks(mt.m.mtmd_default_marker().decode(), vc.test_image(e["image_size"], e["image_size"]))
+        got = [mt.m.mtmd_input_chunks_get(chunks, i) for i in range(mt.m.mtmd_input_chunks_size(chunks))]
+        n_img = sum(mt.m.mtmd_input_chunk_get_n_tokens(c) for c in got
+                    if mt.m.mtmd_input_chunk_get_type(c) == mt.m.MTMD_INPUT_CHUNK_TYPE_IMAGE)
+        mt.m.mtmd_input_chunks_free(chunks)
+        mt.m.mtmd_bitmap_free(bitmap)
+    finally:
+        mt.close()
+    assert e["tokens_per_image"] == n_img > 1
