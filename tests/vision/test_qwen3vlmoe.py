@@ -160,3 +160,23 @@ def test_image_embeddings_and_answer(qwen3vlmoe, tmp_path):
     assert with_image["usage"]["completion_tokens"] == 4
     extra = with_image["usage"]["prompt_tokens"] - text_only["usage"]["prompt_tokens"]
     assert extra == 2 + max(IMAGE_W, IMAGE_H) // 32
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mmproj_type", ["f16", "bf16", "q8_0"])
+def test_image_embeddings_of_lower_precision_projectors(qwen3vlmoe, tmp_path, mmproj_type):
+    """The projector at f16/bf16/q8_0 against transformers' float32 tower (vision_checks' stated tolerances),
+    with the tensor types llama.cpp's converter gives them (position embedding F32, matrices the asked type)."""
+    from tests.vision.vision_checks import mmproj_types
+
+    image = make_image(IMAGE_W, IMAGE_H)
+    text, mmproj = convert_pair(qwen3vlmoe, tmp_path, mmproj_type)
+    mt = Mtmd(text, mmproj)
+    try:
+        got = mt.image_embeddings(image)
+    finally:
+        mt.close()
+    compare(got, hf_reference(qwen3vlmoe, image, "Qwen3VLMoeForConditionalGeneration"), mmproj_type)
+    types = mmproj_types(mmproj)
+    assert types["v.position_embd.weight"] == "F32" and types["v.deepstack.1.fc1.weight"] == mmproj_type.upper()
+    assert types["mm.0.weight"] == mmproj_type.upper() and types["v.blk.0.attn_qkv.bias"] == "F32"
