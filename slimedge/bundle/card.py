@@ -239,7 +239,8 @@ def release_front_matter(m: dict) -> str:
         lines.append(f"license_link: {_yaml_str(m['license_link'])}")
     tags = ["gguf", "llama.cpp", "quantized", "slimedge"] + ([m["architecture"]] if m.get("architecture") else [])
     lines += ["tags:"] + [f"- {_yaml_str(t)}" for t in tags]
-    lines += [f"quantized_by: {_yaml_str(m['quantized_by'])}", "pipeline_tag: text-generation", "library_name: gguf",
+    task = "image-text-to-text" if m.get("mmproj") else "text-generation"  # the Hub's task for a VLM's pair
+    lines += [f"quantized_by: {_yaml_str(m['quantized_by'])}", f"pipeline_tag: {task}", "library_name: gguf",
               "---"]
     return "\n".join(lines)
 

@@ -48,8 +48,8 @@ from .options import make_progress, overwrite_option, quiet_option, threads_opti
               help="A vision projector GGUF (llama.cpp's mmproj) to bundle with the model (a GGUF SRC needs it for "
                    "images; a vision-language HF folder's own projector is converted without it).")
 @click.option("--mmproj-type", type=click.Choice(["f16", "bf16", "q8_0", "f32"], case_sensitive=False),
-              default="f16", show_default=True, help="Type of the projector converted from a vision-language SRC.")
-@click.option("--no-mmproj", is_flag=True, help="Leave a vision-language SRC's projector out (a text-only bundle).")
+              default="f16", show_default=True, help="Type of the projector converted from a vision-language SRC (bundle or --types release).")
+@click.option("--no-mmproj", is_flag=True, help="Leave a vision-language SRC's projector out (a text-only bundle or release).")
 @tune_options
 @threads_option
 @overwrite_option

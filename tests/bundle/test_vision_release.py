@@ -74,6 +74,7 @@ def test_release_carries_one_projector_in_manifest_card_modelfile_and_lmstudio(v
     modelfile = (out / "Modelfile").read_text()
     assert f"FROM ./{NAME}-Q4_K_M.gguf\nFROM ./{mm_file}\n" in modelfile
     card = (out / "README.md").read_text()
+    assert "\npipeline_tag: image-text-to-text\n" in card.split("\n---\n")[0]  # the Hub's task for VLMs
     assert f"--mmproj {mm_file}" in card and "llama-mtmd-cli" in card and "fetches the repo's mmproj" in card
     assert f"`{mm_file}` (gemma3 projector, F16" in card and "mmproj*.gguf" in card
     lm = lms / "tester" / f"{NAME}-GGUF"
@@ -116,6 +117,7 @@ def test_release_mmproj_type_and_no_mmproj(vlm, tmp_path):
     assert "mmproj" not in m and not list((tmp_path / "t").glob("mmproj*"))
     assert "--mmproj" not in (tmp_path / "t" / "README.md").read_text()
     assert "FROM ./mmproj" not in (tmp_path / "t" / "Modelfile").read_text()
+    assert "pipeline_tag: text-generation" in (tmp_path / "t" / "README.md").read_text()
 
 
 @pytest.mark.slow
