@@ -84,17 +84,11 @@ def pairing_problem(model: Path, mmproj: Path, label: str | None = None) -> str 
 
 
 def has_projector(src: Path) -> bool:
-    """An HF folder whose checkpoint has a vision tower slimedge converts."""
-    import json
+    """An HF folder whose checkpoint has a vision tower slimedge converts, with the preprocessor_config.json it
+    needs; a VLM whose projector is skipped gets ``slimedge convert``'s warning saying why."""
+    from ..mmproj import _vision_source
 
-    if not src.is_dir():
-        return False
-    try:
-        config = json.loads((src / "config.json").read_text(encoding="utf-8"))
-        from ..arch.vision import get_projector
-    except (OSError, ValueError, ImportError):
-        return False
-    return isinstance(config, dict) and get_projector(config) is not None
+    return src.is_dir() and _vision_source(src) is not None
 
 
 def pack_mmproj(src: Path, model: Path, mmproj: Path | None, folder: Path, mmproj_type: str = "f16",

@@ -132,3 +132,16 @@ def test_libmtmd_loads_the_projector_with_each_type(vrelease):
         assert got.shape == (4, 64)
     rep = verify_bundle(out)  # checksums, pairing, each type's file loads
     assert rep.ok and rep.loaded
+
+
+def test_release_of_a_vlm_without_its_preprocessor_is_text_only_with_convert_s_warning(vlm, tmp_path, caplog):
+    import logging
+
+    from slimedge.bundle.release import build_release
+
+    src = shutil.copytree(vlm, tmp_path / NAME)
+    (src / "preprocessor_config.json").unlink()
+    with caplog.at_level(logging.WARNING):
+        out = build_release(src, "cpu", tmp_path / "out", "Q8_0")
+    assert "mmproj" not in json.loads((out / "manifest.json").read_text()) and not list(out.glob("mmproj*"))
+    assert "preprocessor_config.json" in caplog.text and "vision projector skipped" in caplog.text
