@@ -385,10 +385,10 @@ def projector_memory(meta: dict, tensors: list[TensorSize], n_embd_text: int, fl
     ``clip.vision.image_size``: patches per side / the projector's merge, squared (Idefics3/SmolVLM: twice, the
     overview and one slice; Pixtral: plus a break token per row but the last). Families that tile larger images
     (Idefics3, LFM2-VL) or take any resolution (Qwen-VL, Pixtral, Gemma 4) spend more on larger images; this is
-    the native size's figure (checked against libmtmd for each family: tests/bundle/test_vision_bundle.py). The encoder's scratch, as
-    libmtmd's graph holds it at its peak: per patch ~6 activations of the ViT width and 2 of its FFN width, and
-    without ``flash_attn`` the attention scores (heads x patches^2), all float32; plus the image's output
-    embeddings (tokens x the text model's width). Against the peak RSS of loading an F16 mmproj and encoding one
+    the native size's figure (checked against libmtmd for each family: tests/bundle/test_vision_bundle.py). The
+    encoder's scratch, as libmtmd's graph holds it at its peak: per patch ~6 activations of the ViT width and 2
+    of its FFN width, and without ``flash_attn`` the attention scores (heads x patches^2), all float32; plus the
+    image's output embeddings (tokens x the text model's width). Against the peak RSS of loading an F16 mmproj and encoding one
     image (SigLIP-shaped, 1-2 layers; 256 / 1024 / 4096 patches): -48% (8 vs 15 MB, fixed costs dominate) /
     -13% / +14% with flash attention, -5% / +4% without (60 MB, 1 GB: the scores dominate)."""
     kind = str(meta.get("clip.projector_type") or meta.get("clip.vision.projector_type") or "")

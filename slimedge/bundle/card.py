@@ -273,7 +273,8 @@ def _release_vision(m: dict, args: str, repo: str, qtype: str) -> list[str]:
         f"is the vision projector of every file above: give it beside whichever type you pick. Images of "
         f"{mm['image_size']} px take ~{mm['tokens_per_image']} context tokens each; the RAM estimates include its "
         f"weights and its encoder's scratch for one image.", "",
-        "```sh", f"llama-mtmd-cli -m {first} --mmproj {mm['file']} {args} --image photo.jpg -p \"Describe this image.\"",
+        "```sh",
+        f"llama-mtmd-cli -m {first} --mmproj {mm['file']} {args} --image photo.jpg -p \"Describe this image.\"",
         f"llama-server -m {first} --mmproj {mm['file']} {args} --port 8080",
         f"llama-server -hf {repo}:{qtype} {args}   # -hf fetches the repo's mmproj with the model (--no-mmproj: not)",
         "```", "",

@@ -57,7 +57,8 @@ def test_release_carries_one_projector_in_manifest_card_modelfile_and_lmstudio(v
     m = json.loads((out / "manifest.json").read_text())
     mm = m["mmproj"]
     assert mm["file"] == mm_file and mm["role"] == "mmproj" and mm["projector_type"] == "gemma3"
-    assert mm["type"] == "F16" and mm["file_type"] == "MOSTLY_F16" and mm["n_embd"] == 64 and mm["tokens_per_image"] == 4
+    assert mm["type"] == "F16" and mm["file_type"] == "MOSTLY_F16"
+    assert mm["n_embd"] == 64 and mm["tokens_per_image"] == 4
     listed = {f["path"]: f for f in m["files"]}
     assert listed[mm_file]["sha256"] == sha256_file(out / mm_file) and listed[mm_file]["size"] == mm["size"]
     # the same projector `slimedge convert` writes beside a text model
