@@ -19,10 +19,9 @@ server_runtime.py (the llama.cpp runtime shared with `slimedge serve`, and the s
 serve_guard.py (--serve's request checks), machine.py (--bench's machine probes, slimedge's own), and where the
 bundle has them vision_runtime.py (images) and draft.py (speculative decoding).
 
-The server binds 127.0.0.1 unless --host says otherwise; any other host needs an API key (--api-key or
-the SLIMEDGE_API_KEY environment variable), which every request must then send as a Bearer token. The
-socket is bound before the model loads (a taken port is one line, at once). SIGTERM shuts it down
-gracefully (requests in flight finish) and the exit status is 143.
+--serve binds 127.0.0.1 unless --host says otherwise; any other host needs an API key (--api-key or the
+SLIMEDGE_API_KEY environment variable), which every request must then send as a Bearer token; SIGTERM stops it
+gracefully (exit status 143). server_runtime.py's docstring says the rest.
 """
 
 from __future__ import annotations
@@ -238,7 +237,8 @@ def bench(args, rt: dict, bs: dict) -> dict:
 
 def save_bench(record: dict, man: dict) -> Path:
     """``record`` + this machine as ``bench/<hostname>-<date>.json`` in the bundle (``-2``, ... when taken)."""
-    rec = dict(record, **load_sibling("machine").machine_info(), test_time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    here = load_sibling("machine").machine_info()  # slimedge/bench/machine.py's probes, shipped beside this file
+    rec = dict(record, **here, test_time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                model_filename=man.get("model", "model.gguf"), model_type=man.get("quantization", {}).get("type"),
                source="run --bench --json")
     folder = HERE / BENCH_DIR

@@ -116,6 +116,7 @@ def flash_attn_setting(rt: dict):
         lib.LLAMA_FLASH_ATTN_TYPE_ENABLED = enabled
 
 
+# ---- the server (./run --serve, slimedge serve) ----
 
 @contextlib.contextmanager
 def swa_full_setting(rt: dict):
