@@ -134,7 +134,8 @@ def verify_bundle(path: str | Path, *, load: bool = True, raise_on_problem: bool
     drafted = [manifest["draft"]["file"]] if manifest.get("draft") is not None and report.ok else []
     for model in models_of(manifest) + drafted if report.ok and load else []:
         try:
-            mmproj = manifest["mmproj"]["file"] if model == manifest.get("model") and manifest.get("mmproj") else None
+            paired = model == manifest.get("model") or manifest.get("format") == "slimedge-release"  # every type's
+            mmproj = manifest["mmproj"]["file"] if paired and manifest.get("mmproj") else None
             check_loads(path / model, report, None if mmproj is None else path / mmproj)
         except SlimedgeError as exc:
             msg = str(exc)
