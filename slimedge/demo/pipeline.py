@@ -25,13 +25,13 @@ Only step 5 runs every time (speed is measured, never cached); the rest is reuse
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
 import os
 import platform
 import time
-import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 

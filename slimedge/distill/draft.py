@@ -130,10 +130,12 @@ def check_tokenizers(target: str, draft: str) -> None:
     except Exception as exc:  # noqa: BLE001 - any loader failure is the user's folder
         raise SlimedgeError(f"cannot read the tokenizers of {target} and {draft}: {exc}".splitlines()[0]) from None
     if a != b:
-        extra = sorted(set(b) - set(a), key=b.get)[:1] or sorted(set(a) - set(b), key=a.get)[:1]
-        what = f"{len(b)} tokens, the target's {len(a)}" if len(a) != len(b) else "the same size, other tokens"
-        raise SlimedgeError(f"{draft}: the draft's vocabulary differs from the target's ({what}; e.g. {extra[0]!r}"
-                            f" {'only in the draft' if extra and extra[0] in b else 'only in the target'}); "
+        only = sorted(set(b) - set(a), key=b.get)[:1]
+        moved = sorted((t for t in a if t in b and a[t] != b[t]), key=a.get)[:1]
+        what = (f"{len(b)} tokens, the target's {len(a)}; " if len(a) != len(b) else "") + (
+            f"{only[0]!r} only in the draft" if only else f"{moved[0]!r} has another id" if moved
+            else "tokens missing from the draft")
+        raise SlimedgeError(f"{draft}: the draft's vocabulary differs from the target's ({what}); "
                             "a draft must share the target's tokenizer")
 
 

@@ -149,7 +149,7 @@ def main() -> int:
     print(f"\n{len(prompts)} held-out prompts x {a.n_gen} tokens, greedy, {a.threads} threads, {a.repeats} repeats "
           f"(median); target Q8_0")
     print(f"{'draft':<20} {'MB':>6} {'accept':>7} {'per step':>8} {'alone t/s':>9} {'draft t/s':>9} {'ratio':>6} same")
-    for name, g in ggufs.items():
+    for name in ggufs:
         ms = [r[name] for r in runs]
         row = {"size_mb": ms[0]["size"] / 1e6, "acceptance": ms[0]["acceptance"],
                "accepted_per_step": ms[0]["accepted_per_step"],
@@ -162,7 +162,8 @@ def main() -> int:
     best = max(rows, key=lambda k: rows[k]["speedup"])
     acc, fkl = (rows[f"{r}-Q8_0"]["acceptance"] for r in ("acceptance", "fkl"))
     print(f"\nacceptance recipe vs plain forward KL (Q8_0): {acc:.1%} vs {fkl:.1%} ({acc / max(fkl, 1e-9):.2f}x)")
-    print(f"best: {best} {rows[best]['speedup']:.2f}x (goal >= 1.5x: {'met' if rows[best]['speedup'] >= 1.5 else 'NOT met'})")
+    met = "met" if rows[best]["speedup"] >= 1.5 else "NOT met"
+    print(f"best: {best} {rows[best]['speedup']:.2f}x (goal >= 1.5x: {met})")
     print(f"wall: target {t_target:.0f} s, drafts {t_drafts:.0f} s, total {time.monotonic() - t0:.0f} s; "
           f"load average {os.getloadavg()[0]:.1f}")
     if a.json:

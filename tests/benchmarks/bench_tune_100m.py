@@ -219,11 +219,9 @@ def jobs(a, out: Path, calib: Path) -> list[dict]:
 # ------------------------------------------------------------------------------------------------ report (parent)
 
 def _fit(xs, ys) -> tuple[float, float]:
-    """(slope, intercept) of ys over xs; one point: through the origin."""
+    """(slope, intercept) of ys over xs (two or more depths)."""
     import numpy as np
 
-    if len(set(xs)) < 2:
-        return ys[0] / xs[0], 0.0
     s, c = np.polyfit(xs, ys, 1)
     return float(s), float(c)
 
@@ -292,6 +290,9 @@ def project_big(rs: list[dict], a) -> None:
         if not rows:
             continue
         Ls = [r["job"]["layers"] for r in rows]
+        if len(set(Ls)) < 2:
+            print(f"  {label} fp32: one depth measured ({Ls}); the projection needs two (--big-layers 1,2)")
+            continue
         tl, te = _fit(Ls, [r["step_s"] for r in rows])
         cl, ce = _fit(Ls, [r["step_cpu"] for r in rows])
         fl, fe = _fit(Ls, [r["fixed"] for r in rows])
