@@ -62,12 +62,13 @@ from .options import make_progress, overwrite_option, quiet_option, threads_opti
 @overwrite_option
 @quiet_option
 def cli(target: str, output: str, types: tuple[str, ...], quiet: bool, **kw) -> None:
-    """Distil a speculative-decoding draft from TARGET and measure its acceptance through llama.cpp.
+    """Distil a speculative-decoding draft model from TARGET and measure its acceptance.
 
     The draft (the target's architecture and tokenizer, fewer layers or narrower) learns the target's
     next-token distribution on the target's own greedy continuations of prompts from --data, is written
-    to DRAFT_DIR as a Hugging Face folder and as one GGUF per --type, and is measured: the target decodes
-    held-out prompts greedily alone and with each draft (same tokens), reporting acceptance and tok/s.
+    to DRAFT_DIR as a Hugging Face folder and as one GGUF per --type, and is measured through llama.cpp:
+    the target decodes held-out prompts greedily alone and with each draft (same tokens), reporting
+    acceptance and tok/s.
     --draft-model takes an existing small sibling instead (its vocabulary must be the target's).
 
     \b

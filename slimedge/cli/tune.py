@@ -47,8 +47,14 @@ from .options import make_progress, overwrite_option, quiet_option, threads_opti
               help="--mode blockwise: optimizer steps per decoder layer.")
 @click.option("--block-samples", type=click.IntRange(min=1), default=128, show_default=True,
               help="--mode blockwise: calibration blocks (of --seq-len tokens) whose activations are cached.")
-@click.option("--round-lr", type=click.FloatRange(min=0, min_open=True), default=1e-2, show_default=True,
-              help="--mode blockwise: learning rate of the per-weight rounding offsets (in code units).")
+@click.option("--round-lr", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="--mode blockwise: learning rate of the per-weight rounding offsets, in code units (default "
+                   "1e-2; with --block-opt sign 1 / --block-iters, as AutoRound).")
+@click.option("--block-lr", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="--mode blockwise: learning rate of the log block scales (default 5e-4; sign: 1e-3; integer "
+                   "sub-scales/mins: 40x).")
+@click.option("--block-opt", type=click.Choice(["adam", "sign"]), default="adam", show_default=True,
+              help="--mode blockwise: Adam, or AutoRound's signed gradient descent.")
 @click.option("--fsdp-teacher", is_flag=True, help="Under torchrun: shard the float teacher's weights across the "
               "processes (FSDP2, one unit per decoder layer), for a teacher that does not fit one device.")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -60,8 +66,9 @@ from .options import make_progress, overwrite_option, quiet_option, threads_opti
 def cli(gguf_file: Path, teacher: str, data: str, data_field: str, out: Path, steps: int, lr: float,
         sub_lr: float | None, batch_size: int, seq_len: int, max_blocks: int, warm_steps: int, device: str,
         precision: str,
-        learn_codes: bool, codes_lr: float, mode: str, block_iters: int, block_samples: int, round_lr: float,
-        fsdp_teacher: bool, seed: int, resume: bool, threads: int | None, overwrite: bool, quiet: bool) -> None:
+        learn_codes: bool, codes_lr: float, mode: str, block_iters: int, block_samples: int,
+        round_lr: float | None, block_lr: float | None, block_opt: str, fsdp_teacher: bool, seed: int, resume: bool,
+        threads: int | None, overwrite: bool, quiet: bool) -> None:
     """Tune a quantized GGUF's block scales against its teacher (same types, same size).
 
     Keeps every tensor's type, integer codes and block layout and learns the block parameters (Q4_K/Q5_K:
@@ -88,7 +95,7 @@ def cli(gguf_file: Path, teacher: str, data: str, data_field: str, out: Path, st
                         device=device, threads=threads, seed=seed, overwrite=overwrite, data_field=data_field,
                         resume=resume, fsdp_teacher=fsdp_teacher, precision=precision, learn_codes=learn_codes,
                         codes_lr=codes_lr, mode=mode, block_iters=block_iters, block_samples=block_samples,
-                        round_lr=round_lr),
+                        round_lr=round_lr, block_lr=block_lr, block_opt=block_opt),
              make_progress(quiet))
     if not r.output:  # a non-zero rank under torchrun
         return

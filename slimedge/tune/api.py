@@ -54,12 +54,27 @@ class TuneConfig:
     mode: str = "e2e"               # e2e: KL steps only; blockwise: block-wise reconstruction, then the KL steps
     block_iters: int = 200          # blockwise: Adam steps per decoder layer
     block_samples: int = 128        # blockwise: calibration blocks whose activations are cached
-    round_lr: float = 1e-2          # blockwise: lr of the per-weight rounding offsets (in code units)
-    block_lr: float = 5e-4          # blockwise: lr of the log scales (integer sub-scales/mins: 40x)
+    round_lr: float | None = None   # blockwise: lr of the rounding offsets, code units (adam 1e-2, sign 1/block_iters)
+    block_lr: float | None = None   # blockwise: lr of the log scales (adam 5e-4, sign 1e-3; sub-scales/mins: 40x)
+    block_opt: str = "adam"         # blockwise: adam, or sign (AutoRound's signed gradient descent)
+    block_input: str = "quant"      # blockwise: the layer's input: quant (quantized prefix), teacher, mix (both)
+    block_batch: int = 0            # blockwise: cached blocks per step (0: batch_size)
 
     @property
     def sub_lr_or_default(self) -> float:
         return self.sub_lr if self.sub_lr is not None else 20 * self.lr
+
+    @property
+    def round_lr_or_default(self) -> float:
+        """Adam: 1e-2. Signed steps: as AutoRound, 1 / block_iters, so an offset can cross its [-1/2, 1/2] range
+        once under the linear decay."""
+        if self.round_lr is not None:
+            return self.round_lr
+        return 1e-2 if self.block_opt == "adam" else 1.0 / max(self.block_iters, 1)
+
+    @property
+    def block_lr_or_default(self) -> float:
+        return self.block_lr if self.block_lr is not None else (5e-4 if self.block_opt == "adam" else 1e-3)
 
 
 @dataclass
@@ -92,7 +107,9 @@ def _settings(cfg: TuneConfig) -> dict:
             "batch_size": cfg.batch_size, "seq_len": cfg.seq_len, "max_blocks": cfg.max_blocks, "seed": cfg.seed,
             "warm_steps": cfg.warm_steps, "precision": cfg.precision, "learn_codes": cfg.learn_codes,
             "codes_lr": cfg.codes_lr, "mode": cfg.mode, "block_iters": cfg.block_iters,
-            "block_samples": cfg.block_samples, "round_lr": cfg.round_lr, "block_lr": cfg.block_lr}
+            "block_samples": cfg.block_samples, "round_lr": cfg.round_lr, "block_lr": cfg.block_lr,
+            "block_opt": cfg.block_opt, "block_input": cfg.block_input,
+            "block_batch": cfg.block_batch}
 
 
 class TuneSteps:
@@ -177,6 +194,9 @@ def tune(cfg: TuneConfig, progress: Progress = NULL_PROGRESS) -> TuneResult:
                                 "--warm-steps")
         if cfg.mode not in ("e2e", "blockwise"):
             raise SlimedgeError(f"--mode {cfg.mode}: give e2e or blockwise")
+        if cfg.block_opt not in ("sign", "adam") or cfg.block_input not in ("quant", "teacher", "mix"):
+            raise SlimedgeError(f"--block-opt {cfg.block_opt} / --block-input {cfg.block_input}: give sign or adam / "
+                                "quant, teacher or mix")
         if cfg.mode == "blockwise" and (cfg.fsdp_teacher or cfg.warm_steps):
             raise SlimedgeError("--mode blockwise needs the teacher's whole layers and replaces the warm start: "
                                 "leave out --fsdp-teacher and --warm-steps")

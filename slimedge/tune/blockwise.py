@@ -6,10 +6,11 @@ the *quantized* model's input to it (the layers before it already tuned), both c
 calibration blocks. Learned per layer, for every quantized matrix in it: the block scales and mins (as the KL
 stage, :class:`~slimedge.tune.modules.QuantWeight`) and a rounding offset ``v`` in [-1/2, 1/2] per weight, the
 code being ``round((w - offset) / scale + v)`` of the teacher's float weight ``w``, straight-through
-(:meth:`QuantWeight.begin_rounding`); ``block_iters`` Adam steps (offsets at ``round_lr``, log scales at
-``block_lr``, integer sub-scales/mins at 40x that) on the mean squared error of the layer's output
-over ``batch_size`` random cached blocks, learning rate decaying linearly to 0. A layer whose error on all the
-cached blocks does not fall keeps the file's fields. The codes are then fixed and written back through
+(:meth:`QuantWeight.begin_rounding`); ``block_iters`` Adam steps (``block_opt="sign"``: AutoRound's signed gradient
+descent, each parameter moving by its rate times its gradient's sign) with the offsets at ``round_lr`` (Adam 1e-2,
+sign ``1 / block_iters``), log scales at ``block_lr``, integer sub-scales/mins at 40x that, on the mean squared
+error of the layer's output over ``batch_size`` random cached blocks, rates decaying linearly to 0. A layer whose
+error on all the cached blocks does not fall keeps the file's fields. The codes are then fixed and written back through
 :func:`slimedge.quant.blockfields.pack`'s code bit map, so types and bytes stay the file's.
 
 Cost grows with one layer: memory is the model's codes plus one layer's float matrices and offsets plus three
@@ -103,6 +104,27 @@ def _quant_linears(layer):
     return {n: m for n, m in layer.named_modules() if isinstance(m, QuantLinear)}
 
 
+def _optimizer(cfg, qs):
+    """Adam (offsets at ``round_lr``, log scales at ``block_lr``, integer sub-scales/mins at 40x) or, with
+    ``block_opt="sign"``, AutoRound's signed gradient descent (SGD on the gradients' signs) at the same rates."""
+    import torch
+
+    groups = [{"params": [p for q in qs for p in q.scale_parameters()], "lr": cfg.block_lr_or_default},
+              {"params": [p for q in qs for p in q.sub_parameters()], "lr": 40 * cfg.block_lr_or_default},
+              {"params": [p for q in qs for p in q.round_parameters()], "lr": cfg.round_lr_or_default}]
+    groups = [g for g in groups if g["params"]]
+    if cfg.block_opt == "sign":
+        return torch.optim.SGD(groups, lr=cfg.round_lr_or_default)
+    return torch.optim.Adam(groups)
+
+
+def _batch_loss(ql, xt, xq, y, idx, kw, cfg, scale):
+    """The step's relative squared error: the quantized layer on its own inputs (``block_input="quant"``), on the
+    teacher's (``"teacher"``) or the mean of both (``"mix"``), against the teacher layer's output."""
+    xs = {"quant": (xq,), "teacher": (xt,), "mix": (xq, xt)}[cfg.block_input]
+    return sum(((_run(ql, x[idx], kw) - y[idx]) ** 2).mean() for x in xs) * (scale / len(xs))
+
+
 def tune_layer(i: int, tl, ql, xt, xq, kw, cfg) -> tuple[float, float, object]:
     """Tune the quantized layer ``ql`` against the teacher layer ``tl``; (error before, after, teacher output)."""
     import torch
@@ -117,21 +139,24 @@ def tune_layer(i: int, tl, ql, xt, xq, kw, cfg) -> tuple[float, float, object]:
     for n, m in mods.items():
         m.qw.begin_rounding(tl.get_submodule(n).weight)
     qs = [m.qw for m in mods.values()]
-    groups = [{"params": [p for q in qs for p in q.scale_parameters()], "lr": cfg.block_lr},
-              {"params": [p for q in qs for p in q.sub_parameters()], "lr": 40 * cfg.block_lr},
-              {"params": [p for q in qs for p in q.round_parameters()], "lr": cfg.round_lr}]
-    opt = torch.optim.Adam([g for g in groups if g["params"]])
+    opt = _optimizer(cfg, qs)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 - s / cfg.block_iters)
     rng = np.random.default_rng(cfg.seed * 7919 + i)
     scale = 1.0 / max(float((y ** 2).mean()), 1e-30)  # a relative error: one lr for every layer's size
     for _ in range(cfg.block_iters):
-        idx = torch.as_tensor(rng.choice(len(xq), size=min(bsz, len(xq)), replace=False), device=xq.device)
-        loss = ((_run(ql, xq[idx], kw) - y[idx]) ** 2).mean() * scale
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
+        idx = torch.as_tensor(rng.choice(len(xq), size=min(cfg.block_batch or bsz, len(xq)), replace=False),
+                              device=xq.device)
+        loss = _batch_loss(ql, xt, xq, y, idx, kw, cfg, scale)
         if not torch.isfinite(loss):
             raise SlimedgeError(f"--mode blockwise: the error of layer {i} became {float(loss)}; lower --round-lr "
                                 "or --lr")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.block_opt == "sign":
+            for g in opt.param_groups:
+                for p in g["params"]:
+                    if p.grad is not None:
+                        p.grad.sign_()
         opt.step()
         sched.step()
         for q in qs:

@@ -17,7 +17,11 @@ each of ``--prompts`` held-out prompts: the target alone and with each of the fo
 ``--repeats`` times (the target alone is measured before each draft). Printed: acceptance, accepted tokens per
 target step, tok/s alone and with the draft, the ratio (goal: >= 1.5x) and whether the output was identical.
 
-    python tests/benchmarks/bench_draft.py [--target-steps 30] [--draft-steps 40] [--threads 2]
+With ``--llama-server BIN`` (llama.cpp's server built from the pinned sdist), the same pairs are also decoded by
+llama.cpp's own speculative decoding (``llama-server -md``, greedy, the same prompts), so the Python hook's
+overhead is known.
+
+    python tests/benchmarks/bench_draft.py [--target-steps 30] [--draft-steps 40] [--threads 2] [--llama-server BIN]
 """
 
 from __future__ import annotations
@@ -98,6 +102,63 @@ def build_draft(root: Path, recipe: str, target: Path, target_gguf: Path, data: 
     return dict(json.loads((out / REPORT_NAME).read_text()), folder=str(out))
 
 
+def llama_server_pair(server: str, target_gguf: Path, draft_gguf: Path | None, prompts: list[list[int]], a) -> dict:
+    """llama.cpp's own speculative decoding on the same pair: ``server`` (a llama-server built from the pinned
+    sdist) with ``-md draft_gguf`` or without, greedy ``--n-gen`` tokens after each prompt (token ids); tok/s from
+    the server's own timings of the generated tokens, acceptance from its draft counters, and the tokens."""
+    import socket
+    import subprocess
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [server, "-m", str(target_gguf), "--port", str(port), "-t", str(a.threads), "-c", "1024", "-np", "1",
+           "--no-webui"]
+    if draft_gguf is not None:
+        cmd += ["-md", str(draft_gguf), "-td", str(a.threads), "--spec-draft-n-max", str(a.draft_max),
+                "--spec-draft-n-min", "0", "--spec-draft-p-min", "0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            try:
+                if urllib.request.urlopen(url + "/health", timeout=1).status == 200:
+                    break
+            except OSError:
+                time.sleep(0.1)
+        n = ms = drafted = accepted = 0
+        outs = []
+        for p in [prompts[0]] + prompts:  # the first is a warm-up
+            body = json.dumps({"prompt": p, "n_predict": a.n_gen + 1, "temperature": 0, "top_k": 1,
+                               "cache_prompt": False, "ignore_eos": True, "return_tokens": True}).encode()
+            req = urllib.request.Request(url + "/completion", body, {"Content-Type": "application/json"})
+            r = json.loads(urllib.request.urlopen(req, timeout=600).read())
+            outs.append(r["tokens"])
+            if len(outs) > 1:
+                t = r["timings"]
+                n, ms = n + t["predicted_n"], ms + t["predicted_ms"]
+                drafted, accepted = drafted + t.get("draft_n", 0), accepted + t.get("draft_n_accepted", 0)
+    finally:
+        proc.terminate()
+        proc.wait()
+    return {"ts": 1000 * n / ms, "acceptance": accepted / drafted if drafted else None, "tokens": outs[1:]}
+
+
+def print_llama_server(server: str, target_gguf: Path, ggufs: dict, prompts, a) -> dict:
+    """The llama-server rows: the target alone, then with each draft (same prompts, greedy)."""
+    alone = llama_server_pair(server, target_gguf, None, prompts, a)
+    print(f"\nllama.cpp's own llama-server -md ({server}), same prompts: target alone {alone['ts']:.1f} t/s")
+    rows = {}
+    for name, g in ggufs.items():
+        r = llama_server_pair(server, target_gguf, g, prompts, a)
+        rows[name] = {"acceptance": r["acceptance"], "ts": r["ts"], "speedup": r["ts"] / alone["ts"],
+                      "same_output": r["tokens"] == alone["tokens"]}
+        print(f"{name:<20} accept {r['acceptance']:.1%}  {r['ts']:7.1f} t/s  {rows[name]['speedup']:.2f}x  "
+              f"same {rows[name]['same_output']}", flush=True)
+    return {"alone_ts": alone["ts"], "rows": rows}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--width", type=int, default=1024)
@@ -116,6 +177,8 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", default=None, help="also write the figures here")
+    ap.add_argument("--llama-server", default=None,
+                    help="a llama-server binary (the pinned sdist's): also measure llama.cpp's own -md on each pair")
     a = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     from slimedge.threads import configure
@@ -166,9 +229,10 @@ def main() -> int:
     print(f"best: {best} {rows[best]['speedup']:.2f}x (goal >= 1.5x: {met})")
     print(f"wall: target {t_target:.0f} s, drafts {t_drafts:.0f} s, total {time.monotonic() - t0:.0f} s; "
           f"load average {os.getloadavg()[0]:.1f}")
+    server = print_llama_server(a.llama_server, target_gguf, ggufs, prompts, a) if a.llama_server else None
     if a.json:
         Path(a.json).write_text(json.dumps({"rows": rows, "target": treport, "drafts": {
-            r: {k: d[k] for k in ("distill", "measured")} for r, d in drafts.items()}}, indent=2, default=str))
+            r: {k: d[k] for k in ("distill", "measured")} for r, d in drafts.items()}, "llama_server": server}, indent=2, default=str))
     return 0
 
 

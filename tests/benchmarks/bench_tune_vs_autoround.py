@@ -31,8 +31,9 @@ import time
 from pathlib import Path
 
 
-def _autoround(a, teacher: Path, calib: Path, out: Path) -> tuple[Path | None, float, str]:
-    """AutoRound's Q4_K_M GGUF of the teacher (installing it into its own venv when absent): (file, seconds, note)."""
+def _autoround(a, qtype: str, teacher: Path, calib: Path, out: Path) -> tuple[Path | None, float, str]:
+    """AutoRound's ``qtype`` GGUF of the teacher (installing it into its own venv when absent): (file, seconds,
+    note)."""
     venv = Path(a.autoround_venv or out / "autoround-venv")
     exe = venv / "bin" / "auto-round"
     note = ""
@@ -46,7 +47,7 @@ def _autoround(a, teacher: Path, calib: Path, out: Path) -> tuple[Path | None, f
         if r.returncode != 0 or not exe.is_file():
             return None, 0.0, "pip install auto-round failed: " + (r.stderr.strip().splitlines() or ["?"])[-1]
         note = "installed auto-round into " + str(venv)
-    dst = out / f"autoround-i{a.iters}-n{a.nsamples}"
+    dst = out / f"autoround-{qtype}-i{a.iters}-n{a.nsamples}"
     found = sorted(dst.rglob("*.gguf")) if dst.is_dir() else []
     if found and not a.rerun_autoround:
         return found[0], float((dst / "seconds.txt").read_text()) if (dst / "seconds.txt").is_file() else 0.0, \
@@ -66,28 +67,105 @@ def _autoround(a, teacher: Path, calib: Path, out: Path) -> tuple[Path | None, f
              "        pre.gpt2 = True\n        tm.get_vocab_base_pre = pre\n    return ctx\n"
              "lc._import_conversion_from = patched\n"
              "from auto_round.__main__ import run\nsys.argv[0] = 'auto-round'\nsys.exit(run())\n")
-    cmd = [str(venv / "bin" / "python"), "-c", patch, "--model", str(teacher), "--format", "gguf:q4_k_m", "--iters", str(a.iters), "--nsamples",
-           str(a.nsamples), "--seqlen", "256", "--device", "cpu", "--dataset", str(data), "--output_dir", str(dst)]
+    cmd = [str(venv / "bin" / "python"), "-c", patch, "--model", str(teacher), "--format", f"gguf:{qtype.lower()}",
+           "--iters", str(a.iters), "--nsamples", str(a.nsamples), "--seqlen", "256", "--device", "cpu",
+           "--dataset", str(data), "--output_dir", str(dst)]
     print("# auto-round " + " ".join(cmd[3:]), flush=True)
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS=str(a.threads))
     t0 = time.monotonic()
     r = subprocess.run(cmd, capture_output=True, text=True, env=env)
     sec = time.monotonic() - t0
-    (out / "autoround.log").write_text(r.stdout + r.stderr)
+    (out / f"autoround-{qtype}.log").write_text(r.stdout + r.stderr)
     found = sorted(dst.rglob("*.gguf")) if dst.is_dir() else []
     if r.returncode != 0 or not found:
         tail = [ln for ln in (r.stderr or r.stdout).strip().splitlines() if ln.strip()][-1:] or ["no output"]
-        return None, sec, f"auto-round exited {r.returncode} without a GGUF: {tail[0][:300]} (log: {out}/autoround.log)"
+        return None, sec, (f"auto-round exited {r.returncode} without a GGUF: {tail[0][:300]} "
+                           f"(log: {out}/autoround-{qtype}.log)")
     (dst / "seconds.txt").write_text(f"{sec}")
     return found[0], sec, note
+
+
+ROWS = ("e2e", "blockwise", "blockwise+e2e")
+
+
+def _tuned_rows(a, qtype: str, base: Path, teacher: Path, calib: Path, out: Path) -> list:
+    """slimedge's tuned files of the start file ``base``: (row name, file, wall seconds, note) per ``--rows``."""
+    from slimedge.tune import TuneConfig, tune
+
+    common = dict(teacher=str(teacher), data=str(calib), threads=a.threads, overwrite=True, seq_len=256,
+                  max_blocks=a.nsamples, precision="fp32", seed=a.seed)
+    bw = out / f"slimedge-tune-{qtype}-blockwise.gguf"
+    todo = [r for r in ROWS if r in a.rows.split(",")]
+    if "blockwise+e2e" in todo and "blockwise" not in todo:
+        todo.insert(0, "blockwise")  # blockwise + e2e: the KL steps on the block-wise file
+    rows, bw_sec = [], 0.0
+    for row in todo:
+        kw, src = {"e2e": (dict(steps=a.steps), base),
+                   "blockwise": (dict(mode="blockwise", steps=0, block_iters=a.iters, block_samples=a.nsamples), base),
+                   "blockwise+e2e": (dict(steps=a.steps, lr=a.e2e_lr_after), bw)}[row]
+        dst = out / f"slimedge-tune-{qtype}-{row.replace('+', '-plus-')}.gguf"
+        took = dst.with_suffix(".seconds")
+        if a.reuse and dst.is_file() and took.is_file():
+            sec, note = float(took.read_text()), "reused"
+        else:
+            t0 = time.monotonic()
+            r = tune(TuneConfig(gguf=str(src), output=str(dst), **common, **kw))
+            # as --mode blockwise --steps N runs both in one go: the block-wise wall time counts
+            sec = time.monotonic() - t0 + (bw_sec if src == bw else 0.0)
+            took.write_text(f"{sec}")
+            note = f"torch KL {r.kl_before:.4f} -> {r.kl_after:.4f}"
+        if row == "blockwise":
+            bw_sec = sec
+        rows.append((f"slimedge tune {row.replace('+', ' + ')}", dst, sec, note))
+    return rows
+
+
+def _score(a, qtype: str, rows: list, base: Path, f16: Path, held: Path) -> list[dict]:
+    """Each row's file scored through llama.cpp against F16; bytes and whether types/tensor bytes equal ``base``."""
+    from slimedge.bench import run_bench
+    from slimedge.gguf_info import read_info
+
+    ref = read_info(base)
+    ref_types = sorted((t.name, t.type) for t in ref.tensors)
+    res = []
+    for name, path, sec, note in rows:
+        kl, same, size = None, None, None
+        if path is not None:
+            b = run_bench(str(path), ref=str(f16), text=str(held), n_ctx=256, n_threads=a.threads, speed=False,
+                          max_chunks=a.max_chunks)
+            kl, info = b.get("kld_mean"), read_info(path)
+            size = path.stat().st_size
+            # same tensor types and tensor bytes (another writer's metadata may differ by a few bytes)
+            same = ref_types == sorted((t.name, t.type) for t in info.tensors) and \
+                sum(t.n_bytes for t in info.tensors) == sum(t.n_bytes for t in ref.tensors)
+        res.append({"type": qtype, "model": name, "bytes": size, "same_types_and_bytes": same, "kld_mean": kl,
+                    "wall_s": sec, "note": note})
+    return res
+
+
+def _print(res: list[dict]) -> None:
+    ar = next((r["kld_mean"] for r in res if r["model"].startswith("AutoRound")), None)
+    start = res[0]["kld_mean"]
+    print(f"\n{'model':<34} {'bytes':>9} {'same':>5} {'KL vs F16':>10} {'/start':>7} {'/AutoRound':>10} {'wall s':>7}"
+          "  note")
+    for r in res:
+        kl = r["kld_mean"]
+        f = (lambda x: f"{kl / x:.2f}x" if kl is not None and x else "-")
+        print(f"{r['model']:<34} {r['bytes'] or 0:>9} {str(r['same_types_and_bytes']):>5} "
+              f"{kl if kl is not None else float('nan'):>10.5f} {f(start):>7} {f(ar):>10} {r['wall_s']:>7.0f}  "
+              f"{r['note']}", flush=True)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="bench-tune-vs-autoround")
+    ap.add_argument("--types", default="Q4_K_M", help="comma-separated llama.cpp types, e.g. Q4_K_M,Q3_K_M,Q4_0,Q5_0")
+    ap.add_argument("--rows", default=",".join(ROWS), help=f"slimedge rows, of {','.join(ROWS)}")
     ap.add_argument("--iters", type=int, default=200, help="block-wise steps per layer (AutoRound's --iters)")
     ap.add_argument("--nsamples", type=int, default=128, help="calibration blocks of 256 tokens (both)")
     ap.add_argument("--steps", type=int, default=100, help="end-to-end KL steps (the e2e rows)")
+    ap.add_argument("--e2e-lr-after", type=float, default=2e-3, help="the KL steps' --lr after block-wise")
+    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--calib-chars", type=int, default=1_000_000)
     ap.add_argument("--max-chunks", type=int, default=60, help="held-out chunks of 256 tokens scored")
@@ -98,15 +176,12 @@ def main() -> int:
     a = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    from slimedge.bench import run_bench
     from slimedge.calib import compute_imatrix
     from slimedge.convert import convert
     from slimedge.demo import corpus
     from slimedge.demo.pipeline import shipped_teacher
-    from slimedge.gguf_info import read_info
     from slimedge.quant.imatrix_file import write_imatrix
     from slimedge.quant.mixes import QuantSpec
-    from slimedge.tune import TuneConfig, tune
 
     out = Path(a.out).absolute()
     out.mkdir(parents=True, exist_ok=True)
@@ -122,59 +197,19 @@ def main() -> int:
     if not imx.is_file():  # as the demo: the teacher's importance matrix of its training text
         write_imatrix(imx, compute_imatrix(teacher, calib.read_text(), ctx=256, chunks=64, threads=a.threads),
                       overwrite=True)
-    base = out / "teacher-Q4_K_M-imatrix.gguf"
-    if not base.is_file():
-        convert(teacher, base, QuantSpec("Q4_K_M"), imatrix=imx, overwrite=True)
-
-    rows: list[tuple[str, Path | None, float, str]] = [("Q4_K_M imatrix (llama.cpp-style)", base, 0.0, "start file")]
-    common = dict(gguf=str(base), teacher=str(teacher), data=str(calib), threads=a.threads, overwrite=True,
-                  seq_len=256, max_blocks=a.nsamples, precision="fp32")
-    bw = out / "slimedge-tune-blockwise.gguf"
-    # blockwise + e2e: the KL steps on the block-wise file, as --mode blockwise --steps N runs them in one go
-    for name, kw, src in (("slimedge tune e2e", dict(steps=a.steps), base),
-                          ("slimedge tune blockwise", dict(mode="blockwise", steps=0, block_iters=a.iters,
-                                                           block_samples=a.nsamples), base),
-                          ("slimedge tune blockwise + e2e", dict(steps=a.steps), bw)):
-        dst = out / (name.replace(" ", "-").replace("+", "plus") + ".gguf")
-        took = dst.with_suffix(".seconds")
-        if a.reuse and dst.is_file() and took.is_file():
-            rows.append((name, dst, float(took.read_text()), "reused"))
-            continue
-        t0 = time.monotonic()
-        r = tune(TuneConfig(output=str(dst), **dict(common, gguf=str(src)), **kw))
-        sec = time.monotonic() - t0 + (rows[-1][2] if src == bw else 0.0)
-        took.write_text(f"{sec}")
-        rows.append((name, dst, sec, f"torch KL {r.kl_before:.4f} -> {r.kl_after:.4f}"))
-    if not a.skip_autoround:
-        path, sec, note = _autoround(a, teacher, calib, out)
-        rows.append(("AutoRound gguf:q4_k_m", path, sec, note))
-
-    ref = read_info(base)
-    ref_types = [(t.name, t.type) for t in ref.tensors]
     res = []
-    for name, path, sec, note in rows:
-        kl, same, size = None, None, None
-        if path is not None:
-            b = run_bench(str(path), ref=str(f16), text=str(held), n_ctx=256, n_threads=a.threads, speed=False,
-                          max_chunks=a.max_chunks)
-            kl, info = b.get("kld_mean"), read_info(path)
-            size = path.stat().st_size
-            # same tensor types and tensor bytes (another writer's metadata may differ by a few bytes)
-            same = sorted(ref_types) == sorted((t.name, t.type) for t in info.tensors) and \
-                sum(t.n_bytes for t in info.tensors) == sum(t.n_bytes for t in ref.tensors)
-        res.append({"model": name, "bytes": size, "same_types_and_bytes": same, "kld_mean": kl, "wall_s": sec,
-                    "note": note})
-    ar = next((r["kld_mean"] for r in res if r["model"].startswith("AutoRound")), None)
-    start = res[0]["kld_mean"]
-    print(f"\n{'model':<32} {'bytes':>9} {'same':>5} {'KL vs F16':>10} {'/start':>7} {'/AutoRound':>10} {'wall s':>7}"
-          "  note")
-    for r in res:
-        kl = r["kld_mean"]
-        f = (lambda x: f"{kl / x:.2f}x" if kl is not None and x else "-")
-        print(f"{r['model']:<32} {r['bytes'] or 0:>9} {str(r['same_types_and_bytes']):>5} "
-              f"{kl if kl is not None else float('nan'):>10.5f} {f(start):>7} {f(ar):>10} {r['wall_s']:>7.0f}  "
-              f"{r['note']}")
-    (out / "bench_tune_vs_autoround.json").write_text(json.dumps(res, indent=1))
+    for qtype in a.types.split(","):
+        base = out / f"teacher-{qtype}-imatrix.gguf"
+        if not base.is_file():  # slimedge's convert writes llama-quantize's bytes for the mix
+            convert(teacher, base, QuantSpec(qtype), imatrix=imx, overwrite=True)
+        rows = [(f"{qtype} imatrix (llama.cpp-style)", base, 0.0, "start file")]
+        rows += _tuned_rows(a, qtype, base, teacher, calib, out)
+        if not a.skip_autoround:
+            path, sec, note = _autoround(a, qtype, teacher, calib, out)
+            rows.append((f"AutoRound gguf:{qtype.lower()}", path, sec, note))
+        res += (got := _score(a, qtype, rows, base, f16, held))
+        _print(got)
+        (out / "bench_tune_vs_autoround.json").write_text(json.dumps(res, indent=1))
     return 0
 
 

@@ -129,3 +129,18 @@ def test_blockwise_bad_uses_are_one_line(model, tmp_path):
                      (dict(fsdp_teacher=True), "--mode blockwise needs")):
         with pytest.raises(SlimedgeError, match=what):
             _tune(hf, d, q, tmp_path / "x.gguf", **kw)
+
+
+@pytest.mark.slow
+def test_signed_descent_lowers_every_layer_error(model, tmp_path):
+    """--block-opt sign (AutoRound's signed gradient descent): every layer's output error falls from the same start
+    as Adam's, to other codes than Adam's, with the same tensor types and bytes."""
+    hf, d, q = model
+    sign = _tune(hf, d, q, tmp_path / "sign.gguf", block_iters=20, block_opt="sign")
+    adam = _tune(hf, d, q, tmp_path / "adam.gguf", block_iters=20)
+    assert sign.block_errors[0][0] == adam.block_errors[0][0]  # the same start (later layers: other inputs)
+    assert all(e1 < e0 for e0, e1 in sign.block_errors), sign.block_errors
+    assert (tmp_path / "sign.gguf").read_bytes() != (tmp_path / "adam.gguf").read_bytes()
+    a, b = read_info(q), read_info(tmp_path / "sign.gguf")
+    assert b.file_size == a.file_size and [(t.name, t.shape, t.type) for t in a.tensors] == \
+        [(t.name, t.shape, t.type) for t in b.tensors]
