@@ -10,9 +10,10 @@ training step, and a step can take several times longer than with one thread. So
   period, and every thread waiting at the next barrier stalls with it;
 * sets the OpenMP environment before any OpenMP runtime starts (:func:`configure`, called when the command line
   starts and again by each library entry point that starts torch): ``OMP_NUM_THREADS``, ``OMP_WAIT_POLICY=PASSIVE``
-  (an idle worker sleeps at once instead of spinning), ``GOMP_SPINCOUNT=0`` (libgomp, what torch's Linux wheels
-  use) and ``KMP_BLOCKTIME=0`` (Intel's OpenMP); child processes inherit them, except the llama.cpp bench
-  children, which measure with llama.cpp's own settings (:func:`native_env`) and an explicit ``n_threads``;
+  (an idle worker sleeps instead of spinning), ``GOMP_SPINCOUNT=1000`` (libgomp, what torch's Linux wheels and
+  llama.cpp's CPU backend use: a few microseconds of spin, see :data:`SPINCOUNT`) and ``KMP_BLOCKTIME=0``
+  (Intel's OpenMP); child processes inherit them, except the llama.cpp bench children, which measure with
+  llama.cpp's own settings (:func:`native_env`) and an explicit ``n_threads``;
 * gives torch (:func:`torch_threads`: intra-op threads, one inter-op thread), the C kernels (:func:`kernel_threads`)
   and llama.cpp (:func:`llama_threads`: physical cores within the mask) the same count, so none of them assumes the
   whole machine and none spins while another works.
@@ -184,10 +185,19 @@ def clear_override() -> None:
     _override.clear()
 
 
+# libgomp's spin before a waiting thread sleeps. 0 (what OMP_WAIT_POLICY=PASSIVE alone gives) keeps torch steady
+# under load but makes every one of ggml's barriers (llama.cpp's CPU backend shares the process's libgomp; hundreds
+# of barriers per token) a sleep and a wake: in-process decoding ran at 0.08x-0.5x of llama.cpp's own speed on an
+# idle machine. ~1000 spins (a few microseconds) let a barrier whose threads all run complete without sleeping and
+# still sleep at once when a thread is descheduled: measured, torch's busy-machine rate unchanged, in-process
+# decoding at llama.cpp's own idle speed and ~4x it under a one-core hog (docs/threads.md).
+SPINCOUNT = "1000"
+
+
 def omp_env(n: int) -> dict[str, str]:
     """The OpenMP environment for ``n`` threads that sleep when idle (libgomp and Intel's runtime)."""
     return {"OMP_NUM_THREADS": str(n), "MKL_NUM_THREADS": str(n), "OMP_WAIT_POLICY": "PASSIVE",
-            "GOMP_SPINCOUNT": "0", "KMP_BLOCKTIME": "0"}
+            "GOMP_SPINCOUNT": SPINCOUNT, "KMP_BLOCKTIME": "0"}
 
 
 def configure(threads: int | None = None) -> Policy:

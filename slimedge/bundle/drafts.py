@@ -108,6 +108,9 @@ def check_draft(bundle: Path, manifest: dict) -> list[str]:
 
 
 def server_command(manifest: dict) -> str:
-    """llama.cpp's own server with the bundle's model and draft."""
+    """llama.cpp's own server with the bundle's model and draft (the pinned llama.cpp's flags: ``-md`` alone loads
+    the draft without drafting; ``--spec-type draft-simple`` turns it on, ``--spec-draft-n-max`` replaced
+    ``--draft-max``)."""
     e = manifest["draft"]
-    return f"llama-server -m {manifest['model']} -md {e['file']} --draft-max {e.get('draft_max', DRAFT_MAX)}"
+    return (f"llama-server -m {manifest['model']} -md {e['file']} --spec-type draft-simple "
+            f"--spec-draft-n-max {e.get('draft_max', DRAFT_MAX)}")

@@ -169,6 +169,13 @@ def _greedy(llm, prompts: list[list[int]], n_gen: int) -> tuple[list[list[int]],
     return outs, secs
 
 
+def _same_prefix(got: list[list[int]], want: list[list[int]]) -> float:
+    """The share of generated tokens before each output's first difference from the target alone's."""
+    def common(a, b):
+        return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    return sum(common(a, b) for a, b in zip(got, want)) / max(sum(len(b) for b in want), 1)
+
+
 def measure(target_gguf: str | Path, drafts: dict, prompts: list[list[int]], *, n_gen: int = 64,
             draft_max: int = 8, threads: int | None = None, progress: Progress = NULL_PROGRESS) -> dict:
     """Per draft name: acceptance and speed of greedy decoding with the draft GGUF vs the target alone.
@@ -204,7 +211,8 @@ def measure(target_gguf: str | Path, drafts: dict, prompts: list[list[int]], *, 
         out[name] = {"gguf": str(path), "size": os.path.getsize(path), "acceptance": st.acceptance,
                      "accepted_per_step": st.accepted_per_step, "proposed": st.proposed, "accepted": st.accepted,
                      "target_steps": st.steps, "nodraft_ts": n / plain_s, "draft_ts": n / spec_s,
-                     "speedup": plain_s / spec_s, "same_output": got == want}
+                     "speedup": plain_s / spec_s, "same_output": got == want,
+                     "same_prefix": _same_prefix(got, want)}
         progress.update(1, label=f"{name}: acceptance {st.acceptance:.1%}")
     progress.close()
     return out

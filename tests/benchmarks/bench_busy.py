@@ -10,7 +10,11 @@ in a fresh process (OpenMP reads its environment when it loads, so each run star
 * ``imatrix``   — ``slimedge.calib.compute_imatrix_tokens`` over 4 x ``--steps`` sequences of 256 tokens (after
                   a one-sequence warm-up: imports, model load);
 * ``sensitivity`` — ``slimedge.calib.sensitivity.measure`` (the ``--type auto`` stage) for 2 x ``--steps``
-                  (tensor, type) pairs over 2 x 256 tokens, after a one-pair warm-up.
+                  (tensor, type) pairs over 2 x 256 tokens, after a one-pair warm-up;
+* ``decode``    — llama.cpp in the same process, as ``slimedge run``/``serve``/``chat`` use it (the command line's
+                  ``configure()`` first, ``llama_threads()`` threads): greedy decoding of 40 x ``--steps`` tokens
+                  of the teacher's Q4_K_M (ggml's OpenMP barriers, hundreds per token, share torch's runtime and
+                  its wait policy).
 
 Each runs in three conditions: ``idle`` (whatever else the machine runs), ``busy`` (a one-core CPU hog,
 ``python -c "while True: pass"``, running beside it) and ``taskset`` (``taskset -c 0``: one CPU, no hog); and
@@ -35,10 +39,10 @@ import tempfile
 import time
 from pathlib import Path
 
-WORKLOADS = ("tune", "distill", "imatrix", "sensitivity")
+WORKLOADS = ("tune", "distill", "imatrix", "sensitivity", "decode")
 CONDITIONS = ("idle", "busy", "taskset")
 MODES = ("policy", "off")
-UNITS = {"tune": "steps/s", "distill": "steps/s", "imatrix": "seq/s", "sensitivity": "pairs/s"}
+UNITS = {"tune": "steps/s", "distill": "steps/s", "imatrix": "seq/s", "sensitivity": "pairs/s", "decode": "tok/s"}
 
 
 # --- the child: one workload, timed ----------------------------------------------------------------------------
@@ -102,6 +106,20 @@ def _sensitivity(teacher, q4, text, steps: int, tmp: Path) -> float:
     t0 = time.perf_counter()
     measure(teacher, types, words, chunks=2)
     return len(pairs) / (time.perf_counter() - t0)
+
+
+def _decode(teacher, q4, text, steps: int, tmp: Path) -> float:
+    from slimedge.threads import configure, llama_threads
+
+    configure()  # what the command line does before any command, run and serve included
+    import llama_cpp
+
+    llm = llama_cpp.Llama(model_path=str(q4), n_ctx=1024, n_threads=llama_threads(), verbose=False)
+    gen = llm.generate([1, 2, 3], temp=0.0, top_k=1)
+    next(gen)  # the prompt's evaluation and the first token: not decoding
+    t0 = time.perf_counter()
+    n = sum(1 for _ in zip(range(40 * steps), gen))
+    return n / (time.perf_counter() - t0)
 
 
 def child(work: str, steps: int, out: Path) -> None:

@@ -116,7 +116,8 @@ def llama_server_pair(server: str, target_gguf: Path, draft_gguf: Path | None, p
     cmd = [server, "-m", str(target_gguf), "--port", str(port), "-t", str(a.threads), "-c", "1024", "-np", "1",
            "--no-webui"]
     if draft_gguf is not None:
-        cmd += ["-md", str(draft_gguf), "-td", str(a.threads), "--spec-draft-n-max", str(a.draft_max),
+        cmd += ["-md", str(draft_gguf), "--spec-type", "draft-simple", "-td", str(a.threads),
+                "--spec-draft-n-max", str(a.draft_max),
                 "--spec-draft-n-min", "0", "--spec-draft-p-min", "0"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
@@ -154,8 +155,12 @@ def print_llama_server(server: str, target_gguf: Path, ggufs: dict, prompts, a) 
         r = llama_server_pair(server, target_gguf, g, prompts, a)
         rows[name] = {"acceptance": r["acceptance"], "ts": r["ts"], "speedup": r["ts"] / alone["ts"],
                       "same_output": r["tokens"] == alone["tokens"]}
-        print(f"{name:<20} accept {r['acceptance']:.1%}  {r['ts']:7.1f} t/s  {rows[name]['speedup']:.2f}x  "
-              f"same {rows[name]['same_output']}", flush=True)
+        from slimedge.distill.draft import _same_prefix
+
+        rows[name]["same_prefix"] = _same_prefix(r["tokens"], alone["tokens"])
+        acc = f"{r['acceptance']:.1%}" if r["acceptance"] is not None else "-"
+        print(f"{name:<20} accept {acc:>6}  {r['ts']:7.1f} t/s  {rows[name]['speedup']:.2f}x  "
+              f"same {rows[name]['same_output']} ({rows[name]['same_prefix']:.0%} before a difference)", flush=True)
     return {"alone_ts": alone["ts"], "rows": rows}
 
 
@@ -218,10 +223,12 @@ def main() -> int:
                "accepted_per_step": ms[0]["accepted_per_step"],
                "nodraft_ts": statistics.median(m["nodraft_ts"] for m in ms),
                "draft_ts": statistics.median(m["draft_ts"] for m in ms),
-               "speedup": statistics.median(m["speedup"] for m in ms), "same_output": all(m["same_output"] for m in ms)}
+               "speedup": statistics.median(m["speedup"] for m in ms), "same_output": all(m["same_output"] for m in ms),
+               "same_prefix": min(m["same_prefix"] for m in ms)}
         rows[name] = row
         print(f"{name:<20} {row['size_mb']:6.1f} {row['acceptance']:7.1%} {row['accepted_per_step']:8.2f} "
-              f"{row['nodraft_ts']:9.1f} {row['draft_ts']:9.1f} {row['speedup']:5.2f}x {row['same_output']}")
+              f"{row['nodraft_ts']:9.1f} {row['draft_ts']:9.1f} {row['speedup']:5.2f}x {row['same_output']} "
+              f"({row['same_prefix']:.0%} before a difference)")
     best = max(rows, key=lambda k: rows[k]["speedup"])
     acc, fkl = (rows[f"{r}-Q8_0"]["acceptance"] for r in ("acceptance", "fkl"))
     print(f"\nacceptance recipe vs plain forward KL (Q8_0): {acc:.1%} vs {fkl:.1%} ({acc / max(fkl, 1e-9):.2f}x)")

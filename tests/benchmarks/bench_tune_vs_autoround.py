@@ -15,6 +15,7 @@ AutoRound is not a slimedge dependency: when ``--autoround-venv`` (default ``OUT
 ``pip install auto-round`` into it, and says so; if that or the run fails, the row says exactly what failed.
 
     python tests/benchmarks/bench_tune_vs_autoround.py [--out DIR] [--iters 200] [--nsamples 128] [--steps 100]
+        [--types Q4_K_M,Q3_K_M,Q4_0,Q5_0] [--rerun-autoround]
 
 Goal (issue 23): block-wise tuned KL <= 0.9x AutoRound's at identical types and bytes; wall time <= AutoRound's.
 """
@@ -154,6 +155,13 @@ def _print(res: list[dict]) -> None:
         print(f"{r['model']:<34} {r['bytes'] or 0:>9} {str(r['same_types_and_bytes']):>5} "
               f"{kl if kl is not None else float('nan'):>10.5f} {f(start):>7} {f(ar):>10} {r['wall_s']:>7.0f}  "
               f"{r['note']}", flush=True)
+    ar_row = next((r for r in res if r["model"].startswith("AutoRound")), None)
+    ours = [r for r in res if r["model"].startswith("slimedge") and r["kld_mean"] is not None]
+    if ar_row and ar and ours:
+        b = min(ours, key=lambda r: r["kld_mean"])
+        ok = b["kld_mean"] <= 0.9 * ar and b["wall_s"] <= ar_row["wall_s"] and b["same_types_and_bytes"]
+        print(f"goal ({res[0]['type']}): best row {b['model']!r} KL {b['kld_mean'] / ar:.2f}x AutoRound's (<= 0.9x), "
+              f"wall {b['wall_s']:.0f} s vs {ar_row['wall_s']:.0f} s: {'met' if ok else 'NOT met'}", flush=True)
 
 
 def main() -> int:

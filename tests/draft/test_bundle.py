@@ -45,7 +45,8 @@ def test_manifest_estimate_card_and_verify(built):
     assert est["kv_ram"] == base["kv_ram"] + de["kv_ram"]
     assert est["required_ram"] > base["required_ram"]
     card = (spec / "README.md").read_text()
-    assert "llama-server -m model.gguf -md draft.gguf --draft-max 5" in card and "Ollama cannot use the draft" in card
+    assert ("llama-server -m model.gguf -md draft.gguf --spec-type draft-simple "
+            "--spec-draft-n-max 5") in card and "Ollama cannot use the draft" in card
     assert verify_bundle(spec, load=False).ok
     assert resolve(spec).draft == {"path": spec / "draft.gguf", "draft_max": 5} and resolve(plain).draft is None
 
