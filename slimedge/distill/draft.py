@@ -190,18 +190,21 @@ def measure(target_gguf: str | Path, drafts: dict, prompts: list[list[int]], *, 
 
     n_threads = threads or llama_threads()
     n_ctx = max(len(p) for p in prompts) + n_gen + draft_max + 16
+    # flash attention (what llama.cpp's "auto" picks on CPU, and bundles run with): its attention is computed
+    # the same for a batch of drafted tokens as for one token; without it, the batched verification's rounding
+    # can flip a near-tie, and greedy output drifts from the target alone's (measured: ~1 token in 100)
+    kw = dict(n_ctx=n_ctx, n_threads=n_threads, verbose=False, flash_attn=True)
     out = {}
-    warm = llama_cpp.Llama(model_path=str(target_gguf), n_ctx=n_ctx, n_threads=n_threads, verbose=False)
+    warm = llama_cpp.Llama(model_path=str(target_gguf), **kw)
     _greedy(warm, prompts[:1], min(n_gen, 8))  # the file paged in and the threads up before any clock runs
     warm.close()
     progress.start(len(drafts), "drafts", "acceptance through llama.cpp")
     for name, path in drafts.items():
-        plain = llama_cpp.Llama(model_path=str(target_gguf), n_ctx=n_ctx, n_threads=n_threads, verbose=False)
+        plain = llama_cpp.Llama(model_path=str(target_gguf), **kw)
         want, plain_s = _greedy(plain, prompts, n_gen)
         plain.close()
         draft = GGUFDraft(path, n_ctx=n_ctx, n_threads=n_threads, k_max=draft_max)
-        spec = llama_cpp.Llama(model_path=str(target_gguf), n_ctx=n_ctx, n_threads=n_threads, verbose=False,
-                               draft_model=draft)
+        spec = llama_cpp.Llama(model_path=str(target_gguf), draft_model=draft, **kw)
         try:
             got, spec_s = _greedy(spec, prompts, n_gen)
         finally:
