@@ -16,8 +16,12 @@ The exhaustive measurement (:func:`slimedge.calib.sensitivity.measure`) runs the
 Then, per tensor:
 
 1. **Proxy** for every candidate type, all candidates in one batched matmul: the output error
-   ``E(q) = mean_tokens ||(W_q - W) x||²``, estimated on a fixed subsample of the weight's rows
-   (``proxy_rows``; only these rows are quantized, so trying 20 types costs little). For the embedding the
+   ``E(q) = mean_tokens sum_r F_r ((W_q - W) x)_r²``, each output weighted by a diagonal Fisher ``F`` of the
+   model's log-likelihood w.r.t. that output (:meth:`Runner._fisher`: one backward per calibration batch, with
+   labels sampled from the model itself), estimated on a fixed subsample of the weight's rows
+   (``proxy_rows``; only these rows are quantized, so trying 20 types costs little). Unweighted, the error
+   treats every output alike and its allocations scored 1.22x the exhaustive one's KL on the demo teacher at
+   two budgets; weighted, 1.10x and 1.14x (other label samples: 0.87-1.35x; docs/benchmarks.md). For the embedding the
    "input" is the calibration tokens themselves (the squared error of the looked-up rows).
 2. **Pruning by dominance**: a candidate no smaller than another with no lower proxy error cannot be the
    better choice; it is not measured.
@@ -49,6 +53,8 @@ PROXY_ROWS = 256  # weight rows quantized per candidate for the proxy error
 PROXY_TOKENS = 512  # calibration tokens whose linear inputs are kept for the proxy
 CALIB_DEPTHS = 3  # blocks per tensor kind whose proxy scale is calibrated exactly (the rest interpolated)
 CALIB_POINTS = 1  # exact points per calibrated tensor: the middle candidate (2: and the smallest, fits an exponent)
+FISHER = True  # weight the proxy's output errors by a diagonal Fisher of each Linear's output (Runner._fisher)
+FISHER_SAMPLES = 1  # sampled labels per position for the Fisher (their squared gradients averaged)
 CALIB_BATCHES = 1  # calibration batches (of 4 sequences) the proxy's exact runs score: a scale, not a ranking
 _BLK = re.compile(r"^blk\.(\d+)\.")
 SHARED = "shared_kv_states"  # the keyword under which Gemma 3n/4 pass every block the K/V later blocks reuse
@@ -113,6 +119,50 @@ class Runner:
         self.inputs = {name: torch.cat(xs) for name, xs in seen.items()}
         self.p_ref = [r.exp() for r in ref]
         self.neg_ent = [(p * r).sum(-1) for p, r in zip(self.p_ref, ref)]
+        self.fisher = self._fisher() if FISHER else {}
+
+    def _fisher(self) -> dict:
+        """Per Linear, at the proxy's tokens: the squared gradient of the log-probability of a token sampled
+        from the model's own distribution w.r.t. the layer's output, ``[tokens, out]``, averaged over
+        ``FISHER_SAMPLES`` samples (a diagonal Fisher: KL(ref || perturbed) ~ 1/2 sum F dy^2 for a small output
+        change dy). One forward and backward per calibration batch, no parameter gradients."""
+        import torch
+
+        grads: dict[str, list] = {}
+        hooks, req = [], {p: p.requires_grad for p in self.model.parameters()}
+        gen = torch.Generator().manual_seed(1)
+
+        def emb_hook(m, args, out):
+            return out.detach().requires_grad_()
+
+        for name, mod in self.model.named_modules():
+            if isinstance(mod, torch.nn.Embedding):
+                hooks.append(mod.register_forward_hook(emb_hook))
+            elif isinstance(mod, torch.nn.Linear):
+                def keep(m, args, out, name=name):
+                    idx = self._picks[self.cur]
+                    if out.requires_grad:
+                        out.register_hook(lambda g: grads.setdefault((name, self.cur), []).append(
+                            g.detach().reshape(-1, g.shape[-1])[idx[idx < g.shape[:-1].numel()]].float() ** 2))
+                hooks.append(mod.register_forward_hook(keep))
+        try:
+            for p in req:
+                p.requires_grad_(False)
+            for k, b in enumerate(self.batches):
+                self.cur = k
+                logp = torch.log_softmax(self.model(input_ids=b).logits.float(), -1).flatten(0, -2)
+                ys = torch.multinomial(self.p_ref[k].reshape(logp.shape).cpu(), FISHER_SAMPLES, replacement=True,
+                                       generator=gen).to(logp.device)
+                for j in range(FISHER_SAMPLES):  # one backward per sampled label; their squares averaged
+                    logp.gather(1, ys[:, j:j + 1]).sum().backward(retain_graph=j + 1 < FISHER_SAMPLES)
+        finally:
+            for h in hooks:
+                h.remove()
+            for p, r in req.items():
+                p.requires_grad_(r)
+        names = dict.fromkeys(n for n, _ in grads)
+        return {n: torch.cat([sum(grads[n, k]) / len(grads[n, k]) for k in range(len(self.batches))])
+                for n in names}
 
     def _before(self, j: int, kwargs: dict) -> None:
         shared = kwargs.get(SHARED)
@@ -194,9 +244,12 @@ def proxy_errors(w, mod_name: str, runner: Runner, cands: list[str], quant, rows
     sel = np.arange(n_rows) if n_rows <= rows else np.linspace(0, n_rows - 1, rows).astype(int)
     sub = np.ascontiguousarray(x2[sel])
     deltas = torch.from_numpy(np.stack([quant(sub, q) - sub for q in cands])).to(x.device)  # [C, r, in]
+    f = runner.fisher.get(mod_name)
     with torch.inference_mode():
-        dy = torch.einsum("ti,cri->ctr", x, deltas)
-        err = dy.double().pow(2).sum((1, 2)) / x.shape[0] * (n_rows / len(sel))
+        dy = torch.einsum("ti,cri->ctr", x, deltas).double().pow(2)
+        if f is not None and f.shape == (x.shape[0], n_rows):  # each output's error weighted by its Fisher
+            dy = dy * f[:, torch.as_tensor(sel, device=f.device)].double()
+        err = dy.sum((1, 2)) / x.shape[0] * (n_rows / len(sel))
     return {q: float(e) for q, e in zip(cands, err.cpu())}
 
 

@@ -157,11 +157,12 @@ def _print(res: list[dict]) -> None:
               f"{r['note']}", flush=True)
     ar_row = next((r for r in res if r["model"].startswith("AutoRound")), None)
     ours = [r for r in res if r["model"].startswith("slimedge") and r["kld_mean"] is not None]
-    if ar_row and ar and ours:
-        b = min(ours, key=lambda r: r["kld_mean"])
-        ok = b["kld_mean"] <= 0.9 * ar and b["wall_s"] <= ar_row["wall_s"] and b["same_types_and_bytes"]
-        print(f"goal ({res[0]['type']}): best row {b['model']!r} KL {b['kld_mean'] / ar:.2f}x AutoRound's (<= 0.9x), "
-              f"wall {b['wall_s']:.0f} s vs {ar_row['wall_s']:.0f} s: {'met' if ok else 'NOT met'}", flush=True)
+    if ar_row and ar and ours:  # met when some row is at most 0.9x AutoRound's KL in at most its wall time
+        good = [r for r in ours if r["kld_mean"] <= 0.9 * ar and r["wall_s"] <= ar_row["wall_s"]
+                and r["same_types_and_bytes"]]
+        b = min(good or ours, key=lambda r: r["kld_mean"])
+        print(f"goal ({res[0]['type']}): {'met' if good else 'NOT met'} - {b['model']!r} KL {b['kld_mean'] / ar:.2f}x "
+              f"AutoRound's (<= 0.9x), wall {b['wall_s']:.0f} s vs {ar_row['wall_s']:.0f} s", flush=True)
 
 
 def main() -> int:
