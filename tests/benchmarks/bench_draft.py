@@ -21,7 +21,7 @@ With ``--llama-server BIN`` (llama.cpp's server built from the pinned sdist), th
 llama.cpp's own speculative decoding (``llama-server -md``, greedy, the same prompts), so the Python hook's
 overhead is known.
 
-    python tests/benchmarks/bench_draft.py [--target-steps 30] [--draft-steps 40] [--threads 2] [--llama-server BIN]
+    python tests/benchmarks/bench_draft.py [--target-steps 30] [--draft-steps 160] [--threads 2] [--llama-server BIN]
 """
 
 from __future__ import annotations
@@ -173,7 +173,7 @@ def main() -> int:
     ap.add_argument("--target-lr", type=float, default=3e-4)
     ap.add_argument("--draft-layers", type=int, default=1)
     ap.add_argument("--draft-hidden", type=int, default=None)
-    ap.add_argument("--draft-steps", type=int, default=40)
+    ap.add_argument("--draft-steps", type=int, default=160)
     ap.add_argument("--draft-lr", type=float, default=1e-3)
     ap.add_argument("--data-chars", type=int, default=1_000_000)
     ap.add_argument("--prompts", type=int, default=8)
