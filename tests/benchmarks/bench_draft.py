@@ -148,6 +148,8 @@ def llama_server_pair(server: str, target_gguf: Path, draft_gguf: Path | None, p
 
 def print_llama_server(server: str, target_gguf: Path, ggufs: dict, prompts, a) -> dict:
     """The llama-server rows: the target alone, then with each draft (same prompts, greedy)."""
+    from slimedge.distill.draft import _same_prefix
+
     alone = llama_server_pair(server, target_gguf, None, prompts, a)
     print(f"\nllama.cpp's own llama-server -md ({server}), same prompts: target alone {alone['ts']:.1f} t/s")
     rows = {}
@@ -155,8 +157,6 @@ def print_llama_server(server: str, target_gguf: Path, ggufs: dict, prompts, a) 
         r = llama_server_pair(server, target_gguf, g, prompts, a)
         rows[name] = {"acceptance": r["acceptance"], "ts": r["ts"], "speedup": r["ts"] / alone["ts"],
                       "same_output": r["tokens"] == alone["tokens"]}
-        from slimedge.distill.draft import _same_prefix
-
         rows[name]["same_prefix"] = _same_prefix(r["tokens"], alone["tokens"])
         acc = f"{r['acceptance']:.1%}" if r["acceptance"] is not None else "-"
         print(f"{name:<20} accept {acc:>6}  {r['ts']:7.1f} t/s  {rows[name]['speedup']:.2f}x  "
