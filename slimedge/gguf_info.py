@@ -23,6 +23,7 @@ import os
 import struct
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -308,3 +309,24 @@ def read_info(path: str | os.PathLike) -> GGUFInfo:
         raise SlimedgeError(f"{p}: is a directory, not a GGUF file") from None
     except OSError as exc:
         raise SlimedgeError(f"{p}: cannot read ({exc.strerror or exc})") from None
+
+
+def _tokens(path: Path) -> list:
+    return list(read_info(path).metadata.get("tokenizer.ggml.tokens") or [])
+
+
+def vocab_problem(model: Path, draft: Path, label: str | None = None) -> str | None:
+    """One line saying why ``draft`` cannot draft for ``model`` (another vocabulary: the two GGUFs'
+    ``tokenizer.ggml.tokens`` differ), or None."""
+    label = label or str(draft)
+    a, b = _tokens(model), _tokens(draft)
+    if not a or not b:
+        return f"{label}: the draft or the model has no tokenizer.ggml.tokens; both need their vocabulary"
+    if len(a) != len(b):
+        return (f"{label}: the draft's vocabulary has {len(b)} tokens, the model's {len(a)}; a draft must share the "
+                f"model's tokenizer (a smaller model of the same family, or one distilled from it)")
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return (f"{label}: the draft's token {i} is {y!r}, the model's is {x!r}; a draft must share the "
+                    f"model's tokenizer")
+    return None

@@ -123,7 +123,8 @@ def run_bench(model_path: str | Path, *, ref: str | Path | None = None, text: st
               n_ctx: int = 512, n_threads: int | None = None, repeats: int = 3, n_prompt: int = 512,
               n_gen: int = 128, n_batch: int = 512, n_ubatch: int | None = None, n_gpu_layers: int = 0,
               flash_attn: str | bool | None = None, cache_type_k: str = "f16", cache_type_v: str = "f16",
-              max_chunks: int | None = None, speed: bool = True, progress: Progress = NULL_PROGRESS) -> dict:
+              max_chunks: int | None = None, speed: bool = True, draft: str | Path | None = None,
+              draft_max: int = 8, progress: Progress = NULL_PROGRESS) -> dict:
     """Benchmark ``model_path`` (GGUF or bundle folder) through llama.cpp; returns one record (see ``FIELDS``).
 
     ``n_ctx`` is the perplexity/KL context (``llama-perplexity -c``); the speed tests use a context of
@@ -132,7 +133,8 @@ def run_bench(model_path: str | Path, *, ref: str | Path | None = None, text: st
     reference; ``max_chunks`` caps the chunks scored. ``speed=False`` skips the speed tests.
     ``flash_attn``: ``auto`` (llama.cpp's default, so perplexity matches ``llama-perplexity``), ``on``,
     ``off`` or a bool; the record says which ran. For a bundle, the settings not given default to the
-    bundle's runtime profile.
+    bundle's runtime profile. ``draft`` (a GGUF sharing the model's vocabulary) adds the speculative columns as
+    a bundle's own draft does (``draft_max`` tokens drafted per step at most).
     """
     flash_attn = flash_attn_mode(flash_attn)
     path, manifest = resolve_model(model_path)
@@ -169,7 +171,18 @@ def run_bench(model_path: str | Path, *, ref: str | Path | None = None, text: st
                type_k=cache_type_k, type_v=cache_type_v, flash_attn=flash_attn, n_ctx=n_ctx,
                test_time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
 
-    drafted = bool(manifest.get("draft")) and speed and not embedding  # a bundle with a speculative draft
+    from .speculative import draft_of
+
+    pair = draft_of(Path(model_path), manifest, draft, draft_max) if speed and not embedding else None
+    if draft is not None:
+        from ..gguf_info import vocab_problem
+
+        if not Path(draft).is_file():
+            raise SlimedgeError(f"{draft}: --draft not found; give the draft model's GGUF")
+        problem = vocab_problem(path, Path(draft))
+        if problem:
+            raise SlimedgeError(problem)
+    drafted = pair is not None  # speculative decoding measured too
     n_runs = (repeats if speed else 0) * (2 if drafted else 1) + (1 if text else 0) + (1 if ref else 0)
     progress.start(1 + (1 if ref else 0) if embedding else n_runs, unit="runs", desc=f"bench {path.name}")
     try:
@@ -181,7 +194,7 @@ def run_bench(model_path: str | Path, *, ref: str | Path | None = None, text: st
         if drafted:
             from .speculative import measure
 
-            measure(rec, Path(model_path), manifest, common, n_gen, repeats, progress)
+            measure(rec, path, pair, common, n_gen, repeats, progress)
         if text is not None:
             _quality(rec, path, Path(text), Path(ref) if ref else None, common, n_ctx, max_chunks, progress)
     finally:

@@ -63,14 +63,24 @@ def run_spec(job: dict, open_model) -> dict:
             "accepted": st.accepted, "steps": st.steps}
 
 
-def measure(rec: dict, bundle: Path, manifest: dict, common: dict, n_gen: int, repeats: int, progress) -> None:
-    """Fill ``rec``'s :data:`FIELDS` for a bundle with a draft (``repeats`` children)."""
+def draft_of(bundle: Path, manifest: dict, draft: str | Path | None = None, draft_max: int = 8):
+    """(draft GGUF, its draft-model class file, drafted tokens per step) to measure, or None: ``draft`` given
+    (a GGUF beside a plain model: the class is slimedge's own, what bundles ship), else a bundle's own."""
+    if draft is not None:
+        return Path(draft), Path(__file__).resolve().parents[1] / "bundle" / "draft.py", int(draft_max)
+    d = manifest.get("draft")
+    if not d:
+        return None
+    return bundle / d["file"], bundle / "draft.py", int(d.get("draft_max", 8))
+
+
+def measure(rec: dict, model: Path, pair: tuple, common: dict, n_gen: int, repeats: int, progress) -> None:
+    """Fill ``rec``'s :data:`FIELDS` for ``model`` with ``pair`` (:func:`draft_of`), ``repeats`` children."""
     from .process import mean_sd, run_child
 
-    d = manifest["draft"]
-    model, draft = bundle / manifest["model"], bundle / d["file"]
-    job = dict(common, kind="spec", model=str(model), draft=str(draft), draft_py=str(bundle / "draft.py"),
-               draft_max=int(d.get("draft_max", 8)), n_gen=n_gen, n_ctx=max(512, 64 + n_gen + 16))
+    draft, draft_py, draft_max = pair
+    job = dict(common, kind="spec", model=str(model), draft=str(draft), draft_py=str(draft_py),
+               draft_max=draft_max, n_gen=n_gen, n_ctx=max(512, 64 + n_gen + 16))
     plain, fast, same, prop, acc, steps = [], [], True, 0, 0, 0
     for _ in range(repeats):
         r = run_child(job)

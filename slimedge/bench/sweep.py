@@ -83,9 +83,12 @@ def parse_types(text: str) -> list[Entry]:
 def run_sweep(src: str | Path, types: str | list[Entry] | None, text: str | Path | None, out_dir: str | Path, *,
               calib: str | Path | None = None, imatrix: str | Path | None = None, target: str | None = None,
               n_ctx: int = 512, repeats: int = 3, n_prompt: int = 512, n_gen: int = 128,
-              threads: int | None = None, progress: Progress = NULL_PROGRESS) -> list[dict]:
+              threads: int | None = None, draft: str | Path | None = None, draft_max: int = 8,
+              progress: Progress = NULL_PROGRESS) -> list[dict]:
     """Convert and measure every entry (see the module docstring); returns the records, also written
-    (with the table and the picture) into ``out_dir``. ``types`` None: the defaults for the kind of model."""
+    (with the table and the picture) into ``out_dir``. ``types`` None: the defaults for the kind of model.
+    ``draft``: a draft GGUF (same vocabulary): each type's generation speed is also measured with it
+    (speculative decoding, greedy), the draft column."""
     from ..convert import convert
     from ..quant.mixes import QuantSpec
     from ..source import is_gguf
@@ -135,7 +138,8 @@ def run_sweep(src: str | Path, types: str | list[Entry] | None, text: str | Path
             convert(src, path, alloc.spec(), imatrix=imatrix, threads=threads, overwrite=True, progress=progress)
         log.info("sweep %s: measuring %s", e.label, path.name)
         rec = run_bench(path, ref=ref, text=None if embedding else text, n_ctx=n_ctx, repeats=repeats,
-                        n_prompt=n_prompt, n_gen=n_gen, progress=progress, **run)
+                        n_prompt=n_prompt, n_gen=n_gen, draft=None if embedding else draft, draft_max=draft_max,
+                        progress=progress, **run)
         rec.update(sweep_label=e.label, sweep_kind=e.kind, imatrix=str(imatrix) if imatrix else None)
         records.append(rec)
     write_outputs(out, records)
@@ -163,6 +167,7 @@ def _entries(types, embedding: bool, text, src: Path) -> list[Entry]:
 
 
 COLUMNS = ("type", "kind", "size MB", "bpw", "PPL", "KL vs F16", "top-1", "pp t/s", "tg t/s")
+DRAFT_COLUMNS = ("tg t/s + draft", "draft speed-up", "accepted", "same tokens")
 EMBED_COLUMNS = ("type", "kind", "size MB", "bpw", "cosine mean", "cosine min", "NN agreement", "embed t/s")
 
 
@@ -175,7 +180,8 @@ def table(records: list[dict]) -> str:
     the F32 model's vectors, embedding tokens/s)."""
     f = _f
     embed = bool(records) and all(r.get("embed_cosine_mean") is not None for r in records)
-    cols = EMBED_COLUMNS if embed else COLUMNS
+    spec = not embed and any(r.get("draft_avg_ts") is not None for r in records)
+    cols = EMBED_COLUMNS if embed else COLUMNS + (DRAFT_COLUMNS if spec else ())
     lines = ["| " + " | ".join(cols) + " |", "|:---|:---|" + "---:|" * (len(cols) - 2)]
     for r in sorted(records, key=lambda r: r["model_size"]):
         top1 = r.get("top1_agreement")
@@ -187,10 +193,14 @@ def table(records: list[dict]) -> str:
                 f(r["embed_cosine_mean"], ".6f"), f(r.get("embed_cosine_min"), ".6f"),
                 "—" if nn is None else f"{100 * nn:.1f}%", f(r.get("embed_ts"), ".0f")]) + " |")
             continue
-        lines.append("| " + " | ".join(head + [
-            f(r.get("perplexity"), ".3f"), f(r.get("kld_mean"), ".5f"),
-            "—" if top1 is None else f"{100 * top1:.2f}%", f(r.get("pp_avg_ts"), ".0f"), f(r.get("avg_ts"), ".0f"),
-        ]) + " |")
+        row = head + [f(r.get("perplexity"), ".3f"), f(r.get("kld_mean"), ".5f"),
+                      "—" if top1 is None else f"{100 * top1:.2f}%", f(r.get("pp_avg_ts"), ".0f"),
+                      f(r.get("avg_ts"), ".0f")]
+        if spec:  # the draft column: generation with the draft, its ratio to alone, acceptance, same tokens
+            acc, same = r.get("draft_acceptance"), r.get("draft_same_output")
+            row += [f(r.get("draft_avg_ts"), ".0f"), f(r.get("draft_speedup"), ".2f"),
+                    "—" if acc is None else f"{100 * acc:.1f}%", {True: "yes", False: "NO", None: "—"}[same]]
+        lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -16,33 +16,12 @@ import shutil
 from pathlib import Path
 
 from ..errors import SlimedgeError
+from ..gguf_info import vocab_problem
 
 ROLE = "draft"
 DRAFT_FILE = "draft.gguf"
 DRAFT_TYPE = "Q8_0"  # an HF draft is converted at Q8_0: near the float model's proposals, half its bytes
 DRAFT_MAX = 8  # most tokens drafted per target step (the launcher adapts below it)
-
-
-def _tokens(path: Path) -> list:
-    from ..gguf_info import read_info
-
-    return list(read_info(path).metadata.get("tokenizer.ggml.tokens") or [])
-
-
-def vocab_problem(model: Path, draft: Path, label: str | None = None) -> str | None:
-    """One line saying why ``draft`` cannot draft for ``model`` (another vocabulary), or None."""
-    label = label or str(draft)
-    a, b = _tokens(model), _tokens(draft)
-    if not a or not b:
-        return f"{label}: the draft or the model has no tokenizer.ggml.tokens; both need their vocabulary"
-    if len(a) != len(b):
-        return (f"{label}: the draft's vocabulary has {len(b)} tokens, the model's {len(a)}; a draft must share the "
-                f"model's tokenizer (a smaller model of the same family, or one distilled from it)")
-    for i, (x, y) in enumerate(zip(a, b)):
-        if x != y:
-            return (f"{label}: the draft's token {i} is {y!r}, the model's is {x!r}; a draft must share the "
-                    f"model's tokenizer")
-    return None
 
 
 def pack_draft(model: Path, draft, folder: Path, draft_max: int | None, threads: int | None = None) -> dict:

@@ -46,7 +46,8 @@ from .options import make_progress, overwrite_option, quiet_option, threads_opti
 @click.option("--gen-len", type=click.IntRange(min=1), default=64, show_default=True,
               help="Target tokens generated per training prompt.")
 @click.option("--type", "types", multiple=True, default=("Q8_0", "Q4_K_M"), show_default=True,
-              help="Draft GGUF types to write and measure (repeat the option).")
+              help="Draft GGUF types to write and measure (repeat the option); AUTO: the quality-driven mix at "
+                   "Q4_K_M's size, measured on --data.")
 @click.option("--target-gguf", default=None, metavar="FILE",
               help="The target GGUF to measure against (default: TARGET converted at --target-type).")
 @click.option("--target-type", default="Q8_0", show_default=True, help="Type the target is converted at.")

@@ -25,10 +25,16 @@ from .options import make_progress, quiet_option, threads_option
 @click.option("-r", "--repeats", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("-p", "--n-prompt", type=click.IntRange(min=1), default=512, show_default=True)
 @click.option("-n", "--n-gen", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--draft", type=click.Path(path_type=Path), default=None,
+              help="A draft model GGUF (the same vocabulary, e.g. from slimedge draft): adds each type's generation "
+                   "speed with speculative decoding, the speed-up, acceptance and whether the tokens were the same.")
+@click.option("--draft-max", type=click.IntRange(min=1), default=8, show_default=True,
+              help="With --draft: most tokens drafted per target step.")
 @threads_option
 @quiet_option
-def cli(src: Path, types: str | None, text: Path | None, calib: Path | None, imatrix: Path | None, target: str | None, out: Path,
-        n_ctx: int, repeats: int, n_prompt: int, n_gen: int, threads: int | None, quiet: bool) -> None:
+def cli(src: Path, types: str | None, text: Path | None, calib: Path | None, imatrix: Path | None,
+        target: str | None, out: Path, n_ctx: int, repeats: int, n_prompt: int, n_gen: int, draft: Path | None,
+        draft_max: int, threads: int | None, quiet: bool) -> None:
     """Convert to many types, measure each through llama.cpp, draw KL and speed vs size.
 
     SRC (a Hugging Face folder) is converted to each of --types (files already in -o are reused), each
@@ -41,12 +47,13 @@ def cli(src: Path, types: str | None, text: Path | None, calib: Path | None, ima
     Example:
       slimedge sweep ./model --text heldout.txt --calib train.txt --imatrix imatrix.gguf -o sweep/
       slimedge sweep ./bge-small-en --types Q8_0,Q6_K,Q4_K_M -o sweep-bge/      # an embedding model
+      slimedge sweep ./model --types Q8_0,Q4_K_M --text heldout.txt --draft draft/draft-q8_0.gguf -o sweep/
     """
     from ..bench.sweep import parse_types, run_sweep, table
 
     entries = parse_types(types) if types else None  # refuse a typo before converting anything
     records = run_sweep(src, entries, text, out, calib=calib, imatrix=imatrix, target=target, n_ctx=n_ctx,
-                        repeats=repeats, n_prompt=n_prompt, n_gen=n_gen, threads=threads,
-                        progress=make_progress(quiet))
+                        repeats=repeats, n_prompt=n_prompt, n_gen=n_gen, threads=threads, draft=draft,
+                        draft_max=draft_max, progress=make_progress(quiet))
     click.echo(table(records), nl=False)
     click.echo(f"wrote {out}/sweep.json, sweep.csv, sweep.md, sweep.png, sweep.svg", err=True)

@@ -236,17 +236,30 @@ def _target_gguf(cfg: DraftConfig, work: Path, progress: Progress) -> Path:
     return out
 
 
+def _draft_spec(src: str, t: str, cfg: DraftConfig, progress: Progress):
+    """A llama.cpp mix, or ``AUTO``: the quality-driven mix of the draft at Q4_K_M's size, its sensitivities
+    measured on (the first 400,000 characters of) ``--data``."""
+    from ..quant.mixes import QuantSpec
+
+    if t != "AUTO":
+        return QuantSpec(t)
+    from ..calib.sensitivity import auto_allocation, read_text
+
+    text = read_text(cfg.data)[:400_000]
+    return auto_allocation(src, text, target_size="Q4_K_M", threads=cfg.threads, progress=progress).spec()
+
+
 def _convert_draft(src: str, out_dir: Path, types, cfg: DraftConfig, target_gguf: Path,
                    progress: Progress) -> dict:
     """``draft-<type>.gguf`` per type in ``out_dir``, each checked against the target's vocabulary."""
-    from ..bundle.drafts import vocab_problem
+    from ..gguf_info import vocab_problem
     from ..convert import convert
-    from ..quant.mixes import QuantSpec
 
     paths = {}
     for t in types:
         out = out_dir / f"draft-{t.lower()}.gguf"
-        convert(src, out, QuantSpec(t), threads=cfg.threads, overwrite=True, progress=progress)
+        convert(src, out, _draft_spec(src, t, cfg, progress), threads=cfg.threads, overwrite=True,
+                progress=progress)
         problem = vocab_problem(target_gguf, out, label=src)
         if problem:
             raise SlimedgeError(problem)

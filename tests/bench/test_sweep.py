@@ -7,6 +7,7 @@ import pytest
 
 from slimedge.bench.sweep import AUTO, LLAMA, pareto, parse_types
 from slimedge.errors import SlimedgeError
+from tests.conftest import TINY_LLAMA
 
 
 def test_parse_types():
@@ -52,3 +53,30 @@ def test_sweep_tiny_model_writes_table_and_picture(hf_model, text_file, tmp_path
     r = CliRunner().invoke(main, args[:3] + ["Q8_0"] + args[4:], catch_exceptions=False)
     assert r.exit_code == 0, r.output
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.gguf")} == mtimes
+
+
+@pytest.mark.slow
+def test_sweep_with_a_draft_adds_the_draft_column(hf_model, text_file, tmp_path):
+    """--draft: every type's generation is also measured with speculative decoding (the same greedy tokens),
+    in sweep.json and the table; a draft of another vocabulary is refused before anything is measured."""
+    from click.testing import CliRunner
+
+    from slimedge.cli import main
+    from slimedge.convert import convert
+    from slimedge.quant.mixes import QuantSpec
+    from tests.factory import cached_hf_model
+
+    small = cached_hf_model(**dict(TINY_LLAMA, num_hidden_layers=1, seed=3))  # same tokenizer, another model
+    draft = convert(small, tmp_path / "draft-q8_0.gguf", QuantSpec("Q8_0")).out
+    out = tmp_path / "sweep"
+    args = ["sweep", str(hf_model), "--types", "Q8_0", "--text", str(text_file), "-o", str(out), "-c", "64",
+            "-r", "1", "-p", "16", "-n", "24", "-t", "1", "--quiet", "--draft", str(draft), "--draft-max", "4"]
+    r = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert "draft speed-up" in r.output and "same tokens" in r.output
+    (rec,) = json.loads((out / "sweep.json").read_text())
+    assert rec["draft_same_output"] is True and rec["draft_model"] == str(draft)
+    assert rec["draft_avg_ts"] > 0 and rec["nodraft_avg_ts"] > 0 and 0 <= rec["draft_acceptance"] <= 1
+    other = convert(cached_hf_model(arch="qwen2"), tmp_path / "other.gguf", QuantSpec("Q8_0")).out
+    r = CliRunner().invoke(main, args[:-4] + ["--draft", str(other)])
+    assert r.exit_code == 1 and "vocabulary" in r.output and "Traceback" not in r.output, r.output

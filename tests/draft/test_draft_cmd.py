@@ -122,3 +122,19 @@ def test_other_vocabulary_refused_in_one_line(data, tmp_path):
     assert err.startswith("Error: ") and len(err.splitlines()) == 1, err
     assert "vocabulary differs" in err and str(other) in err
     assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.slow
+def test_auto_mix_draft_within_q4_k_m_size(distilled, data, tmp_path):
+    """--type AUTO: the draft's quality-driven mix at Q4_K_M's size (sensitivities on --data), written and
+    measured like the llama.cpp types: no larger than the Q4_K_M draft, greedy output still the target's."""
+    out, _ = distilled
+    res = make_draft(DraftConfig(target=TEACHER, data=str(data), output=str(tmp_path / "auto"), draft_model=str(out),
+                                 types=("AUTO", "Q4_K_M"), prompt_len=24, eval_prompts=2, n_gen=24, threads=1))
+    m = res.report["measured"]
+    assert m["AUTO"]["same_output"] and m["AUTO"]["gguf"] == "draft-auto.gguf"
+    assert 0 < m["AUTO"]["size"] <= m["Q4_K_M"]["size"]
+    from slimedge.gguf_info import read_info
+
+    types = {t.type for t in read_info(tmp_path / "auto" / "draft-auto.gguf").tensors}
+    assert len(types) > 2  # a mix of types, not one
