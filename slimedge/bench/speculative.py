@@ -81,6 +81,8 @@ def measure(rec: dict, model: Path, pair: tuple, common: dict, n_gen: int, repea
     draft, draft_py, draft_max = pair
     job = dict(common, kind="spec", model=str(model), draft=str(draft), draft_py=str(draft_py),
                draft_max=draft_max, n_gen=n_gen, n_ctx=max(512, 64 + n_gen + 16))
+    if job.get("flash_attn") == "off":  # as run/serve with a draft (server_runtime.draft_runtime): identical tokens
+        job["flash_attn"] = "on"
     plain, fast, same, prop, acc, steps = [], [], True, 0, 0, 0
     for _ in range(repeats):
         r = run_child(job)

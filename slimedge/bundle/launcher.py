@@ -103,6 +103,7 @@ def open_model(args, rt: dict, n_ctx: int, logits_all: bool = False, embedding: 
     except ImportError:
         sys.exit("run: llama-cpp-python is not installed; `pip install llama-cpp-python`")
     core = runtime()  # the settings llama-cpp-python takes its own way; adapters and draft on the loaded model
+    rt = core.draft_runtime(rt, None if embedding else getattr(args, "draft", None))
     kw = dict(model_path=str(HERE / args.model), n_ctx=n_ctx, n_batch=rt.get("n_batch", 512),
               n_ubatch=rt.get("n_ubatch", 512), n_gpu_layers=args.ngl, use_mmap=rt.get("use_mmap", True),
               use_mlock=rt.get("use_mlock", False), flash_attn=rt.get("flash_attn") is not False,

@@ -101,6 +101,13 @@ def apply_adapters(llm, adapters) -> None:
         raise ServeError(f"llama.cpp could not apply the LoRA adapters {', '.join(str(p) for p, _ in adapters)}")
 
 
+def draft_runtime(rt: dict, draft) -> dict:
+    """The runtime settings with a speculative draft: flash attention on where the profile turns it off. Its
+    attention rounds the same for a batch of drafted tokens as for one token; without it the batched
+    verification can flip a near-tie, and greedy output would drift from the model alone's."""
+    return dict(rt, flash_attn=True) if draft and rt.get("flash_attn") is False else rt
+
+
 @contextlib.contextmanager
 def flash_attn_setting(rt: dict):
     """llama-cpp-python takes flash attention as a bool (enabled/disabled); a profile without a setting
@@ -241,6 +248,7 @@ def serve(model: Path, rt: dict, *, alias: str, host: str = "127.0.0.1", port: i
         raise ServeError(f"the server needs llama-cpp-python's server packages ({exc.name} is missing): "
                          "pip install uvicorn fastapi sse-starlette 'starlette-context<0.4' pydantic-settings") from None
     sock = bind_socket(host, port)
+    rt = draft_runtime(rt, None if embedding else draft)
     try:
         ms = ModelSettings(**server_model_settings(
             model, rt, alias=alias, n_ctx=n_ctx or rt.get("n_ctx", 2048), threads=threads, has_template=has_template,

@@ -131,3 +131,14 @@ def test_bench_reports_the_draft(built):
     r = CliRunner().invoke(main, ["bench", str(plain), "--json", "--no-record", "-r", "1", "-p", "16", "-n", "16",
                                   "--threads", "2", "-q"])
     assert r.exit_code == 0 and "draft_avg_ts" not in r.output
+
+
+def test_a_draft_turns_flash_attention_on():
+    """run/serve with a draft run the model with flash attention (batch-invariant attention, identical greedy
+    tokens) even where the profile turns it off; without a draft the profile's setting stands."""
+    from slimedge.bundle.server_runtime import draft_runtime
+
+    off = {"flash_attn": False, "n_ctx": 512}
+    assert draft_runtime(off, {"path": "d.gguf", "draft_max": 4}) == {"flash_attn": True, "n_ctx": 512}
+    assert draft_runtime(off, None) is off and off["flash_attn"] is False
+    assert draft_runtime({"flash_attn": None}, {"path": "d.gguf"}) == {"flash_attn": None}  # auto stays auto
