@@ -15,7 +15,8 @@ only: it must not import slimedge.
   with the GGUF's own chat template, the image parts replaced by libmtmd's media marker), changed in two
   things: it loads only the ``data:`` URLs that :meth:`ImagePolicy.inline` produced, so nothing reaches
   libmtmd unchecked (llama-cpp-python's own loader would fetch any URL); and a message's parts reach the
-  template joined into one string (templates that only take string content work too).
+  template joined into one string (templates that only take string content work too). It first calls
+  :func:`zero_fresh_allocations`, which works around a libmtmd bug that can make Pixtral's image rows NaN.
 """
 
 from __future__ import annotations
@@ -184,8 +185,33 @@ def data_url(data: bytes) -> str:
     return f"data:image/{fmt};base64,{base64.b64encode(data).decode('ascii')}"
 
 
+M_PERTURB = -6  # glibc mallopt: allocated bytes start as ~value, freed bytes are set to value
+
+
+def zero_fresh_allocations() -> bool:
+    """Make glibc return malloc'd memory zero-filled (``mallopt(M_PERTURB, 0xFF)``), for the whole process.
+
+    libmtmd's Pixtral graph (llama.cpp tools/mtmd/models/pixtral.cpp) makes the ``[IMG_BREAK]`` rows from a new,
+    uninitialized graph tensor that it "clears" by scaling it by 0 before adding the break embedding. 0 x NaN is
+    NaN, so when the compute buffer reuses freed heap memory that held NaN bit patterns (which depends on what the
+    process did before), those rows come out NaN and the image prompt is garbage. With allocations zero-filled
+    they are exact. The cost is a memset per heap allocation, which is small beside llama.cpp's compute. Returns
+    whether it applied (glibc only; elsewhere large allocations come from fresh zeroed pages anyway)."""
+    import ctypes
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return mallopt(M_PERTURB, 0xFF) == 1
+
+
 def make_handler(mmproj: str | Path, *, use_gpu: bool = False, verbose: bool = False):
     """llama-cpp-python's generic multimodal chat handler for ``mmproj``, loading only checked data URLs."""
+    zero_fresh_allocations()
     import llama_cpp._logger as llama_log
     import llama_cpp.mtmd_cpp as mtmd
     from llama_cpp.llama_chat_format import MTMDChatHandler

@@ -253,6 +253,48 @@ def test_image_embeddings_match_transformers(mistral3, tmp_path, mmproj_type):
     assert kv["clip.projector_type"] == "pixtral" and kv["clip.vision.spatial_merge_size"] == 2
 
 
+_DIRTY_HEAP = """
+import ctypes, sys
+import numpy as np
+from tests.vision.vision_checks import Mtmd, test_image
+libc = ctypes.CDLL(None)
+libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_size_t], [ctypes.c_void_p]
+libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD: the chunks below come from the heap, and so do the buffers after
+libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: and the freed heap stays (what a long-running process has)
+rows = []
+for _ in range(12):
+    held = [libc.malloc(64 << 10) for _ in range(4096)]  # 256 MiB NaN-filled, then freed
+    for p in held:
+        np.ctypeslib.as_array((ctypes.c_float * (16 << 10)).from_address(p))[:] = np.nan
+    for p in held:
+        libc.free(p)
+    mt = Mtmd(sys.argv[1], sys.argv[2])
+    try:
+        rows.append(mt.image_embeddings(test_image(int(sys.argv[3]), int(sys.argv[4]))))
+    finally:
+        mt.close()
+print("nonfinite", sum(int((~np.isfinite(r)).sum()) for r in rows), "same", all(np.array_equal(r, rows[0]) for r in rows))
+"""
+
+
+@pytest.mark.slow
+def test_img_break_rows_stay_finite_on_a_dirty_heap(mistral3, tmp_path):
+    """libmtmd makes Pixtral's [IMG_BREAK] rows from an uninitialized graph tensor scaled by 0: where the compute
+    buffer reused freed memory that held NaN, those rows came out NaN (the full suite hit it). Without the workaround
+    this script's contexts hit it about one in three (12 of them: all finite by chance ~1%). With
+    ``zero_fresh_allocations``, which the bundles' chat handler and :class:`Mtmd` call, they are exact whatever the
+    heap held: a fresh process, 256 MiB of NaN-filled chunks freed before each of 12 contexts."""
+    import subprocess
+    import sys
+
+    text, mmproj = convert_pair(mistral3, tmp_path, "f32")
+    root = Path(__file__).resolve().parents[2]
+    r = subprocess.run([sys.executable, "-c", _DIRTY_HEAP, str(text), str(mmproj), str(IMAGE_W), str(IMAGE_H)],
+                       cwd=root, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split()[-4:] == ["nonfinite", "0", "same", "True"], r.stdout[-500:]
+
+
 @pytest.mark.slow
 def test_pair_answers_an_image_prompt(mistral3, tmp_path):
     text, mmproj = convert_pair(mistral3, tmp_path, "f16", text_type="Q8_0")

@@ -65,6 +65,9 @@ class Mtmd:
         import llama_cpp
         import llama_cpp.mtmd_cpp as mtmd
 
+        from slimedge.bundle.vision_runtime import zero_fresh_allocations
+
+        zero_fresh_allocations()  # as the bundles' handler does (a libmtmd Pixtral bug, see its docstring)
         self.m = mtmd
         self.llm = llama_cpp.Llama(str(text_gguf), n_ctx=n_ctx, n_threads=2, n_batch=n_ctx, verbose=False)
         params = mtmd.mtmd_context_params_default()
