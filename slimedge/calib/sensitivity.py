@@ -10,7 +10,8 @@ importance matrix when one is given), so the weights are exactly those the file 
 * ``layerwise``: the forward of a tensor in block *i* starts at block *i* from cached inputs, and
   candidates dominated on a cheap proxy (bigger, not better) are not run (:mod:`.sensitivity_fast`);
 * ``proxy`` (the default): one such partial forward per tensor calibrates a batched, row-sampled
-  output-error proxy that gives every other candidate's cost (:mod:`.sensitivity_fast`).
+  output-error proxy that gives every other candidate's cost (:mod:`.sensitivity_fast`); :func:`auto_allocation` then
+  measures exactly the prices its allocation decides on and allocates again (:mod:`.refine`).
 
 Why the Hugging Face layout is enough: GGUF's layout transforms of the supported architectures only
 reorder or concatenate *rows* (Llama's q/k rope permutation, Phi-3's fused tensors are fused in HF
@@ -112,7 +113,7 @@ def measure(src: str | Path, types: Mapping[str, list[str]] | None = None, text:
     (:mod:`slimedge.calib.sensitivity_fast`)."""
     from ..threads import torch_threads
 
-    if method not in METHODS:
+    if method not in METHODS + ("exact",):  # exact: every listed pair by a partial forward (.refine)
         raise SlimedgeError(f"--sensitivity {method!r}: expected one of {', '.join(METHODS)}")
     torch_threads(threads)  # before torch loads: OpenMP reads its wait policy once (slimedge/threads.py)
     import torch
@@ -277,6 +278,7 @@ def sensitivity(src: str | Path, text: str, *, imatrix=None, types=DEFAULT_CANDI
         for n, c in old.costs.items():
             s.costs[n] = {**c, **s.costs.get(n, {})}
         s.seconds = round(s.seconds + old.seconds, 2)
+        s.exact = old.exact  # the exact prices .refine measured: kept for another budget
     s.key = key
     if cache is not None:
         s.save(cache)
@@ -287,19 +289,53 @@ def auto_allocation(src: str | Path, text: str, *, target_bpw: float | None = No
                     target_size: str | int | None = None, imatrix=None, types=DEFAULT_CANDIDATES,
                     ctx: int = DEFAULT_CTX, chunks: int = DEFAULT_CHUNKS, cache: str | Path | None = None,
                     threads: int | None = None, method: str = "proxy", device: str | None = None,
-                    progress: Progress = NULL_PROGRESS) -> Allocation:
-    """The quality-driven mix of ``src`` within the budget (``allocation.spec()`` is its QuantSpec)."""
+                    refine: int | None = None, progress: Progress = NULL_PROGRESS) -> Allocation:
+    """The quality-driven mix of ``src`` within the budget (``allocation.spec()`` is its QuantSpec).
+
+    With the proxy, the prices that decide the allocation are then measured exactly (:mod:`.refine`): at most
+    ``refine`` partial forwards (None: :func:`.refine.default_runs`; 0: none)."""
     from ..convert import plan as make_plan
     from ..quant.mixes import QuantSpec
 
     if not text.strip():
         raise SlimedgeError("--type auto needs calibration text (--calib FILE) to measure sensitivities")
+    if refine is not None and refine < 0:
+        raise SlimedgeError(f"--refine {refine}: expected a number of exact measurements >= 0")
     base = make_plan(src)
     imp = importance(Path(src), imatrix)  # GGUF name -> importance: the tensors it covers
     budget, how = budget_bytes(lambda mix: make_plan(src, QuantSpec(mix), imatrix=imatrix),
                                target_bpw=target_bpw, target_size=target_size)
     s = sensitivity(src, text, imatrix=imp, types=types, ctx=ctx, chunks=chunks, cache=cache,
                     threads=threads, method=method, device=device, progress=progress)
-    return allocate(base, s.costs, budget, target=how, types=types, has_imatrix=set(imp or ()),
-                    extra={"calib_tokens": s.n_tokens, "imatrix": bool(imatrix is not None),
-                           "sensitivity": s.method})
+
+    def alloc_with(costs):
+        return allocate(base, costs, budget, target=how, types=types, has_imatrix=set(imp or ()),
+                        extra={"calib_tokens": s.n_tokens, "imatrix": bool(imatrix is not None),
+                               "sensitivity": s.method})
+
+    alloc = alloc_with(s.costs)
+    if method != "proxy" or refine == 0:
+        return alloc
+    from gguf import GGMLQuantizationType as T
+
+    from ..quant.types import tensor_nbytes
+    from .refine import default_runs
+    from .refine import refine as refine_mix
+
+    shapes = {t.name: t.shape for t in base.tensors}
+    nbytes = {n: {q: tensor_nbytes(shapes[n], T[q]) for q in c} for n, c in s.costs.items()
+              if any(c.values())}  # all-zero prices: no torch weight holds it (llama.cpp never reads it)
+
+    def measure_exact(ask):
+        got = measure(src, ask, text, imatrix=imp, ctx=ctx, chunks=chunks, threads=threads, method="exact",
+                      device=device, progress=progress)
+        s.seconds = round(s.seconds + got.seconds, 2)
+        return got.costs
+
+    n_exact = sum(map(len, s.exact.values()))
+    alloc, used = refine_mix(alloc, s, alloc_with, measure_exact, nbytes,
+                             default_runs(nbytes) if refine is None else refine)
+    alloc.extra["refined"] = used
+    if cache is not None and sum(map(len, s.exact.values())) > n_exact:
+        s.save(cache)
+    return alloc

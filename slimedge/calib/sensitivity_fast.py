@@ -55,7 +55,9 @@ CALIB_DEPTHS = 3  # blocks per tensor kind whose proxy scale is calibrated exact
 CALIB_POINTS = 1  # exact points per calibrated tensor: the middle candidate (2: and the smallest, fits an exponent)
 FISHER = True  # weight the proxy's output errors by a diagonal Fisher of each Linear's output (Runner._fisher)
 FISHER_SAMPLES = 1  # sampled labels per position for the Fisher (their squared gradients averaged)
+FISHER_SEED = 1  # of the label sampling
 CALIB_BATCHES = 1  # calibration batches (of 4 sequences) the proxy's exact runs score: a scale, not a ranking
+REFINE_BATCHES = 1  # and those the allocation's refinement scores (method "exact", slimedge.calib.refine)
 _BLK = re.compile(r"^blk\.(\d+)\.")
 SHARED = "shared_kv_states"  # the keyword under which Gemma 3n/4 pass every block the K/V later blocks reuse
 
@@ -78,7 +80,8 @@ class Runner:
     """The float model, the calibration batches, the reference log-probabilities and the cached
     activations; :meth:`kl` measures the KL with the model's current weights from a block on."""
 
-    def __init__(self, model, batch, batch_size: int, device: str, proxy_tokens: int = PROXY_TOKENS):
+    def __init__(self, model, batch, batch_size: int, device: str, proxy_tokens: int = PROXY_TOKENS,
+                 fisher: bool = FISHER):
         import torch
 
         self.model, self.device, self.cur = model, device, 0
@@ -119,7 +122,7 @@ class Runner:
         self.inputs = {name: torch.cat(xs) for name, xs in seen.items()}
         self.p_ref = [r.exp() for r in ref]
         self.neg_ent = [(p * r).sum(-1) for p, r in zip(self.p_ref, ref)]
-        self.fisher = self._fisher() if FISHER else {}
+        self.fisher = self._fisher() if fisher else {}
 
     def _fisher(self) -> dict:
         """Per Linear, at the proxy's tokens: the squared gradient of the log-probability of a token sampled
@@ -130,7 +133,7 @@ class Runner:
 
         grads: dict[str, list] = {}
         hooks, req = [], {p: p.requires_grad for p in self.model.parameters()}
-        gen = torch.Generator().manual_seed(1)
+        gen = torch.Generator().manual_seed(FISHER_SEED)
 
         def emb_hook(m, args, out):
             return out.detach().requires_grad_()
@@ -343,7 +346,8 @@ def measure_fast(model, params: dict, hf: dict, types: dict, batch, *, batch_siz
                  depths: int = CALIB_DEPTHS, progress: Progress = NULL_PROGRESS) -> tuple[dict, dict]:
     """(costs, details): tensor -> type -> estimated KL; details: tensor -> how it was measured.
 
-    With ``method="proxy"`` each kind of block tensor (``attn_q``, ``ffn_down``, ...) is calibrated exactly
+    ``method="exact"``: every listed candidate by a partial forward, no proxy (:mod:`.refine`'s
+    re-measurements). With ``method="proxy"`` each kind of block tensor (``attn_q``, ``ffn_down``, ...) is calibrated exactly
     at ``depths`` blocks spread over the model (0: every block); the scale of the blocks between is
     interpolated (log-linear in depth). Tensors outside the blocks are always calibrated."""
     import numpy as np
@@ -351,7 +355,7 @@ def measure_fast(model, params: dict, hf: dict, types: dict, batch, *, batch_siz
 
     from ..quant.types import tensor_nbytes
 
-    runner = Runner(model, batch, batch_size, device)
+    runner = Runner(model, batch, batch_size, device, fisher=FISHER and method != "exact")
     n_layer = len(runner.layers)
     weights: dict[str, _Weight] = {}
     for name in types:
@@ -369,7 +373,7 @@ def measure_fast(model, params: dict, hf: dict, types: dict, batch, *, batch_siz
     try:
         for name, cands in types.items():  # pass 1: proxy errors, pruning (cheap)
             wt = weights[name]
-            err = proxy_errors(wt.w, hf[name].rsplit(".", 1)[0], runner, cands, wt.quant, proxy_rows)
+            err = None if method == "exact" else proxy_errors(wt.w, hf[name].rsplit(".", 1)[0], runner, cands, wt.quant, proxy_rows)
             if err is None:
                 details[name] = {"how": "exact"}
             else:
@@ -388,7 +392,7 @@ def measure_fast(model, params: dict, hf: dict, types: dict, batch, *, batch_siz
         for name, cands in types.items():  # pass 2: exact measurements (partial forwards)
             d, wt = details[name], weights[name]
             if d["how"] == "exact":
-                costs[name] = {q: wt.exact(q) for q in cands}
+                costs[name] = {q: wt.exact(q, REFINE_BATCHES if method == "exact" else None) for q in cands}
             elif method == "layerwise":
                 costs[name] = {q: wt.exact(q) for q in d["live"]}
             elif not _BLK.match(name) or name in calib:

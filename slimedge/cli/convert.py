@@ -49,6 +49,10 @@ def _parse_override(value: str) -> tuple[str, str]:
               default="proxy", show_default=True,
               help="With --type auto: how sensitivities are measured (proxy: fast, calibrated per tensor; "
                    "layerwise: exact partial forwards; exhaustive: one whole forward per tensor and type).")
+@click.option("--refine", "refine", type=click.IntRange(min=0), default=None, metavar="N",
+              help="With --type auto and the proxy: re-measure exactly (partial forwards) the types the allocation "
+                   "picks and their neighbours by size, then allocate again; at most N measurements (default: 4 per "
+                   "calibration run of the proxy; 0: none).")
 @click.option("--device", "sens_device", default="auto", show_default=True, metavar="auto|cpu|cuda",
               help="With --type auto: torch device for the sensitivities (auto: cuda when there is one).")
 @click.option("--base", "lora_base", type=click.Path(path_type=Path), default=None, metavar="BASE",
@@ -67,7 +71,7 @@ def _parse_override(value: str) -> tuple[str, str]:
 def cli(src: Path, out: Path | None, ftype: str, overrides: tuple[str, ...], output_tensor_type: str | None,
         token_embedding_type: str | None, pure: bool, imatrix: Path | None, dry_run: bool,
         target_bpw: float | None, target_size: str | None, calib: Path | None, sens_cache: Path | None,
-        sens_method: str, sens_device: str, lora_base: Path | None, merge: bool, mmproj_type: str, no_mmproj: bool,
+        sens_method: str, refine: int | None, sens_device: str, lora_base: Path | None, merge: bool, mmproj_type: str, no_mmproj: bool,
         tune, threads: int | None, overwrite: bool, quiet: bool) -> None:
     """Convert a Hugging Face model (or an F32/F16/BF16 GGUF) to GGUF, quantized.
 
@@ -85,6 +89,7 @@ def cli(src: Path, out: Path | None, ftype: str, overrides: tuple[str, ...], out
       slimedge convert ./gemma-3-4b-it -o gemma3-q4km.gguf --type Q4_K_M    # + mmproj-gemma-3-4b-it-F16.gguf
       slimedge convert Qwen/Qwen3-1.7B -o qwen3-q4km.gguf --type Q4_K_M   # from the HF cache
       slimedge convert ./TinyLlama-1.1B --type auto --target-size Q4_K_M --calib wiki.txt -o tl-auto.gguf
+      slimedge convert ./TinyLlama-1.1B --type auto --target-bpw 4.5 --calib wiki.txt --refine 0 -o tl-fast.gguf
       slimedge convert ./TinyLlama-1.1B -o tinyllama-q4km.gguf --type Q4_K_M --imatrix imatrix.gguf
       slimedge convert ./TinyLlama-1.1B -o tl-q4km-tuned.gguf --type Q4_K_M --imatrix imatrix.gguf --tune wiki.txt
       slimedge convert ./student -o student-q4km.gguf --type Q4_K_M --tune wiki.txt --tune-teacher ./teacher
@@ -107,7 +112,7 @@ def cli(src: Path, out: Path | None, ftype: str, overrides: tuple[str, ...], out
             raise SlimedgeError("--type auto needs --calib FILE|DIR: the text sensitivities are measured on")
         alloc = auto_allocation(src, read_text(calib), target_bpw=target_bpw, target_size=target_size,
                                 imatrix=imatrix, cache=sens_cache, threads=threads, method=sens_method,
-                                device=sens_device, progress=make_progress(quiet))
+                                device=sens_device, refine=refine, progress=make_progress(quiet))
         spec = alloc.spec(output_tensor_type=output_tensor_type, token_embedding_type=token_embedding_type)
         if dry_run or not quiet:
             click.echo(alloc.table(), err=not dry_run)

@@ -304,6 +304,7 @@ class Sensitivity:
     imatrix: bool = False  # quantized with importance weights
     seconds: float = 0.0
     method: str = "exhaustive"  # how: exhaustive, layerwise or proxy (slimedge.calib.sensitivity)
+    exact: dict[str, dict[str, float]] = field(default_factory=dict)  # proxy: exact prices (calib.refine)
 
     def save(self, path: str | Path) -> None:
         from ..publish import write_atomic

@@ -10,11 +10,15 @@ forward and its quantization); a partial forward from block s costs ``(n_blocks 
 fitted to the timed ones. Projection to 22 blocks (TinyLlama-1.1B) and to a Llama-3-8B shape (32 blocks,
 width 4096, FFN 14336, 8 KV heads, vocabulary 128256): the same sum over the bigger model's tensors, each
 piece scaled by its matrix-size ratio (FLOPs and quantized weights grow with it); the calibrated depths are
-those the method would choose for that depth. Goal: ≤ 30 minutes for the 1.1B shape on 2 cores.
+those the method would choose for that depth. The allocation's refinement (slimedge/calib/refine.py: its
+default number of exact partial forwards, each from the middle of the depth over ``REFINE_BATCHES``, plus a model load
+and reference forward per round, at most its ``ROUNDS``) is projected from the same pieces: the stage a user
+waits for. Goal: ≤ 30 minutes for the 1.1B shape on 2 cores.
 
 **Quality** — the trained demo teacher (slimedge/data/demo-teacher), an importance matrix from its training
 text, the auto mix at the size of Q4_K_M and of Q3_K_M with sensitivities measured exhaustively (one whole
-forward per tensor and type: the reference) and with the proxy, the same budget and candidates; KL against
+forward per tensor and type: the reference) and with the proxy (then refined, as by default), the same budget
+and candidates; KL against
 the F16 teacher measured through llama.cpp (``slimedge.bench.run_bench``) on held-out text. Goal: the proxy's
 KL within 10% of the exhaustive one's.
 """
@@ -69,6 +73,7 @@ def build(work: Path, layers: int) -> Path:
 def cost(args) -> None:
     import numpy as np
 
+    from slimedge.calib import refine as R
     from slimedge.calib import sensitivity as S
     from slimedge.calib import sensitivity_fast as F
     from slimedge.demo import corpus
@@ -144,10 +149,17 @@ def cost(args) -> None:
         edges = frac * ((L * tb + th) + th) + (other + other_q) * head  # embedding (a whole forward), head
         n_tgt = L * sum(np.prod(_shape(k, tgt)) for k in KINDS) + 2 * tgt["vocab"] * tgt["hidden"]
         load = rest * n_tgt / n_meas  # loading the model, the plan, the tokenizer: with the parameters
-        sec = ref + proxy + exact + edges + load
+        names = [f"blk.{i}.{k}.weight" for i in range(L) for k in KINDS] + ["token_embd.weight", "output.weight"]
+        runs = R.default_runs(names)  # refining: that many exact partial forwards (from a mean depth, all
+        # batches) and their quantization, plus per round a model load and reference forward (at most ROUNDS)
+        frac_r = min(1.0, F.REFINE_BATCHES / -(-s.n_tokens // (S.BATCH * 256)))  # the batches refining scores
+        per_run = frac_r * ((L + 1) / 2 * tb + th) + np.mean([q_kind[k] * np.prod(_shape(k, tgt)) / np.prod(_shape(k, base))
+                                                  for k in KINDS])
+        refine = runs * per_run + R.ROUNDS * (ref + load)
+        sec = ref + proxy + exact + edges + load + refine
         print(f"  {label}: {sec / 60:.1f} min (reference forward {ref:.0f} s, proxy passes {proxy:.0f} s, "
               f"exact calibration at blocks {calib} of each kind {exact:.0f} s, embedding + head {edges:.0f} s, "
-              f"loading {load:.0f} s)"
+              f"loading {load:.0f} s, refining with {runs} exact prices in <= {R.ROUNDS} rounds {refine:.0f} s)"
               + ("  goal <= 30 min: " + ("met" if sec <= 1800 else "NOT met") if L == 22 else ""), flush=True)
         print(f"    the same on 2 free cores (this run got {share:.2f} cores on average; its CPU seconds over 2): "
               f"{sec * share / 2 / 60:.1f} min", flush=True)
@@ -196,8 +208,8 @@ def quality(args) -> None:
             from slimedge.quant.allocate import Sensitivity
 
             rows.append((mix, method, Sensitivity.load(cache).seconds, sec, b, a.metadata()["slimedge.mix.types"]))
-            print(f"{mix} {method}: KL {b['kld_mean']:.5f}, sensitivities {Sensitivity.load(cache).seconds:.0f} s",
-                  flush=True)
+            print(f"{mix} {method}: KL {b['kld_mean']:.5f}, sensitivities {Sensitivity.load(cache).seconds:.0f} s"
+                  + (f" (refined: {a.extra['refined']} exact prices)" if "refined" in a.extra else ""), flush=True)
         rows.append((mix, "ratio", kl["proxy"] / kl["exhaustive"], None, None, None))
     print("\n| budget | sensitivities | measured in | KL vs F16 (llama.cpp) | top-1 | tensor bytes | types |")
     print("|---|---|---:|---:|---:|---:|---|")

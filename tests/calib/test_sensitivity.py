@@ -89,7 +89,7 @@ def test_cache_serves_a_second_budget_and_measures_only_missing_types(hf_model, 
         return real(src, types, *a, **kw)
 
     monkeypatch.setattr(S, "measure", spy)
-    kw = dict(ctx=64, chunks=2, cache=cache, threads=1)
+    kw = dict(ctx=64, chunks=2, cache=cache, threads=1, refine=0)  # the proxy's prices (refining: test_refine)
     a = S.auto_allocation(hf_model, text, target_bpw=4.0, types=("Q2_K", "Q4_K", "Q8_0"), **kw)
     b = S.auto_allocation(hf_model, text, target_bpw=6.0, types=("Q2_K", "Q4_K", "Q8_0"), **kw)
     assert len(calls) == 1  # the second budget measured nothing
