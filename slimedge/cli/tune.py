@@ -55,6 +55,12 @@ from .options import make_progress, overwrite_option, quiet_option, threads_opti
                    "sub-scales/mins: 40x).")
 @click.option("--block-opt", type=click.Choice(["adam", "sign"]), default="adam", show_default=True,
               help="--mode blockwise: Adam, or AutoRound's signed gradient descent.")
+@click.option("--block-input", type=click.Choice(["quant", "teacher", "mix"]), default="quant", show_default=True,
+              help="--mode blockwise: what each quantized layer is tuned on: its own inputs from the already "
+                   "tuned, quantized layers before it (quant, as AutoRound), the float teacher's (teacher), or both "
+                   "(mix: the mean of the two errors).")
+@click.option("--block-batch", type=click.IntRange(min=0), default=0, show_default=True,
+              help="--mode blockwise: cached blocks per optimizer step (0: --batch-size).")
 @click.option("--fsdp-teacher", is_flag=True, help="Under torchrun: shard the float teacher's weights across the "
               "processes (FSDP2, one unit per decoder layer), for a teacher that does not fit one device.")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -67,7 +73,8 @@ def cli(gguf_file: Path, teacher: str, data: str, data_field: str, out: Path, st
         sub_lr: float | None, batch_size: int, seq_len: int, max_blocks: int, warm_steps: int, device: str,
         precision: str,
         learn_codes: bool, codes_lr: float, mode: str, block_iters: int, block_samples: int,
-        round_lr: float | None, block_lr: float | None, block_opt: str, fsdp_teacher: bool, seed: int, resume: bool,
+        round_lr: float | None, block_lr: float | None, block_opt: str, block_input: str, block_batch: int,
+        fsdp_teacher: bool, seed: int, resume: bool,
         threads: int | None, overwrite: bool, quiet: bool) -> None:
     """Tune a quantized GGUF's block scales against its teacher (same types, same size).
 
@@ -95,7 +102,8 @@ def cli(gguf_file: Path, teacher: str, data: str, data_field: str, out: Path, st
                         device=device, threads=threads, seed=seed, overwrite=overwrite, data_field=data_field,
                         resume=resume, fsdp_teacher=fsdp_teacher, precision=precision, learn_codes=learn_codes,
                         codes_lr=codes_lr, mode=mode, block_iters=block_iters, block_samples=block_samples,
-                        round_lr=round_lr, block_lr=block_lr, block_opt=block_opt),
+                        round_lr=round_lr, block_lr=block_lr, block_opt=block_opt, block_input=block_input,
+                        block_batch=block_batch),
              make_progress(quiet))
     if not r.output:  # a non-zero rank under torchrun
         return

@@ -131,6 +131,42 @@ def test_blockwise_bad_uses_are_one_line(model, tmp_path):
             _tune(hf, d, q, tmp_path / "x.gguf", **kw)
 
 
+def test_block_input_picks_what_the_layer_is_tuned_on():
+    """--block-input: the error of the quantized layer on its own inputs, on the teacher's, or the mean of both."""
+    import torch
+
+    from slimedge.tune import TuneConfig
+    from slimedge.tune.blockwise import _batch_loss
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(8, 8)
+    xt, xq = torch.randn(6, 5, 8), torch.randn(6, 5, 8)
+    y = torch.randn(6, 5, 8)
+    idx = torch.tensor([0, 2, 5])
+
+    def err(x):
+        return float(((lin(x[idx]) - y[idx]) ** 2).mean())
+
+    got = {b: float(_batch_loss(lambda x, **kw: lin(x), xt, xq, y, idx, {}, TuneConfig(gguf="", teacher="", data="", output="", block_input=b), 2.0))
+           for b in ("quant", "teacher", "mix")}
+    assert got["quant"] == pytest.approx(2 * err(xq)) and got["teacher"] == pytest.approx(2 * err(xt))
+    assert got["mix"] == pytest.approx(err(xq) + err(xt)) and got["quant"] != got["teacher"]
+
+
+@pytest.mark.slow
+def test_block_input_and_batch_reach_the_tuning(model, tmp_path):
+    """The teacher's inputs and smaller step batches are other runs of the same contract: every layer's error falls,
+    the types and bytes stay; the first layer (same inputs either way) starts from the same error."""
+    hf, d, q = model
+    base = _tune(hf, d, q, tmp_path / "quant.gguf", block_iters=20)
+    for kw in (dict(block_input="teacher"), dict(block_input="mix"), dict(block_batch=2)):
+        r = _tune(hf, d, q, tmp_path / "other.gguf", block_iters=20, **kw)
+        assert r.block_errors[0][0] == base.block_errors[0][0], kw
+        assert all(e1 < e0 for e0, e1 in r.block_errors), (kw, r.block_errors)
+        assert (tmp_path / "other.gguf").read_bytes() != (tmp_path / "quant.gguf").read_bytes(), kw
+        assert read_info(tmp_path / "other.gguf").file_size == read_info(q).file_size
+
+
 @pytest.mark.slow
 def test_signed_descent_lowers_every_layer_error(model, tmp_path):
     """--block-opt sign (AutoRound's signed gradient descent): every layer's output error falls from the same start
