@@ -283,9 +283,9 @@ def _type_request(type: str | None, calib, src: Path) -> str | None:
 def fill_budget(src: Path, tgt: Target, calib: str | Path, imatrix, threads: int | None,
                 progress: Progress) -> tuple[object, str, str]:
     """(QuantSpec, type label, chosen_by) of the auto mix (:mod:`slimedge.calib.sensitivity`) with the
-    largest tensor budget whose memory estimate still fits the target (bisection on the budget; the
-    sensitivities are measured once). Candidate types are the base types of the profile's candidates."""
-    from ..calib.sensitivity import importance, read_text, sensitivity
+    largest tensor budget whose memory estimate still fits the target (bisection on the budget on the proxy's
+    prices, measured once; the allocation at that budget then refined with exact prices). Candidate types are the base types of the profile's candidates."""
+    from ..calib.sensitivity import DEFAULT_CHUNKS, DEFAULT_CTX, importance, read_text, refine_allocation, sensitivity
     from ..convert import plan
     from ..quant.allocate import DEFAULT_CANDIDATES, allocate, quantizable
     from ..quant.mixes import resolve_ftype
@@ -319,6 +319,13 @@ def fill_budget(src: Path, tgt: Target, calib: str | Path, imatrix, threads: int
             lo, alloc, spec = mid, a, sp
         else:
             hi = mid
+    refined = refine_allocation(src, read_text(calib), sens, base,
+                                lambda costs: allocate(base, costs, lo, target=f"fills {tgt.name}", types=types),
+                                alloc, imatrix=imp, ctx=DEFAULT_CTX, chunks=DEFAULT_CHUNKS, threads=threads,
+                                device=None, refine=None, cache=None, progress=progress)
+    sp = refined.spec()  # the same budget, priced exactly where it chooses: kept if it still fits
+    if refined.types == alloc.types or fits(estimate(planned_shape(src, sp), tgt.runtime, hardware=tgt.hardware), tgt):
+        alloc, spec = refined, sp
     return spec, f"auto mix {alloc.bits_per_weight:.2f} bpw", "auto (quality-driven mix, fills the budget)"
 
 

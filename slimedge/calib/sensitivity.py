@@ -314,7 +314,19 @@ def auto_allocation(src: str | Path, text: str, *, target_bpw: float | None = No
                                "sensitivity": s.method})
 
     alloc = alloc_with(s.costs)
-    if method != "proxy" or refine == 0:
+    if method != "proxy":
+        return alloc
+    return refine_allocation(src, text, s, base, alloc_with, alloc, imatrix=imp, ctx=ctx, chunks=chunks,
+                             threads=threads, device=device, refine=refine, cache=cache, progress=progress)
+
+
+def refine_allocation(src, text: str, s: Sensitivity, base, alloc_with, alloc: Allocation, *, imatrix, ctx: int,
+                      chunks: int, threads: int | None, device: str | None, refine: int | None,
+                      cache: str | Path | None, progress: Progress = NULL_PROGRESS) -> Allocation:
+    """``alloc`` (``alloc_with(s.costs)``, proxy prices ``s``) refined by exact measurements (:mod:`.refine`): at
+    most ``refine`` (None: :func:`.refine.default_runs`; 0: none); the new exact prices saved to ``cache``.
+    ``imatrix``: GGUF name -> importance, as measured."""
+    if refine == 0:
         return alloc
     from gguf import GGMLQuantizationType as T
 
@@ -327,7 +339,7 @@ def auto_allocation(src: str | Path, text: str, *, target_bpw: float | None = No
               if any(c.values())}  # all-zero prices: no torch weight holds it (llama.cpp never reads it)
 
     def measure_exact(ask):
-        got = measure(src, ask, text, imatrix=imp, ctx=ctx, chunks=chunks, threads=threads, method="exact",
+        got = measure(src, ask, text, imatrix=imatrix, ctx=ctx, chunks=chunks, threads=threads, method="exact",
                       device=device, progress=progress)
         s.seconds = round(s.seconds + got.seconds, 2)
         return got.costs

@@ -151,7 +151,7 @@ def test_auto_and_calib_go_together(hf_model, tmp_path, text_file):
 def test_type_auto_with_calib_is_the_quality_mix_filling_the_budget(hf_model, tmp_path, text_file):
     """build --type auto --calib: convert's quality-driven mix, its types drawn from the profile's candidates
     (two here, to keep the measurement short), as large as still fits the target (a budget between the two
-    candidates' estimates)."""
+    candidates' estimates), refined with exact prices at that budget."""
     t = load_target("cpu")
     ests = {c: estimate(planned_shape(hf_model, quant_spec(t, c)), t.runtime, hardware=t.hardware).required_ram
             for c in ("Q6_K", "Q4_K_M")}
@@ -168,6 +168,7 @@ def test_type_auto_with_calib_is_the_quality_mix_filling_the_budget(hf_model, tm
     info = read_info(b / "model.gguf")
     assert len({t.type for t in info.tensors if len(t.shape) == 2}) >= 2  # a mix, not one type
     assert info.metadata["slimedge.mix.target"] == "fills tight"
+    assert info.metadata["slimedge.mix.refined"] > 0  # the chosen types priced exactly (slimedge.calib.refine)
 
 
 def test_explicit_type_and_overwrite(hf_model, tmp_path):
