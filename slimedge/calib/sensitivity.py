@@ -149,20 +149,23 @@ def measure(src: str | Path, types: Mapping[str, list[str]] | None = None, text:
     hf = {n: w for n, w in where.items() if w is not None}
     unread = {n: {q: 0.0 for q in c} for n, c in types.items() if n in where and where[n] is None}
     run = {n: c for n, c in types.items() if n not in unread}
+    exact: dict[str, dict[str, float]] = {}
     if method == "exhaustive":
         costs = _exhaustive(model, params, hf, run, batch.to(dev), imatrix, threads, progress)
     else:
         from .sensitivity_fast import measure_fast
 
-        costs, _ = measure_fast(model, params, hf, run, batch, batch_size=BATCH, device=dev,
+        costs, how = measure_fast(model, params, hf, run, batch, batch_size=BATCH, device=dev,
                                 imatrix=imatrix, threads=threads, shapes=shapes, method=method,
                                 progress=progress)
+        if method == "proxy":  # tensors the proxy cannot price (fused experts, ...) were measured exactly
+            exact = {n: dict(costs[n]) for n, d in how.items() if d["how"] == "exact"}
     costs.update(unread)  # tensors no torch weight holds (llama.cpp never reads them): every type costs 0
     sec = time.monotonic() - t0
     log.info("sensitivity (%s, %s) of %d tensors measured on %d tokens in %.1f s", method, dev, len(costs),
              batch.numel(), sec)
     return Sensitivity(costs=costs, model=str(src), n_tokens=int(batch.numel()), imatrix=imatrix is not None,
-                       seconds=round(sec, 2), method=method)
+                       seconds=round(sec, 2), method=method, exact=exact)
 
 
 def _exhaustive(model, params, hf, types, batch, imatrix, threads, progress) -> dict[str, dict[str, float]]:
@@ -278,7 +281,7 @@ def sensitivity(src: str | Path, text: str, *, imatrix=None, types=DEFAULT_CANDI
         for n, c in old.costs.items():
             s.costs[n] = {**c, **s.costs.get(n, {})}
         s.seconds = round(s.seconds + old.seconds, 2)
-        s.exact = old.exact  # the exact prices .refine measured: kept for another budget
+        s.exact = {n: {**old.exact.get(n, {}), **s.exact.get(n, {})} for n in {*old.exact, *s.exact}}
     s.key = key
     if cache is not None:
         s.save(cache)
@@ -315,6 +318,9 @@ def auto_allocation(src: str | Path, text: str, *, target_bpw: float | None = No
 
     alloc = alloc_with(s.costs)
     if method != "proxy":
+        if refine:
+            log.warning("--refine %d: only the proxy's prices are refined; --sensitivity-method %s measures "
+                        "every price exactly already", refine, method)
         return alloc
     return refine_allocation(src, text, s, base, alloc_with, alloc, imatrix=imp, ctx=ctx, chunks=chunks,
                              threads=threads, device=device, refine=refine, cache=cache, progress=progress)
