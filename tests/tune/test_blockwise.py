@@ -147,8 +147,11 @@ def test_block_input_picks_what_the_layer_is_tuned_on():
     def err(x):
         return float(((lin(x[idx]) - y[idx]) ** 2).mean())
 
-    got = {b: float(_batch_loss(lambda x, **kw: lin(x), xt, xq, y, idx, {}, TuneConfig(gguf="", teacher="", data="", output="", block_input=b), 2.0))
-           for b in ("quant", "teacher", "mix")}
+    def loss(block_input):
+        cfg = TuneConfig(gguf="", teacher="", data="", output="", block_input=block_input)
+        return float(_batch_loss(lambda x, **kw: lin(x), xt, xq, y, idx, {}, cfg, 2.0).detach())
+
+    got = {b: loss(b) for b in ("quant", "teacher", "mix")}
     assert got["quant"] == pytest.approx(2 * err(xq)) and got["teacher"] == pytest.approx(2 * err(xt))
     assert got["mix"] == pytest.approx(err(xq) + err(xt)) and got["quant"] != got["teacher"]
 
