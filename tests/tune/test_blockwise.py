@@ -145,7 +145,7 @@ def test_block_input_picks_what_the_layer_is_tuned_on():
     idx = torch.tensor([0, 2, 5])
 
     def err(x):
-        return float(((lin(x[idx]) - y[idx]) ** 2).mean())
+        return float(((lin(x[idx]) - y[idx]) ** 2).mean().detach())
 
     def loss(block_input):
         cfg = TuneConfig(gguf="", teacher="", data="", output="", block_input=block_input)
