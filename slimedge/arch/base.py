@@ -312,13 +312,17 @@ class Arch:
                         self.hf_arch, ", ".join(extra[:3]), more)
         return out
 
+    def own_layers(self) -> range:
+        """The layers this conversion writes: all (a head-only export, ``convert --mtp``, writes its own)."""
+        return range(self.hp.n_layer)
+
     def _table_in_file_order(self):
         """Table entries expanded per layer: globals before the blocks, blk.0.* ... blk.N.*, then the rest."""
         first_layer = next((i for i, e in enumerate(self.TENSORS) if "{bid}" in e[0]), len(self.TENSORS))
         rows = []
         for i, (template, mt, required) in enumerate(self.TENSORS):
             if "{bid}" in template:
-                rows += [((1, bid, i), (template, mt, required, bid)) for bid in range(self.hp.n_layer)]
+                rows += [((1, bid, i), (template, mt, required, bid)) for bid in self.own_layers()]
             else:
                 rows.append(((0 if i < first_layer else 2, 0, i), (template, mt, required, None)))
         return [row for _, row in sorted(rows, key=lambda r: r[0])]

@@ -259,7 +259,7 @@ class MoEArch(Arch):
     def tensors(self, source):
         refs = dict(source.tensors)
         consumed: set[str] = set()
-        for bid in range(self.hp.n_layer):
+        for bid in self.own_layers():
             if not self.is_moe_layer(bid):
                 continue
             for alt, name in self.ALIASES:

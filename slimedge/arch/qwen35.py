@@ -13,7 +13,8 @@ Transforms, as llama.cpp's converter does them: every RMSNorm weight except the 
 is stored zero-centred by HF (``x · (1 + w)``) and becomes ``1 + w``; the final norm after the layers is
 ``post_attention_layernorm`` → ``post_attention_norm`` (the feed-forward's input norm); value heads are
 tiled and ``A_log`` becomes ``-exp(A_log)`` (:mod:`slimedge.arch.ssm`). The multi-token-prediction head
-(``mtp.*``) and the vision tower are not converted (logged). Key and value head sizes must be equal.
+(``mtp.*``) and the vision tower are not converted (logged); ``convert --mtp`` writes the head alone
+(:mod:`slimedge.arch._qwen_mtp`). Key and value head sizes must be equal.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from gguf import MODEL_ARCH, MODEL_TENSOR, GGUFValueType, Keys
 
 from ..errors import SlimedgeError
 from ..quant.model_info import ModelInfo
+from ._qwen_mtp import NEXTN_PLUS_ONE, NEXTN_TENSORS, QwenMtp
 from .base import KV, U32, Arch
 from .moe import MoEArch, Part, StackedRef
 from .qwen3moe import QWEN3MOE_EXPERTS, ROUTED_EXPERT_TENSORS
@@ -38,7 +40,7 @@ T = MODEL_TENSOR
 L = "model.layers.{bid}."
 ATTN_HF = ("q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight", "q_norm.weight", "k_norm.weight")
 # the norms HF stores zero-centred (GGUF names)
-_PLUS_ONE = (".attn_norm.", ".post_attention_norm.", ".attn_q_norm.", ".attn_k_norm.", "output_norm.")
+_PLUS_ONE = (".attn_norm.", ".post_attention_norm.", ".attn_q_norm.", ".attn_k_norm.", "output_norm.") + NEXTN_PLUS_ONE
 _NOT_TEXT = ("mtp.", "model.mtp.", "model.visual.", "visual.")
 
 
@@ -46,7 +48,7 @@ def _table(ffn: list, delta: list = DELTA_NET_TENSORS) -> list:
     return [("model.embed_tokens.weight", T.TOKEN_EMBD, True), (L + "input_layernorm.weight", T.ATTN_NORM, True)] + [
         (L + "self_attn." + s, mt, False) for s, mt in zip(ATTN_HF[:2] + ATTN_HF[4:] + ATTN_HF[2:4], (
             T.ATTN_Q, T.ATTN_K, T.ATTN_Q_NORM, T.ATTN_K_NORM, T.ATTN_V, T.ATTN_OUT))
-    ] + delta + [(L + "post_attention_layernorm.weight", T.ATTN_POST_NORM, True)] + ffn + [
+    ] + delta + [(L + "post_attention_layernorm.weight", T.ATTN_POST_NORM, True)] + ffn + NEXTN_TENSORS + [
         ("model.norm.weight", T.OUTPUT_NORM, True), ("lm_head.weight", T.OUTPUT, True)]
 
 
@@ -60,7 +62,7 @@ MOE_FFN = [
 ]
 
 
-class _Qwen35(Arch):
+class _Qwen35(QwenMtp, Arch):
     """What dense and MoE Qwen3.5 (and Qwen3-Next, :mod:`slimedge.arch.qwen3next`) share."""
 
     TILE_V: ClassVar[bool] = True  # value heads tiled for llama.cpp's graph (see ssm.py)
@@ -90,7 +92,8 @@ class _Qwen35(Arch):
         if dropped:
             log.info("%s: not converting %d tensor(s) of the vision tower / multi-token-prediction head (%s, ...)",
                      source.model_dir, len(dropped), dropped[0])
-        for bid, rec in enumerate(self.recurrent):
+        for bid in self.own_layers():  # all, or the MTP head's (convert --mtp: slimedge.arch._qwen_mtp)
+            rec = self.recurrent[bid]
             self._check_layer(refs, bid, rec, source)
             if rec:
                 self._delta_net_refs(refs, bid)
@@ -171,7 +174,7 @@ class _Qwen35(Arch):
         return kv + self.dn.metadata(k) + [
             KV(k("{arch}.attention.recurrent_layers"), list(self.recurrent), GGUFValueType.ARRAY, GGUFValueType.BOOL),
             KV(k(Keys.LLM.FULL_ATTENTION_INTERVAL), int(self.config.get("full_attention_interval") or 4), U32),
-            KV(k(Keys.Rope.DIMENSION_COUNT), int(hp.head_dim * rotary), U32)]
+            KV(k(Keys.Rope.DIMENSION_COUNT), int(hp.head_dim * rotary), U32)] + self.mtp_metadata()
 
     def model_info(self) -> ModelInfo:
         info = super().model_info()

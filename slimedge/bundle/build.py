@@ -284,7 +284,8 @@ def fill_budget(src: Path, tgt: Target, calib: str | Path, imatrix, threads: int
                 progress: Progress) -> tuple[object, str, str]:
     """(QuantSpec, type label, chosen_by) of the auto mix (:mod:`slimedge.calib.sensitivity`) with the
     largest tensor budget whose memory estimate still fits the target (bisection on the budget on the proxy's
-    prices, measured once; the allocation at that budget then refined with exact prices). Candidate types are the base types of the profile's candidates."""
+    prices, measured once; the allocation at that budget then refined with exact prices). Candidate types are the
+    base types of the profile's candidates."""
     from ..calib.sensitivity import DEFAULT_CHUNKS, DEFAULT_CTX, importance, read_text, refine_allocation, sensitivity
     from ..convert import plan
     from ..quant.allocate import DEFAULT_CANDIDATES, allocate, quantizable

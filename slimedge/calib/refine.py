@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Callable
+from collections.abc import Callable
 
 from ..quant.allocate import Allocation, Sensitivity
 

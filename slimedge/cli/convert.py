@@ -14,6 +14,24 @@ from ..errors import SlimedgeError
 from .options import make_progress, overwrite_option, quiet_option, threads_option, tune_options
 
 
+def _mtp_head(src: Path, out: Path | None, spec, imatrix, dry_run: bool, overwrite: bool, quiet: bool,
+              threads: int | None) -> None:
+    from ..arch._qwen_mtp import mtp_head_hook
+    from ..convert import convert, plan
+
+    if dry_run:
+        click.echo(plan(src, spec, imatrix=imatrix, source_hook=mtp_head_hook).table())
+        return
+    if out is None:
+        raise SlimedgeError("missing -o/--output OUT.gguf (or pass --dry-run)")
+    result = convert(src, out, spec, threads=threads, overwrite=overwrite, progress=make_progress(quiet),
+                     imatrix=imatrix, source_hook=mtp_head_hook)
+    if not quiet:
+        click.echo(f"wrote {result.out}: the multi-token-prediction head, {len(result.plan.tensors)} tensors, "
+                   f"{result.file_bytes / 1e6:.1f} MB; use it as llama-server -m MODEL.gguf -md {result.out.name} "
+                   f"--spec-type draft-mtp")
+
+
 def _parse_override(value: str) -> tuple[str, str]:
     from ..quant.mixes import parse_override  # llama-quantize's --tensor-type: first '=', pattern lower-cased
 
@@ -64,6 +82,9 @@ def _parse_override(value: str) -> tuple[str, str]:
               help="For a vision-language model: the type of its vision projector, written beside OUT as llama.cpp's "
                    "mmproj (mmproj-NAME-TYPE.gguf; norms, biases and a few tensors keep llama.cpp's own types).")
 @click.option("--no-mmproj", is_flag=True, help="For a vision-language model: write the text model only.")
+@click.option("--mtp", "mtp", is_flag=True,
+              help="Write only the model's multi-token-prediction head (Qwen3.5, Qwen3-Next), as llama.cpp's "
+                   "converter does with --mtp: the draft for llama-server -md OUT --spec-type draft-mtp.")
 @tune_options
 @threads_option
 @overwrite_option
@@ -71,7 +92,8 @@ def _parse_override(value: str) -> tuple[str, str]:
 def cli(src: Path, out: Path | None, ftype: str, overrides: tuple[str, ...], output_tensor_type: str | None,
         token_embedding_type: str | None, pure: bool, imatrix: Path | None, dry_run: bool,
         target_bpw: float | None, target_size: str | None, calib: Path | None, sens_cache: Path | None,
-        sens_method: str, refine: int | None, sens_device: str, lora_base: Path | None, merge: bool, mmproj_type: str, no_mmproj: bool,
+        sens_method: str, refine: int | None, sens_device: str, lora_base: Path | None, merge: bool, mmproj_type: str,
+        no_mmproj: bool, mtp: bool,
         tune, threads: int | None, overwrite: bool, quiet: bool) -> None:
     """Convert a Hugging Face model (or an F32/F16/BF16 GGUF) to GGUF, quantized.
 
@@ -93,6 +115,7 @@ def cli(src: Path, out: Path | None, ftype: str, overrides: tuple[str, ...], out
       slimedge convert ./TinyLlama-1.1B -o tinyllama-q4km.gguf --type Q4_K_M --imatrix imatrix.gguf
       slimedge convert ./TinyLlama-1.1B -o tl-q4km-tuned.gguf --type Q4_K_M --imatrix imatrix.gguf --tune wiki.txt
       slimedge convert ./student -o student-q4km.gguf --type Q4_K_M --tune wiki.txt --tune-teacher ./teacher
+      slimedge convert ./Qwen3.5-9B -o mtp-qwen3.5-9b-q8_0.gguf --type q8_0 --mtp   # the MTP head as a draft
       slimedge convert ./my-lora --base ./TinyLlama-1.1B -o my-lora-f16.gguf --type f16
       slimedge convert ./my-lora --base ./TinyLlama-1.1B --merge -o tl-my-lora-q4km.gguf --type Q4_K_M
     """
@@ -101,6 +124,11 @@ def cli(src: Path, out: Path | None, ftype: str, overrides: tuple[str, ...], out
 
     spec = QuantSpec(ftype=ftype, overrides=[_parse_override(v) for v in overrides],
                      output_tensor_type=output_tensor_type, token_embedding_type=token_embedding_type, pure=pure)
+    if mtp:  # the MTP head alone: llama.cpp's draft for --spec-type draft-mtp
+        if lora_base is not None or merge or tune is not None or ftype.strip().lower() == "auto":
+            raise SlimedgeError("--mtp writes the multi-token-prediction head alone: it takes --type (not auto), "
+                                "--imatrix and the --tensor-type options, not --base/--merge/--tune")
+        return _mtp_head(src, out, spec, imatrix, dry_run, overwrite, quiet, threads)
     if lora_base is not None or merge:  # SRC is a LoRA adapter
         model_only = bool(target_bpw or target_size or calib or tune is not None or ftype.strip().lower() == "auto")
         return _adapter(src, lora_base, merge, out, spec, imatrix, overwrite, quiet, threads, model_only,

@@ -70,7 +70,7 @@ def test_refined_mix_is_priced_exactly_where_it_chooses_and_is_no_worse(hf_model
         assert s.costs == m["proxy"]  # the proxy's prices are kept as they were
         true = [sum(m["exhaustive"][n][q] for n, q in a.types.items()) for a in (proxy, refined)]
         assert true[1] <= true[0] * 1.001, (frac, true)
-        capped, _, asked, _, _ = _oracle_refine(per, m["proxy"], m["exhaustive"], p, budget, runs=5)
+        _, _, asked, _, _ = _oracle_refine(per, m["proxy"], m["exhaustive"], p, budget, runs=5)
         assert len(asked) == 5
 
 
