@@ -2,7 +2,8 @@
 
 On the shipped demo teacher, in one run and on the same calibration text (the demo's training text; ``--nsamples``
 blocks of 256 tokens): llama.cpp-style imatrix Q4_K_M (the start file, made as the demo makes it), that file tuned
-by ``slimedge tune`` end to end (``--steps``), block-wise (``--mode blockwise``, ``--iters`` steps per layer on
+by ``slimedge tune`` end to end (``--steps``), end to end with the integer codes learned too (``--learn-codes
+--codes-lr``, ``--codes-steps``), block-wise (``--mode blockwise``, ``--iters`` steps per layer on
 ``--nsamples`` cached blocks) and block-wise then end to end, and AutoRound's own GGUF
 (``auto-round --model DIR --format gguf:q4_k_m --iters N --nsamples N --seqlen 256 --device cpu``, the calibration
 text given as its ``--dataset``: a JSON list of 2,000-character pieces, each longer than 256 tokens). Each file is scored through llama.cpp (:func:`slimedge.bench.run_bench`: mean KL
@@ -86,7 +87,7 @@ def _autoround(a, qtype: str, teacher: Path, calib: Path, out: Path) -> tuple[Pa
     return found[0], sec, note
 
 
-ROWS = ("e2e", "blockwise", "blockwise+e2e")
+ROWS = ("e2e", "e2e+codes", "blockwise", "blockwise+e2e")
 
 
 def _tuned_rows(a, qtype: str, base: Path, teacher: Path, calib: Path, out: Path) -> list:
@@ -102,6 +103,7 @@ def _tuned_rows(a, qtype: str, base: Path, teacher: Path, calib: Path, out: Path
     rows, bw_sec = [], 0.0
     for row in todo:
         kw, src = {"e2e": (dict(steps=a.steps), base),
+                   "e2e+codes": (dict(steps=a.codes_steps, learn_codes=True, codes_lr=a.codes_lr), base),
                    "blockwise": (dict(mode="blockwise", steps=0, block_iters=a.iters, block_samples=a.nsamples), base),
                    "blockwise+e2e": (dict(steps=a.steps, lr=a.e2e_lr_after), bw)}[row]
         dst = out / f"slimedge-tune-{qtype}-{row.replace('+', '-plus-')}.gguf"
@@ -173,6 +175,8 @@ def main() -> int:
     ap.add_argument("--iters", type=int, default=200, help="block-wise steps per layer (AutoRound's --iters)")
     ap.add_argument("--nsamples", type=int, default=128, help="calibration blocks of 256 tokens (both)")
     ap.add_argument("--steps", type=int, default=100, help="end-to-end KL steps (the e2e rows)")
+    ap.add_argument("--codes-steps", type=int, default=150, help="KL steps of the e2e+codes row (--learn-codes)")
+    ap.add_argument("--codes-lr", type=float, default=0.03, help="the e2e+codes row's --codes-lr")
     ap.add_argument("--e2e-lr-after", type=float, default=2e-3, help="the KL steps' --lr after block-wise")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
