@@ -170,6 +170,7 @@ def _print(res: list[dict]) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="bench-tune-vs-autoround")
+    ap.add_argument("--teacher", default=None, help="a Hugging Face folder (default: the shipped demo teacher)")
     ap.add_argument("--types", default="Q4_K_M", help="comma-separated llama.cpp types, e.g. Q4_K_M,Q3_K_M,Q4_0,Q5_0")
     ap.add_argument("--rows", default=",".join(ROWS), help=f"slimedge rows, of {','.join(ROWS)}")
     ap.add_argument("--iters", type=int, default=200, help="block-wise steps per layer (AutoRound's --iters)")
@@ -198,7 +199,7 @@ def main() -> int:
 
     out = Path(a.out).absolute()
     out.mkdir(parents=True, exist_ok=True)
-    teacher = shipped_teacher()
+    teacher = Path(a.teacher).absolute() if a.teacher else shipped_teacher()
     calib, held = out / "train.txt", out / "heldout.txt"
     if not calib.is_file():
         calib.write_text(corpus.train_text()[: a.calib_chars])
