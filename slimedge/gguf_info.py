@@ -311,28 +311,32 @@ def read_info(path: str | os.PathLike) -> GGUFInfo:
         raise SlimedgeError(f"{p}: cannot read ({exc.strerror or exc})") from None
 
 
-def _tokens(path: Path) -> list:
-    return list(read_info(path).metadata.get("tokenizer.ggml.tokens") or [])
+def _tokens(info: GGUFInfo) -> list:
+    return list(info.metadata.get("tokenizer.ggml.tokens") or [])
+
+
+def _mtp_head(info: GGUFInfo) -> bool:
+    arch = info.metadata.get("general.architecture")
+    return bool(info.metadata.get(f"{arch}.nextn_predict_layers")) and \
+        not any(t.name.startswith("blk.0.") for t in info.tensors)
 
 
 def is_mtp_head(path: Path) -> bool:
     """A multi-token-prediction head alone (``convert --mtp``, the converter's ``--mtp``): ``nextn_predict_layers``
     stated and no tensor of the model's first layer. llama.cpp runs it only beside its model."""
-    info = read_info(path)
-    arch = info.metadata.get("general.architecture")
-    return bool(info.metadata.get(f"{arch}.nextn_predict_layers")) and \
-        not any(t.name.startswith("blk.0.") for t in info.tensors)
+    return _mtp_head(read_info(path))
 
 
 def vocab_problem(model: Path, draft: Path, label: str | None = None) -> str | None:
     """One line saying why ``draft`` cannot draft for ``model`` (another vocabulary: the two GGUFs'
     ``tokenizer.ggml.tokens`` differ; or a multi-token-prediction head, not a model), or None."""
     label = label or str(draft)
-    if is_mtp_head(draft):
+    d = read_info(draft)
+    if _mtp_head(d):
         return (f"{label}: a multi-token-prediction head (convert --mtp), not a model: llama.cpp runs it beside the "
                 f"model it belongs to (llama-server -m MODEL.gguf -md {Path(draft).name} --spec-type draft-mtp); "
                 f"give --draft a small model of its own")
-    a, b = _tokens(model), _tokens(draft)
+    a, b = _tokens(read_info(model)), _tokens(d)
     if not a or not b:
         return f"{label}: the draft or the model has no tokenizer.ggml.tokens; both need their vocabulary"
     if len(a) != len(b):

@@ -75,7 +75,6 @@ class QwenMtp:
         return [KV(self.key(Keys.LLM.NEXTN_PREDICT_LAYERS), self.hp.n_layer - self.n_main, U32)]
 
 
-
 def mtp_head_hook(source, arch) -> None:
     """A ``source_hook`` for :func:`slimedge.convert.convert`: convert the MTP head alone (``convert --mtp``)."""
     if not isinstance(arch, QwenMtp):

@@ -6,16 +6,16 @@ proxy's prices:
 
 1. for every tensor, the chosen type and its neighbours by size (of each next smaller and next larger size,
    the type the current prices rank best) are the types whose prices decide the choice;
-2. those still priced by the proxy are measured exactly (a partial forward from the tensor's block over
-   every calibration batch, ``method="exact"``), the most costly tensors first, and replace the proxy's
-   prices;
+2. those still priced by the proxy are measured exactly (a partial forward from the tensor's block over the
+   first ``sensitivity_fast.REFINE_BATCHES`` calibration batches, ``method="exact"``), the most costly tensors
+   first, and replace the proxy's prices;
 3. the budget is allocated again; repeat until every chosen neighbourhood is exact, ``ROUNDS`` rounds have
    run, or ``runs`` exact forwards are spent.
 
 The default ``runs`` is ``RUNS_PER_CALIBRATION`` times the proxy's own exact calibration runs (one per kind of
 block tensor at ``CALIB_DEPTHS`` depths, plus the tensors outside the blocks), so it grows with the number of
 tensor kinds, not with depth. On the demo teacher it turns the proxy mix's KL from 1.10x / 1.14x of the
-exhaustive mix's into at most ~1.0x at both budgets and over three Fisher samplings (docs/benchmarks.md).
+exhaustive mix's into 0.70-0.98x at both budgets over three Fisher samplings (docs/benchmarks.md).
 The exact prices are kept in the sensitivity cache (``Sensitivity.exact``) beside the proxy's: the same call
 again replays the same steps without measuring and gives the same mix, and another budget measures only the
 pairs its own steps add.
@@ -85,17 +85,17 @@ def refine(alloc: Allocation, s: Sensitivity, allocate_again: Callable[[dict], A
         for name, q in todo:
             if q not in s.exact.get(name, {}):
                 ask.setdefault(name, []).append(q)
+        n_ask = sum(map(len, ask.values()))
         if ask:
             for name, got in measure_exact(ask).items():
                 s.exact.setdefault(name, {}).update({q: float(got[q]) for q in ask[name]})
-            measured += sum(map(len, ask.values()))
         for name, q in todo:
             prices[name][q] = s.exact[name][q]
             used.setdefault(name, set()).add(q)
-        spent += len(todo)
+        spent, measured = spent + len(todo), measured + n_ask
         new = allocate_again(prices)
         log.info("refine round %d: %d exact prices (%d measured), %d tensors changed type", r + 1, len(todo),
-                 sum(map(len, ask.values())), sum(new.types[n] != alloc.types[n] for n in alloc.types))
+                 n_ask, sum(new.types[n] != alloc.types[n] for n in alloc.types))
         alloc = new
     if spent:
         log.info("auto mix refined with %d exact prices (%d measured now, at most %d)", spent, measured, runs)
