@@ -225,9 +225,9 @@ def _put_codes(s: FieldSpec, q: np.ndarray, codes: np.ndarray) -> None:
     neg = v < 0                                                    # set the sign bit, the rest holds v - sign
     rest = v - np.where(neg, sign, 0)
     on = np.where(cb.value < 0, neg[:, cb.code], (rest[:, cb.code] & np.maximum(cb.value, 0)) != 0)  # [nb, n_bits]
-    for byte in np.unique(cb.byte):
-        sel = cb.byte == byte
-        q[:, byte] = np.bitwise_or.reduce(np.where(on[:, sel], cb.mask[sel], 0).astype(np.uint8), axis=1)
+    bits = on.view(np.uint8) * cb.mask                             # each set bit's mask (bits sorted by byte)
+    bytes_, first = np.unique(cb.byte, return_index=True)
+    q[:, bytes_] = np.add.reduceat(bits, first, axis=1, dtype=np.uint8)  # distinct bits of a byte: sum = or
 
 
 def _check_range(name: str, v: np.ndarray, lo_hi: tuple[int, int], qtype: T) -> None:

@@ -275,8 +275,9 @@ def _tune(cfg: TuneConfig, group: ProcessGroup, progress: Progress) -> TuneResul
         log.info("--fsdp-teacher: one process, so the teacher stays whole (run under torchrun to shard it)")
     teacher = load_teacher(cfg.teacher, torch.float32, device, sharded)[0]  # fp32: the targets as the file's KL
     tlp = TeacherLogprobs(teacher, qm.teacher_cfg, sharded, torch.as_tensor(np.asarray(train[:1]), device=device))
-    cache = teacher_cache(tlp, train, n_train, seq_len=cfg.seq_len, vocab=qm.teacher_cfg.vocab_size,
-                          batch=cfg.batch_size, cache_mb=cfg.cache_mb, device=device, group=group)
+    cache = None if cfg.steps == 0 else teacher_cache(  # no KL steps (blockwise alone): nothing reads it
+        tlp, train, n_train, seq_len=cfg.seq_len, vocab=qm.teacher_cfg.vocab_size, batch=cfg.batch_size,
+        cache_mb=cfg.cache_mb, device=device, group=group)
     # training steps in bf16 autocast where asked (the fields, the written file and the reported KL stay fp32)
     autocast = dev.autocast or contextlib.nullcontext
 
@@ -289,7 +290,7 @@ def _tune(cfg: TuneConfig, group: ProcessGroup, progress: Progress) -> TuneResul
     kl_before = mean_kl(qm.model, tlp, held, cfg.batch_size, device, group)
     errors, tb = [], time.monotonic()
     if cfg.mode == "blockwise":
-        errors = _blockwise(cfg, qm, teacher, train, n_train, device, group, progress)
+        errors = _blockwise(cfg, qm, teacher, train, n_train, device, group, progress, dev.autocast)
     tb = time.monotonic() - tb
     if cfg.warm_steps and not cfg.resume and qm.own_config:  # a student has no float reference to warm-start on
         _warm(cfg, qm, teacher, train, n_train, device, group, progress)
@@ -308,14 +309,15 @@ def _tune(cfg: TuneConfig, group: ProcessGroup, progress: Progress) -> TuneResul
                       errors, round(tb, 2))
 
 
-def _blockwise(cfg: TuneConfig, qm: _Quantized, teacher, train, n_train: int, device, group, progress) -> list:
+def _blockwise(cfg: TuneConfig, qm: _Quantized, teacher, train, n_train: int, device, group, progress,
+               autocast=None) -> list:
     """The block-wise stage (:mod:`.blockwise`); a student of other shape has no float layer to match."""
     from .blockwise import blockwise
 
     if not qm.own_config:
         raise SlimedgeError(f"{cfg.gguf}: --mode blockwise needs a GGUF of the teacher's own shape (this one is a "
                             "student's); use --mode e2e")
-    return blockwise(cfg, qm, teacher, train, n_train, device, _settings(cfg), group.rank, progress)
+    return blockwise(cfg, qm, teacher, train, n_train, device, _settings(cfg), group.rank, progress, autocast)
 
 
 def _train(cfg: TuneConfig, qm: _Quantized, work: TuneSteps, group, device, progress):

@@ -9,8 +9,10 @@ code being ``round((w - offset) / scale + v)`` of the teacher's float weight ``w
 (:meth:`QuantWeight.begin_rounding`); ``block_iters`` Adam steps (``block_opt="sign"``: AutoRound's signed gradient
 descent, each parameter moving by its rate times its gradient's sign) with the offsets at ``round_lr`` (Adam 1e-2,
 sign ``1 / block_iters``), log scales at ``block_lr``, integer sub-scales/mins at 40x that, on the mean squared
-error of the layer's output over ``batch_size`` random cached blocks, rates decaying linearly to 0. A layer whose
-error on all the cached blocks does not fall keeps the file's fields. The codes are then fixed and written back through
+error of the layer's output over ``batch_size`` random cached blocks, rates decaying linearly to 0. The quantized
+layer runs under the tune's autocast (``--precision bf16``), its matrices built once a step in one fused pass
+(:class:`~slimedge.tune.modules.RoundedWeight`); the teacher layer's targets stay fp32. A layer whose error on all
+the cached blocks does not fall keeps the file's fields. The codes are then fixed and written back through
 :func:`slimedge.quant.blockfields.pack`'s code bit map, so types and bytes stay the file's.
 
 Cost grows with one layer: memory is the model's codes plus one layer's float matrices and offsets plus three
@@ -22,6 +24,7 @@ same deterministic steps.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -32,6 +35,7 @@ from ..errors import SlimedgeError
 from ..progress import Progress
 
 log = logging.getLogger(__name__)
+BEST = os.environ.get("SLIMEDGE_BLOCK_BEST") == "1"
 
 
 def block_checkpoint_path(output: str) -> str:
@@ -81,21 +85,33 @@ def _run(layer, h, kw):
     return out[0] if isinstance(out, tuple) else out
 
 
-def _apply(layer, xs, kw, bsz):
-    """``layer`` over the cached activations ``xs`` in batches of ``bsz`` (no grad)."""
+@contextlib.contextmanager
+def _fixed_weights(layer):
+    """No grad, and each quantized matrix of ``layer`` built once for all the batches of a pass."""
     import torch
 
+    mods = _quant_linears(layer).values()
     with torch.no_grad():
-        return torch.cat([_run(layer, xs[i:i + bsz], kw) for i in range(0, len(xs), bsz)])
+        try:
+            for m in mods:
+                m.fixed = m.qw()
+            yield
+        finally:
+            for m in mods:
+                m.fixed = None
 
 
-def _error(layer, xq, y, kw, bsz) -> float:
-    """Mean squared error of ``layer(xq)`` against ``y`` over all cached blocks."""
+def _apply(layer, xs, kw, bsz, autocast=None):
+    """``layer`` over the cached activations ``xs`` in batches of ``bsz`` (no grad), fp32 out."""
     import torch
 
-    with torch.no_grad():
-        return float(sum(((_run(layer, xq[i:i + bsz], kw) - y[i:i + bsz]) ** 2).double().sum()
-                         for i in range(0, len(xq), bsz)) / y.numel())
+    with _fixed_weights(layer), (autocast or contextlib.nullcontext)():
+        return torch.cat([_run(layer, xs[i:i + bsz], kw).float() for i in range(0, len(xs), bsz)])
+
+
+def _error(out, y) -> float:
+    """Mean squared error of the layer's outputs ``out`` against ``y`` over all cached blocks."""
+    return float(((out - y) ** 2).double().sum() / y.numel())
 
 
 def _quant_linears(layer):
@@ -125,31 +141,40 @@ def _batch_loss(ql, xt, xq, y, idx, kw, cfg, scale):
     return sum(((_run(ql, x[idx], kw) - y[idx]) ** 2).mean() for x in xs) * (scale / len(xs))
 
 
-def tune_layer(i: int, tl, ql, xt, xq, kw, cfg) -> tuple[float, float, object]:
-    """Tune the quantized layer ``ql`` against the teacher layer ``tl``; (error before, after, teacher output)."""
+def tune_layer(i: int, tl, ql, xt, xq, kw, cfg, autocast=None) -> tuple[float, float, object, object]:
+    """Tune the quantized layer ``ql`` against the teacher layer ``tl``: (error before, after, the teacher layer's
+    output, the tuned layer's output on ``xq``). ``autocast``: None, or a factory of the context the quantized
+    layer runs in (bf16); the teacher layer runs in fp32."""
     import torch
 
     bsz = cfg.batch_size
     y = _apply(tl, xt, kw, bsz)
     mods = _quant_linears(ql)
     if not mods or cfg.block_iters == 0:
-        return float("nan"), float("nan"), y
+        return float("nan"), float("nan"), y, _apply(ql, xq, kw, bsz, autocast)
     start = {n: ({k: v.clone() for k, v in m.qw.state_dict().items()}, m.qw.new_codes) for n, m in mods.items()}
-    e0 = _error(ql, xq, y, kw, bsz)
+    low = next(iter(mods.values())).qw.low_memory
+    e0 = _error(_apply(ql, xq, kw, bsz, autocast), y)
     for n, m in mods.items():
         m.qw.begin_rounding(tl.get_submodule(n).weight)
+        m.qw.low_memory = False  # one layer's matrices: kept for backward rather than rebuilt there
     qs = [m.qw for m in mods.values()]
     opt = _optimizer(cfg, qs)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 - s / cfg.block_iters)
     rng = np.random.default_rng(cfg.seed * 7919 + i)
     scale = 1.0 / max(float((y ** 2).mean()), 1e-30)  # a relative error: one lr for every layer's size
+    params = [p for g in opt.param_groups for p in g["params"]]
+    best, best_loss = None, float("inf")
     for _ in range(cfg.block_iters):
         idx = torch.as_tensor(rng.choice(len(xq), size=min(cfg.block_batch or bsz, len(xq)), replace=False),
                               device=xq.device)
-        loss = _batch_loss(ql, xt, xq, y, idx, kw, cfg, scale)
+        with (autocast or contextlib.nullcontext)():
+            loss = _batch_loss(ql, xt, xq, y, idx, kw, cfg, scale)
         if not torch.isfinite(loss):
             raise SlimedgeError(f"--mode blockwise: the error of layer {i} became {float(loss)}; lower --round-lr "
                                 "or --lr")
+        if BEST and float(loss) < best_loss:  # AutoRound's: keep the fields of the step with the lowest loss
+            best_loss, best = float(loss), [p.detach().clone() for p in params]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.block_opt == "sign":
@@ -161,15 +186,21 @@ def tune_layer(i: int, tl, ql, xt, xq, kw, cfg) -> tuple[float, float, object]:
         sched.step()
         for q in qs:
             q.clamp_()
+    if best is not None:
+        with torch.no_grad():
+            for p, b in zip(params, best):
+                p.copy_(b)
     for q in qs:
         q.end_rounding()
-    e1 = _error(ql, xq, y, kw, bsz)
+        q.low_memory = low
+    out = _apply(ql, xq, kw, bsz, autocast)
+    e1 = _error(out, y)
     if not e1 < e0:  # keep the file's fields
         for n, m in mods.items():
             m.qw.load_state_dict(start[n][0], strict=False)
             m.qw.new_codes = start[n][1]
-        e1 = e0
-    return e0, e1, y
+        e1, out = e0, _apply(ql, xq, kw, bsz, autocast)
+    return e0, e1, y, out
 
 
 def _save(path: str, key: dict, layer: int, qws: dict, errors: list) -> None:
@@ -202,7 +233,7 @@ def _load(path: str, key: dict, qws: dict) -> tuple[int, list]:
 
 
 def blockwise(cfg, qm, teacher, train, n_train: int, device, key: dict, rank: int,
-              progress: Progress) -> list[tuple[float, float]]:
+              progress: Progress, autocast=None) -> list[tuple[float, float]]:
     """Tune every decoder layer of ``qm.model`` against ``teacher`` (module docstring); the per-layer mean squared
     output error (before, after) on the cached blocks."""
     import torch
@@ -229,16 +260,15 @@ def blockwise(cfg, qm, teacher, train, n_train: int, device, key: dict, rank: in
         for i in range(n_layers):
             t0 = time.monotonic()
             if i < first:
-                y = _apply(tls[i], xt, kw, bsz)
+                y, out = _apply(tls[i], xt, kw, bsz), _apply(qls[i], xq, kw, bsz, autocast)
             else:
-                e0, e1, y = tune_layer(i, tls[i], qls[i], xt, xq, kw, cfg)
+                e0, e1, y, out = tune_layer(i, tls[i], qls[i], xt, xq, kw, cfg, autocast)
                 errors.append((e0, e1))
                 log.info("layer %d: output error %.3g -> %.3g (%.2fx) in %.1f s", i, e0, e1,
                          e1 / e0 if e0 > 0 else 1.0, time.monotonic() - t0)
                 if rank == 0:
                     _save(ckpt, key, i + 1, qm.qws, errors)
-            xq = _apply(qls[i], xq, kw, bsz)
-            xt = y
+            xq, xt = out, y
             progress.update(1, label=f"layer {i}")
     finally:
         progress.close()

@@ -81,9 +81,10 @@ class QuantWeight(nn.Module):
     def forward(self):
         d, dmin, sc, mn = self.block_params()
         scale = d[:, None] * sc if sc is not None else d[:, None]
+        if self.v is not None:  # learned rounding: one fused pass each way (RoundedWeight)
+            w = RoundedWeight.apply(self.w_ref, self.v, scale, self._offset(dmin, mn), self.codes, self.code_range)
+            return w.reshape(self.rows, self.cols)
         codes = ste_int(self.lat, *self.code_range) if self.lat is not None else self.codes
-        if self.v is not None:
-            codes = self.rounded_codes(scale, dmin, mn)
         # int8 codes times float scales: promoted exactly in the one pass that multiplies (a separate
         # .float() copy and out-of-place add cost two more full-size allocations: 2.5x the time here)
         dev = self.codes.device.type
@@ -99,16 +100,6 @@ class QuantWeight(nn.Module):
             return None
         return float(self.spec.min_sign) * (dmin[:, None] * mn if mn is not None else dmin[:, None])
 
-    def rounded_codes(self, scale, dmin, mn):
-        """AutoRound's learned rounding: ``round((w_ref - offset) / scale + v)`` clamped to the code range
-        (straight-through: gradients reach ``v`` and, through ``w_ref / scale``, the scales); a zero scale keeps
-        the file's code."""
-        off = self._offset(dmin, mn)
-        num = self.w_ref if off is None else self.w_ref - off[:, :, None]
-        safe = torch.where(scale == 0, torch.ones_like(scale), scale)[:, :, None]
-        c = ste_int(num / safe + self.v, *self.code_range)
-        return torch.where((scale == 0)[:, :, None], self.codes.float(), c)
-
     def begin_rounding(self, w_ref):
         """Learn per-weight rounding offsets against the float matrix ``w_ref`` (HF order, ``rows x cols``)."""
         self.w_ref = w_ref.detach().float().reshape(self.codes.shape).to(self.codes.device)
@@ -119,7 +110,8 @@ class QuantWeight(nn.Module):
         """Fix the learned codes into the codes buffer and drop the offsets and the float matrix."""
         d, dmin, sc, mn = self.block_params()
         scale = d[:, None] * sc if sc is not None else d[:, None]
-        self.codes.copy_(self.rounded_codes(scale, dmin, mn).round().to(torch.int8))
+        q = _rounded(self.w_ref, self.v, scale, self._offset(dmin, mn), self.codes, self.code_range)[0]
+        self.codes.copy_(q.to(torch.int8))
         self.w_ref = self.v = None
         self.new_codes = True
         if self.lat is not None:
@@ -174,6 +166,48 @@ class QuantWeight(nn.Module):
                            back(sc, np.int16), back(mn, np.int16))
 
 
+def _rounded(w_ref, v, scale, off, codes, code_range):
+    """AutoRound's learned rounding of the float blocks ``w_ref`` ``[blocks, subs, k]``: the codes
+    ``clamp(round((w_ref - off) / scale + v))`` (a zero scale keeps the file's code), with what backward needs:
+    ``(codes, w_ref - off, 1 / scale (0 where the scale is 0), inside)``, ``inside`` where the clamp did not bind."""
+    zero = scale == 0
+    inv = torch.where(zero, torch.zeros_like(scale), 1.0 / torch.where(zero, torch.ones_like(scale), scale))[:, :, None]
+    num = w_ref if off is None else w_ref - off[:, :, None]
+    q = torch.addcmul(v, num, inv).round_()
+    inside = (q >= code_range[0]) & (q <= code_range[1])
+    q.clamp_(*code_range)
+    if bool(zero.any()):
+        q = torch.where(zero[:, :, None], codes.to(q.dtype), q)
+        inside &= ~zero[:, :, None]
+    return q, num, inv, inside
+
+
+class RoundedWeight(torch.autograd.Function):
+    """The weight ``q * scale + off`` of the learned codes ``q`` (:func:`_rounded`) in one pass each way.
+
+    Straight-through for the rounding, the clamp's true gradient (AutoRound's): where the clamp does not bind
+    ``dW/dv = scale``, ``dW/dscale = q - (w_ref - off) / scale`` and ``dW/doff = 0``; where it binds ``dW/dv = 0``,
+    ``dW/dscale = q`` and ``dW/doff = 1``. Shapes: ``w_ref``, ``v``, ``codes`` ``[blocks, subs, k]``; ``scale``,
+    ``off`` ``[blocks, subs]``; the weight is ``[blocks, subs, k]``."""
+
+    @staticmethod
+    def forward(ctx, w_ref, v, scale, off, codes, code_range):
+        q, num, inv, inside = _rounded(w_ref, v, scale, off, codes, code_range)
+        ctx.save_for_backward(q, num, inv, scale, inside)
+        ctx.has_off = off is not None
+        w = q * scale[:, :, None]
+        return w if off is None else w.add_(off[:, :, None])
+
+    @staticmethod
+    def backward(ctx, g):
+        q, num, inv, scale, inside = ctx.saved_tensors
+        gi = g * inside
+        g_v = gi * scale[:, :, None] if ctx.needs_input_grad[1] else None
+        g_scale = ((g * q).sum(-1) - (gi * num).sum(-1) * inv[:, :, 0]) if ctx.needs_input_grad[2] else None
+        g_off = (g - gi).sum(-1) if ctx.has_off and ctx.needs_input_grad[3] else None
+        return None, g_v, g_scale, g_off, None, None
+
+
 class LowMemoryLinear(torch.autograd.Function):
     """``x @ W^T + b`` keeping only ``x``: backward rebuilds ``W`` from its block fields (with grad), takes
     ``grad_x = g W`` and ``grad_W = g^T x``, sends ``grad_W`` into the fields and drops ``W`` again — one
@@ -207,8 +241,11 @@ class QuantLinear(nn.Module):
     def __init__(self, qw: QuantWeight, bias):
         super().__init__()
         self.qw, self.bias = qw, bias
+        self.fixed = None  # the weight, built once while the fields do not change (blockwise's no-grad passes)
 
     def forward(self, x):
+        if self.fixed is not None and not torch.is_grad_enabled():  # built once for many no-grad passes
+            return F.linear(x, self.fixed, self.bias)
         if self.qw.low_memory and torch.is_grad_enabled():  # one float matrix at a time: rebuilt in backward
             fields = [p for p in self.qw.parameters() if p.requires_grad]
             return LowMemoryLinear.apply(x, self.bias, self.qw, *fields)

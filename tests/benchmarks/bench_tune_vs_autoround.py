@@ -95,7 +95,7 @@ def _tuned_rows(a, qtype: str, base: Path, teacher: Path, calib: Path, out: Path
     from slimedge.tune import TuneConfig, tune
 
     common = dict(teacher=str(teacher), data=str(calib), threads=a.threads, overwrite=True, seq_len=256,
-                  max_blocks=a.nsamples, precision="fp32", seed=a.seed)
+                  max_blocks=a.nsamples, precision=a.precision, seed=a.seed)
     bw = out / f"slimedge-tune-{qtype}-blockwise.gguf"
     todo = [r for r in ROWS if r in a.rows.split(",")]
     if "blockwise+e2e" in todo and "blockwise" not in todo:
@@ -179,6 +179,8 @@ def main() -> int:
     ap.add_argument("--codes-steps", type=int, default=150, help="KL steps of the e2e+codes row (--learn-codes)")
     ap.add_argument("--codes-lr", type=float, default=0.03, help="the e2e+codes row's --codes-lr")
     ap.add_argument("--e2e-lr-after", type=float, default=2e-3, help="the KL steps' --lr after block-wise")
+    ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
+                    help="slimedge tune's --precision (bf16: autocast, AutoRound's own choice on CPU)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--calib-chars", type=int, default=1_000_000)

@@ -67,6 +67,40 @@ def test_rounding_starts_at_nearest_codes_and_packs_back(qtype):
     assert not np.array_equal(got, file_w)
 
 
+@pytest.mark.parametrize("with_min", [True, False])
+def test_rounded_weight_is_autograd_of_the_straight_through_formula(with_min):
+    """RoundedWeight's one-pass forward and backward equal autograd on the plain formula: straight-through
+    rounding, the clamp's true gradient; a zero scale keeps the file's code."""
+    from slimedge.tune.modules import RoundedWeight, _rounded
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(6, 4, 32, generator=g, dtype=torch.float64)
+    scale = (torch.rand(6, 4, generator=g, dtype=torch.float64) * 0.3 + 0.05).requires_grad_()
+    off = (-torch.rand(6, 4, generator=g, dtype=torch.float64)).requires_grad_() if with_min else None
+    v = (torch.rand(6, 4, 32, generator=g, dtype=torch.float64) - 0.5).requires_grad_()
+    codes, rng = torch.zeros(6, 4, 32, dtype=torch.int8), (0, 15) if with_min else (-8, 7)
+    up = torch.randn(6, 4, 32, generator=g, dtype=torch.float64)
+
+    got = RoundedWeight.apply(w, v, scale, off, codes, rng)
+    grads = torch.autograd.grad((got * up).sum(), [t for t in (v, scale, off) if t is not None])
+    o = off[:, :, None] if off is not None else 0.0
+    t = (w - o) / scale[:, :, None] + v
+    q = (t + (t.round() - t).detach()).clamp(*rng)
+    ref = q * scale[:, :, None] + o
+    want = torch.autograd.grad((ref * up).sum(), [t for t in (v, scale, off) if t is not None])
+    assert torch.equal(got.detach(), ref.detach())
+    assert 0 < int(((t.round() < rng[0]) | (t.round() > rng[1])).sum()) < t.numel()  # the clamp binds somewhere
+    for a, b in zip(grads, want):
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-12)
+
+    with torch.no_grad():
+        scale[1, 2] = 0.0
+    codes[1, 2] = 5
+    z = RoundedWeight.apply(w, v, scale, off, codes, rng)
+    assert torch.equal(z[1, 2], (off[1, 2] if off is not None else torch.tensor(0.0, dtype=w.dtype)).expand(32))
+    assert torch.all(_rounded(w, v, scale, off, codes, rng)[0][1, 2] == 5)  # the codes written back: the file's
+
+
 @pytest.mark.slow
 def test_blockwise_lowers_layer_errors_and_llama_cpp_kl(model, tmp_path):
     from tests.convert.convert_util import llama_logits
