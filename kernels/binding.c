@@ -223,6 +223,92 @@ done:
     return result;
 }
 
+/* the buffers of round_fwd / round_bwd: None where optional; each checked to hold n items of its size */
+typedef struct {
+    PyObject *obj;
+    int writable, is_float, optional;
+    Py_ssize_t n;
+    const char *what;
+} RoundArg;
+
+static int round_buffers(RoundArg *a, Py_buffer *views, int count) {
+    for (int i = 0; i < count; ++i) {
+        views[i].obj = NULL;
+        views[i].buf = NULL;
+        if (a[i].obj == Py_None && a[i].optional) continue;
+        if (get_buffer(a[i].obj, &views[i], a[i].writable, a[i].is_float, a[i].what) < 0) goto fail;
+        if (views[i].len != a[i].n * (a[i].is_float ? 4 : 1)) {
+            PyErr_Format(PyExc_ValueError, "slimedge._kernels: %s holds %zd bytes, expected %zd %s", a[i].what,
+                         views[i].len, a[i].n, a[i].is_float ? "float32 values" : "bytes");
+            PyBuffer_Release(&views[i]);
+            views[i].obj = NULL;
+            goto fail;
+        }
+    }
+    return 0;
+fail:
+    for (int i = 0; i < count; ++i)
+        if (views[i].obj) PyBuffer_Release(&views[i]);
+    return -1;
+}
+
+static void release_all(Py_buffer *views, int count) {
+    for (int i = 0; i < count; ++i)
+        if (views[i].obj) PyBuffer_Release(&views[i]);
+}
+
+static PyObject *py_round_fwd(PyObject *self, PyObject *args) {
+    PyObject *w, *v, *s, *o, *codes, *out_w, *out_q, *inside;
+    long long n_sub, k;
+    int lo, hi;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "OOOOOLLiiOOO", &w, &v, &s, &o, &codes, &n_sub, &k, &lo, &hi, &out_w, &out_q,
+                          &inside))
+        return NULL;
+    if (n_sub < 0 || k <= 0 || lo > hi || lo < -128 || hi > 127) {
+        PyErr_SetString(PyExc_ValueError, "round_fwd: bad geometry or code range");
+        return NULL;
+    }
+    const Py_ssize_t n = (Py_ssize_t)(n_sub * k);
+    RoundArg a[8] = {{w, 0, 1, 0, n, "w"}, {v, 0, 1, 0, n, "v"}, {s, 0, 1, 0, n_sub, "scale"},
+                     {o, 0, 1, 1, n_sub, "off"}, {codes, 0, 0, 0, n, "codes"}, {out_w, 1, 1, 0, n, "out_w"},
+                     {out_q, 1, 0, 0, n, "out_q"}, {inside, 1, 0, 0, n, "inside"}};
+    Py_buffer b[8];
+    if (round_buffers(a, b, 8) < 0) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    se_round_fwd((const float *)b[0].buf, (const float *)b[1].buf, (const float *)b[2].buf, (const float *)b[3].buf,
+                 (const int8_t *)b[4].buf, n_sub, k, lo, hi, (float *)b[5].buf, (int8_t *)b[6].buf,
+                 (uint8_t *)b[7].buf);
+    Py_END_ALLOW_THREADS
+    release_all(b, 8);
+    return Py_NewRef(Py_None);
+}
+
+static PyObject *py_round_bwd(PyObject *self, PyObject *args) {
+    PyObject *g, *w, *s, *o, *q, *inside, *g_v, *g_s, *g_o;
+    long long n_sub, k;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "OOOOOOLLOOO", &g, &w, &s, &o, &q, &inside, &n_sub, &k, &g_v, &g_s, &g_o))
+        return NULL;
+    if (n_sub < 0 || k <= 0) {
+        PyErr_SetString(PyExc_ValueError, "round_bwd: bad geometry");
+        return NULL;
+    }
+    const Py_ssize_t n = (Py_ssize_t)(n_sub * k);
+    RoundArg a[9] = {{g, 0, 1, 0, n, "g"}, {w, 0, 1, 0, n, "w"}, {s, 0, 1, 0, n_sub, "scale"},
+                     {o, 0, 1, 1, n_sub, "off"}, {q, 0, 0, 0, n, "q"}, {inside, 0, 0, 0, n, "inside"},
+                     {g_v, 1, 1, 1, n, "g_v"}, {g_s, 1, 1, 1, n_sub, "g_scale"}, {g_o, 1, 1, 1, n_sub, "g_off"}};
+    Py_buffer b[9];
+    if (round_buffers(a, b, 9) < 0) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    se_round_bwd((const float *)b[0].buf, (const float *)b[1].buf, (const float *)b[2].buf, (const float *)b[3].buf,
+                 (const int8_t *)b[4].buf, (const uint8_t *)b[5].buf, n_sub, k, (float *)b[6].buf, (float *)b[7].buf,
+                 (float *)b[8].buf);
+    Py_END_ALLOW_THREADS
+    release_all(b, 9);
+    return Py_NewRef(Py_None);
+}
+
 static PyObject *py_isa(PyObject *self, PyObject *noargs) {
     (void)self;
     (void)noargs;
@@ -241,6 +327,10 @@ static PyMethodDef methods[] = {
     {"repack_fp4", py_repack_fp4, METH_VARARGS,
      "repack_fp4(codes, scales, dst, n_sub, g, mask, row_blocks=0, step=1): FP4 checkpoint codes and scales -> GGML "
      "blocks (of every step-th row of row_blocks blocks)"},
+    {"round_fwd", py_round_fwd, METH_VARARGS,
+     "round_fwd(w, v, scale, off, codes, n_sub, k, lo, hi, out_w, out_q, inside): tune's learned rounding, forward"},
+    {"round_bwd", py_round_bwd, METH_VARARGS,
+     "round_bwd(g, w, scale, off, q, inside, n_sub, k, g_v, g_scale, g_off): its backward (None: not wanted)"},
     {"isa", py_isa, METH_NOARGS, "instruction set the kernels run with: 'avx2' or 'baseline'"},
     {NULL, NULL, 0, NULL},
 };

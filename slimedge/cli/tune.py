@@ -49,12 +49,12 @@ from .options import make_progress, overwrite_option, quiet_option, threads_opti
               help="--mode blockwise: calibration blocks (of --seq-len tokens) whose activations are cached.")
 @click.option("--round-lr", type=click.FloatRange(min=0, min_open=True), default=None,
               help="--mode blockwise: learning rate of the per-weight rounding offsets, in code units (default "
-                   "1e-2; with --block-opt sign 1 / --block-iters, as AutoRound).")
+                   "1 / --block-iters, as AutoRound; with --block-opt adam 1e-2).")
 @click.option("--block-lr", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="--mode blockwise: learning rate of the log block scales (default 5e-4; sign: 1e-3; integer "
+              help="--mode blockwise: learning rate of the log block scales (default 1e-3; adam: 5e-4; integer "
                    "sub-scales/mins: 40x).")
-@click.option("--block-opt", type=click.Choice(["adam", "sign"]), default="adam", show_default=True,
-              help="--mode blockwise: Adam, or AutoRound's signed gradient descent.")
+@click.option("--block-opt", type=click.Choice(["sign", "adam"]), default="sign", show_default=True,
+              help="--mode blockwise: AutoRound's signed gradient descent, or Adam.")
 @click.option("--block-input", type=click.Choice(["quant", "teacher", "mix"]), default="quant", show_default=True,
               help="--mode blockwise: what each quantized layer is tuned on: its own inputs from the already "
                    "tuned, quantized layers before it (quant, as AutoRound), the float teacher's (teacher), or both "

@@ -15,6 +15,7 @@ chunks of whole blocks and quantizes them on a thread pool (the kernels release 
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -110,6 +111,16 @@ def _run(tasks, threads: int | None) -> None:
     t = default_threads() if threads is None else max(1, int(threads))
     for f in [_pool(t).submit(task) for task in tasks]:
         f.result()
+
+
+def active_kernels():
+    """The C kernels' module while that backend is active (else None): for callers with kernels of their own."""
+    return _K
+
+
+def parallel_ranges(n: int, item_size: int, fn, threads: int | None = None) -> None:
+    """``fn(start, stop)`` over ``[0, n)`` items of ``item_size`` values, split and pooled as quantization is."""
+    _run([functools.partial(fn, a, b) for a, b in _chunks(n, item_size, threads)], threads)
 
 
 def quantize(x: np.ndarray, qtype, imatrix: np.ndarray | None = None, threads: int | None = None,

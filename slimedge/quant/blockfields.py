@@ -217,17 +217,25 @@ def _probe_code_bits(s: FieldSpec) -> CodeBits:
 
 
 def _put_codes(s: FieldSpec, q: np.ndarray, codes: np.ndarray) -> None:
-    """Write ``codes`` (int[nb, block_size], in range) into the blocks ``q`` in place."""
+    """Write ``codes`` (int[nb, block_size], in range) into the blocks ``q`` in place: one pass per bit position
+    of a byte, in uint8 (every code byte's bits are code bits; a byte holds one code bit per position)."""
     cb = code_bits(s.qtype)
-    v = codes.reshape(len(q), -1).astype(np.int32) - cb.base       # [nb, block]: what each code's bits add up to
-    sign = np.zeros(cb.base.size, np.int32)                        # each code's sign-bit value (0: none)
+    v = codes.reshape(len(q), -1).astype(np.int16) - cb.base.astype(np.int16)  # [nb, block]: the set bits' sum
+    sign = np.zeros(cb.base.size, np.int16)                         # each code's sign-bit value (0: none)
     sign[cb.code[cb.value < 0]] = cb.value[cb.value < 0]
-    neg = v < 0                                                    # set the sign bit, the rest holds v - sign
-    rest = v - np.where(neg, sign, 0)
-    on = np.where(cb.value < 0, neg[:, cb.code], (rest[:, cb.code] & np.maximum(cb.value, 0)) != 0)  # [nb, n_bits]
-    bits = on.view(np.uint8) * cb.mask                             # each set bit's mask (bits sorted by byte)
-    bytes_, first = np.unique(cb.byte, return_index=True)
-    q[:, bytes_] = np.add.reduceat(bits, first, axis=1, dtype=np.uint8)  # distinct bits of a byte: sum = or
+    neg = v < 0                                                     # set the sign bit, the rest holds v - sign
+    rest = (v - np.where(neg, sign, 0)).astype(np.uint8)
+    neg = neg.view(np.uint8)
+    q[:, np.unique(cb.byte)] = 0
+    for k in range(8):
+        at = cb.mask == (1 << k)
+        idx, val, byte = cb.code[at], cb.value[at], cb.byte[at]
+        pos = val > 0
+        if pos.any():
+            shift = np.log2(val[pos]).astype(np.uint8)
+            q[:, byte[pos]] |= ((rest[:, idx[pos]] >> shift) & 1) << np.uint8(k)
+        if not pos.all():
+            q[:, byte[~pos]] |= neg[:, idx[~pos]] << np.uint8(k)
 
 
 def _check_range(name: str, v: np.ndarray, lo_hi: tuple[int, int], qtype: T) -> None:

@@ -56,7 +56,7 @@ class TuneConfig:
     block_samples: int = 128        # blockwise: calibration blocks whose activations are cached
     round_lr: float | None = None   # blockwise: lr of the rounding offsets, code units (adam 1e-2, sign 1/block_iters)
     block_lr: float | None = None   # blockwise: lr of the log scales (adam 5e-4, sign 1e-3; sub-scales/mins: 40x)
-    block_opt: str = "adam"         # blockwise: adam, or sign (AutoRound's signed gradient descent)
+    block_opt: str = "sign"         # blockwise: sign (AutoRound's signed gradient descent), or adam
     block_input: str = "quant"      # blockwise: the layer's input: quant (quantized prefix), teacher, mix (both)
     block_batch: int = 0            # blockwise: cached blocks per step (0: batch_size)
 

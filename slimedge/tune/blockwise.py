@@ -35,7 +35,6 @@ from ..errors import SlimedgeError
 from ..progress import Progress
 
 log = logging.getLogger(__name__)
-BEST = os.environ.get("SLIMEDGE_BLOCK_BEST") == "1"
 
 
 def block_checkpoint_path(output: str) -> str:
@@ -163,8 +162,6 @@ def tune_layer(i: int, tl, ql, xt, xq, kw, cfg, autocast=None) -> tuple[float, f
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 - s / cfg.block_iters)
     rng = np.random.default_rng(cfg.seed * 7919 + i)
     scale = 1.0 / max(float((y ** 2).mean()), 1e-30)  # a relative error: one lr for every layer's size
-    params = [p for g in opt.param_groups for p in g["params"]]
-    best, best_loss = None, float("inf")
     for _ in range(cfg.block_iters):
         idx = torch.as_tensor(rng.choice(len(xq), size=min(cfg.block_batch or bsz, len(xq)), replace=False),
                               device=xq.device)
@@ -173,8 +170,6 @@ def tune_layer(i: int, tl, ql, xt, xq, kw, cfg, autocast=None) -> tuple[float, f
         if not torch.isfinite(loss):
             raise SlimedgeError(f"--mode blockwise: the error of layer {i} became {float(loss)}; lower --round-lr "
                                 "or --lr")
-        if BEST and float(loss) < best_loss:  # AutoRound's: keep the fields of the step with the lowest loss
-            best_loss, best = float(loss), [p.detach().clone() for p in params]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.block_opt == "sign":
@@ -186,10 +181,6 @@ def tune_layer(i: int, tl, ql, xt, xq, kw, cfg, autocast=None) -> tuple[float, f
         sched.step()
         for q in qs:
             q.clamp_()
-    if best is not None:
-        with torch.no_grad():
-            for p, b in zip(params, best):
-                p.copy_(b)
     for q in qs:
         q.end_rounding()
         q.low_memory = low

@@ -182,29 +182,94 @@ def _rounded(w_ref, v, scale, off, codes, code_range):
     return q, num, inv, inside
 
 
+def _flat(t, n_sub):
+    return None if t is None else t.detach().contiguous().reshape(n_sub, -1).numpy()
+
+
+def _kernel_fwd(K, w_ref, v, scale, off, codes, code_range):
+    """:func:`_rounded` and the weight in one pass of the C kernels (``slimedge._kernels.round_fwd``)."""
+    from ..quant.backend import parallel_ranges
+
+    k = w_ref.shape[-1]
+    n_sub = w_ref.numel() // k
+    out_w, q = torch.empty_like(w_ref), torch.empty(w_ref.shape, dtype=torch.int8)
+    inside = torch.empty(w_ref.shape, dtype=torch.uint8)
+    a = [_flat(t, n_sub) for t in (w_ref, v, scale, off, codes, out_w, q, inside)]
+
+    def run(i, j):
+        K.round_fwd(*[x[i:j] if x is not None else None for x in a[:5]], j - i, k, *code_range,
+                    *[x[i:j] for x in a[5:]])
+
+    parallel_ranges(n_sub, k, run)
+    return out_w, q, inside
+
+
+def _kernel_bwd(K, g, w_ref, scale, off, q, inside, needs):
+    from ..quant.backend import parallel_ranges
+
+    k = w_ref.shape[-1]
+    n_sub = w_ref.numel() // k
+    g_v = torch.empty_like(w_ref) if needs[0] else None
+    g_s = torch.empty_like(scale) if needs[1] else None
+    g_o = torch.empty_like(scale) if needs[2] else None
+    a = [_flat(t, n_sub) for t in (g.float(), w_ref, scale, off, q, inside)]
+    outs = [_flat(t, n_sub) for t in (g_v, g_s, g_o)]
+
+    def run(i, j):
+        K.round_bwd(*[x[i:j] if x is not None else None for x in a], j - i, k,
+                    *[x[i:j] if x is not None else None for x in outs])
+
+    parallel_ranges(n_sub, k, run)
+    return g_v, g_s, g_o
+
+
+def _round_kernels(*ts):
+    """The C kernels when they are active and every tensor is a CPU float32 (or int8) one, else None."""
+    from ..quant.backend import active_kernels
+
+    K = active_kernels()
+    ok = K is not None and all(t is None or (t.device.type == "cpu" and t.dtype in (torch.float32, torch.int8))
+                               for t in ts)
+    return K if ok else None
+
+
 class RoundedWeight(torch.autograd.Function):
     """The weight ``q * scale + off`` of the learned codes ``q`` (:func:`_rounded`) in one pass each way.
 
     Straight-through for the rounding, the clamp's true gradient (AutoRound's): where the clamp does not bind
     ``dW/dv = scale``, ``dW/dscale = q - (w_ref - off) / scale`` and ``dW/doff = 0``; where it binds ``dW/dv = 0``,
     ``dW/dscale = q`` and ``dW/doff = 1``. Shapes: ``w_ref``, ``v``, ``codes`` ``[blocks, subs, k]``; ``scale``,
-    ``off`` ``[blocks, subs]``; the weight is ``[blocks, subs, k]``."""
+    ``off`` ``[blocks, subs]``; the weight is ``[blocks, subs, k]``. On CPU with the C kernels active
+    (:mod:`slimedge.quant.backend`) both passes are one kernel each (``kernels/rounding.c``): the same forward bit
+    for bit, the backward's sums in another order; else these torch operations."""
 
     @staticmethod
     def forward(ctx, w_ref, v, scale, off, codes, code_range):
+        ctx.has_off = off is not None
+        K = _round_kernels(w_ref, v, scale, off, codes)
+        ctx.kernel = K
+        if K is not None:
+            w, q, inside = _kernel_fwd(K, w_ref, v, scale, off, codes, code_range)
+            ctx.save_for_backward(w_ref, scale, off, q, inside)
+            return w
         q, num, inv, inside = _rounded(w_ref, v, scale, off, codes, code_range)
         ctx.save_for_backward(q, num, inv, scale, inside)
-        ctx.has_off = off is not None
         w = q * scale[:, :, None]
         return w if off is None else w.add_(off[:, :, None])
 
     @staticmethod
     def backward(ctx, g):
+        need = ctx.needs_input_grad
+        if ctx.kernel is not None:
+            w_ref, scale, off, q, inside = ctx.saved_tensors
+            g_v, g_scale, g_off = _kernel_bwd(ctx.kernel, g, w_ref, scale, off, q, inside,
+                                              (need[1], need[2], ctx.has_off and need[3]))
+            return None, g_v, g_scale, g_off, None, None
         q, num, inv, scale, inside = ctx.saved_tensors
         gi = g * inside
-        g_v = gi * scale[:, :, None] if ctx.needs_input_grad[1] else None
-        g_scale = ((g * q).sum(-1) - (gi * num).sum(-1) * inv[:, :, 0]) if ctx.needs_input_grad[2] else None
-        g_off = (g - gi).sum(-1) if ctx.has_off and ctx.needs_input_grad[3] else None
+        g_v = gi * scale[:, :, None] if need[1] else None
+        g_scale = ((g * q).sum(-1) - (gi * num).sum(-1) * inv[:, :, 0]) if need[2] else None
+        g_off = (g - gi).sum(-1) if ctx.has_off and need[3] else None
         return None, g_v, g_scale, g_off, None, None
 
 

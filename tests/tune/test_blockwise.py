@@ -101,6 +101,42 @@ def test_rounded_weight_is_autograd_of_the_straight_through_formula(with_min):
     assert torch.all(_rounded(w, v, scale, off, codes, rng)[0][1, 2] == 5)  # the codes written back: the file's
 
 
+@pytest.mark.parametrize("with_min", [True, False])
+def test_rounded_weight_kernel_matches_the_torch_path(with_min):
+    """The C kernels' learned rounding (kernels/rounding.c): the torch path's weight bit for bit, its gradients
+    to float rounding (sums in another order), zero scales and binding clamps included."""
+    from slimedge.quant import backend
+    from slimedge.tune.modules import RoundedWeight
+
+    if backend.active_kernels() is None:
+        pytest.skip("C kernels not active")
+    g = torch.Generator().manual_seed(1)
+    nb, ns, k = 300, 8, 32  # more than one thread chunk
+    w = torch.randn(nb, ns, k, generator=g)
+    scale = torch.rand(nb, ns, generator=g) * 0.3 + 0.02
+    scale[3, 1] = 0.0
+    off = -torch.rand(nb, ns, generator=g) if with_min else None
+    v = torch.rand(nb, ns, k, generator=g) - 0.5
+    codes = torch.randint(0, 15, (nb, ns, k), generator=g, dtype=torch.int8)
+    rng, up = ((0, 15) if with_min else (-8, 7)), torch.randn(nb, ns, k, generator=g)
+
+    def run():
+        leaves = [t.clone().requires_grad_() for t in (v, scale) + ((off,) if with_min else ())]
+        out = RoundedWeight.apply(w, leaves[0], leaves[1], leaves[2] if with_min else None, codes, rng)
+        return out.detach(), torch.autograd.grad((out * up).sum(), leaves)
+
+    c_w, c_g = run()
+    backend.set_backend("numpy")
+    try:
+        t_w, t_g = run()
+    finally:
+        backend.set_backend("c")
+    assert torch.equal(c_w, t_w)
+    for a, b in zip(c_g, t_g):  # the scale's gradient is a difference of two sums of ~k terms each
+        assert float((a - b).abs().max()) <= 1e-5 * k * float(b.abs().max()), float((a - b).abs().max())
+    assert bool((c_g[0] == 0).any()) and bool((c_g[0] != 0).any())  # clamped and free weights both present
+
+
 @pytest.mark.slow
 def test_blockwise_lowers_layer_errors_and_llama_cpp_kl(model, tmp_path):
     from tests.convert.convert_util import llama_logits
