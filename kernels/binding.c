@@ -260,24 +260,24 @@ static void release_all(Py_buffer *views, int count) {
 static PyObject *py_round_fwd(PyObject *self, PyObject *args) {
     PyObject *w, *v, *s, *o, *codes, *out_w, *out_q, *inside;
     long long n_sub, k;
-    int lo, hi;
+    int lo, hi, bf16;
     (void)self;
-    if (!PyArg_ParseTuple(args, "OOOOOLLiiOOO", &w, &v, &s, &o, &codes, &n_sub, &k, &lo, &hi, &out_w, &out_q,
+    if (!PyArg_ParseTuple(args, "OOOOOLLiiOpOO", &w, &v, &s, &o, &codes, &n_sub, &k, &lo, &hi, &out_w, &bf16, &out_q,
                           &inside))
         return NULL;
-    if (n_sub < 0 || k <= 0 || lo > hi || lo < -128 || hi > 127) {
+    if (n_sub < 0 || k <= 0 || k > SE_ROUND_MAX_K || lo > hi || lo < -128 || hi > 127) {
         PyErr_SetString(PyExc_ValueError, "round_fwd: bad geometry or code range");
         return NULL;
     }
     const Py_ssize_t n = (Py_ssize_t)(n_sub * k);
     RoundArg a[8] = {{w, 0, 1, 0, n, "w"}, {v, 0, 1, 0, n, "v"}, {s, 0, 1, 0, n_sub, "scale"},
-                     {o, 0, 1, 1, n_sub, "off"}, {codes, 0, 0, 0, n, "codes"}, {out_w, 1, 1, 0, n, "out_w"},
+                     {o, 0, 1, 1, n_sub, "off"}, {codes, 0, 0, 0, n, "codes"}, {out_w, 1, !bf16, 0, bf16 ? 2 * n : n, "out_w"},
                      {out_q, 1, 0, 0, n, "out_q"}, {inside, 1, 0, 0, n, "inside"}};
     Py_buffer b[8];
     if (round_buffers(a, b, 8) < 0) return NULL;
     Py_BEGIN_ALLOW_THREADS
     se_round_fwd((const float *)b[0].buf, (const float *)b[1].buf, (const float *)b[2].buf, (const float *)b[3].buf,
-                 (const int8_t *)b[4].buf, n_sub, k, lo, hi, (float *)b[5].buf, (int8_t *)b[6].buf,
+                 (const int8_t *)b[4].buf, n_sub, k, lo, hi, b[5].buf, bf16, (int8_t *)b[6].buf,
                  (uint8_t *)b[7].buf);
     Py_END_ALLOW_THREADS
     release_all(b, 8);
@@ -287,21 +287,22 @@ static PyObject *py_round_fwd(PyObject *self, PyObject *args) {
 static PyObject *py_round_bwd(PyObject *self, PyObject *args) {
     PyObject *g, *w, *s, *o, *q, *inside, *g_v, *g_s, *g_o;
     long long n_sub, k;
+    int bf16;
     (void)self;
-    if (!PyArg_ParseTuple(args, "OOOOOOLLOOO", &g, &w, &s, &o, &q, &inside, &n_sub, &k, &g_v, &g_s, &g_o))
+    if (!PyArg_ParseTuple(args, "OpOOOOOLLOOO", &g, &bf16, &w, &s, &o, &q, &inside, &n_sub, &k, &g_v, &g_s, &g_o))
         return NULL;
-    if (n_sub < 0 || k <= 0) {
+    if (n_sub < 0 || k <= 0 || k > SE_ROUND_MAX_K) {
         PyErr_SetString(PyExc_ValueError, "round_bwd: bad geometry");
         return NULL;
     }
     const Py_ssize_t n = (Py_ssize_t)(n_sub * k);
-    RoundArg a[9] = {{g, 0, 1, 0, n, "g"}, {w, 0, 1, 0, n, "w"}, {s, 0, 1, 0, n_sub, "scale"},
+    RoundArg a[9] = {{g, 0, !bf16, 0, bf16 ? 2 * n : n, "g"}, {w, 0, 1, 0, n, "w"}, {s, 0, 1, 0, n_sub, "scale"},
                      {o, 0, 1, 1, n_sub, "off"}, {q, 0, 0, 0, n, "q"}, {inside, 0, 0, 0, n, "inside"},
                      {g_v, 1, 1, 1, n, "g_v"}, {g_s, 1, 1, 1, n_sub, "g_scale"}, {g_o, 1, 1, 1, n_sub, "g_off"}};
     Py_buffer b[9];
     if (round_buffers(a, b, 9) < 0) return NULL;
     Py_BEGIN_ALLOW_THREADS
-    se_round_bwd((const float *)b[0].buf, (const float *)b[1].buf, (const float *)b[2].buf, (const float *)b[3].buf,
+    se_round_bwd(b[0].buf, bf16, (const float *)b[1].buf, (const float *)b[2].buf, (const float *)b[3].buf,
                  (const int8_t *)b[4].buf, (const uint8_t *)b[5].buf, n_sub, k, (float *)b[6].buf, (float *)b[7].buf,
                  (float *)b[8].buf);
     Py_END_ALLOW_THREADS
@@ -328,9 +329,10 @@ static PyMethodDef methods[] = {
      "repack_fp4(codes, scales, dst, n_sub, g, mask, row_blocks=0, step=1): FP4 checkpoint codes and scales -> GGML "
      "blocks (of every step-th row of row_blocks blocks)"},
     {"round_fwd", py_round_fwd, METH_VARARGS,
-     "round_fwd(w, v, scale, off, codes, n_sub, k, lo, hi, out_w, out_q, inside): tune's learned rounding, forward"},
+     "round_fwd(w, v, scale, off, codes, n_sub, k, lo, hi, out_w, out_bf16, out_q, inside): tune's learned rounding, "
+     "forward (out_w float32, or bf16 as bytes)"},
     {"round_bwd", py_round_bwd, METH_VARARGS,
-     "round_bwd(g, w, scale, off, q, inside, n_sub, k, g_v, g_scale, g_off): its backward (None: not wanted)"},
+     "round_bwd(g, g_bf16, w, scale, off, q, inside, n_sub, k, g_v, g_scale, g_off): its backward (None: not wanted)"},
     {"isa", py_isa, METH_NOARGS, "instruction set the kernels run with: 'avx2' or 'baseline'"},
     {NULL, NULL, 0, NULL},
 };

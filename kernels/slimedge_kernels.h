@@ -86,10 +86,12 @@ void se_fp4_repack(const uint8_t *codes, const uint8_t *scales, uint8_t *dst, in
                    int64_t step, int n_sub, int g, uint8_t mask);
 
 /* the instruction set the multi-versioned kernels run with on this CPU ("avx2" or "baseline") */
-/* learned rounding of tune's block-wise stage (rounding.c): n_sub sub-blocks of k weights */
+/* learned rounding of tune's block-wise stage (rounding.c): n_sub sub-blocks of k <= SE_ROUND_MAX_K weights; the
+ * weight written and its gradient read as float32 or (flag set) bf16 */
+#define SE_ROUND_MAX_K 256
 void se_round_fwd(const float *w, const float *v, const float *s, const float *o, const int8_t *codes,
-                  int64_t n_sub, int64_t k, int lo, int hi, float *out_w, int8_t *out_q, uint8_t *inside);
-void se_round_bwd(const float *g, const float *w, const float *s, const float *o, const int8_t *q,
+                  int64_t n_sub, int64_t k, int lo, int hi, void *out_w, int out_bf16, int8_t *out_q, uint8_t *inside);
+void se_round_bwd(const void *g, int g_bf16, const float *w, const float *s, const float *o, const int8_t *q,
                   const uint8_t *inside, int64_t n_sub, int64_t k, float *g_v, float *g_s, float *g_o);
 const char *se_isa(void);
 

@@ -186,19 +186,26 @@ def _flat(t, n_sub):
     return None if t is None else t.detach().contiguous().reshape(n_sub, -1).numpy()
 
 
-def _kernel_fwd(K, w_ref, v, scale, off, codes, code_range):
-    """:func:`_rounded` and the weight in one pass of the C kernels (``slimedge._kernels.round_fwd``)."""
+def _bytes(t, n_sub):
+    """A bf16 tensor's rows as uint8 (NumPy has no bf16), a float32 one's as float32."""
+    return _flat(t.view(torch.uint8) if t.dtype == torch.bfloat16 else t, n_sub)
+
+
+def _kernel_fwd(K, w_ref, v, scale, off, codes, code_range, bf16: bool):
+    """:func:`_rounded` and the weight (bf16 when ``bf16``) in one pass of the C kernels (``round_fwd``)."""
     from ..quant.backend import parallel_ranges
 
     k = w_ref.shape[-1]
     n_sub = w_ref.numel() // k
-    out_w, q = torch.empty_like(w_ref), torch.empty(w_ref.shape, dtype=torch.int8)
+    out_w = torch.empty(w_ref.shape, dtype=torch.bfloat16 if bf16 else torch.float32)
+    q = torch.empty(w_ref.shape, dtype=torch.int8)
     inside = torch.empty(w_ref.shape, dtype=torch.uint8)
-    a = [_flat(t, n_sub) for t in (w_ref, v, scale, off, codes, out_w, q, inside)]
+    a = [_flat(t, n_sub) for t in (w_ref, v, scale, off, codes)]
+    o = [_bytes(out_w, n_sub), _flat(q, n_sub), _flat(inside, n_sub)]
 
     def run(i, j):
-        K.round_fwd(*[x[i:j] if x is not None else None for x in a[:5]], j - i, k, *code_range,
-                    *[x[i:j] for x in a[5:]])
+        K.round_fwd(*[x[i:j] if x is not None else None for x in a], j - i, k, *code_range, o[0][i:j], bf16,
+                    o[1][i:j], o[2][i:j])
 
     parallel_ranges(n_sub, k, run)
     return out_w, q, inside
@@ -212,11 +219,13 @@ def _kernel_bwd(K, g, w_ref, scale, off, q, inside, needs):
     g_v = torch.empty_like(w_ref) if needs[0] else None
     g_s = torch.empty_like(scale) if needs[1] else None
     g_o = torch.empty_like(scale) if needs[2] else None
-    a = [_flat(t, n_sub) for t in (g.float(), w_ref, scale, off, q, inside)]
+    bf16 = g.dtype == torch.bfloat16
+    gb = _bytes(g if bf16 else g.float(), n_sub)
+    a = [_flat(t, n_sub) for t in (w_ref, scale, off, q, inside)]
     outs = [_flat(t, n_sub) for t in (g_v, g_s, g_o)]
 
     def run(i, j):
-        K.round_bwd(*[x[i:j] if x is not None else None for x in a], j - i, k,
+        K.round_bwd(gb[i:j], bf16, *[x[i:j] if x is not None else None for x in a], j - i, k,
                     *[x[i:j] if x is not None else None for x in outs])
 
     parallel_ranges(n_sub, k, run)
@@ -224,12 +233,13 @@ def _kernel_bwd(K, g, w_ref, scale, off, q, inside, needs):
 
 
 def _round_kernels(*ts):
-    """The C kernels when they are active and every tensor is a CPU float32 (or int8) one, else None."""
+    """The C kernels when they are active and every tensor is a CPU float32 (or int8) one of sub-blocks the
+    kernels take, else None."""
     from ..quant.backend import active_kernels
 
     K = active_kernels()
-    ok = K is not None and all(t is None or (t.device.type == "cpu" and t.dtype in (torch.float32, torch.int8))
-                               for t in ts)
+    ok = K is not None and ts[0].shape[-1] <= 256 and all(
+        t is None or (t.device.type == "cpu" and t.dtype in (torch.float32, torch.int8)) for t in ts)
     return K if ok else None
 
 
@@ -248,8 +258,9 @@ class RoundedWeight(torch.autograd.Function):
         ctx.has_off = off is not None
         K = _round_kernels(w_ref, v, scale, off, codes)
         ctx.kernel = K
-        if K is not None:
-            w, q, inside = _kernel_fwd(K, w_ref, v, scale, off, codes, code_range)
+        if K is not None:  # under CPU bf16 autocast the weight comes out in bf16, as the product takes it
+            bf16 = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+            w, q, inside = _kernel_fwd(K, w_ref, v, scale, off, codes, code_range, bf16)
             ctx.save_for_backward(w_ref, scale, off, q, inside)
             return w
         q, num, inv, inside = _rounded(w_ref, v, scale, off, codes, code_range)

@@ -137,6 +137,38 @@ def test_rounded_weight_kernel_matches_the_torch_path(with_min):
     assert bool((c_g[0] == 0).any()) and bool((c_g[0] != 0).any())  # clamped and free weights both present
 
 
+def test_rounded_weight_kernel_under_bf16_autocast():
+    """Under CPU bf16 autocast the kernels write the weight in bf16 (the torch path's fp32 weight rounded as torch
+    casts it) and take its gradient in bf16; a product through it matches the torch path's."""
+    from slimedge.quant import backend
+    from slimedge.tune.modules import RoundedWeight
+
+    if backend.active_kernels() is None:
+        pytest.skip("C kernels not active")
+    g = torch.Generator().manual_seed(2)
+    w, v = torch.randn(64, 8, 32, generator=g), torch.rand(64, 8, 32, generator=g) - 0.5
+    scale, off = torch.rand(64, 8, generator=g) * 0.3 + 0.02, -torch.rand(64, 8, generator=g)
+    codes, x = torch.zeros(64, 8, 32, dtype=torch.int8), torch.randn(16, 256, generator=g)
+
+    def run():
+        leaves = [t.clone().requires_grad_() for t in (v, scale, off)]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            wt = RoundedWeight.apply(w, leaves[0], leaves[1], leaves[2], codes, (0, 15))
+            y = torch.nn.functional.linear(x, wt.reshape(64, 256))
+        return wt.detach(), torch.autograd.grad(y.float().square().sum(), leaves)
+
+    c_w, c_g = run()
+    backend.set_backend("numpy")
+    try:
+        t_w, t_g = run()
+    finally:
+        backend.set_backend("c")
+    assert c_w.dtype == torch.bfloat16 and t_w.dtype == torch.float32
+    assert torch.equal(c_w, t_w.to(torch.bfloat16))
+    for a, b in zip(c_g, t_g):
+        assert torch.allclose(a, b, rtol=1e-2, atol=1e-2 * float(b.abs().max()))
+
+
 @pytest.mark.slow
 def test_blockwise_lowers_layer_errors_and_llama_cpp_kl(model, tmp_path):
     from tests.convert.convert_util import llama_logits
