@@ -176,7 +176,7 @@ def test_blockwise_lowers_layer_errors_and_llama_cpp_kl(model, tmp_path):
 
     hf, d, q = model
     out = tmp_path / "bw.gguf"
-    r = _tune(hf, d, q, out)
+    r = _tune(hf, d, q, out, block_opt="adam")  # Adam: on this tiny random model sign lowers llama.cpp's KL ~4.5%
     assert len(r.block_errors) == 2 and all(e1 < 0.9 * e0 for e0, e1 in r.block_errors), r.block_errors
     assert r.kl_after < r.kl_before, r
     a, b = read_info(q), read_info(out)
@@ -274,11 +274,11 @@ def test_block_input_and_batch_reach_the_tuning(model, tmp_path):
 
 @pytest.mark.slow
 def test_signed_descent_lowers_every_layer_error(model, tmp_path):
-    """--block-opt sign (AutoRound's signed gradient descent): every layer's output error falls from the same start
-    as Adam's, to other codes than Adam's, with the same tensor types and bytes."""
+    """--block-opt sign (AutoRound's signed gradient descent, the default): every layer's output error falls from
+    the same start as Adam's, to other codes than Adam's, with the same tensor types and bytes."""
     hf, d, q = model
-    sign = _tune(hf, d, q, tmp_path / "sign.gguf", block_iters=20, block_opt="sign")
-    adam = _tune(hf, d, q, tmp_path / "adam.gguf", block_iters=20)
+    sign = _tune(hf, d, q, tmp_path / "sign.gguf", block_iters=20)
+    adam = _tune(hf, d, q, tmp_path / "adam.gguf", block_iters=20, block_opt="adam")
     assert sign.block_errors[0][0] == adam.block_errors[0][0]  # the same start (later layers: other inputs)
     assert all(e1 < e0 for e0, e1 in sign.block_errors), sign.block_errors
     assert (tmp_path / "sign.gguf").read_bytes() != (tmp_path / "adam.gguf").read_bytes()
