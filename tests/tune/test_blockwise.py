@@ -101,15 +101,27 @@ def test_rounded_weight_is_autograd_of_the_straight_through_formula(with_min):
     assert torch.all(_rounded(w, v, scale, off, codes, rng)[0][1, 2] == 5)  # the codes written back: the file's
 
 
+def _kernel_and_torch(run):
+    """``run()`` through the C kernels, then through the torch path; the backend is restored after. The kernels
+    must be built (set_backend("c") fails otherwise), whatever SLIMEDGE_PUREPYTHON says."""
+    from slimedge.quant import backend
+
+    before = backend.backend_name()
+    try:
+        backend.set_backend("c")
+        on_c = run()
+        backend.set_backend("numpy")
+        return on_c, run()
+    finally:
+        backend.set_backend(before)
+
+
 @pytest.mark.parametrize("with_min", [True, False])
 def test_rounded_weight_kernel_matches_the_torch_path(with_min):
     """The C kernels' learned rounding (kernels/rounding.c): the torch path's weight bit for bit, its gradients
     to float rounding (sums in another order), zero scales and binding clamps included."""
-    from slimedge.quant import backend
     from slimedge.tune.modules import RoundedWeight
 
-    if backend.active_kernels() is None:
-        pytest.skip("C kernels not active")
     g = torch.Generator().manual_seed(1)
     nb, ns, k = 300, 8, 32  # more than one thread chunk
     w = torch.randn(nb, ns, k, generator=g)
@@ -125,12 +137,7 @@ def test_rounded_weight_kernel_matches_the_torch_path(with_min):
         out = RoundedWeight.apply(w, leaves[0], leaves[1], leaves[2] if with_min else None, codes, rng)
         return out.detach(), torch.autograd.grad((out * up).sum(), leaves)
 
-    c_w, c_g = run()
-    backend.set_backend("numpy")
-    try:
-        t_w, t_g = run()
-    finally:
-        backend.set_backend("c")
+    (c_w, c_g), (t_w, t_g) = _kernel_and_torch(run)
     assert torch.equal(c_w, t_w)
     for a, b in zip(c_g, t_g):  # the scale's gradient is a difference of two sums of ~k terms each
         assert float((a - b).abs().max()) <= 1e-5 * k * float(b.abs().max()), float((a - b).abs().max())
@@ -140,11 +147,8 @@ def test_rounded_weight_kernel_matches_the_torch_path(with_min):
 def test_rounded_weight_kernel_under_bf16_autocast():
     """Under CPU bf16 autocast the kernels write the weight in bf16 (the torch path's fp32 weight rounded as torch
     casts it) and take its gradient in bf16; a product through it matches the torch path's."""
-    from slimedge.quant import backend
     from slimedge.tune.modules import RoundedWeight
 
-    if backend.active_kernels() is None:
-        pytest.skip("C kernels not active")
     g = torch.Generator().manual_seed(2)
     w, v = torch.randn(64, 8, 32, generator=g), torch.rand(64, 8, 32, generator=g) - 0.5
     scale, off = torch.rand(64, 8, generator=g) * 0.3 + 0.02, -torch.rand(64, 8, generator=g)
@@ -157,12 +161,7 @@ def test_rounded_weight_kernel_under_bf16_autocast():
             y = torch.nn.functional.linear(x, wt.reshape(64, 256))
         return wt.detach(), torch.autograd.grad(y.float().square().sum(), leaves)
 
-    c_w, c_g = run()
-    backend.set_backend("numpy")
-    try:
-        t_w, t_g = run()
-    finally:
-        backend.set_backend("c")
+    (c_w, c_g), (t_w, t_g) = _kernel_and_torch(run)
     assert c_w.dtype == torch.bfloat16 and t_w.dtype == torch.float32
     assert torch.equal(c_w, t_w.to(torch.bfloat16))
     for a, b in zip(c_g, t_g):
