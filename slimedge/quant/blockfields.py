@@ -26,7 +26,11 @@ How, without a second copy of any layout:
   fields is set alone in a zero block, and the one code it moves and by how much is read off (Q4_0's
   nibble bits add 1, 2, 4, 8 to a base of -8; Q3_K's high-mask bit adds 4 to ``low - 4``; ...).
 
-Supported: Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 (:data:`SUPPORTED`).
+The non-linear IQ4_NL and IQ4_XS have the same form with ``codes`` replaced by ``grid[codes]``, their 16-level
+table: their codes are the table indices 0..15 (:func:`levels`), found by looking the unit blocks' levels up.
+
+Supported: Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, IQ4_XS (:data:`SUPPORTED`). The
+lattice i-quants (IQ1-IQ3) code groups of weights together, so they have no per-weight code to learn.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ import numpy as np
 from gguf import GGMLQuantizationType as T
 
 from .formats import get_format
+from .iq4 import KVALUES, pack_xs_scales, unpack_xs_scales
 from .kquant_pack import (
     pack_q3_scales,
     pack_scale_min_k4,
@@ -58,11 +63,13 @@ class FieldSpec:
     n_sub: int                      # sub-blocks per block (1: the block scale only)
     d_at: int                       # byte offset of the fp16 (super-)block scale
     dmin_at: int | None = None      # byte offset of the fp16 min (k-quants' dmin, Q4_1/Q5_1's m)
-    sub: str | None = None          # sub-scale packing: "k4" (Q4_K/Q5_K), "q3" (Q3_K), "q2" (Q2_K), "q6" (Q6_K)
+    sub: str | None = None          # sub-scale packing: "k4" (Q4_K/Q5_K), "q3" (Q3_K), "q2" (Q2_K), "q6" (Q6_K),
+                                    # "xs" (IQ4_XS)
     sub_at: int = 0                 # byte offset of the sub-scale field
     sc_range: tuple[int, int] = (1, 1)   # allowed integer sub-scales
     mn_range: tuple[int, int] = (1, 1)   # allowed integer sub-mins (k-quants) or (1, 1)
     min_sign: int = 0               # -1: w = ... - dmin*mn; +1: w = ... + m; 0: no min
+    grid: tuple[int, ...] | None = None  # non-linear types: the code is an index into this sorted table of levels
 
     @property
     def has_min(self) -> bool:
@@ -88,6 +95,8 @@ SPECS: dict[T, FieldSpec] = {s.qtype: s for s in (
     FieldSpec(T.Q8_0, 1, d_at=0),
     FieldSpec(T.Q4_1, 1, d_at=0, dmin_at=2, min_sign=1),
     FieldSpec(T.Q5_1, 1, d_at=0, dmin_at=2, min_sign=1),
+    FieldSpec(T.IQ4_NL, 1, d_at=0, grid=tuple(KVALUES.tolist())),
+    FieldSpec(T.IQ4_XS, 8, d_at=0, sub="xs", sub_at=2, sc_range=(-32, 31), grid=tuple(KVALUES.tolist())),
 )}
 SUPPORTED: frozenset[str] = frozenset(t.name for t in SPECS)
 
@@ -127,6 +136,8 @@ def _sub_fields(s: FieldSpec, q: np.ndarray) -> tuple[np.ndarray | None, np.ndar
         return (b & 0x0F).astype(np.int16), (b >> 4).astype(np.int16)
     if s.sub == "q6":
         return np.ascontiguousarray(f[:, :16]).view(np.int8).astype(np.int16), None
+    if s.sub == "xs":
+        return unpack_xs_scales(f[:, :6]).astype(np.int16), None
     return None, None
 
 
@@ -141,6 +152,8 @@ def _put_sub_fields(s: FieldSpec, q: np.ndarray, sc: np.ndarray, mn: np.ndarray 
         q[:, at:at + 16] = (sc.astype(np.uint8) & 0x0F) | (mn.astype(np.uint8) << 4)
     elif s.sub == "q6":
         q[:, at:at + 16] = sc.astype(np.int8).view(np.uint8)
+    elif s.sub == "xs":
+        q[:, at:at + 6] = pack_xs_scales(sc)
 
 
 def _unit_blocks(s: FieldSpec, q: np.ndarray) -> np.ndarray:
@@ -155,13 +168,24 @@ def _unit_blocks(s: FieldSpec, q: np.ndarray) -> np.ndarray:
     return u
 
 
+def _codes(s: FieldSpec, q: np.ndarray) -> np.ndarray:
+    """Each weight's integer code ``int32[nb, block_size]``: the unit blocks' dequantization, which for a
+    non-linear type is a level of its table, then that level's index."""
+    v = np.rint(get_format(s.qtype).dequantize_blocks(_unit_blocks(s, q))).astype(np.int32).reshape(len(q), -1)
+    if s.grid is None:
+        return v
+    idx = np.searchsorted(np.asarray(s.grid), v)
+    if not np.array_equal(np.asarray(s.grid)[idx.clip(0, len(s.grid) - 1)], v):
+        raise RuntimeError(f"{s.qtype.name}: a unit block dequantizes off its table")
+    return idx.astype(np.int32)
+
+
 def unpack(q: np.ndarray, qtype) -> BlockFields:
     """``uint8[nb, type_size]`` (or ``[rows, row_bytes]``) blocks of ``qtype`` -> :class:`BlockFields`."""
     s = spec_of(qtype)
     fmt = get_format(s.qtype)
     q = np.ascontiguousarray(q, dtype=np.uint8).reshape(-1, fmt.type_size)
-    codes = fmt.dequantize_blocks(_unit_blocks(s, q))
-    codes = np.rint(codes).astype(np.int16).reshape(len(q), s.n_sub, fmt.block_size // s.n_sub)
+    codes = _codes(s, q).astype(np.int16).reshape(len(q), s.n_sub, fmt.block_size // s.n_sub)
     sc, mn = _sub_fields(s, q)
     dmin = f16_at(q, s.dmin_at) if s.dmin_at is not None else None
     return BlockFields(s.qtype, codes, f16_at(q, s.d_at), dmin, sc, mn)
@@ -195,8 +219,8 @@ def _probe_code_bits(s: FieldSpec) -> CodeBits:
     blocks = np.zeros((len(probes), ts), np.uint8)
     for i, (b, k) in enumerate(probes):
         blocks[i, b] = 1 << k
-    base = np.rint(fmt.dequantize_blocks(_unit_blocks(s, zero))).astype(np.int32).reshape(-1)
-    moved = np.rint(fmt.dequantize_blocks(_unit_blocks(s, blocks))).astype(np.int32).reshape(len(probes), -1) - base
+    base = _codes(s, zero).reshape(-1)
+    moved = _codes(s, blocks) - base
     nz = moved != 0
     if not np.all(nz.sum(1) == 1):
         raise RuntimeError(f"{s.qtype.name}: a code bit that moves {sorted(set(nz.sum(1)))} codes; not a bit map")
@@ -281,10 +305,15 @@ def scales(fields: BlockFields) -> tuple[np.ndarray, np.ndarray | None]:
     return scale, _F(s.min_sign) * (fields.dmin.astype(_F)[:, None] * mn)
 
 
+def levels(s: FieldSpec, codes: np.ndarray) -> np.ndarray:
+    """float32 levels of integer ``codes``: the codes themselves, or a non-linear type's table entries."""
+    return codes.astype(_F) if s.grid is None else np.asarray(s.grid, _F)[codes]
+
+
 def dequantize_fields(fields: BlockFields) -> np.ndarray:
     """float32[nb, block_size]: the weights the fields describe (equal to ``slimedge.quant.dequantize``)."""
     scale, off = scales(fields)
-    w = scale[:, :, None] * fields.codes.astype(_F)
+    w = scale[:, :, None] * levels(fields.spec, fields.codes)
     if off is not None:
         w = w + off[:, :, None]
     return w.reshape(len(fields.d), -1)

@@ -106,6 +106,24 @@ def _unpack(qs: np.ndarray) -> np.ndarray:
     return _KF[np.concatenate([qs & 0x0F, qs >> 4], axis=1)]
 
 
+def pack_xs_scales(ls: np.ndarray) -> np.ndarray:
+    """IQ4_XS's 8 sub-block scales ``ls: int[nb, 8]`` in -32..31 -> bytes 2..7 of the block ``uint8[nb, 6]``:
+    ``scales_h`` (u16, the top 2 bits of ``ls + 32`` at ``2*ib``) then ``scales_l[4]`` (low nibbles, two a byte)."""
+    u = (np.asarray(ls, np.int32) + 32).astype(np.uint16)
+    lo = (u & 0xF).astype(np.uint8)
+    scales_h = np.bitwise_or.reduce((u >> 4) << (2 * np.arange(8, dtype=np.uint16)), axis=1)
+    return np.concatenate([u16_bytes(scales_h), lo[:, 0::2] | (lo[:, 1::2] << 4)], axis=1)
+
+
+def unpack_xs_scales(b: np.ndarray) -> np.ndarray:
+    """Bytes 2..7 of IQ4_XS blocks ``uint8[nb, 6]`` -> the sub-block scales ``int32[nb, 8]`` in -32..31."""
+    sh = np.ascontiguousarray(b[:, 0:2]).view("<u2").reshape(-1, 1)
+    ib = np.arange(8)
+    lo = (b[:, 2 + ib // 2] >> (4 * (ib % 2)).astype(np.uint8)) & 0xF
+    hi = (sh >> (2 * ib).astype(np.uint16)) & 3
+    return (lo.astype(np.int32) | (hi.astype(np.int32) << 4)) - 32
+
+
 class IQ4_NL(QuantFormat, qtype=T.IQ4_NL):
     @chunked(CHUNK_BLOCKS)
     def quantize_blocks(cls, x, w=None):
@@ -137,22 +155,12 @@ class IQ4_XS(QuantFormat, qtype=T.IQ4_XS):
             dl = d[:, None] * ls.astype(_F)
             idl = np.where(dl != 0, _F(1) / dl, _F(0)).astype(_F)
             L = best_index(xs * idl.reshape(-1, 1))
-        ls = (ls + 32).astype(np.uint16)
-        lo = (ls & 0xF).astype(np.uint8)
-        scales_l = lo[:, 0::2] | (lo[:, 1::2] << 4)
-        scales_h = np.bitwise_or.reduce((ls >> 4) << (2 * np.arange(8, dtype=np.uint16)), axis=1)
-        return np.concatenate([u16_bytes(f16_bits(d)), u16_bytes(scales_h), scales_l,
-                               _pack_nibbles(L).reshape(nb, 128)], axis=1)
+        return np.concatenate([u16_bytes(f16_bits(d)), pack_xs_scales(ls), _pack_nibbles(L).reshape(nb, 128)],
+                              axis=1)
 
     @classmethod
     def dequantize_blocks(cls, q):
         d = f16_at(q, 0)
-        sh = np.ascontiguousarray(q[:, 2:4]).view("<u2").reshape(-1, 1)
-        sl = q[:, 4:8]
-        ib = np.arange(8)
-        lo = (sl[:, ib // 2] >> (4 * (ib % 2)).astype(np.uint8)) & 0xF
-        hi = (sh >> (2 * ib).astype(np.uint16)) & 3
-        ls = (lo.astype(np.int32) | (hi.astype(np.int32) << 4)) - 32
-        dl = d[:, None] * ls.astype(_F)                                   # [nb, 8]
+        dl = d[:, None] * unpack_xs_scales(q[:, 2:8]).astype(_F)          # [nb, 8]
         v = _unpack(q[:, 8:136].reshape(-1, 16)).reshape(-1, 8, 32)
         return (dl[:, :, None] * v).reshape(-1, 256)

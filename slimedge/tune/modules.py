@@ -65,6 +65,8 @@ class QuantWeight(nn.Module):
         self.lat = nn.Parameter(self.codes.float()) if learn_codes else None
         cb = code_bits(fields.qtype)
         self.code_range = (cb.lo, cb.hi)
+        # a non-linear type (IQ4_NL/IQ4_XS): the codes index this table of levels
+        self.register_buffer("grid", None if s.grid is None else torch.tensor(s.grid, dtype=torch.float32))
         # block-wise rounding (begin_rounding): codes = round((w_ref - offset) / scale + v), v in [-1/2, 1/2]
         self.w_ref = self.v = None
         self.new_codes = False  # the codes buffer holds learned codes (written back by fields())
@@ -81,10 +83,16 @@ class QuantWeight(nn.Module):
     def forward(self):
         d, dmin, sc, mn = self.block_params()
         scale = d[:, None] * sc if sc is not None else d[:, None]
+        if self.v is not None and self.grid is not None:  # learned rounding on a table (torch, autograd)
+            return (grid_rounded(self.w_ref, self.v, scale, self.codes, self.grid)[1]
+                    * scale[:, :, None]).reshape(self.rows, self.cols)
         if self.v is not None:  # learned rounding: one fused pass each way (RoundedWeight)
             w = RoundedWeight.apply(self.w_ref, self.v, scale, self._offset(dmin, mn), self.codes, self.code_range)
             return w.reshape(self.rows, self.cols)
-        codes = ste_int(self.lat, *self.code_range) if self.lat is not None else self.codes
+        if self.grid is not None:  # the table's levels (straight-through for learned codes)
+            codes = grid_ste(self.lat, self.grid) if self.lat is not None else self.grid[self.codes.long()]
+        else:
+            codes = ste_int(self.lat, *self.code_range) if self.lat is not None else self.codes
         # int8 codes times float scales: promoted exactly in the one pass that multiplies (a separate
         # .float() copy and out-of-place add cost two more full-size allocations: 2.5x the time here)
         dev = self.codes.device.type
@@ -110,7 +118,10 @@ class QuantWeight(nn.Module):
         """Fix the learned codes into the codes buffer and drop the offsets and the float matrix."""
         d, dmin, sc, mn = self.block_params()
         scale = d[:, None] * sc if sc is not None else d[:, None]
-        q = _rounded(self.w_ref, self.v, scale, self._offset(dmin, mn), self.codes, self.code_range)[0]
+        if self.grid is not None:
+            q = grid_rounded(self.w_ref, self.v, scale, self.codes, self.grid)[0]
+        else:
+            q = _rounded(self.w_ref, self.v, scale, self._offset(dmin, mn), self.codes, self.code_range)[0]
         self.codes.copy_(q.to(torch.int8))
         self.w_ref = self.v = None
         self.new_codes = True
@@ -164,6 +175,34 @@ class QuantWeight(nn.Module):
             codes = back(self.codes, np.int16).reshape(like.codes.shape)
         return BlockFields(like.qtype, codes, back(d, np.float32), back(dmin, np.float32),
                            back(sc, np.int16), back(mn, np.int16))
+
+
+def _interp(t, grid):
+    """The table ``grid`` linearly interpolated at the fractional indices ``t`` (clamped to its ends)."""
+    t = t.clamp(0, len(grid) - 1)
+    j = t.detach().floor().clamp(max=len(grid) - 2).long()
+    return grid[j] + (t - j) * (grid[j + 1] - grid[j])
+
+
+def grid_ste(t, grid):
+    """The level ``grid[round(t)]`` (``t`` clamped to the table) in the forward pass; the gradient of the
+    table's linear interpolation (straight-through rounding on a non-uniform grid)."""
+    lin = _interp(t, grid)
+    return lin + (grid[torch.round(t).clamp(0, len(grid) - 1).long()] - lin).detach()
+
+
+def grid_rounded(w_ref, v, scale, codes, grid):
+    """Learned rounding on a table of levels: ``w_ref / scale`` mapped to a fractional index by the table's linear
+    interpolation, plus the offset ``v``, rounded and clamped: ``(indices, levels)``, the levels straight-through
+    (:func:`grid_ste`; zero gradient where the clamp binds, as for the uniform types). A zero scale keeps the
+    file's code. Shapes: ``w_ref``, ``v``, ``codes`` ``[blocks, subs, k]``, ``scale`` ``[blocks, subs]``."""
+    zero = (scale == 0)[:, :, None]
+    y = w_ref / torch.where(zero, torch.ones_like(scale[:, :, None]), scale[:, :, None])
+    j = (torch.searchsorted(grid, y.detach().contiguous()) - 1).clamp(0, len(grid) - 2)
+    t = j + (y - grid[j]) / (grid[j + 1] - grid[j]) + v       # the fractional index, then the offset
+    q = torch.where(zero, codes.long(), torch.round(t.detach()).clamp(0, len(grid) - 1).long())
+    lv = grid_ste(t, grid)
+    return q, torch.where(zero, grid[codes.long()], lv)
 
 
 def _rounded(w_ref, v, scale, off, codes, code_range):

@@ -17,6 +17,7 @@ AutoRound is not a slimedge dependency: when ``--autoround-venv`` (default ``OUT
 
     python tests/benchmarks/bench_tune_vs_autoround.py [--out DIR] [--iters 200] [--nsamples 128] [--steps 100]
         [--types Q4_K_M,Q3_K_M,Q4_0,Q5_0] [--rows blockwise] [--precision bf16] [--block-opt sign]
+        [--round-lr R] [--block-lr B]
         [--teacher HF_DIR] [--rerun-autoround]
 
 ``--precision`` is slimedge's (fp32 by default; AutoRound runs in bf16 on a CPU that has it), ``--block-opt`` the
@@ -109,7 +110,7 @@ def _tuned_rows(a, qtype: str, base: Path, teacher: Path, calib: Path, out: Path
         kw, src = {"e2e": (dict(steps=a.steps), base),
                    "e2e+codes": (dict(steps=a.codes_steps, learn_codes=True, codes_lr=a.codes_lr), base),
                    "blockwise": (dict(mode="blockwise", steps=0, block_iters=a.iters, block_samples=a.nsamples,
-                                      block_opt=a.block_opt), base),
+                                      block_opt=a.block_opt, round_lr=a.round_lr, block_lr=a.block_lr), base),
                    "blockwise+e2e": (dict(steps=a.steps, lr=a.e2e_lr_after), bw)}[row]
         dst = out / f"slimedge-tune-{qtype}-{row.replace('+', '-plus-')}.gguf"
         took = dst.with_suffix(".seconds")
@@ -187,6 +188,8 @@ def main() -> int:
     ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
                     help="slimedge tune's --precision (bf16: autocast, AutoRound's own choice on CPU)")
     ap.add_argument("--block-opt", default="sign", choices=("sign", "adam"), help="the blockwise rows' --block-opt")
+    ap.add_argument("--round-lr", type=float, default=None, help="the blockwise rows' --round-lr (tune's default)")
+    ap.add_argument("--block-lr", type=float, default=None, help="the blockwise rows' --block-lr (tune's default)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--calib-chars", type=int, default=1_000_000)

@@ -66,7 +66,8 @@ def test_changed_fields_are_written_where_dequantize_reads_them(qtype):
 
 # the code ranges ggml's dequantization gives each type's bits (q - 32 for Q6_K, q - 4 for Q3_K's clear high bit...)
 CODE_RANGES = {"Q2_K": (0, 3), "Q3_K": (-4, 3), "Q4_K": (0, 15), "Q5_K": (0, 31), "Q6_K": (-32, 31),
-               "Q4_0": (-8, 7), "Q4_1": (0, 15), "Q5_0": (-16, 15), "Q5_1": (0, 31), "Q8_0": (-128, 127)}
+               "Q4_0": (-8, 7), "Q4_1": (0, 15), "Q5_0": (-16, 15), "Q5_1": (0, 31), "Q8_0": (-128, 127),
+               "IQ4_NL": (0, 15), "IQ4_XS": (0, 15)}
 
 
 @pytest.mark.parametrize("qtype", TYPES)
@@ -104,4 +105,4 @@ def test_out_of_range_sub_scale_is_refused():
 
 def test_unsupported_type():
     with pytest.raises(KeyError):
-        spec_of("IQ4_NL")
+        spec_of("IQ2_XXS")

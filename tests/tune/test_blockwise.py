@@ -42,7 +42,7 @@ def _tune(hf, d, q, out, **kw):
     return tune(cfg)
 
 
-@pytest.mark.parametrize("qtype", ["Q4_K", "Q5_0", "Q6_K"])
+@pytest.mark.parametrize("qtype", ["Q4_K", "Q5_0", "Q6_K", "IQ4_NL", "IQ4_XS"])
 def test_rounding_starts_at_nearest_codes_and_packs_back(qtype):
     from slimedge.tune.modules import QuantWeight
 
@@ -99,6 +99,46 @@ def test_rounded_weight_is_autograd_of_the_straight_through_formula(with_min):
     z = RoundedWeight.apply(w, v, scale, off, codes, rng)
     assert torch.equal(z[1, 2], (off[1, 2] if off is not None else torch.tensor(0.0, dtype=w.dtype)).expand(32))
     assert torch.all(_rounded(w, v, scale, off, codes, rng)[0][1, 2] == 5)  # the codes written back: the file's
+
+
+def test_grid_rounding_is_the_nearest_level_and_its_gradient_the_tables_slope():
+    """IQ4's learned rounding on its table: with v = 0 the level nearest to ``w / scale``; the offsets move the
+    fractional index (a half step to the next level); the gradient is the interpolated table's slope times the
+    scale inside the table, zero past its ends; a zero scale keeps the file's code."""
+    from slimedge.quant.iq4 import KVALUES, best_index
+    from slimedge.tune.modules import grid_rounded
+
+    grid = torch.tensor(KVALUES.tolist(), dtype=torch.float64)
+    g = torch.Generator().manual_seed(0)
+    scale = (torch.rand(5, 2, generator=g, dtype=torch.float64) + 0.5).requires_grad_()
+    w = torch.randn(5, 2, 32, generator=g, dtype=torch.float64) * 80 * scale.detach()[:, :, None]
+    w[0, 0, :4] = torch.tensor([-400.0, -127.0, 113.0, 400.0]) * scale.detach()[0, 0]   # at and past both ends
+    codes = torch.zeros(5, 2, 32, dtype=torch.int8)
+    v = torch.zeros(5, 2, 32, dtype=torch.float64, requires_grad=True)
+    q, lv = grid_rounded(w, v, scale, codes, grid)
+    y = (w / scale[:, :, None]).detach().numpy()
+    assert np.array_equal(q.numpy(), best_index(y.astype(np.float32)))     # ggml's nearest level
+    assert torch.equal(lv.detach(), grid[q])
+    up = torch.randn(5, 2, 32, generator=g, dtype=torch.float64)
+    gv, = torch.autograd.grad((lv * scale.detach()[:, :, None] * up).sum(), [v])
+    t = torch.as_tensor(np.interp(y, KVALUES.astype(np.float64), np.arange(16.0)))     # inside: the index
+    j = t.floor().clamp(0, 14).long()
+    slope = grid[j + 1] - grid[j]
+    inside = (y > KVALUES[0]) & (y < KVALUES[15])
+    want = torch.where(torch.from_numpy(inside), slope * scale.detach()[:, :, None] * up, torch.zeros_like(up))
+    assert bool(inside.any()) and not bool(inside.all())
+    assert torch.allclose(gv, want, rtol=1e-9, atol=1e-9)
+    with torch.no_grad():
+        q2 = grid_rounded(w, torch.full_like(v, 0.49), scale, codes, grid)[0]
+    frac, ins = t - t.round(), torch.from_numpy(inside)
+    up1, same = ins & (frac > 0.05), ins & (frac < -0.05)              # +0.49 crosses the next midpoint or not
+    assert bool(up1.any()) and bool(same.any())
+    assert torch.equal(q2[up1], q[up1] + 1) and torch.equal(q2[same], q[same])
+    with torch.no_grad():
+        scale[1, 1] = 0.0
+    codes[1, 1] = 9
+    q3, lv3 = grid_rounded(w, v, scale, codes, grid)
+    assert torch.all(q3[1, 1] == 9) and torch.all(lv3[1, 1] == grid[9])
 
 
 def _kernel_and_torch(run):
@@ -284,3 +324,28 @@ def test_signed_descent_lowers_every_layer_error(model, tmp_path):
     a, b = read_info(q), read_info(tmp_path / "sign.gguf")
     assert b.file_size == a.file_size and [(t.name, t.shape, t.type) for t in a.tensors] == \
         [(t.name, t.shape, t.type) for t in b.tensors]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("qtype", ["IQ4_XS", "IQ4_NL"])
+def test_blockwise_learns_rounding_on_the_iq4_table(model, tmp_path, qtype):
+    """IQ4_XS / IQ4_NL files: block-wise tuning learns the table indices too (codes change in the IQ4 tensors),
+    every layer's error falls, types and bytes stay, and llama.cpp runs the file."""
+    import gguf
+    from tests.convert.convert_util import llama_logits
+
+    hf, d, _ = model
+    q, out = tmp_path / f"{qtype}.gguf", tmp_path / "bw.gguf"
+    convert(hf, q, QuantSpec(qtype), overwrite=True)
+    r = _tune(hf, d, q, out, block_iters=20)
+    assert all(e1 < e0 for e0, e1 in r.block_errors), r.block_errors
+    a, b = read_info(q), read_info(out)
+    assert b.file_size == a.file_size and [(t.name, t.type) for t in a.tensors] == [(t.name, t.type) for t in b.tensors]
+    ra, rb = gguf.GGUFReader(q), gguf.GGUFReader(out)
+    iq = [(x, y) for x, y in zip(ra.tensors, rb.tensors) if x.tensor_type.name == qtype and ".attn_q." in x.name]
+    assert iq, [t.tensor_type.name for t in ra.tensors]
+    moved = [float((unpack(np.array(x.data), qtype).codes != unpack(np.array(y.data), qtype).codes).mean())
+             for x, y in iq]
+    assert all(0.005 < m < 0.5 for m in moved), moved
+    logits = llama_logits(out, list(range(1, 20)))
+    assert np.isfinite(logits).all()

@@ -160,8 +160,8 @@ def test_bad_inputs(model, tmp_path):
     with pytest.raises(SlimedgeError, match="no quantized tensor to tune"):
         _tune(hf, d, f16, tmp_path / "x.gguf", steps=0)
     iq = tmp_path / "iq.gguf"
-    convert(hf, iq, QuantSpec("Q4_K_M", overrides=[("attn_v", "IQ4_NL")]))
-    with pytest.raises(SlimedgeError, match=r"blk\.0\.attn_v\.weight is IQ4_NL, which slimedge tune cannot learn"):
+    convert(hf, iq, QuantSpec("Q4_K_M", overrides=[("attn_v", "IQ3_S")]))
+    with pytest.raises(SlimedgeError, match=r"blk\.0\.attn_v\.weight is IQ3_S, which slimedge tune cannot learn"):
         _tune(hf, d, iq, tmp_path / "x.gguf", steps=0)
     assert not (tmp_path / "x.gguf").exists()
 
