@@ -80,7 +80,8 @@ def cli(gguf_file: Path, teacher: str, data: str, data_field: str, out: Path, st
 
     Keeps every tensor's type, integer codes and block layout and learns the block parameters (Q4_K/Q5_K:
     d, dmin, 6-bit sub-scales and mins; Q6_K: d and 8-bit sub-scales; Q2_K/Q3_K likewise; Q8_0/Q4_0/Q5_0:
-    the block scale; Q4_1/Q5_1: scale and min) by gradient descent on the KL divergence from the teacher on
+    the block scale; Q4_1/Q5_1: scale and min; IQ4_NL/IQ4_XS: the scale and IQ4_XS's sub-scales, their codes
+    being indices into a 16-level table) by gradient descent on the KL divergence from the teacher on
     the calibration data. The output has the same size, tensor types and metadata and runs in stock
     llama.cpp. With --mode blockwise the codes are learned too (per-weight rounding, block by block
     against the float layers), before the KL steps. QUANT.gguf is a GGUF of the teacher or of a student distilled from it (fewer layers, other

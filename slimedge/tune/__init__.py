@@ -1,7 +1,7 @@
 """Tune a quantized GGUF against its teacher: learn the block scales, keep the codes, write the same file.
 
 ``slimedge tune`` and ``tune(TuneConfig(gguf=..., teacher=..., data=..., output=...))`` (:mod:`.api`) start from a
-k-quant or legacy-quant GGUF of the teacher (or of a student distilled from it) and learn, by gradient descent in
+k-quant, legacy-quant or IQ4_NL/IQ4_XS GGUF of the teacher (or of a student distilled from it) and learn, by gradient descent in
 torch, every quantized tensor's block parameters so that the quantized model's next-token distribution matches
 the teacher's (forward KL, :func:`slimedge.distill.losses.divergence`, on calibration blocks cut by
 :func:`slimedge.distill.tokens.prepare`). Integer codes do not change unless ``learn_codes`` (then each weight's

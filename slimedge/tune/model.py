@@ -206,7 +206,7 @@ def build_model(cfg, info, entries, scfg, mm):
                     loaded.update(k for k, v in params.items() if v is p)
     if not qws:
         raise SlimedgeError(f"{cfg.gguf}: no quantized tensor to tune (types {', '.join(info.type_counts)}); "
-                            "give a k-quant or legacy-quant GGUF")
+                            "give a k-quant, legacy-quant or IQ4 GGUF")
     missing = sorted(set(params) - loaded)
     if missing:
         raise SlimedgeError(f"{cfg.gguf}: the file has no tensor for {missing[0]} (and {len(missing) - 1} more); "
