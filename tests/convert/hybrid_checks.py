@@ -10,15 +10,14 @@
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+from tests.llama_src import llama_cpp_src
 
-LLAMA_CPP = Path("/work/llama-src/llama_cpp_python-0.3.36/vendor/llama.cpp")
 
 _RUN = """
 import sys
@@ -33,8 +32,7 @@ convert_hf_to_gguf.main()
 
 def reference_gguf(hf_dir: Path, out: Path, pre: str, *extra: str) -> Path:
     """llama.cpp's converter's F32 GGUF of ``hf_dir`` (``extra``: its options, e.g. ``--no-mtp``)."""
-    root = Path(os.environ.get("LLAMA_CPP_SRC", LLAMA_CPP))
-    assert (root / "convert_hf_to_gguf.py").is_file(), f"llama.cpp's sources are not at {root} (set LLAMA_CPP_SRC)"
+    root = llama_cpp_src()
     code = _RUN.format(root=str(root), pre=pre, src=str(hf_dir), out=str(out), extra=list(extra))
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and out.is_file(), r.stderr[-3000:]

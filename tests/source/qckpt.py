@@ -17,6 +17,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+from tests.llama_src import llama_cpp_src
 
 E2M1 = np.array([0, 0.5, 1, 1.5, 2, 3, 4, 6, -0.0, -0.5, -1, -1.5, -2, -3, -4, -6], np.float32)
 
@@ -206,7 +207,6 @@ def write_nvfp4(src: Path, dst: Path, compressed: bool = False, seed: int = 0,
 
 
 
-LLAMA_CPP = Path("/work/llama-src/llama_cpp_python-0.3.36/vendor/llama.cpp")  # the pinned sdist, unpacked
 
 
 _RUN = """
@@ -224,12 +224,10 @@ convert_hf_to_gguf.main()
 def llama_cpp_convert(src: Path, out: Path, outtype: str = "f32", pre: str = "") -> Path:
     """Run the pinned sdist's ``convert_hf_to_gguf.py`` (its own gguf-py first on the path) on ``src``;
     ``pre``: the pre-tokenizer name to use for a test tokenizer its hash table does not know."""
-    import os
     import subprocess
     import sys
 
-    root = Path(os.environ.get("LLAMA_CPP_SRC", LLAMA_CPP))
-    assert (root / "convert_hf_to_gguf.py").is_file(), f"llama.cpp's sources are not at {root} (set LLAMA_CPP_SRC)"
+    root = llama_cpp_src()
     code = _RUN.format(root=str(root), pre=pre, src=str(src), out=str(out), outtype=outtype)
     r = subprocess.run([sys.executable, "-c", code], cwd=out.parent, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0 and out.is_file(), r.stderr[-3000:]
