@@ -174,8 +174,9 @@ def _codes(s: FieldSpec, q: np.ndarray) -> np.ndarray:
     v = np.rint(get_format(s.qtype).dequantize_blocks(_unit_blocks(s, q))).astype(np.int32).reshape(len(q), -1)
     if s.grid is None:
         return v
-    idx = np.searchsorted(np.asarray(s.grid), v)
-    if not np.array_equal(np.asarray(s.grid)[idx.clip(0, len(s.grid) - 1)], v):
+    g = np.asarray(s.grid)
+    idx = np.searchsorted(g, v)
+    if not np.array_equal(g[idx.clip(0, len(g) - 1)], v):
         raise RuntimeError(f"{s.qtype.name}: a unit block dequantizes off its table")
     return idx.astype(np.int32)
 

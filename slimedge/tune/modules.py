@@ -184,11 +184,17 @@ def _interp(t, grid):
     return grid[j] + (t - j) * (grid[j + 1] - grid[j])
 
 
-def grid_ste(t, grid):
-    """The level ``grid[round(t)]`` (``t`` clamped to the table) in the forward pass; the gradient of the
-    table's linear interpolation (straight-through rounding on a non-uniform grid)."""
+def _nearest(t, grid):
+    """``round(t)`` clamped to the table's indices."""
+    return torch.round(t.detach()).clamp(0, len(grid) - 1).long()
+
+
+def grid_ste(t, grid, idx=None):
+    """The level ``grid[idx]`` (default ``idx``: ``round(t)`` clamped to the table) in the forward pass; the
+    gradient of the table's linear interpolation (straight-through rounding on a non-uniform grid). The forward
+    value is the level exactly (``lin - lin.detach()`` is 0)."""
     lin = _interp(t, grid)
-    return lin + (grid[torch.round(t).clamp(0, len(grid) - 1).long()] - lin).detach()
+    return grid[_nearest(t, grid) if idx is None else idx] + (lin - lin.detach())
 
 
 def grid_rounded(w_ref, v, scale, codes, grid):
@@ -200,9 +206,8 @@ def grid_rounded(w_ref, v, scale, codes, grid):
     y = w_ref / torch.where(zero, torch.ones_like(scale[:, :, None]), scale[:, :, None])
     j = (torch.searchsorted(grid, y.detach().contiguous()) - 1).clamp(0, len(grid) - 2)
     t = j + (y - grid[j]) / (grid[j + 1] - grid[j]) + v       # the fractional index, then the offset
-    q = torch.where(zero, codes.long(), torch.round(t.detach()).clamp(0, len(grid) - 1).long())
-    lv = grid_ste(t, grid)
-    return q, torch.where(zero, grid[codes.long()], lv)
+    q = torch.where(zero, codes.long(), _nearest(t, grid))
+    return q, grid_ste(t, grid, q)                             # a zero scale: the file's code, its level
 
 
 def _rounded(w_ref, v, scale, off, codes, code_range):

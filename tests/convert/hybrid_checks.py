@@ -16,27 +16,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from tests.llama_src import llama_cpp_src
-
-
-_RUN = """
-import sys
-sys.path[:0] = [{root!r}, {root!r} + "/gguf-py"]
-import conversion.base as base
-base.TextModel.get_vocab_base_pre = lambda self, tokenizer: {pre!r}
-import convert_hf_to_gguf
-sys.argv = ["convert_hf_to_gguf.py", {src!r}, "--outfile", {out!r}, "--outtype", "f32", *{extra!r}]
-convert_hf_to_gguf.main()
-"""
+from tests.llama_src import llama_cpp_convert
 
 
 def reference_gguf(hf_dir: Path, out: Path, pre: str, *extra: str) -> Path:
     """llama.cpp's converter's F32 GGUF of ``hf_dir`` (``extra``: its options, e.g. ``--no-mtp``)."""
-    root = llama_cpp_src()
-    code = _RUN.format(root=str(root), pre=pre, src=str(hf_dir), out=str(out), extra=list(extra))
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0 and out.is_file(), r.stderr[-3000:]
-    return out
+    return llama_cpp_convert(hf_dir, out, "f32", pre, extra)
 
 
 def same_tensors_as(ours: Path, theirs: Path) -> list[str]:

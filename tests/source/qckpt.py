@@ -17,7 +17,6 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-from tests.llama_src import llama_cpp_src
 
 E2M1 = np.array([0, 0.5, 1, 1.5, 2, 3, 4, 6, -0.0, -0.5, -1, -1.5, -2, -3, -4, -6], np.float32)
 
@@ -204,34 +203,6 @@ def write_nvfp4(src: Path, dst: Path, compressed: bool = False, seed: int = 0,
     save_file({k: v.contiguous() for k, v in q_sd.items()}, qdir / "model.safetensors", metadata={"format": "pt"})
     save_file({k: v.contiguous() for k, v in deq_sd.items()}, ddir / "model.safetensors", metadata={"format": "pt"})
     return qdir, ddir
-
-
-
-
-
-_RUN = """
-import sys
-sys.path[:0] = [{root!r}, {root!r} + "/gguf-py"]
-if {pre!r}:
-    import conversion.base as base
-    base.TextModel.get_vocab_base_pre = lambda self, tokenizer: {pre!r}
-import convert_hf_to_gguf
-sys.argv = ["convert_hf_to_gguf.py", {src!r}, "--outfile", {out!r}, "--outtype", {outtype!r}]
-convert_hf_to_gguf.main()
-"""
-
-
-def llama_cpp_convert(src: Path, out: Path, outtype: str = "f32", pre: str = "") -> Path:
-    """Run the pinned sdist's ``convert_hf_to_gguf.py`` (its own gguf-py first on the path) on ``src``;
-    ``pre``: the pre-tokenizer name to use for a test tokenizer its hash table does not know."""
-    import subprocess
-    import sys
-
-    root = llama_cpp_src()
-    code = _RUN.format(root=str(root), pre=pre, src=str(src), out=str(out), outtype=outtype)
-    r = subprocess.run([sys.executable, "-c", code], cwd=out.parent, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0 and out.is_file(), r.stderr[-3000:]
-    return out
 
 
 def gguf_tensors(path: Path) -> dict[str, tuple[str, tuple[int, ...], bytes]]:

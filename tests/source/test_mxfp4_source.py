@@ -26,7 +26,8 @@ from slimedge.source.hf import HFSource
 from tests.factory import cached_hf_model
 from tests.family_checks import TOL, convert
 from tests.ggml_ref import ggml_dequantize
-from tests.source.qckpt import gguf_tensors, llama_cpp_convert, logits_err, moe_logits, write_mxfp4
+from tests.llama_src import llama_cpp_convert
+from tests.source.qckpt import gguf_tensors, logits_err, moe_logits, write_mxfp4
 
 
 def _stored(tmp_path, lead=(3,), rows=10, nb=4, seed=0):

@@ -23,7 +23,8 @@ from slimedge.source.fp4src import NVFP4Ref
 from slimedge.source.hf import HFSource
 from tests.factory import cached_hf_model
 from tests.family_checks import TOL, convert
-from tests.source.qckpt import gguf_tensors, llama_cpp_convert, logits_err, moe_logits, write_nvfp4
+from tests.llama_src import llama_cpp_convert
+from tests.source.qckpt import gguf_tensors, logits_err, moe_logits, write_nvfp4
 
 
 @pytest.fixture(scope="module", params=[False, True], ids=["modelopt", "compressed-tensors"])
