@@ -44,9 +44,10 @@ class BlockView:
     """``[n, seq_len]`` blocks of a 1-D token array (memory map), read as int64 on indexing."""
 
     def __init__(self, tokens: np.ndarray, start: int, n: int, seq_len: int, file: str | None = None,
-                 width: int | None = None):
+                 width: int | None = None, first: int | None = None):
         self.tokens, self.start, self.n, self.seq_len, self.file = tokens, int(start), int(n), int(seq_len), file
         self.width = int(width or seq_len)
+        self.first = None if first is None else int(first)  # every block's first token read as this id (BOS)
         self._2d = tokens[self.start: self.start + self.n * self.seq_len].reshape(self.n, self.seq_len)
         if self.width < self.seq_len:
             self._2d = self._2d[:, : self.width]
@@ -61,11 +62,15 @@ class BlockView:
     def __getitem__(self, idx) -> np.ndarray:
         """Rows read now, as int64. File-backed rows are read with ``pread`` rather than through the map,
         so a long run does not make the whole token file resident in this process."""
-        if self.file is None:
-            return np.asarray(self._2d[idx], dtype=np.int64)
         rows, cols = (idx if isinstance(idx, tuple) else (idx, slice(None)))
         if isinstance(rows, (int, np.integer)):
             return self[[int(rows)], cols][0]
+        return self._first(self._rows(rows))[:, cols]
+
+    def _rows(self, rows) -> np.ndarray:
+        """Whole rows ``[k, width]`` as int64 (``rows``: a slice or indices)."""
+        if self.file is None:
+            return np.array(self._2d[rows], dtype=np.int64).reshape(-1, self.width)
         rows = np.arange(self.n)[rows] if isinstance(rows, slice) else np.asarray(rows, dtype=np.int64).reshape(-1)
         if rows.size and (rows.min() < -self.n or rows.max() >= self.n):
             raise IndexError(f"block index out of range for {self.n} blocks")
@@ -79,14 +84,25 @@ class BlockView:
                 out[i] = np.frombuffer(buf, self.tokens.dtype)
         finally:
             os.close(fd)
-        return out[:, cols].astype(np.int64)
+        return out.astype(np.int64)
+
+    def _first(self, a: np.ndarray) -> np.ndarray:
+        if self.first is not None and a.shape[-1]:
+            a[..., 0] = self.first
+        return a
 
     def columns(self, width: int) -> "BlockView":
         """The first ``width`` tokens of every block, still a view."""
-        return BlockView(self.tokens, self.start, self.n, self.seq_len, self.file, min(width, self.width))
+        return BlockView(self.tokens, self.start, self.n, self.seq_len, self.file, min(width, self.width),
+                         self.first)
+
+    def with_first(self, token: int | None) -> "BlockView":
+        """The same blocks, each starting with ``token`` (as llama.cpp puts BOS first in every context it
+        evaluates, imatrix and perplexity chunks included); ``None``: the tokens as they are."""
+        return BlockView(self.tokens, self.start, self.n, self.seq_len, self.file, self.width, token)
 
     def __array__(self, dtype=None, copy=None):
-        return np.asarray(self._2d, dtype=dtype or np.int64)
+        return self._first(np.array(self._2d, dtype=np.int64)).astype(dtype or np.int64, copy=False)
 
     def chunks(self, rows: int = 4096) -> Iterator[np.ndarray]:
         """The blocks as int64 ``[≤rows, seq_len]`` arrays, read with plain file reads when file-backed
@@ -97,11 +113,42 @@ class BlockView:
         for r0 in range(0, self.n, rows):
             k = min(rows, self.n - r0)
             if self.file is None:
-                yield np.asarray(self._2d[r0:r0 + k], np.int64)
+                yield self._first(np.array(self._2d[r0:r0 + k], np.int64))
                 continue
             off = (self.start + r0 * self.seq_len) * item
             a = np.fromfile(self.file, dtype=self.tokens.dtype, count=k * self.seq_len, offset=off)
-            yield a.astype(np.int64).reshape(k, self.seq_len)
+            yield self._first(a.astype(np.int64).reshape(k, self.seq_len))
+
+
+def spread(n_total: int, n: int) -> np.ndarray:
+    """``n`` block indices spread evenly over ``n_total`` blocks (all of them when ``n`` is 0 or not fewer): a
+    sample of blocks then covers the whole corpus, not only its beginning."""
+    if n <= 0 or n >= n_total:
+        return np.arange(n_total, dtype=np.int64)
+    return (np.arange(n, dtype=np.int64) * n_total) // n
+
+
+class BlockSubset:
+    """The blocks ``index`` of a block view, in that order, read (and indexed) as the view is."""
+
+    def __init__(self, view, index: np.ndarray):
+        self.view, self.index = view, np.asarray(index, dtype=np.int64)
+
+    shape = property(lambda self: (len(self.index), self.view.shape[1]))
+    dtype = np.dtype(np.int64)
+    ndim = 2
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, idx) -> np.ndarray:
+        rows, cols = (idx if isinstance(idx, tuple) else (idx, slice(None)))
+        if isinstance(rows, (int, np.integer)):
+            return self.view[int(self.index[rows]), cols]
+        return self.view[self.index[rows], cols]
+
+    def __array__(self, dtype=None, copy=None):
+        return self[:].astype(dtype or np.int64, copy=False)
 
 
 @dataclass

@@ -34,7 +34,7 @@ class TuneConfig:
     sub_lr: float | None = None     # Adam lr of the sub-scales/mins, in integer units (default 20 x lr)
     batch_size: int = 4
     seq_len: int = 256
-    max_blocks: int = 0             # calibration blocks used for training (0: all; fresh blocks beat epochs)
+    max_blocks: int = 0             # calibration blocks used, spread over the data (0: all; fresh blocks beat epochs)
     eval_blocks: int = 4            # held-out blocks for the before/after KL
     device: str = "cpu"
     threads: int | None = None
@@ -59,6 +59,7 @@ class TuneConfig:
     block_opt: str = "sign"         # blockwise: sign (AutoRound's signed gradient descent), or adam
     block_input: str = "quant"      # blockwise: the layer's input: quant (quantized prefix), teacher, mix (both)
     block_batch: int = 0            # blockwise: cached blocks per step (0: batch_size)
+    bos_first: bool = True          # every calibration block starts with BOS where llama.cpp adds it (its contexts do)
 
     @property
     def sub_lr_or_default(self) -> float:
@@ -109,7 +110,7 @@ def _settings(cfg: TuneConfig) -> dict:
             "codes_lr": cfg.codes_lr, "mode": cfg.mode, "block_iters": cfg.block_iters,
             "block_samples": cfg.block_samples, "round_lr": cfg.round_lr, "block_lr": cfg.block_lr,
             "block_opt": cfg.block_opt, "block_input": cfg.block_input,
-            "block_batch": cfg.block_batch}
+            "block_batch": cfg.block_batch, "bos_first": cfg.bos_first}
 
 
 class TuneSteps:
@@ -258,7 +259,9 @@ def _tune(cfg: TuneConfig, group: ProcessGroup, progress: Progress) -> TuneResul
 
     import torch
 
+    from ..distill.data import BlockSubset, spread
     from ..distill.runtime import data_blocks, load_teacher, pick_device
+    from .model import first_token
     from .teacher import TeacherLogprobs, mean_kl, teacher_cache
 
     t0 = time.monotonic()
@@ -267,9 +270,11 @@ def _tune(cfg: TuneConfig, group: ProcessGroup, progress: Progress) -> TuneResul
     device = dev.device
     qm = _load_quantized(cfg, device)
     blocks = data_blocks(cfg.data, qm.tokenizer, cfg.seq_len, group, progress, field=cfg.data_field)
-    train = blocks.train  # a memory-mapped view: rows are read when a step takes them
-    n_train = min(len(train), cfg.max_blocks) if cfg.max_blocks else len(train)
-    held = np.asarray(blocks.eval[:cfg.eval_blocks])
+    bos = first_token(qm.info) if cfg.bos_first else None  # as llama.cpp's contexts: BOS first where it adds one
+    # a memory-mapped view (rows are read when a step takes them); --max-blocks: that many spread over the data
+    train = BlockSubset(blocks.train.with_first(bos), spread(len(blocks.train), cfg.max_blocks))
+    n_train = len(train)
+    held = np.asarray(blocks.eval.with_first(bos)[:cfg.eval_blocks])
     sharded = cfg.fsdp_teacher and group.world > 1
     if cfg.fsdp_teacher and not sharded:
         log.info("--fsdp-teacher: one process, so the teacher stays whole (run under torchrun to shard it)")

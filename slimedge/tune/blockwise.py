@@ -31,6 +31,7 @@ import time
 
 import numpy as np
 
+from ..distill.data import spread
 from ..errors import SlimedgeError
 from ..progress import Progress
 
@@ -240,8 +241,9 @@ def blockwise(cfg, qm, teacher, train, n_train: int, device, key: dict, rank: in
     ckpt = block_checkpoint_path(cfg.output)
     first, errors = (_load(ckpt, key, qm.qws) if cfg.resume and os.path.isfile(ckpt) else (0, []))
     hs_t, hs_q, kw = [], [], None
+    pick = spread(n_train, n)  # the cached blocks spread over all the calibration blocks, not the first n
     for i in range(0, n, bsz):
-        x = torch.as_tensor(np.asarray(train[i:i + bsz]), device=device)
+        x = torch.as_tensor(np.asarray(train[pick[i:i + bsz]]), device=device)
         h, kw = first_layer_input(teacher, tls, x)
         hs_t.append(h.float())
         hs_q.append(first_layer_input(qm.model, qls, x)[0].float())

@@ -58,6 +58,17 @@ def check_vocab(info, tokenizer, teacher_cfg, path: str, teacher: str) -> None:
                             "the teacher this GGUF was made from")
 
 
+def first_token(info) -> int | None:
+    """The id llama.cpp puts first in every context it runs this GGUF on (BOS), or None when it adds none:
+    ``tokenizer.ggml.add_bos_token``, absent meaning yes for a SentencePiece ("llama") vocabulary only."""
+    md = info.metadata
+    add = md.get("tokenizer.ggml.add_bos_token")
+    if add is None:
+        add = md.get("tokenizer.ggml.model") == "llama"
+    bos = md.get("tokenizer.ggml.bos_token_id")
+    return int(bos) if add and bos is not None else None
+
+
 @dataclass
 class _ShapeRef:
     """A tensor of the student's transformers model, by shape only (what the converter's table matcher reads)."""

@@ -73,3 +73,41 @@ def test_bad_data(tmp_path, tok):
     (tmp_path / "short.txt").write_text("just a few words")
     with pytest.raises(SlimedgeError, match="too short"):
         prepare(str(tmp_path / "short.txt"), tok, 64)
+
+
+def test_blocks_can_start_with_bos_in_memory_and_from_the_file(tmp_path, tok):
+    """``with_first``: every read (rows, a row, columns, the whole array, chunks) sees the block's first token
+    replaced, the rest as the token file has them; ``None`` reads them unchanged."""
+    from slimedge.distill.data import BlockView
+
+    (tmp_path / "c.txt").write_text("word another " * 300)
+    b = prepare(str(tmp_path / "c.txt"), tok, 32, 0.25)
+    plain = np.asarray(b.train)
+    mem = BlockView(np.asarray(b.train.tokens), b.train.start, b.train.n, 32)
+    for view in (b.train, mem):
+        first = view.with_first(7)
+        want = plain.copy()
+        want[:, 0] = 7
+        assert (np.asarray(first) == want).all() and (first[:] == want).all()
+        assert (first[[2, 0]] == want[[2, 0]]).all() and (first[1] == want[1]).all()
+        assert (first[1:3, 1:5] == want[1:3, 1:5]).all() and (first.columns(5)[:] == want[:, :5]).all()
+        assert (np.concatenate(list(first.chunks(rows=2))) == want).all()
+        assert (view.with_first(None)[:] == plain).all() and (view[:] == plain).all()
+    assert (plain[:, 0] != 7).any()
+
+
+def test_spread_samples_cover_the_corpus_and_subsets_read_those_blocks(tmp_path, tok):
+    from slimedge.distill.data import BlockSubset, spread
+
+    assert list(spread(10, 4)) == [0, 2, 5, 7] and list(spread(10, 0)) == list(range(10))
+    assert list(spread(3, 5)) == [0, 1, 2]
+    idx = spread(1000, 32)
+    assert len(set(idx)) == 32 and idx[0] == 0 and idx[-1] > 950 and (np.diff(idx) > 0).all()
+    (tmp_path / "c.txt").write_text("word another " * 300)
+    view = prepare(str(tmp_path / "c.txt"), tok, 32, 0.25).train.with_first(5)
+    sub = BlockSubset(view, spread(len(view), 3))
+    full = np.asarray(view)
+    assert len(sub) == 3 and sub.shape == (3, 32)
+    assert (np.asarray(sub) == full[spread(len(view), 3)]).all()
+    assert (sub[1] == full[sub.index[1]]).all() and (sub[[2, 0], :4] == full[sub.index[[2, 0]], :4]).all()
+    assert (sub[1:] == full[sub.index[1:]]).all() and (sub[:, 0] == 5).all()
