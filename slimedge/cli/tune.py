@@ -28,7 +28,7 @@ from .options import make_progress, overwrite_option, quiet_option, threads_opti
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True, help="Blocks per step.")
 @click.option("--seq-len", type=click.IntRange(min=2), default=256, show_default=True, help="Tokens per block.")
 @click.option("--max-blocks", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Use at most this many training blocks (0: all).")
+              help="Use at most this many training blocks, spread evenly over the data (0: all).")
 @click.option("--warm-steps", type=click.IntRange(min=0), default=0, show_default=True,
               help="Layer-wise warm start: steps per matrix on its output error before the KL steps (0: none).")
 @click.option("--device", default="cpu", show_default=True, metavar="cpu|cuda", help="Torch device.")
@@ -46,7 +46,8 @@ from .options import make_progress, overwrite_option, quiet_option, threads_opti
 @click.option("--block-iters", type=click.IntRange(min=0), default=200, show_default=True,
               help="--mode blockwise: optimizer steps per decoder layer.")
 @click.option("--block-samples", type=click.IntRange(min=1), default=128, show_default=True,
-              help="--mode blockwise: calibration blocks (of --seq-len tokens) whose activations are cached.")
+              help="--mode blockwise: calibration blocks (of --seq-len tokens, spread evenly over the training "
+                   "blocks) whose activations are cached.")
 @click.option("--round-lr", type=click.FloatRange(min=0, min_open=True), default=None,
               help="--mode blockwise: learning rate of the per-weight rounding offsets, in code units (default "
                    "1 / --block-iters, as AutoRound; with --block-opt adam 1e-2).")

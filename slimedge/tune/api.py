@@ -243,10 +243,11 @@ def _load_quantized(cfg: TuneConfig, device) -> _Quantized:
 
 def _warm(cfg: TuneConfig, qm: _Quantized, teacher, train, n_train: int, device, group, progress) -> None:
     """The layer-wise warm start (:mod:`.warm`) at 10x the step learning rates."""
+    from ..distill.data import spread
     from .warm import input_grams, warm_start
 
     names = {e.hf.rsplit(".", 1)[0] for e in qm.entries if e.name in qm.qws}
-    grams = input_grams(teacher, names, train[:min(n_train, cfg.warm_blocks)], cfg.batch_size, device, group)
+    grams = input_grams(teacher, names, train[spread(n_train, cfg.warm_blocks)], cfg.batch_size, device, group)
     left = warm_start(qm.qws, qm.entries, teacher, grams, cfg.warm_steps, 10 * cfg.lr, 10 * cfg.sub_lr_or_default,
                       progress)
     log.info("warm start: output error of %d matrices down to %.3f of the start on average", len(left),

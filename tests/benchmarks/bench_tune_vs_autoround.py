@@ -109,7 +109,8 @@ def _tuned_rows(a, qtype: str, base: Path, teacher: Path, calib: Path, out: Path
     for row in todo:
         kw, src = {"e2e": (dict(steps=a.steps), base),
                    "e2e+codes": (dict(steps=a.codes_steps, learn_codes=True, codes_lr=a.codes_lr), base),
-                   "blockwise": (dict(mode="blockwise", steps=0, block_iters=a.iters, block_samples=a.nsamples,
+                   "blockwise": (dict(mode="blockwise", steps=0, block_iters=a.block_iters or a.iters,
+                                      block_samples=a.nsamples,
                                       block_opt=a.block_opt, round_lr=a.round_lr, block_lr=a.block_lr), base),
                    "blockwise+e2e": (dict(steps=a.steps, lr=a.e2e_lr_after), bw)}[row]
         dst = out / f"slimedge-tune-{qtype}-{row.replace('+', '-plus-')}.gguf"
@@ -180,6 +181,8 @@ def main() -> int:
     ap.add_argument("--types", default="Q4_K_M", help="comma-separated llama.cpp types, e.g. Q4_K_M,Q3_K_M,Q4_0,Q5_0")
     ap.add_argument("--rows", default=",".join(ROWS), help=f"slimedge rows, of {','.join(ROWS)}")
     ap.add_argument("--iters", type=int, default=200, help="block-wise steps per layer (AutoRound's --iters)")
+    ap.add_argument("--block-iters", type=int, default=0,
+                    help="slimedge's block-wise steps per layer, where they differ from AutoRound's (0: --iters)")
     ap.add_argument("--nsamples", type=int, default=128, help="calibration blocks of 256 tokens (both)")
     ap.add_argument("--steps", type=int, default=100, help="end-to-end KL steps (the e2e rows)")
     ap.add_argument("--codes-steps", type=int, default=150, help="KL steps of the e2e+codes row (--learn-codes)")

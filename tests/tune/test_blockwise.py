@@ -37,8 +37,8 @@ def _tune(hf, d, q, out, **kw):
     from slimedge.tune import TuneConfig, tune
 
     cfg = TuneConfig(gguf=str(q), teacher=str(hf), data=str(d / "train.txt"), output=str(out), seq_len=64,
-                     batch_size=4, threads=1, overwrite=True, block_samples=16, eval_blocks=4,
-                     **{"mode": "blockwise", "steps": 0, "block_iters": 40, **kw})
+                     batch_size=4, threads=1, overwrite=True, eval_blocks=4,
+                     **{"mode": "blockwise", "steps": 0, "block_iters": 40, "block_samples": 16, **kw})
     return tune(cfg)
 
 
@@ -349,3 +349,47 @@ def test_blockwise_learns_rounding_on_the_iq4_table(model, tmp_path, qtype):
     assert all(0.005 < m < 0.5 for m in moved), moved
     logits = llama_logits(out, list(range(1, 20)))
     assert np.isfinite(logits).all()
+
+
+def test_calibration_blocks_are_spread_and_start_as_llama_cpp_contexts(model, tmp_path, monkeypatch):
+    """The cached blocks are ``block_samples`` blocks spread over the whole training split (not its first ones) and,
+    like the held-out blocks of the KL, start with the BOS that llama.cpp puts first in every context of this GGUF."""
+    import llama_cpp
+
+    from slimedge.distill.data import spread
+    from slimedge.distill.runtime import load_teacher_meta
+    from slimedge.distill.tokens import prepare
+    from slimedge.tune import blockwise, teacher
+    from slimedge.tune.model import first_token
+
+    hf, d, q = model
+    llm = llama_cpp.Llama(model_path=str(q), vocab_only=True, verbose=False)
+    bos = first_token(read_info(q))
+    assert llm._model.add_bos_token() and bos == llm.token_bos()
+    seen, held = [], []
+    real_input, real_kl = blockwise.first_layer_input, teacher.mean_kl
+    monkeypatch.setattr(blockwise, "first_layer_input",
+                        lambda m, layers, x: seen.append(x.clone()) or real_input(m, layers, x))
+    monkeypatch.setattr(teacher, "mean_kl", lambda m, t, h, *a: held.append(np.array(h)) or real_kl(m, t, h, *a))
+    _tune(hf, d, q, tmp_path / "o.gguf", block_iters=1, block_samples=8)
+    blocks = prepare(str(d / "train.txt"), load_teacher_meta(str(hf))[1], 64)
+    want = np.asarray(blocks.train)[spread(len(blocks.train), 8)]
+    want[:, 0] = bos
+    got = torch.cat(seen[0::2]).numpy()  # the teacher's and the quantized model's inputs alternate: same blocks
+    assert len(blocks.train) > 16 and (got == want).all() and (torch.cat(seen[1::2]).numpy() == want).all()
+    assert all((h[:, 0] == bos).all() for h in held) and len(held) == 2
+
+
+def test_first_token_follows_llama_cpp_when_the_gguf_does_not_say():
+    from types import SimpleNamespace
+
+    from slimedge.tune.model import first_token
+
+    def info(**md):
+        return SimpleNamespace(metadata={"tokenizer.ggml.bos_token_id": 1, **md})
+
+    assert first_token(info(**{"tokenizer.ggml.model": "llama"})) == 1  # SentencePiece: BOS unless told not to
+    assert first_token(info(**{"tokenizer.ggml.model": "gpt2"})) is None
+    assert first_token(info(**{"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.add_bos_token": True})) == 1
+    assert first_token(info(**{"tokenizer.ggml.model": "llama", "tokenizer.ggml.add_bos_token": False})) is None
+    assert first_token(SimpleNamespace(metadata={"tokenizer.ggml.add_bos_token": True})) is None  # no BOS id
