@@ -18,7 +18,9 @@ it does not import the token file's module). The token stream is cut into ``seq_
 ``eval_fraction`` of it is held out *by whole documents*: the split point is the document start nearest
 to where the last ``ceil(eval_fraction·blocks)`` blocks would begin (a corpus of one document is split
 at that block boundary instead). Training and held-out blocks are memory-mapped views
-(:class:`BlockView`), so memory does not grow with the corpus.
+(:class:`BlockView`), so memory does not grow with the corpus; a view can read every block with BOS first
+(``with_first``, as llama.cpp starts each context), and :func:`spread` / :class:`BlockSubset` take a sample of blocks
+spread over the whole corpus rather than its beginning.
 """
 
 from __future__ import annotations
