@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..distill.data import BlockSubset, spread
 from ..distill.runtime import ProcessGroup
 from ..errors import SlimedgeError
 from ..progress import NULL_PROGRESS, Progress
@@ -243,7 +244,6 @@ def _load_quantized(cfg: TuneConfig, device) -> _Quantized:
 
 def _warm(cfg: TuneConfig, qm: _Quantized, teacher, train, n_train: int, device, group, progress) -> None:
     """The layer-wise warm start (:mod:`.warm`) at 10x the step learning rates."""
-    from ..distill.data import spread
     from .warm import input_grams, warm_start
 
     names = {e.hf.rsplit(".", 1)[0] for e in qm.entries if e.name in qm.qws}
@@ -260,7 +260,6 @@ def _tune(cfg: TuneConfig, group: ProcessGroup, progress: Progress) -> TuneResul
 
     import torch
 
-    from ..distill.data import BlockSubset, spread
     from ..distill.runtime import data_blocks, load_teacher, pick_device
     from .model import first_token
     from .teacher import TeacherLogprobs, mean_kl, teacher_cache
