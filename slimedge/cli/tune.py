@@ -42,7 +42,8 @@ from .options import make_progress, overwrite_option, quiet_option, threads_opti
 @click.option("--mode", type=click.Choice(["e2e", "blockwise"]), default="e2e", show_default=True,
               help="e2e: --steps KL steps on the whole model. blockwise: first each decoder layer alone against the "
                    "float layer's output on cached calibration blocks (learned per-weight rounding + scales, "
-                   "AutoRound-style), then the --steps KL steps (--steps 0: none).")
+                   "AutoRound-style; the float teacher is read from its safetensors one layer at a time), then the "
+                   "--steps KL steps, which load it whole (--steps 0: none).")
 @click.option("--block-iters", type=click.IntRange(min=0), default=200, show_default=True,
               help="--mode blockwise: optimizer steps per decoder layer.")
 @click.option("--block-samples", type=click.IntRange(min=1), default=128, show_default=True,
@@ -113,4 +114,4 @@ def cli(gguf_file: Path, teacher: str, data: str, data_field: str, out: Path, st
         types = ", ".join(f"{n} {t}" for t, n in sorted(r.tuned.items()))
         click.echo(f"wrote {out}: tuned {types} tensors ({r.frozen} kept); held-out KL vs teacher "
                    f"{r.kl_before:.5f} -> {r.kl_after:.5f} ({r.kl_after / max(r.kl_before, 1e-12):.2f}x), "
-                   f"{r.seconds:.0f} s", err=True)
+                   f"{r.seconds:.0f} s{'; teacher streamed layer by layer' if r.streamed else ''}", err=True)

@@ -133,6 +133,10 @@ def load_teacher_meta(path: str):
     except Exception as exc:
         raise SlimedgeError(f"cannot read the tokenizer of teacher {path}: {one_line(exc)}; "
                             "the teacher folder must hold its tokenizer files") from None
+    if getattr(config, "vocab_size", None) is None:  # a multimodal wrapper: the language model is in text_config
+        raise SlimedgeError(f"teacher {path} is a {getattr(config, 'model_type', '?')} model whose language model "
+                            "sits inside text_config; distill and tune read a text-only causal LM folder (save the "
+                            "language model on its own)")
     from .losses import HeadTransform
 
     head = HeadTransform.from_config(config)  # Granite's scaling, Gemma's soft-cap: applied wherever logits form

@@ -61,6 +61,7 @@ class TuneConfig:
     block_input: str = "quant"      # blockwise: the layer's input: quant (quantized prefix), teacher, mix (both)
     block_batch: int = 0            # blockwise: cached blocks per step (0: batch_size)
     bos_first: bool = True          # every calibration block starts with BOS where llama.cpp adds it (its contexts do)
+    stream_teacher: bool = True     # blockwise: read the float teacher one decoder layer at a time (slimedge.tune.stream)
 
     @property
     def sub_lr_or_default(self) -> float:
@@ -92,6 +93,7 @@ class TuneResult:
     step_seconds: float = 0.0                                # wall time of the optimizer steps alone
     block_errors: list = field(default_factory=list)         # blockwise: per layer (error before, after)
     block_seconds: float = 0.0                               # blockwise: wall time of the block-wise stage
+    streamed: bool = False                                   # blockwise: the teacher was read one layer at a time
 
 
 def checkpoint_path(cfg: TuneConfig) -> str:
@@ -254,15 +256,73 @@ def _warm(cfg: TuneConfig, qm: _Quantized, teacher, train, n_train: int, device,
              float(np.mean(list(left.values()))) if left else 1.0)
 
 
+@dataclass
+class _Reference:
+    """The teacher held whole in fp32: the model, its log-probabilities, and those of the training blocks cached
+    when the KL steps will read them and they fit ``cache_mb``."""
+    teacher: object
+    tlp: object           # .teacher.TeacherLogprobs
+    cache: object         # [n_train, seq_len, vocab] or None
+    autocast: object      # factory of the training steps' autocast context
+    device: object
+
+    @classmethod
+    def load(cls, cfg: TuneConfig, qm: _Quantized, train, n_train: int, dev, group) -> "_Reference":
+        import contextlib
+
+        import torch
+
+        from ..distill.runtime import load_teacher
+        from .teacher import TeacherLogprobs, teacher_cache
+
+        device = dev.device
+        sharded = cfg.fsdp_teacher and group.world > 1
+        if cfg.fsdp_teacher and not sharded:
+            log.info("--fsdp-teacher: one process, so the teacher stays whole (run under torchrun to shard it)")
+        teacher = load_teacher(cfg.teacher, torch.float32, device, sharded)[0]  # fp32: the targets as the file's KL
+        tlp = TeacherLogprobs(teacher, qm.teacher_cfg, sharded, torch.as_tensor(np.asarray(train[:1]), device=device))
+        cache = None if cfg.steps == 0 else teacher_cache(  # no KL steps (blockwise alone): nothing reads it
+            tlp, train, n_train, seq_len=cfg.seq_len, vocab=qm.teacher_cfg.vocab_size, batch=cfg.batch_size,
+            cache_mb=cfg.cache_mb, device=device, group=group)
+        # training steps in bf16 autocast where asked (the fields, the written file and the reported KL stay fp32)
+        return cls(teacher, tlp, cache, dev.autocast or contextlib.nullcontext, device)
+
+    def targets(self, rows, x):
+        """The teacher's log-probs of the training blocks ``rows`` (ids ``x``): cached, or computed now."""
+        import torch
+
+        if self.cache is not None:
+            return self.cache[torch.as_tensor(rows, device=self.device)]
+        with torch.no_grad(), self.autocast():
+            return self.tlp(x).float()
+
+    def whole(self, qm: _Quantized, cfg: TuneConfig):
+        """The teacher as block-wise tuning reads it (:class:`.stream.WholeTeacher`)."""
+        from .blockwise import decoder_layers
+        from .stream import WholeTeacher
+
+        return WholeTeacher(self.teacher, decoder_layers(self.teacher, qm.teacher_cfg.num_hidden_layers, cfg.teacher))
+
+
+def _open_stream(cfg: TuneConfig, qm: _Quantized, device):
+    """Block-wise tuning of the teacher's own shape: the teacher streamed one layer at a time where its checkpoint
+    allows (:func:`.stream.open_streamed`), else None."""
+    from .stream import open_streamed
+
+    if cfg.mode != "blockwise" or not cfg.stream_teacher or not qm.own_config:
+        return None
+    return open_streamed(cfg.teacher, qm.teacher_cfg, qm.teacher_cfg.num_hidden_layers, device)
+
+
 def _tune(cfg: TuneConfig, group: ProcessGroup, progress: Progress) -> TuneResult:
     """The run, step by step (module docstring); every process runs it, process 0 writes."""
     import contextlib
 
     import torch
 
-    from ..distill.runtime import data_blocks, load_teacher, pick_device
+    from ..distill.runtime import data_blocks, pick_device
     from .model import first_token
-    from .teacher import TeacherLogprobs, mean_kl, teacher_cache
+    from .teacher import batch_logprobs, mean_kl, streamed_kl
 
     t0 = time.monotonic()
     torch.manual_seed(cfg.seed)
@@ -275,34 +335,35 @@ def _tune(cfg: TuneConfig, group: ProcessGroup, progress: Progress) -> TuneResul
     train = BlockSubset(blocks.train.with_first(bos), spread(len(blocks.train), cfg.max_blocks))
     n_train = len(train)
     held = np.asarray(blocks.eval.with_first(bos)[:cfg.eval_blocks])
-    sharded = cfg.fsdp_teacher and group.world > 1
-    if cfg.fsdp_teacher and not sharded:
-        log.info("--fsdp-teacher: one process, so the teacher stays whole (run under torchrun to shard it)")
-    teacher = load_teacher(cfg.teacher, torch.float32, device, sharded)[0]  # fp32: the targets as the file's KL
-    tlp = TeacherLogprobs(teacher, qm.teacher_cfg, sharded, torch.as_tensor(np.asarray(train[:1]), device=device))
-    cache = None if cfg.steps == 0 else teacher_cache(  # no KL steps (blockwise alone): nothing reads it
-        tlp, train, n_train, seq_len=cfg.seq_len, vocab=qm.teacher_cfg.vocab_size, batch=cfg.batch_size,
-        cache_mb=cfg.cache_mb, device=device, group=group)
-    # training steps in bf16 autocast where asked (the fields, the written file and the reported KL stay fp32)
-    autocast = dev.autocast or contextlib.nullcontext
-
-    def targets(rows, x):
-        if cache is not None:
-            return cache[torch.as_tensor(rows, device=device)]
-        with torch.no_grad(), autocast():
-            return tlp(x).float()
-
-    kl_before = mean_kl(qm.model, tlp, held, cfg.batch_size, device, group)
+    # block-wise alone reads the teacher one layer at a time where its checkpoint allows (slimedge.tune.stream)
+    stream = _open_stream(cfg, qm, device)
+    streamed = stream is not None
+    ref = None if stream is not None else _Reference.load(cfg, qm, train, n_train, dev, group)
+    if ref is not None:
+        kl_before = mean_kl(qm.model, ref.tlp, held, cfg.batch_size, device, group)
+    else:
+        before = batch_logprobs(qm.model, held, cfg.batch_size, device)  # the teacher's come after the last layer
     errors, tb = [], time.monotonic()
     if cfg.mode == "blockwise":
-        errors = _blockwise(cfg, qm, teacher, train, n_train, device, group, progress, dev.autocast)
+        errors, held_h = _blockwise(cfg, qm, stream or ref.whole(qm, cfg), train, n_train, device, group, progress,
+                                    dev.autocast, held if stream is not None else None)
     tb = time.monotonic() - tb
+    kl_after = None
+    if stream is not None:
+        qm.model.eval()
+        kl_before, kl_after = streamed_kl(stream, held_h, before, qm.model if cfg.steps == 0 else None)
+        del stream, before, held_h
+        if cfg.steps > 0:  # the KL steps run the whole teacher: loaded now, after the block-wise stage
+            qm.model.train()
+            ref = _Reference.load(cfg, qm, train, n_train, dev, group)
     if cfg.warm_steps and not cfg.resume and qm.own_config:  # a student has no float reference to warm-start on
-        _warm(cfg, qm, teacher, train, n_train, device, group, progress)
-    res = _train(cfg, qm, TuneSteps(cfg, qm.model, qm.qws, train, n_train, targets, autocast, device, group),
-                 group, device, progress)
+        _warm(cfg, qm, ref.teacher, train, n_train, device, group, progress)
+    targets = ref.targets if ref is not None else None
+    res = _train(cfg, qm, TuneSteps(cfg, qm.model, qm.qws, train, n_train, targets, dev.autocast or
+                                    contextlib.nullcontext, device, group), group, device, progress)
     qm.model.eval()
-    kl_after = mean_kl(qm.model, tlp, held, cfg.batch_size, device, group)
+    if kl_after is None:
+        kl_after = mean_kl(qm.model, ref.tlp, held, cfg.batch_size, device, group)
     log.info("tune: held-out KL %.5f -> %.5f (%d steps)", kl_before, kl_after, cfg.steps)
     _finish(cfg, qm, group)
     counts: dict[str, int] = {}
@@ -311,18 +372,18 @@ def _tune(cfg: TuneConfig, group: ProcessGroup, progress: Progress) -> TuneResul
     last = res.losses[-1] if res.losses else float("nan")
     return TuneResult(cfg.output if group.rank == 0 else "", kl_before, kl_after, res.first_loss, last,
                       round(time.monotonic() - t0, 2), counts, len(qm.info.tensors) - len(qm.qws), round(res.wall_s, 2),
-                      errors, round(tb, 2))
+                      errors, round(tb, 2), streamed)
 
 
 def _blockwise(cfg: TuneConfig, qm: _Quantized, teacher, train, n_train: int, device, group, progress,
-               autocast=None) -> list:
+               autocast=None, held=None) -> tuple[list, list]:
     """The block-wise stage (:mod:`.blockwise`); a student of other shape has no float layer to match."""
     from .blockwise import blockwise
 
     if not qm.own_config:
         raise SlimedgeError(f"{cfg.gguf}: --mode blockwise needs a GGUF of the teacher's own shape (this one is a "
                             "student's); use --mode e2e")
-    return blockwise(cfg, qm, teacher, train, n_train, device, _settings(cfg), group.rank, progress, autocast)
+    return blockwise(cfg, qm, teacher, train, n_train, device, _settings(cfg), group.rank, progress, autocast, held)
 
 
 def _train(cfg: TuneConfig, qm: _Quantized, work: TuneSteps, group, device, progress):

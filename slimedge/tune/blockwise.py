@@ -226,14 +226,28 @@ def _load(path: str, key: dict, qws: dict) -> tuple[int, list]:
     return int(state["layer"]), list(state["errors"])
 
 
+def _inputs(model, layers, ids, bsz: int, device) -> list:
+    """[(x, h, kw)] per batch of ``bsz`` rows of ``ids``: the hidden states entering ``layers[0]`` and the keyword
+    arguments it got (a batch's own: the last one may be smaller)."""
+    import torch
+
+    out = []
+    for i in range(0, len(ids), bsz):
+        x = torch.as_tensor(np.asarray(ids[i:i + bsz]), device=device)
+        h, kw = first_layer_input(model, layers, x)
+        out.append((x, h.float(), kw))
+    return out
+
+
 def blockwise(cfg, qm, teacher, train, n_train: int, device, key: dict, rank: int,
-              progress: Progress, autocast=None) -> list[tuple[float, float]]:
-    """Tune every decoder layer of ``qm.model`` against ``teacher`` (module docstring); the per-layer mean squared
-    output error (before, after) on the cached blocks."""
+              progress: Progress, autocast=None, held=None) -> tuple[list, list]:
+    """Tune every decoder layer of ``qm.model`` against ``teacher`` (a :class:`~slimedge.tune.stream.WholeTeacher`
+    or :class:`~slimedge.tune.stream.StreamedTeacher`; module docstring). Returns the per-layer mean squared output
+    error (before, after) on the cached blocks, and for the held-out ids ``held`` (None: none) the teacher's last
+    layer outputs ``[(x, h)]`` per batch, carried through every layer in the same pass."""
     import torch
 
     n_layers = qm.teacher_cfg.num_hidden_layers
-    tls = decoder_layers(teacher, n_layers, cfg.teacher)
     qls = decoder_layers(qm.model, n_layers, cfg.gguf)
     bsz = cfg.batch_size
     n = max(bsz, min(cfg.block_samples, n_train) // bsz * bsz)
@@ -242,29 +256,29 @@ def blockwise(cfg, qm, teacher, train, n_train: int, device, key: dict, rank: in
                             "more data or a smaller --batch-size / --seq-len")
     ckpt = block_checkpoint_path(cfg.output)
     first, errors = (_load(ckpt, key, qm.qws) if cfg.resume and os.path.isfile(ckpt) else (0, []))
-    hs_t, hs_q, kw = [], [], None
     pick = spread(n_train, n)  # the cached blocks spread over all the calibration blocks, not the first n
-    for i in range(0, n, bsz):
-        x = torch.as_tensor(np.asarray(train[pick[i:i + bsz]]), device=device)
-        h, kw = first_layer_input(teacher, tls, x)
-        hs_t.append(h.float())
-        hs_q.append(first_layer_input(qm.model, qls, x)[0].float())
-    xt, xq = torch.cat(hs_t), torch.cat(hs_q)
+    got = _inputs(teacher.model, teacher.layers, train[pick], bsz, device)
+    xt, kw = torch.cat([h for _, h, _ in got]), got[0][2]
+    xq = torch.cat([first_layer_input(qm.model, qls, x)[0].float() for x, _, _ in got])
+    held_t = [] if held is None else _inputs(teacher.model, teacher.layers, held, bsz, device)
+    del got
     progress.start(n_layers, unit="layers", desc="block-wise")
     try:
         for i in range(n_layers):
             t0 = time.monotonic()
-            if i < first:
-                y, out = _apply(tls[i], xt, kw, bsz), _apply(qls[i], xq, kw, bsz, autocast)
-            else:
-                e0, e1, y, out = tune_layer(i, tls[i], qls[i], xt, xq, kw, cfg, autocast)
-                errors.append((e0, e1))
-                log.info("layer %d: output error %.3g -> %.3g (%.2fx) in %.1f s", i, e0, e1,
-                         e1 / e0 if e0 > 0 else 1.0, time.monotonic() - t0)
-                if rank == 0:
-                    _save(ckpt, key, i + 1, qm.qws, errors)
+            with teacher.layer(i) as tl:
+                if i < first:
+                    y, out = _apply(tl, xt, kw, bsz), _apply(qls[i], xq, kw, bsz, autocast)
+                else:
+                    e0, e1, y, out = tune_layer(i, tl, qls[i], xt, xq, kw, cfg, autocast)
+                    errors.append((e0, e1))
+                    log.info("layer %d: output error %.3g -> %.3g (%.2fx) in %.1f s", i, e0, e1,
+                             e1 / e0 if e0 > 0 else 1.0, time.monotonic() - t0)
+                    if rank == 0:
+                        _save(ckpt, key, i + 1, qm.qws, errors)
+                held_t = [(x, _apply(tl, h, k, bsz), k) for x, h, k in held_t]
             xq, xt = out, y
             progress.update(1, label=f"layer {i}")
     finally:
         progress.close()
-    return errors
+    return errors, [(x, h) for x, h, _ in held_t]

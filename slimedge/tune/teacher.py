@@ -6,6 +6,8 @@
 * :func:`teacher_cache` — those of every training block, computed once when they fit ``cache_mb``: batch ``c``
   on process ``c % world``, then broadcast, so every process holds the same cache.
 * :func:`mean_kl` — mean per-token KL(teacher || model) over held-out blocks, split over the processes and summed.
+* :func:`batch_logprobs` / :func:`streamed_kl` — the same KL where the teacher is streamed layer by layer
+  (:mod:`.stream`): the model's log-probs kept from before tuning, the teacher's formed batch by batch at the end.
 """
 
 from __future__ import annotations
@@ -98,3 +100,36 @@ def teacher_cache(teacher: TeacherLogprobs, train, n_train: int, *, seq_len: int
     for c, (i, j) in enumerate(spans):
         group.broadcast_(cache[i:j], src=c % group.world)
     return cache
+
+
+def batch_logprobs(model, blocks, batch: int, device) -> list:
+    """The model's fp32 log-probabilities of ``blocks``, one ``[b, L, V]`` tensor per batch of ``batch`` rows."""
+    import torch
+
+    with torch.no_grad():
+        return [logprobs(model, torch.as_tensor(np.asarray(blocks[i:i + batch]), device=device))
+                for i in range(0, len(blocks), batch)]
+
+
+def _kl_sum(t, s) -> tuple[float, int]:
+    from ..distill.losses import divergence
+
+    kl = divergence(t.reshape(-1, t.shape[-1]), s.reshape(-1, s.shape[-1]), "fkl")
+    return float(kl.double().sum()), kl.numel()
+
+
+def streamed_kl(stream, held_h: list, before: list, model=None) -> tuple[float, float | None]:
+    """Mean per-token KL(teacher || model) on the held-out blocks for a streamed teacher: ``held_h`` its last
+    layer's outputs ``[(x, h)]`` per batch (:func:`slimedge.tune.blockwise.blockwise`), ``before`` the model's
+    log-probs of the same batches before tuning (:func:`batch_logprobs`). Returns (KL before, KL of ``model`` now,
+    or None when no model is given)."""
+    import torch
+
+    acc = np.zeros((2, 2))
+    with torch.no_grad():
+        for (x, h), b in zip(held_h, before):
+            t = stream.logprobs(x, h)
+            acc[0] += _kl_sum(t, b)
+            if model is not None:
+                acc[1] += _kl_sum(t, logprobs(model, x))
+    return acc[0, 0] / max(acc[0, 1], 1), (acc[1, 0] / max(acc[1, 1], 1) if model is not None else None)

@@ -28,6 +28,7 @@ average is printed at the start and the end: on a shared machine the CPU seconds
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
@@ -100,10 +101,12 @@ def child(job: dict) -> dict:
             _wrap_blockwise(rec)
         r = tune(TuneConfig(gguf=job["gguf"], teacher=job["hf"], data=job["calib"], output=job["out"],
                             steps=job["steps"], batch_size=job["batch"], seq_len=job["seq"], threads=job["threads"],
-                            precision=job["precision"], overwrite=True, checkpoint_every=0, eval_blocks=1,
-                            mode=job["mode"], block_iters=job["iters"], block_samples=job["samples"]), clock)
+                            precision=job["precision"], overwrite=True, checkpoint_every=0,
+                            eval_blocks=job.get("eval_blocks", 1), mode=job["mode"], block_iters=job["iters"],
+                            block_samples=job["samples"], stream_teacher=job.get("stream", True)), clock)
         assert Path(job["out"]).stat().st_size == Path(job["gguf"]).stat().st_size
-        rec["kl"] = (r.kl_before, r.kl_after)
+        rec["kl"], rec["streamed"] = (r.kl_before, r.kl_after), r.streamed
+        rec["sha256"] = hashlib.sha256(Path(job["out"]).read_bytes()).hexdigest()
         loop = "tune"
     wall, cpu = time.monotonic() - w0, time.process_time() - c0
     out = {"wall": wall, "cpu": cpu, "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **rec}
@@ -326,13 +329,17 @@ def project_big(rs: list[dict], a) -> None:
             layer = bw["layer"] - bw["save"] + save
             stage = n22 * layer
             acts = 4 * (DEFAULT_SAMPLES - r["job"]["samples"]) * a.seq_len * BIG_HIDDEN * 4 / 2**20
-            model = (n22 - L) * per_layer * 5.3 / 2**20
+            # the layers not measured: int8 codes and fields (1.3 B/param); the teacher streamed adds nothing per
+            # layer (one layer at a time), loaded whole it adds its fp32 weights (4 B/param)
+            bpp = 1.3 if r.get("streamed") else 5.3
+            model = (n22 - L) * per_layer * bpp / 2**20
             print(f"  tune blockwise stage (fp32), measured on {L} blocks: s/layer = {DEFAULT_ITERS} x "
                   f"{bw['iter']:.2f} s/iter + {bw['pass']:.1f} s x {DEFAULT_SAMPLES}/{r['job']['samples']} blocks "
                   f"+ checkpoint {save:.1f} s = {layer:.0f} s -> {n22} layers: {_h(stage)} at this load "
                   f"({_h(stage * bw['share'] / 2)} on 2 free cores); then the KL steps as e2e")
-            print(f"    peak RSS {r['rss_mib']:,.0f} MiB + {n22 - L} blocks x 5.3 B/param (fp32 teacher, int8 codes, "
-                  f"fields) {model:,.0f} MiB + 4 activations [{DEFAULT_SAMPLES - r['job']['samples']} more blocks, "
+            what = "int8 codes, fields; teacher streamed" if r.get("streamed") else "fp32 teacher, int8 codes, fields"
+            print(f"    peak RSS {r['rss_mib']:,.0f} MiB + {n22 - L} blocks x {bpp} B/param ({what}) {model:,.0f} MiB "
+                  f"+ 4 activations [{DEFAULT_SAMPLES - r['job']['samples']} more blocks, "
                   f"{a.seq_len}, {BIG_HIDDEN}] fp32 {acts:,.0f} MiB -> {(r['rss_mib'] + model + acts) / 1024:.1f} GiB")
 
 

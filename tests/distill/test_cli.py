@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from tests.factory import cached_hf_model
 
 from slimedge.cli import main
 
@@ -142,14 +143,14 @@ def test_nan_loss_stops_keeps_last_good_checkpoint(teacher_dir, corpus_file, tmp
 
 
 @pytest.mark.parametrize("case", ["no-teacher", "teacher-config", "teacher-weights", "vocab", "empty-data",
-                                  "short-data", "seq-len", "output-exists", "batch"])
+                                  "short-data", "seq-len", "output-exists", "batch", "multimodal"])
 def test_bad_input_clean_error(case, teacher_dir, corpus_file, tmp_path):
     teacher, data, out, extra = teacher_dir, corpus_file, tmp_path / "out", []
     expect = {"no-teacher": "teacher not found", "teacher-config": "cannot read teacher config",
               "teacher-weights": "cannot read teacher weights", "vocab": "vocab_size",
               "empty-data": "contains no text", "short-data": "too short",
               "seq-len": "exceeds the teacher's context", "output-exists": "already exists",
-              "batch": "multiple of --grad-accum"}[case]
+              "batch": "multiple of --grad-accum", "multimodal": "inside text_config"}[case]
     if case == "no-teacher":
         teacher = tmp_path / "nowhere"
     elif case in ("teacher-config", "teacher-weights"):
@@ -173,6 +174,8 @@ def test_bad_input_clean_error(case, teacher_dir, corpus_file, tmp_path):
         (out / "keep.txt").write_text("mine")
     elif case == "batch":
         extra = ["--grad-accum", 3]
+    elif case == "multimodal":  # a vision-language wrapper: its language model is not the folder's model
+        teacher = cached_hf_model(arch="gemma3_mm")
     shape = [] if case == "vocab" else ["--layers", 1]
     res = CliRunner().invoke(main, ["distill"] + [str(a) for a in ["--teacher", teacher, "--data", data, "-o", out,
                                                                    *shape, "--steps", 2, *BASE, *extra]])

@@ -362,22 +362,29 @@ def test_calibration_blocks_are_spread_and_start_as_llama_cpp_contexts(model, tm
     from slimedge.tune import blockwise, teacher
     from slimedge.tune.model import first_token
 
+    from slimedge.tune.modules import QuantLinear
+
     hf, d, q = model
     llm = llama_cpp.Llama(model_path=str(q), vocab_only=True, verbose=False)
     bos = first_token(read_info(q))
     assert llm._model.add_bos_token() and bos == llm.token_bos()
-    seen, held = [], []
-    real_input, real_kl = blockwise.first_layer_input, teacher.mean_kl
-    monkeypatch.setattr(blockwise, "first_layer_input",
-                        lambda m, layers, x: seen.append(x.clone()) or real_input(m, layers, x))
-    monkeypatch.setattr(teacher, "mean_kl", lambda m, t, h, *a: held.append(np.array(h)) or real_kl(m, t, h, *a))
-    _tune(hf, d, q, tmp_path / "o.gguf", block_iters=1, block_samples=8)
+    seen, held = {True: [], False: []}, []
+    real_input, real_lp = blockwise.first_layer_input, teacher.batch_logprobs
+
+    def record(m, layers, x):
+        seen[any(isinstance(mod, QuantLinear) for mod in m.modules())].append(x.clone())
+        return real_input(m, layers, x)
+
+    monkeypatch.setattr(blockwise, "first_layer_input", record)
+    monkeypatch.setattr(teacher, "batch_logprobs", lambda m, h, *a: held.append(np.array(h)) or real_lp(m, h, *a))
+    _tune(hf, d, q, tmp_path / "o.gguf", block_iters=1, block_samples=8)  # eval_blocks=4
     blocks = prepare(str(d / "train.txt"), load_teacher_meta(str(hf))[1], 64)
     want = np.asarray(blocks.train)[spread(len(blocks.train), 8)]
     want[:, 0] = bos
-    got = torch.cat(seen[0::2]).numpy()  # the teacher's and the quantized model's inputs alternate: same blocks
-    assert len(blocks.train) > 16 and (got == want).all() and (torch.cat(seen[1::2]).numpy() == want).all()
-    assert all((h[:, 0] == bos).all() for h in held) and len(held) == 2
+    assert len(blocks.train) > 16 and (torch.cat(seen[True]).numpy() == want).all()  # the quantized model's
+    got = torch.cat(seen[False]).numpy()  # the streamed teacher's: the cached blocks, then the held-out ones
+    assert (got[:8] == want).all() and len(got) == 12
+    assert len(held) == 1 and (held[0] == got[8:]).all() and (held[0][:, 0] == bos).all()
 
 
 def test_first_token_follows_llama_cpp_when_the_gguf_does_not_say():
