@@ -185,7 +185,7 @@ def build_model(cfg, info, entries, scfg, mm):
     from ..quant.types import FLOAT_TYPES
     from .modules import QuantEmbedding, QuantLinear, QuantWeight
 
-    model = AutoModelForCausalLM.from_config(scfg, dtype=torch.float32)
+    model = empty_model(scfg)  # every weight comes from the file: no fp32 model of random weights first
     params = dict(model.named_parameters(remove_duplicate=False))
     loaded: set[str] = set()
     qws: dict[str, object] = {}
@@ -198,8 +198,9 @@ def build_model(cfg, info, entries, scfg, mm):
                                 f"model; this architecture is not supported by tune")
         raw = raw_rows(mm, t)
         if t.qtype in FLOAT_TYPES or len(t.shape) != 2:
-            _load_frozen(p, raw, t, e, cfg.gguf)
-            loaded.add(e.hf)
+            names = [k for k, v in params.items() if v is p]  # a tied head shares the embedding's tensor
+            set_parameter(model, names, _frozen(raw, t, e, cfg.gguf))
+            loaded.update(names)
             continue
         if t.type not in SUPPORTED:
             raise SlimedgeError(f"{cfg.gguf}: tensor {t.name} is {t.type}, which slimedge tune cannot learn; "
@@ -230,8 +231,32 @@ def build_model(cfg, info, entries, scfg, mm):
     return model, qws
 
 
-def _load_frozen(p, raw: np.ndarray, t, e: TensorEntry, path: str) -> None:
-    """A float (or 1-D) tensor into the model's parameter ``p``, dequantized, in HF row order, frozen."""
+def empty_model(config):
+    """``config``'s transformers causal LM in fp32 with its parameters on the meta device (no memory, no random
+    init: each is set from a file after) and its buffers computed as usual (rotary tables); a tied head is the
+    embedding's parameter, as ``from_config`` makes it."""
+    import torch
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    with init_empty_weights(include_buffers=False):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.tie_weights()  # left untied under the empty-weights context
+    return model
+
+
+def set_parameter(model, names: list[str], value) -> None:
+    """``value`` (a tensor) as a frozen parameter under each of ``names`` (one tensor: tied names stay tied)."""
+    import torch
+
+    p = value if isinstance(value, torch.nn.Parameter) else torch.nn.Parameter(value, requires_grad=False)
+    for name in names:
+        owner, _, leaf = name.rpartition(".")
+        model.get_submodule(owner)._parameters[leaf] = p
+
+
+def _frozen(raw: np.ndarray, t, e: TensorEntry, path: str):
+    """A float (or 1-D) tensor of the file as fp32 torch, dequantized, in HF row order."""
     import torch
 
     from ..quant import dequantize
@@ -244,9 +269,7 @@ def _load_frozen(p, raw: np.ndarray, t, e: TensorEntry, path: str) -> None:
     w = dequantize(raw, t.type, t.shape[-1]).reshape(t.shape)
     if e.perm is not None:
         w = w[e.perm]
-    with torch.no_grad():
-        p.copy_(torch.from_numpy(np.ascontiguousarray(w)))
-    p.requires_grad_(False)
+    return torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32))
 
 
 def _replace(model, module_name: str, qw, QuantLinear, QuantEmbedding) -> None:

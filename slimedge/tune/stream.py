@@ -55,15 +55,13 @@ def _names_by_tensor(module) -> dict[int, list[str]]:
 
 
 def _set(model, name: str, value, param: bool) -> None:
-    import torch
+    from .model import set_parameter
 
-    owner, _, leaf = name.rpartition(".")
-    mod = model.get_submodule(owner)
     if param:
-        mod._parameters[leaf] = value if isinstance(value, torch.nn.Parameter) else \
-            torch.nn.Parameter(value, requires_grad=False)
+        set_parameter(model, [name], value)
     else:
-        mod._buffers[leaf] = value
+        owner, _, leaf = name.rpartition(".")
+        model.get_submodule(owner)._buffers[leaf] = value
 
 
 class StreamedTeacher:
@@ -156,18 +154,6 @@ def _pass(h, as_tuple: bool):
     return Pass()
 
 
-def _skeleton(config):
-    """The teacher's model class with parameters on the meta device and buffers computed as usual."""
-    import torch
-    from accelerate import init_empty_weights
-    from transformers import AutoModelForCausalLM
-
-    with init_empty_weights(include_buffers=False):
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.tie_weights()  # a tied head is the embedding's tensor (left untied under the empty-weights context)
-    return model
-
-
 def _match(model, refs: dict) -> tuple[list, str | None]:
     """Per tensor of ``model``: [(model name, checkpoint name)]; or why the checkpoint's names are not the model's."""
     groups, state = [], model.state_dict(keep_vars=True)
@@ -187,6 +173,7 @@ def open_streamed(path: str, config, n_layers: int, device) -> StreamedTeacher |
     checkpoint cannot be streamed."""
     from ..source.hf import HFSource
     from .blockwise import decoder_layers
+    from .model import empty_model
 
     try:
         src = HFSource(path)
@@ -196,7 +183,7 @@ def open_streamed(path: str, config, n_layers: int, device) -> StreamedTeacher |
     if src.quantization is not None:
         log.info("teacher %s: loaded whole, not streamed (a %s checkpoint)", path, src.quantization)
         return None
-    model = _skeleton(config)
+    model = empty_model(config)
     layers = decoder_layers(model, n_layers, path)
     prefix = next(n for n, m in model.named_modules() if m is layers)
     groups, why = _match(model, src.tensors)
