@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,10 +103,14 @@ def checkpoint_path(cfg: TuneConfig) -> str:
     return os.path.join(head, f".{tail}.tune-checkpoint.pt")
 
 
+def _stamp(path: str) -> str:
+    st = os.stat(path)
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
 def _settings(cfg: TuneConfig) -> dict:
     """What a checkpoint must have been made with to be resumed."""
-    st = os.stat(cfg.gguf)
-    return {"gguf": f"{os.path.abspath(cfg.gguf)}:{st.st_size}:{st.st_mtime_ns}",
+    return {"gguf": f"{os.path.abspath(cfg.gguf)}:{_stamp(cfg.gguf)}",
             "teacher": os.path.abspath(cfg.teacher),
             "data": os.path.abspath(cfg.data), "steps": cfg.steps, "lr": cfg.lr, "sub_lr": cfg.sub_lr,
             "batch_size": cfg.batch_size, "seq_len": cfg.seq_len, "max_blocks": cfg.max_blocks, "seed": cfg.seed,
@@ -216,13 +221,13 @@ def tune(cfg: TuneConfig, progress: Progress = NULL_PROGRESS) -> TuneResult:
 class _Quantized:
     """The GGUF as a torch model, with what reading it against the teacher found."""
     info: object          # slimedge.gguf_info.GGUFInfo
-    mm: np.ndarray        # the file, memory-mapped
     model: object         # the transformers model with QuantLinear/QuantEmbedding layers
     qws: dict             # GGUF name -> QuantWeight
     entries: list         # model.TensorEntry per GGUF tensor
     own_config: bool      # the GGUF is the teacher's shape (not a student's): it has a float reference
     teacher_cfg: object
     tokenizer: object
+    stamp: str            # the file's size and mtime when it was read
 
 
 def _load_quantized(cfg: TuneConfig, device) -> _Quantized:
@@ -231,17 +236,18 @@ def _load_quantized(cfg: TuneConfig, device) -> _Quantized:
     from ..gguf_info import read_info
     from .model import build_model, check_vocab, tensor_entries
 
-    info = read_info(cfg.gguf)
+    info = read_info(cfg.gguf)  # (a missing or damaged file: one line)
+    stamp = _stamp(cfg.gguf)
     teacher_cfg, tokenizer = load_teacher_meta(cfg.teacher)
     check_vocab(info, tokenizer, teacher_cfg, cfg.gguf, cfg.teacher)
     entries, scfg = tensor_entries(info, teacher_cfg, cfg.teacher, cfg.gguf)
-    mm = np.memmap(cfg.gguf, dtype=np.uint8, mode="r")
-    model, qws = build_model(cfg, info, entries, scfg, mm)
+    with open(cfg.gguf, "rb") as f:
+        model, qws = build_model(cfg, info, entries, scfg, f)
     low = sum(q.rows * q.cols for q in qws.values()) * 4 > cfg.float_mb << 20
     for q in qws.values():
         q.low_memory = low
     model.to(device).train()
-    return _Quantized(info, mm, model, qws, entries, scfg is teacher_cfg, teacher_cfg, tokenizer)
+    return _Quantized(info, model, qws, entries, scfg is teacher_cfg, teacher_cfg, tokenizer, stamp)
 
 
 def _warm(cfg: TuneConfig, qm: _Quantized, teacher, train, n_train: int, device, group, progress) -> None:
@@ -403,9 +409,11 @@ def _finish(cfg: TuneConfig, qm: _Quantized, group) -> None:
     from .model import write_tuned
 
     if group.rank == 0:
-        write_tuned(cfg.gguf, cfg.output, qm.info, qm.qws, qm.mm, overwrite=cfg.overwrite,
+        if _stamp(cfg.gguf) != qm.stamp:
+            raise SlimedgeError(f"{cfg.gguf} changed while it was being tuned; tune it again")
+        write_tuned(cfg.gguf, cfg.output, qm.info, qm.qws, overwrite=cfg.overwrite,
                     codes=cfg.learn_codes or cfg.mode == "blockwise")
-        for ckpt in (checkpoint_path(cfg), block_checkpoint_path(cfg.output)):
-            if os.path.isfile(ckpt):
-                os.remove(ckpt)
+        if os.path.isfile(checkpoint_path(cfg)):
+            os.remove(checkpoint_path(cfg))
+        shutil.rmtree(block_checkpoint_path(cfg.output), ignore_errors=True)
     group.barrier()

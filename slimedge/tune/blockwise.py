@@ -18,10 +18,12 @@ the cached blocks does not fall keeps the file's fields. The codes are then fixe
 :func:`slimedge.quant.blockfields.pack`'s code bit map, so types and bytes stay the file's.
 
 Cost grows with one layer: memory is the model's codes plus one layer's float matrices and offsets plus three
-cached activations ``[block_samples, seq_len, hidden]`` (teacher input, quantized input, target). Embedding and
-output matrices are left to the optional end-to-end KL stage (``steps``). A checkpoint after each layer (next to
-the output) lets ``resume`` continue at the next layer with the same result. Under torchrun every process runs the
-same deterministic steps.
+cached activations ``[block_samples, seq_len, hidden]`` (teacher input, quantized input, target), and the teacher
+is read one layer at a time where its checkpoint allows (:mod:`.stream`; its embeddings only while the first
+inputs are formed, its head only for the held-out KL). Embedding and output matrices are left to the optional
+end-to-end KL stage (``steps``). After each layer its tuned tensors are saved in a folder next to the output, one
+file per layer (so a layer writes what it changed, not the model), and ``resume`` continues at the next layer
+with the same result. Under torchrun every process runs the same deterministic steps.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import time
 
 import numpy as np
@@ -41,8 +44,9 @@ log = logging.getLogger(__name__)
 
 
 def block_checkpoint_path(output: str) -> str:
+    """The folder of a block-wise run's per-layer checkpoints, next to the output."""
     head, tail = os.path.split(os.path.abspath(output))
-    return os.path.join(head, f".{tail}.blockwise-checkpoint.pt")
+    return os.path.join(head, f".{tail}.blockwise-checkpoint")
 
 
 def decoder_layers(model, n: int, what: str):
@@ -184,6 +188,7 @@ def tune_layer(i: int, tl, ql, xt, xq, kw, cfg, autocast=None) -> tuple[float, f
         sched.step()
         for q in qs:
             q.clamp_()
+    opt.zero_grad(set_to_none=True)  # the last step's gradients: no longer needed, and a layer's worth of memory
     for q in qs:
         q.end_rounding()
         q.low_memory = low
@@ -197,33 +202,40 @@ def tune_layer(i: int, tl, ql, xt, xq, kw, cfg, autocast=None) -> tuple[float, f
     return e0, e1, y, out
 
 
-def _save(path: str, key: dict, layer: int, qws: dict, errors: list) -> None:
+def _save(folder: str, key: dict, layer: int, qws: dict, errors: list) -> None:
+    """Layer ``layer``'s checkpoint: its tuned tensors' fields and codes (``qws``: GGUF name -> QuantWeight) and
+    its errors, one file per layer, so each layer writes only what it changed."""
     import torch
 
     from ..publish import publish_file
 
+    os.makedirs(folder, exist_ok=True)
     state = {"settings": key, "layer": layer, "errors": errors,
              "fields": {n: (q.state_dict(), q.new_codes) for n, q in qws.items()}}
-    with publish_file(path) as tmp:
+    with publish_file(os.path.join(folder, f"layer-{layer:04d}.pt")) as tmp:
         torch.save(state, tmp)
 
 
-def _load(path: str, key: dict, qws: dict) -> tuple[int, list]:
+def _load(folder: str, key: dict, qws: dict) -> tuple[int, list]:
+    """Every layer checkpoint of ``folder``, in order: (the next layer to tune, the errors so far)."""
     import torch
 
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise SlimedgeError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0][:200]}") from None
-    if state.get("settings") != key:
-        raise SlimedgeError(f"checkpoint {path} was made with other settings; resume with the same settings or "
-                            "start fresh without --resume")
-    for n, q in qws.items():
-        sd, new = state["fields"][n]
-        q.load_state_dict(sd, strict=False)
-        q.new_codes = new
-    log.info("resuming block-wise tuning at layer %d", state["layer"])
-    return int(state["layer"]), list(state["errors"])
+    layer, errors = 0, []
+    while os.path.isfile(path := os.path.join(folder, f"layer-{layer:04d}.pt")):
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as exc:
+            raise SlimedgeError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0][:200]}") from None
+        if state.get("settings") != key or state.get("layer") != layer:
+            raise SlimedgeError(f"checkpoint {path} was made with other settings; resume with the same settings or "
+                                "start fresh without --resume")
+        for n, (sd, new) in state["fields"].items():
+            qws[n].load_state_dict(sd, strict=False)
+            qws[n].new_codes = new
+        layer, errors = layer + 1, errors + list(state["errors"])
+    if layer:
+        log.info("resuming block-wise tuning at layer %d", layer)
+    return layer, errors
 
 
 def _inputs(model, layers, ids, bsz: int, device) -> list:
@@ -255,12 +267,16 @@ def blockwise(cfg, qm, teacher, train, n_train: int, device, key: dict, rank: in
         raise SlimedgeError(f"--mode blockwise: {n_train} calibration blocks, fewer than --batch-size {bsz}; give "
                             "more data or a smaller --batch-size / --seq-len")
     ckpt = block_checkpoint_path(cfg.output)
-    first, errors = (_load(ckpt, key, qm.qws) if cfg.resume and os.path.isfile(ckpt) else (0, []))
+    first, errors = _load(ckpt, key, qm.qws) if cfg.resume else (0, [])
+    if not cfg.resume:
+        shutil.rmtree(ckpt, ignore_errors=True)  # a fresh run: no layer file of an earlier one is left to mix in
+    names = {id(q): n for n, q in qm.qws.items()}
     pick = spread(n_train, n)  # the cached blocks spread over all the calibration blocks, not the first n
-    got = _inputs(teacher.model, teacher.layers, train[pick], bsz, device)
+    with teacher.rest():  # a streamed teacher's embeddings: only while the first inputs are formed
+        got = _inputs(teacher.model, teacher.layers, train[pick], bsz, device)
+        held_t = [] if held is None else _inputs(teacher.model, teacher.layers, held, bsz, device)
     xt, kw = torch.cat([h for _, h, _ in got]), got[0][2]
     xq = torch.cat([first_layer_input(qm.model, qls, x)[0].float() for x, _, _ in got])
-    held_t = [] if held is None else _inputs(teacher.model, teacher.layers, held, bsz, device)
     del got
     progress.start(n_layers, unit="layers", desc="block-wise")
     try:
@@ -271,11 +287,12 @@ def blockwise(cfg, qm, teacher, train, n_train: int, device, key: dict, rank: in
                     y, out = _apply(tl, xt, kw, bsz), _apply(qls[i], xq, kw, bsz, autocast)
                 else:
                     e0, e1, y, out = tune_layer(i, tl, qls[i], xt, xq, kw, cfg, autocast)
-                    errors.append((e0, e1))
                     log.info("layer %d: output error %.3g -> %.3g (%.2fx) in %.1f s", i, e0, e1,
                              e1 / e0 if e0 > 0 else 1.0, time.monotonic() - t0)
                     if rank == 0:
-                        _save(ckpt, key, i + 1, qm.qws, errors)
+                        mine = {names[id(m.qw)]: m.qw for m in _quant_linears(qls[i]).values()}
+                        _save(ckpt, key, i, mine, [(e0, e1)])
+                    errors.append((e0, e1))
                 held_t = [(x, _apply(tl, h, k, bsz), k) for x, h, k in held_t]
             xq, xt = out, y
             progress.update(1, label=f"layer {i}")

@@ -170,13 +170,18 @@ def tensor_entries(info, teacher_cfg, teacher: str, path: str) -> tuple[list[Ten
     return out, scfg
 
 
-def raw_rows(mm: np.ndarray, t) -> np.ndarray:
-    """A tensor's bytes as ``uint8[rows, row_bytes]`` (1-D tensors: one row)."""
+def raw_rows(f, t) -> np.ndarray:
+    """A tensor's bytes as ``uint8[rows, row_bytes]`` (1-D tensors: one row), read from the open file ``f`` with a
+    plain read (a memory map would keep every page it touched counted as this process's memory)."""
     rows = int(np.prod(t.shape[:-1])) if len(t.shape) > 1 else 1
-    return np.asarray(mm[t.offset:t.offset + t.n_bytes]).reshape(rows, -1)
+    f.seek(t.offset)
+    buf = np.fromfile(f, dtype=np.uint8, count=t.n_bytes)
+    if buf.size != t.n_bytes:
+        raise SlimedgeError(f"{f.name}: truncated: tensor {t.name} ends past the end of the file; re-create it")
+    return buf.reshape(rows, -1)
 
 
-def build_model(cfg, info, entries, scfg, mm):
+def build_model(cfg, info, entries, scfg, f):
     """The quantized model in torch (transformers config ``scfg``): the model and {GGUF name: QuantWeight}."""
     import torch
     from transformers import AutoModelForCausalLM
@@ -196,7 +201,7 @@ def build_model(cfg, info, entries, scfg, mm):
         if p is None or tuple(p.shape) != tuple(t.shape):
             raise SlimedgeError(f"{cfg.gguf}: tensor {t.name} has no matching weight {e.hf} in the transformers "
                                 f"model; this architecture is not supported by tune")
-        raw = raw_rows(mm, t)
+        raw = raw_rows(f, t)
         if t.qtype in FLOAT_TYPES or len(t.shape) != 2:
             names = [k for k, v in params.items() if v is p]  # a tied head shares the embedding's tensor
             set_parameter(model, names, _frozen(raw, t, e, cfg.gguf))
@@ -291,7 +296,7 @@ def _replace(model, module_name: str, qw, QuantLinear, QuantEmbedding) -> None:
     setattr(parent, child, new)
 
 
-def write_tuned(src: str, output: str, info, qws: dict, mm, *, overwrite: bool, codes: bool) -> None:
+def write_tuned(src: str, output: str, info, qws: dict, *, overwrite: bool, codes: bool) -> None:
     """Copy the GGUF ``src`` to ``output`` with the tuned tensors' fields (``qws``: GGUF name -> QuantWeight) packed
     in: same header, same sizes (``codes``: the learned codes too)."""
     from gguf import GGUF_DEFAULT_ALIGNMENT, GGUFReader, Keys
@@ -301,7 +306,7 @@ def write_tuned(src: str, output: str, info, qws: dict, mm, *, overwrite: bool, 
     from ..writer import GGUFStreamWriter
 
     reader = GGUFReader(src, "r")
-    with GGUFStreamWriter(output, arch="", overwrite=overwrite, alignment=info.alignment) as w:
+    with open(src, "rb") as data, GGUFStreamWriter(output, arch="", overwrite=overwrite, alignment=info.alignment) as w:
         for key, f in reader.fields.items():
             # the writer adds general.alignment itself when it is not the default
             own = key == Keys.General.ALIGNMENT and info.alignment != GGUF_DEFAULT_ALIGNMENT
@@ -312,7 +317,7 @@ def write_tuned(src: str, output: str, info, qws: dict, mm, *, overwrite: bool, 
             w.add_tensor_info(t.name, t.shape, t.qtype)
         w.begin_data()
         for t in info.tensors:
-            raw = raw_rows(mm, t)
+            raw = raw_rows(data, t)
             if t.name in qws:
                 raw = pack(qws[t.name].fields(unpack(raw, t.type)), raw, codes=codes)
             w.write_tensor(t.name, np.ascontiguousarray(raw).reshape(-1))

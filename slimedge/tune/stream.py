@@ -4,17 +4,18 @@ Block-wise tuning needs each teacher layer only while its quantized twin is tune
 whole in fp32 (4 bytes a weight: 32 GB for an 8B model). :func:`open_streamed` builds the teacher's transformers
 model as a skeleton — parameters on the meta device, buffers (rotary tables) real — and reads its embeddings,
 final norm and head from the checkpoint's safetensors (:class:`slimedge.source.hf.HFSource`: validated headers,
-shards, no pickles; bf16/f16 widened exactly to fp32, as ``from_pretrained(dtype=float32)`` does).
-:meth:`StreamedTeacher.layer` reads decoder layer ``i`` when its turn comes and frees it after, so the teacher's
-memory is its embeddings and head plus one layer. :meth:`StreamedTeacher.logprobs` runs the model's own tail (final
-norm, output head, logit scaling/soft-capping) on hidden states that came out of the last layer: the layers are
-stood in for by pass-throughs whose first one hands the model those states.
+shards, no pickles; bf16/f16 widened exactly to fp32, as ``from_pretrained(dtype=float32)`` does) only while
+they are needed (:meth:`StreamedTeacher.rest`: the first layer's inputs, the tail). :meth:`StreamedTeacher.layer`
+reads decoder layer ``i`` when its turn comes and frees it after, so the teacher's memory is one layer at a time.
+:meth:`StreamedTeacher.logprobs` runs the model's own tail (final norm, output head, logit scaling/soft-capping)
+on hidden states that came out of the last layer: the layers are stood in for by pass-throughs whose first one
+hands the model those states.
 
 A checkpoint whose tensor names are not the model's own (transformers renames or fuses some families' tensors as
 it loads them), or that is not safetensors, cannot be streamed: :func:`open_streamed` says why in the log and
 returns None, and tuning loads the teacher whole as before.
 
-:class:`WholeTeacher` gives a teacher loaded whole the same two calls, so block-wise tuning has one path.
+:class:`WholeTeacher` gives a teacher loaded whole the same calls (``layer``, ``rest``), so block-wise tuning has one path.
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ class WholeTeacher:
     @contextlib.contextmanager
     def layer(self, i: int):
         yield self.layers[i]
+
+    def rest(self):
+        return contextlib.nullcontext()
 
 
 def _names_by_tensor(module) -> dict[int, list[str]]:
@@ -96,18 +100,28 @@ class StreamedTeacher:
         p = f"{self.prefix}.{i}."
         return [g for g in self.groups if g[0][0].startswith(p)]
 
-    def load_rest(self) -> None:
-        """Read every tensor outside the decoder layers (embeddings, norms, head)."""
+    def _free(self, names: list[str]) -> None:
+        import torch
+
+        for n in names:
+            param = self._is_param(n)
+            old = self.model.get_parameter(n) if param else self.model.get_buffer(n)
+            _set(self.model, n, torch.empty_like(old, device="meta"), param)
+
+    @contextlib.contextmanager
+    def rest(self):
+        """The tensors outside the decoder layers (embeddings, norms, head) read from the checkpoint; freed on
+        exit (they are needed only to form the first layer's inputs and for the tail)."""
         p = f"{self.prefix}."
-        for g in self.groups:
-            if not g[0][0].startswith(p):
-                self._load(g)
+        loaded = [n for g in self.groups if not g[0][0].startswith(p) for n in self._load(g)]
+        try:
+            yield
+        finally:
+            self._free(loaded)
 
     @contextlib.contextmanager
     def layer(self, i: int):
         """Decoder layer ``i`` with its weights read from the checkpoint; freed (back to meta) on exit."""
-        import torch
-
         loaded = [n for g in self._layer_groups(i) for n in self._load(g)]
 
         def seen(_m, _a, out):
@@ -118,14 +132,11 @@ class StreamedTeacher:
             yield self.layers[i]
         finally:
             hook.remove()
-            for n in loaded:
-                param = self._is_param(n)
-                old = self.model.get_parameter(n) if param else self.model.get_buffer(n)
-                _set(self.model, n, torch.empty_like(old, device="meta"), param)
+            self._free(loaded)
 
     def logprobs(self, x, h):
         """fp32 log-probabilities ``[B, L, V]`` of the model's tail on ``h`` (``[B, L, H]``, the last decoder layer's
-        output for the ids ``x``)."""
+        output for the ids ``x``); inside :meth:`rest`."""
         from .teacher import TeacherLogprobs
 
         saved = list(self.layers)
@@ -196,6 +207,5 @@ def open_streamed(path: str, config, n_layers: int, device) -> StreamedTeacher |
                 mod._buffers[n] = b.to(device)
     model.eval()
     st = StreamedTeacher(model, layers, prefix, src.tensors, groups, device)
-    st.load_rest()
     log.info("teacher %s: streamed one decoder layer at a time", path)
     return st

@@ -126,7 +126,7 @@ def streamed_kl(stream, held_h: list, before: list, model=None) -> tuple[float, 
     import torch
 
     acc = np.zeros((2, 2))
-    with torch.no_grad():
+    with torch.no_grad(), stream.rest():
         for (x, h), b in zip(held_h, before):
             t = stream.logprobs(x, h)
             acc[0] += _kl_sum(t, b)

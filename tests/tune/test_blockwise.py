@@ -256,12 +256,13 @@ def test_blockwise_resumes_to_the_same_bytes(model, tmp_path, monkeypatch):
     monkeypatch.setattr(bw, "tune_layer", dies_at_layer_1)
     with pytest.raises(KeyboardInterrupt):
         _tune(hf, d, q, out, block_iters=10)
-    assert not out.exists() and (tmp_path / ".resumed.gguf.blockwise-checkpoint.pt").is_file()
+    ckpt = tmp_path / ".resumed.gguf.blockwise-checkpoint"
+    assert not out.exists() and sorted(p.name for p in ckpt.iterdir()) == ["layer-0000.pt"]
     calls = []
     monkeypatch.setattr(bw, "tune_layer", lambda i, *a: calls.append(i) or real(i, *a))
     _tune(hf, d, q, out, block_iters=10, resume=True)
     assert calls == [1] and out.read_bytes() == whole.read_bytes()
-    assert not (tmp_path / ".resumed.gguf.blockwise-checkpoint.pt").exists()
+    assert not ckpt.exists()
 
 
 def test_blockwise_bad_uses_are_one_line(model, tmp_path):

@@ -48,18 +48,22 @@ def test_one_layer_in_memory_at_a_time_with_from_pretrained_weights(tmp_path, ki
     hf = make_hf_model(tmp_path / "m", tied=tied, dtype="bfloat16" if tied else "float32", num_hidden_layers=3)
     st, ref = _open(hf), _whole(hf)
     assert st is not None and st.streamed
-    assert _real(st.layers) == []  # the skeleton: no layer weights until asked
+    assert _real(st.model) == []  # the skeleton: no weights until asked
     want = ref.state_dict()
-    rest = {n: p for n, p in st.model.state_dict().items() if ".layers." not in n}
-    assert rest and all(torch.equal(p, want[n]) for n, p in rest.items())
-    assert (st.model.lm_head.weight is st.model.model.embed_tokens.weight) == tied
+    with st.rest():
+        rest = {n: p for n, p in st.model.state_dict().items() if ".layers." not in n}
+        assert rest and all(torch.equal(p, want[n]) for n, p in rest.items())
+        assert _real(st.layers) == [] and set(_real(st.model)) == {n for n, _ in st.model.named_parameters()
+                                                                  if ".layers." not in n}
+        assert (st.model.lm_head.weight is st.model.model.embed_tokens.weight) == tied
+    assert _real(st.model) == []
     for i in range(3):
         with st.layer(i) as layer:
             assert layer is st.layers[i]
-            assert {n.split(".")[0] for n in _real(st.layers)} == {str(i)}
+            assert {n.split(".")[0] for n in _real(st.layers)} == {str(i)} and len(_real(st.model)) == len(_real(layer))
             for n, p in layer.state_dict().items():
                 assert torch.equal(p, want[f"model.layers.{i}.{n}"]), n
-        assert _real(st.layers) == []
+        assert _real(st.model) == []
 
 
 @pytest.mark.parametrize("arch", ["llama", "granite"])
@@ -70,11 +74,13 @@ def test_tail_on_the_last_layer_output_is_the_whole_models_logprobs(tmp_path, ar
     hf = cached_hf_model(arch=arch)
     st, ref = _open(hf), _whole(hf)
     x = torch.randint(0, ref.config.vocab_size, (2, 17))
-    h, kw = first_layer_input(st.model, st.layers, x)
+    with st.rest():
+        h, kw = first_layer_input(st.model, st.layers, x)
     for i in range(len(st.layers)):
         with st.layer(i) as layer, torch.no_grad():
             h = _run(layer, h, kw)
-    got = st.logprobs(x, h)
+    with st.rest():
+        got = st.logprobs(x, h)
     with torch.no_grad():
         want = TeacherLogprobs(ref, ref.config, False, None)(x)
     assert torch.equal(got, want)

@@ -90,8 +90,8 @@ def test_tune_lowers_kl_keeps_the_file_and_runs_in_llama_cpp(demo):
         cfg, tok = load_teacher_meta(str(hf))
         info = read_info(path)
         entries, scfg = tensor_entries(info, cfg, str(hf), str(path))
-        m, _ = build_model(TuneConfig(str(path), str(hf), "", ""), info, entries, scfg,
-                      np.memmap(path, dtype=np.uint8, mode="r"))
+        with open(path, "rb") as f:
+            m, _ = build_model(TuneConfig(str(path), str(hf), "", ""), info, entries, scfg, f)
         with torch.no_grad():
             return m.eval()(torch.tensor([tokens])).logits[0].numpy()
 
@@ -233,8 +233,8 @@ def test_a_student_of_another_width_tunes(model, tmp_path):
     entries, scfg = tensor_entries(info, cfg, str(hf), str(f32))
     assert (scfg.num_hidden_layers, scfg.num_attention_heads, scfg.num_key_value_heads, scfg.intermediate_size) == \
         (1, 2, 1, 768)
-    m, _ = build_model(TuneConfig(str(f32), str(hf), "", ""), info, entries, scfg,
-                       np.memmap(f32, dtype=np.uint8, mode="r"))
+    with open(f32, "rb") as f:
+        m, _ = build_model(TuneConfig(str(f32), str(hf), "", ""), info, entries, scfg, f)
     from transformers import AutoModelForCausalLM
 
     ref = AutoModelForCausalLM.from_pretrained(str(student), dtype=torch.float32).eval()
