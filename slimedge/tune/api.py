@@ -2,8 +2,11 @@
 
 Steps: the process group and device (:mod:`slimedge.distill.runtime`) → the GGUF as a torch model checked against
 the teacher (:mod:`.model`) → calibration blocks → the teacher and (when it fits) its cached log-probabilities
-(:mod:`.teacher`) → held-out KL → optional warm start (:mod:`.warm`) → the KL steps on distill's loop
-(:class:`TuneSteps` on :class:`slimedge.distill.loop.TrainLoop`) → held-out KL → the tuned GGUF (process 0).
+(:class:`.teacher.WholeTeacherSide`) → held-out KL → ``--mode blockwise``: the block-wise stage (:mod:`.blockwise`)
+→ optional warm start (:mod:`.warm`) → the KL steps on distill's loop (:class:`TuneSteps` on
+:class:`slimedge.distill.loop.TrainLoop`) → held-out KL → the tuned GGUF (process 0). Block-wise tuning alone
+(``--steps 0``) reads the teacher one decoder layer at a time instead (:mod:`.stream`), and its held-out KL comes
+from that pass; with KL steps after it, the whole teacher is loaded once the block-wise stage is done.
 """
 
 from __future__ import annotations
@@ -262,54 +265,6 @@ def _warm(cfg: TuneConfig, qm: _Quantized, teacher, train, n_train: int, device,
              float(np.mean(list(left.values()))) if left else 1.0)
 
 
-@dataclass
-class _Reference:
-    """The teacher held whole in fp32: the model, its log-probabilities, and those of the training blocks cached
-    when the KL steps will read them and they fit ``cache_mb``."""
-    teacher: object
-    tlp: object           # .teacher.TeacherLogprobs
-    cache: object         # [n_train, seq_len, vocab] or None
-    autocast: object      # factory of the training steps' autocast context
-    device: object
-
-    @classmethod
-    def load(cls, cfg: TuneConfig, qm: _Quantized, train, n_train: int, dev, group) -> "_Reference":
-        import contextlib
-
-        import torch
-
-        from ..distill.runtime import load_teacher
-        from .teacher import TeacherLogprobs, teacher_cache
-
-        device = dev.device
-        sharded = cfg.fsdp_teacher and group.world > 1
-        if cfg.fsdp_teacher and not sharded:
-            log.info("--fsdp-teacher: one process, so the teacher stays whole (run under torchrun to shard it)")
-        teacher = load_teacher(cfg.teacher, torch.float32, device, sharded)[0]  # fp32: the targets as the file's KL
-        tlp = TeacherLogprobs(teacher, qm.teacher_cfg, sharded, torch.as_tensor(np.asarray(train[:1]), device=device))
-        cache = None if cfg.steps == 0 else teacher_cache(  # no KL steps (blockwise alone): nothing reads it
-            tlp, train, n_train, seq_len=cfg.seq_len, vocab=qm.teacher_cfg.vocab_size, batch=cfg.batch_size,
-            cache_mb=cfg.cache_mb, device=device, group=group)
-        # training steps in bf16 autocast where asked (the fields, the written file and the reported KL stay fp32)
-        return cls(teacher, tlp, cache, dev.autocast or contextlib.nullcontext, device)
-
-    def targets(self, rows, x):
-        """The teacher's log-probs of the training blocks ``rows`` (ids ``x``): cached, or computed now."""
-        import torch
-
-        if self.cache is not None:
-            return self.cache[torch.as_tensor(rows, device=self.device)]
-        with torch.no_grad(), self.autocast():
-            return self.tlp(x).float()
-
-    def whole(self, qm: _Quantized, cfg: TuneConfig):
-        """The teacher as block-wise tuning reads it (:class:`.stream.WholeTeacher`)."""
-        from .blockwise import decoder_layers
-        from .stream import WholeTeacher
-
-        return WholeTeacher(self.teacher, decoder_layers(self.teacher, qm.teacher_cfg.num_hidden_layers, cfg.teacher))
-
-
 def _open_stream(cfg: TuneConfig, qm: _Quantized, device):
     """Block-wise tuning of the teacher's own shape: the teacher streamed one layer at a time where its checkpoint
     allows (:func:`.stream.open_streamed`), else None."""
@@ -328,7 +283,7 @@ def _tune(cfg: TuneConfig, group: ProcessGroup, progress: Progress) -> TuneResul
 
     from ..distill.runtime import data_blocks, pick_device
     from .model import first_token
-    from .teacher import batch_logprobs, mean_kl, streamed_kl
+    from .teacher import mean_kl
 
     t0 = time.monotonic()
     torch.manual_seed(cfg.seed)
@@ -341,27 +296,8 @@ def _tune(cfg: TuneConfig, group: ProcessGroup, progress: Progress) -> TuneResul
     train = BlockSubset(blocks.train.with_first(bos), spread(len(blocks.train), cfg.max_blocks))
     n_train = len(train)
     held = np.asarray(blocks.eval.with_first(bos)[:cfg.eval_blocks])
-    # block-wise alone reads the teacher one layer at a time where its checkpoint allows (slimedge.tune.stream)
-    stream = _open_stream(cfg, qm, device)
-    streamed = stream is not None
-    ref = None if stream is not None else _Reference.load(cfg, qm, train, n_train, dev, group)
-    if ref is not None:
-        kl_before = mean_kl(qm.model, ref.tlp, held, cfg.batch_size, device, group)
-    else:
-        before = batch_logprobs(qm.model, held, cfg.batch_size, device)  # the teacher's come after the last layer
-    errors, tb = [], time.monotonic()
-    if cfg.mode == "blockwise":
-        errors, held_h = _blockwise(cfg, qm, stream or ref.whole(qm, cfg), train, n_train, device, group, progress,
-                                    dev.autocast, held if stream is not None else None)
-    tb = time.monotonic() - tb
-    kl_after = None
-    if stream is not None:
-        qm.model.eval()
-        kl_before, kl_after = streamed_kl(stream, held_h, before, qm.model if cfg.steps == 0 else None)
-        del stream, before, held_h
-        if cfg.steps > 0:  # the KL steps run the whole teacher: loaded now, after the block-wise stage
-            qm.model.train()
-            ref = _Reference.load(cfg, qm, train, n_train, dev, group)
+    ref, st = _first_stage(cfg, qm, train, n_train, held, dev, group, progress)
+    kl_before, kl_after = st.kl_before, st.kl_after
     if cfg.warm_steps and not cfg.resume and qm.own_config:  # a student has no float reference to warm-start on
         _warm(cfg, qm, ref.teacher, train, n_train, device, group, progress)
     targets = ref.targets if ref is not None else None
@@ -378,7 +314,44 @@ def _tune(cfg: TuneConfig, group: ProcessGroup, progress: Progress) -> TuneResul
     last = res.losses[-1] if res.losses else float("nan")
     return TuneResult(cfg.output if group.rank == 0 else "", kl_before, kl_after, res.first_loss, last,
                       round(time.monotonic() - t0, 2), counts, len(qm.info.tensors) - len(qm.qws), round(res.wall_s, 2),
-                      errors, round(tb, 2), streamed)
+                      st.errors, round(st.seconds, 2), st.streamed)
+
+
+@dataclass
+class _Stage:
+    """What came before the KL steps: the held-out KL before (and, after block-wise tuning alone with a streamed
+    teacher, after: else None), the block-wise stage's per-layer errors and seconds, whether it streamed."""
+    kl_before: float
+    kl_after: float | None = None
+    errors: list = field(default_factory=list)
+    seconds: float = 0.0
+    streamed: bool = False
+
+
+def _first_stage(cfg: TuneConfig, qm: _Quantized, train, n_train: int, held, dev, group, progress):
+    """The teacher and the held-out KL before tuning, then the block-wise stage (``--mode blockwise``):
+    (the whole teacher's side for the KL steps, or None when block-wise alone streamed it; :class:`_Stage`)."""
+    from .teacher import WholeTeacherSide, batch_logprobs, mean_kl, streamed_kl
+
+    stream = _open_stream(cfg, qm, dev.device)  # block-wise alone: one teacher layer at a time where it can
+    ref = None if stream is not None else WholeTeacherSide.load(cfg, qm.teacher_cfg, train, n_train, dev, group)
+    if ref is not None:
+        st = _Stage(mean_kl(qm.model, ref.tlp, held, cfg.batch_size, dev.device, group))
+    else:  # the teacher's held-out log-probs come after its last layer: the model's are kept from before
+        st, before = _Stage(float("nan"), streamed=True), batch_logprobs(qm.model, held, cfg.batch_size, dev.device)
+    t = time.monotonic()
+    if cfg.mode == "blockwise":
+        st.errors, held_h = _blockwise(cfg, qm, stream or ref.whole(cfg.teacher), train, n_train, dev.device, group,
+                                       progress, dev.autocast, held if stream is not None else None)
+    st.seconds = time.monotonic() - t
+    if stream is not None:
+        qm.model.eval()
+        st.kl_before, st.kl_after = streamed_kl(stream, held_h, before, qm.model if cfg.steps == 0 else None)
+        del stream, before, held_h
+        if cfg.steps > 0:  # the KL steps run the whole teacher: loaded now, after the block-wise stage
+            qm.model.train()
+            ref = WholeTeacherSide.load(cfg, qm.teacher_cfg, train, n_train, dev, group)
+    return ref, st
 
 
 def _blockwise(cfg: TuneConfig, qm: _Quantized, teacher, train, n_train: int, device, group, progress,

@@ -6,13 +6,20 @@
 * :func:`teacher_cache` — those of every training block, computed once when they fit ``cache_mb``: batch ``c``
   on process ``c % world``, then broadcast, so every process holds the same cache.
 * :func:`mean_kl` — mean per-token KL(teacher || model) over held-out blocks, split over the processes and summed.
+* :class:`WholeTeacherSide` — the teacher loaded whole for the KL steps (and for block-wise tuning where it cannot
+  be streamed): its log-probs, their cache, the training targets.
 * :func:`batch_logprobs` / :func:`streamed_kl` — the same KL where the teacher is streamed layer by layer
   (:mod:`.stream`): the model's log-probs kept from before tuning, the teacher's formed batch by batch at the end.
 """
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
+
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 
 def logprobs(model, x):
@@ -100,6 +107,55 @@ def teacher_cache(teacher: TeacherLogprobs, train, n_train: int, *, seq_len: int
     for c, (i, j) in enumerate(spans):
         group.broadcast_(cache[i:j], src=c % group.world)
     return cache
+
+
+@dataclass
+class WholeTeacherSide:
+    """The teacher held whole in fp32 (FSDP-sharded under ``--fsdp-teacher``): the model, its log-probabilities, and
+    those of the training blocks, cached when the KL steps will read them and they fit ``cache_mb``."""
+    teacher: object
+    tlp: TeacherLogprobs
+    cache: object         # [n_train, seq_len, vocab] or None
+    autocast: object      # factory of the training steps' autocast context
+    device: object
+
+    @classmethod
+    def load(cls, cfg, config, train, n_train: int, dev, group) -> "WholeTeacherSide":
+        """``cfg``: the :class:`~slimedge.tune.TuneConfig`; ``config``: the teacher's; ``dev``: the picked device."""
+        import contextlib
+
+        import torch
+
+        from ..distill.runtime import load_teacher
+
+        device = dev.device
+        sharded = cfg.fsdp_teacher and group.world > 1
+        if cfg.fsdp_teacher and not sharded:
+            log.info("--fsdp-teacher: one process, so the teacher stays whole (run under torchrun to shard it)")
+        teacher = load_teacher(cfg.teacher, torch.float32, device, sharded)[0]  # fp32: the targets as the file's KL
+        tlp = TeacherLogprobs(teacher, config, sharded, torch.as_tensor(np.asarray(train[:1]), device=device))
+        cache = None if cfg.steps == 0 else teacher_cache(  # no KL steps (blockwise alone): nothing reads it
+            tlp, train, n_train, seq_len=cfg.seq_len, vocab=config.vocab_size, batch=cfg.batch_size,
+            cache_mb=cfg.cache_mb, device=device, group=group)
+        # training steps in bf16 autocast where asked (the fields, the written file and the reported KL stay fp32)
+        return cls(teacher, tlp, cache, dev.autocast or contextlib.nullcontext, device)
+
+    def targets(self, rows, x):
+        """The teacher's log-probs of the training blocks ``rows`` (ids ``x``): cached, or computed now."""
+        import torch
+
+        if self.cache is not None:
+            return self.cache[torch.as_tensor(rows, device=self.device)]
+        with torch.no_grad(), self.autocast():
+            return self.tlp(x).float()
+
+    def whole(self, what: str):
+        """The teacher as block-wise tuning reads it (:class:`.stream.WholeTeacher`)."""
+        from .blockwise import decoder_layers
+        from .stream import WholeTeacher
+
+        n = self.teacher.config.num_hidden_layers
+        return WholeTeacher(self.teacher, decoder_layers(self.teacher, n, what))
 
 
 def batch_logprobs(model, blocks, batch: int, device) -> list:
