@@ -50,17 +50,20 @@ def is_sharded(teacher) -> bool:
     return getattr(teacher, "slimedge_sharded", False) is True
 
 
-def teacher_forward(teacher, input_ids, attention_mask=None, output_hidden_states: bool = False):
-    """(last_hidden [B, L, H], hidden_states tuple or None, head weight [V, H]) of the teacher, no grad."""
+def teacher_forward(teacher, input_ids, attention_mask=None, output_hidden_states: bool = False, inputs_embeds=None):
+    """(last_hidden [B, L, H], hidden_states tuple or None, head weight [V, H]) of the teacher, no grad.
+    ``inputs_embeds`` (a whole teacher only) stands for ``input_ids``' embeddings."""
     import torch
 
     with torch.no_grad():
         if is_sharded(teacher):
+            if inputs_embeds is not None:
+                raise ValueError("teacher_forward: a sharded teacher takes input ids, not inputs_embeds")
             try:
                 return teacher(input_ids, attention_mask, output_hidden_states)
             finally:
                 teacher.reshard()  # the root unit stays gathered after forward unless told
-        out = _base(teacher)(input_ids=input_ids, attention_mask=attention_mask,
+        out = _base(teacher)(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                              output_hidden_states=output_hidden_states)
         return (out.last_hidden_state, out.hidden_states if output_hidden_states else None,
                 teacher.get_output_embeddings().weight)

@@ -272,7 +272,7 @@ def blockwise(cfg, qm, teacher, train, n_train: int, device, key: dict, rank: in
         shutil.rmtree(ckpt, ignore_errors=True)  # a fresh run: no layer file of an earlier one is left to mix in
     names = {id(q): n for n, q in qm.qws.items()}
     pick = spread(n_train, n)  # the cached blocks spread over all the calibration blocks, not the first n
-    with teacher.rest():  # a streamed teacher's embeddings: only while the first inputs are formed
+    with teacher.rest(leave="head"):  # a streamed teacher's embeddings: only while the first inputs are formed
         got = _inputs(teacher.model, teacher.layers, train[pick], bsz, device)
         held_t = [] if held is None else _inputs(teacher.model, teacher.layers, held, bsz, device)
     xt, kw = torch.cat([h for _, h, _ in got]), got[0][2]

@@ -40,7 +40,7 @@ class WholeTeacher:
     def layer(self, i: int):
         yield self.layers[i]
 
-    def rest(self):
+    def rest(self, leave: str | None = None):
         return contextlib.nullcontext()
 
 
@@ -77,6 +77,8 @@ class StreamedTeacher:
         self.model, self.layers, self.prefix, self.refs, self.device = model, layers, prefix, refs, device
         self.groups = groups          # per tensor: [(model name, checkpoint name)], tied names together
         self._tuple_out = False       # what a real layer returns (a tuple, or the hidden states alone)
+        self._embedding, self._head = (f"{_name_of(model, m)}.weight" for m in
+                                       (model.get_input_embeddings(), model.get_output_embeddings()))
 
     def _load(self, names: list[tuple[str, str]]) -> list:
         """Read one tensor (any of ``names`` present in the checkpoint) and set it under every name."""
@@ -109,11 +111,13 @@ class StreamedTeacher:
             _set(self.model, n, torch.empty_like(old, device="meta"), param)
 
     @contextlib.contextmanager
-    def rest(self):
-        """The tensors outside the decoder layers (embeddings, norms, head) read from the checkpoint; freed on
-        exit (they are needed only to form the first layer's inputs and for the tail)."""
-        p = f"{self.prefix}."
-        loaded = [n for g in self.groups if not g[0][0].startswith(p) for n in self._load(g)]
+    def rest(self, leave: str | None = None):
+        """The tensors outside the decoder layers (embeddings, norms, head) read from the checkpoint, but for the
+        output head (``leave="head"``: the first layer's inputs need no head) or the input embedding
+        (``leave="embedding"``: the tail needs none); a tied head is the embedding and is read. Freed on exit."""
+        p, skip = f"{self.prefix}.", {"head": self._head, "embedding": self._embedding, None: None}[leave]
+        loaded = [n for g in self.groups if not g[0][0].startswith(p) and {m for m, _ in g} != {skip}
+                  for n in self._load(g)]
         try:
             yield
         finally:
@@ -134,16 +138,16 @@ class StreamedTeacher:
             hook.remove()
             self._free(loaded)
 
-    def logprobs(self, x, h):
-        """fp32 log-probabilities ``[B, L, V]`` of the model's tail on ``h`` (``[B, L, H]``, the last decoder layer's
-        output for the ids ``x``); inside :meth:`rest`."""
+    def logprobs(self, h):
+        """fp32 log-probabilities ``[B, L, V]`` of the model's tail (final norm, head, logit transform) on ``h``
+        (``[B, L, H]``, the last decoder layer's output); inside ``rest(leave="embedding")``."""
         from .teacher import TeacherLogprobs
 
         saved = list(self.layers)
         for j in range(len(saved)):
             self.layers[j] = _pass(h if j == 0 else None, self._tuple_out)
-        try:
-            out = TeacherLogprobs(self.model, self.model.config, False, None)(x)
+        try:  # h also stands for the input embeddings, which the pass-throughs ignore: no embedding is read
+            out = TeacherLogprobs(self.model, self.model.config, False, None)(None, inputs_embeds=h)
         finally:
             for j, m in enumerate(saved):
                 self.layers[j] = m
@@ -151,6 +155,10 @@ class StreamedTeacher:
             raise AssertionError(f"the streamed teacher's tail gave {tuple(out.shape)} for hidden states "
                                  f"{tuple(h.shape)}")
         return out
+
+
+def _name_of(model, module) -> str:
+    return next(n for n, m in model.named_modules() if m is module)
 
 
 def _pass(h, as_tuple: bool):

@@ -48,13 +48,13 @@ class TeacherLogprobs:
 
         self.model, self.head, self.sharded, self.pad = model, HeadTransform.from_config(config), sharded, pad_block
 
-    def __call__(self, x):
+    def __call__(self, x, inputs_embeds=None):
         import torch
 
         from ..distill.fsdp import teacher_forward
         from ..distill.losses import head_logits
 
-        h, _, w = teacher_forward(self.model, x)
+        h, _, w = teacher_forward(self.model, x, inputs_embeds=inputs_embeds)
         return torch.log_softmax(head_logits(h, w, self.head), -1)
 
     def join(self) -> None:
@@ -182,9 +182,9 @@ def streamed_kl(stream, held_h: list, before: list, model=None) -> tuple[float, 
     import torch
 
     acc = np.zeros((2, 2))
-    with torch.no_grad(), stream.rest():
+    with torch.no_grad(), stream.rest(leave="embedding"):
         for (x, h), b in zip(held_h, before):
-            t = stream.logprobs(x, h)
+            t = stream.logprobs(h)
             acc[0] += _kl_sum(t, b)
             if model is not None:
                 acc[1] += _kl_sum(t, logprobs(model, x))

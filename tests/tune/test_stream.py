@@ -66,21 +66,25 @@ def test_one_layer_in_memory_at_a_time_with_from_pretrained_weights(tmp_path, ki
         assert _real(st.model) == []
 
 
-@pytest.mark.parametrize("arch", ["llama", "granite"])
-def test_tail_on_the_last_layer_output_is_the_whole_models_logprobs(tmp_path, arch):
+@pytest.mark.parametrize("arch,tied", [("llama", False), ("llama", True), ("granite", False)])
+def test_tail_on_the_last_layer_output_is_the_whole_models_logprobs(tmp_path, arch, tied):
     from slimedge.tune.blockwise import _run, first_layer_input
     from slimedge.tune.teacher import TeacherLogprobs
 
-    hf = cached_hf_model(arch=arch)
+    hf = cached_hf_model(arch=arch, tied=tied)
     st, ref = _open(hf), _whole(hf)
     x = torch.randint(0, ref.config.vocab_size, (2, 17))
-    with st.rest():
+    with st.rest(leave="head"):
+        assert st.model.lm_head.weight.is_meta != tied  # untied: no head is read to form the first inputs
+        assert not st.model.model.embed_tokens.weight.is_meta
         h, kw = first_layer_input(st.model, st.layers, x)
     for i in range(len(st.layers)):
         with st.layer(i) as layer, torch.no_grad():
             h = _run(layer, h, kw)
-    with st.rest():
-        got = st.logprobs(x, h)
+    with st.rest(leave="embedding"):
+        assert st.model.model.embed_tokens.weight.is_meta != tied  # nor an embedding for the tail
+        assert not st.model.lm_head.weight.is_meta
+        got = st.logprobs(h)
     with torch.no_grad():
         want = TeacherLogprobs(ref, ref.config, False, None)(x)
     assert torch.equal(got, want)
@@ -137,3 +141,25 @@ def test_config_json_of_the_skeleton_is_the_teachers(q4km):
     cfg = json.loads((hf / "config.json").read_text())
     assert st.model.config.hidden_size == cfg["hidden_size"]
     assert torch.equal(st.model.model.rotary_emb.inv_freq, _whole(hf).model.rotary_emb.inv_freq)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["qwen2", "phi3", "granite", "olmo2", "smollm3"])
+def test_streamed_blockwise_is_the_whole_teachers_across_families(tmp_path, arch):
+    """Biases (Qwen2), fused projections (Phi-3), logit scaling (Granite), post-norms (OLMo 2), no-rope layers
+    (SmolLM3): the streamed teacher writes the same bytes and KL as the whole one."""
+    from slimedge.tune import TuneConfig, tune
+
+    hf = cached_hf_model(arch=arch, kquant=True)
+    (tmp_path / "train.txt").write_text(corpus_text(40_000))
+    q = tmp_path / "q.gguf"
+    convert(hf, q, QuantSpec("Q4_K_M"), overwrite=True)
+    got = []
+    for stream in (True, False):
+        out = tmp_path / f"{stream}.gguf"
+        r = tune(TuneConfig(gguf=str(q), teacher=str(hf), data=str(tmp_path / "train.txt"), output=str(out),
+                            seq_len=64, batch_size=4, threads=1, overwrite=True, eval_blocks=4, mode="blockwise",
+                            steps=0, block_iters=4, block_samples=8, stream_teacher=stream))
+        assert r.streamed == stream
+        got.append((out.read_bytes(), r.kl_before, r.kl_after))
+    assert got[0] == got[1]
