@@ -331,6 +331,7 @@ class _Stage:
 def _first_stage(cfg: TuneConfig, qm: _Quantized, train, n_train: int, held, dev, group, progress):
     """The teacher and the held-out KL before tuning, then the block-wise stage (``--mode blockwise``):
     (the whole teacher's side for the KL steps, or None when block-wise alone streamed it; :class:`_Stage`)."""
+    from .stream import WholeTeacher
     from .teacher import WholeTeacherSide, batch_logprobs, mean_kl, streamed_kl
 
     stream = _open_stream(cfg, qm, dev.device)  # block-wise alone: one teacher layer at a time where it can
@@ -341,8 +342,9 @@ def _first_stage(cfg: TuneConfig, qm: _Quantized, train, n_train: int, held, dev
         st, before = _Stage(float("nan"), streamed=True), batch_logprobs(qm.model, held, cfg.batch_size, dev.device)
     t = time.monotonic()
     if cfg.mode == "blockwise":
-        st.errors, held_h = _blockwise(cfg, qm, stream or ref.whole(cfg.teacher), train, n_train, dev.device, group,
-                                       progress, dev.autocast, held if stream is not None else None)
+        teacher = stream or WholeTeacher.of(ref.teacher, qm.teacher_cfg.num_hidden_layers, cfg.teacher)
+        st.errors, held_h = _blockwise(cfg, qm, teacher, train, n_train, dev.device, group, progress, dev.autocast,
+                                       held if stream is not None else None)
     st.seconds = time.monotonic() - t
     if stream is not None:
         qm.model.eval()

@@ -36,6 +36,12 @@ class WholeTeacher:
     def __init__(self, model, layers):
         self.model, self.layers = model, layers
 
+    @classmethod
+    def of(cls, model, n_layers: int, what: str) -> "WholeTeacher":
+        from .blockwise import decoder_layers
+
+        return cls(model, decoder_layers(model, n_layers, what))
+
     @contextlib.contextmanager
     def layer(self, i: int):
         yield self.layers[i]

@@ -149,14 +149,6 @@ class WholeTeacherSide:
         with torch.no_grad(), self.autocast():
             return self.tlp(x).float()
 
-    def whole(self, what: str):
-        """The teacher as block-wise tuning reads it (:class:`.stream.WholeTeacher`)."""
-        from .blockwise import decoder_layers
-        from .stream import WholeTeacher
-
-        n = self.teacher.config.num_hidden_layers
-        return WholeTeacher(self.teacher, decoder_layers(self.teacher, n, what))
-
 
 def batch_logprobs(model, blocks, batch: int, device) -> list:
     """The model's fp32 log-probabilities of ``blocks``, one ``[b, L, V]`` tensor per batch of ``batch`` rows."""
