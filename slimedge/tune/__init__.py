@@ -18,7 +18,7 @@ How:
   estimator, so the forward weights are exactly what the file will hold) and continuous sub-scales/mins
   (rounded and clamped to their integer range, straight-through). Sub-scales get ``sub_lr``.
 * **Model** (:mod:`.model`, :mod:`.modules`). The teacher's transformers architecture (``num_hidden_layers``
-  from the GGUF's ``block_count``) gets every weight from the GGUF: quantized matrices become
+  from the GGUF's ``block_count``), built with empty weights, gets every weight from the GGUF: quantized matrices become
   :class:`QuantLinear` / :class:`QuantEmbedding` modules, everything else (norms, float tensors) is
   dequantized and frozen. GGUF names map to HF names through
   the converter's own table (:meth:`slimedge.arch.base.Arch.tensors`); the converter's layout transform
@@ -28,8 +28,8 @@ How:
   model's float weights would take more than ``float_mb`` (256 MiB), each quantized linear layer keeps only
   its input for backward, which rebuilds the matrix from its fields (``LowMemoryLinear``; embeddings run under
   activation checkpointing), so a float matrix exists only while it multiplies: memory is then about the codes
-  plus one matrix in float plus activations; smaller models keep their float weights for the step. The teacher
-  (float, as transformers loads it) stays loaded; its log-probabilities on the calibration blocks are computed
+  plus one matrix in float plus activations; smaller models keep their float weights for the step. For the KL
+  steps the teacher (float, as transformers loads it) stays loaded; its log-probabilities on the calibration blocks are computed
   once and cached when they fit ``cache_mb`` (else it runs each step; :mod:`.teacher`).
 * **Warm start** (:mod:`.warm`, optional, ``warm_steps``): each matrix alone first minimises its output error
   ``tr(E G E^T)`` against the teacher's weight, ``G`` its inputs' Gram matrix on calibration blocks.
@@ -41,7 +41,9 @@ How:
   first each decoder layer alone, as AutoRound does — the float teacher layer's output on its own cached inputs is
   the target, the quantized model's inputs to that layer the input; learned per layer: the block fields and a
   rounding offset in [-1/2, 1/2] per weight (codes ``round((w - offset) / scale + v)`` of the teacher's weights,
-  straight-through; written back through the code bit map); checkpoint per layer. Then the ``steps`` KL steps.
+  straight-through; written back through the code bit map); a checkpoint file per layer. The teacher is read one
+  decoder layer at a time from its safetensors (:mod:`.stream`; the same bytes as loaded whole), so this stage
+  holds the codes plus one float layer; the ``steps`` KL steps after it load the whole teacher.
 * **Output** (:func:`.model.write_tuned`). Every tensor is written in file order with
   :class:`slimedge.writer.GGUFStreamWriter` (atomic, :mod:`slimedge.publish`): tuned tensors as their original
   bytes with the new scale fields packed in (:func:`slimedge.quant.blockfields.pack`), all others and every metadata key copied unchanged.
