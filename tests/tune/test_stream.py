@@ -163,3 +163,18 @@ def test_streamed_blockwise_is_the_whole_teachers_across_families(tmp_path, arch
         assert r.streamed == stream
         got.append((out.read_bytes(), r.kl_before, r.kl_after))
     assert got[0] == got[1]
+
+
+def test_cli_blockwise_says_the_teacher_was_streamed(q4km, tmp_path):
+    from click.testing import CliRunner
+
+    from slimedge.cli import main
+
+    hf, d, q = q4km
+    out = tmp_path / "t.gguf"
+    r = CliRunner().invoke(main, ["tune", str(q), "--teacher", str(hf), "--data", str(d / "train.txt"), "-o", str(out),
+                                  "--mode", "blockwise", "--steps", "0", "--block-iters", "2", "--block-samples", "8",
+                                  "--seq-len", "64", "-t", "1"])
+    assert r.exit_code == 0, r.output
+    assert out.stat().st_size == q.stat().st_size
+    assert r.output.strip().splitlines()[-1].endswith("teacher streamed layer by layer")
