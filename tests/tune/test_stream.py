@@ -1,11 +1,12 @@
 """The float teacher read one decoder layer at a time for ``tune --mode blockwise`` (slimedge.tune.stream).
 
 Checked: outside :meth:`StreamedTeacher.layer` no decoder-layer weight is in memory, inside it only that layer's,
-equal to what ``from_pretrained`` loads (untied and tied heads, bf16 checkpoints widened exactly); the model's own
-tail on the last layer's output gives the whole model's log-probabilities bit for bit (Granite's logit scaling
-included); block-wise tuning with the streamed teacher writes the same bytes and reports the same held-out KL as
-with the teacher loaded whole, with and without KL steps after it; a checkpoint that cannot be streamed (a name the
-model does not have, pickles only) falls back to the whole teacher, saying why.
+equal to what ``from_pretrained`` loads (untied and tied heads, bf16 checkpoints widened exactly, sharded ones);
+the embedding and head are read only where needed; the model's own tail on the last layer's output gives the whole
+model's log-probabilities bit for bit (tied heads, Granite's logit scaling); block-wise tuning with the streamed
+teacher writes the same bytes and reports the same held-out KL as with the teacher loaded whole, with and without
+KL steps after it, across families; a checkpoint that cannot be streamed (a name the model does not have, pickles
+only) falls back to the whole teacher, saying why; the CLI's summary says the teacher was streamed.
 """
 
 from __future__ import annotations
@@ -42,10 +43,12 @@ def _real(module) -> list[str]:
     return [n for n, p in module.named_parameters() if not p.is_meta]
 
 
-@pytest.mark.parametrize("kind", ["untied", "tied-bf16"])
+@pytest.mark.parametrize("kind", ["untied", "tied-bf16", "sharded"])
 def test_one_layer_in_memory_at_a_time_with_from_pretrained_weights(tmp_path, kind):
     tied = kind == "tied-bf16"
-    hf = make_hf_model(tmp_path / "m", tied=tied, dtype="bfloat16" if tied else "float32", num_hidden_layers=3)
+    hf = make_hf_model(tmp_path / "m", tied=tied, dtype="bfloat16" if tied else "float32", num_hidden_layers=3,
+                       shard_size="200KB" if kind == "sharded" else None)
+    assert (hf / "model.safetensors.index.json").is_file() == (kind == "sharded")
     st, ref = _open(hf), _whole(hf)
     assert st is not None and st.streamed
     assert _real(st.model) == []  # the skeleton: no weights until asked
