@@ -183,9 +183,6 @@ def raw_rows(f, t) -> np.ndarray:
 
 def build_model(cfg, info, entries, scfg, f):
     """The quantized model in torch (transformers config ``scfg``): the model and {GGUF name: QuantWeight}."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
     from ..quant.blockfields import SUPPORTED, unpack
     from ..quant.types import FLOAT_TYPES
     from .modules import QuantEmbedding, QuantLinear, QuantWeight

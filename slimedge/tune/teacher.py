@@ -62,11 +62,17 @@ class TeacherLogprobs:
         self(self.pad)
 
 
+def _kl_sum(t, s) -> tuple[float, int]:
+    """(sum of the per-token KL(t || s), tokens) of log-probabilities ``[..., V]``, the sum in float64."""
+    from ..distill.losses import divergence
+
+    kl = divergence(t.reshape(-1, t.shape[-1]), s.reshape(-1, s.shape[-1]), "fkl")
+    return float(kl.double().sum()), kl.numel()
+
+
 def mean_kl(model, teacher: TeacherLogprobs, blocks, batch: int, device, group) -> float:
     """Mean per-token KL(teacher || model) over ``blocks``: batch ``c`` on process ``c % world``, summed."""
     import torch
-
-    from ..distill.losses import divergence
 
     acc = torch.zeros(2, dtype=torch.float64, device=device)
     starts = range(0, len(blocks), batch)
@@ -77,11 +83,7 @@ def mean_kl(model, teacher: TeacherLogprobs, blocks, batch: int, device, group) 
                 continue
             i = starts[c]
             x = torch.as_tensor(np.asarray(blocks[i:i + batch]), device=device)
-            t = teacher(x)
-            s = logprobs(model, x)
-            kl = divergence(t.reshape(-1, t.shape[-1]), s.reshape(-1, s.shape[-1]), "fkl")
-            acc[0] += kl.double().sum()
-            acc[1] += kl.numel()
+            acc += torch.tensor(_kl_sum(teacher(x), logprobs(model, x)), dtype=torch.float64, device=device)
     tot, n = group.all_reduce_(acc).tolist()
     return tot / max(n, 1)
 
@@ -157,13 +159,6 @@ def batch_logprobs(model, blocks, batch: int, device) -> list:
     with torch.no_grad():
         return [logprobs(model, torch.as_tensor(np.asarray(blocks[i:i + batch]), device=device))
                 for i in range(0, len(blocks), batch)]
-
-
-def _kl_sum(t, s) -> tuple[float, int]:
-    from ..distill.losses import divergence
-
-    kl = divergence(t.reshape(-1, t.shape[-1]), s.reshape(-1, s.shape[-1]), "fkl")
-    return float(kl.double().sum()), kl.numel()
 
 
 def streamed_kl(stream, held_h: list, before: list, model=None) -> tuple[float, float | None]:
